@@ -1,0 +1,32 @@
+import type { GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
+import type { Scope } from './scope-path.js';
+
+/**
+ * What a {@link CacheView} delegates to once it has checked the arguments: the local lock table and
+ * store, or a connection to the daemon. Every method receives validated arguments.
+ */
+export interface CacheBackend<T> {
+  get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>>;
+  getset(
+    scope: Scope,
+    id: string,
+    options: { wait: boolean; signal: AbortSignal | undefined },
+  ): Promise<GetSetHandle<T> | MissedGetSetHandle>;
+  set(scope: Scope, id: string, value: T, modified: number): Promise<void>;
+  delete(scope: Scope, id: string): Promise<void>;
+  clear(scope: Scope): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The handle `getset(id, { wait: false })` resolves to when the lock is taken. */
+export const MISSED_GETSET: MissedGetSetHandle = Object.freeze({
+  item: null,
+  set: null,
+  async release() {},
+  async [Symbol.asyncDispose]() {},
+});
+
+/** The current time in seconds since the Unix epoch, the default `modified`. */
+export function nowSeconds(): number {
+  return Date.now() / 1000;
+}

@@ -1,0 +1,126 @@
+import type {
+  Cache,
+  GetHandle,
+  GetOptions,
+  GetSetHandle,
+  GetSetOptions,
+  MissedGetSetHandle,
+  SetOptions,
+} from './cache.js';
+import { type CacheBackend, nowSeconds } from './cache-backend.js';
+import { childScope, ROOT_SCOPE, type Scope } from './scope-path.js';
+
+function checkId(id: unknown): asserts id is string {
+  if (typeof id !== 'string') throw new TypeError(`A cache item id must be a string, got ${describe(id)}.`);
+}
+
+function checkOptions(options: unknown): void {
+  if (options !== undefined && (typeof options !== 'object' || options === null)) {
+    throw new TypeError(`Options must be an object, got ${describe(options)}.`);
+  }
+}
+
+function checkSignal(signal: unknown): asserts signal is AbortSignal | undefined {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(`signal must be an AbortSignal, got ${describe(signal)}.`);
+  }
+}
+
+function describe(value: unknown): string {
+  return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
+}
+
+/**
+ * The one implementation of {@link Cache}: it checks arguments, keeps scope objects unique, and
+ * hands everything else to a {@link CacheBackend}. Scopes of any backend are instances of this class.
+ */
+export class CacheView<T> implements Cache<T> {
+  readonly #backend: CacheBackend<T>;
+  readonly #scope: Scope;
+  /** Scope objects stay unique while anyone can observe them, and are collectable after. */
+  readonly #children = new Map<string, WeakRef<CacheView<T>>>();
+  readonly #forget = new FinalizationRegistry<string>((name) => {
+    if (this.#children.get(name)?.deref() === undefined) this.#children.delete(name);
+  });
+
+  constructor(backend: CacheBackend<T>, scope: Scope = ROOT_SCOPE) {
+    this.#backend = backend;
+    this.#scope = scope;
+  }
+
+  /** The names of the scopes this cache is nested in, outermost first. */
+  get scopePath(): readonly string[] {
+    return this.#scope.path;
+  }
+
+  withScope(name: string): Cache<T> {
+    if (typeof name !== 'string' || name === '') {
+      throw new TypeError(`A scope name must be a non-empty string, got ${name === '' ? 'an empty string' : describe(name)}.`);
+    }
+    const known = this.#children.get(name)?.deref();
+    if (known) return known;
+    const child = new CacheView<T>(this.#backend, childScope(this.#scope, name));
+    this.#children.set(name, new WeakRef(child));
+    this.#forget.register(child, name);
+    return child;
+  }
+
+  async get(id: string, options?: GetOptions): Promise<GetHandle<T>> {
+    checkId(id);
+    checkOptions(options);
+    checkSignal(options?.signal);
+    return this.#backend.get(this.#scope, id, options?.signal);
+  }
+
+  getset(id: string, options?: GetSetOptions & { wait?: true }): Promise<GetSetHandle<T>>;
+  getset(id: string, options: GetSetOptions): Promise<GetSetHandle<T> | MissedGetSetHandle>;
+  async getset(id: string, options?: GetSetOptions): Promise<GetSetHandle<T> | MissedGetSetHandle> {
+    checkId(id);
+    checkOptions(options);
+    checkSignal(options?.signal);
+    const wait = options?.wait ?? true;
+    if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
+    return this.#backend.getset(this.#scope, id, { wait, signal: options?.signal });
+  }
+
+  async set(id: string, value: T, options?: SetOptions): Promise<void> {
+    checkId(id);
+    checkOptions(options);
+    const modified = options?.modified === undefined ? nowSeconds() : options.modified;
+    if (typeof modified !== 'number' || !Number.isFinite(modified)) {
+      throw new TypeError(`modified must be a finite number of seconds, got ${String(modified)}.`);
+    }
+    return this.#backend.set(this.#scope, id, value, modified);
+  }
+
+  async delete(id: string): Promise<void> {
+    checkId(id);
+    return this.#backend.delete(this.#scope, id);
+  }
+
+  async clear(): Promise<void> {
+    return this.#backend.clear(this.#scope);
+  }
+}
+
+/** A {@link CacheView} that owns its backend: the root object each backend's class derives from. */
+export class RootCacheView<T> extends CacheView<T> {
+  readonly #backend: CacheBackend<T>;
+
+  constructor(backend: CacheBackend<T>) {
+    super(backend);
+    this.#backend = backend;
+  }
+
+  /**
+   * Rejects pending lock waits with `CACHE_CLOSED`, waits for running writes and frees the storage.
+   * Later calls on this cache and its scopes reject with `CACHE_CLOSED`; calling it again does nothing.
+   */
+  close(): Promise<void> {
+    return this.#backend.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -1,0 +1,84 @@
+/** One cached value and the time it was last modified. */
+export interface CacheItem<T> {
+  /** Seconds since the Unix epoch, fractions kept exactly. */
+  readonly modified: number;
+  /** Resolves to the value; decoding happens here, so a caller that only needs `modified` pays nothing for it. */
+  value(): Promise<T>;
+}
+
+/** A held lock that ends with {@link LockHandle.release} or at the end of an `await using` block. */
+export interface LockHandle extends AsyncDisposable {
+  /** Releases the lock; calling it again does nothing. */
+  release(): Promise<void>;
+}
+
+/** The result of {@link Cache.get}: the item (or `null`) and a shared lock on it until released. */
+export interface GetHandle<T> extends LockHandle {
+  readonly item: CacheItem<T> | null;
+}
+
+/** The result of {@link Cache.getset}: the item (or `null`) and the exclusive lock on it until released. */
+export interface GetSetHandle<T> extends LockHandle {
+  readonly item: CacheItem<T> | null;
+  /**
+   * Writes the value within the held lock, with `modified` set to now; may be called more than once.
+   * @throws CacheError `CACHE_LOCK_NOT_HELD` after the handle was released.
+   */
+  readonly set: (value: T) => Promise<void>;
+}
+
+/** The result of `getset(id, { wait: false })` when the lock was taken: nothing is held. */
+export interface MissedGetSetHandle extends LockHandle {
+  readonly item: null;
+  readonly set: null;
+}
+
+export interface GetOptions {
+  /** Aborts waiting for the lock: the call rejects with the signal's reason and leaves nothing queued. */
+  signal?: AbortSignal;
+}
+
+export interface GetSetOptions extends GetOptions {
+  /** With `false`, resolves at once with a {@link MissedGetSetHandle} when the lock cannot be taken now. Default `true`. */
+  wait?: boolean;
+}
+
+export interface SetOptions {
+  /** Seconds since the Unix epoch; defaults to now. */
+  modified?: number;
+}
+
+/**
+ * A cache of values of type `T`, addressed by string ids within nested scopes.
+ *
+ * Every item has a reader/writer lock: `get` handles share it; `getset`, `set` and `delete` take it
+ * exclusively; `clear` takes the whole scope. Waiters are served first come, first served. Locks are
+ * not re-entrant: a holder that waits for a conflicting lock on the same item waits forever.
+ */
+export interface Cache<T> {
+  /** Returns the nested cache named `name`: the same object every time for the same name. */
+  withScope(name: string): Cache<T>;
+  /** Reads the item, holding a shared lock on it until the handle is released. */
+  get(id: string, options?: GetOptions): Promise<GetHandle<T>>;
+  /**
+   * Reads the item and holds its exclusive lock until the handle is released, so that concurrent
+   * callers compute a missing value once.
+   */
+  getset(id: string, options?: GetSetOptions & { wait?: true }): Promise<GetSetHandle<T>>;
+  getset(id: string, options: GetSetOptions): Promise<GetSetHandle<T> | MissedGetSetHandle>;
+  /** Adds or replaces the item under its exclusive lock. */
+  set(id: string, value: T, options?: SetOptions): Promise<void>;
+  /** Removes the item under its exclusive lock; removing a missing item is not an error. */
+  delete(id: string): Promise<void>;
+  /** Removes every item of this scope and of all scopes nested in it, once the locks held there are released. */
+  clear(): Promise<void>;
+}
+
+/** A cache that owns resources: the root object a backend returns. */
+export interface ClosableCache<T> extends Cache<T>, AsyncDisposable {
+  /**
+   * Rejects pending lock waits with `CACHE_CLOSED`, waits for running writes, and frees the storage.
+   * Later calls on this cache and its scopes reject with `CACHE_CLOSED`; calling it again does nothing.
+   */
+  close(): Promise<void>;
+}

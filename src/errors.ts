@@ -1,0 +1,40 @@
+/** The stable codes a {@link CacheError} carries; messages may change, codes never do. */
+export type CacheErrorCode =
+  /** The codec cannot encode the value; the item's previous value is untouched. */
+  | 'CACHE_INVALID_VALUE'
+  /** A setter was used after its lock was released (or, remotely, after its grant ended). */
+  | 'CACHE_LOCK_NOT_HELD'
+  /** The storage is held by another process or another open cache. */
+  | 'CACHE_LOCKED'
+  /** The cache was closed. */
+  | 'CACHE_CLOSED'
+  /** The stored value was written with another encoding than this cache's codec. */
+  | 'CACHE_ENCODING_MISMATCH'
+  /** The stored record cannot be read back (damaged or written by an unknown version). */
+  | 'CACHE_CORRUPT'
+  /** The storage failed (disk full, I/O error); the cause says more. */
+  | 'CACHE_STORAGE';
+
+/** An expected failure of a cache operation, identified by its {@link CacheErrorCode}. */
+export class CacheError extends Error {
+  override name = 'CacheError';
+
+  constructor(
+    readonly code: CacheErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** Whether `error` is a {@link CacheError} with the given code, without relying on `instanceof` across realms. */
+export function isCacheError(error: unknown, code?: CacheErrorCode): error is CacheError {
+  return (
+    typeof error === 'object' &&
+    error !== null &&
+    (error as { name?: unknown }).name === 'CacheError' &&
+    typeof (error as { code?: unknown }).code === 'string' &&
+    (code === undefined || (error as { code: unknown }).code === code)
+  );
+}

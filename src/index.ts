@@ -1,0 +1,19 @@
+export type {
+  Cache,
+  CacheItem,
+  ClosableCache,
+  GetHandle,
+  GetOptions,
+  GetSetHandle,
+  GetSetOptions,
+  LockHandle,
+  MissedGetSetHandle,
+  SetOptions,
+} from './cache.js';
+export { CacheView, RootCacheView } from './cache-view.js';
+export type { Codec, CodecName } from './codecs.js';
+export { codecNamed } from './codecs.js';
+export { CacheError, type CacheErrorCode, isCacheError } from './errors.js';
+export { LevelCache, type LevelCacheOptions } from './level-cache.js';
+export { MemoryCache } from './memory-cache.js';
+export { NoOpCache } from './no-op-cache.js';

@@ -1,0 +1,49 @@
+import { RootCacheView } from './cache-view.js';
+import { type Codec, type CodecName, codecNamed } from './codecs.js';
+import { CacheError } from './errors.js';
+import { LocalBackend, type ValueAdapter } from './local-backend.js';
+import { type EncodedValue, LevelStore } from './level-store.js';
+
+export interface LevelCacheOptions {
+  /** How values become bytes; default `'json'`. */
+  codec?: CodecName;
+}
+
+/** Encodes with `codec` and refuses to decode a value stored with another encoding. */
+export function codecAdapter<T>(codec: Codec<T>): ValueAdapter<T, EncodedValue> {
+  return {
+    encode: (value) => ({ encoding: codec.name, bytes: codec.encode(value) }),
+    decode: ({ encoding, bytes }) => {
+      if (encoding !== codec.name) {
+        throw new CacheError(
+          'CACHE_ENCODING_MISMATCH',
+          `This value was stored with the ${encoding} encoding, but this cache reads ${codec.name}.`,
+        );
+      }
+      return codec.decode(bytes);
+    },
+  };
+}
+
+/** A cache in a LevelDB directory, which it holds exclusively from `open` until `close`. */
+export class LevelCache<T> extends RootCacheView<T> {
+  /** The directory's real path. */
+  readonly directory: string;
+
+  private constructor(store: LevelStore, codec: Codec<T>) {
+    super(new LocalBackend(store, codecAdapter(codec)));
+    this.directory = store.directory;
+  }
+
+  /**
+   * Opens the cache in `directory`, creating it if needed.
+   * @throws CacheError `CACHE_LOCKED` when another process, or another open cache in this one, holds the directory.
+   */
+  static async open<T = unknown>(directory: string, options: LevelCacheOptions = {}): Promise<LevelCache<T>> {
+    if (typeof directory !== 'string' || directory === '') {
+      throw new TypeError('LevelCache.open needs a directory path as a non-empty string.');
+    }
+    const codec = codecNamed<T>(options.codec ?? 'json');
+    return new LevelCache<T>(await LevelStore.open(directory), codec);
+  }
+}

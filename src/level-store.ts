@@ -1,0 +1,184 @@
+import { mkdir, readFile, realpath, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Level } from 'level';
+import { CacheError } from './errors.js';
+import type { Scope } from './scope-path.js';
+import { itemKey } from './scope-path.js';
+import type { Store, StoredRecord } from './store.js';
+
+/** A value as bytes with the name of the encoding it was written with. */
+export interface EncodedValue {
+  readonly encoding: string;
+  readonly bytes: Uint8Array;
+}
+
+/**
+ * The LevelDB layout. Item keys are `i` + the UTF-8 of `scope-path.ts`'s key; `m` + name holds metadata
+ * (`mformat`: the layout version). An item's stored value is one record:
+ * byte 0 the record version (1), bytes 1-8 `modified` as a little-endian float64, byte 9 the length n of
+ * the encoding name, then n bytes of the name in ASCII, then the value's bytes.
+ */
+const ITEM_PREFIX = 'i';
+const FORMAT_KEY = Buffer.from('mformat');
+const FORMAT = '1';
+const RECORD_VERSION = 1;
+const HEADER_BYTES = 10;
+
+function keyOf(scope: Scope, id: string): Buffer {
+  return Buffer.from(ITEM_PREFIX + itemKey(scope, id), 'utf8');
+}
+
+export function encodeRecord(record: StoredRecord<EncodedValue>): Buffer {
+  const { encoding, bytes } = record.value;
+  const out = Buffer.allocUnsafe(HEADER_BYTES + encoding.length + bytes.byteLength);
+  out[0] = RECORD_VERSION;
+  out.writeDoubleLE(record.modified, 1);
+  out[9] = encoding.length;
+  out.write(encoding, HEADER_BYTES, 'latin1');
+  out.set(bytes, HEADER_BYTES + encoding.length);
+  return out;
+}
+
+export function decodeRecord(raw: Buffer): StoredRecord<EncodedValue> {
+  if (raw.length < HEADER_BYTES || raw[0] !== RECORD_VERSION || raw.length < HEADER_BYTES + raw[9]!) {
+    throw new CacheError('CACHE_CORRUPT', 'A stored record is damaged or was written by a newer version of hoard.');
+  }
+  const nameEnd = HEADER_BYTES + raw[9]!;
+  return {
+    modified: raw.readDoubleLE(1),
+    value: { encoding: raw.toString('latin1', HEADER_BYTES, nameEnd), bytes: raw.subarray(nameEnd) },
+  };
+}
+
+/** The directories this process holds open, shared by every copy of this module in the process's main realm. */
+const openDirectories: Set<string> = ((globalThis as Record<symbol, unknown>)[Symbol.for('hoard.openLevelDirectories')] ??=
+  new Set<string>()) as Set<string>;
+
+/** Whether a thread of this process (a worker, say) holds LevelDB's lock on `directory`, as `/proc/locks` tells. */
+async function heldByThisProcess(directory: string): Promise<boolean> {
+  let inode: bigint;
+  try {
+    inode = (await stat(join(directory, 'LOCK'), { bigint: true })).ino;
+  } catch {
+    return false;
+  }
+  let locks: string;
+  try {
+    locks = await readFile('/proc/locks', 'utf8');
+  } catch {
+    return false;
+  }
+  // Lines look like `1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`.
+  return locks.split('\n').some((line) => {
+    const fields = line.trim().split(/\s+/);
+    const device = fields.find((field) => /^[0-9a-f]+:[0-9a-f]+:\d+$/i.test(field));
+    const pid = fields[fields.indexOf(device ?? '') - 1];
+    return device !== undefined && pid === String(process.pid) && BigInt(device.split(':')[2]!) === inode;
+  });
+}
+
+function lockedError(directory: string, cause?: unknown): CacheError {
+  return new CacheError(
+    'CACHE_LOCKED',
+    `The cache directory ${directory} is open in another process or another LevelCache. ` +
+      'LevelDB allows one user at a time: to share a cache between processes, run the hoard daemon and connect() to it.',
+    { cause },
+  );
+}
+
+function storageError(what: string, cause: unknown): CacheError {
+  const detail = cause instanceof Error ? cause.message : String(cause);
+  return new CacheError('CACHE_STORAGE', `${what}: ${detail}`, { cause });
+}
+
+/** A {@link Store} of encoded values in a LevelDB directory that it holds exclusively while open. */
+export class LevelStore implements Store<EncodedValue> {
+  readonly #db: Level<Buffer, Buffer>;
+  readonly directory: string;
+
+  private constructor(db: Level<Buffer, Buffer>, directory: string) {
+    this.#db = db;
+    this.directory = directory;
+  }
+
+  /**
+   * Opens (creating if needed) the database in `directory`.
+   * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
+   */
+  static async open(directory: string): Promise<LevelStore> {
+    await mkdir(directory, { recursive: true });
+    const real = await realpath(directory);
+    // A failed second open in one process silently drops LevelDB's lock, so never attempt one.
+    if (openDirectories.has(real) || (await heldByThisProcess(real))) throw lockedError(real);
+    openDirectories.add(real);
+    const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    try {
+      await db.open();
+    } catch (error) {
+      openDirectories.delete(real);
+      const code = (error as { cause?: { code?: unknown } }).cause?.code;
+      if (code === 'LEVEL_LOCKED') throw lockedError(real, error);
+      throw storageError(`Cannot open the cache database in ${real}`, error);
+    }
+    try {
+      const format = await db.get(FORMAT_KEY);
+      if (format === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT));
+      else if (format.toString() !== FORMAT) {
+        throw new CacheError(
+          'CACHE_CORRUPT',
+          `The cache database in ${real} has layout ${format.toString()}, which this version of hoard cannot read.`,
+        );
+      }
+    } catch (error) {
+      await db.close();
+      openDirectories.delete(real);
+      throw error;
+    }
+    return new LevelStore(db, real);
+  }
+
+  async read(scope: Scope, id: string): Promise<StoredRecord<EncodedValue> | undefined> {
+    let raw: Buffer | undefined;
+    try {
+      raw = await this.#db.get(keyOf(scope, id));
+    } catch (error) {
+      throw storageError('Cannot read from the cache database', error);
+    }
+    return raw === undefined ? undefined : decodeRecord(raw);
+  }
+
+  async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
+    try {
+      await this.#db.put(keyOf(scope, id), encodeRecord(record));
+    } catch (error) {
+      throw storageError('Cannot write to the cache database', error);
+    }
+  }
+
+  async delete(scope: Scope, id: string): Promise<void> {
+    try {
+      await this.#db.del(keyOf(scope, id));
+    } catch (error) {
+      throw storageError('Cannot delete from the cache database', error);
+    }
+  }
+
+  async clear(scope: Scope): Promise<void> {
+    const start = Buffer.from(ITEM_PREFIX + scope.prefix, 'utf8');
+    // No UTF-8 byte is 0xFF, so this bound follows every key that starts with `start`.
+    const end = Buffer.concat([start, Buffer.from([0xff])]);
+    try {
+      await this.#db.clear({ gte: start, lt: end });
+    } catch (error) {
+      throw storageError('Cannot clear the cache database', error);
+    }
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.#db.close();
+    } finally {
+      openDirectories.delete(this.directory);
+    }
+  }
+}

@@ -1,0 +1,152 @@
+import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
+import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
+import { CacheError } from './errors.js';
+import { type Lease, LockTable } from './lock-table.js';
+import { itemKey, type Scope } from './scope-path.js';
+import type { Store, StoredRecord } from './store.js';
+
+/** Converts between a cache's values and a store's stored form. */
+export interface ValueAdapter<T, V> {
+  /** Runs before any lock is taken, so a value it refuses leaves the stored item untouched. */
+  encode(value: T): V;
+  decode(stored: V): T;
+}
+
+function closedError(): CacheError {
+  return new CacheError('CACHE_CLOSED', 'The cache is closed.');
+}
+
+/** A {@link CacheBackend} in this process: one lock table in front of one store. */
+export class LocalBackend<T, V> implements CacheBackend<T> {
+  readonly #locks = new LockTable();
+  readonly #store: Store<V>;
+  readonly #adapter: ValueAdapter<T, V>;
+  #closed = false;
+  #closing?: Promise<void>;
+  #running = 0;
+  #drained?: () => void;
+
+  constructor(store: Store<V>, adapter: ValueAdapter<T, V>) {
+    this.#store = store;
+    this.#adapter = adapter;
+  }
+
+  async get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>> {
+    const lease = await this.#lock(itemKey(scope, id), 'shared', signal);
+    const item = await this.#readHeld(lease, scope, id);
+    const release = async (): Promise<void> => lease.release();
+    return { item, release, [Symbol.asyncDispose]: release };
+  }
+
+  async getset(
+    scope: Scope,
+    id: string,
+    options: { wait: boolean; signal: AbortSignal | undefined },
+  ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
+    const key = itemKey(scope, id);
+    let lease: Lease;
+    if (options.wait) {
+      lease = await this.#lock(key, 'exclusive', options.signal);
+    } else {
+      this.#checkOpen();
+      const taken = this.#locks.tryAcquire(key, 'exclusive');
+      if (!taken) return MISSED_GETSET;
+      lease = taken;
+    }
+    const item = await this.#readHeld(lease, scope, id);
+    // Writes through the handle run one after another, and release waits for them.
+    let writes: Promise<void> = Promise.resolve();
+    const set = (value: T): Promise<void> => {
+      if (!lease.held) {
+        return Promise.reject(new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.'));
+      }
+      const write = writes.then(() => this.#write(scope, id, value, nowSeconds()));
+      writes = write.catch(() => {});
+      return write;
+    };
+    const release = async (): Promise<void> => {
+      if (!lease.held) return;
+      await writes;
+      lease.release();
+    };
+    return { item, set, release, [Symbol.asyncDispose]: release };
+  }
+
+  async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
+    this.#checkOpen();
+    const stored = this.#adapter.encode(value);
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', undefined);
+    try {
+      await this.#io(() => this.#store.write(scope, id, { modified, value: stored }));
+    } finally {
+      lease.release();
+    }
+  }
+
+  async delete(scope: Scope, id: string): Promise<void> {
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', undefined);
+    try {
+      await this.#io(() => this.#store.delete(scope, id));
+    } finally {
+      lease.release();
+    }
+  }
+
+  async clear(scope: Scope): Promise<void> {
+    const lease = await this.#lock(scope.prefix, 'subtree', undefined);
+    try {
+      await this.#io(() => this.#store.clear(scope));
+    } finally {
+      lease.release();
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      this.#locks.rejectWaiters(closedError());
+      if (this.#running > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+      await this.#store.close();
+    })();
+    return this.#closing;
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw closedError();
+  }
+
+  async #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: AbortSignal | undefined): Promise<Lease> {
+    this.#checkOpen();
+    return this.#locks.acquire(key, mode, { signal });
+  }
+
+  async #readHeld(lease: Lease, scope: Scope, id: string): Promise<CacheItem<T> | null> {
+    let record: StoredRecord<V> | undefined;
+    try {
+      record = await this.#io(() => this.#store.read(scope, id));
+    } catch (error) {
+      lease.release();
+      throw error;
+    }
+    if (!record) return null;
+    const { modified, value } = record;
+    const decode = this.#adapter.decode.bind(this.#adapter);
+    return { modified, value: async () => decode(value) };
+  }
+
+  async #write(scope: Scope, id: string, value: T, modified: number): Promise<void> {
+    const stored = this.#adapter.encode(value);
+    await this.#io(() => this.#store.write(scope, id, { modified, value: stored }));
+  }
+
+  /** Runs one store call, refusing it once the cache is closed and letting `close` wait for it. */
+  async #io<R>(operation: () => Promise<R>): Promise<R> {
+    this.#checkOpen();
+    this.#running++;
+    try {
+      return await operation();
+    } finally {
+      if (--this.#running === 0) this.#drained?.();
+    }
+  }
+}

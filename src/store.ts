@@ -1,0 +1,21 @@
+import type { Scope } from './scope-path.js';
+
+/** What a store keeps for one item: the time it was modified and the value in the store's form. */
+export interface StoredRecord<V> {
+  readonly modified: number;
+  readonly value: V;
+}
+
+/**
+ * Where a local cache keeps its items, with no locking of its own: callers hold the item's lock
+ * (or, for `clear`, the scope's) around every call. `V` is the stored form of a value: the value
+ * itself in memory, encoded bytes on disk.
+ */
+export interface Store<V> {
+  read(scope: Scope, id: string): Promise<StoredRecord<V> | undefined>;
+  write(scope: Scope, id: string, record: StoredRecord<V>): Promise<void>;
+  delete(scope: Scope, id: string): Promise<void>;
+  /** Removes the items of `scope` and of every scope nested in it. */
+  clear(scope: Scope): Promise<void>;
+  close(): Promise<void>;
+}

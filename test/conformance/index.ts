@@ -1,0 +1,26 @@
+import { describe } from 'vitest';
+import { basics } from './basics.js';
+import { clear } from './clear.js';
+import { errors } from './errors.js';
+import { locks } from './locks.js';
+import { namespaces } from './namespaces.js';
+import type { Features, OpenSubject } from './support.js';
+import { values } from './values.js';
+
+export type { Features, OpenSubject, Subject } from './support.js';
+
+/**
+ * The behaviour every {@link Cache} implementation shares. `open` makes a fresh, empty cache for one test
+ * and registers its cleanup; `features` says what the implementation can do.
+ */
+export function cacheConformance(label: string, open: OpenSubject, features: Features): void {
+  const suite = { open, features };
+  describe(`${label} conformance`, () => {
+    describe('basics', () => basics(suite));
+    describe('locks', () => locks(suite));
+    describe('clear', () => clear(suite));
+    describe('namespaces', () => namespaces(suite));
+    describe('values', () => values(suite));
+    describe('errors', () => errors(suite));
+  });
+}

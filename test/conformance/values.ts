@@ -1,0 +1,153 @@
+import { describe, expect, test } from 'vitest';
+import { expectCode, type Suite, valueOf } from './support.js';
+
+interface Cycle {
+  name: string;
+  self?: Cycle;
+}
+
+function cyclic(): Cycle {
+  const value: Cycle = { name: 'loop' };
+  value.self = value;
+  return value;
+}
+
+const JSON_VALUES: Record<string, unknown> = {
+  string: 'text',
+  'empty string': '',
+  'non-ASCII string': 'naïve ключ 键 🔑',
+  integer: 42,
+  fraction: -0.1,
+  'large number': 1.7976931348623157e308,
+  true: true,
+  false: false,
+  null: null,
+  array: [1, 'two', null, [3]],
+  object: { nested: { list: [1, 2], flag: false }, 'odd key': 'ok' },
+  'empty object': {},
+};
+
+const STRUCTURED_VALUES: Record<string, unknown> = {
+  ...JSON_VALUES,
+  Map: new Map<unknown, unknown>([['a', 1], [2, { b: true }]]),
+  Set: new Set([1, 'two', 3n]),
+  Date: new Date(1700000000500),
+  BigInt: 12345678901234567890123n,
+  'typed array': new Float64Array([1.5, -2, Number.NaN]),
+  undefined: undefined,
+  NaN: Number.NaN,
+  'nested cycle': cyclic(),
+};
+
+/** Values of every kind each codec takes, and what each refuses. */
+export function values({ open, features }: Suite): void {
+  const kind = features.values;
+
+  describe.runIf(features.stores)('values', () => {
+    test.runIf(kind === 'as-given')('values are kept as given, by reference', async () => {
+      const { cache } = await open();
+      const object = { list: [1], fn: () => 1, big: 1n };
+      await cache.set('object', object);
+      expect(await valueOf(cache, 'object')).toBe(object);
+      await cache.set('undefined', undefined);
+      await using got = await cache.get('undefined');
+      expect(got.item).not.toBeNull();
+      expect(await got.item!.value()).toBeUndefined();
+    });
+
+    test.runIf(kind === 'json')('JSON values round-trip', async () => {
+      const { cache } = await open();
+      for (const [name, value] of Object.entries(JSON_VALUES)) {
+        await cache.set(name, value);
+        expect(await valueOf(cache, name), name).toStrictEqual(value);
+      }
+      await cache.set('date', new Date(0));
+      expect(await valueOf(cache, 'date')).toBe('1970-01-01T00:00:00.000Z');
+      await cache.set('dropped property', { kept: 1, gone: undefined });
+      expect(await valueOf(cache, 'dropped property')).toStrictEqual({ kept: 1 });
+    });
+
+    test.runIf(kind === 'binary')('bytes round-trip as plain Uint8Arrays, empty ones too', async () => {
+      const { cache } = await open();
+      const large = new Uint8Array(1 << 20).map((_, n) => n % 251);
+      for (const bytes of [new Uint8Array(0), new Uint8Array([0, 255, 128]), large]) {
+        await cache.set('bytes', bytes);
+        const read = await valueOf(cache, 'bytes');
+        expect(read).toBeInstanceOf(Uint8Array);
+        expect(Object.getPrototypeOf(read)).toBe(Uint8Array.prototype);
+        expect(read).toStrictEqual(bytes);
+      }
+      await cache.set('buffer', Buffer.from('from a Buffer'));
+      expect(Buffer.from((await valueOf(cache, 'buffer')) as Uint8Array).toString()).toBe('from a Buffer');
+      const view = new Uint8Array([9, 8, 7, 6]).subarray(1, 3);
+      await cache.set('view', view);
+      expect(await valueOf(cache, 'view')).toStrictEqual(new Uint8Array([8, 7]));
+    });
+
+    test.runIf(kind === 'binary')('the stored bytes are a copy: changing the array later changes nothing', async () => {
+      const { cache } = await open();
+      const bytes = new Uint8Array([1, 2, 3]);
+      const write = cache.set('bytes', bytes);
+      bytes[0] = 99;
+      await write;
+      expect(await valueOf(cache, 'bytes')).toStrictEqual(new Uint8Array([1, 2, 3]));
+    });
+
+    test.runIf(kind === 'structured')('structured values round-trip: Map, Set, Date, BigInt, typed arrays, cycles', async () => {
+      const { cache } = await open();
+      for (const [name, value] of Object.entries(STRUCTURED_VALUES)) {
+        await cache.set(name, value);
+        expect(await valueOf(cache, name), name).toStrictEqual(value);
+      }
+      await cache.set('cycle', cyclic());
+      const read = (await valueOf(cache, 'cycle')) as Cycle;
+      expect(read.self).toBe(read);
+    });
+
+    const refused: Record<string, Record<string, () => unknown>> = {
+      json: {
+        BigInt: () => 1n,
+        'nested BigInt': () => ({ n: [2n] }),
+        function: () => () => 1,
+        'nested function': () => ({ f: () => 1 }),
+        symbol: () => Symbol('s'),
+        undefined: () => undefined,
+        NaN: () => Number.NaN,
+        Infinity: () => ({ n: Infinity }),
+        'undefined in an array': () => [1, undefined],
+        cycle: cyclic,
+      },
+      binary: {
+        string: () => 'text',
+        number: () => 1,
+        null: () => null,
+        array: () => [1, 2],
+        ArrayBuffer: () => new ArrayBuffer(2),
+      },
+      structured: {
+        function: () => () => 1,
+        'nested function': () => ({ f: () => 1 }),
+        symbol: () => Symbol('s'),
+      },
+    };
+    const cases = Object.entries(kind === 'as-given' ? {} : refused[kind]!);
+    test.runIf(cases.length > 0)(`values the ${kind} codec cannot encode reject with CACHE_INVALID_VALUE and change nothing`, async () => {
+      const { cache } = await open();
+      const previous = kind === 'binary' ? new Uint8Array([1]) : 'previous';
+      await cache.set('id', previous, { modified: 10 });
+      for (const [name, make] of cases) {
+        await expectCode(cache.set('id', make()), 'CACHE_INVALID_VALUE').catch((error: unknown) => {
+          throw new Error(`set(${name}) did not reject as it should`, { cause: error });
+        });
+        {
+          await using gs = await cache.getset('id');
+          await expectCode(gs.set(make()), 'CACHE_INVALID_VALUE');
+        }
+        await using got = await cache.get('id');
+        expect(got.item!.modified).toBe(10);
+        expect(await got.item!.value()).toStrictEqual(previous);
+      }
+      expect(await valueOf(cache, 'never-set')).toBeUndefined();
+    });
+  });
+}
