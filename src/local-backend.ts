@@ -1,6 +1,6 @@
 import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
-import { CacheError } from './errors.js';
+import { CacheError, isCacheError } from './errors.js';
 import { type Lease, LockTable } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
 import type { Store, StoredRecord } from './store.js';
@@ -53,7 +53,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (!taken) return MISSED_GETSET;
       lease = taken;
     }
-    const item = await this.#readHeld(lease, scope, id);
+    // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
+    const item = await this.#readHeld(lease, scope, id, { corruptIsMiss: true });
     // Writes through the handle run one after another, and release waits for them.
     let writes: Promise<void> = Promise.resolve();
     const set = (value: T): Promise<void> => {
@@ -120,11 +121,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return this.#locks.acquire(key, mode, { signal });
   }
 
-  async #readHeld(lease: Lease, scope: Scope, id: string): Promise<CacheItem<T> | null> {
+  async #readHeld(
+    lease: Lease,
+    scope: Scope,
+    id: string,
+    options: { corruptIsMiss?: boolean } = {},
+  ): Promise<CacheItem<T> | null> {
     let record: StoredRecord<V> | undefined;
     try {
       record = await this.#io(() => this.#store.read(scope, id));
     } catch (error) {
+      if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return null;
       lease.release();
       throw error;
     }

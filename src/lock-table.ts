@@ -36,7 +36,11 @@ export interface LockTableStats {
 
 type State = 'waiting' | 'held' | 'done';
 
+let arrivals = 0;
+
 class Request implements Lease {
+  /** Arrival order. */
+  readonly seq = arrivals++;
   state: State = 'waiting';
   /** How many subtree requests (or, for a subtree request, any requests) must end before this one. */
   blockers = 0;
@@ -108,16 +112,16 @@ export class LockTable {
   releaseOwner(owner: unknown, reason: unknown): void {
     const requests = this.#byOwner.get(owner);
     if (!requests) return;
-    // Waiting requests go first, so that releasing held ones cannot grant them in between.
-    for (const request of [...requests]) if (request.state === 'waiting') this.#cancel(request, reason);
+    // Waiting requests go first, latest first, so that ending one never grants another of this owner's.
+    for (const request of [...requests].reverse()) if (request.state === 'waiting') this.#cancel(request, reason);
     for (const request of [...requests]) request.release();
   }
 
   /** Rejects every waiting request with `reason`; held leases stay held until released. */
   rejectWaiters(reason: unknown): void {
-    for (const requests of [...this.#byOwner.values()]) {
-      for (const request of [...requests]) if (request.state === 'waiting') this.#cancel(request, reason);
-    }
+    const waiting = [...this.#byOwner.values()].flatMap((requests) => [...requests].filter((r) => r.state === 'waiting'));
+    // Latest first, so that ending one never grants another that is about to be rejected.
+    for (const request of waiting.sort((a, b) => b.seq - a.seq)) this.#cancel(request, reason);
   }
 
   /** How many leases are held and how many requests wait, in all or for one owner. */

@@ -1,6 +1,13 @@
-import { onTestFinished } from 'vitest';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { symlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { Level } from 'level';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
+import { openFromAnotherProcess, PROJECT_ROOT } from './support/child.js';
 import { tempDir } from './support/temp-dir.js';
 
 for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
@@ -24,3 +31,124 @@ cacheConformance(
   },
   { stores: true, values: 'json' },
 );
+
+describe('LevelCache on disk', () => {
+  test('values, modified times and scopes survive close and reopen', async () => {
+    const dir = await tempDir();
+    const first = await LevelCache.open<unknown>(dir, { codec: 'structured' });
+    await first.set('plain', new Map([['k', 1n]]), { modified: 1700000000.123456 });
+    await first.withScope('a').withScope('b').set('', 'nested');
+    await first.close();
+
+    const second = await LevelCache.open<unknown>(dir, { codec: 'structured' });
+    onTestFinished(() => second.close());
+    await using got = await second.get('plain');
+    expect(got.item!.modified).toBe(1700000000.123456);
+    expect(await got.item!.value()).toStrictEqual(new Map([['k', 1n]]));
+    await using nested = await second.withScope('a').withScope('b').get('');
+    expect(await nested.item!.value()).toBe('nested');
+  });
+
+  test('a second open in this process is refused with CACHE_LOCKED and leaves the first holding the lock', async () => {
+    const dir = await tempDir();
+    const first = await LevelCache.open<string>(dir);
+    onTestFinished(() => first.close());
+    const refused = await LevelCache.open<string>(dir).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect((refused as Error).message).toMatch(/daemon/);
+    // Through a link to the same directory as well.
+    const link = join(await tempDir(), 'link');
+    await symlink(dir, link);
+    await expect(LevelCache.open<string>(link)).rejects.toMatchObject({ code: 'CACHE_LOCKED' });
+
+    expect(await openFromAnotherProcess(dir)).toBe('LEVEL_LOCKED');
+    await first.set('still', 'works');
+    await using got = await first.get('still');
+    expect(await got.item!.value()).toBe('works');
+  });
+
+  test('a directory another process holds is refused with CACHE_LOCKED', async () => {
+    const dir = await tempDir();
+    const holder = spawn(
+      process.execPath,
+      ['--input-type=module', '-e', `import { Level } from 'level'; await new Level(process.argv.at(-1)).open(); console.log('open'); setInterval(() => {}, 1000);`, '--', dir],
+      { cwd: PROJECT_ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    onTestFinished(() => void holder.kill('SIGKILL'));
+    await once(holder.stdout!, 'data');
+    await expect(LevelCache.open(dir)).rejects.toMatchObject({ code: 'CACHE_LOCKED' });
+    holder.kill('SIGKILL');
+    await once(holder, 'exit');
+    const reopened = await LevelCache.open(dir);
+    await reopened.close();
+  });
+
+  test('a directory a worker thread of this process holds is refused, and the worker keeps its lock', async () => {
+    const dir = await tempDir();
+    const worker = new Worker(
+      `const { Level } = require('level');
+       const { parentPort, workerData } = require('node:worker_threads');
+       const db = new Level(workerData);
+       db.open().then(() => parentPort.postMessage('open'));
+       parentPort.on('message', () => db.close().then(() => parentPort.postMessage('closed')));`,
+      { eval: true, workerData: dir },
+    );
+    onTestFinished(async () => void (await worker.terminate()));
+    expect(await once(worker, 'message')).toEqual(['open']);
+    await expect(LevelCache.open(dir)).rejects.toMatchObject({ code: 'CACHE_LOCKED' });
+    expect(await openFromAnotherProcess(dir)).toBe('LEVEL_LOCKED');
+    worker.postMessage('close');
+    expect(await once(worker, 'message')).toEqual(['closed']);
+    const reopened = await LevelCache.open(dir);
+    await reopened.close();
+  });
+
+  test('after close the directory can be opened again, here or elsewhere', async () => {
+    const dir = await tempDir();
+    await (await LevelCache.open(dir)).close();
+    expect(await openFromAnotherProcess(dir)).toBe('opened');
+    const again = await LevelCache.open(dir);
+    await again.close();
+  });
+
+  test('a value stored with another codec is refused with CACHE_ENCODING_MISMATCH on value()', async () => {
+    const dir = await tempDir();
+    const asJson = await LevelCache.open<unknown>(dir, { codec: 'json' });
+    await asJson.set('id', { a: 1 });
+    await asJson.close();
+    const asBinary = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+    onTestFinished(() => asBinary.close());
+    await using got = await asBinary.get('id');
+    await expect(got.item!.value()).rejects.toMatchObject({ code: 'CACHE_ENCODING_MISMATCH' });
+  });
+
+  test('a damaged record is reported as CACHE_CORRUPT', async () => {
+    const dir = await tempDir();
+    await (await LevelCache.open(dir)).close();
+    const raw = new Level<string, Buffer>(dir, { valueEncoding: 'buffer' });
+    await raw.put('i:broken', Buffer.from([99, 1, 2]));
+    await raw.put('i:bad-json', Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0, 4, ...Buffer.from('json{')]));
+    await raw.close();
+    const cache = await LevelCache.open(dir);
+    onTestFinished(() => cache.close());
+    await expect(cache.get('broken')).rejects.toMatchObject({ code: 'CACHE_CORRUPT' });
+    {
+      // getset treats a damaged record as a miss, so that the value can be computed again.
+      await using gs = await cache.getset('broken');
+      expect(gs.item).toBeNull();
+      await gs.set('mended');
+    }
+    await using mended = await cache.get('broken');
+    expect(await mended.item!.value()).toBe('mended');
+    await using bad = await cache.get('bad-json');
+    await expect(bad.item!.value()).rejects.toMatchObject({ code: 'CACHE_CORRUPT' });
+  });
+
+  test('bad arguments to open are TypeErrors', async () => {
+    const dir = await tempDir();
+    const open = LevelCache.open as (directory: unknown, options?: unknown) => Promise<unknown>;
+    await expect(open(undefined)).rejects.toBeInstanceOf(TypeError);
+    await expect(open('')).rejects.toBeInstanceOf(TypeError);
+    await expect(open(dir, { codec: 'yaml' })).rejects.toBeInstanceOf(TypeError);
+  });
+});
