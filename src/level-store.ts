@@ -137,10 +137,10 @@ export class LevelStore implements Store<EncodedValue> {
     return new LevelStore(db, real);
   }
 
-  async read(scope: Scope, id: string): Promise<StoredRecord<EncodedValue> | undefined> {
+  read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
     let raw: Buffer | undefined;
     try {
-      raw = await this.#db.get(keyOf(scope, id));
+      raw = this.#db.getSync(keyOf(scope, id));
     } catch (error) {
       throw storageError('Cannot read from the cache database', error);
     }

@@ -32,8 +32,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   }
 
   async get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>> {
-    const lease = await this.#lock(itemKey(scope, id), 'shared', signal);
-    const item = await this.#readHeld(lease, scope, id);
+    const acquired = this.#lock(itemKey(scope, id), 'shared', signal);
+    const lease = acquired instanceof Promise ? await acquired : acquired;
+    const item = this.#readHeld(lease, scope, id);
     const release = async (): Promise<void> => lease.release();
     return { item, release, [Symbol.asyncDispose]: release };
   }
@@ -46,7 +47,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const key = itemKey(scope, id);
     let lease: Lease;
     if (options.wait) {
-      lease = await this.#lock(key, 'exclusive', options.signal);
+      const acquired = this.#lock(key, 'exclusive', options.signal);
+      lease = acquired instanceof Promise ? await acquired : acquired;
     } else {
       this.#checkOpen();
       const taken = this.#locks.tryAcquire(key, 'exclusive');
@@ -54,7 +56,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease = taken;
     }
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
-    const item = await this.#readHeld(lease, scope, id, { corruptIsMiss: true });
+    const item = this.#readHeld(lease, scope, id, { corruptIsMiss: true });
     // Writes through the handle run one after another, and release waits for them.
     let writes: Promise<void> = Promise.resolve();
     const set = (value: T): Promise<void> => {
@@ -116,20 +118,22 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     if (this.#closed) throw closedError();
   }
 
-  async #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: AbortSignal | undefined): Promise<Lease> {
+  #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: AbortSignal | undefined): Lease | Promise<Lease> {
     this.#checkOpen();
     return this.#locks.acquire(key, mode, { signal });
   }
 
-  async #readHeld(
+  /** Reads synchronously under the held lease, releasing it if the read fails. */
+  #readHeld(
     lease: Lease,
     scope: Scope,
     id: string,
     options: { corruptIsMiss?: boolean } = {},
-  ): Promise<CacheItem<T> | null> {
+  ): CacheItem<T> | null {
     let record: StoredRecord<V> | undefined;
     try {
-      record = await this.#io(() => this.#store.read(scope, id));
+      this.#checkOpen();
+      record = this.#store.read(scope, id);
     } catch (error) {
       if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return null;
       lease.release();

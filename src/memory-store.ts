@@ -27,7 +27,7 @@ export class MemoryStore<V> implements Store<V> {
     return node;
   }
 
-  async read(scope: Scope, id: string): Promise<StoredRecord<V> | undefined> {
+  read(scope: Scope, id: string): StoredRecord<V> | undefined {
     return this.#find(scope, false)?.items.get(id);
   }
 

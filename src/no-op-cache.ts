@@ -4,7 +4,7 @@ import type { Store } from './store.js';
 
 /** A {@link Store} that keeps nothing. */
 class NullStore implements Store<never> {
-  async read(): Promise<undefined> {
+  read(): undefined {
     return undefined;
   }
   async write(): Promise<void> {}

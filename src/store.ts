@@ -12,7 +12,11 @@ export interface StoredRecord<V> {
  * itself in memory, encoded bytes on disk.
  */
 export interface Store<V> {
-  read(scope: Scope, id: string): Promise<StoredRecord<V> | undefined>;
+  /**
+   * Reads synchronously: LevelDB answers from its caches in microseconds, and a hop through libuv's thread
+   * pool costs several times the read itself.
+   */
+  read(scope: Scope, id: string): StoredRecord<V> | undefined;
   write(scope: Scope, id: string, record: StoredRecord<V>): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   /** Removes the items of `scope` and of every scope nested in it. */
