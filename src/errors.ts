@@ -13,7 +13,21 @@ export type CacheErrorCode =
   /** The stored record cannot be read back (damaged or written by an unknown version). */
   | 'CACHE_CORRUPT'
   /** The storage failed (disk full, I/O error); the cause says more. */
-  | 'CACHE_STORAGE';
+  | 'CACHE_STORAGE'
+  /** The connection to the daemon closed while the call was under way; handles held over it are void. */
+  | 'CACHE_CONNECTION_LOST'
+  /** The client and the daemon speak incompatible protocol versions; the message says how to replace the daemon. */
+  | 'CACHE_PROTOCOL_MISMATCH'
+  /** No daemon could be started; the message says why, or where its log is. */
+  | 'CACHE_DAEMON_START_FAILED'
+  /** The socket's directory is owned by another user or writable by others. */
+  | 'CACHE_UNSAFE_DIRECTORY'
+  /** The socket path is longer than Unix sockets allow. */
+  | 'CACHE_SOCKET_PATH_TOO_LONG'
+  /** The daemon refused the request's parameters (a client bug, or a client of another version). */
+  | 'CACHE_INVALID_PARAMS'
+  /** The daemon failed in an unexpected way; its log has the details. */
+  | 'CACHE_INTERNAL';
 
 /** An expected failure of a cache operation, identified by its {@link CacheErrorCode}. */
 export class CacheError extends Error {

@@ -1,7 +1,7 @@
 import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
 import { CacheError, isCacheError } from './errors.js';
-import { type Lease, LockTable } from './lock-table.js';
+import { type Lease, LockTable, type LockTableStats } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
 import type { Store, StoredRecord } from './store.js';
 
@@ -75,10 +75,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return { item, set, release, [Symbol.asyncDispose]: release };
   }
 
-  async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
+  /** `signal` (for the daemon, not the public API) drops the call while it waits for the lock. */
+  async set(scope: Scope, id: string, value: T, modified: number, signal?: AbortSignal): Promise<void> {
     this.#checkOpen();
     const stored = this.#adapter.encode(value);
-    const lease = await this.#lock(itemKey(scope, id), 'exclusive', undefined);
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', signal);
     try {
       await this.#io(() => this.#store.write(scope, id, { modified, value: stored }));
     } finally {
@@ -86,8 +87,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async delete(scope: Scope, id: string): Promise<void> {
-    const lease = await this.#lock(itemKey(scope, id), 'exclusive', undefined);
+  async delete(scope: Scope, id: string, signal?: AbortSignal): Promise<void> {
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', signal);
     try {
       await this.#io(() => this.#store.delete(scope, id));
     } finally {
@@ -95,13 +96,18 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async clear(scope: Scope): Promise<void> {
-    const lease = await this.#lock(scope.prefix, 'subtree', undefined);
+  async clear(scope: Scope, signal?: AbortSignal): Promise<void> {
+    const lease = await this.#lock(scope.prefix, 'subtree', signal);
     try {
       await this.#io(() => this.#store.clear(scope));
     } finally {
       lease.release();
     }
+  }
+
+  /** How many locks are held and how many requests wait. */
+  lockStats(): LockTableStats {
+    return this.#locks.stats();
   }
 
   close(): Promise<void> {

@@ -1,0 +1,221 @@
+import { createInterface } from 'node:readline/promises';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { runDaemonCommand } from '../daemon/main.js';
+import { defaultSocketPath } from '../daemon/paths.js';
+import { isCacheError } from '../src/errors.js';
+import { Clear, Delete, Get, Release, Set as SetRequest, Shutdown, Status, type StatusResult } from '../src/protocol.js';
+import { VERSION } from '../src/version.js';
+import { DaemonConnection, isNoDaemon } from './daemon-connection.js';
+import { connect } from './connect.js';
+
+/** An expected failure: one line on stderr, exit code 1. */
+class Failure extends Error {}
+
+/** Parses `500ms`, `30s`, `15m`, `1h`, or a plain number of seconds, into milliseconds. */
+export function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!match) throw new InvalidArgumentError('expected a duration such as 900s, 15m or 500ms (0 for never)');
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] ?? 's']!;
+  return Math.round(Number(match[1]) * unit);
+}
+
+interface Globals {
+  socket?: string;
+  scope: string[];
+}
+
+function collect(value: string, previous: string[]): string[] {
+  if (value === '') throw new InvalidArgumentError('a scope name cannot be empty');
+  return [...previous, value];
+}
+
+async function readStdin(): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) (value /= 1024), unit++;
+  return `${unit ? value.toFixed(1) : value} ${units[unit]}`;
+}
+
+/** A raw connection for the commands that handle stored bytes and encodings themselves. */
+async function open(globals: Globals, { start }: { start: boolean }): Promise<DaemonConnection> {
+  const socketPath = globals.socket ?? defaultSocketPath();
+  if (start) {
+    // connect() knows how to start a daemon; the raw connection then talks to it.
+    await (await connect({ socketPath, clientName: 'hoard cli' })).close();
+  }
+  try {
+    return await DaemonConnection.open(socketPath, { clientName: 'hoard cli' });
+  } catch (error) {
+    if (isNoDaemon(error)) throw new Failure(`no hoard daemon is running on ${socketPath}`);
+    throw error;
+  }
+}
+
+async function withConnection<R>(globals: Globals, start: boolean, run: (c: DaemonConnection) => Promise<R>): Promise<R> {
+  const connection = await open(globals, { start });
+  try {
+    return await run(connection);
+  } finally {
+    await connection.close();
+  }
+}
+
+/** Builds the `hoard` program; `out` and `err` receive its output. */
+export function buildProgram(io: { out: (text: string | Uint8Array) => void; err: (text: string) => void }): Command {
+  const program = new Command('hoard');
+  program
+    .exitOverride()
+    .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
+    .description('A shared cache for the tools on one developer\u2019s machine.')
+    .version(VERSION)
+    .option('--socket <path>', 'the daemon\u2019s socket (default: $HOARD_SOCKET or the XDG runtime directory)')
+    .option('--scope <name>', 'a scope; repeat for nested scopes', collect, [] as string[]);
+  const globals = (): Globals => program.opts<Globals>();
+
+  program
+    .command('daemon')
+    .description('run the daemon in the foreground')
+    .option('--data-dir <path>', 'the LevelDB directory (default: $HOARD_DATA_DIR or the XDG cache directory)')
+    .option('--idle-timeout <duration>', 'stop after this long with no connection; 0 never', parseDuration, 15 * 60_000)
+    .option('--stdio', 'serve one client over stdin/stdout and exit when stdin closes')
+    .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
+    .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
+    .action(async (options: { dataDir?: string; idleTimeout: number; stdio?: boolean; logFile?: string; readyFd?: number }) => {
+      await runDaemonCommand({ socket: globals().socket, ...options, idleTimeoutMs: options.idleTimeout });
+    });
+
+  program
+    .command('status')
+    .description('show the daemon\u2019s state')
+    .option('--json', 'print JSON')
+    .action(async (options: { json?: boolean }) => {
+      const status: StatusResult = await withConnection(globals(), false, (c) => c.request(Status));
+      if (options.json) return io.out(`${JSON.stringify(status, null, 2)}\n`);
+      io.out(
+        [
+          `pid          ${status.pid}`,
+          `version      ${status.version} (protocol ${status.protocolVersion})`,
+          `uptime       ${Math.round(status.uptimeMs / 1000)} s`,
+          `socket       ${status.socketPath ?? '(stdio)'}`,
+          `data         ${status.dataDir} (${formatBytes(status.sizeOnDiskBytes)} on disk)`,
+          `connections  ${status.connections}`,
+          `locks        ${status.locksHeld} held, ${status.waiters} waiting`,
+          `hits         ${status.hits}, misses ${status.misses}`,
+        ].join('\n') + '\n',
+      );
+    });
+
+  program
+    .command('stop')
+    .description('stop the daemon')
+    .action(async () => {
+      let connection: DaemonConnection;
+      try {
+        connection = await open(globals(), { start: false });
+      } catch (error) {
+        if (error instanceof Failure) return io.err('hoard: no daemon was running\n');
+        throw error;
+      }
+      const pid = connection.info.pid;
+      await connection.request(Shutdown);
+      await connection.lostPromise;
+      io.err(`hoard: stopped the daemon (pid ${pid})\n`);
+    });
+
+  program
+    .command('get <id>')
+    .description('print an item\u2019s value')
+    .option('--raw', 'print the stored bytes as they are')
+    .action(async (id: string, options: { raw?: boolean }) => {
+      await withConnection(globals(), true, async (c) => {
+        const { handle, item } = await c.request(Get, { scope: globals().scope, id });
+        await c.request(Release, { handle });
+        if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
+        const bytes = Buffer.from(item.value, 'base64');
+        if (options.raw) return io.out(bytes);
+        if (item.encoding !== 'json') {
+          throw new Failure(`the value is stored as ${item.encoding}, not text; use --raw to print its bytes`);
+        }
+        const value: unknown = JSON.parse(bytes.toString('utf8'));
+        io.out(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
+      });
+    });
+
+  program
+    .command('set <id> [value]')
+    .description('store a value (from standard input when none is given)')
+    .option('--raw', 'store the bytes as they are (binary encoding)')
+    .option('--json', 'parse the value as JSON instead of storing it as a string')
+    .action(async (id: string, value: string | undefined, options: { raw?: boolean; json?: boolean }) => {
+      if (options.raw && options.json) throw new InvalidArgumentError('choose one of --raw and --json');
+      const input = value === undefined ? await readStdin() : Buffer.from(value, 'utf8');
+      let encoding = 'json';
+      let bytes = input;
+      if (options.raw) encoding = 'binary';
+      else if (options.json) {
+        try {
+          bytes = Buffer.from(JSON.stringify(JSON.parse(input.toString('utf8'))));
+        } catch {
+          throw new Failure('the value is not valid JSON');
+        }
+      } else bytes = Buffer.from(JSON.stringify(input.toString('utf8')));
+      await withConnection(globals(), true, (c) =>
+        c.request(SetRequest, { scope: globals().scope, id, encoding, value: bytes.toString('base64') }),
+      );
+    });
+
+  program
+    .command('delete <id>')
+    .description('remove an item')
+    .action(async (id: string) => {
+      await withConnection(globals(), true, (c) => c.request(Delete, { scope: globals().scope, id }));
+    });
+
+  program
+    .command('clear')
+    .description('remove every item of the scope (everything without --scope)')
+    .option('-y, --yes', 'do not ask for confirmation')
+    .action(async (options: { yes?: boolean }) => {
+      const scope = globals().scope;
+      if (scope.length === 0 && !options.yes && process.stdin.isTTY && process.stderr.isTTY) {
+        const prompt = createInterface({ input: process.stdin, output: process.stderr });
+        const answer = await prompt.question('Clear every item in the hoard cache? [y/N] ');
+        prompt.close();
+        if (!/^y(es)?$/i.test(answer.trim())) throw new Failure('nothing cleared');
+      }
+      await withConnection(globals(), true, (c) => c.request(Clear, { scope }));
+    });
+
+  return program;
+}
+
+/** Runs the CLI with `argv` (without node and script) and resolves to its exit code: 0, 1 or 2. */
+export async function runCli(argv: string[], io = { out: (t: string | Uint8Array) => void process.stdout.write(t), err: (t: string) => void process.stderr.write(t) }): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
+      return 2;
+    }
+    if (error instanceof InvalidArgumentError) {
+      io.err(`hoard: ${error.message}\n`);
+      return 2;
+    }
+    if (error instanceof Failure || isCacheError(error)) {
+      io.err(`hoard: ${(error as Error).message}\n`);
+      return 1;
+    }
+    io.err(`hoard: unexpected error: ${error instanceof Error ? error.stack : String(error)}\n`);
+    return 1;
+  }
+}

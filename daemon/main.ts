@@ -1,0 +1,68 @@
+import { appendFileSync, closeSync, writeSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { isCacheError } from '../src/errors.js';
+import { startDaemon } from './start-daemon.js';
+
+export interface DaemonCommandOptions {
+  socket?: string;
+  dataDir?: string;
+  idleTimeoutMs?: number;
+  stdio?: boolean;
+  /** Log here instead of standard error (the background mode). */
+  logFile?: string;
+  /** A file descriptor that gets one line, `ready`, `busy …` or `error …`, and is then closed. */
+  readyFd?: number;
+}
+
+/**
+ * Runs `hoard daemon` until it stops, then exits the process: 0 after a clean stop (signal, `hoard stop`,
+ * idle timeout, end of stdin) or when another daemon already serves the data directory, 1 when it cannot start.
+ */
+export async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
+  let log = (line: string): void => void process.stderr.write(`${line}\n`);
+  if (options.logFile) {
+    await mkdir(dirname(options.logFile), { recursive: true, mode: 0o700 });
+    const logFile = options.logFile;
+    // Synchronous, so that the last lines are on disk when the process exits; the daemon logs little.
+    log = (line) => appendFileSync(logFile, `${line}\n`, { mode: 0o600 });
+  }
+  const stamp = (line: string): void => log(`${new Date().toISOString()} hoard[${process.pid}] ${line}`);
+  const tell = (line: string): void => {
+    if (options.readyFd === undefined) return;
+    try {
+      writeSync(options.readyFd, `${line.replaceAll('\n', ' ')}\n`);
+      closeSync(options.readyFd);
+    } catch {
+      // The starter went away; nobody is listening for the word.
+    }
+  };
+
+  let daemon;
+  try {
+    daemon = await startDaemon({
+      socketPath: options.socket,
+      dataDir: options.dataDir,
+      idleTimeoutMs: options.idleTimeoutMs,
+      stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
+      log: stamp,
+    });
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio) {
+      stamp(`not starting: ${message}`);
+      tell(`busy ${message}`);
+      process.exit(0);
+    }
+    stamp(`cannot start: ${message}`);
+    if (!options.logFile) process.stderr.write(`hoard: ${message}\n`);
+    tell(`error ${message}`);
+    process.exit(1);
+  }
+  tell('ready');
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.once(signal, () => void daemon.close());
+  }
+  await daemon.closed;
+  process.exit(0);
+}

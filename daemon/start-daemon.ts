@@ -1,0 +1,210 @@
+import { once } from 'node:events';
+import { readdir, stat, unlink, chmod } from 'node:fs/promises';
+import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import {
+  createMessageConnection,
+  type MessageConnection,
+  SocketMessageReader,
+  SocketMessageWriter,
+  StreamMessageReader,
+  StreamMessageWriter,
+} from 'vscode-jsonrpc/node';
+import { CacheError, isCacheError } from '../src/errors.js';
+import { type EncodedValue, LevelStore } from '../src/level-store.js';
+import { LocalBackend } from '../src/local-backend.js';
+import { PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
+import { VERSION } from '../src/version.js';
+import { defaultDataDir, defaultSocketPath, prepareSocketDirectory } from './paths.js';
+import { type DaemonContext, serveConnection } from './serve.js';
+
+export interface DaemonOptions {
+  /** Where to listen; default from `HOARD_SOCKET` or the XDG runtime directory. Ignored with `stdio`. */
+  socketPath?: string;
+  /** The LevelDB directory; default from `HOARD_DATA_DIR` or the XDG cache directory. */
+  dataDir?: string;
+  /** Stop after this long with no open connection; default 15 minutes, 0 never. */
+  idleTimeoutMs?: number;
+  /** Serve one client over these streams instead of a socket, and stop when the input ends. */
+  stdio?: { input: Readable; output: Writable };
+  /** The largest message accepted, in bytes; default 64 MiB. */
+  maxMessageBytes?: number;
+  /** Where log lines go; default standard error. */
+  log?: (line: string) => void;
+}
+
+/** A running daemon. */
+export interface Daemon {
+  readonly socketPath: string | null;
+  readonly dataDir: string;
+  /** Resolves once the daemon has stopped, for whatever reason. */
+  readonly closed: Promise<void>;
+  /** Stops the daemon through its one shutdown path; resolves when it has stopped. */
+  close(): Promise<void>;
+}
+
+const IDLE_TIMEOUT_MS = 15 * 60 * 1000;
+const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
+
+async function directorySize(directory: string): Promise<number> {
+  let total = 0;
+  for (const entry of await readdir(directory, { withFileTypes: true }).catch(() => [])) {
+    if (entry.isFile()) total += (await stat(join(directory, entry.name)).catch(() => ({ size: 0 }))).size;
+  }
+  return total;
+}
+
+/** Whether something accepts connections on the socket path. */
+function socketAnswers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = netConnect(socketPath);
+    probe.once('connect', () => (probe.destroy(), resolve(true)));
+    probe.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
+ * per data directory), then listens on the socket and resolves once it accepts connections.
+ * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory, `CACHE_UNSAFE_DIRECTORY` or
+ * `CACHE_SOCKET_PATH_TOO_LONG` for a socket path it will not use.
+ */
+export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} hoard[${process.pid}] ${line}\n`));
+  const socketPath = options.stdio ? null : (options.socketPath ?? defaultSocketPath());
+  const dataDir = options.dataDir ?? defaultDataDir();
+  const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+  const maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES;
+  if (socketPath) await prepareSocketDirectory(socketPath);
+
+  let store: LevelStore;
+  try {
+    store = await LevelStore.open(dataDir);
+  } catch (error) {
+    if (isCacheError(error, 'CACHE_LOCKED')) {
+      throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {
+        cause: error,
+      });
+    }
+    throw error;
+  }
+  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
+  const startedAt = Date.now();
+  const connections = new Set<MessageConnection>();
+  const sockets = new Set<Socket>();
+  let handles = 0;
+  let server: Server | undefined;
+  let idleTimer: NodeJS.Timeout | undefined;
+  let stopping: Promise<void> | undefined;
+  let markClosed!: () => void;
+  const closed = new Promise<void>((resolve) => (markClosed = resolve));
+
+  const context: DaemonContext = {
+    backend,
+    version: VERSION,
+    maxMessageBytes,
+    counters: { hits: 0, misses: 0 },
+    nextHandle: () => ++handles,
+    log,
+    requestStop: (reason) => void stop(reason),
+    async status(): Promise<StatusResult> {
+      const locks = backend.lockStats();
+      return {
+        pid: process.pid,
+        version: VERSION,
+        protocolVersion: PROTOCOL_VERSION,
+        uptimeMs: Date.now() - startedAt,
+        socketPath,
+        dataDir: store.directory,
+        sizeOnDiskBytes: await directorySize(store.directory),
+        connections: connections.size,
+        locksHeld: locks.held,
+        waiters: locks.waiting,
+        hits: this.counters.hits,
+        misses: this.counters.misses,
+      };
+    },
+  };
+
+  function armIdleTimer(): void {
+    clearTimeout(idleTimer);
+    if (idleTimeoutMs > 0 && connections.size === 0 && socketPath) {
+      idleTimer = setTimeout(() => void stop(`idle for ${idleTimeoutMs} ms`), idleTimeoutMs);
+      idleTimer.unref();
+    }
+  }
+
+  function accept(connection: MessageConnection, label: string, onClosed: () => void): void {
+    connections.add(connection);
+    clearTimeout(idleTimer);
+    const served = serveConnection(connection, context, label);
+    void served.closed.then(() => {
+      connections.delete(connection);
+      onClosed();
+      armIdleTimer();
+    });
+  }
+
+  /** The one shutdown path: stop accepting, fail waiters, flush and close the database, remove the socket. */
+  function stop(reason: string): Promise<void> {
+    stopping ??= (async () => {
+      log(`stopping: ${reason}`);
+      clearTimeout(idleTimer);
+      server?.close();
+      // The socket goes while this daemon still holds the database lock, so it never removes a successor's.
+      if (socketPath) await unlink(socketPath).catch(() => {});
+      await backend.close();
+      for (const socket of sockets) socket.end();
+      for (const connection of connections) connection.end();
+      if (options.stdio) options.stdio.output.end?.();
+      log('stopped');
+      markClosed();
+    })();
+    return stopping;
+  }
+
+  try {
+    if (options.stdio) {
+      const { input, output } = options.stdio;
+      const connection = createMessageConnection(new StreamMessageReader(input), new StreamMessageWriter(output));
+      connection.onError(([error]) => {
+        log(`stdio: unreadable input (${error.message}); stopping`);
+        connection.end();
+      });
+      accept(connection, 'stdio', () => void stop('stdin closed'));
+      input.once('end', () => void stop('stdin closed'));
+      log(`serving one client over stdio, data in ${store.directory}`);
+    } else {
+      const path = socketPath!;
+      // Holding the database lock, this is the only daemon for this data directory: a socket file left here is
+      // stale unless a daemon for another data directory answers on it.
+      if (await socketAnswers(path)) {
+        throw new CacheError('CACHE_LOCKED', `Another hoard daemon already listens on ${path} (with another data directory).`);
+      }
+      await unlink(path).catch(() => {});
+      server = createServer((socket) => {
+        sockets.add(socket);
+        const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+        connection.onError(([error]) => {
+          log(`closing a connection that sent an unreadable message: ${error.message}`);
+          socket.destroy();
+        });
+        socket.on('error', () => {});
+        accept(connection, `connection ${sockets.size}`, () => sockets.delete(socket));
+      });
+      server.listen(path);
+      await once(server, 'listening');
+      await chmod(path, 0o600);
+      armIdleTimer();
+      log(`listening on ${path}, data in ${store.directory}`);
+    }
+  } catch (error) {
+    server?.close();
+    await backend.close();
+    throw error;
+  }
+
+  return { socketPath, dataDir: store.directory, closed, close: () => stop('closed by its owner') };
+}

@@ -1,0 +1,130 @@
+/**
+ * The wire between the daemon and its clients: JSON-RPC 2.0 with LSP framing (see PROTOCOL.md).
+ * Both sides import these declarations; nothing here touches a socket.
+ */
+import { NotificationType0, RequestType, RequestType0 } from 'vscode-jsonrpc';
+import type { CacheErrorCode } from './errors.js';
+
+/** Bumped on any change that an older peer would misread. */
+export const PROTOCOL_VERSION = 1;
+
+/** A stored value on the wire: its bytes as base64, with the name of the encoding it was written with. */
+export interface WireItem {
+  modified: number;
+  encoding: string;
+  value: string;
+}
+
+export interface InitializeParams {
+  clientName: string;
+  pid: number;
+  protocolVersion: number;
+}
+
+export interface InitializeResult {
+  daemonVersion: string;
+  protocolVersion: number;
+  pid: number;
+  capabilities: {
+    /** How values travel: only `'base64'` in protocol 1. */
+    valueTransfer: 'base64';
+    /** The largest message the daemon accepts, in bytes. */
+    maxMessageBytes: number;
+  };
+}
+
+export interface ItemParams {
+  scope: string[];
+  id: string;
+}
+
+export interface GetResult {
+  handle: number;
+  item: WireItem | null;
+}
+
+export interface GetSetParams extends ItemParams {
+  wait?: boolean;
+}
+
+export interface GetSetResult {
+  /** `null` when `wait` was false and the lock was taken. */
+  handle: number | null;
+  item: WireItem | null;
+}
+
+export interface SetParams extends ItemParams {
+  value: string;
+  encoding: string;
+  modified?: number;
+}
+
+export interface HandleSetParams {
+  handle: number;
+  value: string;
+  encoding: string;
+}
+
+export interface HandleParams {
+  handle: number;
+}
+
+export interface ScopeParams {
+  scope: string[];
+}
+
+export interface StatusResult {
+  pid: number;
+  version: string;
+  protocolVersion: number;
+  uptimeMs: number;
+  socketPath: string | null;
+  dataDir: string;
+  sizeOnDiskBytes: number;
+  connections: number;
+  locksHeld: number;
+  waiters: number;
+  hits: number;
+  misses: number;
+}
+
+export const Initialize = new RequestType<InitializeParams, InitializeResult, void>('initialize');
+export const Shutdown = new RequestType0<null, void>('shutdown');
+export const Exit = new NotificationType0('exit');
+export const Get = new RequestType<ItemParams, GetResult, void>('cache/get');
+export const GetSet = new RequestType<GetSetParams, GetSetResult, void>('cache/getset');
+export const HandleSet = new RequestType<HandleSetParams, null, void>('cache/handleSet');
+export const Release = new RequestType<HandleParams, null, void>('cache/release');
+export const Set = new RequestType<SetParams, null, void>('cache/set');
+export const Delete = new RequestType<ItemParams, null, void>('cache/delete');
+export const Clear = new RequestType<ScopeParams, null, void>('cache/clear');
+export const Status = new RequestType0<StatusResult, void>('daemon/status');
+
+/** Codes that only occur between a client and the daemon. */
+export type WireErrorCode = CacheErrorCode | 'CACHE_NOT_INITIALIZED' | 'CACHE_CANCELLED';
+
+/** The JSON-RPC error number for each code; `error.data.code` carries the name. */
+export const ERROR_NUMBERS: Readonly<Record<WireErrorCode, number>> = Object.freeze({
+  CACHE_INVALID_VALUE: 1,
+  CACHE_LOCK_NOT_HELD: 2,
+  CACHE_LOCKED: 3,
+  CACHE_CLOSED: 4,
+  CACHE_ENCODING_MISMATCH: 5,
+  CACHE_CORRUPT: 6,
+  CACHE_STORAGE: 7,
+  CACHE_PROTOCOL_MISMATCH: 8,
+  CACHE_NOT_INITIALIZED: 9,
+  CACHE_CONNECTION_LOST: 10,
+  CACHE_DAEMON_START_FAILED: 11,
+  CACHE_UNSAFE_DIRECTORY: 12,
+  CACHE_SOCKET_PATH_TOO_LONG: 13,
+  CACHE_INVALID_PARAMS: -32602,
+  CACHE_CANCELLED: -32800,
+  CACHE_INTERNAL: -32603,
+});
+
+/** What `error.data` holds in every error the daemon sends. */
+export interface WireErrorData {
+  code: WireErrorCode;
+  [detail: string]: unknown;
+}
