@@ -91,6 +91,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     let released = false;
     let writes: Promise<void> = Promise.resolve();
     const set = (value: T): Promise<void> => {
+      if (!released && this.#closed) return Promise.reject(new CacheError('CACHE_CLOSED', 'The cache is closed.'));
       if (released || connection.lost) {
         return Promise.reject(
           new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.'),

@@ -1,0 +1,244 @@
+import { chmod, mkdir, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { connect } from '../client/index.js';
+import { startDaemon } from '../daemon/index.js';
+import type { Cache } from '../src/index.js';
+import { ERROR_NUMBERS } from '../src/protocol.js';
+import { expectCode, isWaiting, track } from './conformance/support.js';
+import { startTestDaemon } from './support/daemon.js';
+import { runModule } from './support/child.js';
+import { RawClient } from './support/raw-client.js';
+import { tempDir } from './support/temp-dir.js';
+
+async function client(socketPath: string) {
+  const cache = await connect<string>({ socketPath, autoStart: false });
+  onTestFinished(() => cache.close());
+  return cache;
+}
+
+describe('locks belong to the connection', () => {
+  test('closing a connection releases its locks and drops its waits; the next waiter is granted', async () => {
+    const { socketPath } = await startTestDaemon();
+    const a = await client(socketPath);
+    const b = await client(socketPath);
+    const held = await a.getset('k');
+    const reader = await a.get('other');
+    const busyHolder = await b.getset('busy');
+    const queuedByA = track(a.getset('busy'));
+    const waiting = track(b.getset('k'));
+    const subject = { cache: b as Cache<unknown>, close: async () => {}, settle: async () => void (await b.status()) };
+    expect(await isWaiting(subject, waiting)).toBe(true);
+    expect(await isWaiting(subject, queuedByA)).toBe(true);
+    expect(await b.status()).toMatchObject({ connections: 2, locksHeld: 3, waiters: 2 });
+    await a.close();
+    await expectCode(queuedByA.promise, 'CACHE_CLOSED');
+    const granted = await waiting.promise;
+    expect(granted.item).toBeNull();
+    await expectCode(held.set('late'), 'CACHE_CLOSED');
+    expect(await b.status()).toMatchObject({ connections: 1, locksHeld: 2, waiters: 0 });
+    await Promise.all([granted.release(), busyHolder.release(), reader.release()]);
+    expect(await b.status()).toMatchObject({ locksHeld: 0, waiters: 0 });
+  });
+
+  test('a handle number is a token: another connection cannot use or release it', async () => {
+    const { socketPath } = await startTestDaemon();
+    const owner = await RawClient.open(socketPath);
+    const thief = await RawClient.open(socketPath);
+    await owner.initialize();
+    await thief.initialize();
+    const granted = await owner.request('cache/getset', { scope: [], id: 'k' });
+    const handle = (granted.result as { handle: number }).handle;
+    const stolen = await thief.request('cache/handleSet', { handle, encoding: 'json', value: Buffer.from('"x"').toString('base64') });
+    expect(stolen.error).toMatchObject({ code: ERROR_NUMBERS.CACHE_LOCK_NOT_HELD, data: { code: 'CACHE_LOCK_NOT_HELD' } });
+    expect((await thief.request('cache/release', { handle })).result).toBeNull();
+    const still = await thief.request('cache/getset', { scope: [], id: 'k', wait: false });
+    expect(still.result).toEqual({ handle: null, item: null });
+    await owner.request('cache/release', { handle });
+    const reused = await owner.request('cache/handleSet', { handle, encoding: 'json', value: 'IngiCg==' });
+    expect(reused.error).toMatchObject({ data: { code: 'CACHE_LOCK_NOT_HELD' } });
+  });
+
+  test('$/cancelRequest ends a pending lock wait and leaves no waiter behind', async () => {
+    const { socketPath } = await startTestDaemon();
+    const a = await client(socketPath);
+    const b = await client(socketPath);
+    const held = await a.getset('k');
+    const controller = new AbortController();
+    const waiting = b.get('k', { signal: controller.signal });
+    await b.status();
+    expect((await b.status()).waiters).toBe(1);
+    controller.abort(new Error('user gave up'));
+    await expect(waiting).rejects.toThrow('user gave up');
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    raw.send({ jsonrpc: '2.0', id: 7, method: 'cache/get', params: { scope: [], id: 'k' } });
+    raw.send({ jsonrpc: '2.0', method: '$/cancelRequest', params: { id: 7 } });
+    const cancelled = await raw.next();
+    expect(cancelled).toMatchObject({ id: 7, error: { code: -32800, data: { code: 'CACHE_CANCELLED' } } });
+    expect(await a.status()).toMatchObject({ locksHeld: 1, waiters: 0 });
+    await held.release();
+    expect(await a.status()).toMatchObject({ locksHeld: 0, waiters: 0 });
+  });
+});
+
+describe('the handshake and bad requests', () => {
+  test('an incompatible protocol version gets CACHE_PROTOCOL_MISMATCH with both versions and the remedy', async () => {
+    const { socketPath } = await startTestDaemon();
+    const raw = await RawClient.open(socketPath);
+    const reply = await raw.initialize(999);
+    expect(reply.error).toMatchObject({
+      code: ERROR_NUMBERS.CACHE_PROTOCOL_MISMATCH,
+      data: { code: 'CACHE_PROTOCOL_MISMATCH', daemonProtocolVersion: 1, clientProtocolVersion: 999 },
+    });
+    expect((reply.error as { message: string }).message).toMatch(/hoard stop/);
+    const refused = await raw.request('cache/get', { scope: [], id: 'k' });
+    expect(refused.error).toMatchObject({ data: { code: 'CACHE_NOT_INITIALIZED' } });
+  });
+
+  test('requests before initialize are refused with CACHE_NOT_INITIALIZED', async () => {
+    const { socketPath } = await startTestDaemon();
+    const raw = await RawClient.open(socketPath);
+    const reply = await raw.request('cache/set', { scope: [], id: 'k', encoding: 'json', value: 'MQ==' });
+    expect(reply.error).toMatchObject({ code: ERROR_NUMBERS.CACHE_NOT_INITIALIZED });
+    expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 1 });
+  });
+
+  test('unknown methods and wrong parameter types get JSON-RPC errors, and every other client is still served', async () => {
+    const { socketPath } = await startTestDaemon();
+    const bystander = await client(socketPath);
+    await bystander.set('kept', 'value');
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    expect((await raw.request('cache/frobnicate', {})).error).toMatchObject({ code: -32601 });
+    const bad: [string, unknown][] = [
+      ['cache/get', { scope: [], id: 42 }],
+      ['cache/get', { scope: 'a', id: 'k' }],
+      ['cache/get', { scope: [1], id: 'k' }],
+      ['cache/get', { scope: [''], id: 'k' }],
+      ['cache/get', { id: 'k' }],
+      ['cache/getset', { scope: [], id: 'k', wait: 'no' }],
+      ['cache/set', { scope: [], id: 'k', encoding: 'json' }],
+      ['cache/set', { scope: [], id: 'k', encoding: '', value: '' }],
+      ['cache/set', { scope: [], id: 'k', encoding: 'json', value: 'MQ==', modified: 'now' }],
+      ['cache/release', { handle: -1 }],
+      ['cache/handleSet', { handle: 'one', encoding: 'json', value: '' }],
+      ['cache/clear', { scope: null }],
+      ['cache/delete', [1, 2]],
+    ];
+    for (const [method, params] of bad) {
+      const reply = await raw.request(method, params);
+      expect(reply.error, `${method} ${JSON.stringify(params)}`).toMatchObject({ code: -32602, data: { code: 'CACHE_INVALID_PARAMS' } });
+    }
+    const notBase64 = await raw.request('cache/set', { scope: [], id: 'k', encoding: 'json', value: 'not base64!' });
+    expect(notBase64.error).toMatchObject({ code: ERROR_NUMBERS.CACHE_INVALID_VALUE, data: { code: 'CACHE_INVALID_VALUE' } });
+    await using got = await bystander.get('kept');
+    expect(await got.item!.value()).toBe('value');
+    expect(await bystander.status()).toMatchObject({ locksHeld: 1, waiters: 0 });
+  });
+
+  test('a message with broken framing closes that connection only', async () => {
+    const { socketPath } = await startTestDaemon();
+    const bystander = await client(socketPath);
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    raw.writeRaw('Content-Length: banana\r\n\r\n{}');
+    await raw.closed;
+    await bystander.set('still', 'served');
+    expect((await bystander.status()).connections).toBe(1);
+  });
+});
+
+describe('lifecycle', () => {
+  test('one daemon per data directory: a second start is refused and the first keeps serving on its socket', async () => {
+    const first = await startTestDaemon();
+    const dir = await tempDir('hd-');
+    await expect(startDaemon({ socketPath: join(dir, 'other.sock'), dataDir: first.dataDir, log: () => {} })).rejects.toMatchObject({
+      code: 'CACHE_LOCKED',
+    });
+    await expect(startDaemon({ socketPath: first.socketPath, dataDir: join(dir, 'data2'), log: () => {} })).rejects.toMatchObject({
+      code: 'CACHE_LOCKED',
+    });
+    const cache = await client(first.socketPath);
+    await cache.set('k', 'v');
+    expect((await cache.status()).socketPath).toBe(first.socketPath);
+  });
+
+  test('a stale socket file is replaced', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    // A process that listens and is killed leaves its socket file behind, as a killed daemon does.
+    const listener = await runModule(
+      `import { createServer } from 'node:net';
+       createServer().listen(process.argv.at(-1), () => process.kill(process.pid, 'SIGKILL'));`,
+      [socketPath],
+    );
+    expect(listener.stderr).toBe('');
+    expect(listener.code).toBeNull();
+    expect((await stat(socketPath)).isSocket()).toBe(true);
+    const daemon = await startDaemon({ socketPath, dataDir: join(dir, 'data'), idleTimeoutMs: 0, log: () => {} });
+    onTestFinished(() => daemon.close());
+    const cache = await client(socketPath);
+    await cache.set('k', 'v');
+  });
+
+  test('the socket directory is created 0700 and the socket 0600', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 'nested', 's.sock');
+    const daemon = await startDaemon({ socketPath, dataDir: join(dir, 'data'), idleTimeoutMs: 0, log: () => {} });
+    onTestFinished(() => daemon.close());
+    expect((await stat(join(dir, 'nested'))).mode & 0o777).toBe(0o700);
+    expect((await stat(socketPath)).mode & 0o777).toBe(0o600);
+  });
+
+  test('a socket directory writable by others is refused with a message that says how to fix it', async () => {
+    const dir = await tempDir('hd-');
+    const open = join(dir, 'open');
+    await mkdir(open);
+    await chmod(open, 0o777);
+    const refused = await startDaemon({ socketPath: join(open, 's.sock'), dataDir: join(dir, 'data'), log: () => {} }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'CACHE_UNSAFE_DIRECTORY' });
+    expect((refused as Error).message).toMatch(/chmod 700/);
+  });
+
+  test('a socket path longer than the platform allows is an error naming the limit', async () => {
+    const long = `/tmp/${'x'.repeat(110)}/s.sock`;
+    const refused = await startDaemon({ socketPath: long, dataDir: await tempDir(), log: () => {} }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'CACHE_SOCKET_PATH_TOO_LONG' });
+    expect((refused as Error).message).toMatch(/107/);
+    await expect(connect({ socketPath: long })).rejects.toMatchObject({ code: 'CACHE_SOCKET_PATH_TOO_LONG' });
+  });
+
+  test('shutdown fails waiters with CACHE_CLOSED, removes the socket and stops', async () => {
+    const { socketPath, daemon } = await startTestDaemon();
+    const a = await client(socketPath);
+    const b = await client(socketPath);
+    await a.getset('k');
+    const waiting = track(b.get('k'));
+    await b.status();
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    expect((await raw.request('shutdown')).result).toBeNull();
+    await daemon.closed;
+    await expectCode(waiting.promise, 'CACHE_CLOSED');
+    await expect(stat(socketPath)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  test('idle shutdown: never while a connection is open, and soon after the last one closes', async () => {
+    const { socketPath, daemon } = await startTestDaemon({ idleTimeoutMs: 100 });
+    const cache = await client(socketPath);
+    const stopped = track(daemon.closed);
+    // Three idle periods with a connection open: the daemon must still be there.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(stopped.settled).toBe(false);
+    await cache.set('k', 'v');
+    await cache.close();
+    await daemon.closed;
+  });
+
+  test('a file in the way of the socket directory is reported', async () => {
+    const dir = await tempDir('hd-');
+    await writeFile(join(dir, 'file'), '');
+    await expect(startDaemon({ socketPath: join(dir, 'file', 's.sock'), dataDir: join(dir, 'data'), log: () => {} })).rejects.toThrow();
+  });
+});

@@ -1,0 +1,69 @@
+import { once } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import { onTestFinished } from 'vitest';
+
+/** A hand-driven client: it writes raw bytes and reads LSP-framed JSON messages, so tests can break the rules. */
+export class RawClient {
+  readonly socket: Socket;
+  #buffer = Buffer.alloc(0);
+  #waiting: { resolve: (message: Record<string, unknown>) => void }[] = [];
+  #messages: Record<string, unknown>[] = [];
+  readonly closed: Promise<void>;
+  #nextId = 1;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    socket.on('error', () => {});
+    socket.on('data', (chunk: Buffer) => {
+      this.#buffer = Buffer.concat([this.#buffer, chunk]);
+      for (;;) {
+        const headerEnd = this.#buffer.indexOf('\r\n\r\n');
+        if (headerEnd < 0) return;
+        const length = Number(/Content-Length: (\d+)/i.exec(this.#buffer.subarray(0, headerEnd).toString())?.[1]);
+        if (this.#buffer.length < headerEnd + 4 + length) return;
+        const body = this.#buffer.subarray(headerEnd + 4, headerEnd + 4 + length).toString();
+        this.#buffer = this.#buffer.subarray(headerEnd + 4 + length);
+        const message = JSON.parse(body) as Record<string, unknown>;
+        const waiter = this.#waiting.shift();
+        if (waiter) waiter.resolve(message);
+        else this.#messages.push(message);
+      }
+    });
+  }
+
+  static async open(socketPath: string): Promise<RawClient> {
+    const socket = netConnect(socketPath);
+    await once(socket, 'connect');
+    const client = new RawClient(socket);
+    onTestFinished(() => void socket.destroy());
+    return client;
+  }
+
+  writeRaw(bytes: string | Buffer): void {
+    this.socket.write(bytes);
+  }
+
+  /** Sends one framed message. */
+  send(message: unknown): void {
+    const body = Buffer.from(JSON.stringify(message));
+    this.socket.write(Buffer.concat([Buffer.from(`Content-Length: ${body.length}\r\n\r\n`), body]));
+  }
+
+  /** Sends a request and resolves to the next message that arrives (the tests send one at a time). */
+  async request(method: string, params?: unknown): Promise<Record<string, unknown>> {
+    const id = this.#nextId++;
+    this.send(params === undefined ? { jsonrpc: '2.0', id, method } : { jsonrpc: '2.0', id, method, params });
+    return this.next();
+  }
+
+  next(): Promise<Record<string, unknown>> {
+    const queued = this.#messages.shift();
+    if (queued) return Promise.resolve(queued);
+    return new Promise((resolve) => this.#waiting.push({ resolve }));
+  }
+
+  async initialize(protocolVersion = 1): Promise<Record<string, unknown>> {
+    return this.request('initialize', { clientName: 'raw test client', pid: process.pid, protocolVersion });
+  }
+}
