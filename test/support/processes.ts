@@ -1,0 +1,92 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { onTestFinished } from 'vitest';
+import { PROJECT_ROOT } from './child.js';
+
+/** The built client, which child processes import (npm test builds first). */
+export const CLIENT_MODULE = JSON.stringify(join(PROJECT_ROOT, 'dist/client/index.js'));
+
+export interface LineChild {
+  child: ChildProcess;
+  lines: string[];
+  /** Resolves with the first line that satisfies `match`, among those already seen or to come. */
+  line(match: (line: string) => boolean): Promise<string>;
+  exited: Promise<number | null>;
+}
+
+/** Starts an ES module as a child process and follows its stdout line by line; it is killed when the test ends. */
+export function startModule(source: string, args: string[] = []): LineChild {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', source, '--', ...args], {
+    cwd: PROJECT_ROOT,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  onTestFinished(() => void child.kill('SIGKILL'));
+  const lines: string[] = [];
+  const watchers: { match: (line: string) => boolean; resolve: (line: string) => void }[] = [];
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    lines.push(line);
+    for (const watcher of [...watchers]) {
+      if (watcher.match(line)) {
+        watchers.splice(watchers.indexOf(watcher), 1);
+        watcher.resolve(line);
+      }
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return {
+    child,
+    lines,
+    exited,
+    line: (match) =>
+      new Promise((resolve, reject) => {
+        const seen = lines.find(match);
+        if (seen !== undefined) return resolve(seen);
+        watchers.push({ match, resolve });
+        void exited.then(() => reject(new Error(`the child exited without printing the line; it printed: ${lines.join(' | ')}`)));
+      }),
+  };
+}
+
+/** The pids of running `hoard daemon` processes serving `socketPath`. */
+export async function daemonPids(socketPath: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    const args = cmdline.split('\0');
+    if (args.includes('daemon') && args.includes(socketPath)) {
+      const state = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+      if (!/\) Z /.test(state)) pids.push(Number(entry));
+    }
+  }
+  return pids;
+}
+
+/** Stops every daemon on `socketPath` when the test ends. */
+export function stopDaemonsAfterTest(socketPath: string): void {
+  onTestFinished(async () => {
+    for (const pid of await daemonPids(socketPath)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+  });
+}
+
+/** Resolves once the process is gone. */
+export async function waitForExit(pid: number): Promise<void> {
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+      const state = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+      if (/\) Z /.test(state) || state === '') return;
+    } catch {
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
