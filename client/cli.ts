@@ -5,8 +5,8 @@ import { defaultSocketPath } from '../daemon/paths.js';
 import { isCacheError } from '../src/errors.js';
 import { Clear, Delete, Get, Release, Set as SetRequest, Shutdown, Status, type StatusResult } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
-import { DaemonConnection, isNoDaemon } from './daemon-connection.js';
-import { connect } from './connect.js';
+import { openOrStart } from './connect.js';
+import type { DaemonConnection } from './daemon-connection.js';
 
 /** An expected failure: one line on stderr, exit code 1. */
 class Failure extends Error {}
@@ -46,14 +46,10 @@ function formatBytes(bytes: number): string {
 /** A raw connection for the commands that handle stored bytes and encodings themselves. */
 async function open(globals: Globals, { start }: { start: boolean }): Promise<DaemonConnection> {
   const socketPath = globals.socket ?? defaultSocketPath();
-  if (start) {
-    // connect() knows how to start a daemon; the raw connection then talks to it.
-    await (await connect({ socketPath, clientName: 'hoard cli' })).close();
-  }
   try {
-    return await DaemonConnection.open(socketPath, { clientName: 'hoard cli' });
+    return await openOrStart(socketPath, { clientName: 'hoard cli', autoStart: start });
   } catch (error) {
-    if (isNoDaemon(error)) throw new Failure(`no hoard daemon is running on ${socketPath}`);
+    if (!start && isCacheError(error, 'CACHE_CONNECTION_LOST')) throw new Failure(`no hoard daemon is running on ${socketPath}`);
     throw error;
   }
 }

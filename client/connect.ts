@@ -70,7 +70,7 @@ async function lastLogLine(logFile: string): Promise<string> {
 }
 
 /** Opens a connection, starting a daemon when none answers and tolerating losing the race to start one. */
-async function openOrStart(socketPath: string, options: ConnectOptions): Promise<DaemonConnection> {
+export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<DaemonConnection> {
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
   let delayMs = 5;

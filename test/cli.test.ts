@@ -1,0 +1,156 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { PROJECT_ROOT } from './support/child.js';
+import { tempDir } from './support/temp-dir.js';
+
+const BIN = join(PROJECT_ROOT, 'dist/client/bin.js');
+
+interface Run {
+  code: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Runs the built `hoard` command. */
+function hoard(args: string[], input?: string | Buffer): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const stdout: Buffer[] = [];
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(stdout), stderr }));
+    child.stdin.end(input);
+  });
+}
+
+/** Starts `hoard daemon` in the foreground and resolves once it listens. */
+async function foregroundDaemon(extra: string[] = []) {
+  const dir = await tempDir('hd-');
+  const socket = join(dir, 's.sock');
+  const child = spawn(process.execPath, [BIN, 'daemon', '--socket', socket, '--data-dir', join(dir, 'data'), ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  onTestFinished(() => void child.kill('SIGKILL'));
+  let stdout = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk));
+  const lines = createInterface({ input: child.stderr });
+  const log: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    lines.on('line', (line) => {
+      log.push(line);
+      if (line.includes('listening on')) resolve();
+    });
+    child.once('exit', () => reject(new Error(`the daemon exited: ${log.join('\n')}`)));
+  });
+  const exited = once(child, 'exit').then(([code]) => code as number | null);
+  return { child, socket, dir, log, exited, stdout: () => stdout, run: (args: string[], input?: string | Buffer) => hoard(['--socket', socket, ...args], input) };
+}
+
+describe('the hoard command', () => {
+  test('set and get a text value; a missing item is exit 1 with one line', async () => {
+    const { run } = await foregroundDaemon();
+    expect(await run(['set', 'greeting', 'hello'])).toMatchObject({ code: 0, stderr: '' });
+    const got = await run(['get', 'greeting']);
+    expect(got.code).toBe(0);
+    expect(got.stdout.toString()).toBe('hello\n');
+    const missing = await run(['get', 'nope']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr.trim().split('\n')).toHaveLength(1);
+    expect(missing.stderr).toMatch(/^hoard: no item "nope"/);
+  });
+
+  test('--scope is repeatable and nests; values come from stdin when none is given', async () => {
+    const { run } = await foregroundDaemon();
+    expect((await run(['--scope', 'a', '--scope', 'b', 'set', 'k'], 'from stdin')).code).toBe(0);
+    expect((await run(['--scope', 'a', '--scope', 'b', 'get', 'k'])).stdout.toString()).toBe('from stdin\n');
+    expect((await run(['--scope', 'a', 'get', 'k'])).code).toBe(1);
+    expect((await run(['--scope', 'b', '--scope', 'a', 'get', 'k'])).code).toBe(1);
+  });
+
+  test('--json stores JSON, --raw stores and prints bytes, and binary values need --raw to print', async () => {
+    const { run } = await foregroundDaemon();
+    expect((await run(['set', 'doc', '{"a":[1,2]}', '--json'])).code).toBe(0);
+    expect(JSON.parse((await run(['get', 'doc'])).stdout.toString())).toEqual({ a: [1, 2] });
+    expect((await run(['set', 'bad', '{not json', '--json'])).code).toBe(1);
+    const bytes = Buffer.from([0, 1, 2, 255, 10]);
+    expect((await run(['set', 'blob', '--raw'], bytes)).code).toBe(0);
+    expect((await run(['get', 'blob', '--raw'])).stdout).toEqual(bytes);
+    const asText = await run(['get', 'blob']);
+    expect(asText.code).toBe(1);
+    expect(asText.stderr).toMatch(/--raw/);
+    expect((await run(['get', 'doc', '--raw'])).stdout.toString()).toBe('{"a":[1,2]}');
+  });
+
+  test('delete and clear, with --yes for everything off a terminal', async () => {
+    const { run } = await foregroundDaemon();
+    await run(['set', 'a', '1']);
+    await run(['--scope', 's', 'set', 'b', '2']);
+    await run(['set', 'c', '3']);
+    expect((await run(['delete', 'a'])).code).toBe(0);
+    expect((await run(['get', 'a'])).code).toBe(1);
+    expect((await run(['--scope', 's', 'clear'])).code).toBe(0);
+    expect((await run(['--scope', 's', 'get', 'b'])).code).toBe(1);
+    expect((await run(['get', 'c'])).code).toBe(0);
+    expect((await run(['clear', '--yes'])).code).toBe(0);
+    expect((await run(['get', 'c'])).code).toBe(1);
+  });
+
+  test('status and status --json', async () => {
+    const { run, socket } = await foregroundDaemon();
+    await run(['set', 'k', 'v']);
+    await run(['get', 'k']);
+    await run(['get', 'missing']);
+    const json = await run(['status', '--json']);
+    expect(json.code).toBe(0);
+    const status = JSON.parse(json.stdout.toString()) as Record<string, unknown>;
+    expect(status).toMatchObject({ socketPath: socket, connections: 1, locksHeld: 0, waiters: 0, hits: 1, misses: 1, protocolVersion: 1 });
+    for (const field of ['pid', 'version', 'uptimeMs', 'dataDir', 'sizeOnDiskBytes']) expect(status).toHaveProperty(field);
+    const text = (await run(['status'])).stdout.toString();
+    expect(text).toMatch(/^pid\s+\d+$/m);
+    expect(text).toMatch(/^hits\s+1, misses 1$/m);
+  });
+
+  test('stop ends the daemon cleanly; stop and status with no daemon say so', async () => {
+    const { run, socket, exited, stdout } = await foregroundDaemon();
+    const stopped = await run(['stop']);
+    expect(stopped.code).toBe(0);
+    expect(stopped.stderr).toMatch(/stopped the daemon/);
+    expect(await exited).toBe(0);
+    expect(stdout()).toBe('');
+    await expect(stat(socket)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect((await run(['stop'])).code).toBe(0);
+    const status = await run(['status']);
+    expect(status.code).toBe(1);
+    expect(status.stderr).toMatch(/no hoard daemon is running/);
+  });
+
+  test('SIGTERM and SIGINT stop the foreground daemon with exit 0 and remove the socket', async () => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const { child, socket, exited } = await foregroundDaemon();
+      child.kill(signal);
+      expect(await exited).toBe(0);
+      await expect(stat(socket)).rejects.toMatchObject({ code: 'ENOENT' });
+    }
+  });
+
+  test('usage errors are exit 2', async () => {
+    expect((await hoard(['frobnicate'])).code).toBe(2);
+    expect((await hoard(['get'])).code).toBe(2);
+    expect((await hoard(['daemon', '--idle-timeout', 'soon'])).code).toBe(2);
+    expect((await hoard(['--scope', '', 'get', 'x'])).code).toBe(2);
+    expect((await hoard(['--help'])).code).toBe(0);
+  });
+
+  test('a daemon that cannot start says why, with exit 1', async () => {
+    const dir = await tempDir('hd-');
+    const result = await hoard(['daemon', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--data-dir', dir]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/at most 107/);
+  });
+});
