@@ -49,7 +49,7 @@ async function open(globals: Globals, { start }: { start: boolean }): Promise<Da
   try {
     return await openOrStart(socketPath, { clientName: 'hoard cli', autoStart: start });
   } catch (error) {
-    if (!start && isCacheError(error, 'CACHE_CONNECTION_LOST')) throw new Failure(`no hoard daemon is running on ${socketPath}`);
+    if (!start && isCacheError(error, 'CACHE_NO_DAEMON')) throw new Failure(`no hoard daemon is running on ${socketPath}`);
     throw error;
   }
 }

@@ -80,7 +80,7 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
     } catch (error) {
       if (!isNoDaemon(error)) throw error;
       if (options.autoStart === false) {
-        throw new CacheError('CACHE_CONNECTION_LOST', `No hoard daemon answers on ${socketPath}; start one with \`hoard daemon\`.`, {
+        throw new CacheError('CACHE_NO_DAEMON', `No hoard daemon answers on ${socketPath}; start one with \`hoard daemon\`.`, {
           cause: error,
         });
       }

@@ -95,6 +95,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const connections = new Set<MessageConnection>();
   const sockets = new Set<Socket>();
   let handles = 0;
+  let accepted = 0;
   let server: Server | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
   let stopping: Promise<void> | undefined;
@@ -192,7 +193,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           socket.destroy();
         });
         socket.on('error', () => {});
-        accept(connection, `connection ${sockets.size}`, () => sockets.delete(socket));
+        accept(connection, `connection ${++accepted}`, () => sockets.delete(socket));
       });
       server.listen(path);
       await once(server, 'listening');

@@ -18,6 +18,8 @@ export type CacheErrorCode =
   | 'CACHE_CONNECTION_LOST'
   /** The client and the daemon speak incompatible protocol versions; the message says how to replace the daemon. */
   | 'CACHE_PROTOCOL_MISMATCH'
+  /** No daemon answers and `autoStart` is off. */
+  | 'CACHE_NO_DAEMON'
   /** No daemon could be started; the message says why, or where its log is. */
   | 'CACHE_DAEMON_START_FAILED'
   /** The socket's directory is owned by another user or writable by others. */

@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { chmod, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
@@ -128,5 +128,23 @@ describe('auto-start', () => {
     await held.release();
     await first.close();
     expect(await daemonPids(socketPath)).toEqual([second.pid]);
+  });
+
+  test('when the daemon cannot start, connect says why within seconds', async () => {
+    const dir = await tempDir('hd-');
+    const open = join(dir, 'open');
+    await mkdir(open);
+    await chmod(open, 0o777);
+    const startedAt = performance.now();
+    const refused = await connect({ socketPath: join(open, 's.sock'), dataDir: join(dir, 'data') }).catch((e: unknown) => e);
+    expect(performance.now() - startedAt).toBeLessThan(5000);
+    expect(refused).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((refused as Error).message).toMatch(/chmod 700/);
+    expect((refused as Error).message).toMatch(/daemon\.log/);
+  });
+
+  test('without autoStart, connect fails at once when no daemon runs', async () => {
+    const dir = await tempDir('hd-');
+    await expect(connect({ socketPath: join(dir, 's.sock'), autoStart: false })).rejects.toMatchObject({ code: 'CACHE_NO_DAEMON' });
   });
 });
