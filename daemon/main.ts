@@ -2,7 +2,7 @@ import { appendFileSync, closeSync, writeSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { isCacheError } from '../src/errors.js';
-import { startDaemon } from './start-daemon.js';
+import { type Daemon, startDaemon } from './start-daemon.js';
 
 export interface DaemonCommandOptions {
   socket?: string;
@@ -38,7 +38,15 @@ export async function runDaemonCommand(options: DaemonCommandOptions): Promise<n
     }
   };
 
-  let daemon;
+  // Signals are caught from the start, so that one arriving while the daemon starts still stops it cleanly.
+  let daemon: Daemon | undefined;
+  let signalled = false;
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      signalled = true;
+      void daemon?.close();
+    });
+  }
   try {
     daemon = await startDaemon({
       socketPath: options.socket,
@@ -60,9 +68,7 @@ export async function runDaemonCommand(options: DaemonCommandOptions): Promise<n
     process.exit(1);
   }
   tell('ready');
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
-    process.once(signal, () => void daemon.close());
-  }
+  if (signalled) void daemon.close();
   await daemon.closed;
   process.exit(0);
 }
