@@ -132,7 +132,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .action(async (id: string, options: { raw?: boolean }) => {
       await withConnection(globals(), true, async (c) => {
         const { handle, item } = await c.request(Get, { scope: globals().scope, id });
-        await c.request(Release, { handle });
+        await c.notify(Release, { handle });
         if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
         const bytes = Buffer.from(item.value, 'base64');
         if (options.raw) return io.out(bytes);

@@ -4,6 +4,7 @@ import {
   CancellationTokenSource,
   createMessageConnection,
   type MessageConnection,
+  type NotificationType,
   type RequestType,
   type RequestType0,
   ResponseError,
@@ -140,6 +141,16 @@ export class DaemonConnection {
         },
       );
     });
+  }
+
+  /** Sends a notification; one sent over a lost connection is dropped, since the daemon released everything already. */
+  async notify<P>(type: NotificationType<P>, params: P): Promise<void> {
+    if (this.#lost) return;
+    try {
+      await this.#connection.sendNotification(type, params as never);
+    } catch {
+      // The connection closed meanwhile: same as above.
+    }
   }
 
   #toCacheError(error: unknown): unknown {

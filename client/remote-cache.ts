@@ -52,9 +52,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return async () => {
       if (released || connection.lost) return;
       released = true;
-      await connection.request(Release, { handle }).catch((error: unknown) => {
-        if (!connection.lost) throw error;
-      });
+      await connection.notify(Release, { handle });
     };
   }
 

@@ -216,12 +216,16 @@ export function serveConnection(connection: MessageConnection, context: DaemonCo
     return null;
   });
 
-  handle(Release.method, async (p) => {
-    const number = handleParam(p);
-    const entry = held.get(number);
-    held.delete(number);
-    await entry?.handle.release();
-    return null;
+  connection.onNotification(Release.method, (raw: unknown) => {
+    if (!initialized) return;
+    try {
+      const number = handleParam(params(raw));
+      const entry = held.get(number);
+      held.delete(number);
+      void entry?.handle.release();
+    } catch (error) {
+      context.log(`ignoring a cache/release from ${clientName}: ${error instanceof Error ? error.message : String(error)}`);
+    }
   });
 
   handle(SetRequest.method, async (p, signal) => {

@@ -2,7 +2,7 @@
  * The wire between the daemon and its clients: JSON-RPC 2.0 with LSP framing (see PROTOCOL.md).
  * Both sides import these declarations; nothing here touches a socket.
  */
-import { NotificationType0, RequestType, RequestType0 } from 'vscode-jsonrpc';
+import { NotificationType, NotificationType0, RequestType, RequestType0 } from 'vscode-jsonrpc';
 import type { CacheErrorCode } from './errors.js';
 
 /** Bumped on any change that an older peer would misread. */
@@ -94,7 +94,8 @@ export const Exit = new NotificationType0('exit');
 export const Get = new RequestType<ItemParams, GetResult, void>('cache/get');
 export const GetSet = new RequestType<GetSetParams, GetSetResult, void>('cache/getset');
 export const HandleSet = new RequestType<HandleSetParams, null, void>('cache/handleSet');
-export const Release = new RequestType<HandleParams, null, void>('cache/release');
+/** A notification: no reply, and the daemon handles it before any later message on the connection. */
+export const Release = new NotificationType<HandleParams>('cache/release');
 export const Set = new RequestType<SetParams, null, void>('cache/set');
 export const Delete = new RequestType<ItemParams, null, void>('cache/delete');
 export const Clear = new RequestType<ScopeParams, null, void>('cache/clear');

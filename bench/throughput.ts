@@ -1,16 +1,21 @@
 /**
- * In-process throughput of LevelCache against raw LevelDB (the `level` package, reading with `get` and
- * with `getSync`) in the same run:
+ * Throughput of hoard's caches against raw LevelDB in the same run: LevelCache in-process, raw LevelDB (the
+ * `level` package, reading with `get` and with `getSync`), and RemoteCache talking to a `hoard daemon` child
+ * process over a Unix socket:
  * 10,000 keys of 1 KiB, preloaded, then a closed loop of 90% get / 10% set on uniform random keys
  * with 32 requests in flight. Runs alternate between the two systems; medians and spread are printed.
  *
- *   npm run bench:inprocess -- [--seconds 3] [--runs 5] [--in-flight 32]
+ *   npm run bench:throughput -- [--seconds 3] [--runs 5] [--in-flight 32]
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Level } from 'level';
+import { fileURLToPath } from 'node:url';
+import { connect } from '../client/index.js';
 import { LevelCache } from '../src/index.js';
 
 const { values: args } = parseArgs({
@@ -96,7 +101,40 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
-const systems = [openLevelCache, openRawLevel, openRawLevelSync];
+/** A daemon in its own process, as users run it, and a RemoteCache connected to it. */
+async function openRemoteCache(dir: string): Promise<System> {
+  const socketPath = join(dir, 's.sock');
+  const bin = fileURLToPath(new URL('../client/bin.js', import.meta.url));
+  const daemon = spawn(process.execPath, [bin, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  await new Promise<void>((resolve) => daemon.stderr!.on('data', (chunk: Buffer) => chunk.includes('listening') && resolve()));
+  const cache = await connect<Uint8Array>({ socketPath, codec: 'binary', autoStart: false });
+  return {
+    name: 'RemoteCache',
+    async get(key) {
+      const got = await cache.get(key);
+      try {
+        return await got.item?.value();
+      } finally {
+        await got.release();
+      }
+    },
+    set: (key, value) => cache.set(key, value),
+    async close() {
+      await cache.close();
+      daemon.kill('SIGTERM');
+      await once(daemon, 'exit');
+    },
+  };
+}
+
+const systems = [openLevelCache, openRawLevel, openRawLevelSync, openRemoteCache];
+const RATIOS = [
+  ['LevelCache', 'raw get'],
+  ['LevelCache', 'raw getSync'],
+  ['RemoteCache', 'LevelCache'],
+] as const;
 const results: Record<string, number[]> = {};
 const ratios: Record<string, number[]> = {};
 for (let run = 0; run < runs; run++) {
@@ -112,7 +150,9 @@ for (let run = 0; run < runs; run++) {
   }
   for (const [name, opsPerSecond] of Object.entries(measured)) {
     (results[name] ??= []).push(opsPerSecond);
-    if (name !== 'LevelCache') (ratios[name] ??= []).push(measured.LevelCache! / opsPerSecond);
+  }
+  for (const [numerator, denominator] of RATIOS) {
+    (ratios[`${numerator} / ${denominator}`] ??= []).push(measured[numerator]! / measured[denominator]!);
   }
 }
 
@@ -122,5 +162,5 @@ for (const [name, values] of Object.entries(results)) {
   console.log(`${name.padEnd(12)} median ${format(median(values))} ops/s (runs: ${values.map(format).join(', ')})`);
 }
 for (const [name, values] of Object.entries(ratios)) {
-  console.log(`LevelCache / ${name}: median ${median(values).toFixed(2)}x (runs: ${values.map((r) => r.toFixed(2)).join(', ')})`);
+  console.log(`${name}: median ${median(values).toFixed(2)}x (runs: ${values.map((r) => r.toFixed(2)).join(', ')})`);
 }
