@@ -8,6 +8,9 @@ import { VERSION } from '../src/version.js';
 import { openOrStart } from './connect.js';
 import type { DaemonConnection } from './daemon-connection.js';
 
+/** Encodings other clients may use for plain UTF-8 text, printed as they are. */
+const TEXT_ENCODINGS = new Set(['text', 'utf8', 'utf-8']);
+
 /** An expected failure: one line on stderr, exit code 1. */
 class Failure extends Error {}
 
@@ -136,6 +139,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
         const bytes = Buffer.from(item.value, 'base64');
         if (options.raw) return io.out(bytes);
+        if (TEXT_ENCODINGS.has(item.encoding)) return io.out(`${bytes.toString('utf8')}\n`);
         if (item.encoding !== 'json') {
           throw new Failure(`the value is stored as ${item.encoding}, not text; use --raw to print its bytes`);
         }

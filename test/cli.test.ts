@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { PROJECT_ROOT } from './support/child.js';
+import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
 const BIN = join(PROJECT_ROOT, 'dist/client/bin.js');
@@ -85,6 +86,14 @@ describe('the hoard command', () => {
     expect(asText.code).toBe(1);
     expect(asText.stderr).toMatch(/--raw/);
     expect((await run(['get', 'doc', '--raw'])).stdout.toString()).toBe('{"a":[1,2]}');
+  });
+
+  test('a value another client stored in a text encoding prints as text', async () => {
+    const { run, socket } = await foregroundDaemon();
+    const raw = await RawClient.open(socket);
+    await raw.initialize();
+    await raw.request('cache/set', { scope: [], id: 'note', encoding: 'text', value: Buffer.from('plain ✓').toString('base64') });
+    expect((await run(['get', 'note'])).stdout.toString()).toBe('plain ✓\n');
   });
 
   test('delete and clear, with --yes for everything off a terminal', async () => {
