@@ -15,6 +15,7 @@ import {
 } from 'vscode-jsonrpc/node';
 import { CacheError, type CacheErrorCode } from '../src/errors.js';
 import { Initialize, type InitializeResult, PROTOCOL_VERSION } from '../src/protocol.js';
+import { quietReader } from '../src/quiet-reader.js';
 
 export interface RequestOptions<R> {
   /** Aborting rejects the call at once with the signal's reason and cancels the request at the daemon. */
@@ -69,13 +70,13 @@ export class DaemonConnection {
       attempt.once('error', reject);
     });
     socket.on('error', () => {});
-    const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+    const connection = createMessageConnection(quietReader(new SocketMessageReader(socket)), new SocketMessageWriter(socket));
     return DaemonConnection.#initialize(new DaemonConnection(connection, () => socket.end()), options);
   }
 
   /** Speaks to a daemon over a pair of streams, such as a child's stdout and stdin. */
   static async overStreams(input: Readable, output: Writable, options: { clientName: string; endTransport?: () => void }): Promise<DaemonConnection> {
-    const connection = createMessageConnection(new StreamMessageReader(input), new StreamMessageWriter(output));
+    const connection = createMessageConnection(quietReader(new StreamMessageReader(input)), new StreamMessageWriter(output));
     return DaemonConnection.#initialize(new DaemonConnection(connection, options.endTransport ?? (() => output.end())), options);
   }
 

@@ -15,6 +15,7 @@ import { CacheError, isCacheError } from '../src/errors.js';
 import { type EncodedValue, LevelStore } from '../src/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
+import { quietReader } from '../src/quiet-reader.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath, prepareSocketDirectory } from './paths.js';
 import { type DaemonContext, serveConnection } from './serve.js';
@@ -169,7 +170,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     if (options.stdio) {
       const { input, output } = options.stdio;
-      const connection = createMessageConnection(new StreamMessageReader(input), new StreamMessageWriter(output));
+      const connection = createMessageConnection(quietReader(new StreamMessageReader(input)), new StreamMessageWriter(output));
       connection.onError(([error]) => {
         log(`stdio: unreadable input (${error.message}); stopping`);
         connection.end();
@@ -187,7 +188,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       await unlink(path).catch(() => {});
       server = createServer((socket) => {
         sockets.add(socket);
-        const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+        const connection = createMessageConnection(quietReader(new SocketMessageReader(socket)), new SocketMessageWriter(socket));
         connection.onError(([error]) => {
           log(`closing a connection that sent an unreadable message: ${error.message}`);
           socket.destroy();

@@ -7,7 +7,7 @@ import type { Cache } from '../src/index.js';
 import { ERROR_NUMBERS } from '../src/protocol.js';
 import { expectCode, isWaiting, track } from './conformance/support.js';
 import { startTestDaemon } from './support/daemon.js';
-import { runModule } from './support/child.js';
+import { PROJECT_ROOT, runModule } from './support/child.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -134,6 +134,28 @@ describe('the handshake and bad requests', () => {
     await using got = await bystander.get('kept');
     expect(await got.item!.value()).toBe('value');
     expect(await bystander.status()).toMatchObject({ locksHeld: 1, waiters: 0 });
+  });
+
+  test('a peer that sends half a message and leaves does not keep a stopped daemon\u2019s process alive', async () => {
+    const dir = await tempDir('hd-');
+    const result = await runModule(
+      `import { connect } from 'node:net';
+       import { once } from 'node:events';
+       import { startDaemon } from ${JSON.stringify(join(PROJECT_ROOT, 'dist/daemon/index.js'))};
+       const dir = process.argv.at(-1);
+       const daemon = await startDaemon({ socketPath: dir + '/s.sock', dataDir: dir + '/data', log: () => {} });
+       const socket = connect(dir + '/s.sock');
+       await once(socket, 'connect');
+       socket.write('Content-Length: 100\\r\\n\\r\\n{"jsonrpc":');
+       // The daemon reads the half message, then the end of the stream, and only then closes its side.
+       socket.end();
+       await once(socket, 'close');
+       await daemon.close();
+       console.log('closed');`,
+      [dir],
+    );
+    // Without the fix the child never exits and this test times out.
+    expect(result).toMatchObject({ code: 0, stdout: 'closed\n' });
   });
 
   test('a message with broken framing closes that connection only', async () => {
