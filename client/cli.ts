@@ -6,7 +6,7 @@ import { isCacheError } from '../src/errors.js';
 import { Clear, Delete, Get, Release, Set as SetRequest, Shutdown, Status, type StatusResult } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
 import { openOrStart } from './connect.js';
-import type { DaemonConnection } from './daemon-connection.js';
+import { DaemonConnection, isNoDaemon } from './daemon-connection.js';
 
 /** Encodings other clients may use for plain UTF-8 text, printed as they are. */
 const TEXT_ENCODINGS = new Set(['text', 'utf8', 'utf-8']);
@@ -115,17 +115,17 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .command('stop')
     .description('stop the daemon')
     .action(async () => {
+      // No handshake: a daemon of another protocol version must be stoppable too.
       let connection: DaemonConnection;
       try {
-        connection = await open(globals(), { start: false });
+        connection = await DaemonConnection.open(globals().socket ?? defaultSocketPath(), { clientName: 'hoard cli', handshake: false });
       } catch (error) {
-        if (error instanceof Failure) return io.err('hoard: no daemon was running\n');
+        if (isNoDaemon(error)) return io.err('hoard: no daemon was running\n');
         throw error;
       }
-      const pid = connection.info.pid;
       await connection.request(Shutdown);
       await connection.lostPromise;
-      io.err(`hoard: stopped the daemon (pid ${pid})\n`);
+      io.err('hoard: stopped the daemon\n');
     });
 
   program

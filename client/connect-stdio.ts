@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
 import { basename } from 'node:path';
+import { createInterface } from 'node:readline';
 import { type CodecName, codecNamed } from '../src/codecs.js';
+import { CacheError, isCacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
 import { cliEntry } from './connect.js';
 import { DaemonConnection } from './daemon-connection.js';
@@ -14,9 +16,15 @@ export interface ConnectStdioOptions {
   clientName?: string;
 }
 
+/** How long a private daemon may take to exit after its stdin ends before it is killed. */
+const EXIT_GRACE_MS = 5000;
+
 /**
  * Starts a private daemon as a child process that serves this client over its stdin and stdout, as an editor
- * starts a language server. The daemon holds the data directory while it runs and exits when the cache is closed.
+ * starts a language server. The daemon holds the data directory while it runs; closing the cache ends its stdin
+ * and resolves once it has exited. Its log lines go to this process's stderr.
+ * @throws CacheError `CACHE_DAEMON_START_FAILED` with the daemon's reason (for example, another daemon holds the
+ * data directory).
  */
 export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {}): Promise<RemoteCache<T>> {
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
@@ -24,15 +32,32 @@ export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {
   const open = async (): Promise<DaemonConnection> => {
     const args = [cliEntry(), 'daemon', '--stdio'];
     if (options.dataDir) args.push('--data-dir', options.dataDir);
-    const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     child.stdin.on('error', () => {});
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    const connection = await DaemonConnection.overStreams(child.stdout, child.stdin, {
-      clientName,
-      endTransport: () => child.stdin.end(),
+    let lastLine = '';
+    createInterface({ input: child.stderr }).on('line', (line) => {
+      lastLine = line;
+      process.stderr.write(`${line}\n`);
     });
-    void connection.lostPromise.then(() => exited);
-    return connection;
+    const gone = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    try {
+      return await DaemonConnection.overStreams(child.stdout, child.stdin, {
+        clientName,
+        transport: {
+          end: () => {
+            child.stdin.end();
+            setTimeout(() => child.kill('SIGKILL'), EXIT_GRACE_MS).unref();
+          },
+          destroy: () => child.stdin.destroy(),
+          gone,
+        },
+      });
+    } catch (error) {
+      if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
+      await gone;
+      const reason = lastLine.replace(/^hoard: /, '') || `it exited with ${child.exitCode ?? child.signalCode}`;
+      throw new CacheError('CACHE_DAEMON_START_FAILED', `The private hoard daemon could not start: ${reason}`, { cause: error });
+    }
   };
   return new RemoteCache(new RemoteBackend(adapter, open, await open()));
 }

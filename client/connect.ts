@@ -76,7 +76,7 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
   let delayMs = 5;
   for (;;) {
     try {
-      return await DaemonConnection.open(socketPath, { clientName });
+      return await DaemonConnection.open(socketPath, { clientName, handshakeTimeoutMs: Math.max(1000, deadline - Date.now()) });
     } catch (error) {
       if (!isNoDaemon(error)) throw error;
       if (options.autoStart === false) {

@@ -3,6 +3,7 @@ import type { Readable, Writable } from 'node:stream';
 import {
   CancellationTokenSource,
   createMessageConnection,
+  ErrorCodes,
   type MessageConnection,
   type NotificationType,
   type RequestType,
@@ -24,43 +25,67 @@ export interface RequestOptions<R> {
   abandoned?: (result: R) => void;
 }
 
-/** Whether connecting failed because no daemon listens (as opposed to a daemon that refused us). */
+export interface OpenOptions {
+  clientName: string;
+  /** Perform the `initialize` handshake; default `true`. Without it only `shutdown` is of use. */
+  handshake?: boolean;
+  /** How long the daemon may take to answer the handshake; default 10 s. */
+  handshakeTimeoutMs?: number;
+}
+
+/** How a connection's byte stream is ended: gently first, then for good. */
+interface Transport {
+  end(): void;
+  destroy(): void;
+  /** Resolves once whatever is behind the transport (a child process) is gone. */
+  gone?: Promise<void>;
+}
+
+/** How long `close` waits for the daemon to close its side before cutting the connection. */
+const CLOSE_GRACE_MS = 1000;
+
+/** Whether connecting failed because no daemon listens, or one that was stopping hung up on us. */
 export function isNoDaemon(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;
-  return code === 'ENOENT' || code === 'ECONNREFUSED';
+  return code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'CACHE_CONNECTION_LOST';
 }
 
 function lostError(): CacheError {
   return new CacheError('CACHE_CONNECTION_LOST', 'The connection to the hoard daemon closed; the next call reconnects.');
 }
 
-/** One initialized JSON-RPC connection to a daemon, with the daemon's errors turned back into {@link CacheError}s. */
+function closedError(): CacheError {
+  return new CacheError('CACHE_CLOSED', 'The cache is closed.');
+}
+
+/** One JSON-RPC connection to a daemon, with the daemon's errors turned back into {@link CacheError}s. */
 export class DaemonConnection {
   readonly #connection: MessageConnection;
-  readonly #endTransport: () => void;
+  readonly #transport: Transport;
   #lost = false;
   #closedByUs = false;
   #info?: InitializeResult;
+  /** Resolves once the connection has closed, for whatever reason. */
   readonly lostPromise: Promise<void>;
 
-  private constructor(connection: MessageConnection, endTransport: () => void) {
+  private constructor(connection: MessageConnection, transport: Transport) {
     this.#connection = connection;
-    this.#endTransport = endTransport;
+    this.#transport = transport;
     this.lostPromise = new Promise((resolve) => {
       connection.onClose(() => {
         this.#lost = true;
         // Pending requests hang until dispose, which rejects them.
         connection.dispose();
-        endTransport();
+        transport.destroy();
         resolve();
       });
     });
-    connection.onError(() => connection.end());
+    connection.onError(() => transport.destroy());
     connection.listen();
   }
 
-  /** Connects to the daemon on `socketPath` and performs the handshake; rejects with the socket's error when nobody listens. */
-  static async open(socketPath: string, options: { clientName: string }): Promise<DaemonConnection> {
+  /** Connects to the daemon on `socketPath`; rejects with the socket's error when nobody listens. */
+  static async open(socketPath: string, options: OpenOptions): Promise<DaemonConnection> {
     const socket = await new Promise<Socket>((resolve, reject) => {
       const attempt = netConnect(socketPath);
       attempt.once('connect', () => {
@@ -71,24 +96,34 @@ export class DaemonConnection {
     });
     socket.on('error', () => {});
     const connection = createMessageConnection(quietReader(new SocketMessageReader(socket)), new SocketMessageWriter(socket));
-    return DaemonConnection.#initialize(new DaemonConnection(connection, () => socket.end()), options);
+    const daemon = new DaemonConnection(connection, { end: () => socket.end(), destroy: () => socket.destroy() });
+    return options.handshake === false ? daemon : DaemonConnection.#initialize(daemon, options, socketPath);
   }
 
   /** Speaks to a daemon over a pair of streams, such as a child's stdout and stdin. */
-  static async overStreams(input: Readable, output: Writable, options: { clientName: string; endTransport?: () => void }): Promise<DaemonConnection> {
+  static async overStreams(input: Readable, output: Writable, options: OpenOptions & { transport: Transport }): Promise<DaemonConnection> {
     const connection = createMessageConnection(quietReader(new StreamMessageReader(input)), new StreamMessageWriter(output));
-    return DaemonConnection.#initialize(new DaemonConnection(connection, options.endTransport ?? (() => output.end())), options);
+    return DaemonConnection.#initialize(new DaemonConnection(connection, options.transport), options, 'stdio');
   }
 
-  static async #initialize(daemon: DaemonConnection, options: { clientName: string }): Promise<DaemonConnection> {
+  static async #initialize(daemon: DaemonConnection, options: OpenOptions, where: string): Promise<DaemonConnection> {
+    const timeoutMs = options.handshakeTimeoutMs ?? 10_000;
+    const timeout = AbortSignal.timeout(timeoutMs);
     try {
-      daemon.#info = await daemon.request(Initialize, {
-        clientName: options.clientName,
-        pid: process.pid,
-        protocolVersion: PROTOCOL_VERSION,
-      });
+      daemon.#info = await daemon.request(
+        Initialize,
+        { clientName: options.clientName, pid: process.pid, protocolVersion: PROTOCOL_VERSION },
+        { signal: timeout },
+      );
     } catch (error) {
+      daemon.#transport.destroy();
       await daemon.close();
+      if (timeout.aborted) {
+        throw new CacheError(
+          'CACHE_CONNECTION_LOST',
+          `The hoard daemon on ${where} accepted the connection but did not answer within ${timeoutMs} ms.`,
+        );
+      }
       throw error;
     }
     return daemon;
@@ -121,7 +156,7 @@ export class DaemonConnection {
       return Promise.reject(this.#closedByUs ? closedError() : lostError());
     }
     const mapped = sent.catch((error: unknown) => {
-      throw this.#toCacheError(error);
+      throw this.#toCacheError(error, type.method);
     });
     if (!signal) return mapped;
     return new Promise<R>((resolve, reject) => {
@@ -154,25 +189,32 @@ export class DaemonConnection {
     }
   }
 
-  #toCacheError(error: unknown): unknown {
-    if (error instanceof ResponseError) {
-      const code = (error.data as { code?: unknown } | undefined)?.code;
-      if (typeof code === 'string' && code.startsWith('CACHE_')) return new CacheError(code as CacheErrorCode, error.message);
+  #toCacheError(error: unknown, method: string): unknown {
+    if (!(error instanceof ResponseError)) return error;
+    const code = (error.data as { code?: unknown } | undefined)?.code;
+    if (typeof code === 'string' && code.startsWith('CACHE_')) return new CacheError(code as CacheErrorCode, error.message);
+    if (this.#lost || error.code === ErrorCodes.PendingResponseRejected || error.code === ErrorCodes.MessageWriteError) {
       return this.#closedByUs ? closedError() : lostError();
     }
-    return error;
+    if (error.code === ErrorCodes.MethodNotFound) {
+      return new CacheError(
+        'CACHE_PROTOCOL_MISMATCH',
+        `The hoard daemon does not know ${method}: it is older than this client. Run \`hoard stop\` to replace it.`,
+      );
+    }
+    return new CacheError('CACHE_INTERNAL', `The hoard daemon answered ${method} with error ${error.code}: ${error.message}`);
   }
 
-  /** Closes the connection; pending calls reject with `CACHE_CLOSED`. */
+  /** Closes the connection; pending calls reject with `CACHE_CLOSED`. Cuts the connection if the daemon does not close its side soon. */
   async close(): Promise<void> {
     if (!this.#lost) {
       this.#closedByUs = true;
-      this.#endTransport();
+      this.#transport.end();
+      const cut = setTimeout(() => this.#transport.destroy(), CLOSE_GRACE_MS);
+      cut.unref();
+      await this.lostPromise;
+      clearTimeout(cut);
     }
-    await this.lostPromise;
+    await this.#transport.gone;
   }
-}
-
-function closedError(): CacheError {
-  return new CacheError('CACHE_CLOSED', 'The cache is closed.');
 }

@@ -12,6 +12,22 @@ function toBase64(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 }
 
+/**
+ * Refuses a value whose message would exceed the daemon's limit, which would otherwise close the connection.
+ * The estimate is generous: JSON may escape each byte of an id or scope name as six.
+ */
+function checkSize(connection: DaemonConnection, value: string, address: { scope?: readonly string[]; id?: string }): void {
+  const names = [...(address.scope ?? []), address.id ?? ''];
+  const overhead = 256 + 6 * names.reduce((total, name) => total + Buffer.byteLength(name), 0);
+  const limit = connection.info.capabilities.maxMessageBytes;
+  if (value.length + overhead > limit) {
+    throw new CacheError(
+      'CACHE_VALUE_TOO_LARGE',
+      `This value takes ${value.length} bytes as base64, and the daemon accepts messages of at most ${limit} bytes.`,
+    );
+  }
+}
+
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, EncodedValue>;
@@ -97,7 +113,9 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       }
       const write = writes.then(async () => {
         const { encoding, bytes } = this.#adapter.encode(value);
-        await connection.request(HandleSet, { handle, encoding, value: toBase64(bytes) });
+        const base64 = toBase64(bytes);
+        checkSize(connection, base64, {});
+        await connection.request(HandleSet, { handle, encoding, value: base64 });
       });
       writes = write.catch(() => {});
       return write;
@@ -114,7 +132,9 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
     const { encoding, bytes } = this.#adapter.encode(value);
     const connection = await this.connection();
-    await connection.request(SetRequest, { scope: [...scope.path], id, encoding, value: toBase64(bytes), modified });
+    const base64 = toBase64(bytes);
+    checkSize(connection, base64, { scope: scope.path, id });
+    await connection.request(SetRequest, { scope: [...scope.path], id, encoding, value: base64, modified });
   }
 
   async delete(scope: Scope, id: string): Promise<void> {

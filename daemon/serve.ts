@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { CancellationToken, MessageConnection } from 'vscode-jsonrpc';
 import { ResponseError } from 'vscode-jsonrpc';
 import type { CacheItem, GetHandle, GetSetHandle } from '../src/cache.js';
@@ -94,10 +95,17 @@ const CANCELLED = Symbol('cancelled');
  * Serves one connection: protocol in, lock table and store out. Every lock belongs to the connection; when it
  * closes, its waits are dropped and its locks released at once.
  */
-export function serveConnection(connection: MessageConnection, context: DaemonContext, label: string): { closed: Promise<void> } {
+export function serveConnection(
+  connection: MessageConnection,
+  context: DaemonContext,
+  options: { label: string; destroyTransport: () => void },
+): { closed: Promise<void> } {
+  const { label } = options;
   const { backend } = context;
   const held = new Map<number, Held>();
   const gone = new AbortController();
+  // Every request in flight listens for the connection going away.
+  setMaxListeners(0, gone.signal);
   let initialized = false;
   let clientName = label;
 
@@ -256,7 +264,7 @@ export function serveConnection(connection: MessageConnection, context: DaemonCo
     setImmediate(() => context.requestStop(`shutdown requested by ${clientName}`));
     return null;
   });
-  connection.onNotification(Exit.method, () => connection.end());
+  connection.onNotification(Exit.method, () => options.destroyTransport());
 
   const closed = new Promise<void>((resolve) => {
     connection.onClose(async () => {

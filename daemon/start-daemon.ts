@@ -6,7 +6,6 @@ import type { Readable, Writable } from 'node:stream';
 import {
   createMessageConnection,
   type MessageConnection,
-  SocketMessageReader,
   SocketMessageWriter,
   StreamMessageReader,
   StreamMessageWriter,
@@ -16,6 +15,7 @@ import { type EncodedValue, LevelStore } from '../src/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
 import { quietReader } from '../src/quiet-reader.js';
+import { FrameGuard } from './frame-guard.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath, prepareSocketDirectory } from './paths.js';
 import { type DaemonContext, serveConnection } from './serve.js';
@@ -55,6 +55,19 @@ async function directorySize(directory: string): Promise<number> {
     if (entry.isFile()) total += (await stat(join(directory, entry.name)).catch(() => ({ size: 0 }))).size;
   }
   return total;
+}
+
+/** Pipes `input` through a {@link FrameGuard} that ends with it, and reports framing errors. */
+function guardInput(input: Readable, maxMessageBytes: number, onError: (error: Error) => void): FrameGuard {
+  const guard = new FrameGuard({ maxMessageBytes });
+  input.pipe(guard);
+  input.once('close', () => guard.end());
+  guard.once('error', (error) => {
+    input.unpipe(guard);
+    onError(error);
+    guard.destroy();
+  });
+  return guard;
 }
 
 /** Whether something accepts connections on the socket path. */
@@ -138,10 +151,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
   }
 
-  function accept(connection: MessageConnection, label: string, onClosed: () => void): void {
+  function accept(connection: MessageConnection, label: string, destroyTransport: () => void, onClosed: () => void): void {
     connections.add(connection);
     clearTimeout(idleTimer);
-    const served = serveConnection(connection, context, label);
+    const served = serveConnection(connection, context, { label, destroyTransport });
     void served.closed.then(() => {
       connections.delete(connection);
       onClosed();
@@ -155,14 +168,19 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       log(`stopping: ${reason}`);
       clearTimeout(idleTimer);
       server?.close();
-      // The socket goes while this daemon still holds the database lock, so it never removes a successor's.
-      if (socketPath) await unlink(socketPath).catch(() => {});
-      await backend.close();
-      for (const socket of sockets) socket.end();
-      for (const connection of connections) connection.end();
-      if (options.stdio) options.stdio.output.end?.();
-      log('stopped');
-      markClosed();
+      try {
+        // The socket goes while this daemon still holds the database lock, so it never removes a successor's.
+        if (socketPath) await unlink(socketPath).catch(() => {});
+        await backend.close();
+      } catch (error) {
+        log(`closing the database failed: ${error instanceof Error ? error.message : String(error)}`);
+      } finally {
+        for (const socket of sockets) socket.end();
+        for (const connection of connections) connection.end();
+        if (options.stdio) options.stdio.output.end?.();
+        log('stopped');
+        markClosed();
+      }
     })();
     return stopping;
   }
@@ -170,12 +188,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     if (options.stdio) {
       const { input, output } = options.stdio;
-      const connection = createMessageConnection(quietReader(new StreamMessageReader(input)), new StreamMessageWriter(output));
-      connection.onError(([error]) => {
+      const guard = guardInput(input, maxMessageBytes, (error) => {
         log(`stdio: unreadable input (${error.message}); stopping`);
-        connection.end();
+        void stop('unreadable input on stdin');
       });
-      accept(connection, 'stdio', () => void stop('stdin closed'));
+      const connection = createMessageConnection(quietReader(new StreamMessageReader(guard)), new StreamMessageWriter(output));
+      accept(connection, 'stdio', () => guard.destroy(), () => void stop('stdin closed'));
       input.once('end', () => void stop('stdin closed'));
       log(`serving one client over stdio, data in ${store.directory}`);
     } else {
@@ -188,13 +206,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       await unlink(path).catch(() => {});
       server = createServer((socket) => {
         sockets.add(socket);
-        const connection = createMessageConnection(quietReader(new SocketMessageReader(socket)), new SocketMessageWriter(socket));
-        connection.onError(([error]) => {
-          log(`closing a connection that sent an unreadable message: ${error.message}`);
+        const label = `connection ${++accepted}`;
+        socket.on('error', () => {});
+        // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.
+        const guard = guardInput(socket, maxMessageBytes, (error) => {
+          log(`closing ${label}: it sent ${error.message}`);
           socket.destroy();
         });
-        socket.on('error', () => {});
-        accept(connection, `connection ${++accepted}`, () => sockets.delete(socket));
+        const connection = createMessageConnection(quietReader(new StreamMessageReader(guard)), new SocketMessageWriter(socket));
+        accept(connection, label, () => socket.destroy(), () => sockets.delete(socket));
       });
       server.listen(path);
       await once(server, 'listening');

@@ -18,6 +18,8 @@ export type CacheErrorCode =
   | 'CACHE_CONNECTION_LOST'
   /** The client and the daemon speak incompatible protocol versions; the message says how to replace the daemon. */
   | 'CACHE_PROTOCOL_MISMATCH'
+  /** The value would make a message larger than the daemon accepts (`maxMessageBytes`); nothing was sent. */
+  | 'CACHE_VALUE_TOO_LARGE'
   /** No daemon answers and `autoStart` is off. */
   | 'CACHE_NO_DAEMON'
   /** No daemon could be started; the message says why, or where its log is. */

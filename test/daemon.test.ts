@@ -158,6 +158,41 @@ describe('the handshake and bad requests', () => {
     expect(result).toMatchObject({ code: 0, stdout: 'closed\n' });
   });
 
+  test('a message over the size limit closes its connection before its body is read; the client refuses such values itself', async () => {
+    const { socketPath, logs } = await startTestDaemon({ maxMessageBytes: 4096 });
+    const bystander = await client(socketPath);
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    // Only the header is sent: the daemon must not wait for 5000 bytes of body.
+    raw.writeRaw('Content-Length: 5000\r\n\r\n');
+    await raw.closed;
+    expect(logs.some((line) => line.includes('over the limit of 4096'))).toBe(true);
+    await expectCode(bystander.set('big', 'x'.repeat(8000)), 'CACHE_VALUE_TOO_LARGE');
+    {
+      await using gs = await bystander.getset('big');
+      await expectCode(gs.set('x'.repeat(8000)), 'CACHE_VALUE_TOO_LARGE');
+      await gs.set('small');
+    }
+    await using got = await bystander.get('big');
+    expect(await got.item!.value()).toBe('small');
+  });
+
+  test.each([
+    ['a negative length', 'Content-Length: -5\r\n\r\n'],
+    ['a length that is not a number', 'Content-Length: banana\r\n\r\n{}'],
+    ['no length', 'Content-Type: application/json\r\n\r\n{}'],
+    ['a header line without a colon', 'hello\r\n\r\n'],
+    ['an endless header', 'X'.repeat(10_000)],
+  ])('%s closes that connection only', async (_, bytes) => {
+    const { socketPath } = await startTestDaemon();
+    const bystander = await client(socketPath);
+    const raw = await RawClient.open(socketPath);
+    raw.writeRaw(bytes);
+    await raw.closed;
+    await bystander.set('still', 'served');
+    expect((await bystander.status()).connections).toBe(1);
+  });
+
   test('a message with broken framing closes that connection only', async () => {
     const { socketPath } = await startTestDaemon();
     const bystander = await client(socketPath);
@@ -243,6 +278,25 @@ describe('lifecycle', () => {
     await daemon.closed;
     await expectCode(waiting.promise, 'CACHE_CLOSED');
     await expect(stat(socketPath)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  test('shutdown works before initialize, so that hoard stop can stop a daemon of any protocol version', async () => {
+    const { socketPath, daemon } = await startTestDaemon();
+    const raw = await RawClient.open(socketPath);
+    expect((await raw.request('shutdown')).result).toBeNull();
+    await daemon.closed;
+  });
+
+  test('the exit notification closes the connection and releases its locks', async () => {
+    const { socketPath } = await startTestDaemon();
+    const observer = await client(socketPath);
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    await raw.request('cache/getset', { scope: [], id: 'k' });
+    expect((await observer.status()).locksHeld).toBe(1);
+    raw.send({ jsonrpc: '2.0', method: 'exit' });
+    await raw.closed;
+    expect(await observer.status()).toMatchObject({ locksHeld: 0, connections: 1 });
   });
 
   test('idle shutdown: never while a connection is open, and soon after the last one closes', async () => {

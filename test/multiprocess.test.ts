@@ -1,7 +1,10 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
+import { DaemonConnection } from '../client/daemon-connection.js';
 import { connect } from '../client/index.js';
+import { isCacheError } from '../src/index.js';
+import { Shutdown } from '../src/protocol.js';
 import { startTestDaemon } from './support/daemon.js';
 import { CLIENT_MODULE, daemonPids, startModule, stopDaemonsAfterTest, waitForExit } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
@@ -141,6 +144,49 @@ describe('auto-start', () => {
     expect(refused).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
     expect((refused as Error).message).toMatch(/chmod 700/);
     expect((refused as Error).message).toMatch(/daemon\.log/);
+  });
+
+  test('connecting while the daemon stops ends with a working connection, never a stray error', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    const dataDir = join(dir, 'data');
+    stopDaemonsAfterTest(socketPath);
+    const first = await connect<string>({ socketPath, dataDir });
+    await first.set('kept', 'yes');
+    const { pid } = await first.status();
+    await first.close();
+    const stopper = await DaemonConnection.open(socketPath, { clientName: 'stopper', handshake: false });
+    const stopping = stopper.request(Shutdown);
+    const connecting = Array.from({ length: 6 }, () => connect<string>({ socketPath, dataDir }));
+    const settled = await Promise.allSettled([stopping, ...connecting]);
+    expect(settled.map((result) => result.status)).toEqual(Array(7).fill('fulfilled'));
+    await waitForExit(pid);
+    for (const racer of await Promise.all(connecting)) {
+      // A racer that reached the old daemon may learn on its first call that the connection is gone (documented);
+      // the call after that reconnects. One that started the new daemon just uses it.
+      const read = async (): Promise<unknown> => {
+        await using got = await racer.get('kept');
+        return got.item?.value();
+      };
+      expect(await read().catch((error: unknown) => (isCacheError(error, 'CACHE_CONNECTION_LOST') ? read() : Promise.reject(error)))).toBe('yes');
+      await racer.close();
+    }
+  });
+
+  test('a daemon that accepts but never answers: connect gives up in time and close does not hang', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    stopDaemonsAfterTest(socketPath);
+    const cache = await connect({ socketPath, dataDir: join(dir, 'data') });
+    const { pid } = await cache.status();
+    process.kill(pid, 'SIGSTOP');
+    onTestFinished(() => void process.kill(pid, 'SIGCONT'));
+    const startedAt = performance.now();
+    const refused = await connect({ socketPath, startTimeoutMs: 1000 }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ name: 'CacheError' });
+    expect(performance.now() - startedAt).toBeLessThan(5000);
+    await cache.close();
+    process.kill(pid, 'SIGCONT');
   });
 
   test('without autoStart, connect fails at once when no daemon runs', async () => {

@@ -1,6 +1,6 @@
-import { onTestFinished } from 'vitest';
+import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { connect, connectStdio } from '../client/index.js';
-import type { CodecName } from '../src/index.js';
+import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
 import { startTestDaemon } from './support/daemon.js';
 import { tempDir } from './support/temp-dir.js';
@@ -28,6 +28,32 @@ cacheConformance(
   },
   { stores: true, values: 'json' },
 );
+
+describe('RemoteCache over stdio', () => {
+  test('close resolves once the private daemon has exited and let go of the data directory', async () => {
+    const dataDir = await tempDir();
+    for (let round = 0; round < 3; round++) {
+      const cache = await connectStdio<string>({ dataDir });
+      await cache.set(`round ${round}`, 'done');
+      await cache.close();
+      const direct = await LevelCache.open<string>(dataDir);
+      await using got = await direct.get(`round ${round}`);
+      expect(await got.item!.value()).toBe('done');
+      await direct.close();
+    }
+  });
+
+  test('a private daemon that cannot start says why', async () => {
+    const dataDir = await tempDir();
+    const holder = await LevelCache.open(dataDir);
+    onTestFinished(() => holder.close());
+    const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    onTestFinished(() => stderr.mockRestore());
+    const refused = await connectStdio({ dataDir }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((refused as Error).message).toMatch(/holds the data directory/);
+  });
+});
 
 cacheConformance(
   'RemoteCache over stdio',
