@@ -48,11 +48,6 @@ export class CacheView<T> implements Cache<T> {
     this.#scope = scope;
   }
 
-  /** The names of the scopes this cache is nested in, outermost first. */
-  get scopePath(): readonly string[] {
-    return this.#scope.path;
-  }
-
   withScope(name: string): Cache<T> {
     if (typeof name !== 'string' || name === '') {
       throw new TypeError(`A scope name must be a non-empty string, got ${name === '' ? 'an empty string' : describe(name)}.`);

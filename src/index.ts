@@ -10,9 +10,7 @@ export type {
   MissedGetSetHandle,
   SetOptions,
 } from './cache.js';
-export { CacheView, RootCacheView } from './cache-view.js';
-export type { Codec, CodecName } from './codecs.js';
-export { codecNamed } from './codecs.js';
+export type { CodecName } from './codecs.js';
 export { CacheError, type CacheErrorCode, isCacheError } from './errors.js';
 export { LevelCache, type LevelCacheOptions } from './level-cache.js';
 export { MemoryCache } from './memory-cache.js';
