@@ -1,14 +1,11 @@
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { describe, expect, onTestFinished, test } from 'vitest';
-import { PROJECT_ROOT } from './support/child.js';
+import { describe, expect, test } from 'vitest';
+import { BIN, startDaemonProcess } from './support/processes.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
-const BIN = join(PROJECT_ROOT, 'dist/client/bin.js');
 
 interface Run {
   code: number | null;
@@ -30,27 +27,11 @@ function hoard(args: string[], input?: string | Buffer): Promise<Run> {
   });
 }
 
-/** Starts `hoard daemon` in the foreground and resolves once it listens. */
+/** A daemon process for CLI tests, with `run` for `hoard --socket <its socket> ...`. */
 async function foregroundDaemon(extra: string[] = []) {
   const dir = await tempDir('hd-');
-  const socket = join(dir, 's.sock');
-  const child = spawn(process.execPath, [BIN, 'daemon', '--socket', socket, '--data-dir', join(dir, 'data'), ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  onTestFinished(() => void child.kill('SIGKILL'));
-  let stdout = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk));
-  const lines = createInterface({ input: child.stderr });
-  const log: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    lines.on('line', (line) => {
-      log.push(line);
-      if (line.includes('listening on')) resolve();
-    });
-    child.once('exit', () => reject(new Error(`the daemon exited: ${log.join('\n')}`)));
-  });
-  const exited = once(child, 'exit').then(([code]) => code as number | null);
-  return { child, socket, dir, log, exited, stdout: () => stdout, run: (args: string[], input?: string | Buffer) => hoard(['--socket', socket, ...args], input) };
+  const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data'), extra });
+  return { ...daemon, socket: daemon.socketPath, dir, run: (args: string[], input?: string | Buffer) => hoard(['--socket', daemon.socketPath, ...args], input) };
 }
 
 describe('the hoard command', () => {

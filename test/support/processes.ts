@@ -5,6 +5,9 @@ import { createInterface } from 'node:readline';
 import { onTestFinished } from 'vitest';
 import { PROJECT_ROOT } from './child.js';
 
+/** The built `hoard` command. */
+export const BIN = join(PROJECT_ROOT, 'dist/client/bin.js');
+
 /** The built client, which child processes import (npm test builds first). */
 export const CLIENT_MODULE = JSON.stringify(join(PROJECT_ROOT, 'dist/client/index.js'));
 
@@ -89,4 +92,34 @@ export async function waitForExit(pid: number): Promise<void> {
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+export interface DaemonProcess {
+  child: ChildProcess;
+  socketPath: string;
+  dataDir: string;
+  /** Its stderr lines so far. */
+  log: string[];
+  exited: Promise<number | null>;
+  stdout(): string;
+}
+
+/** Starts `hoard daemon` in the foreground as a child process and resolves once it listens; killed when the test ends. */
+export async function startDaemonProcess(options: { socketPath: string; dataDir: string; extra?: string[] }): Promise<DaemonProcess> {
+  const child = spawn(process.execPath, [BIN, 'daemon', '--socket', options.socketPath, '--data-dir', options.dataDir, ...(options.extra ?? [])], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  onTestFinished(() => void child.kill('SIGKILL'));
+  let stdout = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk));
+  const log: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      log.push(line);
+      if (line.includes('listening on')) resolve();
+    });
+    void exited.then(() => reject(new Error(`the daemon exited: ${log.join('\n')}`)));
+  });
+  return { child, socketPath: options.socketPath, dataDir: options.dataDir, log, exited, stdout: () => stdout };
 }
