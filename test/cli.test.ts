@@ -1,31 +1,10 @@
-import { spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { BIN, startDaemonProcess } from './support/processes.js';
+import { runHoard as hoard, startDaemonProcess } from './support/processes.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
-
-interface Run {
-  code: number | null;
-  stdout: Buffer;
-  stderr: string;
-}
-
-/** Runs the built `hoard` command. */
-function hoard(args: string[], input?: string | Buffer): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const stdout: Buffer[] = [];
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(stdout), stderr }));
-    child.stdin.end(input);
-  });
-}
 
 /** A daemon process for CLI tests, with `run` for `hoard --socket <its socket> ...`. */
 async function foregroundDaemon(extra: string[] = []) {

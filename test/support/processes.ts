@@ -123,3 +123,23 @@ export async function startDaemonProcess(options: { socketPath: string; dataDir:
   });
   return { child, socketPath: options.socketPath, dataDir: options.dataDir, log, exited, stdout: () => stdout };
 }
+
+export interface HoardRun {
+  code: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+/** Runs the built `hoard` command with `args`, feeding it `input` on stdin. */
+export function runHoard(args: string[], input?: string | Buffer): Promise<HoardRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const stdout: Buffer[] = [];
+    let stderr = '';
+    child.stdout!.on('data', (chunk: Buffer) => stdout.push(chunk));
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(stdout), stderr }));
+    child.stdin!.end(input);
+  });
+}
