@@ -123,7 +123,10 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         if (isNoDaemon(error)) return io.err('hoard: no daemon was running\n');
         throw error;
       }
-      await connection.request(Shutdown);
+      // A daemon that goes away before its answer arrives has stopped all the same.
+      await connection.request(Shutdown).catch((error: unknown) => {
+        if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
+      });
       await connection.lostPromise;
       io.err('hoard: stopped the daemon\n');
     });

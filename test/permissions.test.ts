@@ -1,0 +1,61 @@
+import { spawn } from 'node:child_process';
+import { chmod, chown, mkdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { startDaemon } from '../daemon/index.js';
+import { startTestDaemon } from './support/daemon.js';
+import { tempDir } from './support/temp-dir.js';
+
+const NOBODY = 65534;
+
+/** Runs `node -e source` as user nobody through setpriv, and resolves to what it printed. */
+function asNobody(source: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('setpriv', ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', process.execPath, '-e', source, '--', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk));
+    child.stderr.on('data', (chunk: Buffer) => (out += chunk));
+    child.on('error', reject);
+    child.on('close', () => resolve(out.trim()));
+  });
+}
+
+describe('who may connect', () => {
+  test('the socket directory is 0700 and owned by the user, and another user cannot connect', async () => {
+    // Only root can switch to another user; CI runs as root and installs setpriv (util-linux).
+    expect(process.getuid?.()).toBe(0);
+    const { socketPath } = await startTestDaemon();
+    const info = await stat(join(socketPath, '..'));
+    expect(info.mode & 0o777).toBe(0o700);
+    expect(info.uid).toBe(process.getuid!());
+    const answer = await asNobody(
+      `const socket = require('node:net').connect(process.argv.at(-1));
+       socket.on('connect', () => { console.log('connected'); socket.destroy(); });
+       socket.on('error', (error) => console.log(error.code));`,
+      [socketPath],
+    );
+    expect(answer).toBe('EACCES');
+  });
+
+  test('a socket directory owned by someone else is refused', async () => {
+    const dir = await tempDir('hd-');
+    const theirs = join(dir, 'theirs');
+    await mkdir(theirs, { mode: 0o700 });
+    await chown(theirs, NOBODY, NOBODY);
+    const refused = await startDaemon({ socketPath: join(theirs, 's.sock'), dataDir: join(dir, 'data'), log: () => {} }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'CACHE_UNSAFE_DIRECTORY' });
+    expect((refused as Error).message).toMatch(/belongs to user 65534/);
+  });
+
+  test('a socket directory writable by its group is refused', async () => {
+    const dir = await tempDir('hd-');
+    const shared = join(dir, 'shared');
+    await mkdir(shared);
+    await chmod(shared, 0o770);
+    await expect(startDaemon({ socketPath: join(shared, 's.sock'), dataDir: join(dir, 'data'), log: () => {} })).rejects.toMatchObject({
+      code: 'CACHE_UNSAFE_DIRECTORY',
+    });
+  });
+});

@@ -1,0 +1,51 @@
+import { join } from 'node:path';
+import { expect, test } from 'vitest';
+import { connect } from '../client/index.js';
+import { daemonPids, runHoard, startModule, stopDaemonsAfterTest } from './support/processes.js';
+import { tempDir } from './support/temp-dir.js';
+
+/** A daemon of an older hoard: it speaks protocol 0, refuses newer clients, and obeys shutdown. */
+const OLD_DAEMON = `
+import { createServer } from 'node:net';
+import { createMessageConnection, ResponseError, SocketMessageReader, SocketMessageWriter } from 'vscode-jsonrpc/node';
+const server = createServer((socket) => {
+  const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+  connection.onRequest('initialize', (params) => new ResponseError(8,
+    'The running hoard daemon (version 0.0.1) speaks protocol 0, but this client speaks protocol ' + params.protocolVersion +
+    '. Run \\'hoard stop\\' to stop the old daemon; the next connect starts one of the client\\u2019s version.',
+    { code: 'CACHE_PROTOCOL_MISMATCH', daemonProtocolVersion: 0, clientProtocolVersion: params.protocolVersion }));
+  connection.onRequest('shutdown', () => { setImmediate(() => { server.close(); process.exit(0); }); return null; });
+  connection.listen();
+});
+server.listen(process.argv.at(-1), () => console.log('listening'));
+`;
+
+test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; hoard stop, then connect brings up the new one with the data intact', async () => {
+  const dir = await tempDir('hd-');
+  const socketPath = join(dir, 's.sock');
+  const dataDir = join(dir, 'data');
+  stopDaemonsAfterTest(socketPath);
+
+  const before = await connect<string>({ socketPath, dataDir });
+  await before.set('kept', 'across the upgrade', { modified: 42.5 });
+  await before.close();
+  expect((await runHoard(['--socket', socketPath, 'stop'])).code).toBe(0);
+
+  const old = startModule(OLD_DAEMON, [socketPath]);
+  await old.line((line) => line === 'listening');
+  const refused = await connect({ socketPath, dataDir }).catch((error: unknown) => error);
+  expect(refused).toMatchObject({ name: 'CacheError', code: 'CACHE_PROTOCOL_MISMATCH' });
+  expect((refused as Error).message).toMatch(/hoard stop/);
+
+  const stopped = await runHoard(['--socket', socketPath, 'stop']);
+  expect(stopped.code).toBe(0);
+  expect(await old.exited).toBe(0);
+
+  const after = await connect<string>({ socketPath, dataDir });
+  await using got = await after.get('kept');
+  expect(got.item!.modified).toBe(42.5);
+  expect(await got.item!.value()).toBe('across the upgrade');
+  expect(await daemonPids(socketPath)).toEqual([(await after.status()).pid]);
+  await got.release();
+  await after.close();
+});
