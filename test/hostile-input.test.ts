@@ -1,0 +1,126 @@
+import fc from 'fast-check';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { connect as netConnect } from 'node:net';
+import { join } from 'node:path';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { connect, type RemoteCache } from '../client/index.js';
+import { startTestDaemon } from './support/daemon.js';
+import { startDaemonProcess } from './support/processes.js';
+import { RawClient } from './support/raw-client.js';
+import { tempDir } from './support/temp-dir.js';
+
+// `shutdown` is left out: it is a legal request that stops the daemon (tested on its own).
+const METHODS = ['initialize', 'exit', 'cache/get', 'cache/getset', 'cache/handleSet', 'cache/release', 'cache/set', 'cache/delete', 'cache/clear', 'daemon/status', '$/cancelRequest', 'nope'];
+
+function frame(body: string | Uint8Array): Buffer {
+  const bytes = typeof body === 'string' ? Buffer.from(body) : Buffer.from(body);
+  return Buffer.concat([Buffer.from(`Content-Length: ${bytes.length}\r\n\r\n`), bytes]);
+}
+
+/** Params that are sometimes right, sometimes missing fields, extra fields or wrong types. */
+const params = fc.oneof(
+  fc.record(
+    {
+      scope: fc.oneof(fc.array(fc.string()), fc.string(), fc.integer(), fc.constant(null)),
+      id: fc.oneof(fc.string(), fc.integer(), fc.constant(null), fc.array(fc.string())),
+      value: fc.oneof(fc.base64String(), fc.string(), fc.integer()),
+      encoding: fc.oneof(fc.constantFrom('json', 'binary', ''), fc.string()),
+      handle: fc.oneof(fc.nat(20), fc.integer(), fc.string()),
+      wait: fc.oneof(fc.boolean(), fc.string()),
+      modified: fc.oneof(fc.double(), fc.string()),
+      protocolVersion: fc.oneof(fc.constant(1), fc.integer()),
+      extra: fc.jsonValue(),
+    },
+    { requiredKeys: [] },
+  ),
+  fc.jsonValue(),
+);
+
+/** Well-formed requests that take locks, so that a connection that dies holding them is part of the mix. */
+const locking = fc
+  .record({ id: fc.nat(), method: fc.constantFrom('cache/get', 'cache/getset', 'cache/clear'), key: fc.constantFrom('a', 'b', 'probe'), scope: fc.constantFrom([], ['s']) })
+  .map(({ id, method, key, scope }) => frame(JSON.stringify({ jsonrpc: '2.0', id, method, params: { scope, id: key } })));
+
+const message = fc.oneof(
+  locking,
+  fc.record({ jsonrpc: fc.constant('2.0'), id: fc.oneof(fc.nat(), fc.string()), method: fc.constantFrom(...METHODS), params }).map((m) => frame(JSON.stringify(m))),
+  fc.record({ jsonrpc: fc.constant('2.0'), method: fc.constantFrom(...METHODS), params }).map((m) => frame(JSON.stringify(m))),
+  fc.array(fc.record({ jsonrpc: fc.constant('2.0'), id: fc.nat(), method: fc.constantFrom(...METHODS), params }), { maxLength: 4 }).map((batch) => frame(JSON.stringify(batch))),
+  fc.jsonValue().map((value) => frame(JSON.stringify(value))),
+  fc.string().map((text) => frame(text)),
+  fc.uint8Array({ maxLength: 300 }).map((bytes) => frame(bytes)),
+  fc.uint8Array({ maxLength: 300 }).map((bytes) => Buffer.from(bytes)),
+  fc.constantFrom('Content-Length: 9999999999\r\n\r\n', 'Content-Length: -1\r\n\r\n', 'Content-Length: 12\r\n\r\n{"jsonrpc":', '\r\n\r\n').map((text) => Buffer.from(text)),
+);
+
+async function quiet(cache: RemoteCache<unknown>): Promise<void> {
+  // The daemon notices a closed connection on its own schedule; status round trips until it has.
+  for (;;) {
+    const status = await cache.status();
+    if (status.connections === 1) {
+      expect(status).toMatchObject({ locksHeld: 0, waiters: 0 });
+      return;
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+describe('hostile and broken input', () => {
+  test('generated input never stops the daemon, leaks a lock, or keeps a dead connection', async () => {
+    const { socketPath, logs } = await startTestDaemon();
+    const bystander = await connect({ socketPath, autoStart: false });
+    onTestFinished(() => bystander.close());
+    let tried = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.boolean(), fc.array(message, { minLength: 1, maxLength: 6 }), async (initialize, messages) => {
+        tried++;
+        const raw = await RawClient.open(socketPath);
+        if (initialize) await raw.initialize();
+        for (const bytes of messages) raw.writeRaw(bytes);
+        raw.socket.end();
+        await raw.closed;
+        // Every other client is still served, and nothing of the hostile connection is left.
+        await bystander.set('probe', tried);
+        await using got = await bystander.get('probe');
+        expect(await got.item!.value()).toBe(tried);
+        await got.release();
+        await quiet(bystander);
+      }),
+      { numRuns: 200 },
+    );
+    const closedForFraming = logs.filter((line) => line.includes('closing connection')).length;
+    console.log(`hostile input: ${tried} generated connections, ${closedForFraming} closed for their framing`);
+    expect(closedForFraming).toBeGreaterThan(0);
+  });
+
+  test('streaming garbage is cut off after the header limit, so the daemon\u2019s memory stays flat', async () => {
+    const dir = await tempDir('hd-');
+    const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data') });
+    const rss = async (): Promise<number> => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${daemon.child.pid}/status`, 'utf8'))![1]) * 1024;
+    const before = await rss();
+    let sent = 0;
+    for (let connection = 0; connection < 8; connection++) {
+      const socket = netConnect(daemon.socketPath);
+      socket.on('error', () => {});
+      await once(socket, 'connect');
+      const chunk = Buffer.alloc(1 << 20, 'x');
+      // Up to 64 MiB each, unless the daemon hangs up first (it should, after 4 KiB).
+      while (sent < (connection + 1) * 64 * (1 << 20) && !socket.destroyed && socket.writable) {
+        sent += chunk.length;
+        if (!socket.write(chunk)) {
+          await new Promise((resolve) => {
+            socket.once('drain', resolve);
+            socket.once('close', resolve);
+          });
+        }
+      }
+      socket.destroy();
+    }
+    const cache = await connect({ socketPath: daemon.socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    expect((await cache.status()).connections).toBe(1);
+    expect(daemon.log.filter((line) => line.includes('a header longer than 4096 bytes'))).toHaveLength(8);
+    expect(await rss()).toBeLessThan(before + 32 * (1 << 20));
+  });
+});
