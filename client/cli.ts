@@ -1,7 +1,8 @@
 import { createInterface } from 'node:readline/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { runDaemonCommand } from '../daemon/main.js';
-import { defaultSocketPath } from '../daemon/paths.js';
+import { defaultDataDir, defaultSocketPath } from '../daemon/paths.js';
+import { repairLevelStore } from '../src/level-store.js';
 import { isCacheError } from '../src/errors.js';
 import { Clear, Delete, Get, Release, Set as SetRequest, Shutdown, Status, type StatusResult } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
@@ -88,6 +89,21 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
     .action(async (options: { dataDir?: string; idleTimeout: number; stdio?: boolean; logFile?: string; readyFd?: number }) => {
       await runDaemonCommand({ socket: globals().socket, ...options, idleTimeoutMs: options.idleTimeout });
+    });
+
+  program
+    .command('repair')
+    .description('recover what LevelDB can of a damaged data directory (stop the daemon first)')
+    .option('--data-dir <path>', 'the LevelDB directory (default: $HOARD_DATA_DIR or the XDG cache directory)')
+    .action(async (options: { dataDir?: string }) => {
+      const dataDir = options.dataDir ?? defaultDataDir();
+      try {
+        await repairLevelStore(dataDir);
+      } catch (error) {
+        if (isCacheError(error, 'CACHE_LOCKED')) throw new Failure(`${dataDir} is in use: stop the daemon (hoard stop) first`);
+        throw error;
+      }
+      io.err(`hoard: repaired ${dataDir}\n`);
     });
 
   program

@@ -86,6 +86,52 @@ function lockedError(directory: string, cause?: unknown): CacheError {
   );
 }
 
+/** Turns LevelDB's refusal to open `directory` into an error that names the directory and the remedy. */
+function openError(directory: string, error: unknown): CacheError {
+  const cause = (error as { cause?: { code?: unknown; message?: unknown } }).cause;
+  if (cause?.code === 'LEVEL_LOCKED') return lockedError(directory, error);
+  if (cause?.code === 'LEVEL_CORRUPTION') {
+    return new CacheError(
+      'CACHE_CORRUPT',
+      `The cache database in ${directory} is damaged (${String(cause.message)}). Run \`hoard repair --data-dir ${directory}\` ` +
+        'to recover what can be recovered, or delete the directory: it only holds a cache.',
+      { cause: error },
+    );
+  }
+  return new CacheError(
+    'CACHE_STORAGE',
+    `Cannot open the cache database in ${directory}: ${String(cause?.message ?? error)}. Check that the directory is ` +
+      'readable and writable by you, or choose another one (--data-dir, HOARD_DATA_DIR).',
+    { cause: error },
+  );
+}
+
+/**
+ * Runs LevelDB's repair on `directory`, recovering what it can of a damaged database.
+ * @throws CacheError `CACHE_LOCKED` while a daemon or another program has the database open.
+ */
+export async function repairLevelStore(directory: string): Promise<void> {
+  const real = await realpath(directory);
+  if (openDirectories.has(real) || (await heldByThisProcess(real))) throw lockedError(real);
+  // Opening takes LevelDB's lock, which tells whether anyone holds the database; a damaged one may not open at all.
+  const probe = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  openDirectories.add(real);
+  try {
+    await probe.open();
+    await probe.close();
+  } catch (error) {
+    if ((error as { cause?: { code?: unknown } }).cause?.code === 'LEVEL_LOCKED') throw lockedError(real, error);
+  } finally {
+    openDirectories.delete(real);
+  }
+  try {
+    // `Level` is classic-level's class on Node, whose static `repair` its typings leave out.
+    await (Level as unknown as { repair(location: string): Promise<void> }).repair(real);
+  } catch (error) {
+    throw storageError(`Cannot repair the cache database in ${real}`, error);
+  }
+}
+
 function storageError(what: string, cause: unknown): CacheError {
   const detail = cause instanceof Error ? cause.message : String(cause);
   return new CacheError('CACHE_STORAGE', `${what}: ${detail}`, { cause });
@@ -116,9 +162,7 @@ export class LevelStore implements Store<EncodedValue> {
       await db.open();
     } catch (error) {
       openDirectories.delete(real);
-      const code = (error as { cause?: { code?: unknown } }).cause?.code;
-      if (code === 'LEVEL_LOCKED') throw lockedError(real, error);
-      throw storageError(`Cannot open the cache database in ${real}`, error);
+      throw openError(real, error);
     }
     try {
       const format = await db.get(FORMAT_KEY);

@@ -1,0 +1,78 @@
+import { execFileSync } from 'node:child_process';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { connect } from '../client/index.js';
+import { startDaemon } from '../daemon/index.js';
+import { LevelCache } from '../src/index.js';
+import { runHoard, startDaemonProcess } from './support/processes.js';
+import { tempDir } from './support/temp-dir.js';
+
+/** A data directory whose LevelDB manifest has been overwritten with garbage. */
+async function damagedDataDir(): Promise<string> {
+  const dataDir = join(await tempDir('hd-'), 'data');
+  const cache = await LevelCache.open<number>(dataDir);
+  for (let n = 0; n < 100; n++) await cache.set(`k${n}`, n);
+  await cache.close();
+  const manifest = (await readdir(dataDir)).find((name) => name.startsWith('MANIFEST-'))!;
+  const bytes = await readFile(join(dataDir, manifest));
+  await writeFile(join(dataDir, manifest), Buffer.alloc(bytes.length, 0x55));
+  return dataDir;
+}
+
+describe('storage faults', () => {
+  test('on a full disk, set fails with CACHE_STORAGE and the daemon keeps serving reads', async () => {
+    // A small tmpfs is the full disk; mounting one needs root, which CI has.
+    const dir = await tempDir('hd-');
+    const disk = join(dir, 'disk');
+    await mkdir(disk);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', disk]);
+    onTestFinished(() => void execFileSync('umount', ['-l', disk]));
+    const daemon = await startDaemon({ socketPath: join(dir, 's.sock'), dataDir: join(disk, 'data'), idleTimeoutMs: 0, log: () => {} });
+    onTestFinished(() => daemon.close());
+    const cache = await connect<Uint8Array>({ socketPath: join(dir, 's.sock'), codec: 'binary', autoStart: false });
+    onTestFinished(() => cache.close());
+    await cache.set('early', new Uint8Array([1, 2, 3]));
+    let failure: unknown;
+    for (let n = 0; n < 200 && !failure; n++) {
+      await cache.set(`big${n}`, new Uint8Array(64 * 1024).fill(n)).catch((error: unknown) => (failure = error));
+    }
+    expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
+    expect((failure as Error).message).toMatch(/No space left on device/);
+    await using early = await cache.get('early');
+    expect(await early.item!.value()).toEqual(new Uint8Array([1, 2, 3]));
+    await using first = await cache.get('big0');
+    expect((await first.item!.value()).length).toBe(64 * 1024);
+    expect(await cache.status()).toMatchObject({ locksHeld: 2, waiters: 0 });
+  });
+
+  test('a damaged database: the daemon refuses to start naming the path and the remedy, and hoard repair recovers it', async () => {
+    const dataDir = await damagedDataDir();
+    const dir = await tempDir('hd-');
+    const refused = await runHoard(['--socket', join(dir, 's.sock'), 'daemon', '--data-dir', dataDir]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(dataDir);
+    expect(refused.stderr).toContain('hoard repair');
+
+    const repaired = await runHoard(['repair', '--data-dir', dataDir]);
+    expect(repaired).toMatchObject({ code: 0 });
+    const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir });
+    const cache = await connect<number>({ socketPath: daemon.socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    for (let n = 0; n < 100; n++) {
+      await using got = await cache.get(`k${n}`);
+      expect(await got.item!.value()).toBe(n);
+    }
+  });
+
+  test('hoard repair refuses a data directory that a daemon holds', async () => {
+    const dir = await tempDir('hd-');
+    const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data') });
+    const refused = await runHoard(['repair', '--data-dir', daemon.dataDir]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/hoard stop/);
+    const cache = await connect({ socketPath: daemon.socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    await cache.set('still', 'served');
+  });
+});
