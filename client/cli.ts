@@ -23,6 +23,12 @@ export function parseDuration(text: string): number {
   return Math.round(Number(match[1]) * unit);
 }
 
+/** Parses a positive whole number of bytes. */
+function parseByteCount(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 1024) throw new InvalidArgumentError('expected a whole number of bytes, at least 1024');
+  return Number(text);
+}
+
 interface Globals {
   socket?: string;
   scope: string[];
@@ -85,11 +91,15 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .option('--data-dir <path>', 'the LevelDB directory (default: $HOARD_DATA_DIR or the XDG cache directory)')
     .option('--idle-timeout <duration>', 'stop after this long with no connection; 0 never', parseDuration, 15 * 60_000)
     .option('--stdio', 'serve one client over stdin/stdout and exit when stdin closes')
+    .option('--sync', 'flush every write to the disk before acknowledging it (survives power loss; slower)')
+    .option('--max-message-bytes <bytes>', 'close connections that send larger messages', parseByteCount, 64 * 1024 * 1024)
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
-    .action(async (options: { dataDir?: string; idleTimeout: number; stdio?: boolean; logFile?: string; readyFd?: number }) => {
-      await runDaemonCommand({ socket: globals().socket, ...options, idleTimeoutMs: options.idleTimeout });
-    });
+    .action(
+      async (options: { dataDir?: string; idleTimeout: number; stdio?: boolean; sync?: boolean; maxMessageBytes: number; logFile?: string; readyFd?: number }) => {
+        await runDaemonCommand({ socket: globals().socket, ...options, idleTimeoutMs: options.idleTimeout });
+      },
+    );
 
   program
     .command('repair')
@@ -185,9 +195,11 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
           throw new Failure('the value is not valid JSON');
         }
       } else bytes = Buffer.from(JSON.stringify(input.toString('utf8')));
-      await withConnection(globals(), true, (c) =>
-        c.request(SetRequest, { scope: globals().scope, id, encoding, value: bytes.toString('base64') }),
-      );
+      const value64 = bytes.toString('base64');
+      await withConnection(globals(), true, async (c) => {
+        c.checkValueSize(value64, [...globals().scope, id]);
+        await c.request(SetRequest, { scope: globals().scope, id, encoding, value: value64 });
+      });
     });
 
   program

@@ -134,6 +134,22 @@ export class DaemonConnection {
     return this.#info!;
   }
 
+  /**
+   * Refuses a value whose message would exceed the daemon's limit, which would otherwise close the connection.
+   * The estimate is generous: JSON may escape each byte of an id or scope name (`names`) as six.
+   * @throws CacheError `CACHE_VALUE_TOO_LARGE`.
+   */
+  checkValueSize(base64: string, names: readonly string[]): void {
+    const overhead = 256 + 6 * names.reduce((total, name) => total + Buffer.byteLength(name), 0);
+    const limit = this.info.capabilities.maxMessageBytes;
+    if (base64.length + overhead > limit) {
+      throw new CacheError(
+        'CACHE_VALUE_TOO_LARGE',
+        `This value takes ${base64.length} bytes as base64, and the daemon accepts messages of at most ${limit} bytes.`,
+      );
+    }
+  }
+
   /** Whether the connection has closed. */
   get lost(): boolean {
     return this.#lost;

@@ -12,22 +12,6 @@ function toBase64(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 }
 
-/**
- * Refuses a value whose message would exceed the daemon's limit, which would otherwise close the connection.
- * The estimate is generous: JSON may escape each byte of an id or scope name as six.
- */
-function checkSize(connection: DaemonConnection, value: string, address: { scope?: readonly string[]; id?: string }): void {
-  const names = [...(address.scope ?? []), address.id ?? ''];
-  const overhead = 256 + 6 * names.reduce((total, name) => total + Buffer.byteLength(name), 0);
-  const limit = connection.info.capabilities.maxMessageBytes;
-  if (value.length + overhead > limit) {
-    throw new CacheError(
-      'CACHE_VALUE_TOO_LARGE',
-      `This value takes ${value.length} bytes as base64, and the daemon accepts messages of at most ${limit} bytes.`,
-    );
-  }
-}
-
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, EncodedValue>;
@@ -114,7 +98,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const write = writes.then(async () => {
         const { encoding, bytes } = this.#adapter.encode(value);
         const base64 = toBase64(bytes);
-        checkSize(connection, base64, {});
+        connection.checkValueSize(base64, []);
         await connection.request(HandleSet, { handle, encoding, value: base64 });
       });
       writes = write.catch(() => {});
@@ -133,7 +117,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { encoding, bytes } = this.#adapter.encode(value);
     const connection = await this.connection();
     const base64 = toBase64(bytes);
-    checkSize(connection, base64, { scope: scope.path, id });
+    connection.checkValueSize(base64, [...scope.path, id]);
     await connection.request(SetRequest, { scope: [...scope.path], id, encoding, value: base64, modified });
   }
 

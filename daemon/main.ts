@@ -8,6 +8,8 @@ export interface DaemonCommandOptions {
   socket?: string;
   dataDir?: string;
   idleTimeoutMs?: number;
+  maxMessageBytes?: number;
+  sync?: boolean;
   stdio?: boolean;
   /** Log here instead of standard error (the background mode). */
   logFile?: string;
@@ -52,6 +54,8 @@ export async function runDaemonCommand(options: DaemonCommandOptions): Promise<n
       socketPath: options.socket,
       dataDir: options.dataDir,
       idleTimeoutMs: options.idleTimeoutMs,
+      maxMessageBytes: options.maxMessageBytes,
+      sync: options.sync,
       stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
       log: stamp,
     });

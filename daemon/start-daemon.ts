@@ -31,6 +31,8 @@ export interface DaemonOptions {
   stdio?: { input: Readable; output: Writable };
   /** The largest message accepted, in bytes; default 64 MiB. */
   maxMessageBytes?: number;
+  /** Flush every write to the disk before acknowledging it, so that it survives a power loss; default `false`. */
+  sync?: boolean;
   /** Where log lines go; default standard error. */
   log?: (line: string) => void;
 }
@@ -95,7 +97,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   let store: LevelStore;
   try {
-    store = await LevelStore.open(dataDir);
+    store = await LevelStore.open(dataDir, { sync: options.sync ?? false });
   } catch (error) {
     if (isCacheError(error, 'CACHE_LOCKED')) {
       throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {
@@ -220,7 +222,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       await once(server, 'listening');
       await chmod(path, 0o600);
       armIdleTimer();
-      log(`listening on ${path}, data in ${store.directory}`);
+      log(`listening on ${path}, data in ${store.directory}${options.sync ? ', every write synced to disk' : ''}`);
     }
   } catch (error) {
     server?.close();

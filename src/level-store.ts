@@ -142,16 +142,21 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #db: Level<Buffer, Buffer>;
   readonly directory: string;
 
-  private constructor(db: Level<Buffer, Buffer>, directory: string) {
+  readonly #writeOptions: { sync: boolean };
+
+  private constructor(db: Level<Buffer, Buffer>, directory: string, sync: boolean) {
     this.#db = db;
     this.directory = directory;
+    this.#writeOptions = { sync };
   }
 
   /**
-   * Opens (creating if needed) the database in `directory`.
+   * Opens (creating if needed) the database in `directory`. With `sync`, every write is flushed to the disk
+   * before it is acknowledged (surviving a power loss, at a cost in speed); without, it survives a crash of
+   * the process, since it has reached the operating system.
    * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
    */
-  static async open(directory: string): Promise<LevelStore> {
+  static async open(directory: string, options: { sync?: boolean } = {}): Promise<LevelStore> {
     await mkdir(directory, { recursive: true });
     const real = await realpath(directory);
     // A failed second open in one process silently drops LevelDB's lock, so never attempt one.
@@ -178,7 +183,7 @@ export class LevelStore implements Store<EncodedValue> {
       openDirectories.delete(real);
       throw error;
     }
-    return new LevelStore(db, real);
+    return new LevelStore(db, real, options.sync ?? false);
   }
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
@@ -193,7 +198,7 @@ export class LevelStore implements Store<EncodedValue> {
 
   async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
     try {
-      await this.#db.put(keyOf(scope, id), encodeRecord(record));
+      await this.#db.put(keyOf(scope, id), encodeRecord(record), this.#writeOptions);
     } catch (error) {
       throw storageError('Cannot write to the cache database', error);
     }
@@ -201,7 +206,7 @@ export class LevelStore implements Store<EncodedValue> {
 
   async delete(scope: Scope, id: string): Promise<void> {
     try {
-      await this.#db.del(keyOf(scope, id));
+      await this.#db.del(keyOf(scope, id), this.#writeOptions);
     } catch (error) {
       throw storageError('Cannot delete from the cache database', error);
     }

@@ -108,6 +108,17 @@ describe('the hoard command', () => {
     }
   });
 
+  test('hoard daemon --max-message-bytes and --sync', async () => {
+    const { run, log } = await foregroundDaemon(['--max-message-bytes', '4096', '--sync']);
+    expect(log.some((line) => line.includes('every write synced to disk'))).toBe(true);
+    const tooLarge = await run(['set', 'big', 'x'.repeat(8000)]);
+    expect(tooLarge.code).toBe(1);
+    expect(tooLarge.stderr).toMatch(/at most 4096 bytes/);
+    expect((await run(['set', 'small', 'fits'])).code).toBe(0);
+    expect((await run(['get', 'small'])).stdout.toString()).toBe('fits\n');
+    expect((await hoard(['daemon', '--max-message-bytes', 'lots'])).code).toBe(2);
+  });
+
   test('usage errors are exit 2', async () => {
     expect((await hoard(['frobnicate'])).code).toBe(2);
     expect((await hoard(['get'])).code).toBe(2);
