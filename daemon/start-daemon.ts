@@ -6,16 +6,15 @@ import type { Readable, Writable } from 'node:stream';
 import {
   createMessageConnection,
   type MessageConnection,
+  type MessageWriter,
   SocketMessageWriter,
-  StreamMessageReader,
   StreamMessageWriter,
 } from 'vscode-jsonrpc/node';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { type EncodedValue, LevelStore } from '../src/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
-import { quietReader } from '../src/quiet-reader.js';
-import { FrameGuard } from './frame-guard.js';
+import { FramedMessageReader } from './framed-message-reader.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath, prepareSocketDirectory } from './paths.js';
 import { type DaemonContext, serveConnection } from './serve.js';
@@ -59,17 +58,11 @@ async function directorySize(directory: string): Promise<number> {
   return total;
 }
 
-/** Pipes `input` through a {@link FrameGuard} that ends with it, and reports framing errors. */
-function guardInput(input: Readable, maxMessageBytes: number, onError: (error: Error) => void): FrameGuard {
-  const guard = new FrameGuard({ maxMessageBytes });
-  input.pipe(guard);
-  input.once('close', () => guard.end());
-  guard.once('error', (error) => {
-    input.unpipe(guard);
-    onError(error);
-    guard.destroy();
-  });
-  return guard;
+/** A connection over `input` and `writer` read by a {@link FramedMessageReader}; `onBroken` hears of framing errors. */
+function openConnection(input: Readable, writer: MessageWriter, maxMessageBytes: number, onBroken: (error: Error) => void): MessageConnection {
+  const reader = new FramedMessageReader(input, { maxMessageBytes, reply: (response) => void writer.write(response).catch(() => {}) });
+  reader.onError(onBroken);
+  return createMessageConnection(reader, writer);
 }
 
 /** Whether something accepts connections on the socket path. */
@@ -190,12 +183,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     if (options.stdio) {
       const { input, output } = options.stdio;
-      const guard = guardInput(input, maxMessageBytes, (error) => {
+      const connection = openConnection(input, new StreamMessageWriter(output), maxMessageBytes, (error) => {
         log(`stdio: unreadable input (${error.message}); stopping`);
         void stop('unreadable input on stdin');
       });
-      const connection = createMessageConnection(quietReader(new StreamMessageReader(guard)), new StreamMessageWriter(output));
-      accept(connection, 'stdio', () => guard.destroy(), () => void stop('stdin closed'));
+      accept(connection, 'stdio', () => input.destroy(), () => void stop('stdin closed'));
       input.once('end', () => void stop('stdin closed'));
       log(`serving one client over stdio, data in ${store.directory}`);
     } else {
@@ -211,11 +203,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         const label = `connection ${++accepted}`;
         socket.on('error', () => {});
         // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.
-        const guard = guardInput(socket, maxMessageBytes, (error) => {
+        const connection = openConnection(socket, new SocketMessageWriter(socket), maxMessageBytes, (error) => {
           log(`closing ${label}: it sent ${error.message}`);
           socket.destroy();
         });
-        const connection = createMessageConnection(quietReader(new StreamMessageReader(guard)), new SocketMessageWriter(socket));
         accept(connection, label, () => socket.destroy(), () => sockets.delete(socket));
       });
       server.listen(path);

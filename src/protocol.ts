@@ -102,7 +102,7 @@ export const Clear = new RequestType<ScopeParams, null, void>('cache/clear');
 export const Status = new RequestType0<StatusResult, void>('daemon/status');
 
 /** Codes that only occur between a client and the daemon. */
-export type WireErrorCode = CacheErrorCode | 'CACHE_NOT_INITIALIZED' | 'CACHE_CANCELLED';
+export type WireErrorCode = CacheErrorCode | 'CACHE_NOT_INITIALIZED' | 'CACHE_CANCELLED' | 'CACHE_PARSE_ERROR' | 'CACHE_INVALID_REQUEST';
 
 /** The JSON-RPC error number for each code; `error.data.code` carries the name. */
 export const ERROR_NUMBERS: Readonly<Record<WireErrorCode, number>> = Object.freeze({
@@ -121,6 +121,8 @@ export const ERROR_NUMBERS: Readonly<Record<WireErrorCode, number>> = Object.fre
   CACHE_SOCKET_PATH_TOO_LONG: 13,
   CACHE_NO_DAEMON: 14,
   CACHE_VALUE_TOO_LARGE: 15,
+  CACHE_PARSE_ERROR: -32700,
+  CACHE_INVALID_REQUEST: -32600,
   CACHE_INVALID_PARAMS: -32602,
   CACHE_CANCELLED: -32800,
   CACHE_INTERNAL: -32603,

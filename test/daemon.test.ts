@@ -193,6 +193,31 @@ describe('the handshake and bad requests', () => {
     expect((await bystander.status()).connections).toBe(1);
   });
 
+  test('well-framed messages that are not JSON or not JSON-RPC get an error reply, and the connection goes on', async () => {
+    const { socketPath } = await startTestDaemon();
+    const raw = await RawClient.open(socketPath);
+    const framed = (body: string): Buffer => Buffer.concat([Buffer.from(`Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`), Buffer.from(body)]);
+    const cases: [string, unknown][] = [
+      ['{"jsonrpc":', { id: null, error: { code: -32700, data: { code: 'CACHE_PARSE_ERROR' } } }],
+      ['', { id: null, error: { code: -32700 } }],
+      ['{}', { id: null, error: { code: -32600, data: { code: 'CACHE_INVALID_REQUEST' } } }],
+      ['42', { id: null, error: { code: -32600 } }],
+      ['[{"jsonrpc":"2.0","id":1,"method":"daemon/status"}]', { id: null, error: { code: -32600 } }],
+      ['{"jsonrpc":"2.0","id":5}', { id: 5, error: { code: -32600 } }],
+      ['{"jsonrpc":"1.0","id":6,"method":"daemon/status"}', { id: 6, error: { code: -32600 } }],
+      ['{"jsonrpc":"2.0","id":7,"method":"cache/get","params":"scope"}', { id: 7, error: { code: -32600 } }],
+      ['{"jsonrpc":"2.0","id":{"a":1},"method":"daemon/status"}', { id: null, error: { code: -32600 } }],
+      // vscode-jsonrpc itself throws on these two; found by the generated-input test.
+      ['{"jsonrpc":"2.0","method":"$/cancelRequest"}', { id: null, error: { code: -32600 } }],
+      ['{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":null}}', { id: null, error: { code: -32600 } }],
+    ];
+    for (const [body, reply] of cases) {
+      raw.writeRaw(framed(body));
+      expect(await raw.next(), body).toMatchObject({ jsonrpc: '2.0', ...(reply as object) });
+    }
+    expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 1 });
+  });
+
   test('a message with broken framing closes that connection only', async () => {
     const { socketPath } = await startTestDaemon();
     const bystander = await client(socketPath);
