@@ -1,11 +1,11 @@
-import { execFileSync } from 'node:child_process';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmod, chown, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
 import { LevelCache } from '../src/index.js';
-import { runHoard, startDaemonProcess } from './support/processes.js';
+import { BIN, runHoard, startDaemonProcess } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
 /** A data directory whose LevelDB manifest has been overwritten with garbage. */
@@ -74,5 +74,28 @@ describe('storage faults', () => {
     const cache = await connect({ socketPath: daemon.socketPath, autoStart: false });
     onTestFinished(() => cache.close());
     await cache.set('still', 'served');
+  });
+
+  // Running the daemon as another user needs root, which CI has.
+  test.runIf(process.getuid?.() === 0)('an unreadable database: the daemon refuses to start naming the path and the remedy', async () => {
+    const dir = await tempDir('hd-');
+    const dataDir = join(dir, 'data');
+    await (await LevelCache.open(dataDir)).close();
+    await chmod(dataDir, 0o700);
+    const socketDir = join(dir, 'run');
+    await mkdir(socketDir, { mode: 0o700 });
+    await chown(socketDir, 65534, 65534);
+    await chmod(dir, 0o755);
+    const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, BIN, 'daemon', '--socket', join(socketDir, 's.sock'), '--data-dir', dataDir], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
+      child.on('close', (code) => resolve({ code, stderr }));
+    });
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain(dataDir);
+    expect(result.stderr).toMatch(/readable and writable by you/);
   });
 });
