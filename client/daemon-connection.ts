@@ -64,6 +64,8 @@ export class DaemonConnection {
   readonly #transport: Transport;
   #lost = false;
   #closedByUs = false;
+  /** Requests sent and not yet answered. */
+  #pending = 0;
   #info?: InitializeResult;
   /** Resolves once the connection has closed, for whatever reason. */
   readonly lostPromise: Promise<void>;
@@ -72,9 +74,12 @@ export class DaemonConnection {
     this.#connection = connection;
     this.#transport = transport;
     this.lostPromise = new Promise((resolve) => {
-      connection.onClose(() => {
+      connection.onClose(async () => {
         this.#lost = true;
-        // Pending requests hang until dispose, which rejects them.
+        // Answers that arrived just before the close still wait in vscode-jsonrpc's queue, which hands out one
+        // message per event-loop turn: let them through before dispose rejects whatever is left.
+        const turns = this.#pending + 2;
+        for (let turn = 0; turn < turns && this.#pending > 0; turn++) await new Promise((next) => setImmediate(next));
         connection.dispose();
         transport.destroy();
         resolve();
@@ -171,9 +176,12 @@ export class DaemonConnection {
     } catch {
       return Promise.reject(this.#closedByUs ? closedError() : lostError());
     }
-    const mapped = sent.catch((error: unknown) => {
-      throw this.#toCacheError(error, type.method);
-    });
+    this.#pending++;
+    const mapped = sent
+      .catch((error: unknown) => {
+        throw this.#toCacheError(error, type.method);
+      })
+      .finally(() => this.#pending--);
     if (!signal) return mapped;
     return new Promise<R>((resolve, reject) => {
       const onAbort = (): void => {

@@ -58,8 +58,31 @@ async function directorySize(directory: string): Promise<number> {
   return total;
 }
 
-/** A connection over `input` and `writer` read by a {@link FramedMessageReader}; `onBroken` hears of framing errors. */
-function openConnection(input: Readable, writer: MessageWriter, maxMessageBytes: number, onBroken: (error: Error) => void): MessageConnection {
+/** Tracks every write of `writer` in `unflushed`, so that stopping can wait for the last answers (to `shutdown`, say). */
+function trackWrites(writer: MessageWriter, unflushed: Set<Promise<void>>): MessageWriter {
+  return {
+    onError: writer.onError,
+    onClose: writer.onClose,
+    end: () => writer.end(),
+    dispose: () => writer.dispose(),
+    write(message) {
+      const written = writer.write(message);
+      const settled = written.catch(() => {});
+      unflushed.add(settled);
+      void settled.then(() => unflushed.delete(settled));
+      return written;
+    },
+  };
+}
+
+/** A connection over `input` and `output` read by a {@link FramedMessageReader}; `onBroken` hears of framing errors. */
+function openConnection(
+  input: Readable,
+  output: MessageWriter,
+  options: { maxMessageBytes: number; unflushed: Set<Promise<void>>; onBroken: (error: Error) => void },
+): MessageConnection {
+  const { maxMessageBytes, onBroken } = options;
+  const writer = trackWrites(output, options.unflushed);
   const reader = new FramedMessageReader(input, { maxMessageBytes, reply: (response) => void writer.write(response).catch(() => {}) });
   reader.onError(onBroken);
   return createMessageConnection(reader, writer);
@@ -103,6 +126,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const startedAt = Date.now();
   const connections = new Set<MessageConnection>();
   const sockets = new Set<Socket>();
+  /** Messages written but not yet handed to their streams. */
+  const unflushed = new Set<Promise<void>>();
   let handles = 0;
   let accepted = 0;
   let server: Server | undefined;
@@ -170,6 +195,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       } catch (error) {
         log(`closing the database failed: ${error instanceof Error ? error.message : String(error)}`);
       } finally {
+        // Answers already given (the one to `shutdown`, the waiters' CACHE_CLOSED) are sent before the streams end.
+        await Promise.all(unflushed);
         for (const socket of sockets) socket.end();
         for (const connection of connections) connection.end();
         if (options.stdio) options.stdio.output.end?.();
@@ -183,9 +210,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     if (options.stdio) {
       const { input, output } = options.stdio;
-      const connection = openConnection(input, new StreamMessageWriter(output), maxMessageBytes, (error) => {
-        log(`stdio: unreadable input (${error.message}); stopping`);
-        void stop('unreadable input on stdin');
+      const connection = openConnection(input, new StreamMessageWriter(output), {
+        maxMessageBytes,
+        unflushed,
+        onBroken: (error) => {
+          log(`stdio: unreadable input (${error.message}); stopping`);
+          void stop('unreadable input on stdin');
+        },
       });
       accept(connection, 'stdio', () => input.destroy(), () => void stop('stdin closed'));
       input.once('end', () => void stop('stdin closed'));
@@ -203,9 +234,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         const label = `connection ${++accepted}`;
         socket.on('error', () => {});
         // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.
-        const connection = openConnection(socket, new SocketMessageWriter(socket), maxMessageBytes, (error) => {
-          log(`closing ${label}: it sent ${error.message}`);
-          socket.destroy();
+        const connection = openConnection(socket, new SocketMessageWriter(socket), {
+          maxMessageBytes,
+          unflushed,
+          onBroken: (error) => {
+            log(`closing ${label}: it sent ${error.message}`);
+            socket.destroy();
+          },
         });
         accept(connection, label, () => socket.destroy(), () => sockets.delete(socket));
       });
