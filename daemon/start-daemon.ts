@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import { readdir, stat, unlink, chmod } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -47,6 +48,8 @@ export interface Daemon {
 }
 
 const IDLE_TIMEOUT_MS = 15 * 60 * 1000;
+/** How long stopping waits for clients to take the last answers. */
+const FLUSH_TIMEOUT_MS = 1000;
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
 
@@ -195,9 +198,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       } catch (error) {
         log(`closing the database failed: ${error instanceof Error ? error.message : String(error)}`);
       } finally {
-        // Answers already given (the one to `shutdown`, the waiters' CACHE_CLOSED) are sent before the streams end.
-        await Promise.all(unflushed);
-        for (const socket of sockets) socket.end();
+        // Answers already given (the one to `shutdown`, the waiters' CACHE_CLOSED) are sent before the streams end,
+        // unless a client has stopped reading: then its connection is cut after a second.
+        const flushed = await Promise.race([Promise.all(unflushed).then(() => true), delay(FLUSH_TIMEOUT_MS, false, { ref: false })]);
+        for (const socket of sockets) flushed ? socket.end() : socket.destroy();
         for (const connection of connections) connection.end();
         if (options.stdio) options.stdio.output.end?.();
         log('stopped');

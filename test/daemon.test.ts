@@ -305,6 +305,30 @@ describe('lifecycle', () => {
     await expect(stat(socketPath)).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  test('a value of several MiB goes through (the base64 check does not overflow)', async () => {
+    const { socketPath } = await startTestDaemon();
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary' });
+    onTestFinished(() => cache.close());
+    const big = new Uint8Array(6 * 1024 * 1024).map((_, n) => n % 251);
+    await cache.set('big', big);
+    await using got = await cache.get('big');
+    expect(Buffer.from(await got.item!.value()).equals(Buffer.from(big))).toBe(true);
+  });
+
+  test('stopping does not wait forever for a client that stopped reading', async () => {
+    const { socketPath, daemon } = await startTestDaemon();
+    const cache = await connect<string>({ socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    await cache.set('big', 'x'.repeat(2 * 1024 * 1024));
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    raw.socket.pause();
+    for (let n = 0; n < 10; n++) raw.send({ jsonrpc: '2.0', id: 100 + n, method: 'cache/get', params: { scope: [], id: 'big' } });
+    await cache.status();
+    // Without the cut-off this never resolves; the test's timeout is the bound.
+    await daemon.close();
+  });
+
   test('shutdown works before initialize, so that hoard stop can stop a daemon of any protocol version', async () => {
     const { socketPath, daemon } = await startTestDaemon();
     const raw = await RawClient.open(socketPath);

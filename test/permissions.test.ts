@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { chmod, chown, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { startDaemon } from '../daemon/index.js';
 import { startTestDaemon } from './support/daemon.js';
 import { tempDir } from './support/temp-dir.js';
@@ -30,15 +30,36 @@ describe('who may connect', () => {
     const info = await stat(join(socketPath, '..'));
     expect(info.mode & 0o777).toBe(0o700);
     expect(info.uid).toBe(process.getuid!());
-    const answer = await asNobody(
-      `const socket = require('node:net').connect(process.argv.at(-1));
-       socket.on('connect', () => { console.log('connected'); socket.destroy(); });
-       socket.on('error', (error) => console.log(error.code));`,
-      [socketPath],
-    );
-    expect(answer).toBe('EACCES');
+    expect(await connectAsNobody(socketPath)).toBe('EACCES');
   });
 
+  test.runIf(IS_ROOT)('the socket itself is 0600: even in a directory others may enter, another user cannot connect', async () => {
+    const dir = await tempDir('hd-');
+    await chmod(dir, 0o755);
+    const run = join(dir, 'run');
+    await mkdir(run, { mode: 0o755 });
+    await chmod(run, 0o755);
+    const daemon = await startDaemon({ socketPath: join(run, 's.sock'), dataDir: join(dir, 'data'), idleTimeoutMs: 0, log: () => {} });
+    onTestFinished(() => daemon.close());
+    expect((await stat(join(run, 's.sock'))).mode & 0o777).toBe(0o600);
+    expect(await connectAsNobody(join(run, 's.sock'))).toBe('EACCES');
+    // The same socket opened up lets nobody in: it is the socket's mode that kept them out.
+    await chmod(join(run, 's.sock'), 0o666);
+    expect(await connectAsNobody(join(run, 's.sock'))).toBe('connected');
+  });
+});
+
+/** Tries to connect to `socketPath` as user nobody; resolves to 'connected' or the error code. */
+function connectAsNobody(socketPath: string): Promise<string> {
+  return asNobody(
+    `const socket = require('node:net').connect(process.argv.at(-1));
+     socket.on('connect', () => { console.log('connected'); socket.destroy(); });
+     socket.on('error', (error) => console.log(error.code));`,
+    [socketPath],
+  );
+}
+
+describe('where the daemon refuses to listen', () => {
   test.runIf(IS_ROOT)('a socket directory owned by someone else is refused', async () => {
     const dir = await tempDir('hd-');
     const theirs = join(dir, 'theirs');

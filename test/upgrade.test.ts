@@ -1,23 +1,34 @@
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { connect } from '../client/index.js';
-import { daemonPids, runHoard, startModule, stopDaemonsAfterTest } from './support/processes.js';
+import { daemonPids, isRunning, runHoard, startModule, stopDaemonsAfterTest } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
-/** A daemon of an older hoard: it speaks protocol 0, refuses newer clients, and obeys shutdown. */
+/**
+ * A daemon of an older hoard: it holds the data directory's LevelDB lock, speaks protocol 0, refuses newer
+ * clients, and on shutdown answers, then takes a moment to let go of the database, as a real one flushing would.
+ */
 const OLD_DAEMON = `
 import { createServer } from 'node:net';
+import { Level } from 'level';
 import { createMessageConnection, ResponseError, SocketMessageReader, SocketMessageWriter } from 'vscode-jsonrpc/node';
+const [socketPath, dataDir] = process.argv.slice(-2);
+const db = new Level(dataDir);
+await db.open();
 const server = createServer((socket) => {
   const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
   connection.onRequest('initialize', (params) => new ResponseError(8,
     'The running hoard daemon (version 0.0.1) speaks protocol 0, but this client speaks protocol ' + params.protocolVersion +
     '. Run \\'hoard stop\\' to stop the old daemon; the next connect starts one of the client\\u2019s version.',
     { code: 'CACHE_PROTOCOL_MISMATCH', daemonProtocolVersion: 0, clientProtocolVersion: params.protocolVersion }));
-  connection.onRequest('shutdown', () => { setImmediate(() => { server.close(); process.exit(0); }); return null; });
+  connection.onRequest('shutdown', () => {
+    server.close();
+    setTimeout(async () => { await db.close(); process.exit(0); }, 200);
+    return null;
+  });
   connection.listen();
 });
-server.listen(process.argv.at(-1), () => console.log('listening'));
+server.listen(socketPath, () => console.log('listening'));
 `;
 
 test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; hoard stop, then connect brings up the new one with the data intact', async () => {
@@ -31,7 +42,7 @@ test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; ho
   await before.close();
   expect((await runHoard(['--socket', socketPath, 'stop'])).code).toBe(0);
 
-  const old = startModule(OLD_DAEMON, [socketPath]);
+  const old = startModule(OLD_DAEMON, [socketPath, dataDir]);
   await old.line((line) => line === 'listening');
   const refused = await connect({ socketPath, dataDir }).catch((error: unknown) => error);
   expect(refused).toMatchObject({ name: 'CacheError', code: 'CACHE_PROTOCOL_MISMATCH' });
@@ -39,9 +50,10 @@ test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; ho
 
   const stopped = await runHoard(['--socket', socketPath, 'stop']);
   expect(stopped.code).toBe(0);
-  expect(await old.exited).toBe(0);
+  // hoard stop returns once the old daemon is gone, so the new one can take the database at once.
+  expect(await isRunning(old.child.pid!)).toBe(false);
 
-  const after = await connect<string>({ socketPath, dataDir });
+  const after = await connect<string>({ socketPath, dataDir, startTimeoutMs: 2000 });
   await using got = await after.get('kept');
   expect(got.item!.modified).toBe(42.5);
   expect(await got.item!.value()).toBe('across the upgrade');

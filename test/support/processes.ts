@@ -80,6 +80,12 @@ export function stopDaemonsAfterTest(socketPath: string): void {
   });
 }
 
+/** Whether the process still runs (a zombie, dead but not yet reaped, does not). */
+export async function isRunning(pid: number): Promise<boolean> {
+  const state = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return state !== '' && !/\) Z /.test(state);
+}
+
 /** Resolves once the process is gone. */
 export async function waitForExit(pid: number): Promise<void> {
   for (;;) {
