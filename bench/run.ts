@@ -1,0 +1,229 @@
+/**
+ * `npm run bench`: hoard against Redis, cacache and LevelDB in one run, on this machine.
+ *
+ *   npm run bench                      the whole comparison (several minutes)
+ *   npm run bench -- --quick           1 KiB values, one short run per point (under a minute)
+ *   npm run bench -- --quick --only hoard    what CI runs: that the benchmark still works
+ *
+ * Writes .bench/results.json and .bench/results.md and prints the table. Every hoard figure is also given as a
+ * ratio to redis-server + ioredis measured in the same run.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { SYSTEMS, type System } from './systems.js';
+import type { Job, LoopResult } from './worker.js';
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string', multiple: true },
+    runs: { type: 'string' },
+    seconds: { type: 'string' },
+  },
+});
+const QUICK = args.quick;
+const RUNS = Number(args.runs ?? (QUICK ? 1 : 3));
+const SECONDS = Number(args.seconds ?? (QUICK ? 1 : 3));
+const KEYS = 10_000;
+const VALUE_SIZES = QUICK ? [1024] : [1024, 64 * 1024];
+const MODES = [
+  { name: '1x1', processes: 1, inFlight: 1 },
+  { name: '1x32', processes: 1, inFlight: 32 },
+  { name: '4x8', processes: 4, inFlight: 8 },
+] as const;
+const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
+const HOARD_BIN = fileURLToPath(new URL('../client/bin.js', import.meta.url));
+
+const systems = SYSTEMS.filter((system) => !args.only || args.only.includes(system.name));
+if (systems.some((s) => s.name === 'redis') && spawnSync('redis-server', ['--version']).status !== 0) {
+  console.error('redis-server is missing: install it (apt-get install redis-server), or pass --only hoard.');
+  process.exit(1);
+}
+
+function runWorker(job: Job): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [WORKER, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk));
+    child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`a ${job.kind} worker for ${job.system} exited with ${code}`))));
+  });
+}
+
+async function rssMiB(pid: number | undefined): Promise<number | null> {
+  if (!pid) return null;
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const kib = /VmRSS:\s+(\d+)/.exec(status)?.[1];
+  return kib ? Number(kib) / 1024 : null;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
+}
+
+function median(values: number[]): number {
+  return percentile([...values].sort((a, b) => a - b), 50);
+}
+
+interface Point {
+  system: string;
+  valueBytes: number;
+  mode: string;
+  opsPerSecond: number;
+  runs: number[];
+  getP50Ms: number;
+  getP99Ms: number;
+  setP50Ms: number;
+  setP99Ms: number;
+}
+
+interface MemoryFigures {
+  system: string;
+  valueBytes: number;
+  idleMiB: number | null;
+  loadMiB: number | null;
+  afterMiB: number | null;
+}
+
+async function measureSystem(system: System, valueBytes: number, points: Point[], memory: MemoryFigures[]): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  const server = await system.start(dir);
+  const idleMiB = await rssMiB(server.pid);
+  let loadMiB: number | null = null;
+  const sampler = setInterval(() => void rssMiB(server.pid).then((mib) => (loadMiB = Math.max(loadMiB ?? 0, mib ?? 0))), 200);
+  try {
+    const base = { system: system.name, endpoint: server.endpoint, keys: KEYS, valueBytes, seconds: SECONDS };
+    await runWorker({ ...base, kind: 'preload', inFlight: 64, startAt: 0 });
+    for (const mode of MODES) {
+      if (mode.processes > 1 && !system.shared) continue;
+      const runs: number[] = [];
+      const getMs: number[] = [];
+      const setMs: number[] = [];
+      for (let run = 0; run < RUNS; run++) {
+        const startAt = Date.now() + 300;
+        const results = (await Promise.all(
+          Array.from({ length: mode.processes }, () => runWorker({ ...base, kind: 'loop', inFlight: mode.inFlight, startAt })),
+        )) as LoopResult[];
+        runs.push(results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0));
+        for (const r of results) {
+          for (const ms of r.getMs) getMs.push(ms);
+          for (const ms of r.setMs) setMs.push(ms);
+        }
+      }
+      getMs.sort((a, b) => a - b);
+      setMs.sort((a, b) => a - b);
+      const point = {
+        system: system.name,
+        valueBytes,
+        mode: mode.name,
+        opsPerSecond: median(runs),
+        runs,
+        getP50Ms: percentile(getMs, 50),
+        getP99Ms: percentile(getMs, 99),
+        setP50Ms: percentile(setMs, 50),
+        setP99Ms: percentile(setMs, 99),
+      };
+      points.push(point);
+      console.error(`${system.name} ${valueBytes} B ${mode.name}: ${(point.opsPerSecond / 1000).toFixed(1)}k ops/s`);
+    }
+  } finally {
+    clearInterval(sampler);
+    memory.push({ system: system.name, valueBytes, idleMiB, loadMiB, afterMiB: await rssMiB(server.pid) });
+    await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Eight processes take turns on one hoard lock: the time from one holder's release to the next one's grant. */
+async function measureHandoff(): Promise<{ p50Ms: number; p99Ms: number; handoffs: number }> {
+  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  const hoard = SYSTEMS.find((s) => s.name === 'hoard')!;
+  const server = await hoard.start(dir);
+  try {
+    const startAt = Date.now() + 300;
+    const job: Job = { kind: 'handoff', system: 'hoard', endpoint: server.endpoint, keys: 0, valueBytes: 0, inFlight: 1, seconds: SECONDS, startAt };
+    const results = (await Promise.all(Array.from({ length: 8 }, () => runWorker(job)))) as { events: [number, number][] }[];
+    const events = results.flatMap((r) => r.events).sort((a, b) => a[0] - b[0]);
+    const gaps = events.slice(1).map(([granted], n) => granted - events[n]![1]).sort((a, b) => a - b);
+    return { p50Ms: percentile(gaps, 50), p99Ms: percentile(gaps, 99), handoffs: gaps.length };
+  } finally {
+    await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** From `connect()` with no daemon running to the first completed `get`. */
+async function measureColdStart(): Promise<number[]> {
+  const times: number[] = [];
+  for (let run = 0; run < (QUICK ? 1 : 5); run++) {
+    const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+    const socketPath = join(dir, 's.sock');
+    const job: Job = { kind: 'cold', system: 'hoard', endpoint: socketPath, dataDir: join(dir, 'data'), keys: 0, valueBytes: 0, inFlight: 1, seconds: 0, startAt: 0 };
+    times.push(((await runWorker(job)) as { coldMs: number }).coldMs);
+    spawnSync(process.execPath, [HOARD_BIN, '--socket', socketPath, 'stop']);
+    await rm(dir, { recursive: true, force: true });
+  }
+  return times;
+}
+
+const fmt = (n: number | null | undefined, digits = 1): string => (n === null || n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(digits));
+const kops = (n: number): string => `${(n / 1000).toFixed(1)}k`;
+
+function table(points: Point[], memory: MemoryFigures[], handoff: Awaited<ReturnType<typeof measureHandoff>> | null, cold: number[]): string {
+  const find = (system: string, valueBytes: number, mode: string): Point | undefined =>
+    points.find((p) => p.system === system && p.valueBytes === valueBytes && p.mode === mode);
+  const lines = [
+    `${KEYS} keys, 90% get / 10% set on uniform random keys, closed loop; medians of ${RUNS} run(s) of ${SECONDS} s (spread: min-max of the runs).`,
+    'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better).',
+    '',
+    '| values | mode | system | ops/s (spread) | vs redis | get p50 / p99 ms | set p50 / p99 ms |',
+    '|---|---|---|---|---|---|---|',
+  ];
+  for (const valueBytes of VALUE_SIZES) {
+    for (const mode of MODES) {
+      const redis = find('redis', valueBytes, mode.name);
+      for (const system of systems) {
+        const p = find(system.name, valueBytes, mode.name);
+        if (!p) continue;
+        const spread = `${kops(Math.min(...p.runs))}-${kops(Math.max(...p.runs))}`;
+        const ratio = redis ? `${fmt(p.opsPerSecond / redis.opsPerSecond, 2)}x` : 'n/a';
+        lines.push(
+          `| ${valueBytes / 1024} KiB | ${mode.name} | ${system.name} | ${kops(p.opsPerSecond)} (${spread}) | ${ratio} | ${fmt(p.getP50Ms, 3)} / ${fmt(p.getP99Ms, 3)} | ${fmt(p.setP50Ms, 3)} / ${fmt(p.setP99Ms, 3)} |`,
+        );
+      }
+    }
+  }
+  const hoard1x1 = find('hoard', 1024, '1x1');
+  const redis1x1 = find('redis', 1024, '1x1');
+  if (hoard1x1 && redis1x1) lines.push('', `1 KiB 1x1 get p50: hoard ${fmt(hoard1x1.getP50Ms / redis1x1.getP50Ms, 2)}x redis's.`);
+  const cacacheLines = VALUE_SIZES.flatMap((valueBytes) =>
+    MODES.map((mode) => {
+      const h = find('hoard', valueBytes, mode.name);
+      const c = find('cacache', valueBytes, mode.name);
+      return h && c ? `${valueBytes / 1024} KiB ${mode.name} ${fmt(h.opsPerSecond / c.opsPerSecond, 1)}x` : null;
+    }),
+  ).filter(Boolean);
+  if (cacacheLines.length) lines.push('', `hoard vs cacache (ops/s): ${cacacheLines.join(', ')}.`);
+  lines.push('', '| process | values | RSS idle | RSS under load (peak) | RSS after |', '|---|---|---|---|---|');
+  for (const m of memory.filter((m) => m.idleMiB !== null)) {
+    lines.push(`| ${m.system} | ${m.valueBytes / 1024} KiB | ${fmt(m.idleMiB)} MiB | ${fmt(m.loadMiB)} MiB | ${fmt(m.afterMiB)} MiB |`);
+  }
+  if (handoff) lines.push('', `Lock hand-off, 8 processes on one key (${handoff.handoffs} hand-offs): p50 ${fmt(handoff.p50Ms, 3)} ms, p99 ${fmt(handoff.p99Ms, 3)} ms.`);
+  if (cold.length) lines.push(`Cold start, connect() with no daemon to the first get: median ${fmt(median(cold), 0)} ms (runs: ${cold.map((t) => fmt(t, 0)).join(', ')}).`);
+  return lines.join('\n');
+}
+
+const points: Point[] = [];
+const memory: MemoryFigures[] = [];
+for (const valueBytes of VALUE_SIZES) for (const system of systems) await measureSystem(system, valueBytes, points, memory);
+const withHoard = systems.some((s) => s.name === 'hoard');
+const handoff = withHoard ? await measureHandoff() : null;
+const cold = withHoard ? await measureColdStart() : [];
+const markdown = table(points, memory, handoff, cold);
+await mkdir('.bench', { recursive: true });
+await writeFile('.bench/results.json', `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, runs: RUNS, seconds: SECONDS, points, memory, handoff, cold }, null, 2)}\n`);
+await writeFile('.bench/results.md', `${markdown}\n`);
+console.log(markdown);

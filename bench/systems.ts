@@ -1,0 +1,154 @@
+/**
+ * The systems the benchmark compares, each as a server side (started once per measurement, in its own process
+ * where there is one) and a client side (opened in every worker process).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import cacache from 'cacache';
+import { Redis } from 'ioredis';
+import { Level } from 'level';
+import { connect } from '../client/index.js';
+import { LevelCache } from '../src/index.js';
+
+export interface Client {
+  get(key: string): Promise<unknown>;
+  set(key: string, value: Uint8Array): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface Server {
+  /** What a worker needs to reach it. */
+  endpoint: string;
+  /** The server's own process, when it has one, for its memory figures. */
+  pid?: number;
+  stop(): Promise<void>;
+}
+
+export interface System {
+  name: string;
+  /** Whether several processes can use one instance (the 4x8 mode). */
+  shared: boolean;
+  start(dir: string): Promise<Server>;
+  open(endpoint: string): Promise<Client>;
+}
+
+const HOARD_BIN = fileURLToPath(new URL('../client/bin.js', import.meta.url));
+
+/** Starts a child process and resolves once a line of its stderr or stdout contains `ready`. */
+async function startProcess(command: string, args: string[], ready: string): Promise<ChildProcess> {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let seen = '';
+  await new Promise<void>((resolve, reject) => {
+    const look = (chunk: Buffer): void => {
+      seen += chunk.toString();
+      if (seen.includes(ready)) resolve();
+    };
+    child.stdout!.on('data', look);
+    child.stderr!.on('data', look);
+    child.once('exit', (code) => reject(new Error(`${command} exited with ${code}: ${seen}`)));
+  });
+  return child;
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  await once(child, 'exit');
+}
+
+export const hoard: System = {
+  name: 'hoard',
+  shared: true,
+  async start(dir) {
+    const socketPath = join(dir, 's.sock');
+    const child = await startProcess(process.execPath, [HOARD_BIN, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data')], 'listening on');
+    return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
+  },
+  async open(endpoint) {
+    const cache = await connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' });
+    return {
+      async get(key) {
+        const got = await cache.get(key);
+        const value = await got.item?.value();
+        await got.release();
+        return value;
+      },
+      set: (key, value) => cache.set(key, value),
+      close: () => cache.close(),
+    };
+  },
+};
+
+export const levelCache: System = {
+  name: 'LevelCache',
+  shared: false,
+  async start(dir) {
+    return { endpoint: join(dir, 'data'), stop: async () => {} };
+  },
+  async open(endpoint) {
+    const cache = await LevelCache.open<Uint8Array>(endpoint, { codec: 'binary' });
+    return {
+      async get(key) {
+        const got = await cache.get(key);
+        const value = await got.item?.value();
+        await got.release();
+        return value;
+      },
+      set: (key, value) => cache.set(key, value),
+      close: () => cache.close(),
+    };
+  },
+};
+
+export const classicLevel: System = {
+  name: 'classic-level',
+  shared: false,
+  async start(dir) {
+    return { endpoint: join(dir, 'data'), stop: async () => {} };
+  },
+  async open(endpoint) {
+    const db = new Level<string, Uint8Array>(endpoint, { valueEncoding: 'view' });
+    await db.open();
+    return { get: (key) => db.get(key), set: (key, value) => db.put(key, value), close: () => db.close() };
+  },
+};
+
+export const redis: System = {
+  name: 'redis',
+  shared: true,
+  async start(dir) {
+    const socketPath = join(dir, 'redis.sock');
+    await mkdir(join(dir, 'redis'), { recursive: true });
+    const args = ['--port', '0', '--unixsocket', socketPath, '--unixsocketperm', '700', '--save', '', '--appendonly', 'no', '--dir', join(dir, 'redis')];
+    const child = await startProcess('redis-server', args, 'ready to accept connections');
+    return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
+  },
+  async open(endpoint) {
+    const client = new Redis({ path: endpoint });
+    return {
+      get: (key) => client.getBuffer(key),
+      set: async (key, value) => void (await client.set(key, Buffer.from(value.buffer, value.byteOffset, value.byteLength))),
+      close: async () => void (await client.quit()),
+    };
+  },
+};
+
+export const cacacheSystem: System = {
+  name: 'cacache',
+  shared: true,
+  async start(dir) {
+    return { endpoint: join(dir, 'cacache'), stop: async () => {} };
+  },
+  async open(endpoint) {
+    return {
+      get: async (key) => (await cacache.get(endpoint, key).catch(() => undefined))?.data,
+      set: async (key, value) => void (await cacache.put(endpoint, key, Buffer.from(value.buffer, value.byteOffset, value.byteLength))),
+      close: async () => {},
+    };
+  },
+};
+
+export const SYSTEMS: readonly System[] = [hoard, levelCache, classicLevel, redis, cacacheSystem];
