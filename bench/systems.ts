@@ -11,7 +11,7 @@ import cacache from 'cacache';
 import { Redis } from 'ioredis';
 import { Level } from 'level';
 import { connect } from '../client/index.js';
-import { LevelCache } from '../src/index.js';
+import { type Cache, LevelCache } from '../src/index.js';
 
 export interface Client {
   get(key: string): Promise<unknown>;
@@ -59,6 +59,20 @@ async function stopProcess(child: ChildProcess): Promise<void> {
   await once(child, 'exit');
 }
 
+/** A benchmark client over any hoard cache: a get reads the value and releases its lock. */
+function cacheClient(cache: Cache<Uint8Array> & { close(): Promise<void> }): Client {
+  return {
+    async get(key) {
+      const got = await cache.get(key);
+      const value = await got.item?.value();
+      await got.release();
+      return value;
+    },
+    set: (key, value) => cache.set(key, value),
+    close: () => cache.close(),
+  };
+}
+
 export const hoard: System = {
   name: 'hoard',
   shared: true,
@@ -68,17 +82,7 @@ export const hoard: System = {
     return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
   },
   async open(endpoint) {
-    const cache = await connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' });
-    return {
-      async get(key) {
-        const got = await cache.get(key);
-        const value = await got.item?.value();
-        await got.release();
-        return value;
-      },
-      set: (key, value) => cache.set(key, value),
-      close: () => cache.close(),
-    };
+    return cacheClient(await connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' }));
   },
 };
 
@@ -89,17 +93,7 @@ export const levelCache: System = {
     return { endpoint: join(dir, 'data'), stop: async () => {} };
   },
   async open(endpoint) {
-    const cache = await LevelCache.open<Uint8Array>(endpoint, { codec: 'binary' });
-    return {
-      async get(key) {
-        const got = await cache.get(key);
-        const value = await got.item?.value();
-        await got.release();
-        return value;
-      },
-      set: (key, value) => cache.set(key, value),
-      close: () => cache.close(),
-    };
+    return cacheClient(await LevelCache.open<Uint8Array>(endpoint, { codec: 'binary' }));
   },
 };
 
