@@ -59,6 +59,11 @@ async function stopProcess(child: ChildProcess): Promise<void> {
   await once(child, 'exit');
 }
 
+/** The "server" of a system that lives in the worker's own process: just its directory. */
+async function inProcess(dir: string): Promise<Server> {
+  return { endpoint: join(dir, 'data'), stop: async () => {} };
+}
+
 /** A benchmark client over any hoard cache: a get reads the value and releases its lock. */
 function cacheClient(cache: Cache<Uint8Array> & { close(): Promise<void> }): Client {
   return {
@@ -89,9 +94,7 @@ export const hoard: System = {
 export const levelCache: System = {
   name: 'LevelCache',
   shared: false,
-  async start(dir) {
-    return { endpoint: join(dir, 'data'), stop: async () => {} };
-  },
+  start: inProcess,
   async open(endpoint) {
     return cacheClient(await LevelCache.open<Uint8Array>(endpoint, { codec: 'binary' }));
   },
@@ -100,9 +103,7 @@ export const levelCache: System = {
 export const classicLevel: System = {
   name: 'classic-level',
   shared: false,
-  async start(dir) {
-    return { endpoint: join(dir, 'data'), stop: async () => {} };
-  },
+  start: inProcess,
   async open(endpoint) {
     const db = new Level<string, Uint8Array>(endpoint, { valueEncoding: 'view' });
     await db.open();

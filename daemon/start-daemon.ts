@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import { readdir, stat, unlink, chmod } from 'node:fs/promises';
-import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
+import { connect as netConnect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -127,8 +127,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   }
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
   const startedAt = Date.now();
-  const connections = new Set<MessageConnection>();
-  const sockets = new Set<Socket>();
+  /** Open connections, each with the way to cut its transport. */
+  const connections = new Map<MessageConnection, () => void>();
   /** Messages written but not yet handed to their streams. */
   const unflushed = new Set<Promise<void>>();
   let handles = 0;
@@ -174,8 +174,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
   }
 
-  function accept(connection: MessageConnection, label: string, destroyTransport: () => void, onClosed: () => void): void {
-    connections.add(connection);
+  function accept(connection: MessageConnection, label: string, destroyTransport: () => void, onClosed: () => void = () => {}): void {
+    connections.set(connection, destroyTransport);
     clearTimeout(idleTimer);
     const served = serveConnection(connection, context, { label, destroyTransport });
     void served.closed.then(() => {
@@ -185,7 +185,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     });
   }
 
-  /** The one shutdown path: stop accepting, fail waiters, flush and close the database, remove the socket. */
+  /**
+   * The one shutdown path: stop accepting, remove the socket (while the database lock is still held), fail
+   * waiters, finish running writes and close the database, then end every connection once its last answers are out.
+   */
   function stop(reason: string): Promise<void> {
     stopping ??= (async () => {
       log(`stopping: ${reason}`);
@@ -201,9 +204,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         // Answers already given (the one to `shutdown`, the waiters' CACHE_CLOSED) are sent before the streams end,
         // unless a client has stopped reading: then its connection is cut after a second.
         const flushed = await Promise.race([Promise.all(unflushed).then(() => true), delay(FLUSH_TIMEOUT_MS, false, { ref: false })]);
-        for (const socket of sockets) flushed ? socket.end() : socket.destroy();
-        for (const connection of connections) connection.end();
-        if (options.stdio) options.stdio.output.end?.();
+        for (const [connection, destroyTransport] of connections) flushed ? connection.end() : destroyTransport();
         log('stopped');
         markClosed();
       }
@@ -234,7 +235,6 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       }
       await unlink(path).catch(() => {});
       server = createServer((socket) => {
-        sockets.add(socket);
         const label = `connection ${++accepted}`;
         socket.on('error', () => {});
         // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.
@@ -246,7 +246,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
             socket.destroy();
           },
         });
-        accept(connection, label, () => socket.destroy(), () => sockets.delete(socket));
+        accept(connection, label, () => socket.destroy());
       });
       server.listen(path);
       await once(server, 'listening');

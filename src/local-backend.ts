@@ -57,10 +57,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
     const item = this.#readHeld(lease, scope, id, { corruptIsMiss: true });
-    // Writes through the handle run one after another, and release waits for them.
+    // Writes through the handle run one after another, and release waits for them; once release has been
+    // called, the setter refuses, even while release still waits.
     let writes: Promise<void> = Promise.resolve();
+    let released = false;
     const set = (value: T): Promise<void> => {
-      if (!lease.held) {
+      if (released || !lease.held) {
         return Promise.reject(new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.'));
       }
       const write = writes.then(() => this.#write(scope, id, value, nowSeconds()));
@@ -68,7 +70,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       return write;
     };
     const release = async (): Promise<void> => {
-      if (!lease.held) return;
+      if (released) return;
+      released = true;
       await writes;
       lease.release();
     };

@@ -6,7 +6,7 @@ import { connect } from '../client/index.js';
 import { isCacheError } from '../src/index.js';
 import { Shutdown } from '../src/protocol.js';
 import { startTestDaemon } from './support/daemon.js';
-import { CLIENT_MODULE, daemonPids, startModule, stopDaemonsAfterTest, waitForExit } from './support/processes.js';
+import { autoStartPaths, CLIENT_MODULE, daemonPids, startModule, stopDaemonsAfterTest, waitForExit } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
 describe('several processes, one daemon', () => {
@@ -104,10 +104,7 @@ describe('auto-start', () => {
   });
 
   test('a daemon killed with SIGKILL leaves its socket; the next connect starts a new one with every value intact', async () => {
-    const dir = await tempDir('hd-');
-    const socketPath = join(dir, 's.sock');
-    const dataDir = join(dir, 'data');
-    stopDaemonsAfterTest(socketPath);
+    const { socketPath, dataDir } = await autoStartPaths();
     const first = await connect<number>({ socketPath, dataDir });
     const values = Array.from({ length: 100 }, (_, n) => n);
     await Promise.all(values.map((n) => first.set(`k${n}`, n * n, { modified: n + 0.5 })));
@@ -147,10 +144,7 @@ describe('auto-start', () => {
   });
 
   test('connecting while the daemon stops ends with a working connection, never a stray error', async () => {
-    const dir = await tempDir('hd-');
-    const socketPath = join(dir, 's.sock');
-    const dataDir = join(dir, 'data');
-    stopDaemonsAfterTest(socketPath);
+    const { socketPath, dataDir } = await autoStartPaths();
     const first = await connect<string>({ socketPath, dataDir });
     await first.set('kept', 'yes');
     const { pid } = await first.status();
@@ -174,10 +168,8 @@ describe('auto-start', () => {
   });
 
   test('a daemon that accepts but never answers: connect gives up in time and close does not hang', async () => {
-    const dir = await tempDir('hd-');
-    const socketPath = join(dir, 's.sock');
-    stopDaemonsAfterTest(socketPath);
-    const cache = await connect({ socketPath, dataDir: join(dir, 'data') });
+    const { socketPath, dataDir } = await autoStartPaths();
+    const cache = await connect({ socketPath, dataDir });
     const { pid } = await cache.status();
     process.kill(pid, 'SIGSTOP');
     onTestFinished(() => void process.kill(pid, 'SIGCONT'));

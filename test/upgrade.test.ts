@@ -1,8 +1,6 @@
-import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { connect } from '../client/index.js';
-import { daemonPids, isRunning, runHoard, startModule, stopDaemonsAfterTest } from './support/processes.js';
-import { tempDir } from './support/temp-dir.js';
+import { autoStartPaths, daemonPids, isRunning, runHoard, startModule } from './support/processes.js';
 
 /**
  * A daemon of an older hoard: it holds the data directory's LevelDB lock, speaks protocol 0, refuses newer
@@ -32,10 +30,7 @@ server.listen(socketPath, () => console.log('listening'));
 `;
 
 test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; hoard stop, then connect brings up the new one with the data intact', async () => {
-  const dir = await tempDir('hd-');
-  const socketPath = join(dir, 's.sock');
-  const dataDir = join(dir, 'data');
-  stopDaemonsAfterTest(socketPath);
+  const { socketPath, dataDir } = await autoStartPaths();
 
   const before = await connect<string>({ socketPath, dataDir });
   await before.set('kept', 'across the upgrade', { modified: 42.5 });

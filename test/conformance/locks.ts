@@ -205,6 +205,16 @@ export function locks({ open, features }: Suite): void {
     expect(await isFree(cache, 'id')).toBe(true);
   });
 
+  test('a setter called while release is under way refuses, so nothing is written outside the lock', async () => {
+    const { cache } = await open();
+    const gs = await cache.getset('id');
+    await gs.set(sample);
+    const releasing = gs.release();
+    await expectCode(gs.set(other), 'CACHE_LOCK_NOT_HELD');
+    await releasing;
+    expect(await valueOf(cache, 'id')).toEqual(stored(sample));
+  });
+
   test('release waits for a write through the setter that is still running', async () => {
     const { cache } = await open();
     const gs = await cache.getset('id');

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { onTestFinished } from 'vitest';
 import { PROJECT_ROOT } from './child.js';
+import { tempDir } from './temp-dir.js';
 
 /** The built `hoard` command. */
 export const BIN = join(PROJECT_ROOT, 'dist/client/bin.js');
@@ -65,6 +66,14 @@ export async function daemonPids(socketPath: string): Promise<number[]> {
     }
   }
   return pids;
+}
+
+/** A fresh socket path and data directory for daemons that `connect()` starts, stopped when the test ends. */
+export async function autoStartPaths(): Promise<{ dir: string; socketPath: string; dataDir: string }> {
+  const dir = await tempDir('hd-');
+  const socketPath = join(dir, 's.sock');
+  stopDaemonsAfterTest(socketPath);
+  return { dir, socketPath, dataDir: join(dir, 'data') };
 }
 
 /** Stops every daemon on `socketPath` when the test ends. */
