@@ -4,10 +4,11 @@ import { runDaemonCommand } from '../daemon/main.js';
 import { defaultDataDir, defaultSocketPath } from '../daemon/paths.js';
 import { repairLevelStore } from '../src/level-store.js';
 import { isCacheError } from '../src/errors.js';
-import { Clear, Delete, Get, Release, Set as SetRequest, Shutdown, Status, type StatusResult } from '../src/protocol.js';
+import { Shutdown, type StatusResult } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
 import { openOrStart } from './connect.js';
-import { DaemonConnection, isNoDaemon } from './daemon-connection.js';
+import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
+import { DaemonConnection } from './daemon-connection.js';
 
 /** Encodings other clients may use for plain UTF-8 text, printed as they are. */
 const TEXT_ENCODINGS = new Set(['text', 'utf8', 'utf-8']);
@@ -54,7 +55,7 @@ function formatBytes(bytes: number): string {
 }
 
 /** A raw connection for the commands that handle stored bytes and encodings themselves. */
-async function open(globals: Globals, { start }: { start: boolean }): Promise<DaemonConnection> {
+async function open(globals: Globals, { start }: { start: boolean }): Promise<DaemonChannel> {
   const socketPath = globals.socket ?? defaultSocketPath();
   try {
     return await openOrStart(socketPath, { clientName: 'hoard cli', autoStart: start });
@@ -64,7 +65,7 @@ async function open(globals: Globals, { start }: { start: boolean }): Promise<Da
   }
 }
 
-async function withConnection<R>(globals: Globals, start: boolean, run: (c: DaemonConnection) => Promise<R>): Promise<R> {
+async function withConnection<R>(globals: Globals, start: boolean, run: (c: DaemonChannel) => Promise<R>): Promise<R> {
   const connection = await open(globals, { start });
   try {
     return await run(connection);
@@ -121,7 +122,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .description('show the daemon\u2019s state')
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }) => {
-      const status: StatusResult = await withConnection(globals(), false, (c) => c.request(Status));
+      const status: StatusResult = await withConnection(globals(), false, (c) => c.status());
       if (options.json) return io.out(`${JSON.stringify(status, null, 2)}\n`);
       io.out(
         [
@@ -144,7 +145,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
       // No handshake: a daemon of another protocol version must be stoppable too.
       let connection: DaemonConnection;
       try {
-        connection = await DaemonConnection.open(globals().socket ?? defaultSocketPath(), { clientName: 'hoard cli', handshake: false });
+        connection = await DaemonConnection.withoutHandshake(globals().socket ?? defaultSocketPath());
       } catch (error) {
         if (isNoDaemon(error)) return io.err('hoard: no daemon was running\n');
         throw error;
@@ -163,10 +164,10 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .option('--raw', 'print the stored bytes as they are')
     .action(async (id: string, options: { raw?: boolean }) => {
       await withConnection(globals(), true, async (c) => {
-        const { handle, item } = await c.request(Get, { scope: globals().scope, id });
-        await c.notify(Release, { handle });
+        const { handle, item } = await c.get(globals().scope, id);
+        c.release(handle);
         if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
-        const bytes = Buffer.from(item.value, 'base64');
+        const bytes = Buffer.from(item.bytes.buffer, item.bytes.byteOffset, item.bytes.byteLength);
         if (options.raw) return io.out(bytes);
         if (TEXT_ENCODINGS.has(item.encoding)) return io.out(`${bytes.toString('utf8')}\n`);
         if (item.encoding !== 'json') {
@@ -195,18 +196,14 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
           throw new Failure('the value is not valid JSON');
         }
       } else bytes = Buffer.from(JSON.stringify(input.toString('utf8')));
-      const value64 = bytes.toString('base64');
-      await withConnection(globals(), true, async (c) => {
-        c.checkValueSize(value64, [...globals().scope, id]);
-        await c.request(SetRequest, { scope: globals().scope, id, encoding, value: value64 });
-      });
+      await withConnection(globals(), true, (c) => c.set(globals().scope, id, { encoding, bytes }));
     });
 
   program
     .command('delete <id>')
     .description('remove an item')
     .action(async (id: string) => {
-      await withConnection(globals(), true, (c) => c.request(Delete, { scope: globals().scope, id }));
+      await withConnection(globals(), true, (c) => c.delete(globals().scope, id));
     });
 
   program
@@ -221,7 +218,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         prompt.close();
         if (!/^y(es)?$/i.test(answer.trim())) throw new Failure('nothing cleared');
       }
-      await withConnection(globals(), true, (c) => c.request(Clear, { scope }));
+      await withConnection(globals(), true, (c) => c.clear(scope));
     });
 
   return program;

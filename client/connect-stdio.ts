@@ -5,7 +5,8 @@ import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
 import { cliEntry } from './connect.js';
-import { DaemonConnection } from './daemon-connection.js';
+import type { DaemonChannel } from './daemon-channel.js';
+import { openChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
 
 export interface ConnectStdioOptions {
@@ -14,6 +15,8 @@ export interface ConnectStdioOptions {
   /** How values become bytes, in this process; default `'json'`. */
   codec?: CodecName;
   clientName?: string;
+  /** The wire format: `'binary'` (the default) or `'json'`. */
+  transport?: TransportName;
 }
 
 /** How long a private daemon may take to exit after its stdin ends before it is killed. */
@@ -29,7 +32,7 @@ const EXIT_GRACE_MS = 5000;
 export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {}): Promise<RemoteCache<T>> {
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
-  const open = async (): Promise<DaemonConnection> => {
+  const open = async (): Promise<DaemonChannel> => {
     const args = [cliEntry(), 'daemon', '--stdio'];
     if (options.dataDir) args.push('--data-dir', options.dataDir);
     const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -41,17 +44,15 @@ export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {
     });
     const gone = new Promise<void>((resolve) => child.once('close', () => resolve()));
     try {
-      return await DaemonConnection.overStreams(child.stdout, child.stdin, {
-        clientName,
-        transport: {
-          end: () => {
-            child.stdin.end();
-            setTimeout(() => child.kill('SIGKILL'), EXIT_GRACE_MS).unref();
-          },
-          destroy: () => child.stdin.destroy(),
-          gone,
+      const transport = {
+        end: () => {
+          child.stdin.end();
+          setTimeout(() => child.kill('SIGKILL'), EXIT_GRACE_MS).unref();
         },
-      });
+        destroy: () => child.stdin.destroy(),
+        gone,
+      };
+      return await openChannel(child.stdout, child.stdin, transport, { clientName, transport: options.transport, where: 'stdio' });
     } catch (error) {
       if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
       await gone;

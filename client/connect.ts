@@ -7,7 +7,8 @@ import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
 import { checkSocketPathLength, defaultLogFile, defaultSocketPath } from '../daemon/paths.js';
-import { DaemonConnection, isNoDaemon } from './daemon-connection.js';
+import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
+import { openSocketChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
 
 export interface ConnectOptions {
@@ -23,6 +24,8 @@ export interface ConnectOptions {
   dataDir?: string;
   /** How long to wait for a started daemon to be ready; default 10 s. */
   startTimeoutMs?: number;
+  /** The wire format: `'binary'` (the default) or `'json'`, the JSON-RPC that any language can speak. */
+  transport?: TransportName;
 }
 
 /** The `hoard` command: `bin.js` next to this file once built, or the built one when running from the sources. */
@@ -70,13 +73,17 @@ async function lastLogLine(logFile: string): Promise<string> {
 }
 
 /** Opens a connection, starting a daemon when none answers and tolerating losing the race to start one. */
-export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<DaemonConnection> {
+export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<DaemonChannel> {
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
   let delayMs = 5;
   for (;;) {
     try {
-      return await DaemonConnection.open(socketPath, { clientName, handshakeTimeoutMs: Math.max(1000, deadline - Date.now()) });
+      return await openSocketChannel(socketPath, {
+        clientName,
+        transport: options.transport,
+        handshakeTimeoutMs: Math.max(1000, deadline - Date.now()),
+      });
     } catch (error) {
       if (!isNoDaemon(error)) throw error;
       if (options.autoStart === false) {
@@ -107,7 +114,7 @@ export async function connect<T = unknown>(options: ConnectOptions = {}): Promis
   const socketPath = options.socketPath ?? defaultSocketPath();
   checkSocketPathLength(socketPath);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
-  const open = (): Promise<DaemonConnection> => openOrStart(socketPath, options);
+  const open = (): Promise<DaemonChannel> => openOrStart(socketPath, options);
   return new RemoteCache(new RemoteBackend(adapter, open, await open()));
 }
 

@@ -1,4 +1,3 @@
-import { connect as netConnect, type Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import {
   CancellationTokenSource,
@@ -9,57 +8,52 @@ import {
   type RequestType,
   type RequestType0,
   ResponseError,
-  SocketMessageReader,
-  SocketMessageWriter,
   StreamMessageReader,
   StreamMessageWriter,
 } from 'vscode-jsonrpc/node';
-import { CacheError, type CacheErrorCode } from '../src/errors.js';
-import { Initialize, type InitializeResult, PROTOCOL_VERSION } from '../src/protocol.js';
+import { CacheError } from '../src/errors.js';
+import type { EncodedValue } from '../src/level-store.js';
+import {
+  Clear,
+  Delete,
+  Get,
+  GetSet,
+  HandleSet,
+  type InitializeResult,
+  Release,
+  Set as SetRequest,
+  Status,
+  type StatusResult,
+  type WireItem,
+} from '../src/protocol.js';
 import { quietReader } from '../src/quiet-reader.js';
-
-export interface RequestOptions<R> {
-  /** Aborting rejects the call at once with the signal's reason and cancels the request at the daemon. */
-  signal?: AbortSignal | undefined;
-  /** Receives a result that arrives after the call was aborted, so that a lock granted meanwhile can be released. */
-  abandoned?: (result: R) => void;
-}
-
-export interface OpenOptions {
-  clientName: string;
-  /** Perform the `initialize` handshake; default `true`. Without it only `shutdown` is of use. */
-  handshake?: boolean;
-  /** How long the daemon may take to answer the handshake; default 10 s. */
-  handshakeTimeoutMs?: number;
-}
-
-/** How a connection's byte stream is ended: gently first, then for good. */
-interface Transport {
-  end(): void;
-  destroy(): void;
-  /** Resolves once whatever is behind the transport (a child process) is gone. */
-  gone?: Promise<void>;
-}
+import {
+  type CallOptions,
+  type ChannelItem,
+  checkMessageSize,
+  closedError,
+  connectSocket,
+  type DaemonChannel,
+  fromWireError,
+  type GetAnswer,
+  type GetSetAnswer,
+  lostError,
+  type Transport,
+} from './daemon-channel.js';
 
 /** How long `close` waits for the daemon to close its side before cutting the connection. */
 const CLOSE_GRACE_MS = 1000;
 
-/** Whether connecting failed because no daemon listens, or one that was stopping hung up on us. */
-export function isNoDaemon(error: unknown): boolean {
-  const code = (error as { code?: unknown })?.code;
-  return code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'CACHE_CONNECTION_LOST';
+function toBase64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
 }
 
-function lostError(): CacheError {
-  return new CacheError('CACHE_CONNECTION_LOST', 'The connection to the hoard daemon closed; the next call reconnects.');
+function fromWire(item: WireItem | null): ChannelItem | null {
+  return item && { modified: item.modified, encoding: item.encoding, bytes: Buffer.from(item.value, 'base64') };
 }
 
-function closedError(): CacheError {
-  return new CacheError('CACHE_CLOSED', 'The cache is closed.');
-}
-
-/** One JSON-RPC connection to a daemon, with the daemon's errors turned back into {@link CacheError}s. */
-export class DaemonConnection {
+/** One JSON-RPC connection to a daemon (the JSON transport), with the daemon's errors turned back into `CacheError`s. */
+export class DaemonConnection implements DaemonChannel {
   readonly #connection: MessageConnection;
   readonly #transport: Transport;
   #lost = false;
@@ -89,49 +83,21 @@ export class DaemonConnection {
     connection.listen();
   }
 
-  /** Connects to the daemon on `socketPath`; rejects with the socket's error when nobody listens. */
-  static async open(socketPath: string, options: OpenOptions): Promise<DaemonConnection> {
-    const socket = await new Promise<Socket>((resolve, reject) => {
-      const attempt = netConnect(socketPath);
-      attempt.once('connect', () => {
-        attempt.removeListener('error', reject);
-        resolve(attempt);
-      });
-      attempt.once('error', reject);
-    });
-    socket.on('error', () => {});
-    const connection = createMessageConnection(quietReader(new SocketMessageReader(socket)), new SocketMessageWriter(socket));
-    const daemon = new DaemonConnection(connection, { end: () => socket.end(), destroy: () => socket.destroy() });
-    return options.handshake === false ? daemon : DaemonConnection.#initialize(daemon, options, socketPath);
-  }
-
-  /** Speaks to a daemon over a pair of streams, such as a child's stdout and stdin. */
-  static async overStreams(input: Readable, output: Writable, options: OpenOptions & { transport: Transport }): Promise<DaemonConnection> {
+  /**
+   * Serves the rest of a connection over `input` and `output` in JSON-RPC; `info` is the handshake's answer,
+   * absent when there was none (only `shutdown` is of use then).
+   */
+  static over(input: Readable, output: Writable, transport: Transport, info?: InitializeResult): DaemonConnection {
     const connection = createMessageConnection(quietReader(new StreamMessageReader(input)), new StreamMessageWriter(output));
-    return DaemonConnection.#initialize(new DaemonConnection(connection, options.transport), options, 'stdio');
+    const daemon = new DaemonConnection(connection, transport);
+    daemon.#info = info;
+    return daemon;
   }
 
-  static async #initialize(daemon: DaemonConnection, options: OpenOptions, where: string): Promise<DaemonConnection> {
-    const timeoutMs = options.handshakeTimeoutMs ?? 10_000;
-    const timeout = AbortSignal.timeout(timeoutMs);
-    try {
-      daemon.#info = await daemon.request(
-        Initialize,
-        { clientName: options.clientName, pid: process.pid, protocolVersion: PROTOCOL_VERSION },
-        { signal: timeout },
-      );
-    } catch (error) {
-      daemon.#transport.destroy();
-      await daemon.close();
-      if (timeout.aborted) {
-        throw new CacheError(
-          'CACHE_CONNECTION_LOST',
-          `The hoard daemon on ${where} accepted the connection but did not answer within ${timeoutMs} ms.`,
-        );
-      }
-      throw error;
-    }
-    return daemon;
+  /** Connects to `socketPath` without a handshake, for `shutdown`, which a daemon of any protocol version answers. */
+  static async withoutHandshake(socketPath: string): Promise<DaemonConnection> {
+    const socket = await connectSocket(socketPath);
+    return DaemonConnection.over(socket, socket, { end: () => socket.end(), destroy: () => socket.destroy() });
   }
 
   /** What the daemon said of itself in the handshake. */
@@ -139,30 +105,14 @@ export class DaemonConnection {
     return this.#info!;
   }
 
-  /**
-   * Refuses a value whose message would exceed the daemon's limit, which would otherwise close the connection.
-   * The estimate is generous: JSON may escape each byte of an id or scope name (`names`) as six.
-   * @throws CacheError `CACHE_VALUE_TOO_LARGE`.
-   */
-  checkValueSize(base64: string, names: readonly string[]): void {
-    const overhead = 256 + 6 * names.reduce((total, name) => total + Buffer.byteLength(name), 0);
-    const limit = this.info.capabilities.maxMessageBytes;
-    if (base64.length + overhead > limit) {
-      throw new CacheError(
-        'CACHE_VALUE_TOO_LARGE',
-        `This value takes ${base64.length} bytes as base64, and the daemon accepts messages of at most ${limit} bytes.`,
-      );
-    }
-  }
-
   /** Whether the connection has closed. */
   get lost(): boolean {
     return this.#lost;
   }
 
-  request<P, R>(type: RequestType<P, R, void>, params: P, options?: RequestOptions<R>): Promise<R>;
+  request<P, R>(type: RequestType<P, R, void>, params: P, options?: CallOptions<R>): Promise<R>;
   request<R>(type: RequestType0<R, void>): Promise<R>;
-  request<P, R>(type: RequestType<P, R, void> | RequestType0<R, void>, params?: P, options: RequestOptions<R> = {}): Promise<R> {
+  request<P, R>(type: RequestType<P, R, void> | RequestType0<R, void>, params?: P, options: CallOptions<R> = {}): Promise<R> {
     const { signal, abandoned } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#lost) return Promise.reject(this.#closedByUs ? closedError() : lostError());
@@ -213,10 +163,64 @@ export class DaemonConnection {
     }
   }
 
+  /** Estimates a value's message generously: JSON may escape each byte of an id or scope name as six. */
+  #checkSize(base64: string, names: readonly string[]): void {
+    const overhead = 256 + 6 * names.reduce((total, name) => total + Buffer.byteLength(name), 0);
+    checkMessageSize(this.info, base64.length + overhead, `${base64.length} bytes as base64`);
+  }
+
+  async get(scope: readonly string[], id: string, options: CallOptions<GetAnswer> = {}): Promise<GetAnswer> {
+    const { abandoned } = options;
+    const result = await this.request(
+      Get,
+      { scope: [...scope], id },
+      { signal: options.signal, abandoned: abandoned && ((late) => abandoned({ handle: late.handle, item: null })) },
+    );
+    return { handle: result.handle, item: fromWire(result.item) };
+  }
+
+  async getset(scope: readonly string[], id: string, wait: boolean, options: CallOptions<GetSetAnswer> = {}): Promise<GetSetAnswer> {
+    const { abandoned } = options;
+    const result = await this.request(
+      GetSet,
+      { scope: [...scope], id, wait },
+      { signal: options.signal, abandoned: abandoned && ((late) => abandoned({ handle: late.handle, item: null })) },
+    );
+    return { handle: result.handle, item: fromWire(result.item) };
+  }
+
+  async handleSet(handle: number, value: EncodedValue): Promise<void> {
+    const base64 = toBase64(value.bytes);
+    this.#checkSize(base64, []);
+    await this.request(HandleSet, { handle, encoding: value.encoding, value: base64 });
+  }
+
+  release(handle: number): void {
+    void this.notify(Release, { handle });
+  }
+
+  async set(scope: readonly string[], id: string, value: EncodedValue, modified?: number): Promise<void> {
+    const base64 = toBase64(value.bytes);
+    this.#checkSize(base64, [...scope, id]);
+    await this.request(SetRequest, { scope: [...scope], id, encoding: value.encoding, value: base64, modified });
+  }
+
+  async delete(scope: readonly string[], id: string): Promise<void> {
+    await this.request(Delete, { scope: [...scope], id });
+  }
+
+  async clear(scope: readonly string[]): Promise<void> {
+    await this.request(Clear, { scope: [...scope] });
+  }
+
+  status(): Promise<StatusResult> {
+    return this.request(Status);
+  }
+
   #toCacheError(error: unknown, method: string): unknown {
     if (!(error instanceof ResponseError)) return error;
     const code = (error.data as { code?: unknown } | undefined)?.code;
-    if (typeof code === 'string' && code.startsWith('CACHE_')) return new CacheError(code as CacheErrorCode, error.message);
+    if (typeof code === 'string' && code.startsWith('CACHE_')) return fromWireError(code, error.message);
     if (this.#lost || error.code === ErrorCodes.PendingResponseRejected || error.code === ErrorCodes.MessageWriteError) {
       return this.#closedByUs ? closedError() : lostError();
     }

@@ -4,32 +4,33 @@ import { RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
 import type { EncodedValue } from '../src/level-store.js';
 import type { ValueAdapter } from '../src/local-backend.js';
-import { Clear, Delete, Get, GetSet, HandleSet, Release, Set as SetRequest, Status, type StatusResult, type WireItem } from '../src/protocol.js';
+import type { StatusResult } from '../src/protocol.js';
 import type { Scope } from '../src/scope-path.js';
-import type { DaemonConnection } from './daemon-connection.js';
-
-function toBase64(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
-}
+import type { ChannelItem, DaemonChannel } from './daemon-channel.js';
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, EncodedValue>;
-  readonly #open: () => Promise<DaemonConnection>;
-  #connection: DaemonConnection | undefined;
-  #connecting: Promise<DaemonConnection> | undefined;
+  readonly #open: () => Promise<DaemonChannel>;
+  #connection: DaemonChannel | undefined;
+  #connecting: Promise<DaemonChannel> | undefined;
   #closed = false;
 
-  constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<DaemonConnection>, first?: DaemonConnection) {
+  constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<DaemonChannel>, first?: DaemonChannel) {
     this.#adapter = adapter;
     this.#open = open;
     this.#connection = first;
   }
 
   /** The live connection, reconnecting (and starting the daemon if need be) after a loss. */
-  async connection(): Promise<DaemonConnection> {
-    if (this.#closed) throw new CacheError('CACHE_CLOSED', 'The cache is closed.');
-    if (this.#connection && !this.#connection.lost) return this.#connection;
+  connection(): Promise<DaemonChannel> {
+    if (this.#closed) return Promise.reject(new CacheError('CACHE_CLOSED', 'The cache is closed.'));
+    const current = this.#connection;
+    if (current && !current.lost) return Promise.resolve(current);
+    return this.#reconnect();
+  }
+
+  async #reconnect(): Promise<DaemonChannel> {
     this.#connecting ??= this.#open().finally(() => (this.#connecting = undefined));
     const connection = await this.#connecting;
     if (this.#closed) {
@@ -39,30 +40,26 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return (this.#connection = connection);
   }
 
-  #item(wire: WireItem | null): CacheItem<T> | null {
+  #item(wire: ChannelItem | null): CacheItem<T> | null {
     if (!wire) return null;
-    const decode = this.#adapter.decode.bind(this.#adapter);
-    const stored: EncodedValue = { encoding: wire.encoding, bytes: Buffer.from(wire.value, 'base64') };
-    return { modified: wire.modified, value: async () => decode(stored) };
+    const adapter = this.#adapter;
+    const stored: EncodedValue = { encoding: wire.encoding, bytes: wire.bytes };
+    return { modified: wire.modified, value: async () => adapter.decode(stored) };
   }
 
-  /** Releases a handle at the daemon, unless its connection is gone (which released it already). */
-  #releaser(connection: DaemonConnection, handle: number): () => Promise<void> {
+  /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
+  #releaser(connection: DaemonChannel, handle: number): () => Promise<void> {
     let released = false;
     return async () => {
-      if (released || connection.lost) return;
+      if (released) return;
       released = true;
-      await connection.notify(Release, { handle });
+      connection.release(handle);
     };
   }
 
   async get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>> {
     const connection = await this.connection();
-    const result = await connection.request(
-      Get,
-      { scope: [...scope.path], id },
-      { signal, abandoned: (late) => void this.#releaser(connection, late.handle)().catch(() => {}) },
-    );
+    const result = await connection.get(scope.path, id, { signal, abandoned: (late) => connection.release(late.handle) });
     const release = this.#releaser(connection, result.handle);
     return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
   }
@@ -73,16 +70,12 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     options: { wait: boolean; signal: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const connection = await this.connection();
-    const result = await connection.request(
-      GetSet,
-      { scope: [...scope.path], id, wait: options.wait },
-      {
-        signal: options.signal,
-        abandoned: (late) => {
-          if (late.handle !== null) void this.#releaser(connection, late.handle)().catch(() => {});
-        },
+    const result = await connection.getset(scope.path, id, options.wait, {
+      signal: options.signal,
+      abandoned: (late) => {
+        if (late.handle !== null) connection.release(late.handle);
       },
-    );
+    });
     if (result.handle === null) return MISSED_GETSET;
     const handle = result.handle;
     const releaseAtDaemon = this.#releaser(connection, handle);
@@ -95,12 +88,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
           new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.'),
         );
       }
-      const write = writes.then(async () => {
-        const { encoding, bytes } = this.#adapter.encode(value);
-        const base64 = toBase64(bytes);
-        connection.checkValueSize(base64, []);
-        await connection.request(HandleSet, { handle, encoding, value: base64 });
-      });
+      const write = writes.then(() => connection.handleSet(handle, this.#adapter.encode(value)));
       writes = write.catch(() => {});
       return write;
     };
@@ -114,23 +102,21 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
-    const { encoding, bytes } = this.#adapter.encode(value);
+    const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    const base64 = toBase64(bytes);
-    connection.checkValueSize(base64, [...scope.path, id]);
-    await connection.request(SetRequest, { scope: [...scope.path], id, encoding, value: base64, modified });
+    await connection.set(scope.path, id, encoded, modified);
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
-    await (await this.connection()).request(Delete, { scope: [...scope.path], id });
+    await (await this.connection()).delete(scope.path, id);
   }
 
   async clear(scope: Scope): Promise<void> {
-    await (await this.connection()).request(Clear, { scope: [...scope.path] });
+    await (await this.connection()).clear(scope.path);
   }
 
   async status(): Promise<StatusResult> {
-    return (await this.connection()).request(Status);
+    return (await this.connection()).status();
   }
 
   async close(): Promise<void> {

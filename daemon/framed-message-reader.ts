@@ -15,6 +15,12 @@ export interface FramedMessageReaderOptions {
   maxMessageBytes: number;
   /** Sends an error response for a message that is framed well but is not a JSON-RPC request or notification. */
   reply: (response: ResponseMessage) => void;
+  /**
+   * Sees the first valid message before the connection does. Returning a function takes the stream away from
+   * this reader: the message is not delivered, the bytes after it are put back into the stream, and the
+   * function is called to serve the stream another way (the binary transport).
+   */
+  upgrade?: (first: Message) => (() => void) | undefined;
 }
 
 /**
@@ -32,6 +38,9 @@ export class FramedMessageReader extends AbstractMessageReader {
   #body: Buffer[] = [];
   #bodyLeft = -1;
   #failed = false;
+  #first = true;
+  #listening: Disposable | undefined;
+  #upgraded: (() => void) | undefined;
 
   constructor(readable: Readable, options: FramedMessageReaderOptions) {
     super();
@@ -46,13 +55,14 @@ export class FramedMessageReader extends AbstractMessageReader {
     this.#readable.on('data', onData);
     this.#readable.on('close', onClose);
     this.#readable.on('error', onError);
-    return {
+    this.#listening = {
       dispose: () => {
         this.#readable.off('data', onData);
         this.#readable.off('close', onClose);
         this.#readable.off('error', onError);
       },
     };
+    return this.#listening;
   }
 
   #fail(error: FramingError): void {
@@ -62,7 +72,7 @@ export class FramedMessageReader extends AbstractMessageReader {
 
   #onData(chunk: Buffer, callback: DataCallback): void {
     let data = chunk;
-    while (data.length > 0 && !this.#failed) {
+    while (data.length > 0 && !this.#failed && !this.#upgraded) {
       if (this.#bodyLeft >= 0) {
         const take = Math.min(this.#bodyLeft, data.length);
         this.#body.push(data.subarray(0, take));
@@ -94,6 +104,13 @@ export class FramedMessageReader extends AbstractMessageReader {
         this.#bodyLeft = -1;
         this.#deliver(Buffer.alloc(0), callback);
       }
+    }
+    const upgraded = this.#upgraded;
+    if (upgraded) {
+      this.#listening?.dispose();
+      this.#readable.pause();
+      if (data.length > 0) this.#readable.unshift(data);
+      upgraded();
     }
   }
 
@@ -133,6 +150,11 @@ export class FramedMessageReader extends AbstractMessageReader {
     if (why) {
       const id = (message as { id?: unknown } | null)?.id;
       return this.#refuse(typeof id === 'number' || typeof id === 'string' ? id : null, ERROR_NUMBERS.CACHE_INVALID_REQUEST, 'CACHE_INVALID_REQUEST', why);
+    }
+    if (this.#first) {
+      this.#first = false;
+      this.#upgraded = this.#options.upgrade?.(message as Message);
+      if (this.#upgraded) return;
     }
     try {
       callback(message as Message);

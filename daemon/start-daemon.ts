@@ -4,13 +4,7 @@ import { readdir, stat, unlink, chmod } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import {
-  createMessageConnection,
-  type MessageConnection,
-  type MessageWriter,
-  SocketMessageWriter,
-  StreamMessageWriter,
-} from 'vscode-jsonrpc/node';
+import { createMessageConnection, type MessageWriter, StreamMessageWriter } from 'vscode-jsonrpc/node';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { type EncodedValue, LevelStore } from '../src/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
@@ -18,7 +12,9 @@ import { PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
 import { FramedMessageReader } from './framed-message-reader.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath, prepareSocketDirectory } from './paths.js';
-import { type DaemonContext, serveConnection } from './serve.js';
+import { binaryUpgrade, serveJson } from './serve.js';
+import { serveBinary } from './serve-binary.js';
+import { type DaemonContext, Session } from './session.js';
 
 export interface DaemonOptions {
   /** Where to listen; default from `HOARD_SOCKET` or the XDG runtime directory. Ignored with `stdio`. */
@@ -78,17 +74,12 @@ function trackWrites(writer: MessageWriter, unflushed: Set<Promise<void>>): Mess
   };
 }
 
-/** A connection over `input` and `output` read by a {@link FramedMessageReader}; `onBroken` hears of framing errors. */
-function openConnection(
-  input: Readable,
-  output: MessageWriter,
-  options: { maxMessageBytes: number; unflushed: Set<Promise<void>>; onBroken: (error: Error) => void },
-): MessageConnection {
-  const { maxMessageBytes, onBroken } = options;
-  const writer = trackWrites(output, options.unflushed);
-  const reader = new FramedMessageReader(input, { maxMessageBytes, reply: (response) => void writer.write(response).catch(() => {}) });
-  reader.onError(onBroken);
-  return createMessageConnection(reader, writer);
+/** One client's byte streams as the daemon ends them: after the last answers, or at once. */
+interface Link {
+  end(): void;
+  destroy(): void;
+  /** Resolves once the answers given so far are handed to the operating system. */
+  drained(): Promise<void>;
 }
 
 /** Whether something accepts connections on the socket path. */
@@ -127,10 +118,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   }
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
   const startedAt = Date.now();
-  /** Open connections, each with the way to cut its transport. */
-  const connections = new Map<MessageConnection, () => void>();
-  /** Messages written but not yet handed to their streams. */
-  const unflushed = new Set<Promise<void>>();
+  /** Open connections, each with the way to end its streams. */
+  const connections = new Map<Session, Link>();
   let handles = 0;
   let accepted = 0;
   let server: Server | undefined;
@@ -174,13 +163,46 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
   }
 
-  function accept(connection: MessageConnection, label: string, destroyTransport: () => void, onClosed: () => void = () => {}): void {
-    connections.set(connection, destroyTransport);
+  /**
+   * Serves one client on `input` and `output`: JSON-RPC first, switching to the binary transport when its
+   * `initialize` asks for it. `onBroken` hears of input that breaks the framing.
+   */
+  function serveStreams(
+    input: Readable,
+    output: Writable,
+    options: { label: string; destroy: () => void; onBroken: (error: Error) => void; onClosed?: () => void },
+  ): void {
+    const session = new Session(context, options.label);
+    const unflushed = new Set<Promise<void>>();
+    const writer = trackWrites(new StreamMessageWriter(output), unflushed);
+    const reader = new FramedMessageReader(input, {
+      maxMessageBytes,
+      reply: (response) => void writer.write(response).catch(() => {}),
+      upgrade: (message) => {
+        const answer = binaryUpgrade(session, message);
+        if (!answer) return undefined;
+        return () => {
+          const body = Buffer.from(JSON.stringify(answer));
+          output.write(Buffer.concat([Buffer.from(`Content-Length: ${body.length}\r\n\r\n`, 'ascii'), body]));
+          const binary = serveBinary(input, output, session, { maxMessageBytes, onBroken: options.onBroken });
+          link.end = binary.end;
+          link.drained = binary.drained;
+        };
+      },
+    });
+    reader.onError(options.onBroken);
+    const connection = createMessageConnection(reader, writer);
+    const link: Link = {
+      end: () => connection.end(),
+      destroy: options.destroy,
+      drained: async () => void (await Promise.all(unflushed)),
+    };
+    connections.set(session, link);
     clearTimeout(idleTimer);
-    const served = serveConnection(connection, context, { label, destroyTransport });
-    void served.closed.then(() => {
-      connections.delete(connection);
-      onClosed();
+    serveJson(connection, session, { destroyTransport: options.destroy });
+    void session.closed.then(() => {
+      connections.delete(session);
+      options.onClosed?.();
       armIdleTimer();
     });
   }
@@ -203,8 +225,12 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       } finally {
         // Answers already given (the one to `shutdown`, the waiters' CACHE_CLOSED) are sent before the streams end,
         // unless a client has stopped reading: then its connection is cut after a second.
-        const flushed = await Promise.race([Promise.all(unflushed).then(() => true), delay(FLUSH_TIMEOUT_MS, false, { ref: false })]);
-        for (const [connection, destroyTransport] of connections) flushed ? connection.end() : destroyTransport();
+        const links = [...connections.values()];
+        const flushed = await Promise.race([
+          Promise.all(links.map((link) => link.drained())).then(() => true),
+          delay(FLUSH_TIMEOUT_MS, false, { ref: false }),
+        ]);
+        for (const link of links) flushed ? link.end() : link.destroy();
         log('stopped');
         markClosed();
       }
@@ -215,15 +241,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     if (options.stdio) {
       const { input, output } = options.stdio;
-      const connection = openConnection(input, new StreamMessageWriter(output), {
-        maxMessageBytes,
-        unflushed,
+      serveStreams(input, output, {
+        label: 'stdio',
+        destroy: () => input.destroy(),
         onBroken: (error) => {
           log(`stdio: unreadable input (${error.message}); stopping`);
           void stop('unreadable input on stdin');
         },
+        onClosed: () => void stop('stdin closed'),
       });
-      accept(connection, 'stdio', () => input.destroy(), () => void stop('stdin closed'));
       input.once('end', () => void stop('stdin closed'));
       log(`serving one client over stdio, data in ${store.directory}`);
     } else {
@@ -238,15 +264,14 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         const label = `connection ${++accepted}`;
         socket.on('error', () => {});
         // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.
-        const connection = openConnection(socket, new SocketMessageWriter(socket), {
-          maxMessageBytes,
-          unflushed,
+        serveStreams(socket, socket, {
+          label,
+          destroy: () => socket.destroy(),
           onBroken: (error) => {
             log(`closing ${label}: it sent ${error.message}`);
             socket.destroy();
           },
         });
-        accept(connection, label, () => socket.destroy());
       });
       server.listen(path);
       await once(server, 'listening');

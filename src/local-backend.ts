@@ -60,19 +60,22 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     // Writes through the handle run one after another, and release waits for them; once release has been
     // called, the setter refuses, even while release still waits.
     let writes: Promise<void> = Promise.resolve();
+    let writing = 0;
     let released = false;
     const set = (value: T): Promise<void> => {
       if (released || !lease.held) {
         return Promise.reject(new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.'));
       }
-      const write = writes.then(() => this.#write(scope, id, value, nowSeconds()));
+      writing++;
+      const write = writes.then(() => this.#write(scope, id, value, nowSeconds())).finally(() => writing--);
       writes = write.catch(() => {});
       return write;
     };
+    // With no write running, the lock is free before release returns, so a request behind it sees it free at once.
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
-      await writes;
+      if (writing > 0) await writes;
       lease.release();
     };
     return { item, set, release, [Symbol.asyncDispose]: release };

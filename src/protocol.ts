@@ -19,6 +19,8 @@ export interface InitializeParams {
   clientName: string;
   pid: number;
   protocolVersion: number;
+  /** Transports the client can switch to after this exchange, besides JSON; protocol 1 knows `'binary'`. */
+  transports?: string[];
 }
 
 export interface InitializeResult {
@@ -26,8 +28,10 @@ export interface InitializeResult {
   protocolVersion: number;
   pid: number;
   capabilities: {
-    /** How values travel: only `'base64'` in protocol 1. */
+    /** How values travel in JSON messages: only `'base64'` in protocol 1. */
     valueTransfer: 'base64';
+    /** The framing of every later message on this connection: `'binary'` when the client asked for it, else `'json'`. */
+    transport: 'json' | 'binary';
     /** The largest message the daemon accepts, in bytes. */
     maxMessageBytes: number;
   };
@@ -133,3 +137,25 @@ export interface WireErrorData {
   code: WireErrorCode;
   [detail: string]: unknown;
 }
+
+/**
+ * The binary transport a client may ask for in `initialize` (`transports: ['binary']`); see PROTOCOL.md.
+ * Every frame is a little-endian u32 length of what follows, a u8 op, a u32 request id, then the op's fields.
+ */
+export const BinaryOp = Object.freeze({
+  Get: 0x01,
+  GetSet: 0x02,
+  HandleSet: 0x03,
+  Release: 0x04,
+  Set: 0x05,
+  Delete: 0x06,
+  Clear: 0x07,
+  Status: 0x08,
+  Shutdown: 0x09,
+  Cancel: 0x0a,
+  Result: 0x80,
+  Error: 0x81,
+});
+
+/** Bytes before a frame's fields: the length, the op and the request id. */
+export const FRAME_HEADER_BYTES = 9;

@@ -149,7 +149,7 @@ describe('auto-start', () => {
     await first.set('kept', 'yes');
     const { pid } = await first.status();
     await first.close();
-    const stopper = await DaemonConnection.open(socketPath, { clientName: 'stopper', handshake: false });
+    const stopper = await DaemonConnection.withoutHandshake(socketPath);
     const stopping = stopper.request(Shutdown);
     const connecting = Array.from({ length: 6 }, () => connect<string>({ socketPath, dataDir }));
     const settled = await Promise.allSettled([stopping, ...connecting]);

@@ -1,0 +1,235 @@
+import type { Readable, Writable } from 'node:stream';
+import { type FrameCursor, FrameDecoder } from '../src/frame-decoder.js';
+import { FrameEncoder } from '../src/frame-encoder.js';
+import type { EncodedValue } from '../src/level-store.js';
+import { BinaryOp, FRAME_HEADER_BYTES, type InitializeResult, type StatusResult } from '../src/protocol.js';
+import {
+  type CallOptions,
+  type ChannelItem,
+  checkMessageSize,
+  closedError,
+  type DaemonChannel,
+  fromWireError,
+  type GetAnswer,
+  type GetSetAnswer,
+  lostError,
+  type Transport,
+} from './daemon-channel.js';
+
+/** How long `close` waits for the daemon to close its side before cutting the connection. */
+const CLOSE_GRACE_MS = 1000;
+/** Answers are read with their own size check only: the daemon is trusted, but a frame must still fit in memory. */
+const MAX_ANSWER_BYTES = 2 ** 31;
+
+interface Pending {
+  parse(frame: FrameCursor): unknown;
+  resolve(result: unknown): void;
+  reject(error: unknown): void;
+  /** Set when the caller gave up waiting: a late result goes here. */
+  abandoned?: ((result: never) => void) | undefined;
+}
+
+function readItem(frame: FrameCursor): ChannelItem | null {
+  if (frame.u8() === 0) return null;
+  const modified = frame.f64();
+  const encoding = frame.string();
+  return { modified, encoding, bytes: frame.bytes() };
+}
+
+function readGet(frame: FrameCursor): GetAnswer {
+  const handle = frame.u64();
+  return { handle, item: readItem(frame) };
+}
+
+function readGetSet(frame: FrameCursor): GetSetAnswer {
+  if (frame.u8() === 0) return { handle: null, item: null };
+  const handle = frame.u64();
+  return { handle, item: readItem(frame) };
+}
+
+const nothing = (): undefined => undefined;
+
+/** Bytes a string may take in a frame: its length field and at most three bytes per UTF-16 unit. */
+function stringBytes(value: string): number {
+  return 4 + value.length * 3;
+}
+
+/**
+ * A connection to the daemon in the binary transport (see PROTOCOL.md): requests made in one turn go out in
+ * one write, and every answer of a chunk is handled at once.
+ */
+export class BinaryConnection implements DaemonChannel {
+  readonly info: InitializeResult;
+  readonly lostPromise: Promise<void>;
+  readonly #output: Writable;
+  readonly #transport: Transport;
+  readonly #encoder = new FrameEncoder();
+  readonly #decoder = new FrameDecoder({ maxFrameBytes: MAX_ANSWER_BYTES });
+  readonly #pending = new Map<number, Pending>();
+  #nextId = 0;
+  #flushing = false;
+  #lost = false;
+  #closedByUs = false;
+
+  constructor(input: Readable, output: Writable, transport: Transport, info: InitializeResult) {
+    this.info = info;
+    this.#output = output;
+    this.#transport = transport;
+    this.lostPromise = new Promise((resolve) => {
+      input.once('close', () => {
+        this.#lost = true;
+        const error = this.#closedByUs ? closedError() : lostError();
+        for (const pending of this.#pending.values()) pending.reject(error);
+        this.#pending.clear();
+        transport.destroy();
+        resolve();
+      });
+    });
+    input.on('data', (chunk: Buffer) => {
+      try {
+        this.#decoder.push(chunk, (frame) => this.#answer(frame));
+      } catch {
+        // The daemon's stream is out of step: nothing more on it can be trusted.
+        transport.destroy();
+      }
+    });
+    input.resume();
+  }
+
+  get lost(): boolean {
+    return this.#lost;
+  }
+
+  #answer(frame: FrameCursor): void {
+    const pending = this.#pending.get(frame.requestId);
+    if (!pending) return;
+    this.#pending.delete(frame.requestId);
+    if (frame.op === BinaryOp.Error) {
+      const code = frame.string();
+      pending.reject(fromWireError(code, frame.string()));
+      return;
+    }
+    let result: unknown;
+    try {
+      result = pending.parse(frame);
+    } catch (error) {
+      pending.reject(error);
+      return;
+    }
+    if (pending.abandoned) pending.abandoned(result as never);
+    else pending.resolve(result);
+  }
+
+  #flush = (): void => {
+    this.#flushing = false;
+    const chunks = this.#encoder.take();
+    if (chunks.length === 0 || this.#lost) return;
+    if (chunks.length === 1) {
+      this.#output.write(chunks[0]);
+      return;
+    }
+    this.#output.cork();
+    for (const chunk of chunks) this.#output.write(chunk);
+    this.#output.uncork();
+  };
+
+  #queue(): void {
+    this.#encoder.end();
+    if (!this.#flushing) {
+      this.#flushing = true;
+      process.nextTick(this.#flush);
+    }
+  }
+
+  /** Sends one request: `write` adds its fields after the header, `parse` reads the answer's. */
+  #call<R>(op: number, write: (encoder: FrameEncoder) => void, parse: (frame: FrameCursor) => R, options: CallOptions<R> = {}): Promise<R> {
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.#lost) return Promise.reject(this.#closedByUs ? closedError() : lostError());
+    const requestId = (this.#nextId = (this.#nextId + 1) >>> 0);
+    write(this.#encoder.begin(op, requestId));
+    this.#queue();
+    return new Promise<R>((resolve, reject) => {
+      const pending: Pending = { parse, resolve: resolve as (result: unknown) => void, reject };
+      this.#pending.set(requestId, pending);
+      if (!signal) return;
+      const onAbort = (): void => {
+        pending.abandoned = options.abandoned ?? nothing;
+        pending.reject = nothing;
+        if (!this.#lost) {
+          this.#encoder.begin(BinaryOp.Cancel, requestId);
+          this.#queue();
+        }
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      pending.resolve = (result) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(result as R);
+      };
+      pending.reject = (error) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      };
+    });
+  }
+
+  #checkSize(value: EncodedValue, names: readonly string[]): void {
+    const bytes = FRAME_HEADER_BYTES + 64 + value.bytes.byteLength + names.reduce((total, name) => total + stringBytes(name), 0);
+    checkMessageSize(this.info, bytes, `${value.bytes.byteLength} bytes`);
+  }
+
+  get(scope: readonly string[], id: string, options?: CallOptions<GetAnswer>): Promise<GetAnswer> {
+    return this.#call(BinaryOp.Get, (encoder) => encoder.strings(scope).string(id), readGet, options);
+  }
+
+  getset(scope: readonly string[], id: string, wait: boolean, options?: CallOptions<GetSetAnswer>): Promise<GetSetAnswer> {
+    return this.#call(BinaryOp.GetSet, (encoder) => encoder.strings(scope).string(id).u8(wait ? 1 : 0), readGetSet, options);
+  }
+
+  async handleSet(handle: number, value: EncodedValue): Promise<void> {
+    this.#checkSize(value, []);
+    await this.#call(BinaryOp.HandleSet, (encoder) => encoder.u64(handle).string(value.encoding).bytes(value.bytes), nothing);
+  }
+
+  release(handle: number): void {
+    if (this.#lost) return;
+    this.#encoder.begin(BinaryOp.Release, 0).u64(handle);
+    this.#queue();
+  }
+
+  async set(scope: readonly string[], id: string, value: EncodedValue, modified?: number): Promise<void> {
+    this.#checkSize(value, [...scope, id]);
+    const when = modified ?? Date.now() / 1000;
+    await this.#call(
+      BinaryOp.Set,
+      (encoder) => encoder.strings(scope).string(id).f64(when).string(value.encoding).bytes(value.bytes),
+      nothing,
+    );
+  }
+
+  async delete(scope: readonly string[], id: string): Promise<void> {
+    await this.#call(BinaryOp.Delete, (encoder) => encoder.strings(scope).string(id), nothing);
+  }
+
+  async clear(scope: readonly string[]): Promise<void> {
+    await this.#call(BinaryOp.Clear, (encoder) => encoder.strings(scope), nothing);
+  }
+
+  status(): Promise<StatusResult> {
+    return this.#call(BinaryOp.Status, () => {}, (frame) => JSON.parse(frame.string()) as StatusResult);
+  }
+
+  async close(): Promise<void> {
+    if (!this.#lost) {
+      this.#closedByUs = true;
+      this.#flush();
+      this.#transport.end();
+      const cut = setTimeout(() => this.#transport.destroy(), CLOSE_GRACE_MS);
+      cut.unref();
+      await this.lostPromise;
+      clearTimeout(cut);
+    }
+    await this.#transport.gone;
+  }
+}

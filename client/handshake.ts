@@ -1,0 +1,82 @@
+import type { Readable, Writable } from 'node:stream';
+import { CacheError } from '../src/errors.js';
+import { Initialize, type InitializeParams, type InitializeResult } from '../src/protocol.js';
+import { fromWireError, lostError } from './daemon-channel.js';
+
+const HEADER_END = '\r\n\r\n';
+/** The longest answer to `initialize` worth waiting for. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+
+/**
+ * Sends `initialize` as one LSP-framed JSON-RPC request and reads its answer, before any other message: the
+ * answer decides the transport of the rest of the connection. Bytes after the answer are put back into `input`,
+ * which is left paused for the transport that takes over.
+ * @throws CacheError `CACHE_PROTOCOL_MISMATCH` and the daemon's other refusals, `CACHE_CONNECTION_LOST` when the
+ * stream ends first or the daemon does not answer within `timeoutMs`.
+ */
+export function handshake(
+  input: Readable,
+  output: Writable,
+  params: InitializeParams,
+  options: { timeoutMs: number; where: string },
+): Promise<InitializeResult> {
+  const body = JSON.stringify({ jsonrpc: '2.0', id: 0, method: Initialize.method, params });
+  return new Promise<InitializeResult>((resolve, reject) => {
+    let seen: Buffer = Buffer.alloc(0);
+    const finish = (outcome: () => void): void => {
+      clearTimeout(timer);
+      input.off('data', onData);
+      input.off('close', onClose);
+      input.pause();
+      outcome();
+    };
+    const timer = setTimeout(
+      () =>
+        finish(() =>
+          reject(
+            new CacheError(
+              'CACHE_CONNECTION_LOST',
+              `The hoard daemon on ${options.where} accepted the connection but did not answer within ${options.timeoutMs} ms.`,
+            ),
+          ),
+        ),
+      options.timeoutMs,
+    );
+    const onClose = (): void => finish(() => reject(lostError()));
+    const onData = (chunk: Buffer): void => {
+      seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+      const end = seen.indexOf(HEADER_END);
+      if (end < 0 && seen.length < MAX_ANSWER_BYTES) return;
+      const length = Number(/content-length:\s*(\d+)/i.exec(seen.toString('latin1', 0, Math.max(end, 0)))?.[1] ?? NaN);
+      if (end < 0 || !(length <= MAX_ANSWER_BYTES)) {
+        return finish(() => reject(new CacheError('CACHE_PROTOCOL_MISMATCH', `What answers on ${options.where} does not speak hoard's protocol.`)));
+      }
+      const start = end + HEADER_END.length;
+      if (seen.length < start + length) return;
+      const rest = seen.subarray(start + length);
+      finish(() => {
+        if (rest.length > 0) input.unshift(rest);
+        settle(seen.toString('utf8', start, start + length));
+      });
+    };
+    const settle = (text: string): void => {
+      let answer: { result?: InitializeResult; error?: { message?: unknown; data?: { code?: unknown } } };
+      try {
+        answer = JSON.parse(text);
+      } catch {
+        return reject(new CacheError('CACHE_PROTOCOL_MISMATCH', `The answer to initialize on ${options.where} is not JSON.`));
+      }
+      if (answer.error) {
+        const code = answer.error.data?.code;
+        return reject(fromWireError(typeof code === 'string' ? code : 'unknown error', String(answer.error.message)));
+      }
+      if (typeof answer.result?.capabilities !== 'object') {
+        return reject(new CacheError('CACHE_PROTOCOL_MISMATCH', `The answer to initialize on ${options.where} has no capabilities.`));
+      }
+      resolve(answer.result);
+    };
+    input.on('data', onData);
+    input.once('close', onClose);
+    output.write(`Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+}
