@@ -1,6 +1,7 @@
 import type { Readable, Writable } from 'node:stream';
 import { type FrameCursor, FrameDecoder } from '../src/frame-decoder.js';
-import { FrameEncoder } from '../src/frame-encoder.js';
+import type { FrameEncoder } from '../src/frame-encoder.js';
+import { FrameWriter } from '../src/frame-writer.js';
 import type { EncodedValue } from '../src/level-store.js';
 import { BinaryOp, FRAME_HEADER_BYTES, type InitializeResult, type StatusResult } from '../src/protocol.js';
 import {
@@ -61,20 +62,20 @@ function stringBytes(value: string): number {
 export class BinaryConnection implements DaemonChannel {
   readonly info: InitializeResult;
   readonly lostPromise: Promise<void>;
-  readonly #output: Writable;
   readonly #transport: Transport;
-  readonly #encoder = new FrameEncoder();
+  readonly #writer: FrameWriter;
+  readonly #encoder: FrameEncoder;
   readonly #decoder = new FrameDecoder({ maxFrameBytes: MAX_ANSWER_BYTES });
   readonly #pending = new Map<number, Pending>();
   #nextId = 0;
-  #flushing = false;
   #lost = false;
   #closedByUs = false;
 
   constructor(input: Readable, output: Writable, transport: Transport, info: InitializeResult) {
     this.info = info;
-    this.#output = output;
     this.#transport = transport;
+    this.#writer = new FrameWriter(output);
+    this.#encoder = this.#writer.encoder;
     this.lostPromise = new Promise((resolve) => {
       input.once('close', () => {
         this.#lost = true;
@@ -120,27 +121,6 @@ export class BinaryConnection implements DaemonChannel {
     else pending.resolve(result);
   }
 
-  #flush = (): void => {
-    this.#flushing = false;
-    const chunks = this.#encoder.take();
-    if (chunks.length === 0 || this.#lost) return;
-    if (chunks.length === 1) {
-      this.#output.write(chunks[0]);
-      return;
-    }
-    this.#output.cork();
-    for (const chunk of chunks) this.#output.write(chunk);
-    this.#output.uncork();
-  };
-
-  #queue(): void {
-    this.#encoder.end();
-    if (!this.#flushing) {
-      this.#flushing = true;
-      process.nextTick(this.#flush);
-    }
-  }
-
   /** Sends one request: `write` adds its fields after the header, `parse` reads the answer's. */
   #call<R>(op: number, write: (encoder: FrameEncoder) => void, parse: (frame: FrameCursor) => R, options: CallOptions<R> = {}): Promise<R> {
     const { signal } = options;
@@ -148,7 +128,7 @@ export class BinaryConnection implements DaemonChannel {
     if (this.#lost) return Promise.reject(this.#closedByUs ? closedError() : lostError());
     const requestId = (this.#nextId = (this.#nextId + 1) >>> 0);
     write(this.#encoder.begin(op, requestId));
-    this.#queue();
+    this.#writer.sent();
     return new Promise<R>((resolve, reject) => {
       const pending: Pending = { parse, resolve: resolve as (result: unknown) => void, reject };
       this.#pending.set(requestId, pending);
@@ -158,7 +138,7 @@ export class BinaryConnection implements DaemonChannel {
         pending.reject = nothing;
         if (!this.#lost) {
           this.#encoder.begin(BinaryOp.Cancel, requestId);
-          this.#queue();
+          this.#writer.sent();
         }
         reject(signal.reason);
       };
@@ -195,7 +175,7 @@ export class BinaryConnection implements DaemonChannel {
   release(handle: number): void {
     if (this.#lost) return;
     this.#encoder.begin(BinaryOp.Release, 0).u64(handle);
-    this.#queue();
+    this.#writer.sent();
   }
 
   async set(scope: readonly string[], id: string, value: EncodedValue, modified?: number): Promise<void> {
@@ -223,7 +203,7 @@ export class BinaryConnection implements DaemonChannel {
   async close(): Promise<void> {
     if (!this.#lost) {
       this.#closedByUs = true;
-      this.#flush();
+      this.#writer.flush();
       this.#transport.end();
       const cut = setTimeout(() => this.#transport.destroy(), CLOSE_GRACE_MS);
       cut.unref();

@@ -1,8 +1,8 @@
 import { createInterface } from 'node:readline/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { runDaemonCommand } from '../daemon/main.js';
+import { type DaemonCommandOptions, runDaemonCommand } from '../daemon/main.js';
 import { defaultDataDir, defaultSocketPath } from '../daemon/paths.js';
-import { repairLevelStore } from '../src/level-store.js';
+import { MEMORY_CACHE_BYTES, repairLevelStore } from '../src/level-store.js';
 import { isCacheError } from '../src/errors.js';
 import { Shutdown, type StatusResult } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
@@ -24,10 +24,18 @@ export function parseDuration(text: string): number {
   return Math.round(Number(match[1]) * unit);
 }
 
-/** Parses a positive whole number of bytes. */
-function parseByteCount(text: string): number {
-  if (!/^\d+$/.test(text) || Number(text) < 1024) throw new InvalidArgumentError('expected a whole number of bytes, at least 1024');
-  return Number(text);
+/** Parses a size such as `65536`, `512KiB`, `32MiB` or `1GiB` into bytes. */
+export function parseSize(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text.trim());
+  if (!match) throw new InvalidArgumentError('expected a size such as 65536, 512KiB, 32MiB or 1GiB');
+  const unit = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 }[(match[2] ?? 'b').toLowerCase() as 'b']!;
+  return Math.round(Number(match[1]) * unit);
+}
+
+function parseMessageLimit(text: string): number {
+  const bytes = parseSize(text);
+  if (bytes < 1024) throw new InvalidArgumentError('expected at least 1024 bytes');
+  return bytes;
 }
 
 interface Globals {
@@ -93,12 +101,13 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .option('--idle-timeout <duration>', 'stop after this long with no connection; 0 never', parseDuration, 15 * 60_000)
     .option('--stdio', 'serve one client over stdin/stdout and exit when stdin closes')
     .option('--sync', 'flush every write to the disk before acknowledging it (survives power loss; slower)')
-    .option('--max-message-bytes <bytes>', 'close connections that send larger messages', parseByteCount, 64 * 1024 * 1024)
+    .option('--max-message-bytes <size>', 'close connections that send larger messages', parseMessageLimit, 64 * 1024 * 1024)
+    .option('--memory-cache <size>', 'keep recently used values in memory up to this size; 0 turns it off', parseSize, MEMORY_CACHE_BYTES)
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
     .action(
-      async (options: { dataDir?: string; idleTimeout: number; stdio?: boolean; sync?: boolean; maxMessageBytes: number; logFile?: string; readyFd?: number }) => {
-        await runDaemonCommand({ socket: globals().socket, ...options, idleTimeoutMs: options.idleTimeout });
+      async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number }) => {
+        await runDaemonCommand({ ...options, socket: globals().socket, idleTimeoutMs: options.idleTimeout, memoryCacheBytes: options.memoryCache });
       },
     );
 

@@ -9,6 +9,7 @@ export interface DaemonCommandOptions {
   dataDir?: string;
   idleTimeoutMs?: number;
   maxMessageBytes?: number;
+  memoryCacheBytes?: number;
   sync?: boolean;
   stdio?: boolean;
   /** Log here instead of standard error (the background mode). */
@@ -55,6 +56,7 @@ export async function runDaemonCommand(options: DaemonCommandOptions): Promise<n
       dataDir: options.dataDir,
       idleTimeoutMs: options.idleTimeoutMs,
       maxMessageBytes: options.maxMessageBytes,
+      memoryCacheBytes: options.memoryCacheBytes,
       sync: options.sync,
       stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
       log: stamp,

@@ -1,6 +1,8 @@
 import type { Readable, Writable } from 'node:stream';
 import { FrameCursor, FrameDecoder, MalformedFrame } from '../src/frame-decoder.js';
-import { FrameEncoder } from '../src/frame-encoder.js';
+import type { FrameEncoder } from '../src/frame-encoder.js';
+import { FrameWriter } from '../src/frame-writer.js';
+import type { SignalSource } from '../src/lock-table.js';
 import { BinaryOp } from '../src/protocol.js';
 import { checkScope } from './serve.js';
 import { CANCELLED, checkEncodingName, invalidParams, type Session, type WireValueItem, WireError } from './session.js';
@@ -35,25 +37,13 @@ export function serveBinary(
   session: Session,
   options: { maxMessageBytes: number; onBroken: (error: Error) => void },
 ): BinaryLink {
-  const encoder = new FrameEncoder();
   const decoder = new FrameDecoder({ maxFrameBytes: options.maxMessageBytes });
-  /** Requests that may still be waiting, by request id, so that a cancel or the end of the session reaches them. */
-  const running = new Map<number, AbortController>();
-  let flushing = false;
+  /** Requests waiting for a lock, by request id, so that a cancel or the end of the session reaches them. */
+  const waiting = new Map<number, AbortController>();
   let paused = false;
-
-  function flush(): void {
-    flushing = false;
-    const chunks = encoder.take();
-    if (chunks.length === 0 || output.destroyed) return;
-    if (chunks.length === 1) {
-      output.write(chunks[0]);
-    } else {
-      output.cork();
-      for (const chunk of chunks) output.write(chunk);
-      output.uncork();
-    }
-    if (!paused && output.writableLength > OUTPUT_HIGH_WATER_BYTES) {
+  const writer = new FrameWriter(output, {
+    afterFlush: () => {
+      if (paused || output.writableLength <= OUTPUT_HIGH_WATER_BYTES) return;
       // The client does not read its answers: stop reading its requests until it catches up.
       paused = true;
       input.pause();
@@ -61,16 +51,10 @@ export function serveBinary(
         paused = false;
         input.resume();
       });
-    }
-  }
-
-  function sent(): void {
-    encoder.end();
-    if (!flushing) {
-      flushing = true;
-      process.nextTick(flush);
-    }
-  }
+    },
+  });
+  const { encoder, flush } = writer;
+  const sent = (): void => writer.sent();
 
   function fail(requestId: number, error: unknown): void {
     const wire = session.toWireError(error);
@@ -78,18 +62,24 @@ export function serveBinary(
     sent();
   }
 
-  function run<R>(requestId: number, call: (signal: AbortSignal) => Promise<R>, answer: (result: R) => void): void {
-    const controller = new AbortController();
-    running.set(requestId, controller);
-    call(controller.signal).then(
+  function run<R>(requestId: number, call: (signal: SignalSource) => Promise<R>, answer: (result: R) => void): void {
+    // A request that gets its lock at once never needs a signal: one is made only for a request that waits.
+    let controller: AbortController | undefined;
+    const signal = (): AbortSignal => {
+      controller = new AbortController();
+      if (session.gone.aborted) controller.abort(session.gone.reason);
+      else waiting.set(requestId, controller);
+      return controller.signal;
+    };
+    call(signal).then(
       (result) => {
-        if (running.get(requestId) === controller) running.delete(requestId);
+        if (controller && waiting.get(requestId) === controller) waiting.delete(requestId);
         encoder.begin(BinaryOp.Result, requestId);
         answer(result);
         sent();
       },
       (error: unknown) => {
-        if (running.get(requestId) === controller) running.delete(requestId);
+        if (controller && waiting.get(requestId) === controller) waiting.delete(requestId);
         fail(requestId, error);
       },
     );
@@ -104,10 +94,15 @@ export function serveBinary(
         const scope = checkScope(frame.strings());
         const id = frame.string();
         frame.done();
-        return run(requestId, (signal) => session.get(scope, id, signal), ({ handle, item }) => {
+        const answer = ({ handle, item }: { handle: number; item: WireValueItem | null }): void => {
           encoder.u64(handle);
           writeItem(encoder, item);
-        });
+        };
+        const now = session.getNow(scope, id);
+        if (!now) return run(requestId, (signal) => session.get(scope, id, signal), answer);
+        encoder.begin(BinaryOp.Result, requestId);
+        answer(now);
+        return sent();
       }
       case BinaryOp.GetSet: {
         const scope = checkScope(frame.strings());
@@ -175,7 +170,7 @@ export function serveBinary(
         session.release(handle);
       } else if (op === BinaryOp.Cancel) {
         frame.done();
-        running.get(frame.requestId)?.abort(CANCELLED);
+        waiting.get(frame.requestId)?.abort(CANCELLED);
       } else {
         dispatch(frame);
       }
@@ -199,8 +194,8 @@ export function serveBinary(
   input.once('close', () => {
     // Ending the session aborts its signal at once; the waits still queued end with the same reason.
     void session.close();
-    for (const controller of running.values()) controller.abort(session.gone.reason);
-    running.clear();
+    for (const controller of waiting.values()) controller.abort(session.gone.reason);
+    waiting.clear();
   });
   input.resume();
 

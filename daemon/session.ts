@@ -3,6 +3,7 @@ import type { CacheItem, GetHandle, GetSetHandle } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import type { EncodedValue } from '../src/level-store.js';
 import type { LocalBackend } from '../src/local-backend.js';
+import type { SignalSource } from '../src/lock-table.js';
 import { type InitializeResult, PROTOCOL_VERSION, type StatusResult, type WireErrorCode } from '../src/protocol.js';
 import type { Scope } from '../src/scope-path.js';
 
@@ -45,7 +46,9 @@ export interface WireValueItem {
   bytes: Uint8Array;
 }
 
-type Held = { kind: 'get'; handle: GetHandle<EncodedValue> } | { kind: 'getset'; handle: GetSetHandle<EncodedValue> };
+type Held =
+  | { kind: 'get'; handle: Pick<GetHandle<EncodedValue>, 'release'> }
+  | { kind: 'getset'; handle: GetSetHandle<EncodedValue> };
 
 const ENCODING_NAME = /^[\x21-\x7e]{1,64}$/;
 
@@ -151,14 +154,26 @@ export class Session {
     else this.#context.counters.misses++;
   }
 
-  async get(scope: Scope, id: string, signal: AbortSignal): Promise<{ handle: number; item: WireValueItem | null }> {
+  /** Reads at once when the item's shared lock is free; `undefined` when the read must wait (use {@link Session.get}). */
+  getNow(scope: Scope, id: string): { handle: number; item: WireValueItem | null } | undefined {
+    if (this.#gone.signal.aborted) return undefined;
+    const read = this.#context.backend.readNow(scope, id);
+    if (!read) return undefined;
+    const { lease, record } = read;
+    this.#count(record);
+    const handle = this.#context.nextHandle();
+    this.#held.set(handle, { kind: 'get', handle: { release: async () => lease.release() } });
+    return { handle, item: record ? { modified: record.modified, encoding: record.value.encoding, bytes: record.value.bytes } : null };
+  }
+
+  async get(scope: Scope, id: string, signal: SignalSource): Promise<{ handle: number; item: WireValueItem | null }> {
     const got = await this.#context.backend.get(scope, id, signal);
     this.#count(got.item);
     const item = await itemBytes(got.item);
     return { handle: await this.#keep({ kind: 'get', handle: got }), item };
   }
 
-  async getset(scope: Scope, id: string, wait: boolean, signal: AbortSignal): Promise<{ handle: number | null; item: WireValueItem | null }> {
+  async getset(scope: Scope, id: string, wait: boolean, signal: SignalSource): Promise<{ handle: number | null; item: WireValueItem | null }> {
     const gs = await this.#context.backend.getset(scope, id, { wait, signal });
     if (!gs.set) return { handle: null, item: null };
     this.#count(gs.item);
@@ -182,17 +197,17 @@ export class Session {
     void entry.handle.release();
   }
 
-  async set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: AbortSignal): Promise<void> {
+  async set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: SignalSource): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
     await this.#context.backend.set(scope, id, value, when, signal);
   }
 
-  async delete(scope: Scope, id: string, signal: AbortSignal): Promise<void> {
+  async delete(scope: Scope, id: string, signal: SignalSource): Promise<void> {
     await this.#context.backend.delete(scope, id, signal);
   }
 
-  async clear(scope: Scope, signal: AbortSignal): Promise<void> {
+  async clear(scope: Scope, signal: SignalSource): Promise<void> {
     await this.#context.backend.clear(scope, signal);
   }
 

@@ -29,6 +29,8 @@ export interface DaemonOptions {
   maxMessageBytes?: number;
   /** Flush every write to the disk before acknowledging it, so that it survives a power loss; default `false`. */
   sync?: boolean;
+  /** The budget of the in-memory layer of recently used values, in bytes; 0 turns it off. Default 32 MiB. */
+  memoryCacheBytes?: number;
   /** Where log lines go; default standard error. */
   log?: (line: string) => void;
 }
@@ -107,7 +109,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   let store: LevelStore;
   try {
-    store = await LevelStore.open(dataDir, { sync: options.sync ?? false });
+    store = await LevelStore.open(dataDir, { sync: options.sync ?? false, memoryCacheBytes: options.memoryCacheBytes });
   } catch (error) {
     if (isCacheError(error, 'CACHE_LOCKED')) {
       throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {

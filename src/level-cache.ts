@@ -7,6 +7,8 @@ import { type EncodedValue, LevelStore } from './level-store.js';
 export interface LevelCacheOptions {
   /** How values become bytes; default `'json'`. */
   codec?: CodecName;
+  /** The budget of the in-memory layer of recently used values, in bytes; 0 turns it off. Default 32 MiB. */
+  memoryCacheBytes?: number;
 }
 
 /** Encodes with `codec` and refuses to decode a value stored with another encoding. */
@@ -44,6 +46,6 @@ export class LevelCache<T> extends RootCacheView<T> {
       throw new TypeError('LevelCache.open needs a directory path as a non-empty string.');
     }
     const codec = codecNamed<T>(options.codec ?? 'json');
-    return new LevelCache<T>(await LevelStore.open(directory), codec);
+    return new LevelCache<T>(await LevelStore.open(directory, { memoryCacheBytes: options.memoryCacheBytes }), codec);
   }
 }

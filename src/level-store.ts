@@ -5,6 +5,7 @@ import { CacheError } from './errors.js';
 import type { Scope } from './scope-path.js';
 import { itemKey } from './scope-path.js';
 import type { Store, StoredRecord } from './store.js';
+import { LruMap } from './lru-map.js';
 
 /** A value as bytes with the name of the encoding it was written with. */
 export interface EncodedValue {
@@ -24,8 +25,31 @@ const FORMAT = '1';
 const RECORD_VERSION = 1;
 const HEADER_BYTES = 10;
 
-function keyOf(scope: Scope, id: string): Buffer {
-  return Buffer.from(ITEM_PREFIX + itemKey(scope, id), 'utf8');
+function levelKey(key: string): Buffer {
+  return Buffer.from(ITEM_PREFIX + key, 'utf8');
+}
+
+/** The default budget of the in-memory layer of recently used records. */
+export const MEMORY_CACHE_BYTES = 32 * 1024 * 1024;
+/** What an entry of the in-memory layer costs beyond its value's bytes: key, record and map overhead. */
+const ENTRY_OVERHEAD_BYTES = 160;
+
+export interface LevelStoreOptions {
+  /**
+   * Flush every write to the disk before acknowledging it, so that it survives a power loss, at a cost in speed;
+   * default `false`: a write then survives a crash of the process, since it has reached the operating system.
+   */
+  sync?: boolean;
+  /** The budget of the in-memory layer of recently used records, in bytes; 0 turns it off. Default 32 MiB. */
+  memoryCacheBytes?: number;
+}
+
+/** One write of a batch: a put when `record` is set, else a delete. */
+interface PendingWrite {
+  key: string;
+  raw: Buffer | undefined;
+  resolve(): void;
+  reject(error: unknown): void;
 }
 
 export function encodeRecord(record: StoredRecord<EncodedValue>): Buffer {
@@ -137,29 +161,32 @@ function storageError(what: string, cause: unknown): CacheError {
   return new CacheError('CACHE_STORAGE', `${what}: ${detail}`, { cause });
 }
 
-/** A {@link Store} of encoded values in a LevelDB directory that it holds exclusively while open. */
+/**
+ * A {@link Store} of encoded values in a LevelDB directory that it holds exclusively while open. Recently used
+ * records are also kept in memory, within a byte budget; the writes of one turn go to LevelDB as one batch.
+ */
 export class LevelStore implements Store<EncodedValue> {
   readonly #db: Level<Buffer, Buffer>;
   readonly directory: string;
-
   readonly #writeOptions: { sync: boolean };
+  readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
+  #batch: PendingWrite[] = [];
 
-  private constructor(db: Level<Buffer, Buffer>, directory: string, sync: boolean) {
+  private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions) {
     this.#db = db;
     this.directory = directory;
-    this.#writeOptions = { sync };
+    this.#writeOptions = { sync: options.sync ?? false };
+    const memoryCacheBytes = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
+    this.#memory = memoryCacheBytes > 0 ? new LruMap({ maxBytes: memoryCacheBytes }) : undefined;
   }
 
   /**
-   * Opens (creating if needed) the database in `directory`. With `sync`, every write is flushed to the disk
-   * before it is acknowledged (surviving a power loss, at a cost in speed); without, it survives a crash of
-   * the process, since it has reached the operating system.
+   * Opens (creating if needed) the database in `directory`.
    * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
    */
-  static async open(directory: string, options: { sync?: boolean } = {}): Promise<LevelStore> {
+  static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
     await mkdir(directory, { recursive: true });
     const real = await realpath(directory);
-    // A failed second open in one process silently drops LevelDB's lock, so never attempt one.
     if (openDirectories.has(real) || (await heldByThisProcess(real))) throw lockedError(real);
     openDirectories.add(real);
     const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
@@ -183,39 +210,70 @@ export class LevelStore implements Store<EncodedValue> {
       openDirectories.delete(real);
       throw error;
     }
-    return new LevelStore(db, real, options.sync ?? false);
+    return new LevelStore(db, real, options);
   }
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
+    const key = itemKey(scope, id);
+    const kept = this.#memory?.get(key);
+    if (kept) return kept;
     let raw: Buffer | undefined;
     try {
-      raw = this.#db.getSync(keyOf(scope, id));
+      raw = this.#db.getSync(levelKey(key));
     } catch (error) {
       throw storageError('Cannot read from the cache database', error);
     }
-    return raw === undefined ? undefined : decodeRecord(raw);
+    if (raw === undefined) return undefined;
+    const record = decodeRecord(raw);
+    this.#memory?.set(key, record, raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+    return record;
   }
 
-  async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
-    try {
-      await this.#db.put(keyOf(scope, id), encodeRecord(record), this.#writeOptions);
-    } catch (error) {
-      throw storageError('Cannot write to the cache database', error);
-    }
+  write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
+    return this.#enqueue(itemKey(scope, id), encodeRecord(record));
   }
 
-  async delete(scope: Scope, id: string): Promise<void> {
-    try {
-      await this.#db.del(keyOf(scope, id), this.#writeOptions);
-    } catch (error) {
-      throw storageError('Cannot delete from the cache database', error);
-    }
+  delete(scope: Scope, id: string): Promise<void> {
+    return this.#enqueue(itemKey(scope, id), undefined);
+  }
+
+  /** Queues a put (with `raw`) or a delete for the batch of this turn; resolves once the batch is written. */
+  #enqueue(key: string, raw: Buffer | undefined): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.#batch.push({ key, raw, resolve, reject }) === 1) process.nextTick(() => this.#flush());
+    });
+  }
+
+  #flush(): void {
+    const writes = this.#batch;
+    this.#batch = [];
+    const operations = writes.map(({ key, raw }) =>
+      raw ? { type: 'put' as const, key: levelKey(key), value: raw } : { type: 'del' as const, key: levelKey(key) },
+    );
+    this.#db.batch(operations, this.#writeOptions).then(
+      () => {
+        // The layer in memory changes only once the disk has: a failed write leaves the old record readable.
+        for (const { key, raw, resolve } of writes) {
+          if (raw) this.#memory?.set(key, decodeRecord(raw), raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+          else this.#memory?.delete(key);
+          resolve();
+        }
+      },
+      (error: unknown) => {
+        const failure = storageError('Cannot write to the cache database', error);
+        for (const { key, reject } of writes) {
+          this.#memory?.delete(key);
+          reject(failure);
+        }
+      },
+    );
   }
 
   async clear(scope: Scope): Promise<void> {
     const start = Buffer.from(ITEM_PREFIX + scope.prefix, 'utf8');
     // No UTF-8 byte is 0xFF, so this bound follows every key that starts with `start`.
     const end = Buffer.concat([start, Buffer.from([0xff])]);
+    this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
     try {
       await this.#db.clear({ gte: start, lt: end });
     } catch (error) {

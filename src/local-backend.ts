@@ -1,7 +1,7 @@
 import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
 import { CacheError, isCacheError } from './errors.js';
-import { type Lease, LockTable, type LockTableStats } from './lock-table.js';
+import { type Lease, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
 import type { Store, StoredRecord } from './store.js';
 
@@ -31,7 +31,26 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#adapter = adapter;
   }
 
-  async get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>> {
+  /**
+   * Reads the stored record if the item's shared lock can be granted at once, holding it until the lease is
+   * released; `undefined` (with nothing queued) when the lock is taken. The daemon's path for most reads: no promise.
+   * @throws CacheError `CACHE_CLOSED`, or the store's read errors (with the lock released).
+   */
+  readNow(scope: Scope, id: string): { lease: Lease; record: StoredRecord<V> | undefined } | undefined {
+    this.#checkOpen();
+    const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared');
+    if (!lease) return undefined;
+    let record: StoredRecord<V> | undefined;
+    try {
+      record = this.#store.read(scope, id);
+    } catch (error) {
+      lease.release();
+      throw error;
+    }
+    return { lease, record };
+  }
+
+  async get(scope: Scope, id: string, signal: SignalSource): Promise<GetHandle<T>> {
     const acquired = this.#lock(itemKey(scope, id), 'shared', signal);
     const lease = acquired instanceof Promise ? await acquired : acquired;
     const item = this.#readHeld(lease, scope, id);
@@ -42,7 +61,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async getset(
     scope: Scope,
     id: string,
-    options: { wait: boolean; signal: AbortSignal | undefined },
+    options: { wait: boolean; signal: SignalSource },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const key = itemKey(scope, id);
     let lease: Lease;
@@ -82,7 +101,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   }
 
   /** `signal` (for the daemon, not the public API) drops the call while it waits for the lock. */
-  async set(scope: Scope, id: string, value: T, modified: number, signal?: AbortSignal): Promise<void> {
+  async set(scope: Scope, id: string, value: T, modified: number, signal?: SignalSource): Promise<void> {
     this.#checkOpen();
     const stored = this.#adapter.encode(value);
     const lease = await this.#lock(itemKey(scope, id), 'exclusive', signal);
@@ -93,7 +112,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async delete(scope: Scope, id: string, signal?: AbortSignal): Promise<void> {
+  async delete(scope: Scope, id: string, signal?: SignalSource): Promise<void> {
     const lease = await this.#lock(itemKey(scope, id), 'exclusive', signal);
     try {
       await this.#io(() => this.#store.delete(scope, id));
@@ -102,7 +121,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async clear(scope: Scope, signal?: AbortSignal): Promise<void> {
+  async clear(scope: Scope, signal?: SignalSource): Promise<void> {
     const lease = await this.#lock(scope.prefix, 'subtree', signal);
     try {
       await this.#io(() => this.#store.clear(scope));
@@ -130,7 +149,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     if (this.#closed) throw closedError();
   }
 
-  #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: AbortSignal | undefined): Lease | Promise<Lease> {
+  #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: SignalSource): Lease | Promise<Lease> {
     this.#checkOpen();
     return this.#locks.acquire(key, mode, { signal });
   }

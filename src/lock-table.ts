@@ -24,9 +24,14 @@ export interface Lease {
 export interface AcquireOptions {
   /** Tags the request so that {@link LockTable.releaseOwner} can end it. */
   owner?: unknown;
-  /** Aborts the wait: the request leaves the queue and the call rejects with the signal's reason. */
-  signal?: AbortSignal | undefined;
+  /**
+   * Aborts the wait: the request leaves the queue and the call rejects with the signal's reason. A function is
+   * called only if the request has to wait, for callers that would otherwise make a signal per request.
+   */
+  signal?: SignalSource;
 }
+
+export type SignalSource = AbortSignal | (() => AbortSignal) | undefined;
 
 /** A point-in-time count of what the table holds, for status reports. */
 export interface LockTableStats {
@@ -84,11 +89,16 @@ export class LockTable {
    * when the lock is free at once.
    */
   acquire(key: string, mode: LockMode, options: AcquireOptions = {}): Lease | Promise<Lease> {
-    const { signal, owner } = options;
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    const { owner } = options;
+    if (typeof options.signal === 'object' && options.signal.aborted) return Promise.reject(options.signal.reason);
     const request = new Request(this, key, mode, owner);
     this.#enqueue(request);
     if (request.state === 'held') return request;
+    const signal = typeof options.signal === 'function' ? options.signal() : options.signal;
+    if (signal?.aborted) {
+      this.#cancel(request, signal.reason);
+      return Promise.reject(signal.reason);
+    }
     return new Promise<Lease>((resolve, reject) => {
       request.resolve = resolve;
       request.reject = reject;
