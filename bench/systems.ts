@@ -11,6 +11,7 @@ import cacache from 'cacache';
 import { Redis } from 'ioredis';
 import { Level } from 'level';
 import { connect } from '../client/index.js';
+import { DAEMON_NODE_FLAGS } from '../daemon/main.js';
 import { type Cache, LevelCache } from '../src/index.js';
 
 export interface Client {
@@ -83,7 +84,7 @@ export const hoard: System = {
   shared: true,
   async start(dir) {
     const socketPath = join(dir, 's.sock');
-    const child = await startProcess(process.execPath, [HOARD_BIN, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data')], 'listening on');
+    const child = await startProcess(process.execPath, [...DAEMON_NODE_FLAGS, HOARD_BIN, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data')], 'listening on');
     return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
   },
   async open(endpoint) {

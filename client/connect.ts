@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
+import { DAEMON_NODE_FLAGS } from '../daemon/main.js';
 import { checkSocketPathLength, defaultLogFile, defaultSocketPath } from '../daemon/paths.js';
 import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
 import { openSocketChannel, type TransportName } from './open-channel.js';
@@ -42,7 +43,7 @@ type StartOutcome = 'ready' | 'busy';
 async function startInBackground(socketPath: string, options: ConnectOptions, deadline: number): Promise<StartOutcome> {
   const logFile = defaultLogFile();
   await mkdir(dirname(logFile), { recursive: true, mode: 0o700 });
-  const args = [cliEntry(), 'daemon', '--socket', socketPath, '--log-file', logFile, '--ready-fd', '3'];
+  const args = [...DAEMON_NODE_FLAGS, cliEntry(), 'daemon', '--socket', socketPath, '--log-file', logFile, '--ready-fd', '3'];
   if (options.dataDir) args.push('--data-dir', options.dataDir);
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
   const channel = child.stdio[3] as NodeJS.ReadableStream;

@@ -54,7 +54,8 @@ interface PendingWrite {
 
 export function encodeRecord(record: StoredRecord<EncodedValue>): Buffer {
   const { encoding, bytes } = record.value;
-  const out = Buffer.allocUnsafe(HEADER_BYTES + encoding.length + bytes.byteLength);
+  // Not from the shared pool: a record kept in memory must not keep a pool slab of other records alive.
+  const out = Buffer.allocUnsafeSlow(HEADER_BYTES + encoding.length + bytes.byteLength);
   out[0] = RECORD_VERSION;
   out.writeDoubleLE(record.modified, 1);
   out[9] = encoding.length;
@@ -171,6 +172,7 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #writeOptions: { sync: boolean };
   readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
   #batch: PendingWrite[] = [];
+  #writing = false;
 
   private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions) {
     this.#db = db;
@@ -240,13 +242,20 @@ export class LevelStore implements Store<EncodedValue> {
   /** Queues a put (with `raw`) or a delete for the batch of this turn; resolves once the batch is written. */
   #enqueue(key: string, raw: Buffer | undefined): Promise<void> {
     return new Promise((resolve, reject) => {
-      if (this.#batch.push({ key, raw, resolve, reject }) === 1) process.nextTick(() => this.#flush());
+      if (this.#batch.push({ key, raw, resolve, reject }) === 1 && !this.#writing) process.nextTick(() => this.#flush());
     });
   }
 
+  /**
+   * Writes the queued operations as one batch. While a batch is being written, new operations wait and go
+   * together in the next one: a LevelDB write costs tens of microseconds however small, so under load the
+   * batches grow instead of the queue.
+   */
   #flush(): void {
     const writes = this.#batch;
+    if (writes.length === 0) return;
     this.#batch = [];
+    this.#writing = true;
     const operations = writes.map(({ key, raw }) =>
       raw ? { type: 'put' as const, key: levelKey(key), value: raw } : { type: 'del' as const, key: levelKey(key) },
     );
@@ -258,6 +267,8 @@ export class LevelStore implements Store<EncodedValue> {
           else this.#memory?.delete(key);
           resolve();
         }
+        this.#writing = false;
+        this.#flush();
       },
       (error: unknown) => {
         const failure = storageError('Cannot write to the cache database', error);
@@ -265,6 +276,8 @@ export class LevelStore implements Store<EncodedValue> {
           this.#memory?.delete(key);
           reject(failure);
         }
+        this.#writing = false;
+        this.#flush();
       },
     );
   }
