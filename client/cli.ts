@@ -143,6 +143,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
           `connections  ${status.connections}`,
           `locks        ${status.locksHeld} held, ${status.waiters} waiting`,
           `hits         ${status.hits}, misses ${status.misses}`,
+          `memory       ${formatBytes(status.rssBytes)} resident; ${formatBytes(status.memoryCacheBytes)} of ${formatBytes(status.memoryCacheLimitBytes)} of values cached`,
         ].join('\n') + '\n',
       );
     });

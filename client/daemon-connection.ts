@@ -91,6 +91,8 @@ export class DaemonConnection implements DaemonChannel {
     const connection = createMessageConnection(quietReader(new StreamMessageReader(input)), new StreamMessageWriter(output));
     const daemon = new DaemonConnection(connection, transport);
     daemon.#info = info;
+    // The handshake left the stream paused, and a new listener does not undo an explicit pause.
+    input.resume();
     return daemon;
   }
 

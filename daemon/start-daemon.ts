@@ -153,6 +153,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         waiters: locks.waiting,
         hits: this.counters.hits,
         misses: this.counters.misses,
+        memoryCacheBytes: store.memoryCache().bytes,
+        memoryCacheLimitBytes: store.memoryCache().limitBytes,
+        rssBytes: process.memoryUsage.rss(),
       };
     },
   };

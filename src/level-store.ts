@@ -171,6 +171,7 @@ export class LevelStore implements Store<EncodedValue> {
   readonly directory: string;
   readonly #writeOptions: { sync: boolean };
   readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
+  readonly #memoryLimit: number;
   #batch: PendingWrite[] = [];
   #writing = false;
 
@@ -178,8 +179,8 @@ export class LevelStore implements Store<EncodedValue> {
     this.#db = db;
     this.directory = directory;
     this.#writeOptions = { sync: options.sync ?? false };
-    const memoryCacheBytes = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
-    this.#memory = memoryCacheBytes > 0 ? new LruMap({ maxBytes: memoryCacheBytes }) : undefined;
+    this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
+    this.#memory = this.#memoryLimit > 0 ? new LruMap({ maxBytes: this.#memoryLimit }) : undefined;
   }
 
   /**
@@ -213,6 +214,11 @@ export class LevelStore implements Store<EncodedValue> {
       throw error;
     }
     return new LevelStore(db, real, options);
+  }
+
+  /** The bytes the in-memory layer keeps, and its budget. */
+  memoryCache(): { bytes: number; limitBytes: number } {
+    return { bytes: this.#memory?.bytes ?? 0, limitBytes: this.#memoryLimit };
   }
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {

@@ -90,6 +90,11 @@ export interface StatusResult {
   waiters: number;
   hits: number;
   misses: number;
+  /** Bytes of recently used values kept in memory, and the budget they are kept within (`--memory-cache`). */
+  memoryCacheBytes: number;
+  memoryCacheLimitBytes: number;
+  /** The daemon's resident memory. */
+  rssBytes: number;
 }
 
 export const Initialize = new RequestType<InitializeParams, InitializeResult, void>('initialize');

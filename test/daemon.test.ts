@@ -315,6 +315,24 @@ describe('lifecycle', () => {
     expect(Buffer.from(await got.item!.value()).equals(Buffer.from(big))).toBe(true);
   });
 
+  test('values kept in memory stay within --memory-cache, and every value still reads back from disk', async () => {
+    const { socketPath } = await startTestDaemon({ memoryCacheBytes: 256 * 1024 });
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary' });
+    onTestFinished(() => cache.close());
+    const value = (n: number): Uint8Array => new Uint8Array(16 * 1024).fill(n);
+    for (let n = 0; n < 64; n++) await cache.set(`v${n}`, value(n));
+    for (let round = 0; round < 2; round++) {
+      for (let n = 0; n < 64; n++) {
+        await using got = await cache.get(`v${n}`);
+        expect(await got.item!.value()).toEqual(value(n));
+      }
+    }
+    const status = await cache.status();
+    expect(status.memoryCacheLimitBytes).toBe(256 * 1024);
+    expect(status.memoryCacheBytes).toBeGreaterThan(0);
+    expect(status.memoryCacheBytes).toBeLessThanOrEqual(256 * 1024);
+  });
+
   test('stopping does not wait forever for a client that stopped reading', async () => {
     const { socketPath, daemon } = await startTestDaemon();
     const cache = await connect<string>({ socketPath, autoStart: false });

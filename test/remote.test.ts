@@ -19,6 +19,17 @@ for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
 }
 
 cacheConformance(
+  'RemoteCache over a Unix socket (JSON transport)',
+  async () => {
+    const { socketPath } = await startTestDaemon();
+    const cache = await connect<unknown>({ socketPath, autoStart: false, transport: 'json' });
+    onTestFinished(() => cache.close());
+    return { cache, close: () => cache.close(), settle: async () => void (await cache.status()) };
+  },
+  { stores: true, values: 'json' },
+);
+
+cacheConformance(
   'RemoteCache over a Unix socket, in a scope',
   async () => {
     const { socketPath } = await startTestDaemon();
@@ -55,12 +66,14 @@ describe('RemoteCache over stdio', () => {
   });
 });
 
-cacheConformance(
-  'RemoteCache over stdio',
-  async () => {
-    const cache = await connectStdio<unknown>({ dataDir: await tempDir() });
-    onTestFinished(() => cache.close());
-    return { cache, close: () => cache.close(), settle: async () => void (await cache.status()) };
-  },
-  { stores: true, values: 'json' },
-);
+for (const transport of ['binary', 'json'] as const) {
+  cacheConformance(
+    `RemoteCache over stdio (${transport} transport)`,
+    async () => {
+      const cache = await connectStdio<unknown>({ dataDir: await tempDir(), transport });
+      onTestFinished(() => cache.close());
+      return { cache, close: () => cache.close(), settle: async () => void (await cache.status()) };
+    },
+    { stores: true, values: 'json' },
+  );
+}

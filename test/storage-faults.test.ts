@@ -39,6 +39,8 @@ describe('storage faults', () => {
     }
     expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
     expect((failure as Error).message).toMatch(/No space left on device/);
+    // A replacement that fails leaves the old value, in memory as on disk.
+    await expect(cache.set('early', new Uint8Array(64 * 1024).fill(9))).rejects.toMatchObject({ code: 'CACHE_STORAGE' });
     await using early = await cache.get('early');
     expect(await early.item!.value()).toEqual(new Uint8Array([1, 2, 3]));
     await using first = await cache.get('big0');

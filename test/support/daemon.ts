@@ -12,12 +12,14 @@ export interface TestDaemon {
 }
 
 /** A daemon in this process on a fresh socket and data directory, stopped when the test finishes. */
-export async function startTestDaemon(options: { idleTimeoutMs?: number; maxMessageBytes?: number } = {}): Promise<TestDaemon> {
+export async function startTestDaemon(
+  options: { idleTimeoutMs?: number; maxMessageBytes?: number; memoryCacheBytes?: number } = {},
+): Promise<TestDaemon> {
   const dir = await tempDir('hd-');
   const socketPath = join(dir, 's.sock');
   const dataDir = join(dir, 'data');
   const logs: string[] = [];
-  const daemon = await startDaemon({ socketPath, dataDir, idleTimeoutMs: options.idleTimeoutMs ?? 0, maxMessageBytes: options.maxMessageBytes, log: (line) => logs.push(line) });
+  const daemon = await startDaemon({ socketPath, dataDir, idleTimeoutMs: options.idleTimeoutMs ?? 0, maxMessageBytes: options.maxMessageBytes, memoryCacheBytes: options.memoryCacheBytes, log: (line) => logs.push(line) });
   onTestFinished(() => daemon.close());
   return { daemon, socketPath, dataDir, logs };
 }

@@ -1,0 +1,81 @@
+import fc from 'fast-check';
+import { describe, expect, test } from 'vitest';
+import { FrameCursor, FrameDecoder, FramingError, MalformedFrame } from '../src/frame-decoder.js';
+import { FrameEncoder } from '../src/frame-encoder.js';
+
+type Field = { type: 'u8'; value: number } | { type: 'u32'; value: number } | { type: 'u64'; value: number } | { type: 'f64'; value: number } | { type: 'string'; value: string } | { type: 'strings'; value: string[] } | { type: 'bytes'; value: Uint8Array };
+
+const field: fc.Arbitrary<Field> = fc.oneof(
+  fc.record({ type: fc.constant('u8' as const), value: fc.nat(255) }),
+  fc.record({ type: fc.constant('u32' as const), value: fc.nat(0xffff_ffff) }),
+  fc.record({ type: fc.constant('u64' as const), value: fc.maxSafeNat() }),
+  fc.record({ type: fc.constant('f64' as const), value: fc.double({ noNaN: true }) }),
+  // Full Unicode, unpaired surrogates included: those travel as UTF-16.
+  fc.record({ type: fc.constant('string' as const), value: fc.string({ unit: 'binary' }) }),
+  fc.record({ type: fc.constant('strings' as const), value: fc.array(fc.string({ unit: 'grapheme' }), { maxLength: 4 }) }),
+  fc.record({ type: fc.constant('bytes' as const), value: fc.oneof(fc.uint8Array({ maxLength: 64 }), fc.uint8Array({ minLength: 8192, maxLength: 20_000 })) }),
+);
+
+const message = fc.record({ op: fc.nat(255), requestId: fc.nat(0xffff_ffff), fields: fc.array(field, { maxLength: 6 }) });
+
+function write(encoder: FrameEncoder, f: Field): void {
+  if (f.type === 'strings') encoder.strings(f.value);
+  else if (f.type === 'string') encoder.string(f.value);
+  else if (f.type === 'bytes') encoder.bytes(f.value);
+  else encoder[f.type](f.value);
+}
+
+function read(cursor: FrameCursor, f: Field): unknown {
+  return f.type === 'bytes' ? new Uint8Array(cursor.bytes()) : cursor[f.type]();
+}
+
+describe('binary frames', () => {
+  test('any frames, cut into any chunks, decode to what was encoded', () => {
+    fc.assert(
+      fc.property(fc.array(message, { minLength: 1, maxLength: 6 }), fc.array(fc.nat(200), { maxLength: 20 }), (messages, cuts) => {
+        const encoder = new FrameEncoder();
+        for (const { op, requestId, fields } of messages) {
+          encoder.begin(op, requestId);
+          for (const f of fields) write(encoder, f);
+          encoder.end();
+        }
+        const stream = Buffer.concat(encoder.take());
+        const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+        const decoded: unknown[] = [];
+        const onFrame = (cursor: FrameCursor): void => {
+          const expected = messages[decoded.length]!;
+          decoded.push({ op: cursor.op, requestId: cursor.requestId, fields: expected.fields.map((f) => read(cursor, f)) });
+          cursor.done();
+        };
+        let at = 0;
+        for (const cut of cuts) {
+          decoder.push(stream.subarray(at, Math.min(stream.length, at + cut)), onFrame);
+          at = Math.min(stream.length, at + cut);
+        }
+        decoder.push(stream.subarray(at), onFrame);
+        expect(decoded).toEqual(messages.map(({ op, requestId, fields }) => ({ op, requestId, fields: fields.map((f) => (f.type === 'bytes' ? new Uint8Array(f.value) : f.value)) })));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('a frame shorter than its header or over the limit breaks the stream', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 100 });
+    const short = Buffer.alloc(9);
+    short.writeUInt32LE(4);
+    expect(() => decoder.push(short, () => {})).toThrow(FramingError);
+    const long = Buffer.alloc(4);
+    long.writeUInt32LE(97);
+    expect(() => new FrameDecoder({ maxFrameBytes: 100 }).push(long, () => {})).toThrow(FramingError);
+  });
+
+  test('reading past a frame\u2019s fields, or leaving some, is a malformed frame', () => {
+    const encoder = new FrameEncoder();
+    encoder.begin(1, 7).u32(5).end();
+    const cursor = new FrameCursor(Buffer.concat(encoder.take()));
+    expect(() => cursor.done()).toThrow(MalformedFrame);
+    expect(cursor.u32()).toBe(5);
+    cursor.done();
+    expect(() => cursor.u8()).toThrow(MalformedFrame);
+  });
+});

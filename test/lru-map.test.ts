@@ -1,0 +1,33 @@
+import { describe, expect, test } from 'vitest';
+import { LruMap } from '../src/lru-map.js';
+
+describe('LruMap', () => {
+  test('keeps within its budget, dropping entries not used since they came round', () => {
+    const map = new LruMap<string, number>({ maxBytes: 400 });
+    for (const key of 'abcdefgh') map.set(key, 1, 50);
+    expect([map.bytes, map.size]).toEqual([400, 8]);
+    expect(map.get('a')).toBe(1);
+    map.set('i', 1, 50);
+    // 'a' was used, so it got a second chance; 'b', the oldest unused, went.
+    expect(map.get('b')).toBeUndefined();
+    expect(map.get('a')).toBe(1);
+    expect(map.bytes).toBe(400);
+    map.set('j', 1, 30);
+    map.set('k', 1, 50);
+    expect(map.bytes).toBeLessThanOrEqual(400);
+    expect([map.get('j'), map.get('k'), map.get('c')]).toEqual([1, 1, undefined]);
+  });
+
+  test('does not keep an entry over an eighth of its budget, and replacing a key frees the old size', () => {
+    const map = new LruMap<string, string>({ maxBytes: 800 });
+    map.set('big', 'x', 101);
+    expect(map.get('big')).toBeUndefined();
+    map.set('k', 'old', 100);
+    map.set('k', 'new', 10);
+    expect([map.get('k'), map.bytes, map.size]).toEqual(['new', 10, 1]);
+    map.set('a/1', 'x', 10);
+    map.set('b/1', 'y', 10);
+    map.deleteWhere((key) => key.startsWith('a/'));
+    expect([map.get('a/1'), map.get('b/1'), map.bytes]).toEqual([undefined, 'y', 20]);
+  });
+});
