@@ -119,6 +119,15 @@ describe('the hoard command', () => {
     expect((await hoard(['daemon', '--max-message-bytes', 'lots'])).code).toBe(2);
   });
 
+  test('hoard daemon --memory-cache takes a size, and status shows it', async () => {
+    const { run } = await foregroundDaemon(['--memory-cache', '1.5MiB']);
+    const status = JSON.parse((await run(['status', '--json'])).stdout.toString()) as Record<string, number>;
+    expect(status.memoryCacheLimitBytes).toBe(1.5 * 1024 * 1024);
+    expect(status.rssBytes).toBeGreaterThan(0);
+    expect((await run(['status'])).stdout.toString()).toMatch(/^memory\s+.* resident; .* of 1\.5 MiB of values cached$/m);
+    expect((await hoard(['daemon', '--memory-cache', '12 parsecs'])).code).toBe(2);
+  });
+
   test('usage errors are exit 2', async () => {
     expect((await hoard(['frobnicate'])).code).toBe(2);
     expect((await hoard(['get'])).code).toBe(2);
