@@ -105,16 +105,18 @@ export class BinaryConnection implements DaemonChannel {
     const pending = this.#pending.get(frame.requestId);
     if (!pending) return;
     this.#pending.delete(frame.requestId);
-    if (frame.op === BinaryOp.Error) {
-      const code = frame.string();
-      pending.reject(fromWireError(code, frame.string()));
-      return;
-    }
     let result: unknown;
     try {
+      if (frame.op === BinaryOp.Error) {
+        const code = frame.string();
+        pending.reject(fromWireError(code, frame.string()));
+        return;
+      }
       result = pending.parse(frame);
-    } catch (error) {
-      pending.reject(error);
+    } catch {
+      // An answer that does not parse: the stream cannot be trusted, and this call fails with the others.
+      this.#pending.set(frame.requestId, pending);
+      this.#transport.destroy();
       return;
     }
     if (pending.abandoned) pending.abandoned(result as never);

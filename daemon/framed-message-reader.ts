@@ -16,8 +16,8 @@ export interface FramedMessageReaderOptions {
   /** Sends an error response for a message that is framed well but is not a JSON-RPC request or notification. */
   reply: (response: ResponseMessage) => void;
   /**
-   * Sees the first valid message before the connection does. Returning a function takes the stream away from
-   * this reader: the message is not delivered, the bytes after it are put back into the stream, and the
+   * Sees the first message, if it is a valid one, before the connection does. Returning a function takes the
+   * stream away from this reader: the message is not delivered, the bytes after it are put back into the stream, and the
    * function is called to serve the stream another way (the binary transport).
    */
   upgrade?: (first: Message) => (() => void) | undefined;
@@ -165,6 +165,8 @@ export class FramedMessageReader extends AbstractMessageReader {
   }
 
   #refuse(id: number | string | null, code: number, name: string, message: string): void {
+    // An answer is on its way in JSON: from now on the connection cannot switch to another framing.
+    this.#first = false;
     this.#options.reply({ jsonrpc: '2.0', id, error: { code, message, data: { code: name } } });
   }
 }

@@ -38,18 +38,21 @@ export function serveBinary(
   options: { maxMessageBytes: number; onBroken: (error: Error) => void },
 ): BinaryLink {
   const decoder = new FrameDecoder({ maxFrameBytes: options.maxMessageBytes });
-  /** Requests waiting for a lock, by request id, so that a cancel or the end of the session reaches them. */
-  const waiting = new Map<number, AbortController>();
+  /** Requests waiting for a lock, by request id, for cancel; a client that reuses an id in flight cancels the latest. */
+  const waitingById = new Map<number, AbortController>();
   let paused = false;
   const writer = new FrameWriter(output, {
     afterFlush: () => {
       if (paused || output.writableLength <= OUTPUT_HIGH_WATER_BYTES) return;
-      // The client does not read its answers: stop reading its requests until it catches up.
+      // The client does not read its answers: stop dispatching its requests (even those of a chunk already
+      // read) until it catches up.
       paused = true;
       input.pause();
       output.once('drain', () => {
         paused = false;
+        if (input.destroyed) return;
         input.resume();
+        onData(Buffer.alloc(0));
       });
     },
   });
@@ -64,22 +67,26 @@ export function serveBinary(
 
   function run<R>(requestId: number, call: (signal: SignalSource) => Promise<R>, answer: (result: R) => void): void {
     // A request that gets its lock at once never needs a signal: one is made only for a request that waits.
-    let controller: AbortController | undefined;
+    let wait: ReturnType<Session['waitController']> | undefined;
     const signal = (): AbortSignal => {
-      controller = new AbortController();
-      if (session.gone.aborted) controller.abort(session.gone.reason);
-      else waiting.set(requestId, controller);
-      return controller.signal;
+      wait = session.waitController();
+      waitingById.set(requestId, wait.controller);
+      return wait.controller.signal;
+    };
+    const done = (): void => {
+      if (!wait) return;
+      wait.done();
+      if (waitingById.get(requestId) === wait.controller) waitingById.delete(requestId);
     };
     call(signal).then(
       (result) => {
-        if (controller && waiting.get(requestId) === controller) waiting.delete(requestId);
+        done();
         encoder.begin(BinaryOp.Result, requestId);
         answer(result);
         sent();
       },
       (error: unknown) => {
-        if (controller && waiting.get(requestId) === controller) waiting.delete(requestId);
+        done();
         fail(requestId, error);
       },
     );
@@ -161,7 +168,8 @@ export function serveBinary(
     }
   }
 
-  function onFrame(frame: FrameCursor): void {
+  /** Handles one frame; `false` stops the decoder while the client does not read its answers. */
+  function onFrame(frame: FrameCursor): boolean {
     const op = frame.op;
     try {
       if (op === BinaryOp.Release) {
@@ -170,7 +178,7 @@ export function serveBinary(
         session.release(handle);
       } else if (op === BinaryOp.Cancel) {
         frame.done();
-        waiting.get(frame.requestId)?.abort(CANCELLED);
+        waitingById.get(frame.requestId)?.abort(CANCELLED);
       } else {
         dispatch(frame);
       }
@@ -180,6 +188,7 @@ export function serveBinary(
       if (op === BinaryOp.Release || op === BinaryOp.Cancel) session.log(`ignoring a malformed frame: ${String(refusal)}`);
       else fail(frame.requestId, refusal);
     }
+    return !paused;
   }
 
   const onData = (chunk: Buffer): void => {
@@ -192,10 +201,8 @@ export function serveBinary(
   };
   input.on('data', onData);
   input.once('close', () => {
-    // Ending the session aborts its signal at once; the waits still queued end with the same reason.
+    waitingById.clear();
     void session.close();
-    for (const controller of waiting.values()) controller.abort(session.gone.reason);
-    waiting.clear();
   });
   input.resume();
 

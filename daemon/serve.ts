@@ -90,17 +90,14 @@ export function binaryUpgrade(session: Session, message: unknown): { jsonrpc: '2
 export function serveJson(connection: MessageConnection, session: Session, options: { destroyTransport: () => void }): void {
   /** A signal that aborts when the request is cancelled or the session ends. */
   function requestSignal(token: CancellationToken): { signal: AbortSignal; done(): void } {
-    const controller = new AbortController();
-    const gone = session.gone;
-    const onGone = (): void => controller.abort(gone.reason);
-    if (gone.aborted) onGone();
-    else gone.addEventListener('abort', onGone, { once: true });
+    const wait = session.waitController();
+    const { controller } = wait;
     if (token.isCancellationRequested) controller.abort(CANCELLED);
     const subscription = token.onCancellationRequested(() => controller.abort(CANCELLED));
     return {
       signal: controller.signal,
       done: () => {
-        gone.removeEventListener('abort', onGone);
+        wait.done();
         subscription.dispose();
       },
     };

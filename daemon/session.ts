@@ -76,6 +76,8 @@ export class Session {
   #clientName: string;
   #initialized = false;
   #closing: Promise<void> | undefined;
+  /** Wait signals made by {@link Session.waitController}, ended before any lock of the session is released. */
+  readonly #waits = new Set<AbortController>();
   #markClosed!: () => void;
   /** Resolves once the session has ended and its locks are released. */
   readonly closed = new Promise<void>((resolve) => (this.#markClosed = resolve));
@@ -122,6 +124,17 @@ export class Session {
       pid: process.pid,
       capabilities: { valueTransfer: 'base64', transport, maxMessageBytes },
     };
+  }
+
+  /**
+   * A controller for one request's wait that ends with the session: call `done` once the request is over. When
+   * the session closes, every wait ends before any of its locks is released, so that none is granted to it.
+   */
+  waitController(): { controller: AbortController; done(): void } {
+    const controller = new AbortController();
+    if (this.#gone.signal.aborted) controller.abort(this.#gone.signal.reason);
+    else this.#waits.add(controller);
+    return { controller, done: () => void this.#waits.delete(controller) };
   }
 
   /** Logs a line about this session's client. */
@@ -225,6 +238,8 @@ export class Session {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#gone.abort(new CacheError('CACHE_CONNECTION_LOST', 'The connection closed.'));
+      for (const controller of this.#waits) controller.abort(this.#gone.signal.reason);
+      this.#waits.clear();
       const handles = [...this.#held.values()];
       this.#held.clear();
       await Promise.allSettled(handles.map((entry) => entry.handle.release()));

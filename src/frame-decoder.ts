@@ -108,18 +108,22 @@ export class FrameDecoder {
     this.#maxFrameBytes = options.maxFrameBytes;
   }
 
+  /** The whole size of the frame at `at`: its length field counts the bytes after the field. */
   #sizeOf(data: Buffer, at: number): number {
-    const size = data.readUInt32LE(at) + 4;
-    if (size < FRAME_HEADER_BYTES) throw new FramingError(`a frame of ${size} bytes, too short for its header`);
-    if (size > this.#maxFrameBytes) throw new FramingError(`a frame of ${size} bytes, over the limit of ${this.#maxFrameBytes}`);
-    return size;
+    const length = data.readUInt32LE(at);
+    if (length < FRAME_HEADER_BYTES - 4) throw new FramingError(`a frame length of ${length}, too short for its header`);
+    if (length > this.#maxFrameBytes) throw new FramingError(`a frame length of ${length}, over the limit of ${this.#maxFrameBytes}`);
+    return length + 4;
   }
 
-  /** Feeds a chunk, calling `onFrame` with each complete frame (a view that is valid only during the call). */
-  push(chunk: Buffer, onFrame: (frame: FrameCursor) => void): void {
+  /**
+   * Feeds a chunk (empty to go on after a stop), calling `onFrame` with each complete frame, a view into the
+   * chunk. When `onFrame` returns `false`, the frames after that one stay buffered until the next push.
+   */
+  push(chunk: Buffer, onFrame: (frame: FrameCursor) => boolean | void): void {
     let data = chunk;
     if (this.#pendingBytes > 0) {
-      this.#pending.push(chunk);
+      if (chunk.length > 0) this.#pending.push(chunk);
       this.#pendingBytes += chunk.length;
       if (this.#need < 0) {
         if (this.#pendingBytes < 4) return;
@@ -137,8 +141,9 @@ export class FrameDecoder {
     while (data.length - at >= 4) {
       const size = this.#sizeOf(data, at);
       if (data.length - at < size) break;
-      onFrame(new FrameCursor(data.subarray(at, at + size)));
+      const goOn = onFrame(new FrameCursor(data.subarray(at, at + size)));
       at += size;
+      if (goOn === false) break;
     }
     if (at < data.length) {
       const rest = data.subarray(at);

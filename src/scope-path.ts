@@ -41,7 +41,11 @@ export function childScope(parent: Scope, name: string): Scope {
 
 /** The scope for a path of names. */
 export function scopeOf(path: readonly string[]): Scope {
-  return path.reduce(childScope, ROOT_SCOPE);
+  if (path.length === 0) return ROOT_SCOPE;
+  // One pass: folding childScope over a long path would copy the path once per name.
+  let prefix = '';
+  for (const name of path) prefix += `${name.replace(SCOPE_SPECIAL, escapeChar)}/`;
+  return Object.freeze({ path: Object.freeze([...path]), prefix });
 }
 
 /** The storage key of item `id` in `scope`. */

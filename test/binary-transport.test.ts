@@ -180,7 +180,8 @@ describe('the binary transport', () => {
     const { client } = await RawBinaryClient.open(socketPath);
     client.socket.pause();
     const count = 1000;
-    for (let n = 1; n <= count; n++) client.write(frame(Get, n, [['strings', []], ['string', 'big']]));
+    // All in one write: the daemon must stop dispatching even the frames of a chunk it has already read.
+    client.write(Buffer.concat(Array.from({ length: count }, (_, n) => frame(Get, n + 1, [['strings', []], ['string', 'big']]))));
     // 1000 answers of 256 KiB each are 250 MiB: the daemon stops reading long before it has answered them all.
     let hits = -1;
     for (;;) {
@@ -198,5 +199,44 @@ describe('the binary transport', () => {
       seen.add(answer.requestId);
     }
     expect((await writer.status()).hits).toBeGreaterThanOrEqual(count);
+  });
+
+  test('closing a connection drops its own queued requests before releasing its locks', async () => {
+    const { socketPath } = await startTestDaemon();
+    const reader = await connect<string>({ socketPath, autoStart: false });
+    onTestFinished(() => reader.close());
+    const { client } = await RawBinaryClient.open(socketPath);
+    const held = await client.call(GetSet, 1, [['strings', []], ['string', 'k'], ['u8', 1]]);
+    expect(held.u8()).toBe(1);
+    // Queued behind the connection's own lock; so is a second request that reuses the id.
+    for (const value of ['zombie', 'zombie 2']) {
+      client.write(frame(SetOp, 2, [['strings', []], ['string', 'k'], ['f64', 1], ['string', 'json'], ['bytes', json(value)]]));
+    }
+    expect(JSON.parse((await client.call(Status, 3)).string())).toMatchObject({ locksHeld: 1, waiters: 2 });
+    client.socket.destroy();
+    let status = await reader.status();
+    while (status.connections > 1) status = await reader.status();
+    expect(status).toMatchObject({ locksHeld: 0, waiters: 0 });
+    await using got = await reader.get('k');
+    expect(got.item).toBeNull();
+  });
+
+  test('only an initialize that is the first message can switch: after an answer in JSON the connection stays JSON', async () => {
+    const { socketPath } = await startTestDaemon();
+    const raw = await RawClient.open(socketPath);
+    raw.writeRaw('Content-Length: 1\r\n\r\n{');
+    raw.send({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { clientName: 'late', pid: 1, protocolVersion: 1, transports: ['binary'] } });
+    expect(await raw.next()).toMatchObject({ error: { code: -32700 } });
+    expect(await raw.next()).toMatchObject({ id: 1, result: { capabilities: { transport: 'json' } } });
+    expect(await raw.request('cache/get', { scope: [], id: 'x' })).toMatchObject({ result: { item: null } });
+  });
+
+  test('a frame whose length field is exactly the limit is accepted', async () => {
+    const { socketPath } = await startTestDaemon({ maxMessageBytes: 64 * 1024 });
+    const { client } = await RawBinaryClient.open(socketPath);
+    const fields: Parameters<typeof frame>[2] = [['strings', []], ['string', 'k'], ['f64', 1], ['string', 'binary']];
+    const overhead = frame(SetOp, 1, [...fields, ['bytes', new Uint8Array(0)]]).length - 4;
+    const answer = await client.call(SetOp, 1, [...fields, ['bytes', new Uint8Array(64 * 1024 - overhead)]]);
+    expect([answer.op, answer.requestId]).toEqual([Result, 1]);
   });
 });

@@ -65,7 +65,7 @@ describe('binary frames', () => {
     short.writeUInt32LE(4);
     expect(() => decoder.push(short, () => {})).toThrow(FramingError);
     const long = Buffer.alloc(4);
-    long.writeUInt32LE(97);
+    long.writeUInt32LE(101);
     expect(() => new FrameDecoder({ maxFrameBytes: 100 }).push(long, () => {})).toThrow(FramingError);
   });
 
