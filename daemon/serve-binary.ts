@@ -93,6 +93,10 @@ export function serveBinary(
   }
 
   const empty = (): void => {};
+  const writeGet = ({ handle, item }: { handle: number; item: WireValueItem | null }): void => {
+    encoder.u64(handle);
+    writeItem(encoder, item);
+  };
 
   function dispatch(frame: FrameCursor): void {
     const requestId = frame.requestId;
@@ -101,14 +105,10 @@ export function serveBinary(
         const scope = checkScope(frame.strings());
         const id = frame.string();
         frame.done();
-        const answer = ({ handle, item }: { handle: number; item: WireValueItem | null }): void => {
-          encoder.u64(handle);
-          writeItem(encoder, item);
-        };
         const now = session.getNow(scope, id);
-        if (!now) return run(requestId, (signal) => session.get(scope, id, signal), answer);
+        if (!now) return run(requestId, (signal) => session.get(scope, id, signal), writeGet);
         encoder.begin(BinaryOp.Result, requestId);
-        answer(now);
+        writeGet(now);
         return sent();
       }
       case BinaryOp.GetSet: {

@@ -35,8 +35,9 @@ function str(p: Record<string, unknown>, name: string): string {
 
 /** Checks a scope path: an array of non-empty strings. */
 export function checkScope(scope: unknown): Scope {
-  if (!Array.isArray(scope) || !scope.every((name) => typeof name === 'string' && name !== '')) {
-    throw invalidParams('scope must be an array of non-empty strings');
+  if (!Array.isArray(scope)) throw invalidParams('scope must be an array of non-empty strings');
+  for (const name of scope) {
+    if (typeof name !== 'string' || name === '') throw invalidParams('scope must be an array of non-empty strings');
   }
   return scopeOf(scope as string[]);
 }

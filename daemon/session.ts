@@ -1,5 +1,5 @@
 import { setMaxListeners } from 'node:events';
-import type { CacheItem, GetHandle, GetSetHandle } from '../src/cache.js';
+import type { CacheItem, GetSetHandle } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import type { EncodedValue } from '../src/level-store.js';
 import type { LocalBackend } from '../src/local-backend.js';
@@ -47,7 +47,7 @@ export interface WireValueItem {
 }
 
 type Held =
-  | { kind: 'get'; handle: Pick<GetHandle<EncodedValue>, 'release'> }
+  | { kind: 'get'; handle: { release(): void | Promise<void> } }
   | { kind: 'getset'; handle: GetSetHandle<EncodedValue> };
 
 const ENCODING_NAME = /^[\x21-\x7e]{1,64}$/;
@@ -175,7 +175,8 @@ export class Session {
     const { lease, record } = read;
     this.#count(record);
     const handle = this.#context.nextHandle();
-    this.#held.set(handle, { kind: 'get', handle: { release: async () => lease.release() } });
+    // The lease itself serves as the handle: its release is synchronous, and there is no closure to make.
+    this.#held.set(handle, { kind: 'get', handle: lease });
     return { handle, item: record ? { modified: record.modified, encoding: record.value.encoding, bytes: record.value.bytes } : null };
   }
 
@@ -242,7 +243,7 @@ export class Session {
       this.#waits.clear();
       const handles = [...this.#held.values()];
       this.#held.clear();
-      await Promise.allSettled(handles.map((entry) => entry.handle.release()));
+      await Promise.allSettled(handles.map(async (entry) => entry.handle.release()));
       this.#markClosed();
     })();
     return this.#closing;

@@ -240,19 +240,22 @@ export class LockTable {
       }
     }
 
-    const touched = new Map<string, ItemLock>();
+    // Most requests have no dependents: then only their own item needs pumping, with no map to build.
+    let touched: Map<string, ItemLock> | undefined;
     for (const dependent of request.dependents) {
       if (dependent.state !== 'waiting') continue;
       dependent.blockers--;
       if (dependent.blockers > 0) continue;
       if (dependent.mode === 'subtree') this.#grant(dependent);
-      else touched.set(dependent.key, this.#items.get(dependent.key)!);
+      else (touched ??= new Map()).set(dependent.key, this.#items.get(dependent.key)!);
     }
-    request.dependents = [];
-    if (request.mode !== 'subtree') {
-      const item = this.#items.get(request.key);
-      if (item) touched.set(request.key, item);
+    if (request.dependents.length > 0) request.dependents = [];
+    const own = request.mode === 'subtree' ? undefined : this.#items.get(request.key);
+    if (!touched) {
+      if (own) this.#pump(request.key, own);
+      return;
     }
+    if (own) touched.set(request.key, own);
     for (const [key, item] of touched) this.#pump(key, item);
   }
 }

@@ -7,6 +7,7 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
 import { startTestDaemon } from './support/daemon.js';
 import { startDaemonProcess } from './support/processes.js';
+import { type Field, frame as binaryFrame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -54,6 +55,15 @@ const message = fc.oneof(
   fc.constantFrom('Content-Length: 9999999999\r\n\r\n', 'Content-Length: -1\r\n\r\n', 'Content-Length: 12\r\n\r\n{"jsonrpc":', '\r\n\r\n').map((text) => Buffer.from(text)),
 );
 
+/** Checks that every other client is still served, and that nothing of the hostile connection `tried` is left. */
+async function stillServing(cache: RemoteCache<unknown>, tried: number): Promise<void> {
+  await cache.set('probe', tried);
+  await using got = await cache.get('probe');
+  expect(await got.item!.value()).toBe(tried);
+  await got.release();
+  await quiet(cache);
+}
+
 async function quiet(cache: RemoteCache<unknown>): Promise<void> {
   // The daemon notices a closed connection on its own schedule; status round trips until it has.
   for (;;) {
@@ -80,17 +90,52 @@ describe('hostile and broken input', () => {
         for (const bytes of messages) raw.writeRaw(bytes);
         raw.socket.end();
         await raw.closed;
-        // Every other client is still served, and nothing of the hostile connection is left.
-        await bystander.set('probe', tried);
-        await using got = await bystander.get('probe');
-        expect(await got.item!.value()).toBe(tried);
-        await got.release();
-        await quiet(bystander);
+        await stillServing(bystander, tried);
       }),
       { numRuns: 200 },
     );
     const closedForFraming = logs.filter((line) => line.includes('closing connection')).length;
     console.log(`hostile input: ${tried} generated connections, ${closedForFraming} closed for their framing`);
+    expect(closedForFraming).toBeGreaterThan(0);
+  });
+
+  test('generated binary frames never stop the daemon, leak a lock, or keep a dead connection', async () => {
+    const { socketPath, logs } = await startTestDaemon({ maxMessageBytes: 64 * 1024 });
+    const bystander = await connect({ socketPath, autoStart: false });
+    onTestFinished(() => bystander.close());
+    const field: fc.Arbitrary<Field> = fc.oneof(
+      fc.tuple(fc.constant('u8' as const), fc.nat(255)),
+      fc.tuple(fc.constant('u32' as const), fc.oneof(fc.nat(3), fc.nat(0xffff_ffff))),
+      fc.tuple(fc.constant('u64' as const), fc.nat(40)),
+      fc.tuple(fc.constant('f64' as const), fc.double()),
+      fc.tuple(fc.constant('string' as const), fc.oneof(fc.constantFrom('a', 'b', 'json', 'binary', ''), fc.string())),
+      fc.tuple(fc.constant('strings' as const), fc.oneof(fc.constant([] as string[]), fc.array(fc.string(), { maxLength: 3 }))),
+      fc.tuple(fc.constant('bytes' as const), fc.uint8Array({ maxLength: 64 })),
+    );
+    // Ops 0x01-0x0a are the real ones; the others and arbitrary fields test the refusals. Shutdown (0x09) is left
+    // out: it is a legal request that stops the daemon.
+    const op = fc.oneof(fc.constantFrom(1, 2, 3, 4, 5, 6, 7, 8, 10), fc.nat(255).filter((n) => n !== 9));
+    const frames = fc.oneof(
+      fc.record({ op, id: fc.nat(20), fields: fc.array(field, { maxLength: 6 }) }).map(({ op, id, fields }) => binaryFrame(op, id, fields)),
+      fc.record({ op: fc.constantFrom(1, 2), id: fc.nat(20), key: fc.constantFrom('a', 'b') }).map(({ op, id, key }) =>
+        binaryFrame(op, id, [['strings', []], ['string', key], ...(op === 2 ? ([['u8', 1]] as Field[]) : [])]),
+      ),
+      fc.uint8Array({ maxLength: 64 }).map((bytes) => Buffer.from(bytes)),
+    );
+    let tried = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(frames, { minLength: 1, maxLength: 8 }), async (sent) => {
+        tried++;
+        const { client } = await RawBinaryClient.open(socketPath);
+        for (const bytes of sent) client.write(bytes);
+        client.socket.end();
+        await client.closed;
+        await stillServing(bystander, tried);
+      }),
+      { numRuns: 200 },
+    );
+    const closedForFraming = logs.filter((line) => line.includes('closing connection')).length;
+    console.log(`hostile binary input: ${tried} generated connections, ${closedForFraming} closed for their framing`);
     expect(closedForFraming).toBeGreaterThan(0);
   });
 
