@@ -239,7 +239,9 @@ export class Session {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#gone.abort(new CacheError('CACHE_CONNECTION_LOST', 'The connection closed.'));
-      for (const controller of this.#waits) controller.abort(this.#gone.signal.reason);
+      // Newest first: a request only ever waits behind earlier ones, so ending the newest never grants another
+      // of this session's (oldest first, ending a queued clear could grant this session's set queued behind it).
+      for (const controller of [...this.#waits].reverse()) controller.abort(this.#gone.signal.reason);
       this.#waits.clear();
       const handles = [...this.#held.values()];
       this.#held.clear();

@@ -239,4 +239,24 @@ describe('the binary transport', () => {
     const answer = await client.call(SetOp, 1, [...fields, ['bytes', new Uint8Array(64 * 1024 - overhead)]]);
     expect([answer.op, answer.requestId]).toEqual([Result, 1]);
   });
+
+  test('closing a connection does not run a request queued only behind its own queued clear', async () => {
+    const { socketPath } = await startTestDaemon();
+    const reader = await connect<string>({ socketPath, autoStart: false });
+    onTestFinished(() => reader.close());
+    const { client: holder } = await RawBinaryClient.open(socketPath);
+    expect((await holder.call(Get, 1, [['strings', ['s']], ['string', 'y']])).op).toBe(Result);
+    const { client } = await RawBinaryClient.open(socketPath);
+    // The clear waits for the holder's shared lock; the set waits only for the clear.
+    client.write(frame(Clear, 1, [['strings', ['s']]]));
+    client.write(frame(SetOp, 2, [['strings', ['s']], ['string', 'x'], ['f64', 1], ['string', 'json'], ['bytes', json('zombie')]]));
+    expect(JSON.parse((await client.call(Status, 3)).string())).toMatchObject({ locksHeld: 1, waiters: 2 });
+    client.socket.destroy();
+    let status = await reader.status();
+    while (status.connections > 2) status = await reader.status();
+    expect(status).toMatchObject({ locksHeld: 1, waiters: 0 });
+    const got = await holder.call(Get, 4, [['strings', ['s']], ['string', 'x']]);
+    got.u64();
+    expect(got.u8()).toBe(0);
+  });
 });
