@@ -10,6 +10,7 @@ import {
   checkMessageSize,
   closedError,
   type DaemonChannel,
+  endTransport,
   fromWireError,
   type GetAnswer,
   type GetSetAnswer,
@@ -17,8 +18,6 @@ import {
   type Transport,
 } from './daemon-channel.js';
 
-/** How long `close` waits for the daemon to close its side before cutting the connection. */
-const CLOSE_GRACE_MS = 1000;
 /** Answers are read with their own size check only: the daemon is trusted, but a frame must still fit in memory. */
 const MAX_ANSWER_BYTES = 2 ** 31;
 
@@ -206,11 +205,7 @@ export class BinaryConnection implements DaemonChannel {
     if (!this.#lost) {
       this.#closedByUs = true;
       this.#writer.flush();
-      this.#transport.end();
-      const cut = setTimeout(() => this.#transport.destroy(), CLOSE_GRACE_MS);
-      cut.unref();
-      await this.lostPromise;
-      clearTimeout(cut);
+      await endTransport(this.#transport, this.lostPromise);
     }
     await this.#transport.gone;
   }

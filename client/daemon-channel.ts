@@ -61,6 +61,18 @@ export interface DaemonChannel {
   close(): Promise<void>;
 }
 
+/** How long closing waits for the daemon to close its side before cutting the connection. */
+const CLOSE_GRACE_MS = 1000;
+
+/** Ends `transport` gently, cuts it if the daemon has not closed its side within a second, and waits until it is gone. */
+export async function endTransport(transport: Transport, lost: Promise<void>): Promise<void> {
+  transport.end();
+  const cut = setTimeout(() => transport.destroy(), CLOSE_GRACE_MS);
+  cut.unref();
+  await lost;
+  clearTimeout(cut);
+}
+
 /** Whether connecting failed because no daemon listens, or one that was stopping hung up on us. */
 export function isNoDaemon(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;

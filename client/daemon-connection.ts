@@ -34,6 +34,7 @@ import {
   closedError,
   connectSocket,
   type DaemonChannel,
+  endTransport,
   fromWireError,
   type GetAnswer,
   type GetSetAnswer,
@@ -41,8 +42,6 @@ import {
   type Transport,
 } from './daemon-channel.js';
 
-/** How long `close` waits for the daemon to close its side before cutting the connection. */
-const CLOSE_GRACE_MS = 1000;
 
 function toBase64(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
@@ -239,11 +238,7 @@ export class DaemonConnection implements DaemonChannel {
   async close(): Promise<void> {
     if (!this.#lost) {
       this.#closedByUs = true;
-      this.#transport.end();
-      const cut = setTimeout(() => this.#transport.destroy(), CLOSE_GRACE_MS);
-      cut.unref();
-      await this.lostPromise;
-      clearTimeout(cut);
+      await endTransport(this.#transport, this.lostPromise);
     }
     await this.#transport.gone;
   }
