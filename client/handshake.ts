@@ -1,6 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
 import { CacheError } from '../src/errors.js';
-import { Initialize, type InitializeParams, type InitializeResult } from '../src/protocol.js';
+import { Initialize, type InitializeParams, type InitializeResult, lspFrame } from '../src/protocol.js';
 import { fromWireError, lostError } from './daemon-channel.js';
 
 const HEADER_END = '\r\n\r\n';
@@ -20,7 +20,6 @@ export function handshake(
   params: InitializeParams,
   options: { timeoutMs: number; where: string },
 ): Promise<InitializeResult> {
-  const body = JSON.stringify({ jsonrpc: '2.0', id: 0, method: Initialize.method, params });
   return new Promise<InitializeResult>((resolve, reject) => {
     let seen: Buffer = Buffer.alloc(0);
     const finish = (outcome: () => void): void => {
@@ -77,6 +76,6 @@ export function handshake(
     };
     input.on('data', onData);
     input.once('close', onClose);
-    output.write(`Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    output.write(lspFrame({ jsonrpc: '2.0', id: 0, method: Initialize.method, params }));
   });
 }

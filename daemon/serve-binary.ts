@@ -4,8 +4,7 @@ import type { FrameEncoder } from '../src/frame-encoder.js';
 import { FrameWriter } from '../src/frame-writer.js';
 import type { SignalSource } from '../src/lock-table.js';
 import { BinaryOp } from '../src/protocol.js';
-import { checkScope } from './serve.js';
-import { CANCELLED, checkEncodingName, invalidParams, type Session, type WireValueItem, WireError } from './session.js';
+import { CANCELLED, checkEncodingName, checkScope, invalidParams, type Session, type WireValueItem, WireError } from './session.js';
 
 /** Reading from a client pauses while this many bytes of answers wait for it to read them. */
 const OUTPUT_HIGH_WATER_BYTES = 16 * 1024 * 1024;
@@ -28,7 +27,7 @@ function writeItem(encoder: FrameEncoder, item: WireValueItem | null): void {
 
 /**
  * Serves one session in the binary transport (see PROTOCOL.md): every frame of a chunk is dispatched at once,
- * and every answer ready by the end of the turn goes out in one write. A frame that breaks the framing closes
+ * and answers go out in groups ({@link FrameWriter}). A frame that breaks the framing closes
  * the connection through `onBroken`; a well-framed frame that is not understood gets an error answer.
  */
 export function serveBinary(

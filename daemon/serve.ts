@@ -17,8 +17,7 @@ import {
   Status,
   type WireItem,
 } from '../src/protocol.js';
-import { scopeOf, type Scope } from '../src/scope-path.js';
-import { CANCELLED, checkEncodingName, invalidParams, type Session, type WireValueItem, WireError } from './session.js';
+import { CANCELLED, checkEncodingName, checkScope, invalidParams, type Session, type WireValueItem, WireError } from './session.js';
 
 /** Base64 with padding; a flat character class, since grouped repetition overflows the regex stack on large values. */
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -31,15 +30,6 @@ function params(value: unknown): Record<string, unknown> {
 function str(p: Record<string, unknown>, name: string): string {
   if (typeof p[name] !== 'string') throw invalidParams(`${name} must be a string`);
   return p[name] as string;
-}
-
-/** Checks a scope path: an array of non-empty strings. */
-export function checkScope(scope: unknown): Scope {
-  if (!Array.isArray(scope)) throw invalidParams('scope must be an array of non-empty strings');
-  for (const name of scope) {
-    if (typeof name !== 'string' || name === '') throw invalidParams('scope must be an array of non-empty strings');
-  }
-  return scopeOf(scope as string[]);
 }
 
 function handleParam(p: Record<string, unknown>): number {

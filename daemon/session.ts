@@ -1,11 +1,10 @@
-import { setMaxListeners } from 'node:events';
 import type { CacheItem, GetSetHandle } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import type { EncodedValue } from '../src/level-store.js';
 import type { LocalBackend } from '../src/local-backend.js';
 import type { SignalSource } from '../src/lock-table.js';
 import { type InitializeResult, PROTOCOL_VERSION, type StatusResult, type WireErrorCode } from '../src/protocol.js';
-import type { Scope } from '../src/scope-path.js';
+import { type Scope, scopeOf } from '../src/scope-path.js';
 
 /** What every connection of one daemon shares. */
 export interface DaemonContext {
@@ -52,6 +51,15 @@ type Held =
 
 const ENCODING_NAME = /^[\x21-\x7e]{1,64}$/;
 
+/** Checks a scope path from either transport: an array of non-empty strings. */
+export function checkScope(scope: unknown): Scope {
+  if (!Array.isArray(scope)) throw invalidParams('scope must be an array of non-empty strings');
+  for (const name of scope) {
+    if (typeof name !== 'string' || name === '') throw invalidParams('scope must be an array of non-empty strings');
+  }
+  return scopeOf(scope as string[]);
+}
+
 /** Refuses an encoding name that is not 1 to 64 printable ASCII characters. */
 export function checkEncodingName(encoding: string): void {
   if (!ENCODING_NAME.test(encoding)) throw invalidParams('encoding must be 1 to 64 printable ASCII characters');
@@ -86,21 +94,10 @@ export class Session {
     this.#context = context;
     this.#label = label;
     this.#clientName = label;
-    // Every request in flight listens for the session ending.
-    setMaxListeners(0, this.#gone.signal);
   }
 
   get initialized(): boolean {
     return this.#initialized;
-  }
-
-  get clientName(): string {
-    return this.#clientName;
-  }
-
-  /** Aborts when the session ends: every wait listens to it. */
-  get gone(): AbortSignal {
-    return this.#gone.signal;
   }
 
   /** Checks the handshake and, when it succeeds, lets the other calls through. */

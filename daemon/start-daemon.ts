@@ -8,7 +8,7 @@ import { createMessageConnection, type MessageWriter, StreamMessageWriter } from
 import { CacheError, isCacheError } from '../src/errors.js';
 import { type EncodedValue, LevelStore } from '../src/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
-import { PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
+import { lspFrame, PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
 import { FramedMessageReader } from './framed-message-reader.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath, prepareSocketDirectory } from './paths.js';
@@ -142,6 +142,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       // The one slow part goes first, so that every other figure is taken at the same moment.
       const sizeOnDiskBytes = await directorySize(store.directory);
       const locks = backend.lockStats();
+      const memory = store.memoryCache();
       return {
         pid: process.pid,
         version: VERSION,
@@ -155,8 +156,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         waiters: locks.waiting,
         hits: this.counters.hits,
         misses: this.counters.misses,
-        memoryCacheBytes: store.memoryCache().bytes,
-        memoryCacheLimitBytes: store.memoryCache().limitBytes,
+        memoryCacheBytes: memory.bytes,
+        memoryCacheLimitBytes: memory.limitBytes,
         rssBytes: process.memoryUsage.rss(),
       };
     },
@@ -189,8 +190,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         const answer = binaryUpgrade(session, message);
         if (!answer) return undefined;
         return () => {
-          const body = Buffer.from(JSON.stringify(answer));
-          output.write(Buffer.concat([Buffer.from(`Content-Length: ${body.length}\r\n\r\n`, 'ascii'), body]));
+          output.write(lspFrame(answer));
           const binary = serveBinary(input, output, session, { maxMessageBytes, onBroken: options.onBroken });
           link.end = binary.end;
           link.drained = binary.drained;

@@ -40,14 +40,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#checkOpen();
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared');
     if (!lease) return undefined;
-    let record: StoredRecord<V> | undefined;
-    try {
-      record = this.#store.read(scope, id);
-    } catch (error) {
-      lease.release();
-      throw error;
-    }
-    return { lease, record };
+    return { lease, record: this.#readRecord(lease, scope, id) };
   }
 
   async get(scope: Scope, id: string, signal: SignalSource): Promise<GetHandle<T>> {
@@ -161,19 +154,23 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     id: string,
     options: { corruptIsMiss?: boolean } = {},
   ): CacheItem<T> | null {
-    let record: StoredRecord<V> | undefined;
-    try {
-      this.#checkOpen();
-      record = this.#store.read(scope, id);
-    } catch (error) {
-      if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return null;
-      lease.release();
-      throw error;
-    }
+    const record = this.#readRecord(lease, scope, id, options);
     if (!record) return null;
     const { modified, value } = record;
     const decode = this.#adapter.decode.bind(this.#adapter);
     return { modified, value: async () => decode(value) };
+  }
+
+  /** Reads the stored record under the held lease, releasing the lease if the read fails. */
+  #readRecord(lease: Lease, scope: Scope, id: string, options: { corruptIsMiss?: boolean } = {}): StoredRecord<V> | undefined {
+    try {
+      this.#checkOpen();
+      return this.#store.read(scope, id);
+    } catch (error) {
+      if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return undefined;
+      lease.release();
+      throw error;
+    }
   }
 
   async #write(scope: Scope, id: string, value: T, modified: number): Promise<void> {

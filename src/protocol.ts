@@ -5,6 +5,12 @@
 import { NotificationType, NotificationType0, RequestType, RequestType0 } from 'vscode-jsonrpc';
 import type { CacheErrorCode } from './errors.js';
 
+/** One JSON-RPC message with LSP framing, for the handshake that both sides write by hand. */
+export function lspFrame(message: unknown): Buffer {
+  const body = Buffer.from(JSON.stringify(message), 'utf8');
+  return Buffer.concat([Buffer.from(`Content-Length: ${body.length}\r\n\r\n`, 'ascii'), body]);
+}
+
 /** Bumped on any change that an older peer would misread. */
 export const PROTOCOL_VERSION = 1;
 

@@ -56,3 +56,43 @@ test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; ho
   await got.release();
   await after.close();
 });
+
+/**
+ * A protocol-1 daemon from before the binary transport: its `initialize` answer has no `transport`, and it ignores
+ * the `transports` a client offers. It keeps items in a Map.
+ */
+const PRE_BINARY_DAEMON = `
+import { createServer } from 'node:net';
+import { createMessageConnection, SocketMessageReader, SocketMessageWriter } from 'vscode-jsonrpc/node';
+const [socketPath] = process.argv.slice(-1);
+const items = new Map();
+let offered;
+const server = createServer((socket) => {
+  const connection = createMessageConnection(new SocketMessageReader(socket), new SocketMessageWriter(socket));
+  connection.onRequest('initialize', (params) => {
+    offered = params.transports;
+    return { daemonVersion: '0.0.9', protocolVersion: 1, pid: process.pid, capabilities: { valueTransfer: 'base64', maxMessageBytes: 1 << 20 } };
+  });
+  connection.onRequest('cache/set', ({ id, encoding, value, modified }) => (items.set(id, { modified, encoding, value }), null));
+  connection.onRequest('cache/get', ({ id }) => ({ handle: 1, item: items.get(id) ?? null }));
+  connection.onNotification('cache/release', () => {});
+  connection.onRequest('daemon/status', () => ({ offered }));
+  connection.listen();
+});
+server.listen(socketPath, () => console.log('listening'));
+`;
+
+test('against a daemon that predates the binary transport, the client offers it and stays on JSON', async () => {
+  const { socketPath } = await autoStartPaths();
+  const old = startModule(PRE_BINARY_DAEMON, [socketPath]);
+  await old.line((line) => line === 'listening');
+  const cache = await connect<{ n: number }>({ socketPath, autoStart: false });
+  await cache.set('k', { n: 7 }, { modified: 3.5 });
+  {
+    await using got = await cache.get('k');
+    expect(got.item!.modified).toBe(3.5);
+    expect(await got.item!.value()).toEqual({ n: 7 });
+  }
+  expect(await cache.status()).toEqual({ offered: ['binary'] });
+  await cache.close();
+});
