@@ -95,13 +95,16 @@ export class FrameCursor {
 
 /**
  * Cuts a byte stream into binary-transport frames. A frame's length is checked against `maxFrameBytes` before
- * any of it is buffered; a frame too long or too short to hold its header is a {@link FramingError}.
+ * any of it is buffered; a frame too long or too short to hold its header is a {@link FramingError}. A frame
+ * that arrives whole in one chunk is a view into it; one cut across chunks is copied once, into a buffer of its
+ * own size, so that a large value neither costs two copies nor keeps the bytes of the frames around it alive.
  */
 export class FrameDecoder {
   readonly #maxFrameBytes: number;
+  /** The chunks of a frame cut across chunks, or bytes held back by a stop, in order. */
   #pending: Buffer[] = [];
   #pendingBytes = 0;
-  /** The whole size of the frame being gathered, once its length field has arrived. */
+  /** The whole size of the frame being gathered in `#pending`, once its length field has arrived. */
   #need = -1;
 
   constructor(options: { maxFrameBytes: number }) {
@@ -117,27 +120,43 @@ export class FrameDecoder {
   }
 
   /**
-   * Feeds a chunk (empty to go on after a stop), calling `onFrame` with each complete frame, a view into the
-   * chunk. When `onFrame` returns `false`, the frames after that one stay buffered until the next push.
+   * Feeds a chunk (empty to go on after a stop), calling `onFrame` with each complete frame. When `onFrame`
+   * returns `false`, the bytes after that frame stay buffered until the next push.
    */
   push(chunk: Buffer, onFrame: (frame: FrameCursor) => boolean | void): void {
     let data = chunk;
-    if (this.#pendingBytes > 0) {
-      if (chunk.length > 0) this.#pending.push(chunk);
-      this.#pendingBytes += chunk.length;
-      if (this.#need < 0) {
-        if (this.#pendingBytes < 4) return;
-        const joined = Buffer.concat(this.#pending);
-        this.#pending = [joined];
-        this.#need = this.#sizeOf(joined, 0);
-      }
-      if (this.#pendingBytes < this.#need) return;
-      data = Buffer.concat(this.#pending, this.#pendingBytes);
-      this.#pending = [];
-      this.#pendingBytes = 0;
-      this.#need = -1;
-    }
     let at = 0;
+    if (this.#pendingBytes > 0) {
+      if (this.#need < 0) {
+        // Fewer than four bytes, or what a stop held back: join them with the chunk and start afresh.
+        data = this.#pendingBytes + chunk.length >= 4 ? Buffer.concat([...this.#pending, chunk]) : chunk;
+        if (data === chunk) {
+          if (chunk.length > 0) this.#pending.push(chunk);
+          this.#pendingBytes += chunk.length;
+          return;
+        }
+        this.#pending = [];
+        this.#pendingBytes = 0;
+      } else {
+        // The rest of a frame cut across chunks: copy exactly its bytes, and read the chunk's others in place.
+        const missing = this.#need - this.#pendingBytes;
+        if (chunk.length < missing) {
+          if (chunk.length > 0) this.#pending.push(chunk);
+          this.#pendingBytes += chunk.length;
+          return;
+        }
+        this.#pending.push(chunk.subarray(0, missing));
+        const frame = Buffer.concat(this.#pending, this.#need);
+        this.#pending = [];
+        this.#pendingBytes = 0;
+        this.#need = -1;
+        at = missing;
+        if (onFrame(new FrameCursor(frame)) === false) {
+          this.#hold(chunk, at);
+          return;
+        }
+      }
+    }
     while (data.length - at >= 4) {
       const size = this.#sizeOf(data, at);
       if (data.length - at < size) break;
@@ -145,11 +164,17 @@ export class FrameDecoder {
       at += size;
       if (goOn === false) break;
     }
-    if (at < data.length) {
-      const rest = data.subarray(at);
-      this.#pending = [rest];
-      this.#pendingBytes = rest.length;
-      this.#need = rest.length >= 4 ? this.#sizeOf(rest, 0) : -1;
-    }
+    this.#hold(data, at);
+  }
+
+  /** Keeps the bytes of `data` from `at` on for the next push. */
+  #hold(data: Buffer, at: number): void {
+    if (at >= data.length) return;
+    const rest = data.subarray(at);
+    this.#pending = [rest];
+    this.#pendingBytes = rest.length;
+    this.#need = rest.length >= 4 ? this.#sizeOf(rest, 0) : -1;
+    // A whole frame held back by a stop is read from the start again on the next push.
+    if (this.#need >= 0 && this.#need <= rest.length) this.#need = -1;
   }
 }

@@ -59,6 +59,56 @@ describe('binary frames', () => {
     );
   });
 
+  test('frames held back by a stop come out, in order, on the next push', () => {
+    fc.assert(
+      fc.property(fc.array(message, { minLength: 1, maxLength: 6 }), fc.array(fc.nat(200), { maxLength: 20 }), fc.array(fc.boolean()), (messages, cuts, stops) => {
+        const encoder = new FrameEncoder();
+        for (const { op, requestId } of messages) encoder.begin(op, requestId).end();
+        const stream = Buffer.concat(encoder.take());
+        const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+        const seen: number[] = [];
+        let stopped = false;
+        const onFrame = (cursor: FrameCursor): boolean => {
+          seen.push(cursor.requestId);
+          stopped = stops[seen.length - 1] ?? false;
+          return !stopped;
+        };
+        const drain = (): void => {
+          while (stopped) {
+            stopped = false;
+            decoder.push(Buffer.alloc(0), onFrame);
+          }
+        };
+        let at = 0;
+        for (const cut of [...cuts, stream.length]) {
+          decoder.push(stream.subarray(at, Math.min(stream.length, at + cut)), onFrame);
+          at = Math.min(stream.length, at + cut);
+          drain();
+        }
+        expect(seen).toEqual(messages.map(({ requestId }) => requestId));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('a frame cut across chunks gets a buffer of its own size; the frames after it stay views of the chunk', () => {
+    const encoder = new FrameEncoder();
+    encoder.begin(1, 1).bytes(Buffer.alloc(70_000, 1)).end();
+    encoder.begin(1, 2).bytes(Buffer.alloc(10, 2)).end();
+    const stream = Buffer.concat(encoder.take());
+    const first = stream.length - 10 - 4 - 9;
+    const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+    const frames: { id: number; bytes: Buffer }[] = [];
+    const onFrame = (cursor: FrameCursor): void => void frames.push({ id: cursor.requestId, bytes: cursor.bytes() });
+    const tail = Buffer.from(stream.subarray(40_000));
+    decoder.push(Buffer.from(stream.subarray(0, 40_000)), onFrame);
+    decoder.push(tail, onFrame);
+    expect(frames.map((f) => f.id)).toEqual([1, 2]);
+    expect(frames[0]!.bytes.buffer.byteLength).toBe(first);
+    expect(frames[0]!.bytes.equals(Buffer.alloc(70_000, 1))).toBe(true);
+    expect(frames[1]!.bytes.buffer).toBe(tail.buffer);
+  });
+
   test('a frame shorter than its header or over the limit breaks the stream', () => {
     const decoder = new FrameDecoder({ maxFrameBytes: 100 });
     const short = Buffer.alloc(9);
