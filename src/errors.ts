@@ -56,3 +56,9 @@ export function isCacheError(error: unknown, code?: CacheErrorCode): error is Ca
     (code === undefined || (error as { code: unknown }).code === code)
   );
 }
+
+/** A `CACHE_STORAGE` error for a failed disk operation, whose message ends with the system's reason. */
+export function storageError(what: string, cause: unknown): CacheError {
+  const detail = cause instanceof Error ? cause.message : String(cause);
+  return new CacheError('CACHE_STORAGE', `${what}: ${detail}`, { cause });
+}

@@ -1,7 +1,8 @@
 import { mkdir, readFile, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
-import { CacheError } from './errors.js';
+import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
+import { CacheError, storageError } from './errors.js';
 import type { Scope } from './scope-path.js';
 import { itemKey } from './scope-path.js';
 import type { Store, StoredRecord } from './store.js';
@@ -16,17 +17,37 @@ export interface EncodedValue {
 /**
  * The LevelDB layout. Item keys are `i` + the UTF-8 of `scope-path.ts`'s key; `m` + name holds metadata
  * (`mformat`: the layout version). An item's stored value is one record:
- * byte 0 the record version (1), bytes 1-8 `modified` as a little-endian float64, byte 9 the length n of
- * the encoding name, then n bytes of the name in ASCII, then the value's bytes.
+ * byte 0 the record version, bytes 1-8 `modified` as a little-endian float64, byte 9 the length n of
+ * the encoding name, then n bytes of the name in ASCII; then, in version 1, the value's bytes; in version 2
+ * (a value of {@link BLOB_MIN_BYTES} or more), the value's length as a little-endian uint32 and the name of
+ * the file in `blobs/` that holds it, in ASCII. Such an item also has `b` + its key, whose value is that
+ * file name: the index that `clear` and the sweep of unreferenced files read. Layout 2 is layout 1 with
+ * version 2 records, and a database takes it with its first large value.
  */
 const ITEM_PREFIX = 'i';
+const BLOB_PREFIX = 'b';
 const FORMAT_KEY = Buffer.from('mformat');
-const FORMAT = '1';
+const FORMAT_PLAIN = '1';
+const FORMAT_BLOBS = '2';
 const RECORD_VERSION = 1;
+const BLOB_RECORD_VERSION = 2;
 const HEADER_BYTES = 10;
+/** LevelDB's `clear` and our batches of deletes take this many items at a time. */
+const CLEAR_CHUNK = 1000;
 
 function levelKey(key: string): Buffer {
   return Buffer.from(ITEM_PREFIX + key, 'utf8');
+}
+
+function blobKey(key: string): Buffer {
+  return Buffer.from(BLOB_PREFIX + key, 'utf8');
+}
+
+/** The keys from `prefix` + `start` up to, not including, the first key past every key that starts with it. */
+function range(prefix: string, start: string): { gte: Buffer; lt: Buffer } {
+  const gte = Buffer.from(prefix + start, 'utf8');
+  // No UTF-8 byte is 0xFF, so this bound follows every key that starts with `gte`.
+  return { gte, lt: Buffer.concat([gte, Buffer.from([0xff])]) };
 }
 
 /** The default budget of the in-memory layer of recently used records. */
@@ -44,10 +65,14 @@ export interface LevelStoreOptions {
   memoryCacheBytes?: number;
 }
 
-/** One write of a batch: a put when `record` is set, else a delete. */
+/** One write of a batch: a put when `raw` is set, else a delete. */
 interface PendingWrite {
   key: string;
   raw: Buffer | undefined;
+  /** For a large value: its file, and the record that the memory layer keeps once the batch is written. */
+  blob?: { name: string; record: StoredRecord<EncodedValue>; bytes: number };
+  /** The file of the value that this write replaces or deletes, removed once the batch is written. */
+  replaced: string | undefined;
   resolve(): void;
   reject(error: unknown): void;
 }
@@ -64,15 +89,37 @@ export function encodeRecord(record: StoredRecord<EncodedValue>): Buffer {
   return out;
 }
 
-export function decodeRecord(raw: Buffer): StoredRecord<EncodedValue> {
-  if (raw.length < HEADER_BYTES || raw[0] !== RECORD_VERSION || raw.length < HEADER_BYTES + raw[9]!) {
-    throw new CacheError('CACHE_CORRUPT', 'A stored record is damaged or was written by a newer version of hoard.');
+/** The record of a value kept in the file `blob`: its bytes are not in it. */
+function encodeBlobRecord(record: StoredRecord<EncodedValue>, blob: string): Buffer {
+  const { encoding, bytes } = record.value;
+  const out = Buffer.allocUnsafe(HEADER_BYTES + encoding.length + 4 + blob.length);
+  out[0] = BLOB_RECORD_VERSION;
+  out.writeDoubleLE(record.modified, 1);
+  out[9] = encoding.length;
+  out.write(encoding, HEADER_BYTES, 'latin1');
+  out.writeUInt32LE(bytes.byteLength, HEADER_BYTES + encoding.length);
+  out.write(blob, HEADER_BYTES + encoding.length + 4, 'latin1');
+  return out;
+}
+
+function damaged(): CacheError {
+  return new CacheError('CACHE_CORRUPT', 'A stored record is damaged or was written by a newer version of hoard.');
+}
+
+/** A record's fields; `bytes` is the value itself in version 1, and the rest of the record in version 2. */
+function decodeFields(raw: Buffer): { version: number; modified: number; encoding: string; bytes: Buffer } {
+  const version = raw[0];
+  if (raw.length < HEADER_BYTES || (version !== RECORD_VERSION && version !== BLOB_RECORD_VERSION) || raw.length < HEADER_BYTES + raw[9]!) {
+    throw damaged();
   }
   const nameEnd = HEADER_BYTES + raw[9]!;
-  return {
-    modified: raw.readDoubleLE(1),
-    value: { encoding: raw.toString('latin1', HEADER_BYTES, nameEnd), bytes: raw.subarray(nameEnd) },
-  };
+  return { version, modified: raw.readDoubleLE(1), encoding: raw.toString('latin1', HEADER_BYTES, nameEnd), bytes: raw.subarray(nameEnd) };
+}
+
+export function decodeRecord(raw: Buffer): StoredRecord<EncodedValue> {
+  const { version, modified, encoding, bytes } = decodeFields(raw);
+  if (version !== RECORD_VERSION) throw damaged();
+  return { modified, value: { encoding, bytes } };
 }
 
 /** The directories this process holds open, shared by every copy of this module in the process's main realm. */
@@ -157,14 +204,11 @@ export async function repairLevelStore(directory: string): Promise<void> {
   }
 }
 
-function storageError(what: string, cause: unknown): CacheError {
-  const detail = cause instanceof Error ? cause.message : String(cause);
-  return new CacheError('CACHE_STORAGE', `${what}: ${detail}`, { cause });
-}
-
 /**
  * A {@link Store} of encoded values in a LevelDB directory that it holds exclusively while open. Recently used
  * records are also kept in memory, within a byte budget; the writes of one turn go to LevelDB as one batch.
+ * Values of {@link BLOB_MIN_BYTES} or more go to files of their own in the directory's `blobs/`, so that
+ * LevelDB's compactions, which rewrite every record several times over its life, move only their small records.
  */
 export class LevelStore implements Store<EncodedValue> {
   readonly #db: Level<Buffer, Buffer>;
@@ -172,15 +216,24 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #writeOptions: { sync: boolean };
   readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
   readonly #memoryLimit: number;
+  readonly #blobs: BlobFiles;
+  /** Whether the database may hold `b` entries: until it does, writes need not look for a replaced file. */
+  #hasBlobs: boolean;
+  /** Whether the database's layout is already 2 (else the first large value's batch records it). */
+  #blobFormat: boolean;
   #batch: PendingWrite[] = [];
   #writing = false;
+  #sweeping: Promise<void> = Promise.resolve();
 
-  private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions) {
+  private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions, state: { format: string; hasBlobs: boolean }) {
     this.#db = db;
     this.directory = directory;
     this.#writeOptions = { sync: options.sync ?? false };
     this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
     this.#memory = this.#memoryLimit > 0 ? new LruMap({ maxBytes: this.#memoryLimit }) : undefined;
+    this.#blobs = new BlobFiles(join(directory, 'blobs'), { sync: this.#writeOptions.sync });
+    this.#hasBlobs = state.hasBlobs;
+    this.#blobFormat = state.format === FORMAT_BLOBS;
   }
 
   /**
@@ -199,21 +252,27 @@ export class LevelStore implements Store<EncodedValue> {
       openDirectories.delete(real);
       throw openError(real, error);
     }
+    let state: { format: string; hasBlobs: boolean; files: boolean };
     try {
-      const format = await db.get(FORMAT_KEY);
-      if (format === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT));
-      else if (format.toString() !== FORMAT) {
-        throw new CacheError(
-          'CACHE_CORRUPT',
-          `The cache database in ${real} has layout ${format.toString()}, which this version of hoard cannot read.`,
-        );
+      const stored = await db.get(FORMAT_KEY);
+      if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_PLAIN));
+      const format = stored?.toString() ?? FORMAT_PLAIN;
+      if (format !== FORMAT_PLAIN && format !== FORMAT_BLOBS) {
+        throw new CacheError('CACHE_CORRUPT', `The cache database in ${real} has layout ${format}, which this version of hoard cannot read.`);
       }
+      const first = await db.keys({ ...range(BLOB_PREFIX, ''), limit: 1 }).all();
+      // Layout 1 may have files too: the first large value's, when a crash came before its record was written.
+      const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
+      state = { format, hasBlobs: first.length > 0, files };
     } catch (error) {
       await db.close();
       openDirectories.delete(real);
       throw error;
     }
-    return new LevelStore(db, real, options);
+    const store = new LevelStore(db, real, options, state);
+    // Files of earlier opens that no record names: a write cut short by a crash, or a replaced value's file.
+    if (state.files) store.#sweeping = store.#sweep();
+    return store;
   }
 
   /** The bytes the in-memory layer keeps, and its budget. */
@@ -232,23 +291,61 @@ export class LevelStore implements Store<EncodedValue> {
       throw storageError('Cannot read from the cache database', error);
     }
     if (raw === undefined) return undefined;
-    const record = decodeRecord(raw);
-    this.#memory?.set(key, record, raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+    const { version, modified, encoding, bytes } = decodeFields(raw);
+    if (version === RECORD_VERSION) {
+      const record = { modified, value: { encoding, bytes } };
+      this.#memory?.set(key, record, raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+      return record;
+    }
+    if (bytes.length < 5) throw damaged();
+    const length = bytes.readUInt32LE(0);
+    const record = { modified, value: { encoding, bytes: this.#blobs.read(bytes.toString('latin1', 4), length) } };
+    this.#memory?.set(key, record, length + key.length + ENTRY_OVERHEAD_BYTES);
     return record;
   }
 
-  write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
-    return this.#enqueue(itemKey(scope, id), encodeRecord(record));
+  /**
+   * Stores `record`. A large value's bytes are kept in memory as they are, not copied: the caller must not
+   * change them afterwards.
+   */
+  async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
+    const key = itemKey(scope, id);
+    const { bytes } = record.value;
+    const replaced = this.#blobOf(key);
+    if (bytes.byteLength < BLOB_MIN_BYTES) return this.#enqueue({ key, raw: encodeRecord(record), replaced });
+    const name = this.#blobs.newName();
+    await this.#blobs.write(name, bytes);
+    this.#hasBlobs = true;
+    // A view that would keep a much larger buffer alive in memory is copied to a buffer of its own.
+    const kept = bytes.buffer.byteLength > 2 * bytes.byteLength ? Buffer.from(bytes) : bytes;
+    const blob = { name, record: { modified: record.modified, value: { encoding: record.value.encoding, bytes: kept } }, bytes: kept.buffer.byteLength };
+    try {
+      await this.#enqueue({ key, raw: encodeBlobRecord(record, name), blob, replaced });
+    } catch (error) {
+      this.#blobs.remove(name);
+      throw error;
+    }
   }
 
   delete(scope: Scope, id: string): Promise<void> {
-    return this.#enqueue(itemKey(scope, id), undefined);
+    const key = itemKey(scope, id);
+    return this.#enqueue({ key, raw: undefined, replaced: this.#blobOf(key) });
   }
 
-  /** Queues a put (with `raw`) or a delete for the batch of this turn; resolves once the batch is written. */
-  #enqueue(key: string, raw: Buffer | undefined): Promise<void> {
+  /** The file of `key`'s current value, if it has one; the caller holds the item's lock, so it cannot change. */
+  #blobOf(key: string): string | undefined {
+    if (!this.#hasBlobs) return undefined;
+    try {
+      return this.#db.getSync(blobKey(key))?.toString('latin1');
+    } catch (error) {
+      throw storageError('Cannot read from the cache database', error);
+    }
+  }
+
+  /** Queues a put or a delete for the batch of this turn; resolves once the batch is written. */
+  #enqueue(write: Omit<PendingWrite, 'resolve' | 'reject'>): Promise<void> {
     return new Promise((resolve, reject) => {
-      if (this.#batch.push({ key, raw, resolve, reject }) === 1 && !this.#writing) process.nextTick(() => this.#flush());
+      if (this.#batch.push({ ...write, resolve, reject }) === 1 && !this.#writing) process.nextTick(() => this.#flush());
     });
   }
 
@@ -262,15 +359,25 @@ export class LevelStore implements Store<EncodedValue> {
     if (writes.length === 0) return;
     this.#batch = [];
     this.#writing = true;
-    const operations = writes.map(({ key, raw }) =>
-      raw ? { type: 'put' as const, key: levelKey(key), value: raw } : { type: 'del' as const, key: levelKey(key) },
-    );
+    const operations: ({ type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer })[] = [];
+    let formatChanged = false;
+    for (const { key, raw, blob, replaced } of writes) {
+      if (raw) operations.push({ type: 'put', key: levelKey(key), value: raw });
+      else operations.push({ type: 'del', key: levelKey(key) });
+      if (blob) operations.push({ type: 'put', key: blobKey(key), value: Buffer.from(blob.name, 'latin1') });
+      else if (replaced !== undefined) operations.push({ type: 'del', key: blobKey(key) });
+      if (blob && !this.#blobFormat) formatChanged = true;
+    }
+    if (formatChanged) operations.push({ type: 'put', key: FORMAT_KEY, value: Buffer.from(FORMAT_BLOBS) });
     this.#db.batch(operations, this.#writeOptions).then(
       () => {
+        if (formatChanged) this.#blobFormat = true;
         // The layer in memory changes only once the disk has: a failed write leaves the old record readable.
-        for (const { key, raw, resolve } of writes) {
-          if (raw) this.#memory?.set(key, decodeRecord(raw), raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+        for (const { key, raw, blob, replaced, resolve } of writes) {
+          if (blob) this.#memory?.set(key, blob.record, blob.bytes + key.length + ENTRY_OVERHEAD_BYTES);
+          else if (raw) this.#memory?.set(key, decodeRecord(raw), raw.length + key.length + ENTRY_OVERHEAD_BYTES);
           else this.#memory?.delete(key);
+          if (replaced !== undefined) this.#blobs.remove(replaced);
           resolve();
         }
         this.#writing = false;
@@ -289,18 +396,61 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   async clear(scope: Scope): Promise<void> {
-    const start = Buffer.from(ITEM_PREFIX + scope.prefix, 'utf8');
-    // No UTF-8 byte is 0xFF, so this bound follows every key that starts with `start`.
-    const end = Buffer.concat([start, Buffer.from([0xff])]);
     this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
     try {
-      await this.#db.clear({ gte: start, lt: end });
+      if (this.#hasBlobs) await this.#clearBlobs(scope);
+      await this.#db.clear(range(ITEM_PREFIX, scope.prefix));
     } catch (error) {
       throw storageError('Cannot clear the cache database', error);
     }
   }
 
+  /**
+   * Deletes the items of `scope` that have files, each with its index entry in one batch, so that a crash
+   * part way leaves every item whole or gone; then removes their files.
+   */
+  async #clearBlobs(scope: Scope): Promise<void> {
+    const iterator = this.#db.iterator(range(BLOB_PREFIX, scope.prefix));
+    try {
+      for (;;) {
+        const entries = await iterator.nextv(CLEAR_CHUNK);
+        if (entries.length === 0) break;
+        const operations: { type: 'del'; key: Buffer }[] = [];
+        for (const [key] of entries) {
+          operations.push({ type: 'del', key }, { type: 'del', key: Buffer.concat([Buffer.from(ITEM_PREFIX), key.subarray(BLOB_PREFIX.length)]) });
+        }
+        await this.#db.batch(operations, this.#writeOptions);
+        for (const [, name] of entries) this.#blobs.remove(name.toString('latin1'));
+      }
+    } finally {
+      await iterator.close();
+    }
+  }
+
+  /** Removes the files of earlier opens that no index entry names; a failure leaves them for the next open. */
+  async #sweep(): Promise<void> {
+    try {
+      const referenced = new Set<string>();
+      const iterator = this.#db.values(range(BLOB_PREFIX, ''));
+      try {
+        for (;;) {
+          const names = await iterator.nextv(CLEAR_CHUNK);
+          if (names.length === 0) break;
+          for (const name of names) referenced.add(name.toString('latin1'));
+        }
+      } finally {
+        await iterator.close();
+      }
+      await this.#blobs.sweep((name) => referenced.has(name));
+    } catch {
+      // The garbage stays until the next open: nothing a caller asked for depends on it.
+    }
+  }
+
   async close(): Promise<void> {
+    // A sweep reads the index and lists the files once: closing waits for it rather than cutting it short.
+    await this.#sweeping;
+    await this.#blobs.removed();
     try {
       await this.#db.close();
     } finally {

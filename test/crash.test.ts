@@ -1,3 +1,4 @@
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
@@ -8,6 +9,12 @@ import { tempDir } from './support/temp-dir.js';
 const KILLS = 20;
 const KEYS = 40;
 const IN_FLIGHT = 16;
+/** Keys k0 to k9 take values of 40 KB, which the daemon keeps in files of their own. */
+const LARGE_KEYS = 10;
+const PAD = 'x'.repeat(40_000);
+
+type Value = { n: number; pad?: string };
+const valueFor = (n: number): Value => (n % KEYS < LARGE_KEYS ? { n, pad: PAD } : { n });
 
 describe('crash durability', () => {
   test(`every acknowledged write survives ${KILLS} SIGKILLs of the daemon at random moments`, async () => {
@@ -20,15 +27,16 @@ describe('crash durability', () => {
     let checked = 0;
     for (let round = 0; round < KILLS; round++) {
       const daemon = await startDaemonProcess({ socketPath, dataDir });
-      const cache = await connect<number>({ socketPath, autoStart: false });
+      const cache = await connect<Value>({ socketPath, autoStart: false });
 
-      // Every value already acknowledged is there after the restart, with its modified time.
+      // Every value already acknowledged is there after the restart, whole, with its modified time.
       for (const [key, value] of acknowledged) {
         await using got = await cache.get(key);
         expect(got.item, key).not.toBeNull();
         const stored = await got.item!.value();
-        expect(stored).toBeGreaterThanOrEqual(value);
-        expect(got.item!.modified).toBe(stored + 0.25);
+        expect(stored).toEqual(valueFor(stored.n));
+        expect(stored.n).toBeGreaterThanOrEqual(value);
+        expect(got.item!.modified).toBe(stored.n + 0.25);
         checked++;
       }
 
@@ -38,7 +46,7 @@ describe('crash durability', () => {
           const value = next++;
           const key = `k${value % KEYS}`;
           try {
-            await cache.set(key, value, { modified: value + 0.25 });
+            await cache.set(key, valueFor(value), { modified: value + 0.25 });
           } catch (error) {
             // The daemon is gone: this call was cut off, or (after an answered one) found no daemon to reconnect to.
             if (isCacheError(error, 'CACHE_CONNECTION_LOST') || isCacheError(error, 'CACHE_NO_DAEMON')) return;
@@ -63,6 +71,13 @@ describe('crash durability', () => {
     }
     expect(acknowledged.size).toBe(KEYS);
     expect(checked).toBe(KEYS * (KILLS - 1));
+    // Files written for values whose records the kills cut off are garbage: the next daemon's sweep removes
+    // them, and a clean stop waits for it, leaving the one file of each large value.
+    const last = await startDaemonProcess({ socketPath, dataDir });
+    expect((await runHoard(['--socket', socketPath, 'stop'])).code).toBe(0);
+    await last.exited;
+    const files = await Promise.all((await readdir(join(dataDir, 'blobs'))).map((sub) => readdir(join(dataDir, 'blobs', sub))));
+    expect(files.flat()).toHaveLength(LARGE_KEYS);
     console.log(`crash durability: ${KILLS} kills, ${next} writes sent, ${checked} acknowledged values checked after restarts`);
   });
 });

@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { symlink } from 'node:fs/promises';
+import { mkdir, readdir, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Level } from 'level';
 import { describe, expect, onTestFinished, test } from 'vitest';
+import { BLOB_MIN_BYTES } from '../src/blob-files.js';
 import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
 import { openFromAnotherProcess, PROJECT_ROOT } from './support/child.js';
@@ -150,5 +151,131 @@ describe('LevelCache on disk', () => {
     await expect(open(undefined)).rejects.toBeInstanceOf(TypeError);
     await expect(open('')).rejects.toBeInstanceOf(TypeError);
     await expect(open(dir, { codec: 'yaml' })).rejects.toBeInstanceOf(TypeError);
+  });
+});
+
+/** The files in a store's `blobs/`, as `subdirectory/name`. */
+async function blobFiles(dir: string): Promise<string[]> {
+  const root = join(dir, 'blobs');
+  const subdirectories = await readdir(root).catch(() => [] as string[]);
+  const files = await Promise.all(subdirectories.map(async (sub) => (await readdir(join(root, sub))).map((name) => `${sub}/${name}`)));
+  return files.flat().sort();
+}
+
+async function layoutOf(dir: string): Promise<string> {
+  const raw = new Level<string, string>(dir);
+  try {
+    return (await raw.get('mformat'))!;
+  } finally {
+    await raw.close();
+  }
+}
+
+const big = (fill: number, bytes = BLOB_MIN_BYTES): Uint8Array => new Uint8Array(bytes).fill(fill);
+
+describe('LevelCache with large values, each in a file of its own', () => {
+  test('a large value survives reopen, read from its file; replacing or deleting it removes the file', async () => {
+    const dir = await tempDir();
+    const first = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+    await first.set('small', big(1, BLOB_MIN_BYTES - 1));
+    await first.close();
+    expect(await blobFiles(dir)).toEqual([]);
+    expect(await layoutOf(dir)).toBe('1');
+
+    const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    await cache.set('large', big(2), { modified: 1700000000.5 });
+    const [file] = await blobFiles(dir);
+    expect(file).toBeDefined();
+    await cache.close();
+    expect(await layoutOf(dir)).toBe('2');
+
+    const reopened = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    {
+      await using got = await reopened.get('large');
+      expect(got.item!.modified).toBe(1700000000.5);
+      expect(await got.item!.value()).toStrictEqual(big(2));
+    }
+    await reopened.set('large', big(3, 100_000));
+    await using replaced = await reopened.get('large');
+    expect(await replaced.item!.value()).toStrictEqual(big(3, 100_000));
+    await replaced.release();
+    await reopened.set('large', big(4, 10));
+    await reopened.set('other', big(5));
+    await reopened.delete('other');
+    await reopened.close();
+    // Closing waits for the removals under way.
+    expect(await blobFiles(dir)).toEqual([]);
+    const last = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+    onTestFinished(() => last.close());
+    await using small = await last.get('large');
+    expect(await small.item!.value()).toStrictEqual(big(4, 10));
+  });
+
+  test('clear removes the files of the scope\u2019s items and leaves the others\u2019', async () => {
+    const dir = await tempDir();
+    const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    const a = cache.withScope('a');
+    for (let n = 0; n < 5; n++) await a.set(`k${n}`, big(n));
+    await a.withScope('inner').set('k', big(9));
+    await a.set('small', big(8, 10));
+    await cache.withScope('b').set('k', big(7));
+    expect(await blobFiles(dir)).toHaveLength(7);
+    await a.clear();
+    for (const id of ['k0', 'k4', 'small']) {
+      await using gone = await a.get(id);
+      expect(gone.item).toBeNull();
+    }
+    await cache.close();
+    expect(await blobFiles(dir)).toHaveLength(1);
+    const reopened = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    onTestFinished(() => reopened.close());
+    await using kept = await reopened.withScope('b').get('k');
+    expect(await kept.item!.value()).toStrictEqual(big(7));
+    await using inner = await reopened.withScope('a').withScope('inner').get('k');
+    expect(inner.item).toBeNull();
+  });
+
+  test('a file that no record names, left by a crash, is removed when the store next opens; named ones stay', async () => {
+    const dir = await tempDir();
+    const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+    await cache.set('kept', big(1));
+    await cache.close();
+    const [named] = await blobFiles(dir);
+    await mkdir(join(dir, 'blobs', '7f'), { recursive: true });
+    await writeFile(join(dir, 'blobs', '7f', '0123456789ab-zz'), 'half a value');
+    expect(await blobFiles(dir)).toEqual([named, '7f/0123456789ab-zz'].sort());
+    // Closing waits for the sweep that opening starts.
+    await (await LevelCache.open(dir)).close();
+    expect(await blobFiles(dir)).toEqual([named]);
+  });
+
+  test('a missing file reads as CACHE_CORRUPT, and getset computes the value again', async () => {
+    const dir = await tempDir();
+    const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    onTestFinished(() => cache.close());
+    await cache.set('lost', big(1));
+    const [file] = await blobFiles(dir);
+    await unlink(join(dir, 'blobs', file!));
+    await expect(cache.get('lost')).rejects.toMatchObject({ code: 'CACHE_CORRUPT', message: expect.stringContaining(file!) });
+    {
+      await using gs = await cache.getset('lost');
+      expect(gs.item).toBeNull();
+      await gs.set(big(2));
+    }
+    await using mended = await cache.get('lost');
+    expect(await mended.item!.value()).toStrictEqual(big(2));
+  });
+
+  test('a value file that cannot be written fails the set with CACHE_STORAGE and keeps the old value', async () => {
+    const dir = await tempDir();
+    const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    onTestFinished(() => cache.close());
+    await cache.set('item', big(1));
+    // A file where the next value's subdirectory should be: mkdir fails, as a full or broken disk would.
+    const next = (await blobFiles(dir)).length.toString(16).padStart(2, '0');
+    await writeFile(join(dir, 'blobs', next), 'in the way');
+    await expect(cache.set('item', big(2))).rejects.toMatchObject({ code: 'CACHE_STORAGE' });
+    await using kept = await cache.get('item');
+    expect(await kept.item!.value()).toStrictEqual(big(1));
   });
 });

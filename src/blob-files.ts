@@ -1,0 +1,168 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, fdatasync, fsync, open, openSync, readSync, unlink, write, close } from 'node:fs';
+import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CacheError, storageError } from './errors.js';
+
+/** Values of at least this many bytes live in files of their own instead of inside LevelDB. */
+export const BLOB_MIN_BYTES = 32 * 1024;
+
+/** Runs one callback-style `fs` call as a promise: each is one hop through libuv's thread pool. */
+function call<R>(start: (done: (error: NodeJS.ErrnoException | null, result?: R) => void) => void): Promise<R> {
+  return new Promise((resolve, reject) => start((error, result) => (error ? reject(error) : resolve(result as R))));
+}
+
+/**
+ * The files that hold large values, one per value, in `directory`'s 256 subdirectories. A name is never
+ * reused: this open's names start with a random prefix and a counter, so that a file written but never
+ * referenced (the process stopped between writing it and committing its record) is known to be garbage.
+ */
+export class BlobFiles {
+  readonly directory: string;
+  readonly #sync: boolean;
+  readonly #prefix = randomBytes(6).toString('hex');
+  #counter = 0;
+  readonly #made = new Map<string, Promise<unknown>>();
+  readonly #removing = new Set<Promise<void>>();
+
+  constructor(directory: string, options: { sync: boolean }) {
+    this.directory = directory;
+    this.#sync = options.sync;
+  }
+
+  /** A name no file has had, as `subdirectory/file`. */
+  newName(): string {
+    const n = this.#counter++;
+    return `${(n & 0xff).toString(16).padStart(2, '0')}/${this.#prefix}-${n.toString(36)}`;
+  }
+
+  /** Whether `name` was made by this open, and so may belong to a write still under way. */
+  isOurs(name: string): boolean {
+    return name.startsWith(this.#prefix, 3);
+  }
+
+  /**
+   * Writes a new file (never replacing one); with `sync`, the file and its directory entry reach the disk
+   * before this resolves. A failed write leaves no file behind.
+   * @throws CacheError `CACHE_STORAGE`.
+   */
+  async write(name: string, bytes: Uint8Array): Promise<void> {
+    const subdirectory = join(this.directory, name.slice(0, 2));
+    let made = this.#made.get(subdirectory);
+    if (!made) this.#made.set(subdirectory, (made = mkdir(subdirectory, { recursive: true })));
+    const path = join(this.directory, name);
+    let fd: number | undefined;
+    try {
+      await made;
+      fd = await call<number>((done) => open(path, 'wx', 0o600, done));
+      for (let at = 0; at < bytes.byteLength; ) {
+        const opened = fd;
+        at += await call<number>((done) => write(opened, bytes, at, bytes.byteLength - at, null, done));
+      }
+      if (this.#sync) {
+        const opened = fd;
+        await call((done) => fdatasync(opened, done));
+      }
+      const opened = fd;
+      fd = undefined;
+      await call((done) => close(opened, done));
+      if (this.#sync) await this.#syncDirectory(subdirectory);
+    } catch (error) {
+      this.#made.delete(subdirectory);
+      if (fd !== undefined) {
+        const opened = fd;
+        await call((done) => close(opened, done)).catch(() => {});
+      }
+      this.remove(name);
+      throw storageError('Cannot write a value file of the cache', error);
+    }
+  }
+
+  async #syncDirectory(directory: string): Promise<void> {
+    const fd = await call<number>((done) => open(directory, 'r', done));
+    try {
+      await call((done) => fsync(fd, done));
+    } finally {
+      await call((done) => close(fd, done));
+    }
+  }
+
+  /**
+   * Reads a file whole, synchronously, like the database's own reads.
+   * @throws CacheError `CACHE_CORRUPT` when the file is missing or shorter than its record says, `CACHE_STORAGE`
+   * when it cannot be read.
+   */
+  read(name: string, length: number): Buffer {
+    const path = join(this.directory, name);
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw missing(path, error);
+      throw storageError('Cannot read a value file of the cache', error);
+    }
+    try {
+      // Not from the shared pool: a value kept in memory must not keep a pool slab of other values alive.
+      const bytes = Buffer.allocUnsafeSlow(length);
+      let got = 0;
+      while (got < length) {
+        const n = readSync(fd, bytes, got, length - got, got);
+        if (n === 0) throw missing(path, new Error(`the file has ${got} of its ${length} bytes`));
+        got += n;
+      }
+      return bytes;
+    } catch (error) {
+      if (error instanceof CacheError) throw error;
+      throw storageError('Cannot read a value file of the cache', error);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Removes a file in the background: one that stays behind is garbage that the next open's sweep removes. */
+  remove(name: string): void {
+    const removing = new Promise<void>((resolve) => unlink(join(this.directory, name), () => resolve()));
+    this.#removing.add(removing);
+    void removing.then(() => this.#removing.delete(removing));
+  }
+
+  /** Resolves once every removal started so far has ended. */
+  async removed(): Promise<void> {
+    await Promise.all(this.#removing);
+  }
+
+  /** Removes the files of earlier opens that `isReferenced` does not claim, and returns how many it removed. */
+  async sweep(isReferenced: (name: string) => boolean): Promise<number> {
+    let removed = 0;
+    let subdirectories: string[];
+    try {
+      subdirectories = await readdir(this.directory);
+    } catch {
+      return 0;
+    }
+    for (const subdirectory of subdirectories) {
+      if (!/^[0-9a-f]{2}$/.test(subdirectory)) continue;
+      let files: string[];
+      try {
+        files = await readdir(join(this.directory, subdirectory));
+      } catch {
+        continue;
+      }
+      for (const file of files) {
+        const name = `${subdirectory}/${file}`;
+        if (this.isOurs(name) || isReferenced(name)) continue;
+        this.remove(name);
+        removed++;
+      }
+    }
+    return removed;
+  }
+}
+
+function missing(path: string, cause: unknown): CacheError {
+  return new CacheError(
+    'CACHE_CORRUPT',
+    `The file holding a stored value, ${path}, is missing or cut short: something other than hoard changed the cache directory.`,
+    { cause },
+  );
+}
