@@ -15,6 +15,7 @@ import {
   type GetAnswer,
   type GetSetAnswer,
   lostError,
+  readChunks,
   type Transport,
 } from './daemon-channel.js';
 
@@ -33,7 +34,7 @@ function readItem(frame: FrameCursor): ChannelItem | null {
   if (frame.u8() === 0) return null;
   const modified = frame.f64();
   const encoding = frame.string();
-  return { modified, encoding, bytes: frame.bytes() };
+  return { modified, encoding, bytes: frame.keptBytes() };
 }
 
 function readGet(frame: FrameCursor): GetAnswer {
@@ -85,15 +86,14 @@ export class BinaryConnection implements DaemonChannel {
         resolve();
       });
     });
-    input.on('data', (chunk: Buffer) => {
+    readChunks(input, (chunk, borrowed) => {
       try {
-        this.#decoder.push(chunk, (frame) => this.#answer(frame));
+        this.#decoder.push(chunk, (frame) => this.#answer(frame), borrowed);
       } catch {
         // The daemon's stream is out of step: nothing more on it can be trusted.
         transport.destroy();
       }
     });
-    input.resume();
   }
 
   get lost(): boolean {

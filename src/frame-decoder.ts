@@ -14,10 +14,13 @@ export class MalformedFrame extends Error {
 /** Reads the fields of one frame in order; every read checks that the frame holds them. */
 export class FrameCursor {
   readonly #frame: Buffer;
+  readonly #borrowed: boolean;
   #at: number;
 
-  constructor(frame: Buffer) {
+  /** `borrowed`: the frame's memory is reused once the frame has been handled, so what is kept must be copied. */
+  constructor(frame: Buffer, borrowed = false) {
     this.#frame = frame;
+    this.#borrowed = borrowed;
     this.#at = FRAME_HEADER_BYTES;
   }
 
@@ -80,6 +83,12 @@ export class FrameCursor {
     return this.#frame.subarray(at, at + length);
   }
 
+  /** Like {@link bytes}, but safe to keep: a copy when the frame is borrowed. */
+  keptBytes(): Buffer {
+    const view = this.bytes();
+    return this.#borrowed ? Buffer.from(view) : view;
+  }
+
   /** The bytes not read yet. */
   rest(): Buffer {
     const at = this.#at;
@@ -121,9 +130,11 @@ export class FrameDecoder {
 
   /**
    * Feeds a chunk (empty to go on after a stop), calling `onFrame` with each complete frame. When `onFrame`
-   * returns `false`, the bytes after that frame stay buffered until the next push.
+   * returns `false`, the bytes after that frame stay buffered until the next push. A `borrowed` chunk's memory
+   * is reused after the call: the decoder copies what it keeps of it, and its frames are borrowed too.
    */
-  push(chunk: Buffer, onFrame: (frame: FrameCursor) => boolean | void): void {
+  push(chunk: Buffer, onFrame: (frame: FrameCursor) => boolean | void, borrowed = false): void {
+    const own = (piece: Buffer): Buffer => (borrowed ? Buffer.from(piece) : piece);
     let data = chunk;
     let at = 0;
     if (this.#pendingBytes > 0) {
@@ -131,7 +142,7 @@ export class FrameDecoder {
         // Fewer than four bytes, or what a stop held back: join them with the chunk and start afresh.
         data = this.#pendingBytes + chunk.length >= 4 ? Buffer.concat([...this.#pending, chunk]) : chunk;
         if (data === chunk) {
-          if (chunk.length > 0) this.#pending.push(chunk);
+          if (chunk.length > 0) this.#pending.push(own(chunk));
           this.#pendingBytes += chunk.length;
           return;
         }
@@ -141,7 +152,7 @@ export class FrameDecoder {
         // The rest of a frame cut across chunks: copy exactly its bytes, and read the chunk's others in place.
         const missing = this.#need - this.#pendingBytes;
         if (chunk.length < missing) {
-          if (chunk.length > 0) this.#pending.push(chunk);
+          if (chunk.length > 0) this.#pending.push(own(chunk));
           this.#pendingBytes += chunk.length;
           return;
         }
@@ -152,25 +163,26 @@ export class FrameDecoder {
         this.#need = -1;
         at = missing;
         if (onFrame(new FrameCursor(frame)) === false) {
-          this.#hold(chunk, at);
+          this.#hold(chunk, at, borrowed);
           return;
         }
       }
     }
+    const lent = borrowed && data === chunk;
     while (data.length - at >= 4) {
       const size = this.#sizeOf(data, at);
       if (data.length - at < size) break;
-      const goOn = onFrame(new FrameCursor(data.subarray(at, at + size)));
+      const goOn = onFrame(new FrameCursor(data.subarray(at, at + size), lent));
       at += size;
       if (goOn === false) break;
     }
-    this.#hold(data, at);
+    this.#hold(data, at, lent);
   }
 
-  /** Keeps the bytes of `data` from `at` on for the next push. */
-  #hold(data: Buffer, at: number): void {
+  /** Keeps the bytes of `data` from `at` on for the next push, copied if `data` is borrowed. */
+  #hold(data: Buffer, at: number, borrowed: boolean): void {
     if (at >= data.length) return;
-    const rest = data.subarray(at);
+    const rest = borrowed ? Buffer.from(data.subarray(at)) : data.subarray(at);
     this.#pending = [rest];
     this.#pendingBytes = rest.length;
     this.#need = rest.length >= 4 ? this.#sizeOf(rest, 0) : -1;

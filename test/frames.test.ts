@@ -59,6 +59,33 @@ describe('binary frames', () => {
     );
   });
 
+  test('borrowed chunks, overwritten after each push, still decode: kept bytes are copies', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(fc.uint8Array({ maxLength: 64 }), fc.uint8Array({ minLength: 300, maxLength: 2000 })), { minLength: 1, maxLength: 6 }),
+        fc.array(fc.nat(700), { maxLength: 20 }),
+        (values, cuts) => {
+          const encoder = new FrameEncoder();
+          values.forEach((value, n) => encoder.begin(1, n).bytes(value).end());
+          const stream = Buffer.concat(encoder.take());
+          const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+          const kept: Buffer[] = [];
+          const scratch = Buffer.alloc(stream.length);
+          let at = 0;
+          for (const cut of [...cuts, stream.length]) {
+            const end = Math.min(stream.length, at + cut);
+            const length = stream.copy(scratch, 0, at, end);
+            decoder.push(scratch.subarray(0, length), (cursor) => void kept.push(cursor.keptBytes()), true);
+            scratch.fill(0xee);
+            at = end;
+          }
+          expect(kept.map((bytes) => new Uint8Array(bytes))).toEqual(values.map((value) => new Uint8Array(value)));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
   test('frames held back by a stop come out, in order, on the next push', () => {
     fc.assert(
       fc.property(fc.array(message, { minLength: 1, maxLength: 6 }), fc.array(fc.nat(200), { maxLength: 20 }), fc.array(fc.boolean()), (messages, cuts, stops) => {
