@@ -51,10 +51,13 @@ const FLUSH_TIMEOUT_MS = 1000;
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
 
+/** The bytes of the files under `directory`, its subdirectories' (the files of large values) included. */
 async function directorySize(directory: string): Promise<number> {
   let total = 0;
   for (const entry of await readdir(directory, { withFileTypes: true }).catch(() => [])) {
-    if (entry.isFile()) total += (await stat(join(directory, entry.name)).catch(() => ({ size: 0 }))).size;
+    const path = join(directory, entry.name);
+    if (entry.isDirectory()) total += await directorySize(path);
+    else if (entry.isFile()) total += (await stat(path).catch(() => ({ size: 0 }))).size;
   }
   return total;
 }

@@ -313,13 +313,16 @@ describe('lifecycle', () => {
     await cache.set('big', big);
     await using got = await cache.get('big');
     expect(Buffer.from(await got.item!.value()).equals(Buffer.from(big))).toBe(true);
+    // It lives in a file of its own, which the size on disk counts.
+    expect((await cache.status()).sizeOnDiskBytes).toBeGreaterThanOrEqual(big.length);
   });
 
   test('values kept in memory stay within --memory-cache, and every value still reads back from disk', async () => {
     const { socketPath } = await startTestDaemon({ memoryCacheBytes: 256 * 1024 });
     const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary' });
     onTestFinished(() => cache.close());
-    const value = (n: number): Uint8Array => new Uint8Array(16 * 1024).fill(n);
+    // Half of them large enough for files of their own, and too large for this memory budget.
+    const value = (n: number): Uint8Array => new Uint8Array(n < 32 ? 16 * 1024 : 40 * 1024).fill(n);
     for (let n = 0; n < 64; n++) await cache.set(`v${n}`, value(n));
     for (let round = 0; round < 2; round++) {
       for (let n = 0; n < 64; n++) {
