@@ -1,11 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, fdatasync, fsync, open, openSync, readSync, unlink, write, close } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { CacheError, storageError } from './errors.js';
 
 /** Values of at least this many bytes live in files of their own instead of inside LevelDB. */
 export const BLOB_MIN_BYTES = 32 * 1024;
+/** How many removals run on libuv's thread pool at once. */
+const REMOVALS_AT_ONCE = 8;
 
 /** Runs one callback-style `fs` call as a promise: each is one hop through libuv's thread pool. */
 function call<R>(start: (done: (error: NodeJS.ErrnoException | null, result?: R) => void) => void): Promise<R> {
@@ -23,7 +25,9 @@ export class BlobFiles {
   readonly #prefix = randomBytes(6).toString('hex');
   #counter = 0;
   readonly #made = new Map<string, Promise<unknown>>();
-  readonly #removing = new Set<Promise<void>>();
+  readonly #toRemove: string[] = [];
+  #removing = 0;
+  readonly #idle: (() => void)[] = [];
 
   constructor(directory: string, options: { sync: boolean }) {
     this.directory = directory;
@@ -49,7 +53,7 @@ export class BlobFiles {
   async write(name: string, bytes: Uint8Array): Promise<void> {
     const subdirectory = join(this.directory, name.slice(0, 2));
     let made = this.#made.get(subdirectory);
-    if (!made) this.#made.set(subdirectory, (made = mkdir(subdirectory, { recursive: true })));
+    if (!made) this.#made.set(subdirectory, (made = this.#makeDirectory(subdirectory)));
     const path = join(this.directory, name);
     let fd: number | undefined;
     try {
@@ -76,6 +80,15 @@ export class BlobFiles {
       this.remove(name);
       throw storageError('Cannot write a value file of the cache', error);
     }
+  }
+
+  /** Makes `subdirectory` (and `blobs/`); with `sync`, the entries of the directories it made reach the disk. */
+  async #makeDirectory(subdirectory: string): Promise<void> {
+    const first = await mkdir(subdirectory, { recursive: true });
+    if (!this.#sync || first === undefined) return;
+    // Each new directory's entry lives in its parent: the data directory for `blobs/`, `blobs/` for a subdirectory.
+    await this.#syncDirectory(this.directory);
+    if (first !== subdirectory) await this.#syncDirectory(dirname(this.directory));
   }
 
   async #syncDirectory(directory: string): Promise<void> {
@@ -115,20 +128,39 @@ export class BlobFiles {
       if (error instanceof CacheError) throw error;
       throw storageError('Cannot read a value file of the cache', error);
     } finally {
-      closeSync(fd);
+      try {
+        closeSync(fd);
+      } catch {
+        // Closing a descriptor that was only read from cannot lose anything.
+      }
     }
   }
 
-  /** Removes a file in the background: one that stays behind is garbage that the next open's sweep removes. */
+  /**
+   * Removes a file in the background, at most {@link REMOVALS_AT_ONCE} at a time so that a large clear leaves the
+   * thread pool to the reads: a file that stays behind is garbage that the next open's sweep removes.
+   */
   remove(name: string): void {
-    const removing = new Promise<void>((resolve) => unlink(join(this.directory, name), () => resolve()));
-    this.#removing.add(removing);
-    void removing.then(() => this.#removing.delete(removing));
+    this.#toRemove.push(name);
+    this.#removeNext();
   }
 
-  /** Resolves once every removal started so far has ended. */
-  async removed(): Promise<void> {
-    await Promise.all(this.#removing);
+  #removeNext(): void {
+    while (this.#removing < REMOVALS_AT_ONCE && this.#toRemove.length > 0) {
+      const name = this.#toRemove.shift()!;
+      this.#removing++;
+      unlink(join(this.directory, name), () => {
+        this.#removing--;
+        this.#removeNext();
+        if (this.#removing === 0 && this.#toRemove.length === 0) for (const done of this.#idle.splice(0)) done();
+      });
+    }
+  }
+
+  /** Resolves once every removal asked for so far has ended. */
+  removed(): Promise<void> {
+    if (this.#removing === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
   }
 
   /** Removes the files of earlier opens that `isReferenced` does not claim, and returns how many it removed. */

@@ -11,6 +11,8 @@ export interface Codec<T> {
   encode(value: T): Uint8Array;
   /** @throws CacheError `CACHE_CORRUPT` when the bytes are not a value of this codec. */
   decode(bytes: Uint8Array): T;
+  /** Whether a decoded value may share memory with the bytes it came from. */
+  readonly decodesToView?: boolean;
 }
 
 function invalid(codec: CodecName, why: string, cause?: unknown): CacheError {
@@ -69,6 +71,7 @@ const json: Codec<unknown> = {
 /** Raw bytes: a `Uint8Array` (a `Buffer` is one) goes in, a plain `Uint8Array` comes out. */
 const binary: Codec<Uint8Array> = {
   name: 'binary',
+  decodesToView: true,
   encode(value) {
     if (!(value instanceof Uint8Array)) {
       throw invalid('binary', `expected a Uint8Array, got ${value === null ? 'null' : typeof value}`);

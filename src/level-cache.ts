@@ -11,8 +11,13 @@ export interface LevelCacheOptions {
   memoryCacheBytes?: number;
 }
 
-/** Encodes with `codec` and refuses to decode a value stored with another encoding. */
-export function codecAdapter<T>(codec: Codec<T>): ValueAdapter<T, EncodedValue> {
+/**
+ * Encodes with `codec` and refuses to decode a value stored with another encoding. With `sharedBytes` (the bytes
+ * to decode are the store's own, which later reads return too), a value that would share their memory is decoded
+ * from a copy, so that changing it changes nothing stored.
+ */
+export function codecAdapter<T>(codec: Codec<T>, options: { sharedBytes?: boolean } = {}): ValueAdapter<T, EncodedValue> {
+  const copy = (options.sharedBytes ?? false) && (codec.decodesToView ?? false);
   return {
     encode: (value) => ({ encoding: codec.name, bytes: codec.encode(value) }),
     decode: ({ encoding, bytes }) => {
@@ -22,7 +27,7 @@ export function codecAdapter<T>(codec: Codec<T>): ValueAdapter<T, EncodedValue> 
           `This value was stored with the ${encoding} encoding, but this cache reads ${codec.name}.`,
         );
       }
-      return codec.decode(bytes);
+      return codec.decode(copy ? Uint8Array.prototype.slice.call(bytes) : bytes);
     },
   };
 }
@@ -33,7 +38,7 @@ export class LevelCache<T> extends RootCacheView<T> {
   readonly directory: string;
 
   private constructor(store: LevelStore, codec: Codec<T>) {
-    super(new LocalBackend(store, codecAdapter(codec)));
+    super(new LocalBackend(store, codecAdapter(codec, { sharedBytes: true })));
     this.directory = store.directory;
   }
 

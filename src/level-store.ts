@@ -199,8 +199,58 @@ export async function repairLevelStore(directory: string): Promise<void> {
   try {
     // `Level` is classic-level's class on Node, whose static `repair` its typings leave out.
     await (Level as unknown as { repair(location: string): Promise<void> }).repair(real);
+    const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    try {
+      await rebuildBlobIndex(db);
+    } finally {
+      await db.close();
+    }
   } catch (error) {
     throw storageError(`Cannot repair the cache database in ${real}`, error);
+  }
+}
+
+/**
+ * Makes the `b` index name exactly the files that the records name. Repair may keep a record and lose its index
+ * entry (they sort into different tables), and the sweep would then remove a file still in use. Entries are added
+ * before stale ones go, so that at no moment does the index miss a file a record names.
+ */
+async function rebuildBlobIndex(db: Level<Buffer, Buffer>): Promise<void> {
+  const named = new Map<string, string>();
+  const records = db.iterator(range(ITEM_PREFIX, ''));
+  try {
+    for (;;) {
+      const entries = await records.nextv(CLEAR_CHUNK);
+      if (entries.length === 0) break;
+      const operations: { type: 'put'; key: Buffer; value: Buffer }[] = [];
+      for (const [key, raw] of entries) {
+        let fields: ReturnType<typeof decodeFields>;
+        try {
+          fields = decodeFields(raw);
+        } catch {
+          continue;
+        }
+        if (fields.version !== BLOB_RECORD_VERSION || fields.bytes.length < 5) continue;
+        const suffix = key.subarray(ITEM_PREFIX.length);
+        const name = fields.bytes.subarray(4);
+        named.set(suffix.toString('latin1'), name.toString('latin1'));
+        operations.push({ type: 'put', key: Buffer.concat([Buffer.from(BLOB_PREFIX), suffix]), value: Buffer.from(name) });
+      }
+      if (operations.length > 0) await db.batch(operations);
+    }
+  } finally {
+    await records.close();
+  }
+  const index = db.iterator(range(BLOB_PREFIX, ''));
+  try {
+    for (;;) {
+      const entries = await index.nextv(CLEAR_CHUNK);
+      if (entries.length === 0) break;
+      const stale = entries.filter(([key, name]) => named.get(key.subarray(BLOB_PREFIX.length).toString('latin1')) !== name.toString('latin1'));
+      if (stale.length > 0) await db.batch(stale.map(([key]) => ({ type: 'del' as const, key })));
+    }
+  } finally {
+    await index.close();
   }
 }
 
@@ -319,12 +369,9 @@ export class LevelStore implements Store<EncodedValue> {
     // A view that would keep a much larger buffer alive in memory is copied to a buffer of its own.
     const kept = bytes.buffer.byteLength > 2 * bytes.byteLength ? Buffer.from(bytes) : bytes;
     const blob = { name, record: { modified: record.modified, value: { encoding: record.value.encoding, bytes: kept } }, bytes: kept.buffer.byteLength };
-    try {
-      await this.#enqueue({ key, raw: encodeBlobRecord(record, name), blob, replaced });
-    } catch (error) {
-      this.#blobs.remove(name);
-      throw error;
-    }
+    // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
+    // and the next open's sweep removes it if no record names it.
+    await this.#enqueue({ key, raw: encodeBlobRecord(record, name), blob, replaced });
   }
 
   delete(scope: Scope, id: string): Promise<void> {

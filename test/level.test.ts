@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { Level } from 'level';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { BLOB_MIN_BYTES } from '../src/blob-files.js';
+import { repairLevelStore } from '../src/level-store.js';
 import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
 import { openFromAnotherProcess, PROJECT_ROOT } from './support/child.js';
@@ -247,6 +248,34 @@ describe('LevelCache with large values, each in a file of its own', () => {
     // Closing waits for the sweep that opening starts.
     await (await LevelCache.open(dir)).close();
     expect(await blobFiles(dir)).toEqual([named]);
+  });
+
+  test('repair rebuilds the index of files from the records, so that no file a record names is swept', async () => {
+    const dir = await tempDir();
+    const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+    for (let n = 0; n < 3; n++) await cache.set(`k${n}`, big(n));
+    await cache.delete('k2');
+    await cache.close();
+    const files = await blobFiles(dir);
+    expect(files).toHaveLength(2);
+    // As if repair had kept the records and lost the table holding their index entries; plus one stale entry.
+    const raw = new Level<string, string>(dir);
+    for await (const key of raw.keys({ gte: 'b', lt: 'c' })) await raw.del(key);
+    await raw.put('b:gone', '00/000000000000-0');
+    await raw.close();
+    await repairLevelStore(dir);
+    const index = new Level<string, string>(dir);
+    const entries = await index.iterator({ gte: 'b', lt: 'c' }).all();
+    await index.close();
+    expect(entries.map(([, name]) => name).sort()).toEqual(files);
+    expect(entries.map(([key]) => key).sort()).toEqual(['b:k0', 'b:k1']);
+    const reopened = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    await reopened.close();
+    expect(await blobFiles(dir)).toEqual(files);
+    const last = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
+    onTestFinished(() => last.close());
+    await using got = await last.get('k1');
+    expect(await got.item!.value()).toStrictEqual(big(1));
   });
 
   test('a missing file reads as CACHE_CORRUPT, and getset computes the value again', async () => {

@@ -97,6 +97,16 @@ export function values({ open, features }: Suite): void {
       }
     });
 
+    test.runIf(kind === 'binary')('a value read is the caller\u2019s own: changing it changes nothing stored', async () => {
+      const { cache } = await open();
+      for (const length of [10, 100_000]) {
+        await cache.set('bytes', new Uint8Array(length).fill(1));
+        const read = (await valueOf(cache, 'bytes')) as Uint8Array;
+        read[0] = 99;
+        expect(await valueOf(cache, 'bytes')).toStrictEqual(new Uint8Array(length).fill(1));
+      }
+    });
+
     test.runIf(kind === 'structured')('structured values round-trip: Map, Set, Date, BigInt, typed arrays, cycles', async () => {
       const { cache } = await open();
       for (const [name, value] of Object.entries(STRUCTURED_VALUES)) {
