@@ -12,6 +12,16 @@ export interface LevelCacheOptions {
 }
 
 /**
+ * A copy of `bytes` as a plain `Uint8Array`; a small one is cut from Node's shared buffer pool, which costs far
+ * less than an `ArrayBuffer` of its own.
+ */
+function copyOf(bytes: Uint8Array): Uint8Array {
+  const copy = Buffer.allocUnsafe(bytes.byteLength);
+  copy.set(bytes);
+  return new Uint8Array(copy.buffer, copy.byteOffset, copy.byteLength);
+}
+
+/**
  * Encodes with `codec` and refuses to decode a value stored with another encoding. With `sharedBytes` (the bytes
  * to decode are the store's own, which later reads return too), a value that would share their memory is decoded
  * from a copy, so that changing it changes nothing stored.
@@ -27,7 +37,7 @@ export function codecAdapter<T>(codec: Codec<T>, options: { sharedBytes?: boolea
           `This value was stored with the ${encoding} encoding, but this cache reads ${codec.name}.`,
         );
       }
-      return codec.decode(copy ? Uint8Array.prototype.slice.call(bytes) : bytes);
+      return codec.decode(copy ? copyOf(bytes) : bytes);
     },
   };
 }
