@@ -77,28 +77,30 @@ interface PendingWrite {
   reject(error: unknown): void;
 }
 
+/** Writes a record's header (version, `modified`, encoding name) into `out`; returns where the rest begins. */
+function writeHeader(out: Buffer, version: number, record: StoredRecord<EncodedValue>): number {
+  const { encoding } = record.value;
+  out[0] = version;
+  out.writeDoubleLE(record.modified, 1);
+  out[9] = encoding.length;
+  out.write(encoding, HEADER_BYTES, 'latin1');
+  return HEADER_BYTES + encoding.length;
+}
+
 export function encodeRecord(record: StoredRecord<EncodedValue>): Buffer {
   const { encoding, bytes } = record.value;
   // Not from the shared pool: a record kept in memory must not keep a pool slab of other records alive.
   const out = Buffer.allocUnsafeSlow(HEADER_BYTES + encoding.length + bytes.byteLength);
-  out[0] = RECORD_VERSION;
-  out.writeDoubleLE(record.modified, 1);
-  out[9] = encoding.length;
-  out.write(encoding, HEADER_BYTES, 'latin1');
-  out.set(bytes, HEADER_BYTES + encoding.length);
+  out.set(bytes, writeHeader(out, RECORD_VERSION, record));
   return out;
 }
 
 /** The record of a value kept in the file `blob`: its bytes are not in it. */
 function encodeBlobRecord(record: StoredRecord<EncodedValue>, blob: string): Buffer {
-  const { encoding, bytes } = record.value;
-  const out = Buffer.allocUnsafe(HEADER_BYTES + encoding.length + 4 + blob.length);
-  out[0] = BLOB_RECORD_VERSION;
-  out.writeDoubleLE(record.modified, 1);
-  out[9] = encoding.length;
-  out.write(encoding, HEADER_BYTES, 'latin1');
-  out.writeUInt32LE(bytes.byteLength, HEADER_BYTES + encoding.length);
-  out.write(blob, HEADER_BYTES + encoding.length + 4, 'latin1');
+  const out = Buffer.allocUnsafe(HEADER_BYTES + record.value.encoding.length + 4 + blob.length);
+  const at = writeHeader(out, BLOB_RECORD_VERSION, record);
+  out.writeUInt32LE(record.value.bytes.byteLength, at);
+  out.write(blob, at + 4, 'latin1');
   return out;
 }
 
