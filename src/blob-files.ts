@@ -55,28 +55,22 @@ export class BlobFiles {
     let made = this.#made.get(subdirectory);
     if (!made) this.#made.set(subdirectory, (made = this.#makeDirectory(subdirectory)));
     const path = join(this.directory, name);
-    let fd: number | undefined;
     try {
       await made;
-      fd = await call<number>((done) => open(path, 'wx', 0o600, done));
-      for (let at = 0; at < bytes.byteLength; ) {
-        const opened = fd;
-        at += await call<number>((done) => write(opened, bytes, at, bytes.byteLength - at, null, done));
+      const fd = await call<number>((done) => open(path, 'wx', 0o600, done));
+      let failure: unknown;
+      try {
+        for (let at = 0; at < bytes.byteLength; ) at += await call<number>((done) => write(fd, bytes, at, bytes.byteLength - at, null, done));
+        if (this.#sync) await call((done) => fdatasync(fd, done));
+      } catch (error) {
+        failure = error;
       }
-      if (this.#sync) {
-        const opened = fd;
-        await call((done) => fdatasync(opened, done));
-      }
-      const opened = fd;
-      fd = undefined;
-      await call((done) => close(opened, done));
+      // A failed close can be the first report of a failed write: it fails the write too.
+      await call((done) => close(fd, done)).catch((error: unknown) => (failure ??= error));
+      if (failure !== undefined) throw failure;
       if (this.#sync) await this.#syncDirectory(subdirectory);
     } catch (error) {
       this.#made.delete(subdirectory);
-      if (fd !== undefined) {
-        const opened = fd;
-        await call((done) => close(opened, done)).catch(() => {});
-      }
       this.remove(name);
       throw storageError('Cannot write a value file of the cache', error);
     }
