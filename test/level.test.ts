@@ -6,7 +6,8 @@ import { Worker } from 'node:worker_threads';
 import { Level } from 'level';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { BLOB_MIN_BYTES } from '../src/blob-files.js';
-import { repairLevelStore } from '../src/level-store.js';
+import { LevelStore, repairLevelStore } from '../src/level-store.js';
+import { scopeOf } from '../src/scope-path.js';
 import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
 import { openFromAnotherProcess, PROJECT_ROOT } from './support/child.js';
@@ -276,6 +277,20 @@ describe('LevelCache with large values, each in a file of its own', () => {
     onTestFinished(() => last.close());
     await using got = await last.get('k1');
     expect(await got.item!.value()).toStrictEqual(big(1));
+  });
+
+  test('with sync, large values are written, flushed with their directories, and read back after reopening', async () => {
+    const dir = await tempDir();
+    const store = await LevelStore.open(dir, { sync: true, memoryCacheBytes: 0 });
+    const scope = scopeOf([]);
+    for (let n = 0; n < 3; n++) await store.write(scope, `k${n}`, { modified: n, value: { encoding: 'binary', bytes: big(n) } });
+    await store.delete(scope, 'k2');
+    await store.close();
+    expect(await blobFiles(dir)).toHaveLength(2);
+    const reopened = await LevelStore.open(dir, { memoryCacheBytes: 0 });
+    onTestFinished(() => reopened.close());
+    expect(reopened.read(scope, 'k1')).toEqual({ modified: 1, value: { encoding: 'binary', bytes: Buffer.from(big(1)) } });
+    expect(reopened.read(scope, 'k2')).toBeUndefined();
   });
 
   test('a missing file reads as CACHE_CORRUPT, and getset computes the value again', async () => {
