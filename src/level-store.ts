@@ -32,7 +32,7 @@ const FORMAT_BLOBS = '2';
 const RECORD_VERSION = 1;
 const BLOB_RECORD_VERSION = 2;
 const HEADER_BYTES = 10;
-/** LevelDB's `clear` and our batches of deletes take this many items at a time. */
+/** Iterations over a range (a clear, the sweep, repair) take this many entries at a time. */
 const CLEAR_CHUNK = 1000;
 
 function levelKey(key: string): Buffer {
@@ -48,6 +48,27 @@ function range(prefix: string, start: string): { gte: Buffer; lt: Buffer } {
   const gte = Buffer.from(prefix + start, 'utf8');
   // No UTF-8 byte is 0xFF, so this bound follows every key that starts with `gte`.
   return { gte, lt: Buffer.concat([gte, Buffer.from([0xff])]) };
+}
+
+/** The same item's key under the other one-byte prefix: its record's key for its index entry's, and the other way round. */
+function withPrefix(prefix: string, key: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(prefix), key.subarray(1)]);
+}
+
+/** Hands an iterator's entries to `each` in chunks of {@link CLEAR_CHUNK}, and closes it whatever happens. */
+async function inChunks<T>(
+  iterator: { nextv(size: number): Promise<T[]>; close(): Promise<void> },
+  each: (chunk: T[]) => Promise<void> | void,
+): Promise<void> {
+  try {
+    for (;;) {
+      const chunk = await iterator.nextv(CLEAR_CHUNK);
+      if (chunk.length === 0) return;
+      await each(chunk);
+    }
+  } finally {
+    await iterator.close();
+  }
 }
 
 /** The default budget of the in-memory layer of recently used records. */
@@ -106,6 +127,12 @@ function encodeBlobRecord(record: StoredRecord<EncodedValue>, blob: string): Buf
 
 function damaged(): CacheError {
   return new CacheError('CACHE_CORRUPT', 'A stored record is damaged or was written by a newer version of hoard.');
+}
+
+/** What a version-2 record holds after its header: the value's length and the name of the file that holds it. */
+function decodePointer(rest: Buffer): { length: number; name: string } {
+  if (rest.length < 5) throw damaged();
+  return { length: rest.readUInt32LE(0), name: rest.toString('latin1', 4) };
 }
 
 /** A record's fields; `bytes` is the value itself in version 1, and the rest of the record in version 2. */
@@ -219,41 +246,27 @@ export async function repairLevelStore(directory: string): Promise<void> {
  */
 async function rebuildBlobIndex(db: Level<Buffer, Buffer>): Promise<void> {
   const named = new Map<string, string>();
-  const records = db.iterator(range(ITEM_PREFIX, ''));
-  try {
-    for (;;) {
-      const entries = await records.nextv(CLEAR_CHUNK);
-      if (entries.length === 0) break;
-      const operations: { type: 'put'; key: Buffer; value: Buffer }[] = [];
-      for (const [key, raw] of entries) {
-        let fields: ReturnType<typeof decodeFields>;
-        try {
-          fields = decodeFields(raw);
-        } catch {
-          continue;
-        }
-        if (fields.version !== BLOB_RECORD_VERSION || fields.bytes.length < 5) continue;
-        const suffix = key.subarray(ITEM_PREFIX.length);
-        const name = fields.bytes.subarray(4);
-        named.set(suffix.toString('latin1'), name.toString('latin1'));
-        operations.push({ type: 'put', key: Buffer.concat([Buffer.from(BLOB_PREFIX), suffix]), value: Buffer.from(name) });
+  await inChunks(db.iterator(range(ITEM_PREFIX, '')), async (entries) => {
+    const operations: { type: 'put'; key: Buffer; value: Buffer }[] = [];
+    for (const [key, raw] of entries) {
+      let name: string;
+      try {
+        const fields = decodeFields(raw);
+        if (fields.version !== BLOB_RECORD_VERSION) continue;
+        name = decodePointer(fields.bytes).name;
+      } catch {
+        continue;
       }
-      if (operations.length > 0) await db.batch(operations);
+      const index = withPrefix(BLOB_PREFIX, key);
+      named.set(index.toString('latin1'), name);
+      operations.push({ type: 'put', key: index, value: Buffer.from(name, 'latin1') });
     }
-  } finally {
-    await records.close();
-  }
-  const index = db.iterator(range(BLOB_PREFIX, ''));
-  try {
-    for (;;) {
-      const entries = await index.nextv(CLEAR_CHUNK);
-      if (entries.length === 0) break;
-      const stale = entries.filter(([key, name]) => named.get(key.subarray(BLOB_PREFIX.length).toString('latin1')) !== name.toString('latin1'));
-      if (stale.length > 0) await db.batch(stale.map(([key]) => ({ type: 'del' as const, key })));
-    }
-  } finally {
-    await index.close();
-  }
+    if (operations.length > 0) await db.batch(operations);
+  });
+  await inChunks(db.iterator(range(BLOB_PREFIX, '')), async (entries) => {
+    const stale = entries.filter(([key, name]) => named.get(key.toString('latin1')) !== name.toString('latin1'));
+    if (stale.length > 0) await db.batch(stale.map(([key]) => ({ type: 'del' as const, key })));
+  });
 }
 
 /**
@@ -336,12 +349,7 @@ export class LevelStore implements Store<EncodedValue> {
     const key = itemKey(scope, id);
     const kept = this.#memory?.get(key);
     if (kept) return kept;
-    let raw: Buffer | undefined;
-    try {
-      raw = this.#db.getSync(levelKey(key));
-    } catch (error) {
-      throw storageError('Cannot read from the cache database', error);
-    }
+    const raw = this.#get(levelKey(key));
     if (raw === undefined) return undefined;
     const { version, modified, encoding, bytes } = decodeFields(raw);
     if (version === RECORD_VERSION) {
@@ -349,9 +357,8 @@ export class LevelStore implements Store<EncodedValue> {
       this.#memory?.set(key, record, raw.length + key.length + ENTRY_OVERHEAD_BYTES);
       return record;
     }
-    if (bytes.length < 5) throw damaged();
-    const length = bytes.readUInt32LE(0);
-    const record = { modified, value: { encoding, bytes: this.#blobs.read(bytes.toString('latin1', 4), length) } };
+    const { length, name } = decodePointer(bytes);
+    const record = { modified, value: { encoding, bytes: this.#blobs.read(name, length) } };
     this.#memory?.set(key, record, length + key.length + ENTRY_OVERHEAD_BYTES);
     return record;
   }
@@ -383,9 +390,13 @@ export class LevelStore implements Store<EncodedValue> {
 
   /** The file of `key`'s current value, if it has one; the caller holds the item's lock, so it cannot change. */
   #blobOf(key: string): string | undefined {
-    if (!this.#hasBlobs) return undefined;
+    return this.#hasBlobs ? this.#get(blobKey(key))?.toString('latin1') : undefined;
+  }
+
+  /** Reads one LevelDB entry synchronously, from its caches in microseconds. */
+  #get(key: Buffer): Buffer | undefined {
     try {
-      return this.#db.getSync(blobKey(key))?.toString('latin1');
+      return this.#db.getSync(key);
     } catch (error) {
       throw storageError('Cannot read from the cache database', error);
     }
@@ -459,37 +470,23 @@ export class LevelStore implements Store<EncodedValue> {
    * part way leaves every item whole or gone; then removes their files.
    */
   async #clearBlobs(scope: Scope): Promise<void> {
-    const iterator = this.#db.iterator(range(BLOB_PREFIX, scope.prefix));
-    try {
-      for (;;) {
-        const entries = await iterator.nextv(CLEAR_CHUNK);
-        if (entries.length === 0) break;
-        const operations: { type: 'del'; key: Buffer }[] = [];
-        for (const [key] of entries) {
-          operations.push({ type: 'del', key }, { type: 'del', key: Buffer.concat([Buffer.from(ITEM_PREFIX), key.subarray(BLOB_PREFIX.length)]) });
-        }
-        await this.#db.batch(operations, this.#writeOptions);
-        for (const [, name] of entries) this.#blobs.remove(name.toString('latin1'));
-      }
-    } finally {
-      await iterator.close();
-    }
+    await inChunks(this.#db.iterator(range(BLOB_PREFIX, scope.prefix)), async (entries) => {
+      const operations = entries.flatMap(([key]) => [
+        { type: 'del' as const, key },
+        { type: 'del' as const, key: withPrefix(ITEM_PREFIX, key) },
+      ]);
+      await this.#db.batch(operations, this.#writeOptions);
+      for (const [, name] of entries) this.#blobs.remove(name.toString('latin1'));
+    });
   }
 
   /** Removes the files of earlier opens that no index entry names; a failure leaves them for the next open. */
   async #sweep(): Promise<void> {
     try {
       const referenced = new Set<string>();
-      const iterator = this.#db.values(range(BLOB_PREFIX, ''));
-      try {
-        for (;;) {
-          const names = await iterator.nextv(CLEAR_CHUNK);
-          if (names.length === 0) break;
-          for (const name of names) referenced.add(name.toString('latin1'));
-        }
-      } finally {
-        await iterator.close();
-      }
+      await inChunks(this.#db.values(range(BLOB_PREFIX, '')), (names) => {
+        for (const name of names) referenced.add(name.toString('latin1'));
+      });
       await this.#blobs.sweep((name) => referenced.has(name));
     } catch {
       // The garbage stays until the next open: nothing a caller asked for depends on it.
