@@ -12,7 +12,6 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { SYSTEMS, type System } from './systems.js';
 import type { Job, LoopResult } from './worker.js';
@@ -35,8 +34,8 @@ const MODES = [
   { name: '1x32', processes: 1, inFlight: 32 },
   { name: '4x8', processes: 4, inFlight: 8 },
 ] as const;
-const WORKER = fileURLToPath(new URL('./worker.js', import.meta.url));
-const HOARD_BIN = fileURLToPath(new URL('../client/bin.js', import.meta.url));
+const WORKER = join(__dirname, 'worker.js');
+const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
 const systems = SYSTEMS.filter((system) => !args.only || args.only.includes(system.name));
 if (systems.some((s) => s.name === 'redis') && spawnSync('redis-server', ['--version']).status !== 0) {
@@ -216,6 +215,7 @@ function table(points: Point[], memory: MemoryFigures[], handoff: Awaited<Return
   return lines.join('\n');
 }
 
+async function main(): Promise<void> {
 const points: Point[] = [];
 const memory: MemoryFigures[] = [];
 for (const valueBytes of VALUE_SIZES) for (const system of systems) await measureSystem(system, valueBytes, points, memory);
@@ -227,3 +227,6 @@ await mkdir('.bench', { recursive: true });
 await writeFile('.bench/results.json', `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, runs: RUNS, seconds: SECONDS, points, memory, handoff, cold }, null, 2)}\n`);
 await writeFile('.bench/results.md', `${markdown}\n`);
 console.log(markdown);
+}
+
+void main();

@@ -6,7 +6,6 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import cacache from 'cacache';
 import { Redis } from 'ioredis';
 import { Level } from 'level';
@@ -36,7 +35,7 @@ export interface System {
   open(endpoint: string): Promise<Client>;
 }
 
-const HOARD_BIN = fileURLToPath(new URL('../client/bin.js', import.meta.url));
+const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
 /** Starts a child process and resolves once a line of its stderr or stdout contains `ready`. */
 async function startProcess(command: string, args: string[], ready: string): Promise<ChildProcess> {

@@ -89,4 +89,4 @@ async function main(): Promise<unknown> {
   return result;
 }
 
-process.stdout.write(`${JSON.stringify(await main())}\n`);
+void main().then((result) => process.stdout.write(`${JSON.stringify(result)}\n`));

@@ -1,8 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { basename, dirname, join } from 'node:path';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
@@ -31,8 +30,8 @@ export interface ConnectOptions {
 
 /** The `hoard` command: `bin.js` next to this file once built, or the built one when running from the sources. */
 export function cliEntry(): string {
-  const candidates = [new URL('./bin.js', import.meta.url), new URL('../dist/client/bin.js', import.meta.url)];
-  const found = candidates.map((url) => fileURLToPath(url)).find((path) => existsSync(path));
+  const candidates = [join(__dirname, 'bin.js'), join(__dirname, '..', 'dist', 'client', 'bin.js')];
+  const found = candidates.find((path) => existsSync(path));
   if (!found) throw new CacheError('CACHE_DAEMON_START_FAILED', 'Cannot find the hoard command to start a daemon: run `npm run build`.');
   return found;
 }

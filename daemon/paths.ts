@@ -1,7 +1,6 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { homedir, tmpdir, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { xdgCache, xdgRuntime, xdgState } from 'xdg-basedir';
 import { CacheError } from '../src/errors.js';
 
 /** Linux keeps 108 bytes for a socket path, the last one a NUL; Node silently cuts longer paths. */
@@ -17,21 +16,19 @@ function uid(): number {
  */
 export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HOARD_SOCKET) return resolve(env.HOARD_SOCKET);
-  const runtime = env === process.env ? xdgRuntime : env.XDG_RUNTIME_DIR;
+  const runtime = env.XDG_RUNTIME_DIR;
   return runtime ? join(runtime, 'hoard', 'hoard.sock') : join(tmpdir(), `hoard-${uid()}`, 'hoard.sock');
 }
 
 /** The data directory: `HOARD_DATA_DIR`, else `$XDG_CACHE_HOME/hoard`, else `~/.cache/hoard`. */
 export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HOARD_DATA_DIR) return resolve(env.HOARD_DATA_DIR);
-  const cache = env === process.env ? xdgCache : env.XDG_CACHE_HOME;
-  return join(cache ?? join(homedir(), '.cache'), 'hoard');
+  return join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'hoard');
 }
 
 /** The background daemon's log file: `$XDG_STATE_HOME/hoard/daemon.log`, else `~/.local/state/hoard/daemon.log`. */
 export function defaultLogFile(env: NodeJS.ProcessEnv = process.env): string {
-  const state = env === process.env ? xdgState : env.XDG_STATE_HOME;
-  return join(state ?? join(homedir(), '.local', 'state'), 'hoard', 'daemon.log');
+  return join(env.XDG_STATE_HOME || join(homedir(), '.local', 'state'), 'hoard', 'daemon.log');
 }
 
 /** Refuses a socket path that Unix sockets would silently truncate. */

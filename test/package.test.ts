@@ -3,11 +3,11 @@ import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import { PROJECT_ROOT, runModule } from './support/child.js';
 
-test('the package exports hoard, hoard/client and hoard/daemon, each with types, and a hoard bin', async () => {
+test('the package exports hoard-cache, hoard-cache/client and hoard-cache/daemon, each with types, and a hoard bin', async () => {
   const result = await runModule(
-    `const api = await import('hoard');
-     const client = await import('hoard/client');
-     const daemon = await import('hoard/daemon');
+    `const api = await import('hoard-cache');
+     const client = await import('hoard-cache/client');
+     const daemon = await import('hoard-cache/daemon');
      console.log(JSON.stringify([Object.keys(api).sort(), Object.keys(client).sort(), Object.keys(daemon).sort()]));`,
   );
   expect(result.stderr).toBe('');

@@ -10,8 +10,8 @@ async function examples(): Promise<string[]> {
   const readme = await readFile(join(PROJECT_ROOT, 'README.md'), 'utf8');
   return [...readme.matchAll(/<!-- example[^>]*-->\s*```ts\n([\s\S]*?)```/g)].map(([, code]) =>
     code!
-      .replaceAll("from 'hoard/client'", `from ${JSON.stringify(join(PROJECT_ROOT, 'client/index.ts'))}`)
-      .replaceAll("from 'hoard'", `from ${JSON.stringify(join(PROJECT_ROOT, 'src/index.ts'))}`),
+      .replaceAll("from 'hoard-cache/client'", `from ${JSON.stringify(join(PROJECT_ROOT, 'client/index.ts'))}`)
+      .replaceAll("from 'hoard-cache'", `from ${JSON.stringify(join(PROJECT_ROOT, 'src/index.ts'))}`),
   );
 }
 
