@@ -10,7 +10,7 @@ import cacache from 'cacache';
 import { Redis } from 'ioredis';
 import { Level } from 'level';
 import { connect } from '../client/index.js';
-import { DAEMON_NODE_FLAGS } from '../daemon/main.js';
+import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
 import { type Cache, LevelCache } from '../src/index.js';
 
 export interface Client {

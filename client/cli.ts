@@ -1,12 +1,10 @@
 import { createInterface } from 'node:readline/promises';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { type DaemonCommandOptions, runDaemonCommand } from '../daemon/main.js';
-import { defaultDataDir, defaultSocketPath } from '../daemon/paths.js';
-import { MEMORY_CACHE_BYTES, repairLevelStore } from '../src/level-store.js';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { defaultSocketPath } from '../src/wire/paths.js';
 import { isCacheError } from '../src/errors.js';
 import { Shutdown, type StatusResult } from '../src/protocol.js';
 import { VERSION } from '../src/version.js';
-import { openOrStart } from './connect.js';
+import { daemonEntry, openOrStart } from './connect.js';
 import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
 import { DaemonConnection } from './daemon-connection.js';
 
@@ -16,26 +14,17 @@ const TEXT_ENCODINGS = new Set(['text', 'utf8', 'utf-8']);
 /** An expected failure: one line on stderr, exit code 1. */
 class Failure extends Error {}
 
-/** Parses `500ms`, `30s`, `15m`, `1h`, or a plain number of seconds, into milliseconds. */
-export function parseDuration(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
-  if (!match) throw new InvalidArgumentError('expected a duration such as 900s, 15m or 500ms (0 for never)');
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] ?? 's']!;
-  return Math.round(Number(match[1]) * unit);
+/** A command that already said why it failed, and exits with this code. */
+class ExitCode extends Error {
+  constructor(readonly code: number) {
+    super(`exit ${code}`);
+  }
 }
 
-/** Parses a size such as `65536`, `512KiB`, `32MiB` or `1GiB` into bytes. */
-export function parseSize(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text.trim());
-  if (!match) throw new InvalidArgumentError('expected a size such as 65536, 512KiB, 32MiB or 1GiB');
-  const unit = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 }[(match[2] ?? 'b').toLowerCase() as 'b']!;
-  return Math.round(Number(match[1]) * unit);
-}
-
-function parseMessageLimit(text: string): number {
-  const bytes = parseSize(text);
-  if (bytes < 1024) throw new InvalidArgumentError('expected at least 1024 bytes');
-  return bytes;
+/** The daemon's entry, loaded by path at run time (see `daemonEntry`). */
+function loadDaemonEntry(): { runDaemonMain(argv: string[], io: { err: (text: string) => void }): Promise<number> } {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require(daemonEntry()) as ReturnType<typeof loadDaemonEntry>;
 }
 
 interface Globals {
@@ -94,37 +83,25 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .option('--scope <name>', 'a scope; repeat for nested scopes', collect, [] as string[]);
   const globals = (): Globals => program.opts<Globals>();
 
-  program
-    .command('daemon')
-    .description('run the daemon in the foreground')
-    .option('--data-dir <path>', 'the LevelDB directory (default: $HOARD_DATA_DIR or the XDG cache directory)')
-    .option('--idle-timeout <duration>', 'stop after this long with no connection; 0 never', parseDuration, 15 * 60_000)
-    .option('--stdio', 'serve one client over stdin/stdout and exit when stdin closes')
-    .option('--sync', 'flush every write to the disk before acknowledging it (survives power loss; slower)')
-    .option('--max-message-bytes <size>', 'close connections that send larger messages', parseMessageLimit, 64 * 1024 * 1024)
-    .option('--memory-cache <size>', 'keep recently used values in memory up to this size; 0 turns it off', parseSize, MEMORY_CACHE_BYTES)
-    .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
-    .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
-    .action(
-      async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number }) => {
-        await runDaemonCommand({ ...options, socket: globals().socket, idleTimeoutMs: options.idleTimeout, memoryCacheBytes: options.memoryCache });
-      },
-    );
-
-  program
-    .command('repair')
-    .description('recover what LevelDB can of a damaged data directory (stop the daemon first)')
-    .option('--data-dir <path>', 'the LevelDB directory (default: $HOARD_DATA_DIR or the XDG cache directory)')
-    .action(async (options: { dataDir?: string }) => {
-      const dataDir = options.dataDir ?? defaultDataDir();
-      try {
-        await repairLevelStore(dataDir);
-      } catch (error) {
-        if (isCacheError(error, 'CACHE_LOCKED')) throw new Failure(`${dataDir} is in use: stop the daemon (hoard stop) first`);
-        throw error;
-      }
-      io.err(`hoard: repaired ${dataDir}\n`);
-    });
+  // The daemon's own entry runs these, so that the client never loads the daemon or LevelDB's addon.
+  for (const [name, description] of [
+    ['daemon', 'run the daemon in the foreground (hoard daemon --help for its options)'],
+    ['repair', 'recover what LevelDB can of a damaged data directory (stop the daemon first)'],
+  ] as const) {
+    program
+      .command(name)
+      .description(description)
+      .helpOption(false)
+      .allowUnknownOption()
+      .allowExcessArguments()
+      .argument('[options...]')
+      .action(async (_args: string[], _options: unknown, command: Command) => {
+        const socket = name === 'daemon' && globals().socket ? ['--socket', globals().socket!] : [];
+        const args = name === 'repair' ? ['repair', ...command.args] : [...socket, ...command.args];
+        const code = await loadDaemonEntry().runDaemonMain(args, { err: io.err });
+        if (code !== 0) throw new ExitCode(code);
+      });
+  }
 
   program
     .command('status')
@@ -249,6 +226,7 @@ export async function runCli(argv: string[], io = { out: (t: string | Uint8Array
       io.err(`hoard: ${error.message}\n`);
       return 2;
     }
+    if (error instanceof ExitCode) return error.code;
     if (error instanceof Failure || isCacheError(error)) {
       io.err(`hoard: ${(error as Error).message}\n`);
       return 1;

@@ -4,8 +4,8 @@ import { createInterface } from 'node:readline';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
-import { DAEMON_NODE_FLAGS } from '../daemon/main.js';
-import { cliEntry } from './connect.js';
+import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
+import { daemonEntry } from './connect.js';
 import type { DaemonChannel } from './daemon-channel.js';
 import { openChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
@@ -34,7 +34,7 @@ export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const open = async (): Promise<DaemonChannel> => {
-    const args = [...DAEMON_NODE_FLAGS, cliEntry(), 'daemon', '--stdio'];
+    const args = [...DAEMON_NODE_FLAGS, daemonEntry(), '--stdio'];
     if (options.dataDir) args.push('--data-dir', options.dataDir);
     const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     child.stdin.on('error', () => {});

@@ -5,8 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/level-cache.js';
-import { DAEMON_NODE_FLAGS } from '../daemon/main.js';
-import { checkSocketPathLength, defaultLogFile, defaultSocketPath } from '../daemon/paths.js';
+import { checkSocketPathLength, DAEMON_NODE_FLAGS, defaultLogFile, defaultSocketPath } from '../src/wire/paths.js';
 import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
 import { openSocketChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
@@ -28,11 +27,14 @@ export interface ConnectOptions {
   transport?: TransportName;
 }
 
-/** The `hoard` command: `bin.js` next to this file once built, or the built one when running from the sources. */
-export function cliEntry(): string {
-  const candidates = [join(__dirname, 'bin.js'), join(__dirname, '..', 'dist', 'client', 'bin.js')];
+/**
+ * The daemon's entry script of the installed package: `daemon/main.js` beside this file's folder once built, or
+ * the built one when running from the sources. Looked up only when a daemon is started, never at load.
+ */
+export function daemonEntry(): string {
+  const candidates = [join(__dirname, '..', 'daemon', 'main.js'), join(__dirname, '..', 'dist', 'daemon', 'main.js')];
   const found = candidates.find((path) => existsSync(path));
-  if (!found) throw new CacheError('CACHE_DAEMON_START_FAILED', 'Cannot find the hoard command to start a daemon: run `npm run build`.');
+  if (!found) throw new CacheError('CACHE_DAEMON_START_FAILED', `Cannot find the hoard daemon's entry script (looked for ${candidates.join(' and ')}).`);
   return found;
 }
 
@@ -42,7 +44,7 @@ type StartOutcome = 'ready' | 'busy';
 async function startInBackground(socketPath: string, options: ConnectOptions, deadline: number): Promise<StartOutcome> {
   const logFile = defaultLogFile();
   await mkdir(dirname(logFile), { recursive: true, mode: 0o700 });
-  const args = [...DAEMON_NODE_FLAGS, cliEntry(), 'daemon', '--socket', socketPath, '--log-file', logFile, '--ready-fd', '3'];
+  const args = [...DAEMON_NODE_FLAGS, daemonEntry(), '--socket', socketPath, '--log-file', logFile, '--ready-fd', '3'];
   if (options.dataDir) args.push('--data-dir', options.dataDir);
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
   const channel = child.stdio[3] as NodeJS.ReadableStream;

@@ -1,2 +1,2 @@
 export { type Daemon, type DaemonOptions, startDaemon } from './start-daemon.js';
-export { defaultDataDir, defaultSocketPath, MAX_SOCKET_PATH_BYTES } from './paths.js';
+export { defaultDataDir, defaultSocketPath, MAX_SOCKET_PATH_BYTES } from '../src/wire/paths.js';

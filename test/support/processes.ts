@@ -60,7 +60,8 @@ export async function daemonPids(socketPath: string): Promise<number[]> {
     if (!/^\d+$/.test(entry)) continue;
     const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
     const args = cmdline.split('\0');
-    if (args.includes('daemon') && args.includes(socketPath)) {
+    const isDaemon = args.includes('daemon') || args.some((arg) => arg.endsWith('daemon/main.js'));
+    if (isDaemon && args.includes(socketPath)) {
       const state = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
       if (!/\) Z /.test(state)) pids.push(Number(entry));
     }
