@@ -2,7 +2,7 @@ import type { Readable, Writable } from 'node:stream';
 import { type FrameCursor, FrameDecoder } from '../src/frame-decoder.js';
 import type { FrameEncoder } from '../src/frame-encoder.js';
 import { FrameWriter } from '../src/frame-writer.js';
-import type { EncodedValue } from '../src/level-store.js';
+import type { EncodedValue } from '../src/store.js';
 import { BinaryOp, FRAME_HEADER_BYTES, type InitializeResult, type StatusResult } from '../src/protocol.js';
 import {
   type CallOptions,

@@ -3,7 +3,7 @@ import { basename } from 'node:path';
 import { createInterface } from 'node:readline';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError, isCacheError } from '../src/errors.js';
-import { codecAdapter } from '../src/level-cache.js';
+import { codecAdapter } from '../src/codec-adapter.js';
 import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
 import { daemonEntry } from './connect.js';
 import type { DaemonChannel } from './daemon-channel.js';

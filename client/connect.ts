@@ -4,7 +4,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
-import { codecAdapter } from '../src/level-cache.js';
+import { codecAdapter } from '../src/codec-adapter.js';
 import { checkSocketPathLength, DAEMON_NODE_FLAGS, defaultLogFile, defaultSocketPath } from '../src/wire/paths.js';
 import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
 import { openSocketChannel, type TransportName } from './open-channel.js';

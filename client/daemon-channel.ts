@@ -1,7 +1,7 @@
 import { connect as netConnect, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { CacheError, type CacheErrorCode } from '../src/errors.js';
-import type { EncodedValue } from '../src/level-store.js';
+import type { EncodedValue } from '../src/store.js';
 import type { InitializeResult, StatusResult } from '../src/protocol.js';
 
 /** An item as the daemon sends it: the stored bytes and the name of their encoding, not decoded yet. */

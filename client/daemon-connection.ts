@@ -12,7 +12,7 @@ import {
   StreamMessageWriter,
 } from 'vscode-jsonrpc/node';
 import { CacheError } from '../src/errors.js';
-import type { EncodedValue } from '../src/level-store.js';
+import type { EncodedValue } from '../src/store.js';
 import {
   Clear,
   Delete,

@@ -2,7 +2,7 @@ import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from '../
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
 import { RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
-import type { EncodedValue } from '../src/level-store.js';
+import type { EncodedValue } from '../src/store.js';
 import type { ValueAdapter } from '../src/local-backend.js';
 import type { StatusResult } from '../src/protocol.js';
 import type { Scope } from '../src/scope-path.js';

@@ -1,6 +1,6 @@
 import type { CancellationToken, MessageConnection } from 'vscode-jsonrpc';
 import { ResponseError } from 'vscode-jsonrpc';
-import type { EncodedValue } from '../src/level-store.js';
+import type { EncodedValue } from '../src/store.js';
 import {
   Clear,
   Delete,

@@ -1,6 +1,6 @@
 import type { CacheItem, GetSetHandle } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
-import type { EncodedValue } from '../src/level-store.js';
+import type { EncodedValue } from '../src/store.js';
 import type { LocalBackend } from '../src/local-backend.js';
 import type { SignalSource } from '../src/lock-table.js';
 import { type InitializeResult, PROTOCOL_VERSION, type StatusResult, type WireErrorCode } from '../src/protocol.js';

@@ -5,14 +5,8 @@ import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { CacheError, storageError } from './errors.js';
 import type { Scope } from './scope-path.js';
 import { itemKey } from './scope-path.js';
-import type { Store, StoredRecord } from './store.js';
+import type { EncodedValue, Store, StoredRecord } from './store.js';
 import { LruMap } from './lru-map.js';
-
-/** A value as bytes with the name of the encoding it was written with. */
-export interface EncodedValue {
-  readonly encoding: string;
-  readonly bytes: Uint8Array;
-}
 
 /**
  * The LevelDB layout. Item keys are `i` + the UTF-8 of `scope-path.ts`'s key; `m` + name holds metadata

@@ -1,5 +1,11 @@
 import type { Scope } from './scope-path.js';
 
+/** A value as bytes with the name of the encoding it was written with: how stores and the wire carry values. */
+export interface EncodedValue {
+  readonly encoding: string;
+  readonly bytes: Uint8Array;
+}
+
 /** What a store keeps for one item: the time it was modified and the value in the store's form. */
 export interface StoredRecord<V> {
   readonly modified: number;
@@ -23,3 +29,6 @@ export interface Store<V> {
   clear(scope: Scope): Promise<void>;
   close(): Promise<void>;
 }
+
+/** An item as the daemon stores and sends it: its `modified` and its value's bytes with their encoding. */
+export type EncodedRecord = StoredRecord<EncodedValue>;
