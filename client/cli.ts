@@ -2,11 +2,11 @@ import { createInterface } from 'node:readline/promises';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { defaultSocketPath } from '../src/wire/paths.js';
 import { isCacheError } from '../src/errors.js';
-import { Shutdown, type StatusResult } from '../src/protocol.js';
+import { Clear, Delete, Get, Release, Set as SetItem, Shutdown, Status, type StatusResult } from '../src/wire/protocol.js';
 import { VERSION } from '../src/version.js';
 import { daemonEntry, openOrStart } from './connect.js';
-import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
-import { DaemonConnection } from './daemon-connection.js';
+import { type Channel, isNoDaemon } from './channel.js';
+import { openWithoutHandshake } from './open-channel.js';
 
 /** Encodings other clients may use for plain UTF-8 text, printed as they are. */
 const TEXT_ENCODINGS = new Set(['text', 'utf8', 'utf-8']);
@@ -52,7 +52,7 @@ function formatBytes(bytes: number): string {
 }
 
 /** A raw connection for the commands that handle stored bytes and encodings themselves. */
-async function open(globals: Globals, { start }: { start: boolean }): Promise<DaemonChannel> {
+async function open(globals: Globals, { start }: { start: boolean }): Promise<Channel> {
   const socketPath = globals.socket ?? defaultSocketPath();
   try {
     return await openOrStart(socketPath, { clientName: 'hoard cli', autoStart: start });
@@ -62,7 +62,7 @@ async function open(globals: Globals, { start }: { start: boolean }): Promise<Da
   }
 }
 
-async function withConnection<R>(globals: Globals, start: boolean, run: (c: DaemonChannel) => Promise<R>): Promise<R> {
+async function withConnection<R>(globals: Globals, start: boolean, run: (c: Channel) => Promise<R>): Promise<R> {
   const connection = await open(globals, { start });
   try {
     return await run(connection);
@@ -108,7 +108,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .description('show the daemon\u2019s state')
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }) => {
-      const status: StatusResult = await withConnection(globals(), false, (c) => c.status());
+      const status: StatusResult = await withConnection(globals(), false, (c) => c.request(Status, undefined));
       if (options.json) return io.out(`${JSON.stringify(status, null, 2)}\n`);
       io.out(
         [
@@ -130,15 +130,15 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .description('stop the daemon')
     .action(async () => {
       // No handshake: a daemon of another protocol version must be stoppable too.
-      let connection: DaemonConnection;
+      let connection: Channel;
       try {
-        connection = await DaemonConnection.withoutHandshake(globals().socket ?? defaultSocketPath());
+        connection = await openWithoutHandshake(globals().socket ?? defaultSocketPath());
       } catch (error) {
         if (isNoDaemon(error)) return io.err('hoard: no daemon was running\n');
         throw error;
       }
       // A daemon that goes away before its answer arrives has stopped all the same.
-      await connection.request(Shutdown).catch((error: unknown) => {
+      await connection.request(Shutdown, undefined).catch((error: unknown) => {
         if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
       });
       await connection.lostPromise;
@@ -151,14 +151,15 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .option('--raw', 'print the stored bytes as they are')
     .action(async (id: string, options: { raw?: boolean }) => {
       await withConnection(globals(), true, async (c) => {
-        const { handle, item } = await c.get(globals().scope, id);
-        c.release(handle);
+        const { handle, item } = await c.request(Get, { scope: globals().scope, id });
+        c.notify(Release, { handle });
         if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
-        const bytes = Buffer.from(item.bytes.buffer, item.bytes.byteOffset, item.bytes.byteLength);
+        const { encoding, bytes: stored } = item.value;
+        const bytes = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
         if (options.raw) return io.out(bytes);
-        if (TEXT_ENCODINGS.has(item.encoding)) return io.out(`${bytes.toString('utf8')}\n`);
-        if (item.encoding !== 'json') {
-          throw new Failure(`the value is stored as ${item.encoding}, not text; use --raw to print its bytes`);
+        if (TEXT_ENCODINGS.has(encoding)) return io.out(`${bytes.toString('utf8')}\n`);
+        if (encoding !== 'json') {
+          throw new Failure(`the value is stored as ${encoding}, not text; use --raw to print its bytes`);
         }
         const value: unknown = JSON.parse(bytes.toString('utf8'));
         io.out(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
@@ -183,14 +184,14 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
           throw new Failure('the value is not valid JSON');
         }
       } else bytes = Buffer.from(JSON.stringify(input.toString('utf8')));
-      await withConnection(globals(), true, (c) => c.set(globals().scope, id, { encoding, bytes }));
+      await withConnection(globals(), true, (c) => c.request(SetItem, { scope: globals().scope, id, value: { encoding, bytes } }));
     });
 
   program
     .command('delete <id>')
     .description('remove an item')
     .action(async (id: string) => {
-      await withConnection(globals(), true, (c) => c.delete(globals().scope, id));
+      await withConnection(globals(), true, (c) => c.request(Delete, { scope: globals().scope, id }));
     });
 
   program
@@ -205,7 +206,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         prompt.close();
         if (!/^y(es)?$/i.test(answer.trim())) throw new Failure('nothing cleared');
       }
-      await withConnection(globals(), true, (c) => c.clear(scope));
+      await withConnection(globals(), true, (c) => c.request(Clear, { scope }));
     });
 
   return program;

@@ -6,7 +6,7 @@ import { CacheError, isCacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/codec-adapter.js';
 import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
 import { daemonEntry } from './connect.js';
-import type { DaemonChannel } from './daemon-channel.js';
+import type { Channel } from './channel.js';
 import { openChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
 
@@ -33,7 +33,7 @@ const EXIT_GRACE_MS = 5000;
 export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {}): Promise<RemoteCache<T>> {
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
-  const open = async (): Promise<DaemonChannel> => {
+  const open = async (): Promise<Channel> => {
     const args = [...DAEMON_NODE_FLAGS, daemonEntry(), '--stdio'];
     if (options.dataDir) args.push('--data-dir', options.dataDir);
     const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });

@@ -6,7 +6,7 @@ import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/codec-adapter.js';
 import { checkSocketPathLength, DAEMON_NODE_FLAGS, defaultLogFile, defaultSocketPath } from '../src/wire/paths.js';
-import { type DaemonChannel, isNoDaemon } from './daemon-channel.js';
+import { type Channel, isNoDaemon } from './channel.js';
 import { openSocketChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
 
@@ -75,7 +75,7 @@ async function lastLogLine(logFile: string): Promise<string> {
 }
 
 /** Opens a connection, starting a daemon when none answers and tolerating losing the race to start one. */
-export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<DaemonChannel> {
+export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<Channel> {
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
   let delayMs = 5;
@@ -116,7 +116,7 @@ export async function connect<T = unknown>(options: ConnectOptions = {}): Promis
   const socketPath = options.socketPath ?? defaultSocketPath();
   checkSocketPathLength(socketPath);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
-  const open = (): Promise<DaemonChannel> => openOrStart(socketPath, options);
+  const open = (): Promise<Channel> => openOrStart(socketPath, options);
   return new RemoteCache(new RemoteBackend(adapter, open, await open()));
 }
 

@@ -2,35 +2,35 @@ import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from '../
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
 import { RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
-import type { EncodedValue } from '../src/store.js';
 import type { ValueAdapter } from '../src/local-backend.js';
-import type { StatusResult } from '../src/protocol.js';
 import type { Scope } from '../src/scope-path.js';
-import type { ChannelItem, DaemonChannel } from './daemon-channel.js';
+import type { EncodedRecord, EncodedValue } from '../src/store.js';
+import { Clear, Delete, Get, GetSet, HandleSet, Release, Set as SetItem, Status, type StatusResult } from '../src/wire/protocol.js';
+import type { Channel } from './channel.js';
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, EncodedValue>;
-  readonly #open: () => Promise<DaemonChannel>;
-  #connection: DaemonChannel | undefined;
-  #connecting: Promise<DaemonChannel> | undefined;
+  readonly #open: () => Promise<Channel>;
+  #connection: Channel | undefined;
+  #connecting: Promise<Channel> | undefined;
   #closed = false;
 
-  constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<DaemonChannel>, first?: DaemonChannel) {
+  constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<Channel>, first?: Channel) {
     this.#adapter = adapter;
     this.#open = open;
     this.#connection = first;
   }
 
   /** The live connection, reconnecting (and starting the daemon if need be) after a loss. */
-  connection(): Promise<DaemonChannel> {
+  connection(): Promise<Channel> {
     if (this.#closed) return Promise.reject(new CacheError('CACHE_CLOSED', 'The cache is closed.'));
     const current = this.#connection;
     if (current && !current.lost) return Promise.resolve(current);
     return this.#reconnect();
   }
 
-  async #reconnect(): Promise<DaemonChannel> {
+  async #reconnect(): Promise<Channel> {
     this.#connecting ??= this.#open().finally(() => (this.#connecting = undefined));
     const connection = await this.#connecting;
     if (this.#closed) {
@@ -40,26 +40,25 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return (this.#connection = connection);
   }
 
-  #item(wire: ChannelItem | null): CacheItem<T> | null {
-    if (!wire) return null;
+  #item(record: EncodedRecord | null): CacheItem<T> | null {
+    if (!record) return null;
     const adapter = this.#adapter;
-    const stored: EncodedValue = { encoding: wire.encoding, bytes: wire.bytes };
-    return { modified: wire.modified, value: async () => adapter.decode(stored) };
+    return { modified: record.modified, value: async () => adapter.decode(record.value) };
   }
 
   /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
-  #releaser(connection: DaemonChannel, handle: number): () => Promise<void> {
+  #releaser(connection: Channel, handle: number): () => Promise<void> {
     let released = false;
     return async () => {
       if (released) return;
       released = true;
-      connection.release(handle);
+      connection.notify(Release, { handle });
     };
   }
 
   async get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>> {
     const connection = await this.connection();
-    const result = await connection.get(scope.path, id, { signal, abandoned: (late) => connection.release(late.handle) });
+    const result = await connection.request(Get, { scope: scope.path, id }, { signal, abandoned: (late) => connection.notify(Release, { handle: late.handle }) });
     const release = this.#releaser(connection, result.handle);
     return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
   }
@@ -70,12 +69,16 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     options: { wait: boolean; signal: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const connection = await this.connection();
-    const result = await connection.getset(scope.path, id, options.wait, {
-      signal: options.signal,
-      abandoned: (late) => {
-        if (late.handle !== null) connection.release(late.handle);
+    const result = await connection.request(
+      GetSet,
+      { scope: scope.path, id, wait: options.wait },
+      {
+        signal: options.signal,
+        abandoned: (late) => {
+          if (late.handle !== null) connection.notify(Release, { handle: late.handle });
+        },
       },
-    });
+    );
     if (result.handle === null) return MISSED_GETSET;
     const handle = result.handle;
     const releaseAtDaemon = this.#releaser(connection, handle);
@@ -88,7 +91,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
           new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.'),
         );
       }
-      const write = writes.then(() => connection.handleSet(handle, this.#adapter.encode(value)));
+      const write = writes.then(() => connection.request(HandleSet, { handle, value: this.#adapter.encode(value) }));
       writes = write.catch(() => {});
       return write;
     };
@@ -104,19 +107,19 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    await connection.set(scope.path, id, encoded, modified);
+    await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified });
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
-    await (await this.connection()).delete(scope.path, id);
+    await (await this.connection()).request(Delete, { scope: scope.path, id });
   }
 
   async clear(scope: Scope): Promise<void> {
-    await (await this.connection()).clear(scope.path);
+    await (await this.connection()).request(Clear, { scope: scope.path });
   }
 
   async status(): Promise<StatusResult> {
-    return (await this.connection()).status();
+    return (await this.connection()).request(Status, undefined);
   }
 
   async close(): Promise<void> {

@@ -1,2 +1,2 @@
-export { type Daemon, type DaemonOptions, startDaemon } from './start-daemon.js';
+export { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
 export { defaultDataDir, defaultSocketPath, MAX_SOCKET_PATH_BYTES } from '../src/wire/paths.js';

@@ -3,9 +3,10 @@ import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isCacheError } from '../src/errors.js';
-import { MEMORY_CACHE_BYTES, repairLevelStore } from '../src/level-store.js';
+import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
+import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
-import { type Daemon, startDaemon } from './start-daemon.js';
+import { type Daemon, startDaemon } from './daemon.js';
 
 /** The daemon's own entry: `node daemon/main.js [options]` runs a daemon, `node daemon/main.js repair [options]` repairs. */
 

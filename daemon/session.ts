@@ -1,10 +1,28 @@
-import type { CacheItem, GetSetHandle } from '../src/cache.js';
+import type { GetSetHandle } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
-import type { EncodedValue } from '../src/store.js';
 import type { LocalBackend } from '../src/local-backend.js';
 import type { SignalSource } from '../src/lock-table.js';
-import { type InitializeResult, PROTOCOL_VERSION, type StatusResult, type WireErrorCode } from '../src/protocol.js';
 import { type Scope, scopeOf } from '../src/scope-path.js';
+import type { EncodedRecord, EncodedValue } from '../src/store.js';
+import {
+  Clear,
+  Delete,
+  Get,
+  type GetResult,
+  GetSet,
+  type GetSetResult,
+  HandleSet,
+  type InitializeParams,
+  type InitializeResult,
+  PROTOCOL_VERSION,
+  type AnyRequest,
+  type RequestMethod,
+  Set as SetItem,
+  Shutdown,
+  Status,
+  type StatusResult,
+} from '../src/wire/protocol.js';
+import { invalidParams, WireError } from '../src/wire/wire-error.js';
 
 /** What every connection of one daemon shares. */
 export interface DaemonContext {
@@ -20,72 +38,32 @@ export interface DaemonContext {
   log(message: string): void;
 }
 
-/** A failure to report to the client with its wire code, whatever the transport. */
-export class WireError extends Error {
-  constructor(
-    readonly code: WireErrorCode,
-    message: string,
-    readonly details: Record<string, unknown> = {},
-  ) {
-    super(message);
-  }
-}
-
-export function invalidParams(why: string): WireError {
-  return new WireError('CACHE_INVALID_PARAMS', `Invalid params: ${why}.`);
-}
-
 /** The reason a wait ends when its request is cancelled. */
 export const CANCELLED = Symbol('cancelled');
 
-/** An item as it travels: the stored bytes, not decoded. */
-export interface WireValueItem {
-  modified: number;
-  encoding: string;
-  bytes: Uint8Array;
-}
+/** Serves one method: answers synchronously when it can (a read whose lock is free), else with a promise. */
+export type Handler<P, R> = (params: P, signal: SignalSource) => R | Promise<R>;
 
-type Held =
-  | { kind: 'get'; handle: { release(): void | Promise<void> } }
-  | { kind: 'getset'; handle: GetSetHandle<EncodedValue> };
-
-const ENCODING_NAME = /^[\x21-\x7e]{1,64}$/;
-
-/** Checks a scope path from either transport: an array of non-empty strings. */
-export function checkScope(scope: unknown): Scope {
-  if (!Array.isArray(scope)) throw invalidParams('scope must be an array of non-empty strings');
-  for (const name of scope) {
-    if (typeof name !== 'string' || name === '') throw invalidParams('scope must be an array of non-empty strings');
-  }
-  return scopeOf(scope as string[]);
-}
-
-/** Refuses an encoding name that is not 1 to 64 printable ASCII characters. */
-export function checkEncodingName(encoding: string): void {
-  if (!ENCODING_NAME.test(encoding)) throw invalidParams('encoding must be 1 to 64 printable ASCII characters');
-}
-
-async function itemBytes(item: CacheItem<EncodedValue> | null): Promise<WireValueItem | null> {
-  if (!item) return null;
-  const { encoding, bytes } = await item.value();
-  return { modified: item.modified, encoding, bytes };
-}
+type Held = { release(): void | Promise<void> } | GetSetHandle<EncodedValue>;
 
 /**
- * One client's session, whatever its transport: the handshake, the handles it holds and the calls it makes.
- * Every lock belongs to the session; when it closes, its waits are dropped and its locks released at once.
- * Arguments arrive decoded and checked for type; the transports turn results and errors into messages.
+ * One client's session, whatever its transport: the handshake, the handles it holds, the requests it waits in,
+ * and a handler per method. It owns its locks and waits: closing it ends the waits, then releases the locks.
+ * Params arrive checked by their method's layout; the transports turn results and errors into messages.
  */
 export class Session {
   readonly #context: DaemonContext;
+  /** Granted handles by number: read leases and getset handles. */
   readonly #held = new Map<number, Held>();
+  readonly #getsets = new WeakSet<Held>();
+  /** Wait signals made by {@link Session.waitController}, ended before any lock of the session is released. */
+  readonly #waits = new Set<AbortController>();
   readonly #gone = new AbortController();
+  readonly #handlers = new Map<AnyRequest, Handler<never, unknown>>();
   readonly #label: string;
   #clientName: string;
   #initialized = false;
   #closing: Promise<void> | undefined;
-  /** Wait signals made by {@link Session.waitController}, ended before any lock of the session is released. */
-  readonly #waits = new Set<AbortController>();
   #markClosed!: () => void;
   /** Resolves once the session has ended and its locks are released. */
   readonly closed = new Promise<void>((resolve) => (this.#markClosed = resolve));
@@ -94,16 +72,37 @@ export class Session {
     this.#context = context;
     this.#label = label;
     this.#clientName = label;
+    this.#on(Get, (p, signal) => this.#get(scopeOf(p.scope), p.id, signal));
+    this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, signal));
+    this.#on(HandleSet, (p) => this.#handleSet(p.handle, p.value));
+    this.#on(SetItem, (p, signal) => this.#set(scopeOf(p.scope), p.id, p.value, p.modified, signal));
+    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, signal));
+    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), signal));
+    this.#on(Status, () => this.#context.status());
+    this.#on(Shutdown, () => this.#shutdown());
   }
 
   get initialized(): boolean {
     return this.#initialized;
   }
 
+  #on<P, R>(method: RequestMethod<P, R>, handler: Handler<P, R>): void {
+    this.#handlers.set(method, handler as Handler<never, unknown>);
+  }
+
+  /** The handler of `method`; before `initialize`, only `shutdown` has one that runs. */
+  handler<P, R>(method: RequestMethod<P, R>): Handler<P, R> {
+    const handler = this.#handlers.get(method) as Handler<P, R> | undefined;
+    if (!handler) throw new WireError('CACHE_INVALID_REQUEST', `Unknown method ${method.method}.`);
+    if (!this.#initialized && method !== Shutdown) {
+      throw new WireError('CACHE_NOT_INITIALIZED', `Send initialize before ${method.method}.`);
+    }
+    return handler;
+  }
+
   /** Checks the handshake and, when it succeeds, lets the other calls through. */
-  initialize(params: { protocolVersion: unknown; clientName?: unknown }, transport: 'json' | 'binary'): InitializeResult {
+  initialize(params: InitializeParams, transport: 'json' | 'binary'): InitializeResult {
     const { version, maxMessageBytes } = this.#context;
-    if (typeof params.protocolVersion !== 'number') throw invalidParams('protocolVersion must be a number');
     if (params.protocolVersion !== PROTOCOL_VERSION) {
       throw new WireError(
         'CACHE_PROTOCOL_MISMATCH',
@@ -113,7 +112,7 @@ export class Session {
         { daemonVersion: version, daemonProtocolVersion: PROTOCOL_VERSION, clientProtocolVersion: params.protocolVersion },
       );
     }
-    if (typeof params.clientName === 'string') this.#clientName = `${params.clientName} (${this.#label})`;
+    if (params.clientName !== undefined) this.#clientName = `${params.clientName} (${this.#label})`;
     this.#initialized = true;
     return {
       daemonVersion: version,
@@ -151,7 +150,7 @@ export class Session {
   /** Keeps a granted handle, unless the session ended while it was being granted. */
   async #keep(entry: Held): Promise<number> {
     if (this.#gone.signal.aborted) {
-      await entry.handle.release();
+      await entry.release();
       throw new CacheError('CACHE_CONNECTION_LOST', 'The connection closed.');
     }
     const number = this.#context.nextHandle();
@@ -164,40 +163,40 @@ export class Session {
     else this.#context.counters.misses++;
   }
 
-  /** Reads at once when the item's shared lock is free; `undefined` when the read must wait (use {@link Session.get}). */
-  getNow(scope: Scope, id: string): { handle: number; item: WireValueItem | null } | undefined {
-    if (this.#gone.signal.aborted) return undefined;
-    const read = this.#context.backend.readNow(scope, id);
-    if (!read) return undefined;
+  /** Reads at once when the item's shared lock is free (no promise: most reads), else waits for it. */
+  #get(scope: Scope, id: string, signal: SignalSource): GetResult | Promise<GetResult> {
+    const read = this.#gone.signal.aborted ? undefined : this.#context.backend.readNow(scope, id);
+    if (!read) return this.#getLater(scope, id, signal);
     const { lease, record } = read;
     this.#count(record);
     const handle = this.#context.nextHandle();
     // The lease itself serves as the handle: its release is synchronous, and there is no closure to make.
-    this.#held.set(handle, { kind: 'get', handle: lease });
-    return { handle, item: record ? { modified: record.modified, encoding: record.value.encoding, bytes: record.value.bytes } : null };
+    this.#held.set(handle, lease);
+    return { handle, item: record ?? null };
   }
 
-  async get(scope: Scope, id: string, signal: SignalSource): Promise<{ handle: number; item: WireValueItem | null }> {
+  async #getLater(scope: Scope, id: string, signal: SignalSource): Promise<GetResult> {
     const got = await this.#context.backend.get(scope, id, signal);
     this.#count(got.item);
-    const item = await itemBytes(got.item);
-    return { handle: await this.#keep({ kind: 'get', handle: got }), item };
+    const item = await recordOf(got.item);
+    return { handle: await this.#keep(got), item };
   }
 
-  async getset(scope: Scope, id: string, wait: boolean, signal: SignalSource): Promise<{ handle: number | null; item: WireValueItem | null }> {
+  async #getset(scope: Scope, id: string, wait: boolean, signal: SignalSource): Promise<GetSetResult> {
     const gs = await this.#context.backend.getset(scope, id, { wait, signal });
     if (!gs.set) return { handle: null, item: null };
     this.#count(gs.item);
-    const item = await itemBytes(gs.item);
-    return { handle: await this.#keep({ kind: 'getset', handle: gs }), item };
+    const item = await recordOf(gs.item);
+    this.#getsets.add(gs);
+    return { handle: await this.#keep(gs), item };
   }
 
-  async handleSet(handle: number, value: EncodedValue): Promise<void> {
+  async #handleSet(handle: number, value: EncodedValue): Promise<void> {
     const entry = this.#held.get(handle);
-    if (entry?.kind !== 'getset') {
+    if (!entry || !this.#getsets.has(entry)) {
       throw new CacheError('CACHE_LOCK_NOT_HELD', `Handle ${handle} holds no getset lock on this connection.`);
     }
-    await entry.handle.set(value);
+    await (entry as GetSetHandle<EncodedValue>).set(value);
   }
 
   /** Releases a handle; an unknown one (released already, or another connection's) is ignored. */
@@ -205,29 +204,17 @@ export class Session {
     const entry = this.#held.get(handle);
     if (!entry) return;
     this.#held.delete(handle);
-    void entry.handle.release();
+    void entry.release();
   }
 
-  async set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: SignalSource): Promise<void> {
+  async #set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: SignalSource): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
     await this.#context.backend.set(scope, id, value, when, signal);
   }
 
-  async delete(scope: Scope, id: string, signal: SignalSource): Promise<void> {
-    await this.#context.backend.delete(scope, id, signal);
-  }
-
-  async clear(scope: Scope, signal: SignalSource): Promise<void> {
-    await this.#context.backend.clear(scope, signal);
-  }
-
-  status(): Promise<StatusResult> {
-    return this.#context.status();
-  }
-
   /** Asks the daemon to stop once the answer to this request is on its way. */
-  shutdown(): void {
+  #shutdown(): void {
     this.#context.log(`shutdown requested by ${this.#clientName}`);
     setImmediate(() => this.#context.requestStop(`shutdown requested by ${this.#clientName}`));
   }
@@ -242,9 +229,14 @@ export class Session {
       this.#waits.clear();
       const handles = [...this.#held.values()];
       this.#held.clear();
-      await Promise.allSettled(handles.map(async (entry) => entry.handle.release()));
+      await Promise.allSettled(handles.map(async (entry) => entry.release()));
       this.#markClosed();
     })();
     return this.#closing;
   }
+}
+
+/** The stored record behind a handle's item: the daemon's values are the stored bytes, so decoding returns them. */
+async function recordOf(item: { modified: number; value(): Promise<EncodedValue> } | null): Promise<EncodedRecord | null> {
+  return item && { modified: item.modified, value: await item.value() };
 }

@@ -1,11 +1,12 @@
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
-import { BinaryOp } from '../src/protocol.js';
 import { startTestDaemon } from './support/daemon.js';
 import { frame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
 
-const { Get, GetSet, HandleSet, Release, Set: SetOp, Delete, Clear, Status, Cancel, Result, Error: ErrorOp } = BinaryOp;
+// The ops as PROTOCOL.md gives them, written out here so that a change to the declarations cannot pass unnoticed.
+const [Get, GetSet, HandleSet, Release, SetOp, Delete, Clear, Status] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+const [Cancel, Result, ErrorOp] = [0x0a, 0x80, 0x81];
 const json = (value: unknown): Uint8Array => Buffer.from(JSON.stringify(value));
 
 describe('the binary transport', () => {

@@ -4,7 +4,7 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
 import type { Cache } from '../src/index.js';
-import { ERROR_NUMBERS } from '../src/protocol.js';
+import { ERROR_NUMBERS } from '../src/wire/wire-error.js';
 import { expectCode, isWaiting, track } from './conformance/support.js';
 import { startTestDaemon } from './support/daemon.js';
 import { PROJECT_ROOT, runModule } from './support/child.js';

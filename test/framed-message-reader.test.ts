@@ -1,7 +1,8 @@
 import { PassThrough } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { FramedMessageReader, FramingError } from '../daemon/framed-message-reader.js';
+import { FramingError } from '../src/wire/frame-decoder.js';
+import { FramedMessageReader } from '../src/wire/framed-message-reader.js';
 
 function frame(message: unknown): Buffer {
   const body = Buffer.from(JSON.stringify(message));

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { FrameCursor, FrameDecoder, FramingError, MalformedFrame } from '../src/frame-decoder.js';
-import { FrameEncoder } from '../src/frame-encoder.js';
+import { FrameCursor, FrameDecoder, FramingError, MalformedFrame } from '../src/wire/frame-decoder.js';
+import { FrameEncoder } from '../src/wire/frame-encoder.js';
 
 type Field = { type: 'u8'; value: number } | { type: 'u32'; value: number } | { type: 'u64'; value: number } | { type: 'f64'; value: number } | { type: 'string'; value: string } | { type: 'strings'; value: string[] } | { type: 'bytes'; value: Uint8Array };
 

@@ -1,10 +1,10 @@
 import { chmod, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
-import { DaemonConnection } from '../client/daemon-connection.js';
+import { openWithoutHandshake } from '../client/open-channel.js';
 import { connect } from '../client/index.js';
 import { isCacheError } from '../src/index.js';
-import { Shutdown } from '../src/protocol.js';
+import { Shutdown } from '../src/wire/protocol.js';
 import { startTestDaemon } from './support/daemon.js';
 import { autoStartPaths, CLIENT_MODULE, daemonPids, startModule, stopDaemonsAfterTest, waitForExit } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
@@ -149,8 +149,8 @@ describe('auto-start', () => {
     await first.set('kept', 'yes');
     const { pid } = await first.status();
     await first.close();
-    const stopper = await DaemonConnection.withoutHandshake(socketPath);
-    const stopping = stopper.request(Shutdown);
+    const stopper = await openWithoutHandshake(socketPath);
+    const stopping = stopper.request(Shutdown, undefined);
     const connecting = Array.from({ length: 6 }, () => connect<string>({ socketPath, dataDir }));
     const settled = await Promise.allSettled([stopping, ...connecting]);
     expect(settled.map((result) => result.status)).toEqual(Array(7).fill('fulfilled'));

@@ -1,22 +1,18 @@
-import { once } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
-import { readdir, stat, unlink, chmod } from 'node:fs/promises';
-import { connect as netConnect, createServer, type Server } from 'node:net';
+import { readdir, stat, unlink } from 'node:fs/promises';
+import type { Server } from 'node:net';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { createMessageConnection, type MessageWriter, StreamMessageWriter } from 'vscode-jsonrpc/node';
 import { CacheError, isCacheError } from '../src/errors.js';
-import { LevelStore } from '../src/level-store.js';
+import { LevelStore } from '../src/level/level-store.js';
 import type { EncodedValue } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
-import { lspFrame, PROTOCOL_VERSION, type StatusResult } from '../src/protocol.js';
-import { FramedMessageReader } from './framed-message-reader.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
+import { PROTOCOL_VERSION, type StatusResult } from '../src/wire/protocol.js';
+import { type Link, listen, serveStreams } from './listen.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
-import { binaryUpgrade, serveJson } from './serve.js';
-import { serveBinary } from './serve-binary.js';
-import { type DaemonContext, Session } from './session.js';
+import type { DaemonContext, Session } from './session.js';
 
 export interface DaemonOptions {
   /** Where to listen; default from `HOARD_SOCKET` or the XDG runtime directory. Ignored with `stdio`. */
@@ -64,40 +60,6 @@ async function directorySize(directory: string): Promise<number> {
   return total;
 }
 
-/** Tracks every write of `writer` in `unflushed`, so that stopping can wait for the last answers (to `shutdown`, say). */
-function trackWrites(writer: MessageWriter, unflushed: Set<Promise<void>>): MessageWriter {
-  return {
-    onError: writer.onError,
-    onClose: writer.onClose,
-    end: () => writer.end(),
-    dispose: () => writer.dispose(),
-    write(message) {
-      const written = writer.write(message);
-      const settled = written.catch(() => {});
-      unflushed.add(settled);
-      void settled.then(() => unflushed.delete(settled));
-      return written;
-    },
-  };
-}
-
-/** One client's byte streams as the daemon ends them: after the last answers, or at once. */
-interface Link {
-  end(): void;
-  destroy(): void;
-  /** Resolves once the answers given so far are handed to the operating system. */
-  drained(): Promise<void>;
-}
-
-/** Whether something accepts connections on the socket path. */
-function socketAnswers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = netConnect(socketPath);
-    probe.once('connect', () => (probe.destroy(), resolve(true)));
-    probe.once('error', () => resolve(false));
-  });
-}
-
 /**
  * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
  * per data directory), then listens on the socket and resolves once it accepts connections.
@@ -128,7 +90,6 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   /** Open connections, each with the way to end its streams. */
   const connections = new Map<Session, Link>();
   let handles = 0;
-  let accepted = 0;
   let server: Server | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
   let stopping: Promise<void> | undefined;
@@ -176,45 +137,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
   }
 
-  /**
-   * Serves one client on `input` and `output`: JSON-RPC first, switching to the binary transport when its
-   * `initialize` asks for it. `onBroken` hears of input that breaks the framing.
-   */
-  function serveStreams(
-    input: Readable,
-    output: Writable,
-    options: { label: string; destroy: () => void; onBroken: (error: Error) => void; onClosed?: () => void },
-  ): void {
-    const session = new Session(context, options.label);
-    const unflushed = new Set<Promise<void>>();
-    const writer = trackWrites(new StreamMessageWriter(output), unflushed);
-    const reader = new FramedMessageReader(input, {
-      maxMessageBytes,
-      reply: (response) => void writer.write(response).catch(() => {}),
-      upgrade: (message) => {
-        const answer = binaryUpgrade(session, message);
-        if (!answer) return undefined;
-        return () => {
-          output.write(lspFrame(answer));
-          const binary = serveBinary(input, output, session, { maxMessageBytes, onBroken: options.onBroken });
-          link.end = binary.end;
-          link.drained = binary.drained;
-        };
-      },
-    });
-    reader.onError(options.onBroken);
-    const connection = createMessageConnection(reader, writer);
-    const link: Link = {
-      end: () => connection.end(),
-      destroy: options.destroy,
-      drained: async () => void (await Promise.all(unflushed)),
-    };
+  /** Keeps an open connection until its session ends, then arms the idle timer. */
+  function track(session: Session, link: Link, onClosed?: () => void): void {
     connections.set(session, link);
     clearTimeout(idleTimer);
-    serveJson(connection, session, { destroyTransport: options.destroy });
     void session.closed.then(() => {
       connections.delete(session);
-      options.onClosed?.();
+      onClosed?.();
       armIdleTimer();
     });
   }
@@ -253,43 +182,22 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     if (options.stdio) {
       const { input, output } = options.stdio;
-      serveStreams(input, output, {
+      const { session, link } = serveStreams(context, input, output, {
         label: 'stdio',
+        maxMessageBytes,
         destroy: () => input.destroy(),
         onBroken: (error) => {
           log(`stdio: unreadable input (${error.message}); stopping`);
           void stop('unreadable input on stdin');
         },
-        onClosed: () => void stop('stdin closed'),
       });
+      track(session, link, () => void stop('stdin closed'));
       input.once('end', () => void stop('stdin closed'));
       log(`serving one client over stdio, data in ${store.directory}`);
     } else {
-      const path = socketPath!;
-      // Holding the database lock, this is the only daemon for this data directory: a socket file left here is
-      // stale unless a daemon for another data directory answers on it.
-      if (await socketAnswers(path)) {
-        throw new CacheError('CACHE_LOCKED', `Another hoard daemon already listens on ${path} (with another data directory).`);
-      }
-      await unlink(path).catch(() => {});
-      server = createServer((socket) => {
-        const label = `connection ${++accepted}`;
-        socket.on('error', () => {});
-        // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.
-        serveStreams(socket, socket, {
-          label,
-          destroy: () => socket.destroy(),
-          onBroken: (error) => {
-            log(`closing ${label}: it sent ${error.message}`);
-            socket.destroy();
-          },
-        });
-      });
-      server.listen(path);
-      await once(server, 'listening');
-      await chmod(path, 0o600);
+      server = await listen(context, socketPath!, { maxMessageBytes, onConnection: (session, link) => track(session, link) });
       armIdleTimer();
-      log(`listening on ${path}, data in ${store.directory}${options.sync ? ', every write synced to disk' : ''}`);
+      log(`listening on ${socketPath}, data in ${store.directory}${options.sync ? ', every write synced to disk' : ''}`);
     }
   } catch (error) {
     server?.close();

@@ -1,7 +1,7 @@
 import { UTF16_FLAG } from './frame-encoder.js';
 import { FRAME_HEADER_BYTES } from './protocol.js';
 
-/** Why a byte stream cannot be read as frames any more: the stream is out of step and must be closed. */
+/** Why a byte stream cannot be read as frames (binary or LSP) any more: the stream is out of step and must be closed. */
 export class FramingError extends Error {
   override name = 'FramingError';
 }

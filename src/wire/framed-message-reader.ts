@@ -1,15 +1,12 @@
 import type { Readable } from 'node:stream';
 import { AbstractMessageReader, type DataCallback, type Disposable, type Message, type ResponseMessage } from 'vscode-jsonrpc';
-import { ERROR_NUMBERS } from '../src/protocol.js';
+import { FramingError } from './frame-decoder.js';
+import { ERROR_NUMBERS } from './wire-error.js';
 
 /** The longest header block accepted; real ones are well under 100 bytes. */
 const MAX_HEADER_BYTES = 4096;
 const HEADER_END = Buffer.from('\r\n\r\n');
 
-/** Why a connection's byte stream cannot be read as LSP-framed messages any more. */
-export class FramingError extends Error {
-  override name = 'FramingError';
-}
 
 export interface FramedMessageReaderOptions {
   maxMessageBytes: number;

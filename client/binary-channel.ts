@@ -1,0 +1,73 @@
+import type { Readable, Writable } from 'node:stream';
+import { type FrameCursor, FrameDecoder } from '../src/wire/frame-decoder.js';
+import { FrameWriter } from '../src/wire/frame-writer.js';
+import { type AnyRequest, FRAME_HEADER_BYTES, FrameOp, type InitializeResult, type NotificationMethod } from '../src/wire/protocol.js';
+import { fromWireError } from '../src/wire/wire-error.js';
+import { Channel, nameBytes, type Transport } from './channel.js';
+import { readChunks } from './connect-socket.js';
+
+/** Answers are read with their own size check only: the daemon is trusted, but a frame must still fit in memory. */
+const MAX_ANSWER_BYTES = 2 ** 31;
+
+/**
+ * A connection to the daemon in the binary transport (see PROTOCOL.md): requests made in one turn go out in
+ * few writes, and every answer of a chunk is handled at once.
+ */
+export class BinaryChannel extends Channel {
+  readonly #writer: FrameWriter;
+  readonly #decoder = new FrameDecoder({ maxFrameBytes: MAX_ANSWER_BYTES });
+
+  constructor(input: Readable, output: Writable, transport: Transport, info: InitializeResult) {
+    super(transport, info);
+    this.#writer = new FrameWriter(output);
+    input.once('close', () => this.closed());
+    readChunks(input, (chunk, borrowed) => {
+      try {
+        this.#decoder.push(chunk, (frame) => this.#answer(frame), borrowed);
+      } catch {
+        // The daemon's stream is out of step: nothing more on it can be trusted.
+        transport.destroy();
+      }
+    });
+  }
+
+  #answer(frame: FrameCursor): void {
+    if (frame.op === FrameOp.Error) {
+      let error;
+      try {
+        const code = frame.string();
+        error = fromWireError(code, frame.string());
+      } catch {
+        this.transport.destroy();
+        return;
+      }
+      this.failed(frame.requestId, error);
+    } else {
+      this.answered(frame.requestId, (method) => method.result.readBinary(frame));
+    }
+  }
+
+  protected send(id: number, method: AnyRequest, params: unknown): void {
+    method.params.writeBinary(this.#writer.encoder.begin(method.op, id), params);
+    this.#writer.sent();
+  }
+
+  protected sendNotification(method: NotificationMethod<unknown>, params: unknown): void {
+    method.params.writeBinary(this.#writer.encoder.begin(method.op, 0), params);
+    this.#writer.sent();
+  }
+
+  protected sendCancel(id: number): void {
+    this.#writer.encoder.begin(FrameOp.Cancel, id);
+    this.#writer.sent();
+  }
+
+  /** Bytes a frame takes: its header, fixed fields, the value, and at most three bytes per UTF-16 unit of each name. */
+  protected messageBytes(valueBytes: number, params: unknown): number {
+    return FRAME_HEADER_BYTES + 64 + valueBytes + 3 * nameBytes(params);
+  }
+
+  protected override flush(): void {
+    this.#writer.flush();
+  }
+}
