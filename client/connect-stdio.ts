@@ -4,9 +4,8 @@ import { createInterface } from 'node:readline';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/codec-adapter.js';
-import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
-import { daemonEntry } from './connect.js';
 import type { Channel } from './channel.js';
+import { checkDaemonLauncher, type DaemonLauncher, daemonSpawn, describeSpawn } from './connect.js';
 import { openChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
 
@@ -18,6 +17,8 @@ export interface ConnectStdioOptions {
   clientName?: string;
   /** The wire format: `'binary'` (the default) or `'json'`. */
   transport?: TransportName;
+  /** How to start the daemon (it gets `--stdio`); default the installed package's entry script, run with this process's Node. */
+  daemon?: DaemonLauncher;
 }
 
 /** How long a private daemon may take to exit after its stdin ends before it is killed. */
@@ -31,16 +32,22 @@ const EXIT_GRACE_MS = 5000;
  * data directory).
  */
 export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {}): Promise<RemoteCache<T>> {
+  checkDaemonLauncher(options.daemon);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const open = async (): Promise<Channel> => {
-    const args = [...DAEMON_NODE_FLAGS, daemonEntry(), '--stdio'];
-    if (options.dataDir) args.push('--data-dir', options.dataDir);
-    const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const daemonArgs = ['--stdio'];
+    if (options.dataDir) daemonArgs.push('--data-dir', options.dataDir);
+    const launch = daemonSpawn(options.daemon, daemonArgs);
+    const child = spawn(launch.file, launch.args, { env: { ...process.env, ...launch.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    // A program that cannot be run (ENOENT) is reported here; its streams then close, which ends the handshake.
+    let spawnError: Error | undefined;
+    child.on('error', (error) => (spawnError ??= error));
     child.stdin.on('error', () => {});
+    // The daemon's own complaint (`hoard: …`), or Node's (`Error: Cannot find module …`) when it never ran.
     let lastLine = '';
     createInterface({ input: child.stderr }).on('line', (line) => {
-      lastLine = line;
+      if (/^(hoard: |\w*Error\b)/.test(line) || !/^(hoard: |\w*Error\b)/.test(lastLine)) lastLine = line;
       process.stderr.write(`${line}\n`);
     });
     const gone = new Promise<void>((resolve) => child.once('close', () => resolve()));
@@ -57,8 +64,10 @@ export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {
     } catch (error) {
       if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
       await gone;
-      const reason = lastLine.replace(/^hoard: /, '') || `it exited with ${child.exitCode ?? child.signalCode}`;
-      throw new CacheError('CACHE_DAEMON_START_FAILED', `The private hoard daemon could not start: ${reason}`, { cause: error });
+      const reason = spawnError?.message ?? (lastLine.replace(/^hoard: /, '') || `it exited with ${child.exitCode ?? child.signalCode}`);
+      throw new CacheError('CACHE_DAEMON_START_FAILED', `The private hoard daemon could not start: ${reason} (ran: ${describeSpawn(launch)})`, {
+        cause: error,
+      });
     }
   };
   return new RemoteCache(new RemoteBackend(adapter, open, await open()));

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type CodecName, codecNamed } from '../src/codecs.js';
@@ -25,17 +25,107 @@ export interface ConnectOptions {
   startTimeoutMs?: number;
   /** The wire format: `'binary'` (the default) or `'json'`, the JSON-RPC that any language can speak. */
   transport?: TransportName;
+  /** How to start a daemon; default the installed package's entry script, run with this process's Node. */
+  daemon?: DaemonLauncher;
 }
 
 /**
- * The daemon's entry script of the installed package: `daemon/main.js` beside this file's folder once built, or
- * the built one when running from the sources. Looked up only when a daemon is started, never at load.
+ * How a client starts a daemon: `entry`, the daemon's entry script run with Node, or `command`, a program and its
+ * arguments; not both. hoard appends the daemon's options (`--socket`, `--data-dir`, and `--log-file` and
+ * `--ready-fd 3` in the background, or `--stdio`). Needed when the client is bundled, where it cannot find the
+ * installed package.
+ */
+export interface DaemonLauncher {
+  /** The daemon's entry script (`hoard-cache/daemon/main`, which is `dist/daemon/main.js` in the package), run with Node. */
+  entry?: string;
+  /**
+   * The Node binary that runs `entry` (or the default entry); default this process's own, which under Electron runs
+   * with `ELECTRON_RUN_AS_NODE=1`.
+   */
+  nodePath?: string;
+  /** A program and its arguments that run the daemon in the foreground, such as `['hoard', 'daemon']`. */
+  command?: readonly string[];
+}
+
+/** A daemon's process as it will be spawned: `env` holds the variables added to this process's environment. */
+export interface DaemonSpawn {
+  file: string;
+  args: string[];
+  env: Record<string, string>;
+}
+
+/** Refuses a `daemon` option that is not one of the documented shapes, before anything is started. */
+export function checkDaemonLauncher(launcher: unknown): void {
+  if (launcher === undefined) return;
+  if (typeof launcher !== 'object' || launcher === null) throw new TypeError('The daemon option must be an object.');
+  const { entry, nodePath, command } = launcher as Record<string, unknown>;
+  for (const [name, value] of [['entry', entry], ['nodePath', nodePath]] as const) {
+    if (value !== undefined && (typeof value !== 'string' || value === '')) throw new TypeError(`daemon.${name} must be a non-empty string.`);
+  }
+  if (command === undefined) return;
+  if (!Array.isArray(command) || command.length === 0 || command.some((word) => typeof word !== 'string') || command[0] === '') {
+    throw new TypeError('daemon.command must be a non-empty array of strings: a program and its arguments.');
+  }
+  if (entry !== undefined || nodePath !== undefined) throw new TypeError('daemon.command runs a program of its own: give it without entry and nodePath.');
+}
+
+/**
+ * How to spawn a daemon with `daemonArgs`. A Node launch (`entry`, or the installed entry by default) runs with
+ * hoard's Node flags, through `nodePath` or else this process's own binary; when that binary is Electron's
+ * (`versions.electron` is set), `ELECTRON_RUN_AS_NODE=1` makes it run the script as Node. A `command` runs as given.
+ */
+export function daemonSpawn(
+  launcher: DaemonLauncher | undefined,
+  daemonArgs: readonly string[],
+  runtime: { execPath: string; versions: NodeJS.Dict<string> } = process,
+): DaemonSpawn {
+  if (launcher?.command) {
+    const [file, ...args] = launcher.command;
+    return { file: file!, args: [...args, ...daemonArgs], env: {} };
+  }
+  const args = [...DAEMON_NODE_FLAGS, launcher?.entry ?? daemonEntry(), ...daemonArgs];
+  if (launcher?.nodePath) return { file: launcher.nodePath, args, env: {} };
+  return { file: runtime.execPath, args, env: runtime.versions.electron ? { ELECTRON_RUN_AS_NODE: '1' } : {} };
+}
+
+/** The spawn as a shell command line, for messages. */
+export function describeSpawn({ file, args, env }: DaemonSpawn): string {
+  const quote = (word: string): string => (/^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`);
+  return [...Object.entries(env).map(([name, value]) => `${name}=${quote(value)}`), ...[file, ...args].map(quote)].join(' ');
+}
+
+/**
+ * The daemon's entry script of the installed package, `dist/daemon/main.js` (also when running from the sources).
+ * Looked up only when a daemon is started, never at load: a bundle has no package to find.
+ * @throws CacheError `CACHE_DAEMON_START_FAILED` when it is not there, as in a bundle; the message says to pass the
+ * `daemon` option.
  */
 export function daemonEntry(): string {
-  const candidates = [join(__dirname, '..', 'daemon', 'main.js'), join(__dirname, '..', 'dist', 'daemon', 'main.js')];
+  // __dirname is this file's folder in the package: dist/client once built, client/ in the sources. An ES module
+  // bundle has none, and a CommonJS bundle's is the bundle's own folder, which is no hoard package.
+  const here = typeof __dirname === 'string' ? __dirname : undefined;
+  const roots = here ? [join(here, '..', '..'), join(here, '..')] : [];
+  const candidates = roots.filter(isHoardPackage).map((root) => join(root, 'dist', 'daemon', 'main.js'));
   const found = candidates.find((path) => existsSync(path));
-  if (!found) throw new CacheError('CACHE_DAEMON_START_FAILED', `Cannot find the hoard daemon's entry script (looked for ${candidates.join(' and ')}).`);
-  return found;
+  if (found) return found;
+  const looked = !here
+    ? 'this code has no __dirname, as in an ES module bundle'
+    : candidates.length
+      ? `looked for ${candidates.join(' and ')}`
+      : `no hoard-cache package around ${here}, as in a bundle`;
+  throw new CacheError(
+    'CACHE_DAEMON_START_FAILED',
+    `Cannot find the hoard daemon's entry script (${looked}). Say how to start the daemon with the daemon option: ` +
+      "{ daemon: { entry: 'path/to/hoard-cache/dist/daemon/main.js' } } or { daemon: { command: ['hoard', 'daemon'] } }.",
+  );
+}
+
+function isHoardPackage(root: string): boolean {
+  try {
+    return (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { name?: unknown }).name === 'hoard-cache';
+  } catch {
+    return false;
+  }
 }
 
 type StartOutcome = 'ready' | 'busy';
@@ -44,9 +134,19 @@ type StartOutcome = 'ready' | 'busy';
 async function startInBackground(socketPath: string, options: ConnectOptions, deadline: number): Promise<StartOutcome> {
   const logFile = defaultLogFile();
   await mkdir(dirname(logFile), { recursive: true, mode: 0o700 });
-  const args = [...DAEMON_NODE_FLAGS, daemonEntry(), '--socket', socketPath, '--log-file', logFile, '--ready-fd', '3'];
-  if (options.dataDir) args.push('--data-dir', options.dataDir);
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] });
+  const daemonArgs = ['--socket', socketPath, '--log-file', logFile, '--ready-fd', '3'];
+  if (options.dataDir) daemonArgs.push('--data-dir', options.dataDir);
+  const launch = daemonSpawn(options.daemon, daemonArgs);
+  const ran = describeSpawn(launch);
+  const child = spawn(launch.file, launch.args, {
+    detached: true,
+    env: { ...process.env, ...launch.env },
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+  });
+  const exited = new Promise<string>((resolve) => {
+    child.once('exit', (code, signal) => resolve(signal ? `it was killed by ${signal}` : `it exited with status ${code}`));
+    child.on('error', (error) => resolve(error.message));
+  });
   const channel = child.stdio[3] as NodeJS.ReadableStream;
   let said = '';
   channel.on('data', (chunk: Buffer) => (said += chunk.toString()));
@@ -62,10 +162,24 @@ async function startInBackground(socketPath: string, options: ConnectOptions, de
   if (line === 'ready') return 'ready';
   if (line.startsWith('busy')) return 'busy';
   if (line === 'timeout') {
-    throw new CacheError('CACHE_DAEMON_START_FAILED', `The hoard daemon did not become ready in time; see its log: ${logFile}`);
+    throw new CacheError('CACHE_DAEMON_START_FAILED', `The hoard daemon did not become ready in time (ran: ${ran}); see its log: ${logFile}`);
   }
-  const reason = line.startsWith('error ') ? line.slice(6) : `it exited without a word${await lastLogLine(logFile)}`;
-  throw new CacheError('CACHE_DAEMON_START_FAILED', `The hoard daemon could not start: ${reason} (log: ${logFile})`);
+  // Without a word, the daemon's fd 3 closed: it has exited, or is about to.
+  const reason = line.startsWith('error ')
+    ? line.slice(6)
+    : `${await within(exited, deadline - Date.now(), 'it closed fd 3 without a word')}${await lastLogLine(logFile)}`;
+  throw new CacheError('CACHE_DAEMON_START_FAILED', `The hoard daemon could not start: ${reason} (ran: ${ran}; log: ${logFile})`);
+}
+
+/** What `promise` resolves to, or `otherwise` once `ms` have passed. */
+async function within<T>(promise: Promise<T>, ms: number, otherwise: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<T>((resolve) => (timer = setTimeout(() => resolve(otherwise), Math.max(0, ms))));
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function lastLogLine(logFile: string): Promise<string> {
@@ -113,6 +227,7 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
  * @throws CacheError `CACHE_DAEMON_START_FAILED`, `CACHE_PROTOCOL_MISMATCH`, `CACHE_SOCKET_PATH_TOO_LONG`.
  */
 export async function connect<T = unknown>(options: ConnectOptions = {}): Promise<RemoteCache<T>> {
+  checkDaemonLauncher(options.daemon);
   const socketPath = options.socketPath ?? defaultSocketPath();
   checkSocketPathLength(socketPath);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));

@@ -1,0 +1,92 @@
+import { describe, expect, test } from 'vitest';
+import { checkDaemonLauncher, connect, daemonEntry, daemonSpawn, describeSpawn } from '../client/connect.js';
+import { connectStdio } from '../client/connect-stdio.js';
+import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
+import { autoStartPaths } from './support/processes.js';
+
+const ARGS = ['--socket', '/tmp/h/s.sock'];
+const NODE = { execPath: '/usr/bin/node', versions: { node: '20.20.2' } };
+// What the extension host of an editor built on Electron looks like: its binary is Electron's, not Node's.
+const ELECTRON = { execPath: '/opt/editor/editor', versions: { node: '20.18.0', electron: '34.2.0' } };
+
+describe('daemonSpawn', () => {
+  test('by default, runs the installed entry with this Node and hoard\u2019s Node flags', () => {
+    expect(daemonSpawn(undefined, ARGS, NODE)).toEqual({
+      file: '/usr/bin/node',
+      args: [...DAEMON_NODE_FLAGS, daemonEntry(), ...ARGS],
+      env: {},
+    });
+  });
+
+  test('under Electron, runs the entry with Electron\u2019s binary as Node', () => {
+    expect(daemonSpawn({ entry: '/ext/hoard/main.js' }, ARGS, ELECTRON)).toEqual({
+      file: '/opt/editor/editor',
+      args: [...DAEMON_NODE_FLAGS, '/ext/hoard/main.js', ...ARGS],
+      env: { ELECTRON_RUN_AS_NODE: '1' },
+    });
+    expect(daemonSpawn(undefined, ARGS, ELECTRON).env).toEqual({ ELECTRON_RUN_AS_NODE: '1' });
+  });
+
+  test('nodePath runs the entry with that Node, under Electron too', () => {
+    expect(daemonSpawn({ entry: '/ext/hoard/main.js', nodePath: '/usr/local/bin/node' }, ARGS, ELECTRON)).toEqual({
+      file: '/usr/local/bin/node',
+      args: [...DAEMON_NODE_FLAGS, '/ext/hoard/main.js', ...ARGS],
+      env: {},
+    });
+  });
+
+  test('a command runs as given, with the daemon\u2019s options after its own arguments', () => {
+    expect(daemonSpawn({ command: ['hoard', 'daemon', '--sync'] }, ARGS, ELECTRON)).toEqual({
+      file: 'hoard',
+      args: ['daemon', '--sync', ...ARGS],
+      env: {},
+    });
+  });
+
+  test('describeSpawn writes a command line a shell would run', () => {
+    expect(describeSpawn({ file: '/opt/my editor/editor', args: ['--x', "it's"], env: { ELECTRON_RUN_AS_NODE: '1' } })).toBe(
+      "ELECTRON_RUN_AS_NODE=1 '/opt/my editor/editor' --x 'it'\\''s'",
+    );
+  });
+});
+
+test('a daemon option of the wrong shape is a TypeError', () => {
+  for (const launcher of [null, 'hoard', { entry: '' }, { nodePath: 7 }, { command: [] }, { command: 'hoard daemon' }, { command: [''] }, { command: ['hoard'], entry: '/x.js' }]) {
+    expect(() => checkDaemonLauncher(launcher), JSON.stringify(launcher)).toThrow(TypeError);
+  }
+  for (const launcher of [undefined, {}, { entry: '/x.js' }, { entry: '/x.js', nodePath: '/n' }, { nodePath: '/n' }, { command: ['hoard', 'daemon'] }]) {
+    expect(() => checkDaemonLauncher(launcher)).not.toThrow();
+  }
+});
+
+describe('a daemon that cannot start is reported with the command line that ran', () => {
+  test('connect, a program that does not exist', async () => {
+    const { socketPath } = await autoStartPaths();
+    const error = await connect({ socketPath, daemon: { command: ['/nonexistent/hoard', 'daemon'] } }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((error as Error).message).toContain('ENOENT');
+    expect((error as Error).message).toContain(`/nonexistent/hoard daemon --socket ${socketPath}`);
+  });
+
+  test('connect, a program that exits without a word', async () => {
+    const { socketPath } = await autoStartPaths();
+    const error = await connect({ socketPath, daemon: { command: [process.execPath, '-e', 'process.exit(3)', '--'] } }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((error as Error).message).toContain('status 3');
+    expect((error as Error).message).toContain(`${process.execPath} -e 'process.exit(3)' -- --socket ${socketPath}`);
+  });
+
+  test('connect, an entry that is no daemon', async () => {
+    const { socketPath } = await autoStartPaths();
+    const error = await connect({ socketPath, daemon: { entry: '/nonexistent/main.js' } }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((error as Error).message).toContain(`${process.execPath} ${DAEMON_NODE_FLAGS.join(' ')} /nonexistent/main.js --socket ${socketPath}`);
+  });
+
+  test('connectStdio, a program that does not exist', async () => {
+    const error = await connectStdio({ daemon: { command: ['/nonexistent/hoard', 'daemon'] } }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((error as Error).message).toContain('ENOENT');
+    expect((error as Error).message).toContain('/nonexistent/hoard daemon --stdio');
+  });
+});
