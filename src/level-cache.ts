@@ -2,7 +2,7 @@ import { RootCacheView } from './cache-view.js';
 import { type Codec, type CodecName, codecNamed } from './codecs.js';
 import { codecAdapter } from './codec-adapter.js';
 import { LocalBackend } from './local-backend.js';
-import { LevelStore } from './level-store.js';
+import { LevelStore } from './level/level-store.js';
 
 export interface LevelCacheOptions {
   /** How values become bytes; default `'json'`. */

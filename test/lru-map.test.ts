@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { LruMap } from '../src/lru-map.js';
+import { LruMap } from '../src/level/lru-map.js';
 
 describe('LruMap', () => {
   test('keeps within its budget, dropping entries not used since they came round', () => {

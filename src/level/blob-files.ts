@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, fdatasync, fsync, open, openSync, readSync, unlink, write, close } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { CacheError, storageError } from './errors.js';
+import { CacheError, storageError } from '../errors.js';
 
 /** Values of at least this many bytes live in files of their own instead of inside LevelDB. */
 export const BLOB_MIN_BYTES = 32 * 1024;

@@ -1,0 +1,267 @@
+import { mkdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Level } from 'level';
+import { CacheError, storageError } from '../errors.js';
+import type { Scope } from '../scope-path.js';
+import { itemKey } from '../scope-path.js';
+import type { EncodedValue, Store, StoredRecord } from '../store.js';
+import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
+import { openExclusive, releaseDirectory } from './exclusive-open.js';
+import { GroupCommit } from './group-commit.js';
+import { LruMap } from './lru-map.js';
+import {
+  BLOB_PREFIX,
+  blobKey,
+  decodeFields,
+  decodePointer,
+  decodeRecord,
+  encodeBlobRecord,
+  encodeRecord,
+  FORMAT_BLOBS,
+  FORMAT_KEY,
+  FORMAT_PLAIN,
+  inChunks,
+  ITEM_PREFIX,
+  levelKey,
+  range,
+  RECORD_VERSION,
+  withPrefix,
+} from './records.js';
+
+/** The default budget of the in-memory layer of recently used records. */
+export const MEMORY_CACHE_BYTES = 32 * 1024 * 1024;
+/** What an entry of the in-memory layer costs beyond its value's bytes: key, record and map overhead. */
+const ENTRY_OVERHEAD_BYTES = 160;
+
+export interface LevelStoreOptions {
+  /**
+   * Flush every write to the disk before acknowledging it, so that it survives a power loss, at a cost in speed;
+   * default `false`: a write then survives a crash of the process, since it has reached the operating system.
+   */
+  sync?: boolean;
+  /** The budget of the in-memory layer of recently used records, in bytes; 0 turns it off. Default 32 MiB. */
+  memoryCacheBytes?: number;
+}
+
+/** One write of a batch: a put when `raw` is set, else a delete. */
+interface PendingWrite {
+  key: string;
+  raw: Buffer | undefined;
+  /** For a large value: its file, and the record that the memory layer keeps once the batch is written. */
+  blob?: { name: string; record: StoredRecord<EncodedValue>; bytes: number };
+  /** The file of the value that this write replaces or deletes, removed once the batch is written. */
+  replaced: string | undefined;
+}
+
+/**
+ * A {@link Store} of encoded values in a LevelDB directory that it holds exclusively while open. Recently used
+ * records are also kept in memory, within a byte budget; the writes of one turn go to LevelDB as one batch.
+ * Values of {@link BLOB_MIN_BYTES} or more go to files of their own in the directory's `blobs/`, so that
+ * LevelDB's compactions, which rewrite every record several times over its life, move only their small records.
+ */
+export class LevelStore implements Store<EncodedValue> {
+  readonly #db: Level<Buffer, Buffer>;
+  readonly directory: string;
+  readonly #writeOptions: { sync: boolean };
+  readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
+  readonly #memoryLimit: number;
+  readonly #blobs: BlobFiles;
+  /** Whether the database may hold `b` entries: until it does, writes need not look for a replaced file. */
+  #hasBlobs: boolean;
+  /** Whether the database's layout is already 2 (else the first large value's batch records it). */
+  #blobFormat: boolean;
+  readonly #commits = new GroupCommit<PendingWrite>({
+    write: (writes) => this.#writeBatch(writes),
+    written: (writes) => this.#written(writes),
+    failed: (writes, error) => this.#failed(writes, error),
+  });
+  #sweeping: Promise<void> = Promise.resolve();
+
+  private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions, state: { format: string; hasBlobs: boolean }) {
+    this.#db = db;
+    this.directory = directory;
+    this.#writeOptions = { sync: options.sync ?? false };
+    this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
+    this.#memory = this.#memoryLimit > 0 ? new LruMap({ maxBytes: this.#memoryLimit }) : undefined;
+    this.#blobs = new BlobFiles(join(directory, 'blobs'), { sync: this.#writeOptions.sync });
+    this.#hasBlobs = state.hasBlobs;
+    this.#blobFormat = state.format === FORMAT_BLOBS;
+  }
+
+  /**
+   * Opens (creating if needed) the database in `directory`.
+   * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
+   */
+  static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
+    await mkdir(directory, { recursive: true });
+    const { db, directory: real } = await openExclusive(directory);
+    let state: { format: string; hasBlobs: boolean; files: boolean };
+    try {
+      const stored = await db.get(FORMAT_KEY);
+      if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_PLAIN));
+      const format = stored?.toString() ?? FORMAT_PLAIN;
+      if (format !== FORMAT_PLAIN && format !== FORMAT_BLOBS) {
+        throw new CacheError('CACHE_CORRUPT', `The cache database in ${real} has layout ${format}, which this version of hoard cannot read.`);
+      }
+      const first = await db.keys({ ...range(BLOB_PREFIX, ''), limit: 1 }).all();
+      // Layout 1 may have files too: the first large value's, when a crash came before its record was written.
+      const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
+      state = { format, hasBlobs: first.length > 0, files };
+    } catch (error) {
+      await db.close();
+      releaseDirectory(real);
+      throw error;
+    }
+    const store = new LevelStore(db, real, options, state);
+    // Files of earlier opens that no record names: a write cut short by a crash, or a replaced value's file.
+    if (state.files) store.#sweeping = store.#sweep();
+    return store;
+  }
+
+  /** The bytes the in-memory layer keeps, and its budget. */
+  memoryCache(): { bytes: number; limitBytes: number } {
+    return { bytes: this.#memory?.bytes ?? 0, limitBytes: this.#memoryLimit };
+  }
+
+  read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
+    const key = itemKey(scope, id);
+    const kept = this.#memory?.get(key);
+    if (kept) return kept;
+    const raw = this.#get(levelKey(key));
+    if (raw === undefined) return undefined;
+    const { version, modified, encoding, bytes } = decodeFields(raw);
+    if (version === RECORD_VERSION) {
+      const record = { modified, value: { encoding, bytes } };
+      this.#memory?.set(key, record, raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+      return record;
+    }
+    const { length, name } = decodePointer(bytes);
+    const record = { modified, value: { encoding, bytes: this.#blobs.read(name, length) } };
+    this.#memory?.set(key, record, length + key.length + ENTRY_OVERHEAD_BYTES);
+    return record;
+  }
+
+  /**
+   * Stores `record`. A large value's bytes are kept in memory as they are, not copied: the caller must not
+   * change them afterwards.
+   */
+  async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
+    const key = itemKey(scope, id);
+    const { bytes } = record.value;
+    const replaced = this.#blobOf(key);
+    if (bytes.byteLength < BLOB_MIN_BYTES) return this.#commits.add({ key, raw: encodeRecord(record), replaced });
+    const name = this.#blobs.newName();
+    await this.#blobs.write(name, bytes);
+    this.#hasBlobs = true;
+    // A view that would keep a much larger buffer alive in memory is copied to a buffer of its own.
+    const kept = bytes.buffer.byteLength > 2 * bytes.byteLength ? Buffer.from(bytes) : bytes;
+    const blob = { name, record: { modified: record.modified, value: { encoding: record.value.encoding, bytes: kept } }, bytes: kept.buffer.byteLength };
+    // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
+    // and the next open's sweep removes it if no record names it.
+    await this.#commits.add({ key, raw: encodeBlobRecord(record, name), blob, replaced });
+  }
+
+  delete(scope: Scope, id: string): Promise<void> {
+    const key = itemKey(scope, id);
+    return this.#commits.add({ key, raw: undefined, replaced: this.#blobOf(key) });
+  }
+
+  /** The file of `key`'s current value, if it has one; the caller holds the item's lock, so it cannot change. */
+  #blobOf(key: string): string | undefined {
+    return this.#hasBlobs ? this.#get(blobKey(key))?.toString('latin1') : undefined;
+  }
+
+  /** Reads one LevelDB entry synchronously, from its caches in microseconds. */
+  #get(key: Buffer): Buffer | undefined {
+    try {
+      return this.#db.getSync(key);
+    } catch (error) {
+      throw storageError('Cannot read from the cache database', error);
+    }
+  }
+
+  /** Writes a group of puts and deletes, with their index entries and, with the first large value, the new layout. */
+  #writeBatch(writes: readonly PendingWrite[]): Promise<void> {
+    const operations: ({ type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer })[] = [];
+    let formatChanged = false;
+    for (const { key, raw, blob, replaced } of writes) {
+      if (raw) operations.push({ type: 'put', key: levelKey(key), value: raw });
+      else operations.push({ type: 'del', key: levelKey(key) });
+      if (blob) operations.push({ type: 'put', key: blobKey(key), value: Buffer.from(blob.name, 'latin1') });
+      else if (replaced !== undefined) operations.push({ type: 'del', key: blobKey(key) });
+      if (blob && !this.#blobFormat) formatChanged = true;
+    }
+    if (formatChanged) operations.push({ type: 'put', key: FORMAT_KEY, value: Buffer.from(FORMAT_BLOBS) });
+    return this.#db.batch(operations, this.#writeOptions);
+  }
+
+  /** The layer in memory changes only once the disk has: a failed write leaves the old record readable. */
+  #written(writes: readonly PendingWrite[]): void {
+    for (const { key, raw, blob, replaced } of writes) {
+      if (blob) {
+        // A batch with a large value's record leaves the layout at 2: it was already, or the batch recorded it.
+        this.#blobFormat = true;
+        this.#memory?.set(key, blob.record, blob.bytes + key.length + ENTRY_OVERHEAD_BYTES);
+      } else if (raw) {
+        this.#memory?.set(key, decodeRecord(raw), raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+      } else {
+        this.#memory?.delete(key);
+      }
+      if (replaced !== undefined) this.#blobs.remove(replaced);
+    }
+  }
+
+  #failed(writes: readonly PendingWrite[], error: unknown): CacheError {
+    for (const { key } of writes) this.#memory?.delete(key);
+    return storageError('Cannot write to the cache database', error);
+  }
+
+  async clear(scope: Scope): Promise<void> {
+    this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
+    try {
+      if (this.#hasBlobs) await this.#clearBlobs(scope);
+      await this.#db.clear(range(ITEM_PREFIX, scope.prefix));
+    } catch (error) {
+      throw storageError('Cannot clear the cache database', error);
+    }
+  }
+
+  /**
+   * Deletes the items of `scope` that have files, each with its index entry in one batch, so that a crash
+   * part way leaves every item whole or gone; then removes their files.
+   */
+  async #clearBlobs(scope: Scope): Promise<void> {
+    await inChunks(this.#db.iterator(range(BLOB_PREFIX, scope.prefix)), async (entries) => {
+      const operations = entries.flatMap(([key]) => [
+        { type: 'del' as const, key },
+        { type: 'del' as const, key: withPrefix(ITEM_PREFIX, key) },
+      ]);
+      await this.#db.batch(operations, this.#writeOptions);
+      for (const [, name] of entries) this.#blobs.remove(name.toString('latin1'));
+    });
+  }
+
+  /** Removes the files of earlier opens that no index entry names; a failure leaves them for the next open. */
+  async #sweep(): Promise<void> {
+    try {
+      const referenced = new Set<string>();
+      await inChunks(this.#db.values(range(BLOB_PREFIX, '')), (names) => {
+        for (const name of names) referenced.add(name.toString('latin1'));
+      });
+      await this.#blobs.sweep((name) => referenced.has(name));
+    } catch {
+      // The garbage stays until the next open: nothing a caller asked for depends on it.
+    }
+  }
+
+  async close(): Promise<void> {
+    // A sweep reads the index and lists the files once: closing waits for it rather than cutting it short.
+    await this.#sweeping;
+    await this.#blobs.removed();
+    try {
+      await this.#db.close();
+    } finally {
+      releaseDirectory(this.directory);
+    }
+  }
+}

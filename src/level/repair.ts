@@ -1,0 +1,66 @@
+import { realpath } from 'node:fs/promises';
+import { Level } from 'level';
+import { CacheError, storageError } from '../errors.js';
+import { openExclusive, releaseDirectory } from './exclusive-open.js';
+import { BLOB_PREFIX, BLOB_RECORD_VERSION, decodeFields, decodePointer, inChunks, ITEM_PREFIX, range, withPrefix } from './records.js';
+
+/**
+ * Runs LevelDB's repair on `directory`, recovering what it can of a damaged database.
+ * @throws CacheError `CACHE_LOCKED` while a daemon or another program has the database open.
+ */
+export async function repairLevelStore(directory: string): Promise<void> {
+  const real = await realpath(directory);
+  // Opening takes LevelDB's lock, which tells whether anyone holds the database; a damaged one may not open at all.
+  try {
+    const probe = await openExclusive(real);
+    try {
+      await probe.db.close();
+    } finally {
+      releaseDirectory(real);
+    }
+  } catch (error) {
+    if (error instanceof CacheError && error.code === 'CACHE_LOCKED') throw error;
+  }
+  try {
+    // `Level` is classic-level's class on Node, whose static `repair` its typings leave out.
+    await (Level as unknown as { repair(location: string): Promise<void> }).repair(real);
+    const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    try {
+      await rebuildBlobIndex(db);
+    } finally {
+      await db.close();
+    }
+  } catch (error) {
+    throw storageError(`Cannot repair the cache database in ${real}`, error);
+  }
+}
+
+/**
+ * Makes the `b` index name exactly the files that the records name. Repair may keep a record and lose its index
+ * entry (they sort into different tables), and the sweep would then remove a file still in use. Entries are added
+ * before stale ones go, so that at no moment does the index miss a file a record names.
+ */
+async function rebuildBlobIndex(db: Level<Buffer, Buffer>): Promise<void> {
+  const named = new Map<string, string>();
+  await inChunks(db.iterator(range(ITEM_PREFIX, '')), async (entries) => {
+    const operations: { type: 'put'; key: Buffer; value: Buffer }[] = [];
+    for (const [key, raw] of entries) {
+      let name: string;
+      try {
+        const fields = decodeFields(raw);
+        if (fields.version !== BLOB_RECORD_VERSION) continue;
+        name = decodePointer(fields.bytes).name;
+      } catch {
+        continue;
+      }
+      const index = withPrefix(BLOB_PREFIX, key);
+      named.set(index.toString('latin1'), name);
+      operations.push({ type: 'put', key: index, value: Buffer.from(name, 'latin1') });
+    }
+    if (operations.length > 0) await db.batch(operations);
+  });
+  await inChunks(db.iterator(range(BLOB_PREFIX, '')), async (entries) => {
+    const stale = entries.filter(([key, name]) => named.get(key.toString('latin1')) !== name.toString('latin1'));
+    if (stale.length > 0) await db.batch(stale.map(([key]) => ({ type: 'del' as const, key })));
+  });
+}
