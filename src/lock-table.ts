@@ -5,7 +5,8 @@
  * prefix, and a subtree lock covers every item key that starts with its prefix. A request waits for
  * every held lock and every earlier waiting request that it conflicts with, and for nothing else, so
  * a stream of readers cannot starve a writer and locks on unrelated items never wait for each other.
- * Every request is tagged with an owner so that a daemon can drop all of a connection's locks at once.
+ * The table does not know who holds what: each holder keeps its own leases and releases them (the daemon's
+ * session does so for a connection), and {@link LockTable.rejectWaiters} ends every wait when the cache closes.
  */
 
 export type LockMode = 'shared' | 'exclusive' | 'subtree';
@@ -14,7 +15,6 @@ export type LockMode = 'shared' | 'exclusive' | 'subtree';
 export interface Lease {
   readonly key: string;
   readonly mode: LockMode;
-  readonly owner: unknown;
   /** Whether the lease is still held. */
   readonly held: boolean;
   /** Releases the lock; calling it again does nothing. */
@@ -22,8 +22,6 @@ export interface Lease {
 }
 
 export interface AcquireOptions {
-  /** Tags the request so that {@link LockTable.releaseOwner} can end it. */
-  owner?: unknown;
   /**
    * Aborts the wait: the request leaves the queue and the call rejects with the signal's reason. A function is
    * called only if the request has to wait, for callers that would otherwise make a signal per request.
@@ -41,11 +39,7 @@ export interface LockTableStats {
 
 type State = 'waiting' | 'held' | 'done';
 
-let arrivals = 0;
-
 class Request implements Lease {
-  /** Arrival order. */
-  readonly seq = arrivals++;
   state: State = 'waiting';
   /** How many subtree requests (or, for a subtree request, any requests) must end before this one. */
   blockers = 0;
@@ -59,7 +53,6 @@ class Request implements Lease {
     readonly table: LockTable,
     readonly key: string,
     readonly mode: LockMode,
-    readonly owner: unknown,
   ) {}
 
   get held(): boolean {
@@ -82,18 +75,21 @@ export class LockTable {
   readonly #items = new Map<string, ItemLock>();
   /** Held and waiting subtree requests, in arrival order. */
   readonly #subtrees: Request[] = [];
-  readonly #byOwner = new Map<unknown, Set<Request>>();
+  /** The requests that wait, in arrival order. */
+  readonly #waiting = new Set<Request>();
+  /** How many leases are held. */
+  #held = 0;
 
   /**
    * Waits for the lock and resolves to its lease; resolves synchronously (without a promise)
    * when the lock is free at once.
    */
   acquire(key: string, mode: LockMode, options: AcquireOptions = {}): Lease | Promise<Lease> {
-    const { owner } = options;
     if (typeof options.signal === 'object' && options.signal.aborted) return Promise.reject(options.signal.reason);
-    const request = new Request(this, key, mode, owner);
+    const request = new Request(this, key, mode);
     this.#enqueue(request);
     if (request.state === 'held') return request;
+    this.#waiting.add(request);
     const signal = typeof options.signal === 'function' ? options.signal() : options.signal;
     if (signal?.aborted) {
       this.#cancel(request, signal.reason);
@@ -111,37 +107,22 @@ export class LockTable {
   }
 
   /** Takes the lock only if it can be granted at once; otherwise returns `null` and queues nothing. */
-  tryAcquire(key: string, mode: LockMode, options: { owner?: unknown } = {}): Lease | null {
+  tryAcquire(key: string, mode: LockMode): Lease | null {
     if (!this.#grantableNow(key, mode)) return null;
-    const request = new Request(this, key, mode, options.owner);
+    const request = new Request(this, key, mode);
     this.#enqueue(request);
     return request;
   }
 
-  /** Ends every request of `owner`: held leases are released, waiting ones rejected with `reason`. */
-  releaseOwner(owner: unknown, reason: unknown): void {
-    const requests = this.#byOwner.get(owner);
-    if (!requests) return;
-    // Waiting requests go first, latest first, so that ending one never grants another of this owner's.
-    for (const request of [...requests].reverse()) if (request.state === 'waiting') this.#cancel(request, reason);
-    for (const request of [...requests]) request.release();
-  }
-
   /** Rejects every waiting request with `reason`; held leases stay held until released. */
   rejectWaiters(reason: unknown): void {
-    const waiting = [...this.#byOwner.values()].flatMap((requests) => [...requests].filter((r) => r.state === 'waiting'));
     // Latest first, so that ending one never grants another that is about to be rejected.
-    for (const request of waiting.sort((a, b) => b.seq - a.seq)) this.#cancel(request, reason);
+    for (const request of [...this.#waiting].reverse()) this.#cancel(request, reason);
   }
 
-  /** How many leases are held and how many requests wait, in all or for one owner. */
-  stats(owner?: unknown): LockTableStats {
-    const stats = { held: 0, waiting: 0 };
-    const groups = owner === undefined ? [...this.#byOwner.values()] : [this.#byOwner.get(owner) ?? []];
-    for (const requests of groups) {
-      for (const request of requests) request.state === 'held' ? stats.held++ : stats.waiting++;
-    }
-    return stats;
+  /** How many leases are held and how many requests wait. */
+  stats(): LockTableStats {
+    return { held: this.#held, waiting: this.#waiting.size };
   }
 
   #grantableNow(key: string, mode: LockMode): boolean {
@@ -157,10 +138,6 @@ export class LockTable {
   }
 
   #enqueue(request: Request): void {
-    let owned = this.#byOwner.get(request.owner);
-    if (!owned) this.#byOwner.set(request.owner, (owned = new Set()));
-    owned.add(request);
-
     if (request.mode === 'subtree') {
       for (const other of this.#subtrees) {
         if (overlaps(request.key, other.key)) this.#depend(request, other);
@@ -204,6 +181,8 @@ export class LockTable {
   }
 
   #grant(request: Request): void {
+    this.#waiting.delete(request);
+    this.#held++;
     request.state = 'held';
     request.unlisten?.();
     request.resolve?.(request);
@@ -224,9 +203,8 @@ export class LockTable {
   #remove(request: Request): void {
     const wasHeld = request.state === 'held';
     request.state = 'done';
-    const owned = this.#byOwner.get(request.owner);
-    owned?.delete(request);
-    if (owned?.size === 0) this.#byOwner.delete(request.owner);
+    if (wasHeld) this.#held--;
+    else this.#waiting.delete(request);
 
     if (request.mode === 'subtree') {
       this.#subtrees.splice(this.#subtrees.indexOf(request), 1);

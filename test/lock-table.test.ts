@@ -17,7 +17,6 @@ interface Modelled {
   seq: number;
   key: string;
   mode: LockMode;
-  owner: string;
   state: 'waiting' | 'held' | 'done';
   lease?: Lease;
   controller: AbortController;
@@ -36,16 +35,15 @@ const settle = async (): Promise<void> => {
 };
 
 const command = fc.oneof(
-  fc.record({ op: fc.constant('acquire' as const), target: fc.nat(TARGETS.length * 2 - 1), owner: fc.constantFrom('p', 'q', 'r') }),
-  fc.record({ op: fc.constant('try' as const), target: fc.nat(TARGETS.length * 2 - 1), owner: fc.constantFrom('p', 'q', 'r') }),
+  fc.record({ op: fc.constant('acquire' as const), target: fc.nat(TARGETS.length * 2 - 1) }),
+  fc.record({ op: fc.constant('try' as const), target: fc.nat(TARGETS.length * 2 - 1) }),
   fc.record({ op: fc.constant('release' as const), pick: fc.nat() }),
   fc.record({ op: fc.constant('abort' as const), pick: fc.nat() }),
-  fc.record({ op: fc.constant('releaseOwner' as const), owner: fc.constantFrom('p', 'q', 'r') }),
   fc.record({ op: fc.constant('rejectWaiters' as const) }),
 );
 
 describe('LockTable', () => {
-  test('under any sequence of requests, releases, aborts and owner releases, grants are safe, FIFO and prompt', async () => {
+  test('under any sequence of requests, releases, aborts and rejections of waiters, grants are safe, FIFO and prompt', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(command, { maxLength: 60 }), async (commands) => {
         const table = new LockTable();
@@ -54,18 +52,18 @@ describe('LockTable', () => {
           if (c.op === 'acquire') {
             const target = TARGETS[c.target % TARGETS.length]!;
             const mode = target.mode[c.target % target.mode.length]!;
-            const request: Modelled = { seq: requests.length, key: target.key, mode, owner: c.owner, state: 'waiting', controller: new AbortController() };
+            const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'waiting', controller: new AbortController() };
             requests.push(request);
-            Promise.resolve(table.acquire(target.key, mode, { owner: c.owner, signal: request.controller.signal })).then(
+            Promise.resolve(table.acquire(target.key, mode, { signal: request.controller.signal })).then(
               (lease) => ((request.state = 'held'), (request.lease = lease)),
               () => (request.state = 'done'),
             );
           } else if (c.op === 'try') {
             const target = TARGETS[c.target % TARGETS.length]!;
             const mode = target.mode[c.target % target.mode.length]!;
-            const request: Modelled = { seq: requests.length, key: target.key, mode, owner: c.owner, state: 'done', controller: new AbortController() };
+            const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'done', controller: new AbortController() };
             const free = !requests.some((r) => r.state !== 'done' && conflicts(r, request));
-            const lease = table.tryAcquire(target.key, mode, { owner: c.owner });
+            const lease = table.tryAcquire(target.key, mode);
             expect(lease !== null).toBe(free);
             if (lease) requests.push({ ...request, state: 'held', lease });
           } else if (c.op === 'release') {
@@ -75,11 +73,8 @@ describe('LockTable', () => {
           } else if (c.op === 'abort') {
             const waiting = requests.filter((r) => r.state === 'waiting');
             waiting[c.pick % Math.max(waiting.length, 1)]?.controller.abort();
-          } else if (c.op === 'rejectWaiters') {
-            table.rejectWaiters(new Error('closing'));
           } else {
-            table.releaseOwner(c.owner, new Error('owner gone'));
-            for (const r of requests) if (r.owner === c.owner && r.state === 'held') r.state = 'done';
+            table.rejectWaiters(new Error('closing'));
           }
           await settle();
 
@@ -98,25 +93,6 @@ describe('LockTable', () => {
       }),
       { numRuns: 1000 },
     );
-  });
-
-  test('releaseOwner releases what the owner holds and rejects what it waits for', async () => {
-    const table = new LockTable();
-    const mine = (await table.acquire(':x', 'exclusive', { owner: 'me' })) as Lease;
-    const theirs = table.acquire(':x', 'shared', { owner: 'them' });
-    const myWait = table.acquire(':y', 'exclusive', { owner: 'me' });
-    const blocker = (await table.acquire(':z', 'shared', { owner: 'them' })) as Lease;
-    const myQueued = table.acquire(':z', 'exclusive', { owner: 'me' });
-    expect(table.stats('me')).toEqual({ held: 2, waiting: 1 });
-    const reason = new Error('connection closed');
-    table.releaseOwner('me', reason);
-    await expect(myQueued).rejects.toBe(reason);
-    expect(mine.held).toBe(false);
-    expect((await theirs).held).toBe(true);
-    expect(table.stats('me')).toEqual({ held: 0, waiting: 0 });
-    expect(table.stats()).toEqual({ held: 2, waiting: 0 });
-    (await myWait).release();
-    blocker.release();
   });
 
   test('tryAcquire takes a free lock and queues nothing when it is taken', () => {
