@@ -71,6 +71,19 @@ describe('LevelCache on disk', () => {
     expect(await got.item!.value()).toBe('works');
   });
 
+  test('two opens of one directory started together in this process: one opens, the other is refused, the lock holds', async () => {
+    // The race is in the awaits before LevelDB's open: several rounds, each with its own directory.
+    for (let round = 0; round < 5; round++) {
+      const dir = await tempDir();
+      const outcomes = await Promise.allSettled([LevelCache.open<string>(dir), LevelCache.open<string>(dir), LevelCache.open<string>(dir)]);
+      const opened = outcomes.flatMap((outcome) => (outcome.status === 'fulfilled' ? [outcome.value] : []));
+      for (const cache of opened) onTestFinished(() => cache.close());
+      expect(opened).toHaveLength(1);
+      expect(outcomes.filter((outcome) => outcome.status === 'rejected')).toMatchObject([{ reason: { code: 'CACHE_LOCKED' } }, { reason: { code: 'CACHE_LOCKED' } }]);
+      expect(await openFromAnotherProcess(dir)).toBe('LEVEL_LOCKED');
+    }
+  });
+
   test('a directory another process holds is refused with CACHE_LOCKED', async () => {
     const dir = await tempDir();
     const holder = spawn(

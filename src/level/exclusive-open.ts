@@ -79,8 +79,14 @@ export function openError(directory: string, error: unknown): CacheError {
  */
 export async function openExclusive(directory: string): Promise<{ db: Level<Buffer, Buffer>; directory: string }> {
   const real = await realpath(directory);
-  if (openDirectories.has(real) || (await heldByThisProcess(real))) throw lockedError(real);
+  // Registered before the first await, so that a second open in this process that starts meanwhile is refused
+  // instead of reaching LevelDB (whose failed open would drop the first one's lock).
+  if (openDirectories.has(real)) throw lockedError(real);
   openDirectories.add(real);
+  if (await heldByThisProcess(real)) {
+    openDirectories.delete(real);
+    throw lockedError(real);
+  }
   const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
   try {
     await db.open();
