@@ -58,11 +58,15 @@ let pkg: string;
 const sockets: string[] = [];
 
 /** A fresh socket and data directory, under a short temp path (sockets allow 107 bytes). */
-async function daemonPaths(name: string): Promise<{ socketPath: string; env: Record<string, string> }> {
+async function daemonPaths(name: string): Promise<{ socketPath: string; logFile: string; env: Record<string, string> }> {
   const dir = await mkdtemp(join(work, `${name}-`));
   const socketPath = join(dir, 's.sock');
   sockets.push(socketPath);
-  return { socketPath, env: { HOARD_DATA_DIR: join(dir, 'data'), XDG_STATE_HOME: join(dir, 'state'), XDG_RUNTIME_DIR: dir } };
+  return {
+    socketPath,
+    logFile: join(dir, 'state', 'hoard', 'daemon.log'),
+    env: { HOARD_DATA_DIR: join(dir, 'data'), XDG_STATE_HOME: join(dir, 'state'), XDG_RUNTIME_DIR: dir },
+  };
 }
 
 /** Stops the daemon on `socketPath` with the installed `hoard stop`, and waits for its process to end. */
@@ -284,7 +288,7 @@ describe.each([
   });
 
   test('two processes start one daemon through the option and compute the value once', async () => {
-    const { socketPath, env } = await daemonPaths(format);
+    const { socketPath, logFile, env } = await daemonPaths(format);
     const entry = join(pkg, 'dist/daemon/main.js');
     const outputs = await Promise.all(
       [1, 2].map(() => succeed(process.execPath, [bundle, entry, socketPath], { cwd: join(bundle, '..'), env })),
@@ -295,6 +299,8 @@ describe.each([
     expect(results[1]!.value).toBe(results[0]!.value);
     expect(results[1]!.daemonPid).toBe(results[0]!.daemonPid);
     expect(await daemonPids(socketPath)).toEqual([results[0]!.daemonPid]);
+    // One daemon listened; any other that was started found the data directory taken, said so and exited.
+    expect((await readFile(logFile, 'utf8')).match(/listening on/g)).toHaveLength(1);
     // It is the installed package's daemon, started from the bundle's option.
     expect((await readFile(`/proc/${results[0]!.daemonPid}/cmdline`, 'utf8')).split('\0')).toContain(entry);
     await stopDaemon(socketPath);
