@@ -1,4 +1,4 @@
-export { connect, type ConnectOptions } from './connect.js';
+export { connect, type ConnectOptions, type DaemonLauncher } from './connect.js';
 export { connectStdio, type ConnectStdioOptions } from './connect-stdio.js';
 export { RemoteCache } from './remote-cache.js';
 export type { StatusResult } from '../src/wire/protocol.js';
