@@ -23,7 +23,7 @@ class ExitCode extends Error {
 
 /** The daemon's entry, loaded by path at run time (see `daemonEntry`). */
 function loadDaemonEntry(): { runDaemonMain(argv: string[], io: { err: (text: string) => void }): Promise<number> } {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a path computed at run time: client/ never imports daemon/
   return require(daemonEntry()) as ReturnType<typeof loadDaemonEntry>;
 }
 

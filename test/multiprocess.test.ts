@@ -160,7 +160,7 @@ describe('auto-start', () => {
       // the call after that reconnects. One that started the new daemon just uses it.
       const read = async (): Promise<unknown> => {
         await using got = await racer.get('kept');
-        return got.item?.value();
+        return await got.item?.value();
       };
       expect(await read().catch((error: unknown) => (isCacheError(error, 'CACHE_CONNECTION_LOST') ? read() : Promise.reject(error)))).toBe('yes');
       await racer.close();

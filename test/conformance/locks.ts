@@ -237,7 +237,7 @@ export function locks({ open, features }: Suite): void {
           computed.push(id);
           await gs.set(value(id));
         }
-        return gs.item ? gs.item.value() : undefined;
+        return gs.item ? await gs.item.value() : undefined;
       }),
     );
     if (features.stores) expect([...computed].sort()).toEqual(ids);

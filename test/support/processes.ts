@@ -127,7 +127,7 @@ export async function startDaemonProcess(options: { socketPath: string; dataDir:
   });
   onTestFinished(() => void child.kill('SIGKILL'));
   let stdout = '';
-  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk));
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
   const log: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   await new Promise<void>((resolve, reject) => {
@@ -153,7 +153,7 @@ export function runHoard(args: string[], input?: string | Buffer): Promise<Hoard
     const stdout: Buffer[] = [];
     let stderr = '';
     child.stdout!.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk));
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout: Buffer.concat(stdout), stderr }));
     child.stdin!.end(input);
