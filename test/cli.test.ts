@@ -1,10 +1,25 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
+import { runCli } from '../client/cli.js';
+import { VERSION } from '../src/version.js';
 import { runHoard as hoard, startDaemonProcess } from './support/processes.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
+/**
+ * Runs the CLI in this process with its output captured: for what needs no daemon process. (`hoard daemon` and
+ * `hoard repair` load the daemon's built entry, dist/daemon/main.js; the system lane builds it first.)
+ */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const code = await runCli(args, {
+    out: (text) => void (stdout += typeof text === 'string' ? text : Buffer.from(text).toString()),
+    err: (text) => void (stderr += text),
+  });
+  return { code, stdout, stderr };
+}
 
 /** A daemon process for CLI tests, with `run` for `hoard --socket <its socket> ...`. */
 async function foregroundDaemon(extra: string[] = []) {
@@ -93,10 +108,22 @@ describe('the hoard command', () => {
     expect(await exited).toBe(0);
     expect(stdout()).toBe('');
     await expect(stat(socket)).rejects.toMatchObject({ code: 'ENOENT' });
-    expect((await run(['stop'])).code).toBe(0);
-    const status = await run(['status']);
+    expect((await cli(['--socket', socket, 'stop'])).code).toBe(0);
+    const status = await cli(['--socket', socket, 'status']);
     expect(status.code).toBe(1);
     expect(status.stderr).toMatch(/no hoard daemon is running/);
+  });
+
+  test('with no daemon, stop says none was running and status is exit 1 with one line', async () => {
+    const socket = join(await tempDir('hd-'), 's.sock');
+    const stopped = await cli(['--socket', socket, 'stop']);
+    expect(stopped).toMatchObject({ code: 0, stdout: '' });
+    expect(stopped.stderr).toMatch(/^hoard: no daemon was running\n$/);
+    for (const args of [['status'], ['status', '--json']]) {
+      const status = await cli(['--socket', socket, ...args]);
+      expect(status).toMatchObject({ code: 1, stdout: '' });
+      expect(status.stderr).toBe(`hoard: no hoard daemon is running on ${socket}\n`);
+    }
   });
 
   test('SIGTERM and SIGINT stop the foreground daemon with exit 0 and remove the socket', async () => {
@@ -116,7 +143,7 @@ describe('the hoard command', () => {
     expect(tooLarge.stderr).toMatch(/at most 4096 bytes/);
     expect((await run(['set', 'small', 'fits'])).code).toBe(0);
     expect((await run(['get', 'small'])).stdout.toString()).toBe('fits\n');
-    expect((await hoard(['daemon', '--max-message-bytes', 'lots'])).code).toBe(2);
+    expect((await cli(['daemon', '--max-message-bytes', 'lots'])).code).toBe(2);
   });
 
   test('hoard daemon --memory-cache takes a size, and status shows it', async () => {
@@ -125,18 +152,34 @@ describe('the hoard command', () => {
     expect(status.memoryCacheLimitBytes).toBe(1.5 * 1024 * 1024);
     expect(status.rssBytes).toBeGreaterThan(0);
     expect((await run(['status'])).stdout.toString()).toMatch(/^memory\s+.* resident; .* of 1\.5 MiB of values cached$/m);
-    expect((await hoard(['daemon', '--memory-cache', '12 parsecs'])).code).toBe(2);
+    expect((await cli(['daemon', '--memory-cache', '12 parsecs'])).code).toBe(2);
   });
 
-  test('usage errors are exit 2', async () => {
-    expect((await hoard(['frobnicate'])).code).toBe(2);
-    expect((await hoard(['get'])).code).toBe(2);
-    expect((await hoard(['daemon', '--idle-timeout', 'soon'])).code).toBe(2);
-    expect((await hoard(['--scope', '', 'get', 'x'])).code).toBe(2);
-    expect((await hoard(['--help'])).code).toBe(0);
+  test('usage errors are exit 2, and say what is wrong on stderr', async () => {
+    const usage = async (args: string[], why: RegExp): Promise<void> => {
+      const result = await cli(args);
+      expect(result, args.join(' ')).toMatchObject({ code: 2, stdout: '' });
+      expect(result.stderr, args.join(' ')).toMatch(why);
+    };
+    await usage(['frobnicate'], /unknown command 'frobnicate'/);
+    await usage(['get'], /missing required argument 'id'/);
+    await usage(['--scope', '', 'get', 'x'], /scope name cannot be empty/);
+    expect((await cli(['set', 'k', 'v', '--raw', '--json'])).code).toBe(2);
+    await usage(['daemon', '--idle-timeout', 'soon'], /expected a duration/);
+    await usage(['daemon', '--max-message-bytes', 'lots'], /expected a size/);
+    await usage(['daemon', '--max-message-bytes', '100'], /at least 1024 bytes/);
+    await usage(['daemon', '--memory-cache', '12 parsecs'], /expected a size/);
+  });
+
+  test('--help lists the commands on stdout, and --version prints the version', async () => {
+    const help = await cli(['--help']);
+    expect(help).toMatchObject({ code: 0, stderr: '' });
+    for (const command of ['daemon', 'repair', 'status', 'stop', 'get', 'set', 'delete', 'clear']) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
+    expect(await cli(['--version'])).toEqual({ code: 0, stdout: `${VERSION}\n`, stderr: '' });
   });
 
   test('a daemon that cannot start says why, with exit 1', async () => {
+    // A child process: the daemon's entry ends its process once it has tried to start.
     const dir = await tempDir('hd-');
     const result = await hoard(['daemon', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--data-dir', dir]);
     expect(result.code).toBe(1);
