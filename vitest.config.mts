@@ -53,6 +53,7 @@ export default defineConfig({
           include: ['test/**/*.test.ts'],
           exclude: [...configDefaults.exclude, ...UNIT],
           globalSetup: ['test/support/fresh-build.ts'],
+          setupFiles: ['test/support/built.ts'],
           sequence: { groupOrder: 1 },
         },
       },

@@ -1,7 +1,15 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import type { TestProject } from 'vitest/node';
 import { PROJECT_ROOT } from './child.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** Why the system tests must not run: dist/ is out of date and could not be built. Null when it is fresh. */
+    staleBuild: string | null;
+  }
+}
 
 /** The folders that `npm run build` compiles into dist/ and that the system tests run from there. */
 const SOURCE_DIRS = ['src', 'daemon', 'client'];
@@ -38,23 +46,29 @@ export function staleness(): string | undefined {
   return undefined;
 }
 
-/**
- * The system tests start daemons, the CLI and client scripts from dist/, so they must never run a stale build:
- * this builds first when any source is newer than its build, and refuses to run them when the build fails.
- */
-export default function freshBuild(): void {
+/** Builds dist/ when it is out of date; resolves to why the system tests cannot run, or null. */
+function freshBuild(): string | null {
   const why = staleness();
-  if (why === undefined) return;
+  if (why === undefined) return null;
   process.stderr.write(`hoard tests: ${why}; building (npm run build) before the system tests, which run dist/\n`);
   const tsc = join(PROJECT_ROOT, 'node_modules/typescript/bin/tsc');
-  // What `npm run build` runs, but a failed build writes nothing, so that dist/ stays out of date and the next run
-  // refuses as well.
+  // What `npm run build` runs, but without emptying dist/ first (another run of the suite in this checkout may be
+  // using it), and a failed build writes nothing, so that dist/ stays out of date and the next run refuses as well.
   const build = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--noEmitOnError'], { cwd: PROJECT_ROOT, encoding: 'utf8' });
-  if (build.status !== 0) {
-    throw new Error(
-      `The system tests run dist/, which is out of date (${why}), and the build failed, so they cannot run:\n` +
-        `${build.stdout}${build.stderr}${build.error ? String(build.error) : ''}\n` +
-        'Fix the build (npm run build), or run the unit lane alone (npm run test:unit).',
-    );
-  }
+  if (build.status === 0) return null;
+  return (
+    `The system tests run dist/, which is out of date (${why}), and the build failed, so they cannot run:\n` +
+    `${build.stdout}${build.stderr}${build.error ? String(build.error) : ''}\n` +
+    'Fix the build (npm run build), or run the unit lane alone (npm run test:unit).'
+  );
+}
+
+/**
+ * The system tests start daemons, the CLI and client scripts from dist/, so they must never run a stale build: this
+ * builds first when any source is newer than its build, in watch mode before every rerun too. When the build fails,
+ * every system test file fails with the compiler's errors (test/support/built.ts), and none runs.
+ */
+export default function setup(project: TestProject): void {
+  project.provide('staleBuild', freshBuild());
+  project.onTestsRerun(() => project.provide('staleBuild', freshBuild()));
 }
