@@ -48,7 +48,7 @@ test('an old daemon: the client gets CACHE_PROTOCOL_MISMATCH with the remedy; ho
   // hoard stop returns once the old daemon is gone, so the new one can take the database at once.
   expect(await isRunning(old.child.pid!)).toBe(false);
 
-  const after = await connect<string>({ socketPath, dataDir, startTimeoutMs: 2000 });
+  const after = await connect<string>({ socketPath, dataDir, startTimeoutMs: 30_000 });
   await using got = await after.get('kept');
   expect(got.item!.modified).toBe(42.5);
   expect(await got.item!.value()).toBe('across the upgrade');
