@@ -26,9 +26,15 @@ const NO_IMPORT_META = {
   message: 'src/, daemon/ and client/ compile to CommonJS, where import.meta does not exist: use __dirname or __filename.',
 };
 
+/** A dynamic `import('…')` of a source the patterns forbid: no-restricted-imports sees only static imports. */
+const noDynamicImport = ({ regex, message }) => ({
+  selector: `ImportExpression[source.value=/${regex.replaceAll('/', '\\/')}/]`,
+  message: `${message} (a dynamic import is an import too)`,
+});
+
 const layer = (patterns) => ({
   'no-restricted-imports': ['error', { patterns }],
-  'no-restricted-syntax': ['error', NO_IMPORT_META],
+  'no-restricted-syntax': ['error', NO_IMPORT_META, ...patterns.map(noDynamicImport)],
   // A require() is an import that the rule above cannot see.
   '@typescript-eslint/no-require-imports': 'error',
   // stdout is the protocol in stdio mode: log to stderr or the log file (process.stderr.write).

@@ -3,8 +3,14 @@ import { type FrameCursor, FrameDecoder } from '../src/wire/frame-decoder.js';
 import { FrameWriter } from '../src/wire/frame-writer.js';
 import { type AnyRequest, FRAME_HEADER_BYTES, FrameOp, type InitializeResult, type NotificationMethod } from '../src/wire/protocol.js';
 import { fromWireError } from '../src/wire/wire-error.js';
-import { Channel, nameBytes, type Transport } from './channel.js';
+import type { EncodedValue } from '../src/store.js';
+import { Channel, namesOf, type Transport } from './channel.js';
 import { readChunks } from './connect-socket.js';
+
+/** A string's length field and bytes: UTF-8, or UTF-16 for a string UTF-8 cannot carry (see FrameEncoder.string). */
+function stringBytes(text: string): number {
+  return 4 + (text.isWellFormed() ? Buffer.byteLength(text) : 2 * text.length);
+}
 
 /** Answers are read with their own size check only: the daemon is trusted, but a frame must still fit in memory. */
 const MAX_ANSWER_BYTES = 2 ** 31;
@@ -41,7 +47,7 @@ export class BinaryChannel extends Channel {
         this.transport.destroy();
         return;
       }
-      this.failed(frame.requestId, error);
+      this.failed(frame.requestId, () => error);
     } else {
       this.answered(frame.requestId, (method) => method.result.readBinary(frame));
     }
@@ -62,9 +68,14 @@ export class BinaryChannel extends Channel {
     this.#writer.sent();
   }
 
-  /** Bytes a frame takes: its header, fixed fields, the value, and at most three bytes per UTF-16 unit of each name. */
-  protected messageBytes(valueBytes: number, params: unknown): number {
-    return FRAME_HEADER_BYTES + 64 + valueBytes + 3 * nameBytes(params);
+  /**
+   * The length field of the frame that carries `value` (its bytes after the field): the header, a scope's count,
+   * each name, a u64 handle or f64 `modified`, the encoding and the value.
+   */
+  protected messageBytes(value: EncodedValue, params: unknown): number {
+    let bytes = FRAME_HEADER_BYTES - 4 + 4 + 8 + stringBytes(value.encoding) + 4 + value.bytes.byteLength;
+    for (const name of namesOf(params)) bytes += stringBytes(name);
+    return bytes;
   }
 
   protected override flush(): void {

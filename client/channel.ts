@@ -1,4 +1,5 @@
 import { CacheError } from '../src/errors.js';
+import type { EncodedValue } from '../src/store.js';
 import type { AnyRequest, InitializeResult, NotificationMethod, RequestMethod } from '../src/wire/protocol.js';
 
 export interface CallOptions<R> {
@@ -75,8 +76,8 @@ export abstract class Channel {
   protected abstract send(id: number, method: AnyRequest, params: unknown): void;
   protected abstract sendNotification(method: NotificationMethod<unknown>, params: unknown): void;
   protected abstract sendCancel(id: number): void;
-  /** The size of the message that carries a value of `valueBytes` with these params, generously estimated. */
-  protected abstract messageBytes(valueBytes: number, params: unknown): number;
+  /** The size of the message that carries `value` with these params: exact, or a little over. */
+  protected abstract messageBytes(value: EncodedValue, params: unknown): number;
   /** Hands over what is queued before the transport ends. */
   protected flush(): void {}
 
@@ -93,12 +94,13 @@ export abstract class Channel {
     const { signal } = options;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.#lost) return Promise.reject(this.#error());
-    if (method.valueBytes) {
-      const valueBytes = method.valueBytes(params);
-      const bytes = this.messageBytes(valueBytes, params);
+    if (method.value) {
+      const value = method.value(params);
+      const bytes = this.messageBytes(value, params);
       const limit = this.info.capabilities.maxMessageBytes;
       if (bytes > limit) {
-        const error = new CacheError('CACHE_VALUE_TOO_LARGE', `This value of ${valueBytes} bytes takes a message of about ${bytes} bytes, and the daemon accepts messages of at most ${limit} bytes.`);
+        const size = value.bytes.byteLength;
+        const error = new CacheError('CACHE_VALUE_TOO_LARGE', `This value of ${size} bytes takes a message of ${bytes} bytes, and the daemon accepts messages of at most ${limit} bytes.`);
         return Promise.reject(error);
       }
     }
@@ -150,12 +152,12 @@ export abstract class Channel {
     else pending.resolve(result);
   }
 
-  /** Fails request `id` with the daemon's error. */
-  protected failed(id: number, error: unknown): void {
+  /** Fails request `id` with the error `toError` makes of the daemon's answer to its method. */
+  protected failed(id: number, toError: (method: AnyRequest) => unknown): void {
     const pending = this.#pending.get(id);
     if (!pending) return;
     this.#pending.delete(id);
-    pending.reject(error);
+    pending.reject(toError(pending.method));
   }
 
   /** Called once the connection has closed: every pending call fails, and the transport is let go. */
@@ -184,10 +186,8 @@ export abstract class Channel {
   }
 }
 
-/** The bytes of the scope names and id in `params`, if it has them. */
-export function nameBytes(params: unknown): number {
+/** The scope names and the id in `params`, if it has them. */
+export function namesOf(params: unknown): string[] {
   const { scope, id } = params as { scope?: readonly string[]; id?: string };
-  let total = id === undefined ? 0 : Buffer.byteLength(id);
-  for (const name of scope ?? []) total += Buffer.byteLength(name);
-  return total;
+  return id === undefined ? [...(scope ?? [])] : [...(scope ?? []), id];
 }

@@ -22,7 +22,7 @@ class ExitCode extends Error {
 }
 
 /** The daemon's entry, loaded by path at run time (see `daemonEntry`). */
-function loadDaemonEntry(): { runDaemonMain(argv: string[], io: { err: (text: string) => void }): Promise<number> } {
+function loadDaemonEntry(): { runDaemonMain(argv: string[], io: { out: (text: string) => void; err: (text: string) => void }): Promise<number> } {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- a path computed at run time: client/ never imports daemon/
   return require(daemonEntry()) as ReturnType<typeof loadDaemonEntry>;
 }
@@ -98,7 +98,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
       .action(async (_args: string[], _options: unknown, command: Command) => {
         const socket = name === 'daemon' && globals().socket ? ['--socket', globals().socket!] : [];
         const args = name === 'repair' ? ['repair', ...command.args] : [...socket, ...command.args];
-        const code = await loadDaemonEntry().runDaemonMain(args, { err: io.err });
+        const code = await loadDaemonEntry().runDaemonMain(args, { out: io.out, err: io.err });
         if (code !== 0) throw new ExitCode(code);
       });
   }

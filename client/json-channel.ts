@@ -4,7 +4,8 @@ import { CacheError } from '../src/errors.js';
 import { quietReader } from '../src/wire/quiet-reader.js';
 import type { AnyRequest, InitializeResult, NotificationMethod } from '../src/wire/protocol.js';
 import { fromWireError } from '../src/wire/wire-error.js';
-import { Channel, nameBytes, type Transport } from './channel.js';
+import type { EncodedValue } from '../src/store.js';
+import { Channel, namesOf, type Transport } from './channel.js';
 
 interface Response {
   id: number | string | null;
@@ -31,7 +32,6 @@ function toCacheError(error: NonNullable<Response['error']>, method: string): Ca
  */
 export class JsonChannel extends Channel {
   readonly #writer: StreamMessageWriter;
-  readonly #methods = new Map<number, string>();
 
   /** `info` is the handshake's answer; without one (`hoard stop` skips it), only `shutdown` is of use. */
   constructor(input: Readable, output: Writable, transport: Transport, info?: InitializeResult) {
@@ -49,12 +49,9 @@ export class JsonChannel extends Channel {
   #receive(message: Response): void {
     if (typeof message.id !== 'number') return;
     const id = message.id;
-    if (message.error) {
-      this.failed(id, toCacheError(message.error, this.#methods.get(id) ?? 'a request'));
-    } else {
-      this.answered(id, (method) => method.result.fromJson(message.result));
-    }
-    this.#methods.delete(id);
+    const { error } = message;
+    if (error) this.failed(id, (method) => toCacheError(error, method.method));
+    else this.answered(id, (method) => method.result.fromJson(message.result));
   }
 
   #write(message: object): void {
@@ -62,7 +59,6 @@ export class JsonChannel extends Channel {
   }
 
   protected send(id: number, method: AnyRequest, params: unknown): void {
-    this.#methods.set(id, method.method);
     this.#write({ jsonrpc: '2.0', id, method: method.method, params: method.params.toJson(params) ?? undefined });
   }
 
@@ -74,8 +70,9 @@ export class JsonChannel extends Channel {
     this.#write({ jsonrpc: '2.0', method: '$/cancelRequest', params: { id } });
   }
 
-  /** A value as base64, and JSON may escape each byte of an id or scope name as six. */
-  protected messageBytes(valueBytes: number, params: unknown): number {
-    return Math.ceil(valueBytes / 3) * 4 + 256 + 6 * nameBytes(params);
+  /** A generous estimate: the value as base64, and JSON may escape each byte of a name as six (`\u0000`). */
+  protected messageBytes(value: EncodedValue, params: unknown): number {
+    const names = namesOf(params).reduce((total, name) => total + Buffer.byteLength(name), Buffer.byteLength(value.encoding));
+    return Math.ceil(value.bytes.byteLength / 3) * 4 + 256 + 6 * names;
   }
 }

@@ -6,7 +6,7 @@ import type { ValueAdapter } from '../src/local-backend.js';
 import type { Scope } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue } from '../src/store.js';
 import { Clear, Delete, Get, GetSet, HandleSet, Release, Set as SetItem, Status, type StatusResult } from '../src/wire/protocol.js';
-import type { Channel } from './channel.js';
+import { type Channel, closedError } from './channel.js';
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
@@ -24,7 +24,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
 
   /** The live connection, reconnecting (and starting the daemon if need be) after a loss. */
   connection(): Promise<Channel> {
-    if (this.#closed) return Promise.reject(new CacheError('CACHE_CLOSED', 'The cache is closed.'));
+    if (this.#closed) return Promise.reject(closedError());
     const current = this.#connection;
     if (current && !current.lost) return Promise.resolve(current);
     return this.#reconnect();
@@ -35,7 +35,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const connection = await this.#connecting;
     if (this.#closed) {
       await connection.close();
-      throw new CacheError('CACHE_CLOSED', 'The cache is closed.');
+      throw closedError();
     }
     return (this.#connection = connection);
   }
@@ -85,7 +85,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     let released = false;
     let writes: Promise<void> = Promise.resolve();
     const set = (value: T): Promise<void> => {
-      if (!released && this.#closed) return Promise.reject(new CacheError('CACHE_CLOSED', 'The cache is closed.'));
+      if (!released && this.#closed) return Promise.reject(closedError());
       if (released || connection.lost) {
         return Promise.reject(
           new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.'),

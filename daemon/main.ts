@@ -8,9 +8,12 @@ import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
 import { type Daemon, startDaemon } from './daemon.js';
 
-/** The daemon's own entry: `node daemon/main.js [options]` runs a daemon, `node daemon/main.js repair [options]` repairs. */
+/**
+ * The daemon's own entry: `node daemon/main.js [options]` runs a daemon, `node daemon/main.js repair [options]`
+ * repairs a data directory. `hoard daemon` and `hoard repair` run it, and clients start it.
+ */
 
-export interface DaemonCommandOptions {
+interface DaemonCommandOptions {
   socket?: string;
   dataDir?: string;
   idleTimeoutMs?: number;
@@ -28,7 +31,7 @@ export interface DaemonCommandOptions {
  * Runs `hoard daemon` until it stops, then exits the process: 0 after a clean stop (signal, `hoard stop`,
  * idle timeout, end of stdin) or when another daemon already serves the data directory, 1 when it cannot start.
  */
-export async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
+async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
   let log = (line: string): void => void process.stderr.write(`${line}\n`);
   if (options.logFile) {
     await mkdir(dirname(options.logFile), { recursive: true, mode: 0o700 });
@@ -86,7 +89,7 @@ export async function runDaemonCommand(options: DaemonCommandOptions): Promise<n
 }
 
 /** Parses `500ms`, `30s`, `15m`, `1h`, or a plain number of seconds, into milliseconds. */
-export function parseDuration(text: string): number {
+function parseDuration(text: string): number {
   const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
   if (!match) throw new InvalidArgumentError('expected a duration such as 900s, 15m or 500ms (0 for never)');
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] ?? 's']!;
@@ -94,7 +97,7 @@ export function parseDuration(text: string): number {
 }
 
 /** Parses a size such as `65536`, `512KiB`, `32MiB` or `1GiB` into bytes. */
-export function parseSize(text: string): number {
+function parseSize(text: string): number {
   const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text.trim());
   if (!match) throw new InvalidArgumentError('expected a size such as 65536, 512KiB, 32MiB or 1GiB');
   const unit = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 }[(match[2] ?? 'b').toLowerCase() as 'b']!;
@@ -107,14 +110,20 @@ function parseMessageLimit(text: string): number {
   return bytes;
 }
 
+/** Where help (`out`) and errors (`err`) go; in stdio mode, help is printed and the process exits before serving. */
+export interface EntryOutput {
+  out(text: string): void;
+  err(text: string): void;
+}
+
 const DATA_DIR_HELP = 'the LevelDB directory (default: $HOARD_DATA_DIR or the XDG cache directory)';
 
 /** The `hoard daemon` command line, as the daemon's entry reads it; `name` is how help and errors call it. */
-function daemonProgram(name: string, io: { err: (text: string) => void }): Command {
+function daemonProgram(name: string, io: EntryOutput): Command {
   const program = new Command(name);
   program
     .exitOverride()
-    .configureOutput({ writeOut: (text) => process.stderr.write(text), writeErr: (text) => io.err(text) })
+    .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
     .description('run the daemon in the foreground')
     .option('--socket <path>', 'the socket to listen on (default: $HOARD_SOCKET or the XDG runtime directory)')
     .option('--data-dir <path>', DATA_DIR_HELP)
@@ -131,10 +140,10 @@ function daemonProgram(name: string, io: { err: (text: string) => void }): Comma
   return program;
 }
 
-function repairProgram(name: string, io: { err: (text: string) => void }): Command {
+function repairProgram(name: string, io: EntryOutput): Command {
   return new Command(name)
     .exitOverride()
-    .configureOutput({ writeOut: (text) => process.stderr.write(text), writeErr: (text) => io.err(text) })
+    .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
     .description('recover what LevelDB can of a damaged data directory (stop the daemon first)')
     .option('--data-dir <path>', DATA_DIR_HELP)
     .action(async (options: { dataDir?: string }) => {
@@ -155,7 +164,10 @@ class RepairRefused extends Error {}
  * Runs the daemon's entry with `argv` (without node and script): `repair [options]` repairs a data directory,
  * anything else runs a daemon until it stops (which exits the process). Resolves to an exit code otherwise.
  */
-export async function runDaemonMain(argv: readonly string[], io = { err: (text: string) => void process.stderr.write(text) }): Promise<number> {
+export async function runDaemonMain(
+  argv: readonly string[],
+  io: EntryOutput = { out: (text) => void process.stdout.write(text), err: (text) => void process.stderr.write(text) },
+): Promise<number> {
   const repair = argv[0] === 'repair';
   const program = repair ? repairProgram('hoard repair', io) : daemonProgram('hoard daemon', io);
   try {

@@ -176,6 +176,12 @@ describe('the hoard command', () => {
     expect(help).toMatchObject({ code: 0, stderr: '' });
     for (const command of ['daemon', 'repair', 'status', 'stop', 'get', 'set', 'delete', 'clear']) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
     expect(await cli(['--version'])).toEqual({ code: 0, stdout: `${VERSION}\n`, stderr: '' });
+    // The daemon's entry prints its own help, also on stdout.
+    for (const command of ['daemon', 'repair']) {
+      const own = await cli([command, '--help']);
+      expect(own).toMatchObject({ code: 0, stderr: '' });
+      expect(own.stdout).toMatch(/--data-dir <path>/);
+    }
   });
 
   test('a daemon that cannot start says why, with exit 1', async () => {

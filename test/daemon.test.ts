@@ -177,6 +177,23 @@ describe('the handshake and bad requests', () => {
     expect(await got.item!.value()).toBe('small');
   });
 
+  test('the client refuses a value one byte over the limit, counting every name, and sends one at the limit', async () => {
+    const { socketPath, logs } = await startTestDaemon({ maxMessageBytes: 1024 });
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary' });
+    onTestFinished(() => cache.close());
+    // Thirty one-letter scopes: each name costs its four-byte length as well as its byte.
+    let scoped: Cache<Uint8Array> = cache;
+    for (let n = 0; n < 30; n++) scoped = scoped.withScope(String.fromCharCode(97 + (n % 26)));
+    // A set frame's length field: op and id 5, the scope count 4, 30 names of 5, the id 4 + 1, modified 8,
+    // the encoding 4 + 6 ('binary'), the value's length 4: 186 bytes before the value.
+    const room = 1024 - 186;
+    await expectCode(scoped.set('k', new Uint8Array(room + 1)), 'CACHE_VALUE_TOO_LARGE');
+    await scoped.set('k', new Uint8Array(room).fill(7));
+    await using got = await scoped.get('k');
+    expect((await got.item!.value()).length).toBe(room);
+    expect(logs.some((line) => line.includes('over the limit'))).toBe(false);
+  });
+
   test.each([
     ['a negative length', 'Content-Length: -5\r\n\r\n'],
     ['a length that is not a number', 'Content-Length: banana\r\n\r\n{}'],

@@ -35,6 +35,17 @@ describe('layering: a wrong import fails the lint', () => {
   });
 });
 
+describe('layering: a dynamic import is an import too', () => {
+  test.each([
+    ['client/x.ts', "export const load = () => import('../daemon/index.js');"],
+    ['daemon/x.ts', "export const load = () => import('../client/index.js');"],
+    ['client/x.ts', "export const load = () => import('level');"],
+    ['src/wire/x.ts', "export const load = () => import('../level/level-store.js');"],
+  ])('%s: %s', async (filePath, code) => {
+    expect(await layeringErrors(code, filePath)).toEqual(['no-restricted-syntax']);
+  });
+});
+
 describe('layering: hoard-cache/client and src/ outside src/level load no native addon', () => {
   test.each([
     ['client/x.ts', "import { Level } from 'level';"],

@@ -3,6 +3,7 @@ import { access, cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile }
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { VERSION } from '../src/version.js';
 import { PROJECT_ROOT } from './support/child.js';
 import { daemonPids, waitForExit } from './support/processes.js';
 
@@ -117,6 +118,32 @@ afterAll(async () => {
   if (work) await rm(work, { recursive: true, force: true });
 });
 
+describe('installing from a folder', { timeout: TEST_TIMEOUT_MS }, () => {
+  test('a folder whose dependencies are installed (prepare builds) gives a working package and command', async () => {
+    // The copy that was packed: its node_modules is the repository's, and prepare has built its dist/.
+    const folderProject = join(work, 'folder-project');
+    await mkdir(folderProject);
+    await writeFile(join(folderProject, 'package.json'), JSON.stringify({ name: 'folder-consumer', version: '1.0.0', private: true }));
+    await succeed('npm', ['install', join(work, 'source'), '--no-audit', '--no-fund', '--prefer-offline'], { cwd: folderProject });
+    expect(await node(folderProject, "console.log(JSON.stringify(typeof require('hoard-cache/client').connect));")).toBe('function');
+    expect((await succeed('npx', ['--no-install', 'hoard', '--version'], { cwd: folderProject })).trim()).toBe(VERSION);
+  });
+
+  test('a fresh clone without its dependencies is refused with what to do, not "tsc: not found"', async () => {
+    const clone = join(work, 'clone');
+    await cp(join(work, 'source'), clone, {
+      recursive: true,
+      filter: (path) => !['node_modules', 'dist'].includes(relative(join(work, 'source'), path).split(sep)[0]!),
+    });
+    const folderProject = join(work, 'fresh-project');
+    await mkdir(folderProject);
+    await writeFile(join(folderProject, 'package.json'), JSON.stringify({ name: 'fresh-consumer', version: '1.0.0', private: true }));
+    const result = await run('npm', ['install', clone, '--no-audit', '--no-fund', '--prefer-offline'], { cwd: folderProject });
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toMatch(/TypeScript is not installed there\. Run `npm ci` in that folder first/);
+  });
+});
+
 describe('the packed package', { timeout: TEST_TIMEOUT_MS }, () => {
   test('holds what users need and nothing else', async () => {
     for (const file of ['LICENSE', 'README.md', 'package.json', 'dist/client/index.js', 'dist/client/bin.js', 'dist/daemon/main.js']) {
@@ -175,6 +202,11 @@ describe('the packed package', { timeout: TEST_TIMEOUT_MS }, () => {
       join(pkg, 'dist/daemon/main.js'),
     ]);
     for (const types of ['dist/src/index.d.ts', 'dist/client/index.d.ts', 'dist/daemon/index.d.ts']) await access(join(pkg, types));
+  });
+
+  test('require works as on Node 20 before 20.19, which could not require an ES module', async () => {
+    const script = "for (const name of ['hoard-cache', 'hoard-cache/client', 'hoard-cache/daemon']) require(name); console.log('\"ok\"');";
+    expect(JSON.parse(await succeed(process.execPath, ['--no-experimental-require-module', '-e', script], { cwd: project }))).toBe('ok');
   });
 
   test('npx hoard runs the installed command', async () => {

@@ -79,7 +79,7 @@ export function openError(directory: string, error: unknown): CacheError {
  */
 export async function openExclusive(directory: string): Promise<{ db: Level<Buffer, Buffer>; directory: string }> {
   const real = await realpath(directory);
-  // Registered before the first await, so that a second open in this process that starts meanwhile is refused
+  // Registered before anything else is awaited, so that a second open in this process that starts meanwhile is refused
   // instead of reaching LevelDB (whose failed open would drop the first one's lock).
   if (openDirectories.has(real)) throw lockedError(real);
   openDirectories.add(real);

@@ -89,13 +89,6 @@ export class FrameCursor {
     return this.#borrowed ? Buffer.from(view) : view;
   }
 
-  /** The bytes not read yet. */
-  rest(): Buffer {
-    const at = this.#at;
-    this.#at = this.#frame.length;
-    return this.#frame.subarray(at);
-  }
-
   /** Refuses fields beyond the ones read. */
   done(): void {
     if (this.#at !== this.#frame.length) throw new MalformedFrame(`the frame has ${this.#frame.length - this.#at} bytes beyond its fields`);

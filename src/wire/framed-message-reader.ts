@@ -7,7 +7,6 @@ import { ERROR_NUMBERS } from './wire-error.js';
 const MAX_HEADER_BYTES = 4096;
 const HEADER_END = Buffer.from('\r\n\r\n');
 
-
 export interface FramedMessageReaderOptions {
   maxMessageBytes: number;
   /** Sends an error response for a message that is framed well but is not a JSON-RPC request or notification. */

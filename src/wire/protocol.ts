@@ -36,10 +36,13 @@ export interface RequestMethod<P, R> {
   readonly op: number;
   readonly params: Layout<P>;
   readonly result: Layout<R>;
-  /** The codes the daemon answers it with, besides the ones any request may get (see PROTOCOL.md). */
+  /**
+   * The codes the daemon answers it with, besides {@link ANY_REQUEST_ERRORS}; PROTOCOL.md lists the same (a test
+   * compares them).
+   */
   readonly errors: readonly WireErrorCode[];
-  /** The bytes of the value the params carry, for the client's size check before sending. */
-  readonly valueBytes?: (params: P) => number;
+  /** The value the params carry, for the client's size check before sending. */
+  readonly value?: (params: P) => EncodedValue;
   readonly type: RequestType<unknown, unknown, WireErrorData>;
 }
 
@@ -202,8 +205,11 @@ const itemParams: Layout<ItemParams> = {
   },
 };
 
-/** The errors every cache call may get from the store. */
-const STORE_ERRORS: readonly WireErrorCode[] = ['CACHE_STORAGE', 'CACHE_CLOSED'];
+/** Codes any request may get: params of the wrong shape, a request before `initialize`, an unexpected failure. */
+export const ANY_REQUEST_ERRORS: readonly WireErrorCode[] = ['CACHE_INVALID_PARAMS', 'CACHE_NOT_INITIALIZED', 'CACHE_INTERNAL'];
+
+/** What a request that waits for a lock and then uses the store may get: cancelled, the daemon stopping, the disk. */
+const STORE_ERRORS: readonly WireErrorCode[] = ['CACHE_CANCELLED', 'CACHE_CLOSED', 'CACHE_STORAGE'];
 
 export const Get = request<ItemParams, GetResult>({
   method: 'cache/get',
@@ -221,7 +227,7 @@ export const Get = request<ItemParams, GetResult>({
       return { handle: Number(r.handle), item: item.fromJson(r.item) };
     },
   },
-  errors: ['CACHE_CORRUPT', 'CACHE_CANCELLED', ...STORE_ERRORS],
+  errors: ['CACHE_CORRUPT', ...STORE_ERRORS],
 });
 
 export const GetSet = request<GetSetParams, GetSetResult>({
@@ -262,7 +268,8 @@ export const GetSet = request<GetSetParams, GetSetResult>({
       return { handle: r.handle === null ? null : Number(r.handle), item: item.fromJson(r.item) };
     },
   },
-  errors: ['CACHE_CANCELLED', ...STORE_ERRORS],
+  // A record that cannot be read back is a miss here, so that the value is computed again.
+  errors: STORE_ERRORS,
 });
 
 export const HandleSet = request<HandleSetParams, void>({
@@ -278,8 +285,9 @@ export const HandleSet = request<HandleSetParams, void>({
     },
   },
   result: none,
-  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', ...STORE_ERRORS],
-  valueBytes: (p) => p.value.bytes.byteLength,
+  // It waits for no lock: the handle holds it.
+  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', 'CACHE_CLOSED', 'CACHE_STORAGE'],
+  value: (p) => p.value,
 });
 
 const handleParams: Layout<HandleParams> = {
@@ -324,8 +332,8 @@ export const Set = request<SetParams, void>({
     },
   },
   result: none,
-  errors: ['CACHE_INVALID_VALUE', 'CACHE_CANCELLED', ...STORE_ERRORS],
-  valueBytes: (p) => p.value.bytes.byteLength,
+  errors: ['CACHE_INVALID_VALUE', ...STORE_ERRORS],
+  value: (p) => p.value,
 });
 
 export const Delete = request<ItemParams, void>({
@@ -333,7 +341,7 @@ export const Delete = request<ItemParams, void>({
   op: 0x06,
   params: itemParams,
   result: none,
-  errors: ['CACHE_CANCELLED', ...STORE_ERRORS],
+  errors: STORE_ERRORS,
 });
 
 export const Clear = request<ScopeParams, void>({
@@ -346,7 +354,7 @@ export const Clear = request<ScopeParams, void>({
     fromJson: (json) => ({ scope: scope(object(json).scope) }),
   },
   result: none,
-  errors: ['CACHE_CANCELLED', ...STORE_ERRORS],
+  errors: STORE_ERRORS,
 });
 
 export interface StatusResult {
@@ -422,7 +430,7 @@ export interface InitializeResult {
 export const Initialize = Object.freeze({
   method: 'initialize',
   type: new RequestType<InitializeParams, InitializeResult, WireErrorData>('initialize'),
-  errors: ['CACHE_PROTOCOL_MISMATCH', 'CACHE_INVALID_PARAMS'] as readonly WireErrorCode[],
+  errors: ['CACHE_PROTOCOL_MISMATCH'] as readonly WireErrorCode[],
   /** Checks the params a client sent; `clientName` and `pid` are optional. */
   fromJson(json: unknown): InitializeParams {
     const p = object(json);
