@@ -18,6 +18,7 @@ const UNIT = [
   'test/framed-message-reader.test.ts',
   'test/frames.test.ts',
   'test/layering.test.ts',
+  'test/level.test.ts',
   'test/lock-table.test.ts',
   'test/lru-map.test.ts',
   'test/memory.test.ts',

@@ -219,12 +219,13 @@ export async function runCli(argv: string[], io = { out: (t: string | Uint8Array
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (error) {
-    if (error instanceof CommanderError) {
-      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
-      return 2;
-    }
+    // First: InvalidArgumentError is a CommanderError too, and one thrown by an action has not been printed yet.
     if (error instanceof InvalidArgumentError) {
       io.err(`hoard: ${error.message}\n`);
+      return 2;
+    }
+    if (error instanceof CommanderError) {
+      if (error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.code === 'commander.help') return 0;
       return 2;
     }
     if (error instanceof ExitCode) return error.code;

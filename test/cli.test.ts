@@ -164,7 +164,9 @@ describe('the hoard command', () => {
     await usage(['frobnicate'], /unknown command 'frobnicate'/);
     await usage(['get'], /missing required argument 'id'/);
     await usage(['--scope', '', 'get', 'x'], /scope name cannot be empty/);
-    expect((await cli(['set', 'k', 'v', '--raw', '--json'])).code).toBe(2);
+    const both = await cli(['set', 'k', 'v', '--raw', '--json']);
+    expect(both).toMatchObject({ code: 2, stdout: '' });
+    expect(both.stderr).toMatch(/^hoard: choose one of --raw and --json\n$/);
     await usage(['daemon', '--idle-timeout', 'soon'], /expected a duration/);
     await usage(['daemon', '--max-message-bytes', 'lots'], /expected a size/);
     await usage(['daemon', '--max-message-bytes', '100'], /at least 1024 bytes/);
