@@ -1,22 +1,15 @@
-import { spawn } from 'node:child_process';
 import { access, cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { VERSION } from '../src/version.js';
-import { PROJECT_ROOT } from './support/child.js';
+import { type ChildResult, PROJECT_ROOT, runProcess } from './support/child.js';
 import { daemonPids, waitForExit } from './support/processes.js';
 
 // The package as users get it: packed, installed into a project of its own outside the repository, and bundled.
 // Packing builds (prepare), once for the whole file; on a busy machine that takes a while.
 const PACK_TIMEOUT_MS = 180_000;
 const TEST_TIMEOUT_MS = 60_000;
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 /** This process's environment without npm's own variables (set when `npm test` runs us), plus `extra`. */
 function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -25,16 +18,8 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { ...env, ...extra };
 }
 
-function run(file: string, args: string[], options: { cwd: string; env?: Record<string, string> }): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { cwd: options.cwd, env: cleanEnv(options.env), stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+function run(file: string, args: string[], options: { cwd: string; env?: Record<string, string> }): Promise<ChildResult> {
+  return runProcess(file, args, { cwd: options.cwd, env: cleanEnv(options.env) });
 }
 
 async function succeed(file: string, args: string[], options: { cwd: string; env?: Record<string, string> }): Promise<string> {

@@ -10,13 +10,10 @@ export interface ChildResult {
   stderr: string;
 }
 
-/** Runs an ES module given as source in a new Node process started in the project's root. */
-export function runModule(source: string, args: string[] = []): Promise<ChildResult> {
+/** Runs a program to its end and resolves to its exit code and what it printed (as UTF-8). */
+export function runProcess(file: string, args: readonly string[], options: { cwd: string; env?: NodeJS.ProcessEnv }): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', source, '--', ...args], {
-      cwd: PROJECT_ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(file, args, { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
@@ -24,6 +21,11 @@ export function runModule(source: string, args: string[] = []): Promise<ChildRes
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/** Runs an ES module given as source in a new Node process started in the project's root. */
+export function runModule(source: string, args: string[] = []): Promise<ChildResult> {
+  return runProcess(process.execPath, ['--input-type=module', '-e', source, '--', ...args], { cwd: PROJECT_ROOT });
 }
 
 /** Tries to open a LevelDB directory from another process; resolves to the error code, or 'opened'. */
