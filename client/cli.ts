@@ -161,7 +161,12 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         if (encoding !== 'json') {
           throw new Failure(`the value is stored as ${encoding}, not text; use --raw to print its bytes`);
         }
-        const value: unknown = JSON.parse(bytes.toString('utf8'));
+        let value: unknown;
+        try {
+          value = JSON.parse(bytes.toString('utf8'));
+        } catch {
+          throw new Failure('the value is stored as json, but its bytes are not valid JSON; use --raw to print them');
+        }
         io.out(`${typeof value === 'string' ? value : JSON.stringify(value, null, 2)}\n`);
       });
     });
@@ -215,6 +220,11 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
 /** Runs the CLI with `argv` (without node and script) and resolves to its exit code: 0, 1 or 2. */
 export async function runCli(argv: string[], io = { out: (t: string | Uint8Array) => void process.stdout.write(t), err: (t: string) => void process.stderr.write(t) }): Promise<number> {
   const program = buildProgram(io);
+  if (argv.length === 0) {
+    // No command is a usage error: say which commands there are, on stderr.
+    io.err(program.helpInformation());
+    return 2;
+  }
   try {
     await program.parseAsync(argv, { from: 'user' });
     return 0;

@@ -127,11 +127,21 @@ function daemonProgram(name: string, io: EntryOutput): Command {
     .description('run the daemon in the foreground')
     .option('--socket <path>', 'the socket to listen on (default: $HOARD_SOCKET or the XDG runtime directory)')
     .option('--data-dir <path>', DATA_DIR_HELP)
-    .option('--idle-timeout <duration>', 'stop after this long with no connection; 0 never', parseDuration, 15 * 60_000)
+    .addOption(
+      new Option('--idle-timeout <duration>', 'stop after this long with no connection (900s, 15m, 500ms; a bare number is seconds); 0 never')
+        .argParser(parseDuration)
+        .default(15 * 60_000, '15m'),
+    )
     .option('--stdio', 'serve one client over stdin/stdout and exit when stdin closes')
     .option('--sync', 'flush every write to the disk before acknowledging it (survives power loss; slower)')
-    .option('--max-message-bytes <size>', 'close connections that send larger messages', parseMessageLimit, 64 * 1024 * 1024)
-    .option('--memory-cache <size>', 'keep recently used values in memory up to this size; 0 turns it off', parseSize, MEMORY_CACHE_BYTES)
+    .addOption(
+      new Option('--max-message-bytes <size>', 'close connections that send larger messages').argParser(parseMessageLimit).default(64 * 1024 * 1024, '64MiB'),
+    )
+    .addOption(
+      new Option('--memory-cache <size>', 'keep recently used values in memory up to this size; 0 turns it off')
+        .argParser(parseSize)
+        .default(MEMORY_CACHE_BYTES, `${MEMORY_CACHE_BYTES / 1024 / 1024}MiB`),
+    )
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
     .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number }) => {

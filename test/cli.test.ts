@@ -69,6 +69,11 @@ describe('the hoard command', () => {
     await raw.initialize();
     await raw.request('cache/set', { scope: [], id: 'note', encoding: 'text', value: Buffer.from('plain ✓').toString('base64') });
     expect((await run(['get', 'note'])).stdout.toString()).toBe('plain ✓\n');
+    // Bytes stored as json that are not JSON: one line and exit 1, not a stack trace.
+    await raw.request('cache/set', { scope: [], id: 'broken', encoding: 'json', value: Buffer.from('{nope').toString('base64') });
+    const broken = await run(['get', 'broken']);
+    expect(broken.code).toBe(1);
+    expect(broken.stderr).toMatch(/^hoard: the value is stored as json, but its bytes are not valid JSON; use --raw to print them\n$/);
   });
 
   test('delete and clear, with --yes for everything off a terminal', async () => {
@@ -178,6 +183,15 @@ describe('the hoard command', () => {
     expect(help).toMatchObject({ code: 0, stderr: '' });
     for (const command of ['daemon', 'repair', 'status', 'stop', 'get', 'set', 'delete', 'clear']) expect(help.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
     expect(await cli(['--version'])).toEqual({ code: 0, stdout: `${VERSION}\n`, stderr: '' });
+    // No command at all is a usage error, with the commands on stderr.
+    const bare = await cli([]);
+    expect(bare).toMatchObject({ code: 2, stdout: '' });
+    expect(bare.stderr).toMatch(/^Usage: hoard/);
+    // Defaults are shown with their units.
+    const daemonHelp = (await cli(['daemon', '--help'])).stdout;
+    expect(daemonHelp).toMatch(/\(default: 15m\)/);
+    expect(daemonHelp).toMatch(/\(default: 64MiB\)/);
+    expect(daemonHelp).toMatch(/\(default: 32MiB\)/);
     // The daemon's entry prints its own help, also on stdout.
     for (const command of ['daemon', 'repair']) {
       const own = await cli([command, '--help']);
