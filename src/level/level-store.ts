@@ -108,8 +108,8 @@ export class LevelStore implements Store<EncodedValue> {
       const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
       state = { format, hasBlobs: first.length > 0, files };
     } catch (error) {
-      await db.close();
-      releaseDirectory(real);
+      // This open's own claim goes whatever the close does, so a failed open never leaves the directory held.
+      await db.close().finally(() => releaseDirectory(real));
       throw error;
     }
     const store = new LevelStore(db, real, options, state);
