@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { chmod, unlink } from 'node:fs/promises';
+import { chmod, lstat, unlink } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { createMessageConnection, type MessageWriter, StreamMessageWriter } from 'vscode-jsonrpc/node';
@@ -96,9 +96,33 @@ function socketAnswers(socketPath: string): Promise<boolean> {
 }
 
 /**
+ * Removes a socket file left by a daemon that is gone; anything else at the path (a regular file, a directory, a
+ * symlink) is the user's, and is refused rather than replaced.
+ * @throws CacheError `CACHE_UNSAFE_DIRECTORY`.
+ */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  let info;
+  try {
+    info = await lstat(socketPath);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  if (!info.isSocket()) {
+    const kind = info.isFile() ? 'a regular file' : info.isDirectory() ? 'a directory' : info.isSymbolicLink() ? 'a symbolic link' : 'not a socket';
+    throw new CacheError(
+      'CACHE_UNSAFE_DIRECTORY',
+      `${socketPath} is ${kind}, not a socket: hoard does not replace it. Choose another path with --socket or HOARD_SOCKET.`,
+    );
+  }
+  await unlink(socketPath).catch(() => {});
+}
+
+/**
  * Listens on `socketPath` (mode 0600) and serves each connection; the caller holds the data directory's lock,
  * so a socket file already there is stale unless a daemon for another data directory answers on it.
- * @throws CacheError `CACHE_LOCKED` when another daemon answers on the socket.
+ * @throws CacheError `CACHE_LOCKED` when another daemon answers on the socket, `CACHE_UNSAFE_DIRECTORY` when
+ * something other than a socket is at the path.
  */
 export async function listen(
   context: DaemonContext,
@@ -108,7 +132,7 @@ export async function listen(
   if (await socketAnswers(socketPath)) {
     throw new CacheError('CACHE_LOCKED', `Another hoard daemon already listens on ${socketPath} (with another data directory).`);
   }
-  await unlink(socketPath).catch(() => {});
+  await removeStaleSocket(socketPath);
   let accepted = 0;
   const server = createServer((socket) => {
     const label = `connection ${++accepted}`;

@@ -1,4 +1,4 @@
-import { chmod, mkdir, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
@@ -16,6 +16,18 @@ async function client(socketPath: string) {
   onTestFinished(() => cache.close());
   return cache;
 }
+
+describe('the socket path', () => {
+  test('a regular file at the socket path is refused, not replaced', async () => {
+    const dir = await tempDir('hd-');
+    const notes = join(dir, 'notes.txt');
+    await writeFile(notes, 'my notes\n');
+    const refused = await startDaemon({ socketPath: notes, dataDir: join(dir, 'data'), idleTimeoutMs: 0, log: () => {} }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'CACHE_UNSAFE_DIRECTORY' });
+    expect((refused as Error).message).toMatch(/regular file, not a socket/);
+    expect(await readFile(notes, 'utf8')).toBe('my notes\n');
+  });
+});
 
 describe('locks belong to the connection', () => {
   test('closing a connection releases its locks and drops its waits; the next waiter is granted', async () => {
