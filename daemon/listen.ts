@@ -64,11 +64,12 @@ export function serveStreams(context: DaemonContext, input: Readable, output: Wr
     upgrade: (message) => {
       const { method, id, params } = message as { method?: unknown; id?: unknown; params?: unknown };
       if (method !== Initialize.method || (typeof id !== 'number' && typeof id !== 'string')) return undefined;
-      const transports = (params as { transports?: unknown } | undefined)?.transports;
-      if (!Array.isArray(transports) || !transports.includes('binary')) return undefined;
       let result;
       try {
-        result = session.initialize(Initialize.fromJson(params), 'binary');
+        // Read through the declaration, as the JSON transport reads it.
+        const initialize = Initialize.fromJson(params);
+        if (!initialize.transports?.includes('binary')) return undefined;
+        result = session.initialize(initialize, 'binary');
       } catch {
         // A refused initialize is answered in JSON, by the JSON transport.
         return undefined;

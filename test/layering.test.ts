@@ -18,65 +18,58 @@ async function layeringErrors(code: string, filePath: string): Promise<string[]>
   return result!.messages.filter((message) => message.severity === 2 && LAYERING_RULES.has(message.ruleId ?? '')).map((message) => message.ruleId!);
 }
 
-describe('layering: a wrong import fails the lint', () => {
-  test.each([
-    ['client/x.ts', "import { startDaemon } from '../daemon/index.js';"],
-    ['client/x.ts', "import type { Session } from '../daemon/session.js';"],
-    ['client/x.ts', "export { startDaemon } from '../daemon/index.js';"],
-    ['client/x.ts', "import { startDaemon } from 'hoard-cache/daemon';"],
-    ['daemon/x.ts', "import { connect } from '../client/index.js';"],
-    ['daemon/x.ts', "import { connect } from 'hoard-cache/client';"],
-    ['src/x.ts', "import { startDaemon } from '../daemon/index.js';"],
-    ['src/x.ts', "import { RemoteCache } from '../client/remote-cache.js';"],
-    ['src/wire/x.ts', "import type { Session } from '../../daemon/session.js';"],
-    ['src/level/x.ts', "import { connect } from '../../client/index.js';"],
-  ])('%s: %s', async (filePath, code) => {
-    expect(await layeringErrors(code, filePath)).toEqual(['no-restricted-imports']);
+/** One test per case: `code` placed at `filePath` gets exactly the layering errors `expected`. */
+function layeringCases(title: string, expected: string[], cases: [filePath: string, code: string][]): void {
+  describe(title, () => {
+    test.each(cases)('%s: %s', async (filePath, code) => {
+      expect(await layeringErrors(code, filePath)).toEqual(expected);
+    });
   });
-});
+}
 
-describe('layering: a dynamic import is an import too', () => {
-  test.each([
-    ['client/x.ts', "export const load = () => import('../daemon/index.js');"],
-    ['daemon/x.ts', "export const load = () => import('../client/index.js');"],
-    ['client/x.ts', "export const load = () => import('level');"],
-    ['src/wire/x.ts', "export const load = () => import('../level/level-store.js');"],
-  ])('%s: %s', async (filePath, code) => {
-    expect(await layeringErrors(code, filePath)).toEqual(['no-restricted-syntax']);
-  });
-});
+layeringCases('layering: a wrong import fails the lint', ['no-restricted-imports'], [
+  ['client/x.ts', "import { startDaemon } from '../daemon/index.js';"],
+  ['client/x.ts', "import type { Session } from '../daemon/session.js';"],
+  ['client/x.ts', "export { startDaemon } from '../daemon/index.js';"],
+  ['client/x.ts', "import { startDaemon } from 'hoard-cache/daemon';"],
+  ['daemon/x.ts', "import { connect } from '../client/index.js';"],
+  ['daemon/x.ts', "import { connect } from 'hoard-cache/client';"],
+  ['src/x.ts', "import { startDaemon } from '../daemon/index.js';"],
+  ['src/x.ts', "import { RemoteCache } from '../client/remote-cache.js';"],
+  ['src/wire/x.ts', "import type { Session } from '../../daemon/session.js';"],
+  ['src/level/x.ts', "import { connect } from '../../client/index.js';"],
+]);
 
-describe('layering: hoard-cache/client and src/ outside src/level load no native addon', () => {
-  test.each([
-    ['client/x.ts', "import { Level } from 'level';"],
-    ['client/x.ts', "import { ClassicLevel } from 'classic-level';"],
-    ['client/x.ts', "import { LevelStore } from '../src/level/level-store.js';"],
-    ['client/x.ts', "import { LevelCache } from '../src/level-cache.js';"],
-    ['client/x.ts', "import { CacheError } from '../src/index.js';"],
-    ['client/x.ts', "import { CacheError } from 'hoard-cache';"],
-    ['src/x.ts', "import { Level } from 'level';"],
-    ['src/x.ts', "import { LevelStore } from './level/level-store.js';"],
-    ['src/x.ts', "import { LevelCache } from './level-cache.js';"],
-    ['src/wire/x.ts', "import { LevelStore } from '../level/level-store.js';"],
-    ['src/wire/x.ts', "import { CacheError } from '../index.js';"],
-  ])('%s: %s', async (filePath, code) => {
-    expect(await layeringErrors(code, filePath)).toEqual(['no-restricted-imports']);
-  });
-});
+layeringCases('layering: a dynamic import is an import too', ['no-restricted-syntax'], [
+  ['client/x.ts', "export const load = () => import('../daemon/index.js');"],
+  ['daemon/x.ts', "export const load = () => import('../client/index.js');"],
+  ['client/x.ts', "export const load = () => import('level');"],
+  ['src/wire/x.ts', "export const load = () => import('../level/level-store.js');"],
+]);
 
-describe('layering: the allowed arrows pass', () => {
-  test.each([
-    ['client/x.ts', "import { CacheError } from '../src/errors.js';\nimport { Get } from '../src/wire/protocol.js';"],
-    ['daemon/x.ts', "import { LevelStore } from '../src/level/level-store.js';\nimport { Get } from '../src/wire/protocol.js';"],
-    ['src/level/x.ts', "import { Level } from 'level';\nimport { CacheError } from '../errors.js';"],
-    ['src/level-cache.ts', "import { LevelStore } from './level/level-store.js';"],
-    ['src/index.ts', "export { LevelCache } from './level-cache.js';"],
-    ['src/wire/x.ts', "import { CacheError } from '../errors.js';"],
-    ['test/x.test.ts', "import { startDaemon } from '../daemon/index.js';\nimport { connect } from '../client/index.js';"],
-  ])('%s: %s', async (filePath, code) => {
-    expect(await layeringErrors(code, filePath)).toEqual([]);
-  });
-});
+layeringCases('layering: hoard-cache/client and src/ outside src/level load no native addon', ['no-restricted-imports'], [
+  ['client/x.ts', "import { Level } from 'level';"],
+  ['client/x.ts', "import { ClassicLevel } from 'classic-level';"],
+  ['client/x.ts', "import { LevelStore } from '../src/level/level-store.js';"],
+  ['client/x.ts', "import { LevelCache } from '../src/level-cache.js';"],
+  ['client/x.ts', "import { CacheError } from '../src/index.js';"],
+  ['client/x.ts', "import { CacheError } from 'hoard-cache';"],
+  ['src/x.ts', "import { Level } from 'level';"],
+  ['src/x.ts', "import { LevelStore } from './level/level-store.js';"],
+  ['src/x.ts', "import { LevelCache } from './level-cache.js';"],
+  ['src/wire/x.ts', "import { LevelStore } from '../level/level-store.js';"],
+  ['src/wire/x.ts', "import { CacheError } from '../index.js';"],
+]);
+
+layeringCases('layering: the allowed arrows pass', [], [
+  ['client/x.ts', "import { CacheError } from '../src/errors.js';\nimport { Get } from '../src/wire/protocol.js';"],
+  ['daemon/x.ts', "import { LevelStore } from '../src/level/level-store.js';\nimport { Get } from '../src/wire/protocol.js';"],
+  ['src/level/x.ts', "import { Level } from 'level';\nimport { CacheError } from '../errors.js';"],
+  ['src/level-cache.ts', "import { LevelStore } from './level/level-store.js';"],
+  ['src/index.ts', "export { LevelCache } from './level-cache.js';"],
+  ['src/wire/x.ts', "import { CacheError } from '../errors.js';"],
+  ['test/x.test.ts', "import { startDaemon } from '../daemon/index.js';\nimport { connect } from '../client/index.js';"],
+]);
 
 describe('layering: src/, daemon/ and client/ compile to CommonJS', () => {
   test.each(['src/x.ts', 'daemon/x.ts', 'client/x.ts'])('%s may not use import.meta or require()', async (filePath) => {
