@@ -11,6 +11,7 @@ import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/wire/protocol.js';
 import { type Link, listen, serveStreams } from './listen.js';
+import { oneLogLine } from './log-text.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
 import type { DaemonContext, Session } from './session.js';
 
@@ -29,7 +30,10 @@ export interface DaemonOptions {
   sync?: boolean;
   /** The budget of the in-memory layer of recently used values, in bytes; 0 turns it off. Default 32 MiB. */
   memoryCacheBytes?: number;
-  /** Where log lines go; default standard error. */
+  /**
+   * Where log lines go; default standard error. Each is one line: control characters and line separators are
+   * escaped, and a line is cut at 4096 characters.
+   */
   log?: (line: string) => void;
 }
 
@@ -67,7 +71,8 @@ async function directorySize(directory: string): Promise<number> {
  * `CACHE_SOCKET_PATH_TOO_LONG` for a socket path it will not use.
  */
 export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} hoard[${process.pid}] ${line}\n`));
+  const sink = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} hoard[${process.pid}] ${line}\n`));
+  const log = (line: string): void => sink(oneLogLine(line));
   const socketPath = options.stdio ? null : (options.socketPath ?? defaultSocketPath());
   const dataDir = options.dataDir ?? defaultDataDir();
   const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;

@@ -1,4 +1,4 @@
-import { appendFileSync, closeSync, writeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
@@ -7,6 +7,8 @@ import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
 import { type Daemon, startDaemon } from './daemon.js';
+import { LogFile } from './log-file.js';
+import { oneLogLine } from './log-text.js';
 
 /**
  * The daemon's own entry: `node daemon/main.js [options]` runs a daemon, `node daemon/main.js repair [options]`
@@ -35,10 +37,10 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
   let log = (line: string): void => void process.stderr.write(`${line}\n`);
   if (options.logFile) {
     await mkdir(dirname(options.logFile), { recursive: true, mode: 0o700 });
-    const logFile = options.logFile;
-    // Synchronous, so that the last lines are on disk when the process exits; the daemon logs little.
-    log = (line) => appendFileSync(logFile, `${line}\n`, { mode: 0o600 });
+    const logFile = new LogFile(options.logFile);
+    log = (line) => logFile.write(line);
   }
+  /** Stamps a line that is one line already (the daemon makes its own so); this entry's own go through oneLogLine. */
   const stamp = (line: string): void => log(`${new Date().toISOString()} hoard[${process.pid}] ${line}`);
   const tell = (line: string): void => {
     if (options.readyFd === undefined) return;
@@ -73,11 +75,11 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio) {
-      stamp(`not starting: ${message}`);
+      stamp(oneLogLine(`not starting: ${message}`));
       tell(`busy ${message}`);
       process.exit(0);
     }
-    stamp(`cannot start: ${message}`);
+    stamp(oneLogLine(`cannot start: ${message}`));
     if (!options.logFile) process.stderr.write(`hoard: ${message}\n`);
     tell(`error ${message}`);
     process.exit(1);

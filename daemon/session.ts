@@ -23,6 +23,8 @@ import {
   type StatusResult,
 } from '../src/wire/protocol.js';
 import { invalidParams, WireError } from '../src/wire/wire-error.js';
+import { LogLimiter } from './log-limiter.js';
+import { logText } from './log-text.js';
 
 /** What every connection of one daemon shares. */
 export interface DaemonContext {
@@ -61,7 +63,10 @@ export class Session {
   readonly #gone = new AbortController();
   readonly #handlers = new Map<AnyRequest, Handler<never, unknown>>();
   readonly #label: string;
+  /** How the log names the client: its label, and once it has said it, its name (quoted and cut short). */
   #clientName: string;
+  /** This client's lines in the log: a few a minute, the rest counted. */
+  readonly #logLimit = new LogLimiter({ write: (line) => this.#context.log(`${this.#clientName}: ${line}`) });
   #initialized = false;
   #closing: Promise<void> | undefined;
   #markClosed!: () => void;
@@ -112,7 +117,7 @@ export class Session {
         { daemonVersion: version, daemonProtocolVersion: PROTOCOL_VERSION, clientProtocolVersion: params.protocolVersion },
       );
     }
-    if (params.clientName !== undefined) this.#clientName = `${params.clientName} (${this.#label})`;
+    if (params.clientName !== undefined) this.#clientName = `${logText(params.clientName)} (${this.#label})`;
     this.#initialized = true;
     return {
       daemonVersion: version,
@@ -133,9 +138,12 @@ export class Session {
     return { controller, done: () => void this.#waits.delete(controller) };
   }
 
-  /** Logs a line about this session's client. */
+  /**
+   * Logs a line about something this session's client did, named after it; at most 20 such lines a minute per
+   * connection, the rest counted in one line. Quote any text the client chose with {@link logText}.
+   */
   log(message: string): void {
-    this.#context.log(`${this.#clientName}: ${message}`);
+    this.#logLimit.log(message);
   }
 
   /** Turns any failure into the error the client receives, logging the unexpected ones. */
@@ -143,7 +151,7 @@ export class Session {
     if (error instanceof WireError) return error;
     if (error === CANCELLED) return new WireError('CACHE_CANCELLED', 'The request was cancelled.');
     if (isCacheError(error)) return new WireError(error.code, error.message);
-    this.#context.log(`internal error serving ${this.#clientName}: ${error instanceof Error ? error.stack : String(error)}`);
+    this.log(`internal error: ${error instanceof Error ? error.stack : String(error)}`);
     return new WireError('CACHE_INTERNAL', 'The daemon failed unexpectedly; its log has the details.');
   }
 
@@ -230,6 +238,7 @@ export class Session {
       const handles = [...this.#held.values()];
       this.#held.clear();
       await Promise.allSettled(handles.map(async (entry) => entry.release()));
+      this.#logLimit.flush();
       this.#markClosed();
     })();
     return this.#closing;
