@@ -4,6 +4,7 @@ import type { Server } from 'node:net';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { CacheError, isCacheError } from '../src/errors.js';
+import { holderOf } from '../src/level/exclusive-open.js';
 import { LevelStore } from '../src/level/level-store.js';
 import type { EncodedValue } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
@@ -76,12 +77,20 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   let store: LevelStore;
   try {
-    store = await LevelStore.open(dataDir, { sync: options.sync ?? false, memoryCacheBytes: options.memoryCacheBytes });
+    store = await LevelStore.open(dataDir, {
+      sync: options.sync ?? false,
+      memoryCacheBytes: options.memoryCacheBytes,
+      holder: { role: 'daemon', socketPath },
+    });
   } catch (error) {
-    if (isCacheError(error, 'CACHE_LOCKED')) {
-      throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {
-        cause: error,
-      });
+    // A repair's own message says that it runs and what to do: the daemon's entry reports it as a failure.
+    if (isCacheError(error, 'CACHE_LOCKED') && holderOf(error)?.role !== 'repair') {
+      const holder = holderOf(error);
+      const who =
+        holder?.role === 'daemon'
+          ? `Another hoard daemon (pid ${holder.pid}${holder.socketPath ? `, on ${holder.socketPath}` : ''})`
+          : 'Another hoard daemon (or another program)';
+      throw new CacheError('CACHE_LOCKED', `${who} holds the data directory ${dataDir}.`, { cause: error });
     }
     throw error;
   }

@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isCacheError } from '../src/errors.js';
+import { type Holder, holderOf } from '../src/level/exclusive-open.js';
 import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
@@ -72,7 +73,8 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
     });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio) {
+    // Another daemon is about to listen, or already does; a repair is not: the starter is told it failed, and why.
+    if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio && holderOf(error)?.role !== 'repair') {
       stamp(`not starting: ${message}`);
       tell(`busy ${message}`);
       process.exit(0);
@@ -161,7 +163,7 @@ function repairProgram(name: string, io: EntryOutput): Command {
       try {
         await repairLevelStore(dataDir);
       } catch (error) {
-        if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(`${dataDir} is in use: stop the daemon (hoard stop) first`);
+        if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(repairRefusal(dataDir, holderOf(error)));
         throw error;
       }
       io.err(`hoard: repaired ${dataDir}\n`);
@@ -169,6 +171,18 @@ function repairProgram(name: string, io: EntryOutput): Command {
 }
 
 class RepairRefused extends Error {}
+
+/** Why `hoard repair` will not touch `dataDir`, naming who holds it and how to stop them. */
+function repairRefusal(dataDir: string, holder: Holder | undefined): string {
+  if (holder?.role === 'daemon') {
+    const stop = holder.socketPath === null ? 'close the client that started it' : `hoard --socket ${holder.socketPath} stop`;
+    const where = holder.socketPath === null ? 'serving one client over stdio' : `listening on ${holder.socketPath}`;
+    return `${dataDir} is in use by the hoard daemon (pid ${holder.pid}) ${where}: stop it first (${stop})`;
+  }
+  if (holder?.role === 'repair') return `${dataDir} is being repaired already, by hoard repair (pid ${holder.pid})`;
+  const who = holder ? `another process (pid ${holder.pid})` : 'a daemon or another process';
+  return `${dataDir} is in use by ${who}: stop it first (hoard stop stops the daemon on the default socket)`;
+}
 
 /**
  * Runs the daemon's entry with `argv` (without node and script): `repair [options]` repairs a data directory,

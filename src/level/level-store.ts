@@ -6,7 +6,7 @@ import type { Scope } from '../scope-path.js';
 import { itemKey } from '../scope-path.js';
 import type { EncodedValue, Store, StoredRecord } from '../store.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
-import { openExclusive, releaseDirectory } from './exclusive-open.js';
+import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
 import { LruMap } from './lru-map.js';
 import {
@@ -41,6 +41,8 @@ export interface LevelStoreOptions {
   sync?: boolean;
   /** The budget of the in-memory layer of recently used records, in bytes; 0 turns it off. Default 32 MiB. */
   memoryCacheBytes?: number;
+  /** Who opens the store, as those who find the directory held are told; default a program's own `LevelCache`. */
+  holder?: HolderRole;
 }
 
 /** One write of a batch: a put when `raw` is set, else a delete. */
@@ -77,7 +79,12 @@ export class LevelStore implements Store<EncodedValue> {
   });
   #sweeping: Promise<void> = Promise.resolve();
 
-  private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions, state: { format: string; hasBlobs: boolean }) {
+  private constructor(
+    db: Level<Buffer, Buffer>,
+    directory: string,
+    options: LevelStoreOptions,
+    state: { format: string; hasBlobs: boolean },
+  ) {
     this.#db = db;
     this.directory = directory;
     this.#writeOptions = { sync: options.sync ?? false };
@@ -94,7 +101,7 @@ export class LevelStore implements Store<EncodedValue> {
    */
   static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
     await mkdir(directory, { recursive: true });
-    const { db, directory: real } = await openExclusive(directory);
+    const { db, directory: real } = await openExclusive(directory, options.holder);
     let state: { format: string; hasBlobs: boolean; files: boolean };
     try {
       const stored = await db.get(FORMAT_KEY);
@@ -261,7 +268,7 @@ export class LevelStore implements Store<EncodedValue> {
     try {
       await this.#db.close();
     } finally {
-      releaseDirectory(this.directory);
+      await releaseDirectory(this.directory);
     }
   }
 }
