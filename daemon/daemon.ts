@@ -61,6 +61,21 @@ async function directorySize(directory: string): Promise<number> {
   return total;
 }
 
+/** Logs what other users could read in the data directory when it opened, and whether it is private now. */
+function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void {
+  if (store.loosePaths.length === 0) return;
+  const octal = (mode: number): string => `0${mode.toString(8)}`;
+  const [first, ...others] = store.loosePaths;
+  const stuck = store.loosePaths.filter((loose) => !loose.madePrivate);
+  const more = others.length > 0 ? ` and ${others.length} more of its files and directories` : '';
+  log(
+    `warning: other users could read or enter ${first!.path} (mode ${octal(first!.mode)})${more}; ` +
+      (stuck.length === 0
+        ? 'they are private now (directories 0700, files 0600)'
+        : `${stuck.length} could not be changed (first: ${stuck[0]!.path}, mode ${octal(stuck[0]!.mode)}): make them private yourself (chmod go-rwx)`),
+  );
+}
+
 /**
  * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
  * per data directory), then listens on the socket and resolves once it accepts connections.
@@ -94,6 +109,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
     throw error;
   }
+  warnOfLoosePaths(store, log);
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
   const startedAt = Date.now();
   /** Open connections, each with the way to end its streams. */

@@ -1,5 +1,5 @@
 import { appendFileSync, closeSync, writeSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isCacheError } from '../src/errors.js';
@@ -33,10 +33,14 @@ interface DaemonCommandOptions {
  * idle timeout, end of stdin) or when another daemon already serves the data directory, 1 when it cannot start.
  */
 async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
+  // This process is the daemon: whatever it creates, LevelDB's files included, is for its user only.
+  process.umask(0o077);
   let log = (line: string): void => void process.stderr.write(`${line}\n`);
   if (options.logFile) {
     await mkdir(dirname(options.logFile), { recursive: true, mode: 0o700 });
     const logFile = options.logFile;
+    // A log file made before this version (or by hand) may be readable by others; the log names clients and items.
+    await chmod(logFile, 0o600).catch(() => {});
     // Synchronous, so that the last lines are on disk when the process exits; the daemon logs little.
     log = (line) => appendFileSync(logFile, `${line}\n`, { mode: 0o600 });
   }
@@ -160,11 +164,15 @@ function repairProgram(name: string, io: EntryOutput): Command {
     .option('--data-dir <path>', DATA_DIR_HELP)
     .action(async (options: { dataDir?: string }) => {
       const dataDir = options.dataDir ?? defaultDataDir();
+      // What the repair writes (LevelDB's new tables and manifest) is for the user only, as the daemon's files are.
+      const umask = process.umask(0o077);
       try {
         await repairLevelStore(dataDir);
       } catch (error) {
         if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(repairRefusal(dataDir, holderOf(error)));
         throw error;
+      } finally {
+        process.umask(umask);
       }
       io.err(`hoard: repaired ${dataDir}\n`);
     });

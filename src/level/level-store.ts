@@ -9,6 +9,7 @@ import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
 import { LruMap } from './lru-map.js';
+import { type LoosePath, makePrivate } from './make-private.js';
 import {
   BLOB_PREFIX,
   blobKey,
@@ -64,6 +65,8 @@ interface PendingWrite {
 export class LevelStore implements Store<EncodedValue> {
   readonly #db: Level<Buffer, Buffer>;
   readonly directory: string;
+  /** What other users could read or enter when the store opened; it is private now, unless `madePrivate` says not. */
+  readonly loosePaths: readonly LoosePath[];
   readonly #writeOptions: { sync: boolean };
   readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
   readonly #memoryLimit: number;
@@ -83,10 +86,11 @@ export class LevelStore implements Store<EncodedValue> {
     db: Level<Buffer, Buffer>,
     directory: string,
     options: LevelStoreOptions,
-    state: { format: string; hasBlobs: boolean },
+    state: { format: string; hasBlobs: boolean; loosePaths: LoosePath[] },
   ) {
     this.#db = db;
     this.directory = directory;
+    this.loosePaths = state.loosePaths;
     this.#writeOptions = { sync: options.sync ?? false };
     this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
     this.#memory = this.#memoryLimit > 0 ? new LruMap({ maxBytes: this.#memoryLimit }) : undefined;
@@ -96,14 +100,16 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   /**
-   * Opens (creating if needed) the database in `directory`.
+   * Opens (creating if needed, mode 0700) the database in `directory`, and makes the directory private if other
+   * users could read it (see {@link LevelStore.loosePaths}).
    * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
    */
   static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
-    await mkdir(directory, { recursive: true });
+    await mkdir(directory, { recursive: true, mode: 0o700 });
     const { db, directory: real } = await openExclusive(directory, options.holder);
-    let state: { format: string; hasBlobs: boolean; files: boolean };
+    let state: { format: string; hasBlobs: boolean; files: boolean; loosePaths: LoosePath[] };
     try {
+      const loosePaths = await makePrivate(real);
       const stored = await db.get(FORMAT_KEY);
       if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_PLAIN));
       const format = stored?.toString() ?? FORMAT_PLAIN;
@@ -113,7 +119,7 @@ export class LevelStore implements Store<EncodedValue> {
       const first = await db.keys({ ...range(BLOB_PREFIX, ''), limit: 1 }).all();
       // Layout 1 may have files too: the first large value's, when a crash came before its record was written.
       const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
-      state = { format, hasBlobs: first.length > 0, files };
+      state = { format, hasBlobs: first.length > 0, files, loosePaths };
     } catch (error) {
       // This open's own claim goes whatever the close does, so a failed open never leaves the directory held.
       await db.close().finally(() => releaseDirectory(real));
