@@ -31,10 +31,10 @@ const openDirectories: Set<string> = ((globalThis as Record<symbol, unknown>)[Sy
 export const INSTANCE_LOCK_DIRECTORY = 'instance-lock';
 const HOLDER_FILE = 'holder.json';
 
-/** Who holds a data directory: a daemon (on a socket, or serving one client over stdio), a repair, or a program's own LevelCache. */
-export type Holder = { pid: number } & ({ role: 'daemon'; socketPath: string | null } | { role: 'repair' } | { role: 'library' });
-/** A holder as it describes itself: the pid is filled in. */
-export type HolderRole = Holder extends infer H ? (H extends Holder ? Omit<H, 'pid'> : never) : never;
+/** Who opens a data directory: a daemon (on a socket, or serving one client over stdio), a repair, or a program's own LevelCache. */
+export type HolderRole = { role: 'daemon'; socketPath: string | null } | { role: 'repair' } | { role: 'library' };
+/** Who holds a data directory, as its holder file says. */
+export type Holder = { pid: number } & HolderRole;
 
 /** The instance locks this copy of the module holds, by real path of their data directory. */
 const instanceLocks = new Map<string, Level<string, string>>();
