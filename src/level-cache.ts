@@ -24,7 +24,7 @@ export class LevelCache<T> extends RootCacheView<T> {
   /**
    * Opens the cache in `directory`, creating it (mode 0700) if needed. An existing directory that other users could
    * read or enter is made private (0700), with a process warning (`HOARD_DATA_DIR_NOT_PRIVATE`); the process's
-   * umask is left alone, so LevelDB's files take it, inside that private directory.
+   * umask is left alone, so the files LevelDB creates after opening take it, inside that private directory.
    * @throws CacheError `CACHE_LOCKED` when another process, or another open cache in this one, holds the directory.
    */
   static async open<T = unknown>(directory: string, options: LevelCacheOptions = {}): Promise<LevelCache<T>> {
