@@ -4,6 +4,7 @@ import type { Server } from 'node:net';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { CacheError, isCacheError } from '../src/errors.js';
+import { holderOf } from '../src/level/exclusive-open.js';
 import { LevelStore } from '../src/level/level-store.js';
 import type { EncodedValue } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
@@ -64,6 +65,21 @@ async function directorySize(directory: string): Promise<number> {
   return total;
 }
 
+/** Logs what other users could read in the data directory when it opened, and whether it is private now. */
+function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void {
+  if (store.loosePaths.length === 0) return;
+  const octal = (mode: number): string => `0${mode.toString(8)}`;
+  const [first, ...others] = store.loosePaths;
+  const stuck = store.loosePaths.filter((loose) => !loose.madePrivate);
+  const more = others.length > 0 ? ` and ${others.length} more of its files and directories` : '';
+  log(
+    `warning: other users could read or enter ${first!.path} (mode ${octal(first!.mode)})${more}; ` +
+      (stuck.length === 0
+        ? 'they are private now (directories 0700, files 0600)'
+        : `${stuck.length} could not be changed (first: ${stuck[0]!.path}, mode ${octal(stuck[0]!.mode)}): make them private yourself (chmod go-rwx)`),
+  );
+}
+
 /**
  * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
  * per data directory), then listens on the socket and resolves once it accepts connections.
@@ -81,15 +97,24 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   let store: LevelStore;
   try {
-    store = await LevelStore.open(dataDir, { sync: options.sync ?? false, memoryCacheBytes: options.memoryCacheBytes });
+    store = await LevelStore.open(dataDir, {
+      sync: options.sync ?? false,
+      memoryCacheBytes: options.memoryCacheBytes,
+      holder: { role: 'daemon', socketPath },
+    });
   } catch (error) {
-    if (isCacheError(error, 'CACHE_LOCKED')) {
-      throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {
-        cause: error,
-      });
+    // A repair's own message says that it runs and what to do: the daemon's entry reports it as a failure.
+    if (isCacheError(error, 'CACHE_LOCKED') && holderOf(error)?.role !== 'repair') {
+      const holder = holderOf(error);
+      const who =
+        holder?.role === 'daemon'
+          ? `Another hoard daemon (pid ${holder.pid}${holder.socketPath ? `, on ${holder.socketPath}` : ''})`
+          : 'Another hoard daemon (or another program)';
+      throw new CacheError('CACHE_LOCKED', `${who} holds the data directory ${dataDir}.`, { cause: error });
     }
     throw error;
   }
+  warnOfLoosePaths(store, log);
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
   const startedAt = Date.now();
   /** Open connections, each with the way to end its streams. */

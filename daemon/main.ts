@@ -1,8 +1,9 @@
 import { closeSync, writeSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isCacheError } from '../src/errors.js';
+import { type Holder, holderOf } from '../src/level/exclusive-open.js';
 import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
@@ -34,9 +35,13 @@ interface DaemonCommandOptions {
  * idle timeout, end of stdin) or when another daemon already serves the data directory, 1 when it cannot start.
  */
 async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
+  // This process is the daemon: whatever it creates, LevelDB's files included, is for its user only.
+  process.umask(0o077);
   let log = (line: string): void => void process.stderr.write(`${line}\n`);
   if (options.logFile) {
     await mkdir(dirname(options.logFile), { recursive: true, mode: 0o700 });
+    // A log file made before this version (or by hand) may be readable by others; the log names clients and items.
+    await chmod(options.logFile, 0o600).catch(() => {});
     const logFile = new LogFile(options.logFile);
     log = (line) => logFile.write(line);
   }
@@ -74,7 +79,8 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
     });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio) {
+    // Another daemon is about to listen, or already does; a repair is not: the starter is told it failed, and why.
+    if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio && holderOf(error)?.role !== 'repair') {
       stamp(oneLogLine(`not starting: ${message}`));
       tell(`busy ${message}`);
       process.exit(0);
@@ -160,17 +166,33 @@ function repairProgram(name: string, io: EntryOutput): Command {
     .option('--data-dir <path>', DATA_DIR_HELP)
     .action(async (options: { dataDir?: string }) => {
       const dataDir = options.dataDir ?? defaultDataDir();
+      // What the repair writes (LevelDB's new tables and manifest) is for the user only, as the daemon's files are.
+      const umask = process.umask(0o077);
       try {
         await repairLevelStore(dataDir);
       } catch (error) {
-        if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(`${dataDir} is in use: stop the daemon (hoard stop) first`);
+        if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(repairRefusal(dataDir, holderOf(error)));
         throw error;
+      } finally {
+        process.umask(umask);
       }
       io.err(`hoard: repaired ${dataDir}\n`);
     });
 }
 
 class RepairRefused extends Error {}
+
+/** Why `hoard repair` will not touch `dataDir`, naming who holds it and how to stop them. */
+function repairRefusal(dataDir: string, holder: Holder | undefined): string {
+  if (holder?.role === 'daemon') {
+    const stop = holder.socketPath === null ? 'close the client that started it' : `hoard --socket ${holder.socketPath} stop`;
+    const where = holder.socketPath === null ? 'serving one client over stdio' : `listening on ${holder.socketPath}`;
+    return `${dataDir} is in use by the hoard daemon (pid ${holder.pid}) ${where}: stop it first (${stop})`;
+  }
+  if (holder?.role === 'repair') return `${dataDir} is being repaired already, by hoard repair (pid ${holder.pid})`;
+  const who = holder ? `another process (pid ${holder.pid})` : 'a daemon or another process';
+  return `${dataDir} is in use by ${who}: stop it first (hoard stop stops the daemon on the default socket)`;
+}
 
 /**
  * Runs the daemon's entry with `argv` (without node and script): `repair [options]` repairs a data directory,

@@ -22,7 +22,9 @@ export class LevelCache<T> extends RootCacheView<T> {
   }
 
   /**
-   * Opens the cache in `directory`, creating it if needed.
+   * Opens the cache in `directory`, creating it (mode 0700) if needed. An existing directory that other users could
+   * read or enter is made private (0700), with a process warning (`HOARD_DATA_DIR_NOT_PRIVATE`); the process's
+   * umask is left alone, so the files LevelDB creates after opening take it, inside that private directory.
    * @throws CacheError `CACHE_LOCKED` when another process, or another open cache in this one, holds the directory.
    */
   static async open<T = unknown>(directory: string, options: LevelCacheOptions = {}): Promise<LevelCache<T>> {
@@ -30,6 +32,16 @@ export class LevelCache<T> extends RootCacheView<T> {
       throw new TypeError('LevelCache.open needs a directory path as a non-empty string.');
     }
     const codec = codecNamed<T>(options.codec ?? 'json');
-    return new LevelCache<T>(await LevelStore.open(directory, { memoryCacheBytes: options.memoryCacheBytes }), codec);
+    const store = await LevelStore.open(directory, { memoryCacheBytes: options.memoryCacheBytes });
+    // Files in a private directory are out of others' reach whatever their modes: only the directory is worth a word.
+    const exposed = store.loosePaths.find((loose) => loose.path === store.directory);
+    if (exposed) {
+      process.emitWarning(
+        `Other users could read or enter the cache directory ${store.directory} (mode 0${exposed.mode.toString(8)}); ` +
+          (exposed.madePrivate ? 'hoard has made it private (0700).' : 'hoard could not change it: make it private yourself (chmod 700).'),
+        { code: 'HOARD_DATA_DIR_NOT_PRIVATE' },
+      );
+    }
+    return new LevelCache<T>(store, codec);
   }
 }

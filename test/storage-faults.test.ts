@@ -1,11 +1,13 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { chmod, chown, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
 import { LevelCache } from '../src/index.js';
-import { BIN, runHoard, startDaemonProcess } from './support/processes.js';
+import { repairLevelStore } from '../src/level/repair.js';
+import { PROJECT_ROOT, runModule } from './support/child.js';
+import { BIN, runHoard, startDaemonProcess, stopDaemonsAfterTest } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
 /** A data directory whose LevelDB manifest has been overwritten with garbage. */
@@ -18,6 +20,20 @@ async function damagedDataDir(): Promise<string> {
   const bytes = await readFile(join(dataDir, manifest));
   await writeFile(join(dataDir, manifest), Buffer.alloc(bytes.length, 0x55));
   return dataDir;
+}
+
+/** Starts `hoard daemon` and resolves once it listens (it goes on running) or exits, with what it wrote to stderr. */
+function tryDaemon(socketPath: string, dataDir: string): Promise<{ outcome: 'listening' | number | null; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, 'daemon', '--socket', socketPath, '--data-dir', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  onTestFinished(() => void child.kill('SIGKILL'));
+  let stderr = '';
+  return new Promise((resolve) => {
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+      if (stderr.includes('listening on')) resolve({ outcome: 'listening', stderr });
+    });
+    child.on('exit', (code) => resolve({ outcome: code, stderr }));
+  });
 }
 
 describe('storage faults', () => {
@@ -67,15 +83,85 @@ describe('storage faults', () => {
     }
   });
 
+  test('CURRENT naming a manifest that is gone: the daemon refuses naming hoard repair, which recovers the data', async () => {
+    const dataDir = join(await tempDir('hd-'), 'data');
+    const cache = await LevelCache.open<number>(dataDir);
+    for (let n = 0; n < 100; n++) await cache.set(`k${n}`, n);
+    await cache.close();
+    const current = (await readFile(join(dataDir, 'CURRENT'), 'utf8')).trim();
+    await unlink(join(dataDir, current));
+    const dir = await tempDir('hd-');
+    const refused = await runHoard(['--socket', join(dir, 's.sock'), 'daemon', '--data-dir', dataDir]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(current);
+    expect(refused.stderr).toContain(`hoard repair --data-dir ${dataDir}`);
+    await expect(LevelCache.open(dataDir)).rejects.toMatchObject({ code: 'CACHE_CORRUPT' });
+
+    expect(await runHoard(['repair', '--data-dir', dataDir])).toMatchObject({ code: 0 });
+    const reopened = await LevelCache.open<number>(dataDir);
+    onTestFinished(() => reopened.close());
+    await using got = await reopened.get('k99');
+    expect(await got.item!.value()).toBe(99);
+  });
+
   test('hoard repair refuses a data directory that a daemon holds', async () => {
     const dir = await tempDir('hd-');
     const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data') });
     const refused = await runHoard(['repair', '--data-dir', daemon.dataDir]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/hoard stop/);
+    // It names the daemon and how to stop that one.
+    expect(refused.stderr).toContain(`the hoard daemon (pid ${daemon.child.pid}) listening on ${daemon.socketPath}`);
+    expect(refused.stderr).toContain(`hoard --socket ${daemon.socketPath} stop`);
     const cache = await connect({ socketPath: daemon.socketPath, autoStart: false });
     onTestFinished(() => cache.close());
     await cache.set('still', 'served');
+  });
+
+  test('a daemon started while hoard repair runs refuses, saying so; the repair finishes and a daemon serves its data after', async () => {
+    const dir = await tempDir('hd-');
+    const dataDir = join(dir, 'data');
+    const cache = await LevelCache.open<number>(dataDir);
+    for (let n = 0; n < 100; n++) await cache.set(`k${n}`, n);
+    await cache.close();
+    const socketPath = join(dir, 's.sock');
+    stopDaemonsAfterTest(socketPath);
+    // The repair runs here; in its window (after it has made sure nobody holds the directory, before LevelDB's repair
+    // runs) a daemon starts in another process, as a client's connect() would start one.
+    let during: { outcome: 'listening' | number | null; stderr: string } | undefined;
+    let connected: unknown;
+    let inProcess: unknown;
+    let otherProcess: string | undefined;
+    const repaired = await repairLevelStore(dataDir, {
+      beforeRepair: async () => {
+        during = await tryDaemon(socketPath, dataDir);
+        connected = await connect({ socketPath, dataDir }).catch((error: unknown) => error);
+        inProcess = await LevelCache.open(dataDir).catch((error: unknown) => error);
+        otherProcess = (
+          await runModule(
+            `import { LevelCache } from ${JSON.stringify(join(PROJECT_ROOT, 'dist/src/index.js'))};
+             await LevelCache.open(process.argv.at(-1)).then(() => console.log('opened'), (error) => console.log(error.code));`,
+            [dataDir],
+          )
+        ).stdout.trim();
+      },
+    }).catch((error: unknown) => error);
+    expect(repaired).toBeUndefined();
+    expect(during?.outcome).toBe(1);
+    const repairing = `hoard repair (pid ${process.pid}) is repairing the cache directory ${dataDir}`;
+    expect(during?.stderr).toContain(repairing);
+    // A client that finds no daemon and starts one is told at once, not after its start timeout.
+    expect(connected).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
+    expect((connected as Error).message).toContain(repairing);
+    expect(inProcess).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect(otherProcess).toBe('CACHE_LOCKED');
+
+    const daemon = await startDaemonProcess({ socketPath, dataDir });
+    const remote = await connect<number>({ socketPath: daemon.socketPath, autoStart: false });
+    onTestFinished(() => remote.close());
+    for (let n = 0; n < 100; n++) {
+      await using got = await remote.get(`k${n}`);
+      expect(await got.item!.value()).toBe(n);
+    }
   });
 
   // Running the daemon as another user needs root, which CI has.

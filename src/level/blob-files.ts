@@ -78,7 +78,7 @@ export class BlobFiles {
 
   /** Makes `subdirectory` (and `blobs/`); with `sync`, the entries of the directories it made reach the disk. */
   async #makeDirectory(subdirectory: string): Promise<void> {
-    const first = await mkdir(subdirectory, { recursive: true });
+    const first = await mkdir(subdirectory, { recursive: true, mode: 0o700 });
     if (!this.#sync || first === undefined) return;
     // Each new directory's entry lives in its parent: the data directory for `blobs/`, `blobs/` for a subdirectory.
     await this.#syncDirectory(this.directory);

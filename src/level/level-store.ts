@@ -6,9 +6,10 @@ import type { Scope } from '../scope-path.js';
 import { itemKey } from '../scope-path.js';
 import type { EncodedValue, Store, StoredRecord } from '../store.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
-import { openExclusive, releaseDirectory } from './exclusive-open.js';
+import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
 import { LruMap } from './lru-map.js';
+import { type LoosePath, makePrivate } from './make-private.js';
 import {
   BLOB_PREFIX,
   blobKey,
@@ -41,6 +42,8 @@ export interface LevelStoreOptions {
   sync?: boolean;
   /** The budget of the in-memory layer of recently used records, in bytes; 0 turns it off. Default 32 MiB. */
   memoryCacheBytes?: number;
+  /** Who opens the store, as those who find the directory held are told; default a program's own `LevelCache`. */
+  holder?: HolderRole;
 }
 
 /** One write of a batch: a put when `raw` is set, else a delete. */
@@ -62,6 +65,8 @@ interface PendingWrite {
 export class LevelStore implements Store<EncodedValue> {
   readonly #db: Level<Buffer, Buffer>;
   readonly directory: string;
+  /** What other users could read or enter when the store opened; it is private now, unless `madePrivate` says not. */
+  readonly loosePaths: readonly LoosePath[];
   readonly #writeOptions: { sync: boolean };
   readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
   readonly #memoryLimit: number;
@@ -77,9 +82,15 @@ export class LevelStore implements Store<EncodedValue> {
   });
   #sweeping: Promise<void> = Promise.resolve();
 
-  private constructor(db: Level<Buffer, Buffer>, directory: string, options: LevelStoreOptions, state: { format: string; hasBlobs: boolean }) {
+  private constructor(
+    db: Level<Buffer, Buffer>,
+    directory: string,
+    options: LevelStoreOptions,
+    state: { format: string; hasBlobs: boolean; loosePaths: LoosePath[] },
+  ) {
     this.#db = db;
     this.directory = directory;
+    this.loosePaths = state.loosePaths;
     this.#writeOptions = { sync: options.sync ?? false };
     this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
     this.#memory = this.#memoryLimit > 0 ? new LruMap({ maxBytes: this.#memoryLimit }) : undefined;
@@ -89,14 +100,16 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   /**
-   * Opens (creating if needed) the database in `directory`.
+   * Opens (creating if needed, mode 0700) the database in `directory`, and makes the directory private if other
+   * users could read it (see {@link LevelStore.loosePaths}).
    * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
    */
   static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
-    await mkdir(directory, { recursive: true });
-    const { db, directory: real } = await openExclusive(directory);
-    let state: { format: string; hasBlobs: boolean; files: boolean };
+    await mkdir(directory, { recursive: true, mode: 0o700 });
+    const { db, directory: real } = await openExclusive(directory, options.holder);
+    let state: { format: string; hasBlobs: boolean; files: boolean; loosePaths: LoosePath[] };
     try {
+      const loosePaths = await makePrivate(real);
       const stored = await db.get(FORMAT_KEY);
       if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_PLAIN));
       const format = stored?.toString() ?? FORMAT_PLAIN;
@@ -106,7 +119,7 @@ export class LevelStore implements Store<EncodedValue> {
       const first = await db.keys({ ...range(BLOB_PREFIX, ''), limit: 1 }).all();
       // Layout 1 may have files too: the first large value's, when a crash came before its record was written.
       const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
-      state = { format, hasBlobs: first.length > 0, files };
+      state = { format, hasBlobs: first.length > 0, files, loosePaths };
     } catch (error) {
       // This open's own claim goes whatever the close does, so a failed open never leaves the directory held.
       await db.close().finally(() => releaseDirectory(real));
@@ -261,7 +274,7 @@ export class LevelStore implements Store<EncodedValue> {
     try {
       await this.#db.close();
     } finally {
-      releaseDirectory(this.directory);
+      await releaseDirectory(this.directory);
     }
   }
 }

@@ -1,37 +1,46 @@
 import { realpath } from 'node:fs/promises';
 import { Level } from 'level';
-import { CacheError, storageError } from '../errors.js';
-import { openExclusive, releaseDirectory } from './exclusive-open.js';
+import { storageError } from '../errors.js';
+import { lockDirectory, openError, releaseDirectory } from './exclusive-open.js';
 import { BLOB_PREFIX, BLOB_RECORD_VERSION, decodeFields, decodePointer, inChunks, ITEM_PREFIX, range, withPrefix } from './records.js';
 
 /**
- * Runs LevelDB's repair on `directory`, recovering what it can of a damaged database.
- * @throws CacheError `CACHE_LOCKED` while a daemon or another program has the database open.
+ * Runs LevelDB's repair on `directory`, recovering what it can of a damaged database, then rebuilds the index of
+ * large values' files. It holds the directory's instance lock throughout, so no daemon or LevelCache opens the
+ * database meanwhile. `beforeRepair` runs once the directory is locked, before anything changes (tests start a
+ * daemon there).
+ * @throws CacheError `CACHE_LOCKED`, naming the holder when it can, while a daemon or another program has the
+ * directory open; `CACHE_STORAGE` when the repair fails.
  */
-export async function repairLevelStore(directory: string): Promise<void> {
+export async function repairLevelStore(directory: string, options: { beforeRepair?: () => Promise<void> } = {}): Promise<void> {
   const real = await realpath(directory);
-  // Opening takes LevelDB's lock, which tells whether anyone holds the database; a damaged one may not open at all.
+  await lockDirectory(real, { role: 'repair' });
   try {
-    const probe = await openExclusive(real);
+    // Opening takes LevelDB's own lock, which tells whether a program that ignores the instance lock (an older hoard)
+    // holds the database; a damaged one may not open at all.
+    const probe = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     try {
-      await probe.db.close();
-    } finally {
-      releaseDirectory(real);
+      await probe.open();
+      await probe.close();
+    } catch (error) {
+      const refused = await openError(real, error);
+      if (refused.code === 'CACHE_LOCKED') throw refused;
     }
-  } catch (error) {
-    if (error instanceof CacheError && error.code === 'CACHE_LOCKED') throw error;
-  }
-  try {
-    // `Level` is classic-level's class on Node, whose static `repair` its typings leave out.
-    await (Level as unknown as { repair(location: string): Promise<void> }).repair(real);
-    const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    await options.beforeRepair?.();
     try {
-      await rebuildBlobIndex(db);
-    } finally {
-      await db.close();
+      // `Level` is classic-level's class on Node, whose static `repair` its typings leave out.
+      await (Level as unknown as { repair(location: string): Promise<void> }).repair(real);
+      const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+      try {
+        await rebuildBlobIndex(db);
+      } finally {
+        await db.close();
+      }
+    } catch (error) {
+      throw storageError(`Cannot repair the cache database in ${real}`, error);
     }
-  } catch (error) {
-    throw storageError(`Cannot repair the cache database in ${real}`, error);
+  } finally {
+    await releaseDirectory(real);
   }
 }
 
