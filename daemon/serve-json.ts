@@ -107,7 +107,7 @@ export function serveJson(input: Readable, output: Writable, session: Session, o
     send({ jsonrpc: '2.0', id, result: value });
   }
 
-  function fail(id: Id | null, error: unknown): void {
+  function fail(id: Id, error: unknown): void {
     const wire = session.toWireError(error);
     send({ jsonrpc: '2.0', id, error: { code: ERROR_NUMBERS[wire.code], message: wire.message, data: { code: wire.code, ...wire.details } } });
   }
