@@ -16,6 +16,7 @@ const UNIT = [
   'test/unit/**/*.test.ts',
   'test/binary-transport.test.ts',
   'test/framed-message-reader.test.ts',
+  'test/json-transport.test.ts',
   'test/frames.test.ts',
   'test/layering.test.ts',
   'test/level.test.ts',

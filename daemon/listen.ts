@@ -2,9 +2,7 @@ import { once } from 'node:events';
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import { connect as netConnect, createServer, type Server } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
-import { createMessageConnection, type MessageWriter, StreamMessageWriter } from 'vscode-jsonrpc/node';
 import { CacheError } from '../src/errors.js';
-import { FramedMessageReader } from '../src/wire/framed-message-reader.js';
 import { Initialize, lspFrame } from '../src/wire/protocol.js';
 import { serveBinary } from './serve-binary.js';
 import { serveJson } from './serve-json.js';
@@ -27,23 +25,6 @@ export interface ServeOptions {
   onBroken(error: Error): void;
 }
 
-/** Tracks every write of `writer` in `unflushed`, so that stopping can wait for the last answers (to `shutdown`, say). */
-function trackWrites(writer: MessageWriter, unflushed: Set<Promise<void>>): MessageWriter {
-  return {
-    onError: writer.onError,
-    onClose: writer.onClose,
-    end: () => writer.end(),
-    dispose: () => writer.dispose(),
-    write(message) {
-      const written = writer.write(message);
-      const settled = written.catch(() => {});
-      unflushed.add(settled);
-      void settled.then(() => unflushed.delete(settled));
-      return written;
-    },
-  };
-}
-
 /**
  * Serves one client on `input` and `output`, and negotiates its transport, all here: every connection starts in
  * JSON-RPC, and an `initialize` that is the first message and asks for `'binary'` (and succeeds) is answered in
@@ -51,16 +32,11 @@ function trackWrites(writer: MessageWriter, unflushed: Set<Promise<void>>): Mess
  */
 export function serveStreams(context: DaemonContext, input: Readable, output: Writable, options: ServeOptions): { session: Session; link: Link } {
   const session = new Session(context, options.label);
-  const unflushed = new Set<Promise<void>>();
-  const writer = trackWrites(new StreamMessageWriter(output), unflushed);
   /** The transport in use: JSON until a binary upgrade. */
-  let transport: Pick<Link, 'end' | 'drained'> = {
-    end: () => connection.end(),
-    drained: async () => void (await Promise.all(unflushed)),
-  };
-  const reader = new FramedMessageReader(input, {
+  let transport: Pick<Link, 'end' | 'drained'> = serveJson(input, output, session, {
     maxMessageBytes: options.maxMessageBytes,
-    reply: (response) => void writer.write(response).catch(() => {}),
+    onBroken: options.onBroken,
+    destroy: options.destroy,
     upgrade: (message) => {
       const { method, id, params } = message as { method?: unknown; id?: unknown; params?: unknown };
       if (method !== Initialize.method || (typeof id !== 'number' && typeof id !== 'string')) return undefined;
@@ -80,9 +56,6 @@ export function serveStreams(context: DaemonContext, input: Readable, output: Wr
       };
     },
   });
-  reader.onError(options.onBroken);
-  const connection = createMessageConnection(reader, writer);
-  serveJson(connection, session, { destroyTransport: options.destroy });
   const link: Link = { end: () => transport.end(), drained: () => transport.drained(), destroy: options.destroy };
   return { session, link };
 }

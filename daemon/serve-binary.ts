@@ -6,7 +6,7 @@ import { invalidParams, WireError } from '../src/wire/wire-error.js';
 import { CANCELLED, type Session } from './session.js';
 
 /** Reading from a client pauses while this many bytes of answers wait for it to read them. */
-const OUTPUT_HIGH_WATER_BYTES = 16 * 1024 * 1024;
+export const OUTPUT_HIGH_WATER_BYTES = 16 * 1024 * 1024;
 
 const BY_OP = new Map<number, AnyRequest>(REQUESTS.map((method) => [method.op, method]));
 

@@ -1,7 +1,7 @@
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startTestDaemon } from './support/daemon.js';
-import { frame, RawBinaryClient } from './support/raw-binary-client.js';
+import { type Field, frame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
 
 // The ops as PROTOCOL.md gives them, written out here so that a change to the declarations cannot pass unnoticed.
@@ -171,6 +171,37 @@ describe('the binary transport', () => {
     expect(await scoped.item!.value()).toBe('scoped');
     await using other = await cache.withScope('\uFFFD').get('x');
     expect(other.item).toBeNull();
+  });
+
+  test('ids and scope names that are not valid UTF-8 are refused with CACHE_INVALID_PARAMS, and the connection goes on', async () => {
+    const { socketPath } = await startTestDaemon();
+    const observer = await connect<string>({ socketPath, autoStart: false });
+    onTestFinished(() => observer.close());
+    const { client } = await RawBinaryClient.open(socketPath);
+    // A `bytes` field has the layout of a UTF-8 `string`: these are strings of raw bytes. 0xff and a lone 0xc3 are
+    // two different byte strings that a lenient decoder reads as the same "a\uFFFD"; 0xed 0xa0 0x80 is an
+    // encoded surrogate, which UTF-8 forbids.
+    const raw = (...bytes: number[]): Field => ['bytes', Buffer.from(bytes)];
+    const value: Field[] = [['f64', 1], ['string', 'json'], ['bytes', json('v')]];
+    const refused: Field[][] = [
+      [['strings', []], raw(0x61, 0xff), ...value],
+      [['strings', []], raw(0x61, 0xc3), ...value],
+      [['u32', 1], raw(0x73, 0xed, 0xa0, 0x80), ['string', 'k'], ...value],
+    ];
+    for (const [n, fields] of refused.entries()) {
+      const answer = await client.call(SetOp, n + 1, fields);
+      expect([answer.requestId, answer.errorCode], `set ${n}`).toEqual([n + 1, 'CACHE_INVALID_PARAMS']);
+    }
+    const get = await client.call(Get, 9, [['strings', []], raw(0x61, 0xfe)]);
+    expect(get.errorCode).toBe('CACHE_INVALID_PARAMS');
+    const lenient: [typeof observer | ReturnType<typeof observer.withScope>, string][] = [[observer, 'a\uFFFD'], [observer.withScope('s\uFFFD'), 'k']];
+    for (const [cache, id] of lenient) {
+      const got = await cache.get(id);
+      expect(got.item).toBeNull();
+      await got.release();
+    }
+    const fine = await client.call(SetOp, 10, [['strings', []], ['string', 'a\uFFFD'], ...value]);
+    expect(fine.op).toBe(Result);
   });
 
   test('a client that stops reading is not read from until it catches up, and then gets every answer', async () => {

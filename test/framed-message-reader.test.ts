@@ -67,6 +67,47 @@ describe('FramedMessageReader', () => {
     expect(broken.delivered).toEqual([]);
   });
 
+  test('pause stops deliveries at once, also of messages already read; resume delivers the rest in order', () => {
+    const input = new PassThrough();
+    const delivered: unknown[] = [];
+    const reader = new FramedMessageReader(input, { maxMessageBytes: 1 << 20, reply: () => {} });
+    reader.listen((message) => {
+      delivered.push(message);
+      if (delivered.length === 2) reader.pause();
+    });
+    const messages = Array.from({ length: 6 }, (_, n) => ({ jsonrpc: '2.0', id: n, method: 'm' }));
+    input.write(Buffer.concat(messages.map(frame)));
+    expect(delivered).toEqual(messages.slice(0, 2));
+    reader.resume();
+    expect(delivered).toEqual(messages);
+  });
+
+  test('a body that is not valid UTF-8 is refused, never read with replacement characters', () => {
+    /** A framed body with raw bytes where `@` stands. */
+    const body = (text: string, bytes: number[]): Buffer => {
+      const [before, after] = text.split('@') as [string, string];
+      const bytesOf = Buffer.concat([Buffer.from(before), Buffer.from(bytes), Buffer.from(after)]);
+      return Buffer.concat([Buffer.from(`Content-Length: ${bytesOf.length}\r\n\r\n`), bytesOf]);
+    };
+    const next = { jsonrpc: '2.0', method: 'next', params: { name: '\uFFFD' } };
+    const bodies = [
+      body('{"jsonrpc":"2.0","id":1,"method":"m","params":{"name":"@"}}', [0xff]),
+      // An overlong encoding of "/".
+      body('{"jsonrpc":"2.0","id":"a","method":"m","params":{"name":"@"}}', [0xc0, 0xaf]),
+      // An id that holds the bad byte is not answered with what a lenient reading makes of it.
+      body('{"jsonrpc":"2.0","id":"x@","method":"m"}', [0xff]),
+      body('{"jsonrpc":"2.0","method":"m@"}', [0xed, 0xa0, 0x80]),
+    ];
+    const { delivered, replies } = feed(Buffer.concat([...bodies, frame(next)]), []);
+    expect(replies).toMatchObject([
+      { id: 1, error: { code: -32602, data: { code: 'CACHE_INVALID_PARAMS' } } },
+      { id: 'a', error: { code: -32602 } },
+      { id: null, error: { code: -32602 } },
+      { id: null, error: { code: -32602 } },
+    ]);
+    expect(delivered).toEqual([next]);
+  });
+
   test('an empty or non-JSON body is answered, and the next message still arrives', () => {
     const next = { jsonrpc: '2.0', method: 'next' };
     const { delivered, replies } = feed(Buffer.concat([Buffer.from('Content-Length: 0\r\n\r\n'), Buffer.from('Content-Length: 3\r\n\r\nabc'), frame(next)]), [5, 21, 30]);

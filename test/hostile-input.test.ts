@@ -139,6 +139,54 @@ describe('hostile and broken input', () => {
     expect(closedForFraming).toBeGreaterThan(0);
   });
 
+  test('a JSON client that pipelines gets of a large value and never reads is not read from: memory stays bounded, others are served, and it gets every answer once it reads', async () => {
+    const dir = await tempDir('hd-');
+    const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data') });
+    const memory = async (field: 'VmRSS' | 'VmHWM'): Promise<number> =>
+      Number(new RegExp(`${field}:\\s+(\\d+)`).exec(await readFile(`/proc/${daemon.child.pid}/status`, 'utf8'))![1]) * 1024;
+    const cache = await connect<Uint8Array>({ socketPath: daemon.socketPath, autoStart: false, codec: 'binary' });
+    onTestFinished(() => cache.close());
+    const value = new Uint8Array(1 << 20).fill(7);
+    await cache.set('big', value);
+    const before = await memory('VmHWM');
+    const raw = await RawClient.open(daemon.socketPath);
+    await raw.initialize();
+    raw.socket.pause();
+    // 100 answers of 1.4 MiB each (the value in base64): 140 MiB if the daemon answered them all at once.
+    const count = 100;
+    const gets = Array.from({ length: count }, (_, n) => frame(JSON.stringify({ jsonrpc: '2.0', id: 100 + n, method: 'cache/get', params: { scope: [], id: 'big' } })));
+    // All in one write: the daemon must stop handling even the messages of a chunk it has already read.
+    raw.writeRaw(Buffer.concat(gets));
+    const paused = (): boolean => daemon.log.some((line) => line.includes('does not read its answers'));
+    let status = await cache.status();
+    while (!paused() && status.hits < count) status = await cache.status();
+    expect(paused()).toBe(true);
+    // While it is paused, everyone else is served, and its requests wait unread.
+    await cache.set('small', new Uint8Array([1]));
+    const small = await cache.get('small');
+    expect(await small.item!.value()).toEqual(new Uint8Array([1]));
+    await small.release();
+    status = await cache.status();
+    expect(status.hits).toBeLessThan(count / 4);
+    const grown = (await memory('VmHWM')) - before;
+    console.log(`JSON flow control: ${status.hits} of ${count} gets answered while the client did not read; peak RSS grew by ${(grown / 2 ** 20).toFixed(1)} MiB`);
+    expect(grown).toBeLessThan(96 * (1 << 20));
+    // Once it reads, every request is answered, in full.
+    raw.socket.resume();
+    const seen = new Set<unknown>();
+    const base64Length = Math.ceil(value.length / 3) * 4;
+    while (seen.size < count) {
+      const answer = (await raw.next()) as { id: number; result: { handle: number; item: { value: string } } };
+      expect(answer.result.item.value.length).toBe(base64Length);
+      seen.add(answer.id);
+      raw.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle: answer.result.handle } });
+    }
+    expect(Math.min(...(seen as Set<number>))).toBe(100);
+    expect(Math.max(...(seen as Set<number>))).toBe(100 + count - 1);
+    // Its messages are handled in order: this answer comes after every release.
+    expect(await raw.request('daemon/status')).toMatchObject({ result: { locksHeld: 0 } });
+  });
+
   test('streaming garbage is cut off after the header limit, so the daemon\u2019s memory stays flat', async () => {
     const dir = await tempDir('hd-');
     const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data') });

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { UTF16_FLAG } from './frame-encoder.js';
 import { FRAME_HEADER_BYTES } from './protocol.js';
 
@@ -58,13 +59,17 @@ export class FrameCursor {
     return this.#frame.readDoubleLE(this.#take(8));
   }
 
+  /** A string, refused unless its bytes are valid UTF-8 (UTF-16 code units carry any string, lone surrogates included). */
   string(): string {
     const header = this.u32();
     const utf16 = header >= UTF16_FLAG;
     const length = utf16 ? header - UTF16_FLAG : header;
     if (utf16 && length % 2 !== 0) throw new MalformedFrame('a UTF-16 string has an odd byte length');
     const at = this.#take(length);
-    return this.#frame.toString(utf16 ? 'utf16le' : 'utf8', at, at + length);
+    if (utf16) return this.#frame.toString('utf16le', at, at + length);
+    // Decoding would replace each bad byte with U+FFFD, so that different byte strings would name one item.
+    if (!isUtf8(this.#frame.subarray(at, at + length))) throw new MalformedFrame('a string that is not valid UTF-8');
+    return this.#frame.toString('utf8', at, at + length);
   }
 
   strings(): string[] {

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type { Readable } from 'node:stream';
 import { AbstractMessageReader, type DataCallback, type Disposable, type Message, type ResponseMessage } from 'vscode-jsonrpc';
 import { FramingError } from './frame-decoder.js';
@@ -24,8 +25,10 @@ export interface FramedMessageReaderOptions {
  * falls out of step for good after a broken header, and drops malformed messages without a word. This one
  * checks each header (a `Content-Length` of digits, at most `maxMessageBytes`) before buffering the body, and
  * fails with a {@link FramingError} when the framing is broken, since the stream cannot be trusted after that.
- * A well-framed body that is not JSON is answered with a parse error (-32700), and one that is not a JSON-RPC
- * request or notification (a batch included) with an invalid-request error (-32600); the connection goes on.
+ * A well-framed body that is not JSON is answered with a parse error (-32700), one that is not valid UTF-8 with
+ * an invalid-params error (-32602: no byte is ever replaced), and one that is not a JSON-RPC request or
+ * notification (a batch included) with an invalid-request error (-32600); the connection goes on.
+ * {@link FramedMessageReader.pause} stops the deliveries at once, also of messages already read.
  */
 export class FramedMessageReader extends AbstractMessageReader {
   readonly #readable: Readable;
@@ -37,6 +40,10 @@ export class FramedMessageReader extends AbstractMessageReader {
   #first = true;
   #listening: Disposable | undefined;
   #upgraded: (() => void) | undefined;
+  #callback: DataCallback | undefined;
+  #paused = false;
+  /** Bytes read but not yet handled, kept while paused. */
+  #held: Buffer | undefined;
 
   constructor(readable: Readable, options: FramedMessageReaderOptions) {
     super();
@@ -45,6 +52,7 @@ export class FramedMessageReader extends AbstractMessageReader {
   }
 
   listen(callback: DataCallback): Disposable {
+    this.#callback = callback;
     const onData = (chunk: Buffer): void => this.#onData(chunk, callback);
     const onClose = (): void => this.fireClose();
     const onError = (error: Error): void => this.fireError(error);
@@ -61,14 +69,36 @@ export class FramedMessageReader extends AbstractMessageReader {
     return this.#listening;
   }
 
+  /** Delivers no more messages, not even those of a chunk already read, until {@link FramedMessageReader.resume}. */
+  pause(): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.#readable.pause();
+  }
+
+  /** Delivers the messages held back by {@link FramedMessageReader.pause}, then reads on. */
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    const held = this.#held;
+    this.#held = undefined;
+    if (held && this.#callback) this.#onData(held, this.#callback);
+    if (!this.#paused && !this.#upgraded && !this.#failed) this.#readable.resume();
+  }
+
   #fail(error: FramingError): void {
     this.#failed = true;
     this.fireError(error);
   }
 
   #onData(chunk: Buffer, callback: DataCallback): void {
+    if (this.#paused) {
+      // A chunk the stream had on its way when it was paused.
+      this.#held = this.#held ? Buffer.concat([this.#held, chunk]) : chunk;
+      return;
+    }
     let data = chunk;
-    while (data.length > 0 && !this.#failed && !this.#upgraded) {
+    while (data.length > 0 && !this.#failed && !this.#upgraded && !this.#paused) {
       if (this.#bodyLeft >= 0) {
         const take = Math.min(this.#bodyLeft, data.length);
         this.#body.push(data.subarray(0, take));
@@ -101,6 +131,7 @@ export class FramedMessageReader extends AbstractMessageReader {
         this.#deliver(Buffer.alloc(0), callback);
       }
     }
+    if (this.#paused && data.length > 0 && !this.#failed) this.#held = data;
     const upgraded = this.#upgraded;
     if (upgraded) {
       this.#listening?.dispose();
@@ -136,6 +167,7 @@ export class FramedMessageReader extends AbstractMessageReader {
   }
 
   #deliver(body: Buffer, callback: DataCallback): void {
+    if (!isUtf8(body)) return this.#refuseInvalidUtf8(body);
     let message: unknown;
     try {
       message = JSON.parse(body.toString('utf8'));
@@ -155,9 +187,22 @@ export class FramedMessageReader extends AbstractMessageReader {
     try {
       callback(message as Message);
     } catch (error) {
-      // vscode-jsonrpc throws from its dispatch on some inputs; it must not take the daemon down.
+      // A dispatcher that throws must not take the daemon down.
       this.#refuse(null, ERROR_NUMBERS.CACHE_INVALID_REQUEST, 'CACHE_INVALID_REQUEST', `The message was refused: ${String(error)}`);
     }
+  }
+
+  /** Refuses a body that is not valid UTF-8, with its id if a lenient reading finds a usable one. */
+  #refuseInvalidUtf8(body: Buffer): void {
+    let id: unknown = null;
+    try {
+      id = (JSON.parse(body.toString('utf8')) as { id?: unknown } | null)?.id;
+    } catch {
+      // No id to answer with.
+    }
+    // A string id may itself hold a replaced byte: it would name a request the client never sent.
+    const usable = typeof id === 'number' || (typeof id === 'string' && !id.includes('\uFFFD')) ? id : null;
+    this.#refuse(usable, ERROR_NUMBERS.CACHE_INVALID_PARAMS, 'CACHE_INVALID_PARAMS', 'The message is not valid UTF-8: it was not carried out.');
   }
 
   #refuse(id: number | string | null, code: number, name: string, message: string): void {

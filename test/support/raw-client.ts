@@ -6,6 +6,10 @@ import { onTestFinished } from 'vitest';
 export class RawClient {
   readonly socket: Socket;
   #buffer = Buffer.alloc(0);
+  #chunks: Buffer[] = [];
+  #chunkBytes = 0;
+  /** The bytes the message at the head of the buffer needs, once its header has arrived. */
+  #need = 0;
   #waiting: { resolve: (message: Record<string, unknown>) => void }[] = [];
   #messages: Record<string, unknown>[] = [];
   readonly closed: Promise<void>;
@@ -16,14 +20,22 @@ export class RawClient {
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.on('error', () => {});
     socket.on('data', (chunk: Buffer) => {
-      this.#buffer = Buffer.concat([this.#buffer, chunk]);
+      // Chunks are joined only once the message at the head is complete, so that a large answer is copied once.
+      this.#chunks.push(chunk);
+      this.#chunkBytes += chunk.length;
+      if (this.#buffer.length + this.#chunkBytes < this.#need) return;
+      this.#buffer = Buffer.concat([this.#buffer, ...this.#chunks]);
+      this.#chunks = [];
+      this.#chunkBytes = 0;
       for (;;) {
         const headerEnd = this.#buffer.indexOf('\r\n\r\n');
         if (headerEnd < 0) return;
         const length = Number(/Content-Length: (\d+)/i.exec(this.#buffer.subarray(0, headerEnd).toString())?.[1]);
-        if (this.#buffer.length < headerEnd + 4 + length) return;
-        const body = this.#buffer.subarray(headerEnd + 4, headerEnd + 4 + length).toString();
-        this.#buffer = this.#buffer.subarray(headerEnd + 4 + length);
+        this.#need = headerEnd + 4 + length;
+        if (this.#buffer.length < this.#need) return;
+        const body = this.#buffer.subarray(headerEnd + 4, this.#need).toString();
+        this.#buffer = this.#buffer.subarray(this.#need);
+        this.#need = 0;
         const message = JSON.parse(body) as Record<string, unknown>;
         const waiter = this.#waiting.shift();
         if (waiter) waiter.resolve(message);
