@@ -3,11 +3,13 @@ import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { Level } from 'level';
 import { connect } from '../client/index.js';
+import { openSocketChannel, openWithoutHandshake } from '../client/open-channel.js';
 import { startDaemon } from '../daemon/index.js';
 import type { Cache } from '../src/index.js';
 import { encodeRecord, levelKey } from '../src/level/records.js';
 import { itemKey, ROOT_SCOPE } from '../src/scope-path.js';
 import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
+import { Get, Status } from '../src/wire/protocol.js';
 import { ERROR_NUMBERS } from '../src/wire/wire-error.js';
 import { expectCode, isWaiting, track } from './conformance/support.js';
 import { startTestDaemon } from './support/daemon.js';
@@ -122,6 +124,24 @@ describe('the handshake and bad requests', () => {
     expect(reply.error).toMatchObject({ code: ERROR_NUMBERS.CACHE_NOT_INITIALIZED });
     expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 1 });
   });
+
+  test.each(['binary', 'json'] as const)(
+    'over %s, hoard’s client raises only documented codes for what the daemon refuses as protocol',
+    async (transport) => {
+      const { socketPath } = await startTestDaemon();
+      // A method of a newer protocol, which this daemon does not know (in binary, CACHE_INVALID_REQUEST on the wire).
+      const channel = await openSocketChannel(socketPath, { transport, clientName: 'test' });
+      onTestFinished(() => channel.close());
+      const fromTheFuture = { ...Status, method: 'cache/fromTheFuture', op: 0x7e };
+      await expectCode(channel.request(fromTheFuture, undefined), 'CACHE_PROTOCOL_MISMATCH');
+      // The connection goes on.
+      expect(await channel.request(Status, undefined)).toMatchObject({ connections: 1 });
+      // A request before the handshake (CACHE_NOT_INITIALIZED on the wire).
+      const early = await openWithoutHandshake(socketPath);
+      onTestFinished(() => early.close());
+      await expectCode(early.request(Get, { scope: [], id: 'k' }), 'CACHE_PROTOCOL_MISMATCH');
+    },
+  );
 
   test('unknown methods and wrong parameter types get JSON-RPC errors, and every other client is still served', async () => {
     const { socketPath } = await startTestDaemon();
