@@ -14,7 +14,7 @@ interface Response {
 }
 
 /** The error an error response stands for: the daemon's coded error, or what JSON-RPC's own codes mean here. */
-function toCacheError(error: NonNullable<Response['error']>, method: string): CacheError {
+function toCacheError(error: NonNullable<Response['error']>, method: string): Error {
   const code = error.data?.code;
   if (typeof code === 'string' && code.startsWith('CACHE_')) return fromWireError(code, error.message);
   if (error.code === ErrorCodes.MethodNotFound) {

@@ -64,6 +64,7 @@ export class CacheView<T> implements Cache<T> {
     checkId(id);
     checkOptions(options);
     checkSignal(options?.signal);
+    options?.signal?.throwIfAborted();
     return this.#backend.get(this.#scope, id, options?.signal);
   }
 
@@ -75,6 +76,8 @@ export class CacheView<T> implements Cache<T> {
     checkSignal(options?.signal);
     const wait = options?.wait ?? true;
     if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
+    // As every API that takes a signal does: an already aborted one rejects with its reason, even with `wait: false`.
+    options?.signal?.throwIfAborted();
     return this.#backend.getset(this.#scope, id, { wait, signal: options?.signal });
   }
 

@@ -34,7 +34,10 @@ export interface MissedGetSetHandle extends LockHandle {
 }
 
 export interface GetOptions {
-  /** Aborts waiting for the lock: the call rejects with the signal's reason and leaves nothing queued. */
+  /**
+   * Aborts waiting for the lock: the call rejects with the signal's reason and leaves nothing queued. A signal
+   * already aborted rejects the call at once, even when the lock is free or `wait` is `false`.
+   */
   signal?: AbortSignal;
 }
 

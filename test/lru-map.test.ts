@@ -30,4 +30,17 @@ describe('LruMap', () => {
     map.deleteWhere((key) => key.startsWith('a/'));
     expect([map.get('a/1'), map.get('b/1'), map.bytes]).toEqual([undefined, 'y', 20]);
   });
+
+  test('entries deleted from the middle leave the order of the others intact', () => {
+    const map = new LruMap<string, number>({ maxBytes: 800 });
+    for (const key of 'abcdefgh') map.set(key, 1, 100);
+    map.delete('c');
+    map.deleteWhere((key) => key === 'e');
+    for (const key of 'ijkl') map.set(key, 1, 100);
+    // The two deleted made room for 'i' and 'j'; then the oldest went, in order: 'a', then 'b'.
+    expect([...'abdfghijkl'].map((key) => map.get(key))).toEqual([undefined, undefined, 1, 1, 1, 1, 1, 1, 1, 1]);
+    expect([map.size, map.bytes]).toEqual([8, 800]);
+    for (let n = 0; n < 10_000; n++) map.set(`k${n}`, n, 100);
+    expect([map.size, map.bytes, map.get('k9999'), map.get('d')]).toEqual([8, 800, 9999, undefined]);
+  });
 });

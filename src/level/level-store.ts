@@ -8,8 +8,8 @@ import type { EncodedValue, Store, StoredRecord } from '../store.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
-import { LruMap } from './lru-map.js';
 import { type LoosePath, makePrivate } from './make-private.js';
+import { MemoryLayer } from './memory-layer.js';
 import {
   BLOB_PREFIX,
   blobKey,
@@ -31,8 +31,6 @@ import {
 
 /** The default budget of the in-memory layer of recently used records. */
 export const MEMORY_CACHE_BYTES = 32 * 1024 * 1024;
-/** What an entry of the in-memory layer costs beyond its value's bytes: key, record and map overhead. */
-const ENTRY_OVERHEAD_BYTES = 160;
 
 export interface LevelStoreOptions {
   /**
@@ -51,7 +49,7 @@ interface PendingWrite {
   key: string;
   raw: Buffer | undefined;
   /** For a large value: its file, and the record that the memory layer keeps once the batch is written. */
-  blob?: { name: string; record: StoredRecord<EncodedValue>; bytes: number };
+  blob?: { name: string; record: StoredRecord<EncodedValue> };
   /** The file of the value that this write replaces or deletes, removed once the batch is written. */
   replaced: string | undefined;
 }
@@ -68,7 +66,7 @@ export class LevelStore implements Store<EncodedValue> {
   /** What other users could read or enter when the store opened; it is private now, unless `madePrivate` says not. */
   readonly loosePaths: readonly LoosePath[];
   readonly #writeOptions: { sync: boolean };
-  readonly #memory: LruMap<string, StoredRecord<EncodedValue>> | undefined;
+  readonly #memory: MemoryLayer | undefined;
   readonly #memoryLimit: number;
   readonly #blobs: BlobFiles;
   /** Whether the database may hold `b` entries: until it does, writes need not look for a replaced file. */
@@ -93,7 +91,7 @@ export class LevelStore implements Store<EncodedValue> {
     this.loosePaths = state.loosePaths;
     this.#writeOptions = { sync: options.sync ?? false };
     this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
-    this.#memory = this.#memoryLimit > 0 ? new LruMap({ maxBytes: this.#memoryLimit }) : undefined;
+    this.#memory = this.#memoryLimit > 0 ? new MemoryLayer({ maxBytes: this.#memoryLimit }) : undefined;
     this.#blobs = new BlobFiles(join(directory, 'blobs'), { sync: this.#writeOptions.sync });
     this.#hasBlobs = state.hasBlobs;
     this.#blobFormat = state.format === FORMAT_BLOBS;
@@ -145,12 +143,12 @@ export class LevelStore implements Store<EncodedValue> {
     const { version, modified, encoding, bytes } = decodeFields(raw);
     if (version === RECORD_VERSION) {
       const record = { modified, value: { encoding, bytes } };
-      this.#memory?.set(key, record, raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+      this.#memory?.set(key, record);
       return record;
     }
     const { length, name } = decodePointer(bytes);
     const record = { modified, value: { encoding, bytes: this.#blobs.read(name, length) } };
-    this.#memory?.set(key, record, length + key.length + ENTRY_OVERHEAD_BYTES);
+    this.#memory?.set(key, record);
     return record;
   }
 
@@ -168,7 +166,7 @@ export class LevelStore implements Store<EncodedValue> {
     this.#hasBlobs = true;
     // A view that would keep a much larger buffer alive in memory is copied to a buffer of its own.
     const kept = bytes.buffer.byteLength > 2 * bytes.byteLength ? Buffer.from(bytes) : bytes;
-    const blob = { name, record: { modified: record.modified, value: { encoding: record.value.encoding, bytes: kept } }, bytes: kept.buffer.byteLength };
+    const blob = { name, record: { modified: record.modified, value: { encoding: record.value.encoding, bytes: kept } } };
     // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
     // and the next open's sweep removes it if no record names it.
     await this.#commits.add({ key, raw: encodeBlobRecord(record, name), blob, replaced });
@@ -214,9 +212,9 @@ export class LevelStore implements Store<EncodedValue> {
       if (blob) {
         // A batch with a large value's record leaves the layout at 2: it was already, or the batch recorded it.
         this.#blobFormat = true;
-        this.#memory?.set(key, blob.record, blob.bytes + key.length + ENTRY_OVERHEAD_BYTES);
+        this.#memory?.set(key, blob.record);
       } else if (raw) {
-        this.#memory?.set(key, decodeRecord(raw), raw.length + key.length + ENTRY_OVERHEAD_BYTES);
+        this.#memory?.set(key, decodeRecord(raw));
       } else {
         this.#memory?.delete(key);
       }

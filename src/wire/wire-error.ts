@@ -1,7 +1,10 @@
 import { CacheError, type CacheErrorCode } from '../errors.js';
 
-/** Codes that only occur between a client and the daemon, besides every {@link CacheErrorCode}. */
-export type WireErrorCode = CacheErrorCode | 'CACHE_NOT_INITIALIZED' | 'CACHE_CANCELLED' | 'CACHE_PARSE_ERROR' | 'CACHE_INVALID_REQUEST';
+/** Codes that only occur between a client and the daemon: the client raises each as {@link WIRE_ONLY_ERRORS} says. */
+export type WireOnlyCode = 'CACHE_NOT_INITIALIZED' | 'CACHE_CANCELLED' | 'CACHE_PARSE_ERROR' | 'CACHE_INVALID_REQUEST';
+
+/** Every code the daemon may send: each {@link CacheErrorCode}, and the codes only the wire knows. */
+export type WireErrorCode = CacheErrorCode | WireOnlyCode;
 
 /** The JSON-RPC error number for each code; `error.data.code` carries the name, and the binary transport only the name. */
 export const ERROR_NUMBERS: Readonly<Record<WireErrorCode, number>> = Object.freeze({
@@ -51,8 +54,31 @@ export function invalidParams(why: string): WireError {
   return new WireError('CACHE_INVALID_PARAMS', `Invalid params: ${why}.`);
 }
 
-/** The error a daemon's coded answer stands for; codes only the wire knows (such as `CACHE_CANCELLED`) keep their name. */
-export function fromWireError(code: string, message: string): CacheError {
-  if (code.startsWith('CACHE_')) return new CacheError(code as CacheErrorCode, message);
+/**
+ * What a client raises for each code only the wire knows, so that a caller sees only a {@link CacheErrorCode}:
+ * a request the daemon could not take as its protocol (not JSON, not a request, a method or op it does not know,
+ * a request before `initialize`) is `CACHE_PROTOCOL_MISMATCH`, as JSON-RPC's "method not found" is: hoard's own
+ * client meets them only with a daemon of another version. A request the daemon cancelled rejects as an aborted
+ * call does, with an `AbortError`.
+ */
+export const WIRE_ONLY_ERRORS: Readonly<Record<WireOnlyCode, CacheErrorCode | 'AbortError'>> = Object.freeze({
+  CACHE_NOT_INITIALIZED: 'CACHE_PROTOCOL_MISMATCH',
+  CACHE_PARSE_ERROR: 'CACHE_PROTOCOL_MISMATCH',
+  CACHE_INVALID_REQUEST: 'CACHE_PROTOCOL_MISMATCH',
+  CACHE_CANCELLED: 'AbortError',
+});
+
+/**
+ * The error a daemon's coded answer stands for: a {@link CacheError} with one of {@link CacheErrorCode} (a code
+ * this client does not know, from a newer daemon, is `CACHE_INTERNAL` and named in the message), or an
+ * `AbortError` for a request the daemon cancelled.
+ */
+export function fromWireError(code: string, message: string): Error {
+  if (Object.hasOwn(WIRE_ONLY_ERRORS, code)) {
+    const raised = WIRE_ONLY_ERRORS[code as WireOnlyCode];
+    if (raised === 'AbortError') return new DOMException(message, 'AbortError');
+    return new CacheError(raised, `${message} The hoard daemon and this client disagree on the protocol; if the daemon is older, \`hoard stop\` replaces it.`);
+  }
+  if (Object.hasOwn(ERROR_NUMBERS, code)) return new CacheError(code as CacheErrorCode, message);
   return new CacheError('CACHE_INTERNAL', `The hoard daemon answered with ${code}: ${message}`);
 }

@@ -127,12 +127,21 @@ export function locks({ open, features }: Suite): void {
     expect(await isFree(cache, 'id')).toBe(true);
   });
 
-  test('an already aborted signal rejects at once, even when the lock is free', async () => {
+  test('an already aborted signal rejects at once with its reason, even when the lock is free, with or without wait', async () => {
     const { cache } = await open();
     const controller = new AbortController();
-    controller.abort(new Error('too late'));
-    await expect(cache.get('id', { signal: controller.signal })).rejects.toThrow('too late');
-    await expect(cache.getset('id', { signal: controller.signal })).rejects.toThrow('too late');
+    const reason = new Error('too late');
+    controller.abort(reason);
+    const { signal } = controller;
+    await expect(cache.get('id', { signal })).rejects.toBe(reason);
+    await expect(cache.getset('id', { signal })).rejects.toBe(reason);
+    await expect(cache.getset('id', { wait: false, signal })).rejects.toBe(reason);
+    expect(await isFree(cache, 'id')).toBe(true);
+    // And when the lock is taken: the abort, not a missed grant.
+    const holder = await cache.getset('id');
+    await expect(cache.getset('id', { wait: false, signal })).rejects.toBe(reason);
+    await expect(cache.withScope('s').getset('id', { wait: false, signal: AbortSignal.abort('gone') })).rejects.toBe('gone');
+    await holder.release();
     expect(await isFree(cache, 'id')).toBe(true);
   });
 

@@ -120,9 +120,13 @@ export interface DaemonProcess {
   stdout(): string;
 }
 
-/** Starts `hoard daemon` in the foreground as a child process and resolves once it listens; killed when the test ends. */
-export async function startDaemonProcess(options: { socketPath: string; dataDir: string; extra?: string[] }): Promise<DaemonProcess> {
-  const child = spawn(process.execPath, [BIN, 'daemon', '--socket', options.socketPath, '--data-dir', options.dataDir, ...(options.extra ?? [])], {
+/**
+ * Starts `hoard daemon` in the foreground as a child process and resolves once it listens; killed when the test ends.
+ * `nodeFlags` go to Node (clients start the daemon with `DAEMON_NODE_FLAGS`).
+ */
+export async function startDaemonProcess(options: { socketPath: string; dataDir: string; extra?: string[]; nodeFlags?: readonly string[] }): Promise<DaemonProcess> {
+  const args = [...(options.nodeFlags ?? []), BIN, 'daemon', '--socket', options.socketPath, '--data-dir', options.dataDir, ...(options.extra ?? [])];
+  const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   onTestFinished(() => void child.kill('SIGKILL'));
