@@ -1,15 +1,16 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { CacheError, isCacheError } from '../src/errors.js';
+import { isCacheError } from '../src/errors.js';
 import { LevelStore } from '../src/level/level-store.js';
 import type { EncodedValue } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/wire/protocol.js';
+import { forgetHolder, heldError, recordHolder } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
 import type { DaemonContext, Session } from './session.js';
@@ -63,7 +64,8 @@ async function directorySize(directory: string): Promise<number> {
 /**
  * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
  * per data directory), then listens on the socket and resolves once it accepts connections.
- * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory, `CACHE_UNSAFE_DIRECTORY` or
+ * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory (naming its pid and socket) or
+ * answers on the socket, `CACHE_UNSAFE_DIRECTORY` or
  * `CACHE_SOCKET_PATH_TOO_LONG` for a socket path it will not use.
  */
 export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
@@ -78,11 +80,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   try {
     store = await LevelStore.open(dataDir, { sync: options.sync ?? false, memoryCacheBytes: options.memoryCacheBytes });
   } catch (error) {
-    if (isCacheError(error, 'CACHE_LOCKED')) {
-      throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {
-        cause: error,
-      });
-    }
+    if (isCacheError(error, 'CACHE_LOCKED')) throw await heldError(dataDir, socketPath, error);
+    throw error;
+  }
+  try {
+    await recordHolder(store.directory, { pid: process.pid, socketPath: socketPath && resolve(socketPath) });
+  } catch (error) {
+    await store.close();
     throw error;
   }
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
@@ -160,6 +164,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       try {
         // The socket goes while this daemon still holds the database lock, so it never removes a successor's.
         if (socketPath) await unlink(socketPath).catch(() => {});
+        await forgetHolder(store.directory);
         await backend.close();
       } catch (error) {
         log(`closing the database failed: ${error instanceof Error ? error.message : String(error)}`);
@@ -201,6 +206,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
   } catch (error) {
     server?.close();
+    await forgetHolder(store.directory);
     await backend.close();
     throw error;
   }

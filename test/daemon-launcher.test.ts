@@ -1,8 +1,10 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { checkDaemonLauncher, connect, daemonEntry, daemonSpawn, describeSpawn } from '../client/connect.js';
 import { connectStdio } from '../client/connect-stdio.js';
 import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
-import { autoStartPaths } from './support/processes.js';
+import { autoStartPaths, startDaemonProcess } from './support/processes.js';
 
 const ARGS = ['--socket', '/tmp/h/s.sock'];
 const NODE = { execPath: '/usr/bin/node', versions: { node: '20.20.2' } };
@@ -88,5 +90,27 @@ describe('a daemon that cannot start is reported with the command line that ran'
     expect(error).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
     expect((error as Error).message).toContain('ENOENT');
     expect((error as Error).message).toContain('/nonexistent/hoard daemon --stdio');
+  });
+});
+
+describe('a data directory held by a daemon on another socket', () => {
+  test('connect starts one daemon at most, and fails at once with CACHE_LOCKED naming the holder\u2019s socket and pid', async () => {
+    const first = await autoStartPaths();
+    const holder = await startDaemonProcess({ socketPath: first.socketPath, dataDir: first.dataDir });
+    const { dir, socketPath } = await autoStartPaths();
+    // The daemon's own entry, behind a wrapper that counts the daemons that connect starts.
+    const spawns = join(dir, 'spawns');
+    const wrapper = join(dir, 'counting-daemon.cjs');
+    await writeFile(
+      wrapper,
+      `require('node:fs').appendFileSync(${JSON.stringify(spawns)}, process.pid + '\\n');
+       require(${JSON.stringify(daemonEntry())}).runDaemonMain(process.argv.slice(2)).then((code) => { process.exitCode = code; });`,
+    );
+    const refused = await connect({ socketPath, dataDir: first.dataDir, daemon: { entry: wrapper } }).catch((e: unknown) => e);
+    const started = (await readFile(spawns, 'utf8')).trim().split('\n');
+    expect(started).toHaveLength(1);
+    expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect((refused as Error).message).toContain(first.socketPath);
+    expect((refused as Error).message).toContain(`pid ${holder.child.pid}`);
   });
 });
