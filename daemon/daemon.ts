@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:net';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { isCacheError } from '../src/errors.js';
 import { LevelStore } from '../src/level/level-store.js';
@@ -10,7 +10,7 @@ import { LocalBackend } from '../src/local-backend.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/wire/protocol.js';
-import { forgetHolder, heldError, recordHolder } from './data-directory-holder.js';
+import { heldError, removeStaleHolderRecords, writeHolderRecord } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
 import type { DaemonContext, Session } from './session.js';
@@ -76,19 +76,17 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES;
   if (socketPath) await prepareSocketDirectory(socketPath);
 
+  // The record goes first, so that whoever finds the directory held from now on can tell where this daemon listens.
+  const removeHolderRecord = await writeHolderRecord(dataDir, socketPath);
   let store: LevelStore;
   try {
     store = await LevelStore.open(dataDir, { sync: options.sync ?? false, memoryCacheBytes: options.memoryCacheBytes });
   } catch (error) {
-    if (isCacheError(error, 'CACHE_LOCKED')) throw await heldError(dataDir, socketPath, error);
-    throw error;
+    const refusal = isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
+    await removeHolderRecord();
+    throw refusal;
   }
-  try {
-    await recordHolder(store.directory, { pid: process.pid, socketPath: socketPath && resolve(socketPath) });
-  } catch (error) {
-    await store.close();
-    throw error;
-  }
+  await removeStaleHolderRecords(store.directory);
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
   const startedAt = Date.now();
   /** Open connections, each with the way to end its streams. */
@@ -164,7 +162,6 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       try {
         // The socket goes while this daemon still holds the database lock, so it never removes a successor's.
         if (socketPath) await unlink(socketPath).catch(() => {});
-        await forgetHolder(store.directory);
         await backend.close();
       } catch (error) {
         log(`closing the database failed: ${error instanceof Error ? error.message : String(error)}`);
@@ -177,6 +174,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           delay(FLUSH_TIMEOUT_MS, false, { ref: false }),
         ]);
         for (const link of links) flushed ? link.end() : link.destroy();
+        // Its own file: removing it after the lock has gone disturbs no successor's record.
+        await removeHolderRecord();
         log('stopped');
         markClosed();
       }
@@ -206,7 +205,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     }
   } catch (error) {
     server?.close();
-    await forgetHolder(store.directory);
+    await removeHolderRecord();
     await backend.close();
     throw error;
   }

@@ -1,15 +1,17 @@
 /**
- * Who holds a data directory: the daemon that opens one records its pid and socket in it, so that another daemon
- * that finds the directory held can say which daemon holds it and where it listens, and a client can tell "the
- * daemon for this socket is starting, wait" from "a daemon on another socket has the data, use that socket".
+ * Who holds a data directory: every daemon records its pid and socket in the directory before it tries LevelDB's
+ * lock, so that another daemon that finds the directory held can name the daemon that holds it and where it listens,
+ * and a client can tell "the daemon for this socket is starting: wait" from "a daemon on another socket has the data:
+ * use that socket".
  *
- * The record is `hoard-daemon.json` (mode 0600), written once the daemon holds LevelDB's lock and removed while it
- * still holds it; LevelDB ignores files it did not name. A record left by a daemon that was killed is told apart by
- * its pid: the process that holds the lock, as `/proc/locks` says (on Linux), or else a live one.
+ * Each daemon writes a record of its own, `hoard-daemon-<pid>.json` (mode 0600), before it opens the database, and
+ * removes it when it stops or fails to start; LevelDB ignores files it did not name. The holder is the process that
+ * holds the lock on LevelDB's `LOCK` file, as `/proc/locks` tells (on Linux), and its record says where it listens,
+ * from the moment it takes the lock (even while LevelDB is still recovering its log). Records of processes that are
+ * gone (a daemon that was killed) are removed by the next daemon that holds the lock.
  */
-import { readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { setTimeout as delay } from 'node:timers/promises';
 import { CacheError } from '../src/errors.js';
 
 /** The daemon that holds a data directory. */
@@ -19,29 +21,54 @@ export interface Holder {
   socketPath: string | null;
 }
 
-const RECORD_NAME = 'hoard-daemon.json';
-/** How long a daemon that finds the directory held waits for the holder's record, which follows its lock by moments. */
-const RECORD_WAIT_MS = 5000;
-const RECORD_POLL_MS = 20;
+const RECORD = /^hoard-daemon-(\d+)\.json$/;
 
-/** Records that this process holds `dataDir` (a real path it holds LevelDB's lock on), replacing any older record at once. */
-export async function recordHolder(dataDir: string, holder: Holder): Promise<void> {
-  const path = join(dataDir, RECORD_NAME);
-  const temporary = `${path}.${process.pid}`;
-  await writeFile(temporary, `${JSON.stringify(holder)}\n`, { mode: 0o600 });
-  await rename(temporary, path);
+function recordPath(dataDir: string, pid: number): string {
+  return join(dataDir, `hoard-daemon-${pid}.json`);
 }
 
-/** Removes this process's record from `dataDir`, while it still holds the lock; a directory already gone is no error. */
-export async function forgetHolder(dataDir: string): Promise<void> {
-  await unlink(join(dataDir, RECORD_NAME)).catch(() => {});
-}
+/** The data directories (resolved) whose record this process has written, for a daemon it runs. */
+const recorded = new Set<string>();
 
-async function readRecord(dataDir: string): Promise<Holder | undefined> {
+/**
+ * Records this process as a daemon for `socketPath` in `dataDir` (created 0700 if missing), before it tries the lock,
+ * and resolves to the way to remove that record. A directory it cannot write to is no error here (opening the
+ * database then says what is wrong), and neither is another daemon of this process on the same directory, whose
+ * record stays: the pid is the same.
+ */
+export async function writeHolderRecord(dataDir: string, socketPath: string | null): Promise<() => Promise<void>> {
+  const key = resolve(dataDir);
+  if (recorded.has(key)) return async () => {};
+  recorded.add(key);
+  const path = recordPath(dataDir, process.pid);
+  const remove = async (): Promise<void> => {
+    recorded.delete(key);
+    await unlink(path).catch(() => {});
+  };
+  const holder: Holder = { pid: process.pid, socketPath: socketPath && resolve(socketPath) };
   try {
-    const record = JSON.parse(await readFile(join(dataDir, RECORD_NAME), 'utf8')) as Partial<Holder>;
-    if (!Number.isSafeInteger(record.pid) || (record.socketPath !== null && typeof record.socketPath !== 'string')) return undefined;
-    return { pid: record.pid!, socketPath: record.socketPath };
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    // A record of this pid already there is a dead process's, whose pid this one has been given.
+    await writeFile(path, `${JSON.stringify(holder)}\n`, { mode: 0o600 });
+  } catch {
+    // Without its record, this daemon is named by its pid only.
+  }
+  return remove;
+}
+
+/** Removes the records of processes that are gone, for the daemon that holds the lock. */
+export async function removeStaleHolderRecords(dataDir: string): Promise<void> {
+  for (const name of await readdir(dataDir).catch(() => [])) {
+    const pid = Number(RECORD.exec(name)?.[1]);
+    if (pid > 0 && pid !== process.pid && !isAlive(pid)) await unlink(join(dataDir, name)).catch(() => {});
+  }
+}
+
+async function readRecord(dataDir: string, pid: number): Promise<Holder | undefined> {
+  try {
+    const record = JSON.parse(await readFile(recordPath(dataDir, pid), 'utf8')) as Partial<Holder>;
+    if (record.pid !== pid || (record.socketPath !== null && typeof record.socketPath !== 'string')) return undefined;
+    return { pid, socketPath: record.socketPath };
   } catch {
     return undefined;
   }
@@ -83,19 +110,22 @@ function isAlive(pid: number): boolean {
 }
 
 /**
- * Who holds `dataDir`, for a daemon that found it held: the holder's record once it names the process that holds
- * the lock (waiting a few seconds for a holder that has just taken it), or `{ pid }`, the lock's holder as far as
- * the system tells, when no record names it (a program that is not a hoard daemon, or a daemon of an older version).
+ * Who holds `dataDir`, for a daemon that found it held: the holder's record; `{ pid }` for a holder that keeps no
+ * record (a program that is not a hoard daemon, or a daemon of an older version); `undefined` when the system does
+ * not tell who holds the lock, or nobody holds it any more.
  */
-export async function findHolder(dataDir: string): Promise<Holder | { pid: number | undefined; socketPath?: undefined }> {
-  const deadline = Date.now() + RECORD_WAIT_MS;
-  for (;;) {
-    const [record, lockPid] = await Promise.all([readRecord(dataDir), lockHolderPid(dataDir)]);
-    if (record && (lockPid === undefined ? isAlive(record.pid) : lockPid === record.pid)) return record;
-    // Nobody holds the lock any more: the holder has just stopped; a new attempt will get it.
-    if (lockPid === null || Date.now() >= deadline) return { pid: lockPid ?? undefined };
-    await delay(RECORD_POLL_MS);
+async function findHolder(dataDir: string): Promise<Holder | { pid: number; socketPath?: undefined } | undefined> {
+  const pid = await lockHolderPid(dataDir);
+  if (pid === null) return undefined;
+  if (pid !== undefined) return (await readRecord(dataDir, pid)) ?? { pid };
+  // Without /proc/locks: the other live daemons' records, when they all name one socket.
+  const others: Holder[] = [];
+  for (const name of await readdir(dataDir).catch(() => [])) {
+    const other = Number(RECORD.exec(name)?.[1]);
+    const record = other > 0 && other !== process.pid && isAlive(other) ? await readRecord(dataDir, other) : undefined;
+    if (record) others.push(record);
   }
+  return others.length > 0 && others.every((other) => other.socketPath === others[0]!.socketPath) ? others[0] : undefined;
 }
 
 /** A daemon's refusal to start on a data directory that another process holds: `CACHE_LOCKED`, and who holds it. */
@@ -104,8 +134,11 @@ export class DataDirectoryHeld extends CacheError {
     message: string,
     /** The pid that holds it, when known. */
     readonly holderPid: number | undefined,
-    /** Whether the holder is a daemon for the same socket, which is about to listen there: a client should wait for it. */
-    readonly sameSocket: boolean,
+    /**
+     * Whether a client should retry the socket: the holder is a daemon for the same socket, about to listen there,
+     * or nobody can tell who holds the directory.
+     */
+    readonly retry: boolean,
     options?: { cause?: unknown },
   ) {
     super('CACHE_LOCKED', message, options);
@@ -116,11 +149,13 @@ export class DataDirectoryHeld extends CacheError {
 export async function heldError(dataDir: string, socketPath: string | null, cause: unknown): Promise<DataDirectoryHeld> {
   const holder = await findHolder(dataDir);
   const other = 'or give this daemon another data directory (--data-dir, HOARD_DATA_DIR)';
+  if (holder === undefined) {
+    return new DataDirectoryHeld(`Another hoard daemon, or another program, holds the data directory ${dataDir}.`, undefined, true, { cause });
+  }
   if (holder.socketPath === undefined) {
-    const who = holder.pid === undefined ? 'another program' : `another program (pid ${holder.pid})`;
     return new DataDirectoryHeld(
-      `The data directory ${dataDir} is held by ${who} that is not a hoard daemon of this version: a LevelCache, ` +
-        `hoard repair, or an older daemon. Stop it, ${other}.`,
+      `Another program (pid ${holder.pid}), not a hoard daemon of this version, holds the data directory ${dataDir}: ` +
+        `a LevelCache, hoard repair, or an older daemon. Stop it, ${other}.`,
       holder.pid,
       false,
       { cause },
@@ -128,14 +163,14 @@ export async function heldError(dataDir: string, socketPath: string | null, caus
   }
   if (holder.socketPath === null) {
     return new DataDirectoryHeld(
-      `The data directory ${dataDir} is held by a private hoard daemon (pid ${holder.pid}) that serves one client over ` +
-        `stdio (connectStdio); it stops when that client closes. Wait for it, ${other}.`,
+      `A private hoard daemon (pid ${holder.pid}) that serves one client over stdio (connectStdio) holds the data ` +
+        `directory ${dataDir}; it stops when that client closes. Wait for it, ${other}.`,
       holder.pid,
       false,
       { cause },
     );
   }
-  if (socketPath !== null && resolve(holder.socketPath) === resolve(socketPath)) {
+  if (socketPath !== null && holder.socketPath === resolve(socketPath)) {
     return new DataDirectoryHeld(
       `The hoard daemon pid ${holder.pid} already holds the data directory ${dataDir} for the socket ${holder.socketPath} ` +
         '(it listens there, or is about to): use it, or stop it first (hoard stop).',
@@ -145,7 +180,7 @@ export async function heldError(dataDir: string, socketPath: string | null, caus
     );
   }
   return new DataDirectoryHeld(
-    `The data directory ${dataDir} is held by the hoard daemon pid ${holder.pid} on the socket ${holder.socketPath}. ` +
+    `The hoard daemon pid ${holder.pid} on the socket ${holder.socketPath} holds the data directory ${dataDir}. ` +
       `Connect to that socket (--socket or HOARD_SOCKET=${holder.socketPath}), stop that daemon ` +
       `(hoard --socket ${holder.socketPath} stop), ${other}.`,
     holder.pid,

@@ -88,7 +88,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
       say(`not starting: ${message}`);
       // Wait for a daemon that serves (or is about to serve) this socket; give up on data held by anyone else.
       if (!(error instanceof DataDirectoryHeld)) tell(`busy ${message}`);
-      else if (error.sameSocket) tell(`busy ${error.holderPid} ${message}`);
+      else if (error.retry) tell(error.holderPid === undefined ? `busy ${message}` : `busy ${error.holderPid} ${message}`);
       else tell(`held ${message}`);
       process.exit(EXIT_HELD);
     }

@@ -1,8 +1,9 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { checkDaemonLauncher, connect, daemonEntry, daemonSpawn, describeSpawn } from '../client/connect.js';
 import { connectStdio } from '../client/connect-stdio.js';
+import { LevelCache } from '../src/index.js';
 import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
 import { autoStartPaths, startDaemonProcess } from './support/processes.js';
 
@@ -93,24 +94,39 @@ describe('a daemon that cannot start is reported with the command line that ran'
   });
 });
 
-describe('a data directory held by a daemon on another socket', () => {
-  test('connect starts one daemon at most, and fails at once with CACHE_LOCKED naming the holder\u2019s socket and pid', async () => {
+/** The daemon's own entry behind a wrapper that counts the daemons started through it: in `spawns`, a pid a line. */
+async function countingEntry(dir: string): Promise<{ entry: string; spawns: () => Promise<string[]> }> {
+  const spawns = join(dir, 'spawns');
+  const entry = join(dir, 'counting-daemon.cjs');
+  await writeFile(
+    entry,
+    `require('node:fs').appendFileSync(${JSON.stringify(spawns)}, process.pid + '\\n');
+     require(${JSON.stringify(daemonEntry())}).runDaemonMain(process.argv.slice(2)).then((code) => { process.exitCode = code; });`,
+  );
+  return { entry, spawns: async () => (await readFile(spawns, 'utf8').catch(() => '')).trim().split('\n').filter(Boolean) };
+}
+
+describe('a data directory held elsewhere', () => {
+  test('by a daemon on another socket: connect starts one daemon at most, and fails at once with CACHE_LOCKED naming its socket and pid', async () => {
     const first = await autoStartPaths();
     const holder = await startDaemonProcess({ socketPath: first.socketPath, dataDir: first.dataDir });
     const { dir, socketPath } = await autoStartPaths();
-    // The daemon's own entry, behind a wrapper that counts the daemons that connect starts.
-    const spawns = join(dir, 'spawns');
-    const wrapper = join(dir, 'counting-daemon.cjs');
-    await writeFile(
-      wrapper,
-      `require('node:fs').appendFileSync(${JSON.stringify(spawns)}, process.pid + '\\n');
-       require(${JSON.stringify(daemonEntry())}).runDaemonMain(process.argv.slice(2)).then((code) => { process.exitCode = code; });`,
-    );
-    const refused = await connect({ socketPath, dataDir: first.dataDir, daemon: { entry: wrapper } }).catch((e: unknown) => e);
-    const started = (await readFile(spawns, 'utf8')).trim().split('\n');
-    expect(started).toHaveLength(1);
+    const counting = await countingEntry(dir);
+    const refused = await connect({ socketPath, dataDir: first.dataDir, daemon: { entry: counting.entry } }).catch((e: unknown) => e);
+    expect(await counting.spawns()).toHaveLength(1);
     expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
     expect((refused as Error).message).toContain(first.socketPath);
     expect((refused as Error).message).toContain(`pid ${holder.child.pid}`);
+  });
+
+  test('by a program that is not a daemon: connect starts one daemon, and fails at once with CACHE_LOCKED naming its pid', async () => {
+    const { dir, socketPath, dataDir } = await autoStartPaths();
+    const holder = await LevelCache.open(dataDir);
+    onTestFinished(() => holder.close());
+    const counting = await countingEntry(dir);
+    const refused = await connect({ socketPath, dataDir, daemon: { entry: counting.entry } }).catch((e: unknown) => e);
+    expect(await counting.spawns()).toHaveLength(1);
+    expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect((refused as Error).message).toContain(`Another program (pid ${process.pid})`);
   });
 });
