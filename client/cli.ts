@@ -191,6 +191,8 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         await connection.lostPromise;
         return 'stopped';
       })();
+      // Once given up on, its failure (the connection closed below) is no one's concern.
+      stopping.catch(() => {});
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), options.timeout)));
       const outcome = await Promise.race([stopping, late]).finally(() => clearTimeout(timer));
