@@ -1,7 +1,8 @@
-import { createInterface } from 'node:readline/promises';
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { createInterface } from 'node:readline';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { defaultSocketPath } from '../src/wire/paths.js';
 import { isCacheError } from '../src/errors.js';
+import { parseDuration } from '../src/parse-duration.js';
 import { Clear, Delete, Get, Release, Set as SetItem, Shutdown, Status, type StatusResult } from '../src/wire/protocol.js';
 import { VERSION } from '../src/version.js';
 import { daemonEntry, openOrStart } from './connect.js';
@@ -10,6 +11,19 @@ import { openWithoutHandshake } from './open-channel.js';
 
 /** Encodings other clients may use for plain UTF-8 text, printed as they are. */
 const TEXT_ENCODINGS = new Set(['text', 'utf8', 'utf-8']);
+
+/** How long `hoard stop` waits for the daemon to stop, by default. */
+const STOP_TIMEOUT_MS = 10_000;
+
+function parseTimeout(text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new InvalidArgumentError('expected a duration such as 10s, 1m or 500ms');
+  return ms;
+}
+
+function formatDuration(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
 
 /** An expected failure: one line on stderr, exit code 1. */
 class Failure extends Error {}
@@ -49,6 +63,32 @@ function formatBytes(bytes: number): string {
   let unit = 0;
   while (value >= 1024 && unit < units.length - 1) (value /= 1024), unit++;
   return `${unit ? value.toFixed(1) : value} ${units[unit]}`;
+}
+
+/** The exit status of a command interrupted at its question (Ctrl-C), as a shell reports one killed by SIGINT. */
+const EXIT_INTERRUPTED = 130;
+
+/**
+ * Asks `question` on the terminal and resolves to the answer: `yes`, `no`, `ended` for the end of input (Ctrl-D),
+ * or `interrupted` for Ctrl-C (read as a key in the terminal's raw mode, or SIGINT sent to the process).
+ */
+function confirm(question: string): Promise<'yes' | 'no' | 'ended' | 'interrupted'> {
+  return new Promise((resolve) => {
+    const prompt = createInterface({ input: process.stdin, output: process.stderr });
+    let answered = false;
+    const finish = (answer: 'yes' | 'no' | 'ended' | 'interrupted'): void => {
+      if (answered) return;
+      answered = true;
+      process.off('SIGINT', onSignal);
+      prompt.close();
+      resolve(answer);
+    };
+    const onSignal = (): void => finish('interrupted');
+    process.once('SIGINT', onSignal);
+    prompt.once('SIGINT', onSignal);
+    prompt.once('close', () => finish('ended'));
+    prompt.question(question, (text) => finish(/^y(es)?$/i.test(text.trim()) ? 'yes' : 'no'));
+  });
 }
 
 /** A raw connection for the commands that handle stored bytes and encodings themselves. */
@@ -128,21 +168,41 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
   program
     .command('stop')
     .description('stop the daemon')
-    .action(async () => {
-      // No handshake: a daemon of another protocol version must be stoppable too.
-      let connection: Channel;
-      try {
-        connection = await openWithoutHandshake(globals().socket ?? defaultSocketPath());
-      } catch (error) {
-        if (isNoDaemon(error)) return io.err('hoard: no daemon was running\n');
-        throw error;
-      }
-      // A daemon that goes away before its answer arrives has stopped all the same.
-      await connection.request(Shutdown, undefined).catch((error: unknown) => {
-        if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
-      });
-      await connection.lostPromise;
-      io.err('hoard: stopped the daemon\n');
+    .addOption(
+      new Option('--timeout <duration>', 'how long to wait for the daemon to stop (10s, 1m, 500ms)')
+        .argParser(parseTimeout)
+        .default(STOP_TIMEOUT_MS, `${STOP_TIMEOUT_MS / 1000}s`),
+    )
+    .action(async (options: { timeout: number }) => {
+      const socketPath = globals().socket ?? defaultSocketPath();
+      let connection: Channel | undefined;
+      const stopping = (async (): Promise<'stopped' | 'none'> => {
+        // No handshake: a daemon of another protocol version must be stoppable too.
+        try {
+          connection = await openWithoutHandshake(socketPath);
+        } catch (error) {
+          if (isNoDaemon(error)) return 'none';
+          throw error;
+        }
+        // A daemon that goes away before its answer arrives has stopped all the same.
+        await connection.request(Shutdown, undefined).catch((error: unknown) => {
+          if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
+        });
+        await connection.lostPromise;
+        return 'stopped';
+      })();
+      // Once given up on, its failure (the connection closed below) is no one's concern.
+      stopping.catch(() => {});
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), options.timeout)));
+      const outcome = await Promise.race([stopping, late]).finally(() => clearTimeout(timer));
+      if (outcome === 'none') return io.err('hoard: no daemon was running\n');
+      if (outcome === 'stopped') return io.err('hoard: stopped the daemon\n');
+      await connection?.close();
+      throw new Failure(
+        `the daemon on ${socketPath} did not stop within ${formatDuration(options.timeout)}: it may be stuck or suspended; ` +
+          `kill its process (\`ss -xlp src ${socketPath}\` shows its pid)`,
+      );
     });
 
   program
@@ -206,10 +266,14 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .action(async (options: { yes?: boolean }) => {
       const scope = globals().scope;
       if (scope.length === 0 && !options.yes && process.stdin.isTTY && process.stderr.isTTY) {
-        const prompt = createInterface({ input: process.stdin, output: process.stderr });
-        const answer = await prompt.question('Clear every item in the hoard cache? [y/N] ');
-        prompt.close();
-        if (!/^y(es)?$/i.test(answer.trim())) throw new Failure('nothing cleared');
+        const answer = await confirm('Clear every item in the hoard cache? [y/N] ');
+        if (answer === 'interrupted') {
+          io.err('\nhoard: interrupted, nothing cleared\n');
+          throw new ExitCode(EXIT_INTERRUPTED);
+        }
+        // After Ctrl-D the cursor is still on the question's line.
+        if (answer === 'ended') io.err('\n');
+        if (answer !== 'yes') throw new Failure('nothing cleared');
       }
       await withConnection(globals(), true, (c) => c.request(Clear, { scope }));
     });

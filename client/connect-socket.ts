@@ -1,5 +1,6 @@
 import { connect as netConnect, Socket } from 'node:net';
 import type { Readable } from 'node:stream';
+import { trustedSocketPath } from '../src/wire/trusted-socket-path.js';
 
 /** What one read of a daemon socket may take: more than a Unix socket holds unread, so one read drains it. */
 const READ_BUFFER_BYTES = 256 * 1024;
@@ -8,13 +9,16 @@ const READ_BUFFER_BYTES = 256 * 1024;
 const borrowers = new WeakMap<Readable, (chunk: Buffer) => void>();
 
 /**
- * Connects a socket to `socketPath`; rejects with the socket's error (ENOENT, ECONNREFUSED) when nobody listens.
- * The socket reads into one buffer of its own, so that a read costs no allocation and takes all there is.
+ * Connects a socket to `socketPath` once it has checked that only the user could have put the socket there (see
+ * {@link trustedSocketPath}); rejects with the socket's error (ENOENT, ECONNREFUSED) when nobody listens. The socket
+ * reads into one buffer of its own, so that a read costs no allocation and takes all there is.
+ * @throws CacheError `CACHE_UNSAFE_DIRECTORY` when another user could have put or replaced the socket.
  */
-export function connectSocket(socketPath: string): Promise<Socket> {
+export async function connectSocket(socketPath: string): Promise<Socket> {
+  const path = await trustedSocketPath(socketPath);
   return new Promise<Socket>((resolve, reject) => {
     const attempt: Socket = netConnect({
-      path: socketPath,
+      path,
       onread: {
         buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
         callback: (bytes, buffer) => {

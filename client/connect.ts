@@ -128,9 +128,14 @@ function isHoardPackage(root: string): boolean {
   }
 }
 
-type StartOutcome = 'ready' | 'busy';
+/** A started daemon's word: it is ready, or another daemon (`pid`, when known) serves the socket or is about to. */
+type StartOutcome = { ready: true } | { ready: false; pid: number | undefined };
 
-/** Starts a detached daemon and waits for its word on fd 3: ready, busy (another daemon won the race), or an error. */
+/**
+ * Starts a detached daemon and waits for its word on fd 3: ready; busy (another daemon for this socket won the race);
+ * held (a daemon on another socket, or another program, holds the data directory); or an error.
+ * @throws CacheError `CACHE_LOCKED` with the daemon's word on who holds the data directory, `CACHE_DAEMON_START_FAILED`.
+ */
 async function startInBackground(socketPath: string, options: ConnectOptions, deadline: number): Promise<StartOutcome> {
   const logFile = defaultLogFile();
   await mkdir(dirname(logFile), { recursive: true, mode: 0o700 });
@@ -159,8 +164,12 @@ async function startInBackground(socketPath: string, options: ConnectOptions, de
   (channel as unknown as { destroy(): void }).destroy();
   child.unref();
   const line = outcome.trim();
-  if (line === 'ready') return 'ready';
-  if (line.startsWith('busy')) return 'busy';
+  if (line === 'ready') return { ready: true };
+  if (line.startsWith('busy')) {
+    const pid = /^busy (\d+) /.exec(line)?.[1];
+    return { ready: false, pid: pid === undefined ? undefined : Number(pid) };
+  }
+  if (line.startsWith('held ')) throw new CacheError('CACHE_LOCKED', line.slice('held '.length));
   if (line === 'timeout') {
     throw new CacheError('CACHE_DAEMON_START_FAILED', `The hoard daemon did not become ready in time (ran: ${ran}); see its log: ${logFile}`);
   }
@@ -188,11 +197,28 @@ async function lastLogLine(logFile: string): Promise<string> {
   return last ? `; its log ends with: ${last}` : '';
 }
 
-/** Opens a connection, starting a daemon when none answers and tolerating losing the race to start one. */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Opens a connection, starting a daemon when none answers and tolerating losing the race to start one: while the
+ * daemon that won it lives, it waits for that one to listen instead of starting another.
+ * @throws CacheError `CACHE_LOCKED` at once when the data directory is held by a daemon on another socket (the
+ * message names its socket and pid) or by another program; `CACHE_NO_DAEMON` with `autoStart: false`;
+ * `CACHE_DAEMON_START_FAILED`; `CACHE_UNSAFE_DIRECTORY` for a socket that another user could have put there.
+ */
 export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<Channel> {
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
   let delayMs = 5;
+  /** The daemon that won the race to start, which is about to listen: no other is started while it lives. */
+  let winner: number | undefined;
   for (;;) {
     try {
       return await openSocketChannel(socketPath, {
@@ -211,12 +237,14 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
     if (Date.now() > deadline) {
       throw new CacheError('CACHE_DAEMON_START_FAILED', `No hoard daemon answered on ${socketPath} in time; see ${defaultLogFile()}`);
     }
-    const outcome = await startInBackground(socketPath, options, deadline);
-    if (outcome === 'busy') {
-      // Another process's daemon holds the data directory and is about to listen: give it a moment.
-      await new Promise((resolve) => setTimeout(resolve, delayMs));
-      delayMs = Math.min(delayMs * 2, 100);
+    if (winner === undefined || !isAlive(winner)) {
+      const outcome = await startInBackground(socketPath, options, deadline);
+      if (outcome.ready) continue;
+      winner = outcome.pid;
     }
+    // Another daemon for this socket holds the data directory and is about to listen: give it a moment.
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+    delayMs = Math.min(delayMs * 2, 100);
   }
 }
 
@@ -224,7 +252,9 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
  * Connects to the hoard daemon, starting one in the background if none runs, and resolves to a cache that
  * implements the whole `Cache` API. After the daemon goes away, pending calls reject with
  * `CACHE_CONNECTION_LOST` and the next call reconnects.
- * @throws CacheError `CACHE_DAEMON_START_FAILED`, `CACHE_PROTOCOL_MISMATCH`, `CACHE_SOCKET_PATH_TOO_LONG`.
+ * @throws CacheError `CACHE_DAEMON_START_FAILED`, `CACHE_PROTOCOL_MISMATCH`, `CACHE_SOCKET_PATH_TOO_LONG`,
+ * `CACHE_LOCKED` (the data directory is held by a daemon on another socket: the message names it),
+ * `CACHE_UNSAFE_DIRECTORY` (another user could have put or replaced the socket).
  */
 export async function connect<T = unknown>(options: ConnectOptions = {}): Promise<RemoteCache<T>> {
   checkDaemonLauncher(options.daemon);

@@ -1,16 +1,16 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { readdir, stat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { CacheError, isCacheError } from '../src/errors.js';
-import { holderOf } from '../src/level/exclusive-open.js';
+import { isCacheError } from '../src/errors.js';
 import { LevelStore } from '../src/level/level-store.js';
 import type { EncodedValue } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
 import { PROTOCOL_VERSION, type StatusResult } from '../src/wire/protocol.js';
+import { heldError } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { oneLogLine } from './log-text.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
@@ -83,7 +83,8 @@ function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void 
 /**
  * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
  * per data directory), then listens on the socket and resolves once it accepts connections.
- * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory, `CACHE_UNSAFE_DIRECTORY` or
+ * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory (naming its pid and socket) or
+ * answers on the socket, `CACHE_UNSAFE_DIRECTORY` or
  * `CACHE_SOCKET_PATH_TOO_LONG` for a socket path it will not use.
  */
 export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> {
@@ -100,19 +101,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     store = await LevelStore.open(dataDir, {
       sync: options.sync ?? false,
       memoryCacheBytes: options.memoryCacheBytes,
-      holder: { role: 'daemon', socketPath },
+      holder: { role: 'daemon', socketPath: socketPath && resolve(socketPath) },
     });
   } catch (error) {
-    // A repair's own message says that it runs and what to do: the daemon's entry reports it as a failure.
-    if (isCacheError(error, 'CACHE_LOCKED') && holderOf(error)?.role !== 'repair') {
-      const holder = holderOf(error);
-      const who =
-        holder?.role === 'daemon'
-          ? `Another hoard daemon (pid ${holder.pid}${holder.socketPath ? `, on ${holder.socketPath}` : ''})`
-          : 'Another hoard daemon (or another program)';
-      throw new CacheError('CACHE_LOCKED', `${who} holds the data directory ${dataDir}.`, { cause: error });
-    }
-    throw error;
+    throw isCacheError(error, 'CACHE_LOCKED') ? heldError(dataDir, socketPath, error) : error;
   }
   warnOfLoosePaths(store, log);
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);

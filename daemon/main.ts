@@ -6,8 +6,10 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { isCacheError } from '../src/errors.js';
 import { type Holder, holderOf } from '../src/level/exclusive-open.js';
 import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
+import { parseDuration } from '../src/parse-duration.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
+import { DataDirectoryHeld } from './data-directory-holder.js';
 import { type Daemon, startDaemon } from './daemon.js';
 import { LogFile } from './log-file.js';
 import { oneLogLine } from './log-text.js';
@@ -27,9 +29,16 @@ interface DaemonCommandOptions {
   stdio?: boolean;
   /** Log here instead of standard error (the background mode). */
   logFile?: string;
-  /** A file descriptor that gets one line, `ready`, `busy …` or `error …`, and is then closed. */
+  /**
+   * A file descriptor that gets one line and is then closed: `ready`; `busy [<pid>] <why>`, another daemon serves
+   * this socket or is about to (the pid is its own, when known: wait while it lives); `held <why>`, another daemon
+   * or program holds the data directory (give up, and show why); or `error <why>`.
+   */
   readyFd?: number;
 }
+
+/** The exit status of a daemon that did not start because another holds its data directory or answers on its socket. */
+const EXIT_HELD = 3;
 
 /**
  * V8 lets the old generation grow to up to four times what survived its last full collection before it collects
@@ -40,7 +49,8 @@ const DAEMON_HEAP_FLAG = '--heap-growing-percent=50';
 
 /**
  * Runs `hoard daemon` until it stops, then exits the process: 0 after a clean stop (signal, `hoard stop`,
- * idle timeout, end of stdin) or when another daemon already serves the data directory, 1 when it cannot start.
+ * idle timeout, end of stdin), 1 when it cannot start, {@link EXIT_HELD} when another daemon holds its data directory
+ * or answers on its socket (one line names it).
  */
 async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
   // This process is the daemon: whatever it creates, LevelDB's files included, is for its user only.
@@ -88,14 +98,18 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
     });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    // Another daemon is about to listen, or already does; a repair is not: the starter is told it failed, and why.
-    if (isCacheError(error, 'CACHE_LOCKED') && !options.stdio && holderOf(error)?.role !== 'repair') {
-      stamp(oneLogLine(`not starting: ${message}`));
-      tell(`busy ${message}`);
-      process.exit(0);
+    // One line: in the log, or on stderr in the foreground (where the log is stderr).
+    const say = (line: string): void => (options.logFile ? stamp(oneLogLine(line)) : void process.stderr.write(`hoard: ${oneLogLine(message)}\n`));
+    // A running repair is no daemon to wait for: the starter is told that it failed, and why.
+    if (isCacheError(error, 'CACHE_LOCKED') && holderOf(error)?.role !== 'repair') {
+      say(`not starting: ${message}`);
+      // Wait for a daemon that serves (or is about to serve) this socket; give up on data held by anyone else.
+      if (!(error instanceof DataDirectoryHeld)) tell(`busy ${message}`);
+      else if (error.retry) tell(error.holderPid === undefined ? `busy ${message}` : `busy ${error.holderPid} ${message}`);
+      else tell(`held ${message}`);
+      process.exit(EXIT_HELD);
     }
-    stamp(oneLogLine(`cannot start: ${message}`));
-    if (!options.logFile) process.stderr.write(`hoard: ${message}\n`);
+    say(`cannot start: ${message}`);
     tell(`error ${message}`);
     process.exit(1);
   }
@@ -106,11 +120,10 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
 }
 
 /** Parses `500ms`, `30s`, `15m`, `1h`, or a plain number of seconds, into milliseconds. */
-function parseDuration(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
-  if (!match) throw new InvalidArgumentError('expected a duration such as 900s, 15m or 500ms (0 for never)');
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] ?? 's']!;
-  return Math.round(Number(match[1]) * unit);
+function parseIdleTimeout(text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined) throw new InvalidArgumentError('expected a duration such as 900s, 15m or 500ms (0 for never)');
+  return ms;
 }
 
 /** Parses a size such as `65536`, `512KiB`, `32MiB` or `1GiB` into bytes. */
@@ -146,7 +159,7 @@ function daemonProgram(name: string, io: EntryOutput): Command {
     .option('--data-dir <path>', DATA_DIR_HELP)
     .addOption(
       new Option('--idle-timeout <duration>', 'stop after this long with no connection (900s, 15m, 500ms; a bare number is seconds); 0 never')
-        .argParser(parseDuration)
+        .argParser(parseIdleTimeout)
         .default(15 * 60_000, '15m'),
     )
     .option('--stdio', 'serve one client over stdin/stdout and exit when stdin closes')

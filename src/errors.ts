@@ -24,7 +24,7 @@ export type CacheErrorCode =
   | 'CACHE_NO_DAEMON'
   /** No daemon could be started; the message says why, or where its log is. */
   | 'CACHE_DAEMON_START_FAILED'
-  /** The socket's directory is owned by another user or writable by others. */
+  /** Someone else could have put or could replace the socket: its directory, a directory on the way, or the socket itself. */
   | 'CACHE_UNSAFE_DIRECTORY'
   /** The socket path is longer than Unix sockets allow. */
   | 'CACHE_SOCKET_PATH_TOO_LONG'

@@ -1,9 +1,10 @@
-import { stat } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { runCli } from '../client/cli.js';
 import { VERSION } from '../src/version.js';
-import { runHoard as hoard, startDaemonProcess } from './support/processes.js';
+import { BIN, runHoard as hoard, startDaemonProcess } from './support/processes.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -26,6 +27,42 @@ async function foregroundDaemon(extra: string[] = []) {
   const dir = await tempDir('hd-');
   const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data'), extra });
   return { ...daemon, socket: daemon.socketPath, dir, run: (args: string[], input?: string | Buffer) => hoard(['--socket', daemon.socketPath, ...args], input) };
+}
+
+/** What the user does at a question on the terminal. */
+type Reply = 'y' | 'Ctrl-D' | 'Ctrl-C' | 'SIGINT';
+
+/**
+ * Runs `hoard args` on a terminal of its own (a pty from util-linux's `script`, so that it asks as it does for a
+ * person), waits for its question, replies, and resolves to its exit code and what it wrote, escapes removed.
+ */
+function onTerminal(args: string[], reply: Reply): Promise<{ code: number | null; output: string }> {
+  const command = [process.execPath, BIN, ...args].map((word) => `'${word}'`).join(' ');
+  const child = spawn('script', ['--quiet', '--flush', '--return', '--command', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let output = '';
+  let replied = false;
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    output += chunk;
+    if (replied || !output.includes('[y/N]')) return;
+    replied = true;
+    if (reply === 'y') child.stdin.write('y\r');
+    else if (reply === 'Ctrl-D') child.stdin.write('\x04');
+    else if (reply === 'Ctrl-C') child.stdin.write('\x03');
+    else void signalCli(args, 'SIGINT');
+  });
+  return new Promise((resolve) => {
+    child.on('close', (code) => {
+      resolve({ code, output: output.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '').replaceAll('\r', '') });
+    });
+  });
+}
+
+/** Sends `signal` to the `hoard` process that runs with exactly `args`. */
+async function signalCli(args: string[], signal: NodeJS.Signals): Promise<void> {
+  for (const entry of await readdir('/proc')) {
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline === [process.execPath, BIN, ...args, ''].join('\0')) process.kill(Number(entry), signal);
+  }
 }
 
 describe('the hoard command', () => {
@@ -90,6 +127,19 @@ describe('the hoard command', () => {
     expect((await run(['get', 'c'])).code).toBe(1);
   });
 
+  test('clear on a terminal asks first; Ctrl-D, Ctrl-C and SIGINT at the question cancel with one line and no stack trace', async () => {
+    const { run, socket } = await foregroundDaemon();
+    await run(['set', 'kept', 'yes']);
+    const cancelled = { 'Ctrl-D': [1, 'hoard: nothing cleared'], 'Ctrl-C': [130, 'hoard: interrupted, nothing cleared'], SIGINT: [130, 'hoard: interrupted, nothing cleared'] } as const;
+    for (const [reply, [code, line]] of Object.entries(cancelled)) {
+      const result = await onTerminal(['--socket', socket, 'clear'], reply as Reply);
+      expect(result, reply).toEqual({ code, output: `Clear every item in the hoard cache? [y/N] \n${line}\n` });
+      expect((await run(['get', 'kept'])).code, reply).toBe(0);
+    }
+    expect(await onTerminal(['--socket', socket, 'clear'], 'y')).toMatchObject({ code: 0 });
+    expect((await run(['get', 'kept'])).code).toBe(1);
+  });
+
   test('status and status --json', async () => {
     const { run, socket } = await foregroundDaemon();
     await run(['set', 'k', 'v']);
@@ -117,6 +167,32 @@ describe('the hoard command', () => {
     const status = await cli(['--socket', socket, 'status']);
     expect(status.code).toBe(1);
     expect(status.stderr).toMatch(/no hoard daemon is running/);
+  });
+
+  test('stop gives up after --timeout on a daemon that does not answer: one line, exit 1', async () => {
+    const { run, child } = await foregroundDaemon();
+    // A suspended daemon accepts the connection (the kernel does) and never answers.
+    child.kill('SIGSTOP');
+    const stop = await run(['stop', '--timeout', '1s']);
+    expect(stop).toMatchObject({ code: 1 });
+    expect(stop.stderr).toMatch(/^hoard: the daemon on .* did not stop within 1s: it may be stuck or suspended; kill its process .*\n$/);
+    expect((await cli(['stop', '--help'])).stdout).toMatch(/--timeout <duration> .*\(default: 10s\)/s);
+    expect((await cli(['stop', '--timeout', 'soon'])).code).toBe(2);
+  });
+
+  test('a second daemon on a held data directory exits 3 with one line naming the holder\u2019s pid and socket', async () => {
+    const first = await foregroundDaemon();
+    const elsewhere = await hoard(['daemon', '--socket', join(first.dir, 'other.sock'), '--data-dir', first.dataDir]);
+    expect(elsewhere.code).toBe(3);
+    expect(elsewhere.stderr.split('\n')).toEqual([expect.stringMatching(/^hoard: /), '']);
+    expect(elsewhere.stderr).toContain(`pid ${first.child.pid}`);
+    expect(elsewhere.stderr).toContain(`on the socket ${first.socket}`);
+    const same = await hoard(['daemon', '--socket', first.socket, '--data-dir', first.dataDir]);
+    expect(same.code).toBe(3);
+    expect(same.stderr.split('\n')).toEqual([expect.stringMatching(/^hoard: /), '']);
+    expect(same.stderr).toContain(`pid ${first.child.pid}`);
+    // The first one goes on serving.
+    expect((await first.run(['set', 'k', 'v'])).code).toBe(0);
   });
 
   test('with no daemon, stop says none was running and status is exit 1 with one line', async () => {

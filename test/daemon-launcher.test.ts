@@ -1,8 +1,11 @@
-import { describe, expect, test } from 'vitest';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { checkDaemonLauncher, connect, daemonEntry, daemonSpawn, describeSpawn } from '../client/connect.js';
 import { connectStdio } from '../client/connect-stdio.js';
+import { LevelCache } from '../src/index.js';
 import { DAEMON_NODE_FLAGS } from '../src/wire/paths.js';
-import { autoStartPaths } from './support/processes.js';
+import { autoStartPaths, startDaemonProcess } from './support/processes.js';
 
 const ARGS = ['--socket', '/tmp/h/s.sock'];
 const NODE = { execPath: '/usr/bin/node', versions: { node: '20.20.2' } };
@@ -88,5 +91,42 @@ describe('a daemon that cannot start is reported with the command line that ran'
     expect(error).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
     expect((error as Error).message).toContain('ENOENT');
     expect((error as Error).message).toContain('/nonexistent/hoard daemon --stdio');
+  });
+});
+
+/** The daemon's own entry behind a wrapper that counts the daemons started through it: in `spawns`, a pid a line. */
+async function countingEntry(dir: string): Promise<{ entry: string; spawns: () => Promise<string[]> }> {
+  const spawns = join(dir, 'spawns');
+  const entry = join(dir, 'counting-daemon.cjs');
+  await writeFile(
+    entry,
+    `require('node:fs').appendFileSync(${JSON.stringify(spawns)}, process.pid + '\\n');
+     require(${JSON.stringify(daemonEntry())}).runDaemonMain(process.argv.slice(2)).then((code) => { process.exitCode = code; });`,
+  );
+  return { entry, spawns: async () => (await readFile(spawns, 'utf8').catch(() => '')).trim().split('\n').filter(Boolean) };
+}
+
+describe('a data directory held elsewhere', () => {
+  test('by a daemon on another socket: connect starts one daemon at most, and fails at once with CACHE_LOCKED naming its socket and pid', async () => {
+    const first = await autoStartPaths();
+    const holder = await startDaemonProcess({ socketPath: first.socketPath, dataDir: first.dataDir });
+    const { dir, socketPath } = await autoStartPaths();
+    const counting = await countingEntry(dir);
+    const refused = await connect({ socketPath, dataDir: first.dataDir, daemon: { entry: counting.entry } }).catch((e: unknown) => e);
+    expect(await counting.spawns()).toHaveLength(1);
+    expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect((refused as Error).message).toContain(first.socketPath);
+    expect((refused as Error).message).toContain(`pid ${holder.child.pid}`);
+  });
+
+  test('by a program that is not a daemon: connect starts one daemon, and fails at once with CACHE_LOCKED naming its pid', async () => {
+    const { dir, socketPath, dataDir } = await autoStartPaths();
+    const holder = await LevelCache.open(dataDir);
+    onTestFinished(() => holder.close());
+    const counting = await countingEntry(dir);
+    const refused = await connect({ socketPath, dataDir, daemon: { entry: counting.entry } }).catch((e: unknown) => e);
+    expect(await counting.spawns()).toHaveLength(1);
+    expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect((refused as Error).message).toContain(`Another program (pid ${process.pid})`);
   });
 });

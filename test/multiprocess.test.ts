@@ -1,4 +1,4 @@
-import { chmod, mkdir, stat } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { openWithoutHandshake } from '../client/open-channel.js';
@@ -131,15 +131,15 @@ describe('auto-start', () => {
   });
 
   test('when the daemon cannot start, connect says why within seconds', async () => {
-    const dir = await tempDir('hd-');
-    const open = join(dir, 'open');
-    await mkdir(open);
-    await chmod(open, 0o777);
+    // A data directory that is a file: the client has no way to know, the daemon it starts finds out.
+    const { socketPath, dir } = await autoStartPaths();
+    const notADirectory = join(dir, 'data');
+    await writeFile(notADirectory, 'not a directory\n');
     const startedAt = performance.now();
-    const refused = await connect({ socketPath: join(open, 's.sock'), dataDir: join(dir, 'data') }).catch((e: unknown) => e);
+    const refused = await connect({ socketPath, dataDir: notADirectory }).catch((e: unknown) => e);
     expect(performance.now() - startedAt).toBeLessThan(5000);
     expect(refused).toMatchObject({ code: 'CACHE_DAEMON_START_FAILED' });
-    expect((refused as Error).message).toMatch(/chmod 700/);
+    expect((refused as Error).message).toContain(notADirectory);
     expect((refused as Error).message).toMatch(/daemon\.log/);
   });
 

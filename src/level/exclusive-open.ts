@@ -33,8 +33,8 @@ const HOLDER_FILE = 'holder.json';
 
 /** Who opens a data directory: a daemon (on a socket, or serving one client over stdio), a repair, or a program's own LevelCache. */
 export type HolderRole = { role: 'daemon'; socketPath: string | null } | { role: 'repair' } | { role: 'library' };
-/** Who holds a data directory, as its holder file says. */
-export type Holder = { pid: number } & HolderRole;
+/** Who holds a data directory, as its holder file says; `unknown` while a holder that has just taken the lock writes it. */
+export type Holder = { pid: number } & (HolderRole | { role: 'unknown' });
 
 /** The instance locks this copy of the module holds, by real path of their data directory. */
 const instanceLocks = new Map<string, Level<string, string>>();
@@ -80,7 +80,7 @@ export async function readHolder(directory: string): Promise<Holder | undefined>
   } catch {
     // No holder file yet (its holder is writing it), or one from an earlier holder.
   }
-  return { pid, role: 'library' };
+  return { pid, role: 'unknown' };
 }
 
 /** The holder that a `CACHE_LOCKED` error from this module names, when it could tell. */

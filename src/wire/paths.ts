@@ -11,7 +11,8 @@ export function uid(): number {
 
 /**
  * The socket path: `HOARD_SOCKET`, else `$XDG_RUNTIME_DIR/hoard/hoard.sock`, else a per-user directory under
- * the temp directory (`/tmp/hoard-<uid>/hoard.sock`).
+ * the temp directory (`/tmp/hoard-<uid>/hoard.sock`), where another user may have taken the name first: clients
+ * check it with `trustedSocketPath` before they use it.
  */
 export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HOARD_SOCKET) return resolve(env.HOARD_SOCKET);

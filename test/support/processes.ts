@@ -150,10 +150,10 @@ export interface HoardRun {
   stderr: string;
 }
 
-/** Runs the built `hoard` command with `args`, feeding it `input` on stdin. */
-export function runHoard(args: string[], input?: string | Buffer): Promise<HoardRun> {
+/** Runs the built `hoard` command with `args`, feeding it `input` on stdin; `env` replaces the environment. */
+export function runHoard(args: string[], input?: string | Buffer, env?: NodeJS.ProcessEnv): Promise<HoardRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env });
     const stdout: Buffer[] = [];
     let stderr = '';
     child.stdout!.on('data', (chunk: Buffer) => stdout.push(chunk));
