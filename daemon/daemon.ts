@@ -76,7 +76,13 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   let store: LevelStore;
   try {
-    store = await LevelStore.open(dataDir, { sync: options.sync ?? false, memoryCacheBytes: options.memoryCacheBytes });
+    store = await LevelStore.open(dataDir, {
+      sync: options.sync ?? false,
+      memoryCacheBytes: options.memoryCacheBytes,
+      log,
+      // Serving a deleted cache, or one another process now writes, helps no one: the next client starts a new daemon.
+      onLost: () => void stop('the data directory is lost'),
+    });
   } catch (error) {
     if (isCacheError(error, 'CACHE_LOCKED')) {
       throw new CacheError('CACHE_LOCKED', `Another hoard daemon (or another program) holds the data directory ${dataDir}.`, {

@@ -1,11 +1,12 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { chmod, chown, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { chmod, chown, mkdir, readdir, readFile, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
-import { connect } from '../client/index.js';
+import { connect, type RemoteCache } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
 import { LevelCache } from '../src/index.js';
-import { BIN, runHoard, startDaemonProcess } from './support/processes.js';
+import { BIN, type DaemonProcess, runHoard, startDaemonProcess } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
 /** A data directory whose LevelDB manifest has been overwritten with garbage. */
@@ -19,6 +20,150 @@ async function damagedDataDir(): Promise<string> {
   await writeFile(join(dataDir, manifest), Buffer.alloc(bytes.length, 0x55));
   return dataDir;
 }
+
+/** A fresh `size` tmpfs (root only), unmounted when the test ends: the disk that fills up. */
+async function smallDisk(size = '2m'): Promise<{ dir: string; disk: string }> {
+  const dir = await tempDir('hd-');
+  const disk = join(dir, 'disk');
+  await mkdir(disk);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', disk]);
+  onTestFinished(() => void execFileSync('umount', ['-l', disk]));
+  return { dir, disk };
+}
+
+/** Writes `path` until the filesystem has no room left, as another program would; returns its size in bytes. */
+function fillDisk(path: string): number {
+  const fd = openSync(path, 'w');
+  let written = 0;
+  try {
+    for (const chunk of [64 * 1024, 4096, 1]) {
+      const bytes = Buffer.alloc(chunk, 0x5a);
+      for (;;) {
+        try {
+          written += writeSync(fd, bytes);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code === 'ENOSPC') break;
+          throw error;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return written;
+}
+
+/** Sets values of `bytes` under `prefix` until one fails, and returns that failure. */
+async function setUntilRefused(cache: RemoteCache<Uint8Array>, prefix: string, bytes: number): Promise<unknown> {
+  for (let n = 0; n < 1000; n++) {
+    const failure = await cache.set(`${prefix}${n}`, new Uint8Array(bytes).fill(n)).then(() => undefined, (error: unknown) => error);
+    if (failure) return failure;
+  }
+  throw new Error(`no set of ${bytes} bytes failed`);
+}
+
+/** Stops a daemon process the way `hoard stop` does, and waits for it to exit. */
+async function stopDaemon(daemon: DaemonProcess): Promise<void> {
+  expect(await runHoard(['--socket', daemon.socketPath, 'stop'])).toMatchObject({ code: 0 });
+  expect(await daemon.exited).toBe(0);
+}
+
+/**
+ * Fills the disk until a write of the database itself fails, with a large value's file taking the last of the space:
+ * each round frees exactly one file's worth and sets a value of that size, until the record after the file no longer
+ * fits in the database log's last page.
+ */
+async function fillWithLargeValues(cache: RemoteCache<Uint8Array>, filler: string): Promise<{ failure: unknown; acknowledged: number }> {
+  const bytes = 32 * 1024;
+  let size = fillDisk(filler);
+  for (let n = 0; n < 200; n++) {
+    await truncate(filler, (size -= bytes));
+    const failure = await cache.set(`large${n}`, new Uint8Array(bytes).fill(n)).then(() => undefined, (error: unknown) => error);
+    if (failure) return { failure, acknowledged: n };
+  }
+  throw new Error('no set of a large value failed');
+}
+
+describe('a full disk that is freed again', () => {
+  // Each case: fill the disk under a running daemon until a write fails, free the space, write and delete with the
+  // same daemon, restart it, and find every write acknowledged after the failure, and no deleted item back.
+  const cases = [
+    { name: 'another program fills the disk', extra: [] as string[], large: false },
+    { name: 'another program fills the disk, --sync', extra: ['--sync'], large: false },
+    { name: "a large value's file fills the disk", extra: [] as string[], large: true },
+  ];
+  for (const { name, extra, large } of cases) {
+    test.runIf(process.getuid?.() === 0)(`writes acknowledged after the disk is freed survive a restart: ${name}`, async () => {
+      const { dir, disk } = await smallDisk('4m');
+      const socketPath = join(dir, 's.sock');
+      const dataDir = join(disk, 'data');
+      const daemon = await startDaemonProcess({ socketPath, dataDir, extra });
+      const cache = await connect<Uint8Array>({ socketPath, codec: 'binary', autoStart: false });
+      await cache.set('kept', new Uint8Array([1]));
+      await cache.set('deleted', new Uint8Array([2]));
+      await cache.set('deleted-large', new Uint8Array(64 * 1024).fill(3));
+      const filler = join(disk, 'filler');
+      let failure: unknown;
+      let largeAcknowledged = 0;
+      if (large) {
+        ({ failure, acknowledged: largeAcknowledged } = await fillWithLargeValues(cache, filler));
+      } else {
+        fillDisk(filler);
+        failure = await setUntilRefused(cache, 'refused', 16 * 1024);
+      }
+      expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
+      // The database's own write failed, not only a value file's.
+      expect((failure as Error).message).toMatch(/cache database/);
+      // While the disk is full, writes are refused, and say why; reads of what was acknowledged go on being served.
+      for (const id of ['small', 'again']) {
+        const refused = await cache.set(id, new Uint8Array([9])).then(() => undefined, (error: unknown) => error);
+        expect(refused).toMatchObject({ code: 'CACHE_STORAGE' });
+        expect((refused as Error).message).toMatch(/refused since one failed \(.*no space left on device/i);
+      }
+      await expect(cache.delete('deleted')).rejects.toMatchObject({ code: 'CACHE_STORAGE' });
+      await using kept = await cache.get('kept');
+      expect(await kept.item!.value()).toEqual(new Uint8Array([1]));
+      await kept.release();
+      await using deleted = await cache.get('deleted');
+      expect(await deleted.item!.value()).toEqual(new Uint8Array([2]));
+      await deleted.release();
+
+      // Once there is room, the next write reopens the database and goes through: no restart.
+      await unlink(filler);
+      await cache.set('after', new Uint8Array([4]));
+      await cache.set('after-large', new Uint8Array(64 * 1024).fill(5));
+      await cache.delete('deleted');
+      await cache.delete('deleted-large');
+      await using afterRead = await cache.get('after');
+      expect(await afterRead.item!.value()).toEqual(new Uint8Array([4]));
+      await afterRead.release();
+      await cache.close();
+      await stopDaemon(daemon);
+      // Said once each: why writes were refused, and that they resumed.
+      expect(daemon.log.filter((line) => line.includes('writes refused'))).toHaveLength(1);
+      expect(daemon.log.filter((line) => line.includes('writes refused'))[0]).toMatch(/no space left on device/i);
+      expect(daemon.log.filter((line) => line.includes('writes resumed'))).toHaveLength(1);
+
+      const restarted = await startDaemonProcess({ socketPath, dataDir, extra });
+      const again = await connect<Uint8Array>({ socketPath, codec: 'binary', autoStart: false });
+      onTestFinished(() => again.close());
+      // Compared as Buffers: toEqual walks a large Uint8Array element by element, taking seconds.
+      const read = async (id: string): Promise<Buffer | null> => {
+        await using got = await again.get(id);
+        return got.item ? Buffer.from(await got.item.value()) : null;
+      };
+      expect(await read('after')).toEqual(Buffer.from([4]));
+      expect((await read('after-large'))?.equals(Buffer.alloc(64 * 1024, 5))).toBe(true);
+      expect(await read('deleted')).toBeNull();
+      expect(await read('deleted-large')).toBeNull();
+      expect(await read('kept')).toEqual(Buffer.from([1]));
+      // Every large value acknowledged before the failure still has its file.
+      for (let n = 0; n < largeAcknowledged; n++) expect((await read(`large${n}`))?.equals(Buffer.alloc(32 * 1024, n))).toBe(true);
+      await again.close();
+      await stopDaemon(restarted);
+    });
+  }
+});
 
 describe('storage faults', () => {
   // A small tmpfs is the full disk; mounting one needs root, which CI has.
