@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { chmod, chown, mkdir, readdir, readFile, truncate, unlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, readFile, rename, rm, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
@@ -161,6 +161,36 @@ describe('a full disk that is freed again', () => {
       for (let n = 0; n < largeAcknowledged; n++) expect((await read(`large${n}`))?.equals(Buffer.alloc(32 * 1024, n))).toBe(true);
       await again.close();
       await stopDaemon(restarted);
+    });
+  }
+});
+
+describe('a data directory deleted or replaced under a running daemon', () => {
+  const cases = [
+    { name: 'deleted, then a small value is set', replace: false, bytes: 10 },
+    { name: 'replaced by an empty directory, then a large value is set', replace: true, bytes: 64 * 1024 },
+  ];
+  for (const { name, replace, bytes } of cases) {
+    test(`${name}: the write is refused with CACHE_DATA_DIRECTORY_LOST, nothing is made there, the daemon says why and stops`, async () => {
+      const dir = await tempDir('hd-');
+      const socketPath = join(dir, 's.sock');
+      const dataDir = join(dir, 'data');
+      const daemon = await startDaemonProcess({ socketPath, dataDir });
+      const cache = await connect<Uint8Array>({ socketPath, codec: 'binary', autoStart: false });
+      onTestFinished(() => cache.close());
+      await cache.set('before', new Uint8Array(bytes).fill(1));
+      if (replace) {
+        await rename(dataDir, join(dir, 'moved'));
+        await mkdir(dataDir);
+      } else {
+        await rm(dataDir, { recursive: true });
+      }
+      await expect(cache.set('after', new Uint8Array(bytes).fill(2))).rejects.toMatchObject({ code: 'CACHE_DATA_DIRECTORY_LOST' });
+      await daemon.exited;
+      expect(daemon.log.join('\n')).toContain(`the cache directory ${dataDir} was ${replace ? 'replaced' : 'deleted'} while hoard had it open`);
+      expect(daemon.log.join('\n')).toMatch(/stopping: the data directory is lost/);
+      // Not made again, and nothing written into the directory that took its place.
+      expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toEqual(replace ? [] : 'ENOENT');
     });
   }
 });

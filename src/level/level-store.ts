@@ -200,6 +200,8 @@ export class LevelStore implements Store<EncodedValue> {
     const { bytes } = record.value;
     const replaced = this.#blobOf(key);
     if (bytes.byteLength < BLOB_MIN_BYTES) return this.#commits.add({ key, raw: encodeRecord(record), replaced });
+    // A value's file goes nowhere but into the directory opened (a stat, next to writing 32 KiB or more).
+    this.#checkDirectory();
     const name = this.#blobs.newName();
     try {
       await this.#blobs.write(name, bytes);
