@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, readFile, rename, rm, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -193,6 +193,50 @@ describe('a data directory deleted or replaced under a running daemon', () => {
       expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toEqual(replace ? [] : 'ENOENT');
     });
   }
+});
+
+/** `hoard daemon` run under strace, which writes each fdatasync and fsync of any of its threads to a file. */
+async function tracedDaemon(options: { socketPath: string; dataDir: string; trace: string; extra: string[] }): Promise<ChildProcess> {
+  const { socketPath, dataDir, trace, extra } = options;
+  const child = spawn('strace', ['-f', '-qq', '-e', 'trace=fdatasync,fsync', '-o', trace, process.execPath, BIN, 'daemon', '--socket', socketPath, '--data-dir', dataDir, ...extra], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  onTestFinished(() => void child.kill('SIGKILL'));
+  await new Promise<void>((resolve, reject) => {
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+      if (stderr.includes('listening on')) resolve();
+    });
+    child.on('error', (error) => reject(new Error(`cannot run strace (install it: apt-get install strace): ${error.message}`)));
+    child.on('exit', () => reject(new Error(`the traced daemon exited: ${stderr}`)));
+  });
+  return child;
+}
+
+describe('--sync', () => {
+  // strace needs root here (ptrace), as CI has; .ci/run installs it.
+  test.runIf(process.getuid?.() === 0)('a clear is flushed to the disk before it is acknowledged, as a set is', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    const trace = join(dir, 'syncs.txt');
+    await tracedDaemon({ socketPath, dataDir: join(dir, 'data'), trace, extra: ['--sync'] });
+    // strace writes a call's line before the call returns, so before the daemon can answer.
+    const syncs = async (): Promise<number> => (await readFile(trace, 'utf8')).split('\n').filter((line) => /\b(fdatasync|fsync)\(/.test(line)).length;
+    const cache = await connect<number>({ socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    const doomed = cache.withScope('doomed');
+    for (let n = 0; n < 20; n++) await doomed.set(`k${n}`, n);
+    let before = await syncs();
+    await cache.set('one', 1);
+    const perSet = (await syncs()) - before;
+    before = await syncs();
+    await doomed.clear();
+    const perClear = (await syncs()) - before;
+    expect({ perSet, perClear }).toEqual({ perSet: 1, perClear: 1 });
+    await using gone = await doomed.get('k0');
+    expect(gone.item).toBeNull();
+  });
 });
 
 describe('storage faults', () => {
