@@ -6,6 +6,10 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
 import { LevelCache } from '../src/index.js';
+import { LevelStore } from '../src/level/level-store.js';
+import { LocalBackend } from '../src/local-backend.js';
+import { ROOT_SCOPE } from '../src/scope-path.js';
+import type { EncodedValue } from '../src/store.js';
 import { BIN, type DaemonProcess, runHoard, startDaemonProcess } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -163,6 +167,39 @@ describe('a full disk that is freed again', () => {
       await stopDaemon(restarted);
     });
   }
+});
+
+describe('the reopen after a failed write', () => {
+  test.runIf(process.getuid?.() === 0)('reads that come while the database is closed to be reopened wait for it, and are served', async () => {
+    const { disk } = await smallDisk();
+    // No memory layer: every read goes to LevelDB.
+    const store = await LevelStore.open(join(disk, 'data'), { memoryCacheBytes: 0 });
+    const backend = new LocalBackend<EncodedValue, EncodedValue>(store, { encode: (value) => value, decode: (value) => value });
+    onTestFinished(() => backend.close());
+    const value = (n: number): EncodedValue => ({ encoding: 'binary', bytes: Buffer.alloc(16 * 1024, n) });
+    await backend.set(ROOT_SCOPE, 'kept', value(1), 1);
+    const filler = join(disk, 'filler');
+    fillDisk(filler);
+    let failure: unknown;
+    for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), 1).catch((error: unknown) => (failure = error));
+    expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
+    await unlink(filler);
+
+    let resumed = false;
+    const writing = backend.set(ROOT_SCOPE, 'after', value(3), 2).finally(() => (resumed = true));
+    // Each turn of the event loop, until the write has closed the database to reopen it.
+    while (!store.readsPaused() && !resumed) await new Promise(setImmediate);
+    expect(store.readsPaused()).toBeDefined();
+    // The synchronous path steps aside, and a read waits for the reopen instead of failing.
+    expect(backend.readNow(ROOT_SCOPE, 'kept')).toBeUndefined();
+    const got = await backend.get(ROOT_SCOPE, 'kept', undefined);
+    expect(Buffer.from((await got.item!.value()).bytes).equals(value(1).bytes as Buffer)).toBe(true);
+    await got.release();
+    await writing;
+    const after = await backend.get(ROOT_SCOPE, 'after', undefined);
+    expect(after.item?.modified).toBe(2);
+    await after.release();
+  });
 });
 
 describe('a data directory deleted or replaced under a running daemon', () => {

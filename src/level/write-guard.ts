@@ -91,9 +91,8 @@ export class WriteGuard {
   /** The error for a failed read: while a reopen has failed, the database is closed, and the message says why. */
   readError(error: unknown): CacheError {
     if (this.#options.db.status !== 'open' && this.#refusal) {
-      return new CacheError('CACHE_STORAGE', `${this.#refusal.message} Reads fail too until then: the database could not be reopened.`, {
-        cause: error,
-      });
+      const why = this.#closedForReopen ? 'it is being reopened' : 'it could not be reopened';
+      return new CacheError('CACHE_STORAGE', `${this.#refusal.message} Reads fail too meanwhile: ${why}.`, { cause: error });
     }
     return storageError('Cannot read from the cache database', error);
   }
