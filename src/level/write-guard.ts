@@ -66,6 +66,8 @@ export class WriteGuard {
   #closedForReopen: Promise<void> | undefined;
   /** When the next reopen may be tried, after one failed. */
   #retryAtMs = 0;
+  /** Whether a failed reopen was logged since writes were refused: once is enough. */
+  #reopenFailureLogged = false;
   /** The writes and clears under way, which a reopen waits for. */
   readonly #inFlight = new Set<Promise<unknown>>();
 
@@ -177,6 +179,7 @@ export class WriteGuard {
         { cause },
       );
       this.#retryAtMs = 0;
+      this.#reopenFailureLogged = false;
       log(`writes refused: a write to the cache database in ${directory} failed (${reason}); reads go on, writes resume once the disk has room`);
     }
     return error;
@@ -210,7 +213,8 @@ export class WriteGuard {
       const cause = (error as { cause?: { code?: unknown } }).cause;
       if (cause?.code === 'LEVEL_LOCKED') throw this.#lose(`another process took the cache directory ${directory} while hoard reopened it`, error);
       this.checkDirectory();
-      log(`reopening the cache database in ${directory} failed (${String(cause ?? error)}); the next write tries again`);
+      if (!this.#reopenFailureLogged) log(`reopening the cache database in ${directory} failed (${String(cause ?? error)}); later writes try again`);
+      this.#reopenFailureLogged = true;
       throw refusal;
     } finally {
       this.#closedForReopen = undefined;
