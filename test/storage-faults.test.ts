@@ -2,6 +2,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, readFile, rename, rm, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
@@ -230,6 +231,19 @@ describe('a data directory deleted or replaced under a running daemon', () => {
       expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toEqual(replace ? [] : 'ENOENT');
     });
   }
+
+  test('deleted while the daemon is idle: it notices by itself, says why and stops, serving nothing more from it', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    const dataDir = join(dir, 'data');
+    const daemon = await startDaemonProcess({ socketPath, dataDir });
+    await rm(dataDir, { recursive: true });
+    // No request: its periodic check (once a second) finds the directory gone. 20 s is a liveness bound only.
+    const stopped = await Promise.race([daemon.exited.then(() => 'stopped'), delay(20_000, 'still running', { ref: false })]);
+    expect(stopped).toBe('stopped');
+    expect(daemon.log.join('\n')).toContain(`the cache directory ${dataDir} was deleted while hoard had it open`);
+    expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toBe('ENOENT');
+  });
 });
 
 /** `hoard daemon` run under strace, which writes each fdatasync and fsync of any of its threads to a file. */

@@ -87,6 +87,8 @@ export class LevelStore implements Store<EncodedValue> {
   });
   #sweeping: Promise<void> = Promise.resolve();
   readonly #guard: WriteGuard;
+  /** Whether a call came since the last {@link checkDirectoryWhenIdle}. */
+  #used = false;
 
   private constructor(
     db: Level<Buffer, Buffer>,
@@ -152,6 +154,7 @@ export class LevelStore implements Store<EncodedValue> {
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
     this.#guard.assertNotLost();
+    this.#used = true;
     const key = itemKey(scope, id);
     const kept = this.#memory?.get(key);
     if (kept) return kept;
@@ -175,6 +178,7 @@ export class LevelStore implements Store<EncodedValue> {
    */
   async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
     // A refused write fails before its value's file is written; the current file is looked up once a reopen is over.
+    this.#used = true;
     if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
     const { bytes } = record.value;
@@ -200,9 +204,21 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
+    this.#used = true;
     if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
     return this.#commits.add({ key, raw: undefined, replaced: this.#blobOf(key) });
+  }
+
+  /**
+   * Checks that the directory is still the one opened (a stat), unless the store was used since the last call:
+   * writes check it themselves, and this notices a directory deleted while the store is idle. If it is not, the
+   * store is lost and `onLost` runs.
+   * @throws CacheError `CACHE_DATA_DIRECTORY_LOST`.
+   */
+  checkDirectoryWhenIdle(): void {
+    if (this.#used) this.#used = false;
+    else this.#guard.checkDirectory();
   }
 
   /** While the database is closed to be reopened after a failed write, a promise that settles once reads can go on. */
@@ -267,6 +283,7 @@ export class LevelStore implements Store<EncodedValue> {
    * range delete never is).
    */
   async clear(scope: Scope): Promise<void> {
+    this.#used = true;
     if (this.#guard.blocked) await this.#guard.writable();
     this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
     try {
