@@ -52,6 +52,8 @@ const IDLE_TIMEOUT_MS = 15 * 60 * 1000;
 /** How long stopping waits for clients to take the last answers. */
 const FLUSH_TIMEOUT_MS = 1000;
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+/** How often an idle daemon checks that its data directory was not deleted or replaced (writes check it each time). */
+const DIRECTORY_CHECK_MS = 1000;
 const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
 
 /** The bytes of the files under `directory`, its subdirectories' (the files of large values) included. */
@@ -102,6 +104,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       sync: options.sync ?? false,
       memoryCacheBytes: options.memoryCacheBytes,
       holder: { role: 'daemon', socketPath: socketPath && resolve(socketPath) },
+      log,
+      // Serving a deleted cache, or one another process now writes, helps no one: the next client starts a new daemon.
+      onLost: () => void stop('the data directory is lost'),
     });
   } catch (error) {
     throw isCacheError(error, 'CACHE_LOCKED') ? heldError(dataDir, socketPath, error) : error;
@@ -114,6 +119,14 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   let handles = 0;
   let server: Server | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
+  // A directory deleted while the daemon is idle is noticed too; the store then calls onLost, which stops the daemon.
+  const directoryCheck = setInterval(() => {
+    try {
+      store.checkDirectoryWhenIdle();
+    } catch {
+      // Lost: the daemon is stopping.
+    }
+  }, DIRECTORY_CHECK_MS).unref();
   let stopping: Promise<void> | undefined;
   let markClosed!: () => void;
   const closed = new Promise<void>((resolve) => (markClosed = resolve));
@@ -178,6 +191,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     stopping ??= (async () => {
       log(`stopping: ${reason}`);
       clearTimeout(idleTimer);
+      clearInterval(directoryCheck);
       server?.close();
       try {
         // The socket goes while this daemon still holds the database lock, so it never removes a successor's.
@@ -222,6 +236,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       log(`listening on ${socketPath}, data in ${store.directory}${options.sync ? ', every write synced to disk' : ''}`);
     }
   } catch (error) {
+    clearInterval(directoryCheck);
     server?.close();
     await backend.close();
     throw error;

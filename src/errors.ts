@@ -14,6 +14,8 @@ export type CacheErrorCode =
   | 'CACHE_CORRUPT'
   /** The storage failed (disk full, I/O error); the cause says more. */
   | 'CACHE_STORAGE'
+  /** The data directory was deleted, replaced or taken by another process while open; nothing more is written to it. */
+  | 'CACHE_DATA_DIRECTORY_LOST'
   /** The connection to the daemon closed while the call was under way; handles held over it are void. */
   | 'CACHE_CONNECTION_LOST'
   /** The client and the daemon speak incompatible protocol versions; the message says how to replace the daemon. */

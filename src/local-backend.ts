@@ -38,6 +38,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    */
   readNow(scope: Scope, id: string): { lease: Lease; record: StoredRecord<V> | undefined } | undefined {
     this.#checkOpen();
+    if (this.#store.readsPaused?.()) return undefined;
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared');
     if (!lease) return undefined;
     return { lease, record: this.#readRecord(lease, scope, id) };
@@ -46,6 +47,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async get(scope: Scope, id: string, signal: SignalSource): Promise<GetHandle<T>> {
     const acquired = this.#lock(itemKey(scope, id), 'shared', signal);
     const lease = acquired instanceof Promise ? await acquired : acquired;
+    await this.#readable();
     const item = this.#readHeld(lease, scope, id);
     const release = async (): Promise<void> => lease.release();
     return { item, release, [Symbol.asyncDispose]: release };
@@ -67,6 +69,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (!taken) return MISSED_GETSET;
       lease = taken;
     }
+    await this.#readable();
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
     const item = this.#readHeld(lease, scope, id, { corruptIsMiss: true });
     // Writes through the handle run one after another, and release waits for them; once release has been
@@ -140,6 +143,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   #checkOpen(): void {
     if (this.#closed) throw closedError();
+  }
+
+  /** Waits while the store pauses its reads (no promise when it does not). */
+  async #readable(): Promise<void> {
+    for (let paused = this.#store.readsPaused?.(); paused; paused = this.#store.readsPaused?.()) await paused;
   }
 
   #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: SignalSource): Lease | Promise<Lease> {

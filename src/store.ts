@@ -27,6 +27,11 @@ export interface Store<V> {
   delete(scope: Scope, id: string): Promise<void>;
   /** Removes the items of `scope` and of every scope nested in it. */
   clear(scope: Scope): Promise<void>;
+  /**
+   * While the store cannot serve reads for a moment (it is reopening its files after a failed write), a promise
+   * that settles once it can; else `undefined`. A store that never pauses leaves it out.
+   */
+  readsPaused?(): Promise<void> | undefined;
   close(): Promise<void>;
 }
 

@@ -76,13 +76,17 @@ export class BlobFiles {
     }
   }
 
-  /** Makes `subdirectory` (and `blobs/`); with `sync`, the entries of the directories it made reach the disk. */
+  /**
+   * Makes `subdirectory` (and `blobs/`), never the data directory above them: one deleted under the store stays
+   * deleted. With `sync`, the entries of the directories it made reach the disk.
+   */
   async #makeDirectory(subdirectory: string): Promise<void> {
-    const first = await mkdir(subdirectory, { recursive: true, mode: 0o700 });
-    if (!this.#sync || first === undefined) return;
+    const madeBlobs = await makeOne(this.directory);
+    const madeSubdirectory = await makeOne(subdirectory);
+    if (!this.#sync) return;
     // Each new directory's entry lives in its parent: the data directory for `blobs/`, `blobs/` for a subdirectory.
-    await this.#syncDirectory(this.directory);
-    if (first !== subdirectory) await this.#syncDirectory(dirname(this.directory));
+    if (madeSubdirectory) await this.#syncDirectory(this.directory);
+    if (madeBlobs) await this.#syncDirectory(dirname(this.directory));
   }
 
   async #syncDirectory(directory: string): Promise<void> {
@@ -182,6 +186,17 @@ export class BlobFiles {
       }
     }
     return removed;
+  }
+}
+
+/** Makes one directory whose parent exists; resolves whether it made it (false: it was there). */
+async function makeOne(path: string): Promise<boolean> {
+  try {
+    await mkdir(path, { mode: 0o700 });
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
   }
 }
 

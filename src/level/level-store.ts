@@ -1,7 +1,7 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Level } from 'level';
-import { CacheError, storageError } from '../errors.js';
+import { CacheError, isCacheError, storageError } from '../errors.js';
 import type { Scope } from '../scope-path.js';
 import { itemKey } from '../scope-path.js';
 import type { EncodedValue, Store, StoredRecord } from '../store.js';
@@ -10,6 +10,7 @@ import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-op
 import { GroupCommit } from './group-commit.js';
 import { type LoosePath, makePrivate } from './make-private.js';
 import { MemoryLayer } from './memory-layer.js';
+import { directoryIdentity, type DirectoryIdentity, WriteGuard, writeError } from './write-guard.js';
 import {
   BLOB_PREFIX,
   blobKey,
@@ -42,6 +43,13 @@ export interface LevelStoreOptions {
   memoryCacheBytes?: number;
   /** Who opens the store, as those who find the directory held are told; default a program's own `LevelCache`. */
   holder?: HolderRole;
+  /** Where the store says why it refuses writes, and when it takes them again; default nowhere. */
+  log?: (line: string) => void;
+  /**
+   * Called once when the directory is lost for good (deleted, replaced, or taken by another process while the store
+   * reopened it): every later call fails with `CACHE_DATA_DIRECTORY_LOST`, and the owner should close the store.
+   */
+  onLost?: (error: CacheError) => void;
 }
 
 /** One write of a batch: a put when `raw` is set, else a delete. */
@@ -59,6 +67,8 @@ interface PendingWrite {
  * records are also kept in memory, within a byte budget; the writes of one turn go to LevelDB as one batch.
  * Values of {@link BLOB_MIN_BYTES} or more go to files of their own in the directory's `blobs/`, so that
  * LevelDB's compactions, which rewrite every record several times over its life, move only their small records.
+ * Its {@link WriteGuard} refuses writes after a failed one until the database is reopened, and every call once the
+ * directory is deleted or replaced.
  */
 export class LevelStore implements Store<EncodedValue> {
   readonly #db: Level<Buffer, Buffer>;
@@ -79,16 +89,29 @@ export class LevelStore implements Store<EncodedValue> {
     failed: (writes, error) => this.#failed(writes, error),
   });
   #sweeping: Promise<void> = Promise.resolve();
+  readonly #guard: WriteGuard;
+  /** Whether a call came since the last {@link checkDirectoryWhenIdle}. */
+  #used = false;
 
   private constructor(
     db: Level<Buffer, Buffer>,
     directory: string,
     options: LevelStoreOptions,
-    state: { format: string; hasBlobs: boolean; loosePaths: LoosePath[] },
+    state: { format: string; hasBlobs: boolean; loosePaths: LoosePath[]; identity: DirectoryIdentity },
   ) {
     this.#db = db;
     this.directory = directory;
     this.loosePaths = state.loosePaths;
+    this.#guard = new WriteGuard({
+      db,
+      directory,
+      identity: state.identity,
+      log: options.log ?? (() => {}),
+      onLost: options.onLost,
+      // The reopen may have replayed a write that failed: what memory holds is read again from the disk.
+      reopened: () => this.#memory?.deleteWhere(() => true),
+      idle: () => this.#sweeping,
+    });
     this.#writeOptions = { sync: options.sync ?? false };
     this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
     this.#memory = this.#memoryLimit > 0 ? new MemoryLayer({ maxBytes: this.#memoryLimit }) : undefined;
@@ -105,9 +128,10 @@ export class LevelStore implements Store<EncodedValue> {
   static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
     await mkdir(directory, { recursive: true, mode: 0o700 });
     const { db, directory: real } = await openExclusive(directory, options.holder);
-    let state: { format: string; hasBlobs: boolean; files: boolean; loosePaths: LoosePath[] };
+    let state: { format: string; hasBlobs: boolean; files: boolean; loosePaths: LoosePath[]; identity: DirectoryIdentity };
     try {
       const loosePaths = await makePrivate(real);
+      const identity = await directoryIdentity(real);
       const stored = await db.get(FORMAT_KEY);
       if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_PLAIN));
       const format = stored?.toString() ?? FORMAT_PLAIN;
@@ -117,7 +141,7 @@ export class LevelStore implements Store<EncodedValue> {
       const first = await db.keys({ ...range(BLOB_PREFIX, ''), limit: 1 }).all();
       // Layout 1 may have files too: the first large value's, when a crash came before its record was written.
       const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
-      state = { format, hasBlobs: first.length > 0, files, loosePaths };
+      state = { format, hasBlobs: first.length > 0, files, loosePaths, identity };
     } catch (error) {
       // This open's own claim goes whatever the close does, so a failed open never leaves the directory held.
       await db.close().finally(() => releaseDirectory(real));
@@ -135,6 +159,8 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
+    this.#guard.assertNotLost();
+    this.#used = true;
     const key = itemKey(scope, id);
     const kept = this.#memory?.get(key);
     if (kept) return kept;
@@ -157,12 +183,23 @@ export class LevelStore implements Store<EncodedValue> {
    * change them afterwards.
    */
   async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
+    // A refused write fails before its value's file is written; the current file is looked up once a reopen is over.
+    this.#used = true;
+    if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
     const { bytes } = record.value;
     const replaced = this.#blobOf(key);
     if (bytes.byteLength < BLOB_MIN_BYTES) return this.#commits.add({ key, raw: encodeRecord(record), replaced });
+    // A value's file goes nowhere but into the directory opened (a stat, next to writing 32 KiB or more).
+    this.#guard.checkDirectory();
     const name = this.#blobs.newName();
-    await this.#blobs.write(name, bytes);
+    try {
+      await this.#blobs.write(name, bytes);
+    } catch (error) {
+      // A value's file cannot be made in a directory that was deleted: that is the error to report.
+      this.#guard.checkDirectory();
+      throw error;
+    }
     this.#hasBlobs = true;
     // A view that would keep a much larger buffer alive in memory is copied to a buffer of its own.
     const kept = bytes.buffer.byteLength > 2 * bytes.byteLength ? Buffer.from(bytes) : bytes;
@@ -172,9 +209,27 @@ export class LevelStore implements Store<EncodedValue> {
     await this.#commits.add({ key, raw: encodeBlobRecord(record, name), blob, replaced });
   }
 
-  delete(scope: Scope, id: string): Promise<void> {
+  async delete(scope: Scope, id: string): Promise<void> {
+    this.#used = true;
+    if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
     return this.#commits.add({ key, raw: undefined, replaced: this.#blobOf(key) });
+  }
+
+  /**
+   * Checks that the directory is still the one opened (a stat), unless the store was used since the last call:
+   * writes check it themselves, and this notices a directory deleted while the store is idle. If it is not, the
+   * store is lost and `onLost` runs.
+   * @throws CacheError `CACHE_DATA_DIRECTORY_LOST`.
+   */
+  checkDirectoryWhenIdle(): void {
+    if (this.#used) this.#used = false;
+    else this.#guard.checkDirectory();
+  }
+
+  /** While the database is closed to be reopened after a failed write, a promise that settles once reads can go on. */
+  readsPaused(): Promise<void> | undefined {
+    return this.#guard.readsPaused();
   }
 
   /** The file of `key`'s current value, if it has one; the caller holds the item's lock, so it cannot change. */
@@ -187,12 +242,14 @@ export class LevelStore implements Store<EncodedValue> {
     try {
       return this.#db.getSync(key);
     } catch (error) {
-      throw storageError('Cannot read from the cache database', error);
+      throw this.#guard.readError(error);
     }
   }
 
   /** Writes a group of puts and deletes, with their index entries and, with the first large value, the new layout. */
-  #writeBatch(writes: readonly PendingWrite[]): Promise<void> {
+  async #writeBatch(writes: readonly PendingWrite[]): Promise<void> {
+    // Writes queued before a failure get here after it: they wait for the reopen, or are refused.
+    if (this.#guard.blocked) await this.#guard.writable();
     const operations: ({ type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer })[] = [];
     let formatChanged = false;
     for (const { key, raw, blob, replaced } of writes) {
@@ -203,7 +260,7 @@ export class LevelStore implements Store<EncodedValue> {
       if (blob && !this.#blobFormat) formatChanged = true;
     }
     if (formatChanged) operations.push({ type: 'put', key: FORMAT_KEY, value: Buffer.from(FORMAT_BLOBS) });
-    return this.#db.batch(operations, this.#writeOptions);
+    await this.#guard.commit(() => this.#db.batch(operations, this.#writeOptions));
   }
 
   /** The layer in memory changes only once the disk has: a failed write leaves the old record readable. */
@@ -224,16 +281,28 @@ export class LevelStore implements Store<EncodedValue> {
 
   #failed(writes: readonly PendingWrite[], error: unknown): CacheError {
     for (const { key } of writes) this.#memory?.delete(key);
-    return storageError('Cannot write to the cache database', error);
+    return writeError(error);
   }
 
+  /**
+   * Deletes the items of `scope` in batches written as every other write is (with `sync`, synced: LevelDB's own
+   * range delete never is).
+   */
   async clear(scope: Scope): Promise<void> {
+    this.#used = true;
+    if (this.#guard.blocked) await this.#guard.writable();
     this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
     try {
-      if (this.#hasBlobs) await this.#clearBlobs(scope);
-      await this.#db.clear(range(ITEM_PREFIX, scope.prefix));
+      await this.#guard.track(
+        (async () => {
+          if (this.#hasBlobs) await this.#clearBlobs(scope);
+          await inChunks(this.#db.keys(range(ITEM_PREFIX, scope.prefix)), (keys) =>
+            this.#guard.commit(() => this.#db.batch(keys.map((key) => ({ type: 'del' as const, key })), this.#writeOptions)),
+          );
+        })(),
+      );
     } catch (error) {
-      throw storageError('Cannot clear the cache database', error);
+      throw isCacheError(error) ? error : storageError('Cannot clear the cache database', error);
     }
   }
 
@@ -247,7 +316,7 @@ export class LevelStore implements Store<EncodedValue> {
         { type: 'del' as const, key },
         { type: 'del' as const, key: withPrefix(ITEM_PREFIX, key) },
       ]);
-      await this.#db.batch(operations, this.#writeOptions);
+      await this.#guard.commit(() => this.#db.batch(operations, this.#writeOptions));
       for (const [, name] of entries) this.#blobs.remove(name.toString('latin1'));
     });
   }
@@ -266,6 +335,7 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   async close(): Promise<void> {
+    await this.#guard.settled();
     // A sweep reads the index and lists the files once: closing waits for it rather than cutting it short.
     await this.#sweeping;
     await this.#blobs.removed();

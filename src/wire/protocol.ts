@@ -209,7 +209,7 @@ const itemParams: Layout<ItemParams> = {
 export const ANY_REQUEST_ERRORS: readonly WireErrorCode[] = ['CACHE_INVALID_PARAMS', 'CACHE_NOT_INITIALIZED', 'CACHE_INTERNAL'];
 
 /** What a request that waits for a lock and then uses the store may get: cancelled, the daemon stopping, the disk. */
-const STORE_ERRORS: readonly WireErrorCode[] = ['CACHE_CANCELLED', 'CACHE_CLOSED', 'CACHE_STORAGE'];
+const STORE_ERRORS: readonly WireErrorCode[] = ['CACHE_CANCELLED', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'];
 
 export const Get = request<ItemParams, GetResult>({
   method: 'cache/get',
@@ -286,7 +286,7 @@ export const HandleSet = request<HandleSetParams, void>({
   },
   result: none,
   // It waits for no lock: the handle holds it.
-  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', 'CACHE_CLOSED', 'CACHE_STORAGE'],
+  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
   value: (p) => p.value,
 });
 
