@@ -27,6 +27,11 @@ export interface DaemonOptions {
   stdio?: { input: Readable; output: Writable };
   /** The largest message accepted, in bytes; default 64 MiB. */
   maxMessageBytes?: number;
+  /**
+   * How many of one connection's requests may wait for locks at once; past it, a request that would wait is refused
+   * with `CACHE_TOO_MANY_WAITERS`. Default 10,000.
+   */
+  maxWaitersPerConnection?: number;
   /** Flush every write to the disk before acknowledging it, so that it survives a power loss; default `false`. */
   sync?: boolean;
   /** The budget of the in-memory layer of recently used values, in bytes; 0 turns it off. Default 32 MiB. */
@@ -54,6 +59,11 @@ const FLUSH_TIMEOUT_MS = 1000;
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 /** How often an idle daemon checks that its data directory was not deleted or replaced (writes check it each time). */
 const DIRECTORY_CHECK_MS = 1000;
+/**
+ * Far more than any tool waits for at once (a waiter costs a few KiB, so 10,000 are tens of MiB), and few enough
+ * that dropping them all when the connection closes takes milliseconds.
+ */
+export const MAX_WAITERS_PER_CONNECTION = 10_000;
 const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
 
 /** The bytes of the files under `directory`, its subdirectories' (the files of large values) included. */
@@ -135,6 +145,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     backend,
     version: VERSION,
     maxMessageBytes,
+    maxWaitersPerConnection: options.maxWaitersPerConnection ?? MAX_WAITERS_PER_CONNECTION,
     counters: { hits: 0, misses: 0 },
     nextHandle: () => ++handles,
     log,

@@ -10,7 +10,7 @@ import { parseDuration } from '../src/parse-duration.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
 import { DataDirectoryHeld } from './data-directory-holder.js';
-import { type Daemon, startDaemon } from './daemon.js';
+import { type Daemon, MAX_WAITERS_PER_CONNECTION, startDaemon } from './daemon.js';
 import { LogFile } from './log-file.js';
 import { oneLogLine } from './log-text.js';
 
@@ -24,6 +24,7 @@ interface DaemonCommandOptions {
   dataDir?: string;
   idleTimeoutMs?: number;
   maxMessageBytes?: number;
+  maxWaitersPerConnection?: number;
   memoryCacheBytes?: number;
   sync?: boolean;
   stdio?: boolean;
@@ -91,6 +92,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
       dataDir: options.dataDir,
       idleTimeoutMs: options.idleTimeoutMs,
       maxMessageBytes: options.maxMessageBytes,
+      maxWaitersPerConnection: options.maxWaitersPerConnection,
       memoryCacheBytes: options.memoryCacheBytes,
       sync: options.sync,
       stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
@@ -134,6 +136,12 @@ function parseSize(text: string): number {
   return Math.round(Number(match[1]) * unit);
 }
 
+function parseCount(text: string): number {
+  const count = Number(text.trim());
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(count) || count < 1) throw new InvalidArgumentError('expected a whole number, at least 1');
+  return count;
+}
+
 function parseMessageLimit(text: string): number {
   const bytes = parseSize(text);
   if (bytes < 1024) throw new InvalidArgumentError('expected at least 1024 bytes');
@@ -168,14 +176,19 @@ function daemonProgram(name: string, io: EntryOutput): Command {
       new Option('--max-message-bytes <size>', 'close connections that send larger messages').argParser(parseMessageLimit).default(64 * 1024 * 1024, '64MiB'),
     )
     .addOption(
+      new Option('--max-waiters <count>', 'refuse a connection\u2019s requests that would wait for a lock while this many of its requests already wait')
+        .argParser(parseCount)
+        .default(MAX_WAITERS_PER_CONNECTION),
+    )
+    .addOption(
       new Option('--memory-cache <size>', 'keep recently used values in memory up to this size; 0 turns it off')
         .argParser(parseSize)
         .default(MEMORY_CACHE_BYTES, `${MEMORY_CACHE_BYTES / 1024 / 1024}MiB`),
     )
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
-    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number }) => {
-      await runDaemonCommand({ ...options, idleTimeoutMs: options.idleTimeout, memoryCacheBytes: options.memoryCache });
+    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number; maxWaiters: number }) => {
+      await runDaemonCommand({ ...options, idleTimeoutMs: options.idleTimeout, memoryCacheBytes: options.memoryCache, maxWaitersPerConnection: options.maxWaiters });
     });
   return program;
 }

@@ -1,4 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
+import { isCacheError } from '../src/errors.js';
+import type { CancelWait } from '../src/lock-table.js';
 import { type FrameCursor, FrameDecoder, MalformedFrame } from '../src/wire/frame-decoder.js';
 import { FrameWriter } from '../src/wire/frame-writer.js';
 import { type AnyRequest, FrameOp, Release, REQUESTS, type RequestMethod } from '../src/wire/protocol.js';
@@ -32,7 +34,7 @@ export function serveBinary(
 ): BinaryLink {
   const decoder = new FrameDecoder({ maxFrameBytes: options.maxMessageBytes });
   /** Requests waiting for a lock, by request id, for cancel; a client that reuses an id in flight cancels the latest. */
-  const waitingById = new Map<number, AbortController>();
+  const waitingById = new Map<number, CancelWait>();
   let paused = false;
   const writer = new FrameWriter(output, {
     afterFlush: () => {
@@ -52,6 +54,8 @@ export function serveBinary(
   const { encoder, flush } = writer;
 
   function fail(requestId: number, error: unknown): void {
+    // The requests of a closed connection end with it: no answer to build for each (a dropped waiter costs little).
+    if (output.destroyed && isCacheError(error, 'CACHE_CONNECTION_LOST')) return;
     const wire = session.toWireError(error);
     encoder.begin(FrameOp.Error, requestId).string(wire.code).string(wire.message);
     writer.sent();
@@ -66,17 +70,14 @@ export function serveBinary(
     const requestId = frame.requestId;
     const params = method.params.readBinary(frame);
     frame.done();
-    // A request that gets its lock at once never needs a signal: one is made only for a request that waits.
-    let wait: ReturnType<Session['waitController']> | undefined;
-    const signal = (): AbortSignal => {
-      wait = session.waitController();
-      waitingById.set(requestId, wait.controller);
-      return wait.controller.signal;
+    // Only a request that waits for its lock is kept for cancel, and with no abort signal: a waiter costs little.
+    let cancel: CancelWait | undefined;
+    const signal = (end: CancelWait): undefined => {
+      waitingById.set(requestId, (cancel = end));
+      return undefined;
     };
     const done = (): void => {
-      if (!wait) return;
-      wait.done();
-      if (waitingById.get(requestId) === wait.controller) waitingById.delete(requestId);
+      if (cancel && waitingById.get(requestId) === cancel) waitingById.delete(requestId);
     };
     const outcome = session.handler(method)(params, signal);
     if (!(outcome instanceof Promise)) return answer(method, requestId, outcome);
@@ -102,7 +103,7 @@ export function serveBinary(
         session.release(handle);
       } else if (op === FrameOp.Cancel) {
         frame.done();
-        waitingById.get(frame.requestId)?.abort(CANCELLED);
+        waitingById.get(frame.requestId)?.(CANCELLED);
       } else {
         const method = BY_OP.get(op);
         if (!method) throw new WireError('CACHE_INVALID_REQUEST', `Unknown op 0x${op.toString(16)}.`);

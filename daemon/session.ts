@@ -1,7 +1,7 @@
 import type { GetSetHandle } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import type { LocalBackend } from '../src/local-backend.js';
-import type { SignalSource } from '../src/lock-table.js';
+import type { CancelWait, SignalSource, WaitGate } from '../src/lock-table.js';
 import { type Scope, scopeOf } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue } from '../src/store.js';
 import {
@@ -31,6 +31,8 @@ export interface DaemonContext {
   readonly backend: LocalBackend<EncodedValue, EncodedValue>;
   readonly version: string;
   readonly maxMessageBytes: number;
+  /** How many of one connection's requests may wait for locks at once; past it, requests that would wait are refused. */
+  readonly maxWaitersPerConnection: number;
   readonly counters: { hits: number; misses: number };
   /** Issues a handle number never used before in this daemon, which doubles as the grant's token. */
   nextHandle(): number;
@@ -43,8 +45,11 @@ export interface DaemonContext {
 /** The reason a wait ends when its request is cancelled. */
 export const CANCELLED = Symbol('cancelled');
 
+/** Where a request's signal comes from, as a transport gives it: a function is called only if the request waits. */
+export type RequestSignal = Exclude<SignalSource, WaitGate>;
+
 /** Serves one method: answers synchronously when it can (a read whose lock is free), else with a promise. */
-export type Handler<P, R> = (params: P, signal: SignalSource) => R | Promise<R>;
+export type Handler<P, R> = (params: P, signal: RequestSignal) => R | Promise<R>;
 
 type Held = { release(): void | Promise<void> } | GetSetHandle<EncodedValue>;
 
@@ -58,8 +63,8 @@ export class Session {
   /** Granted handles by number: read leases and getset handles. */
   readonly #held = new Map<number, Held>();
   readonly #getsets = new WeakSet<Held>();
-  /** Wait signals made by {@link Session.waitController}, ended before any lock of the session is released. */
-  readonly #waits = new Set<AbortController>();
+  /** How to end each of the session's requests that wait for a lock, in the order they began to wait. */
+  readonly #waiting = new Set<CancelWait>();
   readonly #gone = new AbortController();
   readonly #handlers = new Map<AnyRequest, Handler<never, unknown>>();
   readonly #label: string;
@@ -78,11 +83,11 @@ export class Session {
     this.#label = label;
     this.#clientName = label;
     this.#on(Get, (p, signal) => this.#get(scopeOf(p.scope), p.id, signal));
-    this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, signal));
+    this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
     this.#on(HandleSet, (p) => this.#handleSet(p.handle, p.value));
-    this.#on(SetItem, (p, signal) => this.#set(scopeOf(p.scope), p.id, p.value, p.modified, signal));
-    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, signal));
-    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), signal));
+    this.#on(SetItem, (p, signal) => this.#set(scopeOf(p.scope), p.id, p.value, p.modified, this.#gate(signal)));
+    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, this.#gate(signal)));
+    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), this.#gate(signal)));
     this.#on(Status, () => this.#context.status());
     this.#on(Shutdown, () => this.#shutdown());
   }
@@ -128,14 +133,38 @@ export class Session {
   }
 
   /**
-   * A controller for one request's wait that ends with the session: call `done` once the request is over. When
-   * the session closes, every wait ends before any of its locks is released, so that none is granted to it.
+   * A controller that cancels one request's wait (aborted already if the session has ended); call `done` once the
+   * request is over. Closing the session needs none: it ends every wait itself.
    */
   waitController(): { controller: AbortController; done(): void } {
     const controller = new AbortController();
     if (this.#gone.signal.aborted) controller.abort(this.#gone.signal.reason);
-    else this.#waits.add(controller);
-    return { controller, done: () => void this.#waits.delete(controller) };
+    return { controller, done: noop };
+  }
+
+  /**
+   * Lets one request wait for a lock while fewer than the limit of the session's requests wait, and keeps the way
+   * to end its wait when the session closes.
+   */
+  #gate(signal: RequestSignal): WaitGate {
+    let cancel: CancelWait | undefined;
+    return {
+      enter: (end) => {
+        if (this.#gone.signal.aborted) throw this.#gone.signal.reason;
+        const limit = this.#context.maxWaitersPerConnection;
+        if (this.#waiting.size >= limit) {
+          throw new CacheError(
+            'CACHE_TOO_MANY_WAITERS',
+            `This connection already has ${limit} requests waiting for locks, the daemon's limit (--max-waiters); ` +
+              'wait for some of them to end before sending more.',
+          );
+        }
+        const aborts = typeof signal === 'function' ? signal(end) : signal;
+        this.#waiting.add((cancel = end));
+        return aborts;
+      },
+      leave: () => void this.#waiting.delete(cancel!),
+    };
   }
 
   /**
@@ -172,7 +201,7 @@ export class Session {
   }
 
   /** Reads at once when the item's shared lock is free (no promise: most reads), else waits for it. */
-  #get(scope: Scope, id: string, signal: SignalSource): GetResult | Promise<GetResult> {
+  #get(scope: Scope, id: string, signal: RequestSignal): GetResult | Promise<GetResult> {
     const read = this.#gone.signal.aborted ? undefined : this.#context.backend.readNow(scope, id);
     if (!read) return this.#getLater(scope, id, signal);
     const { lease, record } = read;
@@ -183,14 +212,14 @@ export class Session {
     return { handle, item: record ?? null };
   }
 
-  async #getLater(scope: Scope, id: string, signal: SignalSource): Promise<GetResult> {
-    const got = await this.#context.backend.get(scope, id, signal);
+  async #getLater(scope: Scope, id: string, signal: RequestSignal): Promise<GetResult> {
+    const got = await this.#context.backend.get(scope, id, this.#gate(signal));
     this.#count(got.item);
     const item = await recordOf(got.item);
     return { handle: await this.#keep(got), item };
   }
 
-  async #getset(scope: Scope, id: string, wait: boolean, signal: SignalSource): Promise<GetSetResult> {
+  async #getset(scope: Scope, id: string, wait: boolean, signal: WaitGate): Promise<GetSetResult> {
     const gs = await this.#context.backend.getset(scope, id, { wait, signal });
     if (!gs.set) return { handle: null, item: null };
     this.#count(gs.item);
@@ -215,7 +244,7 @@ export class Session {
     void entry.release();
   }
 
-  async #set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: SignalSource): Promise<void> {
+  async #set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: WaitGate): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
     await this.#context.backend.set(scope, id, value, when, signal);
@@ -233,8 +262,8 @@ export class Session {
       this.#gone.abort(new CacheError('CACHE_CONNECTION_LOST', 'The connection closed.'));
       // Newest first: a request only ever waits behind earlier ones, so ending the newest never grants another
       // of this session's (oldest first, ending a queued clear could grant this session's set queued behind it).
-      for (const controller of [...this.#waits].reverse()) controller.abort(this.#gone.signal.reason);
-      this.#waits.clear();
+      // Each wait ends directly, not through an abort signal, which costs an event apiece.
+      for (const cancel of [...this.#waiting].reverse()) cancel(this.#gone.signal.reason);
       const handles = [...this.#held.values()];
       this.#held.clear();
       await Promise.allSettled(handles.map(async (entry) => entry.release()));
@@ -249,3 +278,5 @@ export class Session {
 async function recordOf(item: { modified: number; value(): Promise<EncodedValue> } | null): Promise<EncodedRecord | null> {
   return item && { modified: item.modified, value: await item.value() };
 }
+
+function noop(): void {}

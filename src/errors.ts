@@ -30,6 +30,11 @@ export type CacheErrorCode =
   | 'CACHE_UNSAFE_DIRECTORY'
   /** The socket path is longer than Unix sockets allow. */
   | 'CACHE_SOCKET_PATH_TOO_LONG'
+  /**
+   * The connection already has as many requests waiting for locks as the daemon allows (`--max-waiters`, default
+   * 10,000); this one was refused without waiting. Those already waiting are unaffected.
+   */
+  | 'CACHE_TOO_MANY_WAITERS'
   /** The daemon refused the request's parameters (a client bug, or a client of another version). */
   | 'CACHE_INVALID_PARAMS'
   /** The daemon failed in an unexpected way; its log has the details. */

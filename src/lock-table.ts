@@ -24,12 +24,30 @@ export interface Lease {
 export interface AcquireOptions {
   /**
    * Aborts the wait: the request leaves the queue and the call rejects with the signal's reason. A function is
-   * called only if the request has to wait, for callers that would otherwise make a signal per request.
+   * called only if the request has to wait, with the function that ends the wait as an abort would (for callers
+   * that would otherwise make a signal per request), and may return a signal too; so is a {@link WaitGate}'s `enter`.
    */
   signal?: SignalSource;
 }
 
-export type SignalSource = AbortSignal | (() => AbortSignal) | undefined;
+/** Ends a waiting request: it leaves the queue and its call rejects with `reason`. */
+export type CancelWait = (reason: unknown) => void;
+
+export type SignalSource = AbortSignal | ((cancel: CancelWait) => AbortSignal | undefined) | WaitGate | undefined;
+
+/**
+ * Admits a request to wait or refuses it, ends its wait without an abort signal, and hears when the wait ends:
+ * how the daemon bounds a connection's waiters and drops them all at once when it closes.
+ */
+export interface WaitGate {
+  /**
+   * Called only if the request has to wait, with the function that ends its wait: returns a signal that aborts the
+   * wait, if any, or throws to refuse it (the request then leaves the queue and the call rejects with what was thrown).
+   */
+  enter(cancel: CancelWait): AbortSignal | undefined;
+  /** Called once when a wait that `enter` admitted ends, granted or not. */
+  leave(): void;
+}
 
 /** A point-in-time count of what the table holds, for status reports. */
 export interface LockTableStats {
@@ -45,6 +63,9 @@ class Request implements Lease {
   blockers = 0;
   /** Requests whose `blockers` count this one. */
   dependents: Request[] = [];
+  /** Its neighbours in its item's queue while it waits there (oldest first), so that leaving the queue is O(1). */
+  previous: Request | undefined;
+  next: Request | undefined;
   resolve?: (lease: Lease) => void;
   reject?: (reason: unknown) => void;
   unlisten?: () => void;
@@ -67,14 +88,31 @@ class Request implements Lease {
 interface ItemLock {
   holders: Set<Request>;
   exclusive: boolean;
-  queue: Request[];
+  /** The oldest and newest waiting requests, linked through `next` and `previous`. */
+  head: Request | undefined;
+  tail: Request | undefined;
+}
+
+function append(item: ItemLock, request: Request): void {
+  request.previous = item.tail;
+  if (item.tail) item.tail.next = request;
+  else item.head = request;
+  item.tail = request;
+}
+
+function unlink(item: ItemLock, request: Request): void {
+  if (request.previous) request.previous.next = request.next;
+  else item.head = request.next;
+  if (request.next) request.next.previous = request.previous;
+  else item.tail = request.previous;
+  request.previous = request.next = undefined;
 }
 
 /** The locks of one cache: see the module comment for the rules. */
 export class LockTable {
   readonly #items = new Map<string, ItemLock>();
   /** Held and waiting subtree requests, in arrival order. */
-  readonly #subtrees: Request[] = [];
+  readonly #subtrees = new Set<Request>();
   /** The requests that wait, in arrival order. */
   readonly #waiting = new Set<Request>();
   /** How many leases are held. */
@@ -85,24 +123,41 @@ export class LockTable {
    * when the lock is free at once.
    */
   acquire(key: string, mode: LockMode, options: AcquireOptions = {}): Lease | Promise<Lease> {
-    if (typeof options.signal === 'object' && options.signal.aborted) return Promise.reject(options.signal.reason);
+    const source = options.signal;
+    if (source instanceof AbortSignal && source.aborted) return Promise.reject(source.reason);
     const request = new Request(this, key, mode);
     this.#enqueue(request);
     if (request.state === 'held') return request;
     this.#waiting.add(request);
-    const signal = typeof options.signal === 'function' ? options.signal() : options.signal;
+    let signal: AbortSignal | undefined;
+    let gate: WaitGate | undefined;
+    try {
+      if (source === undefined || source instanceof AbortSignal) {
+        signal = source;
+      } else {
+        const cancel: CancelWait = (reason) => this.#cancel(request, reason);
+        if (typeof source === 'function') signal = source(cancel);
+        else signal = (gate = source).enter(cancel);
+      }
+    } catch (refusal) {
+      this.#cancel(request, refusal);
+      return Promise.reject(refusal);
+    }
     if (signal?.aborted) {
+      gate?.leave();
       this.#cancel(request, signal.reason);
       return Promise.reject(signal.reason);
     }
     return new Promise<Lease>((resolve, reject) => {
       request.resolve = resolve;
       request.reject = reject;
-      if (signal) {
-        const onAbort = (): void => this.#cancel(request, signal.reason);
-        signal.addEventListener('abort', onAbort, { once: true });
-        request.unlisten = () => signal.removeEventListener('abort', onAbort);
-      }
+      if (!signal && !gate) return;
+      const onAbort = (): void => this.#cancel(request, signal!.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      request.unlisten = () => {
+        signal?.removeEventListener('abort', onAbort);
+        gate?.leave();
+      };
     });
   }
 
@@ -127,14 +182,14 @@ export class LockTable {
 
   #grantableNow(key: string, mode: LockMode): boolean {
     if (mode === 'subtree') {
-      if (this.#subtrees.some((other) => overlaps(key, other.key))) return false;
+      for (const other of this.#subtrees) if (overlaps(key, other.key)) return false;
       for (const itemKey of this.#items.keys()) if (itemKey.startsWith(key)) return false;
       return true;
     }
-    if (this.#subtrees.some((subtree) => key.startsWith(subtree.key))) return false;
+    for (const subtree of this.#subtrees) if (key.startsWith(subtree.key)) return false;
     const item = this.#items.get(key);
     if (!item) return true;
-    return mode === 'shared' && !item.exclusive && item.queue.length === 0;
+    return mode === 'shared' && !item.exclusive && item.head === undefined;
   }
 
   #enqueue(request: Request): void {
@@ -145,9 +200,9 @@ export class LockTable {
       for (const [itemKey, item] of this.#items) {
         if (!itemKey.startsWith(request.key)) continue;
         for (const holder of item.holders) this.#depend(request, holder);
-        for (const waiter of item.queue) this.#depend(request, waiter);
+        for (let waiter = item.head; waiter; waiter = waiter.next) this.#depend(request, waiter);
       }
-      this.#subtrees.push(request);
+      this.#subtrees.add(request);
       if (request.blockers === 0) this.#grant(request);
       return;
     }
@@ -156,8 +211,8 @@ export class LockTable {
       if (request.key.startsWith(subtree.key)) this.#depend(request, subtree);
     }
     let item = this.#items.get(request.key);
-    if (!item) this.#items.set(request.key, (item = { holders: new Set(), exclusive: false, queue: [] }));
-    item.queue.push(request);
+    if (!item) this.#items.set(request.key, (item = { holders: new Set(), exclusive: false, head: undefined, tail: undefined }));
+    append(item, request);
     this.#pump(request.key, item);
   }
 
@@ -168,16 +223,15 @@ export class LockTable {
 
   /** Grants the waiters at the head of an item's queue that no longer conflict. */
   #pump(key: string, item: ItemLock): void {
-    while (item.queue.length > 0) {
-      const head = item.queue[0]!;
+    for (let head = item.head; head; head = item.head) {
       if (head.blockers > 0 || item.exclusive) break;
       if (head.mode === 'exclusive' && item.holders.size > 0) break;
-      item.queue.shift();
+      unlink(item, head);
       item.holders.add(head);
       if (head.mode === 'exclusive') item.exclusive = true;
       this.#grant(head);
     }
-    if (item.holders.size === 0 && item.queue.length === 0) this.#items.delete(key);
+    if (item.holders.size === 0 && item.head === undefined) this.#items.delete(key);
   }
 
   #grant(request: Request): void {
@@ -207,14 +261,14 @@ export class LockTable {
     else this.#waiting.delete(request);
 
     if (request.mode === 'subtree') {
-      this.#subtrees.splice(this.#subtrees.indexOf(request), 1);
+      this.#subtrees.delete(request);
     } else {
       const item = this.#items.get(request.key)!;
       if (wasHeld) {
         item.holders.delete(request);
         if (request.mode === 'exclusive') item.exclusive = false;
       } else {
-        item.queue.splice(item.queue.indexOf(request), 1);
+        unlink(item, request);
       }
     }
 

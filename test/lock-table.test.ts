@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
-import { type Lease, type LockMode, LockTable } from '../src/lock-table.js';
+import { type CancelWait, type Lease, type LockMode, LockTable, type WaitGate } from '../src/lock-table.js';
 
 /** Item keys and subtree prefixes as `scope-path.ts` makes them: `a/` covers `a/:x` and `a/b/:y`. */
 const TARGETS: { key: string; mode: LockMode[] }[] = [
@@ -19,7 +19,9 @@ interface Modelled {
   mode: LockMode;
   state: 'waiting' | 'held' | 'done';
   lease?: Lease;
-  controller: AbortController;
+  /** How the request's wait is aborted: its signal's controller, or the cancel function its gate was given. */
+  abort: () => void;
+  viaGate?: boolean;
 }
 
 function conflicts(a: Modelled, b: Modelled): boolean {
@@ -48,20 +50,38 @@ describe('LockTable', () => {
       fc.asyncProperty(fc.array(command, { maxLength: 60 }), async (commands) => {
         const table = new LockTable();
         const requests: Modelled[] = [];
+        /** Waits admitted by a gate and not yet left. */
+        let inGates = 0;
         for (const c of commands) {
           if (c.op === 'acquire') {
             const target = TARGETS[c.target % TARGETS.length]!;
             const mode = target.mode[c.target % target.mode.length]!;
-            const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'waiting', controller: new AbortController() };
+            const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'waiting', abort: () => {}, viaGate: c.target >= TARGETS.length };
             requests.push(request);
-            Promise.resolve(table.acquire(target.key, mode, { signal: request.controller.signal })).then(
+            // Half the requests wait with a signal, half through a gate, as the daemon's sessions do.
+            let signal: AbortSignal | WaitGate;
+            if (!request.viaGate) {
+              const controller = new AbortController();
+              request.abort = () => controller.abort();
+              signal = controller.signal;
+            } else {
+              signal = {
+                enter: (cancel: CancelWait) => {
+                  inGates++;
+                  request.abort = () => cancel(new Error('cancelled'));
+                  return undefined;
+                },
+                leave: () => void inGates--,
+              };
+            }
+            Promise.resolve(table.acquire(target.key, mode, { signal })).then(
               (lease) => ((request.state = 'held'), (request.lease = lease)),
               () => (request.state = 'done'),
             );
           } else if (c.op === 'try') {
             const target = TARGETS[c.target % TARGETS.length]!;
             const mode = target.mode[c.target % target.mode.length]!;
-            const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'done', controller: new AbortController() };
+            const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'done', abort: () => {} };
             const free = !requests.some((r) => r.state !== 'done' && conflicts(r, request));
             const lease = table.tryAcquire(target.key, mode);
             expect(lease !== null).toBe(free);
@@ -72,7 +92,7 @@ describe('LockTable', () => {
             if (victim) (victim.lease!.release(), (victim.state = 'done'));
           } else if (c.op === 'abort') {
             const waiting = requests.filter((r) => r.state === 'waiting');
-            waiting[c.pick % Math.max(waiting.length, 1)]?.controller.abort();
+            waiting[c.pick % Math.max(waiting.length, 1)]?.abort();
           } else {
             table.rejectWaiters(new Error('closing'));
           }
@@ -89,6 +109,8 @@ describe('LockTable', () => {
             expect(blocked).toBe(true);
           }
           expect(table.stats()).toEqual({ held: held.length, waiting: waiting.length });
+          // A gate hears of every wait's end, granted or not, once.
+          expect(inGates).toBe(waiting.filter((r) => r.viaGate).length);
         }
       }),
       { numRuns: 1000 },
@@ -104,5 +126,45 @@ describe('LockTable', () => {
     expect(table.stats()).toEqual({ held: 1, waiting: 0 });
     first!.release();
     expect(table.tryAcquire('', 'subtree')?.held).toBe(true);
+  });
+
+  test('a gate can refuse a wait: the call rejects with its error and nothing is left queued', async () => {
+    const table = new LockTable();
+    const holder = table.tryAcquire(':x', 'exclusive')!;
+    const refusal = new Error('too many');
+    const gate: WaitGate = {
+      enter: () => {
+        throw refusal;
+      },
+      leave: () => expect.unreachable('a refused wait never began'),
+    };
+    await expect(table.acquire(':x', 'shared', { signal: gate })).rejects.toBe(refusal);
+    await expect(table.acquire('', 'subtree', { signal: gate })).rejects.toBe(refusal);
+    expect(table.stats()).toEqual({ held: 1, waiting: 0 });
+    // A lock free at once never asks the gate.
+    expect(table.acquire(':y', 'exclusive', { signal: gate })).toMatchObject({ held: true });
+    holder.release();
+    expect(table.tryAcquire('', 'subtree')).toBeNull();
+  });
+
+  test('dropping 300,000 waiters of one item, newest first, takes time linear in their number', async () => {
+    // As when a client with that many queued requests disconnects: each removal used to search the item's queue
+    // (about 5e10 steps, tens of seconds); now each is O(1). A liveness bound, not a timing target.
+    const table = new LockTable();
+    const holder = table.tryAcquire(':k', 'exclusive')!;
+    const count = 300_000;
+    const dropped = Array.from({ length: count }, () => (table.acquire(':k', 'shared') as Promise<Lease>).catch(() => 'dropped'));
+    const last = table.acquire(':k', 'shared');
+    const reason = new Error('closing');
+    const started = performance.now();
+    table.rejectWaiters(reason);
+    const results = await Promise.all(dropped);
+    const elapsedMs = performance.now() - started;
+    expect(results.every((result) => result === 'dropped')).toBe(true);
+    await expect(last).rejects.toBe(reason);
+    expect(table.stats()).toEqual({ held: 1, waiting: 0 });
+    expect(elapsedMs).toBeLessThan(5000);
+    holder.release();
+    expect(table.stats()).toEqual({ held: 0, waiting: 0 });
   });
 });

@@ -28,6 +28,14 @@ export class BlobFiles {
   readonly #toRemove: string[] = [];
   #removing = 0;
   readonly #idle: (() => void)[] = [];
+  /**
+   * The bytes of files read and still in use, by name: a file never changes once written, so the readers of one value
+   * (say, every reader granted when a getset ends) share one copy instead of reading one each.
+   */
+  readonly #inUse = new Map<string, WeakRef<Buffer>>();
+  readonly #unused = new FinalizationRegistry<string>((name) => {
+    if (this.#inUse.get(name)?.deref() === undefined) this.#inUse.delete(name);
+  });
 
   constructor(directory: string, options: { sync: boolean }) {
     this.directory = directory;
@@ -99,11 +107,21 @@ export class BlobFiles {
   }
 
   /**
-   * Reads a file whole, synchronously, like the database's own reads.
+   * Reads a file whole, synchronously, like the database's own reads; while the bytes of an earlier read of the file
+   * are still in use, returns them instead, so the caller must not change them.
    * @throws CacheError `CACHE_CORRUPT` when the file is missing or shorter than its record says, `CACHE_STORAGE`
    * when it cannot be read.
    */
   read(name: string, length: number): Buffer {
+    const shared = this.#inUse.get(name)?.deref();
+    if (shared) return shared;
+    const bytes = this.#readFile(name, length);
+    this.#inUse.set(name, new WeakRef(bytes));
+    this.#unused.register(bytes, name);
+    return bytes;
+  }
+
+  #readFile(name: string, length: number): Buffer {
     const path = join(this.directory, name);
     let fd: number;
     try {

@@ -116,6 +116,31 @@ function readValue(frame: FrameCursor): EncodedValue {
   return { encoding: name, bytes: frame.keptBytes() };
 }
 
+/** Values at least this large share their JSON form among the answers that carry them at once. */
+const SHARED_JSON_BYTES = 64 * 1024;
+
+interface ItemJson {
+  readonly modified: number;
+  readonly encoding: string;
+  readonly value: string;
+}
+
+/**
+ * The JSON form of large items still in use, by their bytes: readers of one value granted together (whose bytes the
+ * store shares) then share one base64 string too, instead of one each of a third more than the value.
+ */
+const jsonInUse = new WeakMap<Uint8Array, WeakRef<ItemJson>>();
+
+function itemJson(record: EncodedRecord): ItemJson {
+  const { modified, value } = record;
+  if (value.bytes.byteLength < SHARED_JSON_BYTES) return { modified, encoding: value.encoding, value: base64(value.bytes) };
+  const kept = jsonInUse.get(value.bytes)?.deref();
+  if (kept && kept.modified === modified && kept.encoding === value.encoding) return kept;
+  const json = Object.freeze({ modified, encoding: value.encoding, value: base64(value.bytes) });
+  jsonInUse.set(value.bytes, new WeakRef(json));
+  return json;
+}
+
 /** An item: in binary a u8 presence flag, then f64 `modified`, the encoding and the bytes; in JSON an object or `null`. */
 const item = {
   write(encoder: FrameEncoder, record: EncodedRecord | null): void {
@@ -132,7 +157,7 @@ const item = {
     return { modified, value: { encoding, bytes: frame.keptBytes() } };
   },
   toJson(record: EncodedRecord | null): unknown {
-    return record && { modified: record.modified, encoding: record.value.encoding, value: base64(record.value.bytes) };
+    return record && itemJson(record);
   },
   fromJson(json: unknown): EncodedRecord | null {
     if (json === null) return null;
