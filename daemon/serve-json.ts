@@ -17,6 +17,38 @@ const CORK_MAX_BYTES = 64 * 1024;
  */
 const RESUME_BELOW_BYTES = OUTPUT_HIGH_WATER_BYTES / 2;
 
+/** A base64 string this long or longer (a value of 48 KiB or more) is written from bytes shared by every answer that carries it. */
+const SHARED_STRING_CHARS = 64 * 1024;
+
+/** The bytes of large base64 values still in use, by the frozen item (see `itemJson` in protocol.ts) that holds them. */
+const sharedBytes = new WeakMap<object, Buffer>();
+
+/** Stands for a shared string in a serialized message; the nonce keeps any string a client chose from matching it. */
+const SHARED_MARK = `"\\u0000hoard-shared-${process.pid}-${Math.random().toString(36).slice(2)}"`;
+
+/**
+ * Serializes `message` as the parts of one body: a large value that answers given together share (readers of one
+ * item granted at once) goes out as one buffer written several times, not copied into each answer's text.
+ */
+function bodyParts(message: object): Buffer[] {
+  const shared: Buffer[] = [];
+  const text = JSON.stringify(message, function (this: object, key: string, value: unknown) {
+    if (key !== 'value' || typeof value !== 'string' || value.length < SHARED_STRING_CHARS || !Object.isFrozen(this)) return value;
+    let bytes = sharedBytes.get(this);
+    if (!bytes) sharedBytes.set(this, (bytes = Buffer.from(JSON.stringify(value), 'latin1')));
+    shared.push(bytes);
+    return JSON.parse(SHARED_MARK) as string;
+  });
+  if (shared.length === 0) return [Buffer.from(text, 'utf8')];
+  const pieces = text.split(SHARED_MARK);
+  const parts: Buffer[] = [];
+  pieces.forEach((piece, at) => {
+    parts.push(Buffer.from(piece, 'utf8'));
+    if (at < shared.length) parts.push(shared[at]!);
+  });
+  return parts;
+}
+
 /** JSON-RPC's MethodNotFound, sent without `data`. */
 const METHOD_NOT_FOUND = -32601;
 
@@ -77,14 +109,14 @@ export function serveJson(input: Readable, output: Writable, session: Session, o
   /** Writes one message; the messages of one turn go out together. */
   function send(message: object): void {
     if (output.destroyed || output.writableEnded) return;
-    const body = Buffer.from(JSON.stringify(message), 'utf8');
+    const parts = bodyParts(message);
     if (!corked) {
       corked = true;
       output.cork();
       process.nextTick(uncork);
     }
-    output.write(`Content-Length: ${body.length}\r\n\r\n`, 'ascii');
-    output.write(body, afterWrite);
+    output.write(`Content-Length: ${parts.reduce((total, part) => total + part.length, 0)}\r\n\r\n`, 'ascii');
+    for (const [at, part] of parts.entries()) output.write(part, at === parts.length - 1 ? afterWrite : undefined);
     if (output.writableLength >= CORK_MAX_BYTES) uncork();
     if (paused || output.writableLength <= OUTPUT_HIGH_WATER_BYTES) return;
     // The client does not read its answers: handle none of its messages (even those of a chunk already read)
