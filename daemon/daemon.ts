@@ -119,10 +119,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   let handles = 0;
   let server: Server | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
-  // A directory deleted while the daemon is idle is noticed too; the store then calls onLost, which stops the daemon.
+  // A directory deleted while the daemon only reads, or is idle, is noticed too (one stat a second, whatever the load);
+  // the store then calls onLost, which stops the daemon.
   const directoryCheck = setInterval(() => {
     try {
-      store.checkDirectoryWhenIdle();
+      store.checkDirectory();
     } catch {
       // Lost: the daemon is stopping.
     }

@@ -260,6 +260,35 @@ describe('a data directory deleted or replaced under a running daemon', () => {
     expect(daemon.log.join('\n')).toContain(`the cache directory ${dataDir} was deleted while hoard had it open`);
     expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toBe('ENOENT');
   });
+  test('deleted while the daemon serves only reads: it notices all the same, says why and stops', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    const dataDir = join(dir, 'data');
+    const daemon = await startDaemonProcess({ socketPath, dataDir });
+    const cache = await connect<string>({ socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    await cache.set('k', 'v');
+    let exited = false;
+    void daemon.exited.then(() => (exited = true));
+    // Reads in a loop, from the memory layer, none of which touches the directory, until the daemon goes away.
+    const reading = (async () => {
+      let reads = 0;
+      for (; !exited; reads++) {
+        const got = await cache.get('k').catch(() => undefined);
+        if (!got) break;
+        await got.release();
+      }
+      return reads;
+    })();
+    await rm(dataDir, { recursive: true });
+    // Its periodic check (once a second) runs however busy the daemon is. 20 s is a liveness bound only.
+    const stopped = await Promise.race([daemon.exited.then(() => 'stopped'), delay(20_000, 'still running', { ref: false })]);
+    exited = true;
+    expect(await reading).toBeGreaterThan(0);
+    expect(stopped).toBe('stopped');
+    expect(daemon.log.join('\n')).toContain(`the cache directory ${dataDir} was deleted while hoard had it open`);
+    expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toBe('ENOENT');
+  });
 });
 
 /** `hoard daemon` run under strace, which writes each fdatasync and fsync of any of its threads to a file. */
