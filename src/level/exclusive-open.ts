@@ -22,6 +22,7 @@ import { mkdir, readFile, realpath, rename, stat, unlink, writeFile } from 'node
 import { join } from 'node:path';
 import { Level } from 'level';
 import { CacheError } from '../errors.js';
+import { lockHolderPid } from './lock-holder-pid.js';
 
 /** The directories this process holds open, shared by every copy of this module in the process's main realm. */
 const openDirectories: Set<string> = ((globalThis as Record<symbol, unknown>)[Symbol.for('hoard.openLevelDirectories')] ??=
@@ -43,25 +44,12 @@ const namedHolders = new WeakMap<object, Holder>();
 
 /** The pid that holds a POSIX lock on `file`, as `/proc/locks` tells, or `undefined`. */
 async function lockingPid(file: string): Promise<number | undefined> {
-  let inode: bigint;
   try {
-    inode = (await stat(file, { bigint: true })).ino;
+    const { dev, ino } = await stat(file, { bigint: true });
+    return lockHolderPid(await readFile('/proc/locks', 'utf8'), { dev, ino });
   } catch {
     return undefined;
   }
-  let locks: string;
-  try {
-    locks = await readFile('/proc/locks', 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Lines look like `1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`.
-  for (const line of locks.split('\n')) {
-    const fields = line.trim().split(/\s+/);
-    const device = fields.find((field) => /^[0-9a-f]+:[0-9a-f]+:\d+$/i.test(field));
-    if (device !== undefined && BigInt(device.split(':')[2]!) === inode) return Number(fields[fields.indexOf(device) - 1]);
-  }
-  return undefined;
 }
 
 /** Whether a thread of this process (a worker, say) holds LevelDB's lock on `directory` or its instance lock. */
