@@ -195,7 +195,8 @@ export async function openExclusive(directory: string, holder: HolderRole = { ro
   try {
     await db.open();
   } catch (error) {
-    await releaseDirectory(real);
+    // LevelDB's refusal is what the caller must hear; the lock goes with the process if it will not close.
+    await releaseDirectory(real).catch(() => {});
     throw await openError(real, error);
   }
   return { db, directory: real };
