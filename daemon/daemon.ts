@@ -109,7 +109,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       onLost: () => void stop('the data directory is lost'),
     });
   } catch (error) {
-    throw isCacheError(error, 'CACHE_LOCKED') ? heldError(dataDir, socketPath, error) : error;
+    throw isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
   }
   warnOfLoosePaths(store, log);
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);

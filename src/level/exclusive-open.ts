@@ -18,7 +18,7 @@
  * never a stale lock to clean up (Node has no `flock`). The holder writes who it is to `instance-lock/holder.json`;
  * whoever finds the lock taken believes that file only when `/proc/locks` says its pid holds the lock.
  */
-import { mkdir, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { CacheError } from '../errors.js';
@@ -165,8 +165,10 @@ export async function lockDirectory(directory: string, holder: HolderRole): Prom
     instanceLocks.set(directory, lock);
     // Written whole under another name, then renamed, so that a reader never sees half of it.
     const file = join(lockPath, HOLDER_FILE);
-    await writeFile(`${file}.${process.pid}`, JSON.stringify({ pid: process.pid, ...holder }), { mode: 0o600 })
-      .then(() => rename(`${file}.${process.pid}`, file))
+    const temporary = `${file}.${process.pid}`;
+    await writeFile(temporary, JSON.stringify({ pid: process.pid, ...holder }), { mode: 0o600 })
+      .then(() => rename(temporary, file))
+      .catch(() => rm(temporary, { force: true }))
       .catch(() => {
         // Without it, whoever finds the lock taken names the pid only.
       });
