@@ -83,8 +83,9 @@ function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void 
 }
 
 /**
- * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
- * per data directory), then listens on the socket and resolves once it accepts connections.
+ * Starts a daemon in this process: opens the data directory, holding its instance lock (`instance-lock/`, see
+ * `src/level/exclusive-open.ts`: one daemon per data directory), then listens on the socket and resolves once it
+ * accepts connections.
  * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory (naming its pid and socket) or
  * answers on the socket, `CACHE_UNSAFE_DIRECTORY` or
  * `CACHE_SOCKET_PATH_TOO_LONG` for a socket path it will not use.
