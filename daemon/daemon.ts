@@ -93,8 +93,9 @@ function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void 
 }
 
 /**
- * Starts a daemon in this process: opens the data directory (its LevelDB lock is the instance lock: one daemon
- * per data directory), then listens on the socket and resolves once it accepts connections.
+ * Starts a daemon in this process: opens the data directory, holding its instance lock (`instance-lock/`, see
+ * `src/level/exclusive-open.ts`: one daemon per data directory), then listens on the socket and resolves once it
+ * accepts connections.
  * @throws CacheError `CACHE_LOCKED` when another daemon holds the data directory (naming its pid and socket) or
  * answers on the socket, `CACHE_UNSAFE_DIRECTORY` or
  * `CACHE_SOCKET_PATH_TOO_LONG` for a socket path it will not use.
@@ -119,7 +120,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       onLost: () => void stop('the data directory is lost'),
     });
   } catch (error) {
-    throw isCacheError(error, 'CACHE_LOCKED') ? heldError(dataDir, socketPath, error) : error;
+    throw isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
   }
   warnOfLoosePaths(store, log);
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
@@ -129,10 +130,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   let handles = 0;
   let server: Server | undefined;
   let idleTimer: NodeJS.Timeout | undefined;
-  // A directory deleted while the daemon is idle is noticed too; the store then calls onLost, which stops the daemon.
+  // A directory deleted while the daemon only reads, or is idle, is noticed too (one stat a second, whatever the load);
+  // the store then calls onLost, which stops the daemon.
   const directoryCheck = setInterval(() => {
     try {
-      store.checkDirectoryWhenIdle();
+      store.checkDirectory();
     } catch {
       // Lost: the daemon is stopping.
     }

@@ -70,7 +70,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
   const tell = (line: string): void => {
     if (options.readyFd === undefined) return;
     try {
-      writeSync(options.readyFd, `${line.replaceAll('\n', ' ')}\n`);
+      writeSync(options.readyFd, `${oneLogLine(line)}\n`);
       closeSync(options.readyFd);
     } catch {
       // The starter went away; nobody is listening for the word.
@@ -101,7 +101,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     // One line: in the log, or on stderr in the foreground (where the log is stderr).
-    const say = (line: string): void => (options.logFile ? stamp(oneLogLine(line)) : void process.stderr.write(`hoard: ${oneLogLine(message)}\n`));
+    const say = (line: string): void => (options.logFile ? stamp(oneLogLine(line)) : void process.stderr.write(`hoard: ${oneLogLine(line)}\n`));
     // A running repair is no daemon to wait for: the starter is told that it failed, and why.
     if (isCacheError(error, 'CACHE_LOCKED') && holderOf(error)?.role !== 'repair') {
       say(`not starting: ${message}`);

@@ -184,12 +184,12 @@ describe('the hoard command', () => {
     const first = await foregroundDaemon();
     const elsewhere = await hoard(['daemon', '--socket', join(first.dir, 'other.sock'), '--data-dir', first.dataDir]);
     expect(elsewhere.code).toBe(3);
-    expect(elsewhere.stderr.split('\n')).toEqual([expect.stringMatching(/^hoard: /), '']);
+    expect(elsewhere.stderr.split('\n')).toEqual([expect.stringMatching(/^hoard: not starting: /), '']);
     expect(elsewhere.stderr).toContain(`pid ${first.child.pid}`);
     expect(elsewhere.stderr).toContain(`on the socket ${first.socket}`);
     const same = await hoard(['daemon', '--socket', first.socket, '--data-dir', first.dataDir]);
     expect(same.code).toBe(3);
-    expect(same.stderr.split('\n')).toEqual([expect.stringMatching(/^hoard: /), '']);
+    expect(same.stderr.split('\n')).toEqual([expect.stringMatching(/^hoard: not starting: /), '']);
     expect(same.stderr).toContain(`pid ${first.child.pid}`);
     // The first one goes on serving.
     expect((await first.run(['set', 'k', 'v'])).code).toBe(0);
@@ -281,6 +281,6 @@ describe('the hoard command', () => {
     const dir = await tempDir('hd-');
     const result = await hoard(['daemon', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--data-dir', dir]);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/at most 107/);
+    expect(result.stderr).toMatch(/^hoard: cannot start: .*at most 107/);
   });
 });

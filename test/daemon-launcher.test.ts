@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { checkDaemonLauncher, connect, daemonEntry, daemonSpawn, describeSpawn } from '../client/connect.js';
@@ -128,5 +128,25 @@ describe('a data directory held elsewhere', () => {
     expect(await counting.spawns()).toHaveLength(1);
     expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
     expect((refused as Error).message).toContain(`Another program (pid ${process.pid})`);
+  });
+
+  test('by a program whose holder file could not be written: connect fails with CACHE_LOCKED naming its pid, without waiting out its start timeout', async () => {
+    const { dir, socketPath, dataDir } = await autoStartPaths();
+    // A directory where holder.json goes: the holder writes its file under another name, and the rename fails, as
+    // on a full disk it could not be written at all.
+    await mkdir(join(dataDir, 'instance-lock', 'holder.json', 'in-the-way'), { recursive: true, mode: 0o700 });
+    const holder = await LevelCache.open(dataDir);
+    onTestFinished(() => holder.close());
+    // Nothing is left behind under the other name.
+    expect(await readdir(join(dataDir, 'instance-lock'))).not.toContain(`holder.json.${process.pid}`);
+    const counting = await countingEntry(dir);
+    // 60 s: long enough that waiting it out would fail the test by its own timeout bound below.
+    const started = Date.now();
+    const refused = await connect({ socketPath, dataDir, daemon: { entry: counting.entry }, startTimeoutMs: 60_000 }).catch((e: unknown) => e);
+    expect(await counting.spawns()).toHaveLength(1);
+    expect(refused).toMatchObject({ code: 'CACHE_LOCKED' });
+    expect((refused as Error).message).toContain(`pid ${process.pid}`);
+    // A liveness bound: the daemon looks again for half a second, not for the client's whole start timeout.
+    expect(Date.now() - started).toBeLessThan(30_000);
   });
 });

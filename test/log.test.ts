@@ -95,9 +95,11 @@ describe('what a client can put into the log', () => {
     const grownBytes = (await stat(daemon.logFile)).size - before;
     const worstMs = await stalls;
     console.log(`log flood (binary): the log grew by ${grownBytes} bytes; another client waited at most ${Math.round(worstMs)} ms`);
+    // The real assertion: what the flood may write. Before the bound, 300 MiB went to the log, and the daemon answered
+    // no one else for as long as that took (16 s measured before the fix).
     expect(grownBytes).toBeLessThan(64 * 1024);
-    // Generous: a liveness bound on a busy machine, not a timing target.
-    expect(worstMs).toBeLessThan(5000);
+    // A liveness bound only (others are served at all), never a timing target: the figure is printed above.
+    expect(worstMs).toBeLessThan(30_000);
 
     // When the connection closes, one line says how many lines were left out.
     client.socket.destroy();

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
+import { trustedSocketPath } from '../src/wire/trusted-socket-path.js';
 import { BIN, daemonPids, runHoard, stopDaemonsAfterTest } from './support/processes.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -169,6 +170,19 @@ describe('the client trusts a socket only where no one else could have put it', 
     expect(file).toMatchObject({ code: 'CACHE_UNSAFE_DIRECTORY' });
     expect((file as Error).message).toContain('a regular file, not a socket');
     expect((await lstat(notes)).isFile()).toBe(true);
+  });
+
+  test('a socket directory that is missing is no daemon (ENOENT), never a path to connect to unchecked', async () => {
+    // Whoever makes the directory after the check (in a sticky /tmp, anyone) would own what the client then reached.
+    const dir = await tempDir('hd-');
+    for (const socketPath of [join(dir, 'run', 's.sock'), join(dir, 'gone', 'run', 's.sock')]) {
+      await expect(trustedSocketPath(socketPath)).rejects.toMatchObject({ code: 'ENOENT' });
+      const refused = await connect({ socketPath, autoStart: false }).catch((e: unknown) => e);
+      expect(refused).toMatchObject({ code: 'CACHE_NO_DAEMON' });
+    }
+    // A checked directory with no socket in it: nobody can put one there but the user, so the path is given back.
+    await mkdir(join(dir, 'run'), { mode: 0o700 });
+    expect(await trustedSocketPath(join(dir, 'run', 's.sock'))).toBe(join(dir, 'run', 's.sock'));
   });
 
   test('the user\u2019s own places are trusted: a socket directory readable by others, a path through a link of the user\u2019s', async () => {

@@ -217,6 +217,51 @@ describe('the reopen after a failed write', () => {
     expect(after.item?.modified).toBe(2);
     await after.release();
   });
+  test.runIf(process.getuid?.() === 0)('reads go on after a reopen that failed once the database was closed: a read reopens it', async () => {
+    const { disk } = await smallDisk();
+    const dataDir = join(disk, 'data');
+    const log: string[] = [];
+    // No memory layer: every read goes to LevelDB.
+    const store = await LevelStore.open(dataDir, { memoryCacheBytes: 0, log: (line) => log.push(line) });
+    const backend = new LocalBackend<EncodedValue, EncodedValue>(store, { encode: (value) => value, decode: (value) => value });
+    onTestFinished(() => backend.close());
+    const value = (n: number): EncodedValue => ({ encoding: 'binary', bytes: Buffer.alloc(16 * 1024, n) });
+    await backend.set(ROOT_SCOPE, 'kept', value(1), 1);
+    const filler = join(disk, 'filler');
+    fillDisk(filler);
+    let failure: unknown;
+    for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), 1).catch((error: unknown) => (failure = error));
+    expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
+    await unlink(filler);
+    // An open that fails after the close, though the disk has room: CURRENT names a manifest that is not there.
+    const current = await readFile(join(dataDir, 'CURRENT'));
+    await writeFile(join(dataDir, 'CURRENT'), 'MANIFEST-999999\n');
+    await expect(backend.set(ROOT_SCOPE, 'refused', value(3), 2)).rejects.toMatchObject({ code: 'CACHE_STORAGE' });
+    expect(log.filter((line) => line.startsWith('reopening the cache database'))).toHaveLength(1);
+    await writeFile(join(dataDir, 'CURRENT'), current);
+
+    // No write comes: a read reopens the database (once the retry delay after the failed attempt is over).
+    const readKept = async (): Promise<unknown> => {
+      try {
+        const got = await backend.get(ROOT_SCOPE, 'kept', undefined);
+        await got.release();
+        return got.item?.modified;
+      } catch (error) {
+        return error;
+      }
+    };
+    const deadline = Date.now() + 20_000;
+    let read = await readKept();
+    // A liveness bound: a read fails at once while the retry delay (1 s) runs, and the first one after it reopens.
+    while (read !== 1 && Date.now() < deadline) {
+      expect(read).toMatchObject({ code: 'CACHE_STORAGE' });
+      await delay(50);
+      read = await readKept();
+    }
+    expect(read).toBe(1);
+    expect(log.at(-1)).toMatch(/^writes resumed/);
+    expect(backend.readNow(ROOT_SCOPE, 'kept')?.record?.modified).toBe(1);
+  });
 });
 
 describe('a data directory deleted or replaced under a running daemon', () => {
@@ -256,6 +301,35 @@ describe('a data directory deleted or replaced under a running daemon', () => {
     await rm(dataDir, { recursive: true });
     // No request: its periodic check (once a second) finds the directory gone. 20 s is a liveness bound only.
     const stopped = await Promise.race([daemon.exited.then(() => 'stopped'), delay(20_000, 'still running', { ref: false })]);
+    expect(stopped).toBe('stopped');
+    expect(daemon.log.join('\n')).toContain(`the cache directory ${dataDir} was deleted while hoard had it open`);
+    expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toBe('ENOENT');
+  });
+  test('deleted while the daemon serves only reads: it notices all the same, says why and stops', async () => {
+    const dir = await tempDir('hd-');
+    const socketPath = join(dir, 's.sock');
+    const dataDir = join(dir, 'data');
+    const daemon = await startDaemonProcess({ socketPath, dataDir });
+    const cache = await connect<string>({ socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    await cache.set('k', 'v');
+    let exited = false;
+    void daemon.exited.then(() => (exited = true));
+    // Reads in a loop, from the memory layer, none of which touches the directory, until the daemon goes away.
+    const reading = (async () => {
+      let reads = 0;
+      for (; !exited; reads++) {
+        const got = await cache.get('k').catch(() => undefined);
+        if (!got) break;
+        await got.release();
+      }
+      return reads;
+    })();
+    await rm(dataDir, { recursive: true });
+    // Its periodic check (once a second) runs however busy the daemon is. 20 s is a liveness bound only.
+    const stopped = await Promise.race([daemon.exited.then(() => 'stopped'), delay(20_000, 'still running', { ref: false })]);
+    exited = true;
+    expect(await reading).toBeGreaterThan(0);
     expect(stopped).toBe('stopped');
     expect(daemon.log.join('\n')).toContain(`the cache directory ${dataDir} was deleted while hoard had it open`);
     expect(await readdir(dataDir).catch((error: NodeJS.ErrnoException) => error.code)).toBe('ENOENT');

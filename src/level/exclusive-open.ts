@@ -18,10 +18,11 @@
  * never a stale lock to clean up (Node has no `flock`). The holder writes who it is to `instance-lock/holder.json`;
  * whoever finds the lock taken believes that file only when `/proc/locks` says its pid holds the lock.
  */
-import { mkdir, readFile, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { CacheError } from '../errors.js';
+import { lockHolderPid } from './lock-holder-pid.js';
 
 /** The directories this process holds open, shared by every copy of this module in the process's main realm. */
 const openDirectories: Set<string> = ((globalThis as Record<symbol, unknown>)[Symbol.for('hoard.openLevelDirectories')] ??=
@@ -43,25 +44,12 @@ const namedHolders = new WeakMap<object, Holder>();
 
 /** The pid that holds a POSIX lock on `file`, as `/proc/locks` tells, or `undefined`. */
 async function lockingPid(file: string): Promise<number | undefined> {
-  let inode: bigint;
   try {
-    inode = (await stat(file, { bigint: true })).ino;
+    const { dev, ino } = await stat(file, { bigint: true });
+    return lockHolderPid(await readFile('/proc/locks', 'utf8'), { dev, ino });
   } catch {
     return undefined;
   }
-  let locks: string;
-  try {
-    locks = await readFile('/proc/locks', 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Lines look like `1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 0 EOF`.
-  for (const line of locks.split('\n')) {
-    const fields = line.trim().split(/\s+/);
-    const device = fields.find((field) => /^[0-9a-f]+:[0-9a-f]+:\d+$/i.test(field));
-    if (device !== undefined && BigInt(device.split(':')[2]!) === inode) return Number(fields[fields.indexOf(device) - 1]);
-  }
-  return undefined;
 }
 
 /** Whether a thread of this process (a worker, say) holds LevelDB's lock on `directory` or its instance lock. */
@@ -177,8 +165,10 @@ export async function lockDirectory(directory: string, holder: HolderRole): Prom
     instanceLocks.set(directory, lock);
     // Written whole under another name, then renamed, so that a reader never sees half of it.
     const file = join(lockPath, HOLDER_FILE);
-    await writeFile(`${file}.${process.pid}`, JSON.stringify({ pid: process.pid, ...holder }), { mode: 0o600 })
-      .then(() => rename(`${file}.${process.pid}`, file))
+    const temporary = `${file}.${process.pid}`;
+    await writeFile(temporary, JSON.stringify({ pid: process.pid, ...holder }), { mode: 0o600 })
+      .then(() => rename(temporary, file))
+      .catch(() => rm(temporary, { force: true }))
       .catch(() => {
         // Without it, whoever finds the lock taken names the pid only.
       });
@@ -207,7 +197,8 @@ export async function openExclusive(directory: string, holder: HolderRole = { ro
   try {
     await db.open();
   } catch (error) {
-    await releaseDirectory(real);
+    // LevelDB's refusal is what the caller must hear; the lock goes with the process if it will not close.
+    await releaseDirectory(real).catch(() => {});
     throw await openError(real, error);
   }
   return { db, directory: real };

@@ -90,8 +90,6 @@ export class LevelStore implements Store<EncodedValue> {
   });
   #sweeping: Promise<void> = Promise.resolve();
   readonly #guard: WriteGuard;
-  /** Whether a call came since the last {@link checkDirectoryWhenIdle}. */
-  #used = false;
 
   private constructor(
     db: Level<Buffer, Buffer>,
@@ -160,7 +158,6 @@ export class LevelStore implements Store<EncodedValue> {
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
     this.#guard.assertNotLost();
-    this.#used = true;
     const key = itemKey(scope, id);
     const kept = this.#memory?.get(key);
     if (kept) return kept;
@@ -184,7 +181,6 @@ export class LevelStore implements Store<EncodedValue> {
    */
   async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
     // A refused write fails before its value's file is written; the current file is looked up once a reopen is over.
-    this.#used = true;
     if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
     const { bytes } = record.value;
@@ -210,21 +206,19 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
-    this.#used = true;
     if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
     return this.#commits.add({ key, raw: undefined, replaced: this.#blobOf(key) });
   }
 
   /**
-   * Checks that the directory is still the one opened (a stat), unless the store was used since the last call:
-   * writes check it themselves, and this notices a directory deleted while the store is idle. If it is not, the
-   * store is lost and `onLost` runs.
+   * Checks that the directory is still the one opened (a stat, microseconds): writes check it themselves, and a
+   * periodic call notices a directory deleted while the store only reads (which never looks at it) or is idle. If it
+   * is not, the store is lost and `onLost` runs.
    * @throws CacheError `CACHE_DATA_DIRECTORY_LOST`.
    */
-  checkDirectoryWhenIdle(): void {
-    if (this.#used) this.#used = false;
-    else this.#guard.checkDirectory();
+  checkDirectory(): void {
+    this.#guard.checkDirectory();
   }
 
   /** While the database is closed to be reopened after a failed write, a promise that settles once reads can go on. */
@@ -289,7 +283,6 @@ export class LevelStore implements Store<EncodedValue> {
    * range delete never is).
    */
   async clear(scope: Scope): Promise<void> {
-    this.#used = true;
     if (this.#guard.blocked) await this.#guard.writable();
     this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
     try {

@@ -50,7 +50,8 @@ export interface WriteGuardOptions {
 
 /**
  * Refuses writes after a failed one until the database is reopened, which the next write tries once the disk has
- * room; fails every call once the directory is lost (deleted, replaced, or taken by another process meanwhile).
+ * room (or the next read, when a failed reopen left the database closed); fails every call once the directory is lost
+ * (deleted, replaced, or taken by another process meanwhile).
  */
 export class WriteGuard {
   readonly #options: WriteGuardOptions;
@@ -66,6 +67,8 @@ export class WriteGuard {
   #closedForReopen: Promise<void> | undefined;
   /** When the next reopen may be tried, after one failed. */
   #retryAtMs = 0;
+  /** When a read may next try to reopen a database that a failed reopen left closed. */
+  #readRetryAtMs = 0;
   /** Whether a failed reopen was logged since writes were refused: once is enough. */
   #reopenFailureLogged = false;
   /** The writes and clears under way, which a reopen waits for. */
@@ -85,9 +88,24 @@ export class WriteGuard {
     if (this.#lost) throw this.#lost;
   }
 
-  /** While the database is closed to be reopened, a promise that settles once reads can go on; else `undefined`. */
+  /**
+   * While the database is closed to be reopened, a promise that settles once reads can go on; else `undefined`. A
+   * database left closed by a reopen that failed (an open that failed after the close) is reopened by a read too, at
+   * most once per {@link REOPEN_RETRY_MS} of reads: the read waits for that attempt, and fails at once in between.
+   */
   readsPaused(): Promise<void> | undefined {
-    return this.#closedForReopen;
+    if (this.#closedForReopen) return this.#closedForReopen;
+    if (this.#options.db.status !== 'closed' || !this.#refusal || this.#lost) return undefined;
+    if (!this.#reopening) {
+      if (Date.now() < Math.max(this.#readRetryAtMs, this.#retryAtMs)) return undefined;
+      this.#readRetryAtMs = Date.now() + REOPEN_RETRY_MS;
+      this.#reopening = this.#reopen().finally(() => (this.#reopening = undefined));
+    }
+    // Its outcome is for the writes that wait for it; the read then reads, or fails saying why.
+    return this.#reopening.then(
+      () => {},
+      () => {},
+    );
   }
 
   /** The error for a failed read: while a reopen has failed, the database is closed, and the message says why. */

@@ -123,9 +123,19 @@ export async function checkSocketDirectory(directory: string, options: { uid?: n
 }
 
 /**
+ * The error for a socket whose directory is missing: no daemon answers there, and none may be reached through a path
+ * that was not checked, since another user could make the directory (in a sticky `/tmp`) before the connection.
+ */
+function noSocket(socketPath: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`connect ENOENT ${socketPath}`), { code: 'ENOENT', errno: -2, syscall: 'connect', address: socketPath });
+}
+
+/**
  * Checks `socketPath` before a client connects to it (see the rule above), and resolves to the path to connect to:
  * the same socket through real directories, so that no link can be repointed between the check and the connection.
- * A missing socket or socket directory is no danger (nobody answers there); the path comes back as it was given.
+ * A missing socket in a checked directory is no danger (only the user could put one there); the path comes back as
+ * it was given.
+ * @throws an `ENOENT` error, as connecting would, when the socket's directory is missing (nobody answers there).
  * @throws CacheError `CACHE_UNSAFE_DIRECTORY`, with what is wrong and how to fix it.
  */
 export async function trustedSocketPath(socketPath: string, options: { uid?: number } = {}): Promise<string> {
@@ -133,10 +143,10 @@ export async function trustedSocketPath(socketPath: string, options: { uid?: num
   const absolute = resolve(socketPath);
   const directory = dirname(absolute);
   const { real, missing } = await checkAncestors(directory, absolute, uid);
-  if (missing.length > 0) return socketPath;
+  if (missing.length > 0) throw noSocket(socketPath);
   const realDirectory = join(real, basename(directory));
   const directoryInfo = await lstatOrMissing(realDirectory);
-  if (!directoryInfo) return socketPath;
+  if (!directoryInfo) throw noSocket(socketPath);
   checkOwnDirectory(directory, directoryInfo, uid);
   const realSocket = join(realDirectory, basename(absolute));
   const info = await lstatOrMissing(realSocket);
