@@ -79,7 +79,9 @@ async function directorySize(directory: string): Promise<number> {
 
 /** Logs what other users could read in the data directory when it opened, and whether it is private now. */
 function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void {
-  if (store.loosePaths.length === 0) return;
+  // Inside a private data directory no one else reaches a loose file (LevelDB makes its files with the process's umask,
+  // which `startDaemon` in another program leaves alone): those are made private without a word.
+  if (!store.loosePaths.some((loose) => loose.path === store.directory)) return;
   const octal = (mode: number): string => `0${mode.toString(8)}`;
   const [first, ...others] = store.loosePaths;
   const stuck = store.loosePaths.filter((loose) => !loose.madePrivate);

@@ -213,6 +213,21 @@ describe('who may read the data', () => {
     expect((await stat(dataDir)).mode & 0o777).toBe(0o700);
   });
 
+  test('startDaemon in a program with umask 022 makes a fresh data directory private without warning of it, at every start', async () => {
+    const previous = process.umask(0o022);
+    onTestFinished(() => void process.umask(previous));
+    const dir = await tempDir('hd-');
+    const dataDir = join(dir, 'data');
+    for (const round of [1, 2]) {
+      const lines: string[] = [];
+      const daemon = await startDaemon({ socketPath: join(dir, 's.sock'), dataDir, idleTimeoutMs: 0, log: (line) => lines.push(line) });
+      await daemon.close();
+      // Before, each start said other users could read LevelDB's files, which its own open had just made 0644.
+      expect({ round, warnings: lines.filter((line) => line.startsWith('warning')) }).toEqual({ round, warnings: [] });
+      expect((await stat(dataDir)).mode & 0o777).toBe(0o700);
+    }
+  });
+
   test('the daemon\'s log file is 0600 in a 0700 directory, and one an earlier version left readable is made 0600', async () => {
     const dir = await tempDir('hd-');
     const runOnce = (logFile: string) =>
