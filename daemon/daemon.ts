@@ -108,6 +108,10 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   const socketPath = options.stdio ? null : (options.socketPath ?? defaultSocketPath());
   const dataDir = options.dataDir ?? defaultDataDir();
   const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+  const { maxWaitersPerConnection } = options;
+  if (maxWaitersPerConnection !== undefined && !(Number.isSafeInteger(maxWaitersPerConnection) && maxWaitersPerConnection >= 1)) {
+    throw new TypeError(`maxWaitersPerConnection must be a whole number of at least 1, not ${String(maxWaitersPerConnection)}`);
+  }
   const maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES;
   if (socketPath) await prepareSocketDirectory(socketPath);
 
@@ -150,6 +154,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     version: VERSION,
     maxMessageBytes,
     maxWaitersPerConnection: options.maxWaitersPerConnection ?? MAX_WAITERS_PER_CONNECTION,
+    waitingClears: { count: 0 },
     counters: { hits: 0, misses: 0 },
     nextHandle: () => ++handles,
     log,

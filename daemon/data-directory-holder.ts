@@ -12,7 +12,7 @@ import { type Holder, holderOf, lockedError, readHolder } from '../src/level/exc
  * How long a holder that does not say who it is gets to write its holder file, which it does right after taking the
  * lock, and how often it is looked at meanwhile. After that, its file could not be written (a full disk, say).
  */
-const UNKNOWN_HOLDER_WAIT_MS = 1000;
+const UNKNOWN_HOLDER_WAIT_MS = 3000;
 const UNKNOWN_HOLDER_POLL_MS = 50;
 
 /** A daemon's refusal to start on a data directory that another process holds: `CACHE_LOCKED`, and who holds it. */

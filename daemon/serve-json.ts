@@ -1,6 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import type { Readable, Writable } from 'node:stream';
 import { FramedMessageReader, type FramedMessageReaderOptions } from '../src/wire/framed-message-reader.js';
-import { type AnyRequest, Exit, Initialize, Release, REQUESTS } from '../src/wire/protocol.js';
+import { type AnyRequest, Exit, Initialize, isSharedItemJson, Release, REQUESTS } from '../src/wire/protocol.js';
 import { ERROR_NUMBERS, WireError } from '../src/wire/wire-error.js';
 import { OUTPUT_HIGH_WATER_BYTES } from './serve-binary.js';
 import { CANCELLED, type Session } from './session.js';
@@ -17,14 +18,11 @@ const CORK_MAX_BYTES = 64 * 1024;
  */
 const RESUME_BELOW_BYTES = OUTPUT_HIGH_WATER_BYTES / 2;
 
-/** A base64 string this long or longer (a value of 48 KiB or more) is written from bytes shared by every answer that carries it. */
-const SHARED_STRING_CHARS = 64 * 1024;
-
-/** The bytes of large base64 values still in use, by the frozen item (see `itemJson` in protocol.ts) that holds them. */
+/** The bytes of large base64 values still in use, by the shared item JSON (see `isSharedItemJson`) that holds them. */
 const sharedBytes = new WeakMap<object, Buffer>();
 
 /** Stands for a shared string in a serialized message; the nonce keeps any string a client chose from matching it. */
-const SHARED_MARK = `"\\u0000hoard-shared-${process.pid}-${Math.random().toString(36).slice(2)}"`;
+const SHARED_MARK = `"\\u0000hoard-shared-${randomBytes(16).toString('hex')}"`;
 
 /**
  * Serializes `message` as the parts of one body: a large value that answers given together share (readers of one
@@ -33,7 +31,7 @@ const SHARED_MARK = `"\\u0000hoard-shared-${process.pid}-${Math.random().toStrin
 function bodyParts(message: object): Buffer[] {
   const shared: Buffer[] = [];
   const text = JSON.stringify(message, function (this: object, key: string, value: unknown) {
-    if (key !== 'value' || typeof value !== 'string' || value.length < SHARED_STRING_CHARS || !Object.isFrozen(this)) return value;
+    if (key !== 'value' || typeof value !== 'string' || !isSharedItemJson(this)) return value;
     let bytes = sharedBytes.get(this);
     if (!bytes) sharedBytes.set(this, (bytes = Buffer.from(JSON.stringify(value), 'latin1')));
     shared.push(bytes);
@@ -41,6 +39,8 @@ function bodyParts(message: object): Buffer[] {
   });
   if (shared.length === 0) return [Buffer.from(text, 'utf8')];
   const pieces = text.split(SHARED_MARK);
+  // Only if a string the client chose were the mark itself: then the plain text, copies and all.
+  if (pieces.length !== shared.length + 1) return [Buffer.from(JSON.stringify(message), 'utf8')];
   const parts: Buffer[] = [];
   pieces.forEach((piece, at) => {
     parts.push(Buffer.from(piece, 'utf8'));

@@ -44,7 +44,7 @@ export interface WaitGate {
    * Called only if the request has to wait, with the function that ends its wait: returns a signal that aborts the
    * wait, if any, or throws to refuse it (the request then leaves the queue and the call rejects with what was thrown).
    */
-  enter(cancel: CancelWait): AbortSignal | undefined;
+  enter(cancel: CancelWait, mode: LockMode): AbortSignal | undefined;
   /** Called once when a wait that `enter` admitted ends, granted or not. */
   leave(): void;
 }
@@ -137,7 +137,7 @@ export class LockTable {
       } else {
         const cancel: CancelWait = (reason) => this.#cancel(request, reason);
         if (typeof source === 'function') signal = source(cancel);
-        else signal = (gate = source).enter(cancel);
+        else signal = (gate = source).enter(cancel, mode);
       }
     } catch (refusal) {
       this.#cancel(request, refusal);

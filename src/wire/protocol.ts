@@ -130,6 +130,13 @@ interface ItemJson {
  * store shares) then share one base64 string too, instead of one each of a third more than the value.
  */
 const jsonInUse = new WeakMap<Uint8Array, WeakRef<ItemJson>>();
+/** The shared JSON forms of large items, whose `value` a writer may send from bytes of its own (it is base64: ASCII). */
+const sharedItemJson = new WeakSet<object>();
+
+/** Whether `holder` is the shared JSON form of a large item, so that its `value` string is worth sharing as bytes too. */
+export function isSharedItemJson(holder: object): boolean {
+  return sharedItemJson.has(holder);
+}
 
 function itemJson(record: EncodedRecord): ItemJson {
   const { modified, value } = record;
@@ -138,6 +145,7 @@ function itemJson(record: EncodedRecord): ItemJson {
   if (kept && kept.modified === modified && kept.encoding === value.encoding) return kept;
   const json = Object.freeze({ modified, encoding: value.encoding, value: base64(value.bytes) });
   jsonInUse.set(value.bytes, new WeakRef(json));
+  sharedItemJson.add(json);
   return json;
 }
 
