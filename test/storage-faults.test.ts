@@ -186,21 +186,33 @@ describe('a full disk that is freed again', () => {
   }
 });
 
+/** A value of 16 KiB of byte `n`. */
+const value = (n: number): EncodedValue => ({ encoding: 'binary', bytes: Buffer.alloc(16 * 1024, n) });
+
+/**
+ * A store on a small disk, with no memory layer (every read goes to LevelDB), holding `kept`, after a write failed
+ * on the full disk and the space was freed again: writes are refused until it has reopened the database.
+ */
+async function storeAfterFailedWrite(): Promise<{ store: LevelStore; backend: LocalBackend<EncodedValue, EncodedValue>; dataDir: string; log: string[] }> {
+  const { disk } = await smallDisk();
+  const dataDir = join(disk, 'data');
+  const log: string[] = [];
+  const store = await LevelStore.open(dataDir, { memoryCacheBytes: 0, log: (line) => log.push(line) });
+  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, { encode: (kept) => kept, decode: (kept) => kept });
+  onTestFinished(() => backend.close());
+  await backend.set(ROOT_SCOPE, 'kept', value(1), 1);
+  const filler = join(disk, 'filler');
+  fillDisk(filler);
+  let failure: unknown;
+  for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), 1).catch((error: unknown) => (failure = error));
+  expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
+  await unlink(filler);
+  return { store, backend, dataDir, log };
+}
+
 describe('the reopen after a failed write', () => {
   test.runIf(process.getuid?.() === 0)('reads that come while the database is closed to be reopened wait for it, and are served', async () => {
-    const { disk } = await smallDisk();
-    // No memory layer: every read goes to LevelDB.
-    const store = await LevelStore.open(join(disk, 'data'), { memoryCacheBytes: 0 });
-    const backend = new LocalBackend<EncodedValue, EncodedValue>(store, { encode: (value) => value, decode: (value) => value });
-    onTestFinished(() => backend.close());
-    const value = (n: number): EncodedValue => ({ encoding: 'binary', bytes: Buffer.alloc(16 * 1024, n) });
-    await backend.set(ROOT_SCOPE, 'kept', value(1), 1);
-    const filler = join(disk, 'filler');
-    fillDisk(filler);
-    let failure: unknown;
-    for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), 1).catch((error: unknown) => (failure = error));
-    expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
-    await unlink(filler);
+    const { store, backend } = await storeAfterFailedWrite();
 
     let resumed = false;
     const writing = backend.set(ROOT_SCOPE, 'after', value(3), 2).finally(() => (resumed = true));
@@ -218,21 +230,7 @@ describe('the reopen after a failed write', () => {
     await after.release();
   });
   test.runIf(process.getuid?.() === 0)('reads go on after a reopen that failed once the database was closed: a read reopens it', async () => {
-    const { disk } = await smallDisk();
-    const dataDir = join(disk, 'data');
-    const log: string[] = [];
-    // No memory layer: every read goes to LevelDB.
-    const store = await LevelStore.open(dataDir, { memoryCacheBytes: 0, log: (line) => log.push(line) });
-    const backend = new LocalBackend<EncodedValue, EncodedValue>(store, { encode: (value) => value, decode: (value) => value });
-    onTestFinished(() => backend.close());
-    const value = (n: number): EncodedValue => ({ encoding: 'binary', bytes: Buffer.alloc(16 * 1024, n) });
-    await backend.set(ROOT_SCOPE, 'kept', value(1), 1);
-    const filler = join(disk, 'filler');
-    fillDisk(filler);
-    let failure: unknown;
-    for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), 1).catch((error: unknown) => (failure = error));
-    expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
-    await unlink(filler);
+    const { backend, dataDir, log } = await storeAfterFailedWrite();
     // An open that fails after the close, though the disk has room: CURRENT names a manifest that is not there.
     const current = await readFile(join(dataDir, 'CURRENT'));
     await writeFile(join(dataDir, 'CURRENT'), 'MANIFEST-999999\n');
