@@ -4,6 +4,7 @@ import { FramedMessageReader, type FramedMessageReaderOptions } from '../src/wir
 import { type AnyRequest, Exit, Initialize, isSharedItemJson, Release, REQUESTS } from '../src/wire/protocol.js';
 import { ERROR_NUMBERS, WireError } from '../src/wire/wire-error.js';
 import { OUTPUT_HIGH_WATER_BYTES } from './serve-binary.js';
+import type { CancelWait } from '../src/lock-table.js';
 import { CANCELLED, type Session } from './session.js';
 
 /** LSP's notification that cancels a request by its id; sent as a request, it is answered too. */
@@ -93,7 +94,7 @@ export interface ServeJsonOptions {
  */
 export function serveJson(input: Readable, output: Writable, session: Session, options: ServeJsonOptions): JsonLink {
   /** Requests in flight by id, for `$/cancelRequest`; a client that reuses an id in flight cancels the latest. */
-  const waitingById = new Map<Id, AbortController>();
+  const waitingById = new Map<Id, CancelWait>();
   const loggedWithoutId = new Set<string>();
   let corked = false;
   let paused = false;
@@ -146,20 +147,23 @@ export function serveJson(input: Readable, output: Writable, session: Session, o
 
   function cancel(params: unknown): void {
     // The reader has checked that params.id is a number or a string.
-    waitingById.get((params as { id: Id }).id)?.abort(CANCELLED);
+    waitingById.get((params as { id: Id }).id)?.(CANCELLED);
   }
 
   function serve(method: AnyRequest, id: Id, raw: unknown): void {
-    const wait = session.waitController();
-    waitingById.set(id, wait.controller);
+    // As in binary: only a request that waits for its lock is kept for cancel, by the function that ends its wait.
+    let cancelWait: CancelWait | undefined;
+    const signal = (end: CancelWait): undefined => {
+      waitingById.set(id, (cancelWait = end));
+      return undefined;
+    };
     const done = (): void => {
-      wait.done();
-      if (waitingById.get(id) === wait.controller) waitingById.delete(id);
+      if (cancelWait && waitingById.get(id) === cancelWait) waitingById.delete(id);
     };
     let outcome: unknown;
     try {
       const handler = session.handler(method);
-      outcome = handler(method.params.fromJson(raw ?? {}), wait.controller.signal);
+      outcome = handler(method.params.fromJson(raw ?? {}), signal);
     } catch (error) {
       done();
       return fail(id, error);

@@ -145,16 +145,6 @@ export class Session {
   }
 
   /**
-   * A controller that cancels one request's wait (aborted already if the session has ended); call `done` once the
-   * request is over. Closing the session needs none: it ends every wait itself.
-   */
-  waitController(): { controller: AbortController; done(): void } {
-    const controller = new AbortController();
-    if (this.#gone.signal.aborted) controller.abort(this.#gone.signal.reason);
-    return { controller, done: noop };
-  }
-
-  /**
    * Lets one request wait for a lock while fewer than the limit of the session's requests wait, and keeps the way
    * to end its wait when the session closes.
    */
@@ -314,4 +304,3 @@ async function recordOf(item: { modified: number; value(): Promise<EncodedValue>
   return item && { modified: item.modified, value: await item.value() };
 }
 
-function noop(): void {}
