@@ -197,9 +197,8 @@ export class LevelStore implements Store<EncodedValue> {
       throw error;
     }
     this.#hasBlobs = true;
-    // A view that would keep a much larger buffer alive in memory is copied to a buffer of its own.
-    const kept = bytes.buffer.byteLength > 2 * bytes.byteLength ? Buffer.from(bytes) : bytes;
-    const blob = { name, record: { modified: record.modified, value: { encoding: record.value.encoding, bytes: kept } } };
+    // The memory layer copies a view that would keep a much larger buffer alive, if it keeps the value at all.
+    const blob = { name, record };
     // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
     // and the next open's sweep removes it if no record names it.
     await this.#commits.add({ key, raw: encodeBlobRecord(record, name), blob, replaced });
