@@ -4,7 +4,7 @@ import { RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
 import type { ValueAdapter } from '../src/local-backend.js';
 import type { Scope } from '../src/scope-path.js';
-import type { EncodedRecord, EncodedValue } from '../src/store.js';
+import type { EncodedRecord, EncodedValue, StoreListing } from '../src/store.js';
 import { Clear, Delete, Get, GetSet, HandleSet, Release, Set as SetItem, Status, type StatusResult } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 
@@ -101,7 +101,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       await writes;
       await releaseAtDaemon();
     };
-    return { item: this.#item(result.item), set, release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(result.item), stale: null, set, release, [Symbol.asyncDispose]: release };
   }
 
   async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
@@ -116,6 +116,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
 
   async clear(scope: Scope): Promise<void> {
     await (await this.connection()).request(Clear, { scope: scope.path });
+  }
+
+  async list(): Promise<StoreListing> {
+    throw new CacheError('CACHE_INTERNAL', 'Listing is not served yet.');
   }
 
   async status(): Promise<StatusResult> {

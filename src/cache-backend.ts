@@ -1,5 +1,6 @@
 import type { GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import type { Scope } from './scope-path.js';
+import type { StoreListing } from './store.js';
 
 /**
  * What a {@link CacheView} delegates to once it has checked the arguments: the local lock table and
@@ -15,12 +16,14 @@ export interface CacheBackend<T> {
   set(scope: Scope, id: string, value: T, modified: number): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   clear(scope: Scope): Promise<void>;
+  list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing>;
   close(): Promise<void>;
 }
 
 /** The handle `getset(id, { wait: false })` resolves to when the lock is taken. */
 export const MISSED_GETSET: MissedGetSetHandle = Object.freeze({
   item: null,
+  stale: null,
   set: null,
   async release() {},
   async [Symbol.asyncDispose]() {},

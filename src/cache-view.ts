@@ -1,7 +1,10 @@
 import type {
   Cache,
   GetHandle,
+  GetNowOptions,
   GetOptions,
+  ListOptions,
+  ListPage,
   GetSetHandle,
   GetSetOptions,
   MissedGetSetHandle,
@@ -60,7 +63,9 @@ export class CacheView<T> implements Cache<T> {
     return child;
   }
 
-  async get(id: string, options?: GetOptions): Promise<GetHandle<T>> {
+  get(id: string, options?: GetOptions & { wait?: true }): Promise<GetHandle<T>>;
+  get(id: string, options: GetNowOptions): Promise<GetHandle<T> | null>;
+  async get(id: string, options?: GetNowOptions): Promise<GetHandle<T> | null> {
     checkId(id);
     checkOptions(options);
     checkSignal(options?.signal);
@@ -98,6 +103,23 @@ export class CacheView<T> implements Cache<T> {
 
   async clear(): Promise<void> {
     return this.#backend.clear(this.#scope);
+  }
+
+  async list(options?: ListOptions): Promise<ListPage> {
+    checkOptions(options);
+    const listing = await this.#backend.list(this.#scope, { cursor: options?.cursor, limit: options?.limit ?? 1000 });
+    const seconds = (ms: number | undefined): number | null => (ms === undefined ? null : ms / 1000);
+    return {
+      items: listing.items.map((item) => ({
+        id: item.id,
+        sizeBytes: item.sizeBytes,
+        modified: item.modified,
+        expires: seconds(item.expiresAtMs),
+        accessed: seconds(item.accessedAtMs),
+      })),
+      scopes: listing.scopes,
+      cursor: listing.cursor,
+    };
   }
 }
 

@@ -4,6 +4,8 @@ export interface CacheItem<T> {
   readonly modified: number;
   /** Resolves to the value; decoding happens here, so a caller that only needs `modified` pays nothing for it. */
   value(): Promise<T>;
+  /** When the item expires (reads as a miss), in seconds since the Unix epoch; `null` when it never does. */
+  readonly expires?: number | null;
 }
 
 /** A held lock that ends with {@link LockHandle.release} or at the end of an `await using` block. */
@@ -12,24 +14,41 @@ export interface LockHandle extends AsyncDisposable {
   release(): Promise<void>;
 }
 
-/** The result of {@link Cache.get}: the item (or `null`) and a shared lock on it until released. */
+/** The result of {@link Cache.get}: the item (or `null`, also when it has expired) and a shared lock on it until released. */
 export interface GetHandle<T> extends LockHandle {
   readonly item: CacheItem<T> | null;
+}
+
+/** How long a value is fresh, given when it is written. */
+export interface ExpiryOptions {
+  /** After this many milliseconds the item reads as a miss; absent: it never expires. */
+  ttlMs?: number;
+  /**
+   * How long after expiring the item is kept for {@link GetSetHandle.stale}, in milliseconds; default 0. Only with
+   * `ttlMs`.
+   */
+  staleMs?: number;
 }
 
 /** The result of {@link Cache.getset}: the item (or `null`) and the exclusive lock on it until released. */
 export interface GetSetHandle<T> extends LockHandle {
   readonly item: CacheItem<T> | null;
   /**
+   * The expired item, while it is kept (its `staleMs`), when `item` is `null` because it expired: a caller whose
+   * recomputation fails can fall back to it. `null` otherwise.
+   */
+  readonly stale: CacheItem<T> | null;
+  /**
    * Writes the value within the held lock, with `modified` set to now; may be called more than once.
    * @throws CacheError `CACHE_LOCK_NOT_HELD` after the handle was released.
    */
-  readonly set: (value: T) => Promise<void>;
+  readonly set: (value: T, options?: ExpiryOptions) => Promise<void>;
 }
 
 /** The result of `getset(id, { wait: false })` when the lock was taken: nothing is held. */
 export interface MissedGetSetHandle extends LockHandle {
   readonly item: null;
+  readonly stale: null;
   readonly set: null;
 }
 
@@ -41,14 +60,51 @@ export interface GetOptions {
   signal?: AbortSignal;
 }
 
+export interface GetNowOptions extends GetOptions {
+  /** With `false`, resolves at once to `null` when the shared lock cannot be taken now (a writer holds it or waits). */
+  wait?: boolean;
+}
+
 export interface GetSetOptions extends GetOptions {
   /** With `false`, resolves at once with a {@link MissedGetSetHandle} when the lock cannot be taken now. Default `true`. */
   wait?: boolean;
 }
 
-export interface SetOptions {
-  /** Seconds since the Unix epoch; defaults to now. */
+export interface SetOptions extends ExpiryOptions {
+  /** Seconds since the Unix epoch; defaults to now. Expiry counts from the write, not from `modified`. */
   modified?: number;
+}
+
+export interface ListOptions {
+  /** Where the previous page ended (its `cursor`); absent: from the start. */
+  cursor?: string;
+  /** The most entries (items and scopes together) in one page; default 1,000, at most 10,000. */
+  limit?: number;
+}
+
+/** One item as a listing shows it. */
+export interface ListedItem {
+  readonly id: string;
+  /** The bytes the item takes as stored, as the size limit counts them; for a value kept in memory, its encoded size or 0. */
+  readonly sizeBytes: number;
+  /** As {@link CacheItem.modified}. */
+  readonly modified: number;
+  /** As {@link CacheItem.expires}. */
+  readonly expires: number | null;
+  /** When it was last read or written, in seconds since the epoch, to the store's recency granularity; `null` if unknown. */
+  readonly accessed: number | null;
+}
+
+/**
+ * One page of a listing, in key order. A scope listed page by page while others write lists no entry twice, and
+ * lists every entry present for the whole listing.
+ */
+export interface ListPage {
+  readonly items: readonly ListedItem[];
+  /** The names of the scopes nested directly in this one that hold items. */
+  readonly scopes: readonly string[];
+  /** Pass it as {@link ListOptions.cursor} for the next page; `null` on the last page. */
+  readonly cursor: string | null;
 }
 
 /**
@@ -62,7 +118,8 @@ export interface Cache<T> {
   /** Returns the nested cache named `name`: the same object every time for the same name. */
   withScope(name: string): Cache<T>;
   /** Reads the item, holding a shared lock on it until the handle is released. */
-  get(id: string, options?: GetOptions): Promise<GetHandle<T>>;
+  get(id: string, options?: GetOptions & { wait?: true }): Promise<GetHandle<T>>;
+  get(id: string, options: GetNowOptions): Promise<GetHandle<T> | null>;
   /**
    * Reads the item and holds its exclusive lock until the handle is released, so that concurrent
    * callers compute a missing value once.
@@ -75,6 +132,8 @@ export interface Cache<T> {
   delete(id: string): Promise<void>;
   /** Removes every item of this scope and of all scopes nested in it, once the locks held there are released. */
   clear(): Promise<void>;
+  /** One page of the ids of this scope's items and the names of its nested scopes; takes no lock. */
+  list(options?: ListOptions): Promise<ListPage>;
 }
 
 /** A cache that owns resources: the root object a backend returns. */

@@ -35,6 +35,11 @@ export type CacheErrorCode =
    * 10,000); this one was refused without waiting. Those already waiting are unaffected.
    */
   | 'CACHE_TOO_MANY_WAITERS'
+  /**
+   * The value alone takes more than the cache's size limit (`--max-size`), so it is not stored; the item's previous value
+   * is untouched.
+   */
+  | 'CACHE_OVER_SIZE_LIMIT'
   /** The daemon refused the request's parameters (a client bug, or a client of another version). */
   | 'CACHE_INVALID_PARAMS'
   /** The daemon failed in an unexpected way; its log has the details. */

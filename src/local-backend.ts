@@ -3,7 +3,7 @@ import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js
 import { CacheError, isCacheError } from './errors.js';
 import { type Lease, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
-import type { Store, StoredRecord } from './store.js';
+import type { Store, StoredRecord, StoreListing } from './store.js';
 
 /** Converts between a cache's values and a store's stored form. */
 export interface ValueAdapter<T, V> {
@@ -93,7 +93,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (writing > 0) await writes;
       lease.release();
     };
-    return { item, set, release, [Symbol.asyncDispose]: release };
+    return { item, stale: null, set, release, [Symbol.asyncDispose]: release };
   }
 
   /** `signal` (for the daemon, not the public API) drops the call while it waits for the lock. */
@@ -124,6 +124,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     } finally {
       lease.release();
     }
+  }
+
+  list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing> {
+    this.#checkOpen();
+    return this.#store.list(scope, options);
   }
 
   /** How many locks are held and how many requests wait. */

@@ -1,5 +1,5 @@
 import type { Scope } from './scope-path.js';
-import type { Store, StoredRecord } from './store.js';
+import type { Store, StoredRecord, StoreListing } from './store.js';
 
 interface Node<V> {
   items: Map<string, StoredRecord<V>>;
@@ -44,6 +44,10 @@ export class MemoryStore<V> implements Store<V> {
     if (!node) return;
     node.items = new Map();
     node.children = new Map();
+  }
+
+  async list(): Promise<StoreListing> {
+    return { items: [], scopes: [], cursor: null };
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 import { RootCacheView } from './cache-view.js';
 import { LocalBackend } from './local-backend.js';
-import type { Store } from './store.js';
+import type { Store, StoreListing } from './store.js';
 
 /** A {@link Store} that keeps nothing. */
 class NullStore implements Store<never> {
@@ -10,6 +10,9 @@ class NullStore implements Store<never> {
   async write(): Promise<void> {}
   async delete(): Promise<void> {}
   async clear(): Promise<void> {}
+  async list(): Promise<StoreListing> {
+    return { items: [], scopes: [], cursor: null };
+  }
   async close(): Promise<void> {}
 }
 

@@ -52,3 +52,24 @@ export function scopeOf(path: readonly string[]): Scope {
 export function itemKey(scope: Scope, id: string): string {
   return ID_SPECIAL_TEST.test(id) ? `${scope.prefix}:${id.replace(ID_SPECIAL, escapeChar)}` : `${scope.prefix}:${id}`;
 }
+
+const ESCAPE = /%(?:u([0-9A-F]{4})|([0-9A-F]{2}))/g;
+
+function unescape(text: string): string {
+  return text.includes('%') ? text.replace(ESCAPE, (_, unit?: string, byte?: string) => String.fromCharCode(parseInt(unit ?? byte!, 16))) : text;
+}
+
+/** The scope and id a storage key was made from: the inverse of {@link itemKey}. */
+export function parseItemKey(key: string): { scope: Scope; id: string } {
+  const colon = key.indexOf(':');
+  if (colon < 0) throw new TypeError(`Not an item key: ${key}`);
+  const names = colon === 0 ? [] : key.slice(0, colon - 1).split('/').map(unescape);
+  return { scope: scopeOf(names), id: unescape(key.slice(colon + 1)) };
+}
+
+/** The name of the top-level scope an item key belongs to; `''` for an item of the root scope. */
+export function topScopeName(key: string): string {
+  const slash = key.indexOf('/');
+  const colon = key.indexOf(':');
+  return slash < 0 || slash > colon ? '' : unescape(key.slice(0, slash));
+}

@@ -10,6 +10,55 @@ export interface EncodedValue {
 export interface StoredRecord<V> {
   readonly modified: number;
   readonly value: V;
+  /** When the item expires (reads as a miss), in milliseconds since the epoch; absent: never. */
+  readonly expiresAtMs?: number;
+  /** Until when an expired item is kept to be handed out as stale, in milliseconds since the epoch; absent: `expiresAtMs`. */
+  readonly staleUntilMs?: number;
+}
+
+/** What a listing gives for one item: the fields of {@link ListedItem}, in the store's units. */
+export interface StoreListedItem {
+  readonly id: string;
+  readonly sizeBytes: number;
+  readonly modified: number;
+  readonly expiresAtMs?: number;
+  readonly accessedAtMs?: number;
+}
+
+/** One page of a store's listing of a scope; `cursor` is opaque to callers. */
+export interface StoreListing {
+  readonly items: StoreListedItem[];
+  readonly scopes: string[];
+  readonly cursor: string | null;
+}
+
+/** The bytes and items counted for a scope. */
+export interface ScopeUsage {
+  bytes: number;
+  items: number;
+}
+
+/** What a store with a size limit holds, counted exactly. */
+export interface StoreUsage extends ScopeUsage {
+  /** The size limit, in bytes; `null` when there is none. */
+  readonly limitBytes: number | null;
+  /** The figures of each top-level scope, by name; items directly in the root scope are under `''`. */
+  readonly scopes: ReadonlyMap<string, ScopeUsage>;
+}
+
+/** What `verify` found (and, with `fix`, mended): the figures kept against those recounted from the data. */
+export interface VerifyReport {
+  readonly kept: ScopeUsage;
+  readonly counted: ScopeUsage;
+  /** Top-level scopes whose kept figures differ from the recount. */
+  readonly driftedScopes: readonly string[];
+  /** Files in the directory of large values that no item names. */
+  readonly orphanFiles: number;
+  readonly orphanBytes: number;
+  /** Index entries (recency, expiry, size) with no item, or items missing theirs. */
+  readonly strayEntries: number;
+  /** Whether the drift, orphans and strays found were mended. */
+  readonly fixed: boolean;
 }
 
 /**
@@ -27,6 +76,24 @@ export interface Store<V> {
   delete(scope: Scope, id: string): Promise<void>;
   /** Removes the items of `scope` and of every scope nested in it. */
   clear(scope: Scope): Promise<void>;
+  /**
+   * One page of `scope`'s items (expired ones included: the caller filters) and nested scope names, in key order,
+   * after `cursor`; bounded memory whatever the scope's size.
+   */
+  list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing>;
+  /** For a store that counts what it holds (with or without a limit): the figures now, without I/O. */
+  usage?(): StoreUsage;
+  /** The figures of any scope, counted from the data (the scope's subtree is read once). */
+  scopeUsage?(scope: Scope): Promise<ScopeUsage>;
+  /**
+   * Up to `limit` item keys (`scope-path.ts`'s `itemKey`), least recently used first, after `cursor` (what the
+   * previous call returned as `next`); `next` is `null` once every item was given.
+   */
+  leastRecent?(options: { cursor?: string; limit: number }): Promise<{ keys: string[]; next: string | null }>;
+  /** Up to `limit` keys of items whose {@link StoredRecord.staleUntilMs} (or `expiresAtMs`) is at or before `nowMs`. */
+  expired?(nowMs: number, limit: number): Promise<string[]>;
+  /** Recounts from the data and compares with the figures kept; with `fix`, mends what differs. */
+  verify?(options: { fix: boolean }): Promise<VerifyReport>;
   /**
    * While the store cannot serve reads for a moment (it is reopening its files after a failed write), a promise
    * that settles once it can; else `undefined`. A store that never pauses leaves it out.

@@ -4,7 +4,7 @@ import type { Level } from 'level';
 import { CacheError, isCacheError, storageError } from '../errors.js';
 import type { Scope } from '../scope-path.js';
 import { itemKey } from '../scope-path.js';
-import type { EncodedValue, Store, StoredRecord } from '../store.js';
+import type { EncodedValue, Store, StoredRecord, StoreListing } from '../store.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
@@ -324,6 +324,10 @@ export class LevelStore implements Store<EncodedValue> {
     } catch {
       // The garbage stays until the next open: nothing a caller asked for depends on it.
     }
+  }
+
+  async list(): Promise<StoreListing> {
+    return { items: [], scopes: [], cursor: null };
   }
 
   async close(): Promise<void> {
