@@ -56,7 +56,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     };
   }
 
-  async get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>> {
+  async get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+    const { signal } = options;
     const connection = await this.connection();
     const result = await connection.request(Get, { scope: scope.path, id }, { signal, abandoned: (late) => connection.notify(Release, { handle: late.handle }) });
     const release = this.#releaser(connection, result.handle);
@@ -66,7 +67,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   async getset(
     scope: Scope,
     id: string,
-    options: { wait: boolean; signal: AbortSignal | undefined },
+    options: { wait: boolean; signal?: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const connection = await this.connection();
     const result = await connection.request(
@@ -104,7 +105,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return { item: this.#item(result.item), stale: null, set, release, [Symbol.asyncDispose]: release };
   }
 
-  async set(scope: Scope, id: string, value: T, modified: number): Promise<void> {
+  async set(scope: Scope, id: string, value: T, options: { modified: number }): Promise<void> {
+    const { modified } = options;
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
     await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified });

@@ -98,8 +98,8 @@ export class Session {
     this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
     this.#on(HandleSet, (p) => this.#handleSet(p.handle, p.value));
     this.#on(SetItem, (p, signal) => this.#set(scopeOf(p.scope), p.id, p.value, p.modified, this.#gate(signal)));
-    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, this.#gate(signal)));
-    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), this.#gate(signal)));
+    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, { signal: this.#gate(signal) }));
+    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), { signal: this.#gate(signal) }));
     this.#on(Status, () => this.#context.status());
     this.#on(Shutdown, () => this.#shutdown());
   }
@@ -238,7 +238,7 @@ export class Session {
   }
 
   async #getLater(scope: Scope, id: string, signal: RequestSignal): Promise<GetResult> {
-    const got = await this.#context.backend.get(scope, id, this.#gate(signal));
+    const got = (await this.#context.backend.get(scope, id, { signal: this.#gate(signal) }))!;
     this.#count(got.item);
     const item = await recordOf(got.item);
     return { handle: await this.#keep(got), item };
@@ -272,7 +272,7 @@ export class Session {
   async #set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: WaitGate): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
-    await this.#context.backend.set(scope, id, value, when, signal);
+    await this.#context.backend.set(scope, id, value, { modified: when, signal });
   }
 
   /** Asks the daemon to stop once the answer to this request is on its way. */

@@ -1,4 +1,4 @@
-import type { GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
+import type { ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import type { Scope } from './scope-path.js';
 import type { StoreListing } from './store.js';
 
@@ -7,13 +7,14 @@ import type { StoreListing } from './store.js';
  * store, or a connection to the daemon. Every method receives validated arguments.
  */
 export interface CacheBackend<T> {
-  get(scope: Scope, id: string, signal: AbortSignal | undefined): Promise<GetHandle<T>>;
+  /** Resolves to `null` only with `wait: false`, when the shared lock cannot be taken now. */
+  get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null>;
   getset(
     scope: Scope,
     id: string,
-    options: { wait: boolean; signal: AbortSignal | undefined },
+    options: { wait: boolean; signal?: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle>;
-  set(scope: Scope, id: string, value: T, modified: number): Promise<void>;
+  set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   clear(scope: Scope): Promise<void>;
   list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing>;

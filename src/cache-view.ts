@@ -70,7 +70,7 @@ export class CacheView<T> implements Cache<T> {
     checkOptions(options);
     checkSignal(options?.signal);
     options?.signal?.throwIfAborted();
-    return this.#backend.get(this.#scope, id, options?.signal);
+    return this.#backend.get(this.#scope, id, { signal: options?.signal, wait: options?.wait ?? true });
   }
 
   getset(id: string, options?: GetSetOptions & { wait?: true }): Promise<GetSetHandle<T>>;
@@ -93,7 +93,7 @@ export class CacheView<T> implements Cache<T> {
     if (typeof modified !== 'number' || !Number.isFinite(modified)) {
       throw new TypeError(`modified must be a finite number of seconds, got ${String(modified)}.`);
     }
-    return this.#backend.set(this.#scope, id, value, modified);
+    return this.#backend.set(this.#scope, id, value, { modified, ttlMs: options?.ttlMs, staleMs: options?.staleMs });
   }
 
   async delete(id: string): Promise<void> {

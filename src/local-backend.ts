@@ -1,7 +1,7 @@
-import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
+import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
 import { CacheError, isCacheError } from './errors.js';
-import { type Lease, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
+import { type Lease, type LockOwner, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
 import type { Store, StoredRecord, StoreListing } from './store.js';
 
@@ -10,6 +10,12 @@ export interface ValueAdapter<T, V> {
   /** Runs before any lock is taken, so a value it refuses leaves the stored item untouched. */
   encode(value: T): V;
   decode(stored: V): T;
+}
+
+/** How a call waits for its lock: a signal that ends the wait, and who asks (for `hoard locks`). */
+export interface LockOptions {
+  signal?: SignalSource;
+  owner?: LockOwner | undefined;
 }
 
 function closedError(): CacheError {
@@ -36,17 +42,25 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * released; `undefined` (with nothing queued) when the lock is taken. The daemon's path for most reads: no promise.
    * @throws CacheError `CACHE_CLOSED`, or the store's read errors (with the lock released).
    */
-  readNow(scope: Scope, id: string): { lease: Lease; record: StoredRecord<V> | undefined } | undefined {
+  readNow(scope: Scope, id: string, owner?: LockOwner): { lease: Lease; record: StoredRecord<V> | undefined } | undefined {
     this.#checkOpen();
     if (this.#store.readsPaused?.()) return undefined;
-    const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared');
+    const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner });
     if (!lease) return undefined;
     return { lease, record: this.#readRecord(lease, scope, id) };
   }
 
-  async get(scope: Scope, id: string, signal: SignalSource): Promise<GetHandle<T>> {
-    const acquired = this.#lock(itemKey(scope, id), 'shared', signal);
-    const lease = acquired instanceof Promise ? await acquired : acquired;
+  async get(scope: Scope, id: string, options: LockOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
+    let lease: Lease;
+    if (options.wait === false) {
+      this.#checkOpen();
+      const taken = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner: options.owner });
+      if (!taken) return null;
+      lease = taken;
+    } else {
+      const acquired = this.#lock(itemKey(scope, id), 'shared', options);
+      lease = acquired instanceof Promise ? await acquired : acquired;
+    }
     await this.#readable();
     const item = this.#readHeld(lease, scope, id);
     const release = async (): Promise<void> => lease.release();
@@ -56,16 +70,16 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async getset(
     scope: Scope,
     id: string,
-    options: { wait: boolean; signal: SignalSource },
+    options: LockOptions & { wait: boolean },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const key = itemKey(scope, id);
     let lease: Lease;
     if (options.wait) {
-      const acquired = this.#lock(key, 'exclusive', options.signal);
+      const acquired = this.#lock(key, 'exclusive', options);
       lease = acquired instanceof Promise ? await acquired : acquired;
     } else {
       this.#checkOpen();
-      const taken = this.#locks.tryAcquire(key, 'exclusive');
+      const taken = this.#locks.tryAcquire(key, 'exclusive', { owner: options.owner });
       if (!taken) return MISSED_GETSET;
       lease = taken;
     }
@@ -77,7 +91,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     let writes: Promise<void> = Promise.resolve();
     let writing = 0;
     let released = false;
-    const set = (value: T): Promise<void> => {
+    const set = (value: T, expiry?: ExpiryOptions): Promise<void> => {
+      void expiry;
       if (released || !lease.held) {
         return Promise.reject(new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.'));
       }
@@ -96,11 +111,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return { item, stale: null, set, release, [Symbol.asyncDispose]: release };
   }
 
-  /** `signal` (for the daemon, not the public API) drops the call while it waits for the lock. */
-  async set(scope: Scope, id: string, value: T, modified: number, signal?: SignalSource): Promise<void> {
+  /** `signal` and `owner` are for the daemon, not the public API: the signal drops the call while it waits for the lock. */
+  async set(scope: Scope, id: string, value: T, options: LockOptions & ExpiryOptions & { modified: number }): Promise<void> {
     this.#checkOpen();
     const stored = this.#adapter.encode(value);
-    const lease = await this.#lock(itemKey(scope, id), 'exclusive', signal);
+    const { modified } = options;
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
     try {
       await this.#io(() => this.#store.write(scope, id, { modified, value: stored }));
     } finally {
@@ -108,8 +124,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async delete(scope: Scope, id: string, signal?: SignalSource): Promise<void> {
-    const lease = await this.#lock(itemKey(scope, id), 'exclusive', signal);
+  async delete(scope: Scope, id: string, options: LockOptions = {}): Promise<void> {
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
     try {
       await this.#io(() => this.#store.delete(scope, id));
     } finally {
@@ -117,8 +133,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async clear(scope: Scope, signal?: SignalSource): Promise<void> {
-    const lease = await this.#lock(scope.prefix, 'subtree', signal);
+  async clear(scope: Scope, options: LockOptions = {}): Promise<void> {
+    const lease = await this.#lock(scope.prefix, 'subtree', options);
     try {
       await this.#io(() => this.#store.clear(scope));
     } finally {
@@ -155,9 +171,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     for (let paused = this.#store.readsPaused?.(); paused; paused = this.#store.readsPaused?.()) await paused;
   }
 
-  #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', signal: SignalSource): Lease | Promise<Lease> {
+  #lock(key: string, mode: 'shared' | 'exclusive' | 'subtree', options: LockOptions): Lease | Promise<Lease> {
     this.#checkOpen();
-    return this.#locks.acquire(key, mode, { signal });
+    return this.#locks.acquire(key, mode, options);
   }
 
   /** Reads synchronously under the held lease, releasing it if the read fails. */

@@ -21,7 +21,15 @@ export interface Lease {
   release(): void;
 }
 
+/** Who asks for a lock, as `hoard locks` shows it: a client's name and process, or the daemon's own work. */
+export interface LockOwner {
+  readonly name: string;
+  readonly pid?: number | undefined;
+}
+
 export interface AcquireOptions {
+  /** Who holds or waits for the lock, for {@link LockTable.snapshot}. */
+  owner?: LockOwner | undefined;
   /**
    * Aborts the wait: the request leaves the queue and the call rejects with the signal's reason. A function is
    * called only if the request has to wait, with the function that ends the wait as an abort would (for callers
@@ -162,7 +170,8 @@ export class LockTable {
   }
 
   /** Takes the lock only if it can be granted at once; otherwise returns `null` and queues nothing. */
-  tryAcquire(key: string, mode: LockMode): Lease | null {
+  tryAcquire(key: string, mode: LockMode, options: { owner?: LockOwner | undefined } = {}): Lease | null {
+    void options;
     if (!this.#grantableNow(key, mode)) return null;
     const request = new Request(this, key, mode);
     this.#enqueue(request);

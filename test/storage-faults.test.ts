@@ -200,11 +200,11 @@ async function storeAfterFailedWrite(): Promise<{ store: LevelStore; backend: Lo
   const store = await LevelStore.open(dataDir, { memoryCacheBytes: 0, log: (line) => log.push(line) });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, { encode: (kept) => kept, decode: (kept) => kept });
   onTestFinished(() => backend.close());
-  await backend.set(ROOT_SCOPE, 'kept', value(1), 1);
+  await backend.set(ROOT_SCOPE, 'kept', value(1), { modified: 1 });
   const filler = join(disk, 'filler');
   fillDisk(filler);
   let failure: unknown;
-  for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), 1).catch((error: unknown) => (failure = error));
+  for (let n = 0; n < 100 && !failure; n++) await backend.set(ROOT_SCOPE, `x${n}`, value(2), { modified: 1 }).catch((error: unknown) => (failure = error));
   expect(failure).toMatchObject({ code: 'CACHE_STORAGE' });
   await unlink(filler);
   return { store, backend, dataDir, log };
@@ -215,17 +215,17 @@ describe('the reopen after a failed write', () => {
     const { store, backend } = await storeAfterFailedWrite();
 
     let resumed = false;
-    const writing = backend.set(ROOT_SCOPE, 'after', value(3), 2).finally(() => (resumed = true));
+    const writing = backend.set(ROOT_SCOPE, 'after', value(3), { modified: 2 }).finally(() => (resumed = true));
     // Each turn of the event loop, until the write has closed the database to reopen it.
     while (!store.readsPaused() && !resumed) await new Promise(setImmediate);
     expect(store.readsPaused()).toBeDefined();
     // The synchronous path steps aside, and a read waits for the reopen instead of failing.
     expect(backend.readNow(ROOT_SCOPE, 'kept')).toBeUndefined();
-    const got = await backend.get(ROOT_SCOPE, 'kept', undefined);
+    const got = (await backend.get(ROOT_SCOPE, 'kept', {}))!;
     expect(Buffer.from((await got.item!.value()).bytes).equals(value(1).bytes as Buffer)).toBe(true);
     await got.release();
     await writing;
-    const after = await backend.get(ROOT_SCOPE, 'after', undefined);
+    const after = (await backend.get(ROOT_SCOPE, 'after', {}))!;
     expect(after.item?.modified).toBe(2);
     await after.release();
   });
@@ -234,14 +234,14 @@ describe('the reopen after a failed write', () => {
     // An open that fails after the close, though the disk has room: CURRENT names a manifest that is not there.
     const current = await readFile(join(dataDir, 'CURRENT'));
     await writeFile(join(dataDir, 'CURRENT'), 'MANIFEST-999999\n');
-    await expect(backend.set(ROOT_SCOPE, 'refused', value(3), 2)).rejects.toMatchObject({ code: 'CACHE_STORAGE' });
+    await expect(backend.set(ROOT_SCOPE, 'refused', value(3), { modified: 2 })).rejects.toMatchObject({ code: 'CACHE_STORAGE' });
     expect(log.filter((line) => line.startsWith('reopening the cache database'))).toHaveLength(1);
     await writeFile(join(dataDir, 'CURRENT'), current);
 
     // No write comes: a read reopens the database (once the retry delay after the failed attempt is over).
     const readKept = async (): Promise<unknown> => {
       try {
-        const got = await backend.get(ROOT_SCOPE, 'kept', undefined);
+        const got = (await backend.get(ROOT_SCOPE, 'kept', {}))!;
         await got.release();
         return got.item?.modified;
       } catch (error) {
