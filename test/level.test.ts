@@ -125,14 +125,14 @@ describe('LevelCache with large values, each in a file of its own', () => {
     await first.set('small', big(1, BLOB_MIN_BYTES - 1));
     await first.close();
     expect(await blobFiles(dir)).toEqual([]);
-    expect(await layoutOf(dir)).toBe('1');
+    expect(await layoutOf(dir)).toBe('3');
 
     const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
     await cache.set('large', big(2), { modified: 1700000000.5 });
     const [file] = await blobFiles(dir);
     expect(file).toBeDefined();
     await cache.close();
-    expect(await layoutOf(dir)).toBe('2');
+    expect(await layoutOf(dir)).toBe('3');
 
     const reopened = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
     {
