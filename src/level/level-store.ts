@@ -425,6 +425,10 @@ export class LevelStore implements Store<EncodedValue> {
     }
   }
 
+  sizeOf(key: string): number | undefined {
+    return this.#readMeta(key)?.sizeBytes;
+  }
+
   /** An item's meta entry; a damaged one reads as missing (verify reports and mends it). */
   #readMeta(key: string): ItemMeta | undefined {
     const raw = this.#get(Buffer.from(META_PREFIX + key, 'utf8'));
