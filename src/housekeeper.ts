@@ -95,6 +95,11 @@ export class Housekeeper {
         this.#schedule();
       }, intervalMs).unref();
     }
+    // A store opened above its limit (a lower limit than last time) evicts at once, not at the first write or tick.
+    if (this.#overLimit()) {
+      this.#wantEviction = true;
+      this.#schedule();
+    }
   }
 
   /** Queues an item that a read found past its stale time, for removal once its lock is free. */

@@ -57,6 +57,19 @@ describe('eviction (LevelCache, small maxSizeBytes)', () => {
     for (const id of written.slice(0, 50)) expect(await present(cache, id), id).toBe(false);
   });
 
+  test('a cache opened above a lower limit than before evicts at once, with no write and no timed sweep', async () => {
+    const dir = await tempDir();
+    {
+      const { cache } = await open({ dir, maxSizeBytes: Infinity });
+      for (const id of ids('a', 200)) await cache.set(id, VALUE);
+      expect(cache.usage().sizeBytes).toBeGreaterThan(LIMIT);
+      await cache.close();
+    }
+    const { cache } = await open({ dir });
+    await eventually(() => cache.usage().sizeBytes <= LIMIT * 0.9, 'the eviction at open');
+    expect(cache.usage().evictions).toBeGreaterThan(100);
+  });
+
   test('the least recently read go first, and the recently read stay', async () => {
     const size = await itemBytes();
     const { cache, clock } = await open();
@@ -166,16 +179,19 @@ describe('eviction (LevelCache, small maxSizeBytes)', () => {
       await cache.close();
     }
     clock.advance(BUCKET_MS * 2);
-    // Reopened under a limit it is already past: nothing evicts until a write, a sweep or gc.
-    const { cache } = await open({ dir, clock });
+    // Reopened under a limit it is within, but past the 90% that gc evicts down to: nothing is removed until gc.
+    const limit = 170_000;
+    const { cache } = await open({ dir, clock, maxSizeBytes: limit });
     const before = cache.usage();
     expect(before.items).toBe(160);
+    expect(before.sizeBytes).toBeLessThanOrEqual(limit);
+    expect(before.sizeBytes).toBeGreaterThan(limit * 0.9);
     const dry = await cache.gc({ dryRun: true });
     expect(cache.usage()).toEqual(before);
     expect((await cache.list({ limit: 1000 })).items.length).toBe(150);
     expect(dry.expiredItems).toBe(10);
     expect(dry.evictedItems).toBeGreaterThan(0);
-    expect(dry.sizeBytes).toBeLessThanOrEqual(LIMIT * 0.9);
+    expect(dry.sizeBytes).toBeLessThanOrEqual(limit * 0.9);
     const done = await cache.gc();
     expect(done.expiredItems).toBe(dry.expiredItems);
     expect(done.evictedItems).toBe(dry.evictedItems);
