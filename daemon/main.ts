@@ -7,6 +7,7 @@ import { isCacheError } from '../src/errors.js';
 import { type Holder, holderOf } from '../src/level/exclusive-open.js';
 import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
 import { parseDuration } from '../src/parse-duration.js';
+import { parseSize as parseSizeText } from '../src/parse-size.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
 import { DataDirectoryHeld } from './data-directory-holder.js';
@@ -26,6 +27,7 @@ interface DaemonCommandOptions {
   maxMessageBytes?: number;
   maxWaitersPerConnection?: number;
   memoryCacheBytes?: number;
+  maxSizeBytes?: number;
   sync?: boolean;
   stdio?: boolean;
   /** Log here instead of standard error (the background mode). */
@@ -94,6 +96,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
       maxMessageBytes: options.maxMessageBytes,
       maxWaitersPerConnection: options.maxWaitersPerConnection,
       memoryCacheBytes: options.memoryCacheBytes,
+      maxSizeBytes: options.maxSizeBytes,
       sync: options.sync,
       stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
       log: stamp,
@@ -128,12 +131,25 @@ function parseIdleTimeout(text: string): number {
   return ms;
 }
 
-/** Parses a size such as `65536`, `512KiB`, `32MiB` or `1GiB` into bytes. */
+/** Parses a size such as `65536`, `512KiB`, `32MiB`, `1GiB` or `1GB` into bytes. */
 function parseSize(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text.trim());
-  if (!match) throw new InvalidArgumentError('expected a size such as 65536, 512KiB, 32MiB or 1GiB');
-  const unit = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 }[(match[2] ?? 'b').toLowerCase() as 'b']!;
-  return Math.round(Number(match[1]) * unit);
+  try {
+    return parseSizeText(text);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+/** Parses `--max-size`: a size above 0, or `unlimited`. */
+function parseMaxSize(text: string): number {
+  let bytes: number;
+  try {
+    bytes = parseSizeText(text, { unlimited: true });
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+  if (bytes <= 0) throw new InvalidArgumentError('expected a size above 0 (or unlimited)');
+  return bytes;
 }
 
 function parseCount(text: string): number {
@@ -185,10 +201,21 @@ function daemonProgram(name: string, io: EntryOutput): Command {
         .argParser(parseSize)
         .default(MEMORY_CACHE_BYTES, `${MEMORY_CACHE_BYTES / 1024 / 1024}MiB`),
     )
+    .addOption(
+      new Option('--max-size <size>', 'keep the items within this size, evicting the least recently used (10GiB, 500MiB, 1GB; unlimited)').argParser(
+        parseMaxSize,
+      ),
+    )
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
-    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number; maxWaiters: number }) => {
-      await runDaemonCommand({ ...options, idleTimeoutMs: options.idleTimeout, memoryCacheBytes: options.memoryCache, maxWaitersPerConnection: options.maxWaiters });
+    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number; maxWaiters: number; maxSize?: number }) => {
+      await runDaemonCommand({
+        ...options,
+        idleTimeoutMs: options.idleTimeout,
+        memoryCacheBytes: options.memoryCache,
+        maxWaitersPerConnection: options.maxWaiters,
+        maxSizeBytes: options.maxSize,
+      });
     });
   return program;
 }

@@ -1,7 +1,7 @@
 import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
 import { CacheError, isCacheError } from './errors.js';
-import { type Lease, type LockOwner, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
+import { type Lease, type LockOwner, type LockSnapshotEntry, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
 import type { Store, StoredRecord, StoreListing } from './store.js';
 
@@ -150,6 +150,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   /** How many locks are held and how many requests wait. */
   lockStats(): LockTableStats {
     return this.#locks.stats();
+  }
+
+  /** Every held lock and waiting request, with who asked and since when (for `hoard locks`). */
+  lockSnapshot(): LockSnapshotEntry[] {
+    return this.#locks.snapshot();
   }
 
   close(): Promise<void> {
