@@ -1,5 +1,6 @@
 import type {
   Cache,
+  ExpiryOptions,
   GetHandle,
   GetNowOptions,
   GetOptions,
@@ -27,6 +28,45 @@ function checkSignal(signal: unknown): asserts signal is AbortSignal | undefined
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new TypeError(`signal must be an AbortSignal, got ${describe(signal)}.`);
   }
+}
+
+/** The most entries a listing page may hold. */
+export const MAX_LIST_LIMIT = 10_000;
+
+/**
+ * Checks a write's expiry options: `ttlMs` a finite number above 0, `staleMs` a finite number of 0 or more and only
+ * with `ttlMs`; returns them without other properties.
+ * @throws TypeError otherwise.
+ */
+export function checkExpiry(options: unknown): ExpiryOptions {
+  checkOptions(options);
+  const { ttlMs, staleMs } = (options ?? {}) as { ttlMs?: unknown; staleMs?: unknown };
+  if (ttlMs !== undefined && (typeof ttlMs !== 'number' || !Number.isFinite(ttlMs) || ttlMs <= 0)) {
+    throw new TypeError(`ttlMs must be a finite number of milliseconds above 0, got ${typeof ttlMs === 'number' ? ttlMs : describe(ttlMs)}.`);
+  }
+  if (staleMs !== undefined) {
+    if (typeof staleMs !== 'number' || !Number.isFinite(staleMs) || staleMs < 0) {
+      throw new TypeError(`staleMs must be a finite number of milliseconds, 0 or more, got ${typeof staleMs === 'number' ? staleMs : describe(staleMs)}.`);
+    }
+    if (ttlMs === undefined) throw new TypeError('staleMs needs ttlMs: only an item that expires can be kept stale.');
+  }
+  return ttlMs === undefined ? {} : staleMs === undefined ? { ttlMs } : { ttlMs, staleMs };
+}
+
+/**
+ * Checks a listing's options and fills in the default limit (1,000).
+ * @throws TypeError for a limit that is not an integer from 1 to 10,000, or a cursor that is not a string.
+ */
+export function checkListOptions(options: unknown): { cursor?: string; limit: number } {
+  checkOptions(options);
+  const { cursor, limit = 1000 } = (options ?? {}) as { cursor?: unknown; limit?: unknown };
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > MAX_LIST_LIMIT) {
+    throw new TypeError(`limit must be an integer from 1 to ${MAX_LIST_LIMIT}, got ${String(limit)}.`);
+  }
+  if (cursor !== undefined && typeof cursor !== 'string') {
+    throw new TypeError(`cursor must be a string from an earlier page, got ${describe(cursor)}.`);
+  }
+  return cursor === undefined ? { limit } : { cursor, limit };
 }
 
 function describe(value: unknown): string {
@@ -69,8 +109,10 @@ export class CacheView<T> implements Cache<T> {
     checkId(id);
     checkOptions(options);
     checkSignal(options?.signal);
+    const wait = options?.wait ?? true;
+    if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
     options?.signal?.throwIfAborted();
-    return this.#backend.get(this.#scope, id, { signal: options?.signal, wait: options?.wait ?? true });
+    return this.#backend.get(this.#scope, id, { signal: options?.signal, wait });
   }
 
   getset(id: string, options?: GetSetOptions & { wait?: true }): Promise<GetSetHandle<T>>;
@@ -93,7 +135,7 @@ export class CacheView<T> implements Cache<T> {
     if (typeof modified !== 'number' || !Number.isFinite(modified)) {
       throw new TypeError(`modified must be a finite number of seconds, got ${String(modified)}.`);
     }
-    return this.#backend.set(this.#scope, id, value, { modified, ttlMs: options?.ttlMs, staleMs: options?.staleMs });
+    return this.#backend.set(this.#scope, id, value, { modified, ...checkExpiry(options) });
   }
 
   async delete(id: string): Promise<void> {
@@ -106,8 +148,7 @@ export class CacheView<T> implements Cache<T> {
   }
 
   async list(options?: ListOptions): Promise<ListPage> {
-    checkOptions(options);
-    const listing = await this.#backend.list(this.#scope, { cursor: options?.cursor, limit: options?.limit ?? 1000 });
+    const listing = await this.#backend.list(this.#scope, checkListOptions(options));
     const seconds = (ms: number | undefined): number | null => (ms === undefined ? null : ms / 1000);
     return {
       items: listing.items.map((item) => ({

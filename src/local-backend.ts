@@ -1,9 +1,11 @@
 import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
+import { checkExpiry } from './cache-view.js';
 import { CacheError, isCacheError } from './errors.js';
+import { type GcReport, Housekeeper, type RemovalCounters } from './housekeeper.js';
 import { type Lease, type LockOwner, type LockSnapshotEntry, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
-import type { Store, StoredRecord, StoreListing } from './store.js';
+import type { ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
 
 /** Converts between a cache's values and a store's stored form. */
 export interface ValueAdapter<T, V> {
@@ -18,23 +20,56 @@ export interface LockOptions {
   owner?: LockOwner | undefined;
 }
 
+export interface LocalBackendOptions {
+  /** The clock that expiry reads, in milliseconds since the epoch; default `Date.now`. For tests. */
+  now?: () => number;
+  /** How often expired items are swept from a store that indexes them, in milliseconds; default 10 s. For tests. */
+  sweepIntervalMs?: number;
+}
+
 function closedError(): CacheError {
   return new CacheError('CACHE_CLOSED', 'The cache is closed.');
 }
 
-/** A {@link CacheBackend} in this process: one lock table in front of one store. */
+/** Whether a record is fresh, expired but kept as stale, or past its stale time (to be removed). */
+type Freshness = 'fresh' | 'stale' | 'gone';
+
+function freshness(record: StoredRecord<unknown>, nowMs: number): Freshness {
+  const { expiresAtMs } = record;
+  if (expiresAtMs === undefined || nowMs < expiresAtMs) return 'fresh';
+  return nowMs < (record.staleUntilMs ?? expiresAtMs) ? 'stale' : 'gone';
+}
+
+/** The expiry fields of a record written at `nowMs`. */
+function expiryFields(nowMs: number, expiry: ExpiryOptions): { expiresAtMs?: number; staleUntilMs?: number } {
+  if (expiry.ttlMs === undefined) return {};
+  const expiresAtMs = nowMs + expiry.ttlMs;
+  return { expiresAtMs, staleUntilMs: expiresAtMs + (expiry.staleMs ?? 0) };
+}
+
+/**
+ * A {@link CacheBackend} in this process: one lock table in front of one store, and a {@link Housekeeper} that
+ * removes expired items and, for a store with a size limit, evicts the least recently used ones.
+ *
+ * An item past its `expiresAtMs` reads as a miss; `getset` also hands it out as `stale` until its `staleUntilMs`.
+ * A read that finds it past that queues it for removal once the reader lets go of it.
+ */
 export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #locks = new LockTable();
   readonly #store: Store<V>;
   readonly #adapter: ValueAdapter<T, V>;
+  readonly #now: () => number;
+  readonly #housekeeper: Housekeeper;
   #closed = false;
   #closing?: Promise<void>;
   #running = 0;
   #drained?: () => void;
 
-  constructor(store: Store<V>, adapter: ValueAdapter<T, V>) {
+  constructor(store: Store<V>, adapter: ValueAdapter<T, V>, options: LocalBackendOptions = {}) {
     this.#store = store;
     this.#adapter = adapter;
+    this.#now = options.now ?? Date.now;
+    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs });
   }
 
   /**
@@ -47,7 +82,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     if (this.#store.readsPaused?.()) return undefined;
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner });
     if (!lease) return undefined;
-    return { lease, record: this.#readRecord(lease, scope, id) };
+    const record = this.#readRecord(lease, scope, id);
+    if (!record) return { lease, record };
+    const state = freshness(record, this.#now());
+    if (state === 'fresh') return { lease, record };
+    return { lease: state === 'gone' ? this.#removeOnRelease(lease) : lease, record: undefined };
   }
 
   async get(scope: Scope, id: string, options: LockOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
@@ -62,8 +101,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease = acquired instanceof Promise ? await acquired : acquired;
     }
     await this.#readable();
-    const item = this.#readHeld(lease, scope, id);
-    const release = async (): Promise<void> => lease.release();
+    const record = this.#readRecord(lease, scope, id);
+    const state = record && freshness(record, this.#now());
+    const held = state === 'gone' ? this.#removeOnRelease(lease) : lease;
+    const item = state === 'fresh' ? this.#item(record!) : null;
+    const release = async (): Promise<void> => held.release();
     return { item, release, [Symbol.asyncDispose]: release };
   }
 
@@ -85,19 +127,29 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     await this.#readable();
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
-    const item = this.#readHeld(lease, scope, id, { corruptIsMiss: true });
+    const record = this.#readRecord(lease, scope, id, { corruptIsMiss: true });
+    const state = record && freshness(record, this.#now());
+    const item = state === 'fresh' ? this.#item(record!) : null;
+    const stale = state === 'stale' ? this.#item(record!) : null;
     // Writes through the handle run one after another, and release waits for them; once release has been
     // called, the setter refuses, even while release still waits.
     let writes: Promise<void> = Promise.resolve();
     let writing = 0;
     let released = false;
-    const set = (value: T, expiry?: ExpiryOptions): Promise<void> => {
-      void expiry;
+    let written = false;
+    const set = (value: T, options?: ExpiryOptions): Promise<void> => {
+      let expiry: ExpiryOptions;
+      try {
+        expiry = checkExpiry(options);
+      } catch (error) {
+        return Promise.reject(error);
+      }
       if (released || !lease.held) {
         return Promise.reject(new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.'));
       }
       writing++;
-      const write = writes.then(() => this.#write(scope, id, value, nowSeconds())).finally(() => writing--);
+      written = true;
+      const write = writes.then(() => this.#write(scope, id, value, nowSeconds(), expiry)).finally(() => writing--);
       writes = write.catch(() => {});
       return write;
     };
@@ -107,8 +159,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       released = true;
       if (writing > 0) await writes;
       lease.release();
+      // An item past its stale time that the caller did not replace goes now that its lock is free.
+      if (state === 'gone' && !written) this.#housekeeper.foundExpired(key);
     };
-    return { item, stale: null, set, release, [Symbol.asyncDispose]: release };
+    return { item, stale, set, release, [Symbol.asyncDispose]: release };
   }
 
   /** `signal` and `owner` are for the daemon, not the public API: the signal drops the call while it waits for the lock. */
@@ -116,9 +170,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#checkOpen();
     const stored = this.#adapter.encode(value);
     const { modified } = options;
-    const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
+    const key = itemKey(scope, id);
+    const lease = await this.#lock(key, 'exclusive', options);
     try {
-      await this.#io(() => this.#store.write(scope, id, { modified, value: stored }));
+      await this.#io(() => this.#store.write(scope, id, { modified, value: stored, ...expiryFields(this.#now(), options) }));
+      this.#housekeeper.written(key);
     } finally {
       lease.release();
     }
@@ -142,9 +198,46 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing> {
+  /**
+   * One page of the scope's listing, without its expired items: a page may hold fewer than `limit` entries (even
+   * none) and still have a cursor.
+   */
+  async list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing> {
+    const listing = await this.#io(() => this.#store.list(scope, options));
+    const nowMs = this.#now();
+    const items = listing.items.filter((item) => item.expiresAtMs === undefined || nowMs < item.expiresAtMs);
+    return items.length === listing.items.length ? listing : { ...listing, items };
+  }
+
+  /** The store's counted figures now (size, limit, items, by top-level scope); `null` for a store that does not count. */
+  usage(): StoreUsage | null {
     this.#checkOpen();
-    return this.#store.list(scope, options);
+    return this.#store.usage?.() ?? null;
+  }
+
+  /** A scope's figures, counted from the data; `null` for a store that does not count. */
+  async scopeUsage(scope: Scope): Promise<ScopeUsage | null> {
+    const { scopeUsage } = this.#store;
+    return scopeUsage ? this.#io(() => scopeUsage.call(this.#store, scope)) : null;
+  }
+
+  /**
+   * Removes expired items, and above 90% of the size limit the least recently used ones down to it, now (after any
+   * pass under way); with `dryRun`, removes nothing and says what it would remove.
+   */
+  async gc(options: { dryRun: boolean }): Promise<GcReport> {
+    return this.#io(() => this.#housekeeper.gc(options));
+  }
+
+  /** Recounts the store's figures from its data, and with `fix` mends them; `null` for a store that cannot. */
+  async verify(options: { fix: boolean }): Promise<VerifyReport | null> {
+    const { verify } = this.#store;
+    return verify ? this.#io(() => verify.call(this.#store, options)) : null;
+  }
+
+  /** The items evicted and expired since the cache opened, in total and by top-level scope. */
+  counters(): RemovalCounters {
+    return this.#housekeeper.counters();
   }
 
   /** How many locks are held and how many requests wait. */
@@ -161,6 +254,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#closing ??= (async () => {
       this.#closed = true;
       this.#locks.rejectWaiters(closedError());
+      await this.#housekeeper.close();
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
       await this.#store.close();
     })();
@@ -181,18 +275,27 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return this.#locks.acquire(key, mode, options);
   }
 
-  /** Reads synchronously under the held lease, releasing it if the read fails. */
-  #readHeld(
-    lease: Lease,
-    scope: Scope,
-    id: string,
-    options: { corruptIsMiss?: boolean } = {},
-  ): CacheItem<T> | null {
-    const record = this.#readRecord(lease, scope, id, options);
-    if (!record) return null;
-    const { modified, value } = record;
+  #item(record: StoredRecord<V>): CacheItem<T> {
+    const { modified, value, expiresAtMs } = record;
     const decode = this.#adapter.decode.bind(this.#adapter);
-    return { modified, value: async () => decode(value) };
+    return { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value) };
+  }
+
+  /** The lease, made to queue its item for removal (past its stale time) once released. */
+  #removeOnRelease(lease: Lease): Lease {
+    const housekeeper = this.#housekeeper;
+    return {
+      key: lease.key,
+      mode: lease.mode,
+      get held() {
+        return lease.held;
+      },
+      release() {
+        if (!lease.held) return;
+        lease.release();
+        housekeeper.foundExpired(lease.key);
+      },
+    };
   }
 
   /** Reads the stored record under the held lease, releasing the lease if the read fails. */
@@ -207,9 +310,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async #write(scope: Scope, id: string, value: T, modified: number): Promise<void> {
+  async #write(scope: Scope, id: string, value: T, modified: number, expiry: ExpiryOptions): Promise<void> {
     const stored = this.#adapter.encode(value);
-    await this.#io(() => this.#store.write(scope, id, { modified, value: stored }));
+    await this.#io(() => this.#store.write(scope, id, { modified, value: stored, ...expiryFields(this.#now(), expiry) }));
+    this.#housekeeper.written(itemKey(scope, id));
   }
 
   /** Runs one store call, refusing it once the cache is closed and letting `close` wait for it. */

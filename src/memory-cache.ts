@@ -1,5 +1,5 @@
 import { RootCacheView } from './cache-view.js';
-import { LocalBackend } from './local-backend.js';
+import { LocalBackend, type LocalBackendOptions } from './local-backend.js';
 import { MemoryStore } from './memory-store.js';
 
 const keepAsGiven = { encode: <T>(value: T): T => value, decode: <T>(value: T): T => value };
@@ -7,6 +7,11 @@ const keepAsGiven = { encode: <T>(value: T): T => value, decode: <T>(value: T): 
 /** A cache in this process's memory; values are kept as given, not copied. */
 export class MemoryCache<T> extends RootCacheView<T> {
   constructor() {
-    super(new LocalBackend<T, T>(new MemoryStore<T>(), keepAsGiven));
+    super(memoryBackend<T>());
   }
+}
+
+/** The backend of a {@link MemoryCache}; with options (a clock, a sweep interval) for tests, which build a view on it. */
+export function memoryBackend<T>(options: LocalBackendOptions = {}): LocalBackend<T, T> {
+  return new LocalBackend<T, T>(new MemoryStore<T>(), keepAsGiven, options);
 }

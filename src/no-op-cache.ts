@@ -1,5 +1,6 @@
 import { RootCacheView } from './cache-view.js';
 import { LocalBackend } from './local-backend.js';
+import type { Scope } from './scope-path.js';
 import type { Store, StoreListing } from './store.js';
 
 /** A {@link Store} that keeps nothing. */
@@ -10,7 +11,9 @@ class NullStore implements Store<never> {
   async write(): Promise<void> {}
   async delete(): Promise<void> {}
   async clear(): Promise<void> {}
-  async list(): Promise<StoreListing> {
+  /** Lists nothing; it never gives a cursor, so any it is given is someone else's. */
+  async list(_scope: Scope, options: { cursor?: string }): Promise<StoreListing> {
+    if (options.cursor !== undefined) throw new TypeError('Not a cursor of this scope.');
     return { items: [], scopes: [], cursor: null };
   }
   async close(): Promise<void> {}

@@ -92,6 +92,11 @@ export interface Store<V> {
   leastRecent?(options: { cursor?: string; limit: number }): Promise<{ keys: string[]; next: string | null }>;
   /** Up to `limit` keys of items whose {@link StoredRecord.staleUntilMs} (or `expiresAtMs`) is at or before `nowMs`. */
   expired?(nowMs: number, limit: number): Promise<string[]>;
+  /**
+   * The counted bytes of the item with key `key` (`scope-path.ts`'s `itemKey`), read synchronously; `undefined` when
+   * there is no such item. What eviction and expiry add to their byte counters, and what a dry run of `gc` projects.
+   */
+  sizeOf?(key: string): number | undefined;
   /** Recounts from the data and compares with the figures kept; with `fix`, mends what differs. */
   verify?(options: { fix: boolean }): Promise<VerifyReport>;
   /**

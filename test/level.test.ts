@@ -7,29 +7,37 @@ import { LevelStore } from '../src/level/level-store.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { scopeOf } from '../src/scope-path.js';
 import { type CodecName, LevelCache } from '../src/index.js';
-import { cacheConformance } from './conformance/index.js';
+import type { LevelCacheTestOptions } from '../src/level-cache.js';
+import { cacheConformance, ManualClock } from './conformance/index.js';
 import { tempDir } from './support/temp-dir.js';
+
+/** A LevelCache in a fresh directory on a clock the test moves, closed when the test ends. */
+async function openOnClock(options: LevelCacheTestOptions = {}): Promise<{ cache: LevelCache<unknown>; clock: ManualClock }> {
+  const clock = new ManualClock();
+  const cache = await LevelCache.open<unknown>(await tempDir(), { now: clock.now, ...options } as LevelCacheTestOptions);
+  onTestFinished(() => cache.close());
+  return { cache, clock };
+}
 
 for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
   cacheConformance(
     `LevelCache (${codec})`,
     async () => {
-      const cache = await LevelCache.open<unknown>(await tempDir(), { codec });
-      onTestFinished(() => cache.close());
-      return { cache, close: () => cache.close() };
+      const { cache, clock } = await openOnClock({ codec });
+      return { cache, close: () => cache.close(), clock, expirations: async () => cache.usage().expirations };
     },
-    { stores: true, values: codec },
+    { stores: true, values: codec, countsExpirations: true },
   );
 }
 
 cacheConformance(
-  'LevelCache (json) in a scope',
+  'LevelCache (json) in a scope, on the real clock',
   async () => {
     const root = await LevelCache.open<unknown>(await tempDir());
     onTestFinished(() => root.close());
-    return { cache: root.withScope('outer'), close: () => root.close() };
+    return { cache: root.withScope('outer'), close: () => root.close(), expirations: async () => root.usage().expirations };
   },
-  { stores: true, values: 'json' },
+  { stores: true, values: 'json', countsExpirations: true },
 );
 
 describe('LevelCache on disk', () => {
@@ -117,14 +125,14 @@ describe('LevelCache with large values, each in a file of its own', () => {
     await first.set('small', big(1, BLOB_MIN_BYTES - 1));
     await first.close();
     expect(await blobFiles(dir)).toEqual([]);
-    expect(await layoutOf(dir)).toBe('1');
+    expect(await layoutOf(dir)).toBe('3');
 
     const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
     await cache.set('large', big(2), { modified: 1700000000.5 });
     const [file] = await blobFiles(dir);
     expect(file).toBeDefined();
     await cache.close();
-    expect(await layoutOf(dir)).toBe('2');
+    expect(await layoutOf(dir)).toBe('3');
 
     const reopened = await LevelCache.open<Uint8Array>(dir, { codec: 'binary', memoryCacheBytes: 0 });
     {

@@ -3,6 +3,11 @@ import { connect, connectStdio } from '../client/index.js';
 import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
 import { startTestDaemon } from './support/daemon.js';
+
+/** The daemon's count of expired items removed (daemon/status `expirations`, protocol 2). */
+async function expirations(cache: { status(): Promise<object> }): Promise<number> {
+  return ((await cache.status()) as { expirations?: number }).expirations ?? Number.NaN;
+}
 import { tempDir } from './support/temp-dir.js';
 
 for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
@@ -12,9 +17,9 @@ for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
       const { socketPath } = await startTestDaemon();
       const cache = await connect<unknown>({ socketPath, codec, autoStart: false });
       onTestFinished(() => cache.close());
-      return { cache, close: () => cache.close(), settle: async () => void (await cache.status()) };
+      return { cache, close: () => cache.close(), settle: async () => void (await cache.status()), expirations: () => expirations(cache) };
     },
-    { stores: true, values: codec },
+    { stores: true, values: codec, countsExpirations: true },
   );
 }
 

@@ -26,6 +26,8 @@ export class BlobFiles {
   #counter = 0;
   readonly #made = new Map<string, Promise<unknown>>();
   readonly #toRemove: string[] = [];
+  /** The files asked to be removed whose removal has not ended yet. */
+  readonly #beingRemoved = new Set<string>();
   #removing = 0;
   readonly #idle: (() => void)[] = [];
   /**
@@ -157,6 +159,7 @@ export class BlobFiles {
    * thread pool to the reads: a file that stays behind is garbage that the next open's sweep removes.
    */
   remove(name: string): void {
+    this.#beingRemoved.add(name);
     this.#toRemove.push(name);
     this.#removeNext();
   }
@@ -166,6 +169,7 @@ export class BlobFiles {
       const name = this.#toRemove.shift()!;
       this.#removing++;
       unlink(join(this.directory, name), () => {
+        this.#beingRemoved.delete(name);
         this.#removing--;
         this.#removeNext();
         if (this.#removing === 0 && this.#toRemove.length === 0) for (const done of this.#idle.splice(0)) done();
@@ -179,29 +183,38 @@ export class BlobFiles {
     return new Promise((resolve) => this.#idle.push(resolve));
   }
 
-  /** Removes the files of earlier opens that `isReferenced` does not claim, and returns how many it removed. */
-  async sweep(isReferenced: (name: string) => boolean): Promise<number> {
-    let removed = 0;
+  /** Whether `name` was asked to be removed and its removal has not ended. */
+  isBeingRemoved(name: string): boolean {
+    return this.#beingRemoved.has(name);
+  }
+
+  /** The names of the files there now, as `subdirectory/file`. */
+  async list(): Promise<string[]> {
+    const names: string[] = [];
     let subdirectories: string[];
     try {
       subdirectories = await readdir(this.directory);
     } catch {
-      return 0;
+      return names;
     }
     for (const subdirectory of subdirectories) {
       if (!/^[0-9a-f]{2}$/.test(subdirectory)) continue;
-      let files: string[];
       try {
-        files = await readdir(join(this.directory, subdirectory));
+        for (const file of await readdir(join(this.directory, subdirectory))) names.push(`${subdirectory}/${file}`);
       } catch {
         continue;
       }
-      for (const file of files) {
-        const name = `${subdirectory}/${file}`;
-        if (this.isOurs(name) || isReferenced(name)) continue;
-        this.remove(name);
-        removed++;
-      }
+    }
+    return names;
+  }
+
+  /** Removes the files of earlier opens that `isReferenced` does not claim, and returns how many it removed. */
+  async sweep(isReferenced: (name: string) => boolean): Promise<number> {
+    let removed = 0;
+    for (const name of await this.list()) {
+      if (this.isOurs(name) || isReferenced(name)) continue;
+      this.remove(name);
+      removed++;
     }
     return removed;
   }

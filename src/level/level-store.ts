@@ -1,37 +1,66 @@
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Level } from 'level';
 import { CacheError, isCacheError, storageError } from '../errors.js';
 import type { Scope } from '../scope-path.js';
-import { itemKey } from '../scope-path.js';
-import type { EncodedValue, Store, StoredRecord, StoreListing } from '../store.js';
+import { itemKey, parseItemKey, topScopeName } from '../scope-path.js';
+import type { EncodedValue, ScopeUsage, Store, StoredRecord, StoreListedItem, StoreListing, StoreUsage, VerifyReport } from '../store.js';
+import { BatchBuilder, type Counter } from './batch-builder.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
 import { type LoosePath, makePrivate } from './make-private.js';
 import { MemoryLayer } from './memory-layer.js';
+import { indexMatches, rebuildIndexes } from './rebuild-indexes.js';
 import { directoryIdentity, type DirectoryIdentity, WriteGuard, writeError } from './write-guard.js';
 import {
   BLOB_PREFIX,
   blobKey,
+  COUNTER_PREFIX,
+  countedBytes,
+  decodeCounter,
   decodeFields,
+  decodeMeta,
   decodePointer,
   decodeRecord,
   encodeBlobRecord,
   encodeRecord,
+  EXPIRY_PREFIX,
   FORMAT_BLOBS,
+  FORMAT_COUNTED,
   FORMAT_KEY,
   FORMAT_PLAIN,
   inChunks,
+  indexBound,
+  indexedKey,
+  indexKey,
+  type ItemMeta,
   ITEM_PREFIX,
   levelKey,
+  META_PREFIX,
   range,
-  RECORD_VERSION,
+  RECENCY_PREFIX,
+  recordOf,
+  topSegment,
   withPrefix,
 } from './records.js';
 
 /** The default budget of the in-memory layer of recently used records. */
 export const MEMORY_CACHE_BYTES = 32 * 1024 * 1024;
+/** The default size limit's ceiling (sccache's default); below it, a tenth of the file system (Nx's rule). */
+export const MAX_DEFAULT_SIZE_BYTES = 10 * 1024 ** 3;
+/** The default length of a recency bucket: an item's recency is persisted at most once per bucket. */
+export const RECENCY_BUCKET_MS = 60_000;
+/**
+ * At most this many items are remembered as read in the current bucket; reads of further items in that bucket are
+ * not recorded, so their recency is that of their last recorded use (approximate, never lost).
+ */
+export const MAX_TOUCHED_ITEMS = 100_000;
+/** Touches are written at most once per this many milliseconds, or as soon as this many are pending. */
+const TOUCH_FLUSH_MS = 1000;
+const TOUCH_FLUSH_COUNT = 10_000;
+/** Verify's fixes go in batches of this many items. */
+const FIX_CHUNK = 256;
 
 export interface LevelStoreOptions {
   /**
@@ -50,16 +79,67 @@ export interface LevelStoreOptions {
    * reopened it): every later call fails with `CACHE_DATA_DIRECTORY_LOST`, and the owner should close the store.
    */
   onLost?: (error: CacheError) => void;
+  /**
+   * The size limit, in counted bytes (see {@link LevelStore.usage}): a value that alone takes more is refused. The
+   * store only refuses such values and reports the figures; its owner evicts. Default: the smaller of 10 GiB and a
+   * tenth of the file system that holds the directory; `Infinity`: none.
+   */
+  maxSizeBytes?: number;
+  /** The length of a recency bucket, in milliseconds; default 60,000. */
+  recencyBucketMs?: number;
+  /** The clock, in milliseconds since the epoch; default `Date.now`. */
+  now?: () => number;
 }
 
-/** One write of a batch: a put when `raw` is set, else a delete. */
-interface PendingWrite {
-  key: string;
-  raw: Buffer | undefined;
-  /** For a large value: its file, and the record that the memory layer keeps once the batch is written. */
-  blob?: { name: string; record: StoredRecord<EncodedValue> };
-  /** The file of the value that this write replaces or deletes, removed once the batch is written. */
-  replaced: string | undefined;
+/** One entry of a batch: an item's put or delete, or a job that adds its own operations when the batch is built. */
+type PendingWrite =
+  | {
+      kind: 'put';
+      key: string;
+      raw: Buffer;
+      meta: ItemMeta;
+      /** For a large value: its file, and the record that the memory layer keeps once the batch is written. */
+      blob?: { name: string; record: StoredRecord<EncodedValue> };
+      /** The file of the value that this write replaces, removed once the batch is written. */
+      replaced: string | undefined;
+    }
+  | { kind: 'del'; key: string; replaced: string | undefined }
+  | { kind: 'job'; build(batch: BatchBuilder): void; written?(): void };
+
+/** Opens that skip the sweep of unreferenced files, so that verify reports them (only `verifyDirectory` makes these). */
+const withoutSweep = new WeakSet<LevelStoreOptions>();
+
+function checkOptions(options: LevelStoreOptions): void {
+  const { maxSizeBytes, recencyBucketMs, now } = options;
+  if (maxSizeBytes !== undefined && !(typeof maxSizeBytes === 'number' && maxSizeBytes > 0 && !Number.isNaN(maxSizeBytes))) {
+    throw new TypeError(`maxSizeBytes must be a number of bytes above 0, or Infinity for no limit; got ${String(maxSizeBytes)}.`);
+  }
+  if (recencyBucketMs !== undefined && !(Number.isSafeInteger(recencyBucketMs) && recencyBucketMs > 0)) {
+    throw new TypeError(`recencyBucketMs must be a whole number of milliseconds above 0; got ${String(recencyBucketMs)}.`);
+  }
+  if (now !== undefined && typeof now !== 'function') throw new TypeError('now must be a function that returns milliseconds.');
+}
+
+/** The default size limit for a directory: the smaller of 10 GiB and a tenth of its file system. */
+async function defaultSizeLimit(directory: string): Promise<number> {
+  try {
+    const { blocks, bsize } = await statfs(directory);
+    return Math.min(MAX_DEFAULT_SIZE_BYTES, Math.floor((blocks * bsize) / 10));
+  } catch {
+    return MAX_DEFAULT_SIZE_BYTES;
+  }
+}
+
+/** The name of a top-level scope from its escaped form in keys. */
+function scopeName(segment: string): string {
+  return segment === '' ? '' : topScopeName(`${segment}/:`);
+}
+
+function overLimit(sizeBytes: number, limitBytes: number): CacheError {
+  return new CacheError(
+    'CACHE_OVER_SIZE_LIMIT',
+    `The value takes ${sizeBytes} bytes as stored, more than the cache's whole size limit of ${limitBytes} bytes; it was not stored.`,
+  );
 }
 
 /**
@@ -67,6 +147,9 @@ interface PendingWrite {
  * records are also kept in memory, within a byte budget; the writes of one turn go to LevelDB as one batch.
  * Values of {@link BLOB_MIN_BYTES} or more go to files of their own in the directory's `blobs/`, so that
  * LevelDB's compactions, which rewrite every record several times over its life, move only their small records.
+ * It counts what each top-level scope takes, exactly, in the batch of every change; it records when items were
+ * last used, coarsely (see {@link LevelStoreOptions.recencyBucketMs}), and when they expire, in indexes that
+ * {@link LevelStore.leastRecent} and {@link LevelStore.expired} read; it evicts and expires nothing itself.
  * Its {@link WriteGuard} refuses writes after a failed one until the database is reopened, and every call once the
  * directory is deleted or replaced.
  */
@@ -81,8 +164,6 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #blobs: BlobFiles;
   /** Whether the database may hold `b` entries: until it does, writes need not look for a replaced file. */
   #hasBlobs: boolean;
-  /** Whether the database's layout is already 2 (else the first large value's batch records it). */
-  #blobFormat: boolean;
   readonly #commits = new GroupCommit<PendingWrite>({
     write: (writes) => this.#writeBatch(writes),
     written: (writes) => this.#written(writes),
@@ -90,12 +171,34 @@ export class LevelStore implements Store<EncodedValue> {
   });
   #sweeping: Promise<void> = Promise.resolve();
   readonly #guard: WriteGuard;
+  readonly #limitBytes: number;
+  readonly #bucketMs: number;
+  readonly #now: () => number;
+  /** The counted figures by top-level scope (its escaped name), as the `c` entries say; and their sums. */
+  #counters = new Map<string, Counter>();
+  #totalBytes = 0;
+  #totalItems = 0;
+  /** Set when a reopen may have replayed a batch that had failed: the next batch reads the counters again first. */
+  #countersStale = false;
+  /** The counters of the batch being written, applied once it is. */
+  #batchCounters: Map<string, Counter | undefined> | undefined;
+  /** The current recency bucket, and the items used in it so far (at most {@link MAX_TOUCHED_ITEMS}). */
+  #bucketStartMs = -Infinity;
+  #touched = new Set<string>();
+  /** Touches not yet written: item key -> bucket start. */
+  #pendingTouches = new Map<string, number>();
+  #touchTimer: NodeJS.Timeout | undefined;
+  #touchesWritten: Promise<void> = Promise.resolve();
+  #closing = false;
+  /** Files written by this open whose batch has not been written yet, and the sets that verify runs watch. */
+  readonly #filesUnderWay = new Set<string>();
+  readonly #fileWatches = new Set<Set<string>>();
 
   private constructor(
     db: Level<Buffer, Buffer>,
     directory: string,
     options: LevelStoreOptions,
-    state: { format: string; hasBlobs: boolean; loosePaths: LoosePath[]; identity: DirectoryIdentity },
+    state: { hasBlobs: boolean; loosePaths: LoosePath[]; identity: DirectoryIdentity; limitBytes: number; counters: Map<string, Counter> },
   ) {
     this.#db = db;
     this.directory = directory;
@@ -107,7 +210,10 @@ export class LevelStore implements Store<EncodedValue> {
       log: options.log ?? (() => {}),
       onLost: options.onLost,
       // The reopen may have replayed a write that failed: what memory holds is read again from the disk.
-      reopened: () => this.#memory?.deleteWhere(() => true),
+      reopened: () => {
+        this.#memory?.deleteWhere(() => true);
+        this.#countersStale = true;
+      },
       idle: () => this.#sweeping,
     });
     this.#writeOptions = { sync: options.sync ?? false };
@@ -115,31 +221,39 @@ export class LevelStore implements Store<EncodedValue> {
     this.#memory = this.#memoryLimit > 0 ? new MemoryLayer({ maxBytes: this.#memoryLimit }) : undefined;
     this.#blobs = new BlobFiles(join(directory, 'blobs'), { sync: this.#writeOptions.sync });
     this.#hasBlobs = state.hasBlobs;
-    this.#blobFormat = state.format === FORMAT_BLOBS;
+    this.#limitBytes = state.limitBytes;
+    this.#bucketMs = options.recencyBucketMs ?? RECENCY_BUCKET_MS;
+    this.#now = options.now ?? Date.now;
+    this.#setCounters(state.counters);
   }
 
   /**
    * Opens (creating if needed, mode 0700) the database in `directory`, and makes the directory private if other
-   * users could read it (see {@link LevelStore.loosePaths}).
+   * users could read it (see {@link LevelStore.loosePaths}). A database of layout 1 or 2 (hoard 0.3 and before) is
+   * brought to layout 3 first: its sizes and indexes are counted from its records, once.
    * @throws CacheError `CACHE_LOCKED` when another process or another open store in this process holds it.
+   * @throws TypeError for a `maxSizeBytes` or `recencyBucketMs` that is not a number above 0.
    */
   static async open(directory: string, options: LevelStoreOptions = {}): Promise<LevelStore> {
+    checkOptions(options);
     await mkdir(directory, { recursive: true, mode: 0o700 });
     const { db, directory: real } = await openExclusive(directory, options.holder);
-    let state: { format: string; hasBlobs: boolean; files: boolean; loosePaths: LoosePath[]; identity: DirectoryIdentity };
+    let state: { hasBlobs: boolean; files: boolean; loosePaths: LoosePath[]; identity: DirectoryIdentity; limitBytes: number; counters: Map<string, Counter> };
     try {
       const loosePaths = await makePrivate(real);
       const identity = await directoryIdentity(real);
-      const stored = await db.get(FORMAT_KEY);
-      if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_PLAIN));
-      const format = stored?.toString() ?? FORMAT_PLAIN;
-      if (format !== FORMAT_PLAIN && format !== FORMAT_BLOBS) {
-        throw new CacheError('CACHE_CORRUPT', `The cache database in ${real} has layout ${format}, which this version of hoard cannot read.`);
+      const stored = (await db.get(FORMAT_KEY))?.toString();
+      if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_COUNTED));
+      else if (stored === FORMAT_PLAIN || stored === FORMAT_BLOBS) {
+        await rebuildIndexes(db, { nowMs: (options.now ?? Date.now)(), recencyBucketMs: options.recencyBucketMs ?? RECENCY_BUCKET_MS });
+      } else if (stored !== FORMAT_COUNTED) {
+        throw new CacheError('CACHE_CORRUPT', `The cache database in ${real} has layout ${stored}, which this version of hoard cannot read.`);
       }
       const first = await db.keys({ ...range(BLOB_PREFIX, ''), limit: 1 }).all();
-      // Layout 1 may have files too: the first large value's, when a crash came before its record was written.
-      const files = format === FORMAT_BLOBS || (await stat(join(real, 'blobs')).then(() => true, () => false));
-      state = { format, hasBlobs: first.length > 0, files, loosePaths, identity };
+      // Files may be there without entries: the first large value's, when a crash came before its record was written.
+      const files = await stat(join(real, 'blobs')).then(() => true, () => false);
+      const limitBytes = options.maxSizeBytes ?? (await defaultSizeLimit(real));
+      state = { hasBlobs: first.length > 0, files, loosePaths, identity, limitBytes, counters: await readCounters(db) };
     } catch (error) {
       // This open's own claim goes whatever the close does, so a failed open never leaves the directory held.
       await db.close().finally(() => releaseDirectory(real));
@@ -147,7 +261,7 @@ export class LevelStore implements Store<EncodedValue> {
     }
     const store = new LevelStore(db, real, options, state);
     // Files of earlier opens that no record names: a write cut short by a crash, or a replaced value's file.
-    if (state.files) store.#sweeping = store.#sweep();
+    if (state.files && !withoutSweep.has(options)) store.#sweeping = store.#sweep();
     return store;
   }
 
@@ -160,54 +274,125 @@ export class LevelStore implements Store<EncodedValue> {
     this.#guard.assertNotLost();
     const key = itemKey(scope, id);
     const kept = this.#memory?.get(key);
-    if (kept) return kept;
+    if (kept) {
+      this.#touch(key);
+      return kept;
+    }
     const raw = this.#get(levelKey(key));
     if (raw === undefined) return undefined;
-    const { version, modified, encoding, bytes } = decodeFields(raw);
-    if (version === RECORD_VERSION) {
-      const record = { modified, value: { encoding, bytes } };
-      this.#memory?.set(key, record);
-      return record;
+    const fields = decodeFields(raw);
+    let record: StoredRecord<EncodedValue>;
+    if (fields.inFile) {
+      const { length, name } = decodePointer(fields.bytes);
+      record = recordOf(fields, this.#blobs.read(name, length));
+    } else {
+      record = recordOf(fields, fields.bytes);
     }
-    const { length, name } = decodePointer(bytes);
-    const record = { modified, value: { encoding, bytes: this.#blobs.read(name, length) } };
     this.#memory?.set(key, record);
+    this.#touch(key);
     return record;
+  }
+
+  /** The start of the current recency bucket, starting a new bucket (and forgetting the items used) when it is over. */
+  #bucket(): number {
+    const nowMs = this.#now();
+    if (nowMs >= this.#bucketStartMs + this.#bucketMs || nowMs < this.#bucketStartMs) {
+      this.#bucketStartMs = Math.floor(nowMs / this.#bucketMs) * this.#bucketMs;
+      this.#touched = new Set();
+    }
+    return this.#bucketStartMs;
+  }
+
+  /** Records a use of `key`, once per bucket: the touch is written later, with others. */
+  #touch(key: string): void {
+    const bucket = this.#bucket();
+    if (this.#touched.has(key) || this.#touched.size >= MAX_TOUCHED_ITEMS || this.#closing) return;
+    this.#touched.add(key);
+    this.#pendingTouches.set(key, bucket);
+    if (this.#pendingTouches.size >= TOUCH_FLUSH_COUNT) void this.#flushTouches();
+    else this.#touchTimer ??= setTimeout(() => void this.#flushTouches(), TOUCH_FLUSH_MS).unref();
+  }
+
+  /** Writes the pending touches as one batch, through the same queue as every write; an item gone meanwhile is skipped. */
+  #flushTouches(): Promise<void> {
+    clearTimeout(this.#touchTimer);
+    this.#touchTimer = undefined;
+    const touches = this.#pendingTouches;
+    if (touches.size === 0) return this.#touchesWritten;
+    this.#pendingTouches = new Map();
+    const build = (batch: BatchBuilder): void => {
+      for (const [key, bucket] of touches) {
+        const meta = batch.meta(key);
+        if (meta && meta.accessedAtMs < bucket) batch.setMeta(key, { ...meta, accessedAtMs: bucket });
+      }
+    };
+    // Touches are best effort: a batch that fails loses them, and the items keep their older buckets.
+    const written = this.#commits.add({ kind: 'job', build }).catch(() => {});
+    this.#touchesWritten = Promise.all([this.#touchesWritten, written]).then(() => {});
+    return this.#touchesWritten;
   }
 
   /**
    * Stores `record`. A large value's bytes are kept in memory as they are, not copied: the caller must not
    * change them afterwards.
+   * @throws CacheError `CACHE_OVER_SIZE_LIMIT`, before anything is written, when the item alone would take more than
+   * the size limit.
    */
   async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>): Promise<void> {
     // A refused write fails before its value's file is written; the current file is looked up once a reopen is over.
     if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
+    const keyBytes = Buffer.byteLength(key) + 1;
     const { bytes } = record.value;
+    const staleUntilMs = record.expiresAtMs === undefined ? undefined : (record.staleUntilMs ?? record.expiresAtMs);
+    if (bytes.byteLength < BLOB_MIN_BYTES) {
+      const raw = encodeRecord(record);
+      const sizeBytes = keyBytes + raw.length;
+      if (sizeBytes > this.#limitBytes) throw overLimit(sizeBytes, this.#limitBytes);
+      const meta = { sizeBytes, accessedAtMs: this.#written1(key), staleUntilMs };
+      return this.#commits.add({ kind: 'put', key, raw, meta, replaced: this.#blobOf(key) });
+    }
+    const name = this.#blobs.newName();
+    const raw = encodeBlobRecord(record, name);
+    const sizeBytes = keyBytes + raw.length + bytes.byteLength;
+    if (sizeBytes > this.#limitBytes) throw overLimit(sizeBytes, this.#limitBytes);
     const replaced = this.#blobOf(key);
-    if (bytes.byteLength < BLOB_MIN_BYTES) return this.#commits.add({ key, raw: encodeRecord(record), replaced });
     // A value's file goes nowhere but into the directory opened (a stat, next to writing 32 KiB or more).
     this.#guard.checkDirectory();
-    const name = this.#blobs.newName();
+    this.#filesUnderWay.add(name);
+    for (const watch of this.#fileWatches) watch.add(name);
     try {
-      await this.#blobs.write(name, bytes);
-    } catch (error) {
-      // A value's file cannot be made in a directory that was deleted: that is the error to report.
-      this.#guard.checkDirectory();
-      throw error;
+      try {
+        await this.#blobs.write(name, bytes);
+      } catch (error) {
+        // A value's file cannot be made in a directory that was deleted: that is the error to report.
+        this.#guard.checkDirectory();
+        throw error;
+      }
+      this.#hasBlobs = true;
+      // The memory layer copies a view that would keep a much larger buffer alive, if it keeps the value at all.
+      const blob = { name, record };
+      // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
+      // and the next open's sweep removes it if no record names it.
+      const meta = { sizeBytes, accessedAtMs: this.#written1(key), staleUntilMs };
+      await this.#commits.add({ kind: 'put', key, raw, meta, blob, replaced });
+    } finally {
+      this.#filesUnderWay.delete(name);
     }
-    this.#hasBlobs = true;
-    // The memory layer copies a view that would keep a much larger buffer alive, if it keeps the value at all.
-    const blob = { name, record };
-    // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
-    // and the next open's sweep removes it if no record names it.
-    await this.#commits.add({ key, raw: encodeBlobRecord(record, name), blob, replaced });
+  }
+
+  /** A write's recency bucket: the current one, in which the item then counts as used. */
+  #written1(key: string): number {
+    const bucket = this.#bucket();
+    if (this.#touched.size < MAX_TOUCHED_ITEMS) this.#touched.add(key);
+    this.#pendingTouches.delete(key);
+    return bucket;
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
     if (this.#guard.blocked) await this.#guard.writable();
     const key = itemKey(scope, id);
-    return this.#commits.add({ key, raw: undefined, replaced: this.#blobOf(key) });
+    return this.#commits.add({ kind: 'del', key, replaced: this.#blobOf(key) });
   }
 
   /**
@@ -239,32 +424,84 @@ export class LevelStore implements Store<EncodedValue> {
     }
   }
 
-  /** Writes a group of puts and deletes, with their index entries and, with the first large value, the new layout. */
+  /** An item's meta entry; a damaged one reads as missing (verify reports and mends it). */
+  #readMeta(key: string): ItemMeta | undefined {
+    const raw = this.#get(Buffer.from(META_PREFIX + key, 'utf8'));
+    if (raw === undefined) return undefined;
+    try {
+      return decodeMeta(raw);
+    } catch {
+      return undefined;
+    }
+  }
+
+  #setCounters(counters: Map<string, Counter>): void {
+    this.#counters = counters;
+    this.#totalBytes = 0;
+    this.#totalItems = 0;
+    for (const { bytes, items } of counters.values()) {
+      this.#totalBytes += bytes;
+      this.#totalItems += items;
+    }
+  }
+
+  /**
+   * Builds and writes one batch: the queued puts and deletes with their meta, index and counter entries, and the
+   * jobs' own operations (touches, a chunk of a clear, verify's fixes). Batches are built and written one at a time,
+   * so the old meta and counters read here are what the database holds.
+   */
   async #writeBatch(writes: readonly PendingWrite[]): Promise<void> {
     // Writes queued before a failure get here after it: they wait for the reopen, or are refused.
     if (this.#guard.blocked) await this.#guard.writable();
-    const operations: ({ type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer })[] = [];
-    let formatChanged = false;
-    for (const { key, raw, blob, replaced } of writes) {
-      if (raw) operations.push({ type: 'put', key: levelKey(key), value: raw });
-      else operations.push({ type: 'del', key: levelKey(key) });
-      if (blob) operations.push({ type: 'put', key: blobKey(key), value: Buffer.from(blob.name, 'latin1') });
-      else if (replaced !== undefined) operations.push({ type: 'del', key: blobKey(key) });
-      if (blob && !this.#blobFormat) formatChanged = true;
+    if (this.#countersStale) {
+      this.#setCounters(await readCounters(this.#db));
+      this.#countersStale = false;
     }
-    if (formatChanged) operations.push({ type: 'put', key: FORMAT_KEY, value: Buffer.from(FORMAT_BLOBS) });
-    await this.#guard.commit(() => this.#db.batch(operations, this.#writeOptions));
+    const batch = new BatchBuilder((key) => this.#readMeta(key));
+    for (const write of writes) {
+      if (write.kind === 'job') {
+        write.build(batch);
+        continue;
+      }
+      const { key, replaced } = write;
+      if (write.kind === 'put') {
+        batch.put(levelKey(key), write.raw);
+        if (write.blob) batch.put(blobKey(key), Buffer.from(write.blob.name, 'latin1'));
+        else if (replaced !== undefined) batch.del(blobKey(key));
+        batch.setMeta(key, write.meta);
+      } else {
+        batch.del(levelKey(key));
+        if (replaced !== undefined) batch.del(blobKey(key));
+        batch.setMeta(key, undefined);
+      }
+    }
+    const counters = batch.finishCounters(this.#counters);
+    if (batch.operations.length === 0) return;
+    this.#batchCounters = counters;
+    await this.#guard.commit(() => this.#db.batch(batch.operations, this.#writeOptions));
   }
 
   /** The layer in memory changes only once the disk has: a failed write leaves the old record readable. */
   #written(writes: readonly PendingWrite[]): void {
-    for (const { key, raw, blob, replaced } of writes) {
-      if (blob) {
-        // A batch with a large value's record leaves the layout at 2: it was already, or the batch recorded it.
-        this.#blobFormat = true;
-        this.#memory?.set(key, blob.record);
-      } else if (raw) {
-        this.#memory?.set(key, decodeRecord(raw));
+    const counters = this.#batchCounters;
+    this.#batchCounters = undefined;
+    if (counters) {
+      for (const [segment, next] of counters) {
+        const old = this.#counters.get(segment);
+        this.#totalBytes += (next?.bytes ?? 0) - (old?.bytes ?? 0);
+        this.#totalItems += (next?.items ?? 0) - (old?.items ?? 0);
+        if (next) this.#counters.set(segment, next);
+        else this.#counters.delete(segment);
+      }
+    }
+    for (const write of writes) {
+      if (write.kind === 'job') {
+        write.written?.();
+        continue;
+      }
+      const { key, replaced } = write;
+      if (write.kind === 'put') {
+        this.#memory?.set(key, write.blob ? write.blob.record : decodeRecord(write.raw));
       } else {
         this.#memory?.delete(key);
       }
@@ -273,44 +510,40 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   #failed(writes: readonly PendingWrite[], error: unknown): CacheError {
-    for (const { key } of writes) this.#memory?.delete(key);
+    this.#batchCounters = undefined;
+    for (const write of writes) if (write.kind !== 'job') this.#memory?.delete(write.key);
     return writeError(error);
   }
 
   /**
    * Deletes the items of `scope` in batches written as every other write is (with `sync`, synced: LevelDB's own
-   * range delete never is).
+   * range delete never is), each item with its file's index entry, meta and index entries and its size.
    */
   async clear(scope: Scope): Promise<void> {
     if (this.#guard.blocked) await this.#guard.writable();
     this.#memory?.deleteWhere((key) => key.startsWith(scope.prefix));
     try {
-      await this.#guard.track(
-        (async () => {
-          if (this.#hasBlobs) await this.#clearBlobs(scope);
-          await inChunks(this.#db.keys(range(ITEM_PREFIX, scope.prefix)), (keys) =>
-            this.#guard.commit(() => this.#db.batch(keys.map((key) => ({ type: 'del' as const, key })), this.#writeOptions)),
-          );
-        })(),
-      );
+      await inChunks(this.#db.keys(range(ITEM_PREFIX, scope.prefix)), async (keys) => {
+        const files: string[] = [];
+        const build = (batch: BatchBuilder): void => {
+          for (const recordKey of keys) {
+            batch.del(recordKey);
+            if (this.#hasBlobs) {
+              const index = withPrefix(BLOB_PREFIX, recordKey);
+              const name = this.#get(index);
+              if (name !== undefined) {
+                batch.del(index);
+                files.push(name.toString('latin1'));
+              }
+            }
+            batch.setMeta(recordKey.toString('utf8', 1), undefined);
+          }
+        };
+        await this.#commits.add({ kind: 'job', build, written: () => files.forEach((name) => this.#blobs.remove(name)) });
+      });
     } catch (error) {
       throw isCacheError(error) ? error : storageError('Cannot clear the cache database', error);
     }
-  }
-
-  /**
-   * Deletes the items of `scope` that have files, each with its index entry in one batch, so that a crash
-   * part way leaves every item whole or gone; then removes their files.
-   */
-  async #clearBlobs(scope: Scope): Promise<void> {
-    await inChunks(this.#db.iterator(range(BLOB_PREFIX, scope.prefix)), async (entries) => {
-      const operations = entries.flatMap(([key]) => [
-        { type: 'del' as const, key },
-        { type: 'del' as const, key: withPrefix(ITEM_PREFIX, key) },
-      ]);
-      await this.#guard.commit(() => this.#db.batch(operations, this.#writeOptions));
-      for (const [, name] of entries) this.#blobs.remove(name.toString('latin1'));
-    });
   }
 
   /** Removes the files of earlier opens that no index entry names; a failure leaves them for the next open. */
@@ -326,11 +559,279 @@ export class LevelStore implements Store<EncodedValue> {
     }
   }
 
-  async list(): Promise<StoreListing> {
-    return { items: [], scopes: [], cursor: null };
+  /**
+   * The counted figures now, from memory: an item counts for its record's key and value in LevelDB and its file's
+   * length (index entries are not counted), by top-level scope.
+   */
+  usage(): StoreUsage {
+    const scopes = new Map<string, ScopeUsage>();
+    for (const [segment, { bytes, items }] of this.#counters) scopes.set(scopeName(segment), { bytes, items });
+    return { bytes: this.#totalBytes, items: this.#totalItems, limitBytes: Number.isFinite(this.#limitBytes) ? this.#limitBytes : null, scopes };
+  }
+
+  /** The counted figures of `scope` and its nested scopes, from its items' meta entries. */
+  async scopeUsage(scope: Scope): Promise<ScopeUsage> {
+    const usage = { bytes: 0, items: 0 };
+    await inChunks(this.#db.values(range(META_PREFIX, scope.prefix)), (values) => {
+      for (const raw of values) {
+        try {
+          usage.bytes += decodeMeta(raw).sizeBytes;
+        } catch {
+          // Counted as an item; verify reports and mends the entry.
+        }
+        usage.items++;
+      }
+    });
+    return usage;
+  }
+
+  /**
+   * Up to `limit` item keys, least recently used first (by bucket, then key order), after `cursor`.
+   * @throws TypeError for a cursor that this method did not give.
+   */
+  async leastRecent(options: { cursor?: string; limit: number }): Promise<{ keys: string[]; next: string | null }> {
+    const { gte, lt } = range(RECENCY_PREFIX, '');
+    let after: Buffer | undefined;
+    if (options.cursor !== undefined) {
+      after = Buffer.from(options.cursor, 'base64url');
+      if (after.length < 8 || after[0] !== gte[0] || after.toString('base64url') !== options.cursor) throw new TypeError('Not a cursor of leastRecent.');
+    }
+    const keys = await this.#db.keys({ ...(after ? { gt: after } : { gte }), lt, limit: options.limit }).all();
+    return { keys: keys.map(indexedKey), next: keys.length < options.limit ? null : keys.at(-1)!.toString('base64url') };
+  }
+
+  /** Up to `limit` keys of items whose `staleUntilMs` is at or before `nowMs`, the earliest first. */
+  async expired(nowMs: number, limit: number): Promise<string[]> {
+    const keys = await this.#db.keys({ gte: Buffer.from(EXPIRY_PREFIX), lt: indexBound(EXPIRY_PREFIX, nowMs), limit }).all();
+    return keys.map(indexedKey);
+  }
+
+  /**
+   * One page of `scope`'s items and nested scope names in key order after `cursor`, expired items included. A
+   * nested scope is named once, from its items, and its subtree is then skipped by seeking past it, so a page costs
+   * at most `limit` entries read whatever the scope holds.
+   * @throws TypeError for a cursor that is not one of this scope's.
+   */
+  async list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing> {
+    const { prefix } = scope;
+    const bounds = range(META_PREFIX, prefix);
+    let start: { gt: Buffer } | { gte: Buffer } = { gte: bounds.gte };
+    if (options.cursor !== undefined) {
+      const last = Buffer.from(options.cursor, 'base64url').toString('utf8');
+      const rest = last.startsWith(prefix) ? last.slice(prefix.length) : undefined;
+      if (rest === undefined || Buffer.from(last, 'utf8').toString('base64url') !== options.cursor) throw new TypeError('Not a cursor of this scope.');
+      if (rest.startsWith(':')) start = { gt: Buffer.from(META_PREFIX + last, 'utf8') };
+      else if (/^[^/:]+\/$/.test(rest)) start = { gte: range(META_PREFIX, last).lt };
+      else throw new TypeError('Not a cursor of this scope.');
+    }
+    const items: StoreListedItem[] = [];
+    const scopes: string[] = [];
+    let last: string | undefined;
+    let more = false;
+    const iterator = this.#db.iterator({ ...start, lt: bounds.lt });
+    try {
+      for (let entry = await iterator.next(); entry; entry = await iterator.next()) {
+        if (items.length + scopes.length >= options.limit) {
+          more = true;
+          break;
+        }
+        const [metaKey, metaValue] = entry;
+        const key = metaKey.toString('utf8', 1);
+        const rest = key.slice(prefix.length);
+        if (!rest.startsWith(':')) {
+          const nested = prefix + rest.slice(0, rest.indexOf('/') + 1);
+          scopes.push(parseItemKey(`${nested}:`).scope.path.at(-1)!);
+          last = nested;
+          iterator.seek(range(META_PREFIX, nested).lt);
+          continue;
+        }
+        // The item may have gone since the iterator's snapshot; a damaged record or meta is listed by verify, not here.
+        const raw = this.#get(withPrefix(ITEM_PREFIX, metaKey));
+        if (raw === undefined) continue;
+        let fields: ReturnType<typeof decodeFields>;
+        let meta: ItemMeta;
+        try {
+          fields = decodeFields(raw);
+          meta = decodeMeta(metaValue);
+        } catch {
+          continue;
+        }
+        const item: StoreListedItem = { id: parseItemKey(key).id, sizeBytes: meta.sizeBytes, modified: fields.modified, accessedAtMs: meta.accessedAtMs };
+        items.push(fields.expiresAtMs === undefined ? item : { ...item, expiresAtMs: fields.expiresAtMs });
+        last = key;
+      }
+    } finally {
+      await iterator.close();
+    }
+    return { items, scopes, cursor: more && last !== undefined ? Buffer.from(last, 'utf8').toString('base64url') : null };
+  }
+
+  /**
+   * Recounts every item from one snapshot of the database and compares with the counters kept; reports stray or
+   * missing meta and index entries, and files that no item names (those of writes under way in this open aside). With
+   * `fix`, mends them through the same queue as every write (so it may run while the store serves), and removes the
+   * unnamed files.
+   */
+  async verify(options: { fix: boolean }): Promise<VerifyReport> {
+    this.#guard.assertNotLost();
+    await this.#sweeping;
+    const watch = new Set(this.#filesUnderWay);
+    this.#fileWatches.add(watch);
+    const snapshot = this.#db.snapshot();
+    const inSnapshot = { snapshot };
+    const kept = new Map<string, Counter>();
+    const counted = new Map<string, Counter>();
+    const ofMetas = new Map<string, Counter>();
+    const referenced = new Set<string>();
+    const itemsToFix: string[] = [];
+    const indexesToCheck: Buffer[] = [];
+    const add = (to: Map<string, Counter>, segment: string, bytes: number): void => {
+      const counter = to.get(segment) ?? { bytes: 0, items: 0 };
+      counter.bytes += bytes;
+      counter.items++;
+      to.set(segment, counter);
+    };
+    const metaIn = (metaKey: Buffer): ItemMeta | undefined => {
+      const raw = this.#db.getSync(metaKey, inSnapshot);
+      if (raw === undefined) return undefined;
+      try {
+        return decodeMeta(raw);
+      } catch {
+        return undefined;
+      }
+    };
+    let orphans: string[];
+    try {
+      await inChunks(this.#db.iterator({ ...range(COUNTER_PREFIX, ''), snapshot }), (entries) => {
+        for (const [key, value] of entries) kept.set(key.toString('utf8', 1), decodeCounter(value));
+      });
+      await inChunks(this.#db.values({ ...range(BLOB_PREFIX, ''), snapshot }), (names) => {
+        for (const name of names) referenced.add(name.toString('latin1'));
+      });
+      await inChunks(this.#db.iterator({ ...range(ITEM_PREFIX, ''), snapshot }), (entries) => {
+        for (const [recordKey, raw] of entries) {
+          const key = recordKey.toString('utf8', 1);
+          let sizeBytes = recordKey.length + raw.length;
+          let staleUntilMs: number | undefined;
+          try {
+            sizeBytes = countedBytes(recordKey, raw);
+            staleUntilMs = decodeFields(raw).staleUntilMs;
+          } catch {
+            // A damaged record counts for what it takes in the database.
+          }
+          add(counted, topSegment(key), sizeBytes);
+          const meta = metaIn(withPrefix(META_PREFIX, recordKey));
+          if (meta?.sizeBytes !== sizeBytes || meta.staleUntilMs !== staleUntilMs) itemsToFix.push(key);
+        }
+      });
+      await inChunks(this.#db.iterator({ ...range(META_PREFIX, ''), snapshot }), (entries) => {
+        for (const [metaKey, value] of entries) {
+          const key = metaKey.toString('utf8', 1);
+          let meta: ItemMeta | undefined;
+          try {
+            meta = decodeMeta(value);
+          } catch {
+            meta = undefined;
+          }
+          // A damaged meta entry counted for nothing when it was written over; one with no record is a stray.
+          if (meta) add(ofMetas, topSegment(key), meta.sizeBytes);
+          if (!meta || this.#db.getSync(withPrefix(ITEM_PREFIX, metaKey), inSnapshot) === undefined) {
+            if (meta) itemsToFix.push(key);
+            continue;
+          }
+          const indexes = [{ prefix: RECENCY_PREFIX, ms: meta.accessedAtMs }];
+          if (meta.staleUntilMs !== undefined) indexes.push({ prefix: EXPIRY_PREFIX, ms: meta.staleUntilMs });
+          if (indexes.some(({ prefix, ms }) => this.#db.getSync(indexKey(prefix, ms, key), inSnapshot) === undefined)) itemsToFix.push(key);
+        }
+      });
+      for (const prefix of [RECENCY_PREFIX, EXPIRY_PREFIX]) {
+        await inChunks(this.#db.keys({ ...range(prefix, ''), snapshot }), (keys) => {
+          for (const indexed of keys) if (!indexMatches(indexed, metaIn)) indexesToCheck.push(indexed);
+        });
+      }
+      orphans = (await this.#blobs.list()).filter(
+        (name) => !referenced.has(name) && !watch.has(name) && !this.#filesUnderWay.has(name) && !this.#blobs.isBeingRemoved(name),
+      );
+    } finally {
+      this.#fileWatches.delete(watch);
+      await snapshot.close();
+    }
+    let orphanBytes = 0;
+    for (const name of orphans) orphanBytes += await stat(join(this.#blobs.directory, name)).then((file) => file.size, () => 0);
+    const segments = new Set([...kept.keys(), ...counted.keys(), ...ofMetas.keys()]);
+    const sum = (of: Map<string, Counter>): ScopeUsage => {
+      const total = { bytes: 0, items: 0 };
+      for (const { bytes, items } of of.values()) {
+        total.bytes += bytes;
+        total.items += items;
+      }
+      return total;
+    };
+    const same = (a: Counter | undefined, b: Counter | undefined): boolean => (a?.bytes ?? 0) === (b?.bytes ?? 0) && (a?.items ?? 0) === (b?.items ?? 0);
+    const driftedScopes = [...segments].filter((segment) => !same(kept.get(segment), counted.get(segment))).map(scopeName);
+    const uniqueItemsToFix = [...new Set(itemsToFix)];
+    if (options.fix) {
+      // The counters against the meta entries: every batch since the snapshot changed both alike, so the difference
+      // then is the difference now. The items' own meta entries are then mended, each with its counter change.
+      const build = (batch: BatchBuilder): void => {
+        for (const segment of segments) {
+          const metas = ofMetas.get(segment) ?? { bytes: 0, items: 0 };
+          const counters = kept.get(segment) ?? { bytes: 0, items: 0 };
+          batch.adjust(segment, { bytes: metas.bytes - counters.bytes, items: metas.items - counters.items });
+        }
+      };
+      await this.#commits.add({ kind: 'job', build });
+      for (let at = 0; at < uniqueItemsToFix.length; at += FIX_CHUNK) {
+        const keys = uniqueItemsToFix.slice(at, at + FIX_CHUNK);
+        await this.#commits.add({ kind: 'job', build: (batch) => keys.forEach((key) => this.#mendItem(batch, key)) });
+      }
+      for (let at = 0; at < indexesToCheck.length; at += FIX_CHUNK) {
+        const indexed = indexesToCheck.slice(at, at + FIX_CHUNK);
+        const build = (batch: BatchBuilder): void => {
+          for (const entry of indexed) {
+            if (!indexMatches(entry, (metaKey) => batch.meta(metaKey.toString('utf8', 1)))) batch.del(entry);
+          }
+        };
+        await this.#commits.add({ kind: 'job', build });
+      }
+      for (const name of orphans) this.#blobs.remove(name);
+      await this.#blobs.removed();
+    }
+    return {
+      kept: sum(kept),
+      counted: sum(counted),
+      driftedScopes,
+      orphanFiles: orphans.length,
+      orphanBytes,
+      strayEntries: uniqueItemsToFix.length + indexesToCheck.length,
+      fixed: options.fix,
+    };
+  }
+
+  /** Makes item `key`'s meta and index entries (and its counter) say what its record now holds, or go if it has none. */
+  #mendItem(batch: BatchBuilder, key: string): void {
+    const recordKey = levelKey(key);
+    const raw = this.#get(recordKey);
+    if (raw === undefined) {
+      batch.setMeta(key, undefined);
+      return;
+    }
+    let sizeBytes = recordKey.length + raw.length;
+    let staleUntilMs: number | undefined;
+    try {
+      sizeBytes = countedBytes(recordKey, raw);
+      staleUntilMs = decodeFields(raw).staleUntilMs;
+    } catch {
+      // A damaged record counts for what it takes in the database.
+    }
+    const old = batch.meta(key);
+    batch.setMeta(key, { sizeBytes, staleUntilMs, accessedAtMs: old?.accessedAtMs ?? this.#bucket() });
   }
 
   async close(): Promise<void> {
+    this.#closing = true;
+    // The touches of this open are kept, as far as the database takes them.
+    await this.#flushTouches();
     await this.#guard.settled();
     // A sweep reads the index and lists the files once: closing waits for it rather than cutting it short.
     await this.#sweeping;
@@ -340,5 +841,36 @@ export class LevelStore implements Store<EncodedValue> {
     } finally {
       await releaseDirectory(this.directory);
     }
+  }
+}
+
+/** The counters that the database's `c` entries hold. */
+async function readCounters(db: Level<Buffer, Buffer>): Promise<Map<string, Counter>> {
+  const counters = new Map<string, Counter>();
+  await inChunks(db.iterator(range(COUNTER_PREFIX, '')), (entries) => {
+    for (const [key, value] of entries) {
+      try {
+        counters.set(key.toString('utf8', 1), decodeCounter(value));
+      } catch {
+        // A damaged counter counts as none; verify reports the drift and mends it.
+      }
+    }
+  });
+  return counters;
+}
+
+/**
+ * Recounts the store in `directory` from its data, and with `fix` mends what differs and removes the files that
+ * nothing names; for a directory that no daemon or program holds (it opens it as `hoard repair` does).
+ * @throws CacheError `CACHE_LOCKED`, naming the holder when it can, while a daemon or another program has it open.
+ */
+export async function verifyDirectory(directory: string, options: { fix: boolean }): Promise<VerifyReport> {
+  const openOptions: LevelStoreOptions = { holder: { role: 'repair' }, memoryCacheBytes: 0, maxSizeBytes: Infinity };
+  withoutSweep.add(openOptions);
+  const store = await LevelStore.open(directory, openOptions);
+  try {
+    return await store.verify(options);
+  } finally {
+    await store.close();
   }
 }

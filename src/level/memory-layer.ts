@@ -11,7 +11,7 @@ import { LruMap } from './lru-map.js';
 export const PACKED_MAX_BYTES = 512;
 /**
  * What a packed entry costs beyond its value's and its key's characters, measured on Node 20 (64-bit): the
- * map's node (72 bytes) and its slot in the `Map` (about 40), the record (48, and 16 for its `modified`), the
+ * map's node (72 bytes) and its slot in the `Map` (about 40), the record (64, and 16 for each of its times), the
  * headers of the two strings (16 each), with a margin for their rounding and for the old space's fragmentation.
  */
 export const PACKED_ENTRY_BYTES = 256;
@@ -24,6 +24,8 @@ class PackedRecord {
     readonly modified: number,
     readonly encoding: string,
     readonly latin1: string,
+    readonly expiresAtMs: number | undefined,
+    readonly staleUntilMs: number | undefined,
   ) {}
 }
 
@@ -60,23 +62,28 @@ export class MemoryLayer {
   get(key: string): StoredRecord<EncodedValue> | undefined {
     const kept = this.#entries.get(key);
     if (!(kept instanceof PackedRecord)) return kept;
-    return { modified: kept.modified, value: { encoding: kept.encoding, bytes: Buffer.from(kept.latin1, 'latin1') } };
+    const value = { encoding: kept.encoding, bytes: Buffer.from(kept.latin1, 'latin1') };
+    const { modified, expiresAtMs, staleUntilMs } = kept;
+    return expiresAtMs === undefined ? { modified, value } : { modified, value, expiresAtMs, staleUntilMs };
   }
 
   /** Keeps `record` (copying what it keeps of it), dropping the least recently used records over the budget. */
   set(key: string, record: StoredRecord<EncodedValue>): void {
-    const { modified } = record;
+    const { modified, expiresAtMs } = record;
+    const staleUntilMs = expiresAtMs === undefined ? undefined : (record.staleUntilMs ?? expiresAtMs);
     const { bytes } = record.value;
     const encoding = record.value.encoding === this.#encoding ? this.#encoding : (this.#encoding = record.value.encoding);
     const overhead = stringBytes(key) + stringBytes(encoding);
     if (bytes.byteLength < PACKED_MAX_BYTES) {
       const latin1 = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-      this.#entries.set(key, new PackedRecord(modified, encoding, latin1), latin1.length + overhead + PACKED_ENTRY_BYTES);
+      this.#entries.set(key, new PackedRecord(modified, encoding, latin1, expiresAtMs, staleUntilMs), latin1.length + overhead + PACKED_ENTRY_BYTES);
       return;
     }
     // A view that would keep a much larger buffer alive is copied to a buffer of its own (not from the pool).
     const own = bytes.buffer.byteLength > 2 * bytes.byteLength ? ownCopy(bytes) : bytes;
-    this.#entries.set(key, { modified, value: { encoding, bytes: own } }, own.buffer.byteLength + overhead + BUFFER_ENTRY_BYTES);
+    const value = { encoding, bytes: own };
+    const kept = expiresAtMs === undefined ? { modified, value } : { modified, value, expiresAtMs, staleUntilMs };
+    this.#entries.set(key, kept, own.buffer.byteLength + overhead + BUFFER_ENTRY_BYTES);
   }
 
   delete(key: string): void {

@@ -2,12 +2,14 @@ import { realpath } from 'node:fs/promises';
 import { Level } from 'level';
 import { storageError } from '../errors.js';
 import { lockDirectory, openError, releaseDirectory } from './exclusive-open.js';
-import { BLOB_PREFIX, BLOB_RECORD_VERSION, decodeFields, decodePointer, inChunks, ITEM_PREFIX, range, withPrefix } from './records.js';
+import { RECENCY_BUCKET_MS } from './level-store.js';
+import { rebuildIndexes } from './rebuild-indexes.js';
+import { BLOB_PREFIX, decodeFields, decodePointer, inChunks, ITEM_PREFIX, range, withPrefix } from './records.js';
 
 /**
  * Runs LevelDB's repair on `directory`, recovering what it can of a damaged database, then rebuilds the index of
- * large values' files. It holds the directory's instance lock throughout, so no daemon or LevelCache opens the
- * database meanwhile. `beforeRepair` runs once the directory is locked, before anything changes (tests start a
+ * large values' files and the counted sizes with the meta and index entries. It holds the directory's instance lock
+ * throughout, so no daemon or LevelCache opens the database meanwhile. `beforeRepair` runs once the directory is locked, before anything changes (tests start a
  * daemon there).
  * @throws CacheError `CACHE_LOCKED`, naming the holder when it can, while a daemon or another program has the
  * directory open; `CACHE_STORAGE` when the repair fails.
@@ -33,6 +35,8 @@ export async function repairLevelStore(directory: string, options: { beforeRepai
       const db = new Level<Buffer, Buffer>(real, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
       try {
         await rebuildBlobIndex(db);
+        // Repair may keep a record and lose its meta entry, or the other way round: the sizes are counted again.
+        await rebuildIndexes(db, { nowMs: Date.now(), recencyBucketMs: RECENCY_BUCKET_MS });
       } finally {
         await db.close();
       }
@@ -57,7 +61,7 @@ async function rebuildBlobIndex(db: Level<Buffer, Buffer>): Promise<void> {
       let name: string;
       try {
         const fields = decodeFields(raw);
-        if (fields.version !== BLOB_RECORD_VERSION) continue;
+        if (!fields.inFile) continue;
         name = decodePointer(fields.bytes).name;
       } catch {
         continue;

@@ -2,11 +2,14 @@ import { describe } from 'vitest';
 import { basics } from './basics.js';
 import { clear } from './clear.js';
 import { errors } from './errors.js';
+import { expiry } from './expiry.js';
+import { listing } from './listing.js';
 import { locks } from './locks.js';
 import { namespaces } from './namespaces.js';
 import type { Features, OpenSubject } from './support.js';
 import { values } from './values.js';
 
+export { ManualClock } from './support.js';
 export type { Features, OpenSubject, Subject } from './support.js';
 
 /**
@@ -22,5 +25,7 @@ export function cacheConformance(label: string, open: OpenSubject, features: Fea
     describe('namespaces', () => namespaces(suite));
     describe('values', () => values(suite));
     describe('errors', () => errors(suite));
+    describe('expiry', () => expiry(suite));
+    describe('listing', () => listing(suite));
   });
 }

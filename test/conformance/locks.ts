@@ -145,6 +145,33 @@ export function locks({ open, features }: Suite): void {
     expect(await isFree(cache, 'id')).toBe(true);
   });
 
+  test('get with wait: false gives null while the shared lock cannot be taken now, and queues nothing', async () => {
+    const subject = await open();
+    const { cache } = subject;
+    await cache.set('id', sample);
+    {
+      // Free, and shared with another reader: a handle at once.
+      await using reader = await cache.get('id', { wait: false });
+      expect(reader).not.toBeNull();
+      await using second = await cache.get('id', { wait: false });
+      expect(second!.item === null).toBe(!features.stores);
+    }
+    const holder = await cache.getset('id');
+    expect(await cache.get('id', { wait: false })).toBeNull();
+    await holder.release();
+    // A writer waiting behind a reader: a new reader would queue behind the writer, so it gets null too.
+    const reader = await cache.get('id');
+    const writer = track(cache.set('id', other));
+    expect(await isWaiting(subject, writer)).toBe(true);
+    expect(await cache.get('id', { wait: false })).toBeNull();
+    await reader.release();
+    await writer.promise;
+    await using after = await cache.get('id', { wait: false });
+    expect(after).not.toBeNull();
+    if (features.stores) expect(await after!.item!.value()).toEqual(other);
+    await expect((cache.get as (id: string, options: unknown) => Promise<unknown>)('id', { wait: 'no' })).rejects.toBeInstanceOf(TypeError);
+  });
+
   test('aborting after the grant changes nothing', async () => {
     const { cache } = await open();
     const controller = new AbortController();

@@ -11,6 +11,13 @@ export interface Subject {
    * what lets a test say "this call is still waiting" without a sleep.
    */
   settle?(): Promise<void>;
+  /**
+   * The clock the cache reads for expiry, when the test controls it (an in-process cache); without it the cache
+   * reads the real clock, and tests use TTLs of a few milliseconds and wait for the clock to pass them.
+   */
+  clock?: ManualClock;
+  /** How many items the cache has removed because they expired, since it opened (a figure the backend reports). */
+  expirations?(): Promise<number>;
 }
 
 export type OpenSubject = () => Promise<Subject>;
@@ -21,6 +28,17 @@ export interface Features {
   stores: boolean;
   /** `'as-given'`: values are kept by reference; otherwise the codec values pass through. */
   values: 'as-given' | CodecName;
+  /** Whether the subject reports how many items expired ({@link Subject.expirations}). */
+  countsExpirations?: boolean;
+}
+
+/** A clock that moves only when told, for expiry without waiting. */
+export class ManualClock {
+  #ms = Date.now();
+  readonly now = (): number => this.#ms;
+  advance(ms: number): void {
+    this.#ms += ms;
+  }
 }
 
 export interface Suite {
@@ -87,4 +105,30 @@ export async function isReadable(subject: Subject, cache: Cache<unknown>, id: st
   if (!waiting) await (await got.promise).release();
   else await got.promise.catch(() => {});
   return !waiting;
+}
+
+/** The subject's clock now, in milliseconds. */
+export function clockNow(subject: Subject): number {
+  return subject.clock ? subject.clock.now() : Date.now();
+}
+
+/**
+ * Lets the subject's clock pass `untilMs`: moves a controlled clock there, or waits (a few milliseconds, for the
+ * tiny TTLs used with the real clock) until the real one has.
+ */
+export async function passTime(subject: Subject, untilMs: number): Promise<void> {
+  if (subject.clock) {
+    subject.clock.advance(Math.max(0, untilMs + 1 - subject.clock.now()));
+    return;
+  }
+  while (Date.now() <= untilMs) await new Promise((resolve) => setTimeout(resolve, 1));
+}
+
+/** Polls `condition` until it holds; fails after a generous liveness bound. */
+export async function eventually(condition: () => Promise<boolean> | boolean, what: string, boundMs = 20_000): Promise<void> {
+  const deadline = Date.now() + boundMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`Still not true after ${boundMs} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }

@@ -1,0 +1,338 @@
+import type { Lease, LockOwner, LockTable } from './lock-table.js';
+import { parseItemKey, topScopeName } from './scope-path.js';
+import type { Store } from './store.js';
+
+/** The most items removed in one batch, between which requests are served. */
+export const HOUSEKEEPING_BATCH = 256;
+/** How often expired items are swept by default, in milliseconds. */
+export const SWEEP_INTERVAL_MS = 10_000;
+/** An eviction goes down to this share of the size limit. */
+export const EVICTION_TARGET = 0.9;
+/** The most expired items a dry run of `gc` looks at (it cannot page through them without removing them). */
+export const DRY_RUN_MAX_EXPIRED = 100_000;
+/** Locked items an eviction or sweep pass skips before it gives up until the next one. */
+const MAX_SKIPPED = 10_000;
+
+/** Who holds the locks of the items being removed, as `hoard locks` shows it. */
+export const EVICTION_OWNER: LockOwner = Object.freeze({ name: 'hoard eviction' });
+
+/** What a pass removed, or would remove. */
+export interface RemovalCounts {
+  evictedItems: number;
+  evictedBytes: number;
+  expiredItems: number;
+  expiredBytes: number;
+}
+
+/** What {@link Housekeeper.gc} removed (or, in a dry run, would remove) and the counted size after. */
+export interface GcReport extends RemovalCounts {
+  /** The counted bytes after the pass (projected in a dry run); `null` for a store that does not count. */
+  sizeBytes: number | null;
+}
+
+/** The removals since the cache opened, in total and by top-level scope (`''` for the root's own items). */
+export interface RemovalCounters extends RemovalCounts {
+  readonly scopes: ReadonlyMap<string, RemovalCounts>;
+}
+
+export interface HousekeeperOptions {
+  /** How often expired items are swept, in milliseconds; default 10 s. */
+  sweepIntervalMs?: number;
+}
+
+function noRemovals(): RemovalCounts {
+  return { evictedItems: 0, evictedBytes: 0, expiredItems: 0, expiredBytes: 0 };
+}
+
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+type Kind = 'evicted' | 'expired';
+
+/**
+ * Removes a store's expired items and, when it passes its size limit, its least recently used ones, in the
+ * background: in batches of at most {@link HOUSEKEEPING_BATCH}, yielding to the event loop between them. Each
+ * item is removed under its exclusive lock taken with `tryAcquire`, so an item whose lock is held or waited for is
+ * skipped, never removed. Expired items go first: those found by reads (lazily), then the store's expiry index.
+ *
+ * The owner tells it of every completed write ({@link Housekeeper.written}): a key listed by the store before such a
+ * write is skipped, since the list may be stale (the write may have made the item fresh or recent again).
+ */
+export class Housekeeper {
+  readonly #store: Store<unknown>;
+  readonly #locks: LockTable;
+  readonly #now: () => number;
+  readonly #timer: NodeJS.Timeout | undefined;
+  /** Items that reads found past their stale time, to remove next. */
+  readonly #found = new Set<string>();
+  /** While the store lists a batch of keys to remove: the keys written meanwhile, which the batch then skips. */
+  #writtenSinceListing: Set<string> | undefined;
+  readonly #counters = noRemovals();
+  readonly #scopeCounters = new Map<string, RemovalCounts>();
+  /** One task at a time: background passes and `gc` calls run one after another. */
+  #chain: Promise<unknown> = Promise.resolve();
+  #scheduled = false;
+  #wantSweep = false;
+  #wantEviction = false;
+  /** Set when an eviction ended above the limit (locked items): writes stop starting new ones until the next sweep. */
+  #evictionStuck = false;
+  #closed = false;
+
+  constructor(store: Store<unknown>, locks: LockTable, now: () => number, options: HousekeeperOptions = {}) {
+    this.#store = store;
+    this.#locks = locks;
+    this.#now = now;
+    const intervalMs = options.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
+    if (!(typeof intervalMs === 'number' && intervalMs > 0)) {
+      throw new TypeError(`sweepIntervalMs must be a number of milliseconds above 0, got ${String(intervalMs)}.`);
+    }
+    if ((store.expired || this.#evicts()) && Number.isFinite(intervalMs)) {
+      this.#timer = setInterval(() => {
+        this.#wantSweep = true;
+        this.#evictionStuck = false;
+        if (this.#overLimit()) this.#wantEviction = true;
+        this.#schedule();
+      }, intervalMs).unref();
+    }
+  }
+
+  /** Queues an item that a read found past its stale time, for removal once its lock is free. */
+  foundExpired(key: string): void {
+    if (this.#closed) return;
+    this.#found.add(key);
+    this.#schedule();
+  }
+
+  /** Hears of a completed write of `key`; starts an eviction if the store is now over its limit. */
+  written(key: string): void {
+    this.#found.delete(key);
+    this.#writtenSinceListing?.add(key);
+    if (!this.#evictionStuck && !this.#wantEviction && this.#overLimit()) {
+      this.#wantEviction = true;
+      this.#schedule();
+    }
+  }
+
+  /** The removals since the cache opened. */
+  counters(): RemovalCounters {
+    const scopes = new Map<string, RemovalCounts>();
+    for (const [name, counts] of this.#scopeCounters) scopes.set(name, { ...counts });
+    return { ...this.#counters, scopes };
+  }
+
+  /**
+   * Removes expired items and, above 90% of the size limit, the least recently used ones down to it, now; or, with
+   * `dryRun`, only says what it would remove. Runs after any pass under way.
+   */
+  gc(options: { dryRun: boolean }): Promise<GcReport> {
+    return this.#enqueue(async () => {
+      const report = { ...noRemovals(), sizeBytes: this.#store.usage?.().bytes ?? null };
+      if (options.dryRun) {
+        await this.#dryRun(report);
+        return report;
+      }
+      await this.#removeFound(report);
+      await this.#sweep(report);
+      await this.#evict(report, EVICTION_TARGET);
+      report.sizeBytes = this.#store.usage?.().bytes ?? null;
+      return report;
+    });
+  }
+
+  /** Stops the timer and waits for the batch under way; later calls do nothing. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#found.clear();
+    await this.#chain;
+  }
+
+  #evicts(): boolean {
+    return this.#store.usage !== undefined && this.#store.leastRecent !== undefined;
+  }
+
+  #overLimit(): boolean {
+    if (!this.#evicts()) return false;
+    const { bytes, limitBytes } = this.#store.usage!();
+    return limitBytes !== null && bytes > limitBytes;
+  }
+
+  #enqueue<R>(task: () => Promise<R>): Promise<R> {
+    const run = this.#chain.then(task);
+    this.#chain = run.catch(() => {});
+    return run;
+  }
+
+  /** Queues one background pass, unless one is queued and not started yet (it will see what is wanted now). */
+  #schedule(): void {
+    if (this.#scheduled || this.#closed) return;
+    this.#scheduled = true;
+    void this.#enqueue(async () => {
+      // A turn first: the writes and reads of this turn go before, and a burst of them starts one pass.
+      await nextTurn();
+      this.#scheduled = false;
+      const sweep = this.#wantSweep;
+      const evict = this.#wantEviction;
+      this.#wantSweep = this.#wantEviction = false;
+      const report = { ...noRemovals(), sizeBytes: null };
+      try {
+        await this.#removeFound(report);
+        if (sweep || evict) await this.#sweep(report);
+        if (evict) {
+          const limitBytes = this.#store.usage!().limitBytes;
+          if (limitBytes !== null) await this.#evict(report, EVICTION_TARGET);
+          if (this.#overLimit()) this.#evictionStuck = true;
+        }
+      } catch {
+        // A store that fails now (a full disk, a closed cache) is tried again at the next write or sweep.
+      }
+    });
+  }
+
+  async #removeFound(report: RemovalCounts): Promise<void> {
+    while (this.#found.size > 0 && !this.#closed) {
+      const keys: string[] = [];
+      for (const key of this.#found) {
+        this.#found.delete(key);
+        keys.push(key);
+        if (keys.length === HOUSEKEEPING_BATCH) break;
+      }
+      // A key still locked stays where it is: the sweep finds it later.
+      await this.#removeBatch(keys, 'expired', report);
+      await nextTurn();
+    }
+  }
+
+  /** Removes the items past their stale time that the store's expiry index lists. */
+  async #sweep(report: RemovalCounts): Promise<void> {
+    if (!this.#store.expired) return;
+    const skipped = new Set<string>();
+    while (!this.#closed && skipped.size <= MAX_SKIPPED) {
+      this.#writtenSinceListing = new Set();
+      // The index gives the earliest first, whatever it skipped: ask past the items this pass cannot take.
+      const keys = (await this.#store.expired(this.#now(), HOUSEKEEPING_BATCH + skipped.size)).filter((key) => !skipped.has(key));
+      if (keys.length === 0) return;
+      for (const key of await this.#removeBatch(keys, 'expired', report)) skipped.add(key);
+      await nextTurn();
+    }
+  }
+
+  /** Evicts the least recently used items until the counted size is at most `target` of the limit. */
+  async #evict(report: RemovalCounts, target: number): Promise<void> {
+    if (!this.#evicts()) return;
+    let cursor: string | undefined;
+    let skipped = 0;
+    while (!this.#closed && skipped <= MAX_SKIPPED) {
+      const { bytes, limitBytes } = this.#store.usage!();
+      if (limitBytes === null || bytes <= limitBytes * target) return;
+      this.#writtenSinceListing = new Set();
+      const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
+      skipped += (await this.#removeBatch(keys, 'evicted', report)).length;
+      if (next === null) return;
+      cursor = next;
+      await nextTurn();
+    }
+  }
+
+  /**
+   * Removes the items whose exclusive locks can be taken now and that were not written since the store listed them,
+   * each under its lock; returns the keys it skipped.
+   */
+  async #removeBatch(keys: readonly string[], kind: Kind, report: RemovalCounts): Promise<string[]> {
+    const skipped: string[] = [];
+    const taken: { key: string; lease: Lease; bytes: number }[] = [];
+    const written = this.#writtenSinceListing;
+    this.#writtenSinceListing = undefined;
+    for (const key of keys) {
+      const lease = written?.has(key) ? null : this.#locks.tryAcquire(key, 'exclusive', { owner: EVICTION_OWNER });
+      if (!lease) {
+        skipped.push(key);
+        continue;
+      }
+      taken.push({ key, lease, bytes: this.#sizeOf(key) });
+    }
+    const results = await Promise.allSettled(
+      taken.map(async ({ key, lease }) => {
+        try {
+          const { scope, id } = parseItemKey(key);
+          await this.#store.delete(scope, id);
+        } finally {
+          lease.release();
+        }
+      }),
+    );
+    let failure: unknown;
+    results.forEach((result, index) => {
+      if (result.status === 'rejected') {
+        failure ??= result.reason;
+        return;
+      }
+      const { key, bytes } = taken[index]!;
+      this.#count(report, kind, bytes);
+      this.#count(this.#counters, kind, bytes);
+      const name = topScopeName(key);
+      let counts = this.#scopeCounters.get(name);
+      if (!counts) this.#scopeCounters.set(name, (counts = noRemovals()));
+      this.#count(counts, kind, bytes);
+    });
+    if (failure !== undefined) throw failure;
+    return skipped;
+  }
+
+  #count(counts: RemovalCounts, kind: Kind, bytes: number): void {
+    if (kind === 'evicted') {
+      counts.evictedItems++;
+      counts.evictedBytes += bytes;
+    } else {
+      counts.expiredItems++;
+      counts.expiredBytes += bytes;
+    }
+  }
+
+  /**
+   * The counted bytes of an item, from the store when it can say; else the average of what it counts (exact for
+   * items of one size), or 0 for a store that does not count.
+   */
+  #sizeOf(key: string): number {
+    const exact = this.#store.sizeOf?.(key);
+    if (exact !== undefined) return exact;
+    const usage = this.#store.usage?.();
+    return usage && usage.items > 0 ? Math.round(usage.bytes / usage.items) : 0;
+  }
+
+  /** Counts what a pass would remove now, removing nothing: the same order and the same skipped locks. */
+  async #dryRun(report: GcReport): Promise<void> {
+    const isFree = (key: string): boolean => {
+      const lease = this.#locks.tryAcquire(key, 'exclusive', { owner: EVICTION_OWNER });
+      lease?.release();
+      return lease !== null;
+    };
+    const expired = new Set<string>([...this.#found]);
+    if (this.#store.expired) for (const key of await this.#store.expired(this.#now(), DRY_RUN_MAX_EXPIRED)) expired.add(key);
+    for (const key of expired) {
+      if (!isFree(key)) continue;
+      this.#count(report, 'expired', this.#sizeOf(key));
+    }
+    if (!this.#evicts()) return;
+    const { bytes, limitBytes } = this.#store.usage!();
+    let projected = bytes - report.expiredBytes;
+    report.sizeBytes = projected;
+    if (limitBytes === null) return;
+    let cursor: string | undefined;
+    while (projected > limitBytes * EVICTION_TARGET) {
+      const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
+      for (const key of keys) {
+        if (projected <= limitBytes * EVICTION_TARGET) break;
+        if (expired.has(key) || !isFree(key)) continue;
+        const size = this.#sizeOf(key);
+        this.#count(report, 'evicted', size);
+        projected -= size;
+      }
+      if (next === null) break;
+      cursor = next;
+      await nextTurn();
+    }
+    report.sizeBytes = projected;
+  }
+}

@@ -1,0 +1,92 @@
+import { counterKey, encodeCounter, encodeMeta, EXPIRY_PREFIX, indexKey, type ItemMeta, META_PREFIX, RECENCY_PREFIX, topSegment } from './records.js';
+
+export type Operation = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+
+/** The bytes and items counted for one top-level scope. */
+export interface Counter {
+  bytes: number;
+  items: number;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * One LevelDB batch as it is built: its operations, and the meta entries and counter changes of the items it
+ * puts and deletes. An item's old meta is read when the batch is built (batches are built and written one at a
+ * time, so nothing changes it meanwhile), or from this batch if it already changed it.
+ */
+export class BatchBuilder {
+  readonly operations: Operation[] = [];
+  readonly #readMeta: (key: string) => ItemMeta | undefined;
+  readonly #metas = new Map<string, ItemMeta | undefined>();
+  readonly #deltas = new Map<string, Counter>();
+
+  constructor(readMeta: (key: string) => ItemMeta | undefined) {
+    this.#readMeta = readMeta;
+  }
+
+  put(key: Buffer, value: Buffer): void {
+    this.operations.push({ type: 'put', key, value });
+  }
+
+  del(key: Buffer): void {
+    this.operations.push({ type: 'del', key });
+  }
+
+  /** The meta of item `key` as this batch leaves it so far. */
+  meta(key: string): ItemMeta | undefined {
+    return this.#metas.has(key) ? this.#metas.get(key) : this.#readMeta(key);
+  }
+
+  /** Sets item `key`'s meta (`undefined`: the item is gone), with its index entries and its scope's counter change. */
+  setMeta(key: string, meta: ItemMeta | undefined): void {
+    const old = this.meta(key);
+    if (old) {
+      this.del(indexKey(RECENCY_PREFIX, old.accessedAtMs, key));
+      if (old.staleUntilMs !== undefined) this.del(indexKey(EXPIRY_PREFIX, old.staleUntilMs, key));
+    }
+    const metaKey = Buffer.from(META_PREFIX + key, 'utf8');
+    if (meta) {
+      this.put(metaKey, encodeMeta(meta));
+      this.put(indexKey(RECENCY_PREFIX, meta.accessedAtMs, key), EMPTY);
+      if (meta.staleUntilMs !== undefined) this.put(indexKey(EXPIRY_PREFIX, meta.staleUntilMs, key), EMPTY);
+    } else {
+      this.del(metaKey);
+    }
+    this.#metas.set(key, meta);
+    this.adjust(topSegment(key), { bytes: (meta?.sizeBytes ?? 0) - (old?.sizeBytes ?? 0), items: (meta ? 1 : 0) - (old ? 1 : 0) });
+  }
+
+  /** Changes the counter of the top-level scope whose escaped name is `segment` by `delta`. */
+  adjust(segment: string, delta: Counter): void {
+    if (delta.bytes === 0 && delta.items === 0) return;
+    const sum = this.#deltas.get(segment);
+    if (sum) {
+      sum.bytes += delta.bytes;
+      sum.items += delta.items;
+    } else {
+      this.#deltas.set(segment, { ...delta });
+    }
+  }
+
+  /**
+   * Adds the counter entries that change, from `counters` (the figures before this batch), and returns the new
+   * figures of those scopes (`undefined`: the scope has nothing left, and its entry goes).
+   */
+  finishCounters(counters: ReadonlyMap<string, Counter>): Map<string, Counter | undefined> {
+    const changed = new Map<string, Counter | undefined>();
+    for (const [segment, delta] of this.#deltas) {
+      if (delta.bytes === 0 && delta.items === 0) continue;
+      const now = counters.get(segment) ?? { bytes: 0, items: 0 };
+      const next = { bytes: now.bytes + delta.bytes, items: now.items + delta.items };
+      if (next.bytes === 0 && next.items === 0) {
+        this.del(counterKey(segment));
+        changed.set(segment, undefined);
+      } else {
+        this.put(counterKey(segment), encodeCounter(next));
+        changed.set(segment, next);
+      }
+    }
+    return changed;
+  }
+}
