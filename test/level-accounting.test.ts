@@ -340,17 +340,19 @@ describe('LevelStore verify', () => {
     counter.writeDoubleLE(1, 8);
     await raw.put(Buffer.from('cp'), counter);
     await raw.del(Buffer.from('tq/:three'));
+    for await (const key of raw.keys({ gte: Buffer.from('r'), lt: Buffer.from('s') })) if (key.toString().endsWith('p/:one')) await raw.del(key);
     await raw.put(Buffer.from('x\0\0\0\0\0\x01q/:nothing'), Buffer.alloc(0));
     await raw.close();
     await mkdir(join(dir, 'blobs', '0f'), { recursive: true });
     await writeFile(join(dir, 'blobs', '0f', 'ffffffffffff-0'), 'orphan');
 
     const found = await verifyDirectory(dir, { fix: false });
-    // Strays: the item without its meta entry, its recency and expiry entries (which no meta names), the expiry entry of nothing.
-    expect(found).toMatchObject({ driftedScopes: ['p'], orphanFiles: 1, orphanBytes: 6, strayEntries: 4, fixed: false });
+    // Strays: the item without its meta entry, its recency and expiry entries (which no meta names), the expiry entry of
+    // nothing, the item without its recency entry.
+    expect(found).toMatchObject({ driftedScopes: ['p'], orphanFiles: 1, orphanBytes: 6, strayEntries: 5, fixed: false });
     expect(found.kept.bytes).not.toBe(found.counted.bytes);
     const fixed = await verifyDirectory(dir, { fix: true });
-    expect(fixed).toMatchObject({ driftedScopes: ['p'], orphanFiles: 1, strayEntries: 4, fixed: true });
+    expect(fixed).toMatchObject({ driftedScopes: ['p'], orphanFiles: 1, strayEntries: 5, fixed: true });
     const after = await verifyDirectory(dir, { fix: false });
     expect(after).toMatchObject({ driftedScopes: [], orphanFiles: 0, strayEntries: 0 });
     expect(after.kept).toEqual(fixed.counted);
@@ -361,6 +363,7 @@ describe('LevelStore verify', () => {
     })()));
     const last = await openStore(dir);
     expect(await last.expired(1000, 10)).toEqual(['q/:three']);
+    expect((await last.leastRecent({ limit: 10 })).keys.sort()).toEqual(['p/:one', 'p/:two', 'q/:three']);
   });
 
   test('online: fixes go through the write queue while writes go on, and files of writes under way are not orphans', async () => {

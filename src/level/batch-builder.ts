@@ -38,18 +38,23 @@ export class BatchBuilder {
     return this.#metas.has(key) ? this.#metas.get(key) : this.#readMeta(key);
   }
 
-  /** Sets item `key`'s meta (`undefined`: the item is gone), with its index entries and its scope's counter change. */
-  setMeta(key: string, meta: ItemMeta | undefined): void {
+  /**
+   * Sets item `key`'s meta (`undefined`: the item is gone), with its index entries and its scope's counter change. An
+   * index entry that stays as it is (a replacement in the same bucket, say) is neither deleted nor put again, unless
+   * `rewriteIndexes` (verify's mending, for an entry that may be missing).
+   */
+  setMeta(key: string, meta: ItemMeta | undefined, options: { rewriteIndexes?: boolean } = {}): void {
     const old = this.meta(key);
-    if (old) {
-      this.del(indexKey(RECENCY_PREFIX, old.accessedAtMs, key));
-      if (old.staleUntilMs !== undefined) this.del(indexKey(EXPIRY_PREFIX, old.staleUntilMs, key));
-    }
+    const rewrite = options.rewriteIndexes === true;
+    const keepRecency = !rewrite && old !== undefined && old.accessedAtMs === meta?.accessedAtMs;
+    const keepExpiry = !rewrite && old?.staleUntilMs !== undefined && old.staleUntilMs === meta?.staleUntilMs;
+    if (old && !keepRecency) this.del(indexKey(RECENCY_PREFIX, old.accessedAtMs, key));
+    if (old?.staleUntilMs !== undefined && !keepExpiry) this.del(indexKey(EXPIRY_PREFIX, old.staleUntilMs, key));
     const metaKey = Buffer.from(META_PREFIX + key, 'utf8');
     if (meta) {
       this.put(metaKey, encodeMeta(meta));
-      this.put(indexKey(RECENCY_PREFIX, meta.accessedAtMs, key), EMPTY);
-      if (meta.staleUntilMs !== undefined) this.put(indexKey(EXPIRY_PREFIX, meta.staleUntilMs, key), EMPTY);
+      if (!keepRecency) this.put(indexKey(RECENCY_PREFIX, meta.accessedAtMs, key), EMPTY);
+      if (meta.staleUntilMs !== undefined && !keepExpiry) this.put(indexKey(EXPIRY_PREFIX, meta.staleUntilMs, key), EMPTY);
     } else {
       this.del(metaKey);
     }

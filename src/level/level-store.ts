@@ -173,7 +173,8 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #guard: WriteGuard;
   readonly #limitBytes: number;
   readonly #bucketMs: number;
-  readonly #now: () => number;
+  /** The clock of the `now` option; `undefined` for `Date.now`, called directly on the read path (a call through a field costs more). */
+  readonly #now: (() => number) | undefined;
   /** The counted figures by top-level scope (its escaped name), as the `c` entries say; and their sums. */
   #counters = new Map<string, Counter>();
   #totalBytes = 0;
@@ -223,7 +224,7 @@ export class LevelStore implements Store<EncodedValue> {
     this.#hasBlobs = state.hasBlobs;
     this.#limitBytes = state.limitBytes;
     this.#bucketMs = options.recencyBucketMs ?? RECENCY_BUCKET_MS;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now;
     this.#setCounters(state.counters);
   }
 
@@ -295,7 +296,7 @@ export class LevelStore implements Store<EncodedValue> {
 
   /** The start of the current recency bucket, starting a new bucket (and forgetting the items used) when it is over. */
   #bucket(): number {
-    const nowMs = this.#now();
+    const nowMs = this.#now ? this.#now() : Date.now();
     if (nowMs >= this.#bucketStartMs + this.#bucketMs || nowMs < this.#bucketStartMs) {
       this.#bucketStartMs = Math.floor(nowMs / this.#bucketMs) * this.#bucketMs;
       this.#touched = new Set();
@@ -825,7 +826,7 @@ export class LevelStore implements Store<EncodedValue> {
       // A damaged record counts for what it takes in the database.
     }
     const old = batch.meta(key);
-    batch.setMeta(key, { sizeBytes, staleUntilMs, accessedAtMs: old?.accessedAtMs ?? this.#bucket() });
+    batch.setMeta(key, { sizeBytes, staleUntilMs, accessedAtMs: old?.accessedAtMs ?? this.#bucket() }, { rewriteIndexes: true });
   }
 
   async close(): Promise<void> {
