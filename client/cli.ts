@@ -19,6 +19,7 @@ import {
   type StatusResult,
   Verify,
 } from '../src/wire/protocol.js';
+import type { VerifyReport } from '../src/store.js';
 import { VERSION } from '../src/version.js';
 import { daemonEntry, openOrStart } from './connect.js';
 import { type Channel, isNoDaemon } from './channel.js';
@@ -313,21 +314,28 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .command('verify')
     .description('recount the data against the figures kept, report drift, orphan files and stray entries, and fix them')
     .option('--no-fix', 'only report')
-    .action(async (options: { fix: boolean }) => {
-      let connection: Channel;
+    .option('--data-dir <path>', 'with no daemon running, the data directory to open (default: $HOARD_DATA_DIR or the XDG cache directory)')
+    .action(async (options: { fix: boolean; dataDir?: string }) => {
+      let report: VerifyReport;
+      let connection: Channel | undefined;
       try {
         connection = await open(globals(), { start: false });
       } catch (error) {
-        if (error instanceof Failure) {
-          throw new Failure(`${error.message}; start it (or stop it and run hoard repair) to verify its data directory`);
-        }
-        throw error;
+        if (!(error instanceof Failure)) throw error;
       }
-      let report;
-      try {
-        report = await connection.request(Verify, { fix: options.fix });
-      } finally {
-        await connection.close();
+      if (connection) {
+        try {
+          report = await connection.request(Verify, { fix: options.fix });
+        } finally {
+          await connection.close();
+        }
+      } else {
+        // No daemon: the daemon's entry opens the directory itself (the client never loads LevelDB).
+        let json = '';
+        const args = ['verify', ...(options.dataDir === undefined ? [] : ['--data-dir', options.dataDir]), ...(options.fix ? [] : ['--no-fix'])];
+        const code = await loadDaemonEntry().runDaemonMain(args, { out: (text) => void (json += text), err: io.err });
+        if (code !== 0) throw new ExitCode(code);
+        report = JSON.parse(json) as VerifyReport;
       }
       const problems = report.driftedScopes.length > 0 || report.orphanFiles > 0 || report.strayEntries > 0;
       const drift = report.driftedScopes.length === 0 ? 'no drift' : `drift in ${report.driftedScopes.map((name) => (name === '' ? '(root)' : shown(name))).join(', ')}`;

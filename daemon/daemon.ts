@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { LevelStore, type LevelStoreOptions } from '../src/level/level-store.js';
-import type { EncodedValue, Store, VerifyReport } from '../src/store.js';
+import type { EncodedValue, VerifyReport } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import type { LockSnapshotEntry } from '../src/lock-table.js';
 import { parseItemKey, type Scope } from '../src/scope-path.js';
@@ -78,13 +78,6 @@ const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: Enco
  */
 export const MAX_COUNTED_SCOPES = 10_000;
 
-/** What the backend counts of its housekeeping (eviction and expiry), per top-level scope, once it has them. */
-interface HousekeepingFigures {
-  evictions: number;
-  evictedBytes: number;
-  expirations: number;
-}
-
 /** A held lock or waiting request as `daemon/locks` gives it: the key parsed back into scope and id. */
 function lockInfo(entry: LockSnapshotEntry): LockInfo {
   const subtree = entry.mode === 'subtree';
@@ -156,7 +149,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
 
   let store: LevelStore;
   try {
-    const storeOptions: LevelStoreOptions & { maxSizeBytes?: number } = {
+    const storeOptions: LevelStoreOptions = {
       sync: options.sync ?? false,
       memoryCacheBytes: options.memoryCacheBytes,
       maxSizeBytes,
@@ -186,16 +179,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       // Lost: the daemon is stopping.
     }
   }, DIRECTORY_CHECK_MS).unref();
-  /** The store through its contract, whose figures (usage, verify) are optional. */
-  const counting: Store<EncodedValue> = store;
   const counters = { hits: 0, misses: 0 };
   /** Hits and misses per top-level scope, for at most {@link MAX_COUNTED_SCOPES} of them. */
   const scopeCounters = new Map<string, { hits: number; misses: number }>();
-  // Until the backend counts its housekeeping, these stay empty.
-  const housekeeping = backend as unknown as {
-    counters?: () => { scopes: ReadonlyMap<string, HousekeepingFigures> } & HousekeepingFigures;
-    gc?: (options: { dryRun: boolean }) => Promise<GcResult>;
-  };
   let stopping: Promise<void> | undefined;
   let markClosed!: () => void;
   const closed = new Promise<void>((resolve) => (markClosed = resolve));
@@ -221,35 +207,38 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     log,
     requestStop: (reason) => void stop(reason),
     locks: () => ({ locks: backend.lockSnapshot().map(lockInfo) }),
-    async gc(gcOptions): Promise<GcResult> {
-      if (!housekeeping.gc) throw new CacheError('CACHE_INTERNAL', 'This daemon cannot run an eviction yet.');
-      return housekeeping.gc(gcOptions);
+    async gc({ dryRun }): Promise<GcResult> {
+      const report = await backend.gc({ dryRun });
+      const { evictedItems, evictedBytes, expiredItems, expiredBytes } = report;
+      // The daemon's store counts, so the size is known.
+      return { dryRun, evictedItems, evictedBytes, expiredItems, expiredBytes, sizeBytes: report.sizeBytes ?? 0 };
     },
     async verify(verifyOptions): Promise<VerifyReport> {
-      if (!counting.verify) throw new CacheError('CACHE_INTERNAL', 'This daemon\u2019s store cannot verify its counts yet.');
-      return counting.verify(verifyOptions);
+      const report = await backend.verify(verifyOptions);
+      if (!report) throw new CacheError('CACHE_INTERNAL', 'The daemon\u2019s store does not count its items.');
+      return report;
     },
     async status(scope?: Scope): Promise<StatusResult> {
       // The slow parts go first, so that every other figure is taken at the same moment.
       const sizeOnDiskBytes = await directorySize(store.directory);
-      const counted = scope && counting.scopeUsage ? await counting.scopeUsage(scope) : undefined;
+      const counted = scope ? await backend.scopeUsage(scope) : undefined;
       const locks = backend.lockStats();
       const memory = store.memoryCache();
-      const usage = counting.usage?.();
-      const kept = housekeeping.counters?.();
-      const names = new Set([...(usage?.scopes.keys() ?? []), ...scopeCounters.keys(), ...(kept?.scopes.keys() ?? [])]);
+      const usage = backend.usage();
+      const kept = backend.counters();
+      const names = new Set([...(usage?.scopes.keys() ?? []), ...scopeCounters.keys(), ...kept.scopes.keys()]);
       const scopes: ScopeStatus[] = [...names].sort().map((name) => {
         const size = usage?.scopes.get(name);
         const reads = scopeCounters.get(name);
-        const work = kept?.scopes.get(name);
+        const work = kept.scopes.get(name);
         return {
           name,
           sizeBytes: size?.bytes ?? 0,
           items: size?.items ?? 0,
           hits: reads?.hits ?? 0,
           misses: reads?.misses ?? 0,
-          evictions: work?.evictions ?? 0,
-          expirations: work?.expirations ?? 0,
+          evictions: work?.evictedItems ?? 0,
+          expirations: work?.expiredItems ?? 0,
         };
       });
       const limitBytes = usage?.limitBytes ?? null;
@@ -269,9 +258,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         sizeBytes: usage?.bytes ?? 0,
         limitBytes: limitBytes === null || limitBytes === Infinity ? null : limitBytes,
         items: usage?.items ?? 0,
-        evictions: kept?.evictions ?? 0,
-        evictedBytes: kept?.evictedBytes ?? 0,
-        expirations: kept?.expirations ?? 0,
+        evictions: kept.evictedItems,
+        evictedBytes: kept.evictedBytes,
+        expirations: kept.expiredItems,
         scopes,
         ...(scope && { scope: { path: [...scope.path], sizeBytes: counted?.bytes ?? 0, items: counted?.items ?? 0 } }),
         memoryCacheBytes: memory.bytes,

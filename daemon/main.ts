@@ -5,7 +5,7 @@ import { setFlagsFromString } from 'node:v8';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isCacheError } from '../src/errors.js';
 import { type Holder, holderOf } from '../src/level/exclusive-open.js';
-import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
+import { MEMORY_CACHE_BYTES, verifyDirectory } from '../src/level/level-store.js';
 import { parseDuration } from '../src/parse-duration.js';
 import { parseSize as parseSizeText } from '../src/parse-size.js';
 import { repairLevelStore } from '../src/level/repair.js';
@@ -242,6 +242,31 @@ function repairProgram(name: string, io: EntryOutput): Command {
     });
 }
 
+/**
+ * `verify`: recounts a data directory that no daemon holds (`hoard verify` runs it when none answers) and writes the
+ * report as one line of JSON, for the CLI to show.
+ */
+function verifyProgram(name: string, io: EntryOutput): Command {
+  return new Command(name)
+    .exitOverride()
+    .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
+    .description('recount a data directory that no daemon holds, and fix what differs')
+    .option('--data-dir <path>', DATA_DIR_HELP)
+    .option('--no-fix', 'only report')
+    .action(async (options: { dataDir?: string; fix: boolean }) => {
+      const dataDir = options.dataDir ?? defaultDataDir();
+      const umask = process.umask(0o077);
+      try {
+        io.out(`${JSON.stringify(await verifyDirectory(dataDir, { fix: options.fix }))}\n`);
+      } catch (error) {
+        if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(repairRefusal(dataDir, holderOf(error)).replace('stop it first', 'verify through it (hoard verify)'));
+        throw error;
+      } finally {
+        process.umask(umask);
+      }
+    });
+}
+
 class RepairRefused extends Error {}
 
 /** Why `hoard repair` will not touch `dataDir`, naming who holds it and how to stop them. */
@@ -258,16 +283,18 @@ function repairRefusal(dataDir: string, holder: Holder | undefined): string {
 
 /**
  * Runs the daemon's entry with `argv` (without node and script): `repair [options]` repairs a data directory,
- * anything else runs a daemon until it stops (which exits the process). Resolves to an exit code otherwise.
+ * `verify [options]` recounts one, anything else runs a daemon until it stops (which exits the process). Resolves to
+ * an exit code otherwise.
  */
 export async function runDaemonMain(
   argv: readonly string[],
   io: EntryOutput = { out: (text) => void process.stdout.write(text), err: (text) => void process.stderr.write(text) },
 ): Promise<number> {
-  const repair = argv[0] === 'repair';
-  const program = repair ? repairProgram('hoard repair', io) : daemonProgram('hoard daemon', io);
+  const tool = argv[0] === 'repair' || argv[0] === 'verify' ? argv[0] : undefined;
+  const program =
+    tool === 'repair' ? repairProgram('hoard repair', io) : tool === 'verify' ? verifyProgram('hoard verify', io) : daemonProgram('hoard daemon', io);
   try {
-    await program.parseAsync(repair ? argv.slice(1) : [...argv], { from: 'user' });
+    await program.parseAsync(tool ? argv.slice(1) : [...argv], { from: 'user' });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) return error.code === 'commander.helpDisplayed' || error.code === 'commander.help' ? 0 : 2;
