@@ -1,6 +1,6 @@
 import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from '../src/cache.js';
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
-import { RootCacheView } from '../src/cache-view.js';
+import { checkExpiry, RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
 import type { ValueAdapter } from '../src/local-backend.js';
 import type { Scope } from '../src/scope-path.js';
@@ -113,7 +113,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const releaseAtDaemon = this.#releaser(connection, handle);
     let released = false;
     let writes: Promise<void> = Promise.resolve();
-    const set = (value: T, expiry?: ExpiryOptions): Promise<void> => {
+    const set = (value: T, options?: ExpiryOptions): Promise<void> => {
+      let expiry: ExpiryOptions;
+      try {
+        expiry = checkExpiry(options);
+      } catch (error) {
+        return Promise.reject(error);
+      }
       if (!released && this.#closed) return Promise.reject(closedError());
       if (released || connection.lost) {
         return Promise.reject(
@@ -121,7 +127,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         );
       }
       const write = writes.then(() =>
-        connection.request(HandleSet, { handle, value: this.#adapter.encode(value), ttlMs: expiry?.ttlMs, staleMs: expiry?.staleMs }),
+        connection.request(HandleSet, { handle, value: this.#adapter.encode(value), ttlMs: expiry.ttlMs, staleMs: expiry.staleMs }),
       );
       writes = write.catch(() => {});
       return write;
