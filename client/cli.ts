@@ -253,19 +253,21 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .action(async (options: { long?: boolean; json?: boolean }) => {
       const scope = globals().scope;
       await withConnection(globals(), true, async (c) => {
-        if (options.long && !options.json) io.out(table([['SIZE', 'MODIFIED', 'EXPIRES', 'ACCESSED', 'ID']]));
+        // Pages stream, so the columns have fixed widths: a size, then three times.
+        const columns = (cells: string[], name: string): string => `${cells.map((cell, n) => cell.padEnd(n === 0 ? 10 : 20)).join('  ')}  ${name}\n`;
+        if (options.long && !options.json) io.out(columns(['SIZE', 'MODIFIED', 'EXPIRES', 'ACCESSED'], 'ID'));
         let cursor: string | undefined;
         do {
           const page = await c.request(List, { scope, cursor, limit: MAX_LIST_LIMIT });
           let text = '';
-          for (const name of page.scopes) text += options.json ? `${JSON.stringify({ type: 'scope', name })}\n` : `${shown(name)}/\n`;
+          for (const name of page.scopes) {
+            if (options.json) text += `${JSON.stringify({ type: 'scope', name })}\n`;
+            else text += options.long ? columns(['-', '-', '-', '-'], `${shown(name)}/`) : `${shown(name)}/\n`;
+          }
           for (const entry of page.items) {
             if (options.json) text += `${JSON.stringify({ type: 'item', ...entry })}\n`;
             else if (!options.long) text += `${shown(entry.id)}\n`;
-            else {
-              const cells = [formatBytes(entry.sizeBytes), formatTime(entry.modified), formatTime(entry.expires), formatTime(entry.accessed)];
-              text += `${cells.map((cell, n) => cell.padEnd(n === 0 ? 10 : 20)).join('  ')}  ${shown(entry.id)}\n`;
-            }
+            else text += columns([formatBytes(entry.sizeBytes), formatTime(entry.modified), formatTime(entry.expires), formatTime(entry.accessed)], shown(entry.id));
           }
           if (text) io.out(text);
           cursor = page.cursor ?? undefined;

@@ -143,7 +143,7 @@ describe('the hoard command for a look inside', () => {
     expect((await run(['get', 'report', '--timeout', 'soon'])).code).toBe(2);
   });
 
-  test('hoard ls lists the scopes and the items of three scopes, page after page, in text, --long and --json', async () => {
+  test('hoard ls lists the scopes and the items of three scopes, in text, --long and --json', async () => {
     const { socketPath, run } = await daemonProcess();
     const cache = await client(socketPath);
     for (const scope of ['alpha', 'beta', 'gamma']) {
@@ -199,7 +199,7 @@ describe('the hoard command for a look inside', () => {
   });
 
   test('hoard gc and hoard verify go through the daemon; --max-size takes units and unlimited, and refuses the rest', async () => {
-    const { run } = await daemonProcess(['--max-size', 'unlimited']);
+    const { run, dataDir, exited } = await daemonProcess(['--max-size', 'unlimited']);
     expect((await run(['set', 'k', 'v'])).code).toBe(0);
     expect((await run(['status', '--json'])).stdout.toString()).toMatch(/"limitBytes": null/);
     const gc = await run(['gc', '--dry-run']);
@@ -208,6 +208,12 @@ describe('the hoard command for a look inside', () => {
     const verify = await run(['verify', '--no-fix']);
     expect(verify).toMatchObject({ code: 0, stderr: '' });
     expect(verify.stdout.toString()).toMatch(/^kept 1 items \(\S+ \S+\), counted 1 items \(\S+ \S+\); no drift; 0 orphan files \(0 B\); 0 stray entries\n$/);
+    // With no daemon running, hoard verify opens the data directory itself.
+    expect((await run(['stop'])).code).toBe(0);
+    await exited;
+    const offline = await run(['verify', '--data-dir', dataDir]);
+    expect(offline).toMatchObject({ code: 0, stderr: '' });
+    expect(offline.stdout.toString()).toMatch(/^kept 1 items .*; no drift; 0 orphan files \(0 B\); 0 stray entries\n$/);
 
     const dir = await tempDir('hi-');
     for (const size of ['0', '-1GiB', '10XB', 'lots']) {
