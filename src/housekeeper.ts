@@ -213,7 +213,7 @@ export class Housekeeper {
       // The index gives the earliest first, whatever it skipped: ask past the items this pass cannot take.
       const keys = (await this.#store.expired(this.#now(), HOUSEKEEPING_BATCH + skipped.size)).filter((key) => !skipped.has(key));
       if (keys.length === 0) return;
-      for (const key of await this.#removeBatch(keys, 'expired', report)) skipped.add(key);
+      for (const key of (await this.#removeBatch(keys, 'expired', report)).skipped) skipped.add(key);
       await nextTurn();
     }
   }
@@ -228,29 +228,50 @@ export class Housekeeper {
       if (limitBytes === null || bytes <= limitBytes * target) return;
       this.#writtenSinceListing = new Set();
       const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
-      skipped += (await this.#removeBatch(keys, 'evicted', report)).length;
-      if (next === null) return;
-      cursor = next;
+      // Only as many as the target needs: the count may have changed while the store listed them.
+      const now = this.#store.usage!();
+      const excess = now.limitBytes === null ? 0 : now.bytes - now.limitBytes * target;
+      if (excess <= 0) return;
+      const removal = await this.#removeBatch(keys, 'evicted', report, excess);
+      skipped += removal.skipped.length;
+      // A batch cut short by the target starts again from the least recent: the count may have grown meanwhile.
+      if (removal.short) cursor = undefined;
+      else if (next === null) return;
+      else cursor = next;
       await nextTurn();
     }
   }
 
   /**
    * Removes the items whose exclusive locks can be taken now and that were not written since the store listed them,
-   * each under its lock; returns the keys it skipped.
+   * each under its lock, until the bytes taken reach `budgetBytes`; returns the keys it skipped, and whether it
+   * stopped short of the end of `keys` because of the budget.
    */
-  async #removeBatch(keys: readonly string[], kind: Kind, report: RemovalCounts): Promise<string[]> {
+  async #removeBatch(
+    keys: readonly string[],
+    kind: Kind,
+    report: RemovalCounts,
+    budgetBytes = Infinity,
+  ): Promise<{ skipped: string[]; short: boolean }> {
     const skipped: string[] = [];
     const taken: { key: string; lease: Lease; bytes: number }[] = [];
     const written = this.#writtenSinceListing;
     this.#writtenSinceListing = undefined;
+    let plannedBytes = 0;
+    let short = false;
     for (const key of keys) {
+      if (plannedBytes >= budgetBytes) {
+        short = true;
+        break;
+      }
       const lease = written?.has(key) ? null : this.#locks.tryAcquire(key, 'exclusive', { owner: EVICTION_OWNER });
       if (!lease) {
         skipped.push(key);
         continue;
       }
-      taken.push({ key, lease, bytes: this.#sizeOf(key) });
+      const bytes = this.#sizeOf(key);
+      plannedBytes += bytes;
+      taken.push({ key, lease, bytes });
     }
     const results = await Promise.allSettled(
       taken.map(async ({ key, lease }) => {
@@ -277,7 +298,7 @@ export class Housekeeper {
       this.#count(counts, kind, bytes);
     });
     if (failure !== undefined) throw failure;
-    return skipped;
+    return { skipped, short };
   }
 
   #count(counts: RemovalCounts, kind: Kind, bytes: number): void {

@@ -17,6 +17,8 @@ export type {
 } from './cache.js';
 export type { CodecName } from './codecs.js';
 export { CacheError, type CacheErrorCode, isCacheError } from './errors.js';
-export { LevelCache, type LevelCacheOptions } from './level-cache.js';
+export type { GcReport } from './housekeeper.js';
+export { type CacheUsage, LevelCache, type LevelCacheOptions } from './level-cache.js';
 export { MemoryCache } from './memory-cache.js';
 export { NoOpCache } from './no-op-cache.js';
+export type { VerifyReport } from './store.js';

@@ -63,8 +63,8 @@ export class MemoryLayer {
     const kept = this.#entries.get(key);
     if (!(kept instanceof PackedRecord)) return kept;
     const value = { encoding: kept.encoding, bytes: Buffer.from(kept.latin1, 'latin1') };
-    const { modified, expiresAtMs, staleUntilMs } = kept;
-    return expiresAtMs === undefined ? { modified, value } : { modified, value, expiresAtMs, staleUntilMs };
+    if (kept.expiresAtMs === undefined) return { modified: kept.modified, value };
+    return { modified: kept.modified, value, expiresAtMs: kept.expiresAtMs, staleUntilMs: kept.staleUntilMs };
   }
 
   /** Keeps `record` (copying what it keeps of it), dropping the least recently used records over the budget. */
