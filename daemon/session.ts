@@ -160,7 +160,9 @@ export class Session {
       );
     }
     if (params.clientName !== undefined) this.#clientName = `${logText(params.clientName)} (${this.#label})`;
-    this.#owner = Object.freeze({ name: params.clientName?.slice(0, MAX_OWNER_NAME_LENGTH) ?? this.#label, pid: params.pid });
+    // A pid is shown as given only when it can be a process id (a u32 in binary answers).
+    const pid = Number.isSafeInteger(params.pid) && params.pid! >= 0 && params.pid! <= 0xffff_ffff ? params.pid : undefined;
+    this.#owner = Object.freeze({ name: params.clientName?.slice(0, MAX_OWNER_NAME_LENGTH) ?? this.#label, pid });
     this.#initialized = true;
     return {
       daemonVersion: version,

@@ -4,6 +4,7 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import type { TransportName } from '../client/open-channel.js';
 import { BIN, runHoard, startDaemonProcess } from './support/processes.js';
+import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
 /** A daemon process on a fresh socket and data directory, with `run` for `hoard --socket <its socket> ...`. */
@@ -95,6 +96,18 @@ describe.each(['json', 'binary'] as const)('protocol 2 through RemoteCache over 
     expect(await cache.gc({ dryRun: true })).toMatchObject({ dryRun: true, evictedItems: 0, expiredItems: 0, sizeBytes: status.sizeBytes });
     expect(await cache.verify({ fix: false })).toMatchObject({ driftedScopes: [], orphanFiles: 0, strayEntries: 0, counted: { items: 3 } });
   });
+});
+
+test('a lock owner whose pid cannot be a process id is listed without one, in both transports', async () => {
+  const { socketPath, run } = await daemonProcess();
+  const raw = await RawClient.open(socketPath);
+  for (const pid of [-1, 2 ** 40, 1.5]) {
+    expect(await raw.request('initialize', { clientName: `odd ${pid}`, pid, protocolVersion: 2 })).toHaveProperty('result');
+  }
+  expect(await raw.request('cache/getset', { scope: [], id: 'k' })).toMatchObject({ result: { handle: expect.any(Number) } });
+  const expected = [{ scope: [], id: 'k', mode: 'exclusive', state: 'held', client: 'odd 1.5', pid: null, sinceMs: expect.any(Number) }];
+  expect(await (await client(socketPath, { transport: 'binary' })).locks()).toEqual(expected);
+  expect(JSON.parse((await run(['locks', '--json'])).stdout.toString())).toEqual(expected);
 });
 
 describe('the hoard command for a look inside', () => {
