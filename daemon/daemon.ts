@@ -339,7 +339,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     } else {
       server = await listen(context, socketPath!, { maxMessageBytes, onConnection: (session, link) => track(session, link) });
       armIdleTimer();
-      log(`listening on ${socketPath}, data in ${store.directory}${options.sync ? ', every write synced to disk' : ''}`);
+      const limit = backend.usage()?.limitBytes;
+      const sizeLimit = limit === undefined || limit === null || limit === Infinity ? 'no size limit' : `size limit ${limit} bytes`;
+      log(`listening on ${socketPath}, data in ${store.directory}, ${sizeLimit}${options.sync ? ', every write synced to disk' : ''}`);
     }
   } catch (error) {
     clearInterval(directoryCheck);

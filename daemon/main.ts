@@ -202,9 +202,11 @@ function daemonProgram(name: string, io: EntryOutput): Command {
         .default(MEMORY_CACHE_BYTES, `${MEMORY_CACHE_BYTES / 1024 / 1024}MiB`),
     )
     .addOption(
-      new Option('--max-size <size>', 'keep the items within this size, evicting the least recently used (10GiB, 500MiB, 1GB; unlimited)').argParser(
-        parseMaxSize,
-      ),
+      new Option(
+        '--max-size <size>',
+        'keep the items within this size, evicting the least recently used (10GiB, 500MiB, 1GB; unlimited) ' +
+          '(default: the smaller of 10GiB and a tenth of the data directory\u2019s filesystem)',
+      ).argParser(parseMaxSize),
     )
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
