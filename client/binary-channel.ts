@@ -70,10 +70,10 @@ export class BinaryChannel extends Channel {
 
   /**
    * The length field of the frame that carries `value` (its bytes after the field): the header, a scope's count,
-   * each name, a u64 handle or f64 `modified`, the encoding and the value.
+   * each name, a u64 handle or f64 `modified`, f64 `ttlMs` and `staleMs`, the encoding and the value.
    */
   protected messageBytes(value: EncodedValue, params: unknown): number {
-    let bytes = FRAME_HEADER_BYTES - 4 + 4 + 8 + stringBytes(value.encoding) + 4 + value.bytes.byteLength;
+    let bytes = FRAME_HEADER_BYTES - 4 + 4 + 8 + 16 + stringBytes(value.encoding) + 4 + value.bytes.byteLength;
     for (const name of namesOf(params)) bytes += stringBytes(name);
     return bytes;
   }

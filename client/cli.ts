@@ -3,7 +3,23 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { defaultSocketPath } from '../src/wire/paths.js';
 import { isCacheError } from '../src/errors.js';
 import { parseDuration } from '../src/parse-duration.js';
-import { Clear, Delete, Get, Release, Set as SetItem, Shutdown, Status, type StatusResult } from '../src/wire/protocol.js';
+import {
+  Clear,
+  Delete,
+  Gc,
+  Get,
+  List,
+  type LockInfo,
+  Locks,
+  MAX_LIST_LIMIT,
+  Release,
+  Set as SetItem,
+  Shutdown,
+  Status,
+  type StatusResult,
+  Verify,
+} from '../src/wire/protocol.js';
+import type { VerifyReport } from '../src/store.js';
 import { VERSION } from '../src/version.js';
 import { daemonEntry, openOrStart } from './connect.js';
 import { type Channel, isNoDaemon } from './channel.js';
@@ -23,6 +39,50 @@ function parseTimeout(text: string): number {
 
 function formatDuration(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
+/** The exit status of `get --timeout` and `get --no-wait` when the item stays locked. */
+const EXIT_LOCKED = 4;
+
+/** Text another client chose (an id, a scope or client name), quoted when it holds anything that is not plain to print. */
+function shown(text: string): string {
+  return /^[^\x00-\x1f\x7f-\x9f"\\]+$/u.test(text) && text.isWellFormed() ? text : JSON.stringify(text);
+}
+
+/** An item's or a scope's address as the CLI prints it: the scope names, each followed by `/`, then the id. */
+function address(scope: readonly string[], id: string | null): string {
+  return `${scope.map((name) => `${shown(name)}/`).join('')}${id === null ? '' : shown(id)}` || '/';
+}
+
+/** A time in seconds since the epoch as a UTC date and time, or `-`. */
+function formatTime(seconds: number | null): string {
+  return seconds === null ? '-' : `${new Date(seconds * 1000).toISOString().slice(0, 19).replace('T', ' ')}Z`;
+}
+
+/** Lines of columns, each padded to its widest cell (the last left as it is). */
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)));
+  return rows.map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')).join('\n') + '\n';
+}
+
+/** Who holds (or waits ahead for) the lock an item's read is behind, in one phrase, from `daemon/locks`. */
+function holders(locks: readonly LockInfo[], scope: readonly string[], id: string): string {
+  const covers = (lock: LockInfo): boolean =>
+    lock.mode === 'subtree'
+      ? lock.scope.length <= scope.length && lock.scope.every((name, n) => name === scope[n])
+      : lock.id === id && lock.scope.length === scope.length && lock.scope.every((name, n) => name === scope[n]);
+  const relevant = locks.filter((lock) => covers(lock) && lock.mode !== 'shared');
+  const held = relevant.filter((lock) => lock.state === 'held');
+  const who = (lock: LockInfo): string => {
+    const kind = lock.mode === 'subtree' ? `a clear of ${address(lock.scope, null)}` : 'a write';
+    const client = lock.client === null ? 'the daemon' : shown(lock.client);
+    const pid = lock.pid === null ? '' : ` (pid ${lock.pid})`;
+    return `${kind} by ${client}${pid} for ${formatDuration(Math.max(0, Math.round((Date.now() - lock.sinceMs) / 100) * 100))}`;
+  };
+  if (held.length > 0) return `locked by ${held.map(who).join(', ')}`;
+  const ahead = relevant.filter((lock) => lock.state === 'waiting');
+  if (ahead.length > 0) return `behind ${ahead.map(who).join(', ')}, waiting`;
+  return 'locked (its holder has let go since)';
 }
 
 /** An expected failure: one line on stderr, exit code 1. */
@@ -145,24 +205,148 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
 
   program
     .command('status')
-    .description('show the daemon\u2019s state')
+    .description('show the daemon\u2019s state: size and limit, items, hits, misses, evictions, expirations, per top-level scope')
     .option('--json', 'print JSON')
     .action(async (options: { json?: boolean }) => {
-      const status: StatusResult = await withConnection(globals(), false, (c) => c.request(Status, undefined));
+      const scope = globals().scope;
+      const status: StatusResult = await withConnection(globals(), false, (c) => c.request(Status, scope.length > 0 ? { scope } : {}));
       if (options.json) return io.out(`${JSON.stringify(status, null, 2)}\n`);
+      const limit = status.limitBytes === null ? 'no limit' : `limit ${formatBytes(status.limitBytes)}`;
+      const lines = [
+        `pid          ${status.pid}`,
+        `version      ${status.version} (protocol ${status.protocolVersion})`,
+        `uptime       ${Math.round(status.uptimeMs / 1000)} s`,
+        `socket       ${status.socketPath ?? '(stdio)'}`,
+        `data         ${status.dataDir} (${formatBytes(status.sizeOnDiskBytes)} on disk)`,
+        `size         ${formatBytes(status.sizeBytes)} (${limit}), ${status.items} items`,
+        `connections  ${status.connections}`,
+        `locks        ${status.locksHeld} held, ${status.waiters} waiting`,
+        `hits         ${status.hits}, misses ${status.misses}`,
+        `evictions    ${status.evictions} (${formatBytes(status.evictedBytes)}), expirations ${status.expirations}`,
+        `memory       ${formatBytes(status.rssBytes)} resident; ${formatBytes(status.memoryCacheBytes)} of ${formatBytes(status.memoryCacheLimitBytes)} of values cached`,
+      ];
+      if (status.scope) lines.push(`scope        ${address(status.scope.path, null)}: ${formatBytes(status.scope.sizeBytes)}, ${status.scope.items} items`);
+      io.out(lines.join('\n') + '\n');
+      if (status.scopes.length === 0) return;
       io.out(
-        [
-          `pid          ${status.pid}`,
-          `version      ${status.version} (protocol ${status.protocolVersion})`,
-          `uptime       ${Math.round(status.uptimeMs / 1000)} s`,
-          `socket       ${status.socketPath ?? '(stdio)'}`,
-          `data         ${status.dataDir} (${formatBytes(status.sizeOnDiskBytes)} on disk)`,
-          `connections  ${status.connections}`,
-          `locks        ${status.locksHeld} held, ${status.waiters} waiting`,
-          `hits         ${status.hits}, misses ${status.misses}`,
-          `memory       ${formatBytes(status.rssBytes)} resident; ${formatBytes(status.memoryCacheBytes)} of ${formatBytes(status.memoryCacheLimitBytes)} of values cached`,
-        ].join('\n') + '\n',
+        '\n' +
+          table([
+            ['SCOPE', 'SIZE', 'ITEMS', 'HITS', 'MISSES', 'EVICTIONS', 'EXPIRATIONS'],
+            ...status.scopes.map((row) => [
+              row.name === '' ? '(root)' : shown(row.name),
+              formatBytes(row.sizeBytes),
+              String(row.items),
+              String(row.hits),
+              String(row.misses),
+              String(row.evictions),
+              String(row.expirations),
+            ]),
+          ]),
       );
+    });
+
+  program
+    .command('ls')
+    .description('list the items and nested scopes of the scope (the root without --scope), all of them, page by page')
+    .option('-l, --long', 'show each item\u2019s size, modified, expires and accessed')
+    .option('--json', 'print one JSON object per line: {"type":"scope",...} or {"type":"item",...}')
+    .action(async (options: { long?: boolean; json?: boolean }) => {
+      const scope = globals().scope;
+      await withConnection(globals(), true, async (c) => {
+        // Pages stream, so the columns have fixed widths: a size, then three times.
+        const columns = (cells: string[], name: string): string => `${cells.map((cell, n) => cell.padEnd(n === 0 ? 10 : 20)).join('  ')}  ${name}\n`;
+        if (options.long && !options.json) io.out(columns(['SIZE', 'MODIFIED', 'EXPIRES', 'ACCESSED'], 'ID'));
+        let cursor: string | undefined;
+        do {
+          const page = await c.request(List, { scope, cursor, limit: MAX_LIST_LIMIT });
+          let text = '';
+          for (const name of page.scopes) {
+            if (options.json) text += `${JSON.stringify({ type: 'scope', name })}\n`;
+            else text += options.long ? columns(['-', '-', '-', '-'], `${shown(name)}/`) : `${shown(name)}/\n`;
+          }
+          for (const entry of page.items) {
+            if (options.json) text += `${JSON.stringify({ type: 'item', ...entry })}\n`;
+            else if (!options.long) text += `${shown(entry.id)}\n`;
+            else text += columns([formatBytes(entry.sizeBytes), formatTime(entry.modified), formatTime(entry.expires), formatTime(entry.accessed)], shown(entry.id));
+          }
+          if (text) io.out(text);
+          cursor = page.cursor ?? undefined;
+        } while (cursor !== undefined);
+      });
+    });
+
+  program
+    .command('locks')
+    .description('show every held lock and every waiting request: item, kind, state, client and pid, since when')
+    .option('--json', 'print JSON')
+    .action(async (options: { json?: boolean }) => {
+      const { locks } = await withConnection(globals(), false, (c) => c.request(Locks, undefined));
+      if (options.json) return io.out(`${JSON.stringify(locks, null, 2)}\n`);
+      if (locks.length === 0) return io.out('no locks held or waited for\n');
+      const now = Date.now();
+      io.out(
+        table([
+          ['ITEM', 'KIND', 'STATE', 'PID', 'SINCE', 'CLIENT'],
+          ...locks.map((lock) => [
+            address(lock.scope, lock.id),
+            lock.mode === 'subtree' ? 'scope' : lock.mode,
+            lock.state,
+            lock.pid === null ? '-' : String(lock.pid),
+            `${formatTime(lock.sinceMs / 1000)} (${formatDuration(Math.max(0, Math.round((now - lock.sinceMs) / 100) * 100))})`,
+            lock.client === null ? '-' : shown(lock.client),
+          ]),
+        ]),
+      );
+    });
+
+  program
+    .command('gc')
+    .description('evict least recently used items down to the limit and remove expired ones, now')
+    .option('--dry-run', 'only say what would be removed')
+    .action(async (options: { dryRun?: boolean }) => {
+      const result = await withConnection(globals(), true, (c) => c.request(Gc, { dryRun: options.dryRun === true }));
+      const verb = result.dryRun ? 'would evict' : 'evicted';
+      io.out(
+        `${verb} ${result.evictedItems} items (${formatBytes(result.evictedBytes)}) and ${result.dryRun ? 'remove' : 'removed'} ` +
+          `${result.expiredItems} expired (${formatBytes(result.expiredBytes)}); size ${result.dryRun ? 'would be' : 'now'} ${formatBytes(result.sizeBytes)}\n`,
+      );
+    });
+
+  program
+    .command('verify')
+    .description('recount the data against the figures kept, report drift, orphan files and stray entries, and fix them')
+    .option('--no-fix', 'only report')
+    .option('--data-dir <path>', 'with no daemon running, the data directory to open (default: $HOARD_DATA_DIR or the XDG cache directory)')
+    .action(async (options: { fix: boolean; dataDir?: string }) => {
+      let report: VerifyReport;
+      let connection: Channel | undefined;
+      try {
+        connection = await open(globals(), { start: false });
+      } catch (error) {
+        if (!(error instanceof Failure)) throw error;
+      }
+      if (connection) {
+        try {
+          report = await connection.request(Verify, { fix: options.fix });
+        } finally {
+          await connection.close();
+        }
+      } else {
+        // No daemon: the daemon's entry opens the directory itself (the client never loads LevelDB).
+        let json = '';
+        const args = ['verify', ...(options.dataDir === undefined ? [] : ['--data-dir', options.dataDir]), ...(options.fix ? [] : ['--no-fix'])];
+        const code = await loadDaemonEntry().runDaemonMain(args, { out: (text) => void (json += text), err: io.err });
+        if (code !== 0) throw new ExitCode(code);
+        report = JSON.parse(json) as VerifyReport;
+      }
+      const problems = report.driftedScopes.length > 0 || report.orphanFiles > 0 || report.strayEntries > 0;
+      const drift = report.driftedScopes.length === 0 ? 'no drift' : `drift in ${report.driftedScopes.map((name) => (name === '' ? '(root)' : shown(name))).join(', ')}`;
+      io.out(
+        `kept ${report.kept.items} items (${formatBytes(report.kept.bytes)}), counted ${report.counted.items} items (${formatBytes(report.counted.bytes)}); ` +
+          `${drift}; ${report.orphanFiles} orphan files (${formatBytes(report.orphanBytes)}); ${report.strayEntries} stray entries` +
+          `${problems ? (report.fixed ? '; fixed' : '; not fixed (--no-fix)') : ''}\n`,
+      );
+      if (problems && !report.fixed) throw new ExitCode(1);
     });
 
   program
@@ -209,9 +393,34 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
     .command('get <id>')
     .description('print an item\u2019s value')
     .option('--raw', 'print the stored bytes as they are')
-    .action(async (id: string, options: { raw?: boolean }) => {
+    .addOption(new Option('--timeout <duration>', 'give up (exit 4) when the item stays locked this long (5s, 1m, 500ms)').argParser(parseTimeout))
+    .option('--no-wait', 'give up (exit 4) at once when the item is locked')
+    .action(async (id: string, options: { raw?: boolean; timeout?: number; wait: boolean }) => {
+      const scope = globals().scope;
       await withConnection(globals(), true, async (c) => {
-        const { handle, item } = await c.request(Get, { scope: globals().scope, id });
+        const signal = options.timeout === undefined ? undefined : AbortSignal.timeout(options.timeout);
+        let answer;
+        try {
+          answer = await c.request(
+            Get,
+            { scope, id, wait: options.wait },
+            {
+              signal,
+              abandoned: (late) => {
+                if (late.handle !== null) c.notify(Release, { handle: late.handle });
+              },
+            },
+          );
+        } catch (error) {
+          if (!signal?.aborted) throw error;
+        }
+        if (!answer || answer.handle === null) {
+          const { locks } = await c.request(Locks, undefined);
+          const after = options.timeout === undefined ? '' : ` after ${formatDuration(options.timeout)}`;
+          io.err(`hoard: gave up${after}: ${address(scope, id)} is ${holders(locks, scope, id)}\n`);
+          throw new ExitCode(EXIT_LOCKED);
+        }
+        const { handle, item } = answer;
         c.notify(Release, { handle });
         if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
         const { encoding, bytes: stored } = item.value;

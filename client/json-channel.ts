@@ -73,6 +73,6 @@ export class JsonChannel extends Channel {
   /** A generous estimate: the value as base64, and JSON may escape each byte of a name as six (`\u0000`). */
   protected messageBytes(value: EncodedValue, params: unknown): number {
     const names = namesOf(params).reduce((total, name) => total + Buffer.byteLength(name), Buffer.byteLength(value.encoding));
-    return Math.ceil(value.bytes.byteLength / 3) * 4 + 256 + 6 * names;
+    return Math.ceil(value.bytes.byteLength / 3) * 4 + 320 + 6 * names;
   }
 }

@@ -1,11 +1,27 @@
-import type { CacheItem, GetHandle, GetSetHandle, MissedGetSetHandle } from '../src/cache.js';
+import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from '../src/cache.js';
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
-import { RootCacheView } from '../src/cache-view.js';
+import { checkExpiry, RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
 import type { ValueAdapter } from '../src/local-backend.js';
 import type { Scope } from '../src/scope-path.js';
-import type { EncodedRecord, EncodedValue, StoreListing } from '../src/store.js';
-import { Clear, Delete, Get, GetSet, HandleSet, Release, Set as SetItem, Status, type StatusResult } from '../src/wire/protocol.js';
+import type { EncodedRecord, EncodedValue, StoreListing, VerifyReport } from '../src/store.js';
+import {
+  Clear,
+  Delete,
+  Gc,
+  type GcResult,
+  Get,
+  GetSet,
+  HandleSet,
+  List,
+  type LockInfo,
+  Locks,
+  Release,
+  Set as SetItem,
+  Status,
+  type StatusResult,
+  Verify,
+} from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
@@ -43,7 +59,9 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   #item(record: EncodedRecord | null): CacheItem<T> | null {
     if (!record) return null;
     const adapter = this.#adapter;
-    return { modified: record.modified, value: async () => adapter.decode(record.value) };
+    // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
+    const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
+    return { modified: record.modified, expires, value: async () => adapter.decode(record.value) };
   }
 
   /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
@@ -59,7 +77,17 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   async get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
     const { signal } = options;
     const connection = await this.connection();
-    const result = await connection.request(Get, { scope: scope.path, id }, { signal, abandoned: (late) => connection.notify(Release, { handle: late.handle }) });
+    const result = await connection.request(
+      Get,
+      { scope: scope.path, id, wait: options.wait !== false },
+      {
+        signal,
+        abandoned: (late) => {
+          if (late.handle !== null) connection.notify(Release, { handle: late.handle });
+        },
+      },
+    );
+    if (result.handle === null) return null;
     const release = this.#releaser(connection, result.handle);
     return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
   }
@@ -85,14 +113,22 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const releaseAtDaemon = this.#releaser(connection, handle);
     let released = false;
     let writes: Promise<void> = Promise.resolve();
-    const set = (value: T): Promise<void> => {
+    const set = (value: T, options?: ExpiryOptions): Promise<void> => {
+      let expiry: ExpiryOptions;
+      try {
+        expiry = checkExpiry(options);
+      } catch (error) {
+        return Promise.reject(error);
+      }
       if (!released && this.#closed) return Promise.reject(closedError());
       if (released || connection.lost) {
         return Promise.reject(
           new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.'),
         );
       }
-      const write = writes.then(() => connection.request(HandleSet, { handle, value: this.#adapter.encode(value) }));
+      const write = writes.then(() =>
+        connection.request(HandleSet, { handle, value: this.#adapter.encode(value), ttlMs: expiry.ttlMs, staleMs: expiry.staleMs }),
+      );
       writes = write.catch(() => {});
       return write;
     };
@@ -102,14 +138,14 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       await writes;
       await releaseAtDaemon();
     };
-    return { item: this.#item(result.item), stale: null, set, release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(result.item), stale: this.#item(result.stale), set, release, [Symbol.asyncDispose]: release };
   }
 
-  async set(scope: Scope, id: string, value: T, options: { modified: number }): Promise<void> {
-    const { modified } = options;
+  async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {
+    const { modified, ttlMs, staleMs } = options;
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified });
+    await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs });
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
@@ -120,12 +156,40 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     await (await this.connection()).request(Clear, { scope: scope.path });
   }
 
-  async list(): Promise<StoreListing> {
-    throw new CacheError('CACHE_INTERNAL', 'Listing is not served yet.');
+  async list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing> {
+    const page = await (await this.connection()).request(List, { scope: scope.path, cursor: options.cursor, limit: options.limit });
+    const ms = (seconds: number | null): number | undefined => (seconds === null ? undefined : seconds * 1000);
+    return {
+      items: page.items.map((entry) => {
+        const expiresAtMs = ms(entry.expires);
+        const accessedAtMs = ms(entry.accessed);
+        return {
+          id: entry.id,
+          sizeBytes: entry.sizeBytes,
+          modified: entry.modified,
+          ...(expiresAtMs === undefined ? {} : { expiresAtMs }),
+          ...(accessedAtMs === undefined ? {} : { accessedAtMs }),
+        };
+      }),
+      scopes: [...page.scopes],
+      cursor: page.cursor,
+    };
   }
 
-  async status(): Promise<StatusResult> {
-    return (await this.connection()).request(Status, undefined);
+  async status(options: { scope?: readonly string[] } = {}): Promise<StatusResult> {
+    return (await this.connection()).request(Status, options.scope === undefined ? {} : { scope: options.scope });
+  }
+
+  async locks(): Promise<LockInfo[]> {
+    return (await (await this.connection()).request(Locks, undefined)).locks;
+  }
+
+  async gc(options: { dryRun: boolean }): Promise<GcResult> {
+    return (await this.connection()).request(Gc, { dryRun: options.dryRun });
+  }
+
+  async verify(options: { fix: boolean }): Promise<VerifyReport> {
+    return (await this.connection()).request(Verify, { fix: options.fix });
   }
 
   async close(): Promise<void> {
@@ -144,8 +208,31 @@ export class RemoteCache<T> extends RootCacheView<T> {
     this.#backend = backend;
   }
 
-  /** What the daemon reports of itself: pid, version, connections, locks, hits and misses. */
-  status(): Promise<StatusResult> {
-    return this.#backend.status();
+  /**
+   * What the daemon reports of itself: pid, version, connections, locks, hits and misses, the size against its limit,
+   * evictions and expirations, per top-level scope; with `scope` (a path of names), that scope's size and items
+   * counted from the data.
+   */
+  status(options: { scope?: readonly string[] } = {}): Promise<StatusResult> {
+    if (typeof options !== 'object' || options === null) throw new TypeError('status options must be an object');
+    if (options.scope !== undefined && (!Array.isArray(options.scope) || options.scope.some((name) => typeof name !== 'string' || name === ''))) {
+      throw new TypeError('scope must be an array of non-empty scope names');
+    }
+    return this.#backend.status(options);
+  }
+
+  /** Every held lock and waiting request in the daemon: item (or scope), kind, state, client name and pid, since when. */
+  locks(): Promise<LockInfo[]> {
+    return this.#backend.locks();
+  }
+
+  /** Runs an eviction and expiry pass now (with `dryRun`, only counts what it would remove). */
+  gc(options: { dryRun?: boolean } = {}): Promise<GcResult> {
+    return this.#backend.gc({ dryRun: options.dryRun === true });
+  }
+
+  /** Recounts the daemon's data against the figures it keeps; with `fix` (the default), mends what differs. */
+  verify(options: { fix?: boolean } = {}): Promise<VerifyReport> {
+    return this.#backend.verify({ fix: options.fix !== false });
   }
 }

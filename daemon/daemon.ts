@@ -3,13 +3,15 @@ import { readdir, stat, unlink } from 'node:fs/promises';
 import type { Server } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { isCacheError } from '../src/errors.js';
-import { LevelStore } from '../src/level/level-store.js';
-import type { EncodedValue } from '../src/store.js';
+import { CacheError, isCacheError } from '../src/errors.js';
+import { LevelStore, type LevelStoreOptions } from '../src/level/level-store.js';
+import type { EncodedValue, VerifyReport } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
+import type { LockSnapshotEntry } from '../src/lock-table.js';
+import { parseItemKey, type Scope } from '../src/scope-path.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
-import { PROTOCOL_VERSION, type StatusResult } from '../src/wire/protocol.js';
+import { type GcResult, type LockInfo, PROTOCOL_VERSION, type ScopeStatus, type StatusResult } from '../src/wire/protocol.js';
 import { heldError } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { oneLogLine } from './log-text.js';
@@ -36,6 +38,11 @@ export interface DaemonOptions {
   sync?: boolean;
   /** The budget of the in-memory layer of recently used values, in bytes; 0 turns it off. Default 32 MiB. */
   memoryCacheBytes?: number;
+  /**
+   * The size limit of the items, in bytes as `LevelStore` counts them; `Infinity` for none. Default: the smaller of
+   * 10 GiB and a tenth of the data directory's filesystem (see README).
+   */
+  maxSizeBytes?: number;
   /**
    * Where log lines go; default standard error. Each is one line: control characters and line separators are
    * escaped, and a line is cut at 4096 characters.
@@ -65,6 +72,27 @@ const DIRECTORY_CHECK_MS = 1000;
  */
 export const MAX_WAITERS_PER_CONNECTION = 10_000;
 const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
+/**
+ * How many top-level scopes get hit and miss counts of their own: beyond it, hits and misses of new names count in
+ * the totals only, so that a client inventing scope names cannot grow the daemon's memory.
+ */
+export const MAX_COUNTED_SCOPES = 10_000;
+
+/** A held lock or waiting request as `daemon/locks` gives it: the key parsed back into scope and id. */
+function lockInfo(entry: LockSnapshotEntry): LockInfo {
+  const subtree = entry.mode === 'subtree';
+  // A subtree lock's key is its scope's prefix, which with `:` after it reads as the key of an empty id in that scope.
+  const { scope, id } = parseItemKey(subtree ? `${entry.key}:` : entry.key);
+  return {
+    scope: [...scope.path],
+    id: subtree ? null : id,
+    mode: entry.mode,
+    state: entry.state,
+    client: entry.owner?.name ?? null,
+    pid: entry.owner?.pid ?? null,
+    sinceMs: entry.sinceMs,
+  };
+}
 
 /** The bytes of the files under `directory`, its subdirectories' (the files of large values) included. */
 async function directorySize(directory: string): Promise<number> {
@@ -112,19 +140,25 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   if (maxWaitersPerConnection !== undefined && !(Number.isSafeInteger(maxWaitersPerConnection) && maxWaitersPerConnection >= 1)) {
     throw new TypeError(`maxWaitersPerConnection must be a whole number of at least 1, not ${String(maxWaitersPerConnection)}`);
   }
+  const { maxSizeBytes } = options;
+  if (maxSizeBytes !== undefined && !(typeof maxSizeBytes === 'number' && maxSizeBytes > 0 && !Number.isNaN(maxSizeBytes))) {
+    throw new TypeError(`maxSizeBytes must be a number of bytes above 0 (Infinity for no limit), not ${String(maxSizeBytes)}`);
+  }
   const maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES;
   if (socketPath) await prepareSocketDirectory(socketPath);
 
   let store: LevelStore;
   try {
-    store = await LevelStore.open(dataDir, {
+    const storeOptions: LevelStoreOptions = {
       sync: options.sync ?? false,
       memoryCacheBytes: options.memoryCacheBytes,
+      maxSizeBytes,
       holder: { role: 'daemon', socketPath: socketPath && resolve(socketPath) },
       log,
       // Serving a deleted cache, or one another process now writes, helps no one: the next client starts a new daemon.
       onLost: () => void stop('the data directory is lost'),
-    });
+    };
+    store = await LevelStore.open(dataDir, storeOptions);
   } catch (error) {
     throw isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
   }
@@ -145,6 +179,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       // Lost: the daemon is stopping.
     }
   }, DIRECTORY_CHECK_MS).unref();
+  const counters = { hits: 0, misses: 0 };
+  /** Hits and misses per top-level scope, for at most {@link MAX_COUNTED_SCOPES} of them. */
+  const scopeCounters = new Map<string, { hits: number; misses: number }>();
   let stopping: Promise<void> | undefined;
   let markClosed!: () => void;
   const closed = new Promise<void>((resolve) => (markClosed = resolve));
@@ -155,15 +192,56 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     maxMessageBytes,
     maxWaitersPerConnection: options.maxWaitersPerConnection ?? MAX_WAITERS_PER_CONNECTION,
     waitingClears: { count: 0 },
-    counters: { hits: 0, misses: 0 },
+    count(topScope, hit) {
+      if (hit) counters.hits++;
+      else counters.misses++;
+      let counts = scopeCounters.get(topScope);
+      if (!counts) {
+        if (scopeCounters.size >= MAX_COUNTED_SCOPES) return;
+        scopeCounters.set(topScope, (counts = { hits: 0, misses: 0 }));
+      }
+      if (hit) counts.hits++;
+      else counts.misses++;
+    },
     nextHandle: () => ++handles,
     log,
     requestStop: (reason) => void stop(reason),
-    async status(): Promise<StatusResult> {
-      // The one slow part goes first, so that every other figure is taken at the same moment.
+    locks: () => ({ locks: backend.lockSnapshot().map(lockInfo) }),
+    async gc({ dryRun }): Promise<GcResult> {
+      const report = await backend.gc({ dryRun });
+      const { evictedItems, evictedBytes, expiredItems, expiredBytes } = report;
+      // The daemon's store counts, so the size is known.
+      return { dryRun, evictedItems, evictedBytes, expiredItems, expiredBytes, sizeBytes: report.sizeBytes ?? 0 };
+    },
+    async verify(verifyOptions): Promise<VerifyReport> {
+      const report = await backend.verify(verifyOptions);
+      if (!report) throw new CacheError('CACHE_INTERNAL', 'The daemon\u2019s store does not count its items.');
+      return report;
+    },
+    async status(scope?: Scope): Promise<StatusResult> {
+      // The slow parts go first, so that every other figure is taken at the same moment.
       const sizeOnDiskBytes = await directorySize(store.directory);
+      const counted = scope ? await backend.scopeUsage(scope) : undefined;
       const locks = backend.lockStats();
       const memory = store.memoryCache();
+      const usage = backend.usage();
+      const kept = backend.counters();
+      const names = new Set([...(usage?.scopes.keys() ?? []), ...scopeCounters.keys(), ...kept.scopes.keys()]);
+      const scopes: ScopeStatus[] = [...names].sort().map((name) => {
+        const size = usage?.scopes.get(name);
+        const reads = scopeCounters.get(name);
+        const work = kept.scopes.get(name);
+        return {
+          name,
+          sizeBytes: size?.bytes ?? 0,
+          items: size?.items ?? 0,
+          hits: reads?.hits ?? 0,
+          misses: reads?.misses ?? 0,
+          evictions: work?.evictedItems ?? 0,
+          expirations: work?.expiredItems ?? 0,
+        };
+      });
+      const limitBytes = usage?.limitBytes ?? null;
       return {
         pid: process.pid,
         version: VERSION,
@@ -175,8 +253,16 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         connections: connections.size,
         locksHeld: locks.held,
         waiters: locks.waiting,
-        hits: this.counters.hits,
-        misses: this.counters.misses,
+        hits: counters.hits,
+        misses: counters.misses,
+        sizeBytes: usage?.bytes ?? 0,
+        limitBytes: limitBytes === null || limitBytes === Infinity ? null : limitBytes,
+        items: usage?.items ?? 0,
+        evictions: kept.evictedItems,
+        evictedBytes: kept.evictedBytes,
+        expirations: kept.expiredItems,
+        scopes,
+        ...(scope && { scope: { path: [...scope.path], sizeBytes: counted?.bytes ?? 0, items: counted?.items ?? 0 } }),
         memoryCacheBytes: memory.bytes,
         memoryCacheLimitBytes: memory.limitBytes,
         rssBytes: process.memoryUsage.rss(),
@@ -253,7 +339,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     } else {
       server = await listen(context, socketPath!, { maxMessageBytes, onConnection: (session, link) => track(session, link) });
       armIdleTimer();
-      log(`listening on ${socketPath}, data in ${store.directory}${options.sync ? ', every write synced to disk' : ''}`);
+      const limit = backend.usage()?.limitBytes;
+      const sizeLimit = limit === undefined || limit === null || limit === Infinity ? 'no size limit' : `size limit ${limit} bytes`;
+      log(`listening on ${socketPath}, data in ${store.directory}, ${sizeLimit}${options.sync ? ', every write synced to disk' : ''}`);
     }
   } catch (error) {
     clearInterval(directoryCheck);

@@ -5,8 +5,9 @@ import { setFlagsFromString } from 'node:v8';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isCacheError } from '../src/errors.js';
 import { type Holder, holderOf } from '../src/level/exclusive-open.js';
-import { MEMORY_CACHE_BYTES } from '../src/level/level-store.js';
+import { MEMORY_CACHE_BYTES, verifyDirectory } from '../src/level/level-store.js';
 import { parseDuration } from '../src/parse-duration.js';
+import { parseSize as parseSizeText } from '../src/parse-size.js';
 import { repairLevelStore } from '../src/level/repair.js';
 import { defaultDataDir } from '../src/wire/paths.js';
 import { DataDirectoryHeld } from './data-directory-holder.js';
@@ -26,6 +27,7 @@ interface DaemonCommandOptions {
   maxMessageBytes?: number;
   maxWaitersPerConnection?: number;
   memoryCacheBytes?: number;
+  maxSizeBytes?: number;
   sync?: boolean;
   stdio?: boolean;
   /** Log here instead of standard error (the background mode). */
@@ -94,6 +96,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
       maxMessageBytes: options.maxMessageBytes,
       maxWaitersPerConnection: options.maxWaitersPerConnection,
       memoryCacheBytes: options.memoryCacheBytes,
+      maxSizeBytes: options.maxSizeBytes,
       sync: options.sync,
       stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
       log: stamp,
@@ -128,12 +131,25 @@ function parseIdleTimeout(text: string): number {
   return ms;
 }
 
-/** Parses a size such as `65536`, `512KiB`, `32MiB` or `1GiB` into bytes. */
+/** Parses a size such as `65536`, `512KiB`, `32MiB`, `1GiB` or `1GB` into bytes. */
 function parseSize(text: string): number {
-  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?$/i.exec(text.trim());
-  if (!match) throw new InvalidArgumentError('expected a size such as 65536, 512KiB, 32MiB or 1GiB');
-  const unit = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 }[(match[2] ?? 'b').toLowerCase() as 'b']!;
-  return Math.round(Number(match[1]) * unit);
+  try {
+    return parseSizeText(text);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+/** Parses `--max-size`: a size above 0, or `unlimited`. */
+function parseMaxSize(text: string): number {
+  let bytes: number;
+  try {
+    bytes = parseSizeText(text, { unlimited: true });
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+  if (bytes <= 0) throw new InvalidArgumentError('expected a size above 0 (or unlimited)');
+  return bytes;
 }
 
 function parseCount(text: string): number {
@@ -185,10 +201,23 @@ function daemonProgram(name: string, io: EntryOutput): Command {
         .argParser(parseSize)
         .default(MEMORY_CACHE_BYTES, `${MEMORY_CACHE_BYTES / 1024 / 1024}MiB`),
     )
+    .addOption(
+      new Option(
+        '--max-size <size>',
+        'keep the items within this size, evicting the least recently used (10GiB, 500MiB, 1GB; unlimited) ' +
+          '(default: the smaller of 10GiB and a tenth of the data directory\u2019s filesystem)',
+      ).argParser(parseMaxSize),
+    )
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
-    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number; maxWaiters: number }) => {
-      await runDaemonCommand({ ...options, idleTimeoutMs: options.idleTimeout, memoryCacheBytes: options.memoryCache, maxWaitersPerConnection: options.maxWaiters });
+    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number; maxWaiters: number; maxSize?: number }) => {
+      await runDaemonCommand({
+        ...options,
+        idleTimeoutMs: options.idleTimeout,
+        memoryCacheBytes: options.memoryCache,
+        maxWaitersPerConnection: options.maxWaiters,
+        maxSizeBytes: options.maxSize,
+      });
     });
   return program;
 }
@@ -215,6 +244,31 @@ function repairProgram(name: string, io: EntryOutput): Command {
     });
 }
 
+/**
+ * `verify`: recounts a data directory that no daemon holds (`hoard verify` runs it when none answers) and writes the
+ * report as one line of JSON, for the CLI to show.
+ */
+function verifyProgram(name: string, io: EntryOutput): Command {
+  return new Command(name)
+    .exitOverride()
+    .configureOutput({ writeOut: (text) => io.out(text), writeErr: (text) => io.err(text) })
+    .description('recount a data directory that no daemon holds, and fix what differs')
+    .option('--data-dir <path>', DATA_DIR_HELP)
+    .option('--no-fix', 'only report')
+    .action(async (options: { dataDir?: string; fix: boolean }) => {
+      const dataDir = options.dataDir ?? defaultDataDir();
+      const umask = process.umask(0o077);
+      try {
+        io.out(`${JSON.stringify(await verifyDirectory(dataDir, { fix: options.fix }))}\n`);
+      } catch (error) {
+        if (isCacheError(error, 'CACHE_LOCKED')) throw new RepairRefused(repairRefusal(dataDir, holderOf(error)).replace('stop it first', 'verify through it (hoard verify)'));
+        throw error;
+      } finally {
+        process.umask(umask);
+      }
+    });
+}
+
 class RepairRefused extends Error {}
 
 /** Why `hoard repair` will not touch `dataDir`, naming who holds it and how to stop them. */
@@ -231,16 +285,18 @@ function repairRefusal(dataDir: string, holder: Holder | undefined): string {
 
 /**
  * Runs the daemon's entry with `argv` (without node and script): `repair [options]` repairs a data directory,
- * anything else runs a daemon until it stops (which exits the process). Resolves to an exit code otherwise.
+ * `verify [options]` recounts one, anything else runs a daemon until it stops (which exits the process). Resolves to
+ * an exit code otherwise.
  */
 export async function runDaemonMain(
   argv: readonly string[],
   io: EntryOutput = { out: (text) => void process.stdout.write(text), err: (text) => void process.stderr.write(text) },
 ): Promise<number> {
-  const repair = argv[0] === 'repair';
-  const program = repair ? repairProgram('hoard repair', io) : daemonProgram('hoard daemon', io);
+  const tool = argv[0] === 'repair' || argv[0] === 'verify' ? argv[0] : undefined;
+  const program =
+    tool === 'repair' ? repairProgram('hoard repair', io) : tool === 'verify' ? verifyProgram('hoard verify', io) : daemonProgram('hoard daemon', io);
   try {
-    await program.parseAsync(repair ? argv.slice(1) : [...argv], { from: 'user' });
+    await program.parseAsync(tool ? argv.slice(1) : [...argv], { from: 'user' });
     return 0;
   } catch (error) {
     if (error instanceof CommanderError) return error.code === 'commander.helpDisplayed' || error.code === 'commander.help' ? 0 : 2;

@@ -1,26 +1,36 @@
-import type { GetSetHandle } from '../src/cache.js';
+import type { CacheItem, GetSetHandle, ListPage } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import type { LocalBackend } from '../src/local-backend.js';
-import type { CancelWait, SignalSource, WaitGate } from '../src/lock-table.js';
+import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
 import { type Scope, scopeOf } from '../src/scope-path.js';
-import type { EncodedRecord, EncodedValue } from '../src/store.js';
+import type { EncodedRecord, EncodedValue, VerifyReport } from '../src/store.js';
 import {
   Clear,
+  DEFAULT_LIST_LIMIT,
   Delete,
+  Gc,
+  type GcResult,
   Get,
   type GetResult,
   GetSet,
   type GetSetResult,
   HandleSet,
+  type HandleSetParams,
   type InitializeParams,
   type InitializeResult,
+  List,
+  type ListParams,
+  Locks,
+  type LocksResult,
   PROTOCOL_VERSION,
   type AnyRequest,
   type RequestMethod,
   Set as SetItem,
+  type SetParams,
   Shutdown,
   Status,
   type StatusResult,
+  Verify,
 } from '../src/wire/protocol.js';
 import { invalidParams, WireError } from '../src/wire/wire-error.js';
 import { LogLimiter } from './log-limiter.js';
@@ -35,10 +45,15 @@ export interface DaemonContext {
   readonly maxWaitersPerConnection: number;
   /** The clears (subtree locks) waiting in the whole daemon, which {@link MAX_WAITING_CLEARS} bounds. */
   readonly waitingClears: { count: number };
-  readonly counters: { hits: number; misses: number };
+  /** Counts a `get` or `getset` result, a hit or a miss, for the top-level scope named `topScope` (`''`: the root). */
+  count(topScope: string, hit: boolean): void;
   /** Issues a handle number never used before in this daemon, which doubles as the grant's token. */
   nextHandle(): number;
-  status(): Promise<StatusResult>;
+  /** The daemon's figures; with `scope`, that scope's too, counted from the data. */
+  status(scope?: Scope): Promise<StatusResult>;
+  locks(): LocksResult;
+  gc(options: { dryRun: boolean }): Promise<GcResult>;
+  verify(options: { fix: boolean }): Promise<VerifyReport>;
   /** Starts the daemon's one shutdown path. */
   requestStop(reason: string): void;
   log(message: string): void;
@@ -54,6 +69,9 @@ export const MAX_WAITING_CLEARS = 1024;
 
 /** The reason a wait ends when its request is cancelled. */
 export const CANCELLED = Symbol('cancelled');
+
+/** The longest client name kept for `daemon/locks`. */
+const MAX_OWNER_NAME_LENGTH = 200;
 
 /** Where a request's signal comes from, as a transport gives it: a function is called only if the request waits. */
 export type RequestSignal = Exclude<SignalSource, WaitGate>;
@@ -82,6 +100,8 @@ export class Session {
   readonly #label: string;
   /** How the log names the client: its label, and once it has said it, its name (quoted and cut short). */
   #clientName: string;
+  /** Who this session's lock requests come from, for `daemon/locks`: one object for all of them. */
+  #owner: LockOwner;
   /** This client's lines in the log: a few a minute, the rest counted. */
   readonly #logLimit = new LogLimiter({ write: (line) => this.#context.log(`${this.#clientName}: ${line}`) });
   #initialized = false;
@@ -94,13 +114,18 @@ export class Session {
     this.#context = context;
     this.#label = label;
     this.#clientName = label;
-    this.#on(Get, (p, signal) => this.#get(scopeOf(p.scope), p.id, signal));
+    this.#owner = Object.freeze({ name: label });
+    this.#on(Get, (p, signal) => this.#get(scopeOf(p.scope), p.id, p.wait, signal));
     this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
-    this.#on(HandleSet, (p) => this.#handleSet(p.handle, p.value));
-    this.#on(SetItem, (p, signal) => this.#set(scopeOf(p.scope), p.id, p.value, p.modified, this.#gate(signal)));
-    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, { signal: this.#gate(signal) }));
-    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), { signal: this.#gate(signal) }));
-    this.#on(Status, () => this.#context.status());
+    this.#on(HandleSet, (p) => this.#handleSet(p));
+    this.#on(SetItem, (p, signal) => this.#set(p, this.#gate(signal)));
+    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, { signal: this.#gate(signal), owner: this.#owner }));
+    this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), { signal: this.#gate(signal), owner: this.#owner }));
+    this.#on(List, (p) => this.#list(p));
+    this.#on(Status, (p) => this.#context.status(p.scope && scopeOf(p.scope)));
+    this.#on(Locks, () => this.#context.locks());
+    this.#on(Gc, (p) => this.#context.gc(p));
+    this.#on(Verify, (p) => this.#context.verify(p));
     this.#on(Shutdown, () => this.#shutdown());
   }
 
@@ -135,6 +160,9 @@ export class Session {
       );
     }
     if (params.clientName !== undefined) this.#clientName = `${logText(params.clientName)} (${this.#label})`;
+    // A pid is shown as given only when it can be a process id (a u32 in binary answers).
+    const pid = Number.isSafeInteger(params.pid) && params.pid! >= 0 && params.pid! <= 0xffff_ffff ? params.pid : undefined;
+    this.#owner = Object.freeze({ name: params.clientName?.slice(0, MAX_OWNER_NAME_LENGTH) ?? this.#label, pid });
     this.#initialized = true;
     return {
       daemonVersion: version,
@@ -220,45 +248,70 @@ export class Session {
     return number;
   }
 
-  #count(item: unknown): void {
-    if (item) this.#context.counters.hits++;
-    else this.#context.counters.misses++;
+  #count(scope: Scope, item: unknown): void {
+    this.#context.count(scope.path[0] ?? '', item !== null && item !== undefined);
   }
 
-  /** Reads at once when the item's shared lock is free (no promise: most reads), else waits for it. */
-  #get(scope: Scope, id: string, signal: RequestSignal): GetResult | Promise<GetResult> {
-    const read = this.#gone.signal.aborted ? undefined : this.#context.backend.readNow(scope, id);
-    if (!read) return this.#getLater(scope, id, signal);
+  /** Reads at once when the item's shared lock is free (no promise: most reads), else waits for it (unless told not to). */
+  #get(scope: Scope, id: string, wait: boolean, signal: RequestSignal): GetResult | Promise<GetResult> {
+    const read = this.#gone.signal.aborted ? undefined : this.#context.backend.readNow(scope, id, this.#owner);
+    if (!read) return this.#getLater(scope, id, wait, signal);
     const { lease, record } = read;
-    this.#count(record);
+    this.#count(scope, record);
     const handle = this.#context.nextHandle();
     // The lease itself serves as the handle: its release is synchronous, and there is no closure to make.
     this.#held.set(handle, lease);
     return { handle, item: record ?? null };
   }
 
-  async #getLater(scope: Scope, id: string, signal: RequestSignal): Promise<GetResult> {
-    const got = (await this.#context.backend.get(scope, id, { signal: this.#gate(signal) }))!;
-    this.#count(got.item);
+  async #getLater(scope: Scope, id: string, wait: boolean, signal: RequestSignal): Promise<GetResult> {
+    const options = wait ? { signal: this.#gate(signal), owner: this.#owner } : { wait: false, owner: this.#owner };
+    const got = await this.#context.backend.get(scope, id, options);
+    if (!got) return { handle: null, item: null };
+    this.#count(scope, got.item);
     const item = await recordOf(got.item);
     return { handle: await this.#keep(got), item };
   }
 
   async #getset(scope: Scope, id: string, wait: boolean, signal: WaitGate): Promise<GetSetResult> {
-    const gs = await this.#context.backend.getset(scope, id, { wait, signal });
-    if (!gs.set) return { handle: null, item: null };
-    this.#count(gs.item);
+    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner });
+    if (!gs.set) return { handle: null, item: null, stale: null };
+    this.#count(scope, gs.item);
     const item = await recordOf(gs.item);
+    const stale = await recordOf(gs.stale);
     this.#getsets.add(gs);
-    return { handle: await this.#keep(gs), item };
+    return { handle: await this.#keep(gs), item, stale };
   }
 
-  async #handleSet(handle: number, value: EncodedValue): Promise<void> {
+  async #handleSet({ handle, value, ttlMs, staleMs }: HandleSetParams): Promise<void> {
     const entry = this.#held.get(handle);
     if (!entry || !this.#getsets.has(entry)) {
       throw new CacheError('CACHE_LOCK_NOT_HELD', `Handle ${handle} holds no getset lock on this connection.`);
     }
-    await (entry as GetSetHandle<EncodedValue>).set(value);
+    await (entry as GetSetHandle<EncodedValue>).set(value, expiryOf(ttlMs, staleMs));
+  }
+
+  async #list({ scope, cursor, limit }: ListParams): Promise<ListPage> {
+    let listing;
+    try {
+      listing = await this.#context.backend.list(scopeOf(scope), { ...(cursor === undefined ? {} : { cursor }), limit: limit ?? DEFAULT_LIST_LIMIT });
+    } catch (error) {
+      // A cursor of another scope, or not one at all.
+      if (error instanceof TypeError) throw invalidParams(error.message.replace(/\.$/, ''));
+      throw error;
+    }
+    const seconds = (ms: number | undefined): number | null => (ms === undefined ? null : ms / 1000);
+    return {
+      items: listing.items.map((entry) => ({
+        id: entry.id,
+        sizeBytes: entry.sizeBytes,
+        modified: entry.modified,
+        expires: seconds(entry.expiresAtMs),
+        accessed: seconds(entry.accessedAtMs),
+      })),
+      scopes: listing.scopes,
+      cursor: listing.cursor,
+    };
   }
 
   /** Releases a handle; an unknown one (released already, or another connection's) is ignored. */
@@ -269,10 +322,10 @@ export class Session {
     void entry.release();
   }
 
-  async #set(scope: Scope, id: string, value: EncodedValue, modified: number | undefined, signal: WaitGate): Promise<void> {
+  async #set({ scope, id, value, modified, ttlMs, staleMs }: SetParams, signal: WaitGate): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
-    await this.#context.backend.set(scope, id, value, { modified: when, signal });
+    await this.#context.backend.set(scopeOf(scope), id, value, { modified: when, signal, owner: this.#owner, ...expiryOf(ttlMs, staleMs) });
   }
 
   /** Asks the daemon to stop once the answer to this request is on its way. */
@@ -300,7 +353,16 @@ export class Session {
 }
 
 /** The stored record behind a handle's item: the daemon's values are the stored bytes, so decoding returns them. */
-async function recordOf(item: { modified: number; value(): Promise<EncodedValue> } | null): Promise<EncodedRecord | null> {
-  return item && { modified: item.modified, value: await item.value() };
+async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRecord | null> {
+  if (!item) return null;
+  const value = await item.value();
+  // `expires` is `expiresAtMs / 1000`, which `* 1000` gives back exactly.
+  return item.expires === undefined || item.expires === null ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expires * 1000 };
+}
+
+/** The expiry options of a write, only those given (the backend tells absent from `undefined` as the public API does). */
+function expiryOf(ttlMs: number | undefined, staleMs: number | undefined): { ttlMs?: number; staleMs?: number } | undefined {
+  if (ttlMs === undefined) return undefined;
+  return staleMs === undefined ? { ttlMs } : { ttlMs, staleMs };
 }
 

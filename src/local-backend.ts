@@ -3,7 +3,7 @@ import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js
 import { checkExpiry } from './cache-view.js';
 import { CacheError, isCacheError } from './errors.js';
 import { type GcReport, Housekeeper, type RemovalCounters } from './housekeeper.js';
-import { type Lease, type LockOwner, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
+import { type Lease, type LockOwner, type LockSnapshotEntry, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
 import { itemKey, type Scope } from './scope-path.js';
 import type { ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
 
@@ -243,6 +243,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   /** How many locks are held and how many requests wait. */
   lockStats(): LockTableStats {
     return this.#locks.stats();
+  }
+
+  /** Every held lock and waiting request, with who asked and since when (for `hoard locks`). */
+  lockSnapshot(): LockSnapshotEntry[] {
+    return this.#locks.snapshot();
   }
 
   close(): Promise<void> {

@@ -5,8 +5,9 @@
  * prefix, and a subtree lock covers every item key that starts with its prefix. A request waits for
  * every held lock and every earlier waiting request that it conflicts with, and for nothing else, so
  * a stream of readers cannot starve a writer and locks on unrelated items never wait for each other.
- * The table does not know who holds what: each holder keeps its own leases and releases them (the daemon's
- * session does so for a connection), and {@link LockTable.rejectWaiters} ends every wait when the cache closes.
+ * Each holder keeps its own leases and releases them (the daemon's session does so for a connection), and
+ * {@link LockTable.rejectWaiters} ends every wait when the cache closes; the table keeps who asked only to show it
+ * ({@link LockTable.snapshot}).
  */
 
 export type LockMode = 'shared' | 'exclusive' | 'subtree';
@@ -57,6 +58,17 @@ export interface WaitGate {
   leave(): void;
 }
 
+/** One held lock or waiting request, as {@link LockTable.snapshot} shows it. */
+export interface LockSnapshotEntry {
+  /** The item key, or for a subtree lock the scope prefix (see `scope-path.ts`). */
+  readonly key: string;
+  readonly mode: LockMode;
+  readonly state: 'held' | 'waiting';
+  readonly owner: LockOwner | undefined;
+  /** Since when it has been held (from its grant) or waiting (from its request), in milliseconds since the epoch. */
+  readonly sinceMs: number;
+}
+
 /** A point-in-time count of what the table holds, for status reports. */
 export interface LockTableStats {
   held: number;
@@ -82,6 +94,9 @@ class Request implements Lease {
     readonly table: LockTable,
     readonly key: string,
     readonly mode: LockMode,
+    readonly owner: LockOwner | undefined,
+    /** When it was requested, and once granted after a wait, when it was granted. */
+    public sinceMs: number,
   ) {}
 
   get held(): boolean {
@@ -133,7 +148,7 @@ export class LockTable {
   acquire(key: string, mode: LockMode, options: AcquireOptions = {}): Lease | Promise<Lease> {
     const source = options.signal;
     if (source instanceof AbortSignal && source.aborted) return Promise.reject(source.reason);
-    const request = new Request(this, key, mode);
+    const request = new Request(this, key, mode, options.owner, Date.now());
     this.#enqueue(request);
     if (request.state === 'held') return request;
     this.#waiting.add(request);
@@ -171,9 +186,8 @@ export class LockTable {
 
   /** Takes the lock only if it can be granted at once; otherwise returns `null` and queues nothing. */
   tryAcquire(key: string, mode: LockMode, options: { owner?: LockOwner | undefined } = {}): Lease | null {
-    void options;
     if (!this.#grantableNow(key, mode)) return null;
-    const request = new Request(this, key, mode);
+    const request = new Request(this, key, mode, options.owner, Date.now());
     this.#enqueue(request);
     return request;
   }
@@ -187,6 +201,24 @@ export class LockTable {
   /** How many leases are held and how many requests wait. */
   stats(): LockTableStats {
     return { held: this.#held, waiting: this.#waiting.size };
+  }
+
+  /**
+   * Every held lock and every waiting request, with who asked and since when: item locks item by item (holders,
+   * then waiters oldest first), then subtree locks in arrival order. Its cost is proportional to what it lists.
+   */
+  snapshot(): LockSnapshotEntry[] {
+    const entries: LockSnapshotEntry[] = [];
+    const add = (request: Request): void => {
+      const { key, mode, owner, sinceMs } = request;
+      entries.push({ key, mode, state: request.state === 'held' ? 'held' : 'waiting', owner, sinceMs });
+    };
+    for (const item of this.#items.values()) {
+      for (const holder of item.holders) add(holder);
+      for (let waiter = item.head; waiter; waiter = waiter.next) add(waiter);
+    }
+    for (const subtree of this.#subtrees) add(subtree);
+    return entries;
   }
 
   #grantableNow(key: string, mode: LockMode): boolean {
@@ -244,6 +276,8 @@ export class LockTable {
   }
 
   #grant(request: Request): void {
+    // A request granted at once keeps its time; one that waited (and so has a promise) is held from now.
+    if (request.resolve) request.sinceMs = Date.now();
     this.#waiting.delete(request);
     this.#held++;
     request.state = 'held';

@@ -148,7 +148,7 @@ describe('the hoard command', () => {
     const json = await run(['status', '--json']);
     expect(json.code).toBe(0);
     const status = JSON.parse(json.stdout.toString()) as Record<string, unknown>;
-    expect(status).toMatchObject({ socketPath: socket, connections: 1, locksHeld: 0, waiters: 0, hits: 1, misses: 1, protocolVersion: 1 });
+    expect(status).toMatchObject({ socketPath: socket, connections: 1, locksHeld: 0, waiters: 0, hits: 1, misses: 1, protocolVersion: 2 });
     for (const field of ['pid', 'version', 'uptimeMs', 'dataDir', 'sizeOnDiskBytes']) expect(status).toHaveProperty(field);
     const text = (await run(['status'])).stdout.toString();
     expect(text).toMatch(/^pid\s+\d+$/m);

@@ -29,7 +29,7 @@ async function answers(client: RawBinaryClient, until: { lastId?: number; count?
 }
 
 async function status(client: RawBinaryClient, requestId: number): Promise<{ waiters: number; locksHeld: number; connections: number }> {
-  return JSON.parse((await client.call(Status, requestId)).string()) as { waiters: number; locksHeld: number; connections: number };
+  return JSON.parse((await client.call(Status, requestId, [['u8', 0]])).string()) as { waiters: number; locksHeld: number; connections: number };
 }
 
 describe('waiters per connection', () => {
@@ -42,12 +42,12 @@ describe('waiters per connection', () => {
 
     const { client } = await RawBinaryClient.open(socketPath);
     const limit = 10_000;
-    const frames = Array.from({ length: limit + 1 }, (_, n) => frame(Get, n + 1, [['strings', []], ['string', 'k']]));
+    const frames = Array.from({ length: limit + 1 }, (_, n) => frame(Get, n + 1, [['strings', []], ['string', 'k'], ['u8', 1]]));
     // Requests that do not wait are served as before: a read of a free item, a getset that does not wait.
-    frames.push(frame(Get, limit + 2, [['strings', []], ['string', 'free']]));
+    frames.push(frame(Get, limit + 2, [['strings', []], ['string', 'free'], ['u8', 1]]));
     frames.push(frame(GetSet, limit + 3, [['strings', []], ['string', 'k'], ['u8', 0]]));
     // Status reads the disk, so it is answered after the others that do not wait.
-    frames.push(frame(Status, limit + 4));
+    frames.push(frame(Status, limit + 4, [['u8', 0]]));
     client.write(Buffer.concat(frames));
     const first = await answers(client, { lastId: limit + 4 });
     expect(JSON.parse(first.get(limit + 4)!.string())).toMatchObject({ waiters: limit, locksHeld: 2 });
@@ -65,7 +65,11 @@ describe('waiters per connection', () => {
     const granted = [...(await answers(client, { count: limit })).values()];
     expect(granted.every((answer) => answer.op === Result)).toBe(true);
     await (await otherGet.promise).release();
-    client.write(Buffer.concat(granted.map((answer) => frame(Release, 0, [['u64', answer.u64()]]))));
+    const handles = granted.map((answer) => {
+      expect(answer.u8()).toBe(1);
+      return answer.u64();
+    });
+    client.write(Buffer.concat(handles.map((number) => frame(Release, 0, [['u64', number]]))));
     // Its waits ended, the connection may wait again.
     const again = await client.call(GetSet, limit + 5, [['strings', []], ['string', 'k'], ['u8', 1]]);
     expect([again.op, again.u8()]).toEqual([Result, 1]);
@@ -157,14 +161,14 @@ class CountingClient {
     await once(socket, 'connect');
     onTestFinished(() => void socket.destroy());
     const client = new CountingClient(socket, transport);
-    const params = { clientName: 'counting client', pid: process.pid, protocolVersion: 1, transports: transport === 'binary' ? ['binary'] : [] };
+    const params = { clientName: 'counting client', pid: process.pid, protocolVersion: 2, transports: transport === 'binary' ? ['binary'] : [] };
     socket.write(lsp({ jsonrpc: '2.0', id: 0, method: 'initialize', params }));
     await client.until(1);
     return client;
   }
 
   get(requestId: number, id: string): void {
-    if (this.transport === 'binary') this.socket.write(frame(Get, requestId, [['strings', []], ['string', id]]));
+    if (this.transport === 'binary') this.socket.write(frame(Get, requestId, [['strings', []], ['string', id], ['u8', 1]]));
     else this.socket.write(lsp({ jsonrpc: '2.0', id: requestId, method: 'cache/get', params: { scope: [], id } }));
   }
 

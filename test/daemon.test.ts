@@ -74,7 +74,7 @@ describe('locks belong to the connection', () => {
     expect(stolen.error).toMatchObject({ code: ERROR_NUMBERS.CACHE_LOCK_NOT_HELD, data: { code: 'CACHE_LOCK_NOT_HELD' } });
     thief.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle } });
     const still = await thief.request('cache/getset', { scope: [], id: 'k', wait: false });
-    expect(still.result).toEqual({ handle: null, item: null });
+    expect(still.result).toEqual({ handle: null, item: null, stale: null });
     owner.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle } });
     const reused = await owner.request('cache/handleSet', { handle, encoding: 'json', value: 'IngiCg==' });
     expect(reused.error).toMatchObject({ data: { code: 'CACHE_LOCK_NOT_HELD' } });
@@ -104,13 +104,13 @@ describe('locks belong to the connection', () => {
 });
 
 describe('the handshake and bad requests', () => {
-  test('an incompatible protocol version gets CACHE_PROTOCOL_MISMATCH with both versions and the remedy', async () => {
+  test.each([1, 999])('a client of protocol %d gets CACHE_PROTOCOL_MISMATCH with both versions and the remedy', async (version) => {
     const { socketPath } = await startTestDaemon();
     const raw = await RawClient.open(socketPath);
-    const reply = await raw.initialize(999);
+    const reply = await raw.initialize(version);
     expect(reply.error).toMatchObject({
       code: ERROR_NUMBERS.CACHE_PROTOCOL_MISMATCH,
-      data: { code: 'CACHE_PROTOCOL_MISMATCH', daemonProtocolVersion: 1, clientProtocolVersion: 999 },
+      data: { code: 'CACHE_PROTOCOL_MISMATCH', daemonProtocolVersion: 2, clientProtocolVersion: version },
     });
     expect((reply.error as { message: string }).message).toMatch(/hoard stop/);
     const refused = await raw.request('cache/get', { scope: [], id: 'k' });
@@ -122,7 +122,7 @@ describe('the handshake and bad requests', () => {
     const raw = await RawClient.open(socketPath);
     const reply = await raw.request('cache/set', { scope: [], id: 'k', encoding: 'json', value: 'MQ==' });
     expect(reply.error).toMatchObject({ code: ERROR_NUMBERS.CACHE_NOT_INITIALIZED });
-    expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 1 });
+    expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 2 });
   });
 
   test.each(['binary', 'json'] as const)(
@@ -133,13 +133,13 @@ describe('the handshake and bad requests', () => {
       const channel = await openSocketChannel(socketPath, { transport, clientName: 'test' });
       onTestFinished(() => channel.close());
       const fromTheFuture = { ...Status, method: 'cache/fromTheFuture', op: 0x7e };
-      await expectCode(channel.request(fromTheFuture, undefined), 'CACHE_PROTOCOL_MISMATCH');
+      await expectCode(channel.request(fromTheFuture, {}), 'CACHE_PROTOCOL_MISMATCH');
       // The connection goes on.
-      expect(await channel.request(Status, undefined)).toMatchObject({ connections: 1 });
+      expect(await channel.request(Status, {})).toMatchObject({ connections: 1 });
       // A request before the handshake (CACHE_NOT_INITIALIZED on the wire).
       const early = await openWithoutHandshake(socketPath);
       onTestFinished(() => early.close());
-      await expectCode(early.request(Get, { scope: [], id: 'k' }), 'CACHE_PROTOCOL_MISMATCH');
+      await expectCode(early.request(Get, { scope: [], id: 'k', wait: true }), 'CACHE_PROTOCOL_MISMATCH');
     },
   );
 
@@ -224,8 +224,8 @@ describe('the handshake and bad requests', () => {
     let scoped: Cache<Uint8Array> = cache;
     for (let n = 0; n < 30; n++) scoped = scoped.withScope(String.fromCharCode(97 + (n % 26)));
     // A set frame's length field: op and id 5, the scope count 4, 30 names of 5, the id 4 + 1, modified 8,
-    // the encoding 4 + 6 ('binary'), the value's length 4: 186 bytes before the value.
-    const room = 1024 - 186;
+    // ttlMs and staleMs 16, the encoding 4 + 6 ('binary'), the value's length 4: 202 bytes before the value.
+    const room = 1024 - 202;
     await expectCode(scoped.set('k', new Uint8Array(room + 1)), 'CACHE_VALUE_TOO_LARGE');
     await scoped.set('k', new Uint8Array(room).fill(7));
     await using got = await scoped.get('k');
@@ -271,7 +271,7 @@ describe('the handshake and bad requests', () => {
       raw.writeRaw(framed(body));
       expect(await raw.next(), body).toMatchObject({ jsonrpc: '2.0', ...(reply as object) });
     }
-    expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 1 });
+    expect((await raw.initialize()).result).toMatchObject({ protocolVersion: 2 });
   });
 
   test('a message with broken framing closes that connection only', async () => {

@@ -12,7 +12,7 @@ import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
 // `shutdown` is left out: it is a legal request that stops the daemon (tested on its own).
-const METHODS = ['initialize', 'exit', 'cache/get', 'cache/getset', 'cache/handleSet', 'cache/release', 'cache/set', 'cache/delete', 'cache/clear', 'daemon/status', '$/cancelRequest', 'nope'];
+const METHODS = ['initialize', 'exit', 'cache/get', 'cache/getset', 'cache/handleSet', 'cache/release', 'cache/set', 'cache/delete', 'cache/clear', 'cache/list', 'daemon/status', 'daemon/locks', 'daemon/gc', 'daemon/verify', '$/cancelRequest', 'nope'];
 
 function frame(body: string | Uint8Array): Buffer {
   const bytes = typeof body === 'string' ? Buffer.from(body) : Buffer.from(body);
@@ -30,7 +30,7 @@ const params = fc.oneof(
       handle: fc.oneof(fc.nat(20), fc.integer(), fc.string()),
       wait: fc.oneof(fc.boolean(), fc.string()),
       modified: fc.oneof(fc.double(), fc.string()),
-      protocolVersion: fc.oneof(fc.constant(1), fc.integer()),
+      protocolVersion: fc.oneof(fc.constant(2), fc.integer()),
       extra: fc.jsonValue(),
     },
     { requiredKeys: [] },
@@ -112,13 +112,13 @@ describe('hostile and broken input', () => {
       fc.tuple(fc.constant('strings' as const), fc.oneof(fc.constant([] as string[]), fc.array(fc.string(), { maxLength: 3 }))),
       fc.tuple(fc.constant('bytes' as const), fc.uint8Array({ maxLength: 64 })),
     );
-    // Ops 0x01-0x0a are the real ones; the others and arbitrary fields test the refusals. Shutdown (0x09) is left
+    // Ops 0x01-0x0e are the real ones; the others and arbitrary fields test the refusals. Shutdown (0x09) is left
     // out: it is a legal request that stops the daemon.
-    const op = fc.oneof(fc.constantFrom(1, 2, 3, 4, 5, 6, 7, 8, 10), fc.nat(255).filter((n) => n !== 9));
+    const op = fc.oneof(fc.constantFrom(1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14), fc.nat(255).filter((n) => n !== 9));
     const frames = fc.oneof(
       fc.record({ op, id: fc.nat(20), fields: fc.array(field, { maxLength: 6 }) }).map(({ op, id, fields }) => binaryFrame(op, id, fields)),
       fc.record({ op: fc.constantFrom(1, 2), id: fc.nat(20), key: fc.constantFrom('a', 'b') }).map(({ op, id, key }) =>
-        binaryFrame(op, id, [['strings', []], ['string', key], ...(op === 2 ? ([['u8', 1]] as Field[]) : [])]),
+        binaryFrame(op, id, [['strings', []], ['string', key], ['u8', 1]]),
       ),
       fc.uint8Array({ maxLength: 64 }).map((bytes) => Buffer.from(bytes)),
     );

@@ -79,7 +79,7 @@ describe('the JSON transport', () => {
   test('initialize sent as a notification does not initialize', async () => {
     const { socketPath } = await startTestDaemon();
     const raw = await RawClient.open(socketPath);
-    raw.send({ jsonrpc: '2.0', method: 'initialize', params: { protocolVersion: 1 } });
+    raw.send({ jsonrpc: '2.0', method: 'initialize', params: { protocolVersion: 2 } });
     expect((await raw.request('cache/get', { scope: [], id: 'k' })).error).toMatchObject({ data: { code: 'CACHE_NOT_INITIALIZED' } });
   });
 

@@ -74,7 +74,7 @@ describe('LockTable', () => {
                 leave: () => void inGates--,
               };
             }
-            Promise.resolve(table.acquire(target.key, mode, { signal })).then(
+            Promise.resolve(table.acquire(target.key, mode, { signal, owner: { name: `r${request.seq}`, pid: request.seq } })).then(
               (lease) => ((request.state = 'held'), (request.lease = lease)),
               () => (request.state = 'done'),
             );
@@ -83,7 +83,7 @@ describe('LockTable', () => {
             const mode = target.mode[c.target % target.mode.length]!;
             const request: Modelled = { seq: requests.length, key: target.key, mode, state: 'done', abort: () => {} };
             const free = !requests.some((r) => r.state !== 'done' && conflicts(r, request));
-            const lease = table.tryAcquire(target.key, mode);
+            const lease = table.tryAcquire(target.key, mode, { owner: { name: `r${request.seq}`, pid: request.seq } });
             expect(lease !== null).toBe(free);
             if (lease) requests.push({ ...request, state: 'held', lease });
           } else if (c.op === 'release') {
@@ -109,6 +109,9 @@ describe('LockTable', () => {
             expect(blocked).toBe(true);
           }
           expect(table.stats()).toEqual({ held: held.length, waiting: waiting.length });
+          // The snapshot lists exactly the held and waiting requests, each with its owner, key, mode and state.
+          const listed = table.snapshot().map((entry) => `${entry.owner?.name} ${entry.key} ${entry.mode} ${entry.state}`);
+          expect(listed.sort()).toEqual([...held, ...waiting].map((r) => `r${r.seq} ${r.key} ${r.mode} ${r.state}`).sort());
           // A gate hears of every wait's end, granted or not, once.
           expect(inGates).toBe(waiting.filter((r) => r.viaGate).length);
         }
@@ -126,6 +129,32 @@ describe('LockTable', () => {
     expect(table.stats()).toEqual({ held: 1, waiting: 0 });
     first!.release();
     expect(table.tryAcquire('', 'subtree')?.held).toBe(true);
+  });
+
+  test('snapshot shows each holder and waiter with its owner and since when, in queue order', async () => {
+    const table = new LockTable();
+    const editor = { name: 'editor', pid: 11 };
+    const build = { name: 'build', pid: 12 };
+    const before = Date.now();
+    const reader = table.tryAcquire('a/:x', 'shared', { owner: editor })!;
+    const writer = table.acquire('a/:x', 'exclusive', { owner: build });
+    const clear = table.acquire('a/', 'subtree', { owner: { name: 'hoard cli' } });
+    const after = Date.now();
+    const entries = table.snapshot();
+    expect(entries).toEqual([
+      { key: 'a/:x', mode: 'shared', state: 'held', owner: editor, sinceMs: expect.any(Number) },
+      { key: 'a/:x', mode: 'exclusive', state: 'waiting', owner: build, sinceMs: expect.any(Number) },
+      { key: 'a/', mode: 'subtree', state: 'waiting', owner: { name: 'hoard cli' }, sinceMs: expect.any(Number) },
+    ]);
+    for (const entry of entries) expect(entry.sinceMs).toBeGreaterThanOrEqual(before), expect(entry.sinceMs).toBeLessThanOrEqual(after);
+    reader.release();
+    await writer;
+    // Granted after its wait: held from its grant.
+    expect(table.snapshot()[0]).toMatchObject({ owner: build, state: 'held', sinceMs: expect.any(Number) });
+    expect(table.snapshot()[0]!.sinceMs).toBeGreaterThanOrEqual(after);
+    (await writer).release();
+    (await clear).release();
+    expect(table.snapshot()).toEqual([]);
   });
 
   test('a gate can refuse a wait: the call rejects with its error and nothing is left queued', async () => {

@@ -89,7 +89,7 @@ describe('what a client can put into the log', () => {
     let flooded!: () => void;
     const stalls = worstRoundTripMs(observer, new Promise<void>((resolve) => (flooded = resolve)));
     client.write(Buffer.concat(Array.from({ length: 300 }, () => frame(Release, 0))));
-    const after = await client.call(Status, 1);
+    const after = await client.call(Status, 1, [['u8', 0]]);
     flooded();
     expect(after.op).toBe(Result);
     const grownBytes = (await stat(daemon.logFile)).size - before;
@@ -118,7 +118,7 @@ describe('what a client can put into the log', () => {
     const daemon = await startLoggingDaemon();
     const before = (await stat(daemon.logFile)).size;
     const client = await RawClient.open(daemon.socketPath);
-    await client.request('initialize', { clientName: HOSTILE_NAME, pid: process.pid, protocolVersion: 1 });
+    await client.request('initialize', { clientName: HOSTILE_NAME, pid: process.pid, protocolVersion: 2 });
     for (let i = 0; i < 300; i++) {
       client.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle: `${i}\n${FORGED}` } });
       client.writeRaw('Content-Length: 5\r\n\r\n{{{{{');

@@ -4,13 +4,15 @@
  * the client encode and decode through these declarations; nothing here touches a socket.
  */
 import { NotificationType, RequestType } from 'vscode-jsonrpc';
-import type { EncodedRecord, EncodedValue } from '../store.js';
+import type { ListPage, ListedItem } from '../cache.js';
+import type { LockMode } from '../lock-table.js';
+import type { EncodedRecord, EncodedValue, ScopeUsage, VerifyReport } from '../store.js';
 import type { FrameCursor } from './frame-decoder.js';
 import type { FrameEncoder } from './frame-encoder.js';
 import { invalidParams, WireError, type WireErrorCode, type WireErrorData } from './wire-error.js';
 
 /** Bumped on any change that an older peer would misread. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** One JSON-RPC message with LSP framing, for the handshake that both sides write by hand. */
 export function lspFrame(message: unknown): Buffer {
@@ -88,6 +90,68 @@ function handle(value: unknown): number {
   return value as number;
 }
 
+function optionalString(json: Record<string, unknown>, name: string): string | undefined {
+  const value = json[name];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'string') throw invalidParams(`${name} must be a string`);
+  return value;
+}
+
+function optionalBoolean(json: Record<string, unknown>, name: string): boolean | undefined {
+  const value = json[name];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'boolean') throw invalidParams(`${name} must be a boolean`);
+  return value;
+}
+
+/** A u8 that must be 0 or 1. */
+function flag(frame: FrameCursor, name: string): boolean {
+  const value = frame.u8();
+  if (value > 1) throw invalidParams(`${name} must be 0 or 1`);
+  return value === 1;
+}
+
+/** How long a written value is fresh, as `cache/set` and `cache/handleSet` carry it. */
+export interface WireExpiry {
+  /** After this many milliseconds the item reads as a miss; absent: never. */
+  ttlMs?: number | undefined;
+  /** How long after that the expired item is kept for a `getset`'s `stale`; absent: 0. Only with `ttlMs`. */
+  staleMs?: number | undefined;
+}
+
+/** Checks an expiry: `ttlMs` finite and above 0, `staleMs` finite, at least 0 and only with `ttlMs`. */
+function expiry(ttlMs: unknown, staleMs: unknown): WireExpiry {
+  const ttl = ttlMs ?? undefined;
+  const stale = staleMs ?? undefined;
+  if (ttl !== undefined && !(typeof ttl === 'number' && Number.isFinite(ttl) && ttl > 0)) {
+    throw invalidParams('ttlMs must be a finite number of milliseconds above 0');
+  }
+  if (stale !== undefined && !(typeof stale === 'number' && Number.isFinite(stale) && stale >= 0)) {
+    throw invalidParams('staleMs must be a finite number of milliseconds, at least 0');
+  }
+  if (stale !== undefined && ttl === undefined) throw invalidParams('staleMs needs ttlMs');
+  return { ttlMs: ttl as number | undefined, staleMs: stale as number | undefined };
+}
+
+/** In binary, an expiry is two f64s, `ttlMs` and `staleMs`, with 0 for absent. */
+function writeExpiry(encoder: FrameEncoder, p: WireExpiry): void {
+  encoder.f64(p.ttlMs ?? 0).f64(p.staleMs ?? 0);
+}
+
+function readExpiry(frame: FrameCursor): WireExpiry {
+  const ttlMs = frame.f64();
+  const staleMs = frame.f64();
+  return expiry(ttlMs === 0 ? undefined : ttlMs, staleMs === 0 ? undefined : staleMs);
+}
+
+/** The JSON fields of an expiry that are set. */
+function expiryJson(p: WireExpiry): Record<string, number> {
+  const json: Record<string, number> = {};
+  if (p.ttlMs !== undefined) json.ttlMs = p.ttlMs;
+  if (p.staleMs !== undefined) json.staleMs = p.staleMs;
+  return json;
+}
+
 const ENCODING_NAME = /^[\x21-\x7e]{1,64}$/;
 
 /** An encoding name: 1 to 64 printable ASCII characters. */
@@ -121,6 +185,8 @@ const SHARED_JSON_BYTES = 64 * 1024;
 
 interface ItemJson {
   readonly modified: number;
+  /** Seconds since the epoch, or `null` for an item that never expires. */
+  readonly expires: number | null;
   readonly encoding: string;
   readonly value: string;
 }
@@ -138,39 +204,56 @@ export function isSharedItemJson(holder: object): boolean {
   return sharedItemJson.has(holder);
 }
 
+/** An item's expiry in seconds, as the wire carries it: `expiresAtMs / 1000` (which comes back exactly through `* 1000`). */
+function expiresOf(record: EncodedRecord): number | null {
+  return record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
+}
+
 function itemJson(record: EncodedRecord): ItemJson {
   const { modified, value } = record;
-  if (value.bytes.byteLength < SHARED_JSON_BYTES) return { modified, encoding: value.encoding, value: base64(value.bytes) };
+  const expires = expiresOf(record);
+  if (value.bytes.byteLength < SHARED_JSON_BYTES) return { modified, expires, encoding: value.encoding, value: base64(value.bytes) };
   const kept = jsonInUse.get(value.bytes)?.deref();
-  if (kept && kept.modified === modified && kept.encoding === value.encoding) return kept;
-  const json = Object.freeze({ modified, encoding: value.encoding, value: base64(value.bytes) });
+  if (kept && kept.modified === modified && kept.expires === expires && kept.encoding === value.encoding) return kept;
+  const json = Object.freeze({ modified, expires, encoding: value.encoding, value: base64(value.bytes) });
   jsonInUse.set(value.bytes, new WeakRef(json));
   sharedItemJson.add(json);
   return json;
 }
 
-/** An item: in binary a u8 presence flag, then f64 `modified`, the encoding and the bytes; in JSON an object or `null`. */
+/**
+ * An item: in binary a u8 (0 none, 1 an item, 2 an item that expires), then f64 `modified`, for 2 f64 `expires`
+ * (seconds), the encoding and the bytes; in JSON an object with `expires` (seconds or `null`), or `null`. Its
+ * `expiresAtMs` travels as seconds; `staleUntilMs` stays in the daemon.
+ */
 const item = {
   write(encoder: FrameEncoder, record: EncodedRecord | null): void {
     if (!record) {
       encoder.u8(0);
       return;
     }
-    encoder.u8(1).f64(record.modified).string(record.value.encoding).bytes(record.value.bytes);
+    if (record.expiresAtMs === undefined) encoder.u8(1).f64(record.modified);
+    else encoder.u8(2).f64(record.modified).f64(record.expiresAtMs / 1000);
+    encoder.string(record.value.encoding).bytes(record.value.bytes);
   },
   read(frame: FrameCursor): EncodedRecord | null {
-    if (frame.u8() === 0) return null;
+    const kind = frame.u8();
+    if (kind === 0) return null;
     const modified = frame.f64();
+    const expires = kind === 2 ? frame.f64() : undefined;
     const encoding = frame.string();
-    return { modified, value: { encoding, bytes: frame.keptBytes() } };
+    const value = { encoding, bytes: frame.keptBytes() };
+    return expires === undefined ? { modified, value } : { modified, value, expiresAtMs: expires * 1000 };
   },
   toJson(record: EncodedRecord | null): unknown {
     return record && itemJson(record);
   },
   fromJson(json: unknown): EncodedRecord | null {
-    if (json === null) return null;
+    if (json === null || json === undefined) return null;
     const fields = object(json);
-    return { modified: Number(fields.modified), value: { encoding: String(fields.encoding), bytes: Buffer.from(String(fields.value), 'base64') } };
+    const value = { encoding: String(fields.encoding), bytes: Buffer.from(String(fields.value), 'base64') };
+    const modified = Number(fields.modified);
+    return typeof fields.expires === 'number' ? { modified, value, expiresAtMs: fields.expires * 1000 } : { modified, value };
   },
 };
 
@@ -197,12 +280,14 @@ export interface ScopeParams {
   scope: readonly string[];
 }
 
-export interface GetSetParams extends ItemParams {
+export interface GetParams extends ItemParams {
   /** `false`: answer at once with no handle when another holder has the lock. */
   wait: boolean;
 }
 
-export interface SetParams extends ItemParams {
+export type GetSetParams = GetParams;
+
+export interface SetParams extends ItemParams, WireExpiry {
   value: EncodedValue;
   /** Seconds since the epoch; the daemon's clock when absent. */
   modified?: number | undefined;
@@ -212,13 +297,13 @@ export interface HandleParams {
   handle: number;
 }
 
-export interface HandleSetParams extends HandleParams {
+export interface HandleSetParams extends HandleParams, WireExpiry {
   value: EncodedValue;
 }
 
 export interface GetResult {
-  /** Holds the item's read lock until released. */
-  handle: number;
+  /** Holds the item's read lock until released; `null` when `wait` was false and the lock was taken. */
+  handle: number | null;
   item: EncodedRecord | null;
 }
 
@@ -226,6 +311,8 @@ export interface GetSetResult {
   /** Holds the item's write lock until released; `null` when `wait` was false and the lock was taken. */
   handle: number | null;
   item: EncodedRecord | null;
+  /** The expired item while it is kept (its `staleMs`), when `item` is `null` because it expired; else `null`. */
+  stale: EncodedRecord | null;
 }
 
 const itemParams: Layout<ItemParams> = {
@@ -244,44 +331,24 @@ export const ANY_REQUEST_ERRORS: readonly WireErrorCode[] = ['CACHE_INVALID_PARA
 /** What a request that waits for a lock and then uses the store may get: cancelled, the daemon stopping, the disk. */
 const STORE_ERRORS: readonly WireErrorCode[] = ['CACHE_CANCELLED', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'];
 
-export const Get = request<ItemParams, GetResult>({
+/** An item's address and whether to wait for its lock: in binary `strings` scope, `string` id, `u8` wait. */
+const getParams: Layout<GetParams> = {
+  writeBinary: (encoder, p) => void encoder.strings(p.scope).string(p.id).u8(p.wait ? 1 : 0),
+  readBinary(frame) {
+    const p = itemParams.readBinary(frame);
+    return { ...p, wait: flag(frame, 'wait') };
+  },
+  toJson: (p) => ({ scope: p.scope, id: p.id, wait: p.wait }),
+  fromJson(json) {
+    const p = itemParams.fromJson(json);
+    return { ...p, wait: optionalBoolean(json as Record<string, unknown>, 'wait') !== false };
+  },
+};
+
+export const Get = request<GetParams, GetResult>({
   method: 'cache/get',
   op: 0x01,
-  params: itemParams,
-  result: {
-    writeBinary(encoder, r) {
-      encoder.u64(r.handle);
-      item.write(encoder, r.item);
-    },
-    readBinary: (frame) => ({ handle: frame.u64(), item: item.read(frame) }),
-    toJson: (r) => ({ handle: r.handle, item: item.toJson(r.item) }),
-    fromJson(json) {
-      const r = object(json);
-      return { handle: Number(r.handle), item: item.fromJson(r.item) };
-    },
-  },
-  errors: ['CACHE_CORRUPT', ...STORE_ERRORS],
-});
-
-export const GetSet = request<GetSetParams, GetSetResult>({
-  method: 'cache/getset',
-  op: 0x02,
-  params: {
-    writeBinary: (encoder, p) => void encoder.strings(p.scope).string(p.id).u8(p.wait ? 1 : 0),
-    readBinary(frame) {
-      const p = itemParams.readBinary(frame);
-      const wait = frame.u8();
-      if (wait > 1) throw invalidParams('wait must be 0 or 1');
-      return { ...p, wait: wait === 1 };
-    },
-    toJson: (p) => ({ scope: p.scope, id: p.id, wait: p.wait }),
-    fromJson(json) {
-      const p = itemParams.fromJson(json);
-      const wait = (json as Record<string, unknown>).wait;
-      if (wait !== undefined && typeof wait !== 'boolean') throw invalidParams('wait must be a boolean');
-      return { ...p, wait: wait !== false };
-    },
-  },
+  params: getParams,
   result: {
     writeBinary(encoder, r) {
       if (r.handle === null) {
@@ -301,6 +368,33 @@ export const GetSet = request<GetSetParams, GetSetResult>({
       return { handle: r.handle === null ? null : Number(r.handle), item: item.fromJson(r.item) };
     },
   },
+  errors: ['CACHE_CORRUPT', ...STORE_ERRORS],
+});
+
+export const GetSet = request<GetSetParams, GetSetResult>({
+  method: 'cache/getset',
+  op: 0x02,
+  params: getParams,
+  result: {
+    writeBinary(encoder, r) {
+      if (r.handle === null) {
+        encoder.u8(0);
+        return;
+      }
+      encoder.u8(1).u64(r.handle);
+      item.write(encoder, r.item);
+      item.write(encoder, r.stale);
+    },
+    readBinary(frame) {
+      if (frame.u8() === 0) return { handle: null, item: null, stale: null };
+      return { handle: frame.u64(), item: item.read(frame), stale: item.read(frame) };
+    },
+    toJson: (r) => ({ handle: r.handle, item: item.toJson(r.item), stale: item.toJson(r.stale) }),
+    fromJson(json) {
+      const r = object(json);
+      return { handle: r.handle === null ? null : Number(r.handle), item: item.fromJson(r.item), stale: item.fromJson(r.stale) };
+    },
+  },
   // A record that cannot be read back is a miss here, so that the value is computed again.
   errors: STORE_ERRORS,
 });
@@ -309,17 +403,26 @@ export const HandleSet = request<HandleSetParams, void>({
   method: 'cache/handleSet',
   op: 0x03,
   params: {
-    writeBinary: (encoder, p) => void encoder.u64(p.handle).string(p.value.encoding).bytes(p.value.bytes),
-    readBinary: (frame) => ({ handle: frame.u64(), value: readValue(frame) }),
-    toJson: (p) => ({ handle: p.handle, encoding: p.value.encoding, value: base64(p.value.bytes) }),
+    writeBinary(encoder, p) {
+      encoder.u64(p.handle);
+      writeExpiry(encoder, p);
+      encoder.string(p.value.encoding).bytes(p.value.bytes);
+    },
+    readBinary(frame) {
+      const number = frame.u64();
+      const { ttlMs, staleMs } = readExpiry(frame);
+      return { handle: number, value: readValue(frame), ttlMs, staleMs };
+    },
+    toJson: (p) => ({ handle: p.handle, encoding: p.value.encoding, value: base64(p.value.bytes), ...expiryJson(p) }),
     fromJson(json) {
       const p = object(json);
-      return { handle: handle(p.handle), value: valueFromJson(p) };
+      const { ttlMs, staleMs } = expiry(p.ttlMs, p.staleMs);
+      return { handle: handle(p.handle), value: valueFromJson(p), ttlMs, staleMs };
     },
   },
   result: none,
   // It waits for no lock: the handle holds it.
-  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
+  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', 'CACHE_OVER_SIZE_LIMIT', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
   value: (p) => p.value,
 });
 
@@ -343,29 +446,32 @@ export const Set = request<SetParams, void>({
   method: 'cache/set',
   op: 0x05,
   params: {
-    writeBinary: (encoder, p) =>
-      void encoder
+    writeBinary(encoder, p) {
+      encoder
         .strings(p.scope)
         .string(p.id)
-        .f64(p.modified ?? Date.now() / 1000)
-        .string(p.value.encoding)
-        .bytes(p.value.bytes),
+        .f64(p.modified ?? Date.now() / 1000);
+      writeExpiry(encoder, p);
+      encoder.string(p.value.encoding).bytes(p.value.bytes);
+    },
     readBinary(frame) {
       const { scope: path, id } = itemParams.readBinary(frame);
       const modified = frame.f64();
-      return { scope: path, id, modified, value: readValue(frame) };
+      const { ttlMs, staleMs } = readExpiry(frame);
+      return { scope: path, id, modified, value: readValue(frame), ttlMs, staleMs };
     },
-    toJson: (p) => ({ scope: p.scope, id: p.id, encoding: p.value.encoding, value: base64(p.value.bytes), modified: p.modified }),
+    toJson: (p) => ({ scope: p.scope, id: p.id, encoding: p.value.encoding, value: base64(p.value.bytes), modified: p.modified, ...expiryJson(p) }),
     fromJson(json) {
       const { scope: path, id } = itemParams.fromJson(json);
       const p = json as Record<string, unknown>;
       const value = valueFromJson(p);
       if (p.modified !== undefined && typeof p.modified !== 'number') throw invalidParams('modified must be a finite number');
-      return { scope: path, id, value, modified: p.modified };
+      const { ttlMs, staleMs } = expiry(p.ttlMs, p.staleMs);
+      return { scope: path, id, value, modified: p.modified, ttlMs, staleMs };
     },
   },
   result: none,
-  errors: ['CACHE_INVALID_VALUE', ...STORE_ERRORS],
+  errors: ['CACHE_INVALID_VALUE', 'CACHE_OVER_SIZE_LIMIT', ...STORE_ERRORS],
   value: (p) => p.value,
 });
 
@@ -390,6 +496,103 @@ export const Clear = request<ScopeParams, void>({
   errors: STORE_ERRORS,
 });
 
+/** The largest page `cache/list` gives, and the default. */
+export const MAX_LIST_LIMIT = 10_000;
+export const DEFAULT_LIST_LIMIT = 1000;
+
+export interface ListParams {
+  scope: readonly string[];
+  /** The previous page's `cursor`; absent: from the start. */
+  cursor?: string | undefined;
+  /** The most entries (items and scopes together) in the page, 1 to {@link MAX_LIST_LIMIT}; absent: 1,000. */
+  limit?: number | undefined;
+}
+
+function listLimit(value: unknown): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (!Number.isSafeInteger(value) || (value as number) < 1 || (value as number) > MAX_LIST_LIMIT) {
+    throw invalidParams(`limit must be a whole number from 1 to ${MAX_LIST_LIMIT}`);
+  }
+  return value as number;
+}
+
+/** In binary: `u8` flags, 1 `expires` follows, 2 `accessed` follows. */
+const EXPIRES = 1;
+const ACCESSED = 2;
+
+/**
+ * One page of a scope's item ids and nested scope names, in key order; takes no lock. In binary the params are
+ * `strings` scope, `string` cursor (empty: from the start), `u32` limit (0: the default).
+ */
+export const List = request<ListParams, ListPage>({
+  method: 'cache/list',
+  op: 0x0b,
+  params: {
+    writeBinary: (encoder, p) => void encoder.strings(p.scope).string(p.cursor ?? '').u32(p.limit ?? 0),
+    readBinary(frame) {
+      const path = scope(frame.strings());
+      const cursor = frame.string();
+      const limit = frame.u32();
+      return { scope: path, cursor: cursor === '' ? undefined : cursor, limit: listLimit(limit === 0 ? undefined : limit) };
+    },
+    toJson: (p) => ({ scope: p.scope, ...(p.cursor === undefined ? {} : { cursor: p.cursor }), ...(p.limit === undefined ? {} : { limit: p.limit }) }),
+    fromJson(json) {
+      const p = object(json);
+      return { scope: scope(p.scope), cursor: optionalString(p, 'cursor'), limit: listLimit(p.limit) };
+    },
+  },
+  result: {
+    writeBinary(encoder, r) {
+      encoder.u32(r.items.length);
+      for (const entry of r.items) {
+        const flags = (entry.expires === null ? 0 : EXPIRES) | (entry.accessed === null ? 0 : ACCESSED);
+        encoder.string(entry.id).f64(entry.sizeBytes).f64(entry.modified).u8(flags);
+        if (entry.expires !== null) encoder.f64(entry.expires);
+        if (entry.accessed !== null) encoder.f64(entry.accessed);
+      }
+      encoder.strings(r.scopes);
+      if (r.cursor === null) encoder.u8(0);
+      else encoder.u8(1).string(r.cursor);
+    },
+    readBinary(frame) {
+      const count = frame.u32();
+      const items: ListedItem[] = [];
+      for (let n = 0; n < count; n++) {
+        const id = frame.string();
+        const sizeBytes = frame.f64();
+        const modified = frame.f64();
+        const flags = frame.u8();
+        const expires = flags & EXPIRES ? frame.f64() : null;
+        const accessed = flags & ACCESSED ? frame.f64() : null;
+        items.push({ id, sizeBytes, modified, expires, accessed });
+      }
+      const scopes = frame.strings();
+      const cursor = frame.u8() === 1 ? frame.string() : null;
+      return { items, scopes, cursor };
+    },
+    toJson: (r) => r,
+    fromJson: (json) => object(json) as unknown as ListPage,
+  },
+  errors: ['CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
+});
+
+export interface StatusParams {
+  /** A scope to count from the data, for {@link StatusResult.scope}. */
+  scope?: readonly string[] | undefined;
+}
+
+/** The figures of one top-level scope since the daemon started (sizes and items: now). */
+export interface ScopeStatus {
+  /** The top-level scope's name; `''` for items directly in the root scope. */
+  name: string;
+  sizeBytes: number;
+  items: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  expirations: number;
+}
+
 export interface StatusResult {
   pid: number;
   version: string;
@@ -398,11 +601,24 @@ export interface StatusResult {
   socketPath: string | null;
   dataDir: string;
   sizeOnDiskBytes: number;
+  /** The bytes the items take as the size limit counts them, and the limit (`null`: none). */
+  sizeBytes: number;
+  limitBytes: number | null;
+  items: number;
   connections: number;
   locksHeld: number;
   waiters: number;
   hits: number;
   misses: number;
+  /** Items removed to keep within the limit, and their bytes, since the daemon started. */
+  evictions: number;
+  evictedBytes: number;
+  /** Expired items removed since the daemon started. */
+  expirations: number;
+  /** Per top-level scope, by name. */
+  scopes: ScopeStatus[];
+  /** With the `scope` param: that scope's subtree, counted from the data. */
+  scope?: { path: string[]; sizeBytes: number; items: number };
   /** Bytes of recently used values kept in memory, and the budget they are kept within (`--memory-cache`). */
   memoryCacheBytes: number;
   memoryCacheLimitBytes: number;
@@ -410,10 +626,23 @@ export interface StatusResult {
   rssBytes: number;
 }
 
-export const Status = request<void, StatusResult>({
+export const Status = request<StatusParams, StatusResult>({
   method: 'daemon/status',
   op: 0x08,
-  params: none,
+  params: {
+    // In binary: `u8` 1 and `strings` scope, or `u8` 0.
+    writeBinary(encoder, p) {
+      if (p?.scope === undefined) encoder.u8(0);
+      else encoder.u8(1).strings(p.scope);
+    },
+    readBinary: (frame) => (flag(frame, 'scope flag') ? { scope: scope(frame.strings()) } : {}),
+    toJson: (p) => (p?.scope === undefined ? {} : { scope: p.scope }),
+    fromJson(json) {
+      if (json === undefined || json === null) return {};
+      const p = object(json);
+      return p.scope === undefined || p.scope === null ? {} : { scope: scope(p.scope) };
+    },
+  },
   result: {
     // In binary, the same JSON object as one string: status is rare and its fields grow.
     writeBinary: (encoder, r) => void encoder.string(JSON.stringify(r)),
@@ -421,7 +650,162 @@ export const Status = request<void, StatusResult>({
     toJson: (r) => r,
     fromJson: (json) => object(json) as unknown as StatusResult,
   },
+  errors: ['CACHE_CLOSED', 'CACHE_STORAGE'],
+});
+
+/** One held lock or waiting request, as `daemon/locks` gives it. */
+export interface LockInfo {
+  scope: string[];
+  /** The item's id; `null` for a scope lock (a `cache/clear`). */
+  id: string | null;
+  mode: LockMode;
+  state: 'held' | 'waiting';
+  /** The `clientName` its connection gave in `initialize` (else the daemon's name for the connection, or for its own work). */
+  client: string | null;
+  pid: number | null;
+  /** Since when it has been held (from its grant) or waiting, in milliseconds since the epoch. */
+  sinceMs: number;
+}
+
+export interface LocksResult {
+  locks: LockInfo[];
+}
+
+const MODES: readonly LockMode[] = ['shared', 'exclusive', 'subtree'];
+const WAITING = 1;
+const HAS_CLIENT = 2;
+const HAS_PID = 4;
+
+/**
+ * Every held lock and every waiting request of the daemon. In binary: `u32` count, then per entry `strings` scope,
+ * `u8` mode (0 shared, 1 exclusive, 2 subtree), `u8` flags (1 waiting, 2 client follows, 4 pid follows), for an
+ * item `string` id, then `string` client, `u32` pid as flagged, and `f64` sinceMs.
+ */
+export const Locks = request<void, LocksResult>({
+  method: 'daemon/locks',
+  op: 0x0c,
+  params: none,
+  result: {
+    writeBinary(encoder, r) {
+      encoder.u32(r.locks.length);
+      for (const lock of r.locks) {
+        const flags = (lock.state === 'waiting' ? WAITING : 0) | (lock.client === null ? 0 : HAS_CLIENT) | (lock.pid === null ? 0 : HAS_PID);
+        encoder.strings(lock.scope).u8(MODES.indexOf(lock.mode)).u8(flags);
+        if (lock.mode !== 'subtree') encoder.string(lock.id ?? '');
+        if (lock.client !== null) encoder.string(lock.client);
+        if (lock.pid !== null) encoder.u32(lock.pid);
+        encoder.f64(lock.sinceMs);
+      }
+    },
+    readBinary(frame) {
+      const count = frame.u32();
+      const locks: LockInfo[] = [];
+      for (let n = 0; n < count; n++) {
+        const path = frame.strings();
+        const mode = MODES[frame.u8()] ?? 'shared';
+        const flags = frame.u8();
+        const id = mode === 'subtree' ? null : frame.string();
+        const client = flags & HAS_CLIENT ? frame.string() : null;
+        const pid = flags & HAS_PID ? frame.u32() : null;
+        locks.push({ scope: path, id, mode, state: flags & WAITING ? 'waiting' : 'held', client, pid, sinceMs: frame.f64() });
+      }
+      return { locks };
+    },
+    toJson: (r) => r,
+    fromJson: (json) => object(json) as unknown as LocksResult,
+  },
   errors: [],
+});
+
+export interface GcParams {
+  /** Only count what would be removed. */
+  dryRun: boolean;
+}
+
+export interface GcResult {
+  dryRun: boolean;
+  /** Items removed (or that would be) to bring the size within the limit, and their bytes. */
+  evictedItems: number;
+  evictedBytes: number;
+  /** Expired items removed (or that would be), and their bytes. */
+  expiredItems: number;
+  expiredBytes: number;
+  /** The counted size after the run (for a dry run, what it would be). */
+  sizeBytes: number;
+}
+
+/** Runs an eviction and expiry pass now. In binary: params `u8` dryRun; result `u8` dryRun and five `f64`s in the order declared. */
+export const Gc = request<GcParams, GcResult>({
+  method: 'daemon/gc',
+  op: 0x0d,
+  params: {
+    writeBinary: (encoder, p) => void encoder.u8(p.dryRun ? 1 : 0),
+    readBinary: (frame) => ({ dryRun: flag(frame, 'dryRun') }),
+    toJson: (p) => ({ dryRun: p.dryRun }),
+    fromJson: (json) => ({ dryRun: optionalBoolean(object(json ?? {}), 'dryRun') ?? false }),
+  },
+  result: {
+    writeBinary: (encoder, r) =>
+      void encoder.u8(r.dryRun ? 1 : 0).f64(r.evictedItems).f64(r.evictedBytes).f64(r.expiredItems).f64(r.expiredBytes).f64(r.sizeBytes),
+    readBinary: (frame) => ({
+      dryRun: frame.u8() === 1,
+      evictedItems: frame.f64(),
+      evictedBytes: frame.f64(),
+      expiredItems: frame.f64(),
+      expiredBytes: frame.f64(),
+      sizeBytes: frame.f64(),
+    }),
+    toJson: (r) => r,
+    fromJson: (json) => object(json) as unknown as GcResult,
+  },
+  errors: ['CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
+});
+
+export interface VerifyParams {
+  /** Mend the drift, orphan files and stray entries found. */
+  fix: boolean;
+}
+
+function writeUsage(encoder: FrameEncoder, usage: ScopeUsage): void {
+  encoder.f64(usage.bytes).f64(usage.items);
+}
+
+function readUsage(frame: FrameCursor): ScopeUsage {
+  return { bytes: frame.f64(), items: frame.f64() };
+}
+
+/**
+ * Recounts the data and compares it with the figures kept. In binary: params `u8` fix; result kept and counted
+ * (each `f64` bytes, `f64` items), `strings` driftedScopes, `f64` orphanFiles, orphanBytes, strayEntries, `u8` fixed.
+ */
+export const Verify = request<VerifyParams, VerifyReport>({
+  method: 'daemon/verify',
+  op: 0x0e,
+  params: {
+    writeBinary: (encoder, p) => void encoder.u8(p.fix ? 1 : 0),
+    readBinary: (frame) => ({ fix: flag(frame, 'fix') }),
+    toJson: (p) => ({ fix: p.fix }),
+    fromJson: (json) => ({ fix: optionalBoolean(object(json ?? {}), 'fix') ?? true }),
+  },
+  result: {
+    writeBinary(encoder, r) {
+      writeUsage(encoder, r.kept);
+      writeUsage(encoder, r.counted);
+      encoder.strings(r.driftedScopes).f64(r.orphanFiles).f64(r.orphanBytes).f64(r.strayEntries).u8(r.fixed ? 1 : 0);
+    },
+    readBinary: (frame) => ({
+      kept: readUsage(frame),
+      counted: readUsage(frame),
+      driftedScopes: frame.strings(),
+      orphanFiles: frame.f64(),
+      orphanBytes: frame.f64(),
+      strayEntries: frame.f64(),
+      fixed: frame.u8() === 1,
+    }),
+    toJson: (r) => r,
+    fromJson: (json) => object(json) as unknown as VerifyReport,
+  },
+  errors: ['CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
 });
 
 /** Asks the daemon to stop once its answer is on its way; answered whatever the protocol version, without `initialize`. */
@@ -432,7 +816,7 @@ export const Shutdown = request<void, void>({ method: 'shutdown', op: 0x09, para
 export type AnyRequest = RequestMethod<any, any>;
 
 /** Every request; each has its own binary op. */
-export const REQUESTS: readonly AnyRequest[] = [Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown];
+export const REQUESTS: readonly AnyRequest[] = [Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify];
 
 // --- the handshake, JSON only ----------------------------------------------------------------------------------
 
@@ -441,7 +825,7 @@ export interface InitializeParams {
   clientName?: string;
   pid?: number;
   protocolVersion: number;
-  /** Transports the client can switch to after this exchange, besides JSON; protocol 1 knows `'binary'`. */
+  /** Transports the client can switch to after this exchange, besides JSON; `'binary'` is the one there is. */
   transports?: string[];
 }
 
@@ -450,7 +834,7 @@ export interface InitializeResult {
   protocolVersion: number;
   pid: number;
   capabilities: {
-    /** How values travel in JSON messages: only `'base64'` in protocol 1. */
+    /** How values travel in JSON messages: only `'base64'`. */
     valueTransfer: 'base64';
     /** The framing of every later message on this connection: `'binary'` when the client asked for it, else `'json'`. */
     transport: 'json' | 'binary';

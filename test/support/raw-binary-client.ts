@@ -151,7 +151,7 @@ export class RawBinaryClient {
     await once(socket, 'connect');
     onTestFinished(() => void socket.destroy());
     const client = new RawBinaryClient(socket);
-    const params = { clientName: options.clientName ?? 'raw binary client', pid: process.pid, protocolVersion: options.protocolVersion ?? 1, transports: options.transports ?? ['binary'] };
+    const params = { clientName: options.clientName ?? 'raw binary client', pid: process.pid, protocolVersion: options.protocolVersion ?? 2, transports: options.transports ?? ['binary'] };
     const body = Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 0, method: 'initialize', params }));
     const answered = new Promise<Record<string, unknown>>((resolve) => (client.#handshake = resolve));
     // `after` goes in the same write as the handshake: frames sent without waiting for the answer.

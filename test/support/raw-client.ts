@@ -75,7 +75,7 @@ export class RawClient {
     return new Promise((resolve) => this.#waiting.push({ resolve }));
   }
 
-  async initialize(protocolVersion = 1): Promise<Record<string, unknown>> {
+  async initialize(protocolVersion = 2): Promise<Record<string, unknown>> {
     return this.request('initialize', { clientName: 'raw test client', pid: process.pid, protocolVersion });
   }
 }
