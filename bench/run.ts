@@ -13,7 +13,8 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { SYSTEMS, type System } from './systems.js';
+import { connect } from '../client/index.js';
+import { startHoard, SYSTEMS, type System } from './systems.js';
 import type { Job, LoopResult } from './worker.js';
 
 const { values: args } = parseArgs({
@@ -168,10 +169,99 @@ async function measureColdStart(): Promise<number[]> {
   return times;
 }
 
+/** The counted size of the data a daemon on `dir` holds, through its status. */
+async function countedBytes(socketPath: string): Promise<number> {
+  const cache = await connect({ socketPath, autoStart: false, clientName: 'bench status' });
+  try {
+    return (await cache.status()).sizeBytes;
+  } finally {
+    await cache.close();
+  }
+}
+
+interface LimitFigures {
+  /** ops/s of the loop with the limit at half the data set, and without a limit, per mode. */
+  modes: { mode: string; limitedOps: number; unlimitedOps: number }[];
+  limitBytes: number;
+  /** Gets while the daemon evicts `evictedItems` at start, against the same gets once it is done. */
+  eviction: { evictedItems: number; evictionMs: number; duringP99Ms: number; duringP50Ms: number; afterP99Ms: number; gets: number };
+}
+
+/** hoard with `--max-size` at half the data set against no limit, then the gets served during a large eviction. */
+async function measureLimit(): Promise<LimitFigures> {
+  const valueBytes = 1024;
+  const modes: LimitFigures['modes'] = [];
+  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  let limitBytes = 0;
+  try {
+    let server = await startHoard(dir, ['--max-size', 'unlimited']);
+    const base = { system: 'hoard', endpoint: server.endpoint, keys: KEYS, valueBytes, seconds: SECONDS };
+    await runWorker({ ...base, kind: 'preload', inFlight: 64, startAt: 0 });
+    limitBytes = Math.floor((await countedBytes(server.endpoint)) / 2);
+    const loop = async (mode: (typeof MODES)[number]): Promise<number> => {
+      const runs: number[] = [];
+      for (let run = 0; run < RUNS; run++) {
+        const startAt = Date.now() + 300;
+        const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, kind: 'loop', inFlight: mode.inFlight, startAt }));
+        const results = (await Promise.all(jobs)) as LoopResult[];
+        runs.push(results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0));
+      }
+      return median(runs);
+    };
+    const unlimited = new Map<string, number>();
+    for (const mode of MODES) unlimited.set(mode.name, await loop(mode));
+    await server.stop();
+    server = await startHoard(dir, ['--max-size', String(limitBytes)]);
+    for (const mode of MODES) modes.push({ mode: mode.name, limitedOps: await loop(mode), unlimitedOps: unlimited.get(mode.name)! });
+    await server.stop();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return { modes, limitBytes, eviction: await measureEviction(valueBytes) };
+}
+
+/** Fills a daemon with no limit, restarts it with a limit of a tenth of that, and times gets while it evicts the rest. */
+async function measureEviction(valueBytes: number): Promise<LimitFigures['eviction']> {
+  const keys = QUICK ? 20_000 : 110_000;
+  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  try {
+    let server = await startHoard(dir, ['--max-size', 'unlimited']);
+    const base = { system: 'hoard', endpoint: server.endpoint, keys, valueBytes, seconds: SECONDS };
+    await runWorker({ ...base, kind: 'preload', inFlight: 64, startAt: 0 });
+    const limit = Math.floor(((await countedBytes(server.endpoint)) * (keys - 100_000 > 0 ? (keys - 100_000) / keys : 0.1)) / 0.9);
+    await server.stop();
+    server = await startHoard(dir, ['--max-size', String(limit)]);
+    const during = (await runWorker({ ...base, endpoint: server.endpoint, kind: 'evicting', inFlight: 32, startAt: 0 })) as {
+      getMs: number[];
+      elapsedMs: number;
+      evictedItems: number;
+    };
+    const after = (await runWorker({ ...base, endpoint: server.endpoint, kind: 'loop', inFlight: 32, startAt: 0 })) as LoopResult;
+    await server.stop();
+    const sortedDuring = [...during.getMs].sort((a, b) => a - b);
+    return {
+      evictedItems: during.evictedItems,
+      evictionMs: during.elapsedMs,
+      duringP50Ms: percentile(sortedDuring, 50),
+      duringP99Ms: percentile(sortedDuring, 99),
+      afterP99Ms: percentile([...after.getMs].sort((a, b) => a - b), 99),
+      gets: during.getMs.length,
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 const fmt = (n: number | null | undefined, digits = 1): string => (n === null || n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(digits));
 const kops = (n: number): string => `${(n / 1000).toFixed(1)}k`;
 
-function table(points: Point[], memory: MemoryFigures[], handoff: Awaited<ReturnType<typeof measureHandoff>> | null, cold: number[]): string {
+function table(
+  points: Point[],
+  memory: MemoryFigures[],
+  handoff: Awaited<ReturnType<typeof measureHandoff>> | null,
+  cold: number[],
+  limit: LimitFigures | null,
+): string {
   const find = (system: string, valueBytes: number, mode: string): Point | undefined =>
     points.find((p) => p.system === system && p.valueBytes === valueBytes && p.mode === mode);
   const lines = [
@@ -212,6 +302,16 @@ function table(points: Point[], memory: MemoryFigures[], handoff: Awaited<Return
   }
   if (handoff) lines.push('', `Lock hand-off, 8 processes on one key (${handoff.handoffs} hand-offs): p50 ${fmt(handoff.p50Ms, 3)} ms, p99 ${fmt(handoff.p99Ms, 3)} ms.`);
   if (cold.length) lines.push(`Cold start, connect() with no daemon to the first get: median ${fmt(median(cold), 0)} ms (runs: ${cold.map((t) => fmt(t, 0)).join(', ')}).`);
+  if (limit) {
+    const mib = (bytes: number): string => fmt(bytes / 1024 / 1024);
+    lines.push('', `With --max-size at half the data set (${mib(limit.limitBytes)} MiB, 1 KiB values), against no limit in the same run:`);
+    lines.push(limit.modes.map((m) => `${m.mode} ${fmt(m.limitedOps / m.unlimitedOps, 2)}x (${kops(m.limitedOps)} vs ${kops(m.unlimitedOps)} ops/s)`).join(', ') + '.');
+    const e = limit.eviction;
+    lines.push(
+      `Evicting ${e.evictedItems} items at start took ${fmt(e.evictionMs / 1000, 2)} s; ${e.gets} gets (32 in flight) meanwhile: ` +
+        `p50 ${fmt(e.duringP50Ms, 3)} ms, p99 ${fmt(e.duringP99Ms, 3)} ms (${fmt(e.duringP99Ms / e.afterP99Ms, 2)}x the p99 once it was done, ${fmt(e.afterP99Ms, 3)} ms).`,
+    );
+  }
   return lines.join('\n');
 }
 
@@ -222,9 +322,10 @@ for (const valueBytes of VALUE_SIZES) for (const system of systems) await measur
 const withHoard = systems.some((s) => s.name === 'hoard');
 const handoff = withHoard ? await measureHandoff() : null;
 const cold = withHoard ? await measureColdStart() : [];
-const markdown = table(points, memory, handoff, cold);
+const limit = withHoard ? await measureLimit() : null;
+const markdown = table(points, memory, handoff, cold, limit);
 await mkdir('.bench', { recursive: true });
-await writeFile('.bench/results.json', `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, runs: RUNS, seconds: SECONDS, points, memory, handoff, cold }, null, 2)}\n`);
+await writeFile('.bench/results.json', `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, runs: RUNS, seconds: SECONDS, points, memory, handoff, cold, limit }, null, 2)}\n`);
 await writeFile('.bench/results.md', `${markdown}\n`);
 console.log(markdown);
 }

@@ -78,14 +78,18 @@ function cacheClient(cache: Cache<Uint8Array> & { close(): Promise<void> }): Cli
   };
 }
 
+/** Starts a hoard daemon on `dir`'s socket and data directory, with more `hoard daemon` flags if given. */
+export async function startHoard(dir: string, flags: string[] = []): Promise<Server> {
+  const socketPath = join(dir, 's.sock');
+  const args = [...DAEMON_NODE_FLAGS, HOARD_BIN, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data'), ...flags];
+  const child = await startProcess(process.execPath, args, 'listening on');
+  return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
+}
+
 export const hoard: System = {
   name: 'hoard',
   shared: true,
-  async start(dir) {
-    const socketPath = join(dir, 's.sock');
-    const child = await startProcess(process.execPath, [...DAEMON_NODE_FLAGS, HOARD_BIN, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data')], 'listening on');
-    return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
-  },
+  start: (dir) => startHoard(dir, ['--max-size', 'unlimited']),
   async open(endpoint) {
     return cacheClient(await connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' }));
   },

@@ -1,13 +1,14 @@
 /**
  * One benchmark process: `node worker.js '<job as JSON>'`. Prints one line of JSON with what it measured.
  * Jobs: `preload` (write every key), `loop` (a closed loop of 90% get / 10% set), `handoff` (contend for one
- * hoard lock), `cold` (connect with no daemon running, then one get).
+ * hoard lock), `cold` (connect with no daemon running, then one get), `evicting` (gets while the daemon evicts, until
+ * its status shows the size within the limit).
  */
 import { connect } from '../client/index.js';
 import { SYSTEMS } from './systems.js';
 
 export interface Job {
-  kind: 'preload' | 'loop' | 'handoff' | 'cold';
+  kind: 'preload' | 'loop' | 'handoff' | 'cold' | 'evicting';
   system: string;
   endpoint: string;
   keys: number;
@@ -57,6 +58,7 @@ async function main(): Promise<unknown> {
     await cache.close();
     return { events };
   }
+  if (job.kind === 'evicting') return evicting();
   const client = await system.open(job.endpoint);
   const value = new Uint8Array(job.valueBytes).fill(7);
   const keys = Array.from({ length: job.keys }, (_, n) => `key-${n}`);
@@ -87,6 +89,35 @@ async function main(): Promise<unknown> {
   const result: LoopResult = { ops: getMs.length + setMs.length, elapsedMs: now() - start, getMs, setMs };
   await client.close();
   return result;
+}
+
+/** Gets of random keys, `inFlight` at a time, from now until the daemon's count is back within its limit. */
+async function evicting(): Promise<{ getMs: number[]; elapsedMs: number; evictedItems: number }> {
+  const cache = await connect<Uint8Array>({ socketPath: job.endpoint, codec: 'binary', autoStart: false, clientName: 'bench eviction' });
+  const getMs: number[] = [];
+  let done = false;
+  const start = now();
+  const watch = (async () => {
+    for (;;) {
+      const status = await cache.status();
+      if (status.limitBytes !== null && status.sizeBytes <= status.limitBytes) return status;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  })().finally(() => (done = true));
+  const loop = async (): Promise<void> => {
+    while (!done) {
+      const began = now();
+      const got = await cache.get(`key-${Math.floor(Math.random() * job.keys)}`);
+      await got.item?.value();
+      await got.release();
+      getMs.push(now() - began);
+    }
+  };
+  await Promise.all(Array.from({ length: job.inFlight }, loop));
+  const status = await watch;
+  const elapsedMs = now() - start;
+  await cache.close();
+  return { getMs, elapsedMs, evictedItems: status.evictions };
 }
 
 void main().then((result) => process.stdout.write(`${JSON.stringify(result)}\n`));
