@@ -132,7 +132,8 @@ describe('who may read the data', () => {
     const dataDir = join(dir, 'data');
     const daemon = await startDaemonProcess({ socketPath: join(dir, 's.sock'), dataDir });
     const cache = await connect<Uint8Array>({ socketPath: daemon.socketPath, codec: 'binary', autoStart: false });
-    const secret = Buffer.from('the-small-secret-value');
+    // No part of it is in a key: LevelDB's compression would turn a repeat into a reference to the key's bytes.
+    const secret = Buffer.from('the-secret-value-Zq7Xw');
     await cache.set('small', secret);
     await cache.set('large', new Uint8Array(64 * 1024).fill(0x41));
     // About 10 MiB of values under the large-value size: LevelDB compacts its 4 MiB write buffer into a table twice,
