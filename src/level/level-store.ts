@@ -5,7 +5,7 @@ import { CacheError, isCacheError, storageError } from '../errors.js';
 import type { Scope } from '../scope-path.js';
 import { itemKey, parseItemKey, topScopeName } from '../scope-path.js';
 import type { EncodedValue, ScopeUsage, Store, StoredRecord, StoreListedItem, StoreListing, StoreUsage, VerifyReport } from '../store.js';
-import { BatchBuilder, type Counter } from './batch-builder.js';
+import { BatchBuilder, type Counter, type Operation } from './batch-builder.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
@@ -479,7 +479,25 @@ export class LevelStore implements Store<EncodedValue> {
     const counters = batch.finishCounters(this.#counters);
     if (batch.operations.length === 0) return;
     this.#batchCounters = counters;
-    await this.#guard.commit(() => this.#db.batch(batch.operations, this.#writeOptions));
+    await this.#guard.commit(() => this.#writeOperations(batch.operations));
+  }
+
+  /**
+   * Writes `operations` through LevelDB's chained batch, which hands each one to the native batch as it comes: an
+   * array batch copies and checks every operation with its options first, which cost 4x as much for small writes.
+   */
+  async #writeOperations(operations: readonly Operation[]): Promise<void> {
+    const chained = this.#db.batch();
+    try {
+      for (const operation of operations) {
+        if (operation.type === 'put') chained.put(operation.key, operation.value);
+        else chained.del(operation.key);
+      }
+    } catch (error) {
+      await chained.close();
+      throw error;
+    }
+    await chained.write(this.#writeOptions);
   }
 
   /** The layer in memory changes only once the disk has: a failed write leaves the old record readable. */
