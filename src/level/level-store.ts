@@ -189,6 +189,8 @@ export class LevelStore implements Store<EncodedValue> {
   /** Touches not yet written: item key -> bucket start. */
   #pendingTouches = new Map<string, number>();
   #touchTimer: NodeJS.Timeout | undefined;
+  /** {@link LevelStore.#touch} in the current bucket, made once for the memory layer's hits. */
+  readonly #touchInBucket = (key: string): void => this.#touch(key, this.#bucketStartMs);
   #touchesWritten: Promise<void> = Promise.resolve();
   #closing = false;
   /** Files written by this open whose batch has not been written yet, and the sets that verify runs watch. */
@@ -274,11 +276,10 @@ export class LevelStore implements Store<EncodedValue> {
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
     this.#guard.assertNotLost();
     const key = itemKey(scope, id);
-    const kept = this.#memory?.get(key);
-    if (kept) {
-      this.#touch(key);
-      return kept;
-    }
+    const bucket = this.#bucket();
+    // A hit in the memory layer touches the item only the first time in this bucket: the entry keeps the bucket.
+    const kept = this.#memory?.getMarked(key, bucket, this.#touchInBucket);
+    if (kept) return kept;
     const raw = this.#get(levelKey(key));
     if (raw === undefined) return undefined;
     const fields = decodeFields(raw);
@@ -289,8 +290,8 @@ export class LevelStore implements Store<EncodedValue> {
     } else {
       record = recordOf(fields, fields.bytes);
     }
-    this.#memory?.set(key, record);
-    this.#touch(key);
+    this.#memory?.set(key, record, bucket);
+    this.#touch(key, bucket);
     return record;
   }
 
@@ -305,8 +306,7 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   /** Records a use of `key`, once per bucket: the touch is written later, with others. */
-  #touch(key: string): void {
-    const bucket = this.#bucket();
+  #touch(key: string, bucket: number): void {
     if (this.#touched.has(key) || this.#touched.size >= MAX_TOUCHED_ITEMS || this.#closing) return;
     this.#touched.add(key);
     this.#pendingTouches.set(key, bucket);
@@ -520,7 +520,7 @@ export class LevelStore implements Store<EncodedValue> {
       }
       const { key, replaced } = write;
       if (write.kind === 'put') {
-        this.#memory?.set(key, write.blob ? write.blob.record : decodeRecord(write.raw));
+        this.#memory?.set(key, write.blob ? write.blob.record : decodeRecord(write.raw), write.meta.accessedAtMs);
       } else {
         this.#memory?.delete(key);
       }
