@@ -187,6 +187,21 @@ describe('LevelStore recency and expiry', () => {
     await expect.poll(async () => (await store.leastRecent({ limit: 10 })).keys, { timeout: 30_000 }).toEqual([':new', ':old']);
   });
 
+  test('with the default clock, a hit in the memory layer in a later bucket is still recorded', async () => {
+    const dir = await tempDir();
+    const store = await openStore(dir, { recencyBucketMs: 20 });
+    await store.write(ROOT_SCOPE, 'a', value(5));
+    await store.write(ROOT_SCOPE, 'b', value(5));
+    expect(store.memoryCache().bytes).toBeGreaterThan(0);
+    // Reads of 'a' (hits) go on until one falls in a bucket after 'b' was written and its touch is written.
+    await expect
+      .poll(async () => {
+        expect(store.read(ROOT_SCOPE, 'a')).toBeDefined();
+        return (await store.leastRecent({ limit: 10 })).keys;
+      }, { timeout: 30_000, interval: 25 })
+      .toEqual([':b', ':a']);
+  });
+
   test('expired gives the items whose stale time has passed, earliest first, and records that expire read back with their times', async () => {
     const dir = await tempDir();
     const store = await openStore(dir);

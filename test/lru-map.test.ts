@@ -43,4 +43,21 @@ describe('LruMap', () => {
     for (let n = 0; n < 10_000; n++) map.set(`k${n}`, n, 100);
     expect([map.size, map.bytes, map.get('k9999'), map.get('d')]).toEqual([8, 800, 9999, undefined]);
   });
+
+  test('getMarked calls firstUse once per entry and mark, and an entry set with a mark starts with it', () => {
+    const map = new LruMap<string, number>({ maxBytes: 800 });
+    const used: string[] = [];
+    const firstUse = (key: string): void => void used.push(key);
+    map.set('a', 1, 10);
+    map.set('b', 2, 10, 7);
+    expect([map.getMarked('a', 7, firstUse), map.getMarked('a', 7, firstUse), map.getMarked('b', 7, firstUse)]).toEqual([1, 1, 2]);
+    expect(map.getMarked('missing', 7, firstUse)).toBeUndefined();
+    expect(used).toEqual(['a']);
+    expect([map.getMarked('b', 8, firstUse), map.getMarked('a', 8, firstUse), map.getMarked('b', 8, firstUse)]).toEqual([2, 1, 2]);
+    expect(used).toEqual(['a', 'b', 'a']);
+    // Set again (a write), the entry takes the new mark.
+    map.set('a', 3, 10, 9);
+    expect(map.getMarked('a', 9, firstUse)).toBe(3);
+    expect(used).toEqual(['a', 'b', 'a']);
+  });
 });

@@ -8,8 +8,11 @@ export interface BatchWriter<W> {
   failed(writes: readonly W[], error: unknown): unknown;
 }
 
-/** A queued write, with the settling of its caller's promise. */
-type Queued<W> = W & { resolve(): void; reject(error: unknown): void };
+/** How a queued write's caller is told how its batch went. */
+interface Settle {
+  resolve(): void;
+  reject(error: unknown): void;
+}
 
 /**
  * Gathers the writes of one turn into one batch. While a batch is being written, new writes wait and go
@@ -18,7 +21,9 @@ type Queued<W> = W & { resolve(): void; reject(error: unknown): void };
  */
 export class GroupCommit<W extends object> {
   readonly #writer: BatchWriter<W>;
-  #batch: Queued<W>[] = [];
+  /** The writes queued, and beside them (same index) the settling of their callers' promises. */
+  #batch: W[] = [];
+  #settles: Settle[] = [];
   #writing = false;
 
   constructor(writer: BatchWriter<W>) {
@@ -28,26 +33,29 @@ export class GroupCommit<W extends object> {
   /** Queues `write` for the batch of this turn; resolves once the batch is written. */
   add(write: W): Promise<void> {
     return new Promise((resolve, reject) => {
-      if (this.#batch.push({ ...write, resolve, reject }) === 1 && !this.#writing) process.nextTick(() => this.#flush());
+      this.#settles.push({ resolve, reject });
+      if (this.#batch.push(write) === 1 && !this.#writing) process.nextTick(() => this.#flush());
     });
   }
 
   /** Writes the queued writes as one batch, then the writes queued meanwhile. */
   #flush(): void {
     const writes = this.#batch;
+    const settles = this.#settles;
     if (writes.length === 0) return;
     this.#batch = [];
+    this.#settles = [];
     this.#writing = true;
     this.#writer.write(writes).then(
       () => {
         this.#writer.written(writes);
-        for (const { resolve } of writes) resolve();
+        for (const { resolve } of settles) resolve();
         this.#writing = false;
         this.#flush();
       },
       (error: unknown) => {
         const failure = this.#writer.failed(writes, error);
-        for (const { reject } of writes) reject(failure);
+        for (const { reject } of settles) reject(failure);
         this.#writing = false;
         this.#flush();
       },

@@ -5,7 +5,7 @@ import { CacheError, isCacheError, storageError } from '../errors.js';
 import type { Scope } from '../scope-path.js';
 import { itemKey, parseItemKey, topScopeName } from '../scope-path.js';
 import type { EncodedValue, ScopeUsage, Store, StoredRecord, StoreListedItem, StoreListing, StoreUsage, VerifyReport } from '../store.js';
-import { BatchBuilder, type Counter } from './batch-builder.js';
+import { BatchBuilder, type Counter, type Operation } from './batch-builder.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
@@ -186,9 +186,19 @@ export class LevelStore implements Store<EncodedValue> {
   /** The current recency bucket, and the items used in it so far (at most {@link MAX_TOUCHED_ITEMS}). */
   #bucketStartMs = -Infinity;
   #touched = new Set<string>();
+  /**
+   * With the default clock, reads look at the clock only once a timer set for the bucket's end has run (a call of
+   * `Date.now` cost a third of a hit in the memory layer); until then they take the current bucket, so a read in the
+   * moments between the bucket's end and the timer (the event loop's lag) counts in the bucket just ended. Writes
+   * always look at the clock.
+   */
+  #bucketMayBeOver = true;
+  #bucketTimer: NodeJS.Timeout | undefined;
   /** Touches not yet written: item key -> bucket start. */
   #pendingTouches = new Map<string, number>();
   #touchTimer: NodeJS.Timeout | undefined;
+  /** {@link LevelStore.#touch} in the current bucket, made once for the memory layer's hits. */
+  readonly #touchInBucket = (key: string): void => this.#touch(key, this.#bucketStartMs);
   #touchesWritten: Promise<void> = Promise.resolve();
   #closing = false;
   /** Files written by this open whose batch has not been written yet, and the sets that verify runs watch. */
@@ -274,11 +284,10 @@ export class LevelStore implements Store<EncodedValue> {
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
     this.#guard.assertNotLost();
     const key = itemKey(scope, id);
-    const kept = this.#memory?.get(key);
-    if (kept) {
-      this.#touch(key);
-      return kept;
-    }
+    const bucket = this.#now === undefined && !this.#bucketMayBeOver ? this.#bucketStartMs : this.#bucket();
+    // A hit in the memory layer touches the item only the first time in this bucket: the entry keeps the bucket.
+    const kept = this.#memory?.getMarked(key, bucket, this.#touchInBucket);
+    if (kept) return kept;
     const raw = this.#get(levelKey(key));
     if (raw === undefined) return undefined;
     const fields = decodeFields(raw);
@@ -289,8 +298,8 @@ export class LevelStore implements Store<EncodedValue> {
     } else {
       record = recordOf(fields, fields.bytes);
     }
-    this.#memory?.set(key, record);
-    this.#touch(key);
+    this.#memory?.set(key, record, bucket);
+    this.#touch(key, bucket);
     return record;
   }
 
@@ -300,13 +309,17 @@ export class LevelStore implements Store<EncodedValue> {
     if (nowMs >= this.#bucketStartMs + this.#bucketMs || nowMs < this.#bucketStartMs) {
       this.#bucketStartMs = Math.floor(nowMs / this.#bucketMs) * this.#bucketMs;
       this.#touched = new Set();
+      if (this.#now === undefined && !this.#closing) {
+        clearTimeout(this.#bucketTimer);
+        this.#bucketMayBeOver = false;
+        this.#bucketTimer = setTimeout(() => (this.#bucketMayBeOver = true), this.#bucketStartMs + this.#bucketMs - nowMs).unref();
+      }
     }
     return this.#bucketStartMs;
   }
 
   /** Records a use of `key`, once per bucket: the touch is written later, with others. */
-  #touch(key: string): void {
-    const bucket = this.#bucket();
+  #touch(key: string, bucket: number): void {
     if (this.#touched.has(key) || this.#touched.size >= MAX_TOUCHED_ITEMS || this.#closing) return;
     this.#touched.add(key);
     this.#pendingTouches.set(key, bucket);
@@ -483,7 +496,25 @@ export class LevelStore implements Store<EncodedValue> {
     const counters = batch.finishCounters(this.#counters);
     if (batch.operations.length === 0) return;
     this.#batchCounters = counters;
-    await this.#guard.commit(() => this.#db.batch(batch.operations, this.#writeOptions));
+    await this.#guard.commit(() => this.#writeOperations(batch.operations));
+  }
+
+  /**
+   * Writes `operations` through LevelDB's chained batch, which hands each one to the native batch as it comes: an
+   * array batch copies and checks every operation with its options first, which cost 4x as much for small writes.
+   */
+  async #writeOperations(operations: readonly Operation[]): Promise<void> {
+    const chained = this.#db.batch();
+    try {
+      for (const operation of operations) {
+        if (operation.type === 'put') chained.put(operation.key, operation.value);
+        else chained.del(operation.key);
+      }
+    } catch (error) {
+      await chained.close();
+      throw error;
+    }
+    await chained.write(this.#writeOptions);
   }
 
   /** The layer in memory changes only once the disk has: a failed write leaves the old record readable. */
@@ -506,7 +537,7 @@ export class LevelStore implements Store<EncodedValue> {
       }
       const { key, replaced } = write;
       if (write.kind === 'put') {
-        this.#memory?.set(key, write.blob ? write.blob.record : decodeRecord(write.raw));
+        this.#memory?.set(key, write.blob ? write.blob.record : decodeRecord(write.raw), write.meta.accessedAtMs);
       } else {
         this.#memory?.delete(key);
       }
@@ -835,6 +866,7 @@ export class LevelStore implements Store<EncodedValue> {
 
   async close(): Promise<void> {
     this.#closing = true;
+    clearTimeout(this.#bucketTimer);
     // The touches of this open are kept, as far as the database takes them.
     await this.#flushTouches();
     await this.#guard.settled();

@@ -3,6 +3,8 @@ class Entry<K, V> {
   prev: Entry<K, V> = this;
   next: Entry<K, V> = this;
   used = false;
+  /** The mark it was last got or set with (see {@link LruMap.getMarked}). */
+  mark = -Infinity;
 
   constructor(
     readonly key: K,
@@ -46,10 +48,26 @@ export class LruMap<K, V> {
     return entry.value;
   }
 
-  set(key: K, value: V, bytes: number): void {
+  /**
+   * Like `get`, and calls `firstUse` when the entry was not yet got or set with this `mark` (a time bucket, say), so
+   * that the caller does something once per entry and mark without a lookup of its own.
+   */
+  getMarked(key: K, mark: number, firstUse: (key: K) => void): V | undefined {
+    const entry = this.#entries.get(key);
+    if (!entry) return undefined;
+    entry.used = true;
+    if (entry.mark !== mark) {
+      entry.mark = mark;
+      firstUse(key);
+    }
+    return entry.value;
+  }
+
+  set(key: K, value: V, bytes: number, mark = -Infinity): void {
     this.delete(key);
     if (bytes > this.#maxBytes / 8) return;
     const entry = new Entry(key, value, bytes);
+    entry.mark = mark;
     this.#entries.set(key, entry);
     this.#link(entry);
     this.#bytes += bytes;

@@ -60,15 +60,26 @@ export class MemoryLayer {
   }
 
   get(key: string): StoredRecord<EncodedValue> | undefined {
-    const kept = this.#entries.get(key);
+    return this.#unpack(this.#entries.get(key));
+  }
+
+  /** Like `get`, and calls `firstUse` when the record was not yet got or set with this `mark` (see {@link LruMap.getMarked}). */
+  getMarked(key: string, mark: number, firstUse: (key: string) => void): StoredRecord<EncodedValue> | undefined {
+    return this.#unpack(this.#entries.getMarked(key, mark, firstUse));
+  }
+
+  #unpack(kept: PackedRecord | StoredRecord<EncodedValue> | undefined): StoredRecord<EncodedValue> | undefined {
     if (!(kept instanceof PackedRecord)) return kept;
     const value = { encoding: kept.encoding, bytes: Buffer.from(kept.latin1, 'latin1') };
     if (kept.expiresAtMs === undefined) return { modified: kept.modified, value };
     return { modified: kept.modified, value, expiresAtMs: kept.expiresAtMs, staleUntilMs: kept.staleUntilMs };
   }
 
-  /** Keeps `record` (copying what it keeps of it), dropping the least recently used records over the budget. */
-  set(key: string, record: StoredRecord<EncodedValue>): void {
+  /**
+   * Keeps `record` (copying what it keeps of it), marked with `mark` (see `getMarked`), dropping the least recently
+   * used records over the budget.
+   */
+  set(key: string, record: StoredRecord<EncodedValue>, mark?: number): void {
     const { modified, expiresAtMs } = record;
     const staleUntilMs = expiresAtMs === undefined ? undefined : (record.staleUntilMs ?? expiresAtMs);
     const { bytes } = record.value;
@@ -76,14 +87,14 @@ export class MemoryLayer {
     const overhead = stringBytes(key) + stringBytes(encoding);
     if (bytes.byteLength < PACKED_MAX_BYTES) {
       const latin1 = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
-      this.#entries.set(key, new PackedRecord(modified, encoding, latin1, expiresAtMs, staleUntilMs), latin1.length + overhead + PACKED_ENTRY_BYTES);
+      this.#entries.set(key, new PackedRecord(modified, encoding, latin1, expiresAtMs, staleUntilMs), latin1.length + overhead + PACKED_ENTRY_BYTES, mark);
       return;
     }
     // A view that would keep a much larger buffer alive is copied to a buffer of its own (not from the pool).
     const own = bytes.buffer.byteLength > 2 * bytes.byteLength ? ownCopy(bytes) : bytes;
     const value = { encoding, bytes: own };
     const kept = expiresAtMs === undefined ? { modified, value } : { modified, value, expiresAtMs, staleUntilMs };
-    this.#entries.set(key, kept, own.buffer.byteLength + overhead + BUFFER_ENTRY_BYTES);
+    this.#entries.set(key, kept, own.buffer.byteLength + overhead + BUFFER_ENTRY_BYTES, mark);
   }
 
   delete(key: string): void {
