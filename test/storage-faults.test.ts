@@ -107,11 +107,13 @@ async function fillWithLargeValues(cache: RemoteCache<Uint8Array>, filler: strin
 
 describe('a full disk that is freed again', () => {
   // Each case: fill the disk under a running daemon until a write fails, free the space, write and delete with the
-  // same daemon, restart it, and find every write acknowledged after the failure, and no deleted item back.
+  // same daemon, restart it, and find every write acknowledged after the failure, and no deleted item back. With no
+  // size limit: the default one (a tenth of this 4 MiB disk) would refuse the large values before the disk fills.
+  const unlimited = ['--max-size', 'unlimited'];
   const cases = [
-    { name: 'another program fills the disk', extra: [] as string[], large: false },
-    { name: 'another program fills the disk, --sync', extra: ['--sync'], large: false },
-    { name: "a large value's file fills the disk", extra: [] as string[], large: true },
+    { name: 'another program fills the disk', extra: unlimited, large: false },
+    { name: 'another program fills the disk, --sync', extra: ['--sync', ...unlimited], large: false },
+    { name: "a large value's file fills the disk", extra: unlimited, large: true },
   ];
   for (const { name, extra, large } of cases) {
     test.runIf(process.getuid?.() === 0)(`writes acknowledged after the disk is freed survive a restart: ${name}`, async () => {
@@ -386,7 +388,8 @@ describe('storage faults', () => {
     await mkdir(disk);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', disk]);
     onTestFinished(() => void execFileSync('umount', ['-l', disk]));
-    const daemon = await startDaemon({ socketPath: join(dir, 's.sock'), dataDir: join(disk, 'data'), idleTimeoutMs: 0, log: () => {} });
+    // No size limit: the default one (a tenth of this 2 MiB disk) would refuse the values before the disk fills.
+    const daemon = await startDaemon({ socketPath: join(dir, 's.sock'), dataDir: join(disk, 'data'), idleTimeoutMs: 0, maxSizeBytes: Infinity, log: () => {} });
     onTestFinished(() => daemon.close());
     const cache = await connect<Uint8Array>({ socketPath: join(dir, 's.sock'), codec: 'binary', autoStart: false });
     onTestFinished(() => cache.close());
