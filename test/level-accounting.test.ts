@@ -1,9 +1,10 @@
-import { mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, readdir, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Level } from 'level';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { BLOB_MIN_BYTES } from '../src/level/blob-files.js';
-import { LevelStore, type LevelStoreOptions, verifyDirectory } from '../src/level/level-store.js';
+import { LevelStore, type LevelStoreOptions, MAX_DEFAULT_SIZE_BYTES, verifyDirectory } from '../src/level/level-store.js';
 import { encodeBlobRecord, encodeRecord } from '../src/level/records.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { EncodedRecord, StoreListedItem } from '../src/store.js';
@@ -401,5 +402,31 @@ describe('LevelStore verify', () => {
     const expected = await recount(dir);
     const reopened = await openStore(dir);
     expect(plain(reopened.usage())).toEqual(plain(expected));
+  });
+});
+
+describe('the default size limit', () => {
+  test('is 10 GiB on a large filesystem', async () => {
+    const store = await LevelStore.open(await tempDir());
+    onTestFinished(() => store.close());
+    const { blocks, bsize } = await statfs(store.directory);
+    // This machine's temporary directory is on a filesystem of more than 100 GiB, or the case below covers it.
+    if (blocks * bsize >= 100 * 1024 ** 3) expect(store.usage().limitBytes).toBe(MAX_DEFAULT_SIZE_BYTES);
+    else expect(store.usage().limitBytes).toBe(Math.floor((blocks * bsize) / 10));
+  });
+
+  test.runIf(process.getuid?.() === 0)('is a tenth of a small filesystem, so a cache never fills a small disk', async () => {
+    const disk = join(await tempDir(), 'disk');
+    await mkdir(disk);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', disk]);
+    onTestFinished(() => void execFileSync('umount', ['-l', disk]));
+    const store = await LevelStore.open(join(disk, 'data'));
+    onTestFinished(() => store.close());
+    expect(store.usage().limitBytes).toBe(Math.floor((8 * 1024 * 1024) / 10));
+    const scope = scopeOf(['s']);
+    await expect(store.write(scope, 'big', { modified: 1, value: { encoding: 'binary', bytes: new Uint8Array(900 * 1024) } })).rejects.toMatchObject({
+      code: 'CACHE_OVER_SIZE_LIMIT',
+    });
+    expect(store.usage()).toMatchObject({ bytes: 0, items: 0 });
   });
 });
