@@ -1,2 +1,2 @@
 /** This package's version; `test/unit/protocol.test.ts` checks it against package.json, so that nothing reads files at load. */
-export const VERSION = '0.3.0';
+export const VERSION = '0.4.0';
