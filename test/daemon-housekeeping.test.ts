@@ -82,8 +82,8 @@ describe('eviction in a daemon process', () => {
     expect(await waited.item!.value()).toBe(VALUE);
     await waited.release();
     expect(await present(writer, 'a0-read')).toBe(true);
-    // The waiter's connection has sent its release before it asks.
-    expect(await waiter.locks()).toEqual([]);
+    // Nothing is left held (releases from other connections arrive on their own schedule).
+    await eventually(async () => (await writer.locks()).length === 0, 'every lock released');
   });
 
   test('hoard gc --dry-run removes nothing and says what hoard gc then removes, in a daemon over its limit', async () => {

@@ -112,20 +112,22 @@ test(`verify finds no drift after ${KILLS} SIGKILLs of a daemon with a small --m
 
     // Every key holds its last acknowledged value or the one the kill cut off, or nothing (evicted, expired or
     // deleted); never another value, a torn one, or a deleted one come back.
-    for (const key of keys) {
-      await using got = await scoped(checker, key.scope).get(key.id);
-      const allowed = [key.acknowledged, key.pending].flatMap((op) => (op?.kind === 'set' ? [op.value] : []));
-      if (got.item === null) {
-        foundAbsent++;
-        key.acknowledged = { kind: 'absent' };
-      } else {
-        const value = await got.item.value();
-        expect(allowed, `${key.scope}/${key.id}`).toContainEqual(value);
-        foundPresent++;
-        key.acknowledged = { kind: 'set', value };
-      }
-      key.pending = undefined;
-    }
+    await Promise.all(
+      keys.map(async (key) => {
+        await using got = await scoped(checker, key.scope).get(key.id);
+        const allowed = [key.acknowledged, key.pending].flatMap((op) => (op?.kind === 'set' ? [op.value] : []));
+        if (got.item === null) {
+          foundAbsent++;
+          key.acknowledged = { kind: 'absent' };
+        } else {
+          const value = await got.item.value();
+          expect(allowed, `${key.scope}/${key.id}`).toContainEqual(value);
+          foundPresent++;
+          key.acknowledged = { kind: 'set', value };
+        }
+        key.pending = undefined;
+      }),
+    );
 
     let stop = false;
     let acknowledgedThisRound = 0;
