@@ -75,8 +75,12 @@ export class Housekeeper {
   #scheduled = false;
   #wantSweep = false;
   #wantEviction = false;
-  /** Set when an eviction ended above the limit (locked items): writes stop starting new ones until the next sweep. */
-  #evictionStuck = false;
+  /**
+   * The counted bytes when an eviction last ended above the limit (its items locked, or written while it listed them):
+   * writes start the next one once the count has grown by a hundredth of the limit since, or at the next sweep, rather
+   * than one pass per write over the same locked items.
+   */
+  #stuckAtBytes: number | undefined;
   #closed = false;
 
   constructor(store: Store<unknown>, locks: LockTable, now: () => number, options: HousekeeperOptions = {}) {
@@ -90,7 +94,7 @@ export class Housekeeper {
     if ((store.expired || this.#evicts()) && Number.isFinite(intervalMs)) {
       this.#timer = setInterval(() => {
         this.#wantSweep = true;
-        this.#evictionStuck = false;
+        this.#stuckAtBytes = undefined;
         if (this.#overLimit()) this.#wantEviction = true;
         this.#schedule();
       }, intervalMs).unref();
@@ -113,7 +117,7 @@ export class Housekeeper {
   written(key: string): void {
     this.#found.delete(key);
     this.#writtenSinceListing?.add(key);
-    if (!this.#evictionStuck && !this.#wantEviction && this.#overLimit()) {
+    if (!this.#wantEviction && this.#overLimit() && !this.#stuck()) {
       this.#wantEviction = true;
       this.#schedule();
     }
@@ -153,6 +157,15 @@ export class Housekeeper {
     await this.#chain;
   }
 
+  /** Whether the last eviction ended above the limit and the count has not grown by a hundredth of it since. */
+  #stuck(): boolean {
+    if (this.#stuckAtBytes === undefined) return false;
+    const { bytes, limitBytes } = this.#store.usage!();
+    if (limitBytes !== null && bytes < this.#stuckAtBytes + limitBytes / 100) return true;
+    this.#stuckAtBytes = undefined;
+    return false;
+  }
+
   #evicts(): boolean {
     return this.#store.usage !== undefined && this.#store.leastRecent !== undefined;
   }
@@ -187,7 +200,7 @@ export class Housekeeper {
         if (evict) {
           const limitBytes = this.#store.usage!().limitBytes;
           if (limitBytes !== null) await this.#evict(report, EVICTION_TARGET);
-          if (this.#overLimit()) this.#evictionStuck = true;
+          this.#stuckAtBytes = this.#overLimit() ? this.#store.usage!().bytes : undefined;
         }
       } catch {
         // A store that fails now (a full disk, a closed cache) is tried again at the next write or sweep.

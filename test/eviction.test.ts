@@ -118,6 +118,25 @@ describe('eviction (LevelCache, small maxSizeBytes)', () => {
     for (const id of ['held-get', 'held-getset', 'waited-for']) expect(await present(cache, id), id).toBe(true);
   });
 
+  test('an eviction that ended above the limit, every item locked, starts again once writes add a hundredth of the limit', async () => {
+    const size = await itemBytes();
+    const { cache } = await open();
+    // Every item written through a getset handle that stays held: nothing can be evicted.
+    const handles = [];
+    for (const id of ids('a', Math.ceil((LIMIT * 1.2) / size))) {
+      const handle = await cache.getset(id);
+      await handle.set(VALUE);
+      handles.push(handle);
+    }
+    // gc runs after the pass the writes started, which found every item locked.
+    expect(await cache.gc()).toMatchObject({ evictedItems: 0 });
+    expect(cache.usage().sizeBytes).toBeGreaterThan(LIMIT);
+    for (const handle of handles) await handle.release();
+    // No timed sweep (its interval is 1e9 ms): only writes can start the next eviction.
+    for (const id of ids('b', Math.ceil(LIMIT / 100 / size) + 1)) await cache.set(id, VALUE);
+    await eventually(() => cache.usage().sizeBytes <= LIMIT * 0.9, 'the eviction started by the writes');
+  });
+
   test('expired items are removed before any live item', async () => {
     const size = await itemBytes();
     const { cache, clock } = await open();
