@@ -83,6 +83,8 @@ export interface Store<V> {
   list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing>;
   /** For a store that counts what it holds (with or without a limit): the figures now, without I/O. */
   usage?(): StoreUsage;
+  /** The total of {@link Store.usage} in constant time, whatever the number of scopes: what every write looks at. */
+  totals?(): { bytes: number; limitBytes: number | null };
   /** The figures of any scope, counted from the data (the scope's subtree is read once). */
   scopeUsage?(scope: Scope): Promise<ScopeUsage>;
   /**
