@@ -191,31 +191,40 @@ interface LimitFigures {
 async function measureLimit(): Promise<LimitFigures> {
   const valueBytes = 1024;
   const modes: LimitFigures['modes'] = [];
-  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  const unlimitedDir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  const limitedDir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  const servers: Awaited<ReturnType<typeof startHoard>>[] = [];
   let limitBytes = 0;
   try {
-    let server = await startHoard(dir, ['--max-size', 'unlimited']);
-    const base = { system: 'hoard', endpoint: server.endpoint, keys: KEYS, valueBytes, seconds: SECONDS };
-    await runWorker({ ...base, kind: 'preload', inFlight: 64, startAt: 0 });
-    limitBytes = Math.floor((await countedBytes(server.endpoint)) / 2);
-    const loop = async (mode: (typeof MODES)[number]): Promise<number> => {
-      const runs: number[] = [];
-      for (let run = 0; run < RUNS; run++) {
-        const startAt = Date.now() + 300;
-        const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, kind: 'loop', inFlight: mode.inFlight, startAt }));
-        const results = (await Promise.all(jobs)) as LoopResult[];
-        runs.push(results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0));
-      }
-      return median(runs);
+    // Two daemons side by side, one without a limit and one with half the data set, measured in turns so that the
+    // machine's noise falls on both alike.
+    const unlimited = await startHoard(unlimitedDir, ['--max-size', 'unlimited']);
+    servers.push(unlimited);
+    const base = { system: 'hoard', keys: KEYS, valueBytes, seconds: SECONDS };
+    await runWorker({ ...base, endpoint: unlimited.endpoint, kind: 'preload', inFlight: 64, startAt: 0 });
+    limitBytes = Math.floor((await countedBytes(unlimited.endpoint)) / 2);
+    const limited = await startHoard(limitedDir, ['--max-size', String(limitBytes)]);
+    servers.push(limited);
+    await runWorker({ ...base, endpoint: limited.endpoint, kind: 'preload', inFlight: 64, startAt: 0 });
+    const once = async (endpoint: string, mode: (typeof MODES)[number]): Promise<number> => {
+      const startAt = Date.now() + 300;
+      const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, endpoint, kind: 'loop', inFlight: mode.inFlight, startAt }));
+      const results = (await Promise.all(jobs)) as LoopResult[];
+      return results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0);
     };
-    const unlimited = new Map<string, number>();
-    for (const mode of MODES) unlimited.set(mode.name, await loop(mode));
-    await server.stop();
-    server = await startHoard(dir, ['--max-size', String(limitBytes)]);
-    for (const mode of MODES) modes.push({ mode: mode.name, limitedOps: await loop(mode), unlimitedOps: unlimited.get(mode.name)! });
-    await server.stop();
+    for (const mode of MODES) {
+      const limitedRuns: number[] = [];
+      const unlimitedRuns: number[] = [];
+      for (let run = 0; run < RUNS; run++) {
+        unlimitedRuns.push(await once(unlimited.endpoint, mode));
+        limitedRuns.push(await once(limited.endpoint, mode));
+      }
+      modes.push({ mode: mode.name, limitedOps: median(limitedRuns), unlimitedOps: median(unlimitedRuns) });
+    }
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    for (const server of servers) await server.stop();
+    await rm(unlimitedDir, { recursive: true, force: true });
+    await rm(limitedDir, { recursive: true, force: true });
   }
   return { modes, limitBytes, eviction: await measureEviction(valueBytes) };
 }
