@@ -156,8 +156,8 @@ describe('LevelStore recency and expiry', () => {
     time.set(time.now() + 120_000);
     expect(store.read(ROOT_SCOPE, 'a')).toBeDefined();
     expect(store.read(ROOT_SCOPE, 'missing')).toBeUndefined();
-    // Not written yet: one batch a second at most.
-    expect((await store.leastRecent({ limit: 10 })).keys).toEqual([':a', ':b', ':c', ':d', ':e']);
+    // Not written yet (one batch a second at most), but leastRecent writes them first.
+    expect((await store.leastRecent({ limit: 10 })).keys).toEqual([':c', ':d', ':b', ':e', ':a']);
     await store.close();
     const reopened = await openStore(dir, options);
     expect((await reopened.leastRecent({ limit: 10 })).keys).toEqual([':c', ':d', ':b', ':e', ':a']);
@@ -307,13 +307,19 @@ describe('LevelStore migration', () => {
     const dir = await tempDir();
     await layout2Directory(dir);
     const expected = await recount(dir);
-    const store = await openStore(dir, { memoryCacheBytes: 0 });
+    const lines: string[] = [];
+    const store = await openStore(dir, { memoryCacheBytes: 0, log: (line) => lines.push(line) });
     expect(plain(store.usage())).toEqual(plain(expected));
     expect(expected.items).toBe(31);
-    expect(store.read(scopeOf(['s1']), 'k4')).toEqual({ modified: 1_600_000_400, value: { encoding: 'json', bytes: Buffer.from('"4"') } });
-    expect(store.read(ROOT_SCOPE, 'big')!.value.bytes).toEqual(Buffer.from(new Uint8Array(BLOB_MIN_BYTES).fill(7)));
+    // One line as the migration starts, one as it ends, with the count.
+    expect(lines).toHaveLength(2);
+    expect(lines[1]).toContain('31 items');
     // The oldest modified first: what a layout-2 cache knows of use.
     expect((await store.leastRecent({ limit: 3 })).keys).toEqual([':big', 's0/:k0', 's1/:k1']);
+    expect(store.read(scopeOf(['s1']), 'k4')).toEqual({ modified: 1_600_000_400, value: { encoding: 'json', bytes: Buffer.from('"4"') } });
+    expect(store.read(ROOT_SCOPE, 'big')!.value.bytes).toEqual(Buffer.from(new Uint8Array(BLOB_MIN_BYTES).fill(7)));
+    // A read counts at once: it is written before the listing.
+    expect((await store.leastRecent({ limit: 3 })).keys).toEqual(['s0/:k0', 's1/:k1', 's2/:k2']);
     expect(await store.verify({ fix: false })).toMatchObject({ driftedScopes: [], strayEntries: 0, orphanFiles: 0 });
     await store.close();
     const raw = new Level<string, string>(dir);

@@ -17,12 +17,20 @@ const EMPTY = Buffer.alloc(0);
  */
 export class BatchBuilder {
   readonly operations: Operation[] = [];
-  readonly #readMeta: (key: string) => ItemMeta | undefined;
+  readonly #readMeta: (key: string) => ItemMeta | undefined | 'damaged';
+  readonly #recordMeta: (key: string) => ItemMeta | undefined;
   readonly #metas = new Map<string, ItemMeta | undefined>();
   readonly #deltas = new Map<string, Counter>();
+  /** Counter entries written whatever their change (verify's mending of a damaged one). */
+  readonly #rewrite = new Set<string>();
 
-  constructor(readMeta: (key: string) => ItemMeta | undefined) {
-    this.#readMeta = readMeta;
+  /**
+   * `readMeta` reads an item's meta entry; `recordMeta` makes one from its record, for an item whose meta entry is
+   * damaged, or missing when it is deleted: what it counted for, its expiry, and an unknown recency (`NaN`).
+   */
+  constructor(options: { readMeta: (key: string) => ItemMeta | undefined | 'damaged'; recordMeta: (key: string) => ItemMeta | undefined }) {
+    this.#readMeta = options.readMeta;
+    this.#recordMeta = options.recordMeta;
   }
 
   put(key: Buffer, value: Buffer): void {
@@ -35,7 +43,17 @@ export class BatchBuilder {
 
   /** The meta of item `key` as this batch leaves it so far. */
   meta(key: string): ItemMeta | undefined {
-    return this.#metas.has(key) ? this.#metas.get(key) : this.#readMeta(key);
+    if (this.#metas.has(key)) return this.#metas.get(key);
+    const meta = this.#readMeta(key);
+    return meta === 'damaged' ? undefined : meta;
+  }
+
+  /** What item `key` counts for before `next`: its meta, or, if that is damaged (or missing for a delete), its record's. */
+  #counted(key: string, next: ItemMeta | undefined): ItemMeta | undefined {
+    if (this.#metas.has(key)) return this.#metas.get(key);
+    const meta = this.#readMeta(key);
+    if (meta === 'damaged' || (meta === undefined && next === undefined)) return this.#recordMeta(key);
+    return meta;
   }
 
   /**
@@ -44,11 +62,12 @@ export class BatchBuilder {
    * `rewriteIndexes` (verify's mending, for an entry that may be missing).
    */
   setMeta(key: string, meta: ItemMeta | undefined, options: { rewriteIndexes?: boolean } = {}): void {
-    const old = this.meta(key);
+    const old = this.#counted(key, meta);
     const rewrite = options.rewriteIndexes === true;
     const keepRecency = !rewrite && old !== undefined && old.accessedAtMs === meta?.accessedAtMs;
     const keepExpiry = !rewrite && old?.staleUntilMs !== undefined && old.staleUntilMs === meta?.staleUntilMs;
-    if (old && !keepRecency) this.del(indexKey(RECENCY_PREFIX, old.accessedAtMs, key));
+    // An unknown recency (a meta made from the record) leaves its entry to leastRecent, which drops it as a stray.
+    if (old && !keepRecency && !Number.isNaN(old.accessedAtMs)) this.del(indexKey(RECENCY_PREFIX, old.accessedAtMs, key));
     if (old?.staleUntilMs !== undefined && !keepExpiry) this.del(indexKey(EXPIRY_PREFIX, old.staleUntilMs, key));
     const metaKey = Buffer.from(META_PREFIX + key, 'utf8');
     if (meta) {
@@ -64,7 +83,7 @@ export class BatchBuilder {
 
   /** Changes the counter of the top-level scope whose escaped name is `segment` by `delta`. */
   adjust(segment: string, delta: Counter): void {
-    if (delta.bytes === 0 && delta.items === 0) return;
+    if (delta.bytes === 0 && delta.items === 0 && !this.#rewrite.has(segment)) return;
     const sum = this.#deltas.get(segment);
     if (sum) {
       sum.bytes += delta.bytes;
@@ -74,6 +93,12 @@ export class BatchBuilder {
     }
   }
 
+  /** Writes the counter entry of `segment` with this batch whether or not it changes (one that was damaged). */
+  rewriteCounter(segment: string): void {
+    this.#rewrite.add(segment);
+    this.adjust(segment, { bytes: 0, items: 0 });
+  }
+
   /**
    * Adds the counter entries that change, from `counters` (the figures before this batch), and returns the new
    * figures of those scopes (`undefined`: the scope has nothing left, and its entry goes).
@@ -81,7 +106,7 @@ export class BatchBuilder {
   finishCounters(counters: ReadonlyMap<string, Counter>): Map<string, Counter | undefined> {
     const changed = new Map<string, Counter | undefined>();
     for (const [segment, delta] of this.#deltas) {
-      if (delta.bytes === 0 && delta.items === 0) continue;
+      if (delta.bytes === 0 && delta.items === 0 && !this.#rewrite.has(segment)) continue;
       const now = counters.get(segment) ?? { bytes: 0, items: 0 };
       const next = { bytes: now.bytes + delta.bytes, items: now.items + delta.items };
       if (next.bytes === 0 && next.items === 0) {

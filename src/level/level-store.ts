@@ -59,6 +59,10 @@ export const MAX_TOUCHED_ITEMS = 100_000;
 /** Touches are written at most once per this many milliseconds, or as soon as this many are pending. */
 const TOUCH_FLUSH_MS = 1000;
 const TOUCH_FLUSH_COUNT = 10_000;
+/** A flush writes its touches in batches of at most this many, with a turn of the event loop between them. */
+export const TOUCH_CHUNK = 1000;
+/** leastRecent and expired read at most this many index entries past `limit` that they skip (strays), per call. */
+const STRAY_SCAN_MAX = 10_000;
 /** Verify's fixes go in batches of this many items. */
 const FIX_CHUNK = 256;
 
@@ -179,6 +183,8 @@ export class LevelStore implements Store<EncodedValue> {
   #counters = new Map<string, Counter>();
   #totalBytes = 0;
   #totalItems = 0;
+  /** What {@link LevelStore.usage} gave last, while no counter changed since. */
+  #usage: StoreUsage | undefined;
   /** Set when a reopen may have replayed a batch that had failed: the next batch reads the counters again first. */
   #countersStale = false;
   /** The counters of the batch being written, applied once it is. */
@@ -256,7 +262,9 @@ export class LevelStore implements Store<EncodedValue> {
       const stored = (await db.get(FORMAT_KEY))?.toString();
       if (stored === undefined) await db.put(FORMAT_KEY, Buffer.from(FORMAT_COUNTED));
       else if (stored === FORMAT_PLAIN || stored === FORMAT_BLOBS) {
-        await rebuildIndexes(db, { nowMs: (options.now ?? Date.now)(), recencyBucketMs: options.recencyBucketMs ?? RECENCY_BUCKET_MS });
+        options.log?.(`Bringing the cache database in ${real} from layout ${stored} to layout ${FORMAT_COUNTED}: counting its items once.`);
+        const items = await rebuildIndexes(db, { nowMs: (options.now ?? Date.now)(), recencyBucketMs: options.recencyBucketMs ?? RECENCY_BUCKET_MS });
+        options.log?.(`The cache database in ${real} is now of layout ${FORMAT_COUNTED}: ${items} items counted.`);
       } else if (stored !== FORMAT_COUNTED) {
         throw new CacheError('CACHE_CORRUPT', `The cache database in ${real} has layout ${stored}, which this version of hoard cannot read.`);
       }
@@ -264,7 +272,10 @@ export class LevelStore implements Store<EncodedValue> {
       // Files may be there without entries: the first large value's, when a crash came before its record was written.
       const files = await stat(join(real, 'blobs')).then(() => true, () => false);
       const limitBytes = options.maxSizeBytes ?? (await defaultSizeLimit(real));
-      state = { hasBlobs: first.length > 0, files, loosePaths, identity, limitBytes, counters: await readCounters(db) };
+      const counters = await readCounters(db, (segments) =>
+        options.log?.(`${segments} counter entries of the cache database in ${real} are damaged: counted as 0 until verify mends them (hoard verify).`),
+      );
+      state = { hasBlobs: first.length > 0, files, loosePaths, identity, limitBytes, counters };
     } catch (error) {
       // This open's own claim goes whatever the close does, so a failed open never leaves the directory held.
       await db.close().finally(() => releaseDirectory(real));
@@ -327,23 +338,35 @@ export class LevelStore implements Store<EncodedValue> {
     else this.#touchTimer ??= setTimeout(() => void this.#flushTouches(), TOUCH_FLUSH_MS).unref();
   }
 
-  /** Writes the pending touches as one batch, through the same queue as every write; an item gone meanwhile is skipped. */
+  /**
+   * Writes the pending touches through the same queue as every write, in batches of at most {@link TOUCH_CHUNK} with
+   * a turn of the event loop between them, so that building them never holds the loop long; an item gone meanwhile
+   * is skipped. Resolves once every touch pending until now is written (or lost with a failed batch).
+   */
   #flushTouches(): Promise<void> {
     clearTimeout(this.#touchTimer);
     this.#touchTimer = undefined;
-    const touches = this.#pendingTouches;
-    if (touches.size === 0) return this.#touchesWritten;
+    if (this.#pendingTouches.size === 0) return this.#touchesWritten;
+    const touches = [...this.#pendingTouches];
     this.#pendingTouches = new Map();
-    const build = (batch: BatchBuilder): void => {
-      for (const [key, bucket] of touches) {
-        const meta = batch.meta(key);
-        if (meta && meta.accessedAtMs < bucket) batch.setMeta(key, { ...meta, accessedAtMs: bucket });
-      }
-    };
-    // Touches are best effort: a batch that fails loses them, and the items keep their older buckets.
-    const written = this.#commits.add({ kind: 'job', build }).catch(() => {});
+    const written = this.#writeTouches(touches);
     this.#touchesWritten = Promise.all([this.#touchesWritten, written]).then(() => {});
     return this.#touchesWritten;
+  }
+
+  async #writeTouches(touches: readonly (readonly [string, number])[]): Promise<void> {
+    for (let at = 0; at < touches.length; at += TOUCH_CHUNK) {
+      if (at > 0) await new Promise((resolve) => setImmediate(resolve));
+      const chunk = touches.slice(at, at + TOUCH_CHUNK);
+      const build = (batch: BatchBuilder): void => {
+        for (const [key, bucket] of chunk) {
+          const meta = batch.meta(key);
+          if (meta && meta.accessedAtMs < bucket) batch.setMeta(key, { ...meta, accessedAtMs: bucket });
+        }
+      };
+      // Touches are best effort: a batch that fails loses them, and the items keep their older buckets.
+      await this.#commits.add({ kind: 'job', build }).catch(() => {});
+    }
   }
 
   /**
@@ -439,21 +462,44 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   sizeOf(key: string): number | undefined {
-    return this.#readMeta(key)?.sizeBytes;
+    // An item whose meta entry is damaged or missing counts for its record, as its delete will.
+    return (this.#readMeta(key) ?? this.#recordMeta(key))?.sizeBytes;
   }
 
   /** An item's meta entry; a damaged one reads as missing (verify reports and mends it). */
   #readMeta(key: string): ItemMeta | undefined {
+    const meta = this.#readMetaEntry(key);
+    return meta === 'damaged' ? undefined : meta;
+  }
+
+  #readMetaEntry(key: string): ItemMeta | undefined | 'damaged' {
     const raw = this.#get(Buffer.from(META_PREFIX + key, 'utf8'));
     if (raw === undefined) return undefined;
     try {
       return decodeMeta(raw);
     } catch {
-      return undefined;
+      return 'damaged';
+    }
+  }
+
+  /**
+   * What item `key` counts for by its record (and file), for one whose meta entry is damaged or missing; its recency
+   * is unknown (`NaN`). `undefined` when there is no record.
+   */
+  #recordMeta(key: string): ItemMeta | undefined {
+    const recordKey = levelKey(key);
+    const raw = this.#get(recordKey);
+    if (raw === undefined) return undefined;
+    try {
+      return { sizeBytes: countedBytes(recordKey, raw), accessedAtMs: Number.NaN, staleUntilMs: decodeFields(raw).staleUntilMs };
+    } catch {
+      // A damaged record counts for what it takes in the database.
+      return { sizeBytes: recordKey.length + raw.length, accessedAtMs: Number.NaN, staleUntilMs: undefined };
     }
   }
 
   #setCounters(counters: Map<string, Counter>): void {
+    this.#usage = undefined;
     this.#counters = counters;
     this.#totalBytes = 0;
     this.#totalItems = 0;
@@ -475,7 +521,7 @@ export class LevelStore implements Store<EncodedValue> {
       this.#setCounters(await readCounters(this.#db));
       this.#countersStale = false;
     }
-    const batch = new BatchBuilder((key) => this.#readMeta(key));
+    const batch = new BatchBuilder({ readMeta: (key) => this.#readMetaEntry(key), recordMeta: (key) => this.#recordMeta(key) });
     for (const write of writes) {
       if (write.kind === 'job') {
         write.build(batch);
@@ -521,7 +567,8 @@ export class LevelStore implements Store<EncodedValue> {
   #written(writes: readonly PendingWrite[]): void {
     const counters = this.#batchCounters;
     this.#batchCounters = undefined;
-    if (counters) {
+    if (counters && counters.size > 0) {
+      this.#usage = undefined;
       for (const [segment, next] of counters) {
         const old = this.#counters.get(segment);
         this.#totalBytes += (next?.bytes ?? 0) - (old?.bytes ?? 0);
@@ -600,9 +647,20 @@ export class LevelStore implements Store<EncodedValue> {
    * length (index entries are not counted), by top-level scope.
    */
   usage(): StoreUsage {
+    if (this.#usage) return this.#usage;
     const scopes = new Map<string, ScopeUsage>();
-    for (const [segment, { bytes, items }] of this.#counters) scopes.set(scopeName(segment), { bytes, items });
-    return { bytes: this.#totalBytes, items: this.#totalItems, limitBytes: Number.isFinite(this.#limitBytes) ? this.#limitBytes : null, scopes };
+    for (const [segment, { bytes, items }] of this.#counters) scopes.set(scopeName(segment), Object.freeze({ bytes, items }));
+    this.#usage = Object.freeze({ bytes: this.#totalBytes, items: this.#totalItems, limitBytes: this.#limitOrNull(), scopes });
+    return this.#usage;
+  }
+
+  /** The counted bytes and the size limit, in constant time whatever the number of scopes. */
+  totals(): { bytes: number; limitBytes: number | null } {
+    return { bytes: this.#totalBytes, limitBytes: this.#limitOrNull() };
+  }
+
+  #limitOrNull(): number | null {
+    return Number.isFinite(this.#limitBytes) ? this.#limitBytes : null;
   }
 
   /** The counted figures of `scope` and its nested scopes, from its items' meta entries. */
@@ -632,14 +690,53 @@ export class LevelStore implements Store<EncodedValue> {
       after = Buffer.from(options.cursor, 'base64url');
       if (after.length < 8 || after[0] !== gte[0] || after.toString('base64url') !== options.cursor) throw new TypeError('Not a cursor of leastRecent.');
     }
-    const keys = await this.#db.keys({ ...(after ? { gt: after } : { gte }), lt, limit: options.limit }).all();
-    return { keys: keys.map(indexedKey), next: keys.length < options.limit ? null : keys.at(-1)!.toString('base64url') };
+    // Reads not yet written count: an item read a moment ago is not listed by an older use.
+    await this.#flushTouches();
+    const { keys, last, more } = await this.#indexed({ ...(after ? { gt: after } : { gte }), lt }, options.limit);
+    return { keys, next: more ? last!.toString('base64url') : null };
   }
 
   /** Up to `limit` keys of items whose `staleUntilMs` is at or before `nowMs`, the earliest first. */
   async expired(nowMs: number, limit: number): Promise<string[]> {
-    const keys = await this.#db.keys({ gte: Buffer.from(EXPIRY_PREFIX), lt: indexBound(EXPIRY_PREFIX, nowMs), limit }).all();
-    return keys.map(indexedKey);
+    return (await this.#indexed({ gte: Buffer.from(EXPIRY_PREFIX), lt: indexBound(EXPIRY_PREFIX, nowMs) }, limit)).keys;
+  }
+
+  /**
+   * The item keys of up to `limit` index entries in `bounds` that their items' meta entries call for. Entries that
+   * they do not (no item, a damaged meta, another time) are skipped, at most {@link STRAY_SCAN_MAX} a call, and
+   * removed in the background through the write queue. `more`: entries may follow `last`, the last one read.
+   */
+  async #indexed(bounds: { gt?: Buffer; gte?: Buffer; lt: Buffer }, limit: number): Promise<{ keys: string[]; last: Buffer | undefined; more: boolean }> {
+    const keys: string[] = [];
+    const strays: Buffer[] = [];
+    const metaOf = (metaKey: Buffer): ItemMeta | undefined => this.#readMeta(metaKey.toString('utf8', 1));
+    let last: Buffer | undefined;
+    let more = true;
+    const iterator = this.#db.keys(bounds);
+    try {
+      while (keys.length < limit && strays.length < STRAY_SCAN_MAX) {
+        const page = await iterator.nextv(Math.min(1000, limit - keys.length));
+        if (page.length === 0) {
+          more = false;
+          break;
+        }
+        for (const indexed of page) {
+          if (indexMatches(indexed, metaOf)) keys.push(indexedKey(indexed));
+          else strays.push(indexed);
+        }
+        last = page.at(-1);
+      }
+    } finally {
+      await iterator.close();
+    }
+    if (strays.length > 0) {
+      // Checked again when the batch is built: a write since may have made an entry the right one.
+      const build = (batch: BatchBuilder): void => {
+        for (const indexed of strays) if (!indexMatches(indexed, (metaKey) => batch.meta(metaKey.toString('utf8', 1)))) batch.del(indexed);
+      };
+      void this.#commits.add({ kind: 'job', build }).catch(() => {});
+    }
+    return { keys, last, more: more && last !== undefined };
   }
 
   /**
@@ -719,6 +816,7 @@ export class LevelStore implements Store<EncodedValue> {
     const counted = new Map<string, Counter>();
     const ofMetas = new Map<string, Counter>();
     const referenced = new Set<string>();
+    const damagedCounters = new Set<string>();
     const itemsToFix: string[] = [];
     const indexesToCheck: Buffer[] = [];
     const add = (to: Map<string, Counter>, segment: string, bytes: number): void => {
@@ -739,7 +837,16 @@ export class LevelStore implements Store<EncodedValue> {
     let orphans: string[];
     try {
       await inChunks(this.#db.iterator({ ...range(COUNTER_PREFIX, ''), snapshot }), (entries) => {
-        for (const [key, value] of entries) kept.set(key.toString('utf8', 1), decodeCounter(value));
+        for (const [key, value] of entries) {
+          const segment = key.toString('utf8', 1);
+          try {
+            kept.set(segment, decodeCounter(value));
+          } catch {
+            // Counted as nothing (as the store does since its open), reported as drift and rewritten by fix.
+            kept.set(segment, { bytes: 0, items: 0 });
+            damagedCounters.add(segment);
+          }
+        }
       });
       await inChunks(this.#db.values({ ...range(BLOB_PREFIX, ''), snapshot }), (names) => {
         for (const name of names) referenced.add(name.toString('latin1'));
@@ -769,9 +876,12 @@ export class LevelStore implements Store<EncodedValue> {
           } catch {
             meta = undefined;
           }
-          // A damaged meta entry counted for nothing when it was written over; one with no record is a stray.
+          // An item whose meta entry is damaged counts for its record, as its delete or mending will take it; a
+          // meta entry with no record is a stray.
+          const record = this.#db.getSync(withPrefix(ITEM_PREFIX, metaKey), inSnapshot);
           if (meta) add(ofMetas, topSegment(key), meta.sizeBytes);
-          if (!meta || this.#db.getSync(withPrefix(ITEM_PREFIX, metaKey), inSnapshot) === undefined) {
+          else if (record !== undefined) add(ofMetas, topSegment(key), recordBytes(withPrefix(ITEM_PREFIX, metaKey), record));
+          if (!meta || record === undefined) {
             if (meta) itemsToFix.push(key);
             continue;
           }
@@ -804,7 +914,7 @@ export class LevelStore implements Store<EncodedValue> {
       return total;
     };
     const same = (a: Counter | undefined, b: Counter | undefined): boolean => (a?.bytes ?? 0) === (b?.bytes ?? 0) && (a?.items ?? 0) === (b?.items ?? 0);
-    const driftedScopes = [...segments].filter((segment) => !same(kept.get(segment), counted.get(segment))).map(scopeName);
+    const driftedScopes = [...segments].filter((segment) => damagedCounters.has(segment) || !same(kept.get(segment), counted.get(segment))).map(scopeName);
     const uniqueItemsToFix = [...new Set(itemsToFix)];
     if (options.fix) {
       // The counters against the meta entries: every batch since the snapshot changed both alike, so the difference
@@ -815,6 +925,7 @@ export class LevelStore implements Store<EncodedValue> {
           const counters = kept.get(segment) ?? { bytes: 0, items: 0 };
           batch.adjust(segment, { bytes: metas.bytes - counters.bytes, items: metas.items - counters.items });
         }
+        for (const segment of damagedCounters) batch.rewriteCounter(segment);
       };
       await this.#commits.add({ kind: 'job', build });
       for (let at = 0; at < uniqueItemsToFix.length; at += FIX_CHUNK) {
@@ -882,18 +993,30 @@ export class LevelStore implements Store<EncodedValue> {
 }
 
 /** The counters that the database's `c` entries hold. */
-async function readCounters(db: Level<Buffer, Buffer>): Promise<Map<string, Counter>> {
+async function readCounters(db: Level<Buffer, Buffer>, damaged?: (segments: number) => void): Promise<Map<string, Counter>> {
   const counters = new Map<string, Counter>();
+  let damagedSegments = 0;
   await inChunks(db.iterator(range(COUNTER_PREFIX, '')), (entries) => {
     for (const [key, value] of entries) {
       try {
         counters.set(key.toString('utf8', 1), decodeCounter(value));
       } catch {
         // A damaged counter counts as none; verify reports the drift and mends it.
+        damagedSegments++;
       }
     }
   });
+  if (damagedSegments > 0) damaged?.(damagedSegments);
   return counters;
+}
+
+/** What an item counts for by its record, or, for a damaged record, what it takes in the database. */
+function recordBytes(recordKey: Buffer, raw: Buffer): number {
+  try {
+    return countedBytes(recordKey, raw);
+  } catch {
+    return recordKey.length + raw.length;
+  }
 }
 
 /**

@@ -27,9 +27,10 @@ type Operation = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; ke
  * Makes the `t`, `r`, `x` and `c` entries of a database that nothing else uses (an open of layout 1 or 2, before it
  * serves; a repair) say exactly what its records hold, then writes `mformat` 3, last: a crash part way leaves the
  * old format, and the next open does it all again. An item keeps the recency bucket of its `t` entry; one without
- * (layout 1 or 2) gets the bucket of its `modified` (seconds), or of now if that is later.
+ * (layout 1 or 2) gets the bucket of its `modified` (seconds), or of now if that is later. Resolves with the number
+ * of items counted.
  */
-export async function rebuildIndexes(db: Level<Buffer, Buffer>, options: { nowMs: number; recencyBucketMs: number }): Promise<void> {
+export async function rebuildIndexes(db: Level<Buffer, Buffer>, options: { nowMs: number; recencyBucketMs: number }): Promise<number> {
   const { nowMs, recencyBucketMs } = options;
   const bucket = (ms: number): number => Math.floor(ms / recencyBucketMs) * recencyBucketMs;
   const counters = new Map<string, { bytes: number; items: number }>();
@@ -94,6 +95,9 @@ export async function rebuildIndexes(db: Level<Buffer, Buffer>, options: { nowMs
   for (const [segment, counter] of counters) operations.push({ type: 'put', key: counterKey(segment), value: encodeCounter(counter) });
   operations.push({ type: 'put', key: FORMAT_KEY, value: Buffer.from(FORMAT_COUNTED) });
   await db.batch(operations);
+  let items = 0;
+  for (const counter of counters.values()) items += counter.items;
+  return items;
 }
 
 /** Whether a recency or expiry index entry is the one its item's meta calls for. */
