@@ -222,7 +222,8 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         `connections  ${status.connections}`,
         `locks        ${status.locksHeld} held, ${status.waiters} waiting`,
         `hits         ${status.hits}, misses ${status.misses}`,
-        `evictions    ${status.evictions} (${formatBytes(status.evictedBytes)}), expirations ${status.expirations}`,
+        `evictions    ${status.evictions} (${formatBytes(status.evictedBytes)}), expirations ${status.expirations}` +
+          (status.housekeepingFailures > 0 ? `, ${status.housekeepingFailures} failed passes (see the daemon's log)` : ''),
         `memory       ${formatBytes(status.rssBytes)} resident; ${formatBytes(status.memoryCacheBytes)} of ${formatBytes(status.memoryCacheLimitBytes)} of values cached`,
       ];
       if (status.scope) lines.push(`scope        ${address(status.scope.path, null)}: ${formatBytes(status.scope.sizeBytes)}, ${status.scope.items} items`);
@@ -243,6 +244,8 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
             ]),
           ]),
       );
+      const others = status.otherScopes;
+      if (others.count > 0) io.out(`and ${others.count} more scopes (${formatBytes(others.sizeBytes)}, ${others.items} items)\n`);
     });
 
   program

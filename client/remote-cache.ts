@@ -1,3 +1,4 @@
+import { flagOption } from '../src/flag-option.js';
 import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from '../src/cache.js';
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
 import { checkExpiry, RootCacheView } from '../src/cache-view.js';
@@ -213,7 +214,7 @@ export class RemoteCache<T> extends RootCacheView<T> {
    * evictions and expirations, per top-level scope; with `scope` (a path of names), that scope's size and items
    * counted from the data.
    */
-  status(options: { scope?: readonly string[] } = {}): Promise<StatusResult> {
+  async status(options: { scope?: readonly string[] } = {}): Promise<StatusResult> {
     if (typeof options !== 'object' || options === null) throw new TypeError('status options must be an object');
     if (options.scope !== undefined && (!Array.isArray(options.scope) || options.scope.some((name) => typeof name !== 'string' || name === ''))) {
       throw new TypeError('scope must be an array of non-empty scope names');
@@ -222,17 +223,23 @@ export class RemoteCache<T> extends RootCacheView<T> {
   }
 
   /** Every held lock and waiting request in the daemon: item (or scope), kind, state, client name and pid, since when. */
-  locks(): Promise<LockInfo[]> {
+  async locks(): Promise<LockInfo[]> {
     return this.#backend.locks();
   }
 
-  /** Runs an eviction and expiry pass now (with `dryRun`, only counts what it would remove). */
-  gc(options: { dryRun?: boolean } = {}): Promise<GcResult> {
-    return this.#backend.gc({ dryRun: options.dryRun === true });
+  /**
+   * Runs an eviction and expiry pass now; with `dryRun` (default `false`), only counts what it would remove.
+   * Rejects with a TypeError for options that are not an object or a `dryRun` that is not a boolean, sending nothing.
+   */
+  async gc(options: { dryRun?: boolean } = {}): Promise<GcResult> {
+    return this.#backend.gc({ dryRun: flagOption(options, 'dryRun', 'gc') });
   }
 
-  /** Recounts the daemon's data against the figures it keeps; with `fix` (the default), mends what differs. */
-  verify(options: { fix?: boolean } = {}): Promise<VerifyReport> {
-    return this.#backend.verify({ fix: options.fix !== false });
+  /**
+   * Recounts the daemon's data against the figures it keeps; with `fix` (default `false`), mends what differs.
+   * Rejects with a TypeError for options that are not an object or a `fix` that is not a boolean, sending nothing.
+   */
+  async verify(options: { fix?: boolean } = {}): Promise<VerifyReport> {
+    return this.#backend.verify({ fix: flagOption(options, 'fix', 'verify') });
   }
 }

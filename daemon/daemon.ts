@@ -11,7 +11,7 @@ import type { LockSnapshotEntry } from '../src/lock-table.js';
 import { parseItemKey, type Scope } from '../src/scope-path.js';
 import { VERSION } from '../src/version.js';
 import { defaultDataDir, defaultSocketPath } from '../src/wire/paths.js';
-import { type GcResult, type LockInfo, PROTOCOL_VERSION, type ScopeStatus, type StatusResult } from '../src/wire/protocol.js';
+import { type GcResult, type LockInfo, PROTOCOL_VERSION, type ScopeStatus, STATUS_MAX_SCOPES, type StatusResult } from '../src/wire/protocol.js';
 import { heldError } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { oneLogLine } from './log-text.js';
@@ -163,7 +163,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     throw isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
   }
   warnOfLoosePaths(store, log);
-  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes);
+  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes, { log });
   const startedAt = Date.now();
   /** Open connections, each with the way to end its streams. */
   const connections = new Map<Session, Link>();
@@ -227,7 +227,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       const usage = backend.usage();
       const kept = backend.counters();
       const names = new Set([...(usage?.scopes.keys() ?? []), ...scopeCounters.keys(), ...kept.scopes.keys()]);
-      const scopes: ScopeStatus[] = [...names].sort().map((name) => {
+      const all: ScopeStatus[] = [...names].map((name) => {
         const size = usage?.scopes.get(name);
         const reads = scopeCounters.get(name);
         const work = kept.scopes.get(name);
@@ -241,6 +241,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           expirations: work?.expiredItems ?? 0,
         };
       });
+      // The largest by size (then by name), listed in name order; the rest only summed, so the answer stays small.
+      all.sort((a, b) => b.sizeBytes - a.sizeBytes || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const scopes = all.slice(0, STATUS_MAX_SCOPES).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const otherScopes = { count: 0, sizeBytes: 0, items: 0 };
+      for (const other of all.slice(STATUS_MAX_SCOPES)) {
+        otherScopes.count++;
+        otherScopes.sizeBytes += other.sizeBytes;
+        otherScopes.items += other.items;
+      }
       const limitBytes = usage?.limitBytes ?? null;
       return {
         pid: process.pid,
@@ -261,7 +270,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         evictions: kept.evictedItems,
         evictedBytes: kept.evictedBytes,
         expirations: kept.expiredItems,
+        housekeepingFailures: backend.housekeepingFailures(),
         scopes,
+        otherScopes,
         ...(scope && { scope: { path: [...scope.path], sizeBytes: counted?.bytes ?? 0, items: counted?.items ?? 0 } }),
         memoryCacheBytes: memory.bytes,
         memoryCacheLimitBytes: memory.limitBytes,

@@ -12,6 +12,13 @@ export const EVICTION_TARGET = 0.9;
 export const DRY_RUN_MAX_EXPIRED = 100_000;
 /** Locked items an eviction or sweep pass skips before it gives up until the next one. */
 const MAX_SKIPPED = 10_000;
+/**
+ * How many top-level scopes get removal counts of their own (as many as the daemon's hits and misses): beyond it,
+ * removals in new names count in the totals only, so that many scope names cannot grow the memory.
+ */
+export const MAX_COUNTED_SCOPES = 10_000;
+/** A failed background pass is logged at most once in this many milliseconds; the others are counted in the next line. */
+export const FAILURE_LOG_INTERVAL_MS = 60_000;
 
 /** Who holds the locks of the items being removed, as `hoard locks` shows it. */
 export const EVICTION_OWNER: LockOwner = Object.freeze({ name: 'hoard eviction' });
@@ -38,6 +45,8 @@ export interface RemovalCounters extends RemovalCounts {
 export interface HousekeeperOptions {
   /** How often expired items are swept, in milliseconds; default 10 s. */
   sweepIntervalMs?: number;
+  /** Where a failed background pass is told, at most one line a minute (the others counted); default nowhere. */
+  log?: (line: string) => void;
 }
 
 function noRemovals(): RemovalCounts {
@@ -70,6 +79,11 @@ export class Housekeeper {
   #writtenSinceListing: Set<string> | undefined;
   readonly #counters = noRemovals();
   readonly #scopeCounters = new Map<string, RemovalCounts>();
+  readonly #log: ((line: string) => void) | undefined;
+  #failures = 0;
+  /** When a failure was last logged (`performance.now`), and the failures since that were not. */
+  #failureLoggedAtMs = -Infinity;
+  #failuresNotLogged = 0;
   /** One task at a time: background passes and `gc` calls run one after another. */
   #chain: Promise<unknown> = Promise.resolve();
   #scheduled = false;
@@ -87,6 +101,9 @@ export class Housekeeper {
     this.#store = store;
     this.#locks = locks;
     this.#now = now;
+    const { log } = options;
+    if (log !== undefined && typeof log !== 'function') throw new TypeError(`log must be a function, got ${String(log)}.`);
+    this.#log = log;
     const intervalMs = options.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
     if (!(typeof intervalMs === 'number' && intervalMs > 0)) {
       throw new TypeError(`sweepIntervalMs must be a number of milliseconds above 0, got ${String(intervalMs)}.`);
@@ -123,6 +140,11 @@ export class Housekeeper {
     }
   }
 
+  /** How many background passes failed since the cache opened (each is tried again at the next write or sweep). */
+  failures(): number {
+    return this.#failures;
+  }
+
   /** The removals since the cache opened. */
   counters(): RemovalCounters {
     const scopes = new Map<string, RemovalCounts>();
@@ -136,7 +158,7 @@ export class Housekeeper {
    */
   gc(options: { dryRun: boolean }): Promise<GcReport> {
     return this.#enqueue(async () => {
-      const report = { ...noRemovals(), sizeBytes: this.#store.usage?.().bytes ?? null };
+      const report = { ...noRemovals(), sizeBytes: this.#totals()?.bytes ?? null };
       if (options.dryRun) {
         await this.#dryRun(report);
         return report;
@@ -144,7 +166,7 @@ export class Housekeeper {
       await this.#removeFound(report);
       await this.#sweep(report);
       await this.#evict(report, EVICTION_TARGET);
-      report.sizeBytes = this.#store.usage?.().bytes ?? null;
+      report.sizeBytes = this.#totals()?.bytes ?? null;
       return report;
     });
   }
@@ -155,24 +177,45 @@ export class Housekeeper {
     if (this.#timer) clearInterval(this.#timer);
     this.#found.clear();
     await this.#chain;
+    if (this.#failuresNotLogged > 0) this.#log?.(`housekeeping: ${this.#failuresNotLogged} more failed passes were not logged`);
+  }
+
+  /** Logs a failed background pass: one line a minute at most, which counts the failures left out since the last. */
+  #logFailure(error: unknown): void {
+    if (!this.#log) return;
+    const nowMs = performance.now();
+    if (nowMs - this.#failureLoggedAtMs < FAILURE_LOG_INTERVAL_MS) {
+      this.#failuresNotLogged++;
+      return;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    const more = this.#failuresNotLogged > 0 ? ` (${this.#failuresNotLogged} more failed passes since the last line)` : '';
+    this.#failureLoggedAtMs = nowMs;
+    this.#failuresNotLogged = 0;
+    this.#log(`housekeeping failed, tried again at the next write or sweep: ${message}${more}`);
+  }
+
+  /** The counted total and limit: the store's `totals` (constant time), else its `usage`; `undefined` for a store that does not count. */
+  #totals(): { bytes: number; limitBytes: number | null } | undefined {
+    return this.#store.totals?.() ?? this.#store.usage?.();
   }
 
   /** Whether the last eviction ended above the limit and the count has not grown by a hundredth of it since. */
   #stuck(): boolean {
     if (this.#stuckAtBytes === undefined) return false;
-    const { bytes, limitBytes } = this.#store.usage!();
+    const { bytes, limitBytes } = this.#totals()!;
     if (limitBytes !== null && bytes < this.#stuckAtBytes + limitBytes / 100) return true;
     this.#stuckAtBytes = undefined;
     return false;
   }
 
   #evicts(): boolean {
-    return this.#store.usage !== undefined && this.#store.leastRecent !== undefined;
+    return (this.#store.totals !== undefined || this.#store.usage !== undefined) && this.#store.leastRecent !== undefined;
   }
 
   #overLimit(): boolean {
     if (!this.#evicts()) return false;
-    const { bytes, limitBytes } = this.#store.usage!();
+    const { bytes, limitBytes } = this.#totals()!;
     return limitBytes !== null && bytes > limitBytes;
   }
 
@@ -198,12 +241,15 @@ export class Housekeeper {
         await this.#removeFound(report);
         if (sweep || evict) await this.#sweep(report);
         if (evict) {
-          const limitBytes = this.#store.usage!().limitBytes;
+          const limitBytes = this.#totals()!.limitBytes;
           if (limitBytes !== null) await this.#evict(report, EVICTION_TARGET);
-          this.#stuckAtBytes = this.#overLimit() ? this.#store.usage!().bytes : undefined;
+          this.#stuckAtBytes = this.#overLimit() ? this.#totals()!.bytes : undefined;
         }
-      } catch {
-        // A store that fails now (a full disk, a closed cache) is tried again at the next write or sweep.
+      } catch (error) {
+        // A store that fails now (a full disk) is tried again at the next write or sweep; a closed one needs no word.
+        if (this.#closed) return;
+        this.#failures++;
+        this.#logFailure(error);
       }
     });
   }
@@ -231,7 +277,11 @@ export class Housekeeper {
       // The index gives the earliest first, whatever it skipped: ask past the items this pass cannot take.
       const keys = (await this.#store.expired(this.#now(), HOUSEKEEPING_BATCH + skipped.size)).filter((key) => !skipped.has(key));
       if (keys.length === 0) return;
-      for (const key of (await this.#removeBatch(keys, 'expired', report)).skipped) skipped.add(key);
+      const removal = await this.#removeBatch(keys, 'expired', report);
+      for (const key of removal.skipped) skipped.add(key);
+      // Keys whose items are gone (a stray index entry, a delete meanwhile) are not asked for again.
+      for (const key of removal.gone) skipped.add(key);
+      if (removal.removed === 0 && removal.skipped.length === 0) return;
       await nextTurn();
     }
   }
@@ -242,16 +292,18 @@ export class Housekeeper {
     let cursor: string | undefined;
     let skipped = 0;
     while (!this.#closed && skipped <= MAX_SKIPPED) {
-      const { bytes, limitBytes } = this.#store.usage!();
+      const { bytes, limitBytes } = this.#totals()!;
       if (limitBytes === null || bytes <= limitBytes * target) return;
       this.#writtenSinceListing = new Set();
       const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
       // Only as many as the target needs: the count may have changed while the store listed them.
-      const now = this.#store.usage!();
+      const now = this.#totals()!;
       const excess = now.limitBytes === null ? 0 : now.bytes - now.limitBytes * target;
       if (excess <= 0) return;
       const removal = await this.#removeBatch(keys, 'evicted', report, excess);
       skipped += removal.skipped.length;
+      // An iteration that removed nothing and skipped no lock (every key listed was gone) ends the pass: no busy loop.
+      if (removal.removed === 0 && removal.skipped.length === 0) return;
       // A batch cut short by the target starts again from the least recent: the count may have grown meanwhile.
       if (removal.short) cursor = undefined;
       else if (next === null) return;
@@ -262,16 +314,18 @@ export class Housekeeper {
 
   /**
    * Removes the items whose exclusive locks can be taken now and that were not written since the store listed them,
-   * each under its lock, until the bytes taken reach `budgetBytes`; returns the keys it skipped, and whether it
-   * stopped short of the end of `keys` because of the budget.
+   * each under its lock, until the bytes taken reach `budgetBytes`; returns the keys it skipped for their locks, those
+   * whose items were gone once locked (counted as nothing), how many it removed, and whether it stopped short of the
+   * end of `keys` because of the budget.
    */
   async #removeBatch(
     keys: readonly string[],
     kind: Kind,
     report: RemovalCounts,
     budgetBytes = Infinity,
-  ): Promise<{ skipped: string[]; short: boolean }> {
+  ): Promise<{ skipped: string[]; gone: string[]; removed: number; short: boolean }> {
     const skipped: string[] = [];
+    const gone: string[] = [];
     const taken: { key: string; lease: Lease; bytes: number }[] = [];
     const written = this.#writtenSinceListing;
     this.#writtenSinceListing = undefined;
@@ -287,7 +341,13 @@ export class Housekeeper {
         skipped.push(key);
         continue;
       }
+      // Sized under the lock, before the delete: an item deleted since the listing is not counted.
       const bytes = this.#sizeOf(key);
+      if (bytes === undefined) {
+        lease.release();
+        gone.push(key);
+        continue;
+      }
       plannedBytes += bytes;
       taken.push({ key, lease, bytes });
     }
@@ -312,11 +372,15 @@ export class Housekeeper {
       this.#count(this.#counters, kind, bytes);
       const name = topScopeName(key);
       let counts = this.#scopeCounters.get(name);
-      if (!counts) this.#scopeCounters.set(name, (counts = noRemovals()));
+      if (!counts) {
+        if (this.#scopeCounters.size >= MAX_COUNTED_SCOPES) return;
+        this.#scopeCounters.set(name, (counts = noRemovals()));
+      }
       this.#count(counts, kind, bytes);
     });
     if (failure !== undefined) throw failure;
-    return { skipped, short };
+    const removed = results.filter((result) => result.status === 'fulfilled').length;
+    return { skipped, gone, removed, short };
   }
 
   #count(counts: RemovalCounts, kind: Kind, bytes: number): void {
@@ -330,12 +394,11 @@ export class Housekeeper {
   }
 
   /**
-   * The counted bytes of an item, from the store when it can say; else the average of what it counts (exact for
-   * items of one size), or 0 for a store that does not count.
+   * The counted bytes of an item, from the store when it can say (`undefined`: the item is gone); for a store that
+   * cannot, the average of what it counts (exact for items of one size), or 0 for a store that does not count.
    */
-  #sizeOf(key: string): number {
-    const exact = this.#store.sizeOf?.(key);
-    if (exact !== undefined) return exact;
+  #sizeOf(key: string): number | undefined {
+    if (this.#store.sizeOf) return this.#store.sizeOf(key);
     const usage = this.#store.usage?.();
     return usage && usage.items > 0 ? Math.round(usage.bytes / usage.items) : 0;
   }
@@ -350,11 +413,12 @@ export class Housekeeper {
     const expired = new Set<string>([...this.#found]);
     if (this.#store.expired) for (const key of await this.#store.expired(this.#now(), DRY_RUN_MAX_EXPIRED)) expired.add(key);
     for (const key of expired) {
-      if (!isFree(key)) continue;
-      this.#count(report, 'expired', this.#sizeOf(key));
+      const size = this.#sizeOf(key);
+      if (size === undefined || !isFree(key)) continue;
+      this.#count(report, 'expired', size);
     }
     if (!this.#evicts()) return;
-    const { bytes, limitBytes } = this.#store.usage!();
+    const { bytes, limitBytes } = this.#totals()!;
     let projected = bytes - report.expiredBytes;
     report.sizeBytes = projected;
     if (limitBytes === null) return;
@@ -365,6 +429,7 @@ export class Housekeeper {
         if (projected <= limitBytes * EVICTION_TARGET) break;
         if (expired.has(key) || !isFree(key)) continue;
         const size = this.#sizeOf(key);
+        if (size === undefined) continue;
         this.#count(report, 'evicted', size);
         projected -= size;
       }

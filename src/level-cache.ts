@@ -1,3 +1,4 @@
+import { flagOption } from './flag-option.js';
 import { RootCacheView } from './cache-view.js';
 import { type Codec, type CodecName, codecNamed } from './codecs.js';
 import { codecAdapter } from './codec-adapter.js';
@@ -114,19 +115,19 @@ export class LevelCache<T> extends RootCacheView<T> {
   /**
    * Removes the expired items, and above 90% of the size limit the least recently used ones down to it, now; with
    * `dryRun`, removes nothing and reports what it would remove. Items whose locks are held or waited for stay.
-   * @throws CacheError `CACHE_CLOSED`.
+   * @throws CacheError `CACHE_CLOSED`; TypeError (as a rejection) for a `dryRun` that is not a boolean.
    */
-  gc(options: { dryRun?: boolean } = {}): Promise<GcReport> {
-    return this.#backend.gc({ dryRun: options.dryRun ?? false });
+  async gc(options: { dryRun?: boolean } = {}): Promise<GcReport> {
+    return this.#backend.gc({ dryRun: flagOption(options, 'dryRun', 'gc') });
   }
 
   /**
    * Recounts the figures from the data and compares them with those kept, and finds files no item names; with
    * `fix` (default `false`), mends what differs and removes those files.
-   * @throws CacheError `CACHE_CLOSED`.
+   * @throws CacheError `CACHE_CLOSED`; TypeError (as a rejection) for a `fix` that is not a boolean.
    */
   async verify(options: { fix?: boolean } = {}): Promise<VerifyReport> {
-    const report = await this.#backend.verify({ fix: options.fix ?? false });
+    const report = await this.#backend.verify({ fix: flagOption(options, 'fix', 'verify') });
     if (!report) throw new TypeError('This store cannot verify its figures.');
     return report;
   }

@@ -25,6 +25,8 @@ export interface LocalBackendOptions {
   now?: () => number;
   /** How often expired items are swept from a store that indexes them, in milliseconds; default 10 s. For tests. */
   sweepIntervalMs?: number;
+  /** Where a failed background eviction or sweep is told, at most one line a minute; default nowhere. */
+  log?: (line: string) => void;
 }
 
 function closedError(): CacheError {
@@ -69,7 +71,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#store = store;
     this.#adapter = adapter;
     this.#now = options.now ?? Date.now;
-    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs });
+    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log });
   }
 
   /**
@@ -238,6 +240,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   /** The items evicted and expired since the cache opened, in total and by top-level scope. */
   counters(): RemovalCounters {
     return this.#housekeeper.counters();
+  }
+
+  /** How many background eviction or expiry passes failed since the cache opened. */
+  housekeepingFailures(): number {
+    return this.#housekeeper.failures();
   }
 
   /** How many locks are held and how many requests wait. */

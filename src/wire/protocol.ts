@@ -593,6 +593,9 @@ export interface ScopeStatus {
   expirations: number;
 }
 
+/** The most top-level scopes `daemon/status` lists one by one: the largest by size; the rest are summed. */
+export const STATUS_MAX_SCOPES = 1000;
+
 export interface StatusResult {
   pid: number;
   version: string;
@@ -615,8 +618,12 @@ export interface StatusResult {
   evictedBytes: number;
   /** Expired items removed since the daemon started. */
   expirations: number;
-  /** Per top-level scope, by name. */
+  /** Background eviction or expiry passes that failed since the daemon started (each logged, at most once a minute). */
+  housekeepingFailures: number;
+  /** The largest top-level scopes by size (at most {@link STATUS_MAX_SCOPES}), by name. */
   scopes: ScopeStatus[];
+  /** The top-level scopes left out of {@link StatusResult.scopes}: how many, and their bytes and items together. */
+  otherScopes: { count: number; sizeBytes: number; items: number };
   /** With the `scope` param: that scope's subtree, counted from the data. */
   scope?: { path: string[]; sizeBytes: number; items: number };
   /** Bytes of recently used values kept in memory, and the budget they are kept within (`--memory-cache`). */
@@ -785,7 +792,7 @@ export const Verify = request<VerifyParams, VerifyReport>({
     writeBinary: (encoder, p) => void encoder.u8(p.fix ? 1 : 0),
     readBinary: (frame) => ({ fix: flag(frame, 'fix') }),
     toJson: (p) => ({ fix: p.fix }),
-    fromJson: (json) => ({ fix: optionalBoolean(object(json ?? {}), 'fix') ?? true }),
+    fromJson: (json) => ({ fix: optionalBoolean(object(json ?? {}), 'fix') ?? false }),
   },
   result: {
     writeBinary(encoder, r) {

@@ -173,7 +173,7 @@ describe('the protocol declarations', () => {
     // Absent params: status of the whole daemon, gc for real, verify with fix.
     expect(Status.params.fromJson(undefined)).toEqual({});
     expect(Gc.params.fromJson(undefined)).toEqual({ dryRun: false });
-    expect(Verify.params.fromJson({})).toEqual({ fix: true });
+    expect(Verify.params.fromJson({})).toEqual({ fix: false });
     expect(() => Initialize.fromJson({ clientName: 'x' })).toThrow(expect.objectContaining({ code: 'CACHE_INVALID_PARAMS' }));
     // clientName and pid are optional, and of another type they are ignored.
     expect(Initialize.fromJson({ protocolVersion: 1, pid: 'no' })).toMatchObject({ protocolVersion: 1, clientName: undefined, pid: undefined });
