@@ -1,5 +1,6 @@
 import type { CacheItem, GetSetHandle, ListPage } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
+import { listPage } from '../src/cache-view.js';
 import type { LocalBackend } from '../src/local-backend.js';
 import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
 import { type Scope, scopeOf } from '../src/scope-path.js';
@@ -300,18 +301,7 @@ export class Session {
       if (error instanceof TypeError) throw invalidParams(error.message.replace(/\.$/, ''));
       throw error;
     }
-    const seconds = (ms: number | undefined): number | null => (ms === undefined ? null : ms / 1000);
-    return {
-      items: listing.items.map((entry) => ({
-        id: entry.id,
-        sizeBytes: entry.sizeBytes,
-        modified: entry.modified,
-        expires: seconds(entry.expiresAtMs),
-        accessed: seconds(entry.accessedAtMs),
-      })),
-      scopes: listing.scopes,
-      cursor: listing.cursor,
-    };
+    return listPage(listing);
   }
 
   /** Releases a handle; an unknown one (released already, or another connection's) is ignored. */

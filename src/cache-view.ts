@@ -13,6 +13,7 @@ import type {
 } from './cache.js';
 import { type CacheBackend, nowSeconds } from './cache-backend.js';
 import { childScope, ROOT_SCOPE, type Scope } from './scope-path.js';
+import type { StoreListing } from './store.js';
 
 function checkId(id: unknown): asserts id is string {
   if (typeof id !== 'string') throw new TypeError(`A cache item id must be a string, got ${describe(id)}.`);
@@ -71,6 +72,22 @@ export function checkListOptions(options: unknown): { cursor?: string; limit: nu
 
 function describe(value: unknown): string {
   return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
+}
+
+/** A store's listing as the API gives it: times in seconds since the epoch, `null` for none. */
+export function listPage(listing: StoreListing): ListPage {
+  const seconds = (ms: number | undefined): number | null => (ms === undefined ? null : ms / 1000);
+  return {
+    items: listing.items.map((item) => ({
+      id: item.id,
+      sizeBytes: item.sizeBytes,
+      modified: item.modified,
+      expires: seconds(item.expiresAtMs),
+      accessed: seconds(item.accessedAtMs),
+    })),
+    scopes: listing.scopes,
+    cursor: listing.cursor,
+  };
 }
 
 /**
@@ -148,19 +165,7 @@ export class CacheView<T> implements Cache<T> {
   }
 
   async list(options?: ListOptions): Promise<ListPage> {
-    const listing = await this.#backend.list(this.#scope, checkListOptions(options));
-    const seconds = (ms: number | undefined): number | null => (ms === undefined ? null : ms / 1000);
-    return {
-      items: listing.items.map((item) => ({
-        id: item.id,
-        sizeBytes: item.sizeBytes,
-        modified: item.modified,
-        expires: seconds(item.expiresAtMs),
-        accessed: seconds(item.accessedAtMs),
-      })),
-      scopes: listing.scopes,
-      cursor: listing.cursor,
-    };
+    return listPage(await this.#backend.list(this.#scope, checkListOptions(options)));
   }
 }
 

@@ -146,6 +146,15 @@ function overLimit(sizeBytes: number, limitBytes: number): CacheError {
   );
 }
 
+/** A record's counted size and stale time; a damaged record counts for what it takes in the database. */
+function recordFacts(recordKey: Buffer, raw: Buffer): { sizeBytes: number; staleUntilMs: number | undefined } {
+  try {
+    return { sizeBytes: countedBytes(recordKey, raw), staleUntilMs: decodeFields(raw).staleUntilMs };
+  } catch {
+    return { sizeBytes: recordKey.length + raw.length, staleUntilMs: undefined };
+  }
+}
+
 /**
  * A {@link Store} of encoded values in a LevelDB directory that it holds exclusively while open. Recently used
  * records are also kept in memory, within a byte budget; the writes of one turn go to LevelDB as one batch.
@@ -854,14 +863,7 @@ export class LevelStore implements Store<EncodedValue> {
       await inChunks(this.#db.iterator({ ...range(ITEM_PREFIX, ''), snapshot }), (entries) => {
         for (const [recordKey, raw] of entries) {
           const key = recordKey.toString('utf8', 1);
-          let sizeBytes = recordKey.length + raw.length;
-          let staleUntilMs: number | undefined;
-          try {
-            sizeBytes = countedBytes(recordKey, raw);
-            staleUntilMs = decodeFields(raw).staleUntilMs;
-          } catch {
-            // A damaged record counts for what it takes in the database.
-          }
+          const { sizeBytes, staleUntilMs } = recordFacts(recordKey, raw);
           add(counted, topSegment(key), sizeBytes);
           const meta = metaIn(withPrefix(META_PREFIX, recordKey));
           if (meta?.sizeBytes !== sizeBytes || meta.staleUntilMs !== staleUntilMs) itemsToFix.push(key);
@@ -963,14 +965,7 @@ export class LevelStore implements Store<EncodedValue> {
       batch.setMeta(key, undefined);
       return;
     }
-    let sizeBytes = recordKey.length + raw.length;
-    let staleUntilMs: number | undefined;
-    try {
-      sizeBytes = countedBytes(recordKey, raw);
-      staleUntilMs = decodeFields(raw).staleUntilMs;
-    } catch {
-      // A damaged record counts for what it takes in the database.
-    }
+    const { sizeBytes, staleUntilMs } = recordFacts(recordKey, raw);
     const old = batch.meta(key);
     batch.setMeta(key, { sizeBytes, staleUntilMs, accessedAtMs: old?.accessedAtMs ?? this.#bucket() }, { rewriteIndexes: true });
   }
