@@ -302,8 +302,8 @@ export class Housekeeper {
       if (excess <= 0) return;
       const removal = await this.#removeBatch(keys, 'evicted', report, excess);
       skipped += removal.skipped.length;
-      // An iteration that removed nothing and skipped no lock (every key listed was gone) ends the pass: no busy loop.
-      if (removal.removed === 0 && removal.skipped.length === 0) return;
+      // A page with nothing to remove (the store skipped stray index entries, or every key listed was gone) goes on from
+      // where the store stopped: the cursor moves on each time, so the pass ends, and never stops short behind strays.
       // A batch cut short by the target starts again from the least recent: the count may have grown meanwhile.
       if (removal.short) cursor = undefined;
       else if (next === null) return;

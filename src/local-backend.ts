@@ -85,7 +85,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner });
     if (!lease) return undefined;
     const record = this.#readRecord(lease, scope, id);
-    if (!record) return { lease, record };
+    // Most records never expire: the clock is read only for those that do.
+    if (record?.expiresAtMs === undefined) return { lease, record };
     const state = freshness(record, this.#now());
     if (state === 'fresh') return { lease, record };
     return { lease: state === 'gone' ? this.#removeOnRelease(lease) : lease, record: undefined };

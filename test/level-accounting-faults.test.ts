@@ -2,7 +2,7 @@ import { Level } from 'level';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { LevelCache, type LevelCacheTestOptions } from '../src/level-cache.js';
 import { LevelStore, type LevelStoreOptions, verifyDirectory } from '../src/level/level-store.js';
-import { indexKey } from '../src/level/records.js';
+import { indexKey, RECENCY_PREFIX } from '../src/level/records.js';
 import { ROOT_SCOPE, scopeOf } from '../src/scope-path.js';
 import type { EncodedRecord } from '../src/store.js';
 import { eventually, ManualClock } from './conformance/support.js';
@@ -215,5 +215,25 @@ describe('LevelStore figures and damaged entries', () => {
     }
     // One batch for them all would show the first and the last touched together.
     expect(between).toBe(true);
+  });
+});
+
+describe('eviction behind stray index entries', () => {
+  test('25,000 stray recency entries before every item: the eviction pages past them down to its target', async () => {
+    const dir = await tempDir();
+    {
+      const cache = await LevelCache.open<string>(dir, { maxSizeBytes: Infinity });
+      for (const id of ids('a', 200)) await cache.set(id, 'x'.repeat(1000));
+      await cache.close();
+    }
+    // More strays than the store looks past in one listing (10,000), all older than any item.
+    await edit(dir, (db) =>
+      db.batch(Array.from({ length: 25_000 }, (_, n) => ({ type: 'put' as const, key: indexKey(RECENCY_PREFIX, 0, `:gone-${n}`), value: Buffer.alloc(0) }))),
+    );
+    const cache = await LevelCache.open<string>(dir, { maxSizeBytes: 100_000, sweepIntervalMs: 1e9 } as LevelCacheTestOptions);
+    onTestFinished(() => cache.close());
+    // The eviction at open, with no write and no timed sweep. Before: it ended at the first page of strays, over the limit.
+    await eventually(() => cache.usage().sizeBytes <= 90_000, 'the eviction past the strays');
+    expect(cache.usage().evictions).toBeGreaterThan(100);
   });
 });
