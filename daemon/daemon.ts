@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { LevelStore, type LevelStoreOptions } from '../src/level/level-store.js';
-import type { EncodedValue, VerifyReport } from '../src/store.js';
+import type { EncodedValue, ScopeUsage, VerifyReport } from '../src/store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import type { LockSnapshotEntry } from '../src/lock-table.js';
 import { parseItemKey, type Scope } from '../src/scope-path.js';
@@ -122,6 +122,68 @@ function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void 
   );
 }
 
+/** The `limit` largest top-level scopes by size (ties: the first name), and the count and figures of the rest. */
+class LargestScopes {
+  readonly #limit: number;
+  /** A heap whose root is the smallest scope kept, so that a larger one replaces it in O(log n). */
+  readonly #heap: { name: string; bytes: number; items: number }[] = [];
+  readonly others = { count: 0, sizeBytes: 0, items: 0 };
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  add(name: string, size: ScopeUsage): void {
+    const entry = { name, bytes: size.bytes, items: size.items };
+    if (this.#heap.length < this.#limit) {
+      this.#heap.push(entry);
+      this.#up(this.#heap.length - 1);
+      return;
+    }
+    const smallest = this.#heap[0]!;
+    if (this.#smaller(entry, smallest)) return this.#other(entry);
+    this.#other(smallest);
+    this.#heap[0] = entry;
+    this.#down(0);
+  }
+
+  /** The names kept, in name order. */
+  names(): string[] {
+    return this.#heap.map((entry) => entry.name).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  }
+
+  #other(entry: { bytes: number; items: number }): void {
+    this.others.count++;
+    this.others.sizeBytes += entry.bytes;
+    this.others.items += entry.items;
+  }
+
+  #smaller(a: { name: string; bytes: number }, b: { name: string; bytes: number }): boolean {
+    return a.bytes < b.bytes || (a.bytes === b.bytes && a.name > b.name);
+  }
+
+  #up(at: number): void {
+    const heap = this.#heap;
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (!this.#smaller(heap[at]!, heap[parent]!)) return;
+      [heap[at], heap[parent]] = [heap[parent]!, heap[at]!];
+      at = parent;
+    }
+  }
+
+  #down(at: number): void {
+    const heap = this.#heap;
+    for (;;) {
+      let least = at;
+      for (const child of [2 * at + 1, 2 * at + 2]) if (child < heap.length && this.#smaller(heap[child]!, heap[least]!)) least = child;
+      if (least === at) return;
+      [heap[at], heap[least]] = [heap[least]!, heap[at]!];
+      at = least;
+    }
+  }
+}
+
 /**
  * Starts a daemon in this process: opens the data directory, holding its instance lock (`instance-lock/`, see
  * `src/level/exclusive-open.ts`: one daemon per data directory), then listens on the socket and resolves once it
@@ -226,8 +288,15 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       const memory = store.memoryCache();
       const usage = backend.usage();
       const kept = backend.counters();
-      const names = new Set([...(usage?.scopes.keys() ?? []), ...scopeCounters.keys(), ...kept.scopes.keys()]);
-      const all: ScopeStatus[] = [...names].map((name) => {
+      // The largest by size (then by name), listed in name order; the rest only summed, so the answer stays small. One
+      // pass keeps the largest in a bounded heap: a million scopes cost no million objects and no sort.
+      const largest = new LargestScopes(STATUS_MAX_SCOPES);
+      const empty = { bytes: 0, items: 0 };
+      for (const [name, size] of usage?.scopes ?? []) largest.add(name, size);
+      // Scopes with figures but no data left (all evicted, say): the counters of both kinds are bounded.
+      for (const name of [...scopeCounters.keys(), ...kept.scopes.keys()]) if (!usage?.scopes.has(name)) largest.add(name, empty);
+      const otherScopes = largest.others;
+      const scopes: ScopeStatus[] = largest.names().map((name) => {
         const size = usage?.scopes.get(name);
         const reads = scopeCounters.get(name);
         const work = kept.scopes.get(name);
@@ -241,15 +310,6 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
           expirations: work?.expiredItems ?? 0,
         };
       });
-      // The largest by size (then by name), listed in name order; the rest only summed, so the answer stays small.
-      all.sort((a, b) => b.sizeBytes - a.sizeBytes || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      const scopes = all.slice(0, STATUS_MAX_SCOPES).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      const otherScopes = { count: 0, sizeBytes: 0, items: 0 };
-      for (const other of all.slice(STATUS_MAX_SCOPES)) {
-        otherScopes.count++;
-        otherScopes.sizeBytes += other.sizeBytes;
-        otherScopes.items += other.items;
-      }
       const limitBytes = usage?.limitBytes ?? null;
       return {
         pid: process.pid,

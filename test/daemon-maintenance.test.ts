@@ -46,6 +46,8 @@ describe('status stays bounded whatever the number of top-level scopes', () => {
     expect(status.scopes).toHaveLength(STATUS_MAX_SCOPES);
     const listed = new Set(status.scopes.map((scope) => scope.name));
     for (let n = 500; n < 1500; n++) expect(listed.has(`s${n}`), `s${n}`).toBe(true);
+    const names = status.scopes.map((scope) => scope.name);
+    expect(names).toEqual([...names].sort());
     const listedBytes = status.scopes.reduce((sum, scope) => sum + scope.sizeBytes, 0);
     expect(status.otherScopes).toEqual({ count: 500, sizeBytes: status.sizeBytes - listedBytes, items: 500 });
     const text = await runHoard(['--socket', socketPath, 'status']);
