@@ -63,6 +63,8 @@ const TOUCH_FLUSH_COUNT = 10_000;
 export const TOUCH_CHUNK = 1000;
 /** leastRecent and expired read at most this many index entries past `limit` that they skip (strays), per call. */
 const STRAY_SCAN_MAX = 10_000;
+/** The removal of stray index entries goes in batches of at most this many, with a turn of the event loop between them. */
+export const STRAY_CHUNK = 1000;
 /** Verify's fixes go in batches of this many items. */
 const FIX_CHUNK = 256;
 
@@ -216,6 +218,9 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #touchInBucket = (key: string): void => this.#touch(key, this.#bucketStartMs);
   #touchesWritten: Promise<void> = Promise.resolve();
   #closing = false;
+  readonly #log: (line: string) => void;
+  /** Whether this open has logged that items with damaged or missing meta entries were found. */
+  #damagedMetaLogged = false;
   /** Files written by this open whose batch has not been written yet, and the sets that verify runs watch. */
   readonly #filesUnderWay = new Set<string>();
   readonly #fileWatches = new Set<Set<string>>();
@@ -229,6 +234,7 @@ export class LevelStore implements Store<EncodedValue> {
     this.#db = db;
     this.directory = directory;
     this.loosePaths = state.loosePaths;
+    this.#log = options.log ?? (() => {});
     this.#guard = new WriteGuard({
       db,
       directory,
@@ -711,14 +717,15 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   /**
-   * The item keys of up to `limit` index entries in `bounds` that their items' meta entries call for. Entries that
-   * they do not (no item, a damaged meta, another time) are skipped, at most {@link STRAY_SCAN_MAX} a call, and
-   * removed in the background through the write queue. `more`: entries may follow `last`, the last one read.
+   * The item keys of up to `limit` index entries in `bounds` that their items call for: by their meta entries, or, for
+   * an item whose meta entry is damaged or missing, by its record (any recency entry; the expiry entry of its record's
+   * time). Entries that no item calls for (no record, another time) are skipped, at most {@link STRAY_SCAN_MAX} a
+   * call, and removed in the background through the write queue. `more`: entries may follow `last`, the last one read.
    */
   async #indexed(bounds: { gt?: Buffer; gte?: Buffer; lt: Buffer }, limit: number): Promise<{ keys: string[]; last: Buffer | undefined; more: boolean }> {
     const keys: string[] = [];
     const strays: Buffer[] = [];
-    const metaOf = (metaKey: Buffer): ItemMeta | undefined => this.#readMeta(metaKey.toString('utf8', 1));
+    let damagedMeta = false;
     let last: Buffer | undefined;
     let more = true;
     const iterator = this.#db.keys(bounds);
@@ -730,22 +737,63 @@ export class LevelStore implements Store<EncodedValue> {
           break;
         }
         for (const indexed of page) {
-          if (indexMatches(indexed, metaOf)) keys.push(indexedKey(indexed));
-          else strays.push(indexed);
+          const called = this.#calledFor(indexed, (key) => this.#readMeta(key));
+          if (called === 'stray') {
+            strays.push(indexed);
+          } else {
+            keys.push(indexedKey(indexed));
+            damagedMeta ||= called === 'by record';
+          }
         }
         last = page.at(-1);
       }
     } finally {
       await iterator.close();
     }
-    if (strays.length > 0) {
-      // Checked again when the batch is built: a write since may have made an entry the right one.
-      const build = (batch: BatchBuilder): void => {
-        for (const indexed of strays) if (!indexMatches(indexed, (metaKey) => batch.meta(metaKey.toString('utf8', 1)))) batch.del(indexed);
-      };
-      void this.#commits.add({ kind: 'job', build }).catch(() => {});
+    if (damagedMeta && !this.#damagedMetaLogged) {
+      this.#damagedMetaLogged = true;
+      this.#log(
+        `Items of the cache database in ${this.directory} have damaged or missing meta entries: they are evicted and expired by their records, and verify mends the entries (hoard verify).`,
+      );
     }
+    if (strays.length > 0) void this.#removeStrays(strays);
     return { keys, last, more: more && last !== undefined };
+  }
+
+  /**
+   * Whether an index entry is called for by its item's meta entry (`metaOf`), by its record when that meta entry is
+   * damaged or missing, or by nothing (a stray).
+   */
+  #calledFor(indexed: Buffer, metaOf: (key: string) => ItemMeta | undefined): 'by meta' | 'by record' | 'stray' {
+    if (indexMatches(indexed, (metaKey) => metaOf(metaKey.toString('utf8', 1)))) return 'by meta';
+    const key = indexedKey(indexed);
+    if (metaOf(key) !== undefined) return 'stray';
+    const fromRecord = this.#recordMeta(key);
+    if (!fromRecord) return 'stray';
+    if (indexed[0] === RECENCY_PREFIX.charCodeAt(0)) return 'by record';
+    const staleUntilMs = fromRecord.staleUntilMs;
+    return staleUntilMs !== undefined && indexKey(EXPIRY_PREFIX, staleUntilMs, key).equals(indexed) ? 'by record' : 'stray';
+  }
+
+  /**
+   * Removes stray index entries through the write queue, in batches of at most {@link STRAY_CHUNK} with a turn of the
+   * event loop between them; each is checked again when its batch is built, since a write may have made it the right one.
+   */
+  async #removeStrays(strays: readonly Buffer[]): Promise<void> {
+    for (let at = 0; at < strays.length; at += STRAY_CHUNK) {
+      if (at > 0) await new Promise((resolve) => setImmediate(resolve));
+      if (this.#closing) return;
+      const chunk = strays.slice(at, at + STRAY_CHUNK);
+      const build = (batch: BatchBuilder): void => {
+        for (const indexed of chunk) if (this.#calledFor(indexed, (key) => batch.meta(key)) === 'stray') batch.del(indexed);
+      };
+      // Best effort: entries left are found again by the next listing.
+      const written = await this.#commits.add({ kind: 'job', build }).then(
+        () => true,
+        () => false,
+      );
+      if (!written) return;
+    }
   }
 
   /**
