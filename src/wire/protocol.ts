@@ -335,8 +335,10 @@ const STORE_ERRORS: readonly WireErrorCode[] = ['CACHE_CANCELLED', 'CACHE_CLOSED
 const getParams: Layout<GetParams> = {
   writeBinary: (encoder, p) => void encoder.strings(p.scope).string(p.id).u8(p.wait ? 1 : 0),
   readBinary(frame) {
-    const p = itemParams.readBinary(frame);
-    return { ...p, wait: flag(frame, 'wait') };
+    // Field by field, not a spread of itemParams' object: this is every read's path.
+    const path = scope(frame.strings());
+    const id = frame.string();
+    return { scope: path, id, wait: flag(frame, 'wait') };
   },
   toJson: (p) => ({ scope: p.scope, id: p.id, wait: p.wait }),
   fromJson(json) {
