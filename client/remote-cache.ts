@@ -114,18 +114,12 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const releaseAtDaemon = this.#releaser(connection, handle);
     let released = false;
     let writes: Promise<void> = Promise.resolve();
-    const set = (value: T, options?: ExpiryOptions): Promise<void> => {
-      let expiry: ExpiryOptions;
-      try {
-        expiry = checkExpiry(options);
-      } catch (error) {
-        return Promise.reject(error);
-      }
-      if (!released && this.#closed) return Promise.reject(closedError());
+    // Async, so that every refusal (a bad expiry, a released handle) is a rejection; the write is queued at once.
+    const set = async (value: T, options?: ExpiryOptions): Promise<void> => {
+      const expiry = checkExpiry(options);
+      if (!released && this.#closed) throw closedError();
       if (released || connection.lost) {
-        return Promise.reject(
-          new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.'),
-        );
+        throw new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.');
       }
       const write = writes.then(() =>
         connection.request(HandleSet, { handle, value: this.#adapter.encode(value), ttlMs: expiry.ttlMs, staleMs: expiry.staleMs }),

@@ -140,16 +140,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     let writing = 0;
     let released = false;
     let written = false;
-    const set = (value: T, options?: ExpiryOptions): Promise<void> => {
-      let expiry: ExpiryOptions;
-      try {
-        expiry = checkExpiry(options);
-      } catch (error) {
-        return Promise.reject(error);
-      }
-      if (released || !lease.held) {
-        return Promise.reject(new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.'));
-      }
+    // Async, so that every refusal (a bad expiry, a released handle) is a rejection; the write is queued at once.
+    const set = async (value: T, options?: ExpiryOptions): Promise<void> => {
+      const expiry = checkExpiry(options);
+      if (released || !lease.held) throw new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.');
       writing++;
       written = true;
       const write = writes.then(() => this.#write(scope, id, value, nowSeconds(), expiry)).finally(() => writing--);
