@@ -42,6 +42,15 @@ async function indexEntries(dir: string, prefix: string): Promise<string[]> {
 
 const ids = (prefix: string, count: number): string[] => Array.from({ length: count }, (_, n) => `${prefix}-${String(n).padStart(4, '0')}`);
 
+/** A directory of `count` items a-0000… of 100 bytes, written at START_MS, expiring a second later. */
+async function expiringItems(count: number): Promise<string> {
+  const dir = await tempDir();
+  const store = await openStore(dir, { now: () => START_MS });
+  for (const id of ids('a', count)) await store.write(ROOT_SCOPE, id, value(100, { expiresAtMs: START_MS + 1000 }));
+  await store.close();
+  return dir;
+}
+
 describe('LevelStore figures and damaged entries', () => {
   test('totals gives the counted bytes and the limit, as usage does', async () => {
     const dir = await tempDir();
@@ -80,12 +89,7 @@ describe('LevelStore figures and damaged entries', () => {
   });
 
   test('leastRecent and expired skip stray index entries, list an item with damaged meta by its record, and remove the strays', async () => {
-    const dir = await tempDir();
-    {
-      const store = await openStore(dir, { now: () => START_MS });
-      for (const id of ids('a', 10)) await store.write(ROOT_SCOPE, id, value(100, { expiresAtMs: START_MS + 1000 }));
-      await store.close();
-    }
+    const dir = await expiringItems(10);
     await edit(dir, async (db) => {
       await db.put(indexKey('r', 0, ':gone-1'), Buffer.alloc(0));
       await db.put(indexKey('r', 0, ':gone-2'), Buffer.alloc(0));
@@ -163,12 +167,7 @@ describe('LevelStore figures and damaged entries', () => {
   });
 
   test('leastRecent and expired list items whose meta entry is damaged or missing, and the store logs them once', async () => {
-    const dir = await tempDir();
-    {
-      const store = await openStore(dir, { now: () => START_MS });
-      for (const id of ids('a', 4)) await store.write(ROOT_SCOPE, id, value(100, { expiresAtMs: START_MS + 1000 }));
-      await store.close();
-    }
+    const dir = await expiringItems(4);
     await edit(dir, async (db) => {
       await db.put(Buffer.from('t:a-0001'), Buffer.from([1, 2, 3]));
       await db.del(Buffer.from('t:a-0002'));

@@ -743,16 +743,22 @@ export interface GcResult {
   sizeBytes: number;
 }
 
+/** Params of one optional flag: in binary a `u8` 0 or 1; in JSON a boolean, `false` when absent. */
+function flagParams<K extends string>(name: K): Layout<Record<K, boolean>> {
+  const params = (value: boolean): Record<K, boolean> => ({ [name]: value }) as Record<K, boolean>;
+  return {
+    writeBinary: (encoder, p) => void encoder.u8(p[name] ? 1 : 0),
+    readBinary: (frame) => params(flag(frame, name)),
+    toJson: (p) => params(p[name]),
+    fromJson: (json) => params(optionalBoolean(object(json ?? {}), name) ?? false),
+  };
+}
+
 /** Runs an eviction and expiry pass now. In binary: params `u8` dryRun; result `u8` dryRun and five `f64`s in the order declared. */
 export const Gc = request<GcParams, GcResult>({
   method: 'daemon/gc',
   op: 0x0d,
-  params: {
-    writeBinary: (encoder, p) => void encoder.u8(p.dryRun ? 1 : 0),
-    readBinary: (frame) => ({ dryRun: flag(frame, 'dryRun') }),
-    toJson: (p) => ({ dryRun: p.dryRun }),
-    fromJson: (json) => ({ dryRun: optionalBoolean(object(json ?? {}), 'dryRun') ?? false }),
-  },
+  params: flagParams('dryRun'),
   result: {
     writeBinary: (encoder, r) =>
       void encoder.u8(r.dryRun ? 1 : 0).f64(r.evictedItems).f64(r.evictedBytes).f64(r.expiredItems).f64(r.expiredBytes).f64(r.sizeBytes),
@@ -790,12 +796,7 @@ function readUsage(frame: FrameCursor): ScopeUsage {
 export const Verify = request<VerifyParams, VerifyReport>({
   method: 'daemon/verify',
   op: 0x0e,
-  params: {
-    writeBinary: (encoder, p) => void encoder.u8(p.fix ? 1 : 0),
-    readBinary: (frame) => ({ fix: flag(frame, 'fix') }),
-    toJson: (p) => ({ fix: p.fix }),
-    fromJson: (json) => ({ fix: optionalBoolean(object(json ?? {}), 'fix') ?? false }),
-  },
+  params: flagParams('fix'),
   result: {
     writeBinary(encoder, r) {
       writeUsage(encoder, r.kept);
