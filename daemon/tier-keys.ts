@@ -1,0 +1,99 @@
+import { type Scope, topScopeName } from '../src/scope-path.js';
+
+/**
+ * The shared tier's key layout in Redis (PROTOCOL.md's "Shared tier layout" says it for other implementations).
+ *
+ * Every key of one top-level scope carries the same hash tag, `{<prefix>:<name>}` with the name percent-encoded, so that
+ * one Lua script can check a lease, write the item and log the change atomically on Redis Cluster too; a top-level
+ * scope therefore lives on one shard. Under the tag:
+ * - `i:<item key>`: the item, a hash (`v` value bytes, `e` encoding, `m` modified, `x` expiresAtMs, `s` staleUntilMs,
+ *   `f` fencing number, `g` the generations of its scopes when written; a tombstone has `d` and `f` only). It has a TTL
+ *   (its stale time, or the tier's item TTL), so that a `volatile-*` eviction policy may evict it.
+ * - `n`: the fencing counter (INCR), `g`: a hash of generations by scope prefix (a clear increments one), `l`: a hash of
+ *   leases by item key (`<token>|<fence>|<expiresAtMs>|<generations>`), `c`: the change log, a stream. None has a TTL:
+ *   under a `volatile-*` policy Redis never evicts them.
+ * Beside the tags: `<prefix>:id`, the tier's identity (a random string set once), `<prefix>:scopes`, a set of the
+ * top-level scope names written to (what a clear of the root scope clears), and the Pub/Sub channel `<prefix>:changes`.
+ */
+export class TierKeys {
+  readonly prefix: string;
+  /** The channel on which every change logged and every lease released is announced. */
+  readonly channel: string;
+  readonly identity: string;
+  readonly scopeNames: string;
+
+  constructor(prefix: string) {
+    this.prefix = prefix;
+    this.channel = `${prefix}:changes`;
+    this.identity = `${prefix}:id`;
+    this.scopeNames = `${prefix}:scopes`;
+  }
+
+  /** The hash tag of the top-level scope named `top` (`''`: items of the root scope). */
+  tag(top: string): string {
+    return `{${this.prefix}:${encodeURIComponent(top)}}`;
+  }
+
+  /** The item key's Redis key (`itemKey` from `scope-path.ts`). */
+  item(itemKey: string): string {
+    return `${this.tag(topScopeName(itemKey))}i:${itemKey}`;
+  }
+
+  fenceCounter(top: string): string {
+    return `${this.tag(top)}n`;
+  }
+
+  generations(top: string): string {
+    return `${this.tag(top)}g`;
+  }
+
+  leases(top: string): string {
+    return `${this.tag(top)}l`;
+  }
+
+  changeLog(top: string): string {
+    return `${this.tag(top)}c`;
+  }
+}
+
+/**
+ * The generation fields an item of `scope` depends on: the root's (`''`) and each enclosing scope's prefix, outermost
+ * first. A clear of a scope increments its prefix's field in the top-level scope's `g` hash; an item whose stored
+ * generations differ from the current ones reads as a miss.
+ */
+export function generationFields(scope: Scope): string[] {
+  const fields = [''];
+  let prefix = '';
+  // The scope's prefix is each name escaped and followed by `/`, so cutting it after each `/` gives every ancestor's.
+  for (let at = scope.prefix.indexOf('/'); at >= 0; at = scope.prefix.indexOf('/', at + 1)) {
+    prefix = scope.prefix.slice(0, at + 1);
+    fields.push(prefix);
+  }
+  return fields;
+}
+
+/** The top-level scope name of a scope; `''` for the root scope. */
+export function topOf(scope: Scope): string {
+  return scope.path[0] ?? '';
+}
+
+/**
+ * One Pub/Sub message on {@link TierKeys.channel}: `c|<top>|<stream id>|<item key or scope prefix>` when a change was
+ * logged, `r|<top>||<item key>` when a lease was released (`<top>` percent-encoded).
+ */
+export interface TierMessage {
+  readonly kind: 'changed' | 'released';
+  readonly top: string;
+  readonly streamId: string;
+  readonly key: string;
+}
+
+export function parseTierMessage(text: string): TierMessage | undefined {
+  const [kind, top, streamId, ...rest] = text.split('|');
+  if ((kind !== 'c' && kind !== 'r') || top === undefined || streamId === undefined || rest.length === 0) return undefined;
+  try {
+    return { kind: kind === 'c' ? 'changed' : 'released', top: decodeURIComponent(top), streamId, key: rest.join('|') };
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,109 @@
+import type { Scope } from './scope-path.js';
+import type { StoredRecord } from './store.js';
+
+/**
+ * How a top-level scope uses the shared tier: `local` keeps it on this machine (the default), `shared-read` reads
+ * through the tier but never writes to it, `shared` reads and writes through it. The daemon's setting, never a client's.
+ */
+export type ScopeSharing = 'local' | 'shared-read' | 'shared';
+
+/** A lease on one item in the shared tier, held by this daemon for one `getset` handle. */
+export interface TierLease {
+  /** The fencing number of the grant: larger than every earlier grant's and write's for the same top-level scope. */
+  readonly fence: number;
+  /** False once the lease is known lost (a renewal found it expired or taken), or released. */
+  readonly held: boolean;
+}
+
+/** What a read through the tier found. */
+export interface TierRead<V> {
+  /** The shared copy, with its `modified` and expiry; `undefined` on a shared miss. */
+  readonly record: StoredRecord<V> | undefined;
+  /**
+   * Whether the record may still be kept as the local copy: false once a change to the item (or a clear of a scope
+   * holding it) arrived after the read began. Ask right before writing the copy, while holding the item's lock.
+   */
+  copyable(): boolean;
+}
+
+/** A granted lease and the item's shared copy as of the grant. */
+export interface TierGrant<V> extends TierRead<V> {
+  readonly lease: TierLease;
+}
+
+/** What the tier calls to drop local copies that another machine's changes made stale; never writes back to the tier. */
+export interface TierSink {
+  /** Drops the local copy of one item, under its exclusive lock. */
+  invalidate(scope: Scope, id: string): Promise<void>;
+  /** Drops the local copies of a scope and its nested scopes, under its subtree lock. */
+  drop(scope: Scope): Promise<void>;
+  /** The names of the top-level scopes that hold local data now (the store's counted scopes). */
+  localScopes(): Iterable<string>;
+}
+
+/** The tier's figures for `hoard status`. */
+export interface TierStatus {
+  /** `connected`; `degraded` (unreachable or failing: `lastError` says why); `catching-up` on the change log after a cut. */
+  readonly state: 'connected' | 'degraded' | 'catching-up';
+  /** Where the tier is, without credentials. */
+  readonly url: string;
+  readonly lastError: string | null;
+  /** Round-trip time of the tier's recent commands: median and 99th percentile, in milliseconds; null before any. */
+  readonly latencyP50Ms: number | null;
+  readonly latencyP99Ms: number | null;
+  readonly sharedHits: number;
+  readonly sharedMisses: number;
+  readonly sharedWrites: number;
+  /** Tier commands that failed or timed out (reads, writes, leases, the change log). */
+  readonly errors: number;
+  /** Commands the tier refused for want of permission (an ACL), a subset of `errors`. */
+  readonly refused: number;
+  readonly leases: number;
+  /** Writes the tier refused because their lease was lost (a newer grant or write exists). */
+  readonly fencedWrites: number;
+  /** `getset` calls in a shared scope that held the local lock only, because the tier was unavailable. */
+  readonly localFallbacks: number;
+  /** Local items dropped because another machine changed them; local scopes dropped because the change log no longer reached back. */
+  readonly invalidations: number;
+  readonly droppedScopes: number;
+  /** Each top-level scope that is not `local`, by name (`*` stands for every scope not named). */
+  readonly sharing: Readonly<Record<string, ScopeSharing>>;
+}
+
+/**
+ * The shared second tier behind a daemon's local store: `LocalBackend` calls it, in shared scopes only, while holding
+ * the item's local lock (a scope's subtree lock for `clear`). Every method copes with the tier being down or slow:
+ * it answers within the tier's timeout, counts and logs the failure, and never throws but the documented errors.
+ */
+export interface SharedTier<V> {
+  /** Whether a failed shared write fails the call (`CACHE_TIER_UNAVAILABLE`, nothing written locally) or is only counted. */
+  readonly strict: boolean;
+  /** The sharing of the scope's top-level scope; synchronous and cheap (it runs on every read's miss). */
+  sharing(scope: Scope): ScopeSharing;
+  /** Reads the shared copy; `null` when the tier is unavailable (a shared miss, counted). */
+  read(scope: Scope, id: string): Promise<TierRead<V> | null>;
+  /**
+   * Writes the item to the tier and logs the change for other machines. With `lease`, the write is fenced: refused
+   * with `CACHE_LEASE_LOST` when the lease was lost or a newer grant, write or clear came since. A value over the
+   * tier's size limit is not written: the shared copy is deleted instead, so that no machine reads an older value.
+   * @throws CacheError `CACHE_LEASE_LOST`; `CACHE_TIER_UNAVAILABLE` only when `strict`.
+   */
+  write(scope: Scope, id: string, record: StoredRecord<V>, options: { lease?: TierLease; sizeBytes: number }): Promise<void>;
+  /** Deletes the shared copy and logs the change. @throws CacheError `CACHE_TIER_UNAVAILABLE` only when `strict`. */
+  delete(scope: Scope, id: string): Promise<void>;
+  /** Clears the scope's shared copies without scanning the keyspace, and logs it. @throws as {@link SharedTier.delete}. */
+  clear(scope: Scope): Promise<void>;
+  /**
+   * Takes the item's lease, waiting while another machine holds it (woken when it releases, or when its lease runs
+   * out), unless `wait` is false; `'busy'` then. `null` when the tier is unavailable: the caller goes on with its local
+   * lock alone, and the tier counts a local fallback.
+   * @throws the signal's reason when it aborts the wait.
+   */
+  acquire(scope: Scope, id: string, options: { wait: boolean; signal?: AbortSignal | undefined }): Promise<TierGrant<V> | 'busy' | null>;
+  /** Releases the lease (waking other machines' waiters) and stops renewing it; never throws. */
+  release(lease: TierLease): Promise<void>;
+  /** Connects the tier to the local store, whose copies it drops; called once, before any other call. */
+  attach(sink: TierSink): Promise<void>;
+  status(): TierStatus;
+  close(): Promise<void>;
+}
