@@ -292,7 +292,7 @@ interface TierFigures {
 async function tierStatus(socketPath: string): Promise<TierStatus | null> {
   const cache = await connect({ socketPath, autoStart: false, clientName: 'bench status' });
   try {
-    return ((await cache.status()) as { tier?: TierStatus | null }).tier ?? null;
+    return (await cache.status()).tier;
   } finally {
     await cache.close();
   }
