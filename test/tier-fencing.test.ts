@@ -17,13 +17,15 @@ test(`fencing: a holder paused past its lease is refused with CACHE_LEASE_LOST, 
   const otherOutcomes: string[] = [];
   const regressions: string[] = [];
   for (let r = 0; r < REPETITIONS; r++) {
-    const held = await onFirst.getset('contended');
+    // An item new to both daemons each time: a getset that finds a local copy holds the local lock alone (no lease).
+    const id = `contended ${r}`;
+    const held = await onFirst.getset(id);
     // Frozen: its daemon can neither renew the lease nor release it.
     first.pause();
     let paused = true;
     try {
       // The other machine's client waits for the lease to lapse, computes and writes.
-      const taken = await onSecond.getset('contended');
+      const taken = await onSecond.getset(id);
       await taken.set(`round ${r} from the second`);
       await taken.release();
     } finally {
@@ -40,11 +42,11 @@ test(`fencing: a holder paused past its lease is refused with CACHE_LEASE_LOST, 
 
     const expected = `round ${r} from the second`;
     for (const [name, cache] of [['first', onFirst], ['second', onSecond]] as const) {
-      await using got = await cache.get('contended');
+      await using got = await cache.get(id);
       const value = await got.item?.value();
       if (value !== expected) regressions.push(`round ${r}: the ${name} daemon served ${JSON.stringify(value)}`);
     }
-    const shared = await sharedItem(server.cli, { scope: ['fence'], id: 'contended' });
+    const shared = await sharedItem(server.cli, { scope: ['fence'], id });
     if (!shared?.v?.includes(expected) || shared.d !== undefined) regressions.push(`round ${r}: Redis holds ${JSON.stringify(shared)}`);
   }
   const status = await first.tierStatus();
