@@ -20,6 +20,8 @@ const UNIT = [
   'test/frames.test.ts',
   'test/layering.test.ts',
   'test/level.test.ts',
+  'test/local-backend-tier.test.ts',
+  'test/tier-options.test.ts',
   'test/lock-table.test.ts',
   'test/lru-map.test.ts',
   'test/memory.test.ts',

@@ -19,6 +19,7 @@ import {
   type StatusResult,
   Verify,
 } from '../src/wire/protocol.js';
+import type { TierStatus } from '../src/shared-tier.js';
 import type { VerifyReport } from '../src/store.js';
 import { VERSION } from '../src/version.js';
 import { daemonEntry, openOrStart } from './connect.js';
@@ -115,6 +116,26 @@ async function readStdin(): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
+}
+
+/** `hoard status`'s lines about the shared tier (one saying there is none, when the daemon runs without). */
+function tierLines(tier: TierStatus | null | undefined): string[] {
+  // A daemon of an earlier version sends no `tier` field: it has no tier either.
+  if (!tier) return ['tier         none (every scope is local)'];
+  const ms = (value: number | null): string => (value === null ? '-' : `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`);
+  const sharing = Object.entries(tier.sharing)
+    .map(([name, mode]) => `${name === '*' ? '*' : name === '' ? '(root)' : shown(name)}=${mode}`)
+    .join(', ');
+  const lines = [
+    `tier         ${tier.state} ${tier.url}, latency p50 ${ms(tier.latencyP50Ms)}, p99 ${ms(tier.latencyP99Ms)}`,
+    `             sharing ${sharing || 'none'}`,
+    `             shared hits ${tier.sharedHits}, misses ${tier.sharedMisses}, writes ${tier.sharedWrites}; ` +
+      `errors ${tier.errors} (${tier.refused} refused)`,
+    `             leases ${tier.leases}, fenced writes ${tier.fencedWrites}, local fallbacks ${tier.localFallbacks}; ` +
+      `invalidations ${tier.invalidations}, dropped scopes ${tier.droppedScopes}`,
+  ];
+  if (tier.lastError !== null) lines.push(`             last error: ${shown(tier.lastError)}`);
+  return lines;
 }
 
 function formatBytes(bytes: number): string {
@@ -227,6 +248,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         `memory       ${formatBytes(status.rssBytes)} resident; ${formatBytes(status.memoryCacheBytes)} of ${formatBytes(status.memoryCacheLimitBytes)} of values cached`,
       ];
       if (status.scope) lines.push(`scope        ${address(status.scope.path, null)}: ${formatBytes(status.scope.sizeBytes)}, ${status.scope.items} items`);
+      lines.push(...tierLines(status.tier));
       io.out(lines.join('\n') + '\n');
       if (status.scopes.length === 0) return;
       io.out(

@@ -337,6 +337,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         memoryCacheBytes: memory.bytes,
         memoryCacheLimitBytes: memory.limitBytes,
         rssBytes: process.memoryUsage.rss(),
+        tier: backend.tierStatus(),
       };
     },
   };

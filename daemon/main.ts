@@ -14,6 +14,7 @@ import { DataDirectoryHeld } from './data-directory-holder.js';
 import { type Daemon, MAX_WAITERS_PER_CONNECTION, startDaemon } from './daemon.js';
 import { LogFile } from './log-file.js';
 import { oneLogLine } from './log-text.js';
+import { type TierFlags, tierOptions } from './tier-options.js';
 
 /**
  * The daemon's own entry: `node daemon/main.js [options]` runs a daemon, `node daemon/main.js repair [options]`
@@ -38,6 +39,8 @@ interface DaemonCommandOptions {
    * or program holds the data directory (give up, and show why); or `error <why>`.
    */
   readyFd?: number;
+  /** The shared tier's flags, as written: checked with the environment's `HOARD_TIER*` at start. */
+  tierFlags?: TierFlags;
 }
 
 /** The exit status of a daemon that did not start because another holds its data directory or answers on its socket. */
@@ -89,6 +92,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
     });
   }
   try {
+    const tier = tierOptions(options.tierFlags ?? {}, process.env);
     daemon = await startDaemon({
       socketPath: options.socket,
       dataDir: options.dataDir,
@@ -100,6 +104,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
       sync: options.sync,
       stdio: options.stdio ? { input: process.stdin, output: process.stdout } : undefined,
       log: stamp,
+      ...(tier && { tier }),
     });
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
@@ -164,6 +169,11 @@ function parseMessageLimit(text: string): number {
   return bytes;
 }
 
+/** Collects a repeatable option's values. */
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
 /** Where help (`out`) and errors (`err`) go; in stdio mode, help is printed and the process exits before serving. */
 export interface EntryOutput {
   out(text: string): void;
@@ -208,15 +218,32 @@ function daemonProgram(name: string, io: EntryOutput): Command {
           '(default: the smaller of 10GiB and a tenth of the data directory\u2019s filesystem)',
       ).argParser(parseMaxSize),
     )
+    .addOption(
+      new Option('--tier <url>', 'share scopes through Redis: redis://[user@]host[:port][/db], rediss://… or unix:///path (repeatable or comma-separated: cluster seeds; default: $HOARD_TIER; a password only in $HOARD_TIER_PASSWORD)').argParser(collect),
+    )
+    .option('--tier-cluster', 'the --tier URLs are seed nodes of a Redis Cluster')
+    .addOption(
+      new Option('--share <scope=mode>', 'how a top-level scope uses the tier: local, shared-read or shared; * for every scope not named (repeatable; also $HOARD_TIER_SHARE, comma-separated)').argParser(
+        collect,
+      ),
+    )
+    .option('--tier-strict', 'fail a write to a shared scope when the tier fails (CACHE_TIER_UNAVAILABLE), instead of counting it')
+    .option('--tier-lease <duration>', 'how long a getset\u2019s lease outlives its daemon when that is paused or cut off (default: 10s)')
+    .option('--tier-timeout <duration>', 'how long any tier command may take before it counts as failed (default: 1s)')
+    .option('--tier-max-value <size>', 'values larger than this stay local (default: 1MiB)')
+    .option('--tier-prefix <name>', 'the prefix of every Redis key and channel hoard uses (default: hoard)')
+    .option('--tier-log-length <count>', 'how many changes each shared scope\u2019s change log keeps, about (default: 10000)')
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
-    .action(async (options: DaemonCommandOptions & { idleTimeout: number; memoryCache: number; maxWaiters: number; maxSize?: number }) => {
+    .action(async (options: DaemonCommandOptions & TierFlags & { idleTimeout: number; memoryCache: number; maxWaiters: number; maxSize?: number }) => {
+      const { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, ...daemon } = options;
       await runDaemonCommand({
-        ...options,
+        ...daemon,
         idleTimeoutMs: options.idleTimeout,
         memoryCacheBytes: options.memoryCache,
         maxWaitersPerConnection: options.maxWaiters,
         maxSizeBytes: options.maxSize,
+        tierFlags: { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength },
       });
     });
   return program;

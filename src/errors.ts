@@ -40,6 +40,13 @@ export type CacheErrorCode =
    * is untouched.
    */
   | 'CACHE_OVER_SIZE_LIMIT'
+  /**
+   * A `getset` holder's write was refused because its lease in the shared tier was lost: its daemon was paused or cut
+   * off past the lease time, or a newer set, delete or clear came from another machine; nothing was written.
+   */
+  | 'CACHE_LEASE_LOST'
+  /** The shared tier failed or timed out, and the daemon runs it in strict mode (`--tier-strict`); nothing was written. */
+  | 'CACHE_TIER_UNAVAILABLE'
   /** The daemon refused the request's parameters (a client bug, or a client of another version). */
   | 'CACHE_INVALID_PARAMS'
   /** The daemon failed in an unexpected way; its log has the details. */

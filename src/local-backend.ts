@@ -3,8 +3,18 @@ import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js
 import { checkExpiry } from './cache-view.js';
 import { CacheError, isCacheError } from './errors.js';
 import { type GcReport, Housekeeper, type RemovalCounters } from './housekeeper.js';
-import { type Lease, type LockOwner, type LockSnapshotEntry, LockTable, type LockTableStats, type SignalSource } from './lock-table.js';
-import { itemKey, type Scope } from './scope-path.js';
+import {
+  type CancelWait,
+  type Lease,
+  type LockOwner,
+  type LockSnapshotEntry,
+  LockTable,
+  type LockTableStats,
+  type SignalSource,
+  type WaitGate,
+} from './lock-table.js';
+import { itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
+import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
 import type { ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
 
 /** Converts between a cache's values and a store's stored form. */
@@ -20,14 +30,27 @@ export interface LockOptions {
   owner?: LockOwner | undefined;
 }
 
-export interface LocalBackendOptions {
+export interface LocalBackendOptions<V = unknown> {
   /** The clock that expiry reads, in milliseconds since the epoch; default `Date.now`. For tests. */
   now?: () => number;
   /** How often expired items are swept from a store that indexes them, in milliseconds; default 10 s. For tests. */
   sweepIntervalMs?: number;
-  /** Where a failed background eviction or sweep is told, at most one line a minute; default nowhere. */
+  /**
+   * Where a failed background eviction or sweep, or a failed local copy of a shared item, is told, at most one line a
+   * minute each; default nowhere.
+   */
   log?: (line: string) => void;
+  /**
+   * The shared second tier behind the store, for the scopes it shares: see {@link LocalBackend}. The backend owns it:
+   * {@link LocalBackend.openTier} attaches it and {@link LocalBackend.close} closes it.
+   */
+  tier?: SharedTier<V>;
 }
+
+/** Who the tier's own work on the local store (dropping stale copies) is, for `hoard locks`. */
+const TIER_OWNER: LockOwner = Object.freeze({ name: 'hoard tier' });
+/** How often a failed local copy of a shared item is logged, at most. */
+const COPY_FAILURE_LOG_INTERVAL_MS = 60_000;
 
 function closedError(): CacheError {
   return new CacheError('CACHE_CLOSED', 'The cache is closed.');
@@ -42,11 +65,41 @@ function freshness(record: StoredRecord<unknown>, nowMs: number): Freshness {
   return nowMs < (record.staleUntilMs ?? expiresAtMs) ? 'stale' : 'gone';
 }
 
+/** A copy the tier holds, as the local tier's expiry sees it (never `gone`), and whether it was kept as the local copy. */
+interface Found<V> {
+  readonly record: StoredRecord<V>;
+  readonly state: Freshness;
+  readonly kept: boolean;
+}
+
 /** The expiry fields of a record written at `nowMs`. */
 function expiryFields(nowMs: number, expiry: ExpiryOptions): { expiresAtMs?: number; staleUntilMs?: number } {
   if (expiry.ttlMs === undefined) return {};
   const expiresAtMs = nowMs + expiry.ttlMs;
   return { expiresAtMs, staleUntilMs: expiresAtMs + (expiry.staleMs ?? 0) };
+}
+
+/** The bytes of a stored value as the tier's size limit counts them: an encoded value's bytes (the daemon's values). */
+function valueBytes(value: unknown): number {
+  if (value instanceof Uint8Array) return value.byteLength;
+  const bytes = (value as { bytes?: unknown } | null)?.bytes;
+  if (bytes instanceof Uint8Array) return bytes.byteLength;
+  return typeof value === 'string' ? Buffer.byteLength(value) : 0;
+}
+
+/**
+ * The abort signal of a wait for a tier lease, from a lock request's signal source: a function or a gate is told
+ * that the request waits, as for a lock, and `end` tells the gate that it no longer does.
+ * @throws what the gate throws to refuse the wait (`CACHE_TOO_MANY_WAITERS`).
+ */
+function tierWait(source: SignalSource): { signal: AbortSignal | undefined; end(): void } {
+  if (source === undefined || source instanceof AbortSignal) return { signal: source, end() {} };
+  const controller = new AbortController();
+  const cancel: CancelWait = (reason) => controller.abort(reason);
+  let gate: WaitGate | undefined;
+  const outer = typeof source === 'function' ? source(cancel) : (gate = source).enter(cancel, 'exclusive');
+  const signal = outer ? AbortSignal.any([controller.signal, outer]) : controller.signal;
+  return { signal, end: () => gate?.leave() };
 }
 
 /**
@@ -55,6 +108,12 @@ function expiryFields(nowMs: number, expiry: ExpiryOptions): { expiresAtMs?: num
  *
  * An item past its `expiresAtMs` reads as a miss; `getset` also hands it out as `stale` until its `staleUntilMs`.
  * A read that finds it past that queues it for removal once the reader lets go of it.
+ *
+ * With a shared tier, in the scopes it shares, a local hit is served as without one; a local miss reads the tier and
+ * keeps its copy locally (when the tier says it still may, written under the read's lock before the item is handed
+ * out); `set`, `delete` and `clear` in a `shared` scope write both tiers (local first, or the tier first when it is
+ * strict), and a `getset` miss there holds the tier's lease for the item as well as its local lock, its setter
+ * writing the tier first, fenced by the lease. The tier is always asked while the item's local lock is held.
  */
 export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #locks = new LockTable();
@@ -62,16 +121,47 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, V>;
   readonly #now: () => number;
   readonly #housekeeper: Housekeeper;
+  readonly #tier: SharedTier<V> | undefined;
+  readonly #log: ((line: string) => void) | undefined;
+  /**
+   * Items whose local copy a read is writing now: readers share the item's lock, and the store takes one write of an
+   * item at a time, so a second reader of the same miss serves the tier's copy without writing it again.
+   */
+  readonly #copying = new Set<string>();
+  #copyFailureLoggedAtMs = -Infinity;
+  #copyFailuresNotLogged = 0;
   #closed = false;
   #closing?: Promise<void>;
   #running = 0;
   #drained?: () => void;
 
-  constructor(store: Store<V>, adapter: ValueAdapter<T, V>, options: LocalBackendOptions = {}) {
+  constructor(store: Store<V>, adapter: ValueAdapter<T, V>, options: LocalBackendOptions<V> = {}) {
     this.#store = store;
     this.#adapter = adapter;
     this.#now = options.now ?? Date.now;
+    this.#tier = options.tier;
+    this.#log = options.log;
     this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log });
+  }
+
+  /**
+   * Connects the shared tier to the store, whose stale copies it drops (under their locks, never writing back to the
+   * tier); call it once, before serving. Without a tier it does nothing.
+   */
+  async openTier(): Promise<void> {
+    if (!this.#tier) return;
+    this.#checkOpen();
+    const sink: TierSink = {
+      invalidate: (scope, id) => this.#invalidate(scope, id),
+      drop: (scope) => this.#drop(scope),
+      localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
+    };
+    await this.#tier.attach(sink);
+  }
+
+  /** The shared tier's figures; `null` without a tier. */
+  tierStatus(): TierStatus | null {
+    return this.#tier?.status() ?? null;
   }
 
   /**
@@ -86,10 +176,16 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     if (!lease) return undefined;
     const record = this.#readRecord(lease, scope, id);
     // Most records never expire: the clock is read only for those that do.
-    if (record?.expiresAtMs === undefined) return { lease, record };
-    const state = freshness(record, this.#now());
-    if (state === 'fresh') return { lease, record };
-    return { lease: state === 'gone' ? this.#removeOnRelease(lease) : lease, record: undefined };
+    if (record?.expiresAtMs === undefined) {
+      if (record !== undefined || !this.#shares(scope)) return { lease, record };
+    } else {
+      const state = freshness(record, this.#now());
+      if (state === 'fresh') return { lease, record };
+      if (!this.#shares(scope)) return { lease: state === 'gone' ? this.#removeOnRelease(lease) : lease, record: undefined };
+    }
+    // A miss in a scope the tier shares reads through the tier, which takes a promise: `get` does it.
+    lease.release();
+    return undefined;
   }
 
   async get(scope: Scope, id: string, options: LockOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
@@ -104,9 +200,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease = acquired instanceof Promise ? await acquired : acquired;
     }
     await this.#readable();
-    const record = this.#readRecord(lease, scope, id);
-    const state = record && freshness(record, this.#now());
-    const held = state === 'gone' ? this.#removeOnRelease(lease) : lease;
+    let record = this.#readRecord(lease, scope, id);
+    let state = record && freshness(record, this.#now());
+    let expiredLocally = state === 'gone';
+    if (state !== 'fresh' && this.#shares(scope)) {
+      const shared = await this.#readThrough(lease, scope, id);
+      if (shared) {
+        ({ record, state } = shared);
+        if (shared.kept) expiredLocally = false;
+      }
+    }
+    const held = expiredLocally ? this.#removeOnRelease(lease) : lease;
     const item = state === 'fresh' ? this.#item(record!) : null;
     const release = async (): Promise<void> => held.release();
     return { item, release, [Symbol.asyncDispose]: release };
@@ -130,8 +234,27 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     await this.#readable();
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
-    const record = this.#readRecord(lease, scope, id, { corruptIsMiss: true });
-    const state = record && freshness(record, this.#now());
+    let record = this.#readRecord(lease, scope, id, { corruptIsMiss: true });
+    let state = record && freshness(record, this.#now());
+    let expiredLocally = state === 'gone';
+    // A local hit holds the local lock alone, as without a tier: its setter, if used, writes as a plain set does.
+    const sharing = state === 'fresh' ? 'local' : this.#sharing(scope);
+    let tierLease: TierLease | undefined;
+    if (sharing !== 'local') {
+      let found;
+      if (sharing === 'shared') {
+        const granted = await this.#acquireTier(lease, scope, id, options);
+        if (granted === 'busy') return MISSED_GETSET;
+        tierLease = granted?.lease;
+        found = granted?.found;
+      } else {
+        found = await this.#readThrough(lease, scope, id);
+      }
+      if (found) {
+        ({ record, state } = found);
+        if (found.kept) expiredLocally = false;
+      }
+    }
     const item = state === 'fresh' ? this.#item(record!) : null;
     const stale = state === 'stale' ? this.#item(record!) : null;
     // Writes through the handle run one after another, and release waits for them; once release has been
@@ -146,7 +269,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (released || !lease.held) throw new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.');
       writing++;
       written = true;
-      const write = writes.then(() => this.#write(scope, id, value, nowSeconds(), expiry)).finally(() => writing--);
+      const write = writes.then(() => this.#handleWrite(scope, id, value, expiry, tierLease)).finally(() => writing--);
       writes = write.catch(() => {});
       return write;
     };
@@ -155,9 +278,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (released) return;
       released = true;
       if (writing > 0) await writes;
+      // Other machines' waiters go on once the lease is released, this machine's once the lock is.
+      if (tierLease) await this.#tier!.release(tierLease);
       lease.release();
       // An item past its stale time that the caller did not replace goes now that its lock is free.
-      if (state === 'gone' && !written) this.#housekeeper.foundExpired(key);
+      if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
     };
     return { item, stale, set, release, [Symbol.asyncDispose]: release };
   }
@@ -170,8 +295,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const key = itemKey(scope, id);
     const lease = await this.#lock(key, 'exclusive', options);
     try {
-      await this.#io(() => this.#store.write(scope, id, { modified, value: stored, ...expiryFields(this.#now(), options) }));
-      this.#housekeeper.written(key);
+      const record = { modified, value: stored, ...expiryFields(this.#now(), options) };
+      if (this.#sharing(scope) === 'shared') await this.#writeBoth(scope, id, record, undefined);
+      else await this.#writeLocal(scope, id, record);
     } finally {
       lease.release();
     }
@@ -180,7 +306,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async delete(scope: Scope, id: string, options: LockOptions = {}): Promise<void> {
     const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
     try {
-      await this.#io(() => this.#store.delete(scope, id));
+      const local = (): Promise<void> => this.#io(() => this.#store.delete(scope, id));
+      if (this.#sharing(scope) === 'shared') await this.#bothTiers(local, () => this.#tier!.delete(scope, id));
+      else await local();
     } finally {
       lease.release();
     }
@@ -189,7 +317,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async clear(scope: Scope, options: LockOptions = {}): Promise<void> {
     const lease = await this.#lock(scope.prefix, 'subtree', options);
     try {
-      await this.#io(() => this.#store.clear(scope));
+      const local = (): Promise<void> => this.#io(() => this.#store.clear(scope));
+      // The root scope holds every top-level scope: the tier clears those it shares.
+      if (this.#tier && (scope.path.length === 0 || this.#tier.sharing(scope) === 'shared')) await this.#bothTiers(local, () => this.#tier!.clear(scope));
+      else await local();
     } finally {
       lease.release();
     }
@@ -256,6 +387,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#closing ??= (async () => {
       this.#closed = true;
       this.#locks.rejectWaiters(closedError());
+      // The tier goes first: it stops dropping copies (those it could not drop now are dropped at the next attach,
+      // from the positions it keeps) and releases its leases.
+      await this.#tier?.close();
       await this.#housekeeper.close();
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
       await this.#store.close();
@@ -312,10 +446,220 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  async #write(scope: Scope, id: string, value: T, modified: number, expiry: ExpiryOptions): Promise<void> {
+  /** A getset handle's write: with a tier lease, to the tier first (fenced by the lease), then locally. */
+  async #handleWrite(scope: Scope, id: string, value: T, expiry: ExpiryOptions, tierLease: TierLease | undefined): Promise<void> {
     const stored = this.#adapter.encode(value);
-    await this.#io(() => this.#store.write(scope, id, { modified, value: stored, ...expiryFields(this.#now(), expiry) }));
+    const record = { modified: nowSeconds(), value: stored, ...expiryFields(this.#now(), expiry) };
+    if (tierLease || this.#sharing(scope) === 'shared') await this.#writeBoth(scope, id, record, tierLease);
+    else await this.#writeLocal(scope, id, record);
+  }
+
+  async #writeLocal(scope: Scope, id: string, record: StoredRecord<V>): Promise<void> {
+    await this.#io(() => this.#store.write(scope, id, record));
     this.#housekeeper.written(itemKey(scope, id));
+  }
+
+  /**
+   * Writes an item of a `shared` scope, under its exclusive lock: locally then to the tier, or, with a lease or a
+   * strict tier, to the tier first (whose refusal leaves the local copy as it was) then locally.
+   */
+  async #writeBoth(scope: Scope, id: string, record: StoredRecord<V>, lease: TierLease | undefined): Promise<void> {
+    const sizeBytes = valueBytes(record.value);
+    await this.#bothTiers(
+      () => this.#writeLocal(scope, id, record),
+      () => this.#tier!.write(scope, id, record, lease ? { lease, sizeBytes } : { sizeBytes }),
+      { tierFirst: lease !== undefined, item: { scope, id } },
+    );
+  }
+
+  /**
+   * Runs a change on both tiers, in the order the tier's policy says: the local one first (a tier failure is the
+   * tier's to count), or with a strict tier (or `tierFirst`) the tier first, so that its refusal changes nothing. A
+   * local failure after the tier's change drops the item's local copy (`item`), which the tier no longer vouches for.
+   */
+  async #bothTiers(local: () => Promise<void>, shared: () => Promise<void>, options: { tierFirst?: boolean; item?: { scope: Scope; id: string } } = {}): Promise<void> {
+    if (!(options.tierFirst || this.#tier!.strict)) {
+      await local();
+      await shared();
+      return;
+    }
+    await shared();
+    try {
+      await local();
+    } catch (error) {
+      const { item } = options;
+      if (item) await this.#io(() => this.#store.delete(item.scope, item.id)).catch(() => {});
+      throw error;
+    }
+  }
+
+  /** The sharing of `scope`'s top-level scope: `local` without a tier. */
+  #sharing(scope: Scope): ScopeSharing {
+    return this.#tier ? this.#tier.sharing(scope) : 'local';
+  }
+
+  /** Whether reads in `scope` go through to the tier on a miss. */
+  #shares(scope: Scope): boolean {
+    return this.#tier !== undefined && this.#tier.sharing(scope) !== 'local';
+  }
+
+  /**
+   * On a local miss in a scope the tier shares, under the item's lock (`lease`): the tier's copy as the local tier's
+   * expiry sees it (`undefined`: a miss there too, or the tier unavailable), kept as the local copy when fresh.
+   */
+  async #readThrough(lease: Lease, scope: Scope, id: string): Promise<Found<V> | undefined> {
+    let read: TierRead<V> | null;
+    try {
+      read = await this.#tier!.read(scope, id);
+    } catch (error) {
+      lease.release();
+      throw error;
+    }
+    return this.#found(lease, scope, id, read);
+  }
+
+  /**
+   * On a local miss in a `shared` scope, under the item's exclusive lock (`lease`): takes the tier's lease, and
+   * returns it with the tier's copy (kept locally when fresh); `'busy'` (the local lock released) when another
+   * machine holds it and `wait` is false; `undefined` when the tier is unavailable (the local lock alone then holds).
+   */
+  async #acquireTier(
+    lease: Lease,
+    scope: Scope,
+    id: string,
+    options: LockOptions & { wait: boolean },
+  ): Promise<{ lease: TierLease; found: Found<V> | undefined } | 'busy' | undefined> {
+    let grant;
+    try {
+      if (options.wait) {
+        const wait = tierWait(options.signal);
+        try {
+          grant = await this.#tier!.acquire(scope, id, { wait: true, signal: wait.signal });
+        } finally {
+          wait.end();
+        }
+      } else {
+        grant = await this.#tier!.acquire(scope, id, { wait: false });
+      }
+    } catch (error) {
+      lease.release();
+      throw error;
+    }
+    if (grant === 'busy') {
+      lease.release();
+      return 'busy';
+    }
+    if (grant === null) return undefined;
+    try {
+      return { lease: grant.lease, found: await this.#found(lease, scope, id, grant) };
+    } catch (error) {
+      await this.#tier!.release(grant.lease);
+      throw error;
+    }
+  }
+
+  /**
+   * What a read of the tier found, kept as the local copy when fresh and still copyable; releases `lease` if it throws.
+   * Asks `copyable()` once of every read that found a record, whatever it then does, so the tier can forget the read.
+   */
+  async #found(lease: Lease, scope: Scope, id: string, read: TierRead<V> | null): Promise<Found<V> | undefined> {
+    const record = read?.record;
+    if (!record) return undefined;
+    const copyable = read.copyable();
+    const state = freshness(record, this.#now());
+    if (state === 'gone') return undefined;
+    const kept = state === 'fresh' && copyable && (await this.#keepCopy(lease, scope, id, record));
+    return { record, state, kept };
+  }
+
+  /**
+   * Writes the tier's copy as the local one, under the item's lock, unless another reader is writing it now; over the
+   * size limit, or on a failing disk, the item is served without a copy. Whether it was written.
+   */
+  async #keepCopy(lease: Lease, scope: Scope, id: string, record: StoredRecord<V>): Promise<boolean> {
+    const key = itemKey(scope, id);
+    if (this.#copying.has(key)) return false;
+    this.#copying.add(key);
+    try {
+      await this.#writeLocal(scope, id, record);
+      return true;
+    } catch (error) {
+      if (this.#closed) {
+        lease.release();
+        throw error;
+      }
+      if (!isCacheError(error, 'CACHE_OVER_SIZE_LIMIT')) this.#logCopyFailure(error);
+      return false;
+    } finally {
+      this.#copying.delete(key);
+    }
+  }
+
+  /** Logs a failed local copy of a shared item: at most one line a minute, counting those left out. */
+  #logCopyFailure(error: unknown): void {
+    if (!this.#log) return;
+    const nowMs = performance.now();
+    if (nowMs - this.#copyFailureLoggedAtMs < COPY_FAILURE_LOG_INTERVAL_MS) {
+      this.#copyFailuresNotLogged++;
+      return;
+    }
+    const more = this.#copyFailuresNotLogged > 0 ? ` (${this.#copyFailuresNotLogged} more since the last line)` : '';
+    this.#copyFailureLoggedAtMs = nowMs;
+    this.#copyFailuresNotLogged = 0;
+    this.#log(`tier: an item read from the shared tier was served without a local copy: ${error instanceof Error ? error.message : String(error)}${more}`);
+  }
+
+  /** The tier's sink: drops the local copy of an item another machine changed, under its exclusive lock. */
+  async #invalidate(scope: Scope, id: string): Promise<void> {
+    const key = itemKey(scope, id);
+    const acquired = this.#lock(key, 'exclusive', { owner: TIER_OWNER });
+    const lease = acquired instanceof Promise ? await acquired : acquired;
+    try {
+      // Most changes elsewhere are to items this machine does not hold: those cost no write.
+      if (this.#store.sizeOf ? this.#store.sizeOf(key) === undefined : this.#holdsNothing(scope, id)) return;
+      await this.#io(() => this.#store.delete(scope, id));
+    } finally {
+      lease.release();
+    }
+  }
+
+  #holdsNothing(scope: Scope, id: string): boolean {
+    try {
+      return this.#store.read(scope, id) === undefined;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * The tier's sink: drops the local copies of a scope and its nested scopes, under its subtree lock. For the root
+   * scope, only what the tier shares: the top-level scopes it shares, and the root's own items if it shares those.
+   */
+  async #drop(scope: Scope): Promise<void> {
+    const lease = await this.#lock(scope.prefix, 'subtree', { owner: TIER_OWNER });
+    try {
+      if (scope.path.length > 0) {
+        await this.#io(() => this.#store.clear(scope));
+        return;
+      }
+      for (const name of [...(this.#store.usage?.().scopes.keys() ?? [])]) {
+        if (name === '' || !this.#shares(scopeOf([name]))) continue;
+        await this.#io(() => this.#store.clear(scopeOf([name])));
+      }
+      if (this.#shares(ROOT_SCOPE)) await this.#dropRootItems();
+    } finally {
+      lease.release();
+    }
+  }
+
+  /** Deletes the items directly in the root scope, page by page (the caller holds the root's subtree lock). */
+  async #dropRootItems(): Promise<void> {
+    let cursor: string | undefined;
+    do {
+      const page: StoreListing = await this.#io(() => this.#store.list(ROOT_SCOPE, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
+      for (const item of page.items) await this.#io(() => this.#store.delete(ROOT_SCOPE, item.id));
+      cursor = page.cursor ?? undefined;
+    } while (cursor !== undefined);
   }
 
   /** Runs one store call, refusing it once the cache is closed and letting `close` wait for it. */

@@ -12,6 +12,6 @@ export class MemoryCache<T> extends RootCacheView<T> {
 }
 
 /** The backend of a {@link MemoryCache}; with options (a clock, a sweep interval) for tests, which build a view on it. */
-export function memoryBackend<T>(options: LocalBackendOptions = {}): LocalBackend<T, T> {
+export function memoryBackend<T>(options: LocalBackendOptions<T> = {}): LocalBackend<T, T> {
   return new LocalBackend<T, T>(new MemoryStore<T>(), keepAsGiven, options);
 }

@@ -148,11 +148,12 @@ describe('the hoard command', () => {
     const json = await run(['status', '--json']);
     expect(json.code).toBe(0);
     const status = JSON.parse(json.stdout.toString()) as Record<string, unknown>;
-    expect(status).toMatchObject({ socketPath: socket, connections: 1, locksHeld: 0, waiters: 0, hits: 1, misses: 1, protocolVersion: 2 });
+    expect(status).toMatchObject({ socketPath: socket, connections: 1, locksHeld: 0, waiters: 0, hits: 1, misses: 1, protocolVersion: 2, tier: null });
     for (const field of ['pid', 'version', 'uptimeMs', 'dataDir', 'sizeOnDiskBytes']) expect(status).toHaveProperty(field);
     const text = (await run(['status'])).stdout.toString();
     expect(text).toMatch(/^pid\s+\d+$/m);
     expect(text).toMatch(/^hits\s+1, misses 1$/m);
+    expect(text).toMatch(/^tier\s+none \(every scope is local\)$/m);
   });
 
   test('stop ends the daemon cleanly; stop and status with no daemon say so', async () => {
@@ -282,5 +283,14 @@ describe('the hoard command', () => {
     const result = await hoard(['daemon', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--data-dir', dir]);
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(/^hoard: cannot start: .*at most 107/);
+  });
+
+  test('a daemon given a tier password on its command line refuses to start, without echoing it', async () => {
+    const dir = await tempDir('hd-');
+    const result = await hoard(['daemon', '--socket', join(dir, 's.sock'), '--data-dir', dir, '--tier', 'redis://u:hunter2@127.0.0.1:1', '--share', '*=shared']);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/^hoard: cannot start: --tier: the URL carries a password.*HOARD_TIER_PASSWORD/);
+    expect(result.stderr).not.toContain('hunter2');
+    expect(await readdir(dir)).toEqual([]);
   });
 });

@@ -3,6 +3,7 @@
  * params, result, error codes and both layouts (JSON-RPC with base64 values, and binary frames). The daemon and
  * the client encode and decode through these declarations; nothing here touches a socket.
  */
+import type { TierStatus } from '../shared-tier.js';
 import { NotificationType, RequestType } from 'vscode-jsonrpc';
 import type { ListPage, ListedItem } from '../cache.js';
 import type { LockMode } from '../lock-table.js';
@@ -423,8 +424,17 @@ export const HandleSet = request<HandleSetParams, void>({
     },
   },
   result: none,
-  // It waits for no lock: the handle holds it.
-  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_INVALID_VALUE', 'CACHE_OVER_SIZE_LIMIT', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
+  // It waits for no lock: the handle holds it. In a shared scope, the tier may refuse it (a lost lease, a strict tier down).
+  errors: [
+    'CACHE_LOCK_NOT_HELD',
+    'CACHE_INVALID_VALUE',
+    'CACHE_OVER_SIZE_LIMIT',
+    'CACHE_LEASE_LOST',
+    'CACHE_TIER_UNAVAILABLE',
+    'CACHE_CLOSED',
+    'CACHE_STORAGE',
+    'CACHE_DATA_DIRECTORY_LOST',
+  ],
   value: (p) => p.value,
 });
 
@@ -473,7 +483,7 @@ export const Set = request<SetParams, void>({
     },
   },
   result: none,
-  errors: ['CACHE_INVALID_VALUE', 'CACHE_OVER_SIZE_LIMIT', ...STORE_ERRORS],
+  errors: ['CACHE_INVALID_VALUE', 'CACHE_OVER_SIZE_LIMIT', 'CACHE_TIER_UNAVAILABLE', ...STORE_ERRORS],
   value: (p) => p.value,
 });
 
@@ -482,7 +492,7 @@ export const Delete = request<ItemParams, void>({
   op: 0x06,
   params: itemParams,
   result: none,
-  errors: STORE_ERRORS,
+  errors: ['CACHE_TIER_UNAVAILABLE', ...STORE_ERRORS],
 });
 
 export const Clear = request<ScopeParams, void>({
@@ -495,7 +505,7 @@ export const Clear = request<ScopeParams, void>({
     fromJson: (json) => ({ scope: scope(object(json).scope) }),
   },
   result: none,
-  errors: STORE_ERRORS,
+  errors: ['CACHE_TIER_UNAVAILABLE', ...STORE_ERRORS],
 });
 
 /** The largest page `cache/list` gives, and the default. */
@@ -633,6 +643,8 @@ export interface StatusResult {
   memoryCacheLimitBytes: number;
   /** The daemon's resident memory. */
   rssBytes: number;
+  /** The shared tier's state and figures since the daemon started; `null` when the daemon runs without one. */
+  tier: TierStatus | null;
 }
 
 export const Status = request<StatusParams, StatusResult>({

@@ -124,10 +124,18 @@ export interface DaemonProcess {
  * Starts `hoard daemon` in the foreground as a child process and resolves once it listens; killed when the test ends.
  * `nodeFlags` go to Node (clients start the daemon with `DAEMON_NODE_FLAGS`).
  */
-export async function startDaemonProcess(options: { socketPath: string; dataDir: string; extra?: string[]; nodeFlags?: readonly string[] }): Promise<DaemonProcess> {
+export async function startDaemonProcess(options: {
+  socketPath: string;
+  dataDir: string;
+  extra?: string[];
+  nodeFlags?: readonly string[];
+  /** Added to the test's environment. */
+  env?: NodeJS.ProcessEnv;
+}): Promise<DaemonProcess> {
   const args = [...(options.nodeFlags ?? []), BIN, 'daemon', '--socket', options.socketPath, '--data-dir', options.dataDir, ...(options.extra ?? [])];
   const child = spawn(process.execPath, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: options.env === undefined ? undefined : { ...process.env, ...options.env },
   });
   onTestFinished(() => void child.kill('SIGKILL'));
   let stdout = '';

@@ -1,0 +1,351 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server, type Socket, connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { onTestFinished } from 'vitest';
+import { runProcess } from './child.js';
+
+/**
+ * Real `redis-server` processes for the shared tier's tests (Debian's 7.0 package, installed by `.ci/run`): one server
+ * on a loopback port or a Unix socket, a three-master Redis Cluster on loopback ports, and a TCP proxy that can cut
+ * the network between a daemon and a server. Every server runs without persistence (`save ""`, `appendonly no`) in a
+ * private temp directory, and is killed when the test (or, with `until: 'manual'`, the worker) ends.
+ */
+
+/** An ACL user to create: `rules` are `ACL SETUSER` rules (`~pattern`, `&channel`, `+@read`, ...), without `on` or the password. */
+export interface RedisUser {
+  name: string;
+  password: string;
+  rules: readonly string[];
+}
+
+/**
+ * Rules for a user that may read the tier under `prefix` and follow its changes, but write nothing: what README
+ * advises for `shared-read` runners. Lua scripts (`@scripting`) are writes here, so they are refused too.
+ */
+export function readOnlyRules(prefix = 'hoard'): string[] {
+  return [`~{${prefix}:*`, `~${prefix}:*`, `&${prefix}:*`, '+@read', '+@connection', '+subscribe', '+ping'];
+}
+
+export interface RedisServer {
+  /** `redis://127.0.0.1:<port>` or `unix://<path>`: what `--tier` takes. */
+  readonly url: string;
+  readonly port: number | undefined;
+  readonly socketPath: string | undefined;
+  readonly pid: number;
+  /** Runs `redis-cli` against the server as its default user (who may do anything) and resolves to its output, trimmed. */
+  cli(...args: string[]): Promise<string>;
+  /** Stops the server (SIGTERM, no save) and resolves once it exited. */
+  stop(): Promise<void>;
+}
+
+export interface RedisServerOptions {
+  /** Listen on a Unix socket in the server's private directory instead of a loopback port. */
+  unixSocket?: boolean;
+  users?: readonly RedisUser[];
+  /** More `redis.conf` lines. */
+  config?: readonly string[];
+  /** `'test'` (the default): killed when the current test finishes; `'manual'`: the caller stops it (afterAll), or the worker's exit kills it. */
+  until?: 'test' | 'manual';
+}
+
+/** Every server still running, killed if the worker exits without stopping them. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+/** A loopback port that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function cleanUpWhen(until: 'test' | 'manual', stop: () => Promise<void>): void {
+  if (until === 'test') onTestFinished(stop);
+}
+
+interface Launched {
+  child: ChildProcess;
+  exited: Promise<void>;
+}
+
+/** Starts `redis-server <config file>` and resolves once it accepts connections; rejects with its log if it exits first. */
+async function launch(dir: string, lines: readonly string[]): Promise<Launched> {
+  const configPath = join(dir, 'redis.conf');
+  await writeFile(configPath, `${lines.join('\n')}\n`, { mode: 0o600 });
+  const child = spawn('redis-server', [configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  running.add(child);
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      running.delete(child);
+      resolve();
+    }),
+  );
+  const log: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject);
+    createInterface({ input: child.stderr! }).on('line', (line) => log.push(line));
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      log.push(line);
+      if (/ready to accept connections/i.test(line)) resolve();
+    });
+    void exited.then(() => reject(new Error(`redis-server exited before it was ready:\n${log.join('\n')}`)));
+  });
+  return { child, exited };
+}
+
+function commonConfig(dir: string): string[] {
+  return [
+    'daemonize no',
+    'logfile ""',
+    'loglevel notice',
+    `dir ${dir}`,
+    'save ""',
+    'appendonly no',
+    'protected-mode no',
+    'databases 1',
+  ];
+}
+
+function userLines(users: readonly RedisUser[]): string[] {
+  return users.map((user) => `user ${user.name} on >${user.password} ${user.rules.join(' ')}`);
+}
+
+async function stopper(launched: Launched, dir: string): Promise<() => Promise<void>> {
+  let stopping: Promise<void> | undefined;
+  return () =>
+    (stopping ??= (async () => {
+      launched.child.kill('SIGTERM');
+      const killTimer = setTimeout(() => launched.child.kill('SIGKILL'), 5000);
+      await launched.exited;
+      clearTimeout(killTimer);
+      await rm(dir, { recursive: true, force: true });
+    })());
+}
+
+function cliRunner(connection: string[]): (...args: string[]) => Promise<string> {
+  return async (...args) => {
+    const result = await runProcess('redis-cli', [...connection, ...args], { cwd: tmpdir() });
+    if (result.code !== 0) throw new Error(`redis-cli ${args.join(' ')} exited with ${result.code}: ${result.stderr}${result.stdout}`);
+    return result.stdout.trim();
+  };
+}
+
+/** Starts one `redis-server`. */
+export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
+  const dir = await mkdtemp(join(tmpdir(), 'hredis-'));
+  const users = userLines(options.users ?? []);
+  for (let attempt = 1; ; attempt++) {
+    const port = options.unixSocket ? 0 : await freePort();
+    const socketPath = options.unixSocket ? join(dir, 'redis.sock') : undefined;
+    const listen = socketPath === undefined ? [`port ${port}`, 'bind 127.0.0.1'] : ['port 0', `unixsocket ${socketPath}`, 'unixsocketperm 700'];
+    let launched: Launched;
+    try {
+      launched = await launch(dir, [...commonConfig(dir), ...listen, ...users, ...(options.config ?? [])]);
+    } catch (error) {
+      // Another process took the port between freePort() and the server's bind: try another.
+      if (attempt < 5 && socketPath === undefined && String(error).includes('Address already in use')) continue;
+      await rm(dir, { recursive: true, force: true });
+      throw error;
+    }
+    const stop = await stopper(launched, dir);
+    cleanUpWhen(options.until ?? 'test', stop);
+    return {
+      url: socketPath === undefined ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
+      port: socketPath === undefined ? port : undefined,
+      socketPath,
+      pid: launched.child.pid!,
+      cli: cliRunner(socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port)] : ['-s', socketPath]),
+      stop,
+    };
+  }
+}
+
+export interface RedisCluster {
+  /** The masters, each `redis://127.0.0.1:<port>`: the seeds for `--tier` with `--tier-cluster`. */
+  readonly urls: readonly string[];
+  readonly nodes: readonly RedisServer[];
+  /** Runs `redis-cli -c` (following redirections) against the first master. */
+  cli(...args: string[]): Promise<string>;
+  stop(): Promise<void>;
+}
+
+const SLOTS = 16384;
+
+/**
+ * Starts a Redis Cluster of `masters` masters (no replicas) on loopback ports, forms it (slots split evenly,
+ * CLUSTER MEET) and resolves once every node reports `cluster_state:ok`.
+ */
+export async function startRedisCluster(options: { masters?: number; users?: readonly RedisUser[]; until?: 'test' | 'manual' } = {}): Promise<RedisCluster> {
+  const count = options.masters ?? 3;
+  const nodes: { server: RedisServer; busPort: number }[] = [];
+  const stopAll = async (): Promise<void> => {
+    await Promise.all(nodes.map((node) => node.server.stop()));
+  };
+  cleanUpWhen(options.until ?? 'test', stopAll);
+  try {
+    for (let n = 0; n < count; n++) {
+      // The bus port is given explicitly (`cluster-port`), so that it is a free one too, not the port + 10000.
+      const busPort = await freePort();
+      const server = await startRedisServer({
+        users: options.users,
+        until: 'manual',
+        config: ['cluster-enabled yes', 'cluster-config-file nodes.conf', `cluster-port ${busPort}`, 'cluster-announce-ip 127.0.0.1', 'cluster-node-timeout 5000'],
+      });
+      nodes.push({ server, busPort });
+    }
+    for (const [n, { server }] of nodes.entries()) {
+      const first = Math.floor((SLOTS * n) / count);
+      const last = Math.floor((SLOTS * (n + 1)) / count) - 1;
+      await server.cli('CLUSTER', 'ADDSLOTSRANGE', String(first), String(last));
+      await server.cli('CLUSTER', 'SET-CONFIG-EPOCH', String(n + 1));
+    }
+    for (const { server, busPort } of nodes.slice(1)) {
+      await nodes[0]!.server.cli('CLUSTER', 'MEET', '127.0.0.1', String(server.port), String(busPort));
+    }
+    const deadline = Date.now() + 30_000;
+    for (const { server } of nodes) {
+      for (;;) {
+        const info = await server.cli('CLUSTER', 'INFO');
+        if (info.includes('cluster_state:ok') && info.includes(`cluster_known_nodes:${count}`)) break;
+        if (Date.now() > deadline) throw new Error(`the cluster did not form within 30 s: ${info}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+  const first = nodes[0]!.server;
+  return {
+    urls: nodes.map((node) => node.server.url),
+    nodes: nodes.map((node) => node.server),
+    cli: cliRunner(['-c', '-h', '127.0.0.1', '-p', String(first.port)]),
+    stop: stopAll,
+  };
+}
+
+/** How a {@link TcpProxy} cuts the network: `blackhole` keeps every socket open and forwards nothing (a silent partition); `reset` destroys them with RST and refuses new ones. */
+export type CutMode = 'blackhole' | 'reset';
+
+export interface TcpProxy {
+  /** `redis://127.0.0.1:<port>`: the proxy's address, for `--tier`. */
+  readonly url: string;
+  readonly port: number;
+  /** Connections open now (client side). */
+  readonly connections: number;
+  /** How many connections it has accepted in all. */
+  readonly accepted: number;
+  readonly isCut: boolean;
+  cut(mode?: CutMode): void;
+  /** Forwards again: blackholed sockets resume where they stopped (nothing was lost), new connections go through. */
+  restore(): void;
+  close(): Promise<void>;
+}
+
+interface Pair {
+  client: Socket;
+  upstream: Socket | undefined;
+}
+
+/**
+ * A TCP proxy on a loopback port in front of `target` (a server's port or Unix socket), which the test can cut and
+ * restore. Closed when the test finishes (or by the caller, with `until: 'manual'`).
+ */
+export async function startTcpProxy(target: { port?: number; socketPath?: string }, options: { until?: 'test' | 'manual' } = {}): Promise<TcpProxy> {
+  const pairs = new Set<Pair>();
+  let cutMode: CutMode | undefined;
+  let accepted = 0;
+
+  const connectUpstream = (pair: Pair): void => {
+    const upstream = target.socketPath !== undefined ? netConnect(target.socketPath) : netConnect(target.port!, '127.0.0.1');
+    pair.upstream = upstream;
+    upstream.setNoDelay(true);
+    upstream.on('data', (chunk) => pair.client.write(chunk));
+    upstream.on('error', () => pair.client.destroy());
+    upstream.on('close', () => pair.client.destroy());
+    pair.client.on('data', (chunk) => upstream.write(chunk));
+    pair.client.resume();
+  };
+
+  const server: Server = createServer({ pauseOnConnect: true }, (client) => {
+    accepted++;
+    if (cutMode === 'reset') {
+      client.resetAndDestroy();
+      return;
+    }
+    const pair: Pair = { client, upstream: undefined };
+    pairs.add(pair);
+    client.setNoDelay(true);
+    client.on('error', () => pair.upstream?.destroy());
+    client.on('close', () => {
+      pairs.delete(pair);
+      pair.upstream?.destroy();
+    });
+    // During a blackhole, a new connection is accepted (its SYN answered, as a half-broken network may) but goes nowhere until restored.
+    if (cutMode === undefined) connectUpstream(pair);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address() as { port: number };
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= new Promise<void>((resolve) => {
+      for (const pair of pairs) {
+        pair.client.destroy();
+        pair.upstream?.destroy();
+      }
+      server.close(() => resolve());
+    }));
+  cleanUpWhen(options.until ?? 'test', close);
+
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    get connections() {
+      return pairs.size;
+    },
+    get accepted() {
+      return accepted;
+    },
+    get isCut() {
+      return cutMode !== undefined;
+    },
+    cut(mode = 'blackhole') {
+      cutMode = mode;
+      for (const pair of pairs) {
+        if (mode === 'reset') {
+          pair.client.resetAndDestroy();
+          pair.upstream?.destroy();
+        } else {
+          // pause() stops reading from the kernel: what either side sends waits in its buffers, as over a dead link.
+          pair.client.pause();
+          pair.upstream?.pause();
+        }
+      }
+    },
+    restore() {
+      cutMode = undefined;
+      for (const pair of pairs) {
+        if (pair.upstream === undefined) connectUpstream(pair);
+        else {
+          pair.client.resume();
+          pair.upstream.resume();
+        }
+      }
+    },
+    close,
+  };
+}
