@@ -194,6 +194,8 @@ export class ChangeLog {
   #writing: Promise<void> | undefined;
   #lastWriteMs = -Infinity;
   #dirty = false;
+  /** Whether start() read the positions file: only then may close() write it (it would otherwise lose them). */
+  #loaded = false;
   #closed = false;
   #invalidations = 0;
   #droppedScopes = 0;
@@ -228,6 +230,7 @@ export class ChangeLog {
    */
   async start(): Promise<void> {
     await this.#readPositions();
+    this.#loaded = true;
     for (const top of [...this.#sink.localScopes()]) {
       if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, 'no change-log position was kept for it');
     }
@@ -297,7 +300,7 @@ export class ChangeLog {
     this.#reads.clear();
     for (const resume of this.#sinkRoom.splice(0)) resume();
     await Promise.allSettled([this.#resyncing, this.#writing, ...[...this.#tops.values()].map((state) => state.running)]);
-    await this.#writePositions();
+    if (this.#loaded) await this.#writePositions();
   }
 
   #newState(top: string, position: string | undefined): TopState {
@@ -747,7 +750,7 @@ export class ChangeLog {
 
   #markDirty(): void {
     this.#dirty = true;
-    if (this.#writeTimer !== undefined || this.#writing !== undefined || this.#closed) return;
+    if (this.#writeTimer !== undefined || this.#writing !== undefined || this.#closed || !this.#loaded) return;
     const waitMs = Math.max(0, this.#lastWriteMs + POSITIONS_WRITE_INTERVAL_MS - performance.now());
     this.#writeTimer = setTimeout(() => {
       this.#writeTimer = undefined;
