@@ -300,3 +300,21 @@ test('change log: a local invalidation that waits for its item holds back neithe
   await until(() => second.sink.calls.length === 3, 'the next run applied the entries after the position kept');
   expect(second.sink.calls.sort()).toEqual(['invalidate pages/:free', 'invalidate pages/:later', 'invalidate pages/:locked']);
 });
+
+test('change log: a scope followed before its log existed reads it from its start, and is dropped if that start was trimmed first', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  const other = await otherDaemon(redis);
+  const { changeLog, sink } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'));
+  await followed(changeLog, 'pages');
+  await followed(changeLog, 'notes');
+  // pages: its first entries are all there.
+  await other.logChange('pages', 's', 'pages/:first');
+  await until(() => sink.calls.length === 1, 'the first entry of pages is applied');
+  // notes: two entries trimmed away before any was read, then a third, announced.
+  for (const id of ['a', 'b']) await other.client.xAdd(KEYS.changeLog('notes'), '*', { o: 'other-daemon', t: 's', k: `notes/:${id}`, f: '1' });
+  await other.client.xTrim(KEYS.changeLog('notes'), 'MAXLEN', 0);
+  await other.logChange('notes', 's', 'notes/:c');
+  await until(() => sink.calls.length === 2, 'notes is caught up');
+  expect(sink.calls).toEqual(['invalidate pages/:first', 'drop notes/']);
+  expect(changeLog.figures()).toEqual({ invalidations: 1, droppedScopes: 1 });
+});
