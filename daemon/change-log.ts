@@ -3,6 +3,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
+import type { TierConnection } from './tier-connection.js';
 import { parseTierMessage, type TierKeys, topOf } from './tier-keys.js';
 
 /**
@@ -20,23 +21,18 @@ export const POSITIONS_WRITE_INTERVAL_MS = 1000;
 export const CATCH_UP_RETRY_MS = 250;
 /** Each kind of failure is logged at most once in this many milliseconds; the others are counted in the next line. */
 export const FAILURE_LOG_INTERVAL_MS = 60_000;
+/**
+ * Local invalidations and drops under way at once, past which catching up waits: one waits for its item's lock, which a
+ * `getset` holder may keep for long, so they run beside the reading of the log instead of holding it up.
+ */
+export const MAX_SINK_CALLS_IN_FLIGHT = 10_000;
 /** Top-level scopes caught up at once after the subscription is (re)made. */
 const CATCH_UP_CONCURRENCY = 32;
 
 const STREAM_ID = /^\d+-\d+$/;
 
-/** What the change log sends to Redis: one command to the node holding `key`, its reply RESP2-shaped. */
-export interface ChangeLogClient {
-  send<R = unknown>(key: string, args: readonly string[], options?: { readonly?: boolean }): Promise<R>;
-}
-
-/** The part of `TierConnection` (daemon/tier-connection.ts) the change log uses. */
-export interface ChangeLogConnection {
-  run<R>(what: string, command: (client: ChangeLogClient) => Promise<R>): Promise<R>;
-  readonly up: boolean;
-  subscribe(channel: string, handlers: { message(text: string): void; ready(): void; lost(): void }): Promise<void>;
-  setCatchingUp(catchingUp: boolean): void;
-}
+/** The part of the tier's connection the change log uses. */
+export type ChangeLogConnection = Pick<TierConnection, 'run' | 'up' | 'subscribe' | 'setCatchingUp'>;
 
 export interface ChangeLogOptions {
   connection: ChangeLogConnection;
@@ -64,8 +60,12 @@ export interface WatchedRead {
 
 interface TopState {
   readonly top: string;
-  /** The id of the last change-log entry applied locally; `undefined` until fetched. */
+  /** The id of the last change-log entry read (and its local changes begun); `undefined` until fetched. */
   position: string | undefined;
+  /** The id of the last entry whose local changes are done, and of every entry before it: what the positions file keeps. */
+  applied: string | undefined;
+  /** The pages read whose local changes are under way, oldest first. */
+  batches: Batch[];
   /** Local data may be older than the position this top will get (written while its fetch failed): drop it then. */
   unsure: boolean;
   /** The last pass failed: tried again by the retry timer. */
@@ -74,6 +74,14 @@ interface TopState {
   generation: number;
   running: Promise<boolean> | undefined;
   queued: Promise<boolean> | undefined;
+}
+
+/** One page's local changes: once they and every earlier page's are done, the position kept moves to `lastId`. */
+interface Batch {
+  readonly lastId: string;
+  done: boolean;
+  /** No longer counted: the scope was dropped whole, or its position reset. */
+  abandoned: boolean;
 }
 
 interface Read {
@@ -186,9 +194,13 @@ export class ChangeLog {
   #writing: Promise<void> | undefined;
   #lastWriteMs = -Infinity;
   #dirty = false;
+  /** Whether start() read the positions file: only then may close() write it (it would otherwise lose them). */
+  #loaded = false;
   #closed = false;
   #invalidations = 0;
   #droppedScopes = 0;
+  #sinkCalls = 0;
+  readonly #sinkRoom: (() => void)[] = [];
 
   constructor(options: ChangeLogOptions) {
     this.#connection = options.connection;
@@ -218,6 +230,7 @@ export class ChangeLog {
    */
   async start(): Promise<void> {
     await this.#readPositions();
+    this.#loaded = true;
     for (const top of [...this.#sink.localScopes()]) {
       if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, 'no change-log position was kept for it');
     }
@@ -285,12 +298,13 @@ export class ChangeLog {
     clearTimeout(this.#writeTimer);
     for (const read of this.#reads) read.stale = true;
     this.#reads.clear();
+    for (const resume of this.#sinkRoom.splice(0)) resume();
     await Promise.allSettled([this.#resyncing, this.#writing, ...[...this.#tops.values()].map((state) => state.running)]);
-    await this.#writePositions();
+    if (this.#loaded) await this.#writePositions();
   }
 
   #newState(top: string, position: string | undefined): TopState {
-    return { top, position, unsure: false, failed: false, generation: 0, running: undefined, queued: undefined };
+    return { top, position, applied: position, batches: [], unsure: false, failed: false, generation: 0, running: undefined, queued: undefined };
   }
 
   #isCurrent(state: TopState, generation: number): boolean {
@@ -301,7 +315,7 @@ export class ChangeLog {
   #forgetOldest(): void {
     const [top, state] = this.#tops.entries().next().value!;
     this.#tops.delete(top);
-    state.generation++;
+    this.#reset(state);
     this.#markStale(top, () => true);
     this.#markDirty();
     this.#dropTop(top, `more than ${this.#maxTrackedScopes} shared scopes are in use, and it was used least recently`).catch((error: unknown) => {
@@ -413,18 +427,39 @@ export class ChangeLog {
       this.#identity = current;
       return;
     }
-    this.#log(`tier: the tier's identity is ${JSON.stringify(current)}, not ${JSON.stringify(this.#identity)} as when the positions were kept: every shared scope is dropped locally`);
-    this.#identity = current;
-    this.#markDirty();
+    this.#logLimited(
+      'identity',
+      `tier: the tier's identity is ${JSON.stringify(current)}, not ${JSON.stringify(this.#identity)} as when the positions ` +
+        'were kept: every shared scope is dropped locally',
+    );
     for (const read of this.#reads) read.stale = true;
+    // Each followed scope fetches its position anew, and drops its local data once it has it.
     for (const state of this.#tops.values()) {
-      state.generation++;
-      state.position = undefined;
+      this.#reset(state);
       state.unsure = true;
     }
     for (const top of [...this.#sink.localScopes()]) {
-      if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, "the tier is not the one its position was kept for");
+      if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, 'the tier is not the one its position was kept for');
     }
+    // Only now: should a drop fail, the next try finds the identities different again.
+    this.#identity = current;
+    this.#markDirty();
+  }
+
+  /** Forgets the scope's position: a pass under way stops, its pages under way no longer count. */
+  #reset(state: TopState): void {
+    state.generation++;
+    state.position = undefined;
+    this.#settle(state, undefined);
+  }
+
+  /** Sets both positions to `position`, the pages under way no longer counted (the scope was dropped, or is new). */
+  #settle(state: TopState, position: string | undefined): void {
+    for (const batch of state.batches) batch.abandoned = true;
+    state.batches = [];
+    state.position = position;
+    state.applied = position;
+    this.#markDirty();
   }
 
   /** Runs a pass over the scope's change log, or, when one is running, one more after it; resolves whether it succeeded. */
@@ -444,6 +479,7 @@ export class ChangeLog {
 
   async #pass(state: TopState): Promise<boolean> {
     const generation = state.generation;
+    if (!this.#isCurrent(state, generation)) return true;
     try {
       if (state.position === undefined) await this.#fetchPosition(state, generation);
       else await this.#catchUp(state, generation);
@@ -454,7 +490,8 @@ export class ChangeLog {
       // Whatever is written locally meanwhile may predate the position this scope will get.
       if (state.position === undefined) state.unsure = true;
       state.failed = true;
-      this.#logLimited('catch-up', `tier: catching up on the change log of scope ${JSON.stringify(state.top)} failed, trying again: ${messageOf(error)}`);
+      const scope = JSON.stringify(state.top);
+      this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
       this.#retryLater();
       return false;
     }
@@ -482,8 +519,7 @@ export class ChangeLog {
       if (!this.#isCurrent(state, generation)) return;
       state.unsure = false;
     }
-    state.position = info?.lastId ?? '0-0';
-    this.#markDirty();
+    this.#settle(state, info?.lastId ?? '0-0');
   }
 
   /**
@@ -494,6 +530,8 @@ export class ChangeLog {
   async #catchUp(state: TopState, generation: number): Promise<void> {
     const { top } = state;
     for (let cursor = state.position!; this.#isCurrent(state, generation); ) {
+      await this.#roomForSinkCalls();
+      if (!this.#isCurrent(state, generation)) return;
       let entries: Entry[];
       let more: boolean;
       if (cursor === '0-0') {
@@ -513,11 +551,8 @@ export class ChangeLog {
       }
       if (!this.#isCurrent(state, generation)) return;
       if (entries.length > 0) {
-        await this.#apply(top, entries);
-        cursor = entries[entries.length - 1]!.id;
-        if (!this.#isCurrent(state, generation)) return;
-        state.position = cursor;
-        this.#markDirty();
+        this.#apply(state, entries);
+        cursor = state.position!;
       }
       if (!more) return;
     }
@@ -530,12 +565,15 @@ export class ChangeLog {
     this.#markStale(state.top, () => true);
     await this.#dropTop(state.top, reason);
     if (!this.#isCurrent(state, generation)) return;
-    state.position = info?.lastId ?? '0-0';
-    this.#markDirty();
+    this.#settle(state, info?.lastId ?? '0-0');
   }
 
-  /** Applies other daemons' entries: in-flight reads they touch stop being copyable at once, then the local copies go. */
-  async #apply(top: string, entries: readonly Entry[]): Promise<void> {
+  /**
+   * Applies a page of other daemons' entries: reads under way that they touch stop being copyable at once, and the
+   * local copies' removal begins (it goes on beside the reading of the next pages; see {@link MAX_SINK_CALLS_IN_FLIGHT}).
+   */
+  #apply(state: TopState, entries: readonly Entry[]): void {
+    const { top } = state;
     const items = new Map<string, { scope: Scope; id: string }>();
     const scopes = new Map<string, Scope>();
     for (const { fields } of entries) {
@@ -556,24 +594,63 @@ export class ChangeLog {
         }
       }
       // An entry this version cannot read: the whole scope goes, never a stale copy kept.
-      this.#logLimited('entry', `tier: a change-log entry of scope ${JSON.stringify(top)} was not understood (${JSON.stringify(kind)} ${JSON.stringify(key)}): the scope is dropped locally`);
+      const entry = `${JSON.stringify(kind)} ${JSON.stringify(key)}`;
+      this.#logLimited('entry', `tier: a change-log entry of scope ${JSON.stringify(top)} was not understood (${entry}): the scope is dropped locally`);
       const whole = scopeOfTop(top);
       scopes.set(whole.prefix, whole);
     }
     const prefixes = [...scopes.keys()];
     for (const key of items.keys()) if (prefixes.some((prefix) => key.startsWith(prefix))) items.delete(key);
     this.#markStale(top, (key) => items.has(key) || prefixes.some((prefix) => key.startsWith(prefix)));
-    const results = await Promise.allSettled([
-      ...[...items.values()].map(async ({ scope, id }) => {
+    const calls = [
+      ...[...items.values()].map(({ scope, id }) => async () => {
         await this.#sink.invalidate(scope, id);
         this.#invalidations++;
       }),
-      ...[...scopes.values()].map(async (scope) => {
+      ...[...scopes.values()].map((scope) => async () => {
         await this.#sink.drop(scope);
       }),
-    ]);
-    const failure = results.find((result) => result.status === 'rejected');
-    if (failure) throw failure.reason;
+    ];
+    state.position = entries[entries.length - 1]!.id;
+    const batch: Batch = { lastId: state.position, done: false, abandoned: false };
+    state.batches.push(batch);
+    void this.#runBatch(state, batch, calls);
+  }
+
+  /** Runs a page's local changes, again every {@link CATCH_UP_RETRY_MS} while some fail; then moves the position kept. */
+  async #runBatch(state: TopState, batch: Batch, calls: (() => Promise<void>)[]): Promise<void> {
+    for (let left = calls; left.length > 0; ) {
+      const results = await Promise.allSettled(left.map((call) => this.#callSink(call)));
+      const failed = left.filter((_, at) => results[at]!.status === 'rejected');
+      if (failed.length === 0) break;
+      if (this.#closed || batch.abandoned) return;
+      const reason = (results.find((result) => result.status === 'rejected') as PromiseRejectedResult).reason;
+      this.#logLimited('local', `tier: dropping local copies that changed in the tier failed, trying again: ${messageOf(reason)}`);
+      const aborted = await delay(CATCH_UP_RETRY_MS, false, { signal: this.#abort.signal, ref: false }).catch(() => true);
+      if (aborted || batch.abandoned) return;
+      left = failed;
+    }
+    batch.done = true;
+    if (batch.abandoned) return;
+    let moved = false;
+    while (state.batches[0]?.done) {
+      state.applied = state.batches.shift()!.lastId;
+      moved = true;
+    }
+    if (moved) this.#markDirty();
+  }
+
+  #callSink(call: () => Promise<void>): Promise<void> {
+    this.#sinkCalls++;
+    return call().finally(() => {
+      this.#sinkCalls--;
+      this.#sinkRoom.shift()?.();
+    });
+  }
+
+  /** Waits while {@link MAX_SINK_CALLS_IN_FLIGHT} local changes are under way. */
+  async #roomForSinkCalls(): Promise<void> {
+    while (this.#sinkCalls >= MAX_SINK_CALLS_IN_FLIGHT && !this.#closed) await new Promise<void>((resolve) => this.#sinkRoom.push(resolve));
   }
 
   /** The item an `s`/`d` entry names, if its key is one of the scope's item keys. */
@@ -617,7 +694,8 @@ export class ChangeLog {
   /** Up to `count` entries of the scope's change log from `start` (inclusive; `-` for the first). */
   async #range(top: string, start: string, count: number): Promise<Entry[]> {
     const key = this.#keys.changeLog(top);
-    const reply = await this.#connection.run('change log', (client) => client.send(key, ['XRANGE', key, start, '+', 'COUNT', String(count)], { readonly: true }));
+    const command = ['XRANGE', key, start, '+', 'COUNT', String(count)];
+    const reply = await this.#connection.run('change log', (client) => client.send(key, command, { readonly: true }));
     return parseEntries(reply);
   }
 
@@ -631,7 +709,16 @@ export class ChangeLog {
     }
     const more = failure && failure.notLogged > 0 ? ` (and ${failure.notLogged} more like it since the last such line)` : '';
     this.#failures.set(kind, { loggedAtMs: nowMs, notLogged: 0 });
-    this.#log(`${line}${more}`);
+    this.#write(`${line}${more}`);
+  }
+
+  /** Logs a line; a log that throws loses it, never a catch-up. */
+  #write(line: string): void {
+    try {
+      this.#log(line);
+    } catch {
+      // Nowhere left to say it.
+    }
   }
 
   async #readPositions(): Promise<void> {
@@ -639,14 +726,15 @@ export class ChangeLog {
     try {
       text = await readFile(this.#positionsPath, 'utf8');
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#log(`tier: the change-log positions could not be read (${messageOf(error)}): every shared scope is dropped locally`);
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      this.#write(`tier: the change-log positions could not be read (${messageOf(error)}): every shared scope is dropped locally`);
       return;
     }
     let file: unknown;
     try {
       file = JSON.parse(text);
     } catch {
-      this.#log(`tier: ${this.#positionsPath} is not JSON: every shared scope is dropped locally`);
+      this.#write(`tier: ${this.#positionsPath} is not JSON: every shared scope is dropped locally`);
       return;
     }
     const { tierIdentity, keyPrefix, positions } = (file ?? {}) as Partial<PositionsFile>;
@@ -655,13 +743,14 @@ export class ChangeLog {
     this.#identity = tierIdentity;
     for (const [top, position] of Object.entries(positions)) {
       if (this.#tops.size >= this.#maxTrackedScopes) break;
-      if (typeof position === 'string' && STREAM_ID.test(position) && this.#sharing(top) !== 'local') this.#tops.set(top, this.#newState(top, position));
+      const trusted = typeof position === 'string' && STREAM_ID.test(position) && this.#sharing(top) !== 'local';
+      if (trusted) this.#tops.set(top, this.#newState(top, position));
     }
   }
 
   #markDirty(): void {
     this.#dirty = true;
-    if (this.#writeTimer !== undefined || this.#writing !== undefined || this.#closed) return;
+    if (this.#writeTimer !== undefined || this.#writing !== undefined || this.#closed || !this.#loaded) return;
     const waitMs = Math.max(0, this.#lastWriteMs + POSITIONS_WRITE_INTERVAL_MS - performance.now());
     this.#writeTimer = setTimeout(() => {
       this.#writeTimer = undefined;
@@ -677,7 +766,7 @@ export class ChangeLog {
     this.#dirty = false;
     this.#lastWriteMs = performance.now();
     // fromEntries defines own properties: a scope named `__proto__` is a position like any other.
-    const positions = Object.fromEntries([...this.#tops.values()].flatMap(({ top, position }) => (position === undefined ? [] : [[top, position]])));
+    const positions = Object.fromEntries([...this.#tops.values()].flatMap(({ top, applied }) => (applied === undefined ? [] : [[top, applied]])));
     const file: PositionsFile = { tierIdentity: this.#identity ?? null, keyPrefix: this.#keys.prefix, positions };
     const temporary = `${this.#positionsPath}.tmp`;
     try {
