@@ -39,6 +39,8 @@ class RecordingTier implements SharedTier<EncodedValue> {
   acquireAnswer: 'grant' | 'busy' | null = 'grant';
   /** Resolves the pending `acquire` when set: the test holds an acquire in flight with it. */
   holdAcquire: Promise<void> | undefined;
+  /** The same for `read`. */
+  holdRead: Promise<void> | undefined;
   sink: TierSink | undefined;
   closed = false;
   #fence = 0;
@@ -77,6 +79,7 @@ class RecordingTier implements SharedTier<EncodedValue> {
 
   async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {
     this.calls.push(`read ${id} ${this.#seen(scope, id)}`);
+    await this.holdRead;
     if (this.failure === 'unavailable') return null;
     return this.#read(this.copies.get(itemKey(scope, id)));
   }
@@ -212,6 +215,25 @@ describe('LocalBackend with a shared tier', () => {
     await got.release();
     expect(store.read(PAGES, 'a')).toBeUndefined();
     expect(tier.copyableAsked).toBe(1);
+  });
+
+  test('readers missing the same item at once keep one copy: the store counts it once, with no stray file', async () => {
+    const { backend, store, tier } = await open();
+    // A value large enough to be a file of its own, which two writes of one key at once would leave behind.
+    tier.copies.set(itemKey(PAGES, 'big'), { modified: 5, value: text('x'.repeat(100_000)) });
+    let letGo!: () => void;
+    tier.holdRead = new Promise((resolve) => (letGo = resolve));
+    const readers = Array.from({ length: 5 }, () => backend.get(PAGES, 'big', {}));
+    await expect.poll(() => tier.calls.filter((call) => call.startsWith('read')).length).toBe(5);
+    letGo();
+    for (const got of await Promise.all(readers)) {
+      expect(textOf(await got!.item!.value())).toHaveLength(100_000);
+      await got!.release();
+    }
+    expect(store.usage().items).toBe(1);
+    const report = await store.verify({ fix: false });
+    expect(report).toMatchObject({ driftedScopes: [], orphanFiles: 0, strayEntries: 0 });
+    expect(report.kept).toEqual(report.counted);
   });
 
   test('an expired shared copy is a miss for get and stale for getset, and is not kept', async () => {
