@@ -229,7 +229,7 @@ function daemonProgram(name: string, io: EntryOutput): Command {
     )
     .option('--tier-strict', 'fail a write to a shared scope when the tier fails (CACHE_TIER_UNAVAILABLE), instead of counting it')
     .option('--tier-lease <duration>', 'how long a getset\u2019s lease outlives its daemon when that is paused or cut off (default: 10s)')
-    .option('--tier-timeout <duration>', 'how long any tier command may take before it counts as failed (default: 1s)')
+    .option('--tier-timeout <duration>', 'how long any tier command may take before it counts as failed (default: 1s, or a third of --tier-lease if less)')
     .option('--tier-max-value <size>', 'values larger than this stay local (default: 1MiB)')
     .option('--tier-prefix <name>', 'the prefix of every Redis key and channel hoard uses (default: hoard)')
     .option('--tier-log-length <count>', 'how many changes each shared scope\u2019s change log keeps, about (default: 10000)')

@@ -118,8 +118,9 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
   }
 
   const leaseMs = duration(flags.tierLease, '--tier-lease', TIER_LEASE_MS);
-  const timeoutMs = duration(flags.tierTimeout, '--tier-timeout', TIER_TIMEOUT_MS);
-  // A lease is renewed every third of its time: a renewal that times out once still leaves time for the next.
+  // A lease is renewed every third of its time: a renewal that times out once still leaves time for the next. A short
+  // lease without a timeout of its own gets a third of it.
+  const timeoutMs = duration(flags.tierTimeout, '--tier-timeout', Math.min(TIER_TIMEOUT_MS, Math.floor(leaseMs / 3)));
   if (leaseMs < 3 * timeoutMs) {
     throw new TierOptionsError(
       `--tier-lease (${leaseMs} ms) must be at least 3 times --tier-timeout (${timeoutMs} ms), so that a held lease is renewed before it runs out.`,
@@ -204,7 +205,7 @@ function shareEntry(text: string, source: string): { name: string; mode: ScopeSh
 }
 
 function duration(text: string | undefined, flag: string, fallback: number): number {
-  if (text === undefined) return fallback;
+  if (text === undefined) return Math.max(1, fallback);
   const ms = parseDuration(text);
   if (ms === undefined || ms < 1) throw new TierOptionsError(`${flag}: expected a duration above 0 such as 10s, 1500ms or 1m, not ${JSON.stringify(text)}.`);
   return ms;

@@ -39,6 +39,8 @@ class RecordingTier implements SharedTier<EncodedValue> {
   acquireAnswer: 'grant' | 'busy' | null = 'grant';
   /** Resolves the pending `acquire` when set: the test holds an acquire in flight with it. */
   holdAcquire: Promise<void> | undefined;
+  /** The same for `read`. */
+  holdRead: Promise<void> | undefined;
   sink: TierSink | undefined;
   closed = false;
   #fence = 0;
@@ -77,6 +79,7 @@ class RecordingTier implements SharedTier<EncodedValue> {
 
   async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {
     this.calls.push(`read ${id} ${this.#seen(scope, id)}`);
+    await this.holdRead;
     if (this.failure === 'unavailable') return null;
     return this.#read(this.copies.get(itemKey(scope, id)));
   }
@@ -214,6 +217,25 @@ describe('LocalBackend with a shared tier', () => {
     expect(tier.copyableAsked).toBe(1);
   });
 
+  test('readers missing the same item at once keep one copy: the store counts it once, with no stray file', async () => {
+    const { backend, store, tier } = await open();
+    // A value large enough to be a file of its own, which two writes of one key at once would leave behind.
+    tier.copies.set(itemKey(PAGES, 'big'), { modified: 5, value: text('x'.repeat(100_000)) });
+    let letGo!: () => void;
+    tier.holdRead = new Promise((resolve) => (letGo = resolve));
+    const readers = Array.from({ length: 5 }, () => backend.get(PAGES, 'big', {}));
+    await expect.poll(() => tier.calls.filter((call) => call.startsWith('read')).length).toBe(5);
+    letGo();
+    for (const got of await Promise.all(readers)) {
+      expect(textOf(await got!.item!.value())).toHaveLength(100_000);
+      await got!.release();
+    }
+    expect(store.usage().items).toBe(1);
+    const report = await store.verify({ fix: false });
+    expect(report).toMatchObject({ driftedScopes: [], orphanFiles: 0, strayEntries: 0 });
+    expect(report.kept).toEqual(report.counted);
+  });
+
   test('an expired shared copy is a miss for get and stale for getset, and is not kept', async () => {
     const { backend, store, tier } = await open();
     tier.copies.set(itemKey(PAGES, 'a'), { modified: 5, value: text('old'), expiresAtMs: Date.now() - 1000, staleUntilMs: Date.now() + 60_000 });
@@ -253,7 +275,7 @@ describe('LocalBackend with a shared tier', () => {
     expect(textOf(backend.readNow(PAGES, 'c')?.record?.value)).toBe('v3');
   });
 
-  test('strict: the tier first, and a tier failure fails the call with CACHE_TIER_UNAVAILABLE, nothing written locally', async () => {
+  test('strict: the tier first, and a tier failure fails the call with CACHE_TIER_UNAVAILABLE, the new value written nowhere', async () => {
     const { backend, store, tier } = await open();
     tier.strict = true;
     await backend.set(PAGES, 'a', text('v1'), at);
@@ -262,10 +284,20 @@ describe('LocalBackend with a shared tier', () => {
 
     tier.failure = 'unavailable';
     await expect(backend.set(PAGES, 'a', text('v2'), at)).rejects.toMatchObject({ code: 'CACHE_TIER_UNAVAILABLE' });
-    await expect(backend.delete(PAGES, 'a')).rejects.toMatchObject({ code: 'CACHE_TIER_UNAVAILABLE' });
+    // The tier was asked first, and the local copy was not replaced with v2. It was dropped, though: a write that timed
+    // out may still reach Redis later, and then no local copy may go on serving v1.
+    expect(tier.take()).toEqual(['sharing pages', 'write a=v2 size 4 local=v1 locks=1']);
+    expect(store.read(PAGES, 'a')).toBeUndefined();
+    await store.write(PAGES, 'b', { modified: 1, value: text('b') });
+    await expect(backend.delete(PAGES, 'b')).rejects.toMatchObject({ code: 'CACHE_TIER_UNAVAILABLE' });
     await expect(backend.clear(PAGES)).rejects.toMatchObject({ code: 'CACHE_TIER_UNAVAILABLE' });
-    expect(textOf(store.read(PAGES, 'a')?.value)).toBe('v1');
+    expect(tier.take()).toEqual(['sharing pages', 'delete b local=b locks=1', 'sharing pages', 'clear pages']);
     expect(backend.lockStats()).toEqual({ held: 0, waiting: 0 });
+    // The tier's copy is what a read finds now.
+    tier.failure = undefined;
+    const got = (await backend.get(PAGES, 'a', {}))!;
+    expect(textOf(await got.item!.value())).toBe('v1');
+    await got.release();
   });
 
   test('strict: a local write refused after the tier took it drops the old local copy, which the tier no longer vouches for', async () => {

@@ -66,6 +66,11 @@ describe('the tier options: flags and environment', () => {
     expect(Object.isFrozen(options.sharing)).toBe(true);
   });
 
+  test('a short lease without a timeout of its own gets a third of it as its timeout', () => {
+    expect(parse({ tier: ['redis://a'], tierLease: '300ms' })).toMatchObject({ leaseMs: 300, timeoutMs: 100 });
+    expect(parse({ tier: ['redis://a'], tierLease: '1h' })).toMatchObject({ leaseMs: 3_600_000, timeoutMs: 1000 });
+  });
+
   test('the environment: a URL with credentials, the sharing list; flags win over it', () => {
     const env = { HOARD_TIER: 'rediss://runner:s%3Acret@redis.example:6380/2', HOARD_TIER_SHARE: 'pages=shared, ci=shared-read' };
     expect(parse({}, env)).toMatchObject({
@@ -109,7 +114,7 @@ describe('the tier options: flags and environment', () => {
       [{ tier: ['redis://a'], share: ['=shared'] }, /^--share: expected <scope>=/],
       [{ tier: ['redis://a'], tierLease: 'soon' }, /^--tier-lease: expected a duration above 0/],
       [{ tier: ['redis://a'], tierTimeout: '0' }, /^--tier-timeout: expected a duration above 0/],
-      [{ tier: ['redis://a'], tierLease: '2s' }, /--tier-lease \(2000 ms\) must be at least 3 times --tier-timeout \(1000 ms\)/],
+      [{ tier: ['redis://a'], tierLease: '2s', tierTimeout: '1s' }, /--tier-lease \(2000 ms\) must be at least 3 times --tier-timeout \(1000 ms\)/],
       [{ tier: ['redis://a'], tierMaxValue: '1TiB' }, /^--tier-max-value: expected a size from 1 byte to 512MiB/],
       [{ tier: ['redis://a'], tierMaxValue: 'big' }, /^--tier-max-value: expected a size such as/],
       [{ tier: ['redis://a'], tierPrefix: 'a{b}' }, /^--tier-prefix: expected 1 to 64 printable ASCII characters without spaces or braces/],

@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { onTestFinished } from 'vitest';
 import { connect, type RemoteCache, type StatusResult } from '../../client/index.js';
+import { scopeOf, itemKey } from '../../src/scope-path.js';
 import type { TierStatus } from '../../src/shared-tier.js';
+import { TierKeys } from '../../daemon/tier-keys.js';
 import { type DaemonProcess, startDaemonProcess, waitForExit } from './processes.js';
 
 /** How to start a daemon with a shared tier: what `hoard daemon`'s tier flags and environment say. */
@@ -100,4 +102,28 @@ export async function startTierDaemon(options: TierDaemonOptions): Promise<TierD
       await waitForExit(pid);
     },
   };
+}
+
+/**
+ * The shared copy of an item as Redis holds it (`HGETALL` of its hash: `v` value, `f` fencing number, `d` on a
+ * tombstone, ...), read with `redis-cli`; `undefined` when there is no such hash.
+ */
+export async function sharedItem(
+  cli: (...args: string[]) => Promise<string>,
+  options: { scope: readonly string[]; id: string; keyPrefix?: string },
+): Promise<Record<string, string> | undefined> {
+  const key = new TierKeys(options.keyPrefix ?? 'hoard').item(itemKey(scopeOf(options.scope), options.id));
+  const text = await cli('--no-raw', 'HGETALL', key);
+  if (text === '' || text === '(empty array)') return undefined;
+  // --no-raw prints `1) "field"` lines, each string quoted with C escapes (`\xNN` for other bytes, `\a`): JSON but for those.
+  const unquote = (line: string): string =>
+    JSON.parse(
+      line
+        .replace(/^\s*\d+\)\s*/, '')
+        .replace(/\\(x[0-9a-f]{2}|a|.)/g, (escape, what: string) => (what === 'a' ? '\\u0007' : what.length === 3 ? `\\u00${what.slice(1)}` : escape)),
+    ) as string;
+  const strings = text.split('\n').map(unquote);
+  const hash: Record<string, string> = {};
+  for (let at = 0; at + 1 < strings.length; at += 2) hash[strings[at]!] = strings[at + 1]!;
+  return hash;
 }

@@ -1,0 +1,526 @@
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { CacheError } from '../src/errors.js';
+import { itemKey, type Scope } from '../src/scope-path.js';
+import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink, TierStatus } from '../src/shared-tier.js';
+import type { EncodedValue, StoredRecord } from '../src/store.js';
+import { ChangeLog } from './change-log.js';
+import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
+import { generationFields, TierKeys, topOf } from './tier-keys.js';
+import type { TierOptions } from './tier-options.js';
+import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, WRITE_SCRIPT } from './tier-scripts.js';
+
+/** How long a shared copy without an expiry stays in Redis after its last write, so that a `volatile-*` policy may evict it. */
+export const SHARED_ITEM_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+/** A tombstone outlives every lease granted before it by at least this much (and lives at least a minute). */
+const MIN_TOMBSTONE_TTL_MS = 60_000;
+/** A waiter for another machine's lease tries again this long after the lease's time runs out, if no release woke it. */
+const WAIT_MARGIN_MS = 20;
+/** Scopes cleared at once when the root scope is cleared (each its own script call). */
+const CLEAR_CONCURRENCY = 32;
+
+export interface RedisTierOptions extends TierOptions {
+  /** The daemon's data directory: where the change log keeps its positions (`tier-positions.json`). */
+  dataDir: string;
+  log(line: string): void;
+}
+
+/** A lease this daemon holds in Redis, renewed every third of its time until released or found lost. */
+class RedisLease implements TierLease {
+  readonly fence: number;
+  readonly top: string;
+  readonly itemKey: string;
+  readonly token: string;
+  #held = true;
+  timer: NodeJS.Timeout | undefined;
+  /** When the lease runs out by this daemon's clock, unless renewed: past it, it is lost whatever Redis says. */
+  expiresAtMs: number;
+
+  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number }) {
+    this.fence = fields.fence;
+    this.top = fields.top;
+    this.itemKey = fields.itemKey;
+    this.token = fields.token;
+    this.expiresAtMs = fields.expiresAtMs;
+  }
+
+  get held(): boolean {
+    if (this.#held && performance.now() >= this.expiresAtMs) this.lose();
+    return this.#held;
+  }
+
+  lose(): void {
+    this.#held = false;
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}
+
+/** The flat `field, value, ...` list of a hash, as Buffers, by field name. */
+function hashFields(flat: readonly unknown[], from = 0): Map<string, Buffer> {
+  const fields = new Map<string, Buffer>();
+  for (let at = from; at + 1 < flat.length; at += 2) fields.set(String(flat[at]), flat[at + 1] as Buffer);
+  return fields;
+}
+
+/** The generations string from `HMGET g <fields>`: each value, missing ones as `0`, joined by `.`. */
+function generationsOf(values: readonly (Buffer | null)[]): string {
+  return values.map((value) => (value === null ? '0' : value.toString())).join('.');
+}
+
+/**
+ * The record an item's hash holds, if it is a live copy for the current generations; `undefined` for no item, a
+ * tombstone, or a copy written before a clear.
+ */
+function recordOf(fields: ReadonlyMap<string, Buffer>, generations: string): StoredRecord<EncodedValue> | undefined {
+  const bytes = fields.get('v');
+  if (fields.size === 0 || fields.has('d') || bytes === undefined) return undefined;
+  if (fields.get('g')?.toString() !== generations) return undefined;
+  const modified = Number(fields.get('m')?.toString());
+  const encoding = fields.get('e')?.toString();
+  if (!Number.isFinite(modified) || encoding === undefined) return undefined;
+  const expiresAt = fields.get('x');
+  const staleUntil = fields.get('s');
+  return {
+    modified,
+    // A copy: the reply's Buffer may be a view of a larger socket chunk, which the local copy should not keep alive.
+    value: { encoding, bytes: new Uint8Array(bytes) },
+    ...(expiresAt === undefined ? {} : { expiresAtMs: Number(expiresAt.toString()) }),
+    ...(staleUntil === undefined ? {} : { staleUntilMs: Number(staleUntil.toString()) }),
+  };
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+const NOT_COPYABLE = () => false;
+
+/**
+ * The shared tier on Redis (or Valkey, or a Redis Cluster): items as hashes under their top-level scope's hash tag,
+ * writes and leases checked and logged by Lua scripts, reads by one pipelined round trip, and a {@link ChangeLog} that
+ * keeps local copies true. Every call answers within the connection's timeout; while Redis is unavailable, reads
+ * are misses, writes are counted failures (`CACHE_TIER_UNAVAILABLE` when `strict`), and leases are `null`.
+ */
+export class RedisTier implements SharedTier<EncodedValue> {
+  readonly strict: boolean;
+  readonly #options: RedisTierOptions;
+  readonly #connection: TierConnection;
+  readonly #keys: TierKeys;
+  /** This daemon run's id: its leases' tokens begin with it, and the change log skips its own entries by it. */
+  readonly #origin = randomUUID();
+  readonly #tombstoneTtlMs: number;
+  #changeLog: ChangeLog | undefined;
+  #closed = false;
+  /** Lease tokens made in this run: `<origin>:<count>`. */
+  #tokens = 0;
+  #leasesGranted = 0;
+  /** Leases held now, released at close. */
+  readonly #leases = new Set<RedisLease>();
+  /** Waiters for another machine's lease, by item key: woken by its release. */
+  readonly #waiters = new Map<string, Set<() => void>>();
+  /** Top-level scopes added to `<prefix>:scopes` in this run. */
+  readonly #namedTops = new Set<string>();
+  #sharedHits = 0;
+  #sharedMisses = 0;
+  #sharedWrites = 0;
+  #fencedWrites = 0;
+  #localFallbacks = 0;
+
+  constructor(options: RedisTierOptions) {
+    this.#options = options;
+    this.strict = options.strict;
+    this.#keys = new TierKeys(options.keyPrefix);
+    this.#tombstoneTtlMs = Math.max(2 * options.leaseMs, MIN_TOMBSTONE_TTL_MS);
+    this.#connection = new TierConnection({
+      urls: options.urls,
+      cluster: options.cluster,
+      username: options.username,
+      password: options.password,
+      timeoutMs: options.timeoutMs,
+      log: options.log,
+    });
+  }
+
+  sharing(scope: Scope): ScopeSharing {
+    return this.#sharingOf(topOf(scope));
+  }
+
+  async attach(sink: TierSink): Promise<void> {
+    if (this.#changeLog !== undefined) throw new TypeError('The tier is attached already.');
+    this.#changeLog = new ChangeLog({
+      connection: this.#connection,
+      keys: this.#keys,
+      origin: this.#origin,
+      sink,
+      sharing: (top) => this.#sharingOf(top),
+      positionsPath: join(this.#options.dataDir, 'tier-positions.json'),
+      log: this.#options.log,
+      onReleased: (key) => this.#wake(key),
+    });
+    await this.#connection.open();
+    await this.#changeLog.start();
+  }
+
+  async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {
+    const changeLog = this.#attached();
+    if (!this.#connection.up) {
+      this.#sharedMisses++;
+      return null;
+    }
+    const top = topOf(scope);
+    const key = itemKey(scope, id);
+    const item = this.#keys.item(key);
+    changeLog.track(top);
+    const watch = changeLog.beginRead(scope, id);
+    let replies: unknown[];
+    try {
+      replies = await this.#connection.run('read', (client) =>
+        client.pipeline(item, [['HGETALL', item], ['HMGET', this.#keys.generations(top), ...generationFields(scope)]], { buffers: true }),
+      );
+    } catch (error) {
+      watch.end();
+      if (!(error instanceof TierUnavailable)) throw error;
+      this.#sharedMisses++;
+      return null;
+    }
+    const record = recordOf(hashFields(replies[0] as unknown[]), generationsOf(replies[1] as (Buffer | null)[]));
+    if (record === undefined) {
+      watch.end();
+      this.#sharedMisses++;
+      return { record: undefined, copyable: NOT_COPYABLE };
+    }
+    this.#sharedHits++;
+    return { record, copyable: askedOnce(watch) };
+  }
+
+  async write(scope: Scope, id: string, record: StoredRecord<EncodedValue>, options: { lease?: TierLease; sizeBytes: number }): Promise<void> {
+    const lease = options.lease === undefined ? undefined : this.#own(options.lease);
+    if (lease !== undefined && !lease.held) {
+      this.#fencedWrites++;
+      throw new CacheError('CACHE_LEASE_LOST', 'The lease on the item was lost before the write: another machine may have written it since.');
+    }
+    // Too large to share: the shared copy is deleted instead, so that no machine reads an older value.
+    if (options.sizeBytes > this.#options.maxValueBytes) return this.#change(scope, id, undefined, lease);
+    return this.#change(scope, id, record, lease);
+  }
+
+  async delete(scope: Scope, id: string): Promise<void> {
+    return this.#change(scope, id, undefined, undefined);
+  }
+
+  async clear(scope: Scope): Promise<void> {
+    this.#attached();
+    if (scope.path.length > 0) {
+      this.#checkShared(topOf(scope));
+      return this.#clearIn(topOf(scope), scope.prefix);
+    }
+    // The root scope: every top-level scope written to (as the tier's set of names says) or named here, that this
+    // daemon shares, each cleared by its own script on its root generation field.
+    let written: string[];
+    try {
+      written = await this.#connection.run('clear', (client) => client.send<string[]>(this.#keys.scopeNames, ['SMEMBERS', this.#keys.scopeNames]));
+    } catch (error) {
+      return this.#failed('clear', error);
+    }
+    const tops = new Set<string>(['', ...written, ...Object.keys(this.#options.sharing).filter((name) => name !== '*')]);
+    const shared = [...tops].filter((top) => this.#sharingOf(top) === 'shared');
+    for (let at = 0; at < shared.length; at += CLEAR_CONCURRENCY) {
+      await Promise.all(shared.slice(at, at + CLEAR_CONCURRENCY).map((top) => this.#clearIn(top, '')));
+    }
+  }
+
+  async acquire(scope: Scope, id: string, options: { wait: boolean; signal?: AbortSignal | undefined }): Promise<TierGrant<EncodedValue> | 'busy' | null> {
+    const changeLog = this.#attached();
+    const top = topOf(scope);
+    this.#checkShared(top);
+    const key = itemKey(scope, id);
+    const item = this.#keys.item(key);
+    const fields = generationFields(scope);
+    for (;;) {
+      options.signal?.throwIfAborted();
+      if (this.#closed || !this.#connection.up) {
+        this.#localFallbacks++;
+        return null;
+      }
+      changeLog.track(top);
+      const watch = changeLog.beginRead(scope, id);
+      const token = `${this.#origin}:${++this.#tokens}`;
+      let reply: unknown[];
+      const startedMs = performance.now();
+      try {
+        reply = await this.#connection.run('acquire', (client) =>
+          client.script<unknown[]>(
+            ACQUIRE_SCRIPT,
+            [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top)],
+            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields],
+            { buffers: true },
+          ),
+        );
+      } catch (error) {
+        watch.end();
+        if (!(error instanceof TierUnavailable)) throw error;
+        this.#localFallbacks++;
+        return null;
+      }
+      if (Number(reply[0]) === 1) {
+        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs });
+        this.#hold(lease);
+        const record = recordOf(hashFields(reply, 3), String(reply[2]));
+        if (record === undefined) watch.end();
+        return { lease, record, copyable: record === undefined ? NOT_COPYABLE : askedOnce(watch) };
+      }
+      watch.end();
+      if (!options.wait) return 'busy';
+      const woken = await this.#waitFor(key, Number(reply[1]) + WAIT_MARGIN_MS, options.signal);
+      if (!woken) {
+        this.#localFallbacks++;
+        return null;
+      }
+    }
+  }
+
+  async release(lease: TierLease): Promise<void> {
+    const held = this.#own(lease);
+    const wasHeld = this.#leases.delete(held);
+    held.lose();
+    if (!wasHeld || !this.#connection.up) return;
+    try {
+      await this.#connection.run('release', (client) =>
+        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeURIComponent(held.top)]),
+      );
+    } catch (error) {
+      // Counted and logged by the connection; the lease runs out by itself.
+      if (!(error instanceof TierUnavailable)) throw error;
+    }
+  }
+
+  /** How many `acquire` calls wait now for another machine's lease (at most one per item: the local lock is held). */
+  waiting(): number {
+    let count = 0;
+    for (const waiters of this.#waiters.values()) count += waiters.size;
+    return count;
+  }
+
+  status(): TierStatus {
+    const figures = this.#connection.figures();
+    const changes = this.#changeLog?.figures() ?? { invalidations: 0, droppedScopes: 0 };
+    return {
+      state: figures.state,
+      url: this.#connection.url,
+      lastError: figures.lastError,
+      latencyP50Ms: figures.latencyP50Ms,
+      latencyP99Ms: figures.latencyP99Ms,
+      sharedHits: this.#sharedHits,
+      sharedMisses: this.#sharedMisses,
+      sharedWrites: this.#sharedWrites,
+      errors: figures.errors,
+      refused: figures.refused,
+      leases: this.#leasesGranted,
+      fencedWrites: this.#fencedWrites,
+      localFallbacks: this.#localFallbacks,
+      invalidations: changes.invalidations,
+      droppedScopes: changes.droppedScopes,
+      sharing: this.#sharingShown(),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    // Waiters give up (acquire returns null), and leases still held are released, best effort.
+    for (const waiters of this.#waiters.values()) for (const wake of waiters) wake();
+    await Promise.all([...this.#leases].map((lease) => this.release(lease)));
+    await this.#changeLog?.close();
+    await this.#connection.close();
+  }
+
+  #attached(): ChangeLog {
+    if (this.#changeLog === undefined) throw new TypeError('The tier is used before attach().');
+    return this.#changeLog;
+  }
+
+  #sharingOf(top: string): ScopeSharing {
+    const sharing = this.#options.sharing;
+    return (top !== '' && Object.hasOwn(sharing, top) ? sharing[top] : sharing['*']) ?? 'local';
+  }
+
+  /** The sharing as status shows it: `*` and every name whose sharing is not `local`, or differs from `*`'s. */
+  #sharingShown(): Record<string, ScopeSharing> {
+    const shown: Record<string, ScopeSharing> = Object.create(null) as Record<string, ScopeSharing>;
+    const fallback = this.#options.sharing['*'] ?? 'local';
+    for (const [name, sharing] of Object.entries(this.#options.sharing)) {
+      if (sharing !== 'local' || (name !== '*' && fallback !== 'local')) shown[name] = sharing;
+    }
+    return shown;
+  }
+
+  #checkShared(top: string): void {
+    if (this.#sharingOf(top) !== 'shared') throw new TypeError(`The tier writes only in shared scopes: ${JSON.stringify(top)} is ${this.#sharingOf(top)}.`);
+  }
+
+  #own(lease: TierLease): RedisLease {
+    if (!(lease instanceof RedisLease)) throw new TypeError('Not a lease of this tier.');
+    return lease;
+  }
+
+  /** Writes an item's shared copy (`record`) or its tombstone (no record), fenced by `lease` if given, and logs the change. */
+  async #change(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, lease: RedisLease | undefined): Promise<void> {
+    const changeLog = this.#attached();
+    const top = topOf(scope);
+    this.#checkShared(top);
+    const key = itemKey(scope, id);
+    const fields = generationFields(scope);
+    const item = this.#keys.item(key);
+    const what = record === undefined ? 'delete' : 'write';
+    const args: (string | Buffer)[] = [
+      this.#origin,
+      key,
+      this.#keys.channel,
+      encodeURIComponent(top),
+      String(this.#options.maxLogEntries),
+      record === undefined ? 'd' : 's',
+      lease?.token ?? '',
+      lease === undefined ? '' : String(lease.fence),
+      String(fields.length),
+      ...fields,
+    ];
+    if (record === undefined) {
+      args.push(String(this.#tombstoneTtlMs));
+    } else {
+      const expireAtMs = record.staleUntilMs ?? record.expiresAtMs ?? Date.now() + SHARED_ITEM_TTL_MS;
+      args.push(
+        asBuffer(record.value.bytes),
+        record.value.encoding,
+        String(record.modified),
+        record.expiresAtMs === undefined ? '' : String(record.expiresAtMs),
+        record.staleUntilMs === undefined ? '' : String(record.staleUntilMs),
+        String(Math.ceil(expireAtMs)),
+      );
+    }
+    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
+    changeLog.track(top);
+    let reply: unknown[];
+    try {
+      reply = await this.#connection.run(what, async (client) => {
+        await this.#nameTop(client, top);
+        return client.script<unknown[]>(
+          WRITE_SCRIPT,
+          [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top)],
+          args,
+        );
+      });
+    } catch (error) {
+      return this.#failed(what, error);
+    }
+    if (Number(reply[0]) !== 1) {
+      this.#fencedWrites++;
+      lease?.lose();
+      throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${String(reply[1])}; another machine has written the item or taken its lease since.`);
+    }
+    this.#sharedWrites++;
+  }
+
+  async #clearIn(top: string, prefix: string): Promise<void> {
+    this.#attached().track(top);
+    try {
+      await this.#connection.run('clear', async (client) => {
+        await this.#nameTop(client, top);
+        return client.script(
+          CLEAR_SCRIPT,
+          [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.changeLog(top)],
+          [this.#origin, prefix, this.#keys.channel, encodeURIComponent(top), String(this.#options.maxLogEntries)],
+        );
+      });
+    } catch (error) {
+      return this.#failed('clear', error);
+    }
+    this.#sharedWrites++;
+  }
+
+  /** Adds the top-level scope to `<prefix>:scopes` (what a clear of the root scope clears), once per run. */
+  async #nameTop(client: TierClient, top: string): Promise<void> {
+    if (this.#namedTops.has(top)) return;
+    await client.send(this.#keys.scopeNames, ['SADD', this.#keys.scopeNames, top]);
+    this.#namedTops.add(top);
+  }
+
+  /**
+   * A failed shared write: counted and logged by the connection; fails the call only when strict.
+   * @throws CacheError `CACHE_TIER_UNAVAILABLE` when strict; a programming mistake as it is.
+   */
+  #failed(what: string, error: unknown): void {
+    if (!(error instanceof TierUnavailable)) throw error;
+    if (this.strict) throw new CacheError('CACHE_TIER_UNAVAILABLE', `The shared tier could not ${what}: ${error.message}`, { cause: error });
+  }
+
+  #hold(lease: RedisLease): void {
+    this.#leasesGranted++;
+    this.#leases.add(lease);
+    const everyMs = Math.max(1, Math.floor(this.#options.leaseMs / 3));
+    lease.timer = setInterval(() => void this.#renew(lease), everyMs);
+    lease.timer.unref();
+  }
+
+  async #renew(lease: RedisLease): Promise<void> {
+    if (!lease.held || !this.#connection.up) return;
+    const startedMs = performance.now();
+    let renewed: unknown;
+    try {
+      renewed = await this.#connection.run('renew', (client) =>
+        client.script(RENEW_SCRIPT, [this.#keys.leases(lease.top)], [lease.itemKey, lease.token, String(lease.fence), String(this.#options.leaseMs)]),
+      );
+    } catch {
+      // Counted and logged by the connection; the next renewal tries again while the lease may still be live.
+      return;
+    }
+    if (Number(renewed) === 1) lease.expiresAtMs = startedMs + this.#options.leaseMs;
+    else lease.lose();
+  }
+
+  /**
+   * Waits until the item's lease is released (a message on the channel), or `ms` passed, or the signal aborts; false
+   * when the tier closed meanwhile.
+   * @throws the signal's reason when it aborts.
+   */
+  #waitFor(key: string, ms: number, signal: AbortSignal | undefined): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      let waiters = this.#waiters.get(key);
+      if (waiters === undefined) this.#waiters.set(key, (waiters = new Set()));
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', aborted);
+        waiters.delete(wake);
+        if (waiters.size === 0 && this.#waiters.get(key) === waiters) this.#waiters.delete(key);
+      };
+      const wake = () => {
+        done();
+        resolve(!this.#closed);
+      };
+      const aborted = () => {
+        done();
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(wake, ms);
+      waiters.add(wake);
+      signal?.addEventListener('abort', aborted, { once: true });
+    });
+  }
+
+  #wake(key: string): void {
+    const waiters = this.#waiters.get(key);
+    if (waiters !== undefined) for (const wake of [...waiters]) wake();
+  }
+}
+
+/** The read's `copyable`, which ends the watch the first time it is asked (the caller asks once, right before keeping the copy). */
+function askedOnce(watch: { copyable(): boolean; end(): void }): () => boolean {
+  let answer: boolean | undefined;
+  return () => {
+    if (answer === undefined) {
+      answer = watch.copyable();
+      watch.end();
+    }
+    return answer;
+  };
+}

@@ -1,0 +1,634 @@
+import { createHash } from 'node:crypto';
+import {
+  ClientClosedError,
+  ClientOfflineError,
+  createClient,
+  createCluster,
+  ErrorReply,
+  MultiErrorReply,
+  RedisClient,
+  RESP_TYPES,
+  type RedisArgument,
+  type RedisClientOptions,
+  type RedisClientType,
+  type RedisClusterType,
+} from '@redis/client';
+
+/** How often a degraded tier is probed with a PING, and how often the subscriber connection is checked. */
+export const TIER_HEARTBEAT_MS = 500;
+/** The most recent commands whose round trips make the latency figures. */
+const LATENCY_SAMPLES = 1024;
+/** At most one log line per kind of failure in this window; the others are counted in the next line. */
+const LOG_WINDOW_MS = 60_000;
+/** Error replies that say the server cannot serve now (loading, failing over, a script running too long). */
+const UNAVAILABLE_REPLIES = new Set(['LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDOWN', 'TRYAGAIN', 'READONLY', 'NOREPLICAS']);
+
+/** What {@link TierConnection.run} rejects with: the tier is degraded or closed, or the command timed out, failed or was refused. */
+export class TierUnavailable extends Error {
+  override name = 'TierUnavailable';
+
+  constructor(
+    message: string,
+    /** Whether Redis refused the command for want of permission (`NOPERM`: an ACL). */
+    readonly refused = false,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** A Lua script and its SHA1, for EVALSHA. */
+export interface TierScript {
+  readonly name: string;
+  readonly source: string;
+  readonly sha1: string;
+}
+
+/** A script from its Lua source. */
+export function tierScript(name: string, source: string): TierScript {
+  return Object.freeze({ name, source, sha1: createHash('sha1').update(source).digest('hex') });
+}
+
+/** How a reply's bulk strings come back: as strings (UTF-8), or as Buffers with `buffers`. */
+export interface TierCommandOptions {
+  readonly buffers?: boolean;
+  /** On a Cluster, whether a replica may serve it (unused: every command goes to the shard's master). */
+  readonly readonly?: boolean;
+}
+
+/**
+ * The commands of one call to {@link TierConnection.run}, the same on one server and on a Cluster. Replies are RESP2's:
+ * flat arrays for hashes, `XINFO STREAM` and `XRANGE`, integers as numbers, nil as `null`. `key` routes the command on a
+ * Cluster (any key of the command's hash tag; the tier's own keys for keys without one).
+ */
+export interface TierClient {
+  send<R = unknown>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R>;
+  /** Several commands to the node of `key` in one round trip (a pipeline, not a transaction); rejects on the first error reply. */
+  pipeline(key: string, commands: readonly (readonly RedisArgument[])[], options?: TierCommandOptions): Promise<unknown[]>;
+  /** Runs a script by EVALSHA, and by EVAL when the server does not have it yet; every key must share one hash tag. */
+  script<R = unknown>(script: TierScript, keys: readonly string[], args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R>;
+}
+
+export interface TierConnectionOptions {
+  /** `redis://`, `rediss://` or `unix://` URLs: one server, or a Cluster's seed nodes (`cluster`). */
+  readonly urls: readonly string[];
+  readonly cluster: boolean;
+  /** The ACL user and password; either overrides the URL's. */
+  readonly username?: string | undefined;
+  readonly password?: string | undefined;
+  /** What every command, connection attempt and PING may take before it counts as failed. */
+  readonly timeoutMs: number;
+  log(line: string): void;
+}
+
+/** The tier's state as status shows it; `catching-up` is the change log's to say, through {@link TierConnection.setCatchingUp}. */
+export type TierState = 'connected' | 'degraded' | 'catching-up';
+
+export interface TierConnectionFigures {
+  readonly latencyP50Ms: number | null;
+  readonly latencyP99Ms: number | null;
+  readonly errors: number;
+  readonly refused: number;
+  readonly lastError: string | null;
+  readonly state: TierState;
+}
+
+export interface TierSubscriptionHandlers {
+  message(text: string): void;
+  /** After each (re)subscription, the first included: messages may have been missed before it, so catch up. */
+  ready(): void;
+  /** When the subscriber connection drops or its heartbeat times out: messages may be missed until the next `ready`. */
+  lost(): void;
+}
+
+interface Subscription {
+  readonly handlers: TierSubscriptionHandlers;
+  readonly listener: (message: string) => void;
+  /** Whether messages arrive now: subscribed on the current subscriber client, and not lost since. */
+  live: boolean;
+  /** Resolves the first time the subscription is live. */
+  readonly firstLive: Promise<void>;
+  markFirstLive(): void;
+}
+
+type Client = RedisClientType<{}, {}, {}, 2>;
+type Cluster = RedisClusterType<{}, {}, {}, 2>;
+type Connector = { socket: NonNullable<RedisClientOptions['socket']>; database?: number };
+
+const BUFFERS = { [RESP_TYPES.BLOB_STRING]: Buffer } as const;
+
+/** The delay before each reconnection attempt: quick at first, never more than half a second apart. */
+function reconnectDelayMs(retries: number): number {
+  return Math.min(50 * (retries + 1), 500);
+}
+
+/** The URL without its credentials, for logs and status. */
+function displayUrl(url: string): string {
+  return url.replace(/^([a-z]+:\/\/)[^@/]*@/i, '$1');
+}
+
+/** The first word of an error reply (`NOPERM`, `WRONGTYPE`); the error's class name for anything else. */
+function errorKind(error: unknown): string {
+  if (error instanceof ErrorReply) return /^[A-Z]+/.exec(error.message)?.[0] ?? 'ERR';
+  if (error instanceof TierUnavailable) return error.message.startsWith('timed out') ? 'timeout' : 'unavailable';
+  return (error as { code?: unknown })?.code === undefined ? ((error as Error)?.name ?? 'Error') : String((error as { code: unknown }).code);
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** A programming mistake in a command callback: passed on as it is, never counted as the tier failing. */
+function isMistake(error: unknown): boolean {
+  return error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError || error instanceof ReferenceError;
+}
+
+/** The first error of a pipeline's replies, for a message that names the command's own failure. */
+function firstError(error: unknown): unknown {
+  if (error instanceof MultiErrorReply) for (const reply of error.errors()) return reply;
+  return error;
+}
+
+/**
+ * The daemon's connections to the tier: a main connection for commands (one client, or a Cluster client) and a
+ * dedicated subscriber connection, with the timeouts, health and figures the shared tier needs.
+ *
+ * Every command is raced against `timeoutMs`, and node-redis's offline queue is off, so nothing waits on a Redis that
+ * is down. After a failure of the connection (not an error reply) the tier is degraded: {@link TierConnection.run}
+ * rejects at once, and a PING every {@link TIER_HEARTBEAT_MS} restores it when it answers. A PING that times out means
+ * a connection into a black hole (no reset ever comes): the client is then destroyed and made again. No `error` event
+ * or rejection of node-redis's is left unhandled.
+ */
+export class TierConnection {
+  readonly url: string;
+  readonly #options: TierConnectionOptions;
+  readonly #connectors: Connector[];
+  readonly #username: string | undefined;
+  readonly #password: string | undefined;
+  #main: Client | Cluster | undefined;
+  #facade: TierClient | undefined;
+  #up = false;
+  #catchingUp = false;
+  #closed = false;
+  #opened: Promise<void> | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #mainPing: Promise<void> | undefined;
+  #subscriber: Client | undefined;
+  /** Whether the subscriber client has subscribed every channel (then it is PINGed on each beat). */
+  #subscriberLive = false;
+  #subscriberPing: Promise<void> | undefined;
+  /** Which seed the next subscriber connects to: each remake tries the next, so one dead seed of a Cluster is left. */
+  #subscriberSeed = 0;
+  readonly #subscriptions = new Map<string, Subscription>();
+  readonly #stateListeners = new Set<(up: boolean) => void>();
+  readonly #latencies = new Float64Array(LATENCY_SAMPLES);
+  #latencyCount = 0;
+  #errors = 0;
+  #refused = 0;
+  #lastError: string | null = null;
+  readonly #logged = new Map<string, { atMs: number; suppressed: number }>();
+
+  constructor(options: TierConnectionOptions) {
+    if (options.urls.length === 0) throw new TypeError('The tier needs at least one URL.');
+    if (!(options.timeoutMs > 0)) throw new TypeError(`The tier's timeoutMs must be positive: ${options.timeoutMs}`);
+    this.#options = options;
+    let username: string | undefined;
+    let password: string | undefined;
+    this.#connectors = options.urls.map((text) => {
+      let parsed: ReturnType<typeof RedisClient.parseURL>;
+      try {
+        parsed = RedisClient.parseURL(text);
+      } catch {
+        throw new TypeError(`The tier's URL must be redis://, rediss:// or unix://: ${displayUrl(text)}`);
+      }
+      username ??= parsed.username;
+      password ??= parsed.password;
+      const isUnix = 'path' in parsed.socket;
+      if (isUnix && options.cluster) throw new TypeError('A Redis Cluster is reached over TCP: a unix:// URL cannot be one of its seeds.');
+      const socket = { ...parsed.socket, connectTimeout: options.timeoutMs, reconnectStrategy: reconnectDelayMs };
+      return { socket, ...(parsed.database === undefined ? {} : { database: parsed.database }) } as Connector;
+    });
+    if (!options.cluster && this.#connectors.length > 1) throw new TypeError('Several tier URLs are the seeds of a Redis Cluster: set cluster.');
+    this.#username = options.username ?? username;
+    this.#password = options.password ?? password;
+    this.url = options.urls.map(displayUrl).join(',');
+  }
+
+  /** Whether commands go to Redis now; false while degraded (then {@link TierConnection.run} rejects at once) or closed. */
+  get up(): boolean {
+    return this.#up && !this.#closed;
+  }
+
+  /**
+   * Starts connecting; resolves once connected, or once the first attempt failed or took `timeoutMs` (the tier is then
+   * degraded, and comes up by itself when Redis answers). Never rejects.
+   */
+  open(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#opened ??= (async () => {
+      this.#heartbeat = setInterval(() => this.#beat(), TIER_HEARTBEAT_MS);
+      this.#heartbeat.unref();
+      const main = this.#makeMain();
+      // The first connection: its readiness, its first error, or the timeout, whichever comes first.
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        main.once('ready', resolve);
+        main.once('error', resolve);
+        timer = setTimeout(resolve, this.#options.timeoutMs);
+      });
+      clearTimeout(timer);
+      await this.#probe();
+    })();
+    return this.#opened;
+  }
+
+  /**
+   * Runs one call's commands on the main connection within `timeoutMs`, measures its round trip, and counts a failure
+   * (an error reply with `NOPERM` as refused); a failure of the connection marks the tier degraded.
+   * @throws TierUnavailable when degraded or closed, timed out or failed; a callback's own `TypeError` as it is.
+   */
+  async run<R>(what: string, command: (client: TierClient) => Promise<R>): Promise<R> {
+    const facade = this.#facade;
+    if (this.#closed) throw new TierUnavailable('the tier is closed');
+    if (!this.#up || facade === undefined) throw new TierUnavailable(`the tier is degraded: ${this.#lastError ?? 'not connected yet'}`);
+    const startedMs = performance.now();
+    try {
+      const result = await this.#withTimeout(command(facade));
+      this.#addLatency(performance.now() - startedMs);
+      return result;
+    } catch (error) {
+      if (isMistake(error)) throw error;
+      throw this.#failed(what, error);
+    }
+  }
+
+  /** Calls `listener` with false when the tier becomes degraded, with true when it comes back; returns the unsubscribe. */
+  onStateChange(listener: (up: boolean) => void): () => void {
+    this.#stateListeners.add(listener);
+    return () => this.#stateListeners.delete(listener);
+  }
+
+  /** What the change log says: while it catches up after a cut, `figures().state` is `catching-up`. */
+  setCatchingUp(catchingUp: boolean): void {
+    this.#catchingUp = catchingUp;
+  }
+
+  /**
+   * Subscribes to `channel` on the subscriber connection, resubscribing after every reconnection; resolves once
+   * subscribed, or once the first attempt failed or took `timeoutMs` (it goes on in the background). Never rejects.
+   */
+  async subscribe(channel: string, handlers: TierSubscriptionHandlers): Promise<void> {
+    if (this.#closed) return;
+    if (this.#subscriptions.has(channel)) throw new TypeError(`Already subscribed to ${channel}`);
+    let markFirstLive!: () => void;
+    const firstLive = new Promise<void>((resolve) => (markFirstLive = resolve));
+    const subscription: Subscription = { handlers, live: false, listener: (message) => this.#deliver(channel, message), firstLive, markFirstLive };
+    this.#subscriptions.set(channel, subscription);
+    // A subscriber still connecting subscribes every channel once connected, this one included.
+    if (this.#subscriber === undefined) this.#makeSubscriber();
+    else if (this.#subscriberLive) void this.#subscribeOn(this.#subscriber, channel, subscription);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([firstLive, new Promise<void>((resolve) => (timer = setTimeout(resolve, this.#options.timeoutMs)))]);
+    clearTimeout(timer);
+  }
+
+  figures(): TierConnectionFigures {
+    const count = Math.min(this.#latencyCount, LATENCY_SAMPLES);
+    let latencyP50Ms: number | null = null;
+    let latencyP99Ms: number | null = null;
+    if (count > 0) {
+      const sorted = this.#latencies.slice(0, count).sort();
+      const at = (fraction: number) => Math.round(sorted[Math.min(count - 1, Math.ceil(fraction * count) - 1)]! * 100) / 100;
+      latencyP50Ms = at(0.5);
+      latencyP99Ms = at(0.99);
+    }
+    return {
+      latencyP50Ms,
+      latencyP99Ms,
+      errors: this.#errors,
+      refused: this.#refused,
+      lastError: this.#lastError,
+      state: !this.up ? 'degraded' : this.#catchingUp ? 'catching-up' : 'connected',
+    };
+  }
+
+  /**
+   * Counts and logs a failure found outside {@link TierConnection.run} (a reply of an unexpected shape, a failed
+   * catch-up step), under `what`; marks nothing degraded.
+   */
+  report(what: string, error: unknown): void {
+    this.#errors++;
+    this.#lastError = `${what}: ${describe(error)}`;
+    this.#log(errorKind(error), `tier: ${what} failed: ${describe(error)}`);
+  }
+
+  /** Closes both connections; commands under way reject. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#heartbeat);
+    this.#subscriptions.clear();
+    if (this.#subscriber !== undefined) this.#dropSubscriber(this.#subscriber, new Error('closed'));
+    const main = this.#main;
+    this.#main = undefined;
+    this.#facade = undefined;
+    if (main === undefined) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([main.close().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, this.#options.timeoutMs)))]);
+    clearTimeout(timer);
+    main.destroy();
+  }
+
+  #clientOptions(connector: Connector, offlineQueue: boolean): RedisClientOptions<{}, {}, {}, 2> {
+    return {
+      socket: connector.socket,
+      ...(connector.database === undefined ? {} : { database: connector.database }),
+      username: this.#username,
+      password: this.#password,
+      RESP: 2,
+      disableOfflineQueue: !offlineQueue,
+      maintNotifications: 'disabled',
+    } as RedisClientOptions<{}, {}, {}, 2>;
+  }
+
+  #makeMain(): Client | Cluster {
+    let main: Client | Cluster;
+    if (this.#options.cluster) {
+      const defaults = {
+        ...this.#clientOptions(this.#connectors[0]!, false),
+        socket: { connectTimeout: this.#options.timeoutMs, reconnectStrategy: reconnectDelayMs },
+      };
+      main = createCluster({
+        rootNodes: this.#connectors.map((connector) => ({ socket: connector.socket as never })),
+        defaults: defaults as never,
+        RESP: 2,
+      }) as unknown as Cluster;
+    } else {
+      main = createClient(this.#clientOptions(this.#connectors[0]!, false)) as unknown as Client;
+    }
+    main.on('error', (error: unknown) => {
+      if (this.#main === main) this.#degrade('connection', error);
+    });
+    // A ready connection is probed at once rather than at the next beat: the tier comes back sooner.
+    main.on('ready', () => {
+      if (this.#main === main && !this.#up) void this.#probe();
+    });
+    this.#main = main;
+    this.#facade = this.#options.cluster ? clusterFacade(main as Cluster) : clientFacade(main as Client);
+    main.connect().catch((error: unknown) => {
+      if (this.#main === main) this.#degrade('connection', error);
+    });
+    return main;
+  }
+
+  #remakeMain(): void {
+    const old = this.#main;
+    if (old === undefined || this.#closed) return;
+    this.#main = undefined;
+    this.#facade = undefined;
+    old.destroy();
+    this.#makeMain();
+  }
+
+  /** PINGs the main connection: restores a degraded tier when it answers; remakes the client when the PING times out. */
+  #probe(): Promise<void> {
+    this.#mainPing ??= (async () => {
+      const facade = this.#facade;
+      if (facade === undefined) return;
+      const startedMs = performance.now();
+      try {
+        await this.#withTimeout(facade.send('', ['PING']));
+        if (this.#facade !== facade || this.#closed) return;
+        this.#addLatency(performance.now() - startedMs);
+        this.#restore();
+      } catch (error) {
+        if (this.#facade !== facade || this.#closed) return;
+        if (error instanceof TierUnavailable) {
+          // No answer within the timeout: a black hole, or a server that stopped; a new connection finds out.
+          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`));
+          this.#remakeMain();
+        } else {
+          this.#degrade('connection', error);
+        }
+      }
+    })().finally(() => (this.#mainPing = undefined));
+    return this.#mainPing;
+  }
+
+  #beat(): void {
+    if (this.#closed) return;
+    if (!this.#up) void this.#probe();
+    if (this.#subscriber === undefined) {
+      if (this.#subscriptions.size > 0) this.#makeSubscriber();
+    } else if (this.#subscriberLive) {
+      void this.#pingSubscriber(this.#subscriber);
+    }
+  }
+
+  #restore(): void {
+    if (this.#up || this.#closed) return;
+    const wasDegraded = this.#lastError !== null;
+    this.#up = true;
+    if (this.#subscriber === undefined && this.#subscriptions.size > 0) this.#makeSubscriber();
+    if (wasDegraded) this.#log('restored', `tier: connected to ${this.url} again`);
+    for (const listener of this.#stateListeners) listener(true);
+  }
+
+  /** Counts and logs a failure of the connection, and marks the tier degraded. */
+  #degrade(kind: string, error: unknown): void {
+    if (this.#closed) return;
+    const wasUp = this.#up;
+    // While degraded, "offline" says nothing new: keep the reason found first (a refused connection, a timeout).
+    if (!wasUp && this.#lastError !== null && (error instanceof ClientOfflineError || error instanceof ClientClosedError)) return;
+    this.#lastError = describe(error);
+    this.#up = false;
+    this.#log(kind, `tier: ${this.url} unavailable: ${this.#lastError}`);
+    if (wasUp) for (const listener of this.#stateListeners) listener(false);
+  }
+
+  /** Counts a failed command, logs it, degrades the tier if the connection failed, and gives what `run` rejects with. */
+  #failed(what: string, raw: unknown): TierUnavailable {
+    const error = firstError(raw);
+    this.#errors++;
+    const kind = errorKind(error);
+    const message = `${what}: ${describe(error)}`;
+    if (error instanceof ErrorReply && !UNAVAILABLE_REPLIES.has(kind)) {
+      // The server answered: the tier is up, this command was refused.
+      const refused = kind === 'NOPERM';
+      if (refused) this.#refused++;
+      this.#lastError = message;
+      this.#log(kind, `tier: ${what} ${refused ? 'refused' : 'failed'}: ${describe(error)}`);
+      return new TierUnavailable(message, refused, { cause: error });
+    }
+    this.#degrade(kind, new Error(message));
+    return new TierUnavailable(message, false, { cause: error });
+  }
+
+  #withTimeout<R>(promise: Promise<R>): Promise<R> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new TierUnavailable(`timed out after ${this.#options.timeoutMs} ms`)), this.#options.timeoutMs);
+    });
+    // The command settles later (or when its client is destroyed): that rejection is handled here.
+    promise.catch(() => {});
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  #addLatency(ms: number): void {
+    this.#latencies[this.#latencyCount % LATENCY_SAMPLES] = ms;
+    this.#latencyCount++;
+  }
+
+  /** Logs at most one line a minute per kind of failure, saying how many were left out since the last. */
+  #log(kind: string, line: string): void {
+    const nowMs = performance.now();
+    const last = this.#logged.get(kind);
+    if (last !== undefined && nowMs - last.atMs < LOG_WINDOW_MS) {
+      last.suppressed++;
+      return;
+    }
+    const suppressed = last?.suppressed ?? 0;
+    this.#logged.set(kind, { atMs: nowMs, suppressed: 0 });
+    this.#options.log(suppressed === 0 ? line : `${line} (and ${suppressed} more like it since the last such line)`);
+  }
+
+  /**
+   * Makes a subscriber client and subscribes every channel on it once connected. It never reconnects by itself: when
+   * its connection drops, it is thrown away and the next heartbeat makes another (so that a resubscription is always
+   * one SUBSCRIBE per channel on a fresh connection, and `ready` follows it).
+   */
+  #makeSubscriber(): void {
+    const connector = this.#connectors[this.#subscriberSeed++ % this.#connectors.length]!;
+    const subscriber = createClient({
+      ...this.#clientOptions(connector, false),
+      socket: { ...connector.socket, reconnectStrategy: false },
+    } as RedisClientOptions<{}, {}, {}, 2>) as unknown as Client;
+    this.#subscriber = subscriber;
+    this.#subscriberLive = false;
+    subscriber.on('error', (error: unknown) => this.#dropSubscriber(subscriber, error));
+    subscriber.on('end', () => this.#dropSubscriber(subscriber, new Error('connection closed')));
+    void (async () => {
+      await this.#withTimeout(subscriber.connect());
+      // Channels added meanwhile are visited too: a Map's iteration includes entries added during it.
+      for (const [channel, subscription] of this.#subscriptions) await this.#subscribeOn(subscriber, channel, subscription);
+      if (this.#subscriber === subscriber) this.#subscriberLive = true;
+    })().catch((error: unknown) => this.#dropSubscriber(subscriber, error));
+  }
+
+  async #subscribeOn(subscriber: Client, channel: string, subscription: Subscription): Promise<void> {
+    await this.#withTimeout(subscriber.subscribe(channel, subscription.listener));
+    if (this.#subscriber === subscriber && this.#subscriptions.get(channel) === subscription) this.#ready(subscription);
+  }
+
+  /** Throws the subscriber client away (once): its subscriptions are lost until the next one is made. */
+  #dropSubscriber(subscriber: Client, error: unknown): void {
+    if (this.#subscriber !== subscriber) return;
+    this.#subscriber = undefined;
+    this.#subscriberLive = false;
+    if (!this.#closed) this.#log('subscriber', `tier: subscriber connection to ${this.url} lost: ${describe(error)}`);
+    this.#lose();
+    try {
+      subscriber.destroy();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  #ready(subscription: Subscription): void {
+    if (subscription.live) return;
+    subscription.live = true;
+    subscription.markFirstLive();
+    this.#call(() => subscription.handlers.ready());
+  }
+
+  #lose(): void {
+    for (const subscription of this.#subscriptions.values()) {
+      if (!subscription.live) continue;
+      subscription.live = false;
+      this.#call(() => subscription.handlers.lost());
+    }
+  }
+
+  #deliver(channel: string, message: string): void {
+    const subscription = this.#subscriptions.get(channel);
+    if (subscription !== undefined) this.#call(() => subscription.handlers.message(message));
+  }
+
+  /** Runs a handler; what it throws is logged, never left to crash the daemon from inside node-redis. */
+  #call(handler: () => void): void {
+    try {
+      handler();
+    } catch (error) {
+      this.report('subscription handler', error);
+    }
+  }
+
+  #pingSubscriber(subscriber: Client): Promise<void> {
+    this.#subscriberPing ??= this.#withTimeout(subscriber.sendCommand(['PING']))
+      .then(
+        () => {},
+        (error: unknown) => this.#dropSubscriber(subscriber, error instanceof TierUnavailable ? new Error(`PING ${error.message}`) : error),
+      )
+      .finally(() => (this.#subscriberPing = undefined));
+    return this.#subscriberPing;
+  }
+}
+
+function checkKey(key: string): void {
+  if (typeof key !== 'string') throw new TypeError('A tier command needs its routing key.');
+}
+
+function clientFacade(client: Client): TierClient {
+  const buffers = client.withTypeMapping(BUFFERS);
+  const pick = (options?: TierCommandOptions) => (options?.buffers === true ? buffers : client);
+  const send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+    checkKey(key);
+    return pick(options).sendCommand<R>(args);
+  };
+  return {
+    send,
+    async pipeline(key, commands, options) {
+      checkKey(key);
+      const multi = pick(options).multi();
+      for (const args of commands) multi.addCommand([...args]);
+      return (await multi.execAsPipeline()) as unknown[];
+    },
+    script: (script, keys, args, options) => runScript(send, script, keys, args, options),
+  };
+}
+
+function clusterFacade(cluster: Cluster): TierClient {
+  const buffers = cluster.withTypeMapping(BUFFERS);
+  const pick = (options?: TierCommandOptions) => (options?.buffers === true ? buffers : cluster);
+  const send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+    checkKey(key);
+    return pick(options).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
+  };
+  return {
+    send,
+    async pipeline(key, commands, options) {
+      checkKey(key);
+      const multi = pick(options).multi(key);
+      for (const args of commands) multi.addCommand(key, false, [...args]);
+      return (await multi.execAsPipeline()) as unknown[];
+    },
+    script: (script, keys, args, options) => runScript(send, script, keys, args, options),
+  };
+}
+
+async function runScript<R>(
+  send: <T>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<T>,
+  script: TierScript,
+  keys: readonly string[],
+  args: readonly RedisArgument[],
+  options?: TierCommandOptions,
+): Promise<R> {
+  const key = keys[0] ?? '';
+  const rest = [String(keys.length), ...keys, ...args];
+  try {
+    return await send<R>(key, ['EVALSHA', script.sha1, ...rest], options);
+  } catch (error) {
+    if (!(error instanceof ErrorReply) || !error.message.startsWith('NOSCRIPT')) throw error;
+    return send<R>(key, ['EVAL', script.source, ...rest], options);
+  }
+}

@@ -1,0 +1,320 @@
+import { afterAll, beforeAll, expect, onTestFinished, test } from 'vitest';
+import { RedisTier } from '../daemon/redis-tier.js';
+import { isCacheError } from '../src/errors.js';
+import { ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
+import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
+import type { EncodedRecord } from '../src/store.js';
+import { readOnlyRules, type RedisServer, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { tempDir } from './support/temp-dir.js';
+
+/**
+ * RedisTier against a real redis-server (one per file, on a Unix socket), several tiers standing in for machines:
+ * what a write, a delete, a clear and a lease do in Redis, fencing, waking waiters, and Redis being stopped.
+ */
+
+let server: RedisServer;
+let prefixes = 0;
+
+beforeAll(async () => {
+  server = await startRedisServer({ unixSocket: true, until: 'manual', users: [{ name: 'reader', password: 'pw', rules: readOnlyRules('t') }] });
+});
+
+afterAll(async () => {
+  await server?.stop();
+});
+
+/** What the tier asked of the local store. */
+interface RecordingSink extends TierSink {
+  readonly invalidated: string[];
+  readonly dropped: string[];
+}
+
+function recordingSink(): RecordingSink {
+  const invalidated: string[] = [];
+  const dropped: string[] = [];
+  return {
+    invalidated,
+    dropped,
+    invalidate: async (scope, id) => void invalidated.push(`${scope.prefix}:${id}`),
+    drop: async (scope) => void dropped.push(scope.prefix),
+    localScopes: () => [],
+  };
+}
+
+interface TierSetup {
+  url?: string;
+  prefix?: string;
+  sharing?: Record<string, ScopeSharing>;
+  leaseMs?: number;
+  timeoutMs?: number;
+  strict?: boolean;
+  maxValueBytes?: number;
+  username?: string;
+  password?: string;
+}
+
+/** A tier as one machine's daemon would make it, attached and closed when the test ends. */
+async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink: RecordingSink; log: string[] }> {
+  const log: string[] = [];
+  const sharing = Object.assign(Object.create(null) as Record<string, ScopeSharing>, { '*': 'shared' }, setup.sharing);
+  const tier = new RedisTier({
+    urls: [setup.url ?? server.url],
+    cluster: false,
+    username: setup.username,
+    password: setup.password,
+    sharing,
+    strict: setup.strict ?? false,
+    leaseMs: setup.leaseMs ?? 10_000,
+    timeoutMs: setup.timeoutMs ?? 1000,
+    maxValueBytes: setup.maxValueBytes ?? 1024 * 1024,
+    keyPrefix: setup.prefix ?? 't',
+    maxLogEntries: 1000,
+    dataDir: await tempDir('hoard-tier-'),
+    log: (line) => log.push(line),
+  });
+  const sink = recordingSink();
+  await tier.attach(sink);
+  onTestFinished(() => tier.close());
+  return { tier, sink, log };
+}
+
+/** A key prefix no other test uses, so that each test has its own tier in the one server. */
+function freshPrefix(): string {
+  return `t${++prefixes}x${process.pid}`;
+}
+
+function record(text: string, extra: Partial<EncodedRecord> = {}): EncodedRecord {
+  return { modified: 1_700_000_000_000, value: { encoding: 'utf8', bytes: new TextEncoder().encode(text) }, ...extra };
+}
+
+function text(found: { record: EncodedRecord | undefined } | null): string | undefined {
+  const bytes = found?.record?.value.bytes;
+  return bytes === undefined ? undefined : new TextDecoder().decode(bytes);
+}
+
+/** Waits until `condition` holds (polling observable state), failing after a generous bound. */
+async function until(condition: () => boolean, what: string, boundMs = 15_000): Promise<void> {
+  const deadline = performance.now() + boundMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function expectCode(promise: Promise<unknown>, code: string): Promise<void> {
+  const error = await promise.then(
+    () => undefined,
+    (caught: unknown) => caught,
+  );
+  expect(isCacheError(error) ? error.code : error).toBe(code);
+}
+
+const pages: Scope = scopeOf(['pages']);
+
+test('a write is read by another machine with its expiry; a delete leaves a fenced tombstone that reads as a miss', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix });
+  const b = await makeTier({ prefix });
+  await a.tier.write(pages, 'home', record('v1', { expiresAtMs: Date.now() + 60_000, staleUntilMs: Date.now() + 120_000 }), { sizeBytes: 2 });
+  const read = await b.tier.read(pages, 'home');
+  expect(text(read)).toBe('v1');
+  expect(read!.record).toMatchObject({ modified: 1_700_000_000_000, value: { encoding: 'utf8' } });
+  expect(read!.record!.staleUntilMs! - read!.record!.expiresAtMs!).toBe(60_000);
+  // Redis evicts it by its stale time: the item's TTL is set.
+  expect(Number(await server.cli('PTTL', `{${prefix}:pages}i:pages/:home`))).toBeGreaterThan(100_000);
+
+  await a.tier.delete(pages, 'home');
+  expect(text(await b.tier.read(pages, 'home'))).toBeUndefined();
+  const tombstone = await server.cli('HGETALL', `{${prefix}:pages}i:pages/:home`);
+  expect(tombstone.split('\n')).toEqual(['d', '1', 'f', '2']);
+  expect(Number(await server.cli('PTTL', `{${prefix}:pages}i:pages/:home`))).toBeGreaterThan(0);
+  expect(a.tier.status()).toMatchObject({ state: 'connected', sharedWrites: 2, errors: 0 });
+  expect(b.tier.status()).toMatchObject({ sharedHits: 1, sharedMisses: 1 });
+  // The other machine follows the scope since its read: it heard the delete on the change log and dropped its copy.
+  await until(() => b.sink.invalidated.length === 1, 'b heard the delete');
+  expect(b.sink.invalidated).toEqual(['pages/:home']);
+  expect(a.sink.invalidated).toEqual([]);
+});
+
+test('a value over maxValueBytes stays local: the shared copy is deleted instead', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix, maxValueBytes: 4 });
+  await a.tier.write(pages, 'big', record('old'), { sizeBytes: 3 });
+  await a.tier.write(pages, 'big', record('too large'), { sizeBytes: 9 });
+  expect(text(await a.tier.read(pages, 'big'))).toBeUndefined();
+  expect(await server.cli('HGET', `{${prefix}:pages}i:pages/:big`, 'd')).toBe('1');
+});
+
+test('a plain set supersedes another machine holding the lease: its fenced write is then refused, and the value stays', async () => {
+  const prefix = freshPrefix();
+  const holder = await makeTier({ prefix });
+  const writer = await makeTier({ prefix });
+  const grant = await holder.tier.acquire(pages, 'report', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  expect(grant.record).toBeUndefined();
+  await writer.tier.write(pages, 'report', record('from the plain set'), { sizeBytes: 17 });
+  // The holder still believes it holds the lease (it has not expired): Redis refuses the write by its fence.
+  expect(grant.lease.held).toBe(true);
+  await expectCode(holder.tier.write(pages, 'report', record('computed late'), { lease: grant.lease, sizeBytes: 13 }), 'CACHE_LEASE_LOST');
+  expect(grant.lease.held).toBe(false);
+  expect(text(await writer.tier.read(pages, 'report'))).toBe('from the plain set');
+  expect(holder.tier.status()).toMatchObject({ fencedWrites: 1, leases: 1, sharedWrites: 0 });
+  await holder.tier.release(grant.lease);
+});
+
+test('a fenced write is refused after the lease ran out while its holder was cut off and another machine took it', async () => {
+  const prefix = freshPrefix();
+  const proxy = await startTcpProxy({ socketPath: server.socketPath! });
+  const holder = await makeTier({ prefix, url: proxy.url, leaseMs: 600, timeoutMs: 150 });
+  const other = await makeTier({ prefix, leaseMs: 600, timeoutMs: 150 });
+  const first = await holder.tier.acquire(pages, 'job', { wait: false });
+  if (first === null || first === 'busy') throw new Error(`no grant: ${first}`);
+  // The holder's renewals go nowhere: its lease runs out in Redis, and the other machine is granted it.
+  proxy.cut('blackhole');
+  const second = await other.tier.acquire(pages, 'job', { wait: true });
+  if (second === null || second === 'busy') throw new Error(`no grant: ${second}`);
+  expect(second.lease.fence).toBeGreaterThan(first.lease.fence);
+  await other.tier.write(pages, 'job', record('second'), { lease: second.lease, sizeBytes: 6 });
+  proxy.restore();
+  await until(() => holder.tier.status().state === 'connected', 'the holder is connected again');
+  await expectCode(holder.tier.write(pages, 'job', record('first'), { lease: first.lease, sizeBytes: 5 }), 'CACHE_LEASE_LOST');
+  expect(text(await other.tier.read(pages, 'job'))).toBe('second');
+  expect(holder.tier.status().fencedWrites).toBe(1);
+  await other.tier.release(second.lease);
+});
+
+test('a fenced write is refused once the scope was cleared after the grant', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix });
+  const grant = await a.tier.acquire(pages, 'x', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  const b = await makeTier({ prefix });
+  await b.tier.clear(pages);
+  await expectCode(a.tier.write(pages, 'x', record('stale'), { lease: grant.lease, sizeBytes: 5 }), 'CACHE_LEASE_LOST');
+  expect(text(await b.tier.read(pages, 'x'))).toBeUndefined();
+});
+
+test('a clear bumps a generation without scanning: items of the scope read as misses, others as hits', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix, sharing: { other: 'shared' } });
+  const b = await makeTier({ prefix });
+  const drafts = scopeOf(['pages', 'drafts']);
+  const published = scopeOf(['pages', 'published']);
+  for (const id of ['a', 'b', 'c']) await a.tier.write(drafts, id, record(`draft ${id}`), { sizeBytes: 7 });
+  await a.tier.write(published, 'a', record('published a'), { sizeBytes: 11 });
+  await a.tier.write(ROOT_SCOPE, 'root item', record('root'), { sizeBytes: 4 });
+  await a.tier.write(scopeOf(['other']), 'o', record('other'), { sizeBytes: 5 });
+  await server.cli('CONFIG', 'RESETSTAT');
+
+  await b.tier.clear(drafts);
+  for (const id of ['a', 'b', 'c']) expect(text(await a.tier.read(drafts, id))).toBeUndefined();
+  expect(text(await a.tier.read(published, 'a'))).toBe('published a');
+  // The items are still there, under the old generation: nothing was scanned or deleted one by one.
+  expect(await server.cli('EXISTS', `{${prefix}:pages}i:pages/drafts/:a`)).toBe('1');
+  await until(() => a.sink.dropped.includes('pages/drafts/'), 'a dropped the cleared scope');
+
+  // The root scope: every top-level scope written to or named, each by its own script call.
+  await b.tier.clear(ROOT_SCOPE);
+  expect(text(await a.tier.read(published, 'a'))).toBeUndefined();
+  expect(text(await a.tier.read(ROOT_SCOPE, 'root item'))).toBeUndefined();
+  expect(text(await a.tier.read(scopeOf(['other']), 'o'))).toBeUndefined();
+  const stats = await server.cli('INFO', 'commandstats');
+  expect(stats).not.toMatch(/cmdstat_(scan|keys|hscan|sscan|del|unlink):/);
+  expect(stats).toMatch(/cmdstat_evalsha:/);
+  expect(await server.cli('SMEMBERS', `${prefix}:scopes`)).toMatch(/pages/);
+});
+
+test('a waiter on another machine is woken by the release, long before the lease would run out', async () => {
+  const prefix = freshPrefix();
+  const holder = await makeTier({ prefix, leaseMs: 30_000 });
+  const waiter = await makeTier({ prefix, leaseMs: 30_000 });
+  const held = await holder.tier.acquire(pages, 'compute', { wait: false });
+  if (held === null || held === 'busy') throw new Error(`no grant: ${held}`);
+  expect(await waiter.tier.acquire(pages, 'compute', { wait: false })).toBe('busy');
+  const startedMs = performance.now();
+  const waiting = waiter.tier.acquire(pages, 'compute', { wait: true });
+  await until(() => waiter.tier.waiting() === 1, 'the second machine waits');
+  await holder.tier.write(pages, 'compute', record('computed once'), { lease: held.lease, sizeBytes: 13 });
+  await holder.tier.release(held.lease);
+  const granted = await waiting;
+  if (granted === null || granted === 'busy') throw new Error(`no grant: ${granted}`);
+  // Woken by the release message, not by its timer at the holder's remaining 30 s.
+  expect(performance.now() - startedMs).toBeLessThan(15_000);
+  expect(granted.lease.fence).toBeGreaterThan(held.lease.fence);
+  expect(text(granted)).toBe('computed once');
+  expect(waiter.tier.waiting()).toBe(0);
+  await waiter.tier.release(granted.lease);
+  expect(await server.cli('HLEN', `{${prefix}:pages}l`)).toBe('0');
+});
+
+test('an aborted wait rejects with the signal reason, and close ends a wait with null', async () => {
+  const prefix = freshPrefix();
+  const holder = await makeTier({ prefix });
+  const waiter = await makeTier({ prefix });
+  const held = await holder.tier.acquire(pages, 'k', { wait: false });
+  if (held === null || held === 'busy') throw new Error(`no grant: ${held}`);
+  const controller = new AbortController();
+  const aborted = waiter.tier.acquire(pages, 'k', { wait: true, signal: controller.signal });
+  await until(() => waiter.tier.waiting() === 1, 'the waiter waits');
+  const reason = new Error('cancelled');
+  controller.abort(reason);
+  await expect(aborted).rejects.toBe(reason);
+  const closing = waiter.tier.acquire(pages, 'k', { wait: true });
+  await until(() => waiter.tier.waiting() === 1, 'the waiter waits again');
+  await waiter.tier.close();
+  expect(await closing).toBeNull();
+  await holder.tier.release(held.lease);
+});
+
+test('a user who may only read: writes are refused and counted, reads still work, and the tier stays connected', async () => {
+  const prefix = 't';
+  await server.cli('DEL', `{t:pages}i:pages/:r`);
+  const writer = await makeTier({ prefix });
+  await writer.tier.write(pages, 'r', record('readable'), { sizeBytes: 8 });
+  const reader = await makeTier({ prefix, username: 'reader', password: 'pw' });
+  expect(text(await reader.tier.read(pages, 'r'))).toBe('readable');
+  await reader.tier.write(pages, 'r', record('refused'), { sizeBytes: 7 });
+  expect(reader.tier.status()).toMatchObject({ refused: 1, errors: 1, sharedWrites: 0 });
+  expect(reader.tier.status().state).not.toBe('degraded');
+  expect(reader.log.some((line) => line.includes('NOPERM'))).toBe(true);
+  const strict = await makeTier({ prefix, username: 'reader', password: 'pw', strict: true });
+  await expectCode(strict.tier.write(pages, 'r', record('refused'), { sizeBytes: 7 }), 'CACHE_TIER_UNAVAILABLE');
+  expect(text(await reader.tier.read(pages, 'r'))).toBe('readable');
+});
+
+test('Redis stopped (no reset ever comes): calls answer within the timeout, the tier is degraded, then restored', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const timeoutMs = 300;
+  const { tier, log } = await makeTier({ url: own.url, timeoutMs, prefix: 's' });
+  const strict = await makeTier({ url: own.url, timeoutMs, prefix: 's', strict: true });
+  await tier.write(pages, 'kept', record('before'), { sizeBytes: 6 });
+  process.kill(own.pid, 'SIGSTOP');
+  onTestFinished(() => {
+    process.kill(own.pid, 'SIGCONT');
+  });
+  const timed = async <R>(call: () => Promise<R>): Promise<{ result: R; ms: number }> => {
+    const startedMs = performance.now();
+    const result = await call();
+    return { result, ms: performance.now() - startedMs };
+  };
+  // The first call waits out the timeout; the bound is generous for a busy machine.
+  const first = await timed(() => tier.read(pages, 'kept'));
+  expect(first.result).toBeNull();
+  expect(first.ms).toBeLessThan(timeoutMs + 2000);
+  expect(tier.status()).toMatchObject({ state: 'degraded', errors: 1 });
+  expect(tier.status().lastError).toMatch(/timed out/);
+  // Then every call is answered at once, without waiting for Redis.
+  const write = await timed(() => tier.write(pages, 'kept', record('during'), { sizeBytes: 6 }));
+  expect(write.ms).toBeLessThan(timeoutMs + 2000);
+  expect((await timed(() => tier.acquire(pages, 'kept', { wait: true }))).result).toBeNull();
+  expect(tier.status().localFallbacks).toBe(1);
+  // (A write that timed out may still be done once Redis runs again: another item, so as not to blur what is checked.)
+  await expectCode(strict.tier.write(pages, 'strict', record('during'), { sizeBytes: 6 }), 'CACHE_TIER_UNAVAILABLE');
+  // The background PING times out too: the client is made again.
+  await until(() => log.some((line) => line.includes('PING')) || tier.status().lastError!.includes('PING'), 'the PING timed out');
+
+  process.kill(own.pid, 'SIGCONT');
+  await until(() => tier.status().state === 'connected', 'the tier is connected again');
+  expect(text(await tier.read(pages, 'kept'))).toBe('before');
+  expect(log.filter((line) => line.includes('again')).length).toBeGreaterThanOrEqual(1);
+});

@@ -1,0 +1,191 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { expect, onTestFinished, test } from 'vitest';
+import { TierConnection, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
+import { readOnlyRules, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { tempDir } from './support/temp-dir.js';
+
+/**
+ * TierConnection against real redis-servers: commands raced against the timeout, the degraded state and its PING,
+ * a blackholed connection remade, the subscriber connection lost and made again, and failures counted.
+ */
+
+/** A connection that logs into `log`, closed when the test ends. */
+async function connect(url: string, options: { timeoutMs?: number; username?: string; password?: string } = {}) {
+  const log: string[] = [];
+  const connection = new TierConnection({
+    urls: [url],
+    cluster: false,
+    username: options.username,
+    password: options.password,
+    timeoutMs: options.timeoutMs ?? 1000,
+    log: (line) => log.push(line),
+  });
+  onTestFinished(() => connection.close());
+  await connection.open();
+  return { connection, log };
+}
+
+/** Waits until `condition` holds (polling observable state), failing after a generous bound. */
+async function until(condition: () => boolean, what: string, boundMs = 15_000): Promise<void> {
+  const deadline = performance.now() + boundMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A subscription's events, in order, and its messages. */
+function recorder() {
+  const events: string[] = [];
+  return {
+    events,
+    handlers: {
+      message: (text: string) => events.push(`message ${text}`),
+      ready: () => events.push('ready'),
+      lost: () => events.push('lost'),
+    },
+  };
+}
+
+test('commands, pipelines and scripts run with their latency measured; an error reply is counted but does not degrade', async () => {
+  const server = await startRedisServer({ unixSocket: true });
+  const { connection, log } = await connect(server.url);
+  expect(connection.up).toBe(true);
+  expect(connection.url).toBe(server.url);
+  expect(await connection.run('set', (client) => client.send('k', ['SET', 'k', 'v']))).toBe('OK');
+  const replies = await connection.run('read', (client) =>
+    client.pipeline('{a}h', [['HSET', '{a}h', 'v', Buffer.from([0, 255])], ['HGETALL', '{a}h']], { buffers: true }),
+  );
+  expect(replies[1]).toEqual([Buffer.from('v'), Buffer.from([0, 255])]);
+  // EVALSHA first; the server does not know the script yet, so EVAL; then EVALSHA alone.
+  const script = tierScript('echo', "return ARGV[1] .. redis.call('GET', KEYS[1])");
+  await server.cli('CONFIG', 'RESETSTAT');
+  for (let n = 0; n < 2; n++) expect(await connection.run('script', (client) => client.script(script, ['k'], ['got ']))).toBe('got v');
+  const stats = await server.cli('INFO', 'commandstats');
+  expect(stats).toMatch(/cmdstat_evalsha:calls=2,.*failed_calls=1/);
+  expect(stats).toMatch(/cmdstat_eval:calls=1,/);
+
+  const wrongType = await connection.run('bad', (client) => client.send('{a}h', ['GET', '{a}h'])).catch((error: unknown) => error);
+  expect(wrongType).toBeInstanceOf(TierUnavailable);
+  expect(connection.up).toBe(true);
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 1, refused: 0 });
+  expect(connection.figures().latencyP50Ms).toBeGreaterThan(0);
+  expect(connection.figures().latencyP99Ms).toBeGreaterThanOrEqual(connection.figures().latencyP50Ms!);
+  expect(log).toEqual([expect.stringContaining('WRONGTYPE')]);
+  // A mistake in the caller's own code is passed on as it is, not counted as the tier failing.
+  await expect(connection.run('mistake', () => Promise.reject(new TypeError('oops')))).rejects.toThrow(TypeError);
+  expect(connection.figures().errors).toBe(1);
+});
+
+test('NOPERM is counted as refused, logged once a minute, and leaves the tier connected', async () => {
+  const server = await startRedisServer({ unixSocket: true, users: [{ name: 'reader', password: 'pw', rules: readOnlyRules('t') }] });
+  const { connection, log } = await connect(server.url, { username: 'reader', password: 'pw' });
+  expect(await connection.run('read', (client) => client.send('{t:a}x', ['GET', '{t:a}x']))).toBeNull();
+  for (let n = 0; n < 3; n++) {
+    const refused = await connection.run('write', (client) => client.send('{t:a}x', ['SET', '{t:a}x', '1'])).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ name: 'TierUnavailable', refused: true });
+  }
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 3, refused: 3 });
+  expect(log).toHaveLength(1);
+  expect(log[0]).toMatch(/refused: NOPERM/);
+});
+
+test('a stopped Redis (no reset comes): the command times out, the tier is degraded and skips commands, the client is remade, and it is restored', async () => {
+  const server = await startRedisServer({ unixSocket: true });
+  const timeoutMs = 300;
+  const { connection, log } = await connect(server.url, { timeoutMs });
+  const states: boolean[] = [];
+  connection.onStateChange((up) => states.push(up));
+  const sub = recorder();
+  await connection.subscribe('news', sub.handlers);
+  expect(sub.events).toEqual(['ready']);
+
+  process.kill(server.pid, 'SIGSTOP');
+  onTestFinished(() => {
+    process.kill(server.pid, 'SIGCONT');
+  });
+  let startedMs = performance.now();
+  const timedOut = await connection.run('get', (client) => client.send('k', ['GET', 'k'])).catch((error: unknown) => error);
+  expect(timedOut).toBeInstanceOf(TierUnavailable);
+  expect(performance.now() - startedMs).toBeLessThan(timeoutMs + 2000);
+  expect(connection.up).toBe(false);
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, lastError: expect.stringMatching(/timed out/) });
+  expect(states).toEqual([false]);
+  // Degraded: rejected at once, not counted again.
+  startedMs = performance.now();
+  await expect(connection.run('get', (client) => client.send('k', ['GET', 'k']))).rejects.toThrow(/degraded/);
+  expect(performance.now() - startedMs).toBeLessThan(timeoutMs);
+  expect(connection.figures().errors).toBe(1);
+  // The subscriber's PING times out too: it is lost, and the PING of the degraded tier remakes the main client.
+  await until(() => sub.events.includes('lost'), 'the subscription is lost');
+  await until(() => connection.figures().lastError!.includes('PING'), "the degraded tier's PING timed out");
+
+  process.kill(server.pid, 'SIGCONT');
+  await until(() => connection.up, 'the tier is up again');
+  expect(states).toEqual([false, true]);
+  await until(() => sub.events.at(-1) === 'ready', 'subscribed again');
+  expect(await connection.run('publish', (client) => client.send('', ['PUBLISH', 'news', 'after']))).toBe(1);
+  await until(() => sub.events.at(-1) === 'message after', 'the message arrived');
+  expect(sub.events).toEqual(['ready', 'lost', 'ready', 'message after']);
+  expect(log.some((line) => line.includes('again'))).toBe(true);
+});
+
+test('a blackholed network: commands time out, the connection is remade through the restored proxy', async () => {
+  const server = await startRedisServer({ unixSocket: true });
+  const proxy = await startTcpProxy({ socketPath: server.socketPath! });
+  const { connection } = await connect(proxy.url, { timeoutMs: 200 });
+  const sub = recorder();
+  await connection.subscribe('news', sub.handlers);
+  const accepted = proxy.accepted;
+  proxy.cut('blackhole');
+  await expect(connection.run('get', (client) => client.send('k', ['GET', 'k']))).rejects.toThrow(/timed out/);
+  await until(() => sub.events.includes('lost'), 'the subscription is lost');
+  proxy.restore();
+  await until(() => connection.up && sub.events.at(-1) === 'ready', 'up and subscribed again');
+  // New connections were made: the old ones, into the black hole, were given up.
+  expect(proxy.accepted).toBeGreaterThan(accepted);
+  expect(await connection.run('publish', (client) => client.send('', ['PUBLISH', 'news', 'back']))).toBe(1);
+  await until(() => sub.events.at(-1) === 'message back', 'the message arrived');
+});
+
+/** A redis-server on `socketPath` (in a directory that exists), killed when the test ends. */
+function serveOn(socketPath: string): void {
+  const child = spawn('redis-server', ['--port', '0', '--unixsocket', socketPath, '--unixsocketperm', '700', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  onTestFinished(() => {
+    child.kill('SIGKILL');
+  });
+}
+
+test('Redis killed and started again (connections reset): degraded at once, then restored and resubscribed', async () => {
+  const server = await startRedisServer({ unixSocket: true });
+  const { connection } = await connect(server.url, { timeoutMs: 500 });
+  const sub = recorder();
+  await connection.subscribe('news', sub.handlers);
+  process.kill(server.pid, 'SIGKILL');
+  await until(() => !connection.up && sub.events.includes('lost'), 'degraded and the subscription lost');
+  const refused = await connection.run('get', (client) => client.send('k', ['GET', 'k'])).catch((error: unknown) => error);
+  expect(refused).toBeInstanceOf(TierUnavailable);
+  expect(connection.figures().state).toBe('degraded');
+  serveOn(server.socketPath!);
+  await until(() => connection.up && sub.events.at(-1) === 'ready', 'up and subscribed again');
+  expect(await connection.run('publish', (client) => client.send('', ['PUBLISH', 'news', 'back']))).toBe(1);
+  await until(() => sub.events.at(-1) === 'message back', 'the message arrived');
+  expect(sub.events).toEqual(['ready', 'lost', 'ready', 'message back']);
+});
+
+test('Redis not there at start: open() resolves degraded, and the tier comes up by itself when Redis starts', async () => {
+  const dir = await tempDir('hoard-tier-');
+  const socketPath = join(dir, 'redis.sock');
+  const { connection } = await connect(`unix://${socketPath}`, { timeoutMs: 300 });
+  expect(connection.up).toBe(false);
+  expect(connection.figures()).toMatchObject({ state: 'degraded', lastError: expect.stringMatching(/ENOENT/) });
+  const sub = recorder();
+  await connection.subscribe('news', sub.handlers);
+  expect(sub.events).toEqual([]);
+  serveOn(socketPath);
+  await until(() => connection.up && sub.events.includes('ready'), 'up and subscribed');
+  expect(await connection.run('ping', (client) => client.send('', ['PING']))).toBe('PONG');
+});

@@ -1,0 +1,161 @@
+import { expect, test } from 'vitest';
+import type { Cache } from '../src/cache.js';
+import { eventually } from './conformance/support.js';
+import { startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
+import { startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
+
+/** The issue's cut: long enough for every timeout and retry in the tier to run many times over. */
+const CUT_MS = 30_000;
+/** The issue's bound: every change made meanwhile is invalidated or caught up this soon after Redis is reachable again. */
+const CATCH_UP_MS = 2000;
+const KEYS = 20;
+
+async function valueOf(cache: Cache<unknown>, id: string): Promise<unknown> {
+  await using got = await cache.get(id);
+  return got.item === null ? undefined : await got.item.value();
+}
+
+/** Reads `ids` on `daemon` until it serves them all from its own copies (no shared read counted for a whole pass). */
+async function holdLocalCopies(daemon: TierDaemon, cache: Cache<unknown>, ids: readonly string[]): Promise<void> {
+  const sharedReads = async (): Promise<number> => {
+    const status = await daemon.tierStatus();
+    return status.sharedHits + status.sharedMisses;
+  };
+  await eventually(async () => {
+    const before = await sharedReads();
+    for (const id of ids) await valueOf(cache, id);
+    return (await sharedReads()) === before;
+  }, 'the daemon keeps local copies of what it read through');
+}
+
+interface CutSetup {
+  cutOff: TierDaemon;
+  other: TierDaemon;
+  proxy: Awaited<ReturnType<typeof startTcpProxy>>;
+  cli: (...args: string[]) => Promise<string>;
+}
+
+/** Two daemons on one Redis, one of them through a proxy that the test cuts; `scope` has KEYS items that the cut-off daemon holds copies of. */
+async function cutSetup(scope: string): Promise<CutSetup> {
+  const server = await startRedisServer();
+  const proxy = await startTcpProxy({ port: server.port });
+  const [cutOff, other] = await Promise.all([startTierDaemon({ tier: proxy.url }), startTierDaemon({ tier: server.url })]);
+  const ids = Array.from({ length: KEYS }, (_, k) => `k${k}`);
+  for (const id of ids) await other.cache.withScope(scope).set(id, `${id} before the cut`);
+  await holdLocalCopies(cutOff, cutOff.cache.withScope(scope), ids);
+  return { cutOff, other, proxy, cli: server.cli };
+}
+
+/**
+ * Cuts the proxy, and while it is cut: the other daemon changes the first half of the items (sets, then deletes
+ * every third) round after round, the cut-off daemon writes items of its own and runs getsets, until `cutMs` passed
+ * and the cut-off daemon says it is degraded. Resolves to the state of each item changed, and every error the
+ * cut-off daemon's clients got.
+ */
+async function writeDuringCut(setup: CutSetup, scope: string, options: { cutMs: number; mode: CutMode }): Promise<{ changed: Map<string, unknown>; errors: string[]; rounds: number }> {
+  const { cutOff, other, proxy } = setup;
+  const changed = new Map<string, unknown>();
+  const errors: string[] = [];
+  proxy.cut(options.mode);
+  const cutAt = performance.now();
+  let rounds = 0;
+  let degradedSeen = false;
+  while (performance.now() - cutAt < options.cutMs || !degradedSeen) {
+    for (let k = 0; k < KEYS / 2; k++) {
+      const id = `k${k}`;
+      if ((k + rounds) % 3 === 0) {
+        await other.cache.withScope(scope).delete(id);
+        changed.set(id, undefined);
+      } else {
+        await other.cache.withScope(scope).set(id, `${id} round ${rounds}`);
+        changed.set(id, `${id} round ${rounds}`);
+      }
+    }
+    // The cut-off side: writes, reads and getsets in the shared scope all answer from the local tier.
+    const mine = cutOff.cache.withScope(scope);
+    try {
+      await mine.set(`mine${rounds % 5}`, `mine round ${rounds}`);
+      if ((await valueOf(mine, `mine${rounds % 5}`)) !== `mine round ${rounds}`) errors.push(`round ${rounds}: own write not read back`);
+      const gs = await mine.getset(`computed${rounds % 5}`);
+      await gs.set(`computed round ${rounds}`);
+      await gs.release();
+      await valueOf(mine, `k${KEYS - 1}`);
+    } catch (error) {
+      errors.push(`round ${rounds}: ${String(error)}`);
+    }
+    if (!degradedSeen) degradedSeen = (await cutOff.tierStatus()).state === 'degraded';
+    rounds++;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return { changed, errors, rounds };
+}
+
+/** Restores the proxy and resolves to how long it took until the cut-off daemon serves every changed item as it is now. */
+async function catchUpAfterRestore(setup: CutSetup, scope: string, changed: Map<string, unknown>): Promise<{ caughtUpMs: number; staleReads: string[] }> {
+  const onCutOff = setup.cutOff.cache.withScope(scope);
+  setup.proxy.restore();
+  const restoredAt = performance.now();
+  const pending = new Map(changed);
+  const staleReads: string[] = [];
+  while (pending.size > 0) {
+    for (const [id, expected] of pending) {
+      const value = await valueOf(onCutOff, id);
+      if (value === expected) pending.delete(id);
+      else staleReads.push(`${id}: ${JSON.stringify(value)} at ${(performance.now() - restoredAt).toFixed(0)} ms`);
+    }
+    if (performance.now() - restoredAt > 30_000) throw new Error(`still stale 30 s after the cut ended: ${[...pending.keys()].join(', ')}`);
+  }
+  return { caughtUpMs: performance.now() - restoredAt, staleReads };
+}
+
+test(`cut off for ${CUT_MS / 1000} s while both sides write: local writes go on, status says degraded, every change is caught up within ${CATCH_UP_MS / 1000} s of the restore`, async () => {
+  const setup = await cutSetup('cut');
+  const { changed, errors, rounds } = await writeDuringCut(setup, 'cut', { cutMs: CUT_MS, mode: 'blackhole' });
+  const during = await setup.cutOff.tierStatus();
+  const { caughtUpMs } = await catchUpAfterRestore(setup, 'cut', changed);
+  await eventually(async () => (await setup.cutOff.tierStatus()).state === 'connected', 'the tier is connected again');
+  const after = await setup.cutOff.tierStatus();
+  process.stderr.write(
+    `cut off (blackhole) for ${CUT_MS / 1000} s, ${rounds} rounds of writes on both sides: ${errors.length} errors on the cut-off daemon's clients; ` +
+      `status during the cut: ${during.state} (${during.lastError}), errors ${during.errors}, local fallbacks ${during.localFallbacks}; ` +
+      `${changed.size} changed items all caught up ${caughtUpMs.toFixed(0)} ms after the restore; invalidations ${after.invalidations}, dropped scopes ${after.droppedScopes}\n`,
+  );
+  expect(errors).toEqual([]);
+  expect(during).toMatchObject({ state: 'degraded', lastError: expect.any(String) });
+  expect(during.errors).toBeGreaterThan(0);
+  expect(during.localFallbacks).toBeGreaterThan(0);
+  expect(caughtUpMs).toBeLessThan(CATCH_UP_MS);
+  // Its own writes during the cut are still what it serves.
+  for (let n = 0; n < 5; n++) expect(await valueOf(setup.cutOff.cache.withScope('cut'), `mine${n}`)).toMatch(/^mine round \d+$/);
+});
+
+test('a change log trimmed short during a cut: the affected scope is dropped on reconnect, never served stale; other scopes keep their copies', async () => {
+  const setup = await cutSetup('trim');
+  // A second scope the cut-off daemon holds copies of, which nobody changes.
+  const untouched = ['u0', 'u1', 'u2'];
+  for (const id of untouched) await setup.other.cache.withScope('kept').set(id, `${id} kept`);
+  await holdLocalCopies(setup.cutOff, setup.cutOff.cache.withScope('kept'), untouched);
+  const { changed, errors } = await writeDuringCut(setup, 'trim', { cutMs: 0, mode: 'reset' });
+  // The log no longer reaches back to where the cut-off daemon stopped reading it: only the last change is left.
+  expect(Number(await setup.cli('XTRIM', '{hoard:trim}c', 'MAXLEN', '1'))).toBeGreaterThan(0);
+  const { caughtUpMs, staleReads } = await catchUpAfterRestore(setup, 'trim', changed);
+  await eventually(async () => (await setup.cutOff.tierStatus()).state === 'connected', 'the tier is connected again');
+  const status = await setup.cutOff.tierStatus();
+  process.stderr.write(
+    `cut off (reset) with the change log trimmed to 1 entry: ${changed.size} changed items all fresh ${caughtUpMs.toFixed(0)} ms after the restore ` +
+      `(${staleReads.length} reads before that served the old copy); dropped scopes ${status.droppedScopes}\n`,
+  );
+  expect(errors).toEqual([]);
+  expect(status.droppedScopes).toBeGreaterThanOrEqual(1);
+  expect(caughtUpMs).toBeLessThan(CATCH_UP_MS);
+  // Once caught up, nothing stale: every item of the scope reads as it is in Redis now.
+  for (let k = 0; k < KEYS; k++) {
+    const id = `k${k}`;
+    expect({ id, value: await valueOf(setup.cutOff.cache.withScope('trim'), id) }).toEqual({ id, value: await valueOf(setup.other.cache.withScope('trim'), id) });
+  }
+  // The scope nobody changed was not dropped: still served from local copies.
+  const before = status.sharedHits + status.sharedMisses;
+  for (const id of untouched) expect(await valueOf(setup.cutOff.cache.withScope('kept'), id)).toBe(`${id} kept`);
+  const after = await setup.cutOff.tierStatus();
+  expect(after.sharedHits + after.sharedMisses).toBe(before);
+});
