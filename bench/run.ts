@@ -476,7 +476,7 @@ function table(
       );
     }
     const h = tier.handoff;
-    lines.push(`Lock hand-off across daemons (one getset lock passed back and forth through Redis, ${h.handoffs} hand-offs): p50 ${fmt(h.p50Ms, 3)} ms, p99 ${fmt(h.p99Ms, 3)} ms; grants without the value just written: ${h.wrong}.`);
+    lines.push(`Lock hand-off across daemons (a getset's lease released on one, granted to a waiter on the other, ${h.handoffs} hand-offs): p50 ${fmt(h.p50Ms, 3)} ms, p99 ${fmt(h.p99Ms, 3)} ms; grants without the value just written: ${h.wrong}.`);
   }
   return lines.join('\n');
 }
