@@ -253,7 +253,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
           client.script<unknown[]>(
             ACQUIRE_SCRIPT,
             [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top)],
-            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields],
+            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields, this.#origin],
             { buffers: true },
           ),
         );
