@@ -305,16 +305,6 @@ export class TierConnection {
     };
   }
 
-  /**
-   * Counts and logs a failure found outside {@link TierConnection.run} (a reply of an unexpected shape, a failed
-   * catch-up step), under `what`; marks nothing degraded.
-   */
-  report(what: string, error: unknown): void {
-    this.#errors++;
-    this.#lastError = `${what}: ${describe(error)}`;
-    this.#log(errorKind(error), `tier: ${what} failed: ${describe(error)}`);
-  }
-
   /** Closes both connections; commands under way reject. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -551,7 +541,8 @@ export class TierConnection {
     try {
       handler();
     } catch (error) {
-      this.report('subscription handler', error);
+      this.#errors++;
+      this.#log('handler', `tier: a subscription handler failed: ${describe(error)}`);
     }
   }
 

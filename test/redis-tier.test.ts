@@ -249,6 +249,29 @@ test('a waiter on another machine is woken by the release, long before the lease
   expect(await server.cli('HLEN', `{${prefix}:pages}l`)).toBe('0');
 });
 
+test("a lease whose release did not reach Redis is taken over by the same daemon's next getset, not waited for", async () => {
+  const prefix = freshPrefix();
+  const proxy = await startTcpProxy({ socketPath: server.socketPath! });
+  const a = await makeTier({ prefix, url: proxy.url, leaseMs: 30_000, timeoutMs: 500 });
+  const other = await makeTier({ prefix, leaseMs: 30_000 });
+  const first = await a.tier.acquire(pages, 'orphan', { wait: false });
+  if (first === null || first === 'busy') throw new Error(`no grant: ${first}`);
+  proxy.cut('reset');
+  await until(() => a.tier.status().state === 'degraded', 'the tier is degraded');
+  await a.tier.release(first.lease);
+  proxy.restore();
+  await until(() => a.tier.status().state !== 'degraded', 'the tier is back');
+  // Redis still has the lease, for its 30 s: another machine finds it busy, this daemon takes it over.
+  expect(await other.tier.acquire(pages, 'orphan', { wait: false })).toBe('busy');
+  const second = await a.tier.acquire(pages, 'orphan', { wait: false });
+  if (second === null || second === 'busy') throw new Error(`no grant: ${second}`);
+  expect(second.lease.fence).toBeGreaterThan(first.lease.fence);
+  await a.tier.release(second.lease);
+  const third = await other.tier.acquire(pages, 'orphan', { wait: false });
+  if (third === null || third === 'busy') throw new Error(`no grant: ${third}`);
+  await other.tier.release(third.lease);
+});
+
 test('an aborted wait rejects with the signal reason, and close ends a wait with null', async () => {
   const prefix = freshPrefix();
   const holder = await makeTier({ prefix });
