@@ -77,6 +77,8 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   const sink = recordingSink();
   await tier.attach(sink);
   onTestFinished(() => tier.close());
+  // On a busy machine the first connection may take longer than the timeout: attach() then leaves the tier degraded.
+  await until(() => tier.status().state !== 'degraded', 'the tier is connected');
   return { tier, sink, log };
 }
 
