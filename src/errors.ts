@@ -45,7 +45,10 @@ export type CacheErrorCode =
    * off past the lease time, or a newer set, delete or clear came from another machine; nothing was written.
    */
   | 'CACHE_LEASE_LOST'
-  /** The shared tier failed or timed out, and the daemon runs it in strict mode (`--tier-strict`); nothing was written. */
+  /**
+   * The shared tier failed or timed out, and the daemon runs it in strict mode (`--tier-strict`): the value was not
+   * written locally, and the item's local copy was dropped (a command that timed out may still reach the tier later).
+   */
   | 'CACHE_TIER_UNAVAILABLE'
   /** The daemon refused the request's parameters (a client bug, or a client of another version). */
   | 'CACHE_INVALID_PARAMS'

@@ -278,11 +278,14 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (released) return;
       released = true;
       if (writing > 0) await writes;
-      // Other machines' waiters go on once the lease is released, this machine's once the lock is.
-      if (tierLease) await this.#tier!.release(tierLease);
+      // The lease's release is on its way to the tier before the lock goes, so that this daemon's next acquire of the
+      // item reaches Redis after it (the tier sends one connection's commands in order); the lock goes without waiting
+      // for Redis's answer, so that a release takes effect before the client's next request, as without a tier.
+      const leaseReleased = tierLease && this.#tier!.release(tierLease);
       lease.release();
       // An item past its stale time that the caller did not replace goes now that its lock is free.
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
+      await leaseReleased;
     };
     return { item, stale, set, release, [Symbol.asyncDispose]: release };
   }
@@ -307,7 +310,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
     try {
       const local = (): Promise<void> => this.#io(() => this.#store.delete(scope, id));
-      if (this.#sharing(scope) === 'shared') await this.#bothTiers(local, () => this.#tier!.delete(scope, id));
+      if (this.#sharing(scope) === 'shared') await this.#bothTiers(local, () => this.#tier!.delete(scope, id), { drop: local });
       else await local();
     } finally {
       lease.release();
@@ -319,7 +322,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     try {
       const local = (): Promise<void> => this.#io(() => this.#store.clear(scope));
       // The root scope holds every top-level scope: the tier clears those it shares.
-      if (this.#tier && (scope.path.length === 0 || this.#tier.sharing(scope) === 'shared')) await this.#bothTiers(local, () => this.#tier!.clear(scope));
+      if (this.#tier && (scope.path.length === 0 || this.#tier.sharing(scope) === 'shared')) await this.#bothTiers(local, () => this.#tier!.clear(scope), { drop: local });
       else await local();
     } finally {
       lease.release();
@@ -468,27 +471,33 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     await this.#bothTiers(
       () => this.#writeLocal(scope, id, record),
       () => this.#tier!.write(scope, id, record, lease ? { lease, sizeBytes } : { sizeBytes }),
-      { tierFirst: lease !== undefined, item: { scope, id } },
+      { tierFirst: lease !== undefined, drop: () => this.#io(() => this.#store.delete(scope, id)) },
     );
   }
 
   /**
    * Runs a change on both tiers, in the order the tier's policy says: the local one first (a tier failure is the
-   * tier's to count), or with a strict tier (or `tierFirst`) the tier first, so that its refusal changes nothing. A
-   * local failure after the tier's change drops the item's local copy (`item`), which the tier no longer vouches for.
+   * tier's to count), or with a strict tier (or `tierFirst`) the tier first, so that its refusal changes nothing here.
+   * Then `drop` drops the item's (or scope's) local copy, which the tier no longer vouches for: after a local failure
+   * that followed the tier's change, and after the tier's failure to answer, since a change that timed out may still
+   * reach Redis later (and the change log never invalidates this daemon's own changes).
    */
-  async #bothTiers(local: () => Promise<void>, shared: () => Promise<void>, options: { tierFirst?: boolean; item?: { scope: Scope; id: string } } = {}): Promise<void> {
+  async #bothTiers(local: () => Promise<void>, shared: () => Promise<void>, options: { tierFirst?: boolean; drop: () => Promise<void> }): Promise<void> {
     if (!(options.tierFirst || this.#tier!.strict)) {
       await local();
       await shared();
       return;
     }
-    await shared();
+    try {
+      await shared();
+    } catch (error) {
+      if (isCacheError(error, 'CACHE_TIER_UNAVAILABLE')) await options.drop().catch(() => {});
+      throw error;
+    }
     try {
       await local();
     } catch (error) {
-      const { item } = options;
-      if (item) await this.#io(() => this.#store.delete(item.scope, item.id)).catch(() => {});
+      await options.drop().catch(() => {});
       throw error;
     }
   }
