@@ -404,8 +404,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
         String(Math.ceil(expireAtMs)),
       );
     }
-    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
+    // Tracked even when the tier is down: the local write made now must be checked against the log once it is known.
     changeLog.track(top);
+    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
     let reply: unknown[];
     try {
       reply = await this.#connection.run(what, async (client) => {

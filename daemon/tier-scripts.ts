@@ -46,9 +46,10 @@ end
  * value bytes, encoding, modified, expiresAtMs (`''`: none), staleUntilMs (`''`: none), expire-at in ms (Unix time);
  * for `d`: the tombstone's time to live in ms.
  *
- * A plain write takes a new fence (`INCR n`); a fenced one writes with its lease's fence, and is refused when the lease
- * is missing, another's, expired by Redis's clock, granted under other generations (a clear came since), or older
- * than the item's fence (a plain write or delete came since).
+ * A plain write takes a new fence (`INCR n`) and ends the item's lease, if any (announcing the release, so that
+ * waiters try again); a fenced one writes with its lease's fence, and is refused when the lease is missing (released,
+ * or ended by a plain write), another's, expired by Redis's clock, granted under other generations (a clear came
+ * since), or older than the item's fence (a plain write or delete came since).
  * Returns `{1, fence, stream id}`, or `{0, why}` when fenced.
  */
 export const WRITE_SCRIPT = tierScript(
@@ -72,6 +73,9 @@ if token ~= '' then
   fence = lease.fence
 else
   fence = redis.call('INCR', nkey)
+  -- A plain write supersedes a holder: its lease ends here (its write is refused, its renewal finds it lost, even
+  -- once this write's item is gone), and its waiters are woken to try again.
+  if redis.call('HDEL', lkey, ikey) == 1 then redis.call('PUBLISH', channel, 'r|' .. top .. '||' .. ikey) end
 end
 redis.call('DEL', item)
 if kind == 's' then

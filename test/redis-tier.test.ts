@@ -77,6 +77,8 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   const sink = recordingSink();
   await tier.attach(sink);
   onTestFinished(() => tier.close());
+  // On a busy machine the first connection may take longer than the timeout: attach() then leaves the tier degraded.
+  await until(() => tier.status().state !== 'degraded', 'the tier is connected');
   return { tier, sink, log };
 }
 
@@ -162,6 +164,27 @@ test('a plain set supersedes another machine holding the lease: its fenced write
   expect(text(await writer.tier.read(pages, 'report'))).toBe('from the plain set');
   expect(holder.tier.status()).toMatchObject({ fencedWrites: 1, leases: 1, sharedWrites: 0 });
   await holder.tier.release(grant.lease);
+});
+
+test("a plain delete ends the holder's lease: its write is refused even once the tombstone is gone, and its waiters are woken", async () => {
+  const prefix = freshPrefix();
+  const holder = await makeTier({ prefix, leaseMs: 30_000 });
+  const deleter = await makeTier({ prefix });
+  const waiter = await makeTier({ prefix, leaseMs: 30_000 });
+  const grant = await holder.tier.acquire(pages, 'gone', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  const waiting = waiter.tier.acquire(pages, 'gone', { wait: true });
+  await until(() => waiter.tier.waiting() === 1, 'the waiter waits');
+  await deleter.tier.delete(pages, 'gone');
+  // Woken by the delete's release message, long before the holder's 30 s would run out.
+  const next = await waiting;
+  if (next === null || next === 'busy') throw new Error(`no grant: ${next}`);
+  await waiter.tier.release(next.lease);
+  // The tombstone expires (as it does after its TTL): the item is gone, and nothing of it says the holder was superseded.
+  await server.cli('PEXPIRE', `{${prefix}:pages}i:pages/:gone`, '1');
+  while ((await server.cli('EXISTS', `{${prefix}:pages}i:pages/:gone`)) !== '0') await new Promise((resolve) => setTimeout(resolve, 5));
+  await expectCode(holder.tier.write(pages, 'gone', record('late'), { lease: grant.lease, sizeBytes: 4 }), 'CACHE_LEASE_LOST');
+  expect(text(await deleter.tier.read(pages, 'gone'))).toBeUndefined();
 });
 
 test('a fenced write is refused after the lease ran out while its holder was cut off and another machine took it', async () => {

@@ -119,7 +119,8 @@ function commonConfig(dir: string): string[] {
 }
 
 function userLines(users: readonly RedisUser[]): string[] {
-  return users.map((user) => `user ${user.name} on >${user.password} ${user.rules.join(' ')}`);
+  // Each word quoted, as redis.conf splits a line (a JSON string's escapes for these ASCII words are its own).
+  return users.map((user) => ['user', user.name, 'on', `>${user.password}`, ...user.rules].map((word) => JSON.stringify(word)).join(' '));
 }
 
 async function stopper(launched: Launched, dir: string): Promise<() => Promise<void>> {
