@@ -22,7 +22,8 @@ function percentile(sorted: readonly number[], p: number): number {
 }
 
 test(`invalidation: ${CHANGES} sets, deletes and clears on one daemon are seen by reads on two others within ${BOUND_MS} ms (p99)`, async () => {
-  const server = await startRedisServer();
+  // On a Unix socket: the daemons' `unix://` URLs.
+  const server = await startRedisServer({ unixSocket: true });
   const [writer, ...readers] = await Promise.all([0, 1, 2].map(() => startTierDaemon({ tier: server.url })));
   const group = (cache: Cache<unknown>, n: number): Cache<unknown> => cache.withScope('inv').withScope(`g${n}`);
   const delays: number[] = [];
