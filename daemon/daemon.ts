@@ -16,7 +16,9 @@ import { heldError } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { oneLogLine } from './log-text.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
+import { RedisTier } from './redis-tier.js';
 import type { DaemonContext, Session } from './session.js';
+import type { TierOptions } from './tier-options.js';
 
 export interface DaemonOptions {
   /** Where to listen; default from `HOARD_SOCKET` or the XDG runtime directory. Ignored with `stdio`. */
@@ -43,6 +45,11 @@ export interface DaemonOptions {
    * 10 GiB and a tenth of the data directory's filesystem (see README).
    */
   maxSizeBytes?: number;
+  /**
+   * A shared second tier on Redis, and the top-level scopes shared through it (see README's "Sharing beyond one
+   * machine"); default none: every scope stays on this machine.
+   */
+  tier?: TierOptions;
   /**
    * Where log lines go; default standard error. Each is one line: control characters and line separators are
    * escaped, and a line is cut at 4096 characters.
@@ -92,6 +99,13 @@ function lockInfo(entry: LockSnapshotEntry): LockInfo {
     pid: entry.owner?.pid ?? null,
     sinceMs: entry.sinceMs,
   };
+}
+
+/** What the start-up line says of the tier: where, what it shares, and how. */
+function tierText(tier: TierOptions | undefined): string {
+  if (!tier) return '';
+  const shared = Object.entries(tier.sharing).map(([name, sharing]) => `${name === '' ? '(root)' : JSON.stringify(name).slice(1, -1)}=${sharing}`);
+  return `, shared tier ${tier.urls.join(',')}${tier.cluster ? ' (cluster)' : ''} sharing ${shared.join(', ')}${tier.strict ? ', strict' : ''}`;
 }
 
 /** The bytes of the files under `directory`, its subdirectories' (the files of large values) included. */
@@ -225,7 +239,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     throw isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
   }
   warnOfLoosePaths(store, log);
-  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes, { log });
+  const tier = options.tier && new RedisTier({ ...options.tier, dataDir: store.directory, log });
+  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes, { log, ...(tier && { tier }) });
   const startedAt = Date.now();
   /** Open connections, each with the way to end its streams. */
   const connections = new Map<Session, Link>();
@@ -394,6 +409,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
   }
 
   try {
+    // Before serving: the tier drops the local copies it cannot vouch for, and follows changes from then on.
+    await backend.openTier();
     if (options.stdio) {
       const { input, output } = options.stdio;
       const { session, link } = serveStreams(context, input, output, {
@@ -413,7 +430,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
       armIdleTimer();
       const limit = backend.usage()?.limitBytes;
       const sizeLimit = limit === undefined || limit === null || limit === Infinity ? 'no size limit' : `size limit ${limit} bytes`;
-      log(`listening on ${socketPath}, data in ${store.directory}, ${sizeLimit}${options.sync ? ', every write synced to disk' : ''}`);
+      log(`listening on ${socketPath}, data in ${store.directory}, ${sizeLimit}${options.sync ? ', every write synced to disk' : ''}${tierText(options.tier)}`);
     }
   } catch (error) {
     clearInterval(directoryCheck);

@@ -253,7 +253,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
           client.script<unknown[]>(
             ACQUIRE_SCRIPT,
             [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top)],
-            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields],
+            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields, this.#origin],
             { buffers: true },
           ),
         );
@@ -267,7 +267,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
         const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs });
         this.#hold(lease);
         const record = recordOf(hashFields(reply, 3), String(reply[2]));
-        if (record === undefined) watch.end();
+        // The grant reads the shared copy as a read does, and counts as one.
+        if (record === undefined) {
+          watch.end();
+          this.#sharedMisses++;
+        } else {
+          this.#sharedHits++;
+        }
         return { lease, record, copyable: record === undefined ? NOT_COPYABLE : askedOnce(watch) };
       }
       watch.end();
@@ -398,8 +404,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
         String(Math.ceil(expireAtMs)),
       );
     }
-    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
+    // Tracked even when the tier is down: the local write made now must be checked against the log once it is known.
     changeLog.track(top);
+    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
     let reply: unknown[];
     try {
       reply = await this.#connection.run(what, async (client) => {

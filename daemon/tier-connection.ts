@@ -5,7 +5,6 @@ import {
   createClient,
   createCluster,
   ErrorReply,
-  MultiErrorReply,
   RedisClient,
   RESP_TYPES,
   type RedisArgument,
@@ -143,12 +142,6 @@ function isMistake(error: unknown): boolean {
   return error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError || error instanceof ReferenceError;
 }
 
-/** The first error of a pipeline's replies, for a message that names the command's own failure. */
-function firstError(error: unknown): unknown {
-  if (error instanceof MultiErrorReply) for (const reply of error.errors()) return reply;
-  return error;
-}
-
 /**
  * The daemon's connections to the tier: a main connection for commands (one client, or a Cluster client) and a
  * dedicated subscriber connection, with the timeouts, health and figures the shared tier needs.
@@ -168,6 +161,8 @@ export class TierConnection {
   #main: Client | Cluster | undefined;
   #facade: TierClient | undefined;
   #up = false;
+  /** Whether the tier was ever up: its coming back is then logged. */
+  #wasUp = false;
   #catchingUp = false;
   #closed = false;
   #opened: Promise<void> | undefined;
@@ -228,11 +223,11 @@ export class TierConnection {
     this.#opened ??= (async () => {
       this.#heartbeat = setInterval(() => this.#beat(), TIER_HEARTBEAT_MS);
       this.#heartbeat.unref();
-      const main = this.#makeMain();
-      // The first connection: its readiness, its first error, or the timeout, whichever comes first.
+      const { main, connected } = this.#makeMain();
+      // The first connection (a Cluster's: its slots known too), its first error, or the timeout, whichever comes first.
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve) => {
-        main.once('ready', resolve);
+        void connected.then(resolve);
         main.once('error', resolve);
         timer = setTimeout(resolve, this.#options.timeoutMs);
       });
@@ -312,16 +307,6 @@ export class TierConnection {
     };
   }
 
-  /**
-   * Counts and logs a failure found outside {@link TierConnection.run} (a reply of an unexpected shape, a failed
-   * catch-up step), under `what`; marks nothing degraded.
-   */
-  report(what: string, error: unknown): void {
-    this.#errors++;
-    this.#lastError = `${what}: ${describe(error)}`;
-    this.#log(errorKind(error), `tier: ${what} failed: ${describe(error)}`);
-  }
-
   /** Closes both connections; commands under way reject. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -351,7 +336,7 @@ export class TierConnection {
     } as RedisClientOptions<{}, {}, {}, 2>;
   }
 
-  #makeMain(): Client | Cluster {
+  #makeMain(): { main: Client | Cluster; connected: Promise<void> } {
     let main: Client | Cluster;
     if (this.#options.cluster) {
       const defaults = {
@@ -375,10 +360,15 @@ export class TierConnection {
     });
     this.#main = main;
     this.#facade = this.#options.cluster ? clusterFacade(main as Cluster) : clientFacade(main as Client);
-    main.connect().catch((error: unknown) => {
-      if (this.#main === main) this.#degrade('connection', error);
-    });
-    return main;
+    const connected = main.connect().then(
+      () => {
+        if (this.#main === main && !this.#up) void this.#probe();
+      },
+      (error: unknown) => {
+        if (this.#main === main) this.#degrade('connection', error);
+      },
+    );
+    return { main, connected };
   }
 
   #remakeMain(): void {
@@ -427,10 +417,13 @@ export class TierConnection {
 
   #restore(): void {
     if (this.#up || this.#closed) return;
-    const wasDegraded = this.#lastError !== null;
+    const again = this.#wasUp || this.#lastError !== null;
     this.#up = true;
+    this.#wasUp = true;
+    // The reason it was degraded is history now (the log keeps it): status shows no error for a connected tier.
+    this.#lastError = null;
     if (this.#subscriber === undefined && this.#subscriptions.size > 0) this.#makeSubscriber();
-    if (wasDegraded) this.#log('restored', `tier: connected to ${this.url} again`);
+    if (again) this.#log('restored', `tier: connected to ${this.url} again`);
     for (const listener of this.#stateListeners) listener(true);
   }
 
@@ -447,8 +440,7 @@ export class TierConnection {
   }
 
   /** Counts a failed command, logs it, degrades the tier if the connection failed, and gives what `run` rejects with. */
-  #failed(what: string, raw: unknown): TierUnavailable {
-    const error = firstError(raw);
+  #failed(what: string, error: unknown): TierUnavailable {
     this.#errors++;
     const kind = errorKind(error);
     const message = `${what}: ${describe(error)}`;
@@ -559,7 +551,8 @@ export class TierConnection {
     try {
       handler();
     } catch (error) {
-      this.report('subscription handler', error);
+      this.#errors++;
+      this.#log('handler', `tier: a subscription handler failed: ${describe(error)}`);
     }
   }
 
@@ -580,44 +573,37 @@ function checkKey(key: string): void {
 
 function clientFacade(client: Client): TierClient {
   const buffers = client.withTypeMapping(BUFFERS);
-  const pick = (options?: TierCommandOptions) => (options?.buffers === true ? buffers : client);
-  const send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+  return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
     checkKey(key);
-    return pick(options).sendCommand<R>(args);
-  };
-  return {
-    send,
-    async pipeline(key, commands, options) {
-      checkKey(key);
-      const multi = pick(options).multi();
-      for (const args of commands) multi.addCommand([...args]);
-      return (await multi.execAsPipeline()) as unknown[];
-    },
-    script: (script, keys, args, options) => runScript(send, script, keys, args, options),
-  };
+    return (options?.buffers === true ? buffers : client).sendCommand<R>(args);
+  });
 }
 
 function clusterFacade(cluster: Cluster): TierClient {
   const buffers = cluster.withTypeMapping(BUFFERS);
-  const pick = (options?: TierCommandOptions) => (options?.buffers === true ? buffers : cluster);
-  const send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+  return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
     checkKey(key);
-    return pick(options).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
-  };
+    return (options?.buffers === true ? buffers : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
+  });
+}
+
+type Send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<R>;
+
+/**
+ * The client over one `send`. A pipeline is its commands sent in one tick: node-redis writes them to the socket
+ * together, in order, on the one connection of the key's node. (Not node-redis's `multi().execAsPipeline()`: on a
+ * Cluster it ignores the type mapping, so values would come back as strings.)
+ */
+function facade(send: Send): TierClient {
   return {
     send,
-    async pipeline(key, commands, options) {
-      checkKey(key);
-      const multi = pick(options).multi(key);
-      for (const args of commands) multi.addCommand(key, false, [...args]);
-      return (await multi.execAsPipeline()) as unknown[];
-    },
+    pipeline: (key, commands, options) => Promise.all(commands.map((args) => send(key, args, options))),
     script: (script, keys, args, options) => runScript(send, script, keys, args, options),
   };
 }
 
 async function runScript<R>(
-  send: <T>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<T>,
+  send: Send,
   script: TierScript,
   keys: readonly string[],
   args: readonly RedisArgument[],

@@ -278,11 +278,14 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (released) return;
       released = true;
       if (writing > 0) await writes;
-      // Other machines' waiters go on once the lease is released, this machine's once the lock is.
-      if (tierLease) await this.#tier!.release(tierLease);
+      // The lease's release is on its way to the tier before the lock goes, so that this daemon's next acquire of the
+      // item reaches Redis after it (the tier sends one connection's commands in order); the lock goes without waiting
+      // for Redis's answer, so that a release takes effect before the client's next request, as without a tier.
+      const leaseReleased = tierLease && this.#tier!.release(tierLease);
       lease.release();
       // An item past its stale time that the caller did not replace goes now that its lock is free.
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
+      await leaseReleased;
     };
     return { item, stale, set, release, [Symbol.asyncDispose]: release };
   }

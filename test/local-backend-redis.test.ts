@@ -1,0 +1,150 @@
+import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
+import { RedisTier } from '../daemon/redis-tier.js';
+import { tierOptions } from '../daemon/tier-options.js';
+import { LevelStore } from '../src/level/level-store.js';
+import { LocalBackend } from '../src/local-backend.js';
+import { scopeOf } from '../src/scope-path.js';
+import type { EncodedValue } from '../src/store.js';
+import { type RedisServer, startRedisServer } from './support/redis-server.js';
+import { tempDir } from './support/temp-dir.js';
+
+/**
+ * LocalBackend's own ordering rules (test/local-backend-tier.test.ts proves them with a recording tier) against the
+ * real RedisTier on a real redis-server: several backends, each on a LevelStore of its own, stand in for machines.
+ */
+
+const keep = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
+const text = (value: string): EncodedValue => ({ encoding: 'json', bytes: Buffer.from(JSON.stringify(value)) });
+const textOf = (value: EncodedValue | undefined): string | undefined => (value === undefined ? undefined : (JSON.parse(Buffer.from(value.bytes).toString()) as string));
+const PAGES = scopeOf(['pages']);
+const at = { modified: 1_700_000_000 };
+
+let redis: RedisServer;
+let prefixes = 0;
+
+beforeAll(async () => {
+  redis = await startRedisServer({ until: 'manual' });
+});
+
+afterAll(async () => {
+  await redis?.stop();
+});
+
+interface Machine {
+  backend: LocalBackend<EncodedValue, EncodedValue>;
+  store: LevelStore;
+  tier: RedisTier;
+}
+
+/** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
+async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string; leaseMs?: string } = {}): Promise<Machine> {
+  const dataDir = await tempDir('hlbr-');
+  const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
+  const settings = tierOptions({ tier: [options.url ?? redis.url], share: ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: options.leaseMs }, {})!;
+  const tier = new RedisTier({ ...settings, dataDir, log: () => {} });
+  const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keep, { tier });
+  onTestFinished(() => backend.close());
+  await backend.openTier();
+  return { backend, store, tier };
+}
+
+function freshPrefix(): string {
+  return `lbr${process.pid}-${++prefixes}`;
+}
+
+/** The value Redis holds for an item of `pages` (`undefined`: none, or a tombstone). */
+async function sharedValue(prefix: string, id: string): Promise<string | undefined> {
+  const raw = await redis.cli('HGET', `{${prefix}:pages}i:pages/:${id}`, 'v');
+  return raw === '' ? undefined : (JSON.parse(raw) as string);
+}
+
+/** How many times Redis ran each command so far (`INFO commandstats`), by lower-case name. */
+async function commandCalls(): Promise<Map<string, number>> {
+  const calls = new Map<string, number>();
+  for (const [, name, count] of (await redis.cli('INFO', 'commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(name!, Number(count));
+  return calls;
+}
+
+describe('LocalBackend with RedisTier on a real Redis', () => {
+  test('a miss goes through Redis (readNow lets go at once), and a kept copy makes every later read a local hit: no command reaches Redis', async () => {
+    const prefix = freshPrefix();
+    const writer = await machine(prefix);
+    const reader = await machine(prefix);
+    await writer.backend.set(PAGES, 'a', text('shared'), at);
+    await writer.backend.set(PAGES, 'b', text('second'), at);
+
+    expect(reader.backend.readNow(PAGES, 'a')).toBeUndefined();
+    expect(reader.backend.lockStats()).toEqual({ held: 0, waiting: 0 });
+    // The first read of a scope this run is served, not kept: its change log's position was not known when it began.
+    for (const id of ['a', 'b']) {
+      const got = (await reader.backend.get(PAGES, id, {}))!;
+      expect(textOf((await got.item!.value()) as EncodedValue)).toBe(id === 'a' ? 'shared' : 'second');
+      await got.release();
+    }
+    expect(reader.store.read(PAGES, 'a')).toBeUndefined();
+    expect(textOf(reader.store.read(PAGES, 'b')?.value)).toBe('second');
+
+    const before = await commandCalls();
+    for (let n = 0; n < 100; n++) {
+      const now = reader.backend.readNow(PAGES, 'b')!;
+      expect(textOf(now.record!.value)).toBe('second');
+      now.lease.release();
+      const got = (await reader.backend.get(PAGES, 'b', {}))!;
+      await got.release();
+      const gs = await reader.backend.getset(PAGES, 'b', { wait: true });
+      expect(gs.item).not.toBeNull();
+      await gs.release();
+    }
+    const after = await commandCalls();
+    for (const command of ['hgetall', 'hmget', 'evalsha', 'eval']) expect(after.get(command) ?? 0, command).toBe(before.get(command) ?? 0);
+  });
+
+  test('a fenced write (CACHE_LEASE_LOST) leaves the local store untouched, and the newer value stands in Redis', async () => {
+    const prefix = freshPrefix();
+    const holder = await machine(prefix);
+    const other = await machine(prefix);
+    const gs = await holder.backend.getset(PAGES, 'x', { wait: true });
+    expect(gs.item).toBeNull();
+    // A plain set elsewhere does not wait for the holder: it supersedes it.
+    await other.backend.set(PAGES, 'x', text('newer'), at);
+    await expect(gs.set!(text('late'))).rejects.toMatchObject({ code: 'CACHE_LEASE_LOST' });
+    expect(holder.store.read(PAGES, 'x')).toBeUndefined();
+    await gs.release();
+    expect(await sharedValue(prefix, 'x')).toBe('newer');
+    expect(holder.tier.status().fencedWrites).toBe(1);
+  });
+
+  test('default order: the local write first (refused by the local size limit, Redis never sees the value); strict: Redis first', async () => {
+    const prefix = freshPrefix();
+    const relaxed = await machine(prefix, { maxSizeBytes: 2000 });
+    await expect(relaxed.backend.set(PAGES, 'big', text('x'.repeat(5000)), at)).rejects.toMatchObject({ code: 'CACHE_OVER_SIZE_LIMIT' });
+    expect(await sharedValue(prefix, 'big')).toBeUndefined();
+
+    const strict = await machine(prefix, { maxSizeBytes: 2000, strict: true });
+    await strict.backend.set(PAGES, 'big', text('small'), at);
+    await expect(strict.backend.set(PAGES, 'big', text('x'.repeat(5000)), at)).rejects.toMatchObject({ code: 'CACHE_OVER_SIZE_LIMIT' });
+    // Redis took it first; the old local copy, which Redis no longer vouches for, is gone.
+    expect(await sharedValue(prefix, 'big')).toHaveLength(5000);
+    expect(strict.store.read(PAGES, 'big')).toBeUndefined();
+  });
+
+  test('with Redis gone: strict refuses with CACHE_TIER_UNAVAILABLE and writes nothing locally; the default writes locally and counts', async () => {
+    const own = await startRedisServer();
+    const prefix = freshPrefix();
+    const strict = await machine(prefix, { strict: true, url: own.url });
+    const relaxed = await machine(prefix, { url: own.url });
+    await own.stop();
+    await expect(strict.backend.set(PAGES, 'a', text('v'), at)).rejects.toMatchObject({ code: 'CACHE_TIER_UNAVAILABLE' });
+    expect(strict.store.read(PAGES, 'a')).toBeUndefined();
+    await expect(strict.backend.delete(PAGES, 'a')).rejects.toMatchObject({ code: 'CACHE_TIER_UNAVAILABLE' });
+    await relaxed.backend.set(PAGES, 'a', text('v'), at);
+    expect(textOf(relaxed.store.read(PAGES, 'a')?.value)).toBe('v');
+    expect(relaxed.tier.status()).toMatchObject({ state: 'degraded' });
+    // A getset miss holds the local lock alone, and says so.
+    const gs = await relaxed.backend.getset(PAGES, 'b', { wait: true });
+    await gs.set!(text('computed'));
+    await gs.release();
+    expect(textOf(relaxed.store.read(PAGES, 'b')?.value)).toBe('computed');
+    expect(relaxed.tier.status().localFallbacks).toBe(1);
+  });
+});

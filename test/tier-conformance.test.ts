@@ -1,0 +1,83 @@
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, onTestFinished, test } from 'vitest';
+import { connect } from '../client/index.js';
+import { startDaemon } from '../daemon/index.js';
+import { tierOptions } from '../daemon/tier-options.js';
+import type { StatusResult } from '../src/wire/protocol.js';
+import { cacheConformance } from './conformance/index.js';
+import { type RedisServer, startRedisServer } from './support/redis-server.js';
+import { tempDir } from './support/temp-dir.js';
+
+/**
+ * The whole conformance suite through RemoteCache against a daemon whose every scope is `shared` (`--share *=shared`)
+ * on a real redis-server: reads that miss go through Redis, every write goes to both tiers, every getset miss takes a
+ * lease. One server for the file; each test has a key prefix of its own, so no test sees another's keys.
+ */
+
+let redis: RedisServer;
+let prefixes = 0;
+
+beforeAll(async () => {
+  redis = await startRedisServer({ until: 'manual' });
+});
+
+afterAll(async () => {
+  await redis?.stop();
+});
+
+/** A daemon in this process sharing every scope through the file's Redis, and a RemoteCache on it; closed at the end of the test. */
+async function sharedDaemon(transport: 'binary' | 'json'): Promise<{ cache: Awaited<ReturnType<typeof connect<unknown>>>; logs: string[] }> {
+  const dir = await tempDir('htc-');
+  const logs: string[] = [];
+  const tier = tierOptions({ tier: [redis.url], share: ['*=shared'], tierPrefix: `conf${process.pid}-${++prefixes}` }, {})!;
+  const daemon = await startDaemon({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data'), idleTimeoutMs: 0, tier, log: (line) => logs.push(line) });
+  onTestFinished(() => daemon.close());
+  onTestFinished((context) => {
+    // A failed test shows what the daemon logged (an internal error's stack is there).
+    if (context.task.result?.state === 'fail') process.stderr.write(`daemon log:\n${logs.join('\n')}\n`);
+  });
+  const cache = await connect<unknown>({ socketPath: daemon.socketPath!, autoStart: false, transport });
+  onTestFinished(() => cache.close());
+  return { cache, logs };
+}
+
+for (const transport of ['binary', 'json'] as const) {
+  cacheConformance(
+    `RemoteCache on a daemon sharing every scope through Redis (${transport} transport)`,
+    async () => {
+      const { cache } = await sharedDaemon(transport);
+      return {
+        cache,
+        close: () => cache.close(),
+        settle: async () => void (await cache.status()),
+        expirations: async () => ((await cache.status()) as StatusResult).expirations,
+      };
+    },
+    { stores: true, values: 'json', countsExpirations: true },
+  );
+}
+
+cacheConformance(
+  'RemoteCache on a daemon sharing every scope through Redis, in a scope',
+  async () => {
+    const { cache } = await sharedDaemon('binary');
+    return { cache: cache.withScope('outer'), close: () => cache.close(), settle: async () => void (await cache.status()) };
+  },
+  { stores: true, values: 'json' },
+);
+
+test('the suite above really went through Redis: writes, reads through and leases counted, no tier error', async () => {
+  const { cache } = await sharedDaemon('binary');
+  await cache.set('k', 'v');
+  await cache.delete('k');
+  await using gs = await cache.getset('k');
+  await gs.set!('computed');
+  await gs.release();
+  await using missed = await cache.get('never written');
+  expect(missed.item).toBeNull();
+  const { tier } = (await cache.status()) as StatusResult;
+  expect(tier).toMatchObject({ state: 'connected', sharing: { '*': 'shared' }, errors: 0, fencedWrites: 0, localFallbacks: 0 });
+  expect(tier!.sharedWrites).toBeGreaterThanOrEqual(3);
+  expect(tier!.leases).toBe(1);
+  expect(tier!.sharedMisses).toBeGreaterThanOrEqual(1);
+});
