@@ -84,8 +84,12 @@ interface Launched {
 async function launch(dir: string, lines: readonly string[]): Promise<Launched> {
   const configPath = join(dir, 'redis.conf');
   await writeFile(configPath, `${lines.join('\n')}\n`, { mode: 0o600 });
-  const child = spawn('redis-server', [configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  // setpriv --pdeathsig: the server is killed with the test worker, however that ends (a worker killed on a timeout
+  // runs no exit handler).
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'redis-server', configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
+  // A server that never says it is ready is killed, rather than left behind by a test that gave up on it.
+  const readyTimer = setTimeout(() => child.kill('SIGKILL'), 30_000);
   const exited = new Promise<void>((resolve) =>
     child.once('exit', () => {
       running.delete(child);
@@ -101,7 +105,7 @@ async function launch(dir: string, lines: readonly string[]): Promise<Launched> 
       if (/ready to accept connections/i.test(line)) resolve();
     });
     void exited.then(() => reject(new Error(`redis-server exited before it was ready:\n${log.join('\n')}`)));
-  });
+  }).finally(() => clearTimeout(readyTimer));
   return { child, exited };
 }
 
@@ -123,7 +127,8 @@ function userLines(users: readonly RedisUser[]): string[] {
   return users.map((user) => ['user', user.name, 'on', `>${user.password}`, ...user.rules].map((word) => JSON.stringify(word)).join(' '));
 }
 
-async function stopper(launched: Launched, dir: string): Promise<() => Promise<void>> {
+/** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its directory; the same promise every call. */
+function stopper(launched: Launched, dir: string): () => Promise<void> {
   let stopping: Promise<void> | undefined;
   return () =>
     (stopping ??= (async () => {
@@ -184,7 +189,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
       await rm(dir, { recursive: true, force: true });
       throw error;
     }
-    const stop = await stopper(launched, dir);
+    const stop = stopper(launched, dir);
     cleanUpWhen(options.until ?? 'test', stop);
     return {
       url: socketPath === undefined ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
