@@ -4,6 +4,7 @@
  *   npm run bench                      the whole comparison (several minutes)
  *   npm run bench -- --quick           1 KiB values, one short run per point (under a minute)
  *   npm run bench -- --quick --only hoard    what CI runs: that the benchmark still works
+ *   npm run bench -- --only tier       hoard with a shared tier on Redis only (needs redis-server)
  *
  * Writes .bench/results.json and .bench/results.md and prints the table. Every hoard figure is also given as a
  * ratio to redis-server + ioredis measured in the same run.
@@ -14,7 +15,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '../client/index.js';
-import { startHoard, SYSTEMS, type System } from './systems.js';
+import type { TierStatus } from '../src/shared-tier.js';
+import { startHoard, startRedis, SYSTEMS, type System } from './systems.js';
 import type { Job, LoopResult } from './worker.js';
 
 const { values: args } = parseArgs({
@@ -39,9 +41,19 @@ const WORKER = join(__dirname, 'worker.js');
 const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
 const systems = SYSTEMS.filter((system) => !args.only || args.only.includes(system.name));
-if (systems.some((s) => s.name === 'redis') && spawnSync('redis-server', ['--version']).status !== 0) {
+const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
+if (systems.some((s) => s.name === 'redis') && !hasRedis) {
   console.error('redis-server is missing: install it (apt-get install redis-server), or pass --only hoard.');
   process.exit(1);
+}
+// hoard with a shared tier on Redis: with hoard, when redis-server is there; `--only tier` asks for it alone.
+const withTier = !args.only || args.only.includes('hoard') || args.only.includes('tier');
+if (withTier && !hasRedis) {
+  if (args.only?.includes('tier')) {
+    console.error('redis-server is missing: install it (apt-get install redis-server) to measure the shared tier.');
+    process.exit(1);
+  }
+  console.error('redis-server is missing: hoard with the shared tier is left out (apt-get install redis-server).');
 }
 
 function runWorker(job: Job): Promise<unknown> {
@@ -261,6 +273,121 @@ async function measureEviction(valueBytes: number): Promise<LimitFigures['evicti
   }
 }
 
+interface TierFigures {
+  /** Local hits (every key held locally), ops/s of a get-only loop per mode, with the tier and without it. */
+  localHits: { mode: string; tierOps: number; plainOps: number; tierGetP50Ms: number; plainGetP50Ms: number }[];
+  /** Gets on a second daemon of what the first wrote (each a local miss and a hit in Redis), per mode. */
+  sharedHits: { mode: string; gets: number; missed: number; opsPerSecond: number; getP50Ms: number; getP99Ms: number }[];
+  /** The same keys read again on the second daemon, now local hits, 1 in flight. */
+  againGetP50Ms: number;
+  /** The second daemon's tier figures after the shared reads. */
+  reader: TierStatus | null;
+  /** The first daemon's tier figures after its writes. */
+  writer: TierStatus | null;
+  /** From one daemon's release of a getset to the other daemon's grant, the lock passed back and forth. */
+  handoff: { p50Ms: number; p99Ms: number; handoffs: number; wrong: number };
+}
+
+/** The tier figures of the daemon on `socketPath`, through its status. */
+async function tierStatus(socketPath: string): Promise<TierStatus | null> {
+  const cache = await connect({ socketPath, autoStart: false, clientName: 'bench status' });
+  try {
+    return (await cache.status()).tier;
+  } finally {
+    await cache.close();
+  }
+}
+
+/**
+ * hoard with a shared tier: a redis-server of the bench's own (configured as README recommends) and two daemons
+ * sharing every scope through it, standing in for two machines, beside a daemon without a tier. Local hits with the
+ * tier against without, measured in turns in the same run; shared-tier hits (the second daemon reading what the
+ * first wrote); and a getset lock handed from one daemon to the other.
+ */
+async function measureTier(): Promise<TierFigures> {
+  const valueBytes = 1024;
+  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+  const servers: Awaited<ReturnType<typeof startHoard>>[] = [];
+  try {
+    const redisServer = await startRedis(join(dir, 'r'), [
+      ...['--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec'],
+      ...['--maxmemory', '1gb', '--maxmemory-policy', 'volatile-lru'],
+    ]);
+    servers.push(redisServer);
+    const tierFlags = ['--max-size', 'unlimited', '--tier', `unix://${redisServer.endpoint}`, '--share', '*=shared'];
+    const plain = await startHoard(join(dir, 'p'), ['--max-size', 'unlimited']);
+    servers.push(plain);
+    const writer = await startHoard(join(dir, 'a'), tierFlags);
+    servers.push(writer);
+    const reader = await startHoard(join(dir, 'b'), tierFlags);
+    servers.push(reader);
+    const base = { system: 'hoard', keys: KEYS, valueBytes, seconds: SECONDS };
+    await runWorker({ ...base, endpoint: plain.endpoint, kind: 'preload', inFlight: 64, startAt: 0 });
+    await runWorker({ ...base, endpoint: writer.endpoint, kind: 'preload', inFlight: 64, startAt: 0 });
+
+    const modes = QUICK ? MODES.filter((mode) => mode.processes === 1) : MODES;
+    const loop = async (endpoint: string, mode: (typeof MODES)[number]): Promise<LoopResult[]> => {
+      const startAt = Date.now() + 300;
+      const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, endpoint, kind: 'loop', getShare: 1, inFlight: mode.inFlight, startAt }));
+      return (await Promise.all(jobs)) as LoopResult[];
+    };
+    const opsOf = (results: LoopResult[]): number => results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0);
+    const p50Of = (results: LoopResult[]): number => percentile(results.flatMap((r) => r.getMs).sort((a, b) => a - b), 50);
+    const localHits: TierFigures['localHits'] = [];
+    for (const mode of modes) {
+      const tierRuns: LoopResult[][] = [];
+      const plainRuns: LoopResult[][] = [];
+      // In turns, so that the machine's noise falls on both alike.
+      for (let run = 0; run < RUNS; run++) {
+        plainRuns.push(await loop(plain.endpoint, mode));
+        tierRuns.push(await loop(writer.endpoint, mode));
+      }
+      localHits.push({
+        mode: mode.name,
+        tierOps: median(tierRuns.map(opsOf)),
+        plainOps: median(plainRuns.map(opsOf)),
+        tierGetP50Ms: median(tierRuns.map(p50Of)),
+        plainGetP50Ms: median(plainRuns.map(p50Of)),
+      });
+    }
+
+    // The reader has none of the keys: each get is a local miss that Redis answers. Half the keys for each mode.
+    const sharedHits: TierFigures['sharedHits'] = [];
+    const half = KEYS / 2;
+    for (const [n, mode] of MODES.filter((mode) => mode.processes === 1).entries()) {
+      const range = { ...base, keys: half, firstKey: n * half };
+      const result = (await runWorker({ ...range, endpoint: reader.endpoint, kind: 'once', inFlight: mode.inFlight, startAt: 0 })) as LoopResult & { missed: number };
+      const sorted = [...result.getMs].sort((a, b) => a - b);
+      sharedHits.push({
+        mode: mode.name,
+        gets: result.ops,
+        missed: result.missed,
+        opsPerSecond: result.ops / (result.elapsedMs / 1000),
+        getP50Ms: percentile(sorted, 50),
+        getP99Ms: percentile(sorted, 99),
+      });
+    }
+    const again = (await runWorker({ ...base, keys: sharedHits[0]!.gets, endpoint: reader.endpoint, kind: 'once', inFlight: 1, startAt: 0 })) as LoopResult;
+    const readerStatus = await tierStatus(reader.endpoint);
+
+    const handoffJob: Job = { ...base, kind: 'tier-handoff', endpoint: '', endpoints: [writer.endpoint, reader.endpoint], inFlight: 1, startAt: 0 };
+    const handed = (await runWorker(handoffJob)) as { gapsMs: number[]; wrong: number };
+    const gaps = [...handed.gapsMs].sort((a, b) => a - b);
+    return {
+      localHits,
+      sharedHits,
+      againGetP50Ms: percentile([...again.getMs].sort((a, b) => a - b), 50),
+      reader: readerStatus,
+      writer: await tierStatus(writer.endpoint),
+      handoff: { p50Ms: percentile(gaps, 50), p99Ms: percentile(gaps, 99), handoffs: gaps.length, wrong: handed.wrong },
+    };
+  } finally {
+    // The daemons first, Redis last.
+    for (const server of servers.reverse()) await server.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 const fmt = (n: number | null | undefined, digits = 1): string => (n === null || n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(digits));
 const kops = (n: number): string => `${(n / 1000).toFixed(1)}k`;
 
@@ -270,16 +397,20 @@ function table(
   handoff: Awaited<ReturnType<typeof measureHandoff>> | null,
   cold: number[],
   limit: LimitFigures | null,
+  tier: TierFigures | null,
 ): string {
   const find = (system: string, valueBytes: number, mode: string): Point | undefined =>
     points.find((p) => p.system === system && p.valueBytes === valueBytes && p.mode === mode);
-  const lines = [
-    `${KEYS} keys, 90% get / 10% set on uniform random keys, closed loop; medians of ${RUNS} run(s) of ${SECONDS} s (spread: min-max of the runs).`,
-    'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better).',
-    '',
-    '| values | mode | system | ops/s (spread) | vs redis | get p50 / p99 ms | set p50 / p99 ms |',
-    '|---|---|---|---|---|---|---|',
-  ];
+  // `--only tier` measures no system's loop: then there is no table of them.
+  const lines = !points.length
+    ? []
+    : [
+        `${KEYS} keys, 90% get / 10% set on uniform random keys, closed loop; medians of ${RUNS} run(s) of ${SECONDS} s (spread: min-max of the runs).`,
+        'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better).',
+        '',
+        '| values | mode | system | ops/s (spread) | vs redis | get p50 / p99 ms | set p50 / p99 ms |',
+        '|---|---|---|---|---|---|---|',
+      ];
   for (const valueBytes of VALUE_SIZES) {
     for (const mode of MODES) {
       const redis = find('redis', valueBytes, mode.name);
@@ -305,7 +436,7 @@ function table(
     }),
   ).filter(Boolean);
   if (cacacheLines.length) lines.push('', `hoard vs cacache (ops/s): ${cacacheLines.join(', ')}.`);
-  lines.push('', '| process | values | RSS idle | RSS under load (peak) | RSS after |', '|---|---|---|---|---|');
+  if (memory.length) lines.push('', '| process | values | RSS idle | RSS under load (peak) | RSS after |', '|---|---|---|---|---|');
   for (const m of memory.filter((m) => m.idleMiB !== null)) {
     lines.push(`| ${m.system} | ${m.valueBytes / 1024} KiB | ${fmt(m.idleMiB)} MiB | ${fmt(m.loadMiB)} MiB | ${fmt(m.afterMiB)} MiB |`);
   }
@@ -321,6 +452,32 @@ function table(
         `p50 ${fmt(e.duringP50Ms, 3)} ms, p99 ${fmt(e.duringP99Ms, 3)} ms (${fmt(e.duringP99Ms / e.afterP99Ms, 2)}x the p99 once it was done, ${fmt(e.afterP99Ms, 3)} ms).`,
     );
   }
+  if (tier) {
+    lines.push('', 'hoard with a shared tier (a redis-server on a Unix socket with appendonly yes and volatile-lru; two daemons sharing every scope):');
+    lines.push(
+      'Local hits, with the tier against without, in the same run: ' +
+        tier.localHits
+          .map((h) => `${h.mode} ${fmt(h.tierOps / h.plainOps, 3)}x (${kops(h.tierOps)} vs ${kops(h.plainOps)} ops/s; get p50 ${fmt(h.tierGetP50Ms, 3)} vs ${fmt(h.plainGetP50Ms, 3)} ms)`)
+          .join(', ') +
+        '.',
+    );
+    lines.push(
+      'Shared-tier hits (a local miss on the second daemon, read from Redis and kept): ' +
+        tier.sharedHits
+          .map((h) => `${h.mode} ${kops(h.opsPerSecond)} gets/s, p50 ${fmt(h.getP50Ms, 3)} / p99 ${fmt(h.getP99Ms, 3)} ms (${h.gets} keys, ${h.missed} missed)`)
+          .join(', ') +
+        `; the same keys read again, now local: p50 ${fmt(tier.againGetP50Ms, 3)} ms.`,
+    );
+    const [w, r] = [tier.writer, tier.reader];
+    if (w && r) {
+      lines.push(
+        `Tier figures: the first daemon ${w.sharedWrites} shared writes, ${w.errors} errors; the second ${r.sharedHits} shared hits, ` +
+          `${r.sharedMisses} shared misses, ${r.errors} errors, Redis round trip p50 ${fmt(r.latencyP50Ms, 3)} ms.`,
+      );
+    }
+    const h = tier.handoff;
+    lines.push(`Lock hand-off across daemons (one getset lock passed back and forth through Redis, ${h.handoffs} hand-offs): p50 ${fmt(h.p50Ms, 3)} ms, p99 ${fmt(h.p99Ms, 3)} ms; grants without the value just written: ${h.wrong}.`);
+  }
   return lines.join('\n');
 }
 
@@ -332,9 +489,10 @@ const withHoard = systems.some((s) => s.name === 'hoard');
 const handoff = withHoard ? await measureHandoff() : null;
 const cold = withHoard ? await measureColdStart() : [];
 const limit = withHoard ? await measureLimit() : null;
-const markdown = table(points, memory, handoff, cold, limit);
+const tier = withTier && hasRedis ? await measureTier() : null;
+const markdown = table(points, memory, handoff, cold, limit, tier);
 await mkdir('.bench', { recursive: true });
-await writeFile('.bench/results.json', `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, runs: RUNS, seconds: SECONDS, points, memory, handoff, cold, limit }, null, 2)}\n`);
+await writeFile('.bench/results.json', `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, runs: RUNS, seconds: SECONDS, points, memory, handoff, cold, limit, tier }, null, 2)}\n`);
 await writeFile('.bench/results.md', `${markdown}\n`);
 console.log(markdown);
 }

@@ -115,16 +115,22 @@ export const classicLevel: System = {
   },
 };
 
+/**
+ * Starts a redis-server of its own on a Unix socket in `dir`, with no TCP port and more configuration if given
+ * (`--name value` pairs); by default with no persistence.
+ */
+export async function startRedis(dir: string, config: string[] = ['--save', '', '--appendonly', 'no']): Promise<Server> {
+  const socketPath = join(dir, 'redis.sock');
+  await mkdir(join(dir, 'redis'), { recursive: true });
+  const args = ['--port', '0', '--unixsocket', socketPath, '--unixsocketperm', '700', '--dir', join(dir, 'redis'), ...config];
+  const child = await startProcess('redis-server', args, 'ready to accept connections');
+  return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
+}
+
 export const redis: System = {
   name: 'redis',
   shared: true,
-  async start(dir) {
-    const socketPath = join(dir, 'redis.sock');
-    await mkdir(join(dir, 'redis'), { recursive: true });
-    const args = ['--port', '0', '--unixsocket', socketPath, '--unixsocketperm', '700', '--save', '', '--appendonly', 'no', '--dir', join(dir, 'redis')];
-    const child = await startProcess('redis-server', args, 'ready to accept connections');
-    return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
-  },
+  start: (dir) => startRedis(dir),
   async open(endpoint) {
     const client = new Redis({ path: endpoint });
     return {

@@ -1,14 +1,16 @@
 /**
  * One benchmark process: `node worker.js '<job as JSON>'`. Prints one line of JSON with what it measured.
- * Jobs: `preload` (write every key), `loop` (a closed loop of 90% get / 10% set), `handoff` (contend for one
- * hoard lock), `cold` (connect with no daemon running, then one get), `evicting` (gets while the daemon evicts, until
- * its status shows the size within the limit).
+ * Jobs: `preload` (write every key), `loop` (a closed loop of 90% get / 10% set, or `getShare`), `handoff` (contend
+ * for one hoard lock), `cold` (connect with no daemon running, then one get), `evicting` (gets while the daemon
+ * evicts, until its status shows the size within the limit), `once` (get each key of a range once: through a daemon
+ * that has none of them, shared-tier hits), `tier-handoff` (one getset lock passed back and forth between two daemons
+ * sharing a tier).
  */
 import { connect } from '../client/index.js';
 import { SYSTEMS } from './systems.js';
 
 export interface Job {
-  kind: 'preload' | 'loop' | 'handoff' | 'cold' | 'evicting';
+  kind: 'preload' | 'loop' | 'handoff' | 'cold' | 'evicting' | 'once' | 'tier-handoff';
   system: string;
   endpoint: string;
   keys: number;
@@ -18,6 +20,12 @@ export interface Job {
   /** Epoch milliseconds at which all workers of a run start, so that they overlap. */
   startAt: number;
   dataDir?: string;
+  /** The share of gets in a `loop` (default 0.9; the rest are sets). */
+  getShare?: number;
+  /** The first key of a `once` job's range (`keys` long). */
+  firstKey?: number;
+  /** A `tier-handoff`'s two daemons. */
+  endpoints?: string[];
 }
 
 export interface LoopResult {
@@ -28,6 +36,8 @@ export interface LoopResult {
 }
 
 const now = (): number => performance.timeOrigin + performance.now();
+/** How long a `tier-handoff` holder holds the lock with the other daemon waiting. */
+const HOLD_MS = 10;
 const job = JSON.parse(process.argv[2]!) as Job;
 
 async function main(): Promise<unknown> {
@@ -59,9 +69,10 @@ async function main(): Promise<unknown> {
     return { events };
   }
   if (job.kind === 'evicting') return evicting();
+  if (job.kind === 'tier-handoff') return tierHandoff();
   const client = await system.open(job.endpoint);
   const value = new Uint8Array(job.valueBytes).fill(7);
-  const keys = Array.from({ length: job.keys }, (_, n) => `key-${n}`);
+  const keys = Array.from({ length: job.keys }, (_, n) => `key-${(job.firstKey ?? 0) + n}`);
   if (job.kind === 'preload') {
     for (let n = 0; n < keys.length; n += 64) await Promise.all(keys.slice(n, n + 64).map((key) => client.set(key, value)));
     await client.close();
@@ -72,11 +83,29 @@ async function main(): Promise<unknown> {
   await new Promise((resolve) => setTimeout(resolve, Math.max(0, job.startAt - Date.now())));
   const start = now();
   const deadline = start + job.seconds * 1000;
+  if (job.kind === 'once') {
+    // Each key once, in order, until the range or the time runs out; `missed` counts the keys that had no value.
+    let next = 0;
+    let missed = 0;
+    const reader = async (): Promise<void> => {
+      while (next < keys.length && now() < deadline) {
+        const key = keys[next++]!;
+        const began = now();
+        if ((await client.get(key)) === undefined) missed++;
+        getMs.push(now() - began);
+      }
+    };
+    await Promise.all(Array.from({ length: job.inFlight }, reader));
+    const result = { ops: getMs.length, elapsedMs: now() - start, getMs, setMs, missed };
+    await client.close();
+    return result;
+  }
+  const getShare = job.getShare ?? 0.9;
   const loop = async (): Promise<void> => {
     while (now() < deadline) {
       const key = keys[Math.floor(Math.random() * keys.length)]!;
       const began = now();
-      if (Math.random() < 0.9) {
+      if (Math.random() < getShare) {
         await client.get(key);
         getMs.push(now() - began);
       } else {
@@ -118,6 +147,42 @@ async function evicting(): Promise<{ getMs: number[]; elapsedMs: number; evicted
   const elapsedMs = now() - start;
   await cache.close();
   return { getMs, elapsedMs, evictedItems: status.evictions };
+}
+
+/**
+ * One item's getset lock passed back and forth between two daemons that share a tier: the holder writes the round's
+ * number and, once the other daemon's getset has had time to reach Redis and wait for the lease, releases; the time
+ * from that release to the other's grant is one hand-off. `wrong` counts grants that did not carry the value just
+ * written.
+ */
+async function tierHandoff(): Promise<{ gapsMs: number[]; wrong: number }> {
+  const caches = await Promise.all(
+    job.endpoints!.map((socketPath, n) => connect<Uint8Array>({ socketPath, codec: 'binary', autoStart: false, clientName: `bench tier handoff ${n}` })),
+  );
+  const gapsMs: number[] = [];
+  let wrong = 0;
+  let holder = 0;
+  let handle = await caches[holder]!.getset('handoff');
+  const deadline = now() + job.seconds * 1000;
+  for (let round = 0; now() < deadline; round++) {
+    const value = new Uint8Array(8);
+    new DataView(value.buffer).setFloat64(0, round);
+    await handle.set!(value);
+    let grantedAt = 0;
+    const waiting = caches[1 - holder]!.getset('handoff').then((next) => ((grantedAt = now()), next));
+    // The other daemon's local lock is free, so its request reaches Redis within a few milliseconds and waits there.
+    await new Promise((resolve) => setTimeout(resolve, HOLD_MS));
+    const releasedAt = now();
+    await handle.release();
+    handle = await waiting;
+    gapsMs.push(grantedAt - releasedAt);
+    const got = await handle.item?.value();
+    if (!got || new DataView(got.buffer, got.byteOffset, got.byteLength).getFloat64(0) !== round) wrong++;
+    holder = 1 - holder;
+  }
+  await handle.release();
+  await Promise.all(caches.map((cache) => cache.close()));
+  return { gapsMs, wrong };
 }
 
 void main().then((result) => process.stdout.write(`${JSON.stringify(result)}\n`));

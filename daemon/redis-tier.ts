@@ -267,7 +267,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
         const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs });
         this.#hold(lease);
         const record = recordOf(hashFields(reply, 3), String(reply[2]));
-        if (record === undefined) watch.end();
+        // The grant reads the shared copy as a read does, and counts as one.
+        if (record === undefined) {
+          watch.end();
+          this.#sharedMisses++;
+        } else {
+          this.#sharedHits++;
+        }
         return { lease, record, copyable: record === undefined ? NOT_COPYABLE : askedOnce(watch) };
       }
       watch.end();

@@ -5,7 +5,6 @@ import {
   createClient,
   createCluster,
   ErrorReply,
-  MultiErrorReply,
   RedisClient,
   RESP_TYPES,
   type RedisArgument,
@@ -141,12 +140,6 @@ function describe(error: unknown): string {
 /** A programming mistake in a command callback: passed on as it is, never counted as the tier failing. */
 function isMistake(error: unknown): boolean {
   return error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError || error instanceof ReferenceError;
-}
-
-/** The first error of a pipeline's replies, for a message that names the command's own failure. */
-function firstError(error: unknown): unknown {
-  if (error instanceof MultiErrorReply) for (const reply of error.errors()) return reply;
-  return error;
 }
 
 /**
@@ -447,8 +440,7 @@ export class TierConnection {
   }
 
   /** Counts a failed command, logs it, degrades the tier if the connection failed, and gives what `run` rejects with. */
-  #failed(what: string, raw: unknown): TierUnavailable {
-    const error = firstError(raw);
+  #failed(what: string, error: unknown): TierUnavailable {
     this.#errors++;
     const kind = errorKind(error);
     const message = `${what}: ${describe(error)}`;
@@ -580,44 +572,37 @@ function checkKey(key: string): void {
 
 function clientFacade(client: Client): TierClient {
   const buffers = client.withTypeMapping(BUFFERS);
-  const pick = (options?: TierCommandOptions) => (options?.buffers === true ? buffers : client);
-  const send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+  return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
     checkKey(key);
-    return pick(options).sendCommand<R>(args);
-  };
-  return {
-    send,
-    async pipeline(key, commands, options) {
-      checkKey(key);
-      const multi = pick(options).multi();
-      for (const args of commands) multi.addCommand([...args]);
-      return (await multi.execAsPipeline()) as unknown[];
-    },
-    script: (script, keys, args, options) => runScript(send, script, keys, args, options),
-  };
+    return (options?.buffers === true ? buffers : client).sendCommand<R>(args);
+  });
 }
 
 function clusterFacade(cluster: Cluster): TierClient {
   const buffers = cluster.withTypeMapping(BUFFERS);
-  const pick = (options?: TierCommandOptions) => (options?.buffers === true ? buffers : cluster);
-  const send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+  return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
     checkKey(key);
-    return pick(options).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
-  };
+    return (options?.buffers === true ? buffers : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
+  });
+}
+
+type Send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<R>;
+
+/**
+ * The client over one `send`. A pipeline is its commands sent in one tick: node-redis writes them to the socket
+ * together, in order, on the one connection of the key's node. (Not node-redis's `multi().execAsPipeline()`: on a
+ * Cluster it ignores the type mapping, so values would come back as strings.)
+ */
+function facade(send: Send): TierClient {
   return {
     send,
-    async pipeline(key, commands, options) {
-      checkKey(key);
-      const multi = pick(options).multi(key);
-      for (const args of commands) multi.addCommand(key, false, [...args]);
-      return (await multi.execAsPipeline()) as unknown[];
-    },
+    pipeline: (key, commands, options) => Promise.all(commands.map((args) => send(key, args, options))),
     script: (script, keys, args, options) => runScript(send, script, keys, args, options),
   };
 }
 
 async function runScript<R>(
-  send: <T>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<T>,
+  send: Send,
   script: TierScript,
   keys: readonly string[],
   args: readonly RedisArgument[],

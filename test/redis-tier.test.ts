@@ -4,7 +4,7 @@ import { isCacheError } from '../src/errors.js';
 import { ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
 import type { EncodedRecord } from '../src/store.js';
-import { readOnlyRules, type RedisServer, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { readOnlyRules, type RedisServer, startRedisCluster, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -43,6 +43,8 @@ function recordingSink(): RecordingSink {
 
 interface TierSetup {
   url?: string;
+  /** The seed nodes of a Redis Cluster, instead of `url`. */
+  clusterUrls?: readonly string[];
   prefix?: string;
   sharing?: Record<string, ScopeSharing>;
   leaseMs?: number;
@@ -58,8 +60,8 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   const log: string[] = [];
   const sharing = Object.assign(Object.create(null) as Record<string, ScopeSharing>, { '*': 'shared' }, setup.sharing);
   const tier = new RedisTier({
-    urls: [setup.url ?? server.url],
-    cluster: false,
+    urls: setup.clusterUrls === undefined ? [setup.url ?? server.url] : [...setup.clusterUrls],
+    cluster: setup.clusterUrls !== undefined,
     username: setup.username,
     password: setup.password,
     sharing,
@@ -165,8 +167,8 @@ test('a plain set supersedes another machine holding the lease: its fenced write
 test('a fenced write is refused after the lease ran out while its holder was cut off and another machine took it', async () => {
   const prefix = freshPrefix();
   const proxy = await startTcpProxy({ socketPath: server.socketPath! });
-  const holder = await makeTier({ prefix, url: proxy.url, leaseMs: 600, timeoutMs: 150 });
-  const other = await makeTier({ prefix, leaseMs: 600, timeoutMs: 150 });
+  const holder = await makeTier({ prefix, url: proxy.url, leaseMs: 1500, timeoutMs: 400 });
+  const other = await makeTier({ prefix, leaseMs: 1500, timeoutMs: 400 });
   const first = await holder.tier.acquire(pages, 'job', { wait: false });
   if (first === null || first === 'busy') throw new Error(`no grant: ${first}`);
   // The holder's renewals go nowhere: its lease runs out in Redis, and the other machine is granted it.
@@ -284,7 +286,7 @@ test('a user who may only read: writes are refused and counted, reads still work
 
 test('Redis stopped (no reset ever comes): calls answer within the timeout, the tier is degraded, then restored', async () => {
   const own = await startRedisServer({ unixSocket: true });
-  const timeoutMs = 300;
+  const timeoutMs = 500;
   const { tier, log } = await makeTier({ url: own.url, timeoutMs, prefix: 's' });
   const strict = await makeTier({ url: own.url, timeoutMs, prefix: 's', strict: true });
   await tier.write(pages, 'kept', record('before'), { sizeBytes: 6 });
@@ -317,4 +319,32 @@ test('Redis stopped (no reset ever comes): calls answer within the timeout, the 
   await until(() => tier.status().state === 'connected', 'the tier is connected again');
   expect(text(await tier.read(pages, 'kept'))).toBe('before');
   expect(log.filter((line) => line.includes('again')).length).toBeGreaterThanOrEqual(1);
+});
+
+test('on a Redis Cluster: values come back byte for byte, and scripts fence, clear and hand leases over in scopes on different masters', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  const a = await makeTier({ clusterUrls: cluster.urls });
+  const b = await makeTier({ clusterUrls: cluster.urls });
+  const bytes = new Uint8Array([0, 1, 0xfe, 0xff, 0x80, 10, 13]);
+  const binary: EncodedRecord = { modified: 5, value: { encoding: 'bytes', bytes } };
+  const scopes = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'].map((name) => scopeOf([name]));
+  // Their hash tags fall on more than one master.
+  const slots = new Set(await Promise.all(scopes.map((scope) => cluster.cli('CLUSTER', 'KEYSLOT', `{t:${scope.path[0]}}`))));
+  expect(slots.size).toBeGreaterThan(1);
+  for (const scope of scopes) {
+    await a.tier.write(scope, 'bin', binary, { sizeBytes: bytes.byteLength });
+    const read = await b.tier.read(scope, 'bin');
+    expect(read?.record?.value.encoding).toBe('bytes');
+    expect(Buffer.from(read!.record!.value.bytes).equals(Buffer.from(bytes))).toBe(true);
+    const grant = await a.tier.acquire(scope, 'job', { wait: false });
+    if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+    expect(await b.tier.acquire(scope, 'job', { wait: false })).toBe('busy');
+    await b.tier.write(scope, 'job', record('plain'), { sizeBytes: 5 });
+    await expectCode(a.tier.write(scope, 'job', record('fenced'), { lease: grant.lease, sizeBytes: 6 }), 'CACHE_LEASE_LOST');
+    await a.tier.release(grant.lease);
+    await b.tier.clear(scope);
+    expect(text(await a.tier.read(scope, 'bin'))).toBeUndefined();
+  }
+  expect(a.tier.status()).toMatchObject({ state: expect.not.stringMatching('degraded'), errors: 0, fencedWrites: scopes.length });
+  expect(b.tier.status()).toMatchObject({ errors: 0 });
 });

@@ -93,12 +93,13 @@ test('NOPERM is counted as refused, logged once a minute, and leaves the tier co
 
 test('a stopped Redis (no reset comes): the command times out, the tier is degraded and skips commands, the client is remade, and it is restored', async () => {
   const server = await startRedisServer({ unixSocket: true });
-  const timeoutMs = 300;
+  const timeoutMs = 500;
   const { connection, log } = await connect(server.url, { timeoutMs });
   const states: boolean[] = [];
   connection.onStateChange((up) => states.push(up));
   const sub = recorder();
   await connection.subscribe('news', sub.handlers);
+  await until(() => sub.events.length > 0, 'subscribed');
   expect(sub.events).toEqual(['ready']);
 
   process.kill(server.pid, 'SIGSTOP');
@@ -134,9 +135,10 @@ test('a stopped Redis (no reset comes): the command times out, the tier is degra
 test('a blackholed network: commands time out, the connection is remade through the restored proxy', async () => {
   const server = await startRedisServer({ unixSocket: true });
   const proxy = await startTcpProxy({ socketPath: server.socketPath! });
-  const { connection } = await connect(proxy.url, { timeoutMs: 200 });
+  const { connection } = await connect(proxy.url, { timeoutMs: 400 });
   const sub = recorder();
   await connection.subscribe('news', sub.handlers);
+  await until(() => sub.events.includes('ready'), 'subscribed');
   const accepted = proxy.accepted;
   proxy.cut('blackhole');
   await expect(connection.run('get', (client) => client.send('k', ['GET', 'k']))).rejects.toThrow(/timed out/);
@@ -164,6 +166,7 @@ test('Redis killed and started again (connections reset): degraded at once, then
   const { connection } = await connect(server.url, { timeoutMs: 500 });
   const sub = recorder();
   await connection.subscribe('news', sub.handlers);
+  await until(() => sub.events.includes('ready'), 'subscribed');
   process.kill(server.pid, 'SIGKILL');
   await until(() => !connection.up && sub.events.includes('lost'), 'degraded and the subscription lost');
   const refused = await connection.run('get', (client) => client.send('k', ['GET', 'k'])).catch((error: unknown) => error);
