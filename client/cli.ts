@@ -128,7 +128,7 @@ function tierLines(tier: TierStatus | null | undefined): string[] {
     .join(', ');
   const lines = [
     `tier         ${tier.state} ${tier.url}, latency p50 ${ms(tier.latencyP50Ms)}, p99 ${ms(tier.latencyP99Ms)}`,
-    `             sharing ${sharing || 'none'}`,
+    `             sharing ${sharing || 'none (every scope is local)'}`,
     `             shared hits ${tier.sharedHits}, misses ${tier.sharedMisses}, writes ${tier.sharedWrites}; ` +
       `errors ${tier.errors} (${tier.refused} refused)`,
     `             leases ${tier.leases}, fenced writes ${tier.fencedWrites}, local fallbacks ${tier.localFallbacks}; ` +

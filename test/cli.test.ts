@@ -6,6 +6,7 @@ import { runCli } from '../client/cli.js';
 import { VERSION } from '../src/version.js';
 import { BIN, runHoard as hoard, startDaemonProcess } from './support/processes.js';
 import { RawClient } from './support/raw-client.js';
+import { startRedisServer } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -154,6 +155,27 @@ describe('the hoard command', () => {
     expect(text).toMatch(/^pid\s+\d+$/m);
     expect(text).toMatch(/^hits\s+1, misses 1$/m);
     expect(text).toMatch(/^tier\s+none \(every scope is local\)$/m);
+  });
+
+  test('status shows the shared tier: its state, last error, latency and counts, in text and JSON', async () => {
+    const redis = await startRedisServer();
+    const { run } = await foregroundDaemon(['--tier', redis.url, '--share', 'pages=shared', '--tier-timeout', '300ms']);
+    await run(['--scope', 'pages', 'set', 'k', 'v']);
+    await run(['--scope', 'pages', 'get', 'missing']);
+    const json = JSON.parse((await run(['status', '--json'])).stdout.toString()) as { tier: Record<string, unknown> };
+    expect(json.tier).toMatchObject({ state: 'connected', url: redis.url, lastError: null, sharedWrites: 1, sharedMisses: 1, errors: 0, sharing: { pages: 'shared' } });
+    expect(json.tier.latencyP50Ms).toEqual(expect.any(Number));
+    const text = (await run(['status'])).stdout.toString();
+    expect(text).toMatch(new RegExp(`^tier\\s+connected ${redis.url}, latency p50 \\d+(\\.\\d)? ms, p99 \\d+(\\.\\d)? ms$`, 'm'));
+    expect(text).toMatch(/^\s+sharing pages=shared$/m);
+    expect(text).toMatch(/^\s+shared hits 0, misses 1, writes 1; errors 0 \(0 refused\)$/m);
+    expect(text).toMatch(/^\s+leases 0, fenced writes 0, local fallbacks 0; invalidations 0, dropped scopes 0$/m);
+    // Redis gone: the daemon keeps serving locally, and says why the tier is degraded.
+    await redis.stop();
+    expect((await run(['--scope', 'pages', 'set', 'k', 'w'])).code).toBe(0);
+    const degraded = (await run(['status'])).stdout.toString();
+    expect(degraded).toMatch(/^tier\s+degraded /m);
+    expect(degraded).toMatch(/^\s+last error: .+$/m);
   });
 
   test('stop ends the daemon cleanly; stop and status with no daemon say so', async () => {
