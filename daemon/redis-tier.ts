@@ -253,7 +253,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
           client.script<unknown[]>(
             ACQUIRE_SCRIPT,
             [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top)],
-            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields],
+            [key, token, String(this.#options.leaseMs), String(fields.length), ...fields, this.#origin],
             { buffers: true },
           ),
         );
@@ -404,8 +404,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
         String(Math.ceil(expireAtMs)),
       );
     }
-    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
+    // Tracked even when the tier is down: the local write made now must be checked against the log once it is known.
     changeLog.track(top);
+    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
     let reply: unknown[];
     try {
       reply = await this.#connection.run(what, async (client) => {

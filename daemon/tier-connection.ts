@@ -161,6 +161,8 @@ export class TierConnection {
   #main: Client | Cluster | undefined;
   #facade: TierClient | undefined;
   #up = false;
+  /** Whether the tier was ever up: its coming back is then logged. */
+  #wasUp = false;
   #catchingUp = false;
   #closed = false;
   #opened: Promise<void> | undefined;
@@ -221,11 +223,11 @@ export class TierConnection {
     this.#opened ??= (async () => {
       this.#heartbeat = setInterval(() => this.#beat(), TIER_HEARTBEAT_MS);
       this.#heartbeat.unref();
-      const main = this.#makeMain();
-      // The first connection: its readiness, its first error, or the timeout, whichever comes first.
+      const { main, connected } = this.#makeMain();
+      // The first connection (a Cluster's: its slots known too), its first error, or the timeout, whichever comes first.
       let timer: NodeJS.Timeout | undefined;
       await new Promise<void>((resolve) => {
-        main.once('ready', resolve);
+        void connected.then(resolve);
         main.once('error', resolve);
         timer = setTimeout(resolve, this.#options.timeoutMs);
       });
@@ -305,16 +307,6 @@ export class TierConnection {
     };
   }
 
-  /**
-   * Counts and logs a failure found outside {@link TierConnection.run} (a reply of an unexpected shape, a failed
-   * catch-up step), under `what`; marks nothing degraded.
-   */
-  report(what: string, error: unknown): void {
-    this.#errors++;
-    this.#lastError = `${what}: ${describe(error)}`;
-    this.#log(errorKind(error), `tier: ${what} failed: ${describe(error)}`);
-  }
-
   /** Closes both connections; commands under way reject. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -344,7 +336,7 @@ export class TierConnection {
     } as RedisClientOptions<{}, {}, {}, 2>;
   }
 
-  #makeMain(): Client | Cluster {
+  #makeMain(): { main: Client | Cluster; connected: Promise<void> } {
     let main: Client | Cluster;
     if (this.#options.cluster) {
       const defaults = {
@@ -368,10 +360,15 @@ export class TierConnection {
     });
     this.#main = main;
     this.#facade = this.#options.cluster ? clusterFacade(main as Cluster) : clientFacade(main as Client);
-    main.connect().catch((error: unknown) => {
-      if (this.#main === main) this.#degrade('connection', error);
-    });
-    return main;
+    const connected = main.connect().then(
+      () => {
+        if (this.#main === main && !this.#up) void this.#probe();
+      },
+      (error: unknown) => {
+        if (this.#main === main) this.#degrade('connection', error);
+      },
+    );
+    return { main, connected };
   }
 
   #remakeMain(): void {
@@ -420,10 +417,13 @@ export class TierConnection {
 
   #restore(): void {
     if (this.#up || this.#closed) return;
-    const wasDegraded = this.#lastError !== null;
+    const again = this.#wasUp || this.#lastError !== null;
     this.#up = true;
+    this.#wasUp = true;
+    // The reason it was degraded is history now (the log keeps it): status shows no error for a connected tier.
+    this.#lastError = null;
     if (this.#subscriber === undefined && this.#subscriptions.size > 0) this.#makeSubscriber();
-    if (wasDegraded) this.#log('restored', `tier: connected to ${this.url} again`);
+    if (again) this.#log('restored', `tier: connected to ${this.url} again`);
     for (const listener of this.#stateListeners) listener(true);
   }
 
@@ -551,7 +551,8 @@ export class TierConnection {
     try {
       handler();
     } catch (error) {
-      this.report('subscription handler', error);
+      this.#errors++;
+      this.#log('handler', `tier: a subscription handler failed: ${describe(error)}`);
     }
   }
 

@@ -46,9 +46,10 @@ end
  * value bytes, encoding, modified, expiresAtMs (`''`: none), staleUntilMs (`''`: none), expire-at in ms (Unix time);
  * for `d`: the tombstone's time to live in ms.
  *
- * A plain write takes a new fence (`INCR n`); a fenced one writes with its lease's fence, and is refused when the lease
- * is missing, another's, expired by Redis's clock, granted under other generations (a clear came since), or older
- * than the item's fence (a plain write or delete came since).
+ * A plain write takes a new fence (`INCR n`) and ends the item's lease, if any (announcing the release, so that
+ * waiters try again); a fenced one writes with its lease's fence, and is refused when the lease is missing (released,
+ * or ended by a plain write), another's, expired by Redis's clock, granted under other generations (a clear came
+ * since), or older than the item's fence (a plain write or delete came since).
  * Returns `{1, fence, stream id}`, or `{0, why}` when fenced.
  */
 export const WRITE_SCRIPT = tierScript(
@@ -72,6 +73,9 @@ if token ~= '' then
   fence = lease.fence
 else
   fence = redis.call('INCR', nkey)
+  -- A plain write supersedes a holder: its lease ends here (its write is refused, its renewal finds it lost, even
+  -- once this write's item is gone), and its waiters are woken to try again.
+  if redis.call('HDEL', lkey, ikey) == 1 then redis.call('PUBLISH', channel, 'r|' .. top .. '||' .. ikey) end
 end
 redis.call('DEL', item)
 if kind == 's' then
@@ -107,10 +111,12 @@ return log_change(ckey, ARGV[5], ARGV[1], 'c', ARGV[2], fence, ARGV[3], ARGV[4])
 );
 
 /**
- * Takes an item's lease unless another holder's is live.
+ * Takes an item's lease unless another daemon's is live. A lease of this daemon's own (its token begins with
+ * `<origin>:`) is taken over: the daemon's local lock lets one handle at a time ask, so such a lease is one whose
+ * release did not reach Redis.
  *
  * KEYS: item, fence counter `n`, generations `g`, leases `l`.
- * ARGV: 1 item key, 2 token, 3 leaseMs, 4 count of generation fields, then the fields.
+ * ARGV: 1 item key, 2 token, 3 leaseMs, 4 count of generation fields, then the fields, then the origin.
  * Returns `{0, remaining ms}` when busy; else `{1, fence, generations, the item's hash as field, value, ...}`.
  */
 export const ACQUIRE_SCRIPT = tierScript(
@@ -118,11 +124,13 @@ export const ACQUIRE_SCRIPT = tierScript(
   `${HELPERS}
 local item, nkey, gkey, lkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ikey, token, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
+local origin = ARGV[5 + count] .. ':'
 local now = now_ms()
 local lease = parse_lease(redis.call('HGET', lkey, ikey))
-if lease and lease.expires > now and lease.token ~= token then return {0, lease.expires - now} end
+if lease and lease.expires > now and string.sub(lease.token, 1, #origin) ~= origin then return {0, lease.expires - now} end
 local fence = redis.call('INCR', nkey)
-local gens = generations(gkey, 5, tonumber(ARGV[4]))
+local gens = generations(gkey, 5, count)
 redis.call('HSET', lkey, ikey, token .. '|' .. fence .. '|' .. (now + lease_ms) .. '|' .. gens)
 local reply = {1, fence, gens}
 local fields = redis.call('HGETALL', item)

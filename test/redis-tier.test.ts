@@ -77,6 +77,8 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   const sink = recordingSink();
   await tier.attach(sink);
   onTestFinished(() => tier.close());
+  // On a busy machine the first connection may take longer than the timeout: attach() then leaves the tier degraded.
+  await until(() => tier.status().state !== 'degraded', 'the tier is connected');
   return { tier, sink, log };
 }
 
@@ -164,6 +166,27 @@ test('a plain set supersedes another machine holding the lease: its fenced write
   await holder.tier.release(grant.lease);
 });
 
+test("a plain delete ends the holder's lease: its write is refused even once the tombstone is gone, and its waiters are woken", async () => {
+  const prefix = freshPrefix();
+  const holder = await makeTier({ prefix, leaseMs: 30_000 });
+  const deleter = await makeTier({ prefix });
+  const waiter = await makeTier({ prefix, leaseMs: 30_000 });
+  const grant = await holder.tier.acquire(pages, 'gone', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  const waiting = waiter.tier.acquire(pages, 'gone', { wait: true });
+  await until(() => waiter.tier.waiting() === 1, 'the waiter waits');
+  await deleter.tier.delete(pages, 'gone');
+  // Woken by the delete's release message, long before the holder's 30 s would run out.
+  const next = await waiting;
+  if (next === null || next === 'busy') throw new Error(`no grant: ${next}`);
+  await waiter.tier.release(next.lease);
+  // The tombstone expires (as it does after its TTL): the item is gone, and nothing of it says the holder was superseded.
+  await server.cli('PEXPIRE', `{${prefix}:pages}i:pages/:gone`, '1');
+  while ((await server.cli('EXISTS', `{${prefix}:pages}i:pages/:gone`)) !== '0') await new Promise((resolve) => setTimeout(resolve, 5));
+  await expectCode(holder.tier.write(pages, 'gone', record('late'), { lease: grant.lease, sizeBytes: 4 }), 'CACHE_LEASE_LOST');
+  expect(text(await deleter.tier.read(pages, 'gone'))).toBeUndefined();
+});
+
 test('a fenced write is refused after the lease ran out while its holder was cut off and another machine took it', async () => {
   const prefix = freshPrefix();
   const proxy = await startTcpProxy({ socketPath: server.socketPath! });
@@ -247,6 +270,29 @@ test('a waiter on another machine is woken by the release, long before the lease
   expect(waiter.tier.waiting()).toBe(0);
   await waiter.tier.release(granted.lease);
   expect(await server.cli('HLEN', `{${prefix}:pages}l`)).toBe('0');
+});
+
+test("a lease whose release did not reach Redis is taken over by the same daemon's next getset, not waited for", async () => {
+  const prefix = freshPrefix();
+  const proxy = await startTcpProxy({ socketPath: server.socketPath! });
+  const a = await makeTier({ prefix, url: proxy.url, leaseMs: 30_000, timeoutMs: 500 });
+  const other = await makeTier({ prefix, leaseMs: 30_000 });
+  const first = await a.tier.acquire(pages, 'orphan', { wait: false });
+  if (first === null || first === 'busy') throw new Error(`no grant: ${first}`);
+  proxy.cut('reset');
+  await until(() => a.tier.status().state === 'degraded', 'the tier is degraded');
+  await a.tier.release(first.lease);
+  proxy.restore();
+  await until(() => a.tier.status().state !== 'degraded', 'the tier is back');
+  // Redis still has the lease, for its 30 s: another machine finds it busy, this daemon takes it over.
+  expect(await other.tier.acquire(pages, 'orphan', { wait: false })).toBe('busy');
+  const second = await a.tier.acquire(pages, 'orphan', { wait: false });
+  if (second === null || second === 'busy') throw new Error(`no grant: ${second}`);
+  expect(second.lease.fence).toBeGreaterThan(first.lease.fence);
+  await a.tier.release(second.lease);
+  const third = await other.tier.acquire(pages, 'orphan', { wait: false });
+  if (third === null || third === 'busy') throw new Error(`no grant: ${third}`);
+  await other.tier.release(third.lease);
 });
 
 test('an aborted wait rejects with the signal reason, and close ends a wait with null', async () => {

@@ -11,7 +11,7 @@ import { tempDir } from './support/temp-dir.js';
  */
 
 /** A connection that logs into `log`, closed when the test ends. */
-async function connect(url: string, options: { timeoutMs?: number; username?: string; password?: string } = {}) {
+async function connect(url: string, options: { timeoutMs?: number; username?: string; password?: string; up?: boolean } = {}) {
   const log: string[] = [];
   const connection = new TierConnection({
     urls: [url],
@@ -23,6 +23,8 @@ async function connect(url: string, options: { timeoutMs?: number; username?: st
   });
   onTestFinished(() => connection.close());
   await connection.open();
+  // On a busy machine the first connection may take longer than the timeout: open() then resolves degraded.
+  if (options.up ?? true) await until(() => connection.up, 'connected');
   return { connection, log };
 }
 
@@ -72,7 +74,7 @@ test('commands, pipelines and scripts run with their latency measured; an error 
   expect(connection.figures()).toMatchObject({ state: 'connected', errors: 1, refused: 0 });
   expect(connection.figures().latencyP50Ms).toBeGreaterThan(0);
   expect(connection.figures().latencyP99Ms).toBeGreaterThanOrEqual(connection.figures().latencyP50Ms!);
-  expect(log).toEqual([expect.stringContaining('WRONGTYPE')]);
+  expect(log.filter((line) => line.includes('WRONGTYPE'))).toHaveLength(1);
   // A mistake in the caller's own code is passed on as it is, not counted as the tier failing.
   await expect(connection.run('mistake', () => Promise.reject(new TypeError('oops')))).rejects.toThrow(TypeError);
   expect(connection.figures().errors).toBe(1);
@@ -87,8 +89,7 @@ test('NOPERM is counted as refused, logged once a minute, and leaves the tier co
     expect(refused).toMatchObject({ name: 'TierUnavailable', refused: true });
   }
   expect(connection.figures()).toMatchObject({ state: 'connected', errors: 3, refused: 3 });
-  expect(log).toHaveLength(1);
-  expect(log[0]).toMatch(/refused: NOPERM/);
+  expect(log.filter((line) => line.includes('NOPERM'))).toEqual([expect.stringMatching(/refused: NOPERM/)]);
 });
 
 test('a stopped Redis (no reset comes): the command times out, the tier is degraded and skips commands, the client is remade, and it is restored', async () => {
@@ -182,7 +183,7 @@ test('Redis killed and started again (connections reset): degraded at once, then
 test('Redis not there at start: open() resolves degraded, and the tier comes up by itself when Redis starts', async () => {
   const dir = await tempDir('hoard-tier-');
   const socketPath = join(dir, 'redis.sock');
-  const { connection } = await connect(`unix://${socketPath}`, { timeoutMs: 300 });
+  const { connection } = await connect(`unix://${socketPath}`, { timeoutMs: 300, up: false });
   expect(connection.up).toBe(false);
   expect(connection.figures()).toMatchObject({ state: 'degraded', lastError: expect.stringMatching(/ENOENT/) });
   const sub = recorder();

@@ -37,6 +37,8 @@ export interface RedisServer {
   readonly pid: number;
   /** Runs `redis-cli` against the server as its default user (who may do anything) and resolves to its output, trimmed. */
   cli(...args: string[]): Promise<string>;
+  /** Runs many one-line-reply commands through one `redis-cli`: see {@link cliPipeline}. */
+  pipeline(commands: readonly (readonly string[])[]): Promise<string[]>;
   /** Stops the server (SIGTERM, no save) and resolves once it exited. */
   stop(): Promise<void>;
 }
@@ -117,7 +119,8 @@ function commonConfig(dir: string): string[] {
 }
 
 function userLines(users: readonly RedisUser[]): string[] {
-  return users.map((user) => `user ${user.name} on >${user.password} ${user.rules.join(' ')}`);
+  // Each word quoted, as redis.conf splits a line (a JSON string's escapes for these ASCII words are its own).
+  return users.map((user) => ['user', user.name, 'on', `>${user.password}`, ...user.rules].map((word) => JSON.stringify(word)).join(' '));
 }
 
 async function stopper(launched: Launched, dir: string): Promise<() => Promise<void>> {
@@ -138,6 +141,30 @@ function cliRunner(connection: string[]): (...args: string[]) => Promise<string>
     if (result.code !== 0) throw new Error(`redis-cli ${args.join(' ')} exited with ${result.code}: ${result.stderr}${result.stdout}`);
     return result.stdout.trim();
   };
+}
+
+/**
+ * Runs many commands through one `redis-cli` (read from its standard input) and resolves to each reply as `--no-raw`
+ * prints it, one line each: for commands whose reply is one string, number or nil (`(nil)`).
+ */
+function cliPipeline(connection: string[]): (commands: readonly (readonly string[])[]) => Promise<string[]> {
+  return (commands) =>
+    new Promise((resolve, reject) => {
+      const child = spawn('redis-cli', [...connection, '--no-raw'], { cwd: tmpdir(), stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+      child.on('error', reject);
+      child.on('close', (code) => {
+        // With -c, a redirection is announced on stdout too.
+        const lines = stdout.split('\n').filter((line) => line !== '' && !line.startsWith('-> Redirected'));
+        if (code !== 0 || lines.length !== commands.length) reject(new Error(`redis-cli exited with ${code}, ${lines.length} replies to ${commands.length} commands: ${stderr}${stdout}`));
+        else resolve(lines);
+      });
+      // Each argument quoted, as redis-cli splits a line (a JSON string's escapes for these ASCII arguments are its own).
+      child.stdin.end(commands.map((args) => args.map((arg) => JSON.stringify(arg)).join(' ')).join('\n') + '\n');
+    });
 }
 
 /** Starts one `redis-server`. */
@@ -165,6 +192,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
       socketPath,
       pid: launched.child.pid!,
       cli: cliRunner(socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port)] : ['-s', socketPath]),
+      pipeline: cliPipeline(socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port)] : ['-s', socketPath]),
       stop,
     };
   }
@@ -176,6 +204,7 @@ export interface RedisCluster {
   readonly nodes: readonly RedisServer[];
   /** Runs `redis-cli -c` (following redirections) against the first master. */
   cli(...args: string[]): Promise<string>;
+  pipeline(commands: readonly (readonly string[])[]): Promise<string[]>;
   stop(): Promise<void>;
 }
 
@@ -230,6 +259,7 @@ export async function startRedisCluster(options: { masters?: number; users?: rea
     urls: nodes.map((node) => node.server.url),
     nodes: nodes.map((node) => node.server),
     cli: cliRunner(['-c', '-h', '127.0.0.1', '-p', String(first.port)]),
+    pipeline: cliPipeline(['-c', '-h', '127.0.0.1', '-p', String(first.port)]),
     stop: stopAll,
   };
 }

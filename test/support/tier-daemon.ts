@@ -104,6 +104,30 @@ export async function startTierDaemon(options: TierDaemonOptions): Promise<TierD
   };
 }
 
+/** What `redis-cli --no-raw` printed for a string reply: the string, or `undefined` for `(nil)`. */
+export function unquoteReply(line: string): string | undefined {
+  if (line === '(nil)') return undefined;
+  // A quoted string with C escapes (`\xNN` for other bytes, `\a`): JSON but for those.
+  return JSON.parse(
+    line
+      .replace(/^\s*\d+\)\s*/, '')
+      .replace(/\\(x[0-9a-f]{2}|a|.)/g, (escape, what: string) => (what === 'a' ? '\\u0007' : what.length === 3 ? `\\u00${what.slice(1)}` : escape)),
+  ) as string;
+}
+
+/** The Redis key of an item's shared copy. */
+export function sharedKey(options: { scope: readonly string[]; id: string; keyPrefix?: string }): string {
+  return new TierKeys(options.keyPrefix ?? 'hoard').item(itemKey(scopeOf(options.scope), options.id));
+}
+
+/** The shared copies' value bytes (`v`) of many items, as text, through one `redis-cli`; `undefined` where there is none. */
+export async function sharedValues(
+  pipeline: (commands: readonly (readonly string[])[]) => Promise<string[]>,
+  items: readonly { scope: readonly string[]; id: string; keyPrefix?: string }[],
+): Promise<(string | undefined)[]> {
+  return (await pipeline(items.map((item) => ['HGET', sharedKey(item), 'v']))).map(unquoteReply);
+}
+
 /**
  * The shared copy of an item as Redis holds it (`HGETALL` of its hash: `v` value, `f` fencing number, `d` on a
  * tombstone, ...), read with `redis-cli`; `undefined` when there is no such hash.
@@ -112,17 +136,9 @@ export async function sharedItem(
   cli: (...args: string[]) => Promise<string>,
   options: { scope: readonly string[]; id: string; keyPrefix?: string },
 ): Promise<Record<string, string> | undefined> {
-  const key = new TierKeys(options.keyPrefix ?? 'hoard').item(itemKey(scopeOf(options.scope), options.id));
-  const text = await cli('--no-raw', 'HGETALL', key);
+  const text = await cli('--no-raw', 'HGETALL', sharedKey(options));
   if (text === '' || text === '(empty array)') return undefined;
-  // --no-raw prints `1) "field"` lines, each string quoted with C escapes (`\xNN` for other bytes, `\a`): JSON but for those.
-  const unquote = (line: string): string =>
-    JSON.parse(
-      line
-        .replace(/^\s*\d+\)\s*/, '')
-        .replace(/\\(x[0-9a-f]{2}|a|.)/g, (escape, what: string) => (what === 'a' ? '\\u0007' : what.length === 3 ? `\\u00${what.slice(1)}` : escape)),
-    ) as string;
-  const strings = text.split('\n').map(unquote);
+  const strings = text.split('\n').map((line) => unquoteReply(line)!);
   const hash: Record<string, string> = {};
   for (let at = 0; at + 1 < strings.length; at += 2) hash[strings[at]!] = strings[at + 1]!;
   return hash;
