@@ -2,7 +2,7 @@ import { expect, test } from 'vitest';
 import type { Cache } from '../src/cache.js';
 import { eventually } from './conformance/support.js';
 import { startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
-import { startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
+import { HEALTHY_TIER, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
 
 /** The issue's cut: long enough for every timeout and retry in the tier to run many times over. */
 const CUT_MS = 30_000;
@@ -39,7 +39,8 @@ interface CutSetup {
 async function cutSetup(scope: string): Promise<CutSetup> {
   const server = await startRedisServer();
   const proxy = await startTcpProxy({ port: server.port });
-  const [cutOff, other] = await Promise.all([startTierDaemon({ tier: proxy.url }), startTierDaemon({ tier: server.url })]);
+  // The cut-off daemon has the default timeout, which is how it finds the cut; the other one only needs a working tier.
+  const [cutOff, other] = await Promise.all([startTierDaemon({ tier: proxy.url }), startTierDaemon({ tier: server.url, ...HEALTHY_TIER })]);
   const ids = Array.from({ length: KEYS }, (_, k) => `k${k}`);
   for (const id of ids) await other.cache.withScope(scope).set(id, `${id} before the cut`);
   await holdLocalCopies(cutOff, cutOff.cache.withScope(scope), ids);

@@ -1,7 +1,7 @@
 import { expect, test } from 'vitest';
 import type { Cache } from '../src/cache.js';
 import { startRedisServer } from './support/redis-server.js';
-import { startTierDaemon } from './support/tier-daemon.js';
+import { HEALTHY_TIER, startTierDaemon } from './support/tier-daemon.js';
 
 const CHANGES = 1000;
 const GROUPS = 10;
@@ -22,8 +22,9 @@ function percentile(sorted: readonly number[], p: number): number {
 }
 
 test(`invalidation: ${CHANGES} sets, deletes and clears on one daemon are seen by reads on two others within ${BOUND_MS} ms (p99)`, async () => {
-  const server = await startRedisServer();
-  const [writer, ...readers] = await Promise.all([0, 1, 2].map(() => startTierDaemon({ tier: server.url })));
+  // On a Unix socket: the daemons' `unix://` URLs.
+  const server = await startRedisServer({ unixSocket: true });
+  const [writer, ...readers] = await Promise.all([0, 1, 2].map(() => startTierDaemon({ tier: server.url, ...HEALTHY_TIER })));
   const group = (cache: Cache<unknown>, n: number): Cache<unknown> => cache.withScope('inv').withScope(`g${n}`);
   const delays: number[] = [];
   const counts = { set: 0, delete: 0, clear: 0 };

@@ -1,7 +1,7 @@
 import { expect, test } from 'vitest';
 import type { Cache } from '../src/cache.js';
 import { readOnlyRules, type RedisServer, startRedisServer } from './support/redis-server.js';
-import { sharedItem, startTierDaemon } from './support/tier-daemon.js';
+import { HEALTHY_TIER, sharedItem, startTierDaemon } from './support/tier-daemon.js';
 
 async function valueOf(cache: Cache<unknown>, id: string): Promise<unknown> {
   await using got = await cache.get(id);
@@ -47,12 +47,12 @@ async function writeEverything(cache: Cache<unknown>): Promise<void> {
 
 test('a shared-read daemon reads through the tier and never writes to Redis', async () => {
   const server = await startRedisServer();
-  const writer = await startTierDaemon({ tier: server.url });
+  const writer = await startTierDaemon({ tier: server.url, ...HEALTHY_TIER });
   await writer.cache.withScope('ci').set('published', 'by a trusted writer');
   await writer.cache.withScope('ci').set('written', 'by a trusted writer');
   // From before it starts: a shared-read daemon writes nothing, not even at start.
   const before = await commandCalls(server);
-  const reader = await startTierDaemon({ tier: server.url, share: ['*=shared-read'] });
+  const reader = await startTierDaemon({ tier: server.url, share: ['*=shared-read'], ...HEALTHY_TIER });
 
   // Its first read of a scope is served (not kept); later ones are kept: read twice.
   expect(await valueOf(reader.cache.withScope('ci'), 'published')).toBe('by a trusted writer');
@@ -72,9 +72,9 @@ test('a shared-read daemon reads through the tier and never writes to Redis', as
 
 test("a shared daemon whose Redis user may only read: Redis refuses its writes, status counts them as refused, its clients' local writes succeed", async () => {
   const server = await startRedisServer({ users: [{ name: 'runner', password: 'runner secret', rules: readOnlyRules() }] });
-  const writer = await startTierDaemon({ tier: server.url });
+  const writer = await startTierDaemon({ tier: server.url, ...HEALTHY_TIER });
   await writer.cache.withScope('ci').set('written', 'by a trusted writer');
-  const readOnly = await startTierDaemon({ tier: server.url, username: 'runner', password: 'runner secret' });
+  const readOnly = await startTierDaemon({ tier: server.url, username: 'runner', password: 'runner secret', ...HEALTHY_TIER });
   expect(readOnly.child.spawnargs.join(' ')).not.toContain('runner secret');
 
   expect(await valueOf(readOnly.cache.withScope('ci'), 'written')).toBe('by a trusted writer');
