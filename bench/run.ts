@@ -38,6 +38,8 @@ const MODES = [
   { name: '4x8', processes: 4, inFlight: 8 },
 ] as const;
 const WORKER = join(__dirname, 'worker.js');
+/** The kernel's clock ticks per second, in which /proc reports CPU times (`getconf CLK_TCK`; 100 on Linux). */
+const CLOCK_TICKS_PER_SECOND = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
 const systems = SYSTEMS.filter((system) => !args.only || args.only.includes(system.name));
@@ -63,6 +65,14 @@ function runWorker(job: Job): Promise<unknown> {
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
     child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`a ${job.kind} worker for ${job.system} exited with ${code}`))));
   });
+}
+
+/** The CPU time a process has used so far, all its threads, in milliseconds (`/proc/<pid>/stat`'s utime + stime). */
+async function cpuMs(pid: number | undefined): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // The fields after the command name (which is in parentheses and may hold spaces): utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
 }
 
 async function rssMiB(pid: number | undefined): Promise<number | null> {
@@ -275,7 +285,16 @@ async function measureEviction(valueBytes: number): Promise<LimitFigures['evicti
 
 interface TierFigures {
   /** Local hits (every key held locally), ops/s of a get-only loop per mode, with the tier and without it. */
-  localHits: { mode: string; tierOps: number; plainOps: number; tierGetP50Ms: number; plainGetP50Ms: number }[];
+  localHits: {
+    mode: string;
+    tierOps: number;
+    plainOps: number;
+    tierGetP50Ms: number;
+    plainGetP50Ms: number;
+    /** The daemon's CPU time (all its threads) per get: steadier than ops/s on a busy machine. */
+    tierCpuUsPerOp: number;
+    plainCpuUsPerOp: number;
+  }[];
   /** Gets on a second daemon of what the first wrote (each a local miss and a hit in Redis), per mode. */
   sharedHits: { mode: string; gets: number; missed: number; opsPerSecond: number; getP50Ms: number; getP99Ms: number }[];
   /** The same keys read again on the second daemon, now local hits, 1 in flight. */
@@ -326,21 +345,28 @@ async function measureTier(): Promise<TierFigures> {
     await runWorker({ ...base, endpoint: writer.endpoint, kind: 'preload', inFlight: 64, startAt: 0 });
 
     const modes = QUICK ? MODES.filter((mode) => mode.processes === 1) : MODES;
-    const loop = async (endpoint: string, mode: (typeof MODES)[number]): Promise<LoopResult[]> => {
+    interface Run {
+      results: LoopResult[];
+      cpuMs: number;
+    }
+    const loop = async (server: Awaited<ReturnType<typeof startHoard>>, mode: (typeof MODES)[number]): Promise<Run> => {
       const startAt = Date.now() + 300;
-      const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, endpoint, kind: 'loop', getShare: 1, inFlight: mode.inFlight, startAt }));
-      return (await Promise.all(jobs)) as LoopResult[];
+      const cpuBefore = await cpuMs(server.pid);
+      const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, endpoint: server.endpoint, kind: 'loop', getShare: 1, inFlight: mode.inFlight, startAt }));
+      const results = (await Promise.all(jobs)) as LoopResult[];
+      return { results, cpuMs: (await cpuMs(server.pid)) - cpuBefore };
     };
-    const opsOf = (results: LoopResult[]): number => results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0);
-    const p50Of = (results: LoopResult[]): number => percentile(results.flatMap((r) => r.getMs).sort((a, b) => a - b), 50);
+    const opsOf = (run: Run): number => run.results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0);
+    const p50Of = (run: Run): number => percentile(run.results.flatMap((r) => r.getMs).sort((a, b) => a - b), 50);
+    const cpuOf = (run: Run): number => (run.cpuMs * 1000) / run.results.reduce((total, r) => total + r.ops, 0);
     const localHits: TierFigures['localHits'] = [];
     for (const mode of modes) {
-      const tierRuns: LoopResult[][] = [];
-      const plainRuns: LoopResult[][] = [];
+      const tierRuns: Run[] = [];
+      const plainRuns: Run[] = [];
       // In turns, so that the machine's noise falls on both alike.
       for (let run = 0; run < RUNS; run++) {
-        plainRuns.push(await loop(plain.endpoint, mode));
-        tierRuns.push(await loop(writer.endpoint, mode));
+        plainRuns.push(await loop(plain, mode));
+        tierRuns.push(await loop(writer, mode));
       }
       localHits.push({
         mode: mode.name,
@@ -348,6 +374,8 @@ async function measureTier(): Promise<TierFigures> {
         plainOps: median(plainRuns.map(opsOf)),
         tierGetP50Ms: median(tierRuns.map(p50Of)),
         plainGetP50Ms: median(plainRuns.map(p50Of)),
+        tierCpuUsPerOp: median(tierRuns.map(cpuOf)),
+        plainCpuUsPerOp: median(plainRuns.map(cpuOf)),
       });
     }
 
@@ -457,7 +485,11 @@ function table(
     lines.push(
       'Local hits, with the tier against without, in the same run: ' +
         tier.localHits
-          .map((h) => `${h.mode} ${fmt(h.tierOps / h.plainOps, 3)}x (${kops(h.tierOps)} vs ${kops(h.plainOps)} ops/s; get p50 ${fmt(h.tierGetP50Ms, 3)} vs ${fmt(h.plainGetP50Ms, 3)} ms)`)
+          .map(
+            (h) =>
+              `${h.mode} ${fmt(h.tierOps / h.plainOps, 3)}x (${kops(h.tierOps)} vs ${kops(h.plainOps)} ops/s; get p50 ${fmt(h.tierGetP50Ms, 3)} vs ` +
+              `${fmt(h.plainGetP50Ms, 3)} ms; daemon CPU per get ${fmt(h.tierCpuUsPerOp, 1)} vs ${fmt(h.plainCpuUsPerOp, 1)} µs)`,
+          )
           .join(', ') +
         '.',
     );
@@ -476,7 +508,7 @@ function table(
       );
     }
     const h = tier.handoff;
-    lines.push(`Lock hand-off across daemons (one getset lock passed back and forth through Redis, ${h.handoffs} hand-offs): p50 ${fmt(h.p50Ms, 3)} ms, p99 ${fmt(h.p99Ms, 3)} ms; grants without the value just written: ${h.wrong}.`);
+    lines.push(`Lock hand-off across daemons (a getset's lease released on one, granted to a waiter on the other, ${h.handoffs} hand-offs): p50 ${fmt(h.p50Ms, 3)} ms, p99 ${fmt(h.p99Ms, 3)} ms; grants without the value just written: ${h.wrong}.`);
   }
   return lines.join('\n');
 }

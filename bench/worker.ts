@@ -3,8 +3,7 @@
  * Jobs: `preload` (write every key), `loop` (a closed loop of 90% get / 10% set, or `getShare`), `handoff` (contend
  * for one hoard lock), `cold` (connect with no daemon running, then one get), `evicting` (gets while the daemon
  * evicts, until its status shows the size within the limit), `once` (get each key of a range once: through a daemon
- * that has none of them, shared-tier hits), `tier-handoff` (one getset lock passed back and forth between two daemons
- * sharing a tier).
+ * that has none of them, shared-tier hits), `tier-handoff` (getset locks handed between two daemons sharing a tier).
  */
 import { connect } from '../client/index.js';
 import { SYSTEMS } from './systems.js';
@@ -150,10 +149,11 @@ async function evicting(): Promise<{ getMs: number[]; elapsedMs: number; evicted
 }
 
 /**
- * One item's getset lock passed back and forth between two daemons that share a tier: the holder writes the round's
- * number and, once the other daemon's getset has had time to reach Redis and wait for the lease, releases; the time
- * from that release to the other's grant is one hand-off. `wrong` counts grants that did not carry the value just
- * written.
+ * A getset lock handed from one daemon to the other through the shared tier, each round on a new item so that both
+ * miss it locally: one daemon's client takes the item (its lease), writes the round's number and, once the other
+ * daemon's getset has had time to reach Redis and wait for the lease, releases it; the time from that release to the
+ * other's grant is one hand-off. The daemons swap roles each round. `wrong` counts grants that did not carry the value
+ * just written.
  */
 async function tierHandoff(): Promise<{ gapsMs: number[]; wrong: number }> {
   const caches = await Promise.all(
@@ -161,26 +161,26 @@ async function tierHandoff(): Promise<{ gapsMs: number[]; wrong: number }> {
   );
   const gapsMs: number[] = [];
   let wrong = 0;
-  let holder = 0;
-  let handle = await caches[holder]!.getset('handoff');
   const deadline = now() + job.seconds * 1000;
   for (let round = 0; now() < deadline; round++) {
+    const [holder, waiter] = round % 2 === 0 ? [caches[0]!, caches[1]!] : [caches[1]!, caches[0]!];
+    const id = `handoff-${round}`;
+    const held = await holder.getset(id);
     const value = new Uint8Array(8);
     new DataView(value.buffer).setFloat64(0, round);
-    await handle.set!(value);
+    await held.set!(value);
     let grantedAt = 0;
-    const waiting = caches[1 - holder]!.getset('handoff').then((next) => ((grantedAt = now()), next));
-    // The other daemon's local lock is free, so its request reaches Redis within a few milliseconds and waits there.
+    const waiting = waiter.getset(id).then((handle) => ((grantedAt = now()), handle));
+    // The waiter's local lock is free, so its request reaches Redis within a few milliseconds and waits there.
     await new Promise((resolve) => setTimeout(resolve, HOLD_MS));
     const releasedAt = now();
-    await handle.release();
-    handle = await waiting;
+    await held.release();
+    const granted = await waiting;
     gapsMs.push(grantedAt - releasedAt);
-    const got = await handle.item?.value();
+    const got = await granted.item?.value();
     if (!got || new DataView(got.buffer, got.byteOffset, got.byteLength).getFloat64(0) !== round) wrong++;
-    holder = 1 - holder;
+    await granted.release();
   }
-  await handle.release();
   await Promise.all(caches.map((cache) => cache.close()));
   return { gapsMs, wrong };
 }
