@@ -6,7 +6,7 @@ import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
-import { generationFields, TierKeys, topOf } from './tier-keys.js';
+import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
 import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, WRITE_SCRIPT } from './tier-scripts.js';
 
@@ -293,7 +293,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (!wasHeld || !this.#connection.up) return;
     try {
       await this.#connection.run('release', (client) =>
-        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeURIComponent(held.top)]),
+        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeTopName(held.top)]),
       );
     } catch (error) {
       // Counted and logged by the connection; the lease runs out by itself.
@@ -383,7 +383,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       this.#origin,
       key,
       this.#keys.channel,
-      encodeURIComponent(top),
+      encodeTopName(top),
       String(this.#options.maxLogEntries),
       record === undefined ? 'd' : 's',
       lease?.token ?? '',
@@ -436,7 +436,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
         return client.script(
           CLEAR_SCRIPT,
           [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.changeLog(top)],
-          [this.#origin, prefix, this.#keys.channel, encodeURIComponent(top), String(this.#options.maxLogEntries)],
+          [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries)],
         );
       });
     } catch (error) {

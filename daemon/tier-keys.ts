@@ -31,7 +31,7 @@ export class TierKeys {
 
   /** The hash tag of the top-level scope named `top` (`''`: items of the root scope). */
   tag(top: string): string {
-    return `{${this.prefix}:${encodeURIComponent(top)}}`;
+    return `{${this.prefix}:${encodeTopName(top)}}`;
   }
 
   /** The item key's Redis key (`itemKey` from `scope-path.ts`). */
@@ -79,7 +79,7 @@ export function topOf(scope: Scope): string {
 
 /**
  * One Pub/Sub message on {@link TierKeys.channel}: `c|<top>|<stream id>|<item key or scope prefix>` when a change was
- * logged, `r|<top>||<item key>` when a lease was released (`<top>` percent-encoded).
+ * logged, `r|<top>||<item key>` when a lease was released (`<top>` as {@link encodeTopName} writes it).
  */
 export interface TierMessage {
   readonly kind: 'changed' | 'released';
@@ -92,8 +92,33 @@ export function parseTierMessage(text: string): TierMessage | undefined {
   const [kind, top, streamId, ...rest] = text.split('|');
   if ((kind !== 'c' && kind !== 'r') || top === undefined || streamId === undefined || rest.length === 0) return undefined;
   try {
-    return { kind: kind === 'c' ? 'changed' : 'released', top: decodeURIComponent(top), streamId, key: rest.join('|') };
+    return { kind: kind === 'c' ? 'changed' : 'released', top: decodeTopName(top), streamId, key: rest.join('|') };
   } catch {
     return undefined;
   }
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+const SURROGATE_ESCAPE = /(%u[0-9A-F]{4})/;
+
+/**
+ * A top-level scope's name as tags and messages carry it: percent-encoded as `encodeURIComponent` does, and each lone
+ * UTF-16 surrogate (which that refuses, and which a scope name may hold) as `%uXXXX`, which it never writes.
+ */
+export function encodeTopName(top: string): string {
+  let encoded = '';
+  let from = 0;
+  for (const lone of top.matchAll(LONE_SURROGATE)) {
+    encoded += `${encodeURIComponent(top.slice(from, lone.index))}%u${lone[0].charCodeAt(0).toString(16).toUpperCase()}`;
+    from = lone.index + 1;
+  }
+  return encoded + encodeURIComponent(top.slice(from));
+}
+
+/** The name {@link encodeTopName} encoded. @throws URIError when `text` is not such an encoding. */
+export function decodeTopName(text: string): string {
+  return text
+    .split(SURROGATE_ESCAPE)
+    .map((part, at) => (at % 2 === 1 ? String.fromCharCode(parseInt(part.slice(2), 16)) : decodeURIComponent(part)))
+    .join('');
 }

@@ -140,6 +140,23 @@ test('a write is read by another machine with its expiry; a delete leaves a fenc
   expect(a.sink.invalidated).toEqual([]);
 });
 
+test('any top-level scope name works: a lone surrogate, braces, the message separator, a percent', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix });
+  const b = await makeTier({ prefix });
+  const names = ['\uD800', 'x\uDC00y', 'a}b{c', 'p|q', '%u0041', 'A', '100%'];
+  for (const [at, name] of names.entries()) {
+    const scope = scopeOf([name]);
+    await a.tier.write(scope, 'id', record(`value ${at}`), { sizeBytes: 7 });
+    expect(text(await b.tier.read(scope, 'id'))).toBe(`value ${at}`);
+  }
+  // b follows each of them since its read: a's deletes reach it through the change log, each for its own scope.
+  for (const name of names) await a.tier.delete(scopeOf([name]), 'id');
+  await until(() => b.sink.invalidated.length === names.length, 'b heard every delete');
+  expect(b.sink.invalidated.sort()).toEqual(names.map((name) => `${scopeOf([name]).prefix}:id`).sort());
+  for (const name of names) expect(text(await b.tier.read(scopeOf([name]), 'id'))).toBeUndefined();
+});
+
 test('a value over maxValueBytes stays local: the shared copy is deleted instead', async () => {
   const prefix = freshPrefix();
   const a = await makeTier({ prefix, maxValueBytes: 4 });
