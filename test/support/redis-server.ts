@@ -123,7 +123,8 @@ function userLines(users: readonly RedisUser[]): string[] {
   return users.map((user) => ['user', user.name, 'on', `>${user.password}`, ...user.rules].map((word) => JSON.stringify(word)).join(' '));
 }
 
-async function stopper(launched: Launched, dir: string): Promise<() => Promise<void>> {
+/** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its directory; the same promise every call. */
+function stopper(launched: Launched, dir: string): () => Promise<void> {
   let stopping: Promise<void> | undefined;
   return () =>
     (stopping ??= (async () => {
@@ -184,7 +185,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
       await rm(dir, { recursive: true, force: true });
       throw error;
     }
-    const stop = await stopper(launched, dir);
+    const stop = stopper(launched, dir);
     cleanUpWhen(options.until ?? 'test', stop);
     return {
       url: socketPath === undefined ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
