@@ -84,8 +84,12 @@ interface Launched {
 async function launch(dir: string, lines: readonly string[]): Promise<Launched> {
   const configPath = join(dir, 'redis.conf');
   await writeFile(configPath, `${lines.join('\n')}\n`, { mode: 0o600 });
-  const child = spawn('redis-server', [configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  // setpriv --pdeathsig: the server is killed with the test worker, however that ends (a worker killed on a timeout
+  // runs no exit handler).
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'redis-server', configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
+  // A server that never says it is ready is killed, rather than left behind by a test that gave up on it.
+  const readyTimer = setTimeout(() => child.kill('SIGKILL'), 30_000);
   const exited = new Promise<void>((resolve) =>
     child.once('exit', () => {
       running.delete(child);
@@ -101,7 +105,7 @@ async function launch(dir: string, lines: readonly string[]): Promise<Launched> 
       if (/ready to accept connections/i.test(line)) resolve();
     });
     void exited.then(() => reject(new Error(`redis-server exited before it was ready:\n${log.join('\n')}`)));
-  });
+  }).finally(() => clearTimeout(readyTimer));
   return { child, exited };
 }
 
