@@ -159,7 +159,8 @@ describe('the hoard command', () => {
 
   test('status shows the shared tier: its state, last error, latency and counts, in text and JSON', async () => {
     const redis = await startRedisServer();
-    const { run } = await foregroundDaemon(['--tier', redis.url, '--share', 'pages=shared', '--tier-timeout', '300ms']);
+    // A generous timeout, so that a busy machine's slow command does not count as an error; a stopped Redis fails at once.
+    const { run } = await foregroundDaemon(['--tier', redis.url, '--share', 'pages=shared', '--tier-timeout', '10s', '--tier-lease', '30s']);
     await run(['--scope', 'pages', 'set', 'k', 'v']);
     await run(['--scope', 'pages', 'get', 'missing']);
     const json = JSON.parse((await run(['status', '--json'])).stdout.toString()) as { tier: Record<string, unknown> };

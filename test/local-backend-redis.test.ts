@@ -37,10 +37,12 @@ interface Machine {
 }
 
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
-async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string; leaseMs?: string } = {}): Promise<Machine> {
+async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string } = {}): Promise<Machine> {
   const dataDir = await tempDir('hlbr-');
   const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
-  const settings = tierOptions({ tier: [options.url ?? redis.url], share: ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: options.leaseMs }, {})!;
+  // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
+  // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
+  const settings = tierOptions({ tier: [options.url ?? redis.url], share: ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
   const tier = new RedisTier({ ...settings, dataDir, log: () => {} });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keep, { tier });
   onTestFinished(() => backend.close());

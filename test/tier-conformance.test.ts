@@ -29,7 +29,8 @@ afterAll(async () => {
 async function sharedDaemon(transport: 'binary' | 'json'): Promise<{ cache: Awaited<ReturnType<typeof connect<unknown>>>; logs: string[] }> {
   const dir = await tempDir('htc-');
   const logs: string[] = [];
-  const tier = tierOptions({ tier: [redis.url], share: ['*=shared'], tierPrefix: `conf${process.pid}-${++prefixes}` }, {})!;
+  // Generous bounds, so that a busy machine's slow tier does not turn the suite into a test of the fallback.
+  const tier = tierOptions({ tier: [redis.url], share: ['*=shared'], tierPrefix: `conf${process.pid}-${++prefixes}`, tierLease: '30s', tierTimeout: '10s' }, {})!;
   const daemon = await startDaemon({ socketPath: join(dir, 's.sock'), dataDir: join(dir, 'data'), idleTimeoutMs: 0, tier, log: (line) => logs.push(line) });
   onTestFinished(() => daemon.close());
   onTestFinished((context) => {
