@@ -16,6 +16,11 @@ export const SHARED_ITEM_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 const MIN_TOMBSTONE_TTL_MS = 60_000;
 /** A waiter for another machine's lease tries again this long after the lease's time runs out, if no release woke it. */
 const WAIT_MARGIN_MS = 20;
+/**
+ * The longest a waiter for another machine's lease sleeps before asking again: a release message wakes it sooner, and a
+ * Redis that stopped answering is found by that next ask (the tier degrades and the getset falls back to its local lock).
+ */
+const MAX_WAIT_SLICE_MS = 1000;
 /** Scopes cleared at once when the root scope is cleared (each its own script call). */
 const CLEAR_CONCURRENCY = 32;
 
@@ -158,6 +163,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
       log: this.#options.log,
       onReleased: (key) => this.#wake(key),
     });
+    // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
+    // than at the end of the holder's lease.
+    this.#connection.onStateChange((up) => {
+      if (!up) for (const waiters of this.#waiters.values()) for (const wake of [...waiters]) wake();
+    });
     await this.#connection.open();
     await this.#changeLog.start();
   }
@@ -278,7 +288,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       }
       watch.end();
       if (!options.wait) return 'busy';
-      const woken = await this.#waitFor(key, Number(reply[1]) + WAIT_MARGIN_MS, options.signal);
+      const woken = await this.#waitFor(key, Math.min(Number(reply[1]) + WAIT_MARGIN_MS, MAX_WAIT_SLICE_MS), options.signal);
       if (!woken) {
         this.#localFallbacks++;
         return null;

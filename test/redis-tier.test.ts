@@ -390,6 +390,27 @@ test('Redis stopped (no reset ever comes): calls answer within the timeout, the 
   );
 });
 
+test("a getset waiting for another machine's lease falls back to the local lock once Redis stops, not at the lease's end", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const timeoutMs = 500;
+  const holder = await makeTier({ url: own.url, timeoutMs, leaseMs: 60_000, prefix: 'w' });
+  const waiter = await makeTier({ url: own.url, timeoutMs, leaseMs: 60_000, prefix: 'w' });
+  const held = await holder.tier.acquire(pages, 'compute', { wait: false });
+  if (held === null || held === 'busy') throw new Error(`no grant: ${held}`);
+  const waiting = waiter.tier.acquire(pages, 'compute', { wait: true });
+  await until(() => waiter.tier.waiting() === 1, 'the second machine waits');
+  process.kill(own.pid, 'SIGSTOP');
+  onTestFinished(() => {
+    process.kill(own.pid, 'SIGCONT');
+  });
+  const stoppedMs = performance.now();
+  // Without the wake on degrading, the waiter slept until the holder's 60 s lease ran out.
+  expect(await waiting).toBeNull();
+  expect(performance.now() - stoppedMs).toBeLessThan(30_000);
+  expect(waiter.tier.status()).toMatchObject({ state: 'degraded', localFallbacks: 1 });
+  expect(waiter.tier.waiting()).toBe(0);
+});
+
 test('on a Redis Cluster: values come back byte for byte, and scripts fence, clear and hand leases over in scopes on different masters', async () => {
   const cluster = await startRedisCluster({ masters: 3 });
   const a = await makeTier({ clusterUrls: cluster.urls });
