@@ -132,7 +132,9 @@ function tierLines(tier: TierStatus | null | undefined): string[] {
     `             shared hits ${tier.sharedHits}, misses ${tier.sharedMisses}, writes ${tier.sharedWrites}; ` +
       `errors ${tier.errors} (${tier.refused} refused)`,
     `             leases ${tier.leases}, fenced writes ${tier.fencedWrites}, local fallbacks ${tier.localFallbacks}; ` +
-      `invalidations ${tier.invalidations}, dropped scopes ${tier.droppedScopes}`,
+      `invalidations ${tier.invalidations}, dropped scopes ${tier.droppedScopes}` +
+      // A daemon of an earlier version sends no `pendingChanges`.
+      (tier.pendingChanges === undefined ? '' : `; pending changes ${tier.pendingChanges}`),
   ];
   if (tier.lastError !== null) lines.push(`             last error: ${shown(tier.lastError)}`);
   return lines;

@@ -31,6 +31,9 @@ const CATCH_UP_CONCURRENCY = 32;
 
 const STREAM_ID = /^\d+-\d+$/;
 
+/** The part of the local store the change log uses: it drops copies, and never writes through. */
+export type ChangeLogSink = Pick<TierSink, 'invalidate' | 'drop' | 'localScopes'>;
+
 /** The part of the tier's connection the change log uses. */
 export type ChangeLogConnection = Pick<TierConnection, 'run' | 'up' | 'subscribe' | 'setCatchingUp'>;
 
@@ -39,7 +42,7 @@ export interface ChangeLogOptions {
   keys: TierKeys;
   /** This daemon run's id: entries it wrote itself are skipped. */
   origin: string;
-  sink: TierSink;
+  sink: ChangeLogSink;
   sharing(top: string): ScopeSharing;
   /** `<dataDir>/tier-positions.json`. */
   positionsPath: string;
@@ -48,6 +51,12 @@ export interface ChangeLogOptions {
   onReleased(itemKey: string): void;
   /** Default {@link MAX_TRACKED_SCOPES}. */
   maxTrackedScopes?: number;
+  /**
+   * Writes through this daemon's changes that Redis did not take, of one top-level scope (of every one: `undefined`),
+   * before entries are applied to it or it is dropped; rejects when they could not all be written (the pass is then
+   * tried again). Default: nothing to write.
+   */
+  replay?(top: string | undefined): Promise<void>;
 }
 
 /** A read through the tier, watched for changes to its item until it ends. */
@@ -170,12 +179,13 @@ export class ChangeLog {
   readonly #connection: ChangeLogConnection;
   readonly #keys: TierKeys;
   readonly #origin: string;
-  readonly #sink: TierSink;
+  readonly #sink: ChangeLogSink;
   readonly #sharing: (top: string) => ScopeSharing;
   readonly #positionsPath: string;
   readonly #log: (line: string) => void;
   readonly #onReleased: (itemKey: string) => void;
   readonly #maxTrackedScopes: number;
+  readonly #replay: (top: string | undefined) => Promise<void>;
   /** The followed top-level scopes, least recently used first. */
   readonly #tops = new Map<string, TopState>();
   readonly #reads = new Set<Read>();
@@ -212,6 +222,7 @@ export class ChangeLog {
     this.#log = options.log;
     this.#onReleased = options.onReleased;
     this.#maxTrackedScopes = options.maxTrackedScopes ?? MAX_TRACKED_SCOPES;
+    this.#replay = options.replay ?? (async () => {});
   }
 
   /** True until the change log is known to be followed (subscribed, every followed scope caught up since). */
@@ -383,6 +394,8 @@ export class ChangeLog {
       const epoch = this.#epoch;
       let done = false;
       try {
+        // This daemon's own changes first: whatever catching up then drops locally, Redis has.
+        await this.#replay(undefined);
         await this.#checkIdentity();
         const states = [...this.#tops.values()];
         const results: boolean[] = [];
@@ -481,6 +494,8 @@ export class ChangeLog {
     const generation = state.generation;
     if (!this.#isCurrent(state, generation)) return true;
     try {
+      await this.#replay(state.top);
+      if (!this.#isCurrent(state, generation)) return true;
       if (state.position === undefined) await this.#fetchPosition(state, generation);
       else await this.#catchUp(state, generation);
       state.failed = false;

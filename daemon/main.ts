@@ -233,17 +233,18 @@ function daemonProgram(name: string, io: EntryOutput): Command {
     .option('--tier-max-value <size>', 'values larger than this stay local (default: 1MiB)')
     .option('--tier-prefix <name>', 'the prefix of every Redis key and channel hoard uses (default: hoard)')
     .option('--tier-log-length <count>', 'how many changes each shared scope\u2019s change log keeps, about (default: 10000)')
+    .option('--tier-max-pending <count>', 'how many changes Redis did not take are remembered one by one for writing through later; past it, whole scopes are (default: 10000)')
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
     .action(async (options: DaemonCommandOptions & TierFlags & { idleTimeout: number; memoryCache: number; maxWaiters: number; maxSize?: number }) => {
-      const { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, ...daemon } = options;
+      const { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, tierMaxPending, ...daemon } = options;
       await runDaemonCommand({
         ...daemon,
         idleTimeoutMs: options.idleTimeout,
         memoryCacheBytes: options.memoryCache,
         maxWaitersPerConnection: options.maxWaiters,
         maxSizeBytes: options.maxSize,
-        tierFlags: { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength },
+        tierFlags: { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, tierMaxPending },
       });
     });
   return program;

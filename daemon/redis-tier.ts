@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { CacheError } from '../src/errors.js';
-import { itemKey, type Scope } from '../src/scope-path.js';
+import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink, TierStatus } from '../src/shared-tier.js';
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
+import { PendingChanges, type PendingTop } from './pending-changes.js';
 import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
@@ -23,9 +24,14 @@ const WAIT_MARGIN_MS = 20;
 const MAX_WAIT_SLICE_MS = 1000;
 /** Scopes cleared at once when the root scope is cleared (each its own script call). */
 const CLEAR_CONCURRENCY = 32;
+/** How soon changes Redis did not take are written through again, while some wait and the tier is up. */
+export const REPLAY_RETRY_MS = 1000;
 
 export interface RedisTierOptions extends TierOptions {
-  /** The daemon's data directory: where the change log keeps its positions (`tier-positions.json`). */
+  /**
+   * The daemon's data directory: where the change log keeps its positions (`tier-positions.json`), and the tier the
+   * changes Redis did not take yet (`tier-pending.json`).
+   */
   dataDir: string;
   log(line: string): void;
 }
@@ -116,6 +122,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
   readonly #origin = randomUUID();
   readonly #tombstoneTtlMs: number;
   #changeLog: ChangeLog | undefined;
+  #sink: TierSink<EncodedValue> | undefined;
+  readonly #pending: PendingChanges;
+  /** The top-level scope being written through now, and what is left of it (counted as pending). */
+  #replayingNow: PendingTop | undefined;
+  #rootClearReplaying = false;
+  /** Write-throughs run one at a time, in this chain. */
+  #replayChain: Promise<void> = Promise.resolve();
+  #replayTimer: NodeJS.Timeout | undefined;
   #closed = false;
   /** Lease tokens made in this run: `<origin>:<count>`. */
   #tokens = 0;
@@ -137,6 +151,12 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.strict = options.strict;
     this.#keys = new TierKeys(options.keyPrefix);
     this.#tombstoneTtlMs = Math.max(2 * options.leaseMs, MIN_TOMBSTONE_TTL_MS);
+    this.#pending = new PendingChanges({
+      path: join(options.dataDir, 'tier-pending.json'),
+      keyPrefix: options.keyPrefix,
+      ...(options.maxPendingChanges === undefined ? {} : { maxChanges: options.maxPendingChanges }),
+      log: options.log,
+    });
     this.#connection = new TierConnection({
       urls: options.urls,
       cluster: options.cluster,
@@ -151,8 +171,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return this.#sharingOf(topOf(scope));
   }
 
-  async attach(sink: TierSink): Promise<void> {
+  async attach(sink: TierSink<EncodedValue>): Promise<void> {
     if (this.#changeLog !== undefined) throw new TypeError('The tier is attached already.');
+    this.#sink = sink;
+    await this.#pending.load();
     this.#changeLog = new ChangeLog({
       connection: this.#connection,
       keys: this.#keys,
@@ -162,14 +184,17 @@ export class RedisTier implements SharedTier<EncodedValue> {
       positionsPath: join(this.#options.dataDir, 'tier-positions.json'),
       log: this.#options.log,
       onReleased: (key) => this.#wake(key),
+      replay: (top) => (top === undefined ? this.#replayAll() : this.#replayTop(top)),
     });
     // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
     // than at the end of the holder's lease.
     this.#connection.onStateChange((up) => {
       if (!up) for (const waiters of this.#waiters.values()) for (const wake of [...waiters]) wake();
+      else this.#replayLater(0);
     });
     await this.#connection.open();
     await this.#changeLog.start();
+    this.#replayLater(0);
   }
 
   async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {
@@ -227,14 +252,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
     }
     // The root scope: every top-level scope written to (as the tier's set of names says) or named here, that this
     // daemon shares, each cleared by its own script on its root generation field.
-    let written: string[];
+    let shared: string[];
     try {
-      written = await this.#connection.run('clear', (client) => client.send<string[]>(this.#keys.scopeNames, ['SMEMBERS', this.#keys.scopeNames]));
+      shared = await this.#sharedTops();
     } catch (error) {
+      if (this.#remembers(error)) {
+        this.#pending.addRootClear();
+        await this.#keep();
+      }
       return this.#failed('clear', error);
     }
-    const tops = new Set<string>(['', ...written, ...Object.keys(this.#options.sharing).filter((name) => name !== '*')]);
-    const shared = [...tops].filter((top) => this.#sharingOf(top) === 'shared');
     for (let at = 0; at < shared.length; at += CLEAR_CONCURRENCY) {
       await Promise.all(shared.slice(at, at + CLEAR_CONCURRENCY).map((top) => this.#clearIn(top, '')));
     }
@@ -320,6 +347,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   status(): TierStatus {
     const figures = this.#connection.figures();
+    const replaying = this.#replayingNow;
+    const inFlight = (replaying === undefined ? 0 : replaying.clears.size + replaying.keys.size + (replaying.whole ? 1 : 0)) + (this.#rootClearReplaying ? 1 : 0);
     const changes = this.#changeLog?.figures() ?? { invalidations: 0, droppedScopes: 0 };
     return {
       state: figures.state,
@@ -337,6 +366,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       localFallbacks: this.#localFallbacks,
       invalidations: changes.invalidations,
       droppedScopes: changes.droppedScopes,
+      pendingChanges: this.#pending.size + inFlight,
       sharing: this.#sharingShown(),
     };
   }
@@ -344,11 +374,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#replayTimer);
     // Waiters give up (acquire returns null), and leases still held are released, best effort.
     for (const waiters of this.#waiters.values()) for (const wake of waiters) wake();
     await Promise.all([...this.#leases].map((lease) => this.release(lease)));
     await this.#changeLog?.close();
     await this.#connection.close();
+    await this.#replayChain;
+    await this.#keep();
   }
 
   #attached(): ChangeLog {
@@ -380,8 +413,34 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return lease;
   }
 
-  /** Writes an item's shared copy (`record`) or its tombstone (no record), fenced by `lease` if given, and logs the change. */
+  /**
+   * Writes an item's shared copy (`record`) or its tombstone (no record), fenced by `lease` if given, and logs the
+   * change; a change Redis did not take is kept to be written through later (unless strict).
+   */
   async #change(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, lease: RedisLease | undefined): Promise<void> {
+    const top = topOf(scope);
+    const key = itemKey(scope, id);
+    try {
+      await this.#send(scope, id, record, lease);
+    } catch (error) {
+      if (this.#remembers(error)) {
+        this.#pending.addKey(top, key);
+        await this.#keep();
+      }
+      return this.#failed(record === undefined ? 'delete' : 'write', error);
+    }
+    // Changes of this scope still waiting are written through later, clears first: this one is written again after them.
+    if (this.#waitsFor(top)) {
+      this.#pending.addKey(top, key);
+      this.#replayLater(REPLAY_RETRY_MS);
+    }
+  }
+
+  /**
+   * {@link RedisTier.#change} without the failure policy.
+   * @throws TierUnavailable when Redis did not take it; CacheError `CACHE_LEASE_LOST` when it refused the lease.
+   */
+  async #send(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, lease: RedisLease | undefined): Promise<void> {
     const changeLog = this.#attached();
     const top = topOf(scope);
     this.#checkShared(top);
@@ -416,20 +475,15 @@ export class RedisTier implements SharedTier<EncodedValue> {
     }
     // Tracked even when the tier is down: the local write made now must be checked against the log once it is known.
     changeLog.track(top);
-    if (!this.#connection.up) return this.#failed(what, new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`));
-    let reply: unknown[];
-    try {
-      reply = await this.#connection.run(what, async (client) => {
-        await this.#nameTop(client, top);
-        return client.script<unknown[]>(
-          WRITE_SCRIPT,
-          [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top)],
-          args,
-        );
-      });
-    } catch (error) {
-      return this.#failed(what, error);
-    }
+    if (!this.#connection.up) throw new TierUnavailable(`the tier is degraded: ${this.#connection.figures().lastError ?? ''}`);
+    const reply = await this.#connection.run(what, async (client) => {
+      await this.#nameTop(client, top);
+      return client.script<unknown[]>(
+        WRITE_SCRIPT,
+        [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top)],
+        args,
+      );
+    });
     if (Number(reply[0]) !== 1) {
       this.#fencedWrites++;
       lease?.lose();
@@ -438,21 +492,156 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#sharedWrites++;
   }
 
+  /** Clears the scope of `prefix` (`''`: the whole top-level scope) in Redis; one Redis did not take is kept for later. */
   async #clearIn(top: string, prefix: string): Promise<void> {
-    this.#attached().track(top);
     try {
-      await this.#connection.run('clear', async (client) => {
-        await this.#nameTop(client, top);
-        return client.script(
-          CLEAR_SCRIPT,
-          [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.changeLog(top)],
-          [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries)],
-        );
-      });
+      await this.#sendClear(top, prefix);
     } catch (error) {
+      if (this.#remembers(error)) {
+        this.#pending.addClear(top, prefix);
+        await this.#keep();
+      }
       return this.#failed('clear', error);
     }
+    // What waited under it is gone locally, and now in Redis too.
+    if (this.#waitsFor(top)) this.#pending.settled(top, prefix);
+  }
+
+  /** @throws TierUnavailable when Redis did not take the clear. */
+  async #sendClear(top: string, prefix: string): Promise<void> {
+    this.#attached().track(top);
+    await this.#connection.run('clear', async (client) => {
+      await this.#nameTop(client, top);
+      return client.script(
+        CLEAR_SCRIPT,
+        [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.changeLog(top)],
+        [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries)],
+      );
+    });
     this.#sharedWrites++;
+  }
+
+  /**
+   * The top-level scopes a clear of the root scope clears: each this daemon shares that was ever written to the tier
+   * (as the tier's set of names says) or that its `--share` names.
+   * @throws TierUnavailable when Redis does not answer.
+   */
+  async #sharedTops(): Promise<string[]> {
+    const written = await this.#connection.run('clear', (client) => client.send<string[]>(this.#keys.scopeNames, ['SMEMBERS', this.#keys.scopeNames]));
+    const tops = new Set<string>(['', ...written, ...Object.keys(this.#options.sharing).filter((name) => name !== '*')]);
+    return [...tops].filter((top) => this.#sharingOf(top) === 'shared');
+  }
+
+  /** Whether a failed change is kept to be written through later: not when strict (the call fails), nor when Redis refused it (an ACL). */
+  #remembers(error: unknown): boolean {
+    return !this.strict && error instanceof TierUnavailable && !error.refused && !this.#closed;
+  }
+
+  /** Whether changes of the top-level scope wait to be written through, or are being written now. */
+  #waitsFor(top: string): boolean {
+    return this.#pending.has(top) || this.#replayingNow?.top === top || this.#rootClearReplaying;
+  }
+
+  /** Writes the changes waiting to their file, before the change that failed is acknowledged; a failure is logged. */
+  async #keep(): Promise<void> {
+    this.#replayLater(REPLAY_RETRY_MS);
+    try {
+      await this.#pending.save();
+    } catch (error) {
+      this.#options.log(`tier: the changes waiting for the tier could not be kept in the data directory, a restart would lose them: ${(error as Error).message}`);
+    }
+  }
+
+  /** Writes the waiting changes through in `ms`, and again every {@link REPLAY_RETRY_MS} while some wait. */
+  #replayLater(ms: number): void {
+    if (this.#closed || this.#replayTimer !== undefined || this.#pending.size === 0) return;
+    this.#replayTimer = setTimeout(() => {
+      this.#replayTimer = undefined;
+      const run = this.#connection.up ? this.#replayAll() : Promise.resolve();
+      void run.catch(() => {}).then(() => this.#replayLater(REPLAY_RETRY_MS));
+    }, ms);
+    this.#replayTimer.unref();
+  }
+
+  /**
+   * Writes through every change waiting: the clear of the root scope, then each top-level scope's.
+   * @throws TierUnavailable when Redis did not take one (what is left waits).
+   */
+  #replayAll(): Promise<void> {
+    if (this.#pending.size === 0) return Promise.resolve();
+    return this.#inTurn(async () => {
+      await this.#replayRootClear();
+      for (const top of this.#pending.tops()) await this.#replayOf(top);
+    });
+  }
+
+  /** Writes through the changes waiting for one top-level scope (after a clear of the root scope, if one waits). */
+  #replayTop(top: string): Promise<void> {
+    if (!this.#pending.has(top)) return Promise.resolve();
+    return this.#inTurn(async () => {
+      await this.#replayRootClear();
+      await this.#replayOf(top);
+    });
+  }
+
+  #inTurn(run: () => Promise<void>): Promise<void> {
+    const turn = this.#replayChain.then(run);
+    this.#replayChain = turn.catch(() => {});
+    return turn;
+  }
+
+  async #replayRootClear(): Promise<void> {
+    if (!this.#pending.takeRootClear()) return;
+    this.#rootClearReplaying = true;
+    try {
+      const shared = await this.#sharedTops();
+      for (const top of shared) await this.#sendClear(top, '');
+    } catch (error) {
+      this.#pending.restore({ rootClear: true });
+      throw error;
+    } finally {
+      this.#rootClearReplaying = false;
+    }
+    await this.#keep();
+  }
+
+  /**
+   * Writes through what waits for the top-level scope: its clears, then a whole one's clear and every local item, or
+   * each item's current local record. The convergence rule: this write is the later one in Redis, so it wins there.
+   */
+  async #replayOf(top: string): Promise<void> {
+    const sink = this.#sink!;
+    const pending = this.#pending.take(top);
+    if (pending === undefined || this.#closed) return;
+    if (this.#sharingOf(top) !== 'shared') {
+      this.#options.log(`tier: scope ${JSON.stringify(top)} is no longer shared: its changes that Redis did not take are not written through`);
+      return;
+    }
+    this.#replayingNow = pending;
+    const send = (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined) =>
+      this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, undefined);
+    try {
+      if (pending.whole) await this.#sendClear(top, '');
+      for (const prefix of [...pending.clears]) {
+        await this.#sendClear(top, prefix);
+        pending.clears.delete(prefix);
+      }
+      if (pending.whole) {
+        await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), send);
+        pending.whole = false;
+      }
+      for (const key of [...pending.keys]) {
+        const { scope, id } = parseItemKey(key);
+        await sink.replay(scope, id, (record) => send(scope, id, record));
+        pending.keys.delete(key);
+      }
+    } catch (error) {
+      this.#pending.restore(pending);
+      throw error;
+    } finally {
+      this.#replayingNow = undefined;
+    }
+    await this.#keep();
   }
 
   /** Adds the top-level scope to `<prefix>:scopes` (what a clear of the root scope clears), once per run. */

@@ -26,6 +26,11 @@ export interface TierOptions {
   keyPrefix: string;
   /** How many entries each top-level scope's change log keeps, about (`XADD … MAXLEN ~`). */
   maxLogEntries: number;
+  /**
+   * How many changes Redis did not take are remembered one by one (items and cleared scopes, in all), to be written
+   * through later; past it, the top-level scope holding the most is written through whole. Default 10,000.
+   */
+  maxPendingChanges?: number;
 }
 
 /** The tier's settings as the command line gives them, unparsed (see `daemon/main.ts`). */
@@ -39,6 +44,7 @@ export interface TierFlags {
   tierMaxValue?: string | undefined;
   tierPrefix?: string | undefined;
   tierLogLength?: string | undefined;
+  tierMaxPending?: string | undefined;
 }
 
 export const TIER_LEASE_MS = 10_000;
@@ -79,6 +85,7 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
       flags.tierMaxValue !== undefined && '--tier-max-value',
       flags.tierPrefix !== undefined && '--tier-prefix',
       flags.tierLogLength !== undefined && '--tier-log-length',
+      flags.tierMaxPending !== undefined && '--tier-max-pending',
     ].find((name) => typeof name === 'string');
     if (orphan) throw new TierOptionsError(`${orphan} needs a shared tier: give its URL with --tier <url> or HOARD_TIER.`);
     return undefined;
@@ -138,6 +145,7 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
     maxValueBytes: maxValue(flags.tierMaxValue),
     keyPrefix: keyPrefix(flags.tierPrefix),
     maxLogEntries: logLength(flags.tierLogLength),
+    ...(flags.tierMaxPending !== undefined && { maxPendingChanges: count(flags.tierMaxPending, '--tier-max-pending') }),
   };
 }
 
@@ -233,10 +241,13 @@ function keyPrefix(text: string | undefined): string {
 }
 
 function logLength(text: string | undefined): number {
-  if (text === undefined) return TIER_LOG_ENTRIES;
-  const count = Number(text.trim());
-  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(count) || count < 1) {
-    throw new TierOptionsError(`--tier-log-length: expected a whole number of entries, at least 1, not ${JSON.stringify(text)}.`);
+  return text === undefined ? TIER_LOG_ENTRIES : count(text, '--tier-log-length');
+}
+
+function count(text: string, flag: string): number {
+  const value = Number(text.trim());
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(value) || value < 1) {
+    throw new TierOptionsError(`${flag}: expected a whole number of entries, at least 1, not ${JSON.stringify(text)}.`);
   }
-  return count;
+  return value;
 }

@@ -13,7 +13,7 @@ import {
   type SignalSource,
   type WaitGate,
 } from './lock-table.js';
-import { itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
+import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
 import type { ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
 
@@ -151,10 +151,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async openTier(): Promise<void> {
     if (!this.#tier) return;
     this.#checkOpen();
-    const sink: TierSink = {
+    const sink: TierSink<V> = {
       invalidate: (scope, id) => this.#invalidate(scope, id),
       drop: (scope) => this.#drop(scope),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
+      replay: (scope, id, send) => this.#replay(scope, id, send),
+      replayScope: (scope, send) => this.#replayScope(scope, send),
     };
     await this.#tier.attach(sink);
   }
@@ -658,6 +660,46 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (this.#shares(ROOT_SCOPE)) await this.#dropRootItems();
     } finally {
       lease.release();
+    }
+  }
+
+  /**
+   * The tier's sink: hands the item's current local record (`undefined` when gone, or past its stale time) to `send`,
+   * under its exclusive lock, so that no write of the item runs between the read and the tier's write.
+   */
+  async #replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<void>): Promise<void> {
+    const acquired = this.#lock(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER });
+    const lease = acquired instanceof Promise ? await acquired : acquired;
+    try {
+      await this.#readable();
+      let record: StoredRecord<V> | undefined;
+      try {
+        record = this.#store.read(scope, id);
+      } catch (error) {
+        // A damaged record is no value to share: the shared copy is deleted instead.
+        if (!isCacheError(error, 'CACHE_CORRUPT')) throw error;
+      }
+      await send(record !== undefined && freshness(record, this.#now()) === 'gone' ? undefined : record);
+    } finally {
+      lease.release();
+    }
+  }
+
+  /**
+   * The tier's sink: {@link LocalBackend.#replay} of every local item of the scope and its nested scopes (the root
+   * scope: its own items only, each top-level scope being the tier's to ask for), page by page, one item at a time.
+   */
+  async #replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<void>): Promise<void> {
+    const scopes = [scope];
+    for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
+      const current = next;
+      let cursor: string | undefined;
+      do {
+        const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
+        for (const item of page.items) await this.#replay(current, item.id, (record) => send(current, item.id, record));
+        if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
+        cursor = page.cursor ?? undefined;
+      } while (cursor !== undefined);
     }
   }
 

@@ -31,14 +31,27 @@ export interface TierGrant<V> extends TierRead<V> {
   readonly lease: TierLease;
 }
 
-/** What the tier calls to drop local copies that another machine's changes made stale; never writes back to the tier. */
-export interface TierSink {
+/**
+ * What the tier calls on the local store: to drop local copies that another machine's changes made stale, and to read
+ * the current local records of changes Redis did not take, which it then writes through.
+ */
+export interface TierSink<V = unknown> {
   /** Drops the local copy of one item, under its exclusive lock. */
   invalidate(scope: Scope, id: string): Promise<void>;
   /** Drops the local copies of a scope and its nested scopes, under its subtree lock. */
   drop(scope: Scope): Promise<void>;
   /** The names of the top-level scopes that hold local data now (the store's counted scopes). */
   localScopes(): Iterable<string>;
+  /**
+   * Calls `send` with the item's current local record (`undefined` when it is gone or past its stale time), under the
+   * item's exclusive lock, held until `send` settles; rejects as `send` does.
+   */
+  replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<void>): Promise<void>;
+  /**
+   * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
+   * item at a time; stops at the first rejection.
+   */
+  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<void>): Promise<void>;
 }
 
 /** The tier's figures for `hoard status`. */
@@ -66,6 +79,11 @@ export interface TierStatus {
   /** Local items dropped because another machine changed them; local scopes dropped because the change log no longer reached back. */
   readonly invalidations: number;
   readonly droppedScopes: number;
+  /**
+   * Changes in shared scopes that Redis did not take yet (items set or deleted, scopes cleared, whole top-level scopes
+   * past the bound), written through once it answers.
+   */
+  readonly pendingChanges: number;
   /** Each top-level scope that is not `local`, by name (`*` stands for every scope not named). */
   readonly sharing: Readonly<Record<string, ScopeSharing>>;
 }
@@ -103,7 +121,7 @@ export interface SharedTier<V> {
   /** Releases the lease (waking other machines' waiters) and stops renewing it; never throws. */
   release(lease: TierLease): Promise<void>;
   /** Connects the tier to the local store, whose copies it drops; called once, before any other call. */
-  attach(sink: TierSink): Promise<void>;
+  attach(sink: TierSink<V>): Promise<void>;
   status(): TierStatus;
   close(): Promise<void>;
 }

@@ -2,11 +2,11 @@ import { stat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createClient } from '@redis/client';
 import { expect, onTestFinished, test } from 'vitest';
-import { ChangeLog } from '../daemon/change-log.js';
+import { ChangeLog, type ChangeLogSink } from '../daemon/change-log.js';
 import { TierConnection } from '../daemon/tier-connection.js';
 import { TierKeys } from '../daemon/tier-keys.js';
 import { itemKey, type Scope, scopeOf } from '../src/scope-path.js';
-import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
+import type { ScopeSharing } from '../src/shared-tier.js';
 import { type RedisServer, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -27,7 +27,7 @@ async function until(condition: () => boolean, what: string): Promise<void> {
   }
 }
 
-interface RecordingSink extends TierSink {
+interface RecordingSink extends ChangeLogSink {
   /** Each call, when it was made. */
   readonly calls: string[];
   /** Keys whose invalidation waits until the promise settles, as it waits for the item's lock in a daemon. */

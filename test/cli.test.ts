@@ -170,7 +170,7 @@ describe('the hoard command', () => {
     expect(text).toMatch(new RegExp(`^tier\\s+connected ${redis.url}, latency p50 \\d+(\\.\\d)? ms, p99 \\d+(\\.\\d)? ms$`, 'm'));
     expect(text).toMatch(/^\s+sharing pages=shared$/m);
     expect(text).toMatch(/^\s+shared hits 0, misses 1, writes 1; errors 0 \(0 refused\)$/m);
-    expect(text).toMatch(/^\s+leases 0, fenced writes 0, local fallbacks 0; invalidations 0, dropped scopes 0$/m);
+    expect(text).toMatch(/^\s+leases 0, fenced writes 0, local fallbacks 0; invalidations 0, dropped scopes 0; pending changes 0$/m);
     // Redis gone: the daemon keeps serving locally, and says why the tier is degraded.
     await redis.stop();
     expect((await run(['--scope', 'pages', 'set', 'k', 'w'])).code).toBe(0);

@@ -24,7 +24,7 @@ afterAll(async () => {
 });
 
 /** What the tier asked of the local store. */
-interface RecordingSink extends TierSink {
+interface RecordingSink extends TierSink<EncodedRecord['value']> {
   readonly invalidated: string[];
   readonly dropped: string[];
 }
@@ -38,6 +38,9 @@ function recordingSink(): RecordingSink {
     invalidate: async (scope, id) => void invalidated.push(`${scope.prefix}:${id}`),
     drop: async (scope) => void dropped.push(scope.prefix),
     localScopes: () => [],
+    // No local store: nothing to write through (a change Redis did not take is forgotten once it answers).
+    replay: async () => {},
+    replayScope: async () => {},
   };
 }
 

@@ -48,6 +48,7 @@ describe('the tier options: flags and environment', () => {
       tierMaxValue: '64KiB',
       tierPrefix: 'team:hoard',
       tierLogLength: '500',
+      tierMaxPending: '50',
     })!;
     expect(options).toEqual({
       urls: ['redis://a:7000', 'redis://b:7001', 'redis://c:7002'],
@@ -59,6 +60,7 @@ describe('the tier options: flags and environment', () => {
       maxValueBytes: 64 * 1024,
       keyPrefix: 'team:hoard',
       maxLogEntries: 500,
+      maxPendingChanges: 50,
     });
     // A scope named like an object's property is a name like any other.
     expect(Object.getPrototypeOf(options.sharing)).toBeNull();

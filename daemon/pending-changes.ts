@@ -1,0 +1,255 @@
+import { open, readFile, rename } from 'node:fs/promises';
+
+/** The most item keys and cleared scopes remembered in all, by default: past it, the largest top-level scope goes `whole`. */
+export const MAX_PENDING_CHANGES = 10_000;
+
+/** What is to be written through for one top-level scope, clears first. */
+export interface PendingTop {
+  readonly top: string;
+  /**
+   * Too many changes to remember each: the whole top-level scope is cleared in Redis, then every local item of it
+   * written through.
+   */
+  whole: boolean;
+  /** The prefixes of the sub-scopes cleared (`''`: the whole top-level scope), none nested in another. */
+  readonly clears: Set<string>;
+  /** The item keys (`itemKey(scope, id)`) set or deleted: their current local record is written through. */
+  readonly keys: Set<string>;
+}
+
+/** What `<dataDir>/tier-pending.json` holds. */
+interface PendingFile {
+  keyPrefix: string;
+  rootClear: boolean;
+  tops: { top: string; whole: boolean; clears: string[]; keys: string[] }[];
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * Whether `key` (an item key `a/b/:id`, or a scope prefix `a/b/`) lies in the scope of prefix `prefix` (`''`: the
+ * whole top-level scope): a scope's prefix ends with `/`, so its items' and nested scopes' keys begin with it.
+ */
+function isUnder(key: string, prefix: string): boolean {
+  return key.startsWith(prefix);
+}
+
+/**
+ * The changes in shared scopes that Redis did not take (the tier was degraded, or the command failed or timed out),
+ * to be written through once it answers: per top-level scope, the sub-scopes cleared and the items changed, bounded
+ * by `maxChanges` in all (past it, the top-level scope holding the most goes `whole`), and a clear of the root scope.
+ * Kept in a file in the data directory, so that a write acknowledged meanwhile keeps its sharing across a restart.
+ */
+export class PendingChanges {
+  readonly #path: string;
+  readonly #keyPrefix: string;
+  readonly #maxChanges: number;
+  readonly #log: (line: string) => void;
+  readonly #tops = new Map<string, PendingTop>();
+  /** A clear of the root scope: every shared top-level scope is cleared in Redis before anything else is written. */
+  #rootClear = false;
+  #count = 0;
+  /** The file write under way, and whether another is wanted after it (changes came meanwhile). */
+  #saving: Promise<void> | undefined;
+  #saveAgain: Promise<void> | undefined;
+
+  constructor(options: { path: string; keyPrefix: string; maxChanges?: number; log(line: string): void }) {
+    this.#path = options.path;
+    this.#keyPrefix = options.keyPrefix;
+    this.#maxChanges = options.maxChanges ?? MAX_PENDING_CHANGES;
+    if (!(this.#maxChanges >= 1)) throw new TypeError(`maxChanges must be at least 1: ${this.#maxChanges}`);
+    this.#log = options.log;
+  }
+
+  /** How many changes wait: item keys, cleared scopes, whole top-level scopes, and a clear of the root scope. */
+  get size(): number {
+    let whole = 0;
+    for (const pending of this.#tops.values()) if (pending.whole) whole++;
+    return this.#count + whole + (this.#rootClear ? 1 : 0);
+  }
+
+  get rootClear(): boolean {
+    return this.#rootClear;
+  }
+
+  /** Whether anything waits for the top-level scope (a clear of the root scope counts for every one). */
+  has(top: string): boolean {
+    return this.#rootClear || this.#tops.has(top);
+  }
+
+  /** The top-level scopes with changes waiting. */
+  tops(): string[] {
+    return [...this.#tops.keys()];
+  }
+
+  /** Records that the item's current local record is to be written through. */
+  addKey(top: string, key: string): void {
+    const pending = this.#top(top);
+    if (pending.whole || pending.keys.has(key)) return;
+    pending.keys.add(key);
+    this.#count++;
+    this.#bound();
+  }
+
+  /** Records a clear of the scope of `prefix` (`''`: the top-level scope): what was waiting under it is forgotten. */
+  addClear(top: string, prefix: string): void {
+    const pending = this.#top(top);
+    for (const clear of pending.clears) if (isUnder(prefix, clear)) return;
+    this.#forgetUnder(pending, prefix);
+    pending.clears.add(prefix);
+    this.#count++;
+    this.#bound();
+  }
+
+  /** Forgets what waits under the scope of `prefix`: it was cleared, locally and in Redis. */
+  settled(top: string, prefix: string): void {
+    const pending = this.#tops.get(top);
+    if (pending === undefined) return;
+    this.#forgetUnder(pending, prefix);
+    if (pending.clears.size + pending.keys.size === 0 && !pending.whole) this.#tops.delete(top);
+  }
+
+  /** Records a clear of the root scope: everything waiting is forgotten (the local store was cleared too). */
+  addRootClear(): void {
+    this.#tops.clear();
+    this.#count = 0;
+    this.#rootClear = true;
+  }
+
+  /** Takes what waits for the top-level scope, to write it through; {@link PendingChanges.restore} puts back what was not. */
+  take(top: string): PendingTop | undefined {
+    const pending = this.#tops.get(top);
+    if (pending === undefined) return undefined;
+    this.#tops.delete(top);
+    this.#count -= pending.clears.size + pending.keys.size;
+    return pending;
+  }
+
+  /** Takes the clear of the root scope, if one waits. */
+  takeRootClear(): boolean {
+    const was = this.#rootClear;
+    this.#rootClear = false;
+    return was;
+  }
+
+  /**
+   * Puts back what a write-through did not do, before whatever was recorded since for the same scope (which stays
+   * after it: the clears put back go first, and a later clear still forgets what it covers).
+   */
+  restore(left: PendingTop | { rootClear: true }): void {
+    if ('rootClear' in left) {
+      this.#rootClear = true;
+      return;
+    }
+    const later = this.take(left.top);
+    const merged: PendingTop = { top: left.top, whole: left.whole, clears: new Set(), keys: new Set() };
+    this.#tops.set(left.top, merged);
+    for (const clear of left.clears) this.addClear(left.top, clear);
+    for (const key of left.keys) this.addKey(left.top, key);
+    if (later === undefined) return;
+    for (const clear of later.clears) this.addClear(left.top, clear);
+    for (const key of later.keys) this.addKey(left.top, key);
+    if (later.whole) this.#makeWhole(merged);
+  }
+
+  /** Reads the file a previous run left; a file for another key prefix, or unreadable, is logged and ignored. */
+  async load(): Promise<void> {
+    let text: string;
+    try {
+      text = await readFile(this.#path, 'utf8');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') this.#log(`tier: the changes waiting for the tier could not be read, they are lost: ${messageOf(error)}`);
+      return;
+    }
+    let file: Partial<PendingFile>;
+    try {
+      file = (JSON.parse(text) ?? {}) as Partial<PendingFile>;
+    } catch {
+      this.#log(`tier: ${this.#path} is not JSON: the changes waiting for the tier are lost`);
+      return;
+    }
+    if (file.keyPrefix !== this.#keyPrefix || !Array.isArray(file.tops)) return;
+    if (file.rootClear === true) this.addRootClear();
+    for (const entry of file.tops) {
+      if (typeof entry?.top !== 'string') continue;
+      for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (typeof clear === 'string') this.addClear(entry.top, clear);
+      for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (typeof key === 'string') this.addKey(entry.top, key);
+      if (entry.whole === true) this.#makeWhole(this.#top(entry.top));
+    }
+  }
+
+  /**
+   * Writes the file (0600, fsynced, then renamed over the last one), resolving once what was recorded before the call
+   * is on disk: calls made while a write is under way share the next one.
+   * @throws the file system's error.
+   */
+  save(): Promise<void> {
+    if (this.#saving === undefined) {
+      this.#saving = this.#write().finally(() => (this.#saving = undefined));
+      return this.#saving;
+    }
+    this.#saveAgain ??= this.#saving
+      .catch(() => {})
+      .then(() => {
+        this.#saveAgain = undefined;
+        return this.save();
+      });
+    return this.#saveAgain;
+  }
+
+  async #write(): Promise<void> {
+    const file: PendingFile = {
+      keyPrefix: this.#keyPrefix,
+      rootClear: this.#rootClear,
+      tops: [...this.#tops.values()].map(({ top, whole, clears, keys }) => ({ top, whole, clears: [...clears], keys: [...keys] })),
+    };
+    const temporary = `${this.#path}.tmp`;
+    const handle = await open(temporary, 'w', 0o600);
+    try {
+      await handle.writeFile(`${JSON.stringify(file)}\n`);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temporary, this.#path);
+  }
+
+  #top(top: string): PendingTop {
+    let pending = this.#tops.get(top);
+    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, clears: new Set(), keys: new Set() }));
+    return pending;
+  }
+
+  #forgetUnder(pending: PendingTop, prefix: string): void {
+    for (const clear of pending.clears) {
+      if (isUnder(clear, prefix)) {
+        pending.clears.delete(clear);
+        this.#count--;
+      }
+    }
+    for (const key of pending.keys) {
+      if (isUnder(key, prefix)) {
+        pending.keys.delete(key);
+        this.#count--;
+      }
+    }
+  }
+
+  /** Past the bound, the top-level scopes holding the most changes go `whole`, until it holds again. */
+  #bound(): void {
+    while (this.#count > this.#maxChanges) {
+      let largest: PendingTop | undefined;
+      for (const pending of this.#tops.values()) if (largest === undefined || pending.clears.size + pending.keys.size > largest.clears.size + largest.keys.size) largest = pending;
+      this.#makeWhole(largest!);
+    }
+  }
+
+  #makeWhole(pending: PendingTop): void {
+    this.#count -= pending.clears.size + pending.keys.size;
+    pending.clears.clear();
+    pending.keys.clear();
+    pending.whole = true;
+  }
+}

@@ -1,0 +1,192 @@
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { expect, test } from 'vitest';
+import type { Cache } from '../src/cache.js';
+import { eventually } from './conformance/support.js';
+import { startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
+import { HEALTHY_TIER, sharedValues, startTierDaemon, type TierDaemon, type TierDaemonOptions } from './support/tier-daemon.js';
+
+/**
+ * Changes a daemon made while Redis could not take them (cut off by a TCP proxy) are written through once it can:
+ * another daemon, never cut off, then serves them. Daemon A goes through the proxy with a short timeout, so that the
+ * cut is found fast; daemon B reaches Redis directly.
+ */
+
+/** A's tier settings: a cut is found within 300 ms (the lease must be three timeouts at least). */
+const CUT_SIDE = Object.freeze({ timeoutMs: 300, leaseMs: 1500 });
+/** How long after the restore every change must have reached B: generous, for a busy machine. */
+const CONVERGED_MS = 20_000;
+
+async function valueOf(cache: Cache<unknown>, id: string): Promise<unknown> {
+  await using got = await cache.get(id);
+  return got.item === null ? undefined : await got.item.value();
+}
+
+/** Two daemons on one Redis, A through a proxy; `extra` goes to A's flags. */
+async function setup(options: { extra?: string[] } = {}) {
+  const server = await startRedisServer();
+  const proxy = await startTcpProxy({ port: server.port });
+  const aOptions: TierDaemonOptions = { tier: proxy.url, ...CUT_SIDE, ...(options.extra && { extra: options.extra }) };
+  const [a, b] = await Promise.all([startTierDaemon(aOptions), startTierDaemon({ tier: server.url, ...HEALTHY_TIER })]);
+  return { server, proxy, a, b, aOptions };
+}
+
+/** Cuts the proxy and waits until A says it is degraded (a write times out, or the connection is refused). */
+async function cut(proxy: { cut(mode?: CutMode): void }, a: TierDaemon, mode: CutMode): Promise<void> {
+  proxy.cut(mode);
+  await eventually(async () => {
+    await a.cache.withScope('probe').set('p', 'p');
+    return (await a.tierStatus()).state === 'degraded';
+  }, 'A finds the cut');
+}
+
+/** Waits until A serves each of `ids` from its own copy (it has read them through once). */
+async function holdCopies(daemon: TierDaemon, cache: Cache<unknown>, ids: readonly string[]): Promise<void> {
+  await eventually(async () => {
+    const before = await daemon.tierStatus();
+    for (const id of ids) await valueOf(cache, id);
+    const after = await daemon.tierStatus();
+    return after.sharedHits + after.sharedMisses === before.sharedHits + before.sharedMisses;
+  }, 'the daemon holds local copies');
+}
+
+/** Waits until `read` gives `expected` for each id, and resolves to how long that took. */
+async function converged(read: (id: string) => Promise<unknown>, expected: ReadonlyMap<string, unknown>, what: string): Promise<number> {
+  const startedMs = performance.now();
+  await eventually(
+    async () => {
+      for (const [id, value] of expected) if ((await read(id)) !== value) return false;
+      return true;
+    },
+    what,
+    CONVERGED_MS,
+  );
+  return performance.now() - startedMs;
+}
+
+test('sets, deletes and a clear acknowledged while cut off reach the other daemon after the restore; status counts them pending until then', async () => {
+  const { proxy, a, b } = await setup();
+  const onB = b.cache.withScope('r');
+  const onA = a.cache.withScope('r');
+  // Items that A will delete or clear, written by B and held as copies by A.
+  for (const id of ['d0', 'd1', 'd2']) await onB.set(id, `${id} by B`);
+  for (const id of ['x0', 'x1']) await onB.withScope('c').set(id, `${id} by B`);
+  await holdCopies(a, onA, ['d0', 'd1', 'd2']);
+  await holdCopies(a, onA.withScope('c'), ['x0', 'x1']);
+
+  await cut(proxy, a, 'blackhole');
+  const expected = new Map<string, unknown>();
+  for (let n = 0; n < 5; n++) {
+    await onA.set(`a${n}`, `a${n} by A during the cut`);
+    expected.set(`a${n}`, `a${n} by A during the cut`);
+  }
+  for (const id of ['d0', 'd1', 'd2']) {
+    await onA.delete(id);
+    expected.set(id, undefined);
+  }
+  await onA.withScope('c').clear();
+  const during = await a.tierStatus();
+  expect(during.state).toBe('degraded');
+  // 5 sets and 3 deletes, the clear of r/c, and the probe's set.
+  expect(during.pendingChanges).toBe(10);
+
+  proxy.restore();
+  const tookMs = await converged((id) => valueOf(onB, id), expected, 'B serves what A changed during the cut');
+  for (const id of ['x0', 'x1']) expect(await valueOf(onB.withScope('c'), id)).toBeUndefined();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'nothing pending on A');
+  await eventually(async () => (await a.tierStatus()).state === 'connected', 'A connected again');
+  process.stderr.write(`replay: B served A's ${expected.size} changes and the clear ${tookMs.toFixed(0)} ms after the restore (pending on A during the cut: ${during.pendingChanges})\n`);
+});
+
+test('both sides wrote the same item during the cut: every daemon and Redis end with the replayed value', async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('both');
+  const onB = b.cache.withScope('both');
+  await onB.set('same', 'before the cut');
+  await holdCopies(a, onA, ['same']);
+
+  await cut(proxy, a, 'reset');
+  await onA.set('same', 'A during the cut');
+  await onB.set('same', 'B during the cut');
+  expect(await valueOf(onB, 'same')).toBe('B during the cut');
+
+  proxy.restore();
+  const expected = new Map([['same', 'A during the cut']]);
+  await converged((id) => valueOf(onB, id), expected, 'B serves the replayed value');
+  await converged((id) => valueOf(onA, id), expected, 'A serves the replayed value');
+  const [inRedis] = await sharedValues(server.pipeline, [{ scope: ['both'], id: 'same' }]);
+  expect(inRedis).toContain('A during the cut');
+});
+
+test('more changes than the bound: the scope is written through whole, and every daemon agrees with Redis', async () => {
+  const { server, proxy, a, b } = await setup({ extra: ['--tier-max-pending', '3'] });
+  const onA = a.cache.withScope('many');
+  const onB = b.cache.withScope('many');
+  for (const id of ['d0', 'd1']) await onB.set(id, `${id} by B`);
+  await holdCopies(a, onA, ['d0', 'd1']);
+
+  await cut(proxy, a, 'reset');
+  const expected = new Map<string, unknown>();
+  for (let n = 0; n < 12; n++) {
+    await onA.set(`a${n}`, `a${n} by A`);
+    expected.set(`a${n}`, `a${n} by A`);
+  }
+  for (const id of ['d0', 'd1']) {
+    await onA.delete(id);
+    expected.set(id, undefined);
+  }
+  // B writes in the same scope meanwhile: the whole scope's clear may take it away, never leave it stale.
+  await onB.set('other', 'B during the cut');
+  const during = await a.tierStatus();
+  // The scope `many` whole, and the probe's set.
+  expect(during.pendingChanges).toBe(2);
+
+  proxy.restore();
+  const tookMs = await converged((id) => valueOf(onB, id), expected, 'B serves what A changed during the cut');
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'nothing pending on A');
+  const ids = [...expected.keys(), 'other'];
+  await eventually(async () => {
+    const inRedis = await sharedValues(server.pipeline, ids.map((id) => ({ scope: ['many'], id })));
+    for (const [at, id] of ids.entries()) {
+      const [onAValue, onBValue] = [await valueOf(onA, id), await valueOf(onB, id)];
+      if (onAValue !== onBValue) return false;
+      if ((onAValue === undefined) !== (inRedis[at] === undefined || !inRedis[at]!.includes(String(onAValue)))) return false;
+    }
+    return true;
+  }, 'A, B and Redis agree on every item');
+  process.stderr.write(`replay past the bound (3): B served A's ${expected.size} changes ${tookMs.toFixed(0)} ms after the restore\n`);
+});
+
+test('a daemon killed while cut off, and restarted still cut off: its acknowledged writes reach the other daemon once Redis is back', async () => {
+  const { proxy, a, b, aOptions } = await setup();
+  const onB = b.cache.withScope('kept');
+  await onB.set('seed', 'seed');
+  await holdCopies(a, a.cache.withScope('kept'), ['seed']);
+  // A knows where the scope's change log stands across a restart (else it drops the scope's copies at start).
+  const positions = join(a.dir, 'data', 'tier-positions.json');
+  await eventually(async () => (await readFile(positions, 'utf8').catch(() => '')).includes('"kept"'), 'A kept its position');
+
+  await cut(proxy, a, 'reset');
+  const expected = new Map<string, unknown>();
+  for (let n = 0; n < 5; n++) {
+    await a.cache.withScope('kept').set(`k${n}`, `k${n} by A`);
+    expected.set(`k${n}`, `k${n} by A`);
+  }
+  await a.cache.withScope('kept').delete('seed');
+  expected.set('seed', undefined);
+  const pendingFile = join(a.dir, 'data', 'tier-pending.json');
+  const mode = (await stat(pendingFile)).mode & 0o777;
+  await a.kill();
+
+  const again = await startTierDaemon({ ...aOptions, dir: a.dir });
+  const restarted = await again.tierStatus();
+  expect(restarted.state).toBe('degraded');
+  expect(restarted.pendingChanges).toBeGreaterThanOrEqual(6);
+  expect(await valueOf(again.cache.withScope('kept'), 'k0')).toBe('k0 by A');
+
+  proxy.restore();
+  const tookMs = await converged((id) => valueOf(onB, id), expected, 'B serves what A wrote before it was killed');
+  await eventually(async () => (await again.tierStatus()).pendingChanges === 0, 'nothing pending on A');
+  process.stderr.write(`replay after a restart: ${restarted.pendingChanges} changes pending at start (file mode ${mode.toString(8)}), on B ${tookMs.toFixed(0)} ms after the restore\n`);
+  expect(mode).toBe(0o600);
+});
