@@ -26,6 +26,8 @@ const MAX_WAIT_SLICE_MS = 1000;
 const CLEAR_CONCURRENCY = 32;
 /** How soon changes Redis did not take are written through again, while some wait and the tier is up. */
 export const REPLAY_RETRY_MS = 1000;
+/** A failure to keep the waiting changes in their file is logged at most once in this many milliseconds. */
+const KEEP_FAILURE_LOG_INTERVAL_MS = 60_000;
 
 export interface RedisTierOptions extends TierOptions {
   /**
@@ -130,6 +132,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
   /** Write-throughs run one at a time, in this chain. */
   #replayChain: Promise<void> = Promise.resolve();
   #replayTimer: NodeJS.Timeout | undefined;
+  #keepFailureLoggedAtMs = -Infinity;
   #closed = false;
   /** Lease tokens made in this run: `<origin>:<count>`. */
   #tokens = 0;
@@ -380,8 +383,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
     await Promise.all([...this.#leases].map((lease) => this.release(lease)));
     await this.#changeLog?.close();
     await this.#connection.close();
+    // A write-through under way fails now; what it left is in the file already (it is rewritten only after a success).
     await this.#replayChain;
-    await this.#keep();
   }
 
   #attached(): ChangeLog {
@@ -548,12 +551,20 @@ export class RedisTier implements SharedTier<EncodedValue> {
     try {
       await this.#pending.save();
     } catch (error) {
+      // One line a minute at most: a full disk fails every write.
+      const nowMs = performance.now();
+      if (nowMs - this.#keepFailureLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
+      this.#keepFailureLoggedAtMs = nowMs;
       this.#options.log(`tier: the changes waiting for the tier could not be kept in the data directory, a restart would lose them: ${(error as Error).message}`);
     }
   }
 
-  /** Writes the waiting changes through in `ms`, and again every {@link REPLAY_RETRY_MS} while some wait. */
+  /** Writes the waiting changes through in `ms` (`0`: now, sooner than a timer already set), and again every {@link REPLAY_RETRY_MS} while some wait. */
   #replayLater(ms: number): void {
+    if (ms === 0 && this.#replayTimer !== undefined) {
+      clearTimeout(this.#replayTimer);
+      this.#replayTimer = undefined;
+    }
     if (this.#closed || this.#replayTimer !== undefined || this.#pending.size === 0) return;
     this.#replayTimer = setTimeout(() => {
       this.#replayTimer = undefined;

@@ -1,0 +1,88 @@
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { expect, test } from 'vitest';
+import { PendingChanges } from '../../daemon/pending-changes.js';
+import { itemKey, scopeOf } from '../../src/scope-path.js';
+import { tempDir } from '../support/temp-dir.js';
+
+/** The changes Redis did not take, as a daemon keeps them: order, bound, and the file that outlives a restart. */
+
+const key = (path: string[], id: string): string => itemKey(scopeOf(path), id);
+
+function pending(path: string, maxChanges?: number): PendingChanges {
+  return new PendingChanges({ path, keyPrefix: 'hoard', ...(maxChanges === undefined ? {} : { maxChanges }), log: () => {} });
+}
+
+test('a clear forgets the keys and clears under it, and is written through before the keys recorded after it', async () => {
+  const changes = pending(join(await tempDir(), 'p.json'));
+  changes.addKey('a', key(['a', 'b'], 'k1'));
+  changes.addKey('a', key(['a'], 'k2'));
+  changes.addClear('a', scopeOf(['a', 'b', 'c']).prefix);
+  changes.addClear('a', scopeOf(['a', 'b']).prefix);
+  // Nested in a clear already waiting: nothing new.
+  changes.addClear('a', scopeOf(['a', 'b', 'd']).prefix);
+  changes.addKey('a', key(['a', 'b'], 'k3'));
+  expect(changes.size).toBe(3);
+  const taken = changes.take('a')!;
+  expect([...taken.clears]).toEqual([scopeOf(['a', 'b']).prefix]);
+  expect([...taken.keys]).toEqual([key(['a'], 'k2'), key(['a', 'b'], 'k3')]);
+  expect(changes.size).toBe(0);
+  expect(changes.has('a')).toBe(false);
+});
+
+test('what a write-through left is put back before what came meanwhile, and a later clear still covers it', async () => {
+  const changes = pending(join(await tempDir(), 'p.json'));
+  changes.addClear('a', scopeOf(['a', 'x']).prefix);
+  changes.addKey('a', key(['a', 'y'], 'k1'));
+  const taken = changes.take('a')!;
+  changes.addClear('a', scopeOf(['a', 'y']).prefix);
+  changes.restore(taken);
+  const again = changes.take('a')!;
+  expect([...again.clears]).toEqual([scopeOf(['a', 'x']).prefix, scopeOf(['a', 'y']).prefix]);
+  expect([...again.keys]).toEqual([]);
+});
+
+test('past the bound, the top-level scope holding the most goes whole; a clear of the root forgets everything', async () => {
+  const changes = pending(join(await tempDir(), 'p.json'), 4);
+  changes.addKey('small', key(['small'], 's'));
+  for (let n = 0; n < 4; n++) changes.addKey('big', key(['big'], `k${n}`));
+  // 5 > 4: `big` (4 keys) goes whole; `small` keeps its key.
+  expect(changes.size).toBe(2);
+  expect(changes.take('big')).toMatchObject({ whole: true, keys: new Set(), clears: new Set() });
+  expect([...changes.take('small')!.keys]).toEqual([key(['small'], 's')]);
+  changes.addKey('a', key(['a'], 'k'));
+  changes.addRootClear();
+  expect(changes.size).toBe(1);
+  expect(changes.tops()).toEqual([]);
+  expect(changes.has('anything')).toBe(true);
+});
+
+test('kept in a 0600 file that a new run reads; a file of another prefix, or not JSON, is ignored', async () => {
+  const dir = await tempDir();
+  const path = join(dir, 'tier-pending.json');
+  const first = pending(path, 3);
+  first.addKey('a', key(['a'], 'k1'));
+  first.addClear('b', scopeOf(['b', 'c']).prefix);
+  // The fourth change: `c`, holding the most (2), goes whole.
+  for (let n = 0; n < 3; n++) first.addKey('c', key(['c'], `k${n}`));
+  expect(first.size).toBe(3);
+  // Concurrent saves share the file writes: each resolves once what came before it is on disk.
+  await Promise.all([first.save(), first.save(), first.save()]);
+  expect((await stat(path)).mode & 0o777).toBe(0o600);
+  const second = pending(path, 3);
+  await second.load();
+  expect(second.size).toBe(first.size);
+  expect(second.take('c')).toMatchObject({ whole: true });
+  expect([...second.take('b')!.clears]).toEqual([scopeOf(['b', 'c']).prefix]);
+
+  const other = new PendingChanges({ path, keyPrefix: 'other', log: () => {} });
+  await other.load();
+  expect(other.size).toBe(0);
+  await writeFile(path, 'not json');
+  const lines: string[] = [];
+  const broken = new PendingChanges({ path, keyPrefix: 'hoard', log: (line) => lines.push(line) });
+  await broken.load();
+  expect(broken.size).toBe(0);
+  expect(lines).toHaveLength(1);
+  expect(await readFile(path, 'utf8')).toBe('not json');
+});
