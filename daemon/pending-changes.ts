@@ -51,6 +51,9 @@ export class PendingChanges {
   /** A clear of the root scope: every shared top-level scope is cleared in Redis before anything else is written. */
   #rootClear = false;
   #count = 0;
+  /** What is being written through now: still counted, and still in the file, until finished or restored. */
+  #taken: PendingTop | undefined;
+  #rootClearTaken = false;
   /** The file write under way, and whether another is wanted after it (changes came meanwhile). */
   #saving: Promise<void> | undefined;
   #saveAgain: Promise<void> | undefined;
@@ -67,7 +70,8 @@ export class PendingChanges {
   get size(): number {
     let whole = 0;
     for (const pending of this.#tops.values()) if (pending.whole) whole++;
-    return this.#count + whole + (this.#rootClear ? 1 : 0);
+    const taken = this.#taken === undefined ? 0 : this.#taken.clears.size + this.#taken.keys.size + (this.#taken.whole ? 1 : 0);
+    return this.#count + whole + taken + (this.#rootClear || this.#rootClearTaken ? 1 : 0);
   }
 
   get rootClear(): boolean {
@@ -118,20 +122,31 @@ export class PendingChanges {
     this.#rootClear = true;
   }
 
-  /** Takes what waits for the top-level scope, to write it through; {@link PendingChanges.restore} puts back what was not. */
+  /**
+   * Takes what waits for the top-level scope, to write it through (one at a time), deleting from it what is done;
+   * {@link PendingChanges.finish} ends it, {@link PendingChanges.restore} puts back what was not done.
+   */
   take(top: string): PendingTop | undefined {
     const pending = this.#tops.get(top);
     if (pending === undefined) return undefined;
     this.#tops.delete(top);
     this.#count -= pending.clears.size + pending.keys.size;
+    this.#taken = pending;
     return pending;
   }
 
-  /** Takes the clear of the root scope, if one waits. */
+  /** Takes the clear of the root scope, if one waits (then {@link PendingChanges.finish} or restore it). */
   takeRootClear(): boolean {
     const was = this.#rootClear;
     this.#rootClear = false;
+    this.#rootClearTaken = was;
     return was;
+  }
+
+  /** What was taken is written through. */
+  finish(): void {
+    this.#taken = undefined;
+    this.#rootClearTaken = false;
   }
 
   /**
@@ -139,11 +154,13 @@ export class PendingChanges {
    * after it: the clears put back go first, and a later clear still forgets what it covers).
    */
   restore(left: PendingTop | { rootClear: true }): void {
+    this.finish();
     if ('rootClear' in left) {
       this.#rootClear = true;
       return;
     }
     const later = this.take(left.top);
+    this.#taken = undefined;
     const merged: PendingTop = { top: left.top, whole: left.whole, clears: new Set(), keys: new Set() };
     this.#tops.set(left.top, merged);
     for (const clear of left.clears) this.addClear(left.top, clear);
@@ -200,10 +217,12 @@ export class PendingChanges {
   }
 
   async #write(): Promise<void> {
+    // What is being written through comes first: what was recorded since for the same scope goes after it.
+    const tops = this.#taken === undefined ? [...this.#tops.values()] : [this.#taken, ...this.#tops.values()];
     const file: PendingFile = {
       keyPrefix: this.#keyPrefix,
-      rootClear: this.#rootClear,
-      tops: [...this.#tops.values()].map(({ top, whole, clears, keys }) => ({ top, whole, clears: [...clears], keys: [...keys] })),
+      rootClear: this.#rootClear || this.#rootClearTaken,
+      tops: tops.map(({ top, whole, clears, keys }) => ({ top, whole, clears: [...clears], keys: [...keys] })),
     };
     const temporary = `${this.#path}.tmp`;
     const handle = await open(temporary, 'w', 0o600);

@@ -126,7 +126,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #changeLog: ChangeLog | undefined;
   #sink: TierSink<EncodedValue> | undefined;
   readonly #pending: PendingChanges;
-  /** The top-level scope being written through now, and what is left of it (counted as pending). */
+  /** The top-level scope being written through now, and what is left of it. */
   #replayingNow: PendingTop | undefined;
   #rootClearReplaying = false;
   /** Write-throughs run one at a time, in this chain. */
@@ -350,8 +350,6 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   status(): TierStatus {
     const figures = this.#connection.figures();
-    const replaying = this.#replayingNow;
-    const inFlight = (replaying === undefined ? 0 : replaying.clears.size + replaying.keys.size + (replaying.whole ? 1 : 0)) + (this.#rootClearReplaying ? 1 : 0);
     const changes = this.#changeLog?.figures() ?? { invalidations: 0, droppedScopes: 0 };
     return {
       state: figures.state,
@@ -369,7 +367,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       localFallbacks: this.#localFallbacks,
       invalidations: changes.invalidations,
       droppedScopes: changes.droppedScopes,
-      pendingChanges: this.#pending.size + inFlight,
+      pendingChanges: this.#pending.size,
       sharing: this.#sharingShown(),
     };
   }
@@ -613,6 +611,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     } finally {
       this.#rootClearReplaying = false;
     }
+    this.#pending.finish();
     await this.#keep();
   }
 
@@ -622,9 +621,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
    */
   async #replayOf(top: string): Promise<void> {
     const sink = this.#sink!;
+    if (this.#closed) return;
     const pending = this.#pending.take(top);
-    if (pending === undefined || this.#closed) return;
+    if (pending === undefined) return;
     if (this.#sharingOf(top) !== 'shared') {
+      this.#pending.finish();
       this.#options.log(`tier: scope ${JSON.stringify(top)} is no longer shared: its changes that Redis did not take are not written through`);
       return;
     }
@@ -652,6 +653,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     } finally {
       this.#replayingNow = undefined;
     }
+    this.#pending.finish();
     await this.#keep();
   }
 

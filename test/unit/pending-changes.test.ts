@@ -26,6 +26,9 @@ test('a clear forgets the keys and clears under it, and is written through befor
   const taken = changes.take('a')!;
   expect([...taken.clears]).toEqual([scopeOf(['a', 'b']).prefix]);
   expect([...taken.keys]).toEqual([key(['a'], 'k2'), key(['a', 'b'], 'k3')]);
+  // Counted until written through.
+  expect(changes.size).toBe(3);
+  changes.finish();
   expect(changes.size).toBe(0);
   expect(changes.has('a')).toBe(false);
 });
@@ -49,7 +52,9 @@ test('past the bound, the top-level scope holding the most goes whole; a clear o
   // 5 > 4: `big` (4 keys) goes whole; `small` keeps its key.
   expect(changes.size).toBe(2);
   expect(changes.take('big')).toMatchObject({ whole: true, keys: new Set(), clears: new Set() });
+  changes.finish();
   expect([...changes.take('small')!.keys]).toEqual([key(['small'], 's')]);
+  changes.finish();
   changes.addKey('a', key(['a'], 'k'));
   changes.addRootClear();
   expect(changes.size).toBe(1);
@@ -69,6 +74,9 @@ test('kept in a 0600 file that a new run reads; a file of another prefix, or not
   // Concurrent saves share the file writes: each resolves once what came before it is on disk.
   await Promise.all([first.save(), first.save(), first.save()]);
   expect((await stat(path)).mode & 0o777).toBe(0o600);
+  // Being written through is not written through yet: a file written meanwhile still holds it.
+  first.take('b');
+  await first.save();
   const second = pending(path, 3);
   await second.load();
   expect(second.size).toBe(first.size);
