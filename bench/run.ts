@@ -524,7 +524,7 @@ function table(
       return `${fmt(percentile(sorted, 25), 3)}-${fmt(percentile(sorted, 75), 3)}`;
     };
     lines.push(
-      `Local hits (gets only), with the tier against without: ${tier.localHits[0]?.pairRatios.length ?? 0} pairs of ${HIT_SECONDS} s runs in turns per mode; ` +
+      `Local hits (gets only), with the tier against without: ${HIT_PAIRS} pair${HIT_PAIRS === 1 ? '' : 's'} of ${HIT_SECONDS} s runs in turns per mode; ` +
         "the median of the pairs' ratios (middle half of the pairs in brackets) of ops/s (higher is better) and of the daemon's CPU time per get " +
         '(all its threads; lower is better, and far less sensitive to other load): ' +
         tier.localHits
