@@ -10,7 +10,7 @@
  * ratio to redis-server + ioredis measured in the same run.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -31,6 +31,12 @@ const QUICK = args.quick;
 const RUNS = Number(args.runs ?? (QUICK ? 1 : 3));
 const SECONDS = Number(args.seconds ?? (QUICK ? 1 : 3));
 const KEYS = 10_000;
+/**
+ * Local hits with the tier against without: pairs of runs per mode, and each run's length in seconds. Many short
+ * runs rather than a few long ones, so that a burst of other load spoils a few pairs, not the median.
+ */
+const HIT_PAIRS = QUICK ? 1 : 9;
+const HIT_SECONDS = QUICK ? SECONDS : 1;
 const VALUE_SIZES = QUICK ? [1024] : [1024, 64 * 1024];
 const MODES = [
   { name: '1x1', processes: 1, inFlight: 1 },
@@ -38,8 +44,6 @@ const MODES = [
   { name: '4x8', processes: 4, inFlight: 8 },
 ] as const;
 const WORKER = join(__dirname, 'worker.js');
-/** The kernel's clock ticks per second, in which /proc reports CPU times (`getconf CLK_TCK`; 100 on Linux). */
-const CLOCK_TICKS_PER_SECOND = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
 const systems = SYSTEMS.filter((system) => !args.only || args.only.includes(system.name));
@@ -67,12 +71,14 @@ function runWorker(job: Job): Promise<unknown> {
   });
 }
 
-/** The CPU time a process has used so far, all its threads, in milliseconds (`/proc/<pid>/stat`'s utime + stime). */
-async function cpuMs(pid: number | undefined): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // The fields after the command name (which is in parentheses and may hold spaces): utime and stime are the 12th and 13th.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
+/**
+ * The CPU time a process has used so far, all its threads, in nanoseconds (the first field of each thread's
+ * `/proc/<pid>/task/<tid>/schedstat`): unlike `/proc/<pid>/stat`'s clock ticks (10 ms), fine enough for a one-second run.
+ */
+async function cpuNs(pid: number | undefined): Promise<number> {
+  const tasks = await readdir(`/proc/${pid}/task`);
+  const times = await Promise.all(tasks.map((tid) => readFile(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').catch(() => '0')));
+  return times.reduce((total, text) => total + Number(text.split(' ')[0]), 0);
 }
 
 async function rssMiB(pid: number | undefined): Promise<number | null> {
@@ -293,10 +299,14 @@ interface TierFigures {
     pairRatios: number[];
     tierGetP50Ms: number;
     plainGetP50Ms: number;
-    /** The daemon's CPU time (all its threads) per get: steadier than ops/s on a busy machine. */
+    /** The daemon's CPU time (all its threads) per get, median of the runs: steadier than ops/s on a busy machine. */
     tierCpuUsPerOp: number;
     plainCpuUsPerOp: number;
+    /** The tier daemon's CPU time per get over the plain one's, for each pair of runs. */
+    cpuPairRatios: number[];
   }[];
+  /** Each daemon's CPU time while idle (the other one measured), in milliseconds per second: its background work. */
+  idleCpuMsPerSecond: { tier: number; plain: number };
   /** Gets on a second daemon of what the first wrote (each a local miss and a hit in Redis), per mode. */
   sharedHits: { mode: string; gets: number; missed: number; opsPerSecond: number; getP50Ms: number; getP99Ms: number }[];
   /** The same keys read again on the second daemon, now local hits, 1 in flight. */
@@ -349,48 +359,61 @@ async function measureTier(): Promise<TierFigures> {
     const modes = QUICK ? MODES.filter((mode) => mode.processes === 1) : MODES;
     interface Run {
       results: LoopResult[];
-      cpuMs: number;
+      cpuNs: number;
     }
-    const loop = async (server: Awaited<ReturnType<typeof startHoard>>, mode: (typeof MODES)[number]): Promise<Run> => {
+    // The CPU time each daemon uses while the other one is measured, and for how long: its background work (for the
+    // tier, its heartbeat and change log), measured on the side.
+    const idle = new Map([plain, writer].map((server) => [server, { cpuNs: 0, ms: 0 }]));
+    const loop = async (server: Awaited<ReturnType<typeof startHoard>>, mode: (typeof MODES)[number], other: typeof server): Promise<Run> => {
       const startAt = Date.now() + 300;
-      const cpuBefore = await cpuMs(server.pid);
-      const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, endpoint: server.endpoint, kind: 'loop', getShare: 1, inFlight: mode.inFlight, startAt }));
+      const [cpuBefore, otherBefore, startedMs] = [await cpuNs(server.pid), await cpuNs(other.pid), performance.now()];
+      const jobs = Array.from({ length: mode.processes }, () =>
+        runWorker({ ...base, seconds: HIT_SECONDS, endpoint: server.endpoint, kind: 'loop', getShare: 1, inFlight: mode.inFlight, startAt }),
+      );
       const results = (await Promise.all(jobs)) as LoopResult[];
-      return { results, cpuMs: (await cpuMs(server.pid)) - cpuBefore };
+      const used = (await cpuNs(server.pid)) - cpuBefore;
+      const otherIdle = idle.get(other)!;
+      otherIdle.cpuNs += (await cpuNs(other.pid)) - otherBefore;
+      otherIdle.ms += performance.now() - startedMs;
+      return { results, cpuNs: used };
     };
     const opsOf = (run: Run): number => run.results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0);
     const p50Of = (run: Run): number => percentile(run.results.flatMap((r) => r.getMs).sort((a, b) => a - b), 50);
-    const cpuOf = (run: Run): number => (run.cpuMs * 1000) / run.results.reduce((total, r) => total + r.ops, 0);
+    const cpuOf = (run: Run): number => run.cpuNs / 1000 / run.results.reduce((total, r) => total + r.ops, 0);
     const localHits: TierFigures['localHits'] = [];
     // One unmeasured run on each first: right after its preload a daemon is slower (compactions, code not yet
     // optimised), which would count against whichever goes first.
-    for (const server of [plain, writer]) await loop(server, MODES[1]);
+    await loop(plain, MODES[1], writer);
+    await loop(writer, MODES[1], plain);
     for (const mode of modes) {
       const tierRuns: Run[] = [];
       const plainRuns: Run[] = [];
-      // In turns, so that the machine's noise falls on both alike; at least five pairs in a full run, as a 5% goal
-      // is finer than this machine's noise between two runs.
-      for (let run = 0; run < (QUICK ? RUNS : Math.max(RUNS, 5)); run++) {
+      // Many short runs in turns, so that the machine's noise falls on both alike: the 5% goal is finer than this
+      // machine's noise between two runs, and the median of many pairs' ratios is not.
+      for (let run = 0; run < HIT_PAIRS; run++) {
         // Which goes first alternates, so that an effect of the order falls on both alike too.
         if (run % 2 === 0) {
-          plainRuns.push(await loop(plain, mode));
-          tierRuns.push(await loop(writer, mode));
+          plainRuns.push(await loop(plain, mode, writer));
+          tierRuns.push(await loop(writer, mode, plain));
         } else {
-          tierRuns.push(await loop(writer, mode));
-          plainRuns.push(await loop(plain, mode));
+          tierRuns.push(await loop(writer, mode, plain));
+          plainRuns.push(await loop(plain, mode, writer));
         }
       }
       localHits.push({
         mode: mode.name,
         tierOps: median(tierRuns.map(opsOf)),
-        pairRatios: tierRuns.map((run, n) => opsOf(run) / opsOf(plainRuns[n]!)),
         plainOps: median(plainRuns.map(opsOf)),
+        pairRatios: tierRuns.map((run, n) => opsOf(run) / opsOf(plainRuns[n]!)),
         tierGetP50Ms: median(tierRuns.map(p50Of)),
         plainGetP50Ms: median(plainRuns.map(p50Of)),
         tierCpuUsPerOp: median(tierRuns.map(cpuOf)),
         plainCpuUsPerOp: median(plainRuns.map(cpuOf)),
+        cpuPairRatios: tierRuns.map((run, n) => cpuOf(run) / cpuOf(plainRuns[n]!)),
       });
     }
+
+    const idleCpuMsPerSecond = { tier: idle.get(writer)!.cpuNs / 1e6 / (idle.get(writer)!.ms / 1000), plain: idle.get(plain)!.cpuNs / 1e6 / (idle.get(plain)!.ms / 1000) };
 
     // The reader has none of the keys: each get is a local miss that Redis answers. Half the keys for each mode.
     const sharedHits: TierFigures['sharedHits'] = [];
@@ -416,6 +439,7 @@ async function measureTier(): Promise<TierFigures> {
     const gaps = [...handed.gapsMs].sort((a, b) => a - b);
     return {
       localHits,
+      idleCpuMsPerSecond,
       sharedHits,
       againGetP50Ms: percentile([...again.getMs].sort((a, b) => a - b), 50),
       reader: readerStatus,
@@ -495,17 +519,27 @@ function table(
   }
   if (tier) {
     lines.push('', 'hoard with a shared tier (a redis-server on a Unix socket with appendonly yes and volatile-lru; two daemons sharing every scope):');
+    const quartiles = (values: number[]): string => {
+      const sorted = [...values].sort((a, b) => a - b);
+      return `${fmt(percentile(sorted, 25), 3)}-${fmt(percentile(sorted, 75), 3)}`;
+    };
     lines.push(
-      'Local hits (gets only), with the tier against without, in turns in the same run (median of the pairs\' ratios): ' +
+      `Local hits (gets only), with the tier against without: ${HIT_PAIRS} pair${HIT_PAIRS === 1 ? '' : 's'} of ${HIT_SECONDS} s runs in turns per mode; ` +
+        "the median of the pairs' ratios (middle half of the pairs in brackets) of ops/s (higher is better) and of the daemon's CPU time per get " +
+        '(all its threads; lower is better, and far less sensitive to other load): ' +
         tier.localHits
           .map(
             (h) =>
-              `${h.mode} ${fmt(median(h.pairRatios), 3)}x (pairs ${fmt(Math.min(...h.pairRatios), 2)}x-${fmt(Math.max(...h.pairRatios), 2)}x; ` +
-              `medians ${kops(h.tierOps)} vs ${kops(h.plainOps)} ops/s; get p50 ${fmt(h.tierGetP50Ms, 3)} vs ` +
-              `${fmt(h.plainGetP50Ms, 3)} ms; daemon CPU per get ${fmt(h.tierCpuUsPerOp, 1)} vs ${fmt(h.plainCpuUsPerOp, 1)} µs)`,
+              `${h.mode} ops/s ${fmt(median(h.pairRatios), 3)}x (${quartiles(h.pairRatios)}), CPU per get ${fmt(median(h.cpuPairRatios), 3)}x ` +
+              `(${quartiles(h.cpuPairRatios)}; ${fmt(h.tierCpuUsPerOp, 1)} vs ${fmt(h.plainCpuUsPerOp, 1)} µs; ` +
+              `medians ${kops(h.tierOps)} vs ${kops(h.plainOps)} ops/s, get p50 ${fmt(h.tierGetP50Ms, 3)} vs ${fmt(h.plainGetP50Ms, 3)} ms)`,
           )
-          .join(', ') +
+          .join('; ') +
         '.',
+    );
+    lines.push(
+      `Idle, while the other daemon was measured: the tier's daemon used ${fmt(tier.idleCpuMsPerSecond.tier, 2)} ms of CPU a second, ` +
+        `the plain one ${fmt(tier.idleCpuMsPerSecond.plain, 2)} ms (the tier's background work: its heartbeat and change log).`,
     );
     lines.push(
       'Shared-tier hits (a local miss on the second daemon, read from Redis and kept): ' +
