@@ -20,7 +20,7 @@ const WAIT_MARGIN_MS = 20;
  * The longest a waiter for another machine's lease sleeps before asking again: a release message wakes it sooner, and a
  * Redis that stopped answering is found by that next ask (the tier degrades and the getset falls back to its local lock).
  */
-const MAX_WAIT_SLICE_MS = 1000;
+export const MAX_WAIT_SLICE_MS = 1000;
 /** Scopes cleared at once when the root scope is cleared (each its own script call). */
 const CLEAR_CONCURRENCY = 32;
 
@@ -28,6 +28,8 @@ export interface RedisTierOptions extends TierOptions {
   /** The daemon's data directory: where the change log keeps its positions (`tier-positions.json`). */
   dataDir: string;
   log(line: string): void;
+  /** The longest a waiter sleeps between asks, if no release wakes it ({@link MAX_WAIT_SLICE_MS} unless given; for tests). */
+  maxWaitSliceMs?: number | undefined;
 }
 
 /** A lease this daemon holds in Redis, renewed every third of its time until released or found lost. */
@@ -288,7 +290,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       }
       watch.end();
       if (!options.wait) return 'busy';
-      const woken = await this.#waitFor(key, Math.min(Number(reply[1]) + WAIT_MARGIN_MS, MAX_WAIT_SLICE_MS), options.signal);
+      const woken = await this.#waitFor(key, Math.min(Number(reply[1]) + WAIT_MARGIN_MS, this.#options.maxWaitSliceMs ?? MAX_WAIT_SLICE_MS), options.signal);
       if (!woken) {
         this.#localFallbacks++;
         return null;
