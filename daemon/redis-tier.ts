@@ -8,10 +8,10 @@ import { ChangeLog } from './change-log.js';
 import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
-import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, WRITE_SCRIPT } from './tier-scripts.js';
+import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, WRITE_SCRIPT } from './tier-scripts.js';
 
 /** How long a shared copy without an expiry stays in Redis after its last write, so that a `volatile-*` policy may evict it. */
-export const SHARED_ITEM_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+export const SHARED_ITEM_TTL_MS = SHARED_ITEM_MAX_LIFE_MS;
 /** A tombstone outlives every lease granted before it by at least this much (and lives at least a minute). */
 const MIN_TOMBSTONE_TTL_MS = 60_000;
 /** A waiter for another machine's lease tries again this long after the lease's time runs out, if no release woke it. */
@@ -38,13 +38,16 @@ class RedisLease implements TierLease {
   readonly top: string;
   readonly itemKey: string;
   readonly token: string;
+  /** The item's generation fields: a renewal checks that no clear came since the grant. */
+  readonly fields: readonly string[];
   #held = true;
   timer: NodeJS.Timeout | undefined;
   /** When the lease runs out by this daemon's clock, unless renewed: past it, it is lost whatever Redis says. */
   expiresAtMs: number;
 
-  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number }) {
+  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number; fields: readonly string[] }) {
     this.fence = fields.fence;
+    this.fields = fields.fields;
     this.top = fields.top;
     this.itemKey = fields.itemKey;
     this.token = fields.token;
@@ -70,19 +73,21 @@ function hashFields(flat: readonly unknown[], from = 0): Map<string, Buffer> {
   return fields;
 }
 
-/** The generations string from `HMGET g <fields>`: each value, missing ones as `0`, joined by `.`. */
-function generationsOf(values: readonly (Buffer | null)[]): string {
-  return values.map((value) => (value === null ? '0' : value.toString())).join('.');
+/** The fence of the newest clear from `HMGET g <fields>`: the largest value, missing ones as 0. */
+function newestClearOf(values: readonly (Buffer | null)[]): number {
+  let newest = 0;
+  for (const value of values) if (value !== null) newest = Math.max(newest, Number(value.toString()));
+  return newest;
 }
 
 /**
- * The record an item's hash holds, if it is a live copy for the current generations; `undefined` for no item, a
- * tombstone, or a copy written before a clear.
+ * The record an item's hash holds, if it is a live copy written after the newest clear of its scopes (`clearedAt`, a
+ * fence); `undefined` for no item, a tombstone, or a copy written before a clear.
  */
-function recordOf(fields: ReadonlyMap<string, Buffer>, generations: string): StoredRecord<EncodedValue> | undefined {
+function recordOf(fields: ReadonlyMap<string, Buffer>, clearedAt: number): StoredRecord<EncodedValue> | undefined {
   const bytes = fields.get('v');
   if (fields.size === 0 || fields.has('d') || bytes === undefined) return undefined;
-  if (fields.get('g')?.toString() !== generations) return undefined;
+  if (!(Number(fields.get('f')?.toString()) > clearedAt)) return undefined;
   const modified = Number(fields.get('m')?.toString());
   const encoding = fields.get('e')?.toString();
   if (!Number.isFinite(modified) || encoding === undefined) return undefined;
@@ -196,7 +201,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       this.#sharedMisses++;
       return null;
     }
-    const record = recordOf(hashFields(replies[0] as unknown[]), generationsOf(replies[1] as (Buffer | null)[]));
+    const record = recordOf(hashFields(replies[0] as unknown[]), newestClearOf(replies[1] as (Buffer | null)[]));
     if (record === undefined) {
       watch.end();
       this.#sharedMisses++;
@@ -225,7 +230,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#attached();
     if (scope.path.length > 0) {
       this.#checkShared(topOf(scope));
-      return this.#clearIn(topOf(scope), scope.prefix);
+      return this.#clearIn(topOf(scope), scope.prefix, scope.path.length === 1);
     }
     // The root scope: every top-level scope written to (as the tier's set of names says) or named here, that this
     // daemon shares, each cleared by its own script on its root generation field.
@@ -238,7 +243,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     const tops = new Set<string>(['', ...written, ...Object.keys(this.#options.sharing).filter((name) => name !== '*')]);
     const shared = [...tops].filter((top) => this.#sharingOf(top) === 'shared');
     for (let at = 0; at < shared.length; at += CLEAR_CONCURRENCY) {
-      await Promise.all(shared.slice(at, at + CLEAR_CONCURRENCY).map((top) => this.#clearIn(top, '')));
+      await Promise.all(shared.slice(at, at + CLEAR_CONCURRENCY).map((top) => this.#clearIn(top, '', true)));
     }
   }
 
@@ -264,7 +269,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
         reply = await this.#connection.run('acquire', (client) =>
           client.script<unknown[]>(
             ACQUIRE_SCRIPT,
-            [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top)],
+            [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.leaseExpiries(top)],
             [key, token, String(this.#options.leaseMs), String(fields.length), ...fields, this.#origin],
             { buffers: true },
           ),
@@ -276,9 +281,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
         return null;
       }
       if (Number(reply[0]) === 1) {
-        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs });
+        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs, fields });
         this.#hold(lease);
-        const record = recordOf(hashFields(reply, 3), String(reply[2]));
+        const record = recordOf(hashFields(reply, 3), Number(reply[2]));
         // The grant reads the shared copy as a read does, and counts as one.
         if (record === undefined) {
           watch.end();
@@ -305,7 +310,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (!wasHeld || !this.#connection.up) return;
     try {
       await this.#connection.run('release', (client) =>
-        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeTopName(held.top)]),
+        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top), this.#keys.leaseExpiries(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeTopName(held.top)]),
       );
     } catch (error) {
       // Counted and logged by the connection; the lease runs out by itself.
@@ -425,7 +430,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
         await this.#nameTop(client, top);
         return client.script<unknown[]>(
           WRITE_SCRIPT,
-          [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top)],
+          [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top), this.#keys.leaseExpiries(top)],
           args,
         );
       });
@@ -440,15 +445,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#sharedWrites++;
   }
 
-  async #clearIn(top: string, prefix: string): Promise<void> {
+  /** Clears the scope of `prefix` in `top`; `whole` when that is all of `top` (the prefix `''` or the top-level scope's own). */
+  async #clearIn(top: string, prefix: string, whole: boolean): Promise<void> {
     this.#attached().track(top);
     try {
       await this.#connection.run('clear', async (client) => {
         await this.#nameTop(client, top);
         return client.script(
           CLEAR_SCRIPT,
-          [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.changeLog(top)],
-          [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries)],
+          [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.clearTimes(top), this.#keys.changeLog(top)],
+          [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries), whole ? '1' : '0'],
         );
       });
     } catch (error) {
@@ -487,7 +493,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     let renewed: unknown;
     try {
       renewed = await this.#connection.run('renew', (client) =>
-        client.script(RENEW_SCRIPT, [this.#keys.leases(lease.top)], [lease.itemKey, lease.token, String(lease.fence), String(this.#options.leaseMs)]),
+        client.script(
+          RENEW_SCRIPT,
+          [this.#keys.leases(lease.top), this.#keys.leaseExpiries(lease.top), this.#keys.generations(lease.top)],
+          [lease.itemKey, lease.token, String(lease.fence), String(this.#options.leaseMs), String(lease.fields.length), ...lease.fields],
+        ),
       );
     } catch {
       // Counted and logged by the connection; the next renewal tries again while the lease may still be live.

@@ -264,9 +264,78 @@ test('a clear bumps a generation without scanning: items of the scope read as mi
   expect(text(await a.tier.read(ROOT_SCOPE, 'root item'))).toBeUndefined();
   expect(text(await a.tier.read(scopeOf(['other']), 'o'))).toBeUndefined();
   const stats = await server.cli('INFO', 'commandstats');
-  expect(stats).not.toMatch(/cmdstat_(scan|keys|hscan|sscan|del|unlink):/);
+  // (A clear of a whole top-level scope deletes its old clear records, `g` and `t`, but never an item.)
+  expect(stats).not.toMatch(/cmdstat_(scan|keys|hscan|sscan|unlink):/);
+  expect(await server.cli('EXISTS', `{${prefix}:pages}i:pages/published/:a`, `{${prefix}:other}i:other/:o`)).toBe('2');
   expect(stats).toMatch(/cmdstat_evalsha:/);
   expect(await server.cli('SMEMBERS', `${prefix}:scopes`)).toMatch(/pages/);
+});
+
+test('the clear records in g stay bounded: a top-level clear replaces them all, old ones are pruned, and no cleared item comes back', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix });
+  const tag = `{${prefix}:pages}`;
+  const runs = Array.from({ length: 40 }, (_, n) => scopeOf(['pages', `run${n}`]));
+  for (const scope of runs) {
+    await a.tier.write(scope, 'x', record('before'), { sizeBytes: 6 });
+    await a.tier.clear(scope);
+  }
+  await a.tier.write(runs[0]!, 'y', record('after its clear'), { sizeBytes: 15 });
+  expect(Number(await server.cli('HLEN', `${tag}g`))).toBe(40);
+  // A clear of the whole top-level scope: one record left, and what each sub-scope's clear hid stays hidden.
+  await a.tier.clear(pages);
+  expect(await server.cli('HKEYS', `${tag}g`)).toBe('pages/');
+  for (const scope of runs) expect(text(await a.tier.read(scope, 'x'))).toBeUndefined();
+  expect(text(await a.tier.read(runs[0]!, 'y'))).toBeUndefined();
+  await a.tier.write(runs[1]!, 'z', record('after the top clear'), { sizeBytes: 19 });
+  expect(text(await a.tier.read(runs[1]!, 'z'))).toBe('after the top clear');
+
+  // A sub-scope cleared once: its record goes once it is older than any shared copy can be (its time set back here).
+  const once = scopeOf(['pages', 'once']);
+  await a.tier.write(once, 'old', record('old'), { sizeBytes: 3 });
+  await a.tier.clear(once);
+  await a.tier.write(once, 'new', record('new'), { sizeBytes: 3 });
+  expect(await server.cli('HEXISTS', `${tag}g`, 'pages/once/')).toBe('1');
+  const monthAgoMs = Number((await server.cli('TIME')).split('\n')[0]) * 1000 - 32 * 24 * 3600 * 1000;
+  await server.cli('ZADD', `${tag}t`, String(monthAgoMs), 'pages/once/');
+  await a.tier.clear(scopeOf(['pages', 'other']));
+  expect(await server.cli('HEXISTS', `${tag}g`, 'pages/once/')).toBe('0');
+  expect(text(await a.tier.read(once, 'new'))).toBe('new');
+  // No shared copy outlives that: a TTL a year away is capped at 30 days.
+  await a.tier.write(pages, 'far', record('far', { expiresAtMs: Date.now() + 365 * 24 * 3600 * 1000 }), { sizeBytes: 3 });
+  expect(Number(await server.cli('PTTL', `${tag}i:pages/:far`))).toBeLessThanOrEqual(30 * 24 * 3600 * 1000);
+  // And none of the tier's own structures has a TTL, so that no eviction policy drops a fence or a lease.
+  for (const key of ['n', 'g', 't']) expect(await server.cli('PTTL', `${tag}${key}`)).toBe('-1');
+});
+
+test("the leases of a holder that never came back are removed by later script calls, without a scan", async () => {
+  const prefix = freshPrefix();
+  const proxy = await startTcpProxy({ socketPath: server.socketPath! });
+  const holder = await makeTier({ prefix, url: proxy.url, leaseMs: 1500, timeoutMs: 400 });
+  const other = await makeTier({ prefix, leaseMs: 1500, timeoutMs: 400 });
+  const tag = `{${prefix}:pages}`;
+  const ids = Array.from({ length: 20 }, (_, n) => `job${n}`);
+  for (const id of ids) {
+    const grant = await holder.tier.acquire(pages, id, { wait: false });
+    if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  }
+  expect(await server.cli('HLEN', `${tag}l`)).toBe('20');
+  // The holder is cut off for good: its renewals go nowhere, and its leases run out in Redis.
+  proxy.cut('blackhole');
+  await until(() => holder.tier.status().state === 'degraded', 'the holder is cut off');
+  const last = await other.tier.acquire(pages, ids.at(-1)!, { wait: true });
+  if (last === null || last === 'busy') throw new Error(`no grant: ${last}`);
+  await other.tier.release(last.lease);
+  await server.cli('CONFIG', 'RESETSTAT');
+  for (const id of ['a', 'b']) {
+    const grant = await other.tier.acquire(pages, id, { wait: false });
+    if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+    await other.tier.release(grant.lease);
+  }
+  expect(await server.cli('HLEN', `${tag}l`)).toBe('0');
+  expect(await server.cli('ZCARD', `${tag}x`)).toBe('0');
+  expect(await server.cli('INFO', 'commandstats')).not.toMatch(/cmdstat_(scan|keys|hscan|zscan|hkeys):/);
+  for (const key of ['l', 'x']) expect(await server.cli('PTTL', `${tag}${key}`)).not.toMatch(/^\d/);
 });
 
 test('a waiter on another machine is woken by the release, long before the lease would run out', async () => {
