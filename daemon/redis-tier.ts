@@ -21,6 +21,8 @@ const WAIT_MARGIN_MS = 20;
  * Redis that stopped answering is found by that next ask (the tier degrades and the getset falls back to its local lock).
  */
 export const MAX_WAIT_SLICE_MS = 1000;
+/** Acquires whose reply never came (timed out or failed) remembered at most, to release once Redis answers again. */
+const MAX_ORPHANS = 1000;
 /** Scopes cleared at once when the root scope is cleared (each its own script call). */
 const CLEAR_CONCURRENCY = 32;
 
@@ -131,6 +133,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
   readonly #leases = new Set<RedisLease>();
   /** Waiters for another machine's lease, by item key: woken by its release. */
   readonly #waiters = new Map<string, Set<() => void>>();
+  /**
+   * Tokens of acquires whose reply never came, by token: Redis may have granted them anyway, leaving a lease nobody
+   * renews; each is released (by token) once the tier answers again. The oldest go beyond {@link MAX_ORPHANS}.
+   */
+  readonly #orphans = new Map<string, { top: string; itemKey: string }>();
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -174,6 +181,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     // than at the end of the holder's lease.
     this.#connection.onStateChange((up) => {
       if (!up) for (const waiters of this.#waiters.values()) for (const wake of [...waiters]) wake();
+      else void this.#releaseOrphans();
     });
     await this.#connection.open();
     await this.#changeLog.start();
@@ -277,6 +285,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
       } catch (error) {
         watch.end();
         if (!(error instanceof TierUnavailable)) throw error;
+        // Refused (an ACL): Redis ran nothing. Else it may have granted the lease after all.
+        if (!error.refused) this.#orphan(token, top, key);
         this.#localFallbacks++;
         return null;
       }
@@ -477,6 +487,29 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #failed(what: string, error: unknown): void {
     if (!(error instanceof TierUnavailable)) throw error;
     if (this.strict) throw new CacheError('CACHE_TIER_UNAVAILABLE', `The shared tier could not ${what}: ${error.message}`, { cause: error });
+  }
+
+  /** Remembers an acquire whose reply never came, and releases it at once if the tier is up (an error reply). */
+  #orphan(token: string, top: string, itemKey: string): void {
+    this.#orphans.set(token, { top, itemKey });
+    if (this.#orphans.size > MAX_ORPHANS) this.#orphans.delete(this.#orphans.keys().next().value!);
+    if (this.#connection.up) void this.#releaseOrphans();
+  }
+
+  /** Releases the leases Redis may have granted to acquires whose reply never came; those it cannot reach wait for the next time. */
+  async #releaseOrphans(): Promise<void> {
+    for (const [token, { top, itemKey }] of [...this.#orphans]) {
+      if (!this.#connection.up) return;
+      try {
+        await this.#connection.run('release', (client) =>
+          client.script(RELEASE_SCRIPT, [this.#keys.leases(top), this.#keys.leaseExpiries(top)], [itemKey, token, '', this.#keys.channel, encodeTopName(top)]),
+        );
+        this.#orphans.delete(token);
+      } catch {
+        // Counted and logged by the connection.
+        return;
+      }
+    }
   }
 
   #hold(lease: RedisLease): void {

@@ -220,7 +220,8 @@ return 1
  * Releases a lease if it is still this holder's (live or expired), and wakes the waiters (`PUBLISH r|<top>||<item key>`);
  * prunes a few expired leases either way.
  *
- * KEYS: leases `l`, lease expiries `x`. ARGV: 1 item key, 2 token, 3 fence, 4 channel, 5 top (percent-encoded).
+ * KEYS: leases `l`, lease expiries `x`. ARGV: 1 item key, 2 token, 3 fence (`''`: any, for a grant whose reply never
+ * came: tokens are never reused), 4 channel, 5 top (percent-encoded).
  * Returns 1 if released.
  */
 export const RELEASE_SCRIPT = tierScript(
@@ -230,7 +231,7 @@ local lkey, xkey = KEYS[1], KEYS[2]
 local ikey, token, fence = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease = parse_lease(redis.call('HGET', lkey, ikey))
 local released = 0
-if lease and lease.token == token and lease.fence == fence then
+if lease and lease.token == token and (ARGV[3] == '' or lease.fence == fence) then
   redis.call('HDEL', lkey, ikey)
   redis.call('ZREM', xkey, ikey)
   redis.call('PUBLISH', ARGV[4], 'r|' .. ARGV[5] .. '||' .. ikey)

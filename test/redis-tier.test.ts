@@ -489,6 +489,38 @@ test("a getset waiting for another machine's lease falls back to the local lock 
   expect(waiter.tier.waiting()).toBe(0);
 });
 
+test('an acquire that timed out but ran in Redis anyway is released as soon as Redis answers again: other machines do not wait out its lease', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'o';
+  const a = await makeTier({ url: own.url, timeoutMs: 500, leaseMs: 30_000, prefix });
+  const b = await makeTier({ url: own.url, timeoutMs: 500, leaseMs: 30_000, prefix });
+  process.kill(own.pid, 'SIGSTOP');
+  onTestFinished(() => {
+    process.kill(own.pid, 'SIGCONT');
+  });
+  // The acquire reaches Redis's socket and times out: a's getset goes on under its local lock alone.
+  expect(await a.tier.acquire(pages, 'job', { wait: false })).toBeNull();
+  expect(a.tier.status().state).toBe('degraded');
+  process.kill(own.pid, 'SIGCONT');
+  const continuedMs = performance.now();
+  // Redis runs the acquire it had received: the fence counter says so (nothing else has taken a fence).
+  let fence = '';
+  const poll = setInterval(() => void own.cli('GET', `{${prefix}:pages}n`).then((value) => (fence = value), () => {}), 20);
+  await until(() => fence === '1', 'Redis ran the timed-out acquire').finally(() => clearInterval(poll));
+  // b may have found Redis stopped too (its change log asks it): it waits for its lease only once connected again.
+  await until(() => b.tier.status().state !== 'degraded', 'b is connected again');
+  let timer: NodeJS.Timeout | undefined;
+  const granted = await Promise.race([
+    b.tier.acquire(pages, 'job', { wait: true }),
+    new Promise<'still waiting'>((resolve) => (timer = setTimeout(() => resolve('still waiting'), 10_000))),
+  ]).finally(() => clearTimeout(timer));
+  if (granted === null || granted === 'busy' || granted === 'still waiting') throw new Error(`no grant: ${granted}`);
+  const grantedMs = performance.now() - continuedMs;
+  expect(granted.lease.fence).toBeGreaterThan(1);
+  await b.tier.release(granted.lease);
+  process.stderr.write(`after a timed-out acquire (30 s lease), another machine was granted ${grantedMs.toFixed(0)} ms after SIGCONT\n`);
+});
+
 test('on a Redis Cluster: values come back byte for byte, and scripts fence, clear and hand leases over in scopes on different masters', async () => {
   const cluster = await startRedisCluster({ masters: 3 });
   const a = await makeTier({ clusterUrls: cluster.urls });
