@@ -8,7 +8,7 @@ import { ChangeLog } from './change-log.js';
 import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
-import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, WRITE_SCRIPT } from './tier-scripts.js';
+import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, TIER_SCRIPTS, WRITE_SCRIPT } from './tier-scripts.js';
 
 /** How long a shared copy without an expiry stays in Redis after its last write, so that a `volatile-*` policy may evict it. */
 export const SHARED_ITEM_TTL_MS = SHARED_ITEM_MAX_LIFE_MS;
@@ -157,6 +157,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
       username: options.username,
       password: options.password,
       timeoutMs: options.timeoutMs,
+      // Only a daemon that writes runs scripts: a `shared-read` one sends Redis nothing of them.
+      scripts: Object.values(options.sharing).includes('shared') ? TIER_SCRIPTS : [],
       log: options.log,
     });
   }

@@ -241,3 +241,6 @@ prune_leases(lkey, xkey, now_ms())
 return released
 `,
 );
+
+/** Every script, loaded at connect. */
+export const TIER_SCRIPTS = [WRITE_SCRIPT, CLEAR_SCRIPT, ACQUIRE_SCRIPT, RENEW_SCRIPT, RELEASE_SCRIPT] as const;

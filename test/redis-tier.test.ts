@@ -521,6 +521,21 @@ test('an acquire that timed out but ran in Redis anyway is released as soon as R
   process.stderr.write(`after a timed-out acquire (30 s lease), another machine was granted ${grantedMs.toFixed(0)} ms after SIGCONT\n`);
 });
 
+test('the scripts are loaded at connect: many concurrent first writes run by EVALSHA, none falls back to EVAL', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const a = await makeTier({ url: own.url, prefix: 'n' });
+  await Promise.all(Array.from({ length: 32 }, (_, n) => a.tier.write(scopeOf([`scope${n % 4}`]), `id${n}`, record(`v${n}`), { sizeBytes: 3 })));
+  const grant = await a.tier.acquire(pages, 'job', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  await a.tier.release(grant.lease);
+  await a.tier.clear(pages);
+  const stats = await own.cli('INFO', 'commandstats');
+  expect(stats).toMatch(/cmdstat_evalsha:calls=35,/);
+  expect(stats).not.toMatch(/cmdstat_eval:/);
+  expect(stats).toMatch(/cmdstat_evalsha:.*failed_calls=0/);
+  expect(a.tier.status()).toMatchObject({ sharedWrites: 33, errors: 0 });
+});
+
 test('on a Redis Cluster: values come back byte for byte, and scripts fence, clear and hand leases over in scopes on different masters', async () => {
   const cluster = await startRedisCluster({ masters: 3 });
   const a = await makeTier({ clusterUrls: cluster.urls });
@@ -547,4 +562,6 @@ test('on a Redis Cluster: values come back byte for byte, and scripts fence, cle
   }
   expect(a.tier.status()).toMatchObject({ state: expect.not.stringMatching('degraded'), errors: 0, fencedWrites: scopes.length });
   expect(b.tier.status()).toMatchObject({ errors: 0 });
+  // Every master had the scripts from the start: no script ran by EVAL.
+  for (const node of cluster.nodes) expect(await node.cli('INFO', 'commandstats')).not.toMatch(/cmdstat_eval:/);
 });
