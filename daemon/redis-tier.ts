@@ -9,10 +9,10 @@ import { PendingChanges, type PendingTop } from './pending-changes.js';
 import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
-import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, WRITE_SCRIPT } from './tier-scripts.js';
+import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, TIER_SCRIPTS, WRITE_SCRIPT } from './tier-scripts.js';
 
 /** How long a shared copy without an expiry stays in Redis after its last write, so that a `volatile-*` policy may evict it. */
-export const SHARED_ITEM_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+export const SHARED_ITEM_TTL_MS = SHARED_ITEM_MAX_LIFE_MS;
 /** A tombstone outlives every lease granted before it by at least this much (and lives at least a minute). */
 const MIN_TOMBSTONE_TTL_MS = 60_000;
 /** A waiter for another machine's lease tries again this long after the lease's time runs out, if no release woke it. */
@@ -21,7 +21,9 @@ const WAIT_MARGIN_MS = 20;
  * The longest a waiter for another machine's lease sleeps before asking again: a release message wakes it sooner, and a
  * Redis that stopped answering is found by that next ask (the tier degrades and the getset falls back to its local lock).
  */
-const MAX_WAIT_SLICE_MS = 1000;
+export const MAX_WAIT_SLICE_MS = 1000;
+/** Acquires whose reply never came (timed out or failed) remembered at most, to release once Redis answers again. */
+const MAX_ORPHANS = 1000;
 /** Scopes cleared at once when the root scope is cleared (each its own script call). */
 const CLEAR_CONCURRENCY = 32;
 /** How soon changes Redis did not take are written through again, while some wait and the tier is up. */
@@ -36,6 +38,8 @@ export interface RedisTierOptions extends TierOptions {
    */
   dataDir: string;
   log(line: string): void;
+  /** The longest a waiter sleeps between asks, if no release wakes it ({@link MAX_WAIT_SLICE_MS} unless given; for tests). */
+  maxWaitSliceMs?: number | undefined;
 }
 
 /** A lease this daemon holds in Redis, renewed every third of its time until released or found lost. */
@@ -44,13 +48,16 @@ class RedisLease implements TierLease {
   readonly top: string;
   readonly itemKey: string;
   readonly token: string;
+  /** The item's generation fields: a renewal checks that no clear came since the grant. */
+  readonly fields: readonly string[];
   #held = true;
   timer: NodeJS.Timeout | undefined;
   /** When the lease runs out by this daemon's clock, unless renewed: past it, it is lost whatever Redis says. */
   expiresAtMs: number;
 
-  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number }) {
+  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number; fields: readonly string[] }) {
     this.fence = fields.fence;
+    this.fields = fields.fields;
     this.top = fields.top;
     this.itemKey = fields.itemKey;
     this.token = fields.token;
@@ -76,19 +83,21 @@ function hashFields(flat: readonly unknown[], from = 0): Map<string, Buffer> {
   return fields;
 }
 
-/** The generations string from `HMGET g <fields>`: each value, missing ones as `0`, joined by `.`. */
-function generationsOf(values: readonly (Buffer | null)[]): string {
-  return values.map((value) => (value === null ? '0' : value.toString())).join('.');
+/** The fence of the newest clear from `HMGET g <fields>`: the largest value, missing ones as 0. */
+function newestClearOf(values: readonly (Buffer | null)[]): number {
+  let newest = 0;
+  for (const value of values) if (value !== null) newest = Math.max(newest, Number(value.toString()));
+  return newest;
 }
 
 /**
- * The record an item's hash holds, if it is a live copy for the current generations; `undefined` for no item, a
- * tombstone, or a copy written before a clear.
+ * The record an item's hash holds, if it is a live copy written after the newest clear of its scopes (`clearedAt`, a
+ * fence); `undefined` for no item, a tombstone, or a copy written before a clear.
  */
-function recordOf(fields: ReadonlyMap<string, Buffer>, generations: string): StoredRecord<EncodedValue> | undefined {
+function recordOf(fields: ReadonlyMap<string, Buffer>, clearedAt: number): StoredRecord<EncodedValue> | undefined {
   const bytes = fields.get('v');
   if (fields.size === 0 || fields.has('d') || bytes === undefined) return undefined;
-  if (fields.get('g')?.toString() !== generations) return undefined;
+  if (!(Number(fields.get('f')?.toString()) > clearedAt)) return undefined;
   const modified = Number(fields.get('m')?.toString());
   const encoding = fields.get('e')?.toString();
   if (!Number.isFinite(modified) || encoding === undefined) return undefined;
@@ -141,6 +150,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
   readonly #leases = new Set<RedisLease>();
   /** Waiters for another machine's lease, by item key: woken by its release. */
   readonly #waiters = new Map<string, Set<() => void>>();
+  /**
+   * Tokens of acquires whose reply never came, by token: Redis may have granted them anyway, leaving a lease nobody
+   * renews; each is released (by token) once the tier answers again. The oldest go beyond {@link MAX_ORPHANS}.
+   */
+  readonly #orphans = new Map<string, { top: string; itemKey: string }>();
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -166,6 +180,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
       username: options.username,
       password: options.password,
       timeoutMs: options.timeoutMs,
+      // Only a daemon that writes runs scripts: a `shared-read` one sends Redis nothing of them.
+      scripts: Object.values(options.sharing).includes('shared') ? TIER_SCRIPTS : [],
       log: options.log,
     });
   }
@@ -193,7 +209,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
     // than at the end of the holder's lease.
     this.#connection.onStateChange((up) => {
       if (!up) for (const waiters of this.#waiters.values()) for (const wake of [...waiters]) wake();
-      else this.#replayLater(0);
+      else {
+        void this.#releaseOrphans();
+        this.#replayLater(0);
+      }
     });
     await this.#connection.open();
     await this.#changeLog.start();
@@ -222,7 +241,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       this.#sharedMisses++;
       return null;
     }
-    const record = recordOf(hashFields(replies[0] as unknown[]), generationsOf(replies[1] as (Buffer | null)[]));
+    const record = recordOf(hashFields(replies[0] as unknown[]), newestClearOf(replies[1] as (Buffer | null)[]));
     if (record === undefined) {
       watch.end();
       this.#sharedMisses++;
@@ -251,7 +270,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#attached();
     if (scope.path.length > 0) {
       this.#checkShared(topOf(scope));
-      return this.#clearIn(topOf(scope), scope.prefix);
+      return this.#clearIn(topOf(scope), scope.prefix, scope.path.length === 1);
     }
     // The root scope: every top-level scope written to (as the tier's set of names says) or named here, that this
     // daemon shares, each cleared by its own script on its root generation field.
@@ -266,7 +285,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       return this.#failed('clear', error);
     }
     for (let at = 0; at < shared.length; at += CLEAR_CONCURRENCY) {
-      await Promise.all(shared.slice(at, at + CLEAR_CONCURRENCY).map((top) => this.#clearIn(top, '')));
+      await Promise.all(shared.slice(at, at + CLEAR_CONCURRENCY).map((top) => this.#clearIn(top, '', true)));
     }
   }
 
@@ -292,7 +311,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
         reply = await this.#connection.run('acquire', (client) =>
           client.script<unknown[]>(
             ACQUIRE_SCRIPT,
-            [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top)],
+            [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.leaseExpiries(top)],
             [key, token, String(this.#options.leaseMs), String(fields.length), ...fields, this.#origin],
             { buffers: true },
           ),
@@ -300,13 +319,15 @@ export class RedisTier implements SharedTier<EncodedValue> {
       } catch (error) {
         watch.end();
         if (!(error instanceof TierUnavailable)) throw error;
+        // Refused (an ACL): Redis ran nothing. Else it may have granted the lease after all.
+        if (!error.refused) this.#orphan(token, top, key);
         this.#localFallbacks++;
         return null;
       }
       if (Number(reply[0]) === 1) {
-        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs });
+        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs, fields });
         this.#hold(lease);
-        const record = recordOf(hashFields(reply, 3), String(reply[2]));
+        const record = recordOf(hashFields(reply, 3), Number(reply[2]));
         // The grant reads the shared copy as a read does, and counts as one.
         if (record === undefined) {
           watch.end();
@@ -318,7 +339,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       }
       watch.end();
       if (!options.wait) return 'busy';
-      const woken = await this.#waitFor(key, Math.min(Number(reply[1]) + WAIT_MARGIN_MS, MAX_WAIT_SLICE_MS), options.signal);
+      const woken = await this.#waitFor(key, Math.min(Number(reply[1]) + WAIT_MARGIN_MS, this.#options.maxWaitSliceMs ?? MAX_WAIT_SLICE_MS), options.signal);
       if (!woken) {
         this.#localFallbacks++;
         return null;
@@ -333,7 +354,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (!wasHeld || !this.#connection.up) return;
     try {
       await this.#connection.run('release', (client) =>
-        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeTopName(held.top)]),
+        client.script(RELEASE_SCRIPT, [this.#keys.leases(held.top), this.#keys.leaseExpiries(held.top)], [held.itemKey, held.token, String(held.fence), this.#keys.channel, encodeTopName(held.top)]),
       );
     } catch (error) {
       // Counted and logged by the connection; the lease runs out by itself.
@@ -481,7 +502,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       await this.#nameTop(client, top);
       return client.script<unknown[]>(
         WRITE_SCRIPT,
-        [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top)],
+        [item, this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.leases(top), this.#keys.changeLog(top), this.#keys.leaseExpiries(top)],
         args,
       );
     });
@@ -493,10 +514,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#sharedWrites++;
   }
 
-  /** Clears the scope of `prefix` (`''`: the whole top-level scope) in Redis; one Redis did not take is kept for later. */
-  async #clearIn(top: string, prefix: string): Promise<void> {
+  /**
+   * Clears the scope of `prefix` in `top` in Redis, `whole` when that is all of `top` (the prefix `''` or the top-level
+   * scope's own); one Redis did not take is kept for later.
+   */
+  async #clearIn(top: string, prefix: string, whole: boolean): Promise<void> {
     try {
-      await this.#sendClear(top, prefix);
+      await this.#sendClear(top, prefix, whole);
     } catch (error) {
       if (this.#remembers(error)) {
         this.#pending.addClear(top, prefix);
@@ -509,14 +533,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
   }
 
   /** @throws TierUnavailable when Redis did not take the clear. */
-  async #sendClear(top: string, prefix: string): Promise<void> {
+  async #sendClear(top: string, prefix: string, whole: boolean): Promise<void> {
     this.#attached().track(top);
     await this.#connection.run('clear', async (client) => {
       await this.#nameTop(client, top);
       return client.script(
         CLEAR_SCRIPT,
-        [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.changeLog(top)],
-        [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries)],
+        [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.clearTimes(top), this.#keys.changeLog(top)],
+        [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries), whole ? '1' : '0'],
       );
     });
     this.#sharedWrites++;
@@ -604,7 +628,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#rootClearReplaying = true;
     try {
       const shared = await this.#sharedTops();
-      for (const top of shared) await this.#sendClear(top, '');
+      for (const top of shared) await this.#sendClear(top, '', true);
     } catch (error) {
       this.#pending.restore({ rootClear: true });
       throw error;
@@ -633,9 +657,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
     const send = (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined) =>
       this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, undefined);
     try {
-      if (pending.whole) await this.#sendClear(top, '');
+      if (pending.whole) await this.#sendClear(top, '', true);
       for (const prefix of [...pending.clears]) {
-        await this.#sendClear(top, prefix);
+        await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
         pending.clears.delete(prefix);
       }
       if (pending.whole) {
@@ -673,6 +697,29 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (this.strict) throw new CacheError('CACHE_TIER_UNAVAILABLE', `The shared tier could not ${what}: ${error.message}`, { cause: error });
   }
 
+  /** Remembers an acquire whose reply never came, and releases it at once if the tier is up (an error reply). */
+  #orphan(token: string, top: string, itemKey: string): void {
+    this.#orphans.set(token, { top, itemKey });
+    if (this.#orphans.size > MAX_ORPHANS) this.#orphans.delete(this.#orphans.keys().next().value!);
+    if (this.#connection.up) void this.#releaseOrphans();
+  }
+
+  /** Releases the leases Redis may have granted to acquires whose reply never came; those it cannot reach wait for the next time. */
+  async #releaseOrphans(): Promise<void> {
+    for (const [token, { top, itemKey }] of [...this.#orphans]) {
+      if (!this.#connection.up) return;
+      try {
+        await this.#connection.run('release', (client) =>
+          client.script(RELEASE_SCRIPT, [this.#keys.leases(top), this.#keys.leaseExpiries(top)], [itemKey, token, '', this.#keys.channel, encodeTopName(top)]),
+        );
+        this.#orphans.delete(token);
+      } catch {
+        // Counted and logged by the connection.
+        return;
+      }
+    }
+  }
+
   #hold(lease: RedisLease): void {
     this.#leasesGranted++;
     this.#leases.add(lease);
@@ -687,7 +734,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     let renewed: unknown;
     try {
       renewed = await this.#connection.run('renew', (client) =>
-        client.script(RENEW_SCRIPT, [this.#keys.leases(lease.top)], [lease.itemKey, lease.token, String(lease.fence), String(this.#options.leaseMs)]),
+        client.script(
+          RENEW_SCRIPT,
+          [this.#keys.leases(lease.top), this.#keys.leaseExpiries(lease.top), this.#keys.generations(lease.top)],
+          [lease.itemKey, lease.token, String(lease.fence), String(this.#options.leaseMs), String(lease.fields.length), ...lease.fields],
+        ),
       );
     } catch {
       // Counted and logged by the connection; the next renewal tries again while the lease may still be live.

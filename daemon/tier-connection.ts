@@ -77,6 +77,8 @@ export interface TierConnectionOptions {
   readonly password?: string | undefined;
   /** What every command, connection attempt and PING may take before it counts as failed. */
   readonly timeoutMs: number;
+  /** Scripts loaded (`SCRIPT LOAD`) on every master each time the tier comes up, so that EVALSHA finds them at once. */
+  readonly scripts?: readonly TierScript[] | undefined;
   log(line: string): void;
 }
 
@@ -390,6 +392,9 @@ export class TierConnection {
         await this.#withTimeout(facade.send('', ['PING']));
         if (this.#facade !== facade || this.#closed) return;
         this.#addLatency(performance.now() - startedMs);
+        // Best effort: a node without them still runs them by EVAL.
+        await this.#withTimeout(this.#loadScripts()).catch(() => {});
+        if (this.#facade !== facade || this.#closed) return;
         this.#restore();
       } catch (error) {
         if (this.#facade !== facade || this.#closed) return;
@@ -403,6 +408,16 @@ export class TierConnection {
       }
     })().finally(() => (this.#mainPing = undefined));
     return this.#mainPing;
+  }
+
+  /** Loads the scripts on the server, or on every master of a Cluster. */
+  async #loadScripts(): Promise<void> {
+    const scripts = this.#options.scripts ?? [];
+    const main = this.#main;
+    if (scripts.length === 0 || main === undefined) return;
+    const cluster = main as Cluster;
+    const nodes = this.#options.cluster ? await Promise.all(cluster.masters.map((master) => cluster.nodeClient(master))) : [main as Client];
+    await Promise.all(nodes.flatMap((node) => scripts.map((script) => node.sendCommand(['SCRIPT', 'LOAD', script.source]))));
   }
 
   #beat(): void {

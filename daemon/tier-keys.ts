@@ -9,9 +9,9 @@ import { type Scope, topScopeName } from '../src/scope-path.js';
  * - `i:<item key>`: the item, a hash (`v` value bytes, `e` encoding, `m` modified, `x` expiresAtMs, `s` staleUntilMs,
  *   `f` fencing number, `g` the generations of its scopes when written; a tombstone has `d` and `f` only). It has a TTL
  *   (its stale time, or the tier's item TTL), so that a `volatile-*` eviction policy may evict it.
- * - `n`: the fencing counter (INCR), `g`: a hash of generations by scope prefix (a clear increments one), `l`: a hash of
- *   leases by item key (`<token>|<fence>|<expiresAtMs>|<generations>`), `c`: the change log, a stream. None has a TTL:
- *   under a `volatile-*` policy Redis never evicts them.
+ * - `n`: the fencing counter (INCR), `g`: a hash of the fence of each scope prefix's last clear, `t`: when each of those
+ *   was set (a sorted set), `l`: a hash of leases by item key (`<token>|<fence>|<expiresAtMs>`), `x`: their expiries (a
+ *   sorted set), `c`: the change log, a stream. None has a TTL: under a `volatile-*` policy Redis never evicts them.
  * Beside the tags: `<prefix>:id`, the tier's identity (a random string set once), `<prefix>:scopes`, a set of the
  * top-level scope names written to (what a clear of the root scope clears), and the Pub/Sub channel `<prefix>:changes`.
  */
@@ -51,6 +51,16 @@ export class TierKeys {
     return `${this.tag(top)}l`;
   }
 
+  /** The leases' expiry index: a sorted set of item keys by their lease's expiresAtMs, so that scripts prune dead leases. */
+  leaseExpiries(top: string): string {
+    return `${this.tag(top)}x`;
+  }
+
+  /** When each generation field was last set: a sorted set of scope prefixes by Redis time (ms), so that clears prune old ones. */
+  clearTimes(top: string): string {
+    return `${this.tag(top)}t`;
+  }
+
   changeLog(top: string): string {
     return `${this.tag(top)}c`;
   }
@@ -58,8 +68,8 @@ export class TierKeys {
 
 /**
  * The generation fields an item of `scope` depends on: the root's (`''`) and each enclosing scope's prefix, outermost
- * first. A clear of a scope increments its prefix's field in the top-level scope's `g` hash; an item whose stored
- * generations differ from the current ones reads as a miss.
+ * first. A clear of a scope sets its prefix's field in the top-level scope's `g` hash to a new fence; an item whose
+ * fence is not above every one of its fields reads as a miss.
  */
 export function generationFields(scope: Scope): string[] {
   const fields = [''];
