@@ -4,6 +4,7 @@ import {
   ClientOfflineError,
   createClient,
   createCluster,
+  DisconnectsClientError,
   ErrorReply,
   RedisClient,
   RESP_TYPES,
@@ -15,6 +16,11 @@ import {
 
 /** How often a degraded tier is probed with a PING, and how often the subscriber connection is checked. */
 export const TIER_HEARTBEAT_MS = 500;
+/**
+ * How many commands in a row may time out before the tier is degraded even though PINGs still answer (a Cluster shard
+ * that stopped, a slow script): each sent after the previous one timed out, with no success between.
+ */
+export const TIER_TIMEOUTS_TO_DEGRADE = 3;
 /** The most recent commands whose round trips make the latency figures. */
 const LATENCY_SAMPLES = 1024;
 /** At most one log line per kind of failure in this window; the others are counted in the next line. */
@@ -77,6 +83,8 @@ export interface TierConnectionOptions {
   readonly password?: string | undefined;
   /** What every command, connection attempt and PING may take before it counts as failed. */
   readonly timeoutMs: number;
+  /** The CAs (PEM) that `rediss://` servers' certificates are checked against, instead of Node's trusted ones. */
+  readonly ca?: string | undefined;
   log(line: string): void;
 }
 
@@ -137,6 +145,11 @@ function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** A failure that only follows from the connection being down or remade already: it says nothing new. */
+function isAftermath(error: unknown): boolean {
+  return error instanceof ClientOfflineError || error instanceof ClientClosedError || error instanceof DisconnectsClientError;
+}
+
 /** A programming mistake in a command callback: passed on as it is, never counted as the tier failing. */
 function isMistake(error: unknown): boolean {
   return error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError || error instanceof ReferenceError;
@@ -147,9 +160,11 @@ function isMistake(error: unknown): boolean {
  * dedicated subscriber connection, with the timeouts, health and figures the shared tier needs.
  *
  * Every command is raced against `timeoutMs`, and node-redis's offline queue is off, so nothing waits on a Redis that
- * is down. After a failure of the connection (not an error reply) the tier is degraded: {@link TierConnection.run}
- * rejects at once, and a PING every {@link TIER_HEARTBEAT_MS} restores it when it answers. A PING that times out means
- * a connection into a black hole (no reset ever comes): the client is then destroyed and made again. No `error` event
+ * is down. A command that times out fails alone, and sends a PING at once: the tier is degraded only when that PING
+ * fails or times out too, or after {@link TIER_TIMEOUTS_TO_DEGRADE} timeouts in a row. A failure of the connection
+ * (a reset, a refusal, a wrong password) degrades it at once. While degraded, {@link TierConnection.run} rejects at
+ * once, and a PING every {@link TIER_HEARTBEAT_MS} restores it when it answers. A PING that times out means a
+ * connection into a black hole (no reset ever comes): the client is then destroyed and made again. No `error` event
  * or rejection of node-redis's is left unhandled.
  */
 export class TierConnection {
@@ -180,6 +195,9 @@ export class TierConnection {
   #latencyCount = 0;
   #errors = 0;
   #refused = 0;
+  /** Commands timed out in a row (each sent after the previous one timed out), and when the last of them did. */
+  #timeoutsInRow = 0;
+  #lastTimeoutMs = -Infinity;
   #lastError: string | null = null;
   readonly #logged = new Map<string, { atMs: number; suppressed: number }>();
 
@@ -239,7 +257,7 @@ export class TierConnection {
 
   /**
    * Runs one call's commands on the main connection within `timeoutMs`, measures its round trip, and counts a failure
-   * (an error reply with `NOPERM` as refused); a failure of the connection marks the tier degraded.
+   * (an error reply with `NOPERM` as refused); a failure of the connection marks the tier degraded, a timeout probes it.
    * @throws TierUnavailable when degraded or closed, timed out or failed; a callback's own `TypeError` as it is.
    */
   async run<R>(what: string, command: (client: TierClient) => Promise<R>): Promise<R> {
@@ -250,10 +268,11 @@ export class TierConnection {
     try {
       const result = await this.#withTimeout(command(facade));
       this.#addLatency(performance.now() - startedMs);
+      this.#timeoutsInRow = 0;
       return result;
     } catch (error) {
       if (isMistake(error)) throw error;
-      throw this.#failed(what, error);
+      throw this.#failed(what, error, startedMs);
     }
   }
 
@@ -393,12 +412,13 @@ export class TierConnection {
         this.#restore();
       } catch (error) {
         if (this.#facade !== facade || this.#closed) return;
+        // A probe's failure is not counted: the timeout that sent it was, or the tier was degraded already.
         if (error instanceof TierUnavailable) {
           // No answer within the timeout: a black hole, or a server that stopped; a new connection finds out.
-          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`));
+          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`), { counted: true });
           this.#remakeMain();
         } else {
-          this.#degrade('connection', error);
+          this.#degrade('connection', error, { counted: true });
         }
       }
     })().finally(() => (this.#mainPing = undefined));
@@ -427,20 +447,31 @@ export class TierConnection {
     for (const listener of this.#stateListeners) listener(true);
   }
 
-  /** Counts and logs a failure of the connection, and marks the tier degraded. */
-  #degrade(kind: string, error: unknown): void {
+  /**
+   * Logs a failure of the connection and marks the tier degraded; counts it in `errors` when it is what degrades the
+   * tier (or keeps it from ever coming up: a refused connection, a wrong password) unless `counted` says a command's
+   * failure was counted for it already.
+   */
+  #degrade(kind: string, error: unknown, options: { counted?: boolean } = {}): void {
     if (this.#closed) return;
     const wasUp = this.#up;
-    // While degraded, "offline" says nothing new: keep the reason found first (a refused connection, a timeout).
-    if (!wasUp && this.#lastError !== null && (error instanceof ClientOfflineError || error instanceof ClientClosedError)) return;
+    // While degraded, "offline" (or "disconnected", a command cut off when the client was remade) says nothing new:
+    // keep the reason found first (a refused connection, a timeout).
+    if (!wasUp && this.#lastError !== null && isAftermath(error)) return;
+    if (options.counted !== true && (wasUp || this.#lastError === null)) this.#errors++;
+    this.#timeoutsInRow = 0;
     this.#lastError = describe(error);
     this.#up = false;
     this.#log(kind, `tier: ${this.url} unavailable: ${this.#lastError}`);
     if (wasUp) for (const listener of this.#stateListeners) listener(false);
   }
 
-  /** Counts a failed command, logs it, degrades the tier if the connection failed, and gives what `run` rejects with. */
-  #failed(what: string, error: unknown): TierUnavailable {
+  /**
+   * Counts a failed command (sent at `startedMs`), logs it, and gives what `run` rejects with. A failure of the
+   * connection degrades the tier; a timeout sends a PING to decide, and degrades it when it is the
+   * {@link TIER_TIMEOUTS_TO_DEGRADE}th in a row.
+   */
+  #failed(what: string, error: unknown, startedMs: number): TierUnavailable {
     this.#errors++;
     const kind = errorKind(error);
     const message = `${what}: ${describe(error)}`;
@@ -449,10 +480,25 @@ export class TierConnection {
       const refused = kind === 'NOPERM';
       if (refused) this.#refused++;
       this.#lastError = message;
+      this.#timeoutsInRow = 0;
       this.#log(kind, `tier: ${what} ${refused ? 'refused' : 'failed'}: ${describe(error)}`);
       return new TierUnavailable(message, refused, { cause: error });
     }
-    this.#degrade(kind, new Error(message));
+    if (kind === 'timeout' && this.#up) {
+      // One slow reply (a busy machine, a slow command) fails this call alone. Commands that were under way together
+      // count once in the row: only one sent after the last counted timeout adds to it.
+      if (startedMs >= this.#lastTimeoutMs) {
+        this.#timeoutsInRow++;
+        this.#lastTimeoutMs = performance.now();
+      }
+      if (this.#timeoutsInRow < TIER_TIMEOUTS_TO_DEGRADE) {
+        this.#lastError = message;
+        this.#log(kind, `tier: ${message}`);
+        void this.#probe();
+        return new TierUnavailable(message, false, { cause: error });
+      }
+    }
+    this.#degrade(kind, isAftermath(error) ? error : new Error(message), { counted: true });
     return new TierUnavailable(message, false, { cause: error });
   }
 

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
-import { TierConnection, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
+import { TierConnection, type TierClient, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
 import { readOnlyRules, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -28,10 +28,12 @@ async function connect(url: string, options: { timeoutMs?: number; username?: st
   return { connection, log };
 }
 
-/** Waits until `condition` holds (polling observable state), failing after a generous bound. */
-async function until(condition: () => boolean, what: string, boundMs = 15_000): Promise<void> {
+/** Waits until `condition` holds (polling observable state, refreshed by `poll` first), failing after a generous bound. */
+async function until(condition: () => boolean, what: string, boundMs = 15_000, poll?: () => Promise<void>): Promise<void> {
   const deadline = performance.now() + boundMs;
-  while (!condition()) {
+  for (;;) {
+    await poll?.();
+    if (condition()) return;
     if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
@@ -111,7 +113,9 @@ test('a stopped Redis (no reset comes): the command times out, the tier is degra
   const timedOut = await connection.run('get', (client) => client.send('k', ['GET', 'k'])).catch((error: unknown) => error);
   expect(timedOut).toBeInstanceOf(TierUnavailable);
   expect(performance.now() - startedMs).toBeLessThan(timeoutMs + 2000);
-  expect(connection.up).toBe(false);
+  // The PING that the timeout sent times out too: degraded within a bound (two timeouts, and room for a busy machine).
+  await until(() => !connection.up, 'degraded', 3 * timeoutMs + 2000);
+  expect(performance.now() - startedMs).toBeLessThan(3 * timeoutMs + 2000);
   expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, lastError: expect.stringMatching(/timed out/) });
   expect(states).toEqual([false]);
   // Degraded: rejected at once, not counted again.
@@ -131,6 +135,56 @@ test('a stopped Redis (no reset comes): the command times out, the tier is degra
   await until(() => sub.events.at(-1) === 'message after', 'the message arrived');
   expect(sub.events).toEqual(['ready', 'lost', 'ready', 'message after']);
   expect(log.some((line) => line.includes('again'))).toBe(true);
+});
+
+test('one command that times out fails alone: the PING it sends decides, and the tier stays connected; three in a row degrade it', async () => {
+  const server = await startRedisServer({ unixSocket: true });
+  const timeoutMs = 1000;
+  const { connection, log } = await connect(server.url, { timeoutMs });
+  const states: boolean[] = [];
+  connection.onStateChange((up) => states.push(up));
+  // A reply that comes after the timeout, but well within the PING's own timeout after it: BLPOP on a list that stays
+  // empty (it holds this connection only; a PING sent behind it is answered as soon as it returns).
+  const slow = (client: TierClient) => client.send('empty', ['BLPOP', 'empty', '1.2']);
+  const get = (client: TierClient) => client.send('k', ['GET', 'k']);
+  await server.cli('CONFIG', 'RESETSTAT');
+  const timedOut = await connection.run('slow', slow).catch((error: unknown) => error);
+  expect(timedOut).toMatchObject({ name: 'TierUnavailable', message: expect.stringMatching(/timed out/) });
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 1, refused: 0, lastError: expect.stringMatching(/slow: timed out/) });
+  // The next command waits behind the sleep and the PING, and succeeds; one more round trip, and the PING's answer is in.
+  expect(await connection.run('get', get)).toBeNull();
+  expect(await connection.run('get', get)).toBeNull();
+  expect(await server.cli('INFO', 'commandstats')).toMatch(/cmdstat_ping:calls=1,/);
+  expect(states).toEqual([]);
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 1 });
+  expect(log.filter((line) => line.includes('timed out'))).toHaveLength(1);
+
+  // Timeouts in a row (each sent after the last one timed out, no success between) degrade it, though PINGs answer.
+  for (let n = 1; n <= 3; n++) {
+    await expect(connection.run('slow', slow)).rejects.toThrow(/timed out/);
+    expect(connection.up).toBe(n < 3);
+  }
+  expect(states).toEqual([false]);
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 4 });
+  await until(() => connection.up, 'restored by the PING');
+  expect(states).toEqual([false, true]);
+});
+
+test('wrong credentials at start: degraded with WRONGPASS, counted once in errors (an auth failure, not a refusal)', async () => {
+  const server = await startRedisServer({ unixSocket: true, users: [{ name: 'writer', password: 'right', rules: ['~*', '&*', '+@all'] }] });
+  const { connection } = await connect(server.url, { username: 'writer', password: 'wrong', up: false });
+  await until(() => connection.figures().lastError?.includes('WRONGPASS') === true, 'WRONGPASS seen');
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, refused: 0 });
+  // It goes on trying (each attempt is in ACL LOG's count): the one failure that keeps the tier down is counted once.
+  const attempts = async (): Promise<number> => {
+    const lines = (await server.cli('ACL', 'LOG')).split('\n');
+    return Number(lines[lines.indexOf('count') + 1] ?? 0);
+  };
+  let seen = 0;
+  await until(() => seen >= 3, 'three attempts refused', 15_000, async () => void (seen = await attempts()));
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, refused: 0, lastError: expect.stringMatching(/WRONGPASS/) });
+  await expect(connection.run('get', (client) => client.send('k', ['GET', 'k']))).rejects.toThrow(/degraded: .*WRONGPASS/);
+  expect(connection.figures().errors).toBe(1);
 });
 
 test('a blackholed network: commands time out, the connection is remade through the restored proxy', async () => {
