@@ -171,6 +171,8 @@ export class TierConnection {
   readonly url: string;
   readonly #options: TierConnectionOptions;
   readonly #connectors: Connector[];
+  /** Whether the URLs are `rediss://`: then every connection is TLS, those to a Cluster's nodes found later included. */
+  readonly #tls: boolean;
   readonly #username: string | undefined;
   readonly #password: string | undefined;
   #main: Client | Cluster | undefined;
@@ -218,10 +220,22 @@ export class TierConnection {
       password ??= parsed.password;
       const isUnix = 'path' in parsed.socket;
       if (isUnix && options.cluster) throw new TypeError('A Redis Cluster is reached over TCP: a unix:// URL cannot be one of its seeds.');
-      const socket = { ...parsed.socket, connectTimeout: options.timeoutMs, reconnectStrategy: reconnectDelayMs };
+      const tls = (parsed.socket as { tls?: boolean }).tls === true;
+      const socket = {
+        ...parsed.socket,
+        connectTimeout: options.timeoutMs,
+        reconnectStrategy: reconnectDelayMs,
+        ...(tls && options.ca !== undefined && { ca: options.ca }),
+      };
       return { socket, ...(parsed.database === undefined ? {} : { database: parsed.database }) } as Connector;
     });
     if (!options.cluster && this.#connectors.length > 1) throw new TypeError('Several tier URLs are the seeds of a Redis Cluster: set cluster.');
+    const tlsCount = this.#connectors.filter((connector) => (connector.socket as { tls?: boolean }).tls === true).length;
+    if (tlsCount !== 0 && tlsCount !== this.#connectors.length) {
+      throw new TypeError("A Redis Cluster's seed nodes are all redis:// or all rediss://: TLS is the whole cluster's setting.");
+    }
+    this.#tls = tlsCount > 0;
+    if (options.ca !== undefined && !this.#tls) throw new TypeError('A CA is for rediss:// URLs: the tier URL does not use TLS.');
     this.#username = options.username ?? username;
     this.#password = options.password ?? password;
     this.url = options.urls.map(displayUrl).join(',');
@@ -358,9 +372,15 @@ export class TierConnection {
   #makeMain(): { main: Client | Cluster; connected: Promise<void> } {
     let main: Client | Cluster;
     if (this.#options.cluster) {
+      // The nodes that CLUSTER SLOTS names are reached with these defaults: TLS (and its CA) too, as the seeds were.
+      // Each node's certificate is checked against the address the cluster announces for it.
       const defaults = {
         ...this.#clientOptions(this.#connectors[0]!, false),
-        socket: { connectTimeout: this.#options.timeoutMs, reconnectStrategy: reconnectDelayMs },
+        socket: {
+          connectTimeout: this.#options.timeoutMs,
+          reconnectStrategy: reconnectDelayMs,
+          ...(this.#tls && { tls: true, ...(this.#options.ca !== undefined && { ca: this.#options.ca }) }),
+        },
       };
       main = createCluster({
         rootNodes: this.#connectors.map((connector) => ({ socket: connector.socket as never })),
@@ -412,13 +432,15 @@ export class TierConnection {
         this.#restore();
       } catch (error) {
         if (this.#facade !== facade || this.#closed) return;
-        // A probe's failure is not counted: the timeout that sent it was, or the tier was degraded already.
+        // A probe of a tier that is up was sent by a timeout, which was counted; while degraded, #degrade counts only
+        // the failure that keeps a tier from ever coming up.
+        const counted = this.#up;
         if (error instanceof TierUnavailable) {
           // No answer within the timeout: a black hole, or a server that stopped; a new connection finds out.
-          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`), { counted: true });
+          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`), { counted });
           this.#remakeMain();
         } else {
-          this.#degrade('connection', error, { counted: true });
+          this.#degrade('connection', error, { counted });
         }
       }
     })().finally(() => (this.#mainPing = undefined));

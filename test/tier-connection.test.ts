@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
 import { TierConnection, type TierClient, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
-import { readOnlyRules, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { makeTlsFiles, readOnlyRules, startRedisCluster, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -10,15 +10,19 @@ import { tempDir } from './support/temp-dir.js';
  * a blackholed connection remade, the subscriber connection lost and made again, and failures counted.
  */
 
-/** A connection that logs into `log`, closed when the test ends. */
-async function connect(url: string, options: { timeoutMs?: number; username?: string; password?: string; up?: boolean } = {}) {
+/** A connection (to a Cluster's seeds, when `url` is several) that logs into `log`, closed when the test ends. */
+async function connect(
+  url: string | readonly string[],
+  options: { timeoutMs?: number; username?: string; password?: string; ca?: string; up?: boolean } = {},
+) {
   const log: string[] = [];
   const connection = new TierConnection({
-    urls: [url],
-    cluster: false,
+    urls: typeof url === 'string' ? [url] : url,
+    cluster: typeof url !== 'string',
     username: options.username,
     password: options.password,
     timeoutMs: options.timeoutMs ?? 1000,
+    ca: options.ca,
     log: (line) => log.push(line),
   });
   onTestFinished(() => connection.close());
@@ -246,4 +250,34 @@ test('Redis not there at start: open() resolves degraded, and the tier comes up 
   serveOn(socketPath);
   await until(() => connection.up && sub.events.includes('ready'), 'up and subscribed');
   expect(await connection.run('ping', (client) => client.send('', ['PING']))).toBe('PONG');
+});
+
+test('rediss://: a TLS-only server is reached with the CA given, and refused without it (its certificate is not trusted)', async () => {
+  const tls = await makeTlsFiles();
+  const server = await startRedisServer({ tls });
+  expect(server.url).toMatch(/^rediss:/);
+  const { connection } = await connect(server.url, { ca: tls.ca });
+  expect(await connection.run('set', (client) => client.send('k', ['SET', 'k', 'over TLS']))).toBe('OK');
+  expect(await server.cli('GET', 'k')).toBe('over TLS');
+  const untrusted = await connect(server.url, { up: false });
+  await until(() => /certificate/i.test(untrusted.connection.figures().lastError ?? ''), 'the certificate refused');
+  expect(untrusted.connection.figures()).toMatchObject({ state: 'degraded', errors: 1 });
+  // A CA without TLS, and seeds that mix TLS and plain, are mistakes.
+  expect(() => new TierConnection({ urls: ['redis://127.0.0.1:1'], cluster: false, timeoutMs: 100, ca: tls.ca, log: () => {} })).toThrow(TypeError);
+  expect(() => new TierConnection({ urls: ['rediss://127.0.0.1:1', 'redis://127.0.0.1:2'], cluster: true, timeoutMs: 100, log: () => {} })).toThrow(
+    /all redis:\/\/ or all rediss:\/\//,
+  );
+});
+
+test('rediss:// seeds of a TLS-only Cluster: the nodes CLUSTER SLOTS names are reached with TLS and the CA too', async () => {
+  const tls = await makeTlsFiles();
+  const cluster = await startRedisCluster({ masters: 3, tls });
+  const { connection } = await connect([cluster.urls[0]!], { ca: tls.ca });
+  const tags = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'];
+  // Their hash tags fall on every master, the two the seed list did not name included.
+  const owners = new Set(await Promise.all(tags.map((tag) => cluster.cli('CLUSTER', 'KEYSLOT', `{${tag}}`).then((slot) => Math.floor((Number(slot) * 3) / 16384)))));
+  expect(owners.size).toBe(3);
+  for (const tag of tags) expect(await connection.run('set', (client) => client.send(`{${tag}}k`, ['SET', `{${tag}}k`, tag]))).toBe('OK');
+  for (const tag of tags) expect(await cluster.cli('GET', `{${tag}}k`)).toBe(tag);
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 0 });
 });
