@@ -143,6 +143,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       username: options.username,
       password: options.password,
       timeoutMs: options.timeoutMs,
+      ca: options.ca,
       log: options.log,
     });
   }

@@ -4,6 +4,7 @@ import { expect, onTestFinished, test } from 'vitest';
 import { TierConnection, type TierClient, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
 import { makeTlsFiles, readOnlyRules, startRedisCluster, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
+import { HEALTHY_TIER, sharedKey, startTierDaemon } from './support/tier-daemon.js';
 
 /**
  * TierConnection against real redis-servers: commands raced against the timeout, the degraded state and its PING,
@@ -280,4 +281,15 @@ test('rediss:// seeds of a TLS-only Cluster: the nodes CLUSTER SLOTS names are r
   for (const tag of tags) expect(await connection.run('set', (client) => client.send(`{${tag}}k`, ['SET', `{${tag}}k`, tag]))).toBe('OK');
   for (const tag of tags) expect(await cluster.cli('GET', `{${tag}}k`)).toBe(tag);
   expect(connection.figures()).toMatchObject({ state: 'connected', errors: 0 });
+});
+
+test('hoard daemon --tier rediss://… --tier-ca <file>: the daemon reaches a TLS-only Redis and writes through it', async () => {
+  const tls = await makeTlsFiles();
+  const server = await startRedisServer({ tls });
+  const daemon = await startTierDaemon({ tier: server.url, extra: ['--tier-ca', tls.caFile], ...HEALTHY_TIER });
+  let state = '';
+  await until(() => state === 'connected', 'connected', 15_000, async () => void (state = (await daemon.tierStatus()).state));
+  await daemon.cache.set('page', 'v');
+  expect(await daemon.tierStatus()).toMatchObject({ state: 'connected', sharedWrites: 1, errors: 0, url: server.url });
+  expect(Number(await server.cli('EXISTS', sharedKey({ scope: [], id: 'page' })))).toBe(1);
 });
