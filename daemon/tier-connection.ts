@@ -200,6 +200,8 @@ export class TierConnection {
   /** Commands timed out in a row (each sent after the previous one timed out), and when the last of them did. */
   #timeoutsInRow = 0;
   #lastTimeoutMs = -Infinity;
+  /** Whether a failure was counted since the tier was last up (or since the start): it is counted once. */
+  #downCounted = false;
   #lastError: string | null = null;
   readonly #logged = new Map<string, { atMs: number; suppressed: number }>();
 
@@ -462,6 +464,7 @@ export class TierConnection {
     const again = this.#wasUp || this.#lastError !== null;
     this.#up = true;
     this.#wasUp = true;
+    this.#downCounted = false;
     // The reason it was degraded is history now (the log keeps it): status shows no error for a connected tier.
     this.#lastError = null;
     if (this.#subscriber === undefined && this.#subscriptions.size > 0) this.#makeSubscriber();
@@ -480,7 +483,9 @@ export class TierConnection {
     // While degraded, "offline" (or "disconnected", a command cut off when the client was remade) says nothing new:
     // keep the reason found first (a refused connection, a timeout).
     if (!wasUp && this.#lastError !== null && isAftermath(error)) return;
-    if (options.counted !== true && (wasUp || this.#lastError === null)) this.#errors++;
+    // Once per time down; "offline" (a client still connecting when open() PINGs it) is no failure of its own.
+    if (options.counted !== true && !isAftermath(error) && (wasUp || !this.#downCounted)) this.#errors++;
+    if (options.counted === true || !isAftermath(error)) this.#downCounted = true;
     this.#timeoutsInRow = 0;
     this.#lastError = describe(error);
     this.#up = false;
