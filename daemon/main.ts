@@ -234,17 +234,18 @@ function daemonProgram(name: string, io: EntryOutput): Command {
     .option('--tier-prefix <name>', 'the prefix of every Redis key and channel hoard uses (default: hoard)')
     .option('--tier-log-length <count>', 'how many changes each shared scope\u2019s change log keeps, about (default: 10000)')
     .option('--tier-max-pending <count>', 'how many changes Redis did not take are remembered one by one for writing through later; past it, whole scopes are (default: 10000)')
+    .option('--tier-ca <file>', 'check a rediss:// tier\u2019s certificates against the CA certificates (PEM) in this file (default: $HOARD_TIER_CA, else Node\u2019s trusted CAs)')
     .addOption(new Option('--log-file <path>', 'log here instead of stderr').hideHelp())
     .addOption(new Option('--ready-fd <fd>', 'announce readiness on this file descriptor').argParser(Number).hideHelp())
     .action(async (options: DaemonCommandOptions & TierFlags & { idleTimeout: number; memoryCache: number; maxWaiters: number; maxSize?: number }) => {
-      const { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, tierMaxPending, ...daemon } = options;
+      const { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, tierMaxPending, tierCa, ...daemon } = options;
       await runDaemonCommand({
         ...daemon,
         idleTimeoutMs: options.idleTimeout,
         memoryCacheBytes: options.memoryCache,
         maxWaitersPerConnection: options.maxWaiters,
         maxSizeBytes: options.maxSize,
-        tierFlags: { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, tierMaxPending },
+        tierFlags: { tier, tierCluster, share, tierStrict, tierLease, tierTimeout, tierMaxValue, tierPrefix, tierLogLength, tierMaxPending, tierCa },
       });
     });
   return program;

@@ -182,6 +182,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       timeoutMs: options.timeoutMs,
       // Only a daemon that writes runs scripts: a `shared-read` one sends Redis nothing of them.
       scripts: Object.values(options.sharing).includes('shared') ? TIER_SCRIPTS : [],
+      ca: options.ca,
       log: options.log,
     });
   }

@@ -4,6 +4,7 @@ import {
   ClientOfflineError,
   createClient,
   createCluster,
+  DisconnectsClientError,
   ErrorReply,
   RedisClient,
   RESP_TYPES,
@@ -15,6 +16,11 @@ import {
 
 /** How often a degraded tier is probed with a PING, and how often the subscriber connection is checked. */
 export const TIER_HEARTBEAT_MS = 500;
+/**
+ * How many commands in a row may time out before the tier is degraded even though PINGs still answer (a Cluster shard
+ * that stopped, a slow script): each sent after the previous one timed out, with no success between.
+ */
+export const TIER_TIMEOUTS_TO_DEGRADE = 3;
 /** The most recent commands whose round trips make the latency figures. */
 const LATENCY_SAMPLES = 1024;
 /** At most one log line per kind of failure in this window; the others are counted in the next line. */
@@ -79,6 +85,8 @@ export interface TierConnectionOptions {
   readonly timeoutMs: number;
   /** Scripts loaded (`SCRIPT LOAD`) on every master each time the tier comes up, so that EVALSHA finds them at once. */
   readonly scripts?: readonly TierScript[] | undefined;
+  /** The CAs (PEM) that `rediss://` servers' certificates are checked against, instead of Node's trusted ones. */
+  readonly ca?: string | undefined;
   log(line: string): void;
 }
 
@@ -139,6 +147,11 @@ function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** A failure that only follows from the connection being down or remade already: it says nothing new. */
+function isAftermath(error: unknown): boolean {
+  return error instanceof ClientOfflineError || error instanceof ClientClosedError || error instanceof DisconnectsClientError;
+}
+
 /** A programming mistake in a command callback: passed on as it is, never counted as the tier failing. */
 function isMistake(error: unknown): boolean {
   return error instanceof TypeError || error instanceof RangeError || error instanceof SyntaxError || error instanceof ReferenceError;
@@ -149,15 +162,19 @@ function isMistake(error: unknown): boolean {
  * dedicated subscriber connection, with the timeouts, health and figures the shared tier needs.
  *
  * Every command is raced against `timeoutMs`, and node-redis's offline queue is off, so nothing waits on a Redis that
- * is down. After a failure of the connection (not an error reply) the tier is degraded: {@link TierConnection.run}
- * rejects at once, and a PING every {@link TIER_HEARTBEAT_MS} restores it when it answers. A PING that times out means
- * a connection into a black hole (no reset ever comes): the client is then destroyed and made again. No `error` event
+ * is down. A command that times out fails alone, and sends a PING at once: the tier is degraded only when that PING
+ * fails or times out too, or after {@link TIER_TIMEOUTS_TO_DEGRADE} timeouts in a row. A failure of the connection
+ * (a reset, a refusal, a wrong password) degrades it at once. While degraded, {@link TierConnection.run} rejects at
+ * once, and a PING every {@link TIER_HEARTBEAT_MS} restores it when it answers. A PING that times out means a
+ * connection into a black hole (no reset ever comes): the client is then destroyed and made again. No `error` event
  * or rejection of node-redis's is left unhandled.
  */
 export class TierConnection {
   readonly url: string;
   readonly #options: TierConnectionOptions;
   readonly #connectors: Connector[];
+  /** Whether the URLs are `rediss://`: then every connection is TLS, those to a Cluster's nodes found later included. */
+  readonly #tls: boolean;
   readonly #username: string | undefined;
   readonly #password: string | undefined;
   #main: Client | Cluster | undefined;
@@ -182,6 +199,11 @@ export class TierConnection {
   #latencyCount = 0;
   #errors = 0;
   #refused = 0;
+  /** Commands timed out in a row (each sent after the previous one timed out), and when the last of them did. */
+  #timeoutsInRow = 0;
+  #lastTimeoutMs = -Infinity;
+  /** Whether a failure was counted since the tier was last up (or since the start): it is counted once. */
+  #downCounted = false;
   #lastError: string | null = null;
   readonly #logged = new Map<string, { atMs: number; suppressed: number }>();
 
@@ -202,10 +224,22 @@ export class TierConnection {
       password ??= parsed.password;
       const isUnix = 'path' in parsed.socket;
       if (isUnix && options.cluster) throw new TypeError('A Redis Cluster is reached over TCP: a unix:// URL cannot be one of its seeds.');
-      const socket = { ...parsed.socket, connectTimeout: options.timeoutMs, reconnectStrategy: reconnectDelayMs };
+      const tls = (parsed.socket as { tls?: boolean }).tls === true;
+      const socket = {
+        ...parsed.socket,
+        connectTimeout: options.timeoutMs,
+        reconnectStrategy: reconnectDelayMs,
+        ...(tls && options.ca !== undefined && { ca: options.ca }),
+      };
       return { socket, ...(parsed.database === undefined ? {} : { database: parsed.database }) } as Connector;
     });
     if (!options.cluster && this.#connectors.length > 1) throw new TypeError('Several tier URLs are the seeds of a Redis Cluster: set cluster.');
+    const tlsCount = this.#connectors.filter((connector) => (connector.socket as { tls?: boolean }).tls === true).length;
+    if (tlsCount !== 0 && tlsCount !== this.#connectors.length) {
+      throw new TypeError("A Redis Cluster's seed nodes are all redis:// or all rediss://: TLS is the whole cluster's setting.");
+    }
+    this.#tls = tlsCount > 0;
+    if (options.ca !== undefined && !this.#tls) throw new TypeError('A CA is for rediss:// URLs: the tier URL does not use TLS.');
     this.#username = options.username ?? username;
     this.#password = options.password ?? password;
     this.url = options.urls.map(displayUrl).join(',');
@@ -241,7 +275,7 @@ export class TierConnection {
 
   /**
    * Runs one call's commands on the main connection within `timeoutMs`, measures its round trip, and counts a failure
-   * (an error reply with `NOPERM` as refused); a failure of the connection marks the tier degraded.
+   * (an error reply with `NOPERM` as refused); a failure of the connection marks the tier degraded, a timeout probes it.
    * @throws TierUnavailable when degraded or closed, timed out or failed; a callback's own `TypeError` as it is.
    */
   async run<R>(what: string, command: (client: TierClient) => Promise<R>): Promise<R> {
@@ -252,10 +286,11 @@ export class TierConnection {
     try {
       const result = await this.#withTimeout(command(facade));
       this.#addLatency(performance.now() - startedMs);
+      this.#timeoutsInRow = 0;
       return result;
     } catch (error) {
       if (isMistake(error)) throw error;
-      throw this.#failed(what, error);
+      throw this.#failed(what, error, startedMs);
     }
   }
 
@@ -341,9 +376,15 @@ export class TierConnection {
   #makeMain(): { main: Client | Cluster; connected: Promise<void> } {
     let main: Client | Cluster;
     if (this.#options.cluster) {
+      // The nodes that CLUSTER SLOTS names are reached with these defaults: TLS (and its CA) too, as the seeds were.
+      // Each node's certificate is checked against the address the cluster announces for it.
       const defaults = {
         ...this.#clientOptions(this.#connectors[0]!, false),
-        socket: { connectTimeout: this.#options.timeoutMs, reconnectStrategy: reconnectDelayMs },
+        socket: {
+          connectTimeout: this.#options.timeoutMs,
+          reconnectStrategy: reconnectDelayMs,
+          ...(this.#tls && { tls: true, ...(this.#options.ca !== undefined && { ca: this.#options.ca }) }),
+        },
       };
       main = createCluster({
         rootNodes: this.#connectors.map((connector) => ({ socket: connector.socket as never })),
@@ -392,18 +433,22 @@ export class TierConnection {
         await this.#withTimeout(facade.send('', ['PING']));
         if (this.#facade !== facade || this.#closed) return;
         this.#addLatency(performance.now() - startedMs);
-        // Best effort: a node without them still runs them by EVAL.
-        await this.#withTimeout(this.#loadScripts()).catch(() => {});
+        // Best effort, each time the tier comes up (a probe of a tier that is up only decides a timeout): a node
+        // without them still runs them by EVAL.
+        if (!this.#up) await this.#withTimeout(this.#loadScripts()).catch(() => {});
         if (this.#facade !== facade || this.#closed) return;
         this.#restore();
       } catch (error) {
         if (this.#facade !== facade || this.#closed) return;
+        // A probe of a tier that is up was sent by a timeout, which was counted; while degraded, #degrade counts only
+        // the failure that keeps a tier from ever coming up.
+        const counted = this.#up;
         if (error instanceof TierUnavailable) {
           // No answer within the timeout: a black hole, or a server that stopped; a new connection finds out.
-          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`));
+          this.#degrade('timeout', new TierUnavailable(`timed out: PING took over ${this.#options.timeoutMs} ms`), { counted });
           this.#remakeMain();
         } else {
-          this.#degrade('connection', error);
+          this.#degrade('connection', error, { counted });
         }
       }
     })().finally(() => (this.#mainPing = undefined));
@@ -435,6 +480,7 @@ export class TierConnection {
     const again = this.#wasUp || this.#lastError !== null;
     this.#up = true;
     this.#wasUp = true;
+    this.#downCounted = false;
     // The reason it was degraded is history now (the log keeps it): status shows no error for a connected tier.
     this.#lastError = null;
     if (this.#subscriber === undefined && this.#subscriptions.size > 0) this.#makeSubscriber();
@@ -442,20 +488,33 @@ export class TierConnection {
     for (const listener of this.#stateListeners) listener(true);
   }
 
-  /** Counts and logs a failure of the connection, and marks the tier degraded. */
-  #degrade(kind: string, error: unknown): void {
+  /**
+   * Logs a failure of the connection and marks the tier degraded; counts it in `errors` when it is what degrades the
+   * tier (or keeps it from ever coming up: a refused connection, a wrong password) unless `counted` says a command's
+   * failure was counted for it already.
+   */
+  #degrade(kind: string, error: unknown, options: { counted?: boolean } = {}): void {
     if (this.#closed) return;
     const wasUp = this.#up;
-    // While degraded, "offline" says nothing new: keep the reason found first (a refused connection, a timeout).
-    if (!wasUp && this.#lastError !== null && (error instanceof ClientOfflineError || error instanceof ClientClosedError)) return;
+    // While degraded, "offline" (or "disconnected", a command cut off when the client was remade) says nothing new:
+    // keep the reason found first (a refused connection, a timeout).
+    if (!wasUp && this.#lastError !== null && isAftermath(error)) return;
+    // Once per time down; "offline" (a client still connecting when open() PINGs it) is no failure of its own.
+    if (options.counted !== true && !isAftermath(error) && (wasUp || !this.#downCounted)) this.#errors++;
+    if (options.counted === true || !isAftermath(error)) this.#downCounted = true;
+    this.#timeoutsInRow = 0;
     this.#lastError = describe(error);
     this.#up = false;
     this.#log(kind, `tier: ${this.url} unavailable: ${this.#lastError}`);
     if (wasUp) for (const listener of this.#stateListeners) listener(false);
   }
 
-  /** Counts a failed command, logs it, degrades the tier if the connection failed, and gives what `run` rejects with. */
-  #failed(what: string, error: unknown): TierUnavailable {
+  /**
+   * Counts a failed command (sent at `startedMs`), logs it, and gives what `run` rejects with. A failure of the
+   * connection degrades the tier; a timeout sends a PING to decide, and degrades it when it is the
+   * {@link TIER_TIMEOUTS_TO_DEGRADE}th in a row.
+   */
+  #failed(what: string, error: unknown, startedMs: number): TierUnavailable {
     this.#errors++;
     const kind = errorKind(error);
     const message = `${what}: ${describe(error)}`;
@@ -464,10 +523,25 @@ export class TierConnection {
       const refused = kind === 'NOPERM';
       if (refused) this.#refused++;
       this.#lastError = message;
+      this.#timeoutsInRow = 0;
       this.#log(kind, `tier: ${what} ${refused ? 'refused' : 'failed'}: ${describe(error)}`);
       return new TierUnavailable(message, refused, { cause: error });
     }
-    this.#degrade(kind, new Error(message));
+    if (kind === 'timeout' && this.#up) {
+      // One slow reply (a busy machine, a slow command) fails this call alone. Commands that were under way together
+      // count once in the row: only one sent after the last counted timeout adds to it.
+      if (startedMs >= this.#lastTimeoutMs) {
+        this.#timeoutsInRow++;
+        this.#lastTimeoutMs = performance.now();
+      }
+      if (this.#timeoutsInRow < TIER_TIMEOUTS_TO_DEGRADE) {
+        this.#lastError = message;
+        this.#log(kind, `tier: ${message}`);
+        void this.#probe();
+        return new TierUnavailable(message, false, { cause: error });
+      }
+    }
+    this.#degrade(kind, isAftermath(error) ? error : new Error(message), { counted: true });
     return new TierUnavailable(message, false, { cause: error });
   }
 

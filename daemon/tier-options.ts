@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { parseDuration } from '../src/parse-duration.js';
 import { parseSize } from '../src/parse-size.js';
 import type { ScopeSharing } from '../src/shared-tier.js';
@@ -12,6 +13,8 @@ export interface TierOptions {
   cluster: boolean;
   username?: string;
   password?: string;
+  /** The CA certificates (PEM) that a `rediss://` tier's certificates are checked against, instead of Node's trusted CAs. */
+  ca?: string;
   /**
    * The sharing of each named top-level scope, and under `*` that of every other one (`local` unless given); a
    * null-prototype object, so that a scope named like an object's property (`constructor`) is looked up as any other.
@@ -45,6 +48,7 @@ export interface TierFlags {
   tierPrefix?: string | undefined;
   tierLogLength?: string | undefined;
   tierMaxPending?: string | undefined;
+  tierCa?: string | undefined;
 }
 
 export const TIER_LEASE_MS = 10_000;
@@ -64,8 +68,9 @@ export class TierOptionsError extends Error {
 
 /**
  * The tier's options from the command line and the environment (`HOARD_TIER`, `HOARD_TIER_SHARE`,
- * `HOARD_TIER_USERNAME`, `HOARD_TIER_PASSWORD`); `undefined` when no tier is configured. Flags win over the
- * environment: `--tier` over `HOARD_TIER`, a `--share` over `HOARD_TIER_SHARE`'s entry for the same name.
+ * `HOARD_TIER_USERNAME`, `HOARD_TIER_PASSWORD`, `HOARD_TIER_CA`), with the CA file read; `undefined` when no tier is
+ * configured. Flags win over the environment: `--tier` over `HOARD_TIER`, `--tier-ca` over `HOARD_TIER_CA`, a
+ * `--share` over `HOARD_TIER_SHARE`'s entry for the same name.
  * Credentials never come from the command line, where `ps` shows them.
  * @throws TierOptionsError for a setting the daemon will not start with.
  */
@@ -86,6 +91,8 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
       flags.tierPrefix !== undefined && '--tier-prefix',
       flags.tierLogLength !== undefined && '--tier-log-length',
       flags.tierMaxPending !== undefined && '--tier-max-pending',
+      flags.tierCa !== undefined && '--tier-ca',
+      env.HOARD_TIER_CA && 'HOARD_TIER_CA',
     ].find((name) => typeof name === 'string');
     if (orphan) throw new TierOptionsError(`${orphan} needs a shared tier: give its URL with --tier <url> or HOARD_TIER.`);
     return undefined;
@@ -114,6 +121,7 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
   if (cluster && new Set(urls.map((url) => url.slice(0, url.indexOf(':')))).size > 1) {
     throw new TierOptionsError(`${source}: the seed nodes of a cluster are all redis:// or all rediss://.`);
   }
+  const ca = caFile(flags.tierCa !== undefined ? { path: flags.tierCa, from: '--tier-ca' } : env.HOARD_TIER_CA ? { path: env.HOARD_TIER_CA, from: 'HOARD_TIER_CA' } : undefined, urls);
   if (env.HOARD_TIER_USERNAME) username = env.HOARD_TIER_USERNAME;
   if (env.HOARD_TIER_PASSWORD) password = env.HOARD_TIER_PASSWORD;
 
@@ -138,6 +146,7 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
     cluster,
     ...(username !== undefined && { username }),
     ...(password !== undefined && { password }),
+    ...(ca !== undefined && { ca }),
     sharing: Object.freeze(sharing),
     strict: flags.tierStrict === true,
     leaseMs,
@@ -147,6 +156,22 @@ export function tierOptions(flags: TierFlags, env: Readonly<Record<string, strin
     maxLogEntries: logLength(flags.tierLogLength),
     ...(flags.tierMaxPending !== undefined && { maxPendingChanges: count(flags.tierMaxPending, '--tier-max-pending') }),
   };
+}
+
+/** The PEM text of the CA file given, for `rediss://` URLs only; `undefined` when none is given. */
+function caFile(given: { path: string; from: string } | undefined, urls: readonly string[]): string | undefined {
+  if (given === undefined) return undefined;
+  if (!urls[0]!.startsWith('rediss://')) throw new TierOptionsError(`${given.from}: a CA is for a TLS tier (rediss://), and the tier's URL is not one.`);
+  let text: string;
+  try {
+    text = readFileSync(given.path, 'utf8');
+  } catch (error) {
+    throw new TierOptionsError(`${given.from}: cannot read ${JSON.stringify(given.path)}: ${(error as Error).message}`);
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new TierOptionsError(`${given.from}: ${JSON.stringify(given.path)} holds no PEM certificate (-----BEGIN CERTIFICATE-----).`);
+  }
+  return text;
 }
 
 /** The parts of a list given as `a,b` (or repeated), without blanks. */

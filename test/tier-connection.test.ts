@@ -1,24 +1,29 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
-import { TierConnection, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
-import { readOnlyRules, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { TierConnection, type TierClient, TierUnavailable, tierScript } from '../daemon/tier-connection.js';
+import { makeTlsFiles, readOnlyRules, startRedisCluster, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
+import { HEALTHY_TIER, sharedKey, startTierDaemon } from './support/tier-daemon.js';
 
 /**
  * TierConnection against real redis-servers: commands raced against the timeout, the degraded state and its PING,
  * a blackholed connection remade, the subscriber connection lost and made again, and failures counted.
  */
 
-/** A connection that logs into `log`, closed when the test ends. */
-async function connect(url: string, options: { timeoutMs?: number; username?: string; password?: string; up?: boolean } = {}) {
+/** A connection (to a Cluster's seeds, when `url` is several) that logs into `log`, closed when the test ends. */
+async function connect(
+  url: string | readonly string[],
+  options: { timeoutMs?: number; username?: string; password?: string; ca?: string; up?: boolean } = {},
+) {
   const log: string[] = [];
   const connection = new TierConnection({
-    urls: [url],
-    cluster: false,
+    urls: typeof url === 'string' ? [url] : url,
+    cluster: typeof url !== 'string',
     username: options.username,
     password: options.password,
     timeoutMs: options.timeoutMs ?? 1000,
+    ca: options.ca,
     log: (line) => log.push(line),
   });
   onTestFinished(() => connection.close());
@@ -28,10 +33,12 @@ async function connect(url: string, options: { timeoutMs?: number; username?: st
   return { connection, log };
 }
 
-/** Waits until `condition` holds (polling observable state), failing after a generous bound. */
-async function until(condition: () => boolean, what: string, boundMs = 15_000): Promise<void> {
+/** Waits until `condition` holds (polling observable state, refreshed by `poll` first), failing after a generous bound. */
+async function until(condition: () => boolean, what: string, boundMs = 15_000, poll?: () => Promise<void>): Promise<void> {
   const deadline = performance.now() + boundMs;
-  while (!condition()) {
+  for (;;) {
+    await poll?.();
+    if (condition()) return;
     if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
@@ -111,7 +118,9 @@ test('a stopped Redis (no reset comes): the command times out, the tier is degra
   const timedOut = await connection.run('get', (client) => client.send('k', ['GET', 'k'])).catch((error: unknown) => error);
   expect(timedOut).toBeInstanceOf(TierUnavailable);
   expect(performance.now() - startedMs).toBeLessThan(timeoutMs + 2000);
-  expect(connection.up).toBe(false);
+  // The PING that the timeout sent times out too: degraded within a bound (two timeouts, and room for a busy machine).
+  await until(() => !connection.up, 'degraded', 3 * timeoutMs + 2000);
+  expect(performance.now() - startedMs).toBeLessThan(3 * timeoutMs + 2000);
   expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, lastError: expect.stringMatching(/timed out/) });
   expect(states).toEqual([false]);
   // Degraded: rejected at once, not counted again.
@@ -131,6 +140,56 @@ test('a stopped Redis (no reset comes): the command times out, the tier is degra
   await until(() => sub.events.at(-1) === 'message after', 'the message arrived');
   expect(sub.events).toEqual(['ready', 'lost', 'ready', 'message after']);
   expect(log.some((line) => line.includes('again'))).toBe(true);
+});
+
+test('one command that times out fails alone: the PING it sends decides, and the tier stays connected; three in a row degrade it', async () => {
+  const server = await startRedisServer({ unixSocket: true });
+  const timeoutMs = 1000;
+  const { connection, log } = await connect(server.url, { timeoutMs });
+  const states: boolean[] = [];
+  connection.onStateChange((up) => states.push(up));
+  // A reply that comes after the timeout, but well within the PING's own timeout after it: BLPOP on a list that stays
+  // empty (it holds this connection only; a PING sent behind it is answered as soon as it returns).
+  const slow = (client: TierClient) => client.send('empty', ['BLPOP', 'empty', '1.2']);
+  const get = (client: TierClient) => client.send('k', ['GET', 'k']);
+  await server.cli('CONFIG', 'RESETSTAT');
+  const timedOut = await connection.run('slow', slow).catch((error: unknown) => error);
+  expect(timedOut).toMatchObject({ name: 'TierUnavailable', message: expect.stringMatching(/timed out/) });
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 1, refused: 0, lastError: expect.stringMatching(/slow: timed out/) });
+  // The next command waits behind the sleep and the PING, and succeeds; one more round trip, and the PING's answer is in.
+  expect(await connection.run('get', get)).toBeNull();
+  expect(await connection.run('get', get)).toBeNull();
+  expect(await server.cli('INFO', 'commandstats')).toMatch(/cmdstat_ping:calls=1,/);
+  expect(states).toEqual([]);
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 1 });
+  expect(log.filter((line) => line.includes('timed out'))).toHaveLength(1);
+
+  // Timeouts in a row (each sent after the last one timed out, no success between) degrade it, though PINGs answer.
+  for (let n = 1; n <= 3; n++) {
+    await expect(connection.run('slow', slow)).rejects.toThrow(/timed out/);
+    expect(connection.up).toBe(n < 3);
+  }
+  expect(states).toEqual([false]);
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 4 });
+  await until(() => connection.up, 'restored by the PING');
+  expect(states).toEqual([false, true]);
+});
+
+test('wrong credentials at start: degraded with WRONGPASS, counted once in errors (an auth failure, not a refusal)', async () => {
+  const server = await startRedisServer({ unixSocket: true, users: [{ name: 'writer', password: 'right', rules: ['~*', '&*', '+@all'] }] });
+  const { connection } = await connect(server.url, { username: 'writer', password: 'wrong', up: false });
+  await until(() => connection.figures().lastError?.includes('WRONGPASS') === true, 'WRONGPASS seen');
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, refused: 0 });
+  // It goes on trying (each attempt is in ACL LOG's count): the one failure that keeps the tier down is counted once.
+  const attempts = async (): Promise<number> => {
+    const lines = (await server.cli('ACL', 'LOG')).split('\n');
+    return Number(lines[lines.indexOf('count') + 1] ?? 0);
+  };
+  let seen = 0;
+  await until(() => seen >= 3, 'three attempts refused', 15_000, async () => void (seen = await attempts()));
+  expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 1, refused: 0, lastError: expect.stringMatching(/WRONGPASS/) });
+  await expect(connection.run('get', (client) => client.send('k', ['GET', 'k']))).rejects.toThrow(/degraded: .*WRONGPASS/);
+  expect(connection.figures().errors).toBe(1);
 });
 
 test('a blackholed network: commands time out, the connection is remade through the restored proxy', async () => {
@@ -192,4 +251,45 @@ test('Redis not there at start: open() resolves degraded, and the tier comes up 
   serveOn(socketPath);
   await until(() => connection.up && sub.events.includes('ready'), 'up and subscribed');
   expect(await connection.run('ping', (client) => client.send('', ['PING']))).toBe('PONG');
+});
+
+test('rediss://: a TLS-only server is reached with the CA given, and refused without it (its certificate is not trusted)', async () => {
+  const tls = await makeTlsFiles();
+  const server = await startRedisServer({ tls });
+  expect(server.url).toMatch(/^rediss:/);
+  const { connection } = await connect(server.url, { ca: tls.ca });
+  expect(await connection.run('set', (client) => client.send('k', ['SET', 'k', 'over TLS']))).toBe('OK');
+  expect(await server.cli('GET', 'k')).toBe('over TLS');
+  const untrusted = await connect(server.url, { up: false });
+  await until(() => /certificate/i.test(untrusted.connection.figures().lastError ?? ''), 'the certificate refused');
+  expect(untrusted.connection.figures()).toMatchObject({ state: 'degraded', errors: 1 });
+  // A CA without TLS, and seeds that mix TLS and plain, are mistakes.
+  expect(() => new TierConnection({ urls: ['redis://127.0.0.1:1'], cluster: false, timeoutMs: 100, ca: tls.ca, log: () => {} })).toThrow(TypeError);
+  expect(() => new TierConnection({ urls: ['rediss://127.0.0.1:1', 'redis://127.0.0.1:2'], cluster: true, timeoutMs: 100, log: () => {} })).toThrow(
+    /all redis:\/\/ or all rediss:\/\//,
+  );
+});
+
+test('rediss:// seeds of a TLS-only Cluster: the nodes CLUSTER SLOTS names are reached with TLS and the CA too', async () => {
+  const tls = await makeTlsFiles();
+  const cluster = await startRedisCluster({ masters: 3, tls });
+  const { connection } = await connect([cluster.urls[0]!], { ca: tls.ca });
+  const tags = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta'];
+  // Their hash tags fall on every master, the two the seed list did not name included.
+  const owners = new Set(await Promise.all(tags.map((tag) => cluster.cli('CLUSTER', 'KEYSLOT', `{${tag}}`).then((slot) => Math.floor((Number(slot) * 3) / 16384)))));
+  expect(owners.size).toBe(3);
+  for (const tag of tags) expect(await connection.run('set', (client) => client.send(`{${tag}}k`, ['SET', `{${tag}}k`, tag]))).toBe('OK');
+  for (const tag of tags) expect(await cluster.cli('GET', `{${tag}}k`)).toBe(tag);
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 0 });
+});
+
+test('hoard daemon --tier rediss://… --tier-ca <file>: the daemon reaches a TLS-only Redis and writes through it', async () => {
+  const tls = await makeTlsFiles();
+  const server = await startRedisServer({ tls });
+  const daemon = await startTierDaemon({ tier: server.url, extra: ['--tier-ca', tls.caFile], ...HEALTHY_TIER });
+  let state = '';
+  await until(() => state === 'connected', 'connected', 15_000, async () => void (state = (await daemon.tierStatus()).state));
+  await daemon.cache.set('page', 'v');
+  expect(await daemon.tierStatus()).toMatchObject({ state: 'connected', sharedWrites: 1, errors: 0, url: server.url });
+  expect(Number(await server.cli('EXISTS', sharedKey({ scope: [], id: 'page' })))).toBe(1);
 });

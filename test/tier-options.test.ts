@@ -1,5 +1,8 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { type TierFlags, tierOptions, TierOptionsError } from '../daemon/tier-options.js';
+import { tempDir } from './support/temp-dir.js';
 
 /** The options, or the refusal's message. */
 function parse(flags: TierFlags, env: Record<string, string> = {}): ReturnType<typeof tierOptions> {
@@ -126,5 +129,21 @@ describe('the tier options: flags and environment', () => {
     for (const [flags, expected] of cases) expect(refusal(flags), JSON.stringify(flags)).toMatch(expected);
     expect(refusal({}, { HOARD_TIER: 'redis://h', HOARD_TIER_SHARE: 'pages=all' })).toMatch(/^HOARD_TIER_SHARE: unknown sharing "all"/);
     expect(refusal({}, { HOARD_TIER: 'ftp://h' })).toMatch(/^HOARD_TIER: "ftp:\/\/h"/);
+  });
+
+  test('--tier-ca (or HOARD_TIER_CA) reads a PEM file for a rediss:// tier; the flag wins; anything else is refused', async () => {
+    const dir = await tempDir('hoard-ca-');
+    const pem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+    await writeFile(join(dir, 'ca.pem'), pem);
+    await writeFile(join(dir, 'other.pem'), pem.replace('MIIB', 'MIIC'));
+    await writeFile(join(dir, 'key.pem'), '-----BEGIN PRIVATE KEY-----\n');
+    expect(parse({ tier: ['rediss://h'], tierCa: join(dir, 'ca.pem') })).toMatchObject({ ca: pem });
+    expect(parse({ tier: ['rediss://h'] }, { HOARD_TIER_CA: join(dir, 'ca.pem') })).toMatchObject({ ca: pem });
+    expect(parse({ tier: ['rediss://h'], tierCa: join(dir, 'other.pem') }, { HOARD_TIER_CA: join(dir, 'ca.pem') })?.ca).toContain('MIIC');
+    expect(parse({ tier: ['rediss://h'] })).not.toHaveProperty('ca');
+    expect(refusal({ tier: ['redis://h'], tierCa: join(dir, 'ca.pem') })).toMatch(/^--tier-ca: a CA is for a TLS tier \(rediss:\/\/\)/);
+    expect(refusal({ tier: ['rediss://h'], tierCa: join(dir, 'none.pem') })).toMatch(/^--tier-ca: cannot read ".*none\.pem"/);
+    expect(refusal({ tier: ['rediss://h'] }, { HOARD_TIER_CA: join(dir, 'key.pem') })).toMatch(/^HOARD_TIER_CA: ".*key\.pem" holds no PEM certificate/);
+    expect(refusal({ tierCa: join(dir, 'ca.pem') })).toMatch(/^--tier-ca needs a shared tier/);
   });
 });

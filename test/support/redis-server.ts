@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,6 +51,34 @@ export interface RedisServerOptions {
   config?: readonly string[];
   /** `'test'` (the default): killed when the current test finishes; `'manual'`: the caller stops it (afterAll), or the worker's exit kills it. */
   until?: 'test' | 'manual';
+  /** Listen with TLS only, on a loopback port (`rediss://`), with this certificate: see {@link makeTlsFiles}. */
+  tls?: TlsFiles;
+}
+
+/** A throwaway CA and a server certificate it signed (for 127.0.0.1 and localhost), as PEM files. */
+export interface TlsFiles {
+  readonly caFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** The CA certificate's PEM text. */
+  readonly ca: string;
+}
+
+/** Makes a CA and a server certificate with `openssl` in a private temp directory, removed when the test ends. */
+export async function makeTlsFiles(): Promise<TlsFiles> {
+  const dir = await mkdtemp(join(tmpdir(), 'htls-'));
+  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  const at = (name: string): string => join(dir, name);
+  const openssl = async (...args: string[]): Promise<void> => {
+    const result = await runProcess('openssl', args, { cwd: dir });
+    if (result.code !== 0) throw new Error(`openssl ${args[0]} exited with ${result.code}: ${result.stderr}`);
+  };
+  const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  await openssl('req', '-x509', ...key, '-keyout', at('ca.key'), '-out', at('ca.pem'), '-days', '2', '-subj', '/CN=hoard test CA');
+  await openssl('req', ...key, '-keyout', at('server.key'), '-out', at('server.csr'), '-subj', '/CN=localhost');
+  await writeFile(at('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n', { mode: 0o600 });
+  await openssl('x509', '-req', '-in', at('server.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca.key'), '-CAcreateserial', '-out', at('server.pem'), '-days', '2', '-extfile', at('server.ext'));
+  return { caFile: at('ca.pem'), certFile: at('server.pem'), keyFile: at('server.key'), ca: await readFile(at('ca.pem'), 'utf8') };
 }
 
 /** Every server still running, killed if the worker exits without stopping them. */
@@ -179,7 +207,13 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
   for (let attempt = 1; ; attempt++) {
     const port = options.unixSocket ? 0 : await freePort();
     const socketPath = options.unixSocket ? join(dir, 'redis.sock') : undefined;
-    const listen = socketPath === undefined ? [`port ${port}`, 'bind 127.0.0.1'] : ['port 0', `unixsocket ${socketPath}`, 'unixsocketperm 700'];
+    const tls = options.tls;
+    const listen =
+      socketPath !== undefined
+        ? ['port 0', `unixsocket ${socketPath}`, 'unixsocketperm 700']
+        : tls !== undefined
+          ? ['port 0', `tls-port ${port}`, 'bind 127.0.0.1', `tls-cert-file ${tls.certFile}`, `tls-key-file ${tls.keyFile}`, `tls-ca-cert-file ${tls.caFile}`, 'tls-auth-clients no']
+          : [`port ${port}`, 'bind 127.0.0.1'];
     let launched: Launched;
     try {
       launched = await launch(dir, [...commonConfig(dir), ...listen, ...users, ...(options.config ?? [])]);
@@ -191,16 +225,22 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     }
     const stop = stopper(launched, dir);
     cleanUpWhen(options.until ?? 'test', stop);
+    const cliConnection = socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port), ...tlsCliFlags(tls)] : ['-s', socketPath];
     return {
-      url: socketPath === undefined ? `redis://127.0.0.1:${port}` : `unix://${socketPath}`,
+      url: socketPath === undefined ? `${tls === undefined ? 'redis' : 'rediss'}://127.0.0.1:${port}` : `unix://${socketPath}`,
       port: socketPath === undefined ? port : undefined,
       socketPath,
       pid: launched.child.pid!,
-      cli: cliRunner(socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port)] : ['-s', socketPath]),
-      pipeline: cliPipeline(socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port)] : ['-s', socketPath]),
+      cli: cliRunner(cliConnection),
+      pipeline: cliPipeline(cliConnection),
       stop,
     };
   }
+}
+
+/** `redis-cli`'s flags for a TLS server. */
+function tlsCliFlags(tls: TlsFiles | undefined): string[] {
+  return tls === undefined ? [] : ['--tls', '--cacert', tls.caFile];
 }
 
 export interface RedisCluster {
@@ -219,7 +259,9 @@ const SLOTS = 16384;
  * Starts a Redis Cluster of `masters` masters (no replicas) on loopback ports, forms it (slots split evenly,
  * CLUSTER MEET) and resolves once every node reports `cluster_state:ok`.
  */
-export async function startRedisCluster(options: { masters?: number; users?: readonly RedisUser[]; until?: 'test' | 'manual' } = {}): Promise<RedisCluster> {
+export async function startRedisCluster(
+  options: { masters?: number; users?: readonly RedisUser[]; until?: 'test' | 'manual'; tls?: TlsFiles } = {},
+): Promise<RedisCluster> {
   const count = options.masters ?? 3;
   const nodes: { server: RedisServer; busPort: number }[] = [];
   const stopAll = async (): Promise<void> => {
@@ -233,7 +275,16 @@ export async function startRedisCluster(options: { masters?: number; users?: rea
       const server = await startRedisServer({
         users: options.users,
         until: 'manual',
-        config: ['cluster-enabled yes', 'cluster-config-file nodes.conf', `cluster-port ${busPort}`, 'cluster-announce-ip 127.0.0.1', 'cluster-node-timeout 5000'],
+        // With TLS, the cluster bus is TLS too, and CLUSTER SLOTS names the nodes' TLS ports.
+        ...(options.tls !== undefined && { tls: options.tls }),
+        config: [
+          'cluster-enabled yes',
+          'cluster-config-file nodes.conf',
+          `cluster-port ${busPort}`,
+          'cluster-announce-ip 127.0.0.1',
+          'cluster-node-timeout 5000',
+          ...(options.tls === undefined ? [] : ['tls-cluster yes', 'tls-replication yes']),
+        ],
       });
       nodes.push({ server, busPort });
     }
@@ -263,8 +314,8 @@ export async function startRedisCluster(options: { masters?: number; users?: rea
   return {
     urls: nodes.map((node) => node.server.url),
     nodes: nodes.map((node) => node.server),
-    cli: cliRunner(['-c', '-h', '127.0.0.1', '-p', String(first.port)]),
-    pipeline: cliPipeline(['-c', '-h', '127.0.0.1', '-p', String(first.port)]),
+    cli: cliRunner(['-c', '-h', '127.0.0.1', '-p', String(first.port), ...tlsCliFlags(options.tls)]),
+    pipeline: cliPipeline(['-c', '-h', '127.0.0.1', '-p', String(first.port), ...tlsCliFlags(options.tls)]),
     stop: stopAll,
   };
 }
