@@ -1,11 +1,11 @@
-import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { RedisTier } from '../daemon/redis-tier.js';
 import { tierOptions } from '../daemon/tier-options.js';
 import { LevelStore } from '../src/level/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { scopeOf } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
-import { type RedisServer, startRedisServer } from './support/redis-server.js';
+import { redisServerForFile, startRedisServer } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -19,16 +19,8 @@ const textOf = (value: EncodedValue | undefined): string | undefined => (value =
 const PAGES = scopeOf(['pages']);
 const at = { modified: 1_700_000_000 };
 
-let redis: RedisServer;
+const redis = redisServerForFile();
 let prefixes = 0;
-
-beforeAll(async () => {
-  redis = await startRedisServer({ until: 'manual' });
-});
-
-afterAll(async () => {
-  await redis?.stop();
-});
 
 interface Machine {
   backend: LocalBackend<EncodedValue, EncodedValue>;

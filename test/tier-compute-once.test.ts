@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import type { TierStatus } from '../src/shared-tier.js';
-import { startRedisCluster, startRedisServer } from './support/redis-server.js';
+import { type RedisCluster, startRedisCluster, startRedisServer } from './support/redis-server.js';
 import { CLIENT_MODULE, type LineChild, startModule } from './support/processes.js';
 import { HEALTHY_TIER, sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
 import { tempDir } from './support/temp-dir.js';
@@ -58,6 +58,22 @@ const CLIENT = `
   console.log(JSON.stringify(got));
 `;
 
+/**
+ * Three scope names whose keys (hash tag `{hoard:<name>}`) fall on different masters of a three-master cluster, asked
+ * of the cluster in one `redis-cli`.
+ */
+async function scopesOnEachMaster(cluster: RedisCluster): Promise<string[]> {
+  const names = Array.from({ length: 30 }, (_, n) => `once-${n}`);
+  const slots = await cluster.pipeline(names.map((name) => ['CLUSTER', 'KEYSLOT', `{hoard:${name}}`]));
+  const owners = new Map<number, string>();
+  for (const [n, reply] of slots.entries()) {
+    const master = Math.floor((Number(/\d+/.exec(reply)![0]) * 3) / 16384);
+    if (!owners.has(master)) owners.set(master, names[n]!);
+  }
+  if (owners.size !== 3) throw new Error(`${names.length} scope names fall on only ${owners.size} masters`);
+  return [...owners.values()];
+}
+
 /** What a daemon logged, for a failure's report. */
 function printLog(setup: string, daemon: TierDaemon): void {
   process.stderr.write(`${setup}: daemon ${daemon.pid} logged:\n${daemon.log.join('\n')}\n`);
@@ -67,22 +83,22 @@ test(
   `${DAEMONS} daemons x ${CLIENTS_PER_DAEMON} client processes getset ${KEYS} keys of a shared scope: each value is computed exactly once and every ` +
     'client gets it; on one Redis, and at the same time on a three-master Redis Cluster (keys in three scopes, one on each master)',
   async () => {
-    const [server, cluster] = await Promise.all([startRedisServer(), startRedisCluster()]);
-    // A scope's keys share the hash tag {hoard:<name>}: pick three names whose slots fall on different masters.
-    const owners = new Map<number, string>();
-    for (let n = 0; owners.size < 3; n++) {
-      const slot = Number(await cluster.cli('CLUSTER', 'KEYSLOT', `{hoard:once-${n}}`));
-      owners.set(Math.floor((slot * 3) / 16384), owners.get(Math.floor((slot * 3) / 16384)) ?? `once-${n}`);
-    }
-    const clusterScopes = [...owners.values()];
     // With 40 processes on a machine's few cores, the default timeout would turn this into a test of the fallback.
     const start = (tier: { tier: string | readonly string[]; cluster?: boolean }): Promise<TierDaemon[]> =>
       Promise.all(Array.from({ length: DAEMONS }, () => startTierDaemon({ ...tier, ...HEALTHY_TIER })));
+    // Each tier's daemons start as soon as it is up: the one Redis's while the Cluster forms.
+    const [[server, serverDaemons], [cluster, clusterDaemons, clusterScopes]] = await Promise.all([
+      startRedisServer().then(async (server) => [server, await start({ tier: server.url })] as const),
+      startRedisCluster().then(async (cluster) => {
+        const [daemons, scopes] = await Promise.all([start({ tier: cluster.urls, cluster: true }), scopesOnEachMaster(cluster)]);
+        return [cluster, daemons, scopes] as const;
+      }),
+    ]);
     const setups: Setup[] = [
-      { name: 'one-redis', daemons: await start({ tier: server.url }), keys: Array.from({ length: KEYS }, (_, k) => ['once', `key-${k}`]), pipeline: server.pipeline },
+      { name: 'one-redis', daemons: serverDaemons, keys: Array.from({ length: KEYS }, (_, k) => ['once', `key-${k}`]), pipeline: server.pipeline },
       {
         name: 'redis-cluster',
-        daemons: await start({ tier: cluster.urls, cluster: true }),
+        daemons: clusterDaemons,
         keys: Array.from({ length: KEYS }, (_, k) => [clusterScopes[k % 3]!, `key-${k}`]),
         pipeline: cluster.pipeline,
       },

@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, onTestFinished, test } from 'vitest';
+import { expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
 import { tierOptions } from '../daemon/tier-options.js';
 import type { StatusResult } from '../src/wire/protocol.js';
 import { cacheConformance } from './conformance/index.js';
-import { type RedisServer, startRedisServer } from './support/redis-server.js';
+import { redisServerForFile } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -14,16 +14,8 @@ import { tempDir } from './support/temp-dir.js';
  * lease. One server for the file; each test has a key prefix of its own, so no test sees another's keys.
  */
 
-let redis: RedisServer;
+const redis = redisServerForFile();
 let prefixes = 0;
-
-beforeAll(async () => {
-  redis = await startRedisServer({ until: 'manual' });
-});
-
-afterAll(async () => {
-  await redis?.stop();
-});
 
 /** A daemon in this process sharing every scope through the file's Redis, and a RemoteCache on it; closed at the end of the test. */
 async function sharedDaemon(transport: 'binary' | 'json'): Promise<{ cache: Awaited<ReturnType<typeof connect<unknown>>>; logs: string[] }> {

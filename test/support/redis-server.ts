@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket, connect as netConnect } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { onTestFinished } from 'vitest';
+import { afterAll, beforeAll, onTestFinished } from 'vitest';
 import { runProcess } from './child.js';
 
 /**
@@ -41,6 +41,8 @@ export interface RedisServer {
   pipeline(commands: readonly (readonly string[])[]): Promise<string[]>;
   /** Stops the server (SIGTERM, no save) and resolves once it exited. */
   stop(): Promise<void>;
+  /** Resolves with the first line of the server's log that matches `pattern`, among those logged already or to come. */
+  logged(pattern: RegExp): Promise<string>;
 }
 
 export interface RedisServerOptions {
@@ -106,6 +108,7 @@ function cleanUpWhen(until: 'test' | 'manual', stop: () => Promise<void>): void 
 interface Launched {
   child: ChildProcess;
   exited: Promise<void>;
+  logged(pattern: RegExp): Promise<string>;
 }
 
 /** Starts `redis-server <config file>` and resolves once it accepts connections; rejects with its log if it exits first. */
@@ -125,16 +128,30 @@ async function launch(dir: string, lines: readonly string[]): Promise<Launched> 
     }),
   );
   const log: string[] = [];
+  const watchers = new Set<{ pattern: RegExp; resolve: (line: string) => void }>();
+  const logLine = (line: string): void => {
+    log.push(line);
+    for (const watcher of watchers) {
+      if (watcher.pattern.test(line)) {
+        watchers.delete(watcher);
+        watcher.resolve(line);
+      }
+    }
+  };
+  const logged = (pattern: RegExp): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const seen = log.find((line) => pattern.test(line));
+      if (seen !== undefined) return resolve(seen);
+      watchers.add({ pattern, resolve });
+      void exited.then(() => reject(new Error(`redis-server exited without logging ${pattern}:\n${log.join('\n')}`)));
+    });
+  createInterface({ input: child.stderr! }).on('line', logLine);
+  createInterface({ input: child.stdout! }).on('line', logLine);
   await new Promise<void>((resolve, reject) => {
     child.once('error', reject);
-    createInterface({ input: child.stderr! }).on('line', (line) => log.push(line));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      log.push(line);
-      if (/ready to accept connections/i.test(line)) resolve();
-    });
-    void exited.then(() => reject(new Error(`redis-server exited before it was ready:\n${log.join('\n')}`)));
+    void logged(/ready to accept connections/i).then(() => resolve(), reject);
   }).finally(() => clearTimeout(readyTimer));
-  return { child, exited };
+  return { child, exited, logged };
 }
 
 function commonConfig(dir: string): string[] {
@@ -234,6 +251,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
       cli: cliRunner(cliConnection),
       pipeline: cliPipeline(cliConnection),
       stop,
+      logged: launched.logged,
     };
   }
 }
@@ -241,6 +259,42 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
 /** `redis-cli`'s flags for a TLS server. */
 function tlsCliFlags(tls: TlsFiles | undefined): string[] {
   return tls === undefined ? [] : ['--tls', '--cacert', tls.caFile];
+}
+
+/**
+ * One `redis-server` for the whole test file: started in `beforeAll`, stopped in `afterAll`. The returned server
+ * stands for it (its fields read the running one), so tests give each run a key prefix of their own, not a server.
+ */
+export function redisServerForFile(options: Omit<RedisServerOptions, 'until'> = {}): RedisServer {
+  let started: RedisServer | undefined;
+  beforeAll(async () => {
+    started = await startRedisServer({ ...options, until: 'manual' });
+  });
+  afterAll(async () => {
+    await started?.stop();
+  });
+  const running = (): RedisServer => {
+    if (started === undefined) throw new Error('the file\'s redis-server is used outside its tests (before beforeAll)');
+    return started;
+  };
+  return {
+    get url() {
+      return running().url;
+    },
+    get port() {
+      return running().port;
+    },
+    get socketPath() {
+      return running().socketPath;
+    },
+    get pid() {
+      return running().pid;
+    },
+    cli: (...args) => running().cli(...args),
+    pipeline: (commands) => running().pipeline(commands),
+    stop: () => running().stop(),
+    logged: (pattern) => running().logged(pattern),
+  };
 }
 
 export interface RedisCluster {
@@ -288,23 +342,30 @@ export async function startRedisCluster(
       });
       nodes.push({ server, busPort });
     }
-    for (const [n, { server }] of nodes.entries()) {
-      const first = Math.floor((SLOTS * n) / count);
-      const last = Math.floor((SLOTS * (n + 1)) / count) - 1;
-      await server.cli('CLUSTER', 'ADDSLOTSRANGE', String(first), String(last));
-      await server.cli('CLUSTER', 'SET-CONFIG-EPOCH', String(n + 1));
+    await Promise.all(
+      nodes.map(({ server }, n) => {
+        const first = Math.floor((SLOTS * n) / count);
+        const last = Math.floor((SLOTS * (n + 1)) / count) - 1;
+        return server.pipeline([
+          ['CLUSTER', 'ADDSLOTSRANGE', String(first), String(last)],
+          ['CLUSTER', 'SET-CONFIG-EPOCH', String(n + 1)],
+        ]);
+      }),
+    );
+    await nodes[0]!.server.pipeline(nodes.slice(1).map(({ server, busPort }) => ['CLUSTER', 'MEET', '127.0.0.1', String(server.port), String(busPort)]));
+    // A node logs the change of its state to ok once it sees every slot served, by masters it can reach: then it knows
+    // every master, as each serves slots of its own.
+    let formTimer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      formTimer = setTimeout(() => reject(new Error('the cluster did not form within 30 s')), 30_000);
+    });
+    try {
+      await Promise.race([Promise.all(nodes.map(({ server }) => server.logged(/Cluster state changed: ok/))), timedOut]);
+    } finally {
+      clearTimeout(formTimer);
     }
-    for (const { server, busPort } of nodes.slice(1)) {
-      await nodes[0]!.server.cli('CLUSTER', 'MEET', '127.0.0.1', String(server.port), String(busPort));
-    }
-    const deadline = Date.now() + 30_000;
-    for (const { server } of nodes) {
-      for (;;) {
-        const info = await server.cli('CLUSTER', 'INFO');
-        if (info.includes('cluster_state:ok') && info.includes(`cluster_known_nodes:${count}`)) break;
-        if (Date.now() > deadline) throw new Error(`the cluster did not form within 30 s: ${info}`);
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
+    for (const info of await Promise.all(nodes.map(({ server }) => server.cli('CLUSTER', 'INFO')))) {
+      if (!info.includes('cluster_state:ok') || !info.includes(`cluster_known_nodes:${count}`)) throw new Error(`the cluster formed wrongly: ${info}`);
     }
   } catch (error) {
     await stopAll();
