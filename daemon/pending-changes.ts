@@ -15,13 +15,19 @@ export interface PendingTop {
   readonly clears: Set<string>;
   /** The item keys (`itemKey(scope, id)`) set or deleted: their current local record is written through. */
   readonly keys: Set<string>;
+  /**
+   * The fencing number of each key whose last change was a getset's write fenced by its lease: that key's record is
+   * written through fenced by this number (refused if Redis holds a newer write, grant or clear); the others plainly.
+   */
+  readonly fences: Map<string, number>;
 }
 
 /** What `<dataDir>/tier-pending.json` holds. */
 interface PendingFile {
   keyPrefix: string;
   rootClear: boolean;
-  tops: { top: string; whole: boolean; clears: string[]; keys: string[] }[];
+  /** `fences`: key to fencing number, for the keys written through fenced (absent in files of 0.5.0's first builds). */
+  tops: { top: string; whole: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
 }
 
 function messageOf(error: unknown): string {
@@ -88,10 +94,16 @@ export class PendingChanges {
     return [...this.#tops.keys()];
   }
 
-  /** Records that the item's current local record is to be written through. */
-  addKey(top: string, key: string): void {
+  /**
+   * Records that the item's current local record is to be written through: fenced by `fence` when given (the change
+   * was a write fenced by a lease of that number), else plainly (a plain change forgets the fence of an earlier one).
+   */
+  addKey(top: string, key: string, fence?: number): void {
     const pending = this.#top(top);
-    if (pending.whole || pending.keys.has(key)) return;
+    if (pending.whole) return;
+    if (fence === undefined) pending.fences.delete(key);
+    else pending.fences.set(key, fence);
+    if (pending.keys.has(key)) return;
     pending.keys.add(key);
     this.#count++;
     this.#bound();
@@ -161,13 +173,13 @@ export class PendingChanges {
     }
     const later = this.take(left.top);
     this.#taken = undefined;
-    const merged: PendingTop = { top: left.top, whole: left.whole, clears: new Set(), keys: new Set() };
+    const merged: PendingTop = { top: left.top, whole: left.whole, clears: new Set(), keys: new Set(), fences: new Map() };
     this.#tops.set(left.top, merged);
     for (const clear of left.clears) this.addClear(left.top, clear);
-    for (const key of left.keys) this.addKey(left.top, key);
+    for (const key of left.keys) this.addKey(left.top, key, left.fences.get(key));
     if (later === undefined) return;
     for (const clear of later.clears) this.addClear(left.top, clear);
-    for (const key of later.keys) this.addKey(left.top, key);
+    for (const key of later.keys) this.addKey(left.top, key, later.fences.get(key));
     if (later.whole) this.#makeWhole(merged);
   }
 
@@ -192,7 +204,12 @@ export class PendingChanges {
     for (const entry of file.tops) {
       if (typeof entry?.top !== 'string') continue;
       for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (typeof clear === 'string') this.addClear(entry.top, clear);
-      for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (typeof key === 'string') this.addKey(entry.top, key);
+      const fences: unknown = entry.fences;
+      const fenceOf = (key: string): number | undefined => {
+        const fence = typeof fences === 'object' && fences !== null && Object.hasOwn(fences, key) ? (fences as Record<string, unknown>)[key] : undefined;
+        return typeof fence === 'number' && Number.isSafeInteger(fence) && fence > 0 ? fence : undefined;
+      };
+      for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (typeof key === 'string') this.addKey(entry.top, key, fenceOf(key));
       if (entry.whole === true) this.#makeWhole(this.#top(entry.top));
     }
   }
@@ -222,7 +239,7 @@ export class PendingChanges {
     const file: PendingFile = {
       keyPrefix: this.#keyPrefix,
       rootClear: this.#rootClear || this.#rootClearTaken,
-      tops: tops.map(({ top, whole, clears, keys }) => ({ top, whole, clears: [...clears], keys: [...keys] })),
+      tops: tops.map(({ top, whole, clears, keys, fences }) => ({ top, whole, clears: [...clears], keys: [...keys], fences: Object.fromEntries(fences) })),
     };
     const temporary = `${this.#path}.tmp`;
     const handle = await open(temporary, 'w', 0o600);
@@ -237,7 +254,7 @@ export class PendingChanges {
 
   #top(top: string): PendingTop {
     let pending = this.#tops.get(top);
-    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, clears: new Set(), keys: new Set() }));
+    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, clears: new Set(), keys: new Set(), fences: new Map() }));
     return pending;
   }
 
@@ -251,6 +268,7 @@ export class PendingChanges {
     for (const key of pending.keys) {
       if (isUnder(key, prefix)) {
         pending.keys.delete(key);
+        pending.fences.delete(key);
         this.#count--;
       }
     }
@@ -269,6 +287,7 @@ export class PendingChanges {
     this.#count -= pending.clears.size + pending.keys.size;
     pending.clears.clear();
     pending.keys.clear();
+    pending.fences.clear();
     pending.whole = true;
   }
 }

@@ -438,32 +438,42 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Writes an item's shared copy (`record`) or its tombstone (no record), fenced by `lease` if given, and logs the
-   * change; a change Redis did not take is kept to be written through later (unless strict).
+   * change; a change Redis did not take is kept to be written through later (unless strict), fenced by the lease's
+   * number if it had one.
+   * @throws CacheError `CACHE_LEASE_LOST` when Redis refused the lease; `CACHE_TIER_UNAVAILABLE` only when strict.
    */
   async #change(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, lease: RedisLease | undefined): Promise<void> {
     const top = topOf(scope);
     const key = itemKey(scope, id);
+    let refused: string | null;
     try {
-      await this.#send(scope, id, record, lease);
+      refused = await this.#send(scope, id, record, lease ?? 'plain');
     } catch (error) {
       if (this.#remembers(error)) {
-        this.#pending.addKey(top, key);
+        this.#pending.addKey(top, key, lease?.fence);
         await this.#keep();
       }
       return this.#failed(record === undefined ? 'delete' : 'write', error);
     }
-    // Changes of this scope still waiting are written through later, clears first: this one is written again after them.
+    if (refused !== null) {
+      throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${refused}; another machine has written the item or taken its lease since.`);
+    }
+    // Changes of this scope still waiting are written through later, clears first: this one is written again after
+    // them, fenced by its lease if it had one (it must not undo a newer lease's write that comes meanwhile).
     if (this.#waitsFor(top)) {
-      this.#pending.addKey(top, key);
+      this.#pending.addKey(top, key, lease?.fence);
       this.#replayLater(REPLAY_RETRY_MS);
     }
   }
 
   /**
-   * {@link RedisTier.#change} without the failure policy.
-   * @throws TierUnavailable when Redis did not take it; CacheError `CACHE_LEASE_LOST` when it refused the lease.
+   * {@link RedisTier.#change} without the failure policy, fenced by a lease, by a fencing number alone (the
+   * write-through of a lease's write), or plain; resolves to `null` when written, else to why Redis refused it (a
+   * newer write, grant or clear came since), counted as a fenced write.
+   * @throws TierUnavailable when Redis did not take it.
    */
-  async #send(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, lease: RedisLease | undefined): Promise<void> {
+  async #send(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: RedisLease | number | 'plain'): Promise<string | null> {
+    const lease = fencedBy instanceof RedisLease ? fencedBy : undefined;
     const changeLog = this.#attached();
     const top = topOf(scope);
     this.#checkShared(top);
@@ -479,7 +489,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       String(this.#options.maxLogEntries),
       record === undefined ? 'd' : 's',
       lease?.token ?? '',
-      lease === undefined ? '' : String(lease.fence),
+      fencedBy === 'plain' ? '' : String(fencedBy instanceof RedisLease ? fencedBy.fence : fencedBy),
       String(fields.length),
       ...fields,
     ];
@@ -510,9 +520,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (Number(reply[0]) !== 1) {
       this.#fencedWrites++;
       lease?.lose();
-      throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${String(reply[1])}; another machine has written the item or taken its lease since.`);
+      return String(reply[1]);
     }
     this.#sharedWrites++;
+    return null;
   }
 
   /**
@@ -642,7 +653,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Writes through what waits for the top-level scope: its clears, then a whole one's clear and every local item, or
-   * each item's current local record. The convergence rule: this write is the later one in Redis, so it wins there.
+   * each item's current local record. The convergence rule: a plain write-through is the later one in Redis, so it
+   * wins there; one of a lease's write is fenced by the lease's number, and when Redis holds a newer write, grant or
+   * clear it is refused and the local copy, older than Redis's, is dropped. A whole scope's items go plain: the
+   * scope's clear, just before, is newer than any lease's fence anyway.
    */
   async #replayOf(top: string): Promise<void> {
     const sink = this.#sink!;
@@ -655,8 +669,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
       return;
     }
     this.#replayingNow = pending;
-    const send = (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined) =>
-      this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, undefined);
+    const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') =>
+      (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
     try {
       if (pending.whole) await this.#sendClear(top, '', true);
       for (const prefix of [...pending.clears]) {
@@ -664,13 +678,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
         pending.clears.delete(prefix);
       }
       if (pending.whole) {
-        await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), send);
+        await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), (scope, id, record) => send(scope, id, record, 'plain'));
         pending.whole = false;
       }
       for (const key of [...pending.keys]) {
         const { scope, id } = parseItemKey(key);
-        await sink.replay(scope, id, (record) => send(scope, id, record));
+        await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain'));
         pending.keys.delete(key);
+        pending.fences.delete(key);
       }
     } catch (error) {
       this.#pending.restore(pending);

@@ -68,18 +68,21 @@ end
 `;
 
 /**
- * Writes an item (`s`) or its tombstone (`d`), plain or fenced by a lease.
+ * Writes an item (`s`) or its tombstone (`d`): plain, fenced by a lease, or fenced by a number.
  *
  * KEYS: item, fence counter `n`, generations `g`, leases `l`, change log `c`, lease expiries `x`.
  * ARGV: 1 origin, 2 item key, 3 channel, 4 top (percent-encoded), 5 maxLogEntries, 6 kind (`s` | `d`),
- * 7 lease token (`''`: plain), 8 lease fence, 9 count of generation fields, then the fields, then for `s`:
+ * 7 lease token (`''`: none), 8 the lease's fence, or with no token the fence to write by (`''`: plain), 9 count of generation fields, then the fields, then for `s`:
  * value bytes, encoding, modified, expiresAtMs (`''`: none), staleUntilMs (`''`: none), expire-at in ms (Unix time,
  * capped at {@link SHARED_ITEM_MAX_LIFE_MS} from now); for `d`: the tombstone's time to live in ms.
  *
  * A plain write takes a new fence (`INCR n`) and ends the item's lease, if any (announcing the release, so that
  * waiters try again); a fenced one writes with its lease's fence, and is refused when the lease is missing (released,
  * or ended by a plain write), another's, expired by Redis's clock, older than a clear of one of the item's scopes, or
- * older than the item's fence (a plain write or delete came since). Then it prunes a few expired leases.
+ * older than the item's fence (a plain write or delete came since). One fenced by a number (the write-through of a
+lease's write that Redis did not take) writes with that fence, and is refused when the item's fence is newer, a clear
+of one of its scopes came since, or another lease of a newer fence is live; it ends a lease of its fence or older, as
+a plain write does. Then it prunes a few expired leases.
  * Returns `{1, fence, stream id}`, or `{0, why}` when fenced.
  */
 export const WRITE_SCRIPT = tierScript(
@@ -91,20 +94,23 @@ local token = ARGV[7]
 local count = tonumber(ARGV[9])
 local at = 10 + count
 local now = now_ms()
-local fence
+local fence = tonumber(ARGV[8])
+local lease = parse_lease(redis.call('HGET', lkey, ikey))
 if token ~= '' then
-  local lease = parse_lease(redis.call('HGET', lkey, ikey))
   if not lease then return {0, 'no lease'} end
-  if lease.token ~= token or lease.fence ~= tonumber(ARGV[8]) then return {0, 'another lease'} end
+  if lease.token ~= token or lease.fence ~= fence then return {0, 'another lease'} end
   if lease.expires <= now then return {0, 'lease expired'} end
-  if cleared_at(gkey, 10, count) > lease.fence then return {0, 'scope cleared'} end
-  local current = tonumber(redis.call('HGET', item, 'f') or '0')
-  if current > lease.fence then return {0, 'newer write'} end
-  fence = lease.fence
-else
-  fence = redis.call('INCR', nkey)
-  -- A plain write supersedes a holder: its lease ends here (its write is refused, its renewal finds it lost, even
-  -- once this write's item is gone), and its waiters are woken to try again.
+elseif fence and lease and lease.expires > now and lease.fence > fence then
+  return {0, 'newer lease'}
+end
+if fence then
+  if cleared_at(gkey, 10, count) > fence then return {0, 'scope cleared'} end
+  if tonumber(redis.call('HGET', item, 'f') or '0') > fence then return {0, 'newer write'} end
+end
+if token == '' then
+  fence = fence or redis.call('INCR', nkey)
+  -- A plain write (or one fenced by a number, past the checks) supersedes a holder: its lease ends here (its write is
+  -- refused, its renewal finds it lost, even once this write's item is gone), and its waiters are woken to try again.
   if redis.call('HDEL', lkey, ikey) == 1 then
     redis.call('ZREM', xkey, ikey)
     redis.call('PUBLISH', channel, 'r|' .. top .. '||' .. ikey)

@@ -665,9 +665,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   /**
    * The tier's sink: hands the item's current local record (`undefined` when gone, or past its stale time) to `send`,
-   * under its exclusive lock, so that no write of the item runs between the read and the tier's write.
+   * under its exclusive lock, so that no write of the item runs between the read and the tier's write; drops the
+   * local copy when `send` says Redis holds a newer value.
    */
-  async #replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<void>): Promise<void> {
+  async #replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void> {
     const acquired = this.#lock(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER });
     const lease = acquired instanceof Promise ? await acquired : acquired;
     try {
@@ -679,7 +680,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         // A damaged record is no value to share: the shared copy is deleted instead.
         if (!isCacheError(error, 'CACHE_CORRUPT')) throw error;
       }
-      await send(record !== undefined && freshness(record, this.#now()) === 'gone' ? undefined : record);
+      const written = await send(record !== undefined && freshness(record, this.#now()) === 'gone' ? undefined : record);
+      if (!written) await this.#io(() => this.#store.delete(scope, id));
     } finally {
       lease.release();
     }
@@ -689,7 +691,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * The tier's sink: {@link LocalBackend.#replay} of every local item of the scope and its nested scopes (the root
    * scope: its own items only, each top-level scope being the tier's to ask for), page by page, one item at a time.
    */
-  async #replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<void>): Promise<void> {
+  async #replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void> {
     const scopes = [scope];
     for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
       const current = next;

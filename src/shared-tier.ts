@@ -44,14 +44,15 @@ export interface TierSink<V = unknown> {
   localScopes(): Iterable<string>;
   /**
    * Calls `send` with the item's current local record (`undefined` when it is gone or past its stale time), under the
-   * item's exclusive lock, held until `send` settles; rejects as `send` does.
+   * item's exclusive lock, held until `send` settles; when `send` resolves to false (Redis refused the write-through:
+   * it holds a newer value), drops the local copy before releasing the lock. Rejects as `send` does.
    */
-  replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<void>): Promise<void>;
+  replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void>;
   /**
    * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
    * item at a time; stops at the first rejection.
    */
-  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<void>): Promise<void>;
+  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void>;
 }
 
 /** The tier's figures for `hoard status`. */
@@ -72,7 +73,10 @@ export interface TierStatus {
   /** Commands the tier refused for want of permission (an ACL), a subset of `errors`. */
   readonly refused: number;
   readonly leases: number;
-  /** Writes the tier refused because their lease was lost (a newer grant or write exists). */
+  /**
+   * Writes the tier refused because their lease was lost (a newer grant or write exists), and write-throughs of a
+   * lease's write refused for a newer write, grant or clear (the local copy was dropped).
+   */
   readonly fencedWrites: number;
   /** `getset` calls in a shared scope that held the local lock only, because the tier was unavailable. */
   readonly localFallbacks: number;

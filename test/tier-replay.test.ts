@@ -4,7 +4,7 @@ import { expect, test } from 'vitest';
 import type { Cache } from '../src/cache.js';
 import { eventually } from './conformance/support.js';
 import { startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
-import { HEALTHY_TIER, sharedValues, startTierDaemon, type TierDaemon, type TierDaemonOptions } from './support/tier-daemon.js';
+import { HEALTHY_TIER, sharedItem, sharedValues, startTierDaemon, type TierDaemon, type TierDaemonOptions } from './support/tier-daemon.js';
 
 /**
  * Changes a daemon made while Redis could not take them (cut off by a TCP proxy) are written through once it can:
@@ -189,4 +189,39 @@ test('a daemon killed while cut off, and restarted still cut off: its acknowledg
   await eventually(async () => (await again.tierStatus()).pendingChanges === 0, 'nothing pending on A');
   process.stderr.write(`replay after a restart: ${restarted.pendingChanges} changes pending at start (file mode ${mode.toString(8)}), on B ${tookMs.toFixed(0)} ms after the restore\n`);
   expect(mode).toBe(0o600);
+});
+
+test("a getset's write cut off, and its lease run out: its write-through is refused for the newer lease's write, and A drops its copy", async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('fenced');
+  const onB = b.cache.withScope('fenced');
+  const before = await a.tierStatus();
+  const held = await onA.getset('item');
+  const granted = await a.tierStatus();
+  expect(held.item).toBeNull();
+  // A took the item's lease in Redis (no local fallback): its write is fenced.
+  expect([granted.leases, granted.localFallbacks]).toEqual([before.leases + 1, before.localFallbacks]);
+  proxy.cut('blackhole');
+  // Default mode: acknowledged locally once the fenced write times out, and kept to be written through.
+  await held.set('A under its lease');
+  await held.release();
+  expect((await a.tierStatus()).pendingChanges).toBe(1);
+
+  // A's lease runs out (A cannot renew it): B takes the item's lease, computes and writes a newer value.
+  const taken = await onB.getset('item');
+  expect(taken.item).toBeNull();
+  await taken.set('B under a newer lease');
+  await taken.release();
+  const byB = await sharedItem(server.cli, { scope: ['fenced'], id: 'item' });
+  expect(byB?.v).toContain('B under a newer lease');
+
+  proxy.restore();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A wrote through what it kept');
+  const after = await a.tierStatus();
+  // Nothing wrote the item after B: its hash (value and fencing number) is the one B wrote.
+  expect(await sharedItem(server.cli, { scope: ['fenced'], id: 'item' })).toEqual(byB);
+  expect(await valueOf(onB, 'item')).toBe('B under a newer lease');
+  expect(await valueOf(onA, 'item')).toBe('B under a newer lease');
+  expect(after.fencedWrites).toBe(before.fencedWrites + 1);
+  process.stderr.write(`fenced replay: Redis kept B's write (fence ${byB?.f}); A's fenced writes ${before.fencedWrites} -> ${after.fencedWrites}\n`);
 });
