@@ -94,3 +94,44 @@ test('kept in a 0600 file that a new run reads; a file of another prefix, or not
   expect(lines).toHaveLength(1);
   expect(await readFile(path, 'utf8')).toBe('not json');
 });
+
+test("a getset's write keeps its lease's fence: a later fenced one replaces it, a later plain change or a clear forgets it; kept in the file", async () => {
+  const dir = await tempDir();
+  const path = join(dir, 'tier-pending.json');
+  const changes = pending(path);
+  changes.addKey('a', key(['a'], 'replaced'), 7);
+  changes.addKey('a', key(['a'], 'replaced'), 9);
+  changes.addKey('a', key(['a'], 'plain later'), 8);
+  changes.addKey('a', key(['a'], 'plain later'));
+  changes.addKey('a', key(['a'], 'fenced'), 11);
+  changes.addKey('a', key(['a', 'b'], 'cleared'), 12);
+  changes.addClear('a', scopeOf(['a', 'b']).prefix);
+  changes.addKey('a', key(['a', 'b'], 'cleared'));
+  expect(changes.size).toBe(5);
+  await changes.save();
+  expect((await stat(path)).mode & 0o777).toBe(0o600);
+
+  const again = pending(path);
+  await again.load();
+  const taken = again.take('a')!;
+  const fences = Object.fromEntries(taken.fences);
+  expect(fences).toEqual({ [key(['a'], 'replaced')]: 9, [key(['a'], 'fenced')]: 11 });
+  // Put back before a later plain change of `fenced`, which forgets its fence; `replaced` keeps it.
+  again.addKey('a', key(['a'], 'fenced'));
+  again.restore(taken);
+  expect(Object.fromEntries(again.take('a')!.fences)).toEqual({ [key(['a'], 'replaced')]: 9 });
+});
+
+test('a file without fences (an earlier build) loads every key as plain; a bad fence is read as none', async () => {
+  const path = join(await tempDir(), 'tier-pending.json');
+  await writeFile(path, JSON.stringify({ keyPrefix: 'hoard', rootClear: false, tops: [{ top: 'a', whole: false, clears: [], keys: [key(['a'], 'k1')] }] }));
+  const old = pending(path);
+  await old.load();
+  expect(old.size).toBe(1);
+  expect(old.take('a')!.fences.size).toBe(0);
+  const bad = { [key(['a'], 'k1')]: 'x', [key(['a'], 'k2')]: -1, [key(['a'], 'k3')]: 3 };
+  await writeFile(path, JSON.stringify({ keyPrefix: 'hoard', rootClear: false, tops: [{ top: 'a', whole: false, clears: [], keys: [key(['a'], 'k1'), key(['a'], 'k2'), key(['a'], 'k3')], fences: bad }] }));
+  const loaded = pending(path);
+  await loaded.load();
+  expect(Object.fromEntries(loaded.take('a')!.fences)).toEqual({ [key(['a'], 'k3')]: 3 });
+});
