@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, expect, onTestFinished, test } from 'vitest';
 import { RedisTier } from '../daemon/redis-tier.js';
+import { encodeTopName, generationFields, TierKeys } from '../daemon/tier-keys.js';
+import { WRITE_SCRIPT } from '../daemon/tier-scripts.js';
 import { isCacheError } from '../src/errors.js';
-import { ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
+import { itemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
 import type { EncodedRecord } from '../src/store.js';
 import { readOnlyRules, type RedisServer, startRedisCluster, startRedisServer, startTcpProxy } from './support/redis-server.js';
@@ -240,6 +242,56 @@ test('a fenced write is refused once the scope was cleared after the grant', asy
   await b.tier.clear(pages);
   await expectCode(a.tier.write(pages, 'x', record('stale'), { lease: grant.lease, sizeBytes: 5 }), 'CACHE_LEASE_LOST');
   expect(text(await b.tier.read(pages, 'x'))).toBeUndefined();
+});
+
+test('a write fenced by a number (a getset write-through) is refused for a newer lease, write or clear; else it writes with that fence and ends its lease', async () => {
+  const prefix = freshPrefix();
+  const keys = new TierKeys(prefix);
+  const a = await makeTier({ prefix, leaseMs: 30_000 });
+  const b = await makeTier({ prefix, leaseMs: 30_000 });
+  const grantOf = async (tier: RedisTier, id: string) => {
+    const grant = await tier.acquire(pages, id, { wait: false });
+    if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+    return grant;
+  };
+  /** The write script's reply, as redis-cli prints it, for a set of `id` fenced by the number `fence` (no token). */
+  const byNumber = async (id: string, fence: number): Promise<string[]> => {
+    const key = itemKey(pages, id);
+    const fields = generationFields(pages);
+    const reply = await server.cli(
+      'EVAL', WRITE_SCRIPT.source, '6',
+      keys.item(key), keys.fenceCounter('pages'), keys.generations('pages'), keys.leases('pages'), keys.changeLog('pages'), keys.leaseExpiries('pages'),
+      'an origin', key, keys.channel, encodeTopName('pages'), '1000', 's', '', String(fence), String(fields.length), ...fields,
+      'written through', 'utf8', '1700000000000', '', '', String(Date.now() + 60_000),
+    );
+    return reply.split('\n');
+  };
+
+  // A's lease ended (released), B holds a newer one: refused; once B wrote under it, still refused.
+  const older = await grantOf(a.tier, 'older');
+  await a.tier.release(older.lease);
+  const newer = await grantOf(b.tier, 'older');
+  expect(await byNumber('older', older.lease.fence)).toEqual(['0', 'newer lease']);
+  await b.tier.write(pages, 'older', record('by B'), { lease: newer.lease, sizeBytes: 4 });
+  await b.tier.release(newer.lease);
+  expect(await byNumber('older', older.lease.fence)).toEqual(['0', 'newer write']);
+  expect(text(await a.tier.read(pages, 'older'))).toBe('by B');
+
+  // A clear of the scope came after the grant: refused.
+  const cleared = await grantOf(a.tier, 'cleared');
+  await a.tier.release(cleared.lease);
+  await b.tier.clear(pages);
+  expect(await byNumber('cleared', cleared.lease.fence)).toEqual(['0', 'scope cleared']);
+
+  // Nothing newer: written with that fence (the counter untouched), and the lease of that fence, still held, ends.
+  const mine = await grantOf(a.tier, 'mine');
+  const counter = await server.cli('GET', keys.fenceCounter('pages'));
+  const [taken, fence] = await byNumber('mine', mine.lease.fence);
+  expect([taken, fence]).toEqual(['1', String(mine.lease.fence)]);
+  expect(await server.cli('GET', keys.fenceCounter('pages'))).toBe(counter);
+  expect(await server.cli('HEXISTS', keys.leases('pages'), itemKey(pages, 'mine'))).toBe('0');
+  expect(await server.cli('HGET', keys.item(itemKey(pages, 'mine')), 'f')).toBe(String(mine.lease.fence));
+  expect(text(await b.tier.read(pages, 'mine'))).toBe('written through');
 });
 
 test('a clear bumps a generation without scanning: items of the scope read as misses, others as hits', async () => {
