@@ -57,6 +57,11 @@ export interface ChangeLogOptions {
    * tried again). Default: nothing to write.
    */
   replay?(top: string | undefined): Promise<void>;
+  /**
+   * Whether this daemon's change of the item waits to be written through: another machine's change of it is then not
+   * applied locally (the write-through comes later in Redis, and wins there). Default: none waits.
+   */
+  isPending?(top: string, key: string): boolean;
 }
 
 /** A read through the tier, watched for changes to its item until it ends. */
@@ -186,6 +191,7 @@ export class ChangeLog {
   readonly #onReleased: (itemKey: string) => void;
   readonly #maxTrackedScopes: number;
   readonly #replay: (top: string | undefined) => Promise<void>;
+  readonly #isPending: (top: string, key: string) => boolean;
   /** The followed top-level scopes, least recently used first. */
   readonly #tops = new Map<string, TopState>();
   readonly #reads = new Set<Read>();
@@ -223,6 +229,7 @@ export class ChangeLog {
     this.#onReleased = options.onReleased;
     this.#maxTrackedScopes = options.maxTrackedScopes ?? MAX_TRACKED_SCOPES;
     this.#replay = options.replay ?? (async () => {});
+    this.#isPending = options.isPending ?? (() => false);
   }
 
   /** True until the change log is known to be followed (subscribed, every followed scope caught up since). */
@@ -598,7 +605,7 @@ export class ChangeLog {
       if (kind === 's' || kind === 'd') {
         const item = this.#itemOf(top, key);
         if (item) {
-          items.set(key, item);
+          if (!this.#isPending(top, key)) items.set(key, item);
           continue;
         }
       } else if (kind === 'c') {

@@ -98,25 +98,49 @@ export class PendingChanges {
    * Records that the item's current local record is to be written through: fenced by `fence` when given (the change
    * was a write fenced by a lease of that number), else plainly (a plain change forgets the fence of an earlier one).
    */
-  addKey(top: string, key: string, fence?: number): void {
+  addKey(top: string, key: string, fence?: number): boolean {
     const pending = this.#top(top);
-    if (pending.whole) return;
+    if (pending.whole) return false;
+    const before = pending.fences.get(key);
     if (fence === undefined) pending.fences.delete(key);
     else pending.fences.set(key, fence);
-    if (pending.keys.has(key)) return;
+    if (pending.keys.has(key)) return before !== fence;
     pending.keys.add(key);
     this.#count++;
     this.#bound();
+    return true;
   }
 
-  /** Records a clear of the scope of `prefix` (`''`: the top-level scope): what was waiting under it is forgotten. */
-  addClear(top: string, prefix: string): void {
+  /**
+   * Records a clear of the scope of `prefix` (`''`: the top-level scope): what was waiting under it is forgotten.
+   * Returns whether that changed what waits.
+   */
+  addClear(top: string, prefix: string): boolean {
     const pending = this.#top(top);
-    for (const clear of pending.clears) if (isUnder(prefix, clear)) return;
+    for (const clear of pending.clears) if (isUnder(prefix, clear)) return false;
     this.#forgetUnder(pending, prefix);
     pending.clears.add(prefix);
     this.#count++;
     this.#bound();
+    return true;
+  }
+
+  /** Whether the item's change waits, or is being written through now (a whole scope's items all do). */
+  holds(top: string, key: string): boolean {
+    const waiting = this.#tops.get(top);
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || pending.keys.has(key)));
+  }
+
+  /**
+   * Whether a clear still to be written through covers the item (a whole scope's, or the root scope's): a write of it
+   * that Redis took now must be written again after that clear.
+   */
+  covers(top: string, key: string): boolean {
+    if (this.#rootClear || this.#rootClearTaken) return true;
+    const waiting = this.#tops.get(top);
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || [...pending.clears].some((prefix) => isUnder(key, prefix))));
   }
 
   /** Forgets what waits under the scope of `prefix`: it was cleared, locally and in Redis. */
@@ -219,6 +243,11 @@ export class PendingChanges {
    * is on disk: calls made while a write is under way share the next one.
    * @throws the file system's error.
    */
+  /** Settles once the file writes under way (or asked for) are done: what is recorded now is in the file then, if they succeed. */
+  saved(): Promise<void> {
+    return this.#saveAgain ?? this.#saving ?? Promise.resolve();
+  }
+
   save(): Promise<void> {
     if (this.#saving === undefined) {
       this.#saving = this.#write().finally(() => (this.#saving = undefined));

@@ -142,6 +142,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #replayChain: Promise<void> = Promise.resolve();
   #replayTimer: NodeJS.Timeout | undefined;
   #keepFailureLoggedAtMs = -Infinity;
+  /** Write-throughs given up since the last line logged about them, and when that was. */
+  #givenUp = 0;
+  #givenUpLoggedAtMs = -Infinity;
   #closed = false;
   /** Lease tokens made in this run: `<origin>:<count>`. */
   #tokens = 0;
@@ -205,6 +208,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       log: this.#options.log,
       onReleased: (key) => this.#wake(key),
       replay: (top) => (top === undefined ? this.#replayAll() : this.#replayTop(top)),
+      isPending: (top, key) => this.#pending.holds(top, key),
     });
     // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
     // than at the end of the holder's lease.
@@ -281,7 +285,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     } catch (error) {
       if (this.#remembers(error)) {
         this.#pending.addRootClear();
-        await this.#keep();
+        await this.#keep(true);
       }
       return this.#failed('clear', error);
     }
@@ -449,18 +453,15 @@ export class RedisTier implements SharedTier<EncodedValue> {
     try {
       refused = await this.#send(scope, id, record, lease ?? 'plain');
     } catch (error) {
-      if (this.#remembers(error)) {
-        this.#pending.addKey(top, key, lease?.fence);
-        await this.#keep();
-      }
+      if (this.#remembers(error)) await this.#keep(this.#pending.addKey(top, key, lease?.fence));
       return this.#failed(record === undefined ? 'delete' : 'write', error);
     }
     if (refused !== null) {
       throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${refused}; another machine has written the item or taken its lease since.`);
     }
-    // Changes of this scope still waiting are written through later, clears first: this one is written again after
-    // them, fenced by its lease if it had one (it must not undo a newer lease's write that comes meanwhile).
-    if (this.#waitsFor(top)) {
+    // A clear still to be written through would undo this write in Redis: it is written again after that clear,
+    // fenced by its lease if it had one (it must not undo a newer lease's write that comes meanwhile).
+    if (this.#pending.covers(top, key)) {
       this.#pending.addKey(top, key, lease?.fence);
       this.#replayLater(REPLAY_RETRY_MS);
     }
@@ -534,10 +535,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     try {
       await this.#sendClear(top, prefix, whole);
     } catch (error) {
-      if (this.#remembers(error)) {
-        this.#pending.addClear(top, prefix);
-        await this.#keep();
-      }
+      if (this.#remembers(error)) await this.#keep(this.#pending.addClear(top, prefix));
       return this.#failed('clear', error);
     }
     // What waited under it is gone locally, and now in Redis too.
@@ -579,11 +577,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return this.#pending.has(top) || this.#replayingNow?.top === top || this.#rootClearReplaying;
   }
 
-  /** Writes the changes waiting to their file, before the change that failed is acknowledged; a failure is logged. */
-  async #keep(): Promise<void> {
+  /**
+   * Writes the changes waiting to their file (or, when nothing `changed`, waits for the write under way), before the
+   * change that failed is acknowledged; a failure is logged.
+   */
+  async #keep(changed: boolean): Promise<void> {
     this.#replayLater(REPLAY_RETRY_MS);
     try {
-      await this.#pending.save();
+      await (changed ? this.#pending.save() : this.#pending.saved());
     } catch (error) {
       // One line a minute at most: a full disk fails every write.
       const nowMs = performance.now();
@@ -622,7 +623,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /** Writes through the changes waiting for one top-level scope (after a clear of the root scope, if one waits). */
   #replayTop(top: string): Promise<void> {
-    if (!this.#pending.has(top)) return Promise.resolve();
+    // While another turn writes this scope's changes through, the pass waits for it: it would drop their local copies.
+    if (!this.#waitsFor(top)) return Promise.resolve();
     return this.#inTurn(async () => {
       await this.#replayRootClear();
       await this.#replayOf(top);
@@ -648,7 +650,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       this.#rootClearReplaying = false;
     }
     this.#pending.finish();
-    await this.#keep();
+    await this.#keep(true);
   }
 
   /**
@@ -674,7 +676,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     try {
       if (pending.whole) await this.#sendClear(top, '', true);
       for (const prefix of [...pending.clears]) {
-        await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
+        try {
+          await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
+        } catch (error) {
+          if (!this.#givesUp(error, prefix)) throw error;
+        }
         pending.clears.delete(prefix);
       }
       if (pending.whole) {
@@ -683,7 +689,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
       }
       for (const key of [...pending.keys]) {
         const { scope, id } = parseItemKey(key);
-        await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain'));
+        try {
+          await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain'));
+        } catch (error) {
+          if (!this.#givesUp(error, key)) throw error;
+        }
         pending.keys.delete(key);
         pending.fences.delete(key);
       }
@@ -694,7 +704,26 @@ export class RedisTier implements SharedTier<EncodedValue> {
       this.#replayingNow = undefined;
     }
     this.#pending.finish();
-    await this.#keep();
+    await this.#keep(true);
+  }
+
+  /**
+   * Whether a write-through that failed is given up rather than tried again (logged): Redis answered it with an error
+   * (an ACL's refusal, `OOM`, a script's error), or the local store could not read the item: trying again would fail
+   * the same way, and hold up catching up on the change logs meanwhile.
+   */
+  #givesUp(error: unknown, key: string): boolean {
+    if (this.#closed || (error instanceof TierUnavailable && !error.answered)) return false;
+    // One line a minute at most: an ACL that refuses one write refuses them all.
+    this.#givenUp++;
+    const nowMs = performance.now();
+    if (nowMs - this.#givenUpLoggedAtMs >= KEEP_FAILURE_LOG_INTERVAL_MS) {
+      this.#givenUpLoggedAtMs = nowMs;
+      const more = this.#givenUp > 1 ? ` (${this.#givenUp - 1} more since the last line)` : '';
+      this.#givenUp = 0;
+      this.#options.log(`tier: a change Redis did not take is not written through, it failed again (${JSON.stringify(key)}): ${error instanceof Error ? error.message : String(error)}${more}`);
+    }
+    return true;
   }
 
   /** Adds the top-level scope to `<prefix>:scopes` (what a clear of the root scope clears), once per run. */

@@ -32,13 +32,17 @@ const UNAVAILABLE_REPLIES = new Set(['LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDO
 export class TierUnavailable extends Error {
   override name = 'TierUnavailable';
 
+  /** Whether Redis answered the command with an error (a refusal, `OOM`, a script's error): trying again will not help. */
+  readonly answered: boolean;
+
   constructor(
     message: string,
     /** Whether Redis refused the command for want of permission (`NOPERM`: an ACL). */
     readonly refused = false,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; answered?: boolean },
   ) {
     super(message, options);
+    this.answered = options?.answered ?? refused;
   }
 }
 
@@ -525,7 +529,7 @@ export class TierConnection {
       this.#lastError = message;
       this.#timeoutsInRow = 0;
       this.#log(kind, `tier: ${what} ${refused ? 'refused' : 'failed'}: ${describe(error)}`);
-      return new TierUnavailable(message, refused, { cause: error });
+      return new TierUnavailable(message, refused, { cause: error, answered: true });
     }
     if (kind === 'timeout' && this.#up) {
       // One slow reply (a busy machine, a slow command) fails this call alone. Commands that were under way together

@@ -79,7 +79,13 @@ interface Started {
 async function startChangeLog(
   url: string,
   positionsPath: string,
-  options: { localScopes?: string[]; sharing?: Record<string, ScopeSharing>; maxTrackedScopes?: number; sink?: RecordingSink } = {},
+  options: {
+    localScopes?: string[];
+    sharing?: Record<string, ScopeSharing>;
+    maxTrackedScopes?: number;
+    sink?: RecordingSink;
+    isPending?: (top: string, key: string) => boolean;
+  } = {},
 ): Promise<Started> {
   const lines: string[] = [];
   const released: string[] = [];
@@ -95,6 +101,7 @@ async function startChangeLog(
     log: (line) => lines.push(line),
     onReleased: (key) => released.push(key),
     ...(options.maxTrackedScopes === undefined ? {} : { maxTrackedScopes: options.maxTrackedScopes }),
+    ...(options.isPending === undefined ? {} : { isPending: options.isPending }),
   });
   onTestFinished(async () => {
     await changeLog.close();
@@ -143,6 +150,26 @@ test('change log: other daemons\u2019 sets and deletes invalidate, this daemon\u
   await other.client.publish(KEYS.channel, 'r|pages||pages/:leased');
   await until(() => released.length > 0, 'the release is heard');
   expect(released).toEqual(['pages/:leased']);
+});
+
+test('change log: another daemon\u2019s change of an item whose own change waits to be written through is not applied: the write-through wins', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  const other = await otherDaemon(redis);
+  const pending = new Set(['pages/:mine']);
+  const { changeLog, sink } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'), {
+    isPending: (top, key) => top === 'pages' && pending.has(key),
+  });
+  await followed(changeLog, 'pages');
+  await other.logChange('pages', 's', 'pages/:mine');
+  await other.logChange('pages', 's', 'pages/:theirs');
+  // Entries are applied in order: once the second is applied, the first was skipped, not just not yet applied.
+  await until(() => sink.calls.includes('invalidate pages/:theirs'), 'the second change is applied');
+  expect(sink.calls).toEqual(['invalidate pages/:theirs']);
+  // Once written through, the item is no longer kept from other machines' changes.
+  pending.clear();
+  await other.logChange('pages', 'd', 'pages/:mine');
+  await until(() => sink.calls.includes('invalidate pages/:mine'), 'the later change is applied');
+  expect(changeLog.figures()).toEqual({ invalidations: 2, droppedScopes: 0 });
 });
 
 test('change log: a read begun before a change to its item is applied is not copyable; other reads are', async () => {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { expect, test } from 'vitest';
 import type { Cache } from '../src/cache.js';
 import { eventually } from './conformance/support.js';
-import { startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
+import { readOnlyRules, startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
 import { HEALTHY_TIER, sharedItem, sharedValues, startTierDaemon, type TierDaemon, type TierDaemonOptions } from './support/tier-daemon.js';
 
 /**
@@ -224,4 +224,31 @@ test("a getset's write cut off, and its lease run out: its write-through is refu
   expect(await valueOf(onA, 'item')).toBe('B under a newer lease');
   expect(after.fencedWrites).toBe(before.fencedWrites + 1);
   process.stderr.write(`fenced replay: Redis kept B's write (fence ${byB?.f}); A's fenced writes ${before.fencedWrites} -> ${after.fencedWrites}\n`);
+});
+
+test('a write-through Redis answers with an error (an ACL refuses it) is given up and logged: it does not hold up catching up on other scopes', async () => {
+  // A's Redis user may read but not write: its writes while connected are refused (and never kept), but one made while
+  // cut off only timed out, so it waits to be written through, and Redis refuses it then.
+  const server = await startRedisServer({ users: [{ name: 'reader', password: 'reader secret', rules: readOnlyRules() }] });
+  const proxy = await startTcpProxy({ port: server.port });
+  const [a, b] = await Promise.all([
+    startTierDaemon({ tier: proxy.url, username: 'reader', password: 'reader secret', ...CUT_SIDE }),
+    startTierDaemon({ tier: server.url, ...HEALTHY_TIER }),
+  ]);
+  await b.cache.withScope('other').set('item', 'before the cut');
+  expect(await valueOf(a.cache.withScope('other'), 'item')).toBe('before the cut');
+  await cut(proxy, a, 'blackhole');
+  await a.cache.withScope('mine').set('item', 'by A during the cut');
+  expect((await a.tierStatus()).pendingChanges).toBeGreaterThan(0);
+  await b.cache.withScope('other').set('item', 'by B during the cut');
+  proxy.restore();
+  // Before the fix, the refused write-through was tried again every second and catching up never came to an end.
+  await eventually(async () => {
+    const status = await a.tierStatus();
+    return status.state === 'connected' && status.pendingChanges === 0;
+  }, 'A is connected, with nothing waiting');
+  expect(await valueOf(a.cache.withScope('other'), 'item')).toBe('by B during the cut');
+  // Redis never had A's write.
+  expect(await valueOf(b.cache.withScope('mine'), 'item')).toBeUndefined();
+  expect((await a.tierStatus()).refused).toBeGreaterThan(0);
 });

@@ -135,3 +135,33 @@ test('a file without fences (an earlier build) loads every key as plain; a bad f
   await loaded.load();
   expect(Object.fromEntries(loaded.take('a')!.fences)).toEqual({ [key(['a'], 'k3')]: 3 });
 });
+
+test('holds and covers: which items wait, also while being written through, and which a waiting clear would undo; adds say whether anything changed', async () => {
+  const changes = pending(join(await tempDir(), 'p.json'));
+  expect(changes.addKey('a', key(['a'], 'k1'))).toBe(true);
+  // The same key again, plain: nothing changed, so nothing to write to the file.
+  expect(changes.addKey('a', key(['a'], 'k1'))).toBe(false);
+  expect(changes.addKey('a', key(['a'], 'k1'), 7)).toBe(true);
+  expect(changes.addClear('a', scopeOf(['a', 'b']).prefix)).toBe(true);
+  expect(changes.addClear('a', scopeOf(['a', 'b', 'c']).prefix)).toBe(false);
+  expect(changes.holds('a', key(['a'], 'k1'))).toBe(true);
+  expect(changes.holds('a', key(['a'], 'k2'))).toBe(false);
+  expect(changes.holds('z', key(['z'], 'k1'))).toBe(false);
+  expect(changes.covers('a', key(['a', 'b'], 'k'))).toBe(true);
+  expect(changes.covers('a', key(['a'], 'k'))).toBe(false);
+  // Taken for writing through: still held and covering until finished.
+  changes.take('a');
+  expect(changes.holds('a', key(['a'], 'k1'))).toBe(true);
+  expect(changes.covers('a', key(['a', 'b'], 'k'))).toBe(true);
+  changes.finish();
+  expect(changes.holds('a', key(['a'], 'k1'))).toBe(false);
+  expect(changes.covers('a', key(['a', 'b'], 'k'))).toBe(false);
+  // A root clear covers everything; a whole scope holds every item of it.
+  changes.addRootClear();
+  expect(changes.covers('q', key(['q'], 'k'))).toBe(true);
+  const bounded = pending(join(await tempDir(), 'p.json'), 1);
+  bounded.addKey('w', key(['w'], 'k1'));
+  bounded.addKey('w', key(['w'], 'k2'));
+  expect(bounded.holds('w', key(['w'], 'anything'))).toBe(true);
+  expect(bounded.addKey('w', key(['w'], 'k3'))).toBe(false);
+});
