@@ -311,6 +311,25 @@ test('the clear records in g stay bounded: a top-level clear replaces them all, 
   for (const key of ['n', 'g', 't']) expect(await server.cli('PTTL', `${tag}${key}`)).toBe('-1');
 });
 
+test('a whole clear where g has a root record but t has no time for it keeps the clear: items written before stay misses', async () => {
+  const prefix = freshPrefix();
+  const a = await makeTier({ prefix });
+  const tag = `{${prefix}:pages}`;
+  const sub = scopeOf(['pages', 'sub']);
+  await a.tier.write(pages, 'x', record('before'), { sizeBytes: 6 });
+  await a.tier.write(sub, 'y', record('before'), { sizeBytes: 6 });
+  await a.tier.clear(sub);
+  // A root record (field '') with no time in t, older than every item: what a partly lost or hand-edited state leaves.
+  await server.cli('HSET', `${tag}g`, '', '0');
+  expect(await server.cli('ZSCORE', `${tag}t`, '')).toBe('');
+  await a.tier.clear(pages);
+  expect(text(await a.tier.read(pages, 'x'))).toBeUndefined();
+  expect(text(await a.tier.read(sub, 'y'))).toBeUndefined();
+  expect(await server.cli('HEXISTS', `${tag}g`, 'pages/')).toBe('1');
+  expect(await server.cli('HEXISTS', `${tag}g`, '')).toBe('1');
+  expect(a.tier.status().errors).toBe(0);
+});
+
 test("the leases of a holder that never came back are removed by later script calls, without a scan", async () => {
   const prefix = freshPrefix();
   const proxy = await startTcpProxy({ socketPath: server.socketPath! });
