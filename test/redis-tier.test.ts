@@ -354,7 +354,16 @@ test("the leases of a holder that never came back are removed by later script ca
     if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
     await other.tier.release(grant.lease);
   }
-  expect(await server.cli('HLEN', `${tag}l`)).toBe('0');
+  // A lease the holder renewed just before the cut may outlive the last one by up to a renewal period: later script
+  // calls remove it too.
+  let leases = await server.cli('HLEN', `${tag}l`);
+  const poll = setInterval(() => {
+    void other.tier.acquire(pages, 'later', { wait: false }).then(async (grant) => {
+      if (grant !== null && grant !== 'busy') await other.tier.release(grant.lease);
+      leases = await server.cli('HLEN', `${tag}l`);
+    }, () => {});
+  }, 100);
+  await until(() => leases === '0', 'the leases are gone').finally(() => clearInterval(poll));
   expect(await server.cli('ZCARD', `${tag}x`)).toBe('0');
   expect(await server.cli('INFO', 'commandstats')).not.toMatch(/cmdstat_(scan|keys|hscan|zscan|hkeys):/);
   for (const key of ['l', 'x']) expect(await server.cli('PTTL', `${tag}${key}`)).not.toMatch(/^\d/);
