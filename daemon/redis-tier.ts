@@ -24,6 +24,8 @@ const WAIT_MARGIN_MS = 20;
 export const MAX_WAIT_SLICE_MS = 1000;
 /** Acquires whose reply never came (timed out or failed) remembered at most, to release once Redis answers again. */
 const MAX_ORPHANS = 1000;
+/** How long after a release pass that left orphans while the tier is up the next one runs. */
+const ORPHAN_RETRY_MS = 1000;
 /** Scopes cleared at once when the root scope is cleared (each its own script call). */
 const CLEAR_CONCURRENCY = 32;
 /** How soon changes Redis did not take are written through again, while some wait and the tier is up. */
@@ -158,6 +160,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
    * renews; each is released (by token) once the tier answers again. The oldest go beyond {@link MAX_ORPHANS}.
    */
   readonly #orphans = new Map<string, { top: string; itemKey: string }>();
+  /** The release pass of orphans under way, whether another was asked for meanwhile, and the timer of the next try. */
+  #orphanPass: Promise<void> | undefined;
+  #orphanPassAgain = false;
+  #orphanTimer: NodeJS.Timeout | undefined;
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -402,6 +408,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#replayTimer);
+    clearTimeout(this.#orphanTimer);
     // Waiters give up (acquire returns null), and leases still held are released, best effort.
     for (const waiters of this.#waiters.values()) for (const wake of waiters) wake();
     await Promise.all([...this.#leases].map((lease) => this.release(lease)));
@@ -746,20 +753,46 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #orphan(token: string, top: string, itemKey: string): void {
     this.#orphans.set(token, { top, itemKey });
     if (this.#orphans.size > MAX_ORPHANS) this.#orphans.delete(this.#orphans.keys().next().value!);
-    if (this.#connection.up) void this.#releaseOrphans();
+    void this.#releaseOrphans();
   }
 
-  /** Releases the leases Redis may have granted to acquires whose reply never came; those it cannot reach wait for the next time. */
-  async #releaseOrphans(): Promise<void> {
+  /**
+   * Releases the leases Redis may have granted to acquires whose reply never came, one pass at a time: a pass asked
+   * for while one runs runs once after it. Those left while the tier is up are tried again {@link ORPHAN_RETRY_MS} later.
+   */
+  #releaseOrphans(): Promise<void> {
+    if (this.#orphanPass !== undefined) {
+      this.#orphanPassAgain = true;
+      return this.#orphanPass;
+    }
+    clearTimeout(this.#orphanTimer);
+    this.#orphanTimer = undefined;
+    this.#orphanPass = (async () => {
+      do {
+        this.#orphanPassAgain = false;
+        await this.#releaseOrphansOnce();
+      } while (this.#orphanPassAgain && !this.#closed);
+    })().finally(() => {
+      this.#orphanPass = undefined;
+      if (this.#orphans.size > 0 && this.#connection.up && !this.#closed) {
+        this.#orphanTimer = setTimeout(() => void this.#releaseOrphans(), ORPHAN_RETRY_MS);
+        this.#orphanTimer.unref();
+      }
+    });
+    return this.#orphanPass;
+  }
+
+  async #releaseOrphansOnce(): Promise<void> {
     for (const [token, { top, itemKey }] of [...this.#orphans]) {
-      if (!this.#connection.up) return;
+      if (!this.#connection.up || this.#closed) return;
+      if (!this.#orphans.has(token)) continue;
       try {
         await this.#connection.run('release', (client) =>
           client.script(RELEASE_SCRIPT, [this.#keys.leases(top), this.#keys.leaseExpiries(top)], [itemKey, token, '', this.#keys.channel, encodeTopName(top)]),
         );
         this.#orphans.delete(token);
       } catch {
-        // Counted and logged by the connection.
+        // Counted and logged by the connection; the retry timer tries again while the tier is up.
         return;
       }
     }

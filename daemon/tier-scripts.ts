@@ -156,7 +156,8 @@ if ARGV[6] == '1' then
   redis.call('DEL', gkey, tkey)
   if prefix ~= '' and root then
     redis.call('HSET', gkey, '', root)
-    redis.call('ZADD', tkey, root_time, '')
+    -- A root record with no time (partly lost state) gets now's: a Lua error here would leave the records dropped.
+    redis.call('ZADD', tkey, root_time or now, '')
   end
 end
 redis.call('HSET', gkey, prefix, fence)

@@ -148,9 +148,10 @@ test('one command that times out fails alone: the PING it sends decides, and the
   const { connection, log } = await connect(server.url, { timeoutMs });
   const states: boolean[] = [];
   connection.onStateChange((up) => states.push(up));
-  // A reply that comes after the timeout, but well within the PING's own timeout after it: BLPOP on a list that stays
-  // empty (it holds this connection only; a PING sent behind it is answered as soon as it returns).
-  const slow = (client: TierClient) => client.send('empty', ['BLPOP', 'empty', '1.2']);
+  // A reply that comes well after the timeout (600 ms: a late timer cannot let it in), and well within the PING's own
+  // timeout after it: BLPOP on a list that stays empty (it holds this connection only; a PING sent behind it is
+  // answered as soon as it returns, 600 ms at most after it was sent).
+  const slow = (client: TierClient) => client.send('empty', ['BLPOP', 'empty', '1.6']);
   const get = (client: TierClient) => client.send('k', ['GET', 'k']);
   await server.cli('CONFIG', 'RESETSTAT');
   const timedOut = await connection.run('slow', slow).catch((error: unknown) => error);
@@ -165,9 +166,13 @@ test('one command that times out fails alone: the PING it sends decides, and the
   expect(log.filter((line) => line.includes('timed out'))).toHaveLength(1);
 
   // Timeouts in a row (each sent after the last one timed out, no success between) degrade it, though PINGs answer.
+  // Each is sent once the PING before it was answered, so that no BLPOP waits behind another one.
+  let pings = 1;
+  const countPings = async () => void (pings = Number(/cmdstat_ping:calls=(\d+),/.exec(await server.cli('INFO', 'commandstats'))?.[1]));
   for (let n = 1; n <= 3; n++) {
     await expect(connection.run('slow', slow)).rejects.toThrow(/timed out/);
     expect(connection.up).toBe(n < 3);
+    if (n < 3) await until(() => pings === 1 + n, `PING ${n + 1} was answered`, 15_000, countPings);
   }
   expect(states).toEqual([false]);
   expect(connection.figures()).toMatchObject({ state: 'degraded', errors: 4 });
