@@ -145,7 +145,8 @@ describe('who may read the data', () => {
     daemon.child.kill('SIGTERM');
     expect(await daemon.exited).toBe(0);
     const names = await readdir(dataDir);
-    expect(names.filter((name) => name.endsWith('.ldb')).length).toBeGreaterThanOrEqual(2);
+    // Two tables were flushed (the LOG says so, below); a compaction may have merged them into one since.
+    expect(names.filter((name) => name.endsWith('.ldb')).length).toBeGreaterThanOrEqual(1);
     expect(names).not.toContain('000003.log');
     expect((await readFile(join(dataDir, 'LOG'), 'utf8')).match(/Level-0 table #\d+: \d+ bytes OK/g)?.length).toBeGreaterThanOrEqual(2);
     expect(names).toEqual(expect.arrayContaining(['CURRENT', 'LOCK', 'LOG', 'blobs', 'instance-lock']));
