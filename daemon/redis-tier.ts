@@ -460,18 +460,23 @@ export class RedisTier implements SharedTier<EncodedValue> {
     try {
       refused = await this.#send(scope, id, record, lease ?? 'plain');
     } catch (error) {
-      if (this.#remembers(error)) await this.#keep(this.#pending.addKey(top, key, lease?.fence));
+      if (this.#remembers(error)) await this.#keep(this.#pending.addKey(top, key, this.#replayFence(top, key, lease)));
       return this.#failed(record === undefined ? 'delete' : 'write', error);
     }
     if (refused !== null) {
       throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${refused}; another machine has written the item or taken its lease since.`);
     }
-    // A clear still to be written through would undo this write in Redis: it is written again after that clear,
-    // fenced by its lease if it had one (it must not undo a newer lease's write that comes meanwhile).
-    if (this.#pending.covers(top, key)) {
-      this.#pending.addKey(top, key, lease?.fence);
-      this.#replayLater(REPLAY_RETRY_MS);
-    }
+    // A clear still to be written through would undo this write in Redis: it is written again after that clear.
+    if (this.#pending.covers(top, key)) await this.#keep(this.#pending.addKey(top, key, undefined));
+  }
+
+  /**
+   * The fence a change Redis did not take is written through with: its lease's, so that it never undoes a newer
+   * lease's write, unless a clear still to be written through covers it: that clear goes first with a newer fence, and
+   * would refuse it (the write was made after the clear, so plain is right).
+   */
+  #replayFence(top: string, key: string, lease: RedisLease | undefined): number | undefined {
+    return lease === undefined || this.#pending.covers(top, key) ? undefined : lease.fence;
   }
 
   /**

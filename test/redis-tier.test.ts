@@ -29,19 +29,31 @@ afterAll(async () => {
 interface RecordingSink extends TierSink<EncodedRecord['value']> {
   readonly invalidated: string[];
   readonly dropped: string[];
+  /** Local records a test puts in, by item key: what a write-through of the item sends (nothing for other items). */
+  readonly local: Map<string, EncodedRecord>;
+  /** Each write-through sent, as `<item key>:<whether Redis took it>`. */
+  readonly replayed: string[];
 }
 
 function recordingSink(): RecordingSink {
   const invalidated: string[] = [];
   const dropped: string[] = [];
+  const local = new Map<string, EncodedRecord>();
+  const replayed: string[] = [];
   return {
     invalidated,
     dropped,
+    local,
+    replayed,
     invalidate: async (scope, id) => void invalidated.push(`${scope.prefix}:${id}`),
     drop: async (scope) => void dropped.push(scope.prefix),
     localScopes: () => [],
-    // No local store: nothing to write through (a change Redis did not take is forgotten once it answers).
-    replay: async () => {},
+    // Only what the test put in the local store is written through (other changes are forgotten once Redis answers).
+    replay: async (scope, id, send) => {
+      const key = itemKey(scope, id);
+      const found = local.get(key);
+      if (found !== undefined) replayed.push(`${key}:${String(await send(found))}`);
+    },
     replayScope: async () => {},
   };
 }
@@ -705,4 +717,24 @@ test('on a Redis Cluster: values come back byte for byte, and scripts fence, cle
   expect(b.tier.status()).toMatchObject({ errors: 0 });
   // Every master had the scripts from the start: no script ran by EVAL.
   for (const node of cluster.nodes) expect(await node.cli('INFO', 'commandstats')).not.toMatch(/cmdstat_eval:/);
+});
+
+test('a getset\u2019s write Redis did not take while a clear of its scope waits is written through plain, after that clear: the clear does not refuse it', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const a = await makeTier({ url: own.url, timeoutMs: 500, prefix: 'w' });
+  const b = await makeTier({ url: own.url, prefix: 'w' });
+  const grant = await a.tier.acquire(pages, 'job', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  // Writes (scripts) wait, reads and PINGs do not: the tier stays up while the clear and the write time out.
+  await own.cli('CLIENT', 'PAUSE', '2000', 'WRITE');
+  await a.tier.clear(pages);
+  const computed = record('computed after the clear');
+  a.sink.local.set(itemKey(pages, 'job'), computed);
+  await a.tier.write(pages, 'job', computed, { lease: grant.lease, sizeBytes: 24 });
+  expect(a.tier.status().pendingChanges).toBe(2);
+  await until(() => a.tier.status().pendingChanges === 0, 'both are written through', 30_000);
+  // Before the fix, the write went through fenced by its lease, older than the clear sent just before it: refused.
+  expect(a.sink.replayed).toEqual([`${itemKey(pages, 'job')}:true`]);
+  expect(text(await b.tier.read(pages, 'job'))).toBe('computed after the clear');
+  await a.tier.release(grant.lease);
 });
