@@ -62,6 +62,12 @@ export interface ChangeLogOptions {
    * applied locally (the write-through comes later in Redis, and wins there). Default: none waits.
    */
   isPending?(top: string, key: string): boolean;
+  /**
+   * Whether changes of the top-level scope still wait after its write-through (an item whose lock was held is left
+   * for a later pass): the scope is then not dropped whole (its position lost, or its local data unsure) until they
+   * are written through, since dropping them would write them through as deletes. Default: none waits.
+   */
+  waits?(top: string): boolean;
 }
 
 /** A read through the tier, watched for changes to its item until it ends. */
@@ -125,6 +131,13 @@ interface PositionsFile {
 }
 
 const NOT_COPYABLE: WatchedRead = Object.freeze({ copyable: () => false, end: () => {} });
+
+/** A pass that would drop its scope while some of the scope's changes still wait to be written through: tried again. */
+class ChangesWait extends Error {
+  constructor(top: string, reason: string) {
+    super(`scope ${JSON.stringify(top)} is not dropped locally (${reason}) while changes of it wait to be written through; trying again`);
+  }
+}
 
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -192,6 +205,7 @@ export class ChangeLog {
   readonly #maxTrackedScopes: number;
   readonly #replay: (top: string | undefined) => Promise<void>;
   readonly #isPending: (top: string, key: string) => boolean;
+  readonly #waits: (top: string) => boolean;
   /** The followed top-level scopes, least recently used first. */
   readonly #tops = new Map<string, TopState>();
   readonly #reads = new Set<Read>();
@@ -230,6 +244,7 @@ export class ChangeLog {
     this.#maxTrackedScopes = options.maxTrackedScopes ?? MAX_TRACKED_SCOPES;
     this.#replay = options.replay ?? (async () => {});
     this.#isPending = options.isPending ?? (() => false);
+    this.#waits = options.waits ?? (() => false);
   }
 
   /** True until the change log is known to be followed (subscribed, every followed scope caught up since). */
@@ -513,7 +528,8 @@ export class ChangeLog {
       if (state.position === undefined) state.unsure = true;
       state.failed = true;
       const scope = JSON.stringify(state.top);
-      this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
+      if (error instanceof ChangesWait) this.#logLimited('changes wait', `tier: ${error.message}`);
+      else this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
       this.#retryLater();
       return false;
     }
@@ -536,6 +552,7 @@ export class ChangeLog {
     const info = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
     if (state.unsure) {
+      if (this.#waits(state.top)) throw new ChangesWait(state.top, 'its local data may be older than its change-log position');
       this.#markStale(state.top, () => true);
       await this.#dropTop(state.top, 'its local data may be older than its change-log position');
       if (!this.#isCurrent(state, generation)) return;
@@ -582,6 +599,7 @@ export class ChangeLog {
 
   /** The scope's change log lost entries this daemon had not applied: drops the scope locally and goes on from the log's end. */
   async #lose(state: TopState, generation: number, reason: string): Promise<void> {
+    if (this.#waits(state.top)) throw new ChangesWait(state.top, reason);
     const info = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
     this.#markStale(state.top, () => true);
