@@ -643,8 +643,9 @@ export class ChangeLog {
     for (const key of items.keys()) if (prefixes.some((prefix) => key.startsWith(prefix))) items.delete(key);
     this.#markStale(top, (key) => items.has(key) || prefixes.some((prefix) => key.startsWith(prefix)));
     const calls = [
-      ...[...items.values()].map(({ scope, id }) => async () => {
-        await this.#sink.invalidate(scope, id);
+      ...[...items.entries()].map(([key, { scope, id }]) => async () => {
+        // Asked again under the item's lock: a local write that held it may have failed meanwhile, and now waits.
+        await this.#sink.invalidate(scope, id, { keepIf: () => this.#isPending(top, key) });
         this.#invalidations++;
       }),
       ...[...scopes.values()].map((scope) => async () => {

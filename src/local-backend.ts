@@ -152,7 +152,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     if (!this.#tier) return;
     this.#checkOpen();
     const sink: TierSink<V> = {
-      invalidate: (scope, id) => this.#invalidate(scope, id),
+      invalidate: (scope, id, options) => this.#invalidate(scope, id, options?.keepIf),
       drop: (scope) => this.#drop(scope),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
       replay: (scope, id, send) => this.#replay(scope, id, send),
@@ -620,12 +620,16 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#log(`tier: an item read from the shared tier was served without a local copy: ${error instanceof Error ? error.message : String(error)}${more}`);
   }
 
-  /** The tier's sink: drops the local copy of an item another machine changed, under its exclusive lock. */
-  async #invalidate(scope: Scope, id: string): Promise<void> {
+  /**
+   * The tier's sink: drops the local copy of an item another machine changed, under its exclusive lock, unless
+   * `keepIf` says to keep it once the lock is held (a write that held the lock meanwhile may have become pending).
+   */
+  async #invalidate(scope: Scope, id: string, keepIf: (() => boolean) | undefined): Promise<void> {
     const key = itemKey(scope, id);
     const acquired = this.#lock(key, 'exclusive', { owner: TIER_OWNER });
     const lease = acquired instanceof Promise ? await acquired : acquired;
     try {
+      if (keepIf?.()) return;
       // Most changes elsewhere are to items this machine does not hold: those cost no write.
       if (this.#store.sizeOf ? this.#store.sizeOf(key) === undefined : this.#holdsNothing(scope, id)) return;
       await this.#io(() => this.#store.delete(scope, id));

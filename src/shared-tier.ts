@@ -36,8 +36,11 @@ export interface TierGrant<V> extends TierRead<V> {
  * the current local records of changes Redis did not take, which it then writes through.
  */
 export interface TierSink<V = unknown> {
-  /** Drops the local copy of one item, under its exclusive lock. */
-  invalidate(scope: Scope, id: string): Promise<void>;
+  /**
+   * Drops the local copy of one item, under its exclusive lock, unless `keepIf`, asked once the lock is held, says to
+   * keep it (the item's own change waits to be written through, and wins in Redis).
+   */
+  invalidate(scope: Scope, id: string, options?: { keepIf?(): boolean }): Promise<void>;
   /** Drops the local copies of a scope and its nested scopes, under its subtree lock. */
   drop(scope: Scope): Promise<void>;
   /** The names of the top-level scopes that hold local data now (the store's counted scopes). */
