@@ -190,7 +190,8 @@ function isNoPermission(error: unknown): boolean {
  * reads through the tier may still be kept locally.
  *
  * Positions persist in the positions file, so that a restart goes on where the last run stopped; a top-level scope
- * with local data but no position kept for it is dropped before serving. Never rejects for Redis being down: a failed
+ * with local data but no position kept for it is dropped before serving (or, while its own changes wait to be written
+ * through, once they are). Never rejects for Redis being down: a failed
  * catch-up is tried again every {@link CATCH_UP_RETRY_MS} while the connection is up, logged once a minute.
  */
 export class ChangeLog {
@@ -257,15 +258,25 @@ export class ChangeLog {
   }
 
   /**
-   * Reads the positions file, drops every local top-level scope that is shared now but has no position in it, and
-   * subscribes to the tier's channel (which catches up every followed scope once made).
+   * Reads the positions file, drops every local top-level scope that is shared now but has no position in it (one
+   * whose own changes wait to be written through: once they are, and its position is known), and subscribes to the
+   * tier's channel (which catches up every followed scope once made).
    * @throws what the sink's `drop` throws (the local store failing); never for Redis being down.
    */
   async start(): Promise<void> {
     await this.#readPositions();
     this.#loaded = true;
     for (const top of [...this.#sink.localScopes()]) {
-      if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, 'no change-log position was kept for it');
+      if (this.#sharing(top) === 'local' || this.#tops.has(top)) continue;
+      if (this.#waits(top) && this.#tops.size < this.#maxTrackedScopes) {
+        // Its own changes wait to be written through (made on its first use, during a cut): dropping them now would
+        // write them through as deletes. Dropped once they are in Redis and its position is known, as any unsure scope.
+        const state = this.#newState(top, undefined);
+        state.unsure = true;
+        this.#tops.set(top, state);
+      } else {
+        await this.#dropTop(top, 'no change-log position was kept for it');
+      }
     }
     this.#setCatchingUp(true);
     try {

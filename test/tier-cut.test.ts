@@ -213,3 +213,34 @@ test("a getset holding an item whose change waits across a cut delays only that 
   await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'nothing waits on A');
   process.stderr.write(`held getset across a cut: the other scope written through and caught up ${otherMs.toFixed(0)} ms after the restore, while held; the held item on B ${heldMs.toFixed(0)} ms after its release\n`);
 });
+
+test('a daemon restarted with changes waiting in a scope it first used during the cut (no change-log position kept): they are kept, served, and reach the other daemon', async () => {
+  const server = await startRedisServer();
+  const proxy = await startTcpProxy({ port: server.port });
+  const aOptions = { tier: proxy.url, timeoutMs: 300, leaseMs: 1500 };
+  const [a, b] = await Promise.all([startTierDaemon(aOptions), startTierDaemon({ tier: server.url, ...HEALTHY_TIER })]);
+  await b.cache.withScope('fresh').set('x', 'by B before the cut');
+
+  proxy.cut('reset');
+  await eventually(async () => {
+    await a.cache.withScope('probe').set('p', 'p');
+    return (await a.tierStatus()).state === 'degraded';
+  }, 'A finds the cut');
+  // A's first use of the scope: its change-log position cannot be fetched, so none is kept for it.
+  await a.cache.withScope('fresh').set('x', 'by A during the cut');
+  expect((await a.tierStatus()).pendingChanges).toBe(2);
+  await a.kill();
+
+  const again = await startTierDaemon({ ...aOptions, dir: a.dir });
+  expect((await again.tierStatus()).state).toBe('degraded');
+  // Before the fix, start() dropped the scope's local copies (no position): the write was lost, and written through as a delete.
+  expect(await valueOf(again.cache.withScope('fresh'), 'x')).toBe('by A during the cut');
+
+  proxy.restore();
+  const restoredAt = performance.now();
+  await eventually(async () => (await valueOf(b.cache.withScope('fresh'), 'x')) === 'by A during the cut', "A's write reaches B");
+  const tookMs = performance.now() - restoredAt;
+  await eventually(async () => (await again.tierStatus()).pendingChanges === 0, 'nothing waits on A');
+  expect(await valueOf(again.cache.withScope('fresh'), 'x')).toBe('by A during the cut');
+  process.stderr.write(`restart with a position-less scope's change waiting: served after the restart, on B ${tookMs.toFixed(0)} ms after the restore\n`);
+});
