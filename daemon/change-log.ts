@@ -62,6 +62,12 @@ export interface ChangeLogOptions {
    * applied locally (the write-through comes later in Redis, and wins there). Default: none waits.
    */
   isPending?(top: string, key: string): boolean;
+  /**
+   * Whether changes of the top-level scope still wait after its write-through (an item whose lock was held is left
+   * for a later pass): the scope is then not dropped whole (its position lost, or its local data unsure) until they
+   * are written through, since dropping them would write them through as deletes. Default: none waits.
+   */
+  waits?(top: string): boolean;
 }
 
 /** A read through the tier, watched for changes to its item until it ends. */
@@ -126,6 +132,13 @@ interface PositionsFile {
 
 const NOT_COPYABLE: WatchedRead = Object.freeze({ copyable: () => false, end: () => {} });
 
+/** A pass that would drop its scope while some of the scope's changes still wait to be written through: tried again. */
+class ChangesWait extends Error {
+  constructor(top: string, reason: string) {
+    super(`scope ${JSON.stringify(top)} is not dropped locally (${reason}) while changes of it wait to be written through; trying again`);
+  }
+}
+
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -177,7 +190,8 @@ function isNoPermission(error: unknown): boolean {
  * reads through the tier may still be kept locally.
  *
  * Positions persist in the positions file, so that a restart goes on where the last run stopped; a top-level scope
- * with local data but no position kept for it is dropped before serving. Never rejects for Redis being down: a failed
+ * with local data but no position kept for it is dropped before serving (or, while its own changes wait to be written
+ * through, once they are). Never rejects for Redis being down: a failed
  * catch-up is tried again every {@link CATCH_UP_RETRY_MS} while the connection is up, logged once a minute.
  */
 export class ChangeLog {
@@ -192,6 +206,7 @@ export class ChangeLog {
   readonly #maxTrackedScopes: number;
   readonly #replay: (top: string | undefined) => Promise<void>;
   readonly #isPending: (top: string, key: string) => boolean;
+  readonly #waits: (top: string) => boolean;
   /** The followed top-level scopes, least recently used first. */
   readonly #tops = new Map<string, TopState>();
   readonly #reads = new Set<Read>();
@@ -230,6 +245,7 @@ export class ChangeLog {
     this.#maxTrackedScopes = options.maxTrackedScopes ?? MAX_TRACKED_SCOPES;
     this.#replay = options.replay ?? (async () => {});
     this.#isPending = options.isPending ?? (() => false);
+    this.#waits = options.waits ?? (() => false);
   }
 
   /** True until the change log is known to be followed (subscribed, every followed scope caught up since). */
@@ -242,15 +258,25 @@ export class ChangeLog {
   }
 
   /**
-   * Reads the positions file, drops every local top-level scope that is shared now but has no position in it, and
-   * subscribes to the tier's channel (which catches up every followed scope once made).
+   * Reads the positions file, drops every local top-level scope that is shared now but has no position in it (one
+   * whose own changes wait to be written through: once they are, and its position is known), and subscribes to the
+   * tier's channel (which catches up every followed scope once made).
    * @throws what the sink's `drop` throws (the local store failing); never for Redis being down.
    */
   async start(): Promise<void> {
     await this.#readPositions();
     this.#loaded = true;
     for (const top of [...this.#sink.localScopes()]) {
-      if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, 'no change-log position was kept for it');
+      if (this.#sharing(top) === 'local' || this.#tops.has(top)) continue;
+      if (this.#waits(top) && this.#tops.size < this.#maxTrackedScopes) {
+        // Its own changes wait to be written through (made on its first use, during a cut): dropping them now would
+        // write them through as deletes. Dropped once they are in Redis and its position is known, as any unsure scope.
+        const state = this.#newState(top, undefined);
+        state.unsure = true;
+        this.#tops.set(top, state);
+      } else {
+        await this.#dropTop(top, 'no change-log position was kept for it');
+      }
     }
     this.#setCatchingUp(true);
     try {
@@ -513,7 +539,8 @@ export class ChangeLog {
       if (state.position === undefined) state.unsure = true;
       state.failed = true;
       const scope = JSON.stringify(state.top);
-      this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
+      if (error instanceof ChangesWait) this.#logLimited('changes wait', `tier: ${error.message}`);
+      else this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
       this.#retryLater();
       return false;
     }
@@ -536,6 +563,7 @@ export class ChangeLog {
     const info = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
     if (state.unsure) {
+      if (this.#waits(state.top)) throw new ChangesWait(state.top, 'its local data may be older than its change-log position');
       this.#markStale(state.top, () => true);
       await this.#dropTop(state.top, 'its local data may be older than its change-log position');
       if (!this.#isCurrent(state, generation)) return;
@@ -582,6 +610,7 @@ export class ChangeLog {
 
   /** The scope's change log lost entries this daemon had not applied: drops the scope locally and goes on from the log's end. */
   async #lose(state: TopState, generation: number, reason: string): Promise<void> {
+    if (this.#waits(state.top)) throw new ChangesWait(state.top, reason);
     const info = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
     this.#markStale(state.top, () => true);
@@ -625,8 +654,9 @@ export class ChangeLog {
     for (const key of items.keys()) if (prefixes.some((prefix) => key.startsWith(prefix))) items.delete(key);
     this.#markStale(top, (key) => items.has(key) || prefixes.some((prefix) => key.startsWith(prefix)));
     const calls = [
-      ...[...items.values()].map(({ scope, id }) => async () => {
-        await this.#sink.invalidate(scope, id);
+      ...[...items.entries()].map(([key, { scope, id }]) => async () => {
+        // Asked again under the item's lock: a local write that held it may have failed meanwhile, and now waits.
+        await this.#sink.invalidate(scope, id, { keepIf: () => this.#isPending(top, key) });
         this.#invalidations++;
       }),
       ...[...scopes.values()].map((scope) => async () => {

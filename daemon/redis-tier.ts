@@ -215,6 +215,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       onReleased: (key) => this.#wake(key),
       replay: (top) => (top === undefined ? this.#replayAll() : this.#replayTop(top)),
       isPending: (top, key) => this.#pending.holds(top, key),
+      waits: (top) => this.#waitsFor(top),
     });
     // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
     // than at the end of the holder's lease.
@@ -685,6 +686,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#replayingNow = pending;
     const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') =>
       (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
+    // Whether anything was written through (else the file need not be written again).
+    let progressed = false;
     try {
       if (pending.whole) await this.#sendClear(top, '', true);
       for (const prefix of [...pending.clears]) {
@@ -694,20 +697,26 @@ export class RedisTier implements SharedTier<EncodedValue> {
           if (!this.#givesUp(error, prefix)) throw error;
         }
         pending.clears.delete(prefix);
+        progressed = true;
       }
       if (pending.whole) {
-        await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), (scope, id, record) => send(scope, id, record, 'plain'));
+        const held = await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), (scope, id, record) => send(scope, id, record, 'plain'));
         pending.whole = false;
+        progressed = true;
+        // Items whose lock was held wait as items: plainly, their scope's clear went first.
+        for (const { scope, id } of held) pending.keys.add(itemKey(scope, id));
       }
       for (const key of [...pending.keys]) {
         const { scope, id } = parseItemKey(key);
         try {
-          await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain'));
+          // An item whose lock is held (a getset computing it) waits for a later pass; the others go on.
+          if (!(await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
         } catch (error) {
           if (!this.#givesUp(error, key)) throw error;
         }
         pending.keys.delete(key);
         pending.fences.delete(key);
+        progressed = true;
       }
     } catch (error) {
       this.#pending.restore(pending);
@@ -715,8 +724,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
     } finally {
       this.#replayingNow = undefined;
     }
-    this.#pending.finish();
-    await this.#keep(true);
+    // What is left (held items) waits for the retry timer, which #keep sets.
+    if (pending.keys.size > 0) this.#pending.restore(pending);
+    else this.#pending.finish();
+    await this.#keep(progressed);
   }
 
   /**

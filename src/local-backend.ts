@@ -152,7 +152,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     if (!this.#tier) return;
     this.#checkOpen();
     const sink: TierSink<V> = {
-      invalidate: (scope, id) => this.#invalidate(scope, id),
+      invalidate: (scope, id, options) => this.#invalidate(scope, id, options?.keepIf),
       drop: (scope) => this.#drop(scope),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
       replay: (scope, id, send) => this.#replay(scope, id, send),
@@ -620,12 +620,16 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#log(`tier: an item read from the shared tier was served without a local copy: ${error instanceof Error ? error.message : String(error)}${more}`);
   }
 
-  /** The tier's sink: drops the local copy of an item another machine changed, under its exclusive lock. */
-  async #invalidate(scope: Scope, id: string): Promise<void> {
+  /**
+   * The tier's sink: drops the local copy of an item another machine changed, under its exclusive lock, unless
+   * `keepIf` says to keep it once the lock is held (a write that held the lock meanwhile may have become pending).
+   */
+  async #invalidate(scope: Scope, id: string, keepIf: (() => boolean) | undefined): Promise<void> {
     const key = itemKey(scope, id);
     const acquired = this.#lock(key, 'exclusive', { owner: TIER_OWNER });
     const lease = acquired instanceof Promise ? await acquired : acquired;
     try {
+      if (keepIf?.()) return;
       // Most changes elsewhere are to items this machine does not hold: those cost no write.
       if (this.#store.sizeOf ? this.#store.sizeOf(key) === undefined : this.#holdsNothing(scope, id)) return;
       await this.#io(() => this.#store.delete(scope, id));
@@ -666,11 +670,13 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   /**
    * The tier's sink: hands the item's current local record (`undefined` when gone, or past its stale time) to `send`,
    * under its exclusive lock, so that no write of the item runs between the read and the tier's write; drops the
-   * local copy when `send` says Redis holds a newer value.
+   * local copy when `send` says Redis holds a newer value. False, sending nothing, when the lock is not free now:
+   * a `getset` may hold it for long, and waiting for it would hold up every other write-through.
    */
-  async #replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void> {
-    const acquired = this.#lock(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER });
-    const lease = acquired instanceof Promise ? await acquired : acquired;
+  async #replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<boolean> {
+    this.#checkOpen();
+    const lease = this.#locks.tryAcquire(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER });
+    if (lease === null) return false;
     try {
       await this.#readable();
       let record: StoredRecord<V> | undefined;
@@ -685,24 +691,33 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     } finally {
       lease.release();
     }
+    return true;
   }
 
   /**
    * The tier's sink: {@link LocalBackend.#replay} of every local item of the scope and its nested scopes (the root
-   * scope: its own items only, each top-level scope being the tier's to ask for), page by page, one item at a time.
+   * scope: its own items only, each top-level scope being the tier's to ask for), page by page, one item at a time;
+   * the items whose lock was not free are returned.
    */
-  async #replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void> {
+  async #replayScope(
+    scope: Scope,
+    send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>,
+  ): Promise<{ scope: Scope; id: string }[]> {
+    const held: { scope: Scope; id: string }[] = [];
     const scopes = [scope];
     for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
       const current = next;
       let cursor: string | undefined;
       do {
         const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
-        for (const item of page.items) await this.#replay(current, item.id, (record) => send(current, item.id, record));
+        for (const item of page.items) {
+          if (!(await this.#replay(current, item.id, (record) => send(current, item.id, record)))) held.push({ scope: current, id: item.id });
+        }
         if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
         cursor = page.cursor ?? undefined;
       } while (cursor !== undefined);
     }
+    return held;
   }
 
   /** Deletes the items directly in the root scope, page by page (the caller holds the root's subtree lock). */

@@ -36,8 +36,11 @@ export interface TierGrant<V> extends TierRead<V> {
  * the current local records of changes Redis did not take, which it then writes through.
  */
 export interface TierSink<V = unknown> {
-  /** Drops the local copy of one item, under its exclusive lock. */
-  invalidate(scope: Scope, id: string): Promise<void>;
+  /**
+   * Drops the local copy of one item, under its exclusive lock, unless `keepIf`, asked once the lock is held, says to
+   * keep it (the item's own change waits to be written through, and wins in Redis).
+   */
+  invalidate(scope: Scope, id: string, options?: { keepIf?(): boolean }): Promise<void>;
   /** Drops the local copies of a scope and its nested scopes, under its subtree lock. */
   drop(scope: Scope): Promise<void>;
   /** The names of the top-level scopes that hold local data now (the store's counted scopes). */
@@ -45,14 +48,16 @@ export interface TierSink<V = unknown> {
   /**
    * Calls `send` with the item's current local record (`undefined` when it is gone or past its stale time), under the
    * item's exclusive lock, held until `send` settles; when `send` resolves to false (Redis refused the write-through:
-   * it holds a newer value), drops the local copy before releasing the lock. Rejects as `send` does.
+   * it holds a newer value), drops the local copy before releasing the lock. Resolves false, calling nothing, when the
+   * lock cannot be taken at once (a `getset` holds the item, or a reader): the caller tries again later, and a held
+   * item never holds up the others. Rejects as `send` does.
    */
-  replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void>;
+  replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<boolean>;
   /**
    * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
-   * item at a time; stops at the first rejection.
+   * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once.
    */
-  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void>;
+  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<{ scope: Scope; id: string }[]>;
 }
 
 /** The tier's figures for `hoard status`. */

@@ -85,6 +85,7 @@ async function startChangeLog(
     maxTrackedScopes?: number;
     sink?: RecordingSink;
     isPending?: (top: string, key: string) => boolean;
+    waits?: (top: string) => boolean;
   } = {},
 ): Promise<Started> {
   const lines: string[] = [];
@@ -102,6 +103,7 @@ async function startChangeLog(
     onReleased: (key) => released.push(key),
     ...(options.maxTrackedScopes === undefined ? {} : { maxTrackedScopes: options.maxTrackedScopes }),
     ...(options.isPending === undefined ? {} : { isPending: options.isPending }),
+    ...(options.waits === undefined ? {} : { waits: options.waits }),
   });
   onTestFinished(async () => {
     await changeLog.close();
@@ -344,4 +346,25 @@ test('change log: a scope followed before its log existed reads it from its star
   await until(() => sink.calls.length === 2, 'notes is caught up');
   expect(sink.calls).toEqual(['invalidate pages/:first', 'drop notes/']);
   expect(changeLog.figures()).toEqual({ invalidations: 1, droppedScopes: 1 });
+});
+
+test('change log: a log trimmed during a cut drops the scope only once its own waiting changes are written through', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  const proxy = await startTcpProxy({ socketPath: redis.socketPath! });
+  const other = await otherDaemon(redis);
+  // An item of the scope waits to be written through (its lock held, say) until the test lets it go.
+  let waiting = true;
+  const { changeLog, sink, lines } = await startChangeLog(proxy.url, join(await tempDir(), 'tier-positions.json'), { waits: (top) => top === 'pages' && waiting });
+  await followed(changeLog, 'pages');
+  proxy.cut('reset');
+  await until(() => changeLog.catchingUp, 'the subscription is lost');
+  for (const id of ['p', 'q']) await other.logChange('pages', 's', `pages/:${id}`);
+  await other.client.xTrim(KEYS.changeLog('pages'), 'MAXLEN', 1);
+  proxy.restore();
+  await until(() => lines.some((line) => /scope "pages" is not dropped locally .* while changes of it wait/.test(line)), 'the drop is put off');
+  expect(sink.calls).toEqual([]);
+  expect(changeLog.catchingUp).toBe(true);
+  waiting = false;
+  await until(() => !changeLog.catchingUp, 'caught up once nothing waits');
+  expect(sink.calls).toEqual(['drop pages/']);
 });

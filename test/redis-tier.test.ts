@@ -53,8 +53,9 @@ function recordingSink(): RecordingSink {
       const key = itemKey(scope, id);
       const found = local.get(key);
       if (found !== undefined) replayed.push(`${key}:${String(await send(found))}`);
+      return true;
     },
-    replayScope: async () => {},
+    replayScope: async () => [],
   };
 }
 

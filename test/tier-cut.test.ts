@@ -171,3 +171,76 @@ test('a change log trimmed short during a cut: the affected scope is dropped on 
   const after = await setup.cutOff.tierStatus();
   expect(after.sharedHits + after.sharedMisses).toBe(before);
 });
+
+test("a getset holding an item whose change waits across a cut delays only that item: the other scopes' changes are written through and caught up meanwhile, and the item follows its release", async () => {
+  const server = await startRedisServer();
+  const proxy = await startTcpProxy({ port: server.port });
+  // A finds the cut within 300 ms (its lease three timeouts long); B reaches Redis directly.
+  const [a, b] = await Promise.all([startTierDaemon({ tier: proxy.url, timeoutMs: 300, leaseMs: 1500 }), startTierDaemon({ tier: server.url, ...HEALTHY_TIER })]);
+  const [heldOnA, otherOnA] = [a.cache.withScope('held'), a.cache.withScope('other')];
+  const [heldOnB, otherOnB] = [b.cache.withScope('held'), b.cache.withScope('other')];
+  await otherOnB.set('theirs', 'by B before the cut');
+  await holdLocalCopies(a, otherOnA, ['theirs']);
+
+  proxy.cut('reset');
+  await eventually(async () => {
+    await a.cache.withScope('probe').set('p', 'p');
+    return (await a.tierStatus()).state === 'degraded';
+  }, 'A finds the cut');
+  // The held item's change waits first, so that a write-through pass comes to it before the other scope's.
+  const computing = await heldOnA.getset('item');
+  expect(computing.item).toBeNull();
+  await computing.set('computed by A during the cut');
+  await otherOnA.set('mine', 'by A during the cut');
+  await otherOnB.set('theirs', 'by B during the cut');
+  const during = await a.tierStatus();
+  expect(during.pendingChanges).toBe(3);
+
+  proxy.restore();
+  const restoredAt = performance.now();
+  // While the getset still holds the item: the other scope's change reaches B, and A catches up on B's.
+  await eventually(async () => (await valueOf(otherOnB, 'mine')) === 'by A during the cut', "A's change in the other scope reaches B while the getset holds its item");
+  await eventually(async () => (await valueOf(otherOnA, 'theirs')) === 'by B during the cut', "A catches up on B's change while the getset holds its item");
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 1, 'only the held item waits');
+  const otherMs = performance.now() - restoredAt;
+  expect(await valueOf(heldOnB, 'item')).toBeUndefined();
+  expect((await a.cache.locks()).filter((lock) => lock.id === 'item').map((lock) => lock.state)).toEqual(['held']);
+
+  await computing.release();
+  const releasedAt = performance.now();
+  await eventually(async () => (await valueOf(heldOnB, 'item')) === 'computed by A during the cut', 'the held item reaches B after its release');
+  const heldMs = performance.now() - releasedAt;
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'nothing waits on A');
+  process.stderr.write(`held getset across a cut: the other scope written through and caught up ${otherMs.toFixed(0)} ms after the restore, while held; the held item on B ${heldMs.toFixed(0)} ms after its release\n`);
+});
+
+test('a daemon restarted with changes waiting in a scope it first used during the cut (no change-log position kept): they are kept, served, and reach the other daemon', async () => {
+  const server = await startRedisServer();
+  const proxy = await startTcpProxy({ port: server.port });
+  const aOptions = { tier: proxy.url, timeoutMs: 300, leaseMs: 1500 };
+  const [a, b] = await Promise.all([startTierDaemon(aOptions), startTierDaemon({ tier: server.url, ...HEALTHY_TIER })]);
+  await b.cache.withScope('fresh').set('x', 'by B before the cut');
+
+  proxy.cut('reset');
+  await eventually(async () => {
+    await a.cache.withScope('probe').set('p', 'p');
+    return (await a.tierStatus()).state === 'degraded';
+  }, 'A finds the cut');
+  // A's first use of the scope: its change-log position cannot be fetched, so none is kept for it.
+  await a.cache.withScope('fresh').set('x', 'by A during the cut');
+  expect((await a.tierStatus()).pendingChanges).toBe(2);
+  await a.kill();
+
+  const again = await startTierDaemon({ ...aOptions, dir: a.dir });
+  expect((await again.tierStatus()).state).toBe('degraded');
+  // Before the fix, start() dropped the scope's local copies (no position): the write was lost, and written through as a delete.
+  expect(await valueOf(again.cache.withScope('fresh'), 'x')).toBe('by A during the cut');
+
+  proxy.restore();
+  const restoredAt = performance.now();
+  await eventually(async () => (await valueOf(b.cache.withScope('fresh'), 'x')) === 'by A during the cut', "A's write reaches B");
+  const tookMs = performance.now() - restoredAt;
+  await eventually(async () => (await again.tierStatus()).pendingChanges === 0, 'nothing waits on A');
+  expect(await valueOf(again.cache.withScope('fresh'), 'x')).toBe('by A during the cut');
+  process.stderr.write(`restart with a position-less scope's change waiting: served after the restart, on B ${tookMs.toFixed(0)} ms after the restore\n`);
+});
