@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { CacheError } from '../src/errors.js';
+import { CacheError, isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink, TierStatus } from '../src/shared-tier.js';
 import type { EncodedValue, StoredRecord } from '../src/store.js';
@@ -721,11 +721,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Whether a write-through that failed is given up rather than tried again (logged): Redis answered it with an error
-   * (an ACL's refusal, `OOM`, a script's error), or the local store could not read the item: trying again would fail
-   * the same way, and hold up catching up on the change logs meanwhile.
+   * (an ACL's refusal, `OOM`, a script's error), or the local store found the data damaged (`CACHE_CORRUPT`): trying
+   * again would fail the same way, and hold up catching up on the change logs meanwhile. A timeout, a reply that may
+   * pass later (`MISCONF`, `MOVED`, ...) and any other local failure are tried again.
    */
   #givesUp(error: unknown, key: string): boolean {
-    if (this.#closed || (error instanceof TierUnavailable && !error.answered)) return false;
+    if (this.#closed) return false;
+    if (error instanceof TierUnavailable ? !error.answered : !isCacheError(error, 'CACHE_CORRUPT')) return false;
     // One line a minute at most: an ACL that refuses one write refuses them all.
     this.#givenUp++;
     const nowMs = performance.now();
