@@ -164,6 +164,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #orphanPass: Promise<void> | undefined;
   #orphanPassAgain = false;
   #orphanTimer: NodeJS.Timeout | undefined;
+  /** Releases of orphans given up since the last line logged about them, and when that was. */
+  #orphansGivenUp = 0;
+  #orphansGivenUpLoggedAtMs = -Infinity;
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -798,11 +801,27 @@ export class RedisTier implements SharedTier<EncodedValue> {
           client.script(RELEASE_SCRIPT, [this.#keys.leases(top), this.#keys.leaseExpiries(top)], [itemKey, token, '', this.#keys.channel, encodeTopName(top)]),
         );
         this.#orphans.delete(token);
-      } catch {
-        // Counted and logged by the connection; the retry timer tries again while the tier is up.
-        return;
+      } catch (error) {
+        // Counted and logged by the connection. Answered with an error (an ACL, a script's error): the same release
+        // would fail again, and the lease runs out by itself. Else the retry timer tries again while the tier is up.
+        if (!(error instanceof TierUnavailable && error.answered) || this.#closed) return;
+        this.#orphans.delete(token);
+        this.#orphanGivenUp(itemKey, error);
       }
     }
+  }
+
+  /** Logs a release of an unheard-of grant given up: one line a minute at most, counting those left out. */
+  #orphanGivenUp(itemKey: string, error: TierUnavailable): void {
+    this.#orphansGivenUp++;
+    const nowMs = performance.now();
+    if (nowMs - this.#orphansGivenUpLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
+    this.#orphansGivenUpLoggedAtMs = nowMs;
+    const more = this.#orphansGivenUp > 1 ? ` (${this.#orphansGivenUp - 1} more since the last line)` : '';
+    this.#orphansGivenUp = 0;
+    this.#options.log(
+      `tier: the lease of an acquire whose reply never came is not released, Redis answered its release with an error (${JSON.stringify(itemKey)}); it runs out by itself: ${error.message}${more}`,
+    );
   }
 
   #hold(lease: RedisLease): void {

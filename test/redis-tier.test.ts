@@ -706,6 +706,28 @@ test('a release of an unheard-of grant that failed while the tier stayed up (MIS
   await until(() => a.tier.status().state === 'connected', 'the tier is connected');
 });
 
+test('a release of an unheard-of grant that Redis answers with an error is given up and logged, not tried again every second', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const a = await makeTier({ url: own.url, prefix: 'q' });
+  // The leases' hash is a string: the acquire fails (an error reply: it may have been a grant, as far as the daemon
+  // knows), and so does its release. Redis answers: the tier stays up.
+  await own.cli('SET', '{q:pages}l', 'not a hash');
+  await own.cli('CONFIG', 'RESETSTAT');
+  expect(await a.tier.acquire(pages, 'job', { wait: false })).toBeNull();
+  // Before the fix, the release was tried again every second, forever (while the tier is up).
+  await until(() => a.log.some((line) => line.includes('is not released')), 'the release is given up, logged');
+  const given = await commandStats(own, 'evalsha');
+  expect(given.failed).toBe(2);
+  await own.cli('DEL', '{q:pages}l');
+  // Nothing is tried again: over twice the retry period, no more calls.
+  const untilMs = performance.now() + 2500;
+  while (performance.now() < untilMs) {
+    expect(await commandStats(own, 'evalsha')).toEqual(given);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  expect(a.tier.status().state).toBe('connected');
+});
+
 test('the scripts are loaded at connect: many concurrent first writes run by EVALSHA, none falls back to EVAL', async () => {
   const own = await startRedisServer({ unixSocket: true });
   const a = await makeTier({ url: own.url, prefix: 'n' });
