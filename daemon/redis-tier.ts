@@ -686,8 +686,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
       return;
     }
     this.#replayingNow = pending;
-    const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') =>
-      (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
+    // Resolves to false when the local copy is to be dropped (the sink does it, under the item's lock): Redis refused
+    // it for a newer write, or its write-through was given up, so that the local copy may differ from Redis's.
+    const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') => {
+      try {
+        return (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
+      } catch (error) {
+        if (!this.#givesUp(error, itemKey(scope, id))) throw error;
+        return false;
+      }
+    };
     try {
       if (pending.whole) await this.#sendClear(top, '', true);
       for (const prefix of [...pending.clears]) {
@@ -707,7 +715,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
         try {
           await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain'));
         } catch (error) {
+          // The local store failed (a write-through given up in `send` resolves): its copy is dropped if it can be.
           if (!this.#givesUp(error, key)) throw error;
+          await sink.invalidate(scope, id).catch(() => {});
         }
         pending.keys.delete(key);
         pending.fences.delete(key);

@@ -252,3 +252,34 @@ test('a write-through Redis answers with an error (an ACL refuses it) is given u
   expect(await valueOf(b.cache.withScope('mine'), 'item')).toBeUndefined();
   expect((await a.tierStatus()).refused).toBeGreaterThan(0);
 });
+
+/** Two daemons on one Redis, A through a proxy as a user who may only read: its write-throughs are refused. */
+async function setupReader(extra: string[] = []) {
+  const server = await startRedisServer({ users: [{ name: 'reader', password: 'reader secret', rules: readOnlyRules() }] });
+  const proxy = await startTcpProxy({ port: server.port });
+  const [a, b] = await Promise.all([
+    startTierDaemon({ tier: proxy.url, username: 'reader', password: 'reader secret', ...CUT_SIDE, extra }),
+    startTierDaemon({ tier: server.url, ...HEALTHY_TIER }),
+  ]);
+  return { server, proxy, a, b };
+}
+
+async function settledConnected(daemon: TierDaemon): Promise<void> {
+  await eventually(async () => {
+    const status = await daemon.tierStatus();
+    return status.state === 'connected' && status.pendingChanges === 0;
+  }, 'the daemon is connected, with nothing waiting');
+}
+
+test("a write-through given up drops the local copy: the daemon then reads the item through Redis, not its refused value", async () => {
+  const { proxy, a, b } = await setupReader();
+  await b.cache.withScope('mine').set('item', 'by B before the cut');
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
+  await cut(proxy, a, 'blackhole');
+  await a.cache.withScope('mine').set('item', 'by A during the cut');
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by A during the cut');
+  proxy.restore();
+  await settledConnected(a);
+  // Before the fix, A went on serving the value Redis refused, which no other machine has.
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
+});
