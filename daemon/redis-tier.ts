@@ -656,8 +656,20 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (!this.#pending.takeRootClear()) return;
     this.#rootClearReplaying = true;
     try {
-      const shared = await this.#sharedTops();
-      for (const top of shared) await this.#sendClear(top, '', true);
+      let shared: string[] = [];
+      try {
+        shared = await this.#sharedTops();
+      } catch (error) {
+        if (!this.#givesUp(error, ROOT_SCOPE.prefix)) throw error;
+      }
+      for (const top of shared) {
+        try {
+          await this.#sendClear(top, '', true);
+        } catch (error) {
+          // Refused: given up for this scope, the others are still cleared (the local store was cleared already).
+          if (!this.#givesUp(error, top === '' ? ROOT_SCOPE.prefix : scopeOf([top]).prefix)) throw error;
+        }
+      }
     } catch (error) {
       this.#pending.restore({ rootClear: true });
       throw error;
@@ -696,8 +708,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
         return false;
       }
     };
+    const topScope = top === '' ? ROOT_SCOPE : scopeOf([top]);
     try {
-      if (pending.whole) await this.#sendClear(top, '', true);
+      if (pending.whole) {
+        try {
+          await this.#sendClear(top, '', true);
+        } catch (error) {
+          // Refused: the local items are still written through (each refused one then dropped locally).
+          if (!this.#givesUp(error, topScope.prefix)) throw error;
+        }
+      }
       for (const prefix of [...pending.clears]) {
         try {
           await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
@@ -707,7 +727,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
         pending.clears.delete(prefix);
       }
       if (pending.whole) {
-        await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), (scope, id, record) => send(scope, id, record, 'plain'));
+        try {
+          await sink.replayScope(topScope, (scope, id, record) => send(scope, id, record, 'plain'));
+        } catch (error) {
+          // The local store failed (`send` resolves for what it gives up): the scope's copies are dropped if they can
+          // be; the root scope's own items cannot be without every shared scope's.
+          if (!this.#givesUp(error, topScope.prefix)) throw error;
+          if (top !== '') await sink.drop(topScope).catch(() => {});
+        }
         pending.whole = false;
       }
       for (const key of [...pending.keys]) {

@@ -283,3 +283,29 @@ test("a write-through given up drops the local copy: the daemon then reads the i
   // Before the fix, A went on serving the value Redis refused, which no other machine has.
   expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
 });
+
+test("a whole scope's write-through that Redis refuses (its clear, then each item) is given up: nothing waits, and the tier is connected", async () => {
+  const { proxy, a, b } = await setupReader(['--tier-max-pending', '2']);
+  await b.cache.withScope('many').set('b0', 'by B before the cut');
+  await cut(proxy, a, 'blackhole');
+  for (let n = 0; n < 3; n++) await a.cache.withScope('many').set(`a${n}`, `a${n} by A during the cut`);
+  // The probe's set and the scope `many` whole.
+  expect((await a.tierStatus()).pendingChanges).toBe(2);
+  proxy.restore();
+  // Before the fix, the refused clear of `many` was tried again every second: A stayed catching-up, 1 change waiting.
+  await settledConnected(a);
+  expect(await valueOf(a.cache.withScope('many'), 'a0')).toBeUndefined();
+  expect(await valueOf(a.cache.withScope('many'), 'b0')).toBe('by B before the cut');
+});
+
+test('a clear of the root scope that Redis refuses is given up: nothing waits, and the tier is connected', async () => {
+  const { proxy, a, b } = await setupReader();
+  await b.cache.withScope('kept').set('b0', 'by B before the cut');
+  await cut(proxy, a, 'blackhole');
+  await a.cache.clear();
+  expect((await a.tierStatus()).pendingChanges).toBe(1);
+  proxy.restore();
+  // Before the fix, the refused clears were tried again every second: A stayed catching-up, 1 change waiting.
+  await settledConnected(a);
+  expect(await valueOf(a.cache.withScope('kept'), 'b0')).toBe('by B before the cut');
+});
