@@ -125,6 +125,28 @@ export class PendingChanges {
     return true;
   }
 
+  /**
+   * Forgets the item's change and its fence, waiting or being written through now (the write-through skips it): a
+   * later write of it that Redis took made it current there. Returns whether that changed what waits. A whole scope
+   * keeps holding it.
+   */
+  forgetKey(top: string, key: string): boolean {
+    let changed = false;
+    const waiting = this.#tops.get(top);
+    if (waiting?.keys.delete(key)) {
+      waiting.fences.delete(key);
+      this.#count--;
+      changed = true;
+      if (waiting.clears.size + waiting.keys.size === 0 && !waiting.whole) this.#tops.delete(top);
+    }
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    if (taken?.keys.delete(key)) {
+      taken.fences.delete(key);
+      changed = true;
+    }
+    return changed;
+  }
+
   /** Whether the item's change waits, or is being written through now (a whole scope's items all do). */
   holds(top: string, key: string): boolean {
     const waiting = this.#tops.get(top);

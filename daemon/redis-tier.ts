@@ -469,8 +469,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (refused !== null) {
       throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${refused}; another machine has written the item or taken its lease since.`);
     }
-    // A clear still to be written through would undo this write in Redis: it is written again after that clear.
+    // A clear still to be written through would undo this write in Redis: it is written again after that clear. Else
+    // an earlier change of the item that waits is done: Redis holds this newer one, and another machine's later
+    // change must be applied here, not skipped for a change waiting, nor undone by its write-through.
     if (this.#pending.covers(top, key)) await this.#keep(this.#pending.addKey(top, key, undefined));
+    else if (this.#pending.forgetKey(top, key)) await this.#keep(true);
   }
 
   /**
@@ -740,7 +743,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
       for (const key of [...pending.keys]) {
         const { scope, id } = parseItemKey(key);
         try {
-          await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain'));
+          // A write of the item that Redis took since (its lock held, while this waited for it) forgot it: nothing to send.
+          await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain'));
         } catch (error) {
           // The local store failed (a write-through given up in `send` resolves): its copy is dropped if it can be.
           if (!this.#givesUp(error, key)) throw error;

@@ -253,6 +253,31 @@ test('a write-through Redis answers with an error (an ACL refuses it) is given u
   expect((await a.tierStatus()).refused).toBeGreaterThan(0);
 });
 
+test("a write Redis took after an earlier failed write of the same item forgets the waiting one: another machine's newer write is applied, and the write-through does not undo it", async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('again');
+  const onB = b.cache.withScope('again');
+  await cut(proxy, a, 'blackhole');
+  await onA.set('y', 'y by A during the cut');
+  await onA.set('x', 'x1 by A during the cut');
+  // A client holds y's lock (a local hit: no lease): the write-through of the scope waits for it, x's change after y's.
+  const held = await onA.getset('y');
+  expect(held.item).not.toBeNull();
+  proxy.restore();
+  await eventually(async () => (await a.cache.status()).waiters >= 1, "the write-through waits for y's lock");
+  await onA.set('x', 'x2 by A after the cut');
+  const x = [{ scope: ['again'], id: 'x' }];
+  expect((await sharedValues(server.pipeline, x))[0]).toContain('x2 by A after the cut');
+  await onB.set('x', 'x3 by B');
+  await held.release();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A wrote through what it kept');
+  // Before the fix, x stayed waiting: A's change log skipped B's write, and the write-through sent A's x2 over it.
+  expect((await sharedValues(server.pipeline, x))[0]).toContain('x3 by B');
+  const expected = new Map([['x', 'x3 by B']]);
+  await converged((id) => valueOf(onA, id), expected, "A serves B's newer write");
+  await converged((id) => valueOf(onB, id), expected, "B serves its own write");
+});
+
 /** Two daemons on one Redis, A through a proxy as a user who may only read: its write-throughs are refused. */
 async function setupReader(extra: string[] = []) {
   const server = await startRedisServer({ users: [{ name: 'reader', password: 'reader secret', rules: readOnlyRules() }] });

@@ -165,3 +165,28 @@ test('holds and covers: which items wait, also while being written through, and 
   expect(bounded.holds('w', key(['w'], 'anything'))).toBe(true);
   expect(bounded.addKey('w', key(['w'], 'k3'))).toBe(false);
 });
+
+test('forgetKey: a write Redis took forgets the waiting change of the item and its fence, whether it waits or is being written through', async () => {
+  const path = join(await tempDir(), 'tier-pending.json');
+  const changes = pending(path);
+  changes.addKey('a', key(['a'], 'k1'), 7);
+  changes.addKey('a', key(['a'], 'k2'));
+  expect(changes.forgetKey('a', key(['a'], 'k1'))).toBe(true);
+  expect(changes.forgetKey('a', key(['a'], 'k1'))).toBe(false);
+  expect(changes.holds('a', key(['a'], 'k1'))).toBe(false);
+  expect(changes.size).toBe(1);
+  const taken = changes.take('a')!;
+  expect(taken.fences.size).toBe(0);
+  // Being written through: the write-through finds it gone, and skips it.
+  expect(changes.forgetKey('a', key(['a'], 'k2'))).toBe(true);
+  expect(taken.keys.size).toBe(0);
+  expect(changes.holds('a', key(['a'], 'k2'))).toBe(false);
+  expect(changes.size).toBe(0);
+  changes.finish();
+  changes.addKey('b', key(['b'], 'k'));
+  expect(changes.forgetKey('b', key(['b'], 'k'))).toBe(true);
+  expect(changes.tops()).toEqual([]);
+  expect(changes.has('b')).toBe(false);
+  await changes.save();
+  expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ tops: [] });
+});
