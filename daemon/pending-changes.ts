@@ -11,6 +11,11 @@ export interface PendingTop {
    * written through.
    */
   whole: boolean;
+  /**
+   * A whole scope's clear went to Redis (or was given up): a write-through tried again only writes the local items
+   * through, not clearing again what other machines wrote since; changes recorded after it are kept as they come.
+   */
+  cleared: boolean;
   /** The prefixes of the sub-scopes cleared (`''`: the whole top-level scope), none nested in another. */
   readonly clears: Set<string>;
   /** The item keys (`itemKey(scope, id)`) set or deleted: their current local record is written through. */
@@ -26,8 +31,11 @@ export interface PendingTop {
 interface PendingFile {
   keyPrefix: string;
   rootClear: boolean;
-  /** `fences`: key to fencing number, for the keys written through fenced (absent in files of 0.5.0's first builds). */
-  tops: { top: string; whole: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
+  /**
+   * `fences`: key to fencing number, for the keys written through fenced; `cleared`: a whole scope's clear went to
+   * Redis (both absent in files of 0.5.0's first builds).
+   */
+  tops: { top: string; whole: boolean; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
 }
 
 function messageOf(error: unknown): string {
@@ -100,7 +108,7 @@ export class PendingChanges {
    */
   addKey(top: string, key: string, fence?: number): boolean {
     const pending = this.#top(top);
-    if (pending.whole) return false;
+    if (pending.whole && !pending.cleared) return false;
     const before = pending.fences.get(key);
     if (fence === undefined) pending.fences.delete(key);
     else pending.fences.set(key, fence);
@@ -162,7 +170,9 @@ export class PendingChanges {
     if (this.#rootClear || this.#rootClearTaken) return true;
     const waiting = this.#tops.get(top);
     const taken = this.#taken?.top === top ? this.#taken : undefined;
-    return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || [...pending.clears].some((prefix) => isUnder(key, prefix))));
+    return [waiting, taken].some(
+      (pending) => pending !== undefined && ((pending.whole && !pending.cleared) || [...pending.clears].some((prefix) => isUnder(key, prefix))),
+    );
   }
 
   /** Forgets what waits under the scope of `prefix`: it was cleared, locally and in Redis. */
@@ -219,7 +229,7 @@ export class PendingChanges {
     }
     const later = this.take(left.top);
     this.#taken = undefined;
-    const merged: PendingTop = { top: left.top, whole: left.whole, clears: new Set(), keys: new Set(), fences: new Map() };
+    const merged: PendingTop = { top: left.top, whole: left.whole, cleared: left.cleared, clears: new Set(), keys: new Set(), fences: new Map() };
     this.#tops.set(left.top, merged);
     for (const clear of left.clears) this.addClear(left.top, clear);
     for (const key of left.keys) this.addKey(left.top, key, left.fences.get(key));
@@ -249,6 +259,12 @@ export class PendingChanges {
     if (file.rootClear === true) this.addRootClear();
     for (const entry of file.tops) {
       if (typeof entry?.top !== 'string') continue;
+      // Whole first: what was recorded after its clear went to Redis is kept with it.
+      if (entry.whole === true) {
+        const pending = this.#top(entry.top);
+        this.#makeWhole(pending);
+        pending.cleared = entry.cleared === true;
+      }
       for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (typeof clear === 'string') this.addClear(entry.top, clear);
       const fences: unknown = entry.fences;
       const fenceOf = (key: string): number | undefined => {
@@ -256,7 +272,6 @@ export class PendingChanges {
         return typeof fence === 'number' && Number.isSafeInteger(fence) && fence > 0 ? fence : undefined;
       };
       for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (typeof key === 'string') this.addKey(entry.top, key, fenceOf(key));
-      if (entry.whole === true) this.#makeWhole(this.#top(entry.top));
     }
   }
 
@@ -290,7 +305,7 @@ export class PendingChanges {
     const file: PendingFile = {
       keyPrefix: this.#keyPrefix,
       rootClear: this.#rootClear || this.#rootClearTaken,
-      tops: tops.map(({ top, whole, clears, keys, fences }) => ({ top, whole, clears: [...clears], keys: [...keys], fences: Object.fromEntries(fences) })),
+      tops: tops.map(({ top, whole, cleared, clears, keys, fences }) => ({ top, whole, cleared, clears: [...clears], keys: [...keys], fences: Object.fromEntries(fences) })),
     };
     const temporary = `${this.#path}.tmp`;
     const handle = await open(temporary, 'w', 0o600);
@@ -305,7 +320,7 @@ export class PendingChanges {
 
   #top(top: string): PendingTop {
     let pending = this.#tops.get(top);
-    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, clears: new Set(), keys: new Set(), fences: new Map() }));
+    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, cleared: false, clears: new Set(), keys: new Set(), fences: new Map() }));
     return pending;
   }
 
@@ -340,5 +355,6 @@ export class PendingChanges {
     pending.keys.clear();
     pending.fences.clear();
     pending.whole = true;
+    pending.cleared = false;
   }
 }

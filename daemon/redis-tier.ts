@@ -713,13 +713,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
     };
     const topScope = top === '' ? ROOT_SCOPE : scopeOf([top]);
     try {
-      if (pending.whole) {
+      // Cleared once: a retry does not clear again what other machines wrote since (kept in the file too).
+      if (pending.whole && !pending.cleared) {
         try {
           await this.#sendClear(top, '', true);
         } catch (error) {
           // Refused: the local items are still written through (each refused one then dropped locally).
           if (!this.#givesUp(error, topScope.prefix)) throw error;
         }
+        pending.cleared = true;
+        await this.#keep(true);
       }
       for (const prefix of [...pending.clears]) {
         try {
@@ -739,6 +742,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
           if (top !== '') await sink.drop(topScope).catch(() => {});
         }
         pending.whole = false;
+        pending.cleared = false;
       }
       for (const key of [...pending.keys]) {
         const { scope, id } = parseItemKey(key);

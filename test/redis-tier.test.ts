@@ -793,6 +793,32 @@ test('a getset\u2019s write Redis did not take while a clear of its scope waits 
   await a.tier.release(grant.lease);
 });
 
+test("a whole scope's write-through that failed after its clear was sent does not clear the scope again when tried again: other machines' writes made meanwhile stay", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wc';
+  const b = await makeTier({ url: own.url, prefix });
+  let calls = 0;
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    timeoutMs: 500,
+    // A previous run left the scope `pages` to write through whole.
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, clears: [], keys: [] }] },
+    replayScope: async (scope, send) => {
+      if (++calls === 1) {
+        // The scope's clear went through: another machine writes meanwhile, then Redis holds writes back for a while.
+        await b.tier.write(pages, 'other', record('by B after the clear'), { sizeBytes: 20 });
+        await own.cli('CLIENT', 'PAUSE', '1000', 'WRITE');
+      }
+      await send(scope, 'mine', record('by A'));
+    },
+  });
+  await until(() => calls >= 2 && a.tier.status().pendingChanges === 0, 'the write-through was tried again, and went through', 30_000);
+  // Before the fix, the second try cleared the scope again: B's write read as a miss.
+  expect(text(await b.tier.read(pages, 'other'))).toBe('by B after the clear');
+  expect(text(await b.tier.read(pages, 'mine'))).toBe('by A');
+});
+
 test('a write Redis answers with MISCONF (it cannot persist) waits, and is written through once Redis can write again', async () => {
   const own = await startRedisServer({ unixSocket: true, config: ['enable-protected-configs yes'] });
   const prefix = 'mc';

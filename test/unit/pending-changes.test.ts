@@ -190,3 +190,31 @@ test('forgetKey: a write Redis took forgets the waiting change of the item and i
   await changes.save();
   expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ tops: [] });
 });
+
+test('a whole scope whose clear went to Redis: kept in the file; changes recorded after it are kept as keys; going whole again needs a new clear', async () => {
+  const path = join(await tempDir(), 'tier-pending.json');
+  const changes = pending(path, 2);
+  for (let n = 0; n < 3; n++) changes.addKey('w', key(['w'], `k${n}`));
+  const taken = changes.take('w')!;
+  expect(taken).toMatchObject({ whole: true, cleared: false });
+  expect(changes.covers('w', key(['w'], 'k'))).toBe(true);
+  taken.cleared = true;
+  // A write Redis takes now is not undone by a clear: that went already.
+  expect(changes.covers('w', key(['w'], 'k'))).toBe(false);
+  expect(changes.holds('w', key(['w'], 'k'))).toBe(true);
+  await changes.save();
+  const again = pending(path, 2);
+  await again.load();
+  expect(again.take('w')).toMatchObject({ whole: true, cleared: true });
+  // Recorded while the scope is written through, then put back after it: the delete of `later` must reach Redis.
+  changes.addKey('w', key(['w'], 'later'));
+  changes.restore(taken);
+  const back = changes.take('w')!;
+  expect(back).toMatchObject({ whole: true, cleared: true });
+  expect([...back.keys]).toEqual([key(['w'], 'later')]);
+  changes.restore(back);
+  // Past the bound again (3 keys > 2): the scope goes whole again, and needs a new clear.
+  changes.addKey('w', key(['w'], 'k8'));
+  changes.addKey('w', key(['w'], 'k9'));
+  expect(changes.take('w')).toMatchObject({ whole: true, cleared: false, keys: new Set() });
+});
