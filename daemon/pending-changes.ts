@@ -71,6 +71,8 @@ export class PendingChanges {
   /** The file write under way, and whether another is wanted after it (changes came meanwhile). */
   #saving: Promise<void> | undefined;
   #saveAgain: Promise<void> | undefined;
+  /** The last file write failed: what is recorded may not be in the file. */
+  #unsaved = false;
 
   constructor(options: { path: string; keyPrefix: string; maxChanges?: number; log(line: string): void }) {
     this.#path = options.path;
@@ -276,18 +278,30 @@ export class PendingChanges {
   }
 
   /**
+   * Settles once the file writes under way (or asked for) are done: what is recorded now is in the file then, if they
+   * succeed. When none is under way and the last one failed, writes the file again.
+   * @throws the file system's error.
+   */
+  saved(): Promise<void> {
+    return this.#saveAgain ?? this.#saving ?? (this.#unsaved ? this.save() : Promise.resolve());
+  }
+
+  /**
    * Writes the file (0600, fsynced, then renamed over the last one), resolving once what was recorded before the call
    * is on disk: calls made while a write is under way share the next one.
    * @throws the file system's error.
    */
-  /** Settles once the file writes under way (or asked for) are done: what is recorded now is in the file then, if they succeed. */
-  saved(): Promise<void> {
-    return this.#saveAgain ?? this.#saving ?? Promise.resolve();
-  }
-
   save(): Promise<void> {
     if (this.#saving === undefined) {
-      this.#saving = this.#write().finally(() => (this.#saving = undefined));
+      this.#saving = this.#write()
+        .then(
+          () => void (this.#unsaved = false),
+          (error: unknown) => {
+            this.#unsaved = true;
+            throw error;
+          },
+        )
+        .finally(() => (this.#saving = undefined));
       return this.#saving;
     }
     this.#saveAgain ??= this.#saving
