@@ -11,6 +11,11 @@ export interface PendingTop {
    * written through.
    */
   whole: boolean;
+  /**
+   * A whole scope's clear went to Redis (or was given up): a write-through tried again only writes the local items
+   * through, not clearing again what other machines wrote since; changes recorded after it are kept as they come.
+   */
+  cleared: boolean;
   /** The prefixes of the sub-scopes cleared (`''`: the whole top-level scope), none nested in another. */
   readonly clears: Set<string>;
   /** The item keys (`itemKey(scope, id)`) set or deleted: their current local record is written through. */
@@ -26,8 +31,11 @@ export interface PendingTop {
 interface PendingFile {
   keyPrefix: string;
   rootClear: boolean;
-  /** `fences`: key to fencing number, for the keys written through fenced (absent in files of 0.5.0's first builds). */
-  tops: { top: string; whole: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
+  /**
+   * `fences`: key to fencing number, for the keys written through fenced; `cleared`: a whole scope's clear went to
+   * Redis (both absent in files of 0.5.0's first builds).
+   */
+  tops: { top: string; whole: boolean; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
 }
 
 function messageOf(error: unknown): string {
@@ -63,6 +71,8 @@ export class PendingChanges {
   /** The file write under way, and whether another is wanted after it (changes came meanwhile). */
   #saving: Promise<void> | undefined;
   #saveAgain: Promise<void> | undefined;
+  /** The last file write failed: what is recorded may not be in the file. */
+  #unsaved = false;
 
   constructor(options: { path: string; keyPrefix: string; maxChanges?: number; log(line: string): void }) {
     this.#path = options.path;
@@ -100,7 +110,7 @@ export class PendingChanges {
    */
   addKey(top: string, key: string, fence?: number): boolean {
     const pending = this.#top(top);
-    if (pending.whole) return false;
+    if (pending.whole && !pending.cleared) return false;
     const before = pending.fences.get(key);
     if (fence === undefined) pending.fences.delete(key);
     else pending.fences.set(key, fence);
@@ -125,6 +135,28 @@ export class PendingChanges {
     return true;
   }
 
+  /**
+   * Forgets the item's change and its fence, waiting or being written through now (the write-through skips it): a
+   * later write of it that Redis took made it current there. Returns whether that changed what waits. A whole scope
+   * keeps holding it.
+   */
+  forgetKey(top: string, key: string): boolean {
+    let changed = false;
+    const waiting = this.#tops.get(top);
+    if (waiting?.keys.delete(key)) {
+      waiting.fences.delete(key);
+      this.#count--;
+      changed = true;
+      if (waiting.clears.size + waiting.keys.size === 0 && !waiting.whole) this.#tops.delete(top);
+    }
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    if (taken?.keys.delete(key)) {
+      taken.fences.delete(key);
+      changed = true;
+    }
+    return changed;
+  }
+
   /** Whether the item's change waits, or is being written through now (a whole scope's items all do). */
   holds(top: string, key: string): boolean {
     const waiting = this.#tops.get(top);
@@ -140,7 +172,9 @@ export class PendingChanges {
     if (this.#rootClear || this.#rootClearTaken) return true;
     const waiting = this.#tops.get(top);
     const taken = this.#taken?.top === top ? this.#taken : undefined;
-    return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || [...pending.clears].some((prefix) => isUnder(key, prefix))));
+    return [waiting, taken].some(
+      (pending) => pending !== undefined && ((pending.whole && !pending.cleared) || [...pending.clears].some((prefix) => isUnder(key, prefix))),
+    );
   }
 
   /** Forgets what waits under the scope of `prefix`: it was cleared, locally and in Redis. */
@@ -197,7 +231,7 @@ export class PendingChanges {
     }
     const later = this.take(left.top);
     this.#taken = undefined;
-    const merged: PendingTop = { top: left.top, whole: left.whole, clears: new Set(), keys: new Set(), fences: new Map() };
+    const merged: PendingTop = { top: left.top, whole: left.whole, cleared: left.cleared, clears: new Set(), keys: new Set(), fences: new Map() };
     this.#tops.set(left.top, merged);
     for (const clear of left.clears) this.addClear(left.top, clear);
     for (const key of left.keys) this.addKey(left.top, key, left.fences.get(key));
@@ -227,6 +261,12 @@ export class PendingChanges {
     if (file.rootClear === true) this.addRootClear();
     for (const entry of file.tops) {
       if (typeof entry?.top !== 'string') continue;
+      // Whole first: what was recorded after its clear went to Redis is kept with it.
+      if (entry.whole === true) {
+        const pending = this.#top(entry.top);
+        this.#makeWhole(pending);
+        pending.cleared = entry.cleared === true;
+      }
       for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (typeof clear === 'string') this.addClear(entry.top, clear);
       const fences: unknown = entry.fences;
       const fenceOf = (key: string): number | undefined => {
@@ -234,8 +274,16 @@ export class PendingChanges {
         return typeof fence === 'number' && Number.isSafeInteger(fence) && fence > 0 ? fence : undefined;
       };
       for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (typeof key === 'string') this.addKey(entry.top, key, fenceOf(key));
-      if (entry.whole === true) this.#makeWhole(this.#top(entry.top));
     }
+  }
+
+  /**
+   * Settles once the file writes under way (or asked for) are done: what is recorded now is in the file then, if they
+   * succeed. When none is under way and the last one failed, writes the file again.
+   * @throws the file system's error.
+   */
+  saved(): Promise<void> {
+    return this.#saveAgain ?? this.#saving ?? (this.#unsaved ? this.save() : Promise.resolve());
   }
 
   /**
@@ -243,14 +291,17 @@ export class PendingChanges {
    * is on disk: calls made while a write is under way share the next one.
    * @throws the file system's error.
    */
-  /** Settles once the file writes under way (or asked for) are done: what is recorded now is in the file then, if they succeed. */
-  saved(): Promise<void> {
-    return this.#saveAgain ?? this.#saving ?? Promise.resolve();
-  }
-
   save(): Promise<void> {
     if (this.#saving === undefined) {
-      this.#saving = this.#write().finally(() => (this.#saving = undefined));
+      this.#saving = this.#write()
+        .then(
+          () => void (this.#unsaved = false),
+          (error: unknown) => {
+            this.#unsaved = true;
+            throw error;
+          },
+        )
+        .finally(() => (this.#saving = undefined));
       return this.#saving;
     }
     this.#saveAgain ??= this.#saving
@@ -268,7 +319,7 @@ export class PendingChanges {
     const file: PendingFile = {
       keyPrefix: this.#keyPrefix,
       rootClear: this.#rootClear || this.#rootClearTaken,
-      tops: tops.map(({ top, whole, clears, keys, fences }) => ({ top, whole, clears: [...clears], keys: [...keys], fences: Object.fromEntries(fences) })),
+      tops: tops.map(({ top, whole, cleared, clears, keys, fences }) => ({ top, whole, cleared, clears: [...clears], keys: [...keys], fences: Object.fromEntries(fences) })),
     };
     const temporary = `${this.#path}.tmp`;
     const handle = await open(temporary, 'w', 0o600);
@@ -283,7 +334,7 @@ export class PendingChanges {
 
   #top(top: string): PendingTop {
     let pending = this.#tops.get(top);
-    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, clears: new Set(), keys: new Set(), fences: new Map() }));
+    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, cleared: false, clears: new Set(), keys: new Set(), fences: new Map() }));
     return pending;
   }
 
@@ -318,5 +369,6 @@ export class PendingChanges {
     pending.keys.clear();
     pending.fences.clear();
     pending.whole = true;
+    pending.cleared = false;
   }
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { CacheError } from '../src/errors.js';
+import { CacheError, isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink, TierStatus } from '../src/shared-tier.js';
 import type { EncodedValue, StoredRecord } from '../src/store.js';
@@ -164,6 +164,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #orphanPass: Promise<void> | undefined;
   #orphanPassAgain = false;
   #orphanTimer: NodeJS.Timeout | undefined;
+  /** Releases of orphans given up since the last line logged about them, and when that was. */
+  #orphansGivenUp = 0;
+  #orphansGivenUpLoggedAtMs = -Infinity;
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -467,8 +470,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (refused !== null) {
       throw new CacheError('CACHE_LEASE_LOST', `The shared tier refused the write: ${refused}; another machine has written the item or taken its lease since.`);
     }
-    // A clear still to be written through would undo this write in Redis: it is written again after that clear.
+    // A clear still to be written through would undo this write in Redis: it is written again after that clear. Else
+    // an earlier change of the item that waits is done: Redis holds this newer one, and another machine's later
+    // change must be applied here, not skipped for a change waiting, nor undone by its write-through.
     if (this.#pending.covers(top, key)) await this.#keep(this.#pending.addKey(top, key, undefined));
+    else if (this.#pending.forgetKey(top, key)) await this.#keep(true);
   }
 
   /**
@@ -654,8 +660,20 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (!this.#pending.takeRootClear()) return;
     this.#rootClearReplaying = true;
     try {
-      const shared = await this.#sharedTops();
-      for (const top of shared) await this.#sendClear(top, '', true);
+      let shared: string[] = [];
+      try {
+        shared = await this.#sharedTops();
+      } catch (error) {
+        if (!this.#givesUp(error, ROOT_SCOPE.prefix)) throw error;
+      }
+      for (const top of shared) {
+        try {
+          await this.#sendClear(top, '', true);
+        } catch (error) {
+          // Refused: given up for this scope, the others are still cleared (the local store was cleared already).
+          if (!this.#givesUp(error, top === '' ? ROOT_SCOPE.prefix : scopeOf([top]).prefix)) throw error;
+        }
+      }
     } catch (error) {
       this.#pending.restore({ rootClear: true });
       throw error;
@@ -684,12 +702,31 @@ export class RedisTier implements SharedTier<EncodedValue> {
       return;
     }
     this.#replayingNow = pending;
-    const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') =>
-      (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
+    // Resolves to false when the local copy is to be dropped (the sink does it, under the item's lock): Redis refused
+    // it for a newer write, or its write-through was given up, so that the local copy may differ from Redis's.
+    const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') => {
+      try {
+        return (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
+      } catch (error) {
+        if (!this.#givesUp(error, itemKey(scope, id))) throw error;
+        return false;
+      }
+    };
+    const topScope = top === '' ? ROOT_SCOPE : scopeOf([top]);
     // Whether anything was written through (else the file need not be written again).
     let progressed = false;
     try {
-      if (pending.whole) await this.#sendClear(top, '', true);
+      // Cleared once: a retry does not clear again what other machines wrote since (kept in the file too).
+      if (pending.whole && !pending.cleared) {
+        try {
+          await this.#sendClear(top, '', true);
+        } catch (error) {
+          // Refused: the local items are still written through (each refused one then dropped locally).
+          if (!this.#givesUp(error, topScope.prefix)) throw error;
+        }
+        pending.cleared = true;
+        await this.#keep(true);
+      }
       for (const prefix of [...pending.clears]) {
         try {
           await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
@@ -700,8 +737,17 @@ export class RedisTier implements SharedTier<EncodedValue> {
         progressed = true;
       }
       if (pending.whole) {
-        const held = await sink.replayScope(top === '' ? ROOT_SCOPE : scopeOf([top]), (scope, id, record) => send(scope, id, record, 'plain'));
+        let held: { scope: Scope; id: string }[] = [];
+        try {
+          held = await sink.replayScope(topScope, (scope, id, record) => send(scope, id, record, 'plain'));
+        } catch (error) {
+          // The local store failed (`send` resolves for what it gives up): the scope's copies are dropped if they can
+          // be; the root scope's own items cannot be without every shared scope's.
+          if (!this.#givesUp(error, topScope.prefix)) throw error;
+          if (top !== '') await sink.drop(topScope).catch(() => {});
+        }
         pending.whole = false;
+        pending.cleared = false;
         progressed = true;
         // Items whose lock was held wait as items: plainly, their scope's clear went first.
         for (const { scope, id } of held) pending.keys.add(itemKey(scope, id));
@@ -709,10 +755,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
       for (const key of [...pending.keys]) {
         const { scope, id } = parseItemKey(key);
         try {
-          // An item whose lock is held (a getset computing it) waits for a later pass; the others go on.
-          if (!(await sink.replay(scope, id, (record) => send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
+          // An item whose lock is held (a getset computing it) waits for a later pass; the others go on. A write of the
+          // item that Redis took since forgot it: nothing to send.
+          if (!(await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
         } catch (error) {
+          // The local store failed (a write-through given up in `send` resolves): its copy is dropped if it can be.
           if (!this.#givesUp(error, key)) throw error;
+          await sink.invalidate(scope, id).catch(() => {});
         }
         pending.keys.delete(key);
         pending.fences.delete(key);
@@ -732,11 +781,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Whether a write-through that failed is given up rather than tried again (logged): Redis answered it with an error
-   * (an ACL's refusal, `OOM`, a script's error), or the local store could not read the item: trying again would fail
-   * the same way, and hold up catching up on the change logs meanwhile.
+   * (an ACL's refusal, `OOM`, a script's error), or the local store found the data damaged (`CACHE_CORRUPT`): trying
+   * again would fail the same way, and hold up catching up on the change logs meanwhile. A timeout, a reply that may
+   * pass later (`MISCONF`, `MOVED`, ...) and any other local failure are tried again.
    */
   #givesUp(error: unknown, key: string): boolean {
-    if (this.#closed || (error instanceof TierUnavailable && !error.answered)) return false;
+    if (this.#closed) return false;
+    if (error instanceof TierUnavailable ? !error.answered : !isCacheError(error, 'CACHE_CORRUPT')) return false;
     // One line a minute at most: an ACL that refuses one write refuses them all.
     this.#givenUp++;
     const nowMs = performance.now();
@@ -807,11 +858,27 @@ export class RedisTier implements SharedTier<EncodedValue> {
           client.script(RELEASE_SCRIPT, [this.#keys.leases(top), this.#keys.leaseExpiries(top)], [itemKey, token, '', this.#keys.channel, encodeTopName(top)]),
         );
         this.#orphans.delete(token);
-      } catch {
-        // Counted and logged by the connection; the retry timer tries again while the tier is up.
-        return;
+      } catch (error) {
+        // Counted and logged by the connection. Answered with an error (an ACL, a script's error): the same release
+        // would fail again, and the lease runs out by itself. Else the retry timer tries again while the tier is up.
+        if (!(error instanceof TierUnavailable && error.answered) || this.#closed) return;
+        this.#orphans.delete(token);
+        this.#orphanGivenUp(itemKey, error);
       }
     }
+  }
+
+  /** Logs a release of an unheard-of grant given up: one line a minute at most, counting those left out. */
+  #orphanGivenUp(itemKey: string, error: TierUnavailable): void {
+    this.#orphansGivenUp++;
+    const nowMs = performance.now();
+    if (nowMs - this.#orphansGivenUpLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
+    this.#orphansGivenUpLoggedAtMs = nowMs;
+    const more = this.#orphansGivenUp > 1 ? ` (${this.#orphansGivenUp - 1} more since the last line)` : '';
+    this.#orphansGivenUp = 0;
+    this.#options.log(
+      `tier: the lease of an acquire whose reply never came is not released, Redis answered its release with an error (${JSON.stringify(itemKey)}); it runs out by itself: ${error.message}${more}`,
+    );
   }
 
   #hold(lease: RedisLease): void {

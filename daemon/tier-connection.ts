@@ -27,12 +27,27 @@ const LATENCY_SAMPLES = 1024;
 const LOG_WINDOW_MS = 60_000;
 /** Error replies that say the server cannot serve now (loading, failing over, a script running too long). */
 const UNAVAILABLE_REPLIES = new Set(['LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDOWN', 'TRYAGAIN', 'READONLY', 'NOREPLICAS']);
+/**
+ * Error replies that say the command may go through later while the server still answers (a Cluster's slot moving,
+ * a disk Redis cannot persist to, a connection that lost its authentication): not answered for good.
+ */
+const TRANSIENT_REPLIES = new Set(['MOVED', 'ASK', 'MISCONF', 'NOAUTH']);
+
+/** Whether an error reply is Redis's answer for good (an ACL's refusal, `OOM`, a script's error), not one trying again may get past. */
+export function isAnsweredReply(error: unknown): boolean {
+  if (!(error instanceof ErrorReply)) return false;
+  const kind = errorKind(error);
+  return !UNAVAILABLE_REPLIES.has(kind) && !TRANSIENT_REPLIES.has(kind);
+}
 
 /** What {@link TierConnection.run} rejects with: the tier is degraded or closed, or the command timed out, failed or was refused. */
 export class TierUnavailable extends Error {
   override name = 'TierUnavailable';
 
-  /** Whether Redis answered the command with an error (a refusal, `OOM`, a script's error): trying again will not help. */
+  /**
+   * Whether Redis answered the command with an error that trying again will not get past (a refusal, `OOM`, a script's
+   * error); not for `MOVED`, `ASK`, `MISCONF`, `NOAUTH`, nor a server that cannot serve now (`LOADING`, `BUSY`, ...).
+   */
   readonly answered: boolean;
 
   constructor(
@@ -529,7 +544,7 @@ export class TierConnection {
       this.#lastError = message;
       this.#timeoutsInRow = 0;
       this.#log(kind, `tier: ${what} ${refused ? 'refused' : 'failed'}: ${describe(error)}`);
-      return new TierUnavailable(message, refused, { cause: error, answered: true });
+      return new TierUnavailable(message, refused, { cause: error, answered: isAnsweredReply(error) });
     }
     if (kind === 'timeout' && this.#up) {
       // One slow reply (a busy machine, a slow command) fails this call alone. Commands that were under way together

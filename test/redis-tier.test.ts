@@ -1,3 +1,5 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, expect, onTestFinished, test } from 'vitest';
 import { RedisTier } from '../daemon/redis-tier.js';
 import { encodeTopName, generationFields, TierKeys } from '../daemon/tier-keys.js';
@@ -73,11 +75,17 @@ interface TierSetup {
   password?: string;
   /** How long a waiter sleeps between asks when no release wakes it. */
   maxWaitSliceMs?: number;
+  /** What `tier-pending.json` holds when the tier starts: changes a previous run left to write through. */
+  pendingFile?: unknown;
+  /** The sink's `replayScope` (none: nothing to write through). */
+  replayScope?: TierSink<EncodedRecord['value']>['replayScope'];
 }
 
 /** A tier as one machine's daemon would make it, attached and closed when the test ends. */
-async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink: RecordingSink; log: string[] }> {
+async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink: RecordingSink; log: string[]; dataDir: string }> {
   const log: string[] = [];
+  const dataDir = await tempDir('hoard-tier-');
+  if (setup.pendingFile !== undefined) await writeFile(join(dataDir, 'tier-pending.json'), JSON.stringify(setup.pendingFile), { mode: 0o600 });
   const sharing = Object.assign(Object.create(null) as Record<string, ScopeSharing>, { '*': 'shared' }, setup.sharing);
   const tier = new RedisTier({
     urls: setup.clusterUrls === undefined ? [setup.url ?? server.url] : [...setup.clusterUrls],
@@ -91,16 +99,17 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
     maxValueBytes: setup.maxValueBytes ?? 1024 * 1024,
     keyPrefix: setup.prefix ?? 't',
     maxLogEntries: 1000,
-    dataDir: await tempDir('hoard-tier-'),
+    dataDir,
     log: (line) => log.push(line),
     maxWaitSliceMs: setup.maxWaitSliceMs,
   });
   const sink = recordingSink();
+  if (setup.replayScope !== undefined) sink.replayScope = setup.replayScope;
   await tier.attach(sink);
   onTestFinished(() => tier.close());
   // On a busy machine the first connection may take longer than the timeout: attach() then leaves the tier degraded.
   await until(() => tier.status().state !== 'degraded', 'the tier is connected');
-  return { tier, sink, log };
+  return { tier, sink, log, dataDir };
 }
 
 /** A key prefix no other test uses, so that each test has its own tier in the one server. */
@@ -652,26 +661,71 @@ test('acquires that time out while the tier stays up are released one pass at a 
   process.stderr.write(`${ids.length} acquires timed out while Redis paused 1.6 s (timeout 1 s): ${releases} RELEASE scripts ran\n`);
 });
 
-test('a release of an unheard-of grant that failed while the tier stayed up is tried again, with no other orphan nor change of state', async () => {
+/** `cmdstat_<command>`'s calls, failed and rejected calls, from `INFO commandstats`. */
+async function commandStats(own: RedisServer, command: string): Promise<{ calls: number; failed: number; rejected: number }> {
+  const found = new RegExp(`cmdstat_${command}:calls=(\\d+),.*rejected_calls=(\\d+),failed_calls=(\\d+)`).exec(await own.cli('INFO', 'commandstats'));
+  return { calls: Number(found?.[1] ?? 0), rejected: Number(found?.[2] ?? 0), failed: Number(found?.[3] ?? 0) };
+}
+
+/**
+ * Makes Redis refuse every write with MISCONF, as when it cannot write its snapshot (save points set, a snapshot
+ * failed); PINGs too, but no command times out: the tier stays up. Resolves to what lets it write again.
+ */
+async function cannotPersist(own: RedisServer): Promise<() => Promise<void>> {
+  const dir = (await own.cli('CONFIG', 'GET', 'dir')).split('\n')[1]!;
+  const bgsaveStatus = async () => /rdb_last_bgsave_status:(\w+)/.exec(await own.cli('INFO', 'persistence'))?.[1];
+  let status: string | undefined;
+  await own.cli('CONFIG', 'SET', 'save', '3600 1', 'stop-writes-on-bgsave-error', 'yes', 'dir', '/proc');
+  await own.cli('BGSAVE');
+  await until(() => status === 'err', 'the snapshot failed', 15_000, async () => void (status = await bgsaveStatus()));
+  return async () => {
+    await own.cli('CONFIG', 'SET', 'dir', dir);
+    await own.cli('BGSAVE');
+    await until(() => status === 'ok', 'a snapshot went through', 15_000, async () => void (status = await bgsaveStatus()));
+  };
+}
+
+test('a release of an unheard-of grant that failed while the tier stayed up (MISCONF) is tried again, and goes through once Redis can write', async () => {
+  // Redis must accept CONFIG SET dir (a protected setting) for cannotPersist.
+  const own = await startRedisServer({ unixSocket: true, config: ['enable-protected-configs yes'] });
+  const a = await makeTier({ url: own.url, prefix: 'q' });
+  // An expired lease in the expiry index: every lease script prunes it (a write), so that the release writes too.
+  await own.cli('ZADD', '{q:pages}x', '1', 'gone');
+  const recover = await cannotPersist(own);
+  await own.cli('CONFIG', 'RESETSTAT');
+  // Refused: Redis ran nothing, but the daemon cannot tell an error reply from a grant it did not hear of.
+  expect(await a.tier.acquire(pages, 'job', { wait: false })).toBeNull();
+  let stats = { calls: 0, failed: 0, rejected: 0 };
+  const poll = async () => void (stats = await commandStats(own, 'evalsha'));
+  // The acquire, its release, and the release tried again, each refused (a script's write fails: a failed call) while
+  // the tier stays up.
+  await until(() => stats.rejected + stats.failed >= 3, 'the release was tried again', 15_000, poll);
+  expect(stats.calls).toBe(stats.failed);
+  expect(a.tier.status().state).not.toBe('degraded');
+  await recover();
+  await until(() => stats.calls > stats.failed, 'the release went through', 15_000, poll);
+  await until(() => a.tier.status().state === 'connected', 'the tier is connected');
+});
+
+test('a release of an unheard-of grant that Redis answers with an error is given up and logged, not tried again every second', async () => {
   const own = await startRedisServer({ unixSocket: true });
   const a = await makeTier({ url: own.url, prefix: 'q' });
-  // The leases' hash is a string for a while: the acquire fails (an error reply: it may have been a grant, as far as
-  // the daemon knows), and so does its release. Redis answers: the tier stays up.
+  // The leases' hash is a string: the acquire fails (an error reply: it may have been a grant, as far as the daemon
+  // knows), and so does its release. Redis answers: the tier stays up.
   await own.cli('SET', '{q:pages}l', 'not a hash');
   await own.cli('CONFIG', 'RESETSTAT');
   expect(await a.tier.acquire(pages, 'job', { wait: false })).toBeNull();
-  let calls = 0;
-  let failed = 0;
-  const countCalls = async () => {
-    const found = /cmdstat_evalsha:calls=(\d+),.*failed_calls=(\d+)$/m.exec(await own.cli('INFO', 'commandstats'));
-    [calls, failed] = [Number(found?.[1] ?? 0), Number(found?.[2] ?? 0)];
-  };
-  await until(() => failed >= 2, 'the acquire and its release failed', 15_000, countCalls);
-  expect(calls).toBe(failed);
-  expect(a.tier.status().state).toBe('connected');
+  // Before the fix, the release was tried again every second, forever (while the tier is up).
+  await until(() => a.log.some((line) => line.includes('is not released')), 'the release is given up, logged');
+  const given = await commandStats(own, 'evalsha');
+  expect(given.failed).toBe(2);
   await own.cli('DEL', '{q:pages}l');
-  // Without a retry, the release waited for another orphan, or for the tier to go down and up.
-  await until(() => calls > failed, 'the release was tried again, and went through', 15_000, countCalls);
+  // Nothing is tried again: over twice the retry period, no more calls.
+  const untilMs = performance.now() + 2500;
+  while (performance.now() < untilMs) {
+    expect(await commandStats(own, 'evalsha')).toEqual(given);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
   expect(a.tier.status().state).toBe('connected');
 });
 
@@ -738,4 +792,52 @@ test('a getset\u2019s write Redis did not take while a clear of its scope waits 
   expect(a.sink.replayed).toEqual([`${itemKey(pages, 'job')}:true`]);
   expect(text(await b.tier.read(pages, 'job'))).toBe('computed after the clear');
   await a.tier.release(grant.lease);
+});
+
+test("a whole scope's write-through that failed after its clear was sent does not clear the scope again when tried again: other machines' writes made meanwhile stay", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wc';
+  const b = await makeTier({ url: own.url, prefix });
+  let calls = 0;
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    timeoutMs: 500,
+    // A previous run left the scope `pages` to write through whole.
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, clears: [], keys: [] }] },
+    replayScope: async (scope, send) => {
+      if (++calls === 1) {
+        // The scope's clear went through: another machine writes meanwhile, then Redis holds writes back for a while.
+        await b.tier.write(pages, 'other', record('by B after the clear'), { sizeBytes: 20 });
+        await own.cli('CLIENT', 'PAUSE', '1000', 'WRITE');
+      }
+      await send(scope, 'mine', record('by A'));
+      return [];
+    },
+  });
+  await until(() => calls >= 2 && a.tier.status().pendingChanges === 0, 'the write-through was tried again, and went through', 30_000);
+  // Before the fix, the second try cleared the scope again: B's write read as a miss.
+  expect(text(await b.tier.read(pages, 'other'))).toBe('by B after the clear');
+  expect(text(await b.tier.read(pages, 'mine'))).toBe('by A');
+});
+
+test('a write Redis answers with MISCONF (it cannot persist) waits, and is written through once Redis can write again', async () => {
+  const own = await startRedisServer({ unixSocket: true, config: ['enable-protected-configs yes'] });
+  const prefix = 'mc';
+  const a = await makeTier({ url: own.url, prefix });
+  const b = await makeTier({ url: own.url, prefix });
+  const recover = await cannotPersist(own);
+  await own.cli('CONFIG', 'RESETSTAT');
+  const computed = record('written while Redis could not persist');
+  a.sink.local.set(itemKey(pages, 'job'), computed);
+  await a.tier.write(pages, 'job', computed, { sizeBytes: 37 });
+  expect(a.tier.status().pendingChanges).toBe(1);
+  // Each try adds its scope's name first (SADD), refused: the write, and two write-throughs, the first finished.
+  let sadd = { calls: 0, failed: 0, rejected: 0 };
+  // Before the fix, the first write-through was given up: no second one came.
+  await until(() => sadd.rejected >= 3, 'Redis refused two write-throughs', 15_000, async () => void (sadd = await commandStats(own, 'sadd')));
+  expect(a.tier.status().pendingChanges).toBe(1);
+  await recover();
+  await until(() => a.tier.status().pendingChanges === 0, 'the write is written through', 15_000);
+  expect(text(await b.tier.read(pages, 'job'))).toBe('written while Redis could not persist');
 });

@@ -252,3 +252,85 @@ test('a write-through Redis answers with an error (an ACL refuses it) is given u
   expect(await valueOf(b.cache.withScope('mine'), 'item')).toBeUndefined();
   expect((await a.tierStatus()).refused).toBeGreaterThan(0);
 });
+
+test("a write Redis took after an earlier failed write of the same item forgets the waiting one: another machine's newer write is applied, and the write-through does not undo it", async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('again');
+  const onB = b.cache.withScope('again');
+  await cut(proxy, a, 'blackhole');
+  await onA.set('y', 'y by A during the cut');
+  await onA.set('x', 'x1 by A during the cut');
+  // A client holds y's lock (a local hit: no lease): the write-through of the scope waits for it, x's change after y's.
+  const held = await onA.getset('y');
+  expect(held.item).not.toBeNull();
+  proxy.restore();
+  await eventually(async () => (await a.cache.status()).waiters >= 1, "the write-through waits for y's lock");
+  await onA.set('x', 'x2 by A after the cut');
+  const x = [{ scope: ['again'], id: 'x' }];
+  expect((await sharedValues(server.pipeline, x))[0]).toContain('x2 by A after the cut');
+  await onB.set('x', 'x3 by B');
+  await held.release();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A wrote through what it kept');
+  // Before the fix, x stayed waiting: A's change log skipped B's write, and the write-through sent A's x2 over it.
+  expect((await sharedValues(server.pipeline, x))[0]).toContain('x3 by B');
+  const expected = new Map([['x', 'x3 by B']]);
+  await converged((id) => valueOf(onA, id), expected, "A serves B's newer write");
+  await converged((id) => valueOf(onB, id), expected, "B serves its own write");
+});
+
+/** Two daemons on one Redis, A through a proxy as a user who may only read: its write-throughs are refused. */
+async function setupReader(extra: string[] = []) {
+  const server = await startRedisServer({ users: [{ name: 'reader', password: 'reader secret', rules: readOnlyRules() }] });
+  const proxy = await startTcpProxy({ port: server.port });
+  const [a, b] = await Promise.all([
+    startTierDaemon({ tier: proxy.url, username: 'reader', password: 'reader secret', ...CUT_SIDE, extra }),
+    startTierDaemon({ tier: server.url, ...HEALTHY_TIER }),
+  ]);
+  return { server, proxy, a, b };
+}
+
+async function settledConnected(daemon: TierDaemon): Promise<void> {
+  await eventually(async () => {
+    const status = await daemon.tierStatus();
+    return status.state === 'connected' && status.pendingChanges === 0;
+  }, 'the daemon is connected, with nothing waiting');
+}
+
+test("a write-through given up drops the local copy: the daemon then reads the item through Redis, not its refused value", async () => {
+  const { proxy, a, b } = await setupReader();
+  await b.cache.withScope('mine').set('item', 'by B before the cut');
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
+  await cut(proxy, a, 'blackhole');
+  await a.cache.withScope('mine').set('item', 'by A during the cut');
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by A during the cut');
+  proxy.restore();
+  await settledConnected(a);
+  // Before the fix, A went on serving the value Redis refused, which no other machine has.
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
+});
+
+test("a whole scope's write-through that Redis refuses (its clear, then each item) is given up: nothing waits, and the tier is connected", async () => {
+  const { proxy, a, b } = await setupReader(['--tier-max-pending', '2']);
+  await b.cache.withScope('many').set('b0', 'by B before the cut');
+  await cut(proxy, a, 'blackhole');
+  for (let n = 0; n < 3; n++) await a.cache.withScope('many').set(`a${n}`, `a${n} by A during the cut`);
+  // The probe's set and the scope `many` whole.
+  expect((await a.tierStatus()).pendingChanges).toBe(2);
+  proxy.restore();
+  // Before the fix, the refused clear of `many` was tried again every second: A stayed catching-up, 1 change waiting.
+  await settledConnected(a);
+  expect(await valueOf(a.cache.withScope('many'), 'a0')).toBeUndefined();
+  expect(await valueOf(a.cache.withScope('many'), 'b0')).toBe('by B before the cut');
+});
+
+test('a clear of the root scope that Redis refuses is given up: nothing waits, and the tier is connected', async () => {
+  const { proxy, a, b } = await setupReader();
+  await b.cache.withScope('kept').set('b0', 'by B before the cut');
+  await cut(proxy, a, 'blackhole');
+  await a.cache.clear();
+  expect((await a.tierStatus()).pendingChanges).toBe(1);
+  proxy.restore();
+  // Before the fix, the refused clears were tried again every second: A stayed catching-up, 1 change waiting.
+  await settledConnected(a);
+  expect(await valueOf(a.cache.withScope('kept'), 'b0')).toBe('by B before the cut');
+});

@@ -165,3 +165,56 @@ test('holds and covers: which items wait, also while being written through, and 
   expect(bounded.holds('w', key(['w'], 'anything'))).toBe(true);
   expect(bounded.addKey('w', key(['w'], 'k3'))).toBe(false);
 });
+
+test('forgetKey: a write Redis took forgets the waiting change of the item and its fence, whether it waits or is being written through', async () => {
+  const path = join(await tempDir(), 'tier-pending.json');
+  const changes = pending(path);
+  changes.addKey('a', key(['a'], 'k1'), 7);
+  changes.addKey('a', key(['a'], 'k2'));
+  expect(changes.forgetKey('a', key(['a'], 'k1'))).toBe(true);
+  expect(changes.forgetKey('a', key(['a'], 'k1'))).toBe(false);
+  expect(changes.holds('a', key(['a'], 'k1'))).toBe(false);
+  expect(changes.size).toBe(1);
+  const taken = changes.take('a')!;
+  expect(taken.fences.size).toBe(0);
+  // Being written through: the write-through finds it gone, and skips it.
+  expect(changes.forgetKey('a', key(['a'], 'k2'))).toBe(true);
+  expect(taken.keys.size).toBe(0);
+  expect(changes.holds('a', key(['a'], 'k2'))).toBe(false);
+  expect(changes.size).toBe(0);
+  changes.finish();
+  changes.addKey('b', key(['b'], 'k'));
+  expect(changes.forgetKey('b', key(['b'], 'k'))).toBe(true);
+  expect(changes.tops()).toEqual([]);
+  expect(changes.has('b')).toBe(false);
+  await changes.save();
+  expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ tops: [] });
+});
+
+test('a whole scope whose clear went to Redis: kept in the file; changes recorded after it are kept as keys; going whole again needs a new clear', async () => {
+  const path = join(await tempDir(), 'tier-pending.json');
+  const changes = pending(path, 2);
+  for (let n = 0; n < 3; n++) changes.addKey('w', key(['w'], `k${n}`));
+  const taken = changes.take('w')!;
+  expect(taken).toMatchObject({ whole: true, cleared: false });
+  expect(changes.covers('w', key(['w'], 'k'))).toBe(true);
+  taken.cleared = true;
+  // A write Redis takes now is not undone by a clear: that went already.
+  expect(changes.covers('w', key(['w'], 'k'))).toBe(false);
+  expect(changes.holds('w', key(['w'], 'k'))).toBe(true);
+  await changes.save();
+  const again = pending(path, 2);
+  await again.load();
+  expect(again.take('w')).toMatchObject({ whole: true, cleared: true });
+  // Recorded while the scope is written through, then put back after it: the delete of `later` must reach Redis.
+  changes.addKey('w', key(['w'], 'later'));
+  changes.restore(taken);
+  const back = changes.take('w')!;
+  expect(back).toMatchObject({ whole: true, cleared: true });
+  expect([...back.keys]).toEqual([key(['w'], 'later')]);
+  changes.restore(back);
+  // Past the bound again (3 keys > 2): the scope goes whole again, and needs a new clear.
+  changes.addKey('w', key(['w'], 'k8'));
+  changes.addKey('w', key(['w'], 'k9'));
+  expect(changes.take('w')).toMatchObject({ whole: true, cleared: false, keys: new Set() });
+});
