@@ -1,5 +1,4 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
@@ -15,6 +14,7 @@ import { ManualClock } from './conformance/support.js';
 import { runHoard } from './support/processes.js';
 import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
+import { fillDisk } from './support/full-disk.js';
 
 /** A daemon in this process on a fresh socket (under `dataParent`, default a fresh directory), and a client of it. */
 async function daemonAndClient<T = string>(options: { dataParent?: string; maxSizeBytes?: number } = {}) {
@@ -69,26 +69,6 @@ describe('status stays bounded whatever the number of top-level scopes', () => {
     expect(counters.scopes.size).toBe(MAX_COUNTED_SCOPES);
   });
 });
-
-/** Writes `path` until the filesystem has no room left, as another program would. */
-function fillDisk(path: string): void {
-  const fd = openSync(path, 'w');
-  try {
-    for (const chunk of [64 * 1024, 4096, 1]) {
-      const bytes = Buffer.alloc(chunk, 0x5a);
-      for (;;) {
-        try {
-          writeSync(fd, bytes);
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw error;
-        }
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 describe('background housekeeping failures', () => {
   // A small tmpfs is the full disk; mounting one needs root, which CI has.

@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
 import { PendingChanges } from '../daemon/pending-changes.js';
 import { itemKey, scopeOf } from '../src/scope-path.js';
 import { tempDir } from './support/temp-dir.js';
+import { fillDisk } from './support/full-disk.js';
 
 /** The file of changes waiting for the tier on a real full disk (a small tmpfs, root only). */
 
@@ -15,26 +15,6 @@ async function smallDisk(): Promise<string> {
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', disk]);
   onTestFinished(() => void execFileSync('umount', ['-l', disk]));
   return disk;
-}
-
-/** Writes `path` until the filesystem has no room left. */
-function fillDisk(path: string): void {
-  const fd = openSync(path, 'w');
-  try {
-    for (const chunk of [64 * 1024, 4096, 1]) {
-      const bytes = Buffer.alloc(chunk, 0x5a);
-      for (;;) {
-        try {
-          writeSync(fd, bytes);
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw error;
-        }
-      }
-    }
-  } finally {
-    closeSync(fd);
-  }
 }
 
 test('saved() after a save that failed on a full disk writes the file again, rejecting while the disk is full', async () => {
