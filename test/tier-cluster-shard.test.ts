@@ -1,4 +1,5 @@
 import { expect, onTestFinished, test } from 'vitest';
+import { TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
 import type { TierStatus } from '../src/shared-tier.js';
 import { type RedisCluster, startRedisCluster } from './support/redis-server.js';
 import { sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
@@ -122,3 +123,48 @@ test(
     );
   },
 );
+
+test('every master of a Cluster stopped: each is marked down as it is found, and then the tier is degraded; it comes back when they answer', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  const log: string[] = [];
+  const connection = new TierConnection({ urls: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS, log: (line) => log.push(line) });
+  onTestFinished(() => connection.close());
+  await connection.open();
+  const deadline = performance.now() + 20_000;
+  const until = async (condition: () => boolean, what: string): Promise<void> => {
+    while (!condition()) {
+      if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}: ${JSON.stringify(connection.figures())}; log: ${log.join(' | ')}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
+  await until(() => connection.up, 'connected');
+  // A tag on each master.
+  const tags = Array.from({ length: 30 }, (_, n) => `all-${n}`);
+  const slots = await cluster.pipeline(tags.map((tag) => ['CLUSTER', 'KEYSLOT', `{${tag}}`]));
+  const byMaster = new Map<number, string>();
+  for (const [n, reply] of slots.entries()) {
+    const owner = ownerOf(Number(/\d+/.exec(reply)![0]), 3);
+    if (!byMaster.has(owner)) byMaster.set(owner, tags[n]!);
+  }
+  expect(byMaster.size).toBe(3);
+  const keys = [...byMaster.values()].map((tag) => `{${tag}}k`);
+  for (const key of keys) expect(await connection.run('set', (client) => client.send(key, ['SET', key, 'v']))).toBe('OK');
+
+  for (const node of cluster.nodes) process.kill(node.pid, 'SIGSTOP');
+  let continued = false;
+  onTestFinished(() => {
+    if (!continued) for (const node of cluster.nodes) process.kill(node.pid, 'SIGCONT');
+  });
+  // Commands to each master in turn, one at a time, until the tier is degraded (each fails: timed out, or refused
+  // at once once its master is marked down).
+  for (let n = 0; connection.up && n < 30; n++) {
+    const key = keys[n % keys.length]!;
+    await expect(connection.run('get', (client) => client.send(key, ['GET', key]))).rejects.toBeInstanceOf(TierUnavailable);
+  }
+  expect(connection.figures()).toMatchObject({ state: 'degraded', lastError: expect.stringMatching(/^every node is down/) });
+
+  for (const node of cluster.nodes) process.kill(node.pid, 'SIGCONT');
+  continued = true;
+  await until(() => connection.up && connection.figures().downNodes.length === 0, 'connected again with no node down');
+  for (const key of keys) expect(await connection.run('get', (client) => client.send(key, ['GET', key]))).toBe('v');
+});
