@@ -430,7 +430,9 @@ export class ChangeLog {
         // This daemon's own changes first: whatever catching up then drops locally, Redis has. Each scope's pass
         // writes its own through first again, so a scope whose changes could not go (its Cluster node down) holds
         // back only itself.
-        await this.#replay(undefined).catch(() => {});
+        await this.#replay(undefined).catch((error: unknown) => {
+          if (!(error instanceof NodeDown)) throw error;
+        });
         await this.#checkIdentity();
         const states = [...this.#tops.values()];
         const results: boolean[] = [];
