@@ -143,6 +143,8 @@ interface NodeHealth {
   /** Whether commands to its slots fail at once, until it answers a PING. */
   down: boolean;
   ping: Promise<void> | undefined;
+  /** The PING sent to it that has not been answered yet: a stopped node is sent no other, so none pile up in its queue. */
+  unanswered: Promise<unknown> | undefined;
 }
 
 /** What one call's commands to a Cluster tell its connection: which masters they went to, and what those did. */
@@ -647,7 +649,11 @@ export class TierConnection {
       }
       const stale = (): boolean => this.#closed || this.#main !== cluster || this.#nodes.get(address) !== node;
       try {
-        await this.#withTimeout(cluster.nodeClient(master).then((client) => client.sendCommand(['PING'])));
+        node.unanswered ??= cluster
+          .nodeClient(master)
+          .then((client) => client.sendCommand(['PING']))
+          .finally(() => (node.unanswered = undefined));
+        await this.#withTimeout(node.unanswered);
         if (stale()) return;
         if (node.down) {
           node.down = false;
@@ -686,7 +692,7 @@ export class TierConnection {
   #node(address: string): NodeHealth {
     let node = this.#nodes.get(address);
     if (node === undefined) {
-      node = { timeoutsInRow: 0, lastTimeoutMs: -Infinity, down: false, ping: undefined };
+      node = { timeoutsInRow: 0, lastTimeoutMs: -Infinity, down: false, ping: undefined, unanswered: undefined };
       this.#nodes.set(address, node);
     }
     return node;
