@@ -136,6 +136,8 @@ function tierLines(tier: TierStatus | null | undefined): string[] {
       // A daemon of an earlier version sends no `pendingChanges`.
       (tier.pendingChanges === undefined ? '' : `; pending changes ${tier.pendingChanges}`),
   ];
+  // A daemon of an earlier version sends no `downNodes`.
+  if (tier.downNodes !== undefined && tier.downNodes.length > 0) lines.push(`             nodes down: ${tier.downNodes.map(shown).join(', ')}`);
   if (tier.lastError !== null) lines.push(`             last error: ${shown(tier.lastError)}`);
   return lines;
 }

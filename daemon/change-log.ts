@@ -3,7 +3,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
-import type { TierConnection } from './tier-connection.js';
+import { NodeDown, type TierConnection } from './tier-connection.js';
 import { parseTierMessage, type TierKeys, topOf } from './tier-keys.js';
 
 /**
@@ -427,8 +427,12 @@ export class ChangeLog {
       const epoch = this.#epoch;
       let done = false;
       try {
-        // This daemon's own changes first: whatever catching up then drops locally, Redis has.
-        await this.#replay(undefined);
+        // This daemon's own changes first: whatever catching up then drops locally, Redis has. Each scope's pass
+        // writes its own through first again, so a scope whose changes could not go (its Cluster node down) holds
+        // back only itself.
+        await this.#replay(undefined).catch((error: unknown) => {
+          if (!(error instanceof NodeDown)) throw error;
+        });
         await this.#checkIdentity();
         const states = [...this.#tops.values()];
         const results: boolean[] = [];
@@ -542,7 +546,9 @@ export class ChangeLog {
       if (error instanceof ChangesWait) this.#logLimited('changes wait', `tier: ${error.message}`);
       else this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
       this.#retryLater();
-      return false;
+      // A scope on a Cluster node marked down is not caught up, but is no reason to say the tier is catching up:
+      // status names the node, and the scope is tried again until it answers.
+      return error instanceof NodeDown;
     }
   }
 

@@ -6,7 +6,7 @@ import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { PendingChanges, type PendingTop } from './pending-changes.js';
-import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
+import { NodeDown, type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
 import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, TIER_SCRIPTS, WRITE_SCRIPT } from './tier-scripts.js';
@@ -391,6 +391,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       state: figures.state,
       url: this.#connection.url,
       lastError: figures.lastError,
+      downNodes: figures.downNodes,
       latencyP50Ms: figures.latencyP50Ms,
       latencyP99Ms: figures.latencyP99Ms,
       sharedHits: this.#sharedHits,
@@ -636,7 +637,17 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (this.#pending.size === 0) return Promise.resolve();
     return this.#inTurn(async () => {
       await this.#replayRootClear();
-      for (const top of this.#pending.tops()) await this.#replayOf(top);
+      // A scope whose changes Redis did not take (its Cluster node down) waits; the others' are written through.
+      let failure: unknown;
+      for (const top of this.#pending.tops()) {
+        try {
+          await this.#replayOf(top);
+        } catch (error) {
+          if (!(error instanceof NodeDown)) throw error;
+          failure ??= error;
+        }
+      }
+      if (failure !== undefined) throw failure;
     });
   }
 

@@ -61,6 +61,11 @@ export class TierUnavailable extends Error {
   }
 }
 
+/** What a command to a Cluster master marked down rejects with, at once (the node's going down was counted and logged). */
+export class NodeDown extends TierUnavailable {
+  override name = 'TierUnavailable';
+}
+
 /** A Lua script and its SHA1, for EVALSHA. */
 export interface TierScript {
   readonly name: string;
@@ -119,6 +124,8 @@ export interface TierConnectionFigures {
   readonly refused: number;
   readonly lastError: string | null;
   readonly state: TierState;
+  /** The Cluster masters (`host:port`) marked down: commands to their slots fail at once until they answer a PING. */
+  readonly downNodes: readonly string[];
 }
 
 export interface TierSubscriptionHandlers {
@@ -142,6 +149,28 @@ interface Subscription {
 type Client = RedisClientType<{}, {}, {}, 2>;
 type Cluster = RedisClusterType<{}, {}, {}, 2>;
 type Connector = { socket: NonNullable<RedisClientOptions['socket']>; database?: number };
+
+/** One Cluster master's health, by its address. */
+interface NodeHealth {
+  /** Commands to it timed out in a row (each sent after the previous one timed out), and when the last of them did. */
+  timeoutsInRow: number;
+  lastTimeoutMs: number;
+  /** Whether commands to its slots fail at once, until it answers a PING. */
+  down: boolean;
+  ping: Promise<void> | undefined;
+  /** The PING sent to it that has not been answered yet: a stopped node is sent no other, so none pile up in its queue. */
+  unanswered: Promise<unknown> | undefined;
+}
+
+/** What one call's commands to a Cluster tell its connection: which masters they went to, and what those did. */
+interface ClusterCall {
+  /** Each master with commands of this call under way, and how many. */
+  readonly sent: Map<string, number>;
+  /** Throws {@link NodeDown} when the master is marked down. */
+  check(address: string): void;
+  /** The master answered (a reply or an error reply): it is not stopped. */
+  answered(address: string): void;
+}
 
 const BUFFERS = { [RESP_TYPES.BLOB_STRING]: Buffer } as const;
 
@@ -187,6 +216,12 @@ function isMistake(error: unknown): boolean {
  * once, and a PING every {@link TIER_HEARTBEAT_MS} restores it when it answers. A PING that times out means a
  * connection into a black hole (no reset ever comes): the client is then destroyed and made again. No `error` event
  * or rejection of node-redis's is left unhandled.
+ *
+ * On a Cluster, a timeout of a command whose master is known (every command with a routing key) is that master's
+ * alone: it PINGs that master, and marks it down when the PING fails or times out too, or after
+ * {@link TIER_TIMEOUTS_TO_DEGRADE} timeouts in a row on it. Commands to a master marked down fail at once while the
+ * tier stays up for the others' slots; the heartbeat PINGs it and clears the mark when it answers, or when it no
+ * longer serves any slot (a failover). The tier is degraded when every master is down.
  */
 export class TierConnection {
   readonly url: string;
@@ -224,6 +259,8 @@ export class TierConnection {
   /** Whether a failure was counted since the tier was last up (or since the start): it is counted once. */
   #downCounted = false;
   #lastError: string | null = null;
+  /** The health of the Cluster masters that timed out, by address; empty on one server, and for each new Cluster client. */
+  readonly #nodes = new Map<string, NodeHealth>();
   readonly #logged = new Map<string, { atMs: number; suppressed: number }>();
 
   constructor(options: TierConnectionOptions) {
@@ -301,15 +338,20 @@ export class TierConnection {
     const facade = this.#facade;
     if (this.#closed) throw new TierUnavailable('the tier is closed');
     if (!this.#up || facade === undefined) throw new TierUnavailable(`the tier is degraded: ${this.#lastError ?? 'not connected yet'}`);
+    const main = this.#main;
+    const call = this.#options.cluster ? this.#clusterCall() : undefined;
+    const client = call === undefined ? facade : clusterFacade(main as Cluster, call);
     const startedMs = performance.now();
     try {
-      const result = await this.#withTimeout(command(facade));
+      const result = await this.#withTimeout(command(client));
       this.#addLatency(performance.now() - startedMs);
       this.#timeoutsInRow = 0;
       return result;
     } catch (error) {
-      if (isMistake(error)) throw error;
-      throw this.#failed(what, error, startedMs);
+      if (isMistake(error) || error instanceof NodeDown) throw error;
+      // The masters whose commands were still under way when the call failed (timed out).
+      const waitedOn = call === undefined || this.#main !== main ? [] : [...call.sent.keys()];
+      throw this.#failed(what, error, startedMs, waitedOn);
     }
   }
 
@@ -360,6 +402,7 @@ export class TierConnection {
       refused: this.#refused,
       lastError: this.#lastError,
       state: !this.up ? 'degraded' : this.#catchingUp ? 'catching-up' : 'connected',
+      downNodes: [...this.#nodes].filter(([, node]) => node.down).map(([address]) => address).sort(),
     };
   }
 
@@ -421,6 +464,8 @@ export class TierConnection {
       if (this.#main === main && !this.#up) void this.#probe();
     });
     this.#main = main;
+    // A new client's connections are new: what the old one found of each node is forgotten.
+    this.#nodes.clear();
     this.#facade = this.#options.cluster ? clusterFacade(main as Cluster) : clientFacade(main as Client);
     const connected = main.connect().then(
       () => {
@@ -487,6 +532,7 @@ export class TierConnection {
   #beat(): void {
     if (this.#closed) return;
     if (!this.#up) void this.#probe();
+    for (const [address, node] of this.#nodes) if (node.down) void this.#pingNode(address);
     if (this.#subscriber === undefined) {
       if (this.#subscriptions.size > 0) this.#makeSubscriber();
     } else if (this.#subscriberLive) {
@@ -533,7 +579,7 @@ export class TierConnection {
    * connection degrades the tier; a timeout sends a PING to decide, and degrades it when it is the
    * {@link TIER_TIMEOUTS_TO_DEGRADE}th in a row.
    */
-  #failed(what: string, error: unknown, startedMs: number): TierUnavailable {
+  #failed(what: string, error: unknown, startedMs: number, waitedOn: readonly string[] = []): TierUnavailable {
     this.#errors++;
     const kind = errorKind(error);
     const message = `${what}: ${describe(error)}`;
@@ -545,6 +591,13 @@ export class TierConnection {
       this.#timeoutsInRow = 0;
       this.#log(kind, `tier: ${what} ${refused ? 'refused' : 'failed'}: ${describe(error)}`);
       return new TierUnavailable(message, refused, { cause: error, answered: isAnsweredReply(error) });
+    }
+    if (kind === 'timeout' && this.#up && waitedOn.length > 0) {
+      // On a Cluster, the masters it waited on decide, each for its own slots: the others' are not affected.
+      this.#lastError = message;
+      this.#log(kind, `tier: ${message}`);
+      for (const address of waitedOn) this.#nodeTimedOut(address, startedMs);
+      return new TierUnavailable(message, false, { cause: error });
     }
     if (kind === 'timeout' && this.#up) {
       // One slow reply (a busy machine, a slow command) fails this call alone. Commands that were under way together
@@ -562,6 +615,102 @@ export class TierConnection {
     }
     this.#degrade(kind, isAftermath(error) ? error : new Error(message), { counted: true });
     return new TierUnavailable(message, false, { cause: error });
+  }
+
+  /** What one call's commands tell about the Cluster's masters they went to. */
+  #clusterCall(): ClusterCall {
+    const sent = new Map<string, number>();
+    return {
+      sent,
+      check: (address) => {
+        const node = this.#nodes.get(address);
+        if (node?.down === true) throw new NodeDown(`the tier's node ${address} is down: ${this.#lastError ?? 'no answer'}`);
+      },
+      answered: (address) => {
+        const node = this.#nodes.get(address);
+        if (node !== undefined && !node.down) node.timeoutsInRow = 0;
+      },
+    };
+  }
+
+  /**
+   * Counts a command to the master at `address` (sent at `startedMs`) that timed out: PINGs it, or marks it down when
+   * it is the {@link TIER_TIMEOUTS_TO_DEGRADE}th in a row.
+   */
+  #nodeTimedOut(address: string, startedMs: number): void {
+    const node = this.#node(address);
+    if (node.down) return;
+    // Commands that were under way together count once in the row, as for the whole tier.
+    if (startedMs >= node.lastTimeoutMs) {
+      node.timeoutsInRow++;
+      node.lastTimeoutMs = performance.now();
+    }
+    if (node.timeoutsInRow >= TIER_TIMEOUTS_TO_DEGRADE) this.#markDown(address, `${node.timeoutsInRow} commands in a row timed out`);
+    else void this.#pingNode(address);
+  }
+
+  /**
+   * PINGs the Cluster master at `address` on its own connection: marks it down when the PING fails or times out,
+   * clears its mark when it answers; forgets it when it is no master any more (its slots moved: nothing goes there).
+   */
+  #pingNode(address: string): Promise<void> {
+    const node = this.#node(address);
+    node.ping ??= (async () => {
+      const cluster = this.#main as Cluster | undefined;
+      const master = cluster?.masters.find((candidate) => candidate.address === address);
+      if (cluster === undefined || master === undefined) {
+        this.#nodes.delete(address);
+        return;
+      }
+      const stale = (): boolean => this.#closed || this.#main !== cluster || this.#nodes.get(address) !== node;
+      try {
+        node.unanswered ??= cluster
+          .nodeClient(master)
+          .then((client) => client.sendCommand(['PING']))
+          .finally(() => (node.unanswered = undefined));
+        await this.#withTimeout(node.unanswered);
+        if (stale()) return;
+        if (node.down) {
+          node.down = false;
+          node.timeoutsInRow = 0;
+          this.#log(`up ${address}`, `tier: node ${address} answers again`);
+        }
+      } catch (error) {
+        if (stale() || isMistake(error)) return;
+        const reason = error instanceof TierUnavailable ? `PING took over ${this.#options.timeoutMs} ms` : `PING failed: ${describe(error)}`;
+        this.#markDown(address, reason);
+      }
+    })().finally(() => (node.ping = undefined));
+    return node.ping;
+  }
+
+  /** Marks the Cluster master at `address` down (logged, at most a line a minute each); the tier too when every master is. */
+  #markDown(address: string, reason: string): void {
+    const node = this.#nodes.get(address);
+    if (node === undefined || node.down) return;
+    node.down = true;
+    node.timeoutsInRow = 0;
+    this.#lastError = `node ${address} is down: ${reason}`;
+    this.#log(`down ${address}`, `tier: node ${address} is down (${reason}): commands to its slots fail at once until it answers a PING`);
+    const masters = (this.#main as Cluster | undefined)?.masters ?? [];
+    if (this.#up && masters.length > 0 && masters.every((master) => this.#nodes.get(master.address)?.down === true)) {
+      // Nothing answers: as a tier whose PING times out, degraded, and its client made again (a black hole).
+      this.#degrade('timeout', new Error(`every node is down: ${reason}`), { counted: true });
+      this.#remakeMain();
+      return;
+    }
+    // The other masters are PINGed too: when the network is cut rather than one node stopped, none answers, and the
+    // tier is degraded (above) as one whose PING timed out.
+    for (const master of masters) if (this.#nodes.get(master.address)?.down !== true) void this.#pingNode(master.address);
+  }
+
+  #node(address: string): NodeHealth {
+    let node = this.#nodes.get(address);
+    if (node === undefined) {
+      node = { timeoutsInRow: 0, lastTimeoutMs: -Infinity, down: false, ping: undefined, unanswered: undefined };
+      this.#nodes.set(address, node);
+    }
+    return node;
   }
 
   #withTimeout<R>(promise: Promise<R>): Promise<R> {
@@ -687,12 +836,60 @@ function clientFacade(client: Client): TierClient {
   });
 }
 
-function clusterFacade(cluster: Cluster): TierClient {
-  const buffers = cluster.withTypeMapping(BUFFERS);
-  return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+/** The Cluster's type-mapped view for `buffers`, made once per Cluster client. */
+const buffersOf = new WeakMap<Cluster, Cluster>();
+
+/**
+ * The client over a Cluster; with `call`, each command with a routing key goes out only after its master is known:
+ * refused at once when that master is marked down, and recorded in `call` while under way.
+ */
+function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
+  let buffers = buffersOf.get(cluster);
+  if (buffers === undefined) {
+    buffers = cluster.withTypeMapping(BUFFERS) as unknown as Cluster;
+    buffersOf.set(cluster, buffers);
+  }
+  const typed = buffers;
+  const sendTo = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R> =>
+    (options?.buffers === true ? typed : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
+  if (call === undefined) {
+    return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+      checkKey(key);
+      return sendTo<R>(key, args, options);
+    });
+  }
+  return facade(async <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
     checkKey(key);
-    return (options?.buffers === true ? buffers : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
+    const address = key === '' ? undefined : await masterOf(cluster, key);
+    if (address === undefined) return sendTo<R>(key, args, options);
+    call.check(address);
+    call.sent.set(address, (call.sent.get(address) ?? 0) + 1);
+    try {
+      const reply = await sendTo<R>(key, args, options);
+      call.answered(address);
+      return reply;
+    } catch (error) {
+      if (error instanceof ErrorReply) call.answered(address);
+      throw error;
+    } finally {
+      const left = call.sent.get(address)! - 1;
+      if (left === 0) call.sent.delete(address);
+      else call.sent.set(address, left);
+    }
   });
+}
+
+/**
+ * The address (`host:port`) of the master that serves `key`'s slot now, as the Cluster client routes it (its slots
+ * are rediscovered after a MOVED); `undefined` when it does not know yet (the command then finds out alone).
+ */
+async function masterOf(cluster: Cluster, key: string): Promise<string | undefined> {
+  try {
+    const client = await cluster.getNodeClientForKey(key);
+    return cluster.masters.find((master) => master.client === client)?.address;
+  } catch {
+    return undefined;
+  }
 }
 
 type Send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<R>;

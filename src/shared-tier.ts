@@ -67,6 +67,11 @@ export interface TierStatus {
   /** Where the tier is, without credentials. */
   readonly url: string;
   readonly lastError: string | null;
+  /**
+   * On a Redis Cluster, the masters (`host:port`) that stopped answering while the others did: commands to their slots
+   * fail at once (reads are misses, writes wait to be written through) until they answer a PING. Empty otherwise.
+   */
+  readonly downNodes: readonly string[];
   /** Round-trip time of the tier's recent commands: median and 99th percentile, in milliseconds; null before any. */
   readonly latencyP50Ms: number | null;
   readonly latencyP99Ms: number | null;
