@@ -269,6 +269,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     maxMessageBytes,
     maxWaitersPerConnection: options.maxWaitersPerConnection ?? MAX_WAITERS_PER_CONNECTION,
     waitingClears: { count: 0 },
+    referenceReads: 0,
     count(topScope, hit) {
       if (hit) counters.hits++;
       else counters.misses++;
@@ -342,6 +343,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         sizeBytes: usage?.bytes ?? 0,
         limitBytes: limitBytes === null || limitBytes === Infinity ? null : limitBytes,
         items: usage?.items ?? 0,
+        pinnedBytes: usage?.pinnedBytes ?? 0,
+        referenceReads: context.referenceReads,
         evictions: kept.evictedItems,
         evictedBytes: kept.evictedBytes,
         expirations: kept.expiredItems,

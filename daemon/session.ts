@@ -46,6 +46,8 @@ export interface DaemonContext {
   readonly maxWaitersPerConnection: number;
   /** The clears (subtree locks) waiting in the whole daemon, which {@link MAX_WAITING_CLEARS} bounds. */
   readonly waitingClears: { count: number };
+  /** Values answered by reference since the daemon started (`daemon/status` `referenceReads`). */
+  referenceReads: number;
   /** Counts a `get` or `getset` result, a hit or a miss, for the top-level scope named `topScope` (`''`: the root). */
   count(topScope: string, hit: boolean): void;
   /** Issues a handle number never used before in this daemon, which doubles as the grant's token. */

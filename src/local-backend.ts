@@ -15,7 +15,7 @@ import {
 } from './lock-table.js';
 import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
-import type { ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
+import type { ReferenceRecord, ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
 
 /** Converts between a cache's values and a store's stored form. */
 export interface ValueAdapter<T, V> {
@@ -59,7 +59,7 @@ function closedError(): CacheError {
 /** Whether a record is fresh, expired but kept as stale, or past its stale time (to be removed). */
 type Freshness = 'fresh' | 'stale' | 'gone';
 
-function freshness(record: StoredRecord<unknown>, nowMs: number): Freshness {
+function freshness(record: { readonly expiresAtMs?: number | undefined; readonly staleUntilMs?: number | undefined }, nowMs: number): Freshness {
   const { expiresAtMs } = record;
   if (expiresAtMs === undefined || nowMs < expiresAtMs) return 'fresh';
   return nowMs < (record.staleUntilMs ?? expiresAtMs) ? 'stale' : 'gone';
@@ -172,17 +172,30 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * @throws CacheError `CACHE_CLOSED`, or the store's read errors (with the lock released).
    */
   readNow(scope: Scope, id: string, owner?: LockOwner): { lease: Lease; record: StoredRecord<V> | undefined } | undefined {
+    return this.#readNow(scope, id, owner, false) as { lease: Lease; record: StoredRecord<V> | undefined } | undefined;
+  }
+
+  /**
+   * {@link LocalBackend.readNow}, where a value kept in a file comes as a {@link ReferenceRecord} (its file not read),
+   * for a store that can (else as `readNow`). The file is pinned until the lease is released.
+   */
+  readNowByReference(scope: Scope, id: string, owner?: LockOwner): { lease: Lease; record: StoredRecord<V> | ReferenceRecord | undefined } | undefined {
+    return this.#readNow(scope, id, owner, true);
+  }
+
+  #readNow(scope: Scope, id: string, owner: LockOwner | undefined, reference: boolean): { lease: Lease; record: StoredRecord<V> | ReferenceRecord | undefined } | undefined {
     this.#checkOpen();
     if (this.#store.readsPaused?.()) return undefined;
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner });
     if (!lease) return undefined;
-    const record = this.#readRecord(lease, scope, id);
+    const record = this.#readRecord(lease, scope, id, { reference });
     // Most records never expire: the clock is read only for those that do.
     if (record?.expiresAtMs === undefined) {
-      if (record !== undefined || !this.#shares(scope)) return { lease, record };
+      if (record !== undefined) return { lease: record.file ? this.#pinned(lease, record) : lease, record };
+      if (!this.#shares(scope)) return { lease, record };
     } else {
       const state = freshness(record, this.#now());
-      if (state === 'fresh') return { lease, record };
+      if (state === 'fresh') return { lease: record.file ? this.#pinned(lease, record) : lease, record };
       if (!this.#shares(scope)) return { lease: state === 'gone' ? this.#removeOnRelease(lease) : lease, record: undefined };
     }
     // A miss in a scope the tier shares reads through the tier, which takes a promise: `get` does it.
@@ -212,7 +225,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (shared.kept) expiredLocally = false;
       }
     }
-    const held = expiredLocally ? this.#removeOnRelease(lease) : lease;
+    const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
+    const held = state === 'fresh' && record!.file ? this.#pinned(removing, record!) : removing;
     const item = state === 'fresh' ? this.#item(record!) : null;
     const release = async (): Promise<void> => held.release();
     return { item, release, [Symbol.asyncDispose]: release };
@@ -259,6 +273,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     const item = state === 'fresh' ? this.#item(record!) : null;
     const stale = state === 'stale' ? this.#item(record!) : null;
+    // The file of the value handed out stays until release, even when the handle's own set replaces it.
+    const unpin = item || stale ? this.#pin(record!) : undefined;
     // Writes through the handle run one after another, and release waits for them; once release has been
     // called, the setter refuses, even while release still waits.
     let writes: Promise<void> = Promise.resolve();
@@ -285,6 +301,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       // for Redis's answer, so that a release takes effect before the client's next request, as without a tier.
       const leaseReleased = tierLease && this.#tier!.release(tierLease);
       lease.release();
+      unpin?.();
       // An item past its stale time that the caller did not replace goes now that its lock is free.
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
       await leaseReleased;
@@ -422,6 +439,30 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value) };
   }
 
+  /** Pins the file of a record handed out (see {@link Store.pin}); `undefined` for a value not in a file. */
+  #pin(record: StoredRecord<V> | ReferenceRecord): (() => void) | undefined {
+    const { file } = record;
+    return file && this.#store.pin ? this.#store.pin(file) : undefined;
+  }
+
+  /** The lease, made to unpin the file of the record handed out under it once released. */
+  #pinned(lease: Lease, record: StoredRecord<V> | ReferenceRecord): Lease {
+    const unpin = this.#pin(record);
+    if (!unpin) return lease;
+    return {
+      key: lease.key,
+      mode: lease.mode,
+      get held() {
+        return lease.held;
+      },
+      release() {
+        if (!lease.held) return;
+        lease.release();
+        unpin();
+      },
+    };
+  }
+
   /** The lease, made to queue its item for removal (past its stale time) once released. */
   #removeOnRelease(lease: Lease): Lease {
     const housekeeper = this.#housekeeper;
@@ -440,9 +481,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   }
 
   /** Reads the stored record under the held lease, releasing the lease if the read fails. */
-  #readRecord(lease: Lease, scope: Scope, id: string, options: { corruptIsMiss?: boolean } = {}): StoredRecord<V> | undefined {
+  #readRecord(lease: Lease, scope: Scope, id: string, options?: { corruptIsMiss?: boolean }): StoredRecord<V> | undefined;
+  #readRecord(lease: Lease, scope: Scope, id: string, options: { reference: boolean }): StoredRecord<V> | ReferenceRecord | undefined;
+  #readRecord(
+    lease: Lease,
+    scope: Scope,
+    id: string,
+    options: { corruptIsMiss?: boolean; reference?: boolean } = {},
+  ): StoredRecord<V> | ReferenceRecord | undefined {
     try {
       this.#checkOpen();
+      if (options.reference && this.#store.readReference) return this.#store.readReference(scope, id);
       return this.#store.read(scope, id);
     } catch (error) {
       if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return undefined;

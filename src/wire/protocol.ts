@@ -620,6 +620,10 @@ export interface StatusResult {
   sizeBytes: number;
   limitBytes: number | null;
   items: number;
+  /** Bytes of replaced or removed values whose files wait for a handle on them to be released (eviction counts them). */
+  pinnedBytes: number;
+  /** Values answered by reference (a file for the client to read) since the daemon started. */
+  referenceReads: number;
   connections: number;
   locksHeld: number;
   waiters: number;
