@@ -14,6 +14,7 @@ import {
   Get,
   GetSet,
   HandleSet,
+  isFileItem,
   List,
   type LockInfo,
   Locks,
@@ -22,8 +23,11 @@ import {
   Status,
   type StatusResult,
   Verify,
+  type WireItem,
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
+import { referenceDirectoryOf } from './open-channel.js';
+import { readFileItem } from './value-files.js';
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
@@ -65,6 +69,30 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return { modified: record.modified, expires, value: async () => adapter.decode(record.value) };
   }
 
+  /**
+   * The records of a handle's items, reading those answered by reference from their files now, while the handle holds
+   * them (after release a file may be gone); a failed read releases the handle.
+   */
+  #records(connection: Channel, handle: number, items: readonly (WireItem | null)[]): (EncodedRecord | null)[] | Promise<(EncodedRecord | null)[]> {
+    if (!items.some((item) => item !== null && isFileItem(item))) return items as (EncodedRecord | null)[];
+    const release = (error: unknown): never => {
+      connection.notify(Release, { handle });
+      throw error;
+    };
+    try {
+      const directory = referenceDirectoryOf(connection);
+      const read: (EncodedRecord | null | Promise<EncodedRecord>)[] = items.map((item) => {
+        if (item === null || !isFileItem(item)) return item;
+        if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
+        return readFileItem(directory, item);
+      });
+      if (!read.some((item) => item instanceof Promise)) return read as (EncodedRecord | null)[];
+      return Promise.all(read.map(async (item) => item)).catch(release);
+    } catch (error) {
+      return release(error);
+    }
+  }
+
   /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
   #releaser(connection: Channel, handle: number): () => Promise<void> {
     let released = false;
@@ -89,8 +117,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       },
     );
     if (result.handle === null) return null;
+    let record = result.item;
+    if (record !== null && isFileItem(record)) {
+      const records = this.#records(connection, result.handle, [record]);
+      record = (records instanceof Promise ? await records : records)[0]!;
+    }
     const release = this.#releaser(connection, result.handle);
-    return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(record), release, [Symbol.asyncDispose]: release };
   }
 
   async getset(
@@ -111,6 +144,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     );
     if (result.handle === null) return MISSED_GETSET;
     const handle = result.handle;
+    const read = this.#records(connection, handle, [result.item, result.stale]);
+    const [itemRecord, staleRecord] = read instanceof Promise ? await read : read;
     const releaseAtDaemon = this.#releaser(connection, handle);
     let released = false;
     let writes: Promise<void> = Promise.resolve();
@@ -133,7 +168,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       await writes;
       await releaseAtDaemon();
     };
-    return { item: this.#item(result.item), stale: this.#item(result.stale), set, release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(itemRecord!), stale: this.#item(staleRecord!), set, release, [Symbol.asyncDispose]: release };
   }
 
   async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {

@@ -47,6 +47,17 @@ export interface LocalBackendOptions<V = unknown> {
   tier?: SharedTier<V>;
 }
 
+/** The stored record each item handed out was made from, for the daemon, whose values are the stored form. */
+const storedRecords = new WeakMap<object, StoredRecord<unknown>>();
+
+/**
+ * The stored record behind an item that a {@link LocalBackend} handed out (with its `file`, for a value kept in one);
+ * `undefined` for any other item.
+ */
+export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | undefined {
+  return storedRecords.get(item) as StoredRecord<V> | undefined;
+}
+
 /** Who the tier's own work on the local store (dropping stale copies) is, for `hoard locks`. */
 const TIER_OWNER: LockOwner = Object.freeze({ name: 'hoard tier' });
 /** How often a failed local copy of a shared item is logged, at most. */
@@ -436,7 +447,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   #item(record: StoredRecord<V>): CacheItem<T> {
     const { modified, value, expiresAtMs } = record;
     const decode = this.#adapter.decode.bind(this.#adapter);
-    return { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value) };
+    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value) };
+    storedRecords.set(item, record);
+    return item;
   }
 
   /** Pins the file of a record handed out (see {@link Store.pin}); `undefined` for a value not in a file. */
