@@ -28,6 +28,11 @@ import {
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
 import { readFileItem } from './value-files.js';
+import { join } from 'node:path';
+import { HandleFiles } from '../src/private-files.js';
+
+/** The files that records read by reference came from: `item.path()` gives them while the handle is held. */
+const filePaths = new WeakMap<EncodedRecord, string>();
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
@@ -61,12 +66,14 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return (this.#connection = connection);
   }
 
-  #item(record: EncodedRecord | null): CacheItem<T> | null {
+  #item(record: EncodedRecord | null, files: HandleFiles): CacheItem<T> | null {
     if (!record) return null;
     const adapter = this.#adapter;
     // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
     const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
-    return { modified: record.modified, expires, value: async () => adapter.decode(record.value) };
+    // A value read by reference is its daemon's file (kept while the handle is held); any other is written for it.
+    const path = files.itemPath(() => filePaths.get(record) ?? record.value.bytes);
+    return { modified: record.modified, expires, value: async () => adapter.decode(record.value), path };
   }
 
   /**
@@ -84,7 +91,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const read: (EncodedRecord | null | Promise<EncodedRecord>)[] = items.map((item) => {
         if (item === null || !isFileItem(item)) return item;
         if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
-        return readFileItem(directory, item);
+        const read = readFileItem(directory, item);
+        const path = join(directory, item.file);
+        if (read instanceof Promise) return read.then((record) => (filePaths.set(record, path), record));
+        filePaths.set(read, path);
+        return read;
       });
       if (!read.some((item) => item instanceof Promise)) return read as (EncodedRecord | null)[];
       return Promise.all(read.map(async (item) => item)).catch(release);
@@ -122,8 +133,14 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const records = this.#records(connection, result.handle, [record]);
       record = (records instanceof Promise ? await records : records)[0]!;
     }
-    const release = this.#releaser(connection, result.handle);
-    return { item: this.#item(record), release, [Symbol.asyncDispose]: release };
+    const releaseAtDaemon = this.#releaser(connection, result.handle);
+    const files = new HandleFiles();
+    const release = async (): Promise<void> => {
+      const removed = files.release();
+      await releaseAtDaemon();
+      await removed;
+    };
+    return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
   }
 
   async getset(
@@ -162,13 +179,16 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
+    const files = new HandleFiles();
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
+      const removed = files.release();
       await writes;
       await releaseAtDaemon();
+      await removed;
     };
-    return { item: this.#item(itemRecord!), stale: this.#item(staleRecord!), set, release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(itemRecord!, files), stale: this.#item(staleRecord!, files), set, release, [Symbol.asyncDispose]: release };
   }
 
   async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {

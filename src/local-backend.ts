@@ -13,6 +13,7 @@ import {
   type SignalSource,
   type WaitGate,
 } from './lock-table.js';
+import { HandleFiles } from './private-files.js';
 import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
 import type { ReferenceRecord, ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
@@ -22,6 +23,8 @@ export interface ValueAdapter<T, V> {
   /** Runs before any lock is taken, so a value it refuses leaves the stored item untouched. */
   encode(value: T): V;
   decode(stored: V): T;
+  /** The bytes `item.path()` writes for a value not kept in a file of the store's: its encoded bytes. */
+  bytes?(stored: V): Uint8Array;
 }
 
 /** How a call waits for its lock: a signal that ends the wait, and who asks (for `hoard locks`). */
@@ -238,8 +241,13 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
     const held = state === 'fresh' && record!.file ? this.#pinned(removing, record!) : removing;
-    const item = state === 'fresh' ? this.#item(record!) : null;
-    const release = async (): Promise<void> => held.release();
+    const files = new HandleFiles();
+    const item = state === 'fresh' ? this.#item(record!, files) : null;
+    const release = async (): Promise<void> => {
+      const removed = files.release();
+      held.release();
+      await removed;
+    };
     return { item, release, [Symbol.asyncDispose]: release };
   }
 
@@ -282,8 +290,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (found.kept) expiredLocally = false;
       }
     }
-    const item = state === 'fresh' ? this.#item(record!) : null;
-    const stale = state === 'stale' ? this.#item(record!) : null;
+    const files = new HandleFiles();
+    const item = state === 'fresh' ? this.#item(record!, files) : null;
+    const stale = state === 'stale' ? this.#item(record!, files) : null;
     // The file of the value handed out stays until release, even when the handle's own set replaces it.
     const unpin = item || stale ? this.#pin(record!) : undefined;
     // Writes through the handle run one after another, and release waits for them; once release has been
@@ -306,6 +315,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
+      const removed = files.release();
       if (writing > 0) await writes;
       // The lease's release is on its way to the tier before the lock goes, so that this daemon's next acquire of the
       // item reaches Redis after it (the tier sends one connection's commands in order); the lock goes without waiting
@@ -315,7 +325,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       unpin?.();
       // An item past its stale time that the caller did not replace goes now that its lock is free.
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
-      await leaseReleased;
+      await Promise.all([leaseReleased, removed]);
     };
     return { item, stale, set, release, [Symbol.asyncDispose]: release };
   }
@@ -444,10 +454,18 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return this.#locks.acquire(key, mode, options);
   }
 
-  #item(record: StoredRecord<V>): CacheItem<T> {
-    const { modified, value, expiresAtMs } = record;
-    const decode = this.#adapter.decode.bind(this.#adapter);
-    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value) };
+  #item(record: StoredRecord<V>, files: HandleFiles): CacheItem<T> {
+    const { modified, value, expiresAtMs, file } = record;
+    const adapter = this.#adapter;
+    const decode = adapter.decode.bind(adapter);
+    const store = this.#store;
+    // A value in a file of the store's (pinned while the handle is held) is that file; any other is written for it.
+    const path = files.itemPath(() => {
+      if (file && store.filePath) return store.filePath(file.name);
+      if (!adapter.bytes) throw new TypeError('This cache has no bytes to give a path to.');
+      return adapter.bytes(value);
+    });
+    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value), path };
     storedRecords.set(item, record);
     return item;
   }

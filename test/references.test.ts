@@ -100,6 +100,19 @@ describe('values read by reference', () => {
     expect(await referenceReads(cache as RemoteCache<unknown>)).toBe(1);
   });
 
+  test("item.path() of a value read by reference is the daemon's own file, kept until release even when replaced", async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    await cache.set('id', new Uint8Array(100_000).fill(5));
+    const gs = await cache.getset('id');
+    const path = await gs.item!.path();
+    expect(path.startsWith(join(dataDir, 'blobs') + '/')).toBe(true);
+    await gs.set(new Uint8Array(100_000).fill(6));
+    expect(readFileSync(path).every((byte) => byte === 5)).toBe(true);
+    await gs.release();
+    await eventually(async () => !(await exists(path)), 'the replaced file is removed after release');
+  });
+
   test('a missing value file is CACHE_CORRUPT, and the handle is released', async () => {
     const { socketPath, dataDir } = await startTestDaemon();
     const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
