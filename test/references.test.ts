@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { readdir, stat, unlink } from 'node:fs/promises';
+import { copyFile, readdir, stat, symlink, truncate, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
 import type { CodecName } from '../src/index.js';
 import { eventually, expectCode } from './conformance/support.js';
 import { startTestDaemon } from './support/daemon.js';
+import { frame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
 
 async function open<T>(socketPath: string, options: { codec?: CodecName; references?: boolean; transport?: 'json' | 'binary' } = {}): Promise<RemoteCache<T>> {
@@ -125,6 +126,21 @@ describe('values read by reference', () => {
     expect(await cache.locks()).toEqual([]);
   });
 
+  test('a value file cut short, or replaced by a symbolic link, is CACHE_CORRUPT', async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    await cache.set('short', new Uint8Array(100_000).fill(1));
+    await cache.set('linked', new Uint8Array(100_000).fill(2));
+    const [short, linked] = (await valueFiles(dataDir)).map((name) => join(dataDir, 'blobs', name));
+    await truncate(short!, 50_000);
+    await copyFile(linked!, join(dataDir, 'copy'));
+    await unlink(linked!);
+    await symlink(join(dataDir, 'copy'), linked!);
+    await expectCode(cache.get('short'), 'CACHE_CORRUPT');
+    await expectCode(cache.get('linked'), 'CACHE_CORRUPT');
+    expect(await cache.locks()).toEqual([]);
+  });
+
   test('a probe that cannot be read leaves the connection on bytes', async () => {
     const { socketPath, dataDir } = await startTestDaemon();
     await unlink(join(dataDir, 'reference-probe'));
@@ -198,5 +214,32 @@ describe('references over JSON, as a client in another language does it', () => 
     await deleted;
     await eventually(async () => !(await exists(path)), 'the file is removed after release');
     expect((await other.status()).pinnedBytes).toBe(0);
+  });
+});
+
+describe('references over binary frames, as PROTOCOL.md lays them out', () => {
+  test('enableReferences (0x0f) with the probe\u2019s token, then get answers item kinds 3 and 4', async () => {
+    const { socketPath } = await startTestDaemon();
+    const { client, answer } = await RawBinaryClient.open(socketPath, { references: true });
+    const { probe, blobDirectory } = (answer.result as { capabilities: { references: { probe: string; blobDirectory: string } } }).capabilities.references;
+    const enabled = await client.call(0x0f, 1, [['string', readFileSync(probe, 'utf8')]]);
+    expect([enabled.op, enabled.u8()]).toEqual([0x80, 1]);
+    const large = Buffer.alloc(70_000, 4);
+    for (const [id, ttlMs] of [['plain', 0], ['expiring', 60_000]] as const) {
+      const set = await client.call(0x05, 2, [['strings', []], ['string', id], ['f64', 1_700_000_000], ['f64', ttlMs], ['f64', 0], ['string', 'binary'], ['bytes', large]]);
+      expect(set.op).toBe(0x80);
+      const got = await client.call(0x01, 3, [['strings', []], ['string', id], ['u8', 1]]);
+      expect(got.op).toBe(0x80);
+      expect(got.u8()).toBe(1);
+      const handle = got.u64();
+      expect(got.u8()).toBe(ttlMs === 0 ? 3 : 4);
+      expect(got.f64()).toBe(1_700_000_000);
+      if (ttlMs !== 0) expect(got.f64()).toBeGreaterThan(Date.now() / 1000);
+      expect(got.string()).toBe('binary');
+      expect(got.u64()).toBe(large.length);
+      const file = got.string();
+      expect(readFileSync(join(blobDirectory, file)).equals(large)).toBe(true);
+      client.write(frame(0x04, 0, [['u64', handle]]));
+    }
   });
 });
