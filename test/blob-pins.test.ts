@@ -1,10 +1,16 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { describe, expect, onTestFinished, test } from 'vitest';
+import { LevelCache } from '../src/index.js';
 import { LevelStore } from '../src/level/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
 import { ROOT_SCOPE } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
 import { eventually } from './conformance/support.js';
+import { PROJECT_ROOT } from './support/child.js';
 import { tempDir } from './support/temp-dir.js';
 
 const keepBytes = { encode: (value: EncodedValue) => value, decode: (value: EncodedValue) => value };
@@ -115,4 +121,43 @@ describe('a value file handed out under a held handle', () => {
     await backend.gc({ dryRun: false });
     await eventually(async () => !(await exists(file)), 'the expired item goes once released');
   });
+});
+
+/**
+ * A process that holds a getset on a large item, replaces it through the handle, takes a path to a small item, prints
+ * both paths and waits to be killed.
+ */
+const HOLDER = `
+import { LevelCache } from ${JSON.stringify(join(PROJECT_ROOT, 'dist/src/index.js'))};
+const cache = await LevelCache.open(process.argv.at(-1), { codec: 'binary' });
+await cache.set('large', new Uint8Array(65536).fill(1));
+await cache.set('small', new Uint8Array([1, 2, 3]));
+const gs = await cache.getset('large');
+const large = await gs.item.path();
+await gs.set(new Uint8Array(65536).fill(2));
+const got = await cache.get('small');
+console.log(JSON.stringify({ large, small: await got.item.path() }));
+setInterval(() => {}, 1000);
+`;
+
+test('a crash while a replaced file waits for its handle leaves nothing: the next open sweeps it, and the next process the private files', async () => {
+  const dir = await tempDir();
+  const child = spawn(process.execPath, ['--input-type=module', '-e', HOLDER, '--', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [line] = (await once(createInterface({ input: child.stdout }), 'line')) as [string];
+  const { large, small } = JSON.parse(line) as { large: string; small: string };
+  expect(await exists(large)).toBe(true);
+  expect(await exists(small)).toBe(true);
+  child.kill('SIGKILL');
+  await once(child, 'exit');
+  const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+  onTestFinished(() => cache.close());
+  // verify waits for the open's sweep.
+  expect((await cache.verify()).orphanFiles).toBe(0);
+  expect(await exists(large)).toBe(false);
+  await using got = await cache.get('large');
+  expect((await got.item!.value()).every((byte) => byte === 2)).toBe(true);
+  // This process's first path() removes the private directory of the dead one.
+  await using mine = await cache.get('small');
+  expect(dirname(await mine.item!.path())).not.toBe(dirname(small));
+  expect(await exists(dirname(small))).toBe(false);
 });
