@@ -29,7 +29,7 @@ import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
 import { readFileItem } from './value-files.js';
 import { join } from 'node:path';
-import { HandleFiles } from '../src/private-files.js';
+import { HandleFiles, releaseAll } from '../src/private-files.js';
 
 /** The files that records read by reference came from: `item.path()` gives them while the handle is held. */
 const filePaths = new WeakMap<EncodedRecord, string>();
@@ -41,6 +41,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   #connection: Channel | undefined;
   #connecting: Promise<Channel> | undefined;
   #closed = false;
+  /** Handles whose items' paths have files of their own, removed at close if not released by then. */
+  readonly #handleFiles = new Set<HandleFiles>();
 
   constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<Channel>, first?: Channel) {
     this.#adapter = adapter;
@@ -134,7 +136,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       record = (records instanceof Promise ? await records : records)[0]!;
     }
     const releaseAtDaemon = this.#releaser(connection, result.handle);
-    const files = new HandleFiles();
+    const files = new HandleFiles(this.#handleFiles);
     const release = async (): Promise<void> => {
       const removed = files.release();
       await releaseAtDaemon();
@@ -179,7 +181,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
-    const files = new HandleFiles();
+    const files = new HandleFiles(this.#handleFiles);
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
@@ -246,6 +248,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     this.#closed = true;
     const connection = this.#connection ?? (await this.#connecting?.catch(() => undefined));
     await connection?.close();
+    await releaseAll(this.#handleFiles);
   }
 }
 

@@ -13,7 +13,7 @@ import {
   type SignalSource,
   type WaitGate,
 } from './lock-table.js';
-import { HandleFiles } from './private-files.js';
+import { HandleFiles, releaseAll } from './private-files.js';
 import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
 import type { ReferenceRecord, ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
@@ -147,6 +147,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   #closed = false;
   #closing?: Promise<void>;
   #running = 0;
+  /** Handles whose items' paths have files of their own, removed at close if not released by then. */
+  readonly #handleFiles = new Set<HandleFiles>();
   #drained?: () => void;
 
   constructor(store: Store<V>, adapter: ValueAdapter<T, V>, options: LocalBackendOptions<V> = {}) {
@@ -241,7 +243,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
     const held = state === 'fresh' && record!.file ? this.#pinned(removing, record!) : removing;
-    const files = new HandleFiles();
+    const files = new HandleFiles(this.#handleFiles);
     const item = state === 'fresh' ? this.#item(record!, files) : null;
     const release = async (): Promise<void> => {
       const removed = files.release();
@@ -290,7 +292,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (found.kept) expiredLocally = false;
       }
     }
-    const files = new HandleFiles();
+    const files = new HandleFiles(this.#handleFiles);
     const item = state === 'fresh' ? this.#item(record!, files) : null;
     const stale = state === 'stale' ? this.#item(record!, files) : null;
     // The file of the value handed out stays until release, even when the handle's own set replaces it.
@@ -436,6 +438,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       await this.#housekeeper.close();
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
       await this.#store.close();
+      await releaseAll(this.#handleFiles);
     })();
     return this.#closing;
   }

@@ -80,6 +80,12 @@ function notHeld(): CacheError {
 export class HandleFiles {
   #released = false;
   readonly #made = new Set<string>();
+  /** The owner's handles that have files, which it releases when it closes. */
+  readonly #live: Set<HandleFiles> | undefined;
+
+  constructor(live?: Set<HandleFiles>) {
+    this.#live = live;
+  }
 
   /**
    * An item's `path()`: the path `source` gives (a file of the store's, kept while the handle is held), or a private
@@ -98,6 +104,7 @@ export class HandleFiles {
           throw notHeld();
         }
         this.#made.add(written);
+        this.#live?.add(this);
         return written;
       })();
       return path;
@@ -108,8 +115,14 @@ export class HandleFiles {
   release(): Promise<void> {
     this.#released = true;
     if (this.#made.size === 0) return Promise.resolve();
+    this.#live?.delete(this);
     const made = [...this.#made];
     this.#made.clear();
     return Promise.all(made.map(removePrivateFile)).then(() => {});
   }
+}
+
+/** Ends the paths of every handle in `live` (an owner that closes), removing their files. */
+export async function releaseAll(live: Set<HandleFiles>): Promise<void> {
+  await Promise.all([...live].map((files) => files.release()));
 }

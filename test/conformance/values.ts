@@ -73,6 +73,15 @@ export function values({ open, features }: Suite): void {
       }
     });
 
+    test("item.path()'s file of a handle never released goes when the cache closes", async () => {
+      const subject = await open();
+      await subject.cache.set('small', kind === 'binary' || kind === 'as-given' ? new Uint8Array([1]) : 'small');
+      const got = await subject.cache.get('small');
+      const path = await got.item!.path();
+      await subject.close();
+      await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
     test.runIf(kind === 'as-given')('values are kept as given, by reference', async () => {
       const { cache } = await open();
       const object = { list: [1], fn: () => 1, big: 1n };
