@@ -5,7 +5,7 @@ import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/codec-adapter.js';
 import type { Channel } from './channel.js';
-import { checkDaemonLauncher, type DaemonLauncher, daemonSpawn, describeSpawn } from './connect.js';
+import { checkDaemonLauncher, checkReferencesOption, type DaemonLauncher, daemonSpawn, describeSpawn } from './connect.js';
 import { openChannel, type TransportName } from './open-channel.js';
 import { RemoteBackend, RemoteCache } from './remote-cache.js';
 
@@ -19,6 +19,8 @@ export interface ConnectStdioOptions {
   transport?: TransportName;
   /** How to start the daemon (it gets `--stdio`); default the installed package's entry script, run with this process's Node. */
   daemon?: DaemonLauncher;
+  /** As `connect`'s: read values' files directly when the daemon's files can be opened here; default `true`. */
+  references?: boolean;
 }
 
 /** How long a private daemon may take to exit after its stdin ends before it is killed. */
@@ -33,6 +35,7 @@ const EXIT_GRACE_MS = 5000;
  */
 export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {}): Promise<RemoteCache<T>> {
   checkDaemonLauncher(options.daemon);
+  checkReferencesOption(options.references);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const open = async (): Promise<Channel> => {
@@ -60,7 +63,7 @@ export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {
         destroy: () => child.stdin.destroy(),
         gone,
       };
-      return await openChannel(child.stdout, child.stdin, transport, { clientName, transport: options.transport, where: 'stdio' });
+      return await openChannel(child.stdout, child.stdin, transport, { clientName, transport: options.transport, references: options.references !== false, where: 'stdio' });
     } catch (error) {
       if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
       await gone;

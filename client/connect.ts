@@ -27,6 +27,11 @@ export interface ConnectOptions {
   transport?: TransportName;
   /** How to start a daemon; default the installed package's entry script, run with this process's Node. */
   daemon?: DaemonLauncher;
+  /**
+   * Read values kept in files (32 KiB and more) from the daemon's files directly, when this process can open them (it
+   * proves it in the handshake), instead of through the socket; default `true`. `false` always takes the bytes.
+   */
+  references?: boolean;
 }
 
 /**
@@ -52,6 +57,11 @@ export interface DaemonSpawn {
   file: string;
   args: string[];
   env: Record<string, string>;
+}
+
+/** Refuses a `references` option that is not a boolean. */
+export function checkReferencesOption(references: unknown): void {
+  if (references !== undefined && typeof references !== 'boolean') throw new TypeError('The references option must be a boolean.');
 }
 
 /** Refuses a `daemon` option that is not one of the documented shapes, before anything is started. */
@@ -224,6 +234,7 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
       return await openSocketChannel(socketPath, {
         clientName,
         transport: options.transport,
+        references: options.references !== false,
         handshakeTimeoutMs: Math.max(1000, deadline - Date.now()),
       });
     } catch (error) {
@@ -258,6 +269,7 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
  */
 export async function connect<T = unknown>(options: ConnectOptions = {}): Promise<RemoteCache<T>> {
   checkDaemonLauncher(options.daemon);
+  checkReferencesOption(options.references);
   const socketPath = options.socketPath ?? defaultSocketPath();
   checkSocketPathLength(socketPath);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));

@@ -1,11 +1,12 @@
 import type { Readable, Writable } from 'node:stream';
 import { CacheError } from '../src/errors.js';
-import { Initialize, type InitializeParams, type InitializeResult, lspFrame, PROTOCOL_VERSION } from '../src/wire/protocol.js';
+import { EnableReferences, Initialize, type InitializeParams, type InitializeResult, lspFrame, PROTOCOL_VERSION } from '../src/wire/protocol.js';
 import { fromWireError } from '../src/wire/wire-error.js';
 import { BinaryChannel } from './binary-channel.js';
 import { type Channel, lostError, type Transport } from './channel.js';
 import { connectSocket } from './connect-socket.js';
 import { JsonChannel } from './json-channel.js';
+import { readProbe } from './value-files.js';
 
 export type TransportName = 'binary' | 'json';
 
@@ -15,6 +16,38 @@ export interface OpenOptions {
   transport?: TransportName;
   /** How long the daemon may take to answer the handshake; default 10 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Offer to read values' files by path (`cache/enableReferences`), which the daemon accepts only once the client has
+   * read its probe file; default `false` here (`connect` and `connectStdio` default to `true`).
+   */
+  references?: boolean;
+}
+
+/** The directory of values' files of each connection whose answers may carry file items. */
+const referenceDirectories = new WeakMap<Channel, string>();
+
+/** Where the file items answered on `channel` are; `undefined` while references are not enabled on it. */
+export function referenceDirectoryOf(channel: Channel): string | undefined {
+  return referenceDirectories.get(channel);
+}
+
+/**
+ * Reads the daemon's probe and sends what it holds, without waiting for the answer: the daemon handles requests in
+ * order, so every later answer carries file items once it has accepted. A probe that cannot be read (another mount
+ * namespace), or a refusal, leaves the connection on bytes.
+ */
+function enableReferences(channel: Channel): void {
+  const offered = channel.info.capabilities.references;
+  if (!offered || typeof offered.probe !== 'string' || typeof offered.blobDirectory !== 'string') return;
+  const token = readProbe(offered.probe);
+  if (token === undefined) return;
+  referenceDirectories.set(channel, offered.blobDirectory);
+  channel.request(EnableReferences, { token }).then(
+    ({ enabled }) => {
+      if (!enabled) referenceDirectories.delete(channel);
+    },
+    () => referenceDirectories.delete(channel),
+  );
 }
 
 const HEADER_END = '\r\n\r\n';
@@ -111,7 +144,13 @@ export async function openChannel(
     info = await handshake(
       input,
       output,
-      { clientName: options.clientName, pid: process.pid, protocolVersion: PROTOCOL_VERSION, transports: wanted === 'binary' ? ['binary'] : [] },
+      {
+        clientName: options.clientName,
+        pid: process.pid,
+        protocolVersion: PROTOCOL_VERSION,
+        transports: wanted === 'binary' ? ['binary'] : [],
+        ...(options.references ? { references: true } : {}),
+      },
       { timeoutMs: options.handshakeTimeoutMs ?? 10_000, where: options.where },
     );
   } catch (error) {
@@ -119,8 +158,9 @@ export async function openChannel(
     await transport.gone;
     throw error;
   }
-  if (info.capabilities.transport === 'binary') return new BinaryChannel(input, output, transport, info);
-  return new JsonChannel(input, output, transport, info);
+  const channel = info.capabilities.transport === 'binary' ? new BinaryChannel(input, output, transport, info) : new JsonChannel(input, output, transport, info);
+  if (options.references) enableReferences(channel);
+  return channel;
 }
 
 /** Connects to the daemon on `socketPath` and negotiates the transport. */

@@ -14,6 +14,7 @@ import {
   Get,
   GetSet,
   HandleSet,
+  isFileItem,
   List,
   type LockInfo,
   Locks,
@@ -22,8 +23,16 @@ import {
   Status,
   type StatusResult,
   Verify,
+  type WireItem,
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
+import { referenceDirectoryOf } from './open-channel.js';
+import { readFileItem } from './value-files.js';
+import { join } from 'node:path';
+import { HandleFiles, releaseAll } from '../src/private-files.js';
+
+/** The files that records read by reference came from: `item.path()` gives them while the handle is held. */
+const filePaths = new WeakMap<EncodedRecord, string>();
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
@@ -32,6 +41,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   #connection: Channel | undefined;
   #connecting: Promise<Channel> | undefined;
   #closed = false;
+  /** Handles whose items' paths have files of their own, removed at close if not released by then. */
+  readonly #handleFiles = new Set<HandleFiles>();
 
   constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<Channel>, first?: Channel) {
     this.#adapter = adapter;
@@ -57,12 +68,42 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return (this.#connection = connection);
   }
 
-  #item(record: EncodedRecord | null): CacheItem<T> | null {
+  #item(record: EncodedRecord | null, files: HandleFiles): CacheItem<T> | null {
     if (!record) return null;
     const adapter = this.#adapter;
     // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
     const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
-    return { modified: record.modified, expires, value: async () => adapter.decode(record.value) };
+    // A value read by reference is its daemon's file (kept while the handle is held); any other is written for it.
+    const path = files.itemPath(() => filePaths.get(record) ?? record.value.bytes);
+    return { modified: record.modified, expires, value: async () => adapter.decode(record.value), path };
+  }
+
+  /**
+   * The records of a handle's items, reading those answered by reference from their files now, while the handle holds
+   * them (after release a file may be gone); a failed read releases the handle.
+   */
+  #records(connection: Channel, handle: number, items: readonly (WireItem | null)[]): (EncodedRecord | null)[] | Promise<(EncodedRecord | null)[]> {
+    if (!items.some((item) => item !== null && isFileItem(item))) return items as (EncodedRecord | null)[];
+    const release = (error: unknown): never => {
+      connection.notify(Release, { handle });
+      throw error;
+    };
+    try {
+      const directory = referenceDirectoryOf(connection);
+      const read: (EncodedRecord | null | Promise<EncodedRecord>)[] = items.map((item) => {
+        if (item === null || !isFileItem(item)) return item;
+        if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
+        const read = readFileItem(directory, item);
+        const path = join(directory, item.file);
+        if (read instanceof Promise) return read.then((record) => (filePaths.set(record, path), record));
+        filePaths.set(read, path);
+        return read;
+      });
+      if (!read.some((item) => item instanceof Promise)) return read as (EncodedRecord | null)[];
+      return Promise.all(read.map(async (item) => item)).catch(release);
+    } catch (error) {
+      return release(error);
+    }
   }
 
   /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
@@ -89,8 +130,19 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       },
     );
     if (result.handle === null) return null;
-    const release = this.#releaser(connection, result.handle);
-    return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
+    let record = result.item;
+    if (record !== null && isFileItem(record)) {
+      const records = this.#records(connection, result.handle, [record]);
+      record = (records instanceof Promise ? await records : records)[0]!;
+    }
+    const releaseAtDaemon = this.#releaser(connection, result.handle);
+    const files = new HandleFiles(this.#handleFiles);
+    const release = async (): Promise<void> => {
+      const removed = files.release();
+      await releaseAtDaemon();
+      await removed;
+    };
+    return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
   }
 
   async getset(
@@ -111,6 +163,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     );
     if (result.handle === null) return MISSED_GETSET;
     const handle = result.handle;
+    const read = this.#records(connection, handle, [result.item, result.stale]);
+    const [itemRecord, staleRecord] = read instanceof Promise ? await read : read;
     const releaseAtDaemon = this.#releaser(connection, handle);
     let released = false;
     let writes: Promise<void> = Promise.resolve();
@@ -127,13 +181,16 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
+    const files = new HandleFiles(this.#handleFiles);
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
+      const removed = files.release();
       await writes;
       await releaseAtDaemon();
+      await removed;
     };
-    return { item: this.#item(result.item), stale: this.#item(result.stale), set, release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(itemRecord!, files), stale: this.#item(staleRecord!, files), set, release, [Symbol.asyncDispose]: release };
   }
 
   async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {
@@ -191,6 +248,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     this.#closed = true;
     const connection = this.#connection ?? (await this.#connecting?.catch(() => undefined));
     await connection?.close();
+    await releaseAll(this.#handleFiles);
   }
 }
 

@@ -1,5 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { readdir, stat, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -136,6 +137,23 @@ function warnOfLoosePaths(store: LevelStore, log: (line: string) => void): void 
   );
 }
 
+/** The file whose token a client sends back to read values' files by path, in the data directory. */
+export const PROBE_FILE = 'reference-probe';
+
+/**
+ * Writes a new token to the probe file (0600, through a temporary file and a rename, so a reader never sees half of
+ * one): a client that reads it back proves that it opens the daemon's files by their paths. One token per start.
+ */
+async function writeProbe(directory: string): Promise<{ probe: string; blobDirectory: string; token: Buffer }> {
+  const token = randomBytes(32).toString('hex');
+  const probe = join(directory, PROBE_FILE);
+  const temporary = `${probe}.new`;
+  await unlink(temporary).catch(() => {});
+  await writeFile(temporary, token, { mode: 0o600, flag: 'wx' });
+  await rename(temporary, probe);
+  return { probe, blobDirectory: join(directory, 'blobs'), token: Buffer.from(token, 'utf8') };
+}
+
 /** The `limit` largest top-level scopes by size (ties: the first name), and the count and figures of the rest. */
 class LargestScopes {
   readonly #limit: number;
@@ -239,6 +257,11 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     throw isCacheError(error, 'CACHE_LOCKED') ? await heldError(dataDir, socketPath, error) : error;
   }
   warnOfLoosePaths(store, log);
+  // Without a probe, clients read every value through the connection, as before references.
+  const references = await writeProbe(store.directory).catch((error: unknown) => {
+    log(`values are sent as bytes only: cannot write the reference probe (${error instanceof Error ? error.message : String(error)})`);
+    return undefined;
+  });
   const tier = options.tier && new RedisTier({ ...options.tier, dataDir: store.directory, log });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes, { log, ...(tier && { tier }) });
   const startedAt = Date.now();
@@ -269,6 +292,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     maxMessageBytes,
     maxWaitersPerConnection: options.maxWaitersPerConnection ?? MAX_WAITERS_PER_CONNECTION,
     waitingClears: { count: 0 },
+    referenceReads: 0,
+    references,
     count(topScope, hit) {
       if (hit) counters.hits++;
       else counters.misses++;
@@ -342,6 +367,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         sizeBytes: usage?.bytes ?? 0,
         limitBytes: limitBytes === null || limitBytes === Infinity ? null : limitBytes,
         items: usage?.items ?? 0,
+        pinnedBytes: usage?.pinnedBytes ?? 0,
+        referenceReads: context.referenceReads,
         evictions: kept.evictedItems,
         evictedBytes: kept.evictedBytes,
         expirations: kept.expiredItems,

@@ -1,14 +1,17 @@
+import { timingSafeEqual } from 'node:crypto';
 import type { CacheItem, GetSetHandle, ListPage } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { listPage } from '../src/cache-view.js';
-import type { LocalBackend } from '../src/local-backend.js';
+import { type LocalBackend, storedRecordOf } from '../src/local-backend.js';
 import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
 import { type Scope, scopeOf } from '../src/scope-path.js';
-import type { EncodedRecord, EncodedValue, VerifyReport } from '../src/store.js';
+import type { EncodedRecord, EncodedValue, ReferenceRecord, StoredRecord, VerifyReport } from '../src/store.js';
 import {
   Clear,
   DEFAULT_LIST_LIMIT,
   Delete,
+  EnableReferences,
+  type FileItem,
   Gc,
   type GcResult,
   Get,
@@ -32,6 +35,7 @@ import {
   Status,
   type StatusResult,
   Verify,
+  type WireItem,
 } from '../src/wire/protocol.js';
 import { invalidParams, WireError } from '../src/wire/wire-error.js';
 import { LogLimiter } from './log-limiter.js';
@@ -46,6 +50,13 @@ export interface DaemonContext {
   readonly maxWaitersPerConnection: number;
   /** The clears (subtree locks) waiting in the whole daemon, which {@link MAX_WAITING_CLEARS} bounds. */
   readonly waitingClears: { count: number };
+  /** Values answered by reference since the daemon started (`daemon/status` `referenceReads`). */
+  referenceReads: number;
+  /**
+   * Where values' files are, and the probe file whose token a client sends back to read them by path; `undefined`
+   * when the daemon does not offer references.
+   */
+  readonly references?: { readonly probe: string; readonly blobDirectory: string; readonly token: Buffer } | undefined;
   /** Counts a `get` or `getset` result, a hit or a miss, for the top-level scope named `topScope` (`''`: the root). */
   count(topScope: string, hit: boolean): void;
   /** Issues a handle number never used before in this daemon, which doubles as the grant's token. */
@@ -106,6 +117,8 @@ export class Session {
   /** This client's lines in the log: a few a minute, the rest counted. */
   readonly #logLimit = new LogLimiter({ write: (line) => this.#context.log(`${this.#clientName}: ${line}`) });
   #initialized = false;
+  /** Whether the client proved it reads the daemon's files: then values kept in files are answered by reference. */
+  #references = false;
   #closing: Promise<void> | undefined;
   #markClosed!: () => void;
   /** Resolves once the session has ended and its locks are released. */
@@ -128,6 +141,7 @@ export class Session {
     this.#on(Gc, (p) => this.#context.gc(p));
     this.#on(Verify, (p) => this.#context.verify(p));
     this.#on(Shutdown, () => this.#shutdown());
+    this.#on(EnableReferences, (p) => this.#enableReferences(p.token));
   }
 
   get initialized(): boolean {
@@ -165,12 +179,36 @@ export class Session {
     const pid = Number.isSafeInteger(params.pid) && params.pid! >= 0 && params.pid! <= 0xffff_ffff ? params.pid : undefined;
     this.#owner = Object.freeze({ name: params.clientName?.slice(0, MAX_OWNER_NAME_LENGTH) ?? this.#label, pid });
     this.#initialized = true;
+    const { references } = this.#context;
+    const offered = params.references && references ? { references: { probe: references.probe, blobDirectory: references.blobDirectory } } : {};
     return {
       daemonVersion: version,
       protocolVersion: PROTOCOL_VERSION,
       pid: process.pid,
-      capabilities: { valueTransfer: 'base64', transport, maxMessageBytes },
+      capabilities: { valueTransfer: 'base64', transport, maxMessageBytes, ...offered },
     };
+  }
+
+  /** Answers by reference from now on if `token` is the probe's. */
+  #enableReferences(token: string): { enabled: boolean } {
+    const expected = this.#context.references?.token;
+    const given = Buffer.from(token, 'utf8');
+    this.#references = expected !== undefined && given.length === expected.length && timingSafeEqual(given, expected);
+    return { enabled: this.#references };
+  }
+
+  /**
+   * A record as this session's answers carry it: by reference when the client enabled references and the value is in
+   * a file (which its handle pins), else with its bytes.
+   */
+  #wireItem(record: StoredRecord<EncodedValue> | ReferenceRecord | undefined | null): WireItem | null {
+    if (!record) return null;
+    const { file } = record;
+    if (!file || !this.#references) return record as EncodedRecord;
+    this.#context.referenceReads++;
+    const encoding = 'value' in record ? record.value.encoding : record.encoding;
+    const item: FileItem = { kind: 'file', modified: record.modified, encoding, size: file.lengthBytes, file: file.name };
+    return record.expiresAtMs === undefined ? item : { ...item, expiresAtMs: record.expiresAtMs };
   }
 
   /**
@@ -255,14 +293,19 @@ export class Session {
 
   /** Reads at once when the item's shared lock is free (no promise: most reads), else waits for it (unless told not to). */
   #get(scope: Scope, id: string, wait: boolean, signal: RequestSignal): GetResult | Promise<GetResult> {
-    const read = this.#gone.signal.aborted ? undefined : this.#context.backend.readNow(scope, id, this.#owner);
+    const { backend } = this.#context;
+    const read = this.#gone.signal.aborted
+      ? undefined
+      : this.#references
+        ? backend.readNowByReference(scope, id, this.#owner)
+        : backend.readNow(scope, id, this.#owner);
     if (!read) return this.#getLater(scope, id, wait, signal);
     const { lease, record } = read;
     this.#count(scope, record);
     const handle = this.#context.nextHandle();
     // The lease itself serves as the handle: its release is synchronous, and there is no closure to make.
     this.#held.set(handle, lease);
-    return { handle, item: record ?? null };
+    return { handle, item: record?.file ? this.#wireItem(record) : ((record as EncodedRecord | undefined) ?? null) };
   }
 
   async #getLater(scope: Scope, id: string, wait: boolean, signal: RequestSignal): Promise<GetResult> {
@@ -270,7 +313,7 @@ export class Session {
     const got = await this.#context.backend.get(scope, id, options);
     if (!got) return { handle: null, item: null };
     this.#count(scope, got.item);
-    const item = await recordOf(got.item);
+    const item = this.#wireItem(await recordOf(got.item));
     return { handle: await this.#keep(got), item };
   }
 
@@ -278,8 +321,8 @@ export class Session {
     const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner });
     if (!gs.set) return { handle: null, item: null, stale: null };
     this.#count(scope, gs.item);
-    const item = await recordOf(gs.item);
-    const stale = await recordOf(gs.stale);
+    const item = this.#wireItem(await recordOf(gs.item));
+    const stale = this.#wireItem(await recordOf(gs.stale));
     this.#getsets.add(gs);
     return { handle: await this.#keep(gs), item, stale };
   }
@@ -345,6 +388,8 @@ export class Session {
 /** The stored record behind a handle's item: the daemon's values are the stored bytes, so decoding returns them. */
 async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRecord | null> {
   if (!item) return null;
+  const stored = storedRecordOf<EncodedValue>(item);
+  if (stored) return stored;
   const value = await item.value();
   // `expires` is `expiresAtMs / 1000`, which `* 1000` gives back exactly.
   return item.expires === undefined || item.expires === null ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expires * 1000 };

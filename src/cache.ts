@@ -6,6 +6,12 @@ export interface CacheItem<T> {
   value(): Promise<T>;
   /** When the item expires (reads as a miss), in seconds since the Unix epoch; `null` when it never does. */
   readonly expires?: number | null;
+  /**
+   * A path to a file of the value's encoded bytes (the codec's; a memory cache's byte arrays as they are, other values
+   * as JSON), valid until the handle is released, then rejecting with `CACHE_LOCK_NOT_HELD`. Read-only: the file may be
+   * the cache's own or shared with other readers; never write, truncate, rename or remove it.
+   */
+  path(): Promise<string>;
 }
 
 /** A held lock that ends with {@link LockHandle.release} or at the end of an `await using` block. */

@@ -31,5 +31,6 @@ export function codecAdapter<T>(codec: Codec<T>, options: { sharedBytes?: boolea
       }
       return codec.decode(copy ? copyOf(bytes) : bytes);
     },
+    bytes: ({ bytes }) => bytes,
   };
 }

@@ -34,6 +34,11 @@ export interface CacheUsage {
   /** The size limit in bytes; `null` when there is none. */
   readonly limitBytes: number | null;
   readonly items: number;
+  /**
+   * Bytes of replaced or removed values whose files wait for a handle on them to be released (not in `sizeBytes`;
+   * eviction counts them).
+   */
+  readonly pinnedBytes: number;
   /** Items evicted (least recently used first, past the limit) since the cache opened. */
   readonly evictions: number;
   /** Items removed because they expired, since the cache opened. */
@@ -106,6 +111,7 @@ export class LevelCache<T> extends RootCacheView<T> {
       sizeBytes: usage?.bytes ?? 0,
       limitBytes: usage?.limitBytes ?? null,
       items: usage?.items ?? 0,
+      pinnedBytes: usage?.pinnedBytes ?? 0,
       evictions: counters.evictedItems,
       expirations: counters.expiredItems,
       scopes,

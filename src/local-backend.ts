@@ -13,15 +13,18 @@ import {
   type SignalSource,
   type WaitGate,
 } from './lock-table.js';
+import { HandleFiles, releaseAll } from './private-files.js';
 import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
-import type { ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
+import type { ReferenceRecord, ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
 
 /** Converts between a cache's values and a store's stored form. */
 export interface ValueAdapter<T, V> {
   /** Runs before any lock is taken, so a value it refuses leaves the stored item untouched. */
   encode(value: T): V;
   decode(stored: V): T;
+  /** The bytes `item.path()` writes for a value not kept in a file of the store's: its encoded bytes. */
+  bytes?(stored: V): Uint8Array;
 }
 
 /** How a call waits for its lock: a signal that ends the wait, and who asks (for `hoard locks`). */
@@ -47,6 +50,17 @@ export interface LocalBackendOptions<V = unknown> {
   tier?: SharedTier<V>;
 }
 
+/** The stored record each item handed out was made from, for the daemon, whose values are the stored form. */
+const storedRecords = new WeakMap<object, StoredRecord<unknown>>();
+
+/**
+ * The stored record behind an item that a {@link LocalBackend} handed out (with its `file`, for a value kept in one);
+ * `undefined` for any other item.
+ */
+export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | undefined {
+  return storedRecords.get(item) as StoredRecord<V> | undefined;
+}
+
 /** Who the tier's own work on the local store (dropping stale copies) is, for `hoard locks`. */
 const TIER_OWNER: LockOwner = Object.freeze({ name: 'hoard tier' });
 /** How often a failed local copy of a shared item is logged, at most. */
@@ -59,7 +73,7 @@ function closedError(): CacheError {
 /** Whether a record is fresh, expired but kept as stale, or past its stale time (to be removed). */
 type Freshness = 'fresh' | 'stale' | 'gone';
 
-function freshness(record: StoredRecord<unknown>, nowMs: number): Freshness {
+function freshness(record: { readonly expiresAtMs?: number | undefined; readonly staleUntilMs?: number | undefined }, nowMs: number): Freshness {
   const { expiresAtMs } = record;
   if (expiresAtMs === undefined || nowMs < expiresAtMs) return 'fresh';
   return nowMs < (record.staleUntilMs ?? expiresAtMs) ? 'stale' : 'gone';
@@ -133,6 +147,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   #closed = false;
   #closing?: Promise<void>;
   #running = 0;
+  /** Handles whose items' paths have files of their own, removed at close if not released by then. */
+  readonly #handleFiles = new Set<HandleFiles>();
   #drained?: () => void;
 
   constructor(store: Store<V>, adapter: ValueAdapter<T, V>, options: LocalBackendOptions<V> = {}) {
@@ -172,17 +188,30 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * @throws CacheError `CACHE_CLOSED`, or the store's read errors (with the lock released).
    */
   readNow(scope: Scope, id: string, owner?: LockOwner): { lease: Lease; record: StoredRecord<V> | undefined } | undefined {
+    return this.#readNow(scope, id, owner, false) as { lease: Lease; record: StoredRecord<V> | undefined } | undefined;
+  }
+
+  /**
+   * {@link LocalBackend.readNow}, where a value kept in a file comes as a {@link ReferenceRecord} (its file not read),
+   * for a store that can (else as `readNow`). The file is pinned until the lease is released.
+   */
+  readNowByReference(scope: Scope, id: string, owner?: LockOwner): { lease: Lease; record: StoredRecord<V> | ReferenceRecord | undefined } | undefined {
+    return this.#readNow(scope, id, owner, true);
+  }
+
+  #readNow(scope: Scope, id: string, owner: LockOwner | undefined, reference: boolean): { lease: Lease; record: StoredRecord<V> | ReferenceRecord | undefined } | undefined {
     this.#checkOpen();
     if (this.#store.readsPaused?.()) return undefined;
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner });
     if (!lease) return undefined;
-    const record = this.#readRecord(lease, scope, id);
+    const record = this.#readRecord(lease, scope, id, { reference });
     // Most records never expire: the clock is read only for those that do.
     if (record?.expiresAtMs === undefined) {
-      if (record !== undefined || !this.#shares(scope)) return { lease, record };
+      if (record !== undefined) return { lease: record.file ? this.#pinned(lease, record) : lease, record };
+      if (!this.#shares(scope)) return { lease, record };
     } else {
       const state = freshness(record, this.#now());
-      if (state === 'fresh') return { lease, record };
+      if (state === 'fresh') return { lease: record.file ? this.#pinned(lease, record) : lease, record };
       if (!this.#shares(scope)) return { lease: state === 'gone' ? this.#removeOnRelease(lease) : lease, record: undefined };
     }
     // A miss in a scope the tier shares reads through the tier, which takes a promise: `get` does it.
@@ -212,9 +241,15 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (shared.kept) expiredLocally = false;
       }
     }
-    const held = expiredLocally ? this.#removeOnRelease(lease) : lease;
-    const item = state === 'fresh' ? this.#item(record!) : null;
-    const release = async (): Promise<void> => held.release();
+    const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
+    const held = state === 'fresh' && record!.file ? this.#pinned(removing, record!) : removing;
+    const files = new HandleFiles(this.#handleFiles);
+    const item = state === 'fresh' ? this.#item(record!, files) : null;
+    const release = async (): Promise<void> => {
+      const removed = files.release();
+      held.release();
+      await removed;
+    };
     return { item, release, [Symbol.asyncDispose]: release };
   }
 
@@ -257,8 +292,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (found.kept) expiredLocally = false;
       }
     }
-    const item = state === 'fresh' ? this.#item(record!) : null;
-    const stale = state === 'stale' ? this.#item(record!) : null;
+    const files = new HandleFiles(this.#handleFiles);
+    const item = state === 'fresh' ? this.#item(record!, files) : null;
+    const stale = state === 'stale' ? this.#item(record!, files) : null;
+    // The file of the value handed out stays until release, even when the handle's own set replaces it.
+    const unpin = item || stale ? this.#pin(record!) : undefined;
     // Writes through the handle run one after another, and release waits for them; once release has been
     // called, the setter refuses, even while release still waits.
     let writes: Promise<void> = Promise.resolve();
@@ -279,15 +317,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
+      const removed = files.release();
       if (writing > 0) await writes;
       // The lease's release is on its way to the tier before the lock goes, so that this daemon's next acquire of the
       // item reaches Redis after it (the tier sends one connection's commands in order); the lock goes without waiting
       // for Redis's answer, so that a release takes effect before the client's next request, as without a tier.
       const leaseReleased = tierLease && this.#tier!.release(tierLease);
       lease.release();
+      unpin?.();
       // An item past its stale time that the caller did not replace goes now that its lock is free.
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
-      await leaseReleased;
+      await Promise.all([leaseReleased, removed]);
     };
     return { item, stale, set, release, [Symbol.asyncDispose]: release };
   }
@@ -398,6 +438,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       await this.#housekeeper.close();
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
       await this.#store.close();
+      await releaseAll(this.#handleFiles);
     })();
     return this.#closing;
   }
@@ -416,10 +457,44 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return this.#locks.acquire(key, mode, options);
   }
 
-  #item(record: StoredRecord<V>): CacheItem<T> {
-    const { modified, value, expiresAtMs } = record;
-    const decode = this.#adapter.decode.bind(this.#adapter);
-    return { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value) };
+  #item(record: StoredRecord<V>, files: HandleFiles): CacheItem<T> {
+    const { modified, value, expiresAtMs, file } = record;
+    const adapter = this.#adapter;
+    const decode = adapter.decode.bind(adapter);
+    const store = this.#store;
+    // A value in a file of the store's (pinned while the handle is held) is that file; any other is written for it.
+    const path = files.itemPath(() => {
+      if (file && store.filePath) return store.filePath(file.name);
+      if (!adapter.bytes) throw new TypeError('This cache has no bytes to give a path to.');
+      return adapter.bytes(value);
+    });
+    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value), path };
+    storedRecords.set(item, record);
+    return item;
+  }
+
+  /** Pins the file of a record handed out (see {@link Store.pin}); `undefined` for a value not in a file. */
+  #pin(record: StoredRecord<V> | ReferenceRecord): (() => void) | undefined {
+    const { file } = record;
+    return file && this.#store.pin ? this.#store.pin(file) : undefined;
+  }
+
+  /** The lease, made to unpin the file of the record handed out under it once released. */
+  #pinned(lease: Lease, record: StoredRecord<V> | ReferenceRecord): Lease {
+    const unpin = this.#pin(record);
+    if (!unpin) return lease;
+    return {
+      key: lease.key,
+      mode: lease.mode,
+      get held() {
+        return lease.held;
+      },
+      release() {
+        if (!lease.held) return;
+        lease.release();
+        unpin();
+      },
+    };
   }
 
   /** The lease, made to queue its item for removal (past its stale time) once released. */
@@ -440,9 +515,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   }
 
   /** Reads the stored record under the held lease, releasing the lease if the read fails. */
-  #readRecord(lease: Lease, scope: Scope, id: string, options: { corruptIsMiss?: boolean } = {}): StoredRecord<V> | undefined {
+  #readRecord(lease: Lease, scope: Scope, id: string, options?: { corruptIsMiss?: boolean }): StoredRecord<V> | undefined;
+  #readRecord(lease: Lease, scope: Scope, id: string, options: { reference: boolean }): StoredRecord<V> | ReferenceRecord | undefined;
+  #readRecord(
+    lease: Lease,
+    scope: Scope,
+    id: string,
+    options: { corruptIsMiss?: boolean; reference?: boolean } = {},
+  ): StoredRecord<V> | ReferenceRecord | undefined {
     try {
       this.#checkOpen();
+      if (options.reference && this.#store.readReference) return this.#store.readReference(scope, id);
       return this.#store.read(scope, id);
     } catch (error) {
       if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return undefined;

@@ -1,8 +1,16 @@
 import { RootCacheView } from './cache-view.js';
+import { codecNamed } from './codecs.js';
 import { LocalBackend, type LocalBackendOptions } from './local-backend.js';
 import { MemoryStore } from './memory-store.js';
 
-const keepAsGiven = { encode: <T>(value: T): T => value, decode: <T>(value: T): T => value };
+const asJson = codecNamed<unknown>('json');
+
+/** Keeps values as given; `item.path()` gives a byte array's bytes as they are, and any other value as JSON. */
+const keepAsGiven = {
+  encode: <T>(value: T): T => value,
+  decode: <T>(value: T): T => value,
+  bytes: (value: unknown): Uint8Array => (value instanceof Uint8Array ? value : asJson.encode(value)),
+};
 
 /** A cache in this process's memory; values are kept as given, not copied. */
 export class MemoryCache<T> extends RootCacheView<T> {

@@ -6,10 +6,18 @@ export interface EncodedValue {
   readonly bytes: Uint8Array;
 }
 
+/** A file that holds one stored value: its name in the store's directory of files, and its length. */
+export interface StoredFile {
+  readonly name: string;
+  readonly lengthBytes: number;
+}
+
 /** What a store keeps for one item: the time it was modified and the value in the store's form. */
 export interface StoredRecord<V> {
   readonly modified: number;
   readonly value: V;
+  /** For a value kept in a file of its own, that file, which never changes while its name is in use. */
+  readonly file?: StoredFile | undefined;
   /** When the item expires (reads as a miss), in milliseconds since the epoch; absent: never. */
   readonly expiresAtMs?: number;
   /** Until when an expired item is kept to be handed out as stale, in milliseconds since the epoch; absent: `expiresAtMs`. */
@@ -32,6 +40,17 @@ export interface StoreListing {
   readonly cursor: string | null;
 }
 
+/**
+ * A record read without its value's bytes (see {@link Store.readReference}): the value is in `file`, in `encoding`.
+ */
+export interface ReferenceRecord {
+  readonly modified: number;
+  readonly encoding: string;
+  readonly file: StoredFile;
+  readonly expiresAtMs?: number;
+  readonly staleUntilMs?: number;
+}
+
 /** The bytes and items counted for a scope. */
 export interface ScopeUsage {
   bytes: number;
@@ -44,6 +63,11 @@ export interface StoreUsage extends ScopeUsage {
   readonly limitBytes: number | null;
   /** The figures of each top-level scope, by name; items directly in the root scope are under `''`. */
   readonly scopes: ReadonlyMap<string, ScopeUsage>;
+  /**
+   * Bytes of replaced or removed values whose files wait for the last handle on them to be released: not in `bytes`,
+   * but in {@link Store.totals}, so that eviction makes room for them.
+   */
+  readonly pinnedBytes?: number;
 }
 
 /** What `verify` found (and, with `fix`, mended): the figures kept against those recounted from the data. */
@@ -72,6 +96,18 @@ export interface Store<V> {
    * pool costs several times the read itself.
    */
   read(scope: Scope, id: string): StoredRecord<V> | undefined;
+  /**
+   * Like `read`, but a value kept in a file is not read: its record comes as a {@link ReferenceRecord} (a record
+   * already in memory comes whole, with its `file`). For a store that keeps values in files.
+   */
+  readReference?(scope: Scope, id: string): StoredRecord<V> | ReferenceRecord | undefined;
+  /**
+   * Keeps `file` from being removed until the returned function is called (once is enough; more calls do nothing):
+   * a removal asked for meanwhile waits for the last such call. Nothing of it outlives the store's open.
+   */
+  pin?(file: StoredFile): () => void;
+  /** The absolute path of the file named `name` (a {@link StoredFile.name}). */
+  filePath?(name: string): string;
   write(scope: Scope, id: string, record: StoredRecord<V>): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   /** Removes the items of `scope` and of every scope nested in it. */

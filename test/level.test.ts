@@ -232,7 +232,11 @@ describe('LevelCache with large values, each in a file of its own', () => {
     expect(await blobFiles(dir)).toHaveLength(2);
     const reopened = await LevelStore.open(dir, { memoryCacheBytes: 0 });
     onTestFinished(() => reopened.close());
-    expect(reopened.read(scope, 'k1')).toEqual({ modified: 1, value: { encoding: 'binary', bytes: Buffer.from(big(1)) } });
+    expect(reopened.read(scope, 'k1')).toEqual({
+      modified: 1,
+      value: { encoding: 'binary', bytes: Buffer.from(big(1)) },
+      file: { name: expect.stringMatching(/^[0-9a-f]{2}\//), lengthBytes: big(1).byteLength },
+    });
     expect(reopened.read(scope, 'k2')).toBeUndefined();
   });
 

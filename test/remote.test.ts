@@ -23,6 +23,18 @@ for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
   );
 }
 
+// The runs above read values kept in files (32 KiB and more) by reference, the default; this one takes their bytes.
+cacheConformance(
+  'RemoteCache over a Unix socket (binary, references off)',
+  async () => {
+    const { socketPath } = await startTestDaemon();
+    const cache = await connect<unknown>({ socketPath, codec: 'binary', autoStart: false, references: false });
+    onTestFinished(() => cache.close());
+    return { cache, close: () => cache.close(), settle: async () => void (await cache.status()), expirations: () => expirations(cache) };
+  },
+  { stores: true, values: 'binary', countsExpirations: true },
+);
+
 cacheConformance(
   'RemoteCache over a Unix socket (JSON transport)',
   async () => {

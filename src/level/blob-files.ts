@@ -30,6 +30,11 @@ export class BlobFiles {
   readonly #beingRemoved = new Set<string>();
   #removing = 0;
   readonly #idle: (() => void)[] = [];
+  /** The files handed out under held handles: how many pins each has, and its length. */
+  readonly #pins = new Map<string, { count: number; lengthBytes: number }>();
+  /** Pinned files asked to be removed, by name with their lengths: removed at their last unpin. */
+  readonly #deferred = new Map<string, number>();
+  #deferredBytes = 0;
   /**
    * The bytes of files read and still in use, by name: a file never changes once written, so the readers of one value
    * (say, every reader granted when a getset ends) share one copy instead of reading one each.
@@ -155,10 +160,71 @@ export class BlobFiles {
   }
 
   /**
+   * Keeps the file `name` of `lengthBytes` from being removed until the returned function is called (it does nothing
+   * the second time): a {@link BlobFiles.remove} meanwhile waits for the last unpin. Pins live in memory only: after a
+   * crash, a file whose removal waited has no record naming it, and the next open's sweep removes it.
+   */
+  pin(name: string, lengthBytes: number): () => void {
+    const pinned = this.#pins.get(name);
+    if (pinned) pinned.count++;
+    else this.#pins.set(name, { count: 1, lengthBytes });
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#unpin(name);
+    };
+  }
+
+  #unpin(name: string): void {
+    const pinned = this.#pins.get(name);
+    if (!pinned || --pinned.count > 0) return;
+    this.#pins.delete(name);
+    const lengthBytes = this.#deferred.get(name);
+    if (lengthBytes === undefined) return;
+    this.#deferred.delete(name);
+    this.#deferredBytes -= lengthBytes;
+    this.remove(name);
+  }
+
+  /** Whether a handle holds a pin on `name`. */
+  isPinned(name: string): boolean {
+    return this.#pins.has(name);
+  }
+
+  /** The bytes of the files whose removal waits for their last unpin. */
+  get deferredBytes(): number {
+    return this.#deferredBytes;
+  }
+
+  /** How many files wait for their last unpin to be removed. */
+  get deferredFiles(): number {
+    return this.#deferred.size;
+  }
+
+  /** Removes the files whose removal waits for an unpin now, and forgets every pin: for a store that closes. */
+  removeDeferred(): void {
+    const names = [...this.#deferred.keys()];
+    this.#pins.clear();
+    this.#deferred.clear();
+    this.#deferredBytes = 0;
+    for (const name of names) this.remove(name);
+  }
+
+  /**
    * Removes a file in the background, at most {@link REMOVALS_AT_ONCE} at a time so that a large clear leaves the
-   * thread pool to the reads: a file that stays behind is garbage that the next open's sweep removes.
+   * thread pool to the reads: a file that stays behind is garbage that the next open's sweep removes. A pinned file
+   * is removed at its last unpin instead.
    */
   remove(name: string): void {
+    const pinned = this.#pins.get(name);
+    if (pinned) {
+      if (!this.#deferred.has(name)) {
+        this.#deferred.set(name, pinned.lengthBytes);
+        this.#deferredBytes += pinned.lengthBytes;
+      }
+      return;
+    }
     this.#beingRemoved.add(name);
     this.#toRemove.push(name);
     this.#removeNext();
@@ -183,9 +249,9 @@ export class BlobFiles {
     return new Promise((resolve) => this.#idle.push(resolve));
   }
 
-  /** Whether `name` was asked to be removed and its removal has not ended. */
+  /** Whether `name` was asked to be removed and its removal has not ended (waiting for its last unpin included). */
   isBeingRemoved(name: string): boolean {
-    return this.#beingRemoved.has(name);
+    return this.#beingRemoved.has(name) || this.#deferred.has(name);
   }
 
   /** The names of the files there now, as `subdirectory/file`. */
@@ -208,11 +274,15 @@ export class BlobFiles {
     return names;
   }
 
-  /** Removes the files of earlier opens that `isReferenced` does not claim, and returns how many it removed. */
+  /**
+   * Removes the files of earlier opens that `isReferenced` does not claim, and returns how many it removed. A pinned
+   * file is left (its removal, if asked for, waits for its unpin): it may have been handed out, then replaced, before
+   * the caller read what is referenced.
+   */
   async sweep(isReferenced: (name: string) => boolean): Promise<number> {
     let removed = 0;
     for (const name of await this.list()) {
-      if (this.isOurs(name) || isReferenced(name)) continue;
+      if (this.isOurs(name) || isReferenced(name) || this.#pins.has(name)) continue;
       this.remove(name);
       removed++;
     }

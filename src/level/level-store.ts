@@ -4,7 +4,18 @@ import type { Level } from 'level';
 import { CacheError, isCacheError, storageError } from '../errors.js';
 import type { Scope } from '../scope-path.js';
 import { itemKey, parseItemKey, topScopeName } from '../scope-path.js';
-import type { EncodedValue, ScopeUsage, Store, StoredRecord, StoreListedItem, StoreListing, StoreUsage, VerifyReport } from '../store.js';
+import type {
+  EncodedValue,
+  ReferenceRecord,
+  ScopeUsage,
+  Store,
+  StoredFile,
+  StoredRecord,
+  StoreListedItem,
+  StoreListing,
+  StoreUsage,
+  VerifyReport,
+} from '../store.js';
 import { BatchBuilder, type Counter, type Operation } from './batch-builder.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
@@ -320,13 +331,51 @@ export class LevelStore implements Store<EncodedValue> {
     let record: StoredRecord<EncodedValue>;
     if (fields.inFile) {
       const { length, name } = decodePointer(fields.bytes);
-      record = recordOf(fields, this.#blobs.read(name, length));
+      record = { ...recordOf(fields, this.#blobs.read(name, length)), file: { name, lengthBytes: length } };
     } else {
       record = recordOf(fields, fields.bytes);
     }
     this.#memory?.set(key, record, bucket);
     this.#touch(key, bucket);
     return record;
+  }
+
+  /**
+   * Like {@link LevelStore.read}, but a value kept in a file is not read: its record names the file instead (and is
+   * not kept in the memory layer, which holds values' bytes). A record already in the memory layer comes whole.
+   * @throws CacheError `CACHE_CORRUPT` for a damaged record (a missing file is found by whoever opens it).
+   */
+  readReference(scope: Scope, id: string): StoredRecord<EncodedValue> | ReferenceRecord | undefined {
+    this.#guard.assertNotLost();
+    const key = itemKey(scope, id);
+    const bucket = this.#now === undefined && !this.#bucketMayBeOver ? this.#bucketStartMs : this.#bucket();
+    const kept = this.#memory?.getMarked(key, bucket, this.#touchInBucket);
+    if (kept) return kept;
+    const raw = this.#get(levelKey(key));
+    if (raw === undefined) return undefined;
+    const fields = decodeFields(raw);
+    let record: StoredRecord<EncodedValue> | ReferenceRecord;
+    if (fields.inFile) {
+      const { length, name } = decodePointer(fields.bytes);
+      const { modified, encoding, expiresAtMs, staleUntilMs } = fields;
+      const file = { name, lengthBytes: length };
+      record = expiresAtMs === undefined ? { modified, encoding, file } : { modified, encoding, file, expiresAtMs, staleUntilMs };
+    } else {
+      record = recordOf(fields, fields.bytes);
+      this.#memory?.set(key, record, bucket);
+    }
+    this.#touch(key, bucket);
+    return record;
+  }
+
+  /** Keeps a value's file until the returned function is called: see {@link Store.pin}. */
+  pin(file: StoredFile): () => void {
+    return this.#blobs.pin(file.name, file.lengthBytes);
+  }
+
+  /** The absolute path of a value's file. */
+  filePath(name: string): string {
+    return join(this.#blobs.directory, name);
   }
 
   /** The start of the current recency bucket, starting a new bucket (and forgetting the items used) when it is over. */
@@ -423,7 +472,7 @@ export class LevelStore implements Store<EncodedValue> {
       }
       this.#hasBlobs = true;
       // The memory layer copies a view that would keep a much larger buffer alive, if it keeps the value at all.
-      const blob = { name, record };
+      const blob = { name, record: { ...record, file: { name, lengthBytes: bytes.byteLength } } };
       // A failed batch may still have reached LevelDB's log, and so name the file after a restart: the file stays,
       // and the next open's sweep removes it if no record names it.
       const meta = { sizeBytes, accessedAtMs: this.#written1(key), staleUntilMs };
@@ -662,16 +711,20 @@ export class LevelStore implements Store<EncodedValue> {
    * length (index entries are not counted), by top-level scope.
    */
   usage(): StoreUsage {
-    if (this.#usage) return this.#usage;
+    const pinnedBytes = this.#blobs.deferredBytes;
+    if (this.#usage && this.#usage.pinnedBytes === pinnedBytes) return this.#usage;
     const scopes = new Map<string, ScopeUsage>();
     for (const [segment, { bytes, items }] of this.#counters) scopes.set(scopeName(segment), Object.freeze({ bytes, items }));
-    this.#usage = Object.freeze({ bytes: this.#totalBytes, items: this.#totalItems, limitBytes: this.#limitOrNull(), scopes });
+    this.#usage = Object.freeze({ bytes: this.#totalBytes, items: this.#totalItems, limitBytes: this.#limitOrNull(), scopes, pinnedBytes });
     return this.#usage;
   }
 
-  /** The counted bytes and the size limit, in constant time whatever the number of scopes. */
+  /**
+   * The counted bytes and the size limit, in constant time whatever the number of scopes. The bytes include the files
+   * of replaced or removed values that wait for a handle ({@link StoreUsage.pinnedBytes}): they still take the disk.
+   */
   totals(): { bytes: number; limitBytes: number | null } {
-    return { bytes: this.#totalBytes, limitBytes: this.#limitOrNull() };
+    return { bytes: this.#totalBytes + this.#blobs.deferredBytes, limitBytes: this.#limitOrNull() };
   }
 
   #limitOrNull(): number | null {
@@ -946,7 +999,8 @@ export class LevelStore implements Store<EncodedValue> {
         });
       }
       orphans = (await this.#blobs.list()).filter(
-        (name) => !referenced.has(name) && !watch.has(name) && !this.#filesUnderWay.has(name) && !this.#blobs.isBeingRemoved(name),
+        (name) =>
+          !referenced.has(name) && !watch.has(name) && !this.#filesUnderWay.has(name) && !this.#blobs.isBeingRemoved(name) && !this.#blobs.isPinned(name),
       );
     } finally {
       this.#fileWatches.delete(watch);
@@ -1026,6 +1080,8 @@ export class LevelStore implements Store<EncodedValue> {
     await this.#guard.settled();
     // A sweep reads the index and lists the files once: closing waits for it rather than cutting it short.
     await this.#sweeping;
+    // Handles end with the store: the files that waited for them go now (or, if this fails, at the next open's sweep).
+    this.#blobs.removeDeferred();
     await this.#blobs.removed();
     try {
       await this.#db.close();

@@ -93,7 +93,16 @@ export class MemoryLayer {
     // A view that would keep a much larger buffer alive is copied to a buffer of its own (not from the pool).
     const own = bytes.buffer.byteLength > 2 * bytes.byteLength ? ownCopy(bytes) : bytes;
     const value = { encoding, bytes: own };
-    const kept = expiresAtMs === undefined ? { modified, value } : { modified, value, expiresAtMs, staleUntilMs };
+    // A value kept in a file keeps the file's name, so that a hit can still be answered by reference.
+    const { file } = record;
+    const kept =
+      file === undefined
+        ? expiresAtMs === undefined
+          ? { modified, value }
+          : { modified, value, expiresAtMs, staleUntilMs }
+        : expiresAtMs === undefined
+          ? { modified, value, file }
+          : { modified, value, expiresAtMs, staleUntilMs, file };
     this.#entries.set(key, kept, own.buffer.byteLength + overhead + BUFFER_ENTRY_BYTES, mark);
   }
 

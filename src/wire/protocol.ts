@@ -223,38 +223,85 @@ function itemJson(record: EncodedRecord): ItemJson {
 }
 
 /**
- * An item: in binary a u8 (0 none, 1 an item, 2 an item that expires), then f64 `modified`, for 2 f64 `expires`
- * (seconds), the encoding and the bytes; in JSON an object with `expires` (seconds or `null`), or `null`. Its
- * `expiresAtMs` travels as seconds; `staleUntilMs` stays in the daemon.
+ * An item answered by reference (to a client that enabled references, for a value kept in a file): the client reads
+ * `size` bytes from `file` (relative to the `blobDirectory` the handshake gave) itself, while it holds the handle.
+ */
+export interface FileItem {
+  readonly kind: 'file';
+  readonly modified: number;
+  readonly expiresAtMs?: number;
+  readonly encoding: string;
+  /** The file's name under `blobDirectory`: two hex digits, `/`, then letters and digits (see {@link FILE_ITEM_NAME}). */
+  readonly file: string;
+  readonly size: number;
+}
+
+/** What names a value file may have: anything else in an answer is refused before it is joined to a path. */
+export const FILE_ITEM_NAME = /^[0-9a-f]{2}\/[0-9a-z]{1,64}-[0-9a-z]{1,16}$/;
+
+/** An item as an answer carries it: with its bytes, or (references enabled) by reference. */
+export type WireItem = EncodedRecord | FileItem;
+
+export function isFileItem(item: WireItem): item is FileItem {
+  return (item as FileItem).kind === 'file';
+}
+
+function fileItemJson(item: FileItem): unknown {
+  const expires = item.expiresAtMs === undefined ? null : item.expiresAtMs / 1000;
+  return { modified: item.modified, expires, encoding: item.encoding, size: item.size, file: item.file };
+}
+
+/**
+ * An item: in binary a u8 (0 none, 1 an item, 2 an item that expires, 3 a file item, 4 a file item that expires),
+ * then f64 `modified`, for 2 and 4 f64 `expires` (seconds), the encoding, then for 1 and 2 the bytes, for 3 and 4
+ * `u64` size and `string` file; in JSON an object with `expires` (seconds or `null`) and `value` (base64), or `size`
+ * and `file` instead of `value`; or `null`. Its `expiresAtMs` travels as seconds; `staleUntilMs` stays in the daemon.
  */
 const item = {
-  write(encoder: FrameEncoder, record: EncodedRecord | null): void {
+  write(encoder: FrameEncoder, record: WireItem | null): void {
     if (!record) {
       encoder.u8(0);
+      return;
+    }
+    if (isFileItem(record)) {
+      if (record.expiresAtMs === undefined) encoder.u8(3).f64(record.modified);
+      else encoder.u8(4).f64(record.modified).f64(record.expiresAtMs / 1000);
+      encoder.string(record.encoding).u64(record.size).string(record.file);
       return;
     }
     if (record.expiresAtMs === undefined) encoder.u8(1).f64(record.modified);
     else encoder.u8(2).f64(record.modified).f64(record.expiresAtMs / 1000);
     encoder.string(record.value.encoding).bytes(record.value.bytes);
   },
-  read(frame: FrameCursor): EncodedRecord | null {
+  read(frame: FrameCursor): WireItem | null {
     const kind = frame.u8();
     if (kind === 0) return null;
     const modified = frame.f64();
-    const expires = kind === 2 ? frame.f64() : undefined;
+    const expires = kind === 2 || kind === 4 ? frame.f64() : undefined;
     const encoding = frame.string();
+    if (kind >= 3) {
+      const size = frame.u64();
+      const file = frame.string();
+      return expires === undefined ? { kind: 'file', modified, encoding, size, file } : { kind: 'file', modified, encoding, size, file, expiresAtMs: expires * 1000 };
+    }
     const value = { encoding, bytes: frame.keptBytes() };
     return expires === undefined ? { modified, value } : { modified, value, expiresAtMs: expires * 1000 };
   },
-  toJson(record: EncodedRecord | null): unknown {
-    return record && itemJson(record);
+  toJson(record: WireItem | null): unknown {
+    if (!record) return null;
+    return isFileItem(record) ? fileItemJson(record) : itemJson(record);
   },
-  fromJson(json: unknown): EncodedRecord | null {
+  fromJson(json: unknown): WireItem | null {
     if (json === null || json === undefined) return null;
     const fields = object(json);
-    const value = { encoding: String(fields.encoding), bytes: Buffer.from(String(fields.value), 'base64') };
     const modified = Number(fields.modified);
-    return typeof fields.expires === 'number' ? { modified, value, expiresAtMs: fields.expires * 1000 } : { modified, value };
+    const expiresAtMs = typeof fields.expires === 'number' ? fields.expires * 1000 : undefined;
+    if (typeof fields.file === 'string') {
+      const file = { kind: 'file' as const, modified, encoding: String(fields.encoding), size: Number(fields.size), file: fields.file };
+      return expiresAtMs === undefined ? file : { ...file, expiresAtMs };
+    }
+    const value = { encoding: String(fields.encoding), bytes: Buffer.from(String(fields.value), 'base64') };
+    return expiresAtMs === undefined ? { modified, value } : { modified, value, expiresAtMs };
   },
 };
 
@@ -305,15 +352,15 @@ export interface HandleSetParams extends HandleParams, WireExpiry {
 export interface GetResult {
   /** Holds the item's read lock until released; `null` when `wait` was false and the lock was taken. */
   handle: number | null;
-  item: EncodedRecord | null;
+  item: WireItem | null;
 }
 
 export interface GetSetResult {
   /** Holds the item's write lock until released; `null` when `wait` was false and the lock was taken. */
   handle: number | null;
-  item: EncodedRecord | null;
+  item: WireItem | null;
   /** The expired item while it is kept (its `staleMs`), when `item` is `null` because it expired; else `null`. */
-  stale: EncodedRecord | null;
+  stale: WireItem | null;
 }
 
 const itemParams: Layout<ItemParams> = {
@@ -620,6 +667,10 @@ export interface StatusResult {
   sizeBytes: number;
   limitBytes: number | null;
   items: number;
+  /** Bytes of replaced or removed values whose files wait for a handle on them to be released (eviction counts them). */
+  pinnedBytes: number;
+  /** Values answered by reference (a file for the client to read) since the daemon started. */
+  referenceReads: number;
   connections: number;
   locksHeld: number;
   waiters: number;
@@ -833,12 +884,46 @@ export const Verify = request<VerifyParams, VerifyReport>({
 /** Asks the daemon to stop once its answer is on its way; answered whatever the protocol version, without `initialize`. */
 export const Shutdown = request<void, void>({ method: 'shutdown', op: 0x09, params: none, result: none, errors: [] });
 
+export interface EnableReferencesParams {
+  /** What the probe file named in the handshake holds. */
+  token: string;
+}
+
+export interface EnableReferencesResult {
+  /** Whether later answers on this connection may carry file items. */
+  enabled: boolean;
+}
+
+/**
+ * Proves that this client opens the daemon's files by their paths: it sends what the probe file (named in the
+ * handshake's `capabilities.references`) holds. From the answer on (requests are handled in order, so from every
+ * request sent after it), `cache/get` and `cache/getset` answer values kept in files by reference. In binary: params
+ * `string` token; result `u8` enabled.
+ */
+export const EnableReferences = request<EnableReferencesParams, EnableReferencesResult>({
+  method: 'cache/enableReferences',
+  op: 0x0f,
+  params: {
+    writeBinary: (encoder, p) => void encoder.string(p.token),
+    readBinary: (frame) => ({ token: frame.string() }),
+    toJson: (p) => ({ token: p.token }),
+    fromJson: (json) => ({ token: string(object(json), 'token') }),
+  },
+  result: {
+    writeBinary: (encoder, r) => void encoder.u8(r.enabled ? 1 : 0),
+    readBinary: (frame) => ({ enabled: frame.u8() === 1 }),
+    toJson: (r) => r,
+    fromJson: (json) => ({ enabled: object(json).enabled === true }),
+  },
+  errors: [],
+});
+
 /** A request of any params and result, for tables of methods. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type AnyRequest = RequestMethod<any, any>;
 
 /** Every request; each has its own binary op. */
-export const REQUESTS: readonly AnyRequest[] = [Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify];
+export const REQUESTS: readonly AnyRequest[] = [Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences];
 
 // --- the handshake, JSON only ----------------------------------------------------------------------------------
 
@@ -849,6 +934,16 @@ export interface InitializeParams {
   protocolVersion: number;
   /** Transports the client can switch to after this exchange, besides JSON; `'binary'` is the one there is. */
   transports?: string[];
+  /** The client can read values' files by path (it runs on this machine): the answer says where, to be proved. */
+  references?: boolean;
+}
+
+/** Where the daemon keeps values' files, for a client that offered `references` (absolute paths). */
+export interface ReferencesCapability {
+  /** A file of the daemon's to read and send back (`cache/enableReferences`): it proves that the paths work. */
+  probe: string;
+  /** The directory that file items' `file` names are relative to. */
+  blobDirectory: string;
 }
 
 export interface InitializeResult {
@@ -862,6 +957,8 @@ export interface InitializeResult {
     transport: 'json' | 'binary';
     /** The largest message the daemon accepts, in bytes. */
     maxMessageBytes: number;
+    /** Only when the client offered `references` and the daemon keeps values in files. */
+    references?: ReferencesCapability;
   };
 }
 
@@ -879,6 +976,7 @@ export const Initialize = Object.freeze({
       clientName: typeof p.clientName === 'string' ? p.clientName : undefined,
       pid: typeof p.pid === 'number' ? p.pid : undefined,
       transports: Array.isArray(p.transports) ? p.transports.filter((t): t is string => typeof t === 'string') : [],
+      references: p.references === true,
     };
   },
 });

@@ -1,3 +1,5 @@
+import { readFile, stat } from 'node:fs/promises';
+import { deserialize } from 'node:v8';
 import { describe, expect, test } from 'vitest';
 import { expectCode, type Suite, valueOf } from './support.js';
 
@@ -44,6 +46,42 @@ export function values({ open, features }: Suite): void {
   const kind = features.values;
 
   describe.runIf(features.stores)('values', () => {
+    test('item.path() is a private file of the encoded value, small or large, valid until release', async () => {
+      const { cache } = await open();
+      const large = new Uint8Array(100_000).map((_, n) => n % 7);
+      // What each kind of cache writes: the codec's bytes; a memory cache's byte arrays as they are.
+      const samples: unknown[] =
+        kind === 'binary' || kind === 'as-given' ? [new Uint8Array([1, 2, 3]), large] : [{ small: 1 }, { large: 'z'.repeat(100_000) }];
+      const decoded = (bytes: Buffer): unknown =>
+        kind === 'json' ? JSON.parse(bytes.toString('utf8')) : kind === 'structured' ? deserialize(bytes) : new Uint8Array(bytes);
+      for (const [n, value] of samples.entries()) {
+        await cache.set(`id${n}`, value);
+        for (const mode of ['get', 'getset'] as const) {
+          const handle = mode === 'get' ? await cache.get(`id${n}`) : await cache.getset(`id${n}`);
+          const path = await handle.item!.path();
+          expect(await handle.item!.path()).toBe(path);
+          const bytes = await readFile(path);
+          const same = value instanceof Uint8Array ? Buffer.from(value).equals(bytes) : JSON.stringify(decoded(bytes)) === JSON.stringify(value);
+          expect(same, `${mode} of sample ${n}`).toBe(true);
+          // Private, and written by no one: hoard's files are 0600 or 0400.
+          expect((await stat(path)).mode & 0o077).toBe(0);
+          await handle.release();
+          await expectCode(handle.item!.path(), 'CACHE_LOCK_NOT_HELD');
+          // A small value's file was written for the handle, and goes with it.
+          if (n === 0) await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
+        }
+      }
+    });
+
+    test("item.path()'s file of a handle never released goes when the cache closes", async () => {
+      const subject = await open();
+      await subject.cache.set('small', kind === 'binary' || kind === 'as-given' ? new Uint8Array([1]) : 'small');
+      const got = await subject.cache.get('small');
+      const path = await got.item!.path();
+      await subject.close();
+      await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
     test.runIf(kind === 'as-given')('values are kept as given, by reference', async () => {
       const { cache } = await open();
       const object = { list: [1], fn: () => 1, big: 1n };

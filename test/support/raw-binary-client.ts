@@ -145,13 +145,13 @@ export class RawBinaryClient {
   /** Connects and sends `initialize` offering `transports`; resolves once the JSON answer has arrived. */
   static async open(
     socketPath: string,
-    options: { transports?: string[]; protocolVersion?: number; clientName?: string; after?: Buffer } = {},
+    options: { transports?: string[]; protocolVersion?: number; clientName?: string; after?: Buffer; references?: boolean } = {},
   ): Promise<{ client: RawBinaryClient; answer: Record<string, unknown> }> {
     const socket = netConnect(socketPath);
     await once(socket, 'connect');
     onTestFinished(() => void socket.destroy());
     const client = new RawBinaryClient(socket);
-    const params = { clientName: options.clientName ?? 'raw binary client', pid: process.pid, protocolVersion: options.protocolVersion ?? 2, transports: options.transports ?? ['binary'] };
+    const params = { clientName: options.clientName ?? 'raw binary client', pid: process.pid, protocolVersion: options.protocolVersion ?? 2, transports: options.transports ?? ['binary'], ...(options.references ? { references: true } : {}) };
     const body = Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 0, method: 'initialize', params }));
     const answered = new Promise<Record<string, unknown>>((resolve) => (client.#handshake = resolve));
     // `after` goes in the same write as the handshake: frames sent without waiting for the answer.

@@ -1,0 +1,125 @@
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CacheError } from '../src/errors.js';
+import type { EncodedRecord } from '../src/store.js';
+import { FILE_ITEM_NAME, type FileItem } from '../src/wire/protocol.js';
+
+/** Files up to this size are read synchronously (a few page-cached system calls); larger ones on the thread pool. */
+export const SYNC_READ_MAX_BYTES = 1024 * 1024;
+/** The most bytes of the probe file that are read: its token is far shorter. */
+const PROBE_MAX_BYTES = 256;
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW;
+
+function corrupt(path: string, why: string, cause?: unknown): CacheError {
+  return new CacheError(
+    'CACHE_CORRUPT',
+    `The file holding a stored value, ${path}, ${why}: something other than hoard changed the cache directory.`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** The path of a file item's value, after checking its name. @throws CacheError `CACHE_CORRUPT` for a name no value file has. */
+function pathOf(directory: string, item: FileItem): string {
+  if (!FILE_ITEM_NAME.test(item.file) || !Number.isSafeInteger(item.size) || item.size < 0) {
+    throw new CacheError('CACHE_CORRUPT', `The daemon named a value file that cannot be one: ${JSON.stringify(item.file)}.`);
+  }
+  return join(directory, item.file);
+}
+
+function openError(path: string, error: unknown): CacheError {
+  const code = (error as NodeJS.ErrnoException).code;
+  // ELOOP: a symbolic link where the file was (O_NOFOLLOW); ENOENT: gone.
+  if (code === 'ENOENT' || code === 'ELOOP') return corrupt(path, code === 'ENOENT' ? 'is missing' : 'is a symbolic link', error);
+  return new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
+}
+
+function checkOpened(path: string, info: { isFile(): boolean; size: number }, size: number): void {
+  if (!info.isFile()) throw corrupt(path, 'is not a regular file');
+  if (info.size !== size) throw corrupt(path, `has ${info.size} bytes where its record says ${size}`);
+}
+
+function record(item: FileItem, bytes: Buffer): EncodedRecord {
+  const value = { encoding: item.encoding, bytes };
+  return item.expiresAtMs === undefined ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expiresAtMs };
+}
+
+/**
+ * Reads the value a file item names, in `directory` (the handshake's `blobDirectory`), as the record it stands for:
+ * without following a symbolic link, checking that it is a regular file of the item's size. Synchronously (no promise)
+ * up to {@link SYNC_READ_MAX_BYTES}. Call it while the handle is held: after release the file may be gone.
+ * @throws CacheError `CACHE_CORRUPT` when the file is missing, not a regular file, or not of the item's size;
+ * `CACHE_STORAGE` when it cannot be read.
+ */
+export function readFileItem(directory: string, item: FileItem): EncodedRecord | Promise<EncodedRecord> {
+  const path = pathOf(directory, item);
+  if (item.size > SYNC_READ_MAX_BYTES) return readLater(path, item);
+  let fd: number;
+  try {
+    fd = openSync(path, READ_FLAGS);
+  } catch (error) {
+    throw openError(path, error);
+  }
+  try {
+    checkOpened(path, fstatSync(fd), item.size);
+    const bytes = Buffer.allocUnsafeSlow(item.size);
+    for (let got = 0; got < item.size; ) {
+      const n = readSync(fd, bytes, got, item.size - got, got);
+      if (n === 0) throw corrupt(path, `ends after ${got} of its ${item.size} bytes`);
+      got += n;
+    }
+    return record(item, bytes);
+  } catch (error) {
+    if (error instanceof CacheError) throw error;
+    throw new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function readLater(path: string, item: FileItem): Promise<EncodedRecord> {
+  let file;
+  try {
+    file = await open(path, READ_FLAGS);
+  } catch (error) {
+    throw openError(path, error);
+  }
+  try {
+    checkOpened(path, await file.stat(), item.size);
+    const bytes = Buffer.allocUnsafeSlow(item.size);
+    for (let got = 0; got < item.size; ) {
+      const { bytesRead } = await file.read(bytes, got, item.size - got, got);
+      if (bytesRead === 0) throw corrupt(path, `ends after ${got} of its ${item.size} bytes`);
+      got += bytesRead;
+    }
+    return record(item, bytes);
+  } catch (error) {
+    if (error instanceof CacheError) throw error;
+    throw new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * What the daemon's probe file holds, read without following a link; `undefined` when it cannot be read (another
+ * mount namespace, another machine's path): the connection then carries values' bytes.
+ */
+export function readProbe(path: string): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, READ_FLAGS);
+  } catch {
+    return undefined;
+  }
+  try {
+    if (!fstatSync(fd).isFile()) return undefined;
+    const bytes = Buffer.alloc(PROBE_MAX_BYTES);
+    const n = readSync(fd, bytes, 0, PROBE_MAX_BYTES, 0);
+    return bytes.toString('utf8', 0, n).trim();
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}

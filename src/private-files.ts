@@ -1,0 +1,128 @@
+import { lstat, mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CacheError, storageError } from './errors.js';
+
+/**
+ * This process's private directory of files that `item.path()` writes (values not kept in files of their own):
+ * `<tmpdir>/hoard-<uid>-<pid>-<random>`, mode 0700, made at first use, removed at exit; one left by a process that
+ * died is removed by the next process that makes its own.
+ */
+let directory: Promise<string> | undefined;
+let counter = 0;
+
+function prefix(): string {
+  return `hoard-${process.getuid?.() ?? 'user'}-`;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Removes the private directories of this user's processes that are gone. */
+async function removeDeadOnes(): Promise<void> {
+  const own = prefix();
+  for (const name of await readdir(tmpdir()).catch(() => [])) {
+    if (!name.startsWith(own)) continue;
+    const pid = Number(/^(\d+)-/.exec(name.slice(own.length))?.[1]);
+    if (!Number.isSafeInteger(pid) || pid === process.pid || isAlive(pid)) continue;
+    const path = join(tmpdir(), name);
+    const info = await lstat(path).catch(() => undefined);
+    if (info?.isDirectory() && info.uid === process.getuid?.()) await rm(path, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+async function makeDirectory(): Promise<string> {
+  await removeDeadOnes();
+  // mkdtemp makes it 0700.
+  const made = await mkdtemp(join(tmpdir(), `${prefix()}${process.pid}-`));
+  process.once('exit', () => rmSync(made, { recursive: true, force: true }));
+  return made;
+}
+
+/**
+ * Writes `bytes` to a new file of this process's private directory, mode 0400, and returns its path.
+ * @throws CacheError `CACHE_STORAGE` when it cannot.
+ */
+export async function writePrivateFile(bytes: Uint8Array): Promise<string> {
+  try {
+    const made = await (directory ??= makeDirectory().catch((error: unknown) => {
+      directory = undefined;
+      throw error;
+    }));
+    const path = join(made, `v${(counter++).toString(36)}`);
+    await writeFile(path, bytes, { mode: 0o400, flag: 'wx' });
+    return path;
+  } catch (error) {
+    throw storageError('Cannot write the file of a value for item.path()', error);
+  }
+}
+
+/** Removes a file {@link writePrivateFile} made; one already gone is no error. */
+export async function removePrivateFile(path: string): Promise<void> {
+  await unlink(path).catch(() => {});
+}
+
+function notHeld(): CacheError {
+  return new CacheError('CACHE_LOCK_NOT_HELD', "This item's handle was released: its path is no longer valid.");
+}
+
+/**
+ * The paths that one handle's items gave (`item.path()`): valid until the handle is released, when the files written
+ * for them are removed.
+ */
+export class HandleFiles {
+  #released = false;
+  readonly #made = new Set<string>();
+  /** The owner's handles that have files, which it releases when it closes. */
+  readonly #live: Set<HandleFiles> | undefined;
+
+  constructor(live?: Set<HandleFiles>) {
+    this.#live = live;
+  }
+
+  /**
+   * An item's `path()`: the path `source` gives (a file of the store's, kept while the handle is held), or a private
+   * file (0400) of the bytes it gives, written at the first call.
+   */
+  itemPath(source: () => string | Uint8Array): () => Promise<string> {
+    let path: Promise<string> | undefined;
+    return () => {
+      if (this.#released) return Promise.reject(notHeld());
+      path ??= (async () => {
+        const given = source();
+        if (typeof given === 'string') return given;
+        const written = await writePrivateFile(given);
+        if (this.#released) {
+          await removePrivateFile(written);
+          throw notHeld();
+        }
+        this.#made.add(written);
+        this.#live?.add(this);
+        return written;
+      })();
+      return path;
+    };
+  }
+
+  /** Ends the paths at once; resolves once the files written for them are removed. */
+  release(): Promise<void> {
+    this.#released = true;
+    if (this.#made.size === 0) return Promise.resolve();
+    this.#live?.delete(this);
+    const made = [...this.#made];
+    this.#made.clear();
+    return Promise.all(made.map(removePrivateFile)).then(() => {});
+  }
+}
+
+/** Ends the paths of every handle in `live` (an owner that closes), removing their files. */
+export async function releaseAll(live: Set<HandleFiles>): Promise<void> {
+  await Promise.all([...live].map((files) => files.release()));
+}
