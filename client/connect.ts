@@ -5,6 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { type CodecName, codecNamed } from '../src/codecs.js';
 import { CacheError } from '../src/errors.js';
 import { codecAdapter } from '../src/codec-adapter.js';
+import { isAlive } from '../src/private-files.js';
 import { checkSocketPathLength, DAEMON_NODE_FLAGS, defaultLogFile, defaultSocketPath } from '../src/wire/paths.js';
 import { type Channel, isNoDaemon } from './channel.js';
 import { openSocketChannel, type TransportName } from './open-channel.js';
@@ -205,15 +206,6 @@ async function lastLogLine(logFile: string): Promise<string> {
   const text = await readFile(logFile, 'utf8').catch(() => '');
   const last = text.trimEnd().split('\n').at(-1);
   return last ? `; its log ends with: ${last}` : '';
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

@@ -482,36 +482,13 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   /** The lease, made to unpin the file of the record handed out under it once released. */
   #pinned(lease: Lease, record: StoredRecord<V> | ReferenceRecord): Lease {
     const unpin = this.#pin(record);
-    if (!unpin) return lease;
-    return {
-      key: lease.key,
-      mode: lease.mode,
-      get held() {
-        return lease.held;
-      },
-      release() {
-        if (!lease.held) return;
-        lease.release();
-        unpin();
-      },
-    };
+    return unpin ? afterRelease(lease, unpin) : lease;
   }
 
   /** The lease, made to queue its item for removal (past its stale time) once released. */
   #removeOnRelease(lease: Lease): Lease {
     const housekeeper = this.#housekeeper;
-    return {
-      key: lease.key,
-      mode: lease.mode,
-      get held() {
-        return lease.held;
-      },
-      release() {
-        if (!lease.held) return;
-        lease.release();
-        housekeeper.foundExpired(lease.key);
-      },
-    };
+    return afterRelease(lease, () => housekeeper.foundExpired(lease.key));
   }
 
   /** Reads the stored record under the held lease, releasing the lease if the read fails. */
@@ -823,4 +800,20 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (--this.#running === 0) this.#drained?.();
     }
   }
+}
+
+/** `lease`, made to run `then` once, right after it is released. */
+function afterRelease(lease: Lease, then: () => void): Lease {
+  return {
+    key: lease.key,
+    mode: lease.mode,
+    get held() {
+      return lease.held;
+    },
+    release() {
+      if (!lease.held) return;
+      lease.release();
+      then();
+    },
+  };
 }

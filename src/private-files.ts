@@ -16,7 +16,8 @@ function prefix(): string {
   return `hoard-${process.getuid?.() ?? 'user'}-`;
 }
 
-function isAlive(pid: number): boolean {
+/** Whether process `pid` runs (one of another user's counts: it cannot be signalled, but it exists). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -319,6 +319,19 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   read(scope: Scope, id: string): StoredRecord<EncodedValue> | undefined {
+    return this.#read(scope, id, false) as StoredRecord<EncodedValue> | undefined;
+  }
+
+  /**
+   * Like {@link LevelStore.read}, but a value kept in a file is not read: its record names the file instead (and is
+   * not kept in the memory layer, which holds values' bytes). A record already in the memory layer comes whole.
+   * @throws CacheError `CACHE_CORRUPT` for a damaged record (a missing file is found by whoever opens it).
+   */
+  readReference(scope: Scope, id: string): StoredRecord<EncodedValue> | ReferenceRecord | undefined {
+    return this.#read(scope, id, true);
+  }
+
+  #read(scope: Scope, id: string, byReference: boolean): StoredRecord<EncodedValue> | ReferenceRecord | undefined {
     this.#guard.assertNotLost();
     const key = itemKey(scope, id);
     const bucket = this.#now === undefined && !this.#bucketMayBeOver ? this.#bucketStartMs : this.#bucket();
@@ -331,39 +344,17 @@ export class LevelStore implements Store<EncodedValue> {
     let record: StoredRecord<EncodedValue>;
     if (fields.inFile) {
       const { length, name } = decodePointer(fields.bytes);
-      record = { ...recordOf(fields, this.#blobs.read(name, length)), file: { name, lengthBytes: length } };
+      const file = { name, lengthBytes: length };
+      if (byReference) {
+        const { modified, encoding, expiresAtMs, staleUntilMs } = fields;
+        this.#touch(key, bucket);
+        return expiresAtMs === undefined ? { modified, encoding, file } : { modified, encoding, file, expiresAtMs, staleUntilMs };
+      }
+      record = { ...recordOf(fields, this.#blobs.read(name, length)), file };
     } else {
       record = recordOf(fields, fields.bytes);
     }
     this.#memory?.set(key, record, bucket);
-    this.#touch(key, bucket);
-    return record;
-  }
-
-  /**
-   * Like {@link LevelStore.read}, but a value kept in a file is not read: its record names the file instead (and is
-   * not kept in the memory layer, which holds values' bytes). A record already in the memory layer comes whole.
-   * @throws CacheError `CACHE_CORRUPT` for a damaged record (a missing file is found by whoever opens it).
-   */
-  readReference(scope: Scope, id: string): StoredRecord<EncodedValue> | ReferenceRecord | undefined {
-    this.#guard.assertNotLost();
-    const key = itemKey(scope, id);
-    const bucket = this.#now === undefined && !this.#bucketMayBeOver ? this.#bucketStartMs : this.#bucket();
-    const kept = this.#memory?.getMarked(key, bucket, this.#touchInBucket);
-    if (kept) return kept;
-    const raw = this.#get(levelKey(key));
-    if (raw === undefined) return undefined;
-    const fields = decodeFields(raw);
-    let record: StoredRecord<EncodedValue> | ReferenceRecord;
-    if (fields.inFile) {
-      const { length, name } = decodePointer(fields.bytes);
-      const { modified, encoding, expiresAtMs, staleUntilMs } = fields;
-      const file = { name, lengthBytes: length };
-      record = expiresAtMs === undefined ? { modified, encoding, file } : { modified, encoding, file, expiresAtMs, staleUntilMs };
-    } else {
-      record = recordOf(fields, fields.bytes);
-      this.#memory?.set(key, record, bucket);
-    }
     this.#touch(key, bucket);
     return record;
   }
