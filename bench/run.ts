@@ -7,18 +7,21 @@
  *   npm run bench -- --only tier       hoard with a shared tier on Redis only (needs redis-server)
  *   npm run bench -- --only hoard --only redis --sizes 1024 --modes 1x32,4x8 --points-only
  *                                      only those points, without the hand-off, cold start, limit and tier parts
- *   npm run bench -- --base /tmp/dist-before ...   also `hoard-base`: the daemon and client of another build's
- *                                      dist/, measured in turns with this one (before/after in one run)
+ *   npm run bench -- --build .bench/base/dist ...   also `hoard-base`: the daemon and client of another build's
+ *                                      dist/ (a package.json beside it), measured in turns with this one (before and
+ *                                      after in one run); `--build name=dir` names it, and may be repeated
  *
  * Systems are measured in turns within each mode (which goes first rotates each run), so that the machine's noise
  * falls on all alike. For systems with a process of their own, it also gives the server's CPU time and read and write
  * system calls per request (`/proc/<pid>/task/<tid>/schedstat` and `/proc/<pid>/io`). `HOARD_BENCH_DAEMON_FLAGS`
- * adds Node flags to the daemons it starts (for example `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+ * adds Node flags to the daemons it starts (for example `--cpu-prof --cpu-prof-dir=/tmp/prof`), and
+ * `HOARD_BENCH_WORKER_FLAGS` to its worker processes.
  *
  * Writes .bench/results.json and .bench/results.md and prints the table. Every hoard figure is also given as a
  * ratio to redis-server + ioredis measured in the same run.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,7 +40,7 @@ const { values: args } = parseArgs({
     sizes: { type: 'string' },
     modes: { type: 'string' },
     'points-only': { type: 'boolean', default: false },
-    base: { type: 'string' },
+    build: { type: 'string', multiple: true },
   },
 });
 const QUICK = args.quick;
@@ -60,9 +63,11 @@ const MODES = args.modes ? ALL_MODES.filter((mode) => args.modes!.split(',').inc
 const WORKER = join(__dirname, 'worker.js');
 const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
-const systems = [...SYSTEMS, ...(args.base ? [hoardBuild('hoard-base', args.base)] : [])].filter(
-  (system) => !args.only || args.only.includes(system.name) || system.name === 'hoard-base',
-);
+const builds = (args.build ?? []).map((spec) => {
+  const [name, dir] = spec.includes('=') ? [spec.slice(0, spec.indexOf('=')), spec.slice(spec.indexOf('=') + 1)] : ['hoard-base', spec];
+  return hoardBuild(name, dir);
+});
+const systems = [...SYSTEMS, ...builds].filter((system) => !args.only || args.only.includes(system.name) || builds.includes(system));
 const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
 if (systems.some((s) => s.name === 'redis') && !hasRedis) {
   console.error('redis-server is missing: install it (apt-get install redis-server), or pass --only hoard.');
@@ -78,9 +83,12 @@ if (withTier && !hasRedis) {
   console.error('redis-server is missing: hoard with the shared tier is left out (apt-get install redis-server).');
 }
 
+/** Node flags for the loop workers, from `HOARD_BENCH_WORKER_FLAGS` (space-separated): for their profiles. */
+const WORKER_FLAGS = (process.env['HOARD_BENCH_WORKER_FLAGS'] ?? '').split(' ').filter(Boolean);
+
 function runWorker(job: Job): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WORKER, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [...WORKER_FLAGS, WORKER, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
     child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`a ${job.kind} worker for ${job.system} exited with ${code}`))));
@@ -95,6 +103,11 @@ async function cpuNs(pid: number | undefined): Promise<number> {
   const tasks = await readdir(`/proc/${pid}/task`);
   const times = await Promise.all(tasks.map((tid) => readFile(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').catch(() => '0')));
   return times.reduce((total, text) => total + Number(text.split(' ')[0]), 0);
+}
+
+/** The CPU time of a process's main thread so far, in nanoseconds. */
+async function mainCpuNs(pid: number): Promise<number> {
+  return Number((await readFile(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').catch(() => '0')).split(' ')[0]);
 }
 
 async function rssMiB(pid: number | undefined): Promise<number | null> {
@@ -126,6 +139,8 @@ interface Point {
   serverCpuUsPerOp: number | null;
   serverReadsPerOp: number | null;
   serverWritesPerOp: number | null;
+  /** The server's main thread's share of that CPU time (the rest: LevelDB's and libuv's threads). */
+  serverMainCpuUsPerOp: number | null;
   /** The client processes' CPU time per request, median of the runs. */
   clientCpuUsPerOp: number | null;
 }
@@ -147,6 +162,28 @@ async function syscalls(pid: number | undefined): Promise<{ reads: number; write
   return reads && writes ? { reads: Number(reads), writes: Number(writes) } : null;
 }
 
+/**
+ * `HOARD_BENCH_STRACE=<dir>`: each run's server system calls counted by `strace -c -f` (slows the server a lot: counts
+ * only); `HOARD_BENCH_STRACE_ARGS` replaces `-c` (for example `-e trace=write,writev,read -y` to see each call's file).
+ */
+const straceDir = process.env['HOARD_BENCH_STRACE'];
+
+/** Starts `strace -c -f` on `pid`, writing its summary to `file` once interrupted; resolves once it is attached. */
+async function strace(pid: number, file: string): Promise<ChildProcess> {
+  await mkdir(straceDir!, { recursive: true });
+  const how = (process.env['HOARD_BENCH_STRACE_ARGS'] ?? '-c').split(' ').filter(Boolean);
+  const tracer = spawn('strace', [...how, '-f', '-p', String(pid), '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  await new Promise<void>((resolve) => {
+    let seen = '';
+    tracer.stderr.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      if (seen.includes('attached')) resolve();
+    });
+    tracer.once('exit', () => resolve());
+  });
+  return tracer;
+}
+
 interface Started {
   system: System;
   server: Server;
@@ -162,14 +199,20 @@ async function runOnce(s: Started, valueBytes: number, mode: (typeof MODES)[numb
   const startAt = Date.now() + 300;
   const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, kind: 'loop', inFlight: mode.inFlight, startAt }));
   // Sampled just before the workers start and as soon as they end (their connecting is counted too, a small share).
-  const [cpuBefore, callsBefore] = s.server.pid ? [await cpuNs(s.server.pid), await syscalls(s.server.pid)] : [0, null];
+  const [cpuBefore, callsBefore, mainBefore] = s.server.pid ? [await cpuNs(s.server.pid), await syscalls(s.server.pid), await mainCpuNs(s.server.pid)] : [0, null, 0];
+  const tracer = straceDir && s.server.pid ? await strace(s.server.pid, join(straceDir, `${s.system.name}-${valueBytes}-${mode.name}-${Date.now()}.txt`)) : undefined;
   const results = (await Promise.all(jobs)) as LoopResult[];
-  const [cpuAfter, callsAfter] = s.server.pid ? [await cpuNs(s.server.pid), await syscalls(s.server.pid)] : [0, null];
+  if (tracer) {
+    tracer.kill('SIGINT');
+    await once(tracer, 'exit');
+  }
+  const [cpuAfter, callsAfter, mainAfter] = s.server.pid ? [await cpuNs(s.server.pid), await syscalls(s.server.pid), await mainCpuNs(s.server.pid)] : [0, null, 0];
   const ops = results.reduce((total, r) => total + r.ops, 0);
   return {
     results,
     opsPerSecond: results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0),
     cpuUsPerOp: s.server.pid ? (cpuAfter - cpuBefore) / 1000 / ops : null,
+    mainCpuUsPerOp: s.server.pid ? (mainAfter - mainBefore) / 1000 / ops : null,
     clientCpuUsPerOp: results.every((r) => r.cpuUs !== undefined) ? results.reduce((total, r) => total + r.cpuUs!, 0) / ops : null,
     readsPerOp: callsBefore && callsAfter ? (callsAfter.reads - callsBefore.reads) / ops : null,
     writesPerOp: callsBefore && callsAfter ? (callsAfter.writes - callsBefore.writes) / ops : null,
@@ -219,6 +262,7 @@ async function measureSize(valueBytes: number, points: Point[], memory: MemoryFi
           serverCpuUsPerOp: medianOf(runs.map((r) => r.cpuUsPerOp)),
           serverReadsPerOp: medianOf(runs.map((r) => r.readsPerOp)),
           serverWritesPerOp: medianOf(runs.map((r) => r.writesPerOp)),
+          serverMainCpuUsPerOp: medianOf(runs.map((r) => r.mainCpuUsPerOp)),
           clientCpuUsPerOp: medianOf(runs.map((r) => r.clientCpuUsPerOp)),
         };
         points.push(point);
@@ -541,8 +585,9 @@ function table(
     ? []
     : [
         `${KEYS} keys, 90% get / 10% set on uniform random keys, closed loop; medians of ${RUNS} run(s) of ${SECONDS} s (spread: min-max of the runs).`,
-        'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better).',
-        "Per request: the server process's CPU time (all threads) and its read / write system calls, and the client processes' CPU time, medians of the runs.",
+        'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better); ' +
+          "in brackets, the median of each run's ratio to the Redis run made beside it.",
+        "Per request: the server process's CPU time (all threads, and its main thread's) and its read / write system calls (all threads), and the client processes' CPU time, medians of the runs.",
         '',
         '| values | mode | system | ops/s (spread) | vs redis | get p50 / p99 ms | set p50 / p99 ms | server CPU µs / reads / writes per request | client CPU µs per request |',
         '|---|---|---|---|---|---|---|---|---|',
@@ -554,8 +599,14 @@ function table(
         const p = find(system.name, valueBytes, mode.name);
         if (!p) continue;
         const spread = `${kops(Math.min(...p.runs))}-${kops(Math.max(...p.runs))}`;
-        const ratio = redis ? `${fmt(p.opsPerSecond / redis.opsPerSecond, 2)}x` : 'n/a';
-        const server = p.serverCpuUsPerOp === null ? 'n/a' : `${fmt(p.serverCpuUsPerOp, 1)} / ${fmt(p.serverReadsPerOp, 2)} / ${fmt(p.serverWritesPerOp, 2)}`;
+        // Runs are made in turns, so each run of a system has a run of Redis beside it: the median of those pairs'
+        // ratios (in brackets) is steadier than the ratio of the medians when other load comes and goes.
+        const pairs = redis && redis.runs.length === p.runs.length ? p.runs.map((ops, n) => ops / redis.runs[n]!) : [];
+        const ratio = redis ? `${fmt(p.opsPerSecond / redis.opsPerSecond, 2)}x${system.name !== 'redis' && pairs.length ? ` (${fmt(median(pairs), 2)}x)` : ''}` : 'n/a';
+        const server =
+          p.serverCpuUsPerOp === null
+            ? 'n/a'
+            : `${fmt(p.serverCpuUsPerOp, 1)} (main ${fmt(p.serverMainCpuUsPerOp, 1)}) / ${fmt(p.serverReadsPerOp, 2)} / ${fmt(p.serverWritesPerOp, 2)}`;
         lines.push(
           `| ${valueBytes / 1024} KiB | ${mode.name} | ${system.name} | ${kops(p.opsPerSecond)} (${spread}) | ${ratio} | ${fmt(p.getP50Ms, 3)} / ${fmt(p.getP99Ms, 3)} | ${fmt(p.setP50Ms, 3)} / ${fmt(p.setP99Ms, 3)} | ${server} | ${fmt(p.clientCpuUsPerOp, 1)} |`,
         );
@@ -565,8 +616,10 @@ function table(
   const hoard1x1 = find('hoard', 1024, '1x1');
   const redis1x1 = find('redis', 1024, '1x1');
   if (hoard1x1 && redis1x1) lines.push('', `1 KiB 1x1 get p50: hoard ${fmt(hoard1x1.getP50Ms / redis1x1.getP50Ms, 2)}x redis's.`);
-  const base1x1 = find('hoard-base', 1024, '1x1');
-  if (base1x1 && redis1x1) lines.push(`1 KiB 1x1 get p50: hoard-base ${fmt(base1x1.getP50Ms / redis1x1.getP50Ms, 2)}x redis's.`);
+  for (const build of builds) {
+    const other1x1 = find(build.name, 1024, '1x1');
+    if (other1x1 && redis1x1) lines.push(`1 KiB 1x1 get p50: ${build.name} ${fmt(other1x1.getP50Ms / redis1x1.getP50Ms, 2)}x redis's.`);
+  }
   const cacacheLines = VALUE_SIZES.flatMap((valueBytes) =>
     MODES.map((mode) => {
       const h = find('hoard', valueBytes, mode.name);

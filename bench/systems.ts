@@ -98,12 +98,16 @@ export const hoard: System = {
   },
 };
 
+/** The other builds named with `--build`, as `name=distDir` pairs: passed on to the workers through the environment. */
+const BUILDS_VARIABLE = 'HOARD_BENCH_BUILDS';
+
 /**
- * hoard as another build has it (its `dist/`: daemon and client both), under `name`: for before/after figures in one
- * run. A worker finds it by name through `HOARD_BENCH_BASE`, which the benchmark passes on.
+ * hoard as another build has it (its `dist/`: daemon and client both, with a package.json beside `dist/`), under
+ * `name`: for before/after figures in one run. A worker finds it by name through `HOARD_BENCH_BUILDS`.
  */
 export function hoardBuild(name: string, distDir: string): System {
-  process.env['HOARD_BENCH_BASE'] = resolve(distDir);
+  const builds = JSON.parse(process.env[BUILDS_VARIABLE] ?? '{}') as Record<string, string>;
+  process.env[BUILDS_VARIABLE] = JSON.stringify({ ...builds, [name]: resolve(distDir) });
   return {
     name,
     shared: true,
@@ -182,5 +186,5 @@ export const SYSTEMS: readonly System[] = [
   classicLevel,
   redis,
   cacacheSystem,
-  ...(process.env['HOARD_BENCH_BASE'] ? [hoardBuild('hoard-base', process.env['HOARD_BENCH_BASE'])] : []),
+  ...Object.entries(JSON.parse(process.env[BUILDS_VARIABLE] ?? '{}') as Record<string, string>).map(([name, dir]) => hoardBuild(name, dir)),
 ];
