@@ -75,22 +75,37 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     };
   }
 
-  async get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+  get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+    // No async function and no await when the connection is live: each costs the caller promise hops on every get.
+    const current = this.#connection;
+    if (!this.#closed && current && !current.lost) return this.#get(current, scope, id, options);
+    return this.connection().then((connection) => this.#get(connection, scope, id, options));
+  }
+
+  #get(connection: Channel, scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
     const { signal } = options;
-    const connection = await this.connection();
-    const result = await connection.request(
-      Get,
-      { scope: scope.path, id, wait: options.wait !== false },
-      {
-        signal,
-        abandoned: (late) => {
-          if (late.handle !== null) connection.notify(Release, { handle: late.handle });
-        },
-      },
-    );
-    if (result.handle === null) return null;
-    const release = this.#releaser(connection, result.handle);
-    return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
+    let answer;
+    try {
+      answer = connection.request(
+        Get,
+        { scope: scope.path, id, wait: options.wait !== false },
+        signal
+          ? {
+              signal,
+              abandoned: (late) => {
+                if (late.handle !== null) connection.notify(Release, { handle: late.handle });
+              },
+            }
+          : undefined,
+      );
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return answer.then((result) => {
+      if (result.handle === null) return null;
+      const release = this.#releaser(connection, result.handle);
+      return { item: this.#item(result.item), release, [Symbol.asyncDispose]: release };
+    });
   }
 
   async getset(
