@@ -76,10 +76,17 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
-    // No async function and no await when the connection is live: each costs the caller promise hops on every get.
     const current = this.#connection;
-    if (!this.#closed && current && !current.lost) return this.#get(current, scope, id, options);
-    return this.connection().then((connection) => this.#get(connection, scope, id, options));
+    if (this.#closed || !current || current.lost) return this.connection().then((connection) => this.#get(connection, scope, id, options));
+    // Sent one microtask from now, as the other calls are (after their `await` of the connection), so that calls
+    // reach the daemon in the order they were made; but settled directly, without async wrappers that each cost
+    // the caller promise hops on every get.
+    return new Promise((resolve, reject) => {
+      queueMicrotask(() => {
+        if (this.#closed || current.lost) this.connection().then((connection) => this.#get(connection, scope, id, options)).then(resolve, reject);
+        else this.#get(current, scope, id, options).then(resolve, reject);
+      });
+    });
   }
 
   #get(connection: Channel, scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
