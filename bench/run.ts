@@ -5,18 +5,30 @@
  *   npm run bench -- --quick           1 KiB values, one short run per point (under a minute)
  *   npm run bench -- --quick --only hoard    what CI runs: that the benchmark still works
  *   npm run bench -- --only tier       hoard with a shared tier on Redis only (needs redis-server)
+ *   npm run bench -- --only hoard --only redis --sizes 1024 --modes 1x32,4x8 --points-only
+ *                                      only those points, without the hand-off, cold start, limit and tier parts
+ *   npm run bench -- --build .bench/base/dist ...   also `hoard-base`: the daemon and client of another build's
+ *                                      dist/ (a package.json beside it), measured in turns with this one (before and
+ *                                      after in one run); `--build name=dir` names it, and may be repeated
+ *
+ * Systems are measured in turns within each mode (which goes first rotates each run), so that the machine's noise
+ * falls on all alike. For systems with a process of their own, it also gives the server's CPU time and read and write
+ * system calls per request (`/proc/<pid>/task/<tid>/schedstat` and `/proc/<pid>/io`). `HOARD_BENCH_DAEMON_FLAGS`
+ * adds Node flags to the daemons it starts (for example `--cpu-prof --cpu-prof-dir=/tmp/prof`), and
+ * `HOARD_BENCH_WORKER_FLAGS` to its worker processes.
  *
  * Writes .bench/results.json and .bench/results.md and prints the table. Every hoard figure is also given as a
  * ratio to redis-server + ioredis measured in the same run.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '../client/index.js';
 import type { TierStatus } from '../src/shared-tier.js';
-import { startHoard, startRedis, SYSTEMS, type System } from './systems.js';
+import { hoardBuild, type Server, startHoard, startRedis, SYSTEMS, type System } from './systems.js';
 import type { Job, LoopResult } from './worker.js';
 
 const { values: args } = parseArgs({
@@ -25,6 +37,10 @@ const { values: args } = parseArgs({
     only: { type: 'string', multiple: true },
     runs: { type: 'string' },
     seconds: { type: 'string' },
+    sizes: { type: 'string' },
+    modes: { type: 'string' },
+    'points-only': { type: 'boolean', default: false },
+    build: { type: 'string', multiple: true },
   },
 });
 const QUICK = args.quick;
@@ -37,23 +53,28 @@ const KEYS = 10_000;
  */
 const HIT_PAIRS = QUICK ? 1 : 9;
 const HIT_SECONDS = QUICK ? SECONDS : 1;
-const VALUE_SIZES = QUICK ? [1024] : [1024, 64 * 1024];
-const MODES = [
+const VALUE_SIZES = args.sizes ? args.sizes.split(',').map(Number) : QUICK ? [1024] : [1024, 64 * 1024];
+const ALL_MODES = [
   { name: '1x1', processes: 1, inFlight: 1 },
   { name: '1x32', processes: 1, inFlight: 32 },
   { name: '4x8', processes: 4, inFlight: 8 },
 ] as const;
+const MODES = args.modes ? ALL_MODES.filter((mode) => args.modes!.split(',').includes(mode.name)) : ALL_MODES;
 const WORKER = join(__dirname, 'worker.js');
 const HOARD_BIN = join(__dirname, '..', 'client', 'bin.js');
 
-const systems = SYSTEMS.filter((system) => !args.only || args.only.includes(system.name));
+const builds = (args.build ?? []).map((spec) => {
+  const [name, dir] = spec.includes('=') ? [spec.slice(0, spec.indexOf('=')), spec.slice(spec.indexOf('=') + 1)] : ['hoard-base', spec];
+  return hoardBuild(name, dir);
+});
+const systems = [...SYSTEMS, ...builds].filter((system) => !args.only || args.only.includes(system.name) || builds.includes(system));
 const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
 if (systems.some((s) => s.name === 'redis') && !hasRedis) {
   console.error('redis-server is missing: install it (apt-get install redis-server), or pass --only hoard.');
   process.exit(1);
 }
 // hoard with a shared tier on Redis: with hoard, when redis-server is there; `--only tier` asks for it alone.
-const withTier = !args.only || args.only.includes('hoard') || args.only.includes('tier');
+const withTier = !args['points-only'] && (!args.only || args.only.includes('hoard') || args.only.includes('tier'));
 if (withTier && !hasRedis) {
   if (args.only?.includes('tier')) {
     console.error('redis-server is missing: install it (apt-get install redis-server) to measure the shared tier.');
@@ -62,9 +83,12 @@ if (withTier && !hasRedis) {
   console.error('redis-server is missing: hoard with the shared tier is left out (apt-get install redis-server).');
 }
 
+/** Node flags for the loop workers, from `HOARD_BENCH_WORKER_FLAGS` (space-separated): for their profiles. */
+const WORKER_FLAGS = (process.env['HOARD_BENCH_WORKER_FLAGS'] ?? '').split(' ').filter(Boolean);
+
 function runWorker(job: Job): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WORKER, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [...WORKER_FLAGS, WORKER, JSON.stringify(job)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
     child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`a ${job.kind} worker for ${job.system} exited with ${code}`))));
@@ -79,6 +103,11 @@ async function cpuNs(pid: number | undefined): Promise<number> {
   const tasks = await readdir(`/proc/${pid}/task`);
   const times = await Promise.all(tasks.map((tid) => readFile(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').catch(() => '0')));
   return times.reduce((total, text) => total + Number(text.split(' ')[0]), 0);
+}
+
+/** The CPU time of a process's main thread so far, in nanoseconds. */
+async function mainCpuNs(pid: number): Promise<number> {
+  return Number((await readFile(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').catch(() => '0')).split(' ')[0]);
 }
 
 async function rssMiB(pid: number | undefined): Promise<number | null> {
@@ -106,6 +135,14 @@ interface Point {
   getP99Ms: number;
   setP50Ms: number;
   setP99Ms: number;
+  /** The server process's CPU time (all threads) and read and write system calls per request, medians of the runs. */
+  serverCpuUsPerOp: number | null;
+  serverReadsPerOp: number | null;
+  serverWritesPerOp: number | null;
+  /** The server's main thread's share of that CPU time (the rest: LevelDB's and libuv's threads). */
+  serverMainCpuUsPerOp: number | null;
+  /** The client processes' CPU time per request, median of the runs. */
+  clientCpuUsPerOp: number | null;
 }
 
 interface MemoryFigures {
@@ -116,52 +153,129 @@ interface MemoryFigures {
   afterMiB: number | null;
 }
 
-async function measureSystem(system: System, valueBytes: number, points: Point[], memory: MemoryFigures[]): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
-  const server = await system.start(dir);
-  const idleMiB = await rssMiB(server.pid);
-  let loadMiB: number | null = null;
-  const sampler = setInterval(() => void rssMiB(server.pid).then((mib) => (loadMiB = Math.max(loadMiB ?? 0, mib ?? 0))), 200);
+/** The read and write system calls a process has made so far (`/proc/<pid>/io`: `syscr`, `syscw`). */
+async function syscalls(pid: number | undefined): Promise<{ reads: number; writes: number } | null> {
+  if (!pid) return null;
+  const text = await readFile(`/proc/${pid}/io`, 'utf8').catch(() => '');
+  const reads = /syscr:\s+(\d+)/.exec(text)?.[1];
+  const writes = /syscw:\s+(\d+)/.exec(text)?.[1];
+  return reads && writes ? { reads: Number(reads), writes: Number(writes) } : null;
+}
+
+/**
+ * `HOARD_BENCH_STRACE=<dir>`: each run's server system calls counted by `strace -c -f` (slows the server a lot: counts
+ * only); `HOARD_BENCH_STRACE_ARGS` replaces `-c` (for example `-e trace=write,writev,read -y` to see each call's file).
+ */
+const straceDir = process.env['HOARD_BENCH_STRACE'];
+
+/** Starts `strace -c -f` on `pid`, writing its summary to `file` once interrupted; resolves once it is attached. */
+async function strace(pid: number, file: string): Promise<ChildProcess> {
+  await mkdir(straceDir!, { recursive: true });
+  const how = (process.env['HOARD_BENCH_STRACE_ARGS'] ?? '-c').split(' ').filter(Boolean);
+  const tracer = spawn('strace', [...how, '-f', '-p', String(pid), '-o', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  await new Promise<void>((resolve) => {
+    let seen = '';
+    tracer.stderr.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      if (seen.includes('attached')) resolve();
+    });
+    tracer.once('exit', () => resolve());
+  });
+  return tracer;
+}
+
+interface Started {
+  system: System;
+  server: Server;
+  dir: string;
+  idleMiB: number | null;
+  loadMiB: number | null;
+  sampler: NodeJS.Timeout;
+}
+
+/** One closed-loop run of `mode` against one started system, with its server's CPU time and system calls. */
+async function runOnce(s: Started, valueBytes: number, mode: (typeof MODES)[number]) {
+  const base = { system: s.system.name, endpoint: s.server.endpoint, keys: KEYS, valueBytes, seconds: SECONDS };
+  const startAt = Date.now() + 300;
+  const jobs = Array.from({ length: mode.processes }, () => runWorker({ ...base, kind: 'loop', inFlight: mode.inFlight, startAt }));
+  // Sampled just before the workers start and as soon as they end (their connecting is counted too, a small share).
+  const [cpuBefore, callsBefore, mainBefore] = s.server.pid ? [await cpuNs(s.server.pid), await syscalls(s.server.pid), await mainCpuNs(s.server.pid)] : [0, null, 0];
+  const tracer = straceDir && s.server.pid ? await strace(s.server.pid, join(straceDir, `${s.system.name}-${valueBytes}-${mode.name}-${Date.now()}.txt`)) : undefined;
+  const results = (await Promise.all(jobs)) as LoopResult[];
+  if (tracer) {
+    tracer.kill('SIGINT');
+    await once(tracer, 'exit');
+  }
+  const [cpuAfter, callsAfter, mainAfter] = s.server.pid ? [await cpuNs(s.server.pid), await syscalls(s.server.pid), await mainCpuNs(s.server.pid)] : [0, null, 0];
+  const ops = results.reduce((total, r) => total + r.ops, 0);
+  return {
+    results,
+    opsPerSecond: results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0),
+    cpuUsPerOp: s.server.pid ? (cpuAfter - cpuBefore) / 1000 / ops : null,
+    mainCpuUsPerOp: s.server.pid ? (mainAfter - mainBefore) / 1000 / ops : null,
+    clientCpuUsPerOp: results.every((r) => r.cpuUs !== undefined) ? results.reduce((total, r) => total + r.cpuUs!, 0) / ops : null,
+    readsPerOp: callsBefore && callsAfter ? (callsAfter.reads - callsBefore.reads) / ops : null,
+    writesPerOp: callsBefore && callsAfter ? (callsAfter.writes - callsBefore.writes) / ops : null,
+  };
+}
+
+/**
+ * Every system at one value size: all started and preloaded, then each mode's runs made in turns, the system that
+ * goes first rotating from run to run, so that a burst of other load falls on all of them alike.
+ */
+async function measureSize(valueBytes: number, points: Point[], memory: MemoryFigures[]): Promise<void> {
+  const started: Started[] = [];
   try {
-    const base = { system: system.name, endpoint: server.endpoint, keys: KEYS, valueBytes, seconds: SECONDS };
-    await runWorker({ ...base, kind: 'preload', inFlight: 64, startAt: 0 });
+    for (const system of systems) {
+      const dir = await mkdtemp(join(tmpdir(), 'hoard-bench-'));
+      const server = await system.start(dir);
+      const s: Started = { system, server, dir, idleMiB: await rssMiB(server.pid), loadMiB: null, sampler: undefined as unknown as NodeJS.Timeout };
+      s.sampler = setInterval(() => void rssMiB(server.pid).then((mib) => (s.loadMiB = Math.max(s.loadMiB ?? 0, mib ?? 0))), 200);
+      started.push(s);
+      const base = { system: system.name, endpoint: server.endpoint, keys: KEYS, valueBytes, seconds: SECONDS };
+      await runWorker({ ...base, kind: 'preload', inFlight: 64, startAt: 0 });
+    }
     for (const mode of MODES) {
-      if (mode.processes > 1 && !system.shared) continue;
-      const runs: number[] = [];
-      const getMs: number[] = [];
-      const setMs: number[] = [];
+      const taking = started.filter((s) => mode.processes === 1 || s.system.shared);
+      const byRun = new Map(taking.map((s) => [s, [] as Awaited<ReturnType<typeof runOnce>>[]]));
       for (let run = 0; run < RUNS; run++) {
-        const startAt = Date.now() + 300;
-        const results = (await Promise.all(
-          Array.from({ length: mode.processes }, () => runWorker({ ...base, kind: 'loop', inFlight: mode.inFlight, startAt })),
-        )) as LoopResult[];
-        runs.push(results.reduce((total, r) => total + r.ops / (r.elapsedMs / 1000), 0));
-        for (const r of results) {
-          for (const ms of r.getMs) getMs.push(ms);
-          for (const ms of r.setMs) setMs.push(ms);
+        for (let n = 0; n < taking.length; n++) {
+          const s = taking[(n + run) % taking.length]!;
+          byRun.get(s)!.push(await runOnce(s, valueBytes, mode));
         }
       }
-      getMs.sort((a, b) => a - b);
-      setMs.sort((a, b) => a - b);
-      const point = {
-        system: system.name,
-        valueBytes,
-        mode: mode.name,
-        opsPerSecond: median(runs),
-        runs,
-        getP50Ms: percentile(getMs, 50),
-        getP99Ms: percentile(getMs, 99),
-        setP50Ms: percentile(setMs, 50),
-        setP99Ms: percentile(setMs, 99),
-      };
-      points.push(point);
-      console.error(`${system.name} ${valueBytes} B ${mode.name}: ${(point.opsPerSecond / 1000).toFixed(1)}k ops/s`);
+      for (const s of taking) {
+        const runs = byRun.get(s)!;
+        const getMs = runs.flatMap((r) => r.results.flatMap((w) => w.getMs)).sort((a, b) => a - b);
+        const setMs = runs.flatMap((r) => r.results.flatMap((w) => w.setMs)).sort((a, b) => a - b);
+        const medianOf = (values: (number | null)[]): number | null => (values.every((v) => v !== null) ? median(values as number[]) : null);
+        const point: Point = {
+          system: s.system.name,
+          valueBytes,
+          mode: mode.name,
+          opsPerSecond: median(runs.map((r) => r.opsPerSecond)),
+          runs: runs.map((r) => r.opsPerSecond),
+          getP50Ms: percentile(getMs, 50),
+          getP99Ms: percentile(getMs, 99),
+          setP50Ms: percentile(setMs, 50),
+          setP99Ms: percentile(setMs, 99),
+          serverCpuUsPerOp: medianOf(runs.map((r) => r.cpuUsPerOp)),
+          serverReadsPerOp: medianOf(runs.map((r) => r.readsPerOp)),
+          serverWritesPerOp: medianOf(runs.map((r) => r.writesPerOp)),
+          serverMainCpuUsPerOp: medianOf(runs.map((r) => r.mainCpuUsPerOp)),
+          clientCpuUsPerOp: medianOf(runs.map((r) => r.clientCpuUsPerOp)),
+        };
+        points.push(point);
+        console.error(`${s.system.name} ${valueBytes} B ${mode.name}: ${(point.opsPerSecond / 1000).toFixed(1)}k ops/s (runs ${point.runs.map((r) => (r / 1000).toFixed(1)).join(', ')})`);
+      }
     }
   } finally {
-    clearInterval(sampler);
-    memory.push({ system: system.name, valueBytes, idleMiB, loadMiB, afterMiB: await rssMiB(server.pid) });
-    await server.stop();
-    await rm(dir, { recursive: true, force: true });
+    for (const s of started) {
+      clearInterval(s.sampler);
+      memory.push({ system: s.system.name, valueBytes, idleMiB: s.idleMiB, loadMiB: s.loadMiB, afterMiB: await rssMiB(s.server.pid) });
+      await s.server.stop();
+      await rm(s.dir, { recursive: true, force: true });
+    }
   }
 }
 
@@ -471,10 +585,12 @@ function table(
     ? []
     : [
         `${KEYS} keys, 90% get / 10% set on uniform random keys, closed loop; medians of ${RUNS} run(s) of ${SECONDS} s (spread: min-max of the runs).`,
-        'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better).',
+        'Ratios are to redis-server + ioredis measured in the same run (ops/s: higher is better for hoard; p50: lower is better); ' +
+          "in brackets, the median of each run's ratio to the Redis run made beside it.",
+        "Per request: the server process's CPU time (all threads, and its main thread's) and its read / write system calls (all threads), and the client processes' CPU time, medians of the runs.",
         '',
-        '| values | mode | system | ops/s (spread) | vs redis | get p50 / p99 ms | set p50 / p99 ms |',
-        '|---|---|---|---|---|---|---|',
+        '| values | mode | system | ops/s (spread) | vs redis | get p50 / p99 ms | set p50 / p99 ms | server CPU µs / reads / writes per request | client CPU µs per request |',
+        '|---|---|---|---|---|---|---|---|---|',
       ];
   for (const valueBytes of VALUE_SIZES) {
     for (const mode of MODES) {
@@ -483,9 +599,16 @@ function table(
         const p = find(system.name, valueBytes, mode.name);
         if (!p) continue;
         const spread = `${kops(Math.min(...p.runs))}-${kops(Math.max(...p.runs))}`;
-        const ratio = redis ? `${fmt(p.opsPerSecond / redis.opsPerSecond, 2)}x` : 'n/a';
+        // Runs are made in turns, so each run of a system has a run of Redis beside it: the median of those pairs'
+        // ratios (in brackets) is steadier than the ratio of the medians when other load comes and goes.
+        const pairs = redis && redis.runs.length === p.runs.length ? p.runs.map((ops, n) => ops / redis.runs[n]!) : [];
+        const ratio = redis ? `${fmt(p.opsPerSecond / redis.opsPerSecond, 2)}x${system.name !== 'redis' && pairs.length ? ` (${fmt(median(pairs), 2)}x)` : ''}` : 'n/a';
+        const server =
+          p.serverCpuUsPerOp === null
+            ? 'n/a'
+            : `${fmt(p.serverCpuUsPerOp, 1)} (main ${fmt(p.serverMainCpuUsPerOp, 1)}) / ${fmt(p.serverReadsPerOp, 2)} / ${fmt(p.serverWritesPerOp, 2)}`;
         lines.push(
-          `| ${valueBytes / 1024} KiB | ${mode.name} | ${system.name} | ${kops(p.opsPerSecond)} (${spread}) | ${ratio} | ${fmt(p.getP50Ms, 3)} / ${fmt(p.getP99Ms, 3)} | ${fmt(p.setP50Ms, 3)} / ${fmt(p.setP99Ms, 3)} |`,
+          `| ${valueBytes / 1024} KiB | ${mode.name} | ${system.name} | ${kops(p.opsPerSecond)} (${spread}) | ${ratio} | ${fmt(p.getP50Ms, 3)} / ${fmt(p.getP99Ms, 3)} | ${fmt(p.setP50Ms, 3)} / ${fmt(p.setP99Ms, 3)} | ${server} | ${fmt(p.clientCpuUsPerOp, 1)} |`,
         );
       }
     }
@@ -493,6 +616,10 @@ function table(
   const hoard1x1 = find('hoard', 1024, '1x1');
   const redis1x1 = find('redis', 1024, '1x1');
   if (hoard1x1 && redis1x1) lines.push('', `1 KiB 1x1 get p50: hoard ${fmt(hoard1x1.getP50Ms / redis1x1.getP50Ms, 2)}x redis's.`);
+  for (const build of builds) {
+    const other1x1 = find(build.name, 1024, '1x1');
+    if (other1x1 && redis1x1) lines.push(`1 KiB 1x1 get p50: ${build.name} ${fmt(other1x1.getP50Ms / redis1x1.getP50Ms, 2)}x redis's.`);
+  }
   const cacacheLines = VALUE_SIZES.flatMap((valueBytes) =>
     MODES.map((mode) => {
       const h = find('hoard', valueBytes, mode.name);
@@ -564,8 +691,8 @@ function table(
 async function main(): Promise<void> {
 const points: Point[] = [];
 const memory: MemoryFigures[] = [];
-for (const valueBytes of VALUE_SIZES) for (const system of systems) await measureSystem(system, valueBytes, points, memory);
-const withHoard = systems.some((s) => s.name === 'hoard');
+for (const valueBytes of VALUE_SIZES) await measureSize(valueBytes, points, memory);
+const withHoard = !args['points-only'] && systems.some((s) => s.name === 'hoard');
 const handoff = withHoard ? await measureHandoff() : null;
 const cold = withHoard ? await measureColdStart() : [];
 const limit = withHoard ? await measureLimit() : null;

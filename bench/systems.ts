@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import cacache from 'cacache';
 import { Redis } from 'ioredis';
 import { Level } from 'level';
@@ -78,10 +78,13 @@ function cacheClient(cache: Cache<Uint8Array> & { close(): Promise<void> }): Cli
   };
 }
 
+/** Node flags added to every daemon the benchmark starts, from `HOARD_BENCH_DAEMON_FLAGS` (space-separated): for profiles. */
+const EXTRA_DAEMON_FLAGS = (process.env['HOARD_BENCH_DAEMON_FLAGS'] ?? '').split(' ').filter(Boolean);
+
 /** Starts a hoard daemon on `dir`'s socket and data directory, with more `hoard daemon` flags if given. */
-export async function startHoard(dir: string, flags: string[] = []): Promise<Server> {
+export async function startHoard(dir: string, flags: string[] = [], bin = HOARD_BIN): Promise<Server> {
   const socketPath = join(dir, 's.sock');
-  const args = [...DAEMON_NODE_FLAGS, HOARD_BIN, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data'), ...flags];
+  const args = [...DAEMON_NODE_FLAGS, ...EXTRA_DAEMON_FLAGS, bin, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data'), ...flags];
   const child = await startProcess(process.execPath, args, 'listening on');
   return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
 }
@@ -94,6 +97,27 @@ export const hoard: System = {
     return cacheClient(await connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' }));
   },
 };
+
+/** The other builds named with `--build`, as `name=distDir` pairs: passed on to the workers through the environment. */
+const BUILDS_VARIABLE = 'HOARD_BENCH_BUILDS';
+
+/**
+ * hoard as another build has it (its `dist/`: daemon and client both, with a package.json beside `dist/`), under
+ * `name`: for before/after figures in one run. A worker finds it by name through `HOARD_BENCH_BUILDS`.
+ */
+export function hoardBuild(name: string, distDir: string): System {
+  const builds = JSON.parse(process.env[BUILDS_VARIABLE] ?? '{}') as Record<string, string>;
+  process.env[BUILDS_VARIABLE] = JSON.stringify({ ...builds, [name]: resolve(distDir) });
+  return {
+    name,
+    shared: true,
+    start: (dir) => startHoard(dir, ['--max-size', 'unlimited'], join(resolve(distDir), 'client', 'bin.js')),
+    async open(endpoint) {
+      const client = require(join(resolve(distDir), 'client', 'index.js')) as typeof import('../client/index.js');
+      return cacheClient(await client.connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' }));
+    },
+  };
+}
 
 export const levelCache: System = {
   name: 'LevelCache',
@@ -156,4 +180,11 @@ export const cacacheSystem: System = {
   },
 };
 
-export const SYSTEMS: readonly System[] = [hoard, levelCache, classicLevel, redis, cacacheSystem];
+export const SYSTEMS: readonly System[] = [
+  hoard,
+  levelCache,
+  classicLevel,
+  redis,
+  cacacheSystem,
+  ...Object.entries(JSON.parse(process.env[BUILDS_VARIABLE] ?? '{}') as Record<string, string>).map(([name, dir]) => hoardBuild(name, dir)),
+];

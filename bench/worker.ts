@@ -30,6 +30,8 @@ export interface Job {
 export interface LoopResult {
   ops: number;
   elapsedMs: number;
+  /** The worker process's own CPU time during the loop, in microseconds (user + system). */
+  cpuUs?: number;
   getMs: number[];
   setMs: number[];
 }
@@ -100,6 +102,7 @@ async function main(): Promise<unknown> {
     return result;
   }
   const getShare = job.getShare ?? 0.9;
+  const cpuBefore = process.cpuUsage();
   const loop = async (): Promise<void> => {
     while (now() < deadline) {
       const key = keys[Math.floor(Math.random() * keys.length)]!;
@@ -114,7 +117,8 @@ async function main(): Promise<unknown> {
     }
   };
   await Promise.all(Array.from({ length: job.inFlight }, loop));
-  const result: LoopResult = { ops: getMs.length + setMs.length, elapsedMs: now() - start, getMs, setMs };
+  const cpu = process.cpuUsage(cpuBefore);
+  const result: LoopResult = { ops: getMs.length + setMs.length, elapsedMs: now() - start, cpuUs: cpu.user + cpu.system, getMs, setMs };
   await client.close();
   return result;
 }

@@ -16,6 +16,12 @@ function stringBytes(text: string): number {
 const MAX_ANSWER_BYTES = 2 ** 31;
 
 /**
+ * How requests are grouped into writes (see {@link FrameWriter}): a get's release and the next get are two frames,
+ * so groups of 32 frames let a caller with 16 or more calls in flight send what one turn made in one write.
+ */
+const REQUESTS_FLUSH_AFTER_FRAMES = 32;
+
+/**
  * A connection to the daemon in the binary transport (see PROTOCOL.md): requests made in one turn go out in
  * few writes, and every answer of a chunk is handled at once.
  */
@@ -25,7 +31,7 @@ export class BinaryChannel extends Channel {
 
   constructor(input: Readable, output: Writable, transport: Transport, info: InitializeResult) {
     super(transport, info);
-    this.#writer = new FrameWriter(output);
+    this.#writer = new FrameWriter(output, { flushAfterFrames: REQUESTS_FLUSH_AFTER_FRAMES });
     input.once('close', () => this.closed());
     readChunks(input, (chunk, borrowed) => {
       try {

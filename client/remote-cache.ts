@@ -116,33 +116,58 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     };
   }
 
-  async get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+  get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+    const current = this.#connection;
+    if (this.#closed || !current || current.lost) return this.connection().then((connection) => this.#get(connection, scope, id, options));
+    // Sent one microtask from now, as the other calls are (after their `await` of the connection), so that calls
+    // reach the daemon in the order they were made; but settled directly, without async wrappers that each cost
+    // the caller promise hops on every get.
+    return new Promise((resolve, reject) => {
+      queueMicrotask(() => {
+        if (this.#closed || current.lost) this.connection().then((connection) => this.#get(connection, scope, id, options)).then(resolve, reject);
+        else this.#get(current, scope, id, options).then(resolve, reject);
+      });
+    });
+  }
+
+  #get(connection: Channel, scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
     const { signal } = options;
-    const connection = await this.connection();
-    const result = await connection.request(
-      Get,
-      { scope: scope.path, id, wait: options.wait !== false },
-      {
-        signal,
-        abandoned: (late) => {
-          if (late.handle !== null) connection.notify(Release, { handle: late.handle });
-        },
-      },
-    );
-    if (result.handle === null) return null;
-    let record = result.item;
-    if (record !== null && isFileItem(record)) {
-      const records = this.#records(connection, result.handle, [record]);
-      record = (records instanceof Promise ? await records : records)[0]!;
+    let answer;
+    try {
+      answer = connection.request(
+        Get,
+        { scope: scope.path, id, wait: options.wait !== false },
+        signal
+          ? {
+              signal,
+              abandoned: (late) => {
+                if (late.handle !== null) connection.notify(Release, { handle: late.handle });
+              },
+            }
+          : undefined,
+      );
+    } catch (error) {
+      return Promise.reject(error);
     }
-    const releaseAtDaemon = this.#releaser(connection, result.handle);
-    const files = new HandleFiles(this.#handleFiles);
-    const release = async (): Promise<void> => {
-      const removed = files.release();
-      await releaseAtDaemon();
-      await removed;
-    };
-    return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
+    return answer.then((result) => {
+      if (result.handle === null) return null;
+      const handle = result.handle;
+      const build = (record: EncodedRecord | null): GetHandle<T> => {
+        const releaseAtDaemon = this.#releaser(connection, handle);
+        const files = new HandleFiles(this.#handleFiles);
+        const release = async (): Promise<void> => {
+          const removed = files.release();
+          await releaseAtDaemon();
+          await removed;
+        };
+        return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
+      };
+      const record = result.item;
+      if (record === null || !isFileItem(record)) return build(record);
+      // A value in a file is read here, while the handle holds the lock.
+      const records = this.#records(connection, handle, [record]);
+      return records instanceof Promise ? records.then((read) => build(read[0]!)) : build(records[0]!);
+    });
   }
 
   async getset(

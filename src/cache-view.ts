@@ -122,14 +122,19 @@ export class CacheView<T> implements Cache<T> {
 
   get(id: string, options?: GetOptions & { wait?: true }): Promise<GetHandle<T>>;
   get(id: string, options: GetNowOptions): Promise<GetHandle<T> | null>;
-  async get(id: string, options?: GetNowOptions): Promise<GetHandle<T> | null> {
-    checkId(id);
-    checkOptions(options);
-    checkSignal(options?.signal);
-    const wait = options?.wait ?? true;
-    if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
-    options?.signal?.throwIfAborted();
-    return this.#backend.get(this.#scope, id, { signal: options?.signal, wait });
+  get(id: string, options?: GetNowOptions): Promise<GetHandle<T> | null> {
+    // Not async, so that the backend's promise reaches the caller without hops; a refusal still rejects.
+    try {
+      checkId(id);
+      checkOptions(options);
+      checkSignal(options?.signal);
+      const wait = options?.wait ?? true;
+      if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
+      options?.signal?.throwIfAborted();
+      return this.#backend.get(this.#scope, id, { signal: options?.signal, wait });
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   getset(id: string, options?: GetSetOptions & { wait?: true }): Promise<GetSetHandle<T>>;

@@ -2,6 +2,8 @@ import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
 import { FrameCursor, FrameDecoder, FramingError, MalformedFrame } from '../src/wire/frame-decoder.js';
 import { FrameEncoder } from '../src/wire/frame-encoder.js';
+import { FrameWriter } from '../src/wire/frame-writer.js';
+import { Writable } from 'node:stream';
 
 type Field = { type: 'u8'; value: number } | { type: 'u32'; value: number } | { type: 'u64'; value: number } | { type: 'f64'; value: number } | { type: 'string'; value: string } | { type: 'strings'; value: string[] } | { type: 'bytes'; value: Uint8Array };
 
@@ -155,5 +157,59 @@ describe('binary frames', () => {
     expect(cursor.u32()).toBe(5);
     cursor.done();
     expect(() => cursor.u8()).toThrow(MalformedFrame);
+  });
+
+  test('a writer that flushes per turn sends the frames of two callbacks of one turn in one write, per tick in two', async () => {
+    const writesOf = async (flushAt: 'tick' | 'turn'): Promise<Buffer[]> => {
+      const writes: Buffer[] = [];
+      const output = new Writable({
+        write(chunk: Buffer, _encoding, done) {
+          writes.push(chunk);
+          done();
+        },
+        writev(chunks, done) {
+          writes.push(Buffer.concat(chunks.map((c) => c.chunk as Buffer)));
+          done();
+        },
+      });
+      const writer = new FrameWriter(output, { flushAt });
+      const send = (id: number): void => {
+        writer.encoder.begin(1, id).u32(id);
+        writer.sent();
+      };
+      // Two timers due at the same time run in the same timers phase of one turn, as a turn's socket reads do.
+      await new Promise<void>((resolve) => {
+        setTimeout(() => send(1), 0);
+        setTimeout(() => {
+          send(2);
+          setImmediate(() => setImmediate(resolve));
+        }, 0);
+      });
+      return writes;
+    };
+    const ids = (writes: Buffer[]): number[][] =>
+      writes.map((write) => {
+        const seen: number[] = [];
+        new FrameDecoder({ maxFrameBytes: 100 }).push(write, (frame) => void seen.push(frame.requestId));
+        return seen;
+      });
+    expect(ids(await writesOf('tick'))).toEqual([[1], [2]]);
+    expect(ids(await writesOf('turn'))).toEqual([[1, 2]]);
+  });
+
+  test('a writer writes at once when its group is full', () => {
+    const writes: number[] = [];
+    const output = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        writes.push(chunk.length);
+        done();
+      },
+    });
+    const writer = new FrameWriter(output, { flushAfterFrames: 3, flushAt: 'turn' });
+    for (let id = 1; id <= 3; id++) {
+      writer.encoder.begin(1, id);
+      writer.sent();
+    }
+    expect(writes).toHaveLength(1);
   });
 });
