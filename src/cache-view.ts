@@ -125,13 +125,7 @@ export class CacheView<T> implements Cache<T> {
   get(id: string, options?: GetNowOptions): Promise<GetHandle<T> | null> {
     // Not async, so that the backend's promise reaches the caller without hops; a refusal still rejects.
     try {
-      checkId(id);
-      checkOptions(options);
-      checkSignal(options?.signal);
-      const wait = options?.wait ?? true;
-      if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
-      options?.signal?.throwIfAborted();
-      return this.#backend.get(this.#scope, id, { signal: options?.signal, wait });
+      return this.#backend.get(this.#scope, id, { signal: options?.signal, wait: checkLockOptions(id, options) });
     } catch (error) {
       return Promise.reject(error);
     }
@@ -140,14 +134,7 @@ export class CacheView<T> implements Cache<T> {
   getset(id: string, options?: GetSetOptions & { wait?: true }): Promise<GetSetHandle<T>>;
   getset(id: string, options: GetSetOptions): Promise<GetSetHandle<T> | MissedGetSetHandle>;
   async getset(id: string, options?: GetSetOptions): Promise<GetSetHandle<T> | MissedGetSetHandle> {
-    checkId(id);
-    checkOptions(options);
-    checkSignal(options?.signal);
-    const wait = options?.wait ?? true;
-    if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
-    // As every API that takes a signal does: an already aborted one rejects with its reason, even with `wait: false`.
-    options?.signal?.throwIfAborted();
-    return this.#backend.getset(this.#scope, id, { wait, signal: options?.signal });
+    return this.#backend.getset(this.#scope, id, { wait: checkLockOptions(id, options), signal: options?.signal });
   }
 
   async set(id: string, value: T, options?: SetOptions): Promise<void> {
@@ -194,4 +181,18 @@ export class RootCacheView<T> extends CacheView<T> {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/**
+ * Checks a `get`'s or `getset`'s id and options, and gives its `wait`; an already aborted signal throws its reason, as
+ * every API that takes a signal does, even with `wait: false`.
+ */
+function checkLockOptions(id: string, options: GetNowOptions | GetSetOptions | undefined): boolean {
+  checkId(id);
+  checkOptions(options);
+  checkSignal(options?.signal);
+  const wait = options?.wait ?? true;
+  if (typeof wait !== 'boolean') throw new TypeError(`wait must be a boolean, got ${describe(wait)}.`);
+  options?.signal?.throwIfAborted();
+  return wait;
 }
