@@ -129,6 +129,15 @@ function tierWait(source: SignalSource): { signal: AbortSignal | undefined; end(
  * strict), and a `getset` miss there holds the tier's lease for the item as well as its local lock, its setter
  * writing the tier first, fenced by the lease. The tier is always asked while the item's local lock is held.
  */
+/** A getset handle of a {@link LocalBackend}: it can also commit a reservation's file (see `reserveFile`). */
+export interface LocalGetSetHandle<T> extends GetSetHandle<T> {
+  /**
+   * Writes the value that reservation `reservation`'s file holds, encoded in `encoding`, within the held lock.
+   * @throws CacheError `CACHE_LOCK_NOT_HELD` after release, `CACHE_FILE_REFUSED` (nothing written).
+   */
+  readonly setFile: (reservation: number, options: ExpiryOptions & { encoding: string }) => Promise<void>;
+}
+
 export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #locks = new LockTable();
   readonly #store: Store<V>;
@@ -257,7 +266,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     scope: Scope,
     id: string,
     options: LockOptions & { wait: boolean },
-  ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
+  ): Promise<LocalGetSetHandle<T> | MissedGetSetHandle> {
     const key = itemKey(scope, id);
     let lease: Lease;
     if (options.wait) {
@@ -313,6 +322,18 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
+    // The same, for a value that a reservation's file holds, encoded in `encoding`.
+    const setFile = async (reservation: number, options: ExpiryOptions & { encoding: string }): Promise<void> => {
+      const expiry = checkExpiry(options);
+      if (released || !lease.held) throw new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.');
+      if (tierLease) throw new CacheError('CACHE_FILE_REFUSED', 'A value cannot yet be written from a file into a scope shared through the tier; write its bytes with set.');
+      writing++;
+      written = true;
+      const record = { modified: nowSeconds(), value: { encoding: options.encoding }, ...expiryFields(this.#now(), expiry) };
+      const write = writes.then(() => this.#writeFileLocal(scope, id, record, reservation)).finally(() => writing--);
+      writes = write.catch(() => {});
+      return write;
+    };
     // With no write running, the lock is free before release returns, so a request behind it sees it free at once.
     const release = async (): Promise<void> => {
       if (released) return;
@@ -329,7 +350,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
       await Promise.all([leaseReleased, removed]);
     };
-    return { item, stale, set, release, [Symbol.asyncDispose]: release };
+    const handle: LocalGetSetHandle<T> = { item, stale, set, setFile, release, [Symbol.asyncDispose]: release };
+    return handle;
   }
 
   /** `signal` and `owner` are for the daemon, not the public API: the signal drops the call while it waits for the lock. */
@@ -509,6 +531,58 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease.release();
       throw error;
     }
+  }
+
+  /**
+   * Reserves an empty private file that any process of this user may write a value into (encoded, as this cache's
+   * codec or the daemon's client encodes it), for {@link LocalBackend.setFile} or a getset handle's `setFile`.
+   * @throws TypeError for a store that does not keep values in files.
+   */
+  async reserveFile(): Promise<{ reservation: number; path: string }> {
+    this.#checkOpen();
+    const store = this.#store;
+    if (!store.reserve) throw new TypeError('This cache keeps no values in files: it reserves none.');
+    return this.#io(() => store.reserve!());
+  }
+
+  /** Removes an uncommitted reservation's file; an unknown or committed reservation is left alone. */
+  async discardFile(reservation: number): Promise<void> {
+    await this.#store.discard?.(reservation);
+  }
+
+  /**
+   * Stores reservation `reservation`'s file, holding a value encoded in `encoding`, as item `id`'s value under its
+   * exclusive lock, as `set` does.
+   * @throws CacheError `CACHE_FILE_REFUSED` (nothing written), `CACHE_VALUE_TOO_LARGE`, `CACHE_OVER_SIZE_LIMIT`.
+   */
+  async setFile(
+    scope: Scope,
+    id: string,
+    reservation: number,
+    options: LockOptions & ExpiryOptions & { modified: number; encoding: string },
+  ): Promise<void> {
+    this.#checkOpen();
+    const record = { modified: options.modified, value: { encoding: options.encoding }, ...expiryFields(this.#now(), options) };
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
+    try {
+      await this.#writeFileLocal(scope, id, record, reservation);
+    } finally {
+      lease.release();
+    }
+  }
+
+  /**
+   * Commits a reservation locally. A scope shared through the tier is refused for now: its write-through needs the
+   * value's bytes (design14 §11), which the commit never reads.
+   */
+  async #writeFileLocal(scope: Scope, id: string, record: StoredRecord<{ readonly encoding: string }>, reservation: number): Promise<void> {
+    if (this.#sharing(scope) !== 'local') {
+      throw new CacheError('CACHE_FILE_REFUSED', 'A value cannot yet be written from a file into a scope shared through the tier; write its bytes with set.');
+    }
+    const store = this.#store;
+    if (!store.writeFile) throw new TypeError('This cache keeps no values in files: it commits none.');
+    await this.#io(() => store.writeFile!(scope, id, record, reservation));
+    this.#housekeeper.written(itemKey(scope, id));
   }
 
   /** A getset handle's write: with a tier lease, to the tier first (fenced by the lease), then locally. */

@@ -8,7 +8,9 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { isCacheError } from '../src/errors.js';
 import { BlobFiles } from '../src/level/blob-files.js';
 import { LevelStore } from '../src/level/level-store.js';
+import { LocalBackend, type LocalGetSetHandle } from '../src/local-backend.js';
 import { ROOT_SCOPE } from '../src/scope-path.js';
+import type { EncodedValue } from '../src/store.js';
 import { PROJECT_ROOT } from './support/child.js';
 import { tempDir } from './support/temp-dir.js';
 
@@ -195,4 +197,81 @@ test('SIGKILLs during file commits leave each item at its acknowledged value or 
     }
   }
   expect(acknowledged.size).toBe(4);
+});
+
+/** Writes 64 KiB of byte 7 to the path given, in two halves: prints `half` after the first and waits for a line. */
+const WORKER = `
+import { open } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+const file = await open(process.argv.at(-1), 'r+');
+await file.write(Buffer.alloc(32 * 1024, 7), 0, 32 * 1024, 0);
+console.log('half');
+for await (const _ of createInterface({ input: process.stdin })) break;
+await file.write(Buffer.alloc(32 * 1024, 7), 0, 32 * 1024, 32 * 1024);
+await file.close();
+console.log('done');
+`;
+
+function worker(path: string) {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', WORKER, '--', path], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  return { child, line: async () => (await lines.next()).value as string };
+}
+
+describe('LocalBackend: a worker process writes the reserved file while the getset is held', () => {
+  const codec = { encode: (value: Uint8Array) => ({ encoding: 'binary', bytes: value }), decode: (value: { bytes: Uint8Array }) => value.bytes };
+
+  async function backendOn() {
+    const { dir, store } = await open();
+    const backend = new LocalBackend<Uint8Array, EncodedValue>(store, codec, { sweepIntervalMs: 3_600_000 });
+    onTestFinished(() => backend.close());
+    await backend.set(S, 'id', Buffer.from('old'), { modified: 1 });
+    return { dir, backend };
+  }
+
+  test('readers see the new value only once the holder committed it and released', async () => {
+    const { backend } = await backendOn();
+    const gs = (await backend.getset(S, 'id', { wait: true })) as LocalGetSetHandle<Uint8Array>;
+    const { reservation, path } = await backend.reserveFile();
+    const { child, line } = worker(path);
+    expect(await line()).toBe('half');
+    expect(await backend.get(S, 'id', { wait: false })).toBeNull();
+    child.stdin.write('go\n');
+    expect(await line()).toBe('done');
+    await gs.setFile(reservation, { encoding: 'binary' });
+    expect(await backend.get(S, 'id', { wait: false })).toBeNull();
+    await gs.release();
+    const read = (await backend.get(S, 'id', { wait: false }))!;
+    expect(Buffer.from(await read.item!.value()).equals(Buffer.alloc(64 * 1024, 7))).toBe(true);
+    await read.release();
+  });
+
+  test('a worker killed halfway leaves the old value, and discarding leaves temp/ empty', async () => {
+    const { dir, backend } = await backendOn();
+    const gs = await backend.getset(S, 'id', { wait: true });
+    const { reservation, path } = await backend.reserveFile();
+    const { child, line } = worker(path);
+    expect(await line()).toBe('half');
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    await backend.discardFile(reservation);
+    await gs.release();
+    const read = (await backend.get(S, 'id', { wait: false }))!;
+    expect(Buffer.from(await read.item!.value()).toString()).toBe('old');
+    await read.release();
+    expect(await readdir(join(dir, 'temp'))).toEqual([]);
+  });
+
+  test('a released handle no longer commits: CACHE_LOCK_NOT_HELD, and the reservation stays', async () => {
+    const { backend } = await backendOn();
+    const gs = (await backend.getset(S, 'id', { wait: true })) as LocalGetSetHandle<Uint8Array>;
+    const { reservation, path } = await backend.reserveFile();
+    await writeFile(path, 'new');
+    await gs.release();
+    expect(await refusal(gs.setFile(reservation, { encoding: 'binary' }))).toBe('CACHE_LOCK_NOT_HELD');
+    await backend.setFile(S, 'id', reservation, { modified: 2, encoding: 'binary' });
+    const read = (await backend.get(S, 'id', { wait: false }))!;
+    expect(Buffer.from(await read.item!.value()).toString()).toBe('new');
+    await read.release();
+  });
 });
