@@ -714,13 +714,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
     }
     this.#replayingNow = pending;
     // Resolves to false when the local copy is to be dropped (the sink does it, under the item's lock): Redis refused
-    // it for a newer write, or its write-through was given up, so that the local copy may differ from Redis's.
+    // it for a newer write. A write-through given up keeps the local copy: it is this daemon's acknowledged value.
     const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') => {
       try {
         return (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
       } catch (error) {
         if (!this.#givesUp(error, itemKey(scope, id))) throw error;
-        return false;
+        return true;
       }
     };
     const topScope = top === '' ? ROOT_SCOPE : scopeOf([top]);
@@ -752,10 +752,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
         try {
           held = await sink.replayScope(topScope, (scope, id, record) => send(scope, id, record, 'plain'));
         } catch (error) {
-          // The local store failed (`send` resolves for what it gives up): the scope's copies are dropped if they can
-          // be; the root scope's own items cannot be without every shared scope's.
+          // The local store found damaged data (`send` resolves for what it gives up): given up, the copies kept.
           if (!this.#givesUp(error, topScope.prefix)) throw error;
-          if (top !== '') await sink.drop(topScope).catch(() => {});
         }
         pending.whole = false;
         pending.cleared = false;
@@ -770,9 +768,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
           // item that Redis took since forgot it: nothing to send.
           if (!(await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
         } catch (error) {
-          // The local store failed (a write-through given up in `send` resolves): its copy is dropped if it can be.
+          // The local store found damaged data (a write-through given up in `send` resolves): given up.
           if (!this.#givesUp(error, key)) throw error;
-          await sink.invalidate(scope, id).catch(() => {});
         }
         pending.keys.delete(key);
         pending.fences.delete(key);
@@ -791,10 +788,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
   }
 
   /**
-   * Whether a write-through that failed is given up rather than tried again (logged): Redis answered it with an error
-   * (an ACL's refusal, `OOM`, a script's error), or the local store found the data damaged (`CACHE_CORRUPT`): trying
+   * Whether a write-through that failed is given up rather than tried again (logged; the local copy is kept): Redis
+   * answered it with an error (an ACL's refusal, a script's error), or the local store found the data damaged (`CACHE_CORRUPT`): trying
    * again would fail the same way, and hold up catching up on the change logs meanwhile. A timeout, a reply that may
-   * pass later (`MISCONF`, `MOVED`, ...) and any other local failure are tried again.
+   * pass later (`OOM`, `MISCONF`, `MOVED`, ...) and any other local failure are tried again.
    */
   #givesUp(error: unknown, key: string): boolean {
     if (this.#closed) return false;

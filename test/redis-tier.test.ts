@@ -841,3 +841,24 @@ test('a write Redis answers with MISCONF (it cannot persist) waits, and is writt
   await until(() => a.tier.status().pendingChanges === 0, 'the write is written through', 15_000);
   expect(text(await b.tier.read(pages, 'job'))).toBe('written while Redis could not persist');
 });
+
+test('a write Redis answers OOM (it is full) waits, keeps its local copy, and is written through once Redis has room', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'oom';
+  const a = await makeTier({ url: own.url, prefix });
+  const b = await makeTier({ url: own.url, prefix });
+  await own.cli('CONFIG', 'SET', 'maxmemory', '1', 'maxmemory-policy', 'noeviction');
+  const computed = record('written while Redis is full');
+  a.sink.local.set(itemKey(pages, 'job'), computed);
+  await a.tier.write(pages, 'job', computed, { sizeBytes: 27 });
+  expect(a.tier.status().pendingChanges).toBe(1);
+  // The write, then two write-throughs answered OOM.
+  await until(() => a.tier.status().errors >= 3, 'Redis answered two write-throughs OOM', 15_000);
+  // Before the fix, the first write-through was given up and its local copy dropped (`replayed` held `…:false`).
+  expect(a.sink.replayed).toEqual([]);
+  expect(a.tier.status().pendingChanges).toBe(1);
+  await own.cli('CONFIG', 'SET', 'maxmemory', '0');
+  await until(() => a.tier.status().pendingChanges === 0, 'the write is written through', 15_000);
+  expect(a.sink.replayed).toEqual([`${itemKey(pages, 'job')}:true`]);
+  expect(text(await b.tier.read(pages, 'job'))).toBe('written while Redis is full');
+});

@@ -296,7 +296,7 @@ async function settledConnected(daemon: TierDaemon): Promise<void> {
   }, 'the daemon is connected, with nothing waiting');
 }
 
-test("a write-through given up drops the local copy: the daemon then reads the item through Redis, not its refused value", async () => {
+test("a write-through given up keeps the local copy: the daemon goes on serving its own acknowledged value, logged and counted, which other machines do not see", async () => {
   const { proxy, a, b } = await setupReader();
   await b.cache.withScope('mine').set('item', 'by B before the cut');
   expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
@@ -305,8 +305,11 @@ test("a write-through given up drops the local copy: the daemon then reads the i
   expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by A during the cut');
   proxy.restore();
   await settledConnected(a);
-  // Before the fix, A went on serving the value Redis refused, which no other machine has.
-  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by B before the cut');
+  // Before the fix, the given-up write-through deleted A's acknowledged value, its only copy.
+  expect(await valueOf(a.cache.withScope('mine'), 'item')).toBe('by A during the cut');
+  expect(await valueOf(b.cache.withScope('mine'), 'item')).toBe('by B before the cut');
+  expect((await a.tierStatus()).refused).toBeGreaterThan(0);
+  expect(a.log.join('\n')).toContain('is not written through, it failed again');
 });
 
 test("a whole scope's write-through that Redis refuses (its clear, then each item) is given up: nothing waits, and the tier is connected", async () => {
@@ -319,7 +322,9 @@ test("a whole scope's write-through that Redis refuses (its clear, then each ite
   proxy.restore();
   // Before the fix, the refused clear of `many` was tried again every second: A stayed catching-up, 1 change waiting.
   await settledConnected(a);
-  expect(await valueOf(a.cache.withScope('many'), 'a0')).toBeUndefined();
+  // Given up: A keeps its own writes, which B does not see.
+  expect(await valueOf(a.cache.withScope('many'), 'a0')).toBe('a0 by A during the cut');
+  expect(await valueOf(b.cache.withScope('many'), 'a0')).toBeUndefined();
   expect(await valueOf(a.cache.withScope('many'), 'b0')).toBe('by B before the cut');
 });
 
