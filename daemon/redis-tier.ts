@@ -6,7 +6,7 @@ import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { PendingChanges, type PendingTop } from './pending-changes.js';
-import { NodeDown, type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
+import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
 import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, TIER_SCRIPTS, WRITE_SCRIPT } from './tier-scripts.js';
@@ -218,7 +218,6 @@ export class RedisTier implements SharedTier<EncodedValue> {
       onReleased: (key) => this.#wake(key),
       replay: (top) => (top === undefined ? this.#replayAll() : this.#replayTop(top)),
       isPending: (top, key) => this.#pending.holds(top, key),
-      waits: (top) => this.#waitsFor(top),
     });
     // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
     // than at the end of the holder's lease.
@@ -637,13 +636,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (this.#pending.size === 0) return Promise.resolve();
     return this.#inTurn(async () => {
       await this.#replayRootClear();
-      // A scope whose changes Redis did not take (its Cluster node down) waits; the others' are written through.
+      // A scope whose changes could not be written through (its Cluster node down, its local store failing) waits;
+      // the others' are written through.
       let failure: unknown;
       for (const top of this.#pending.tops()) {
         try {
           await this.#replayOf(top);
         } catch (error) {
-          if (!(error instanceof NodeDown)) throw error;
           failure ??= error;
         }
       }
@@ -739,6 +738,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
         await this.#keep(true);
       }
       for (const prefix of [...pending.clears]) {
+        // A clear of a scope holding it that Redis took meanwhile forgot it (settled): nothing to send.
+        if (!pending.clears.has(prefix)) continue;
         try {
           await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
         } catch (error) {
@@ -762,8 +763,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
         for (const { scope, id } of held) pending.keys.add(itemKey(scope, id));
       }
       for (const key of [...pending.keys]) {
-        const { scope, id } = parseItemKey(key);
         try {
+          const { scope, id } = parseItemKey(key);
           // An item whose lock is held (a getset computing it) waits for a later pass; the others go on. A write of the
           // item that Redis took since forgot it: nothing to send.
           if (!(await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
@@ -789,13 +790,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Whether a write-through that failed is given up rather than tried again (logged; the local copy is kept): Redis
-   * answered it with an error (an ACL's refusal, a script's error), or the local store found the data damaged (`CACHE_CORRUPT`): trying
+   * answered it with an error (an ACL's refusal, a script's error), the local store found the data damaged
+   * (`CACHE_CORRUPT`), or it is a `TypeError` (a mistake, such as a key that is no item key): trying
    * again would fail the same way, and hold up catching up on the change logs meanwhile. A timeout, a reply that may
    * pass later (`OOM`, `MISCONF`, `MOVED`, ...) and any other local failure are tried again.
    */
   #givesUp(error: unknown, key: string): boolean {
     if (this.#closed) return false;
-    if (error instanceof TierUnavailable ? !error.answered : !isCacheError(error, 'CACHE_CORRUPT')) return false;
+    // A TypeError is a mistake (a key that is no item key) that trying again would make again.
+    const forGood = error instanceof TierUnavailable ? error.answered : isCacheError(error, 'CACHE_CORRUPT') || error instanceof TypeError;
+    if (!forGood) return false;
     // One line a minute at most: an ACL that refuses one write refuses them all.
     this.#givenUp++;
     const nowMs = performance.now();

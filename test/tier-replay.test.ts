@@ -278,14 +278,16 @@ test("a write Redis took after an earlier failed write of the same item forgets 
   await converged((id) => valueOf(onB, id), expected, "B serves its own write");
 });
 
-/** Two daemons on one Redis, A through a proxy as a user who may only read: its write-throughs are refused. */
+/**
+ * Two daemons on one Redis, A through a proxy as a user who may only read: its write-throughs are refused. B starts
+ * first and sets the tier's identity (A may not): else A, finding none, would drop every shared scope on reconnecting.
+ */
 async function setupReader(extra: string[] = []) {
   const server = await startRedisServer({ users: [{ name: 'reader', password: 'reader secret', rules: readOnlyRules() }] });
   const proxy = await startTcpProxy({ port: server.port });
-  const [a, b] = await Promise.all([
-    startTierDaemon({ tier: proxy.url, username: 'reader', password: 'reader secret', ...CUT_SIDE, extra }),
-    startTierDaemon({ tier: server.url, ...HEALTHY_TIER }),
-  ]);
+  const b = await startTierDaemon({ tier: server.url, ...HEALTHY_TIER });
+  await eventually(async () => (await b.tierStatus()).state === 'connected', 'B is connected');
+  const a = await startTierDaemon({ tier: proxy.url, username: 'reader', password: 'reader secret', ...CUT_SIDE, extra });
   return { server, proxy, a, b };
 }
 
