@@ -79,6 +79,10 @@ interface TierSetup {
   pendingFile?: unknown;
   /** The sink's `replayScope` (none: nothing to write through). */
   replayScope?: TierSink<EncodedRecord['value']>['replayScope'];
+  /** The top-level scopes whose local store fails every write-through (an I/O error). */
+  failingTops?: readonly string[];
+  /** Local records the sink holds from the start, by item key. */
+  local?: ReadonlyMap<string, EncodedRecord>;
 }
 
 /** A tier as one machine's daemon would make it, attached and closed when the test ends. */
@@ -105,6 +109,15 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   });
   const sink = recordingSink();
   if (setup.replayScope !== undefined) sink.replayScope = setup.replayScope;
+  for (const [key, found] of setup.local ?? []) sink.local.set(key, found);
+  const failingTops = setup.failingTops;
+  if (failingTops !== undefined) {
+    const replay = sink.replay;
+    sink.replay = async (scope, id, send) => {
+      if (failingTops.includes(scope.path[0] ?? '')) throw new Error(`EIO: i/o error, read (${scope.prefix}:${id})`);
+      return replay(scope, id, send);
+    };
+  }
   await tier.attach(sink);
   onTestFinished(() => tier.close());
   // On a busy machine the first connection may take longer than the timeout: attach() then leaves the tier degraded.
@@ -861,4 +874,25 @@ test('a write Redis answers OOM (it is full) waits, keeps its local copy, and is
   await until(() => a.tier.status().pendingChanges === 0, 'the write is written through', 15_000);
   expect(a.sink.replayed).toEqual([`${itemKey(pages, 'job')}:true`]);
   expect(text(await b.tier.read(pages, 'job'))).toBe('written while Redis is full');
+});
+
+test("one scope whose write-through keeps failing locally holds back only itself: the other scopes' changes are written through, and catching up goes on", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'ra';
+  const b = await makeTier({ url: own.url, prefix });
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    failingTops: ['broken'],
+    // A previous run left changes in two scopes, the failing one first.
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'broken', whole: false, clears: [], keys: ['broken/:x'] }, { top: 'pages', whole: false, clears: [], keys: [itemKey(pages, 'job')] }] },
+    local: new Map([[itemKey(pages, 'job'), record('by A before the restart')]]),
+  });
+  await until(() => a.tier.status().pendingChanges === 1, "the other scope's change is written through");
+  expect(text(await b.tier.read(pages, 'job'))).toBe('by A before the restart');
+  // Catching up on the change logs goes on past the failing write-through. Before the fix, it stopped there every
+  // time: the tier stayed `catching-up`.
+  await until(() => a.tier.status().state === 'connected', 'A is caught up on the change logs');
+  expect(a.tier.status().pendingChanges).toBe(1);
+  expect(a.log.join('\n')).toMatch(/EIO/);
 });
