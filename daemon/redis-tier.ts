@@ -751,7 +751,12 @@ export class RedisTier implements SharedTier<EncodedValue> {
       if (pending.whole) {
         let held: { scope: Scope; id: string }[] = [];
         try {
-          held = await sink.replayScope(topScope, (scope, id, record) => send(scope, id, record, 'plain'));
+          held = await sink.replayScope(topScope, (scope, id, record) => {
+            // Sent plain now: a waiting fence of the key (a lease's, older than the scope's clear) would have its
+            // write-through refused next, and the local copy dropped for nothing.
+            pending.fences.delete(itemKey(scope, id));
+            return send(scope, id, record, 'plain');
+          });
         } catch (error) {
           // The local store found damaged data (`send` resolves for what it gives up): given up, the copies kept.
           if (!this.#givesUp(error, topScope.prefix)) throw error;
@@ -760,7 +765,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
         pending.cleared = false;
         progressed = true;
         // Items whose lock was held wait as items: plainly, their scope's clear went first.
-        for (const { scope, id } of held) pending.keys.add(itemKey(scope, id));
+        for (const { scope, id } of held) {
+          pending.keys.add(itemKey(scope, id));
+          pending.fences.delete(itemKey(scope, id));
+        }
       }
       for (const key of [...pending.keys]) {
         try {

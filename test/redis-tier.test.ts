@@ -896,3 +896,28 @@ test("one scope whose write-through keeps failing locally holds back only itself
   expect(a.tier.status().pendingChanges).toBe(1);
   expect(a.log.join('\n')).toMatch(/EIO/);
 });
+
+test("a fenced key of a whole scope whose clear already went is sent once, plain, with the scope's items: not refused for its older fence, its local copy kept", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wf';
+  const job = itemKey(pages, 'job');
+  const sent: string[] = [];
+  // Fences granted since that lease: the scope's clear, other machines' writes.
+  await own.cli('INCRBY', new TierKeys(prefix).fenceCounter('pages'), '10');
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    // A previous run's whole scope: its clear went, then a getset's write (lease fence 1) failed and waits as a key.
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, cleared: true, clears: [], keys: [job], fences: { [job]: 1 } }] },
+    local: new Map([[job, record('computed by A')]]),
+    replayScope: async (scope, send) => {
+      sent.push(`${job}:${String(await send(scope, 'job', record('computed by A')))}`);
+      return [];
+    },
+  });
+  await until(() => a.tier.status().pendingChanges === 0, 'the scope is written through', 15_000);
+  expect(sent).toEqual([`${job}:true`]);
+  // Before the fix, the key was sent again fenced by 1, refused as older than the whole write: dropped, counted.
+  expect(a.sink.replayed.every((entry) => entry.endsWith(':true'))).toBe(true);
+  expect(a.tier.status().fencedWrites).toBe(0);
+});
