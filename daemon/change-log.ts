@@ -649,8 +649,9 @@ export class ChangeLog {
     const calls = [
       ...[...items.entries()].map(([key, { scope, id }]) => async () => {
         // Asked again under the item's lock: a local write that held it may have failed meanwhile, and now waits.
-        await this.#sink.invalidate(scope, id, { keepIf: () => this.#isPending(top, key) });
-        this.#invalidations++;
+        let kept = false;
+        await this.#sink.invalidate(scope, id, { keepIf: () => (kept = this.#isPending(top, key)) });
+        if (!kept) this.#invalidations++;
       }),
       ...[...scopes.values()].map((scope) => async () => {
         await this.#sink.drop(scope);

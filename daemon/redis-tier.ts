@@ -598,7 +598,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Writes the changes waiting to their file (or, when nothing `changed`, waits for the write under way), before the
-   * change that failed is acknowledged; a failure is logged.
+   * change that failed is acknowledged; a failure is logged, and the change acknowledged anyway (a restart loses it).
    */
   async #keep(changed: boolean): Promise<void> {
     this.#replayLater(REPLAY_RETRY_MS);

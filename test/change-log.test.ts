@@ -45,9 +45,10 @@ function recordingSink(localScopes: readonly string[] = []): RecordingSink {
     calls,
     held,
     local,
-    invalidate: async (scope: Scope, id: string) => {
+    invalidate: async (scope: Scope, id: string, options?: { keepIf?(): boolean }) => {
       calls.push(`invalidate ${itemKey(scope, id)}`);
       await held.get(itemKey(scope, id));
+      if (options?.keepIf?.()) calls.push(`kept ${itemKey(scope, id)}`);
     },
     drop: async (scope: Scope, options?: { keepIf?(scope: Scope, id: string): boolean }) => {
       const kept = local.filter((key) => key.startsWith(scope.prefix) && options?.keepIf?.(parseItemKey(key).scope, parseItemKey(key).id));
@@ -376,4 +377,23 @@ test('change log: a log trimmed during a cut drops the scope at once, all but th
   await other.logChange('pages', 's', 'pages/:r');
   await until(() => sink.calls.length === 2, 'the next change is applied');
   expect(sink.calls[1]).toBe('invalidate pages/:r');
+});
+
+test('change log: an invalidation whose item is kept under its lock (its own change came to wait meanwhile) is not counted', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  const other = await otherDaemon(redis);
+  const pending = new Set<string>();
+  const sink = recordingSink();
+  let unlock!: () => void;
+  sink.held.set('pages/:mine', new Promise<void>((resolve) => (unlock = resolve)));
+  const { changeLog } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'), { sink, isPending: (top, key) => top === 'pages' && pending.has(key) });
+  await followed(changeLog, 'pages');
+  await other.logChange('pages', 's', 'pages/:mine');
+  await until(() => sink.calls.includes('invalidate pages/:mine'), 'the invalidation waits for the item');
+  // A local write held the item, and its Redis write failed: it now waits to be written through.
+  pending.add('pages/:mine');
+  unlock();
+  await until(() => sink.calls.includes('kept pages/:mine'), 'the copy is kept');
+  // Before the fix, counted as an invalidation.
+  expect(changeLog.figures()).toEqual({ invalidations: 0, droppedScopes: 0 });
 });
