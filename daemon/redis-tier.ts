@@ -749,14 +749,19 @@ export class RedisTier implements SharedTier<EncodedValue> {
         progressed = true;
       }
       if (pending.whole) {
-        let held: { scope: Scope; id: string }[] = [];
         try {
-          held = await sink.replayScope(topScope, (scope, id, record) => {
+          // Items whose lock is held wait as keys at once (plainly: their scope's clear went first), so that a write
+          // of one that Redis takes during the pass forgets it (forgetKey), and nothing undoes that write.
+          const waitAsKey = (scope: Scope, id: string) => {
+            pending.keys.add(itemKey(scope, id));
+            pending.fences.delete(itemKey(scope, id));
+          };
+          await sink.replayScope(topScope, (scope, id, record) => {
             // Sent plain now: a waiting fence of the key (a lease's, older than the scope's clear) would have its
             // write-through refused next, and the local copy dropped for nothing.
             pending.fences.delete(itemKey(scope, id));
             return send(scope, id, record, 'plain');
-          });
+          }, waitAsKey);
         } catch (error) {
           // The local store found damaged data (`send` resolves for what it gives up): given up, the copies kept.
           if (!this.#givesUp(error, topScope.prefix)) throw error;
@@ -764,11 +769,6 @@ export class RedisTier implements SharedTier<EncodedValue> {
         pending.whole = false;
         pending.cleared = false;
         progressed = true;
-        // Items whose lock was held wait as items: plainly, their scope's clear went first.
-        for (const { scope, id } of held) {
-          pending.keys.add(itemKey(scope, id));
-          pending.fences.delete(itemKey(scope, id));
-        }
       }
       for (const key of [...pending.keys]) {
         try {

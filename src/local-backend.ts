@@ -172,7 +172,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       drop: (scope, options) => (options?.keepIf === undefined ? this.#drop(scope) : this.#dropExcept(scope, options.keepIf)),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
       replay: (scope, id, send) => this.#replay(scope, id, send),
-      replayScope: (scope, send) => this.#replayScope(scope, send),
+      replayScope: (scope, send, onHeld) => this.#replayScope(scope, send, onHeld),
     };
     await this.#tier.attach(sink);
   }
@@ -762,6 +762,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async #replayScope(
     scope: Scope,
     send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>,
+    onHeld?: (scope: Scope, id: string) => void,
   ): Promise<{ scope: Scope; id: string }[]> {
     const held: { scope: Scope; id: string }[] = [];
     const scopes = [scope];
@@ -771,7 +772,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       do {
         const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
         for (const item of page.items) {
-          if (!(await this.#replay(current, item.id, (record) => send(current, item.id, record)))) held.push({ scope: current, id: item.id });
+          if (!(await this.#replay(current, item.id, (record) => send(current, item.id, record)))) {
+            held.push({ scope: current, id: item.id });
+            onHeld?.(current, item.id);
+          }
         }
         if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
         cursor = page.cursor ?? undefined;

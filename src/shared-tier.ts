@@ -59,9 +59,14 @@ export interface TierSink<V = unknown> {
   replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<boolean>;
   /**
    * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
-   * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once.
+   * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once, each
+   * also told to `onHeld` as soon as found.
    */
-  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<{ scope: Scope; id: string }[]>;
+  replayScope(
+    scope: Scope,
+    send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>,
+    onHeld?: (scope: Scope, id: string) => void,
+  ): Promise<{ scope: Scope; id: string }[]>;
 }
 
 /** The tier's figures for `hoard status`. */

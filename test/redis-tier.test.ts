@@ -921,3 +921,32 @@ test("a fenced key of a whole scope whose clear already went is sent once, plain
   expect(a.sink.replayed.every((entry) => entry.endsWith(':true'))).toBe(true);
   expect(a.tier.status().fencedWrites).toBe(0);
 });
+
+test("a held item of a whole scope waits as a key at once: a write of it that Redis takes during the scope's write-through forgets it, and nothing undoes that write", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wh';
+  const job = itemKey(pages, 'job');
+  const b = await makeTier({ url: own.url, prefix });
+  let tier: RedisTier | undefined;
+  let passes = 0;
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, cleared: true, clears: [], keys: [] }] },
+    local: new Map([[job, record('old by A')]]),
+    replayScope: async (_scope, _send, onHeld) => {
+      // The item's lock is held (a getset): the pass goes on, and the getset's write reaches Redis meanwhile.
+      onHeld?.(pages, 'job');
+      if (++passes === 1) {
+        await until(() => tier !== undefined, 'the tier is made');
+        await tier!.write(pages, 'job', record('newer by A'), { sizeBytes: 10 });
+      }
+      return [{ scope: pages, id: 'job' }];
+    },
+  });
+  tier = a.tier;
+  await until(() => a.tier.status().pendingChanges === 0, 'nothing waits', 15_000);
+  // Before the fix, the held item was added as a key after the pass: written through with the older local record.
+  expect(a.sink.replayed).toEqual([]);
+  expect(text(await b.tier.read(pages, 'job'))).toBe('newer by A');
+});
