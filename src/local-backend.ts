@@ -765,23 +765,31 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     onHeld?: (scope: Scope, id: string) => void,
   ): Promise<{ scope: Scope; id: string }[]> {
     const held: { scope: Scope; id: string }[] = [];
+    await this.#eachItem(scope, async (current, id) => {
+      if (!(await this.#replay(current, id, (record) => send(current, id, record)))) {
+        held.push({ scope: current, id });
+        onHeld?.(current, id);
+      }
+    });
+    return held;
+  }
+
+  /**
+   * Visits every local item of the scope and its nested scopes (the root scope: its own items only, each top-level
+   * scope being the tier's to ask for), page by page, one item at a time.
+   */
+  async #eachItem(scope: Scope, visit: (scope: Scope, id: string) => Promise<void>): Promise<void> {
     const scopes = [scope];
     for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
       const current = next;
       let cursor: string | undefined;
       do {
         const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
-        for (const item of page.items) {
-          if (!(await this.#replay(current, item.id, (record) => send(current, item.id, record)))) {
-            held.push({ scope: current, id: item.id });
-            onHeld?.(current, item.id);
-          }
-        }
+        for (const { id } of page.items) await visit(current, id);
         if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
         cursor = page.cursor ?? undefined;
       } while (cursor !== undefined);
     }
-    return held;
   }
 
   /**
@@ -793,28 +801,18 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    */
   async #dropExcept(scope: Scope, keepIf: (scope: Scope, id: string) => boolean): Promise<void> {
     const waiting: Promise<void>[] = [];
-    const scopes = [scope];
-    for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
-      const current = next;
-      let cursor: string | undefined;
-      do {
-        const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
-        for (const { id } of page.items) {
-          const lease = this.#locks.tryAcquire(itemKey(current, id), 'exclusive', { owner: TIER_OWNER });
-          if (lease === null) {
-            if (!keepIf(current, id)) waiting.push(this.#invalidate(current, id, () => keepIf(current, id)));
-            continue;
-          }
-          try {
-            if (!keepIf(current, id)) await this.#io(() => this.#store.delete(current, id));
-          } finally {
-            lease.release();
-          }
-        }
-        if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
-        cursor = page.cursor ?? undefined;
-      } while (cursor !== undefined);
-    }
+    await this.#eachItem(scope, async (current, id) => {
+      const lease = this.#locks.tryAcquire(itemKey(current, id), 'exclusive', { owner: TIER_OWNER });
+      if (lease === null) {
+        if (!keepIf(current, id)) waiting.push(this.#invalidate(current, id, () => keepIf(current, id)));
+        return;
+      }
+      try {
+        if (!keepIf(current, id)) await this.#io(() => this.#store.delete(current, id));
+      } finally {
+        lease.release();
+      }
+    });
     await Promise.all(waiting);
   }
 
