@@ -74,18 +74,31 @@ function notHeld(): CacheError {
   return new CacheError('CACHE_LOCK_NOT_HELD', "This item's handle was released: its path is no longer valid.");
 }
 
+function lostHandle(): CacheError {
+  return new CacheError('CACHE_LOCK_NOT_HELD', "The connection that held this item's handle was lost: its path is no longer valid.");
+}
+
 /**
- * The paths that one handle's items gave (`item.path()`): valid until the handle is released, when the files written
- * for them are removed.
+ * The paths that one handle's items gave (`item.path()`): valid until the handle is released, or `lost()` says that
+ * its connection was lost (the daemon may then remove its files at any moment); the files written for them are
+ * removed at release.
  */
 export class HandleFiles {
   #released = false;
   readonly #made = new Set<string>();
   /** The owner's handles that have files, which it releases when it closes. */
   readonly #live: Set<HandleFiles> | undefined;
+  readonly #lost: (() => boolean) | undefined;
 
-  constructor(live?: Set<HandleFiles>) {
+  constructor(live?: Set<HandleFiles>, options: { lost?: () => boolean } = {}) {
     this.#live = live;
+    this.#lost = options.lost;
+  }
+
+  /** Why the paths are no longer valid, or `undefined` while they are. */
+  #ended(): CacheError | undefined {
+    if (this.#released) return notHeld();
+    return this.#lost?.() ? lostHandle() : undefined;
   }
 
   /**
@@ -95,14 +108,16 @@ export class HandleFiles {
   itemPath(source: () => string | Uint8Array): () => Promise<string> {
     let path: Promise<string> | undefined;
     return () => {
-      if (this.#released) return Promise.reject(notHeld());
+      const ended = this.#ended();
+      if (ended) return Promise.reject(ended);
       path ??= (async () => {
         const given = source();
         if (typeof given === 'string') return given;
         const written = await writePrivateFile(given);
-        if (this.#released) {
+        const endedMeanwhile = this.#ended();
+        if (endedMeanwhile) {
           await removePrivateFile(written);
-          throw notHeld();
+          throw endedMeanwhile;
         }
         this.#made.add(written);
         this.#live?.add(this);

@@ -135,6 +135,26 @@ describe('values read by reference', () => {
     expect((await got.item!.value()).every((byte) => byte === 2)).toBe(true);
   });
 
+  test('item.path() after the connection is lost rejects CACHE_LOCK_NOT_HELD, as the setter does', async () => {
+    const { socketPath, daemon } = await startTestDaemon();
+    const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    await cache.set('large', new Uint8Array(100_000).fill(1));
+    await cache.set('small', new Uint8Array(10).fill(2));
+    const gs = await cache.getset('large');
+    const got = await cache.get('small');
+    // The daemon's own file, and a private file written for a value that came inline.
+    const paths = [await gs.item!.path(), await got.item!.path()];
+    await gs.set(new Uint8Array(100_000).fill(3));
+    await daemon.close();
+    await eventually(() => gs.item!.path().then(() => false, () => true), 'path() rejects once the connection is lost', 5_000);
+    await expectCode(gs.item!.path(), 'CACHE_LOCK_NOT_HELD');
+    await expectCode(got.item!.path(), 'CACHE_LOCK_NOT_HELD');
+    await expectCode(gs.set(new Uint8Array(1)), 'CACHE_LOCK_NOT_HELD');
+    await gs.release();
+    await got.release();
+    for (const path of paths) expect(await exists(path)).toBe(false);
+  });
+
   test('a value file cut short, or replaced by a symbolic link, is CACHE_CORRUPT', async () => {
     const { socketPath, dataDir } = await startTestDaemon();
     const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
