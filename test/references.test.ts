@@ -1,5 +1,6 @@
+import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { copyFile, readdir, stat, symlink, truncate, unlink } from 'node:fs/promises';
+import { chown, copyFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
@@ -8,6 +9,7 @@ import { eventually, expectCode } from './conformance/support.js';
 import { startTestDaemon } from './support/daemon.js';
 import { frame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
+import { PROJECT_ROOT } from './support/child.js';
 
 async function open<T>(socketPath: string, options: { codec?: CodecName; references?: boolean; transport?: 'json' | 'binary' } = {}): Promise<RemoteCache<T>> {
   const cache = await connect<T>({ socketPath, autoStart: false, ...options });
@@ -153,6 +155,43 @@ describe('values read by reference', () => {
     await gs.release();
     await got.release();
     for (const path of paths) expect(await exists(path)).toBe(false);
+  });
+
+  test('a FIFO at the probe or at a value file, or a value file of another user, never blocks the client', async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const probe = join(dataDir, 'reference-probe');
+    const token = readFileSync(probe, 'utf8');
+    await unlink(probe);
+    execFileSync('mkfifo', ['-m', '600', probe]);
+    // In a child process: a blocking open would freeze its event loop for good, so it is killed after a bound.
+    const client = (step: string): Promise<string> =>
+      new Promise((resolve) => {
+        const source = `import { connect } from './dist/client/index.js';
+          const [socketPath, step] = process.argv.slice(-2);
+          const cache = await connect({ socketPath, autoStart: false, codec: 'binary' });
+          try {
+            if (step === 'set') { await cache.set('fifo', new Uint8Array(100_000).fill(1)); await cache.set('owned', new Uint8Array(100_000).fill(2)); }
+            const read = async (id) => { try { const got = await cache.get(id); await got.release(); return got.item === null ? 'miss' : (await got.item.value()).length; } catch (error) { return error.code; } };
+            console.log(JSON.stringify([await read('fifo'), await read('owned'), (await cache.status()).referenceReads]));
+          } finally { await cache.close(); }`;
+        execFile(process.execPath, ['--input-type=module', '-e', source, '--', socketPath, step], { cwd: PROJECT_ROOT, timeout: 15_000 }, (error, stdout, stderr) =>
+          resolve(error ? `failed (${error.signal ?? error.code}): ${stderr}` : stdout.trim()),
+        );
+      });
+    // The probe is a FIFO: the connection carries bytes.
+    expect(await client('set')).toBe('[100000,100000,0]');
+    await unlink(probe);
+    await writeFile(probe, token, { mode: 0o600 });
+    const [fifo, owned] = await Promise.all(['fifo', 'owned'].map(async (id) => {
+      // Each value's file, by its content.
+      for (const name of await valueFiles(dataDir)) if (readFileSync(join(dataDir, 'blobs', name))[0] === (id === 'fifo' ? 1 : 2)) return join(dataDir, 'blobs', name);
+      throw new Error(`no file for ${id}`);
+    }));
+    await unlink(fifo!);
+    execFileSync('mkfifo', ['-m', '600', fifo!]);
+    await chown(owned!, 65534, 65534);
+    // Both answered by reference (counted), both refused by the client.
+    expect(await client('read')).toBe('["CACHE_CORRUPT","CACHE_CORRUPT",2]');
   });
 
   test('a value file cut short, or replaced by a symbolic link, is CACHE_CORRUPT', async () => {
