@@ -169,7 +169,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const handle = result.handle;
       const build = (record: EncodedRecord | null): GetHandle<T> => {
         const releaseAtDaemon = this.#releaser(connection, handle);
-        const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost });
+        const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
         const release = async (): Promise<void> => {
           const removed = files.release();
           await releaseAtDaemon();
@@ -221,7 +221,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
-    const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost });
+    const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;

@@ -101,13 +101,13 @@ function notHeld(): CacheError {
 }
 
 function lostHandle(): CacheError {
-  return new CacheError('CACHE_LOCK_NOT_HELD', "The connection that held this item's handle was lost: its path is no longer valid.");
+  return new CacheError('CACHE_LOCK_NOT_HELD', "The connection that held this item's handle was lost, or its cache closed: its path is no longer valid.");
 }
 
 /**
  * The paths that one handle's items gave (`item.path()`): valid until the handle is released, or `lost()` says that
- * its connection was lost (the daemon may then remove its files at any moment); the files written for them are
- * removed at release.
+ * its connection was lost or its owner closed (the files may then go at any moment); the files written for them are
+ * removed at release, and a file whose write ends after that is removed at once.
  */
 export class HandleFiles {
   #released = false;

@@ -195,3 +195,20 @@ test("a process removes only its own PID namespace's private directories of proc
   const left = Object.fromEntries(await Promise.all(Object.entries(dirs).map(async ([what, name]) => [what, await exists(join(tmpdir(), name))])));
   expect(left).toEqual({ otherNamespace: true, live: true, reused: false, dead: false });
 });
+
+test('a private file whose write ends after the cache closed is removed, and its path() rejects', async () => {
+  const dir = await tempDir();
+  const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+  await cache.set('small', new Uint8Array([1, 2, 3]));
+  const got = await cache.get('small');
+  // The write of the private file is under way while close runs.
+  const path = got.item!.path().then(
+    (given) => given,
+    (error: unknown) => error,
+  );
+  await cache.close();
+  const given = await path;
+  if (typeof given === 'string') expect(await exists(given)).toBe(false);
+  else expect(given).toMatchObject({ code: 'CACHE_LOCK_NOT_HELD' });
+  await expect(got.item!.path()).rejects.toMatchObject({ code: 'CACHE_LOCK_NOT_HELD' });
+});
