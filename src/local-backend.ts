@@ -243,7 +243,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
     const held = state === 'fresh' && record!.file ? this.#pinned(removing, record!) : removing;
-    const files = new HandleFiles(this.#handleFiles);
+    const files = new HandleFiles(this.#handleFiles, { lost: () => this.#closed });
     const item = state === 'fresh' ? this.#item(record!, files) : null;
     const release = async (): Promise<void> => {
       const removed = files.release();
@@ -292,7 +292,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (found.kept) expiredLocally = false;
       }
     }
-    const files = new HandleFiles(this.#handleFiles);
+    const files = new HandleFiles(this.#handleFiles, { lost: () => this.#closed });
     const item = state === 'fresh' ? this.#item(record!, files) : null;
     const stale = state === 'stale' ? this.#item(record!, files) : null;
     // The file of the value handed out stays until release, even when the handle's own set replaces it.
