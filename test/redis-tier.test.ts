@@ -670,7 +670,9 @@ test('acquires that time out while the tier stays up are released one pass at a 
   expect(releases).toBeGreaterThanOrEqual(1);
   // One for each at best; a pass per orphan over all of them was 1 + 2 + ... + 10 = 55.
   expect(releases).toBeLessThanOrEqual(2 * ids.length);
-  expect(a.tier.status().state).toBe('connected');
+  // The paused Redis may have sent the change log into a catch-up pass meanwhile (a read of it timed out too): the
+  // tier ends connected once it is done (CI saw 'catching-up' at this point once, on a busy machine).
+  await until(() => a.tier.status().state === 'connected', 'the tier is connected');
   process.stderr.write(`${ids.length} acquires timed out while Redis paused 1.6 s (timeout 1 s): ${releases} RELEASE scripts ran\n`);
 });
 
