@@ -80,9 +80,15 @@ export class RemoteBackend<T> implements CacheBackend<T> {
 
   /**
    * The records of a handle's items, reading those answered by reference from their files now, while the handle holds
-   * them (after release a file may be gone); a failed read releases the handle.
+   * them (after release a file may be gone); a failed read releases the handle, except that with `corruptIsMiss`
+   * (getset) a damaged or missing file is a miss, as it is for a value the daemon reads itself.
    */
-  #records(connection: Channel, handle: number, items: readonly (WireItem | null)[]): (EncodedRecord | null)[] | Promise<(EncodedRecord | null)[]> {
+  #records(
+    connection: Channel,
+    handle: number,
+    items: readonly (WireItem | null)[],
+    options: { corruptIsMiss: boolean },
+  ): (EncodedRecord | null)[] | Promise<(EncodedRecord | null)[]> {
     if (!items.some((item) => item !== null && isFileItem(item))) return items as (EncodedRecord | null)[];
     const release = (error: unknown): never => {
       connection.notify(Release, { handle });
@@ -90,12 +96,21 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     };
     try {
       const directory = referenceDirectoryOf(connection);
-      const read: (EncodedRecord | null | Promise<EncodedRecord>)[] = items.map((item) => {
+      const miss = (error: unknown): null => {
+        if (options.corruptIsMiss && error instanceof CacheError && error.code === 'CACHE_CORRUPT') return null;
+        throw error;
+      };
+      const read: (EncodedRecord | null | Promise<EncodedRecord | null>)[] = items.map((item) => {
         if (item === null || !isFileItem(item)) return item;
         if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
-        const read = readFileItem(directory, item);
+        let read;
+        try {
+          read = readFileItem(directory, item);
+        } catch (error) {
+          return miss(error);
+        }
         const path = join(directory, item.file);
-        if (read instanceof Promise) return read.then((record) => (filePaths.set(record, path), record));
+        if (read instanceof Promise) return read.then((record) => (filePaths.set(record, path), record), miss);
         filePaths.set(read, path);
         return read;
       });
@@ -154,7 +169,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const handle = result.handle;
       const build = (record: EncodedRecord | null): GetHandle<T> => {
         const releaseAtDaemon = this.#releaser(connection, handle);
-        const files = new HandleFiles(this.#handleFiles);
+        const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
         const release = async (): Promise<void> => {
           const removed = files.release();
           await releaseAtDaemon();
@@ -165,7 +180,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const record = result.item;
       if (record === null || !isFileItem(record)) return build(record);
       // A value in a file is read here, while the handle holds the lock.
-      const records = this.#records(connection, handle, [record]);
+      const records = this.#records(connection, handle, [record], { corruptIsMiss: false });
       return records instanceof Promise ? records.then((read) => build(read[0]!)) : build(records[0]!);
     });
   }
@@ -188,7 +203,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     );
     if (result.handle === null) return MISSED_GETSET;
     const handle = result.handle;
-    const read = this.#records(connection, handle, [result.item, result.stale]);
+    const read = this.#records(connection, handle, [result.item, result.stale], { corruptIsMiss: true });
     const [itemRecord, staleRecord] = read instanceof Promise ? await read : read;
     const releaseAtDaemon = this.#releaser(connection, handle);
     let released = false;
@@ -206,7 +221,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
-    const files = new HandleFiles(this.#handleFiles);
+    const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;

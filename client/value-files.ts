@@ -9,7 +9,14 @@ import { FILE_ITEM_NAME, type FileItem } from '../src/wire/protocol.js';
 export const SYNC_READ_MAX_BYTES = 1024 * 1024;
 /** The most bytes of the probe file that are read: its token is far shorter. */
 const PROBE_MAX_BYTES = 256;
-const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW;
+/** Without following a link, and without blocking: a FIFO put where a file was would otherwise hang the open. */
+const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** Whether a file opened is this process's user's: the daemon that wrote it runs as the same user. */
+function ownedHere(info: { uid: number }): boolean {
+  const uid = process.getuid?.();
+  return uid === undefined || info.uid === uid;
+}
 
 function corrupt(path: string, why: string, cause?: unknown): CacheError {
   return new CacheError(
@@ -34,8 +41,9 @@ function openError(path: string, error: unknown): CacheError {
   return new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
 }
 
-function checkOpened(path: string, info: { isFile(): boolean; size: number }, size: number): void {
+function checkOpened(path: string, info: { isFile(): boolean; size: number; uid: number }, size: number): void {
   if (!info.isFile()) throw corrupt(path, 'is not a regular file');
+  if (!ownedHere(info)) throw corrupt(path, `belongs to another user (uid ${info.uid})`);
   if (info.size !== size) throw corrupt(path, `has ${info.size} bytes where its record says ${size}`);
 }
 
@@ -46,7 +54,8 @@ function record(item: FileItem, bytes: Buffer): EncodedRecord {
 
 /**
  * Reads the value a file item names, in `directory` (the handshake's `blobDirectory`), as the record it stands for:
- * without following a symbolic link, checking that it is a regular file of the item's size. Synchronously (no promise)
+ * without following a symbolic link or blocking (a FIFO), checking that it is a regular file of this user's of the
+ * item's size. Synchronously (no promise)
  * up to {@link SYNC_READ_MAX_BYTES}. Call it while the handle is held: after release the file may be gone.
  * @throws CacheError `CACHE_CORRUPT` when the file is missing, not a regular file, or not of the item's size;
  * `CACHE_STORAGE` when it cannot be read.
@@ -102,8 +111,9 @@ async function readLater(path: string, item: FileItem): Promise<EncodedRecord> {
 }
 
 /**
- * What the daemon's probe file holds, read without following a link; `undefined` when it cannot be read (another
- * mount namespace, another machine's path): the connection then carries values' bytes.
+ * What the daemon's probe file holds, read without following a link or blocking; `undefined` when it cannot be read
+ * (another mount namespace, another machine's path) or is not a regular file of this user's: the connection then
+ * carries values' bytes.
  */
 export function readProbe(path: string): string | undefined {
   let fd: number;
@@ -113,7 +123,8 @@ export function readProbe(path: string): string | undefined {
     return undefined;
   }
   try {
-    if (!fstatSync(fd).isFile()) return undefined;
+    const info = fstatSync(fd);
+    if (!info.isFile() || !ownedHere(info)) return undefined;
     const bytes = Buffer.alloc(PROBE_MAX_BYTES);
     const n = readSync(fd, bytes, 0, PROBE_MAX_BYTES, 0);
     return bytes.toString('utf8', 0, n).trim();

@@ -62,12 +62,6 @@ export interface ChangeLogOptions {
    * applied locally (the write-through comes later in Redis, and wins there). Default: none waits.
    */
   isPending?(top: string, key: string): boolean;
-  /**
-   * Whether changes of the top-level scope still wait after its write-through (an item whose lock was held is left
-   * for a later pass): the scope is then not dropped whole (its position lost, or its local data unsure) until they
-   * are written through, since dropping them would write them through as deletes. Default: none waits.
-   */
-  waits?(top: string): boolean;
 }
 
 /** A read through the tier, watched for changes to its item until it ends. */
@@ -132,13 +126,6 @@ interface PositionsFile {
 
 const NOT_COPYABLE: WatchedRead = Object.freeze({ copyable: () => false, end: () => {} });
 
-/** A pass that would drop its scope while some of the scope's changes still wait to be written through: tried again. */
-class ChangesWait extends Error {
-  constructor(top: string, reason: string) {
-    super(`scope ${JSON.stringify(top)} is not dropped locally (${reason}) while changes of it wait to be written through; trying again`);
-  }
-}
-
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -190,8 +177,9 @@ function isNoPermission(error: unknown): boolean {
  * reads through the tier may still be kept locally.
  *
  * Positions persist in the positions file, so that a restart goes on where the last run stopped; a top-level scope
- * with local data but no position kept for it is dropped before serving (or, while its own changes wait to be written
- * through, once they are). Never rejects for Redis being down: a failed
+ * with local data but no position kept for it is dropped before serving. A scope dropped keeps the items whose own
+ * change waits to be written through (asked under each item's lock): written through later, they win in Redis.
+ * Never rejects for Redis being down: a failed
  * catch-up is tried again every {@link CATCH_UP_RETRY_MS} while the connection is up, logged once a minute.
  */
 export class ChangeLog {
@@ -206,7 +194,6 @@ export class ChangeLog {
   readonly #maxTrackedScopes: number;
   readonly #replay: (top: string | undefined) => Promise<void>;
   readonly #isPending: (top: string, key: string) => boolean;
-  readonly #waits: (top: string) => boolean;
   /** The followed top-level scopes, least recently used first. */
   readonly #tops = new Map<string, TopState>();
   readonly #reads = new Set<Read>();
@@ -245,7 +232,6 @@ export class ChangeLog {
     this.#maxTrackedScopes = options.maxTrackedScopes ?? MAX_TRACKED_SCOPES;
     this.#replay = options.replay ?? (async () => {});
     this.#isPending = options.isPending ?? (() => false);
-    this.#waits = options.waits ?? (() => false);
   }
 
   /** True until the change log is known to be followed (subscribed, every followed scope caught up since). */
@@ -258,9 +244,9 @@ export class ChangeLog {
   }
 
   /**
-   * Reads the positions file, drops every local top-level scope that is shared now but has no position in it (one
-   * whose own changes wait to be written through: once they are, and its position is known), and subscribes to the
-   * tier's channel (which catches up every followed scope once made).
+   * Reads the positions file, drops every local top-level scope that is shared now but has no position in it (all but
+   * the items whose own change waits to be written through), and subscribes to the tier's channel (which catches up
+   * every followed scope once made).
    * @throws what the sink's `drop` throws (the local store failing); never for Redis being down.
    */
   async start(): Promise<void> {
@@ -268,15 +254,8 @@ export class ChangeLog {
     this.#loaded = true;
     for (const top of [...this.#sink.localScopes()]) {
       if (this.#sharing(top) === 'local' || this.#tops.has(top)) continue;
-      if (this.#waits(top) && this.#tops.size < this.#maxTrackedScopes) {
-        // Its own changes wait to be written through (made on its first use, during a cut): dropping them now would
-        // write them through as deletes. Dropped once they are in Redis and its position is known, as any unsure scope.
-        const state = this.#newState(top, undefined);
-        state.unsure = true;
-        this.#tops.set(top, state);
-      } else {
-        await this.#dropTop(top, 'no change-log position was kept for it');
-      }
+      // Items whose own change waits (made on the scope's first use, during a cut) are kept: written through later.
+      await this.#dropTop(top, 'no change-log position was kept for it');
     }
     this.#setCatchingUp(true);
     try {
@@ -427,11 +406,10 @@ export class ChangeLog {
       const epoch = this.#epoch;
       let done = false;
       try {
-        // This daemon's own changes first: whatever catching up then drops locally, Redis has. Each scope's pass
-        // writes its own through first again, so a scope whose changes could not go (its Cluster node down) holds
-        // back only itself.
+        // This daemon's own changes first. Each scope's pass writes its own through first again, so a scope whose
+        // changes could not go (its Cluster node down, its local store failing) holds back only itself.
         await this.#replay(undefined).catch((error: unknown) => {
-          if (!(error instanceof NodeDown)) throw error;
+          if (!(error instanceof NodeDown)) this.#logLimited('replay', `tier: writing through the changes Redis did not take failed, trying again: ${messageOf(error)}`);
         });
         await this.#checkIdentity();
         const states = [...this.#tops.values()];
@@ -543,8 +521,7 @@ export class ChangeLog {
       if (state.position === undefined) state.unsure = true;
       state.failed = true;
       const scope = JSON.stringify(state.top);
-      if (error instanceof ChangesWait) this.#logLimited('changes wait', `tier: ${error.message}`);
-      else this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
+      this.#logLimited('catch-up', `tier: catching up on the change log of scope ${scope} failed, trying again: ${messageOf(error)}`);
       this.#retryLater();
       // A scope on a Cluster node marked down is not caught up, but is no reason to say the tier is catching up:
       // status names the node, and the scope is tried again until it answers.
@@ -569,11 +546,9 @@ export class ChangeLog {
     const info = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
     if (state.unsure) {
-      if (this.#waits(state.top)) throw new ChangesWait(state.top, 'its local data may be older than its change-log position');
-      this.#markStale(state.top, () => true);
-      await this.#dropTop(state.top, 'its local data may be older than its change-log position');
-      if (!this.#isCurrent(state, generation)) return;
       state.unsure = false;
+      this.#dropFrom(state, info?.lastId ?? '0-0', 'its local data may be older than its change-log position');
+      return;
     }
     this.#settle(state, info?.lastId ?? '0-0');
   }
@@ -616,13 +591,25 @@ export class ChangeLog {
 
   /** The scope's change log lost entries this daemon had not applied: drops the scope locally and goes on from the log's end. */
   async #lose(state: TopState, generation: number, reason: string): Promise<void> {
-    if (this.#waits(state.top)) throw new ChangesWait(state.top, reason);
     const info = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
+    this.#dropFrom(state, info?.lastId ?? '0-0', reason);
+  }
+
+  /**
+   * Drops the scope locally, all but the items whose own change waits (asked under each item's lock: written through
+   * later, they win in Redis), and goes on from `position` (the log's end, fetched before) at once: reads under way
+   * stop being copyable now, and the drop runs as the first page's local changes, so that the position kept moves to
+   * `position` only once it is done, while catching up goes on beside it.
+   */
+  #dropFrom(state: TopState, position: string, reason: string): void {
     this.#markStale(state.top, () => true);
-    await this.#dropTop(state.top, reason);
-    if (!this.#isCurrent(state, generation)) return;
-    this.#settle(state, info?.lastId ?? '0-0');
+    const applied = state.applied;
+    this.#settle(state, position);
+    state.applied = applied;
+    const batch: Batch = { lastId: position, done: false, abandoned: false };
+    state.batches.push(batch);
+    void this.#runBatch(state, batch, [() => this.#dropTop(state.top, reason)]);
   }
 
   /**
@@ -662,8 +649,9 @@ export class ChangeLog {
     const calls = [
       ...[...items.entries()].map(([key, { scope, id }]) => async () => {
         // Asked again under the item's lock: a local write that held it may have failed meanwhile, and now waits.
-        await this.#sink.invalidate(scope, id, { keepIf: () => this.#isPending(top, key) });
-        this.#invalidations++;
+        let kept = false;
+        await this.#sink.invalidate(scope, id, { keepIf: () => (kept = this.#isPending(top, key)) });
+        if (!kept) this.#invalidations++;
       }),
       ...[...scopes.values()].map((scope) => async () => {
         await this.#sink.drop(scope);
@@ -729,8 +717,9 @@ export class ChangeLog {
     for (const read of this.#reads) if (read.top === top && matches(read.key)) read.stale = true;
   }
 
+  /** Drops the scope locally, all but the items whose own change waits to be written through (asked under each item's lock). */
   async #dropTop(top: string, reason: string): Promise<void> {
-    await this.#sink.drop(scopeOfTop(top));
+    await this.#sink.drop(scopeOfTop(top), { keepIf: (scope, id) => this.#isPending(top, itemKey(scope, id)) });
     this.#droppedScopes++;
     this.#logLimited('drop', `tier: scope ${JSON.stringify(top)} was dropped locally: ${reason}`);
   }

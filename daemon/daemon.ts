@@ -17,7 +17,6 @@ import { heldError } from './data-directory-holder.js';
 import { type Link, listen, serveStreams } from './listen.js';
 import { oneLogLine } from './log-text.js';
 import { prepareSocketDirectory } from './prepare-socket-directory.js';
-import { RedisTier } from './redis-tier.js';
 import type { DaemonContext, Session } from './session.js';
 import type { TierOptions } from './tier-options.js';
 
@@ -262,7 +261,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     log(`values are sent as bytes only: cannot write the reference probe (${error instanceof Error ? error.message : String(error)})`);
     return undefined;
   });
-  const tier = options.tier && new RedisTier({ ...options.tier, dataDir: store.directory, log });
+  // Loaded only for a tier: the Redis client is most of the daemon's modules, and a daemon without a tier (the editor's,
+  // started on demand) would load them for nothing.
+  const tier = options.tier && new (await import('./redis-tier.js')).RedisTier({ ...options.tier, dataDir: store.directory, log });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keepBytes, { log, ...(tier && { tier }) });
   const startedAt = Date.now();
   /** Open connections, each with the way to end its streams. */

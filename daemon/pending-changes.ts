@@ -1,4 +1,6 @@
 import { open, readFile, rename } from 'node:fs/promises';
+import { itemKey, parseItemKey } from '../src/scope-path.js';
+import { topOf } from './tier-keys.js';
 
 /** The most item keys and cleared scopes remembered in all, by default: past it, the largest top-level scope goes `whole`. */
 export const MAX_PENDING_CHANGES = 10_000;
@@ -36,6 +38,21 @@ interface PendingFile {
    * Redis (both absent in files of 0.5.0's first builds).
    */
   tops: { top: string; whole: boolean; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
+}
+
+/** Whether `key` is an item key (as `itemKey` makes them) of the top-level scope `top`: a file's keys are checked so. */
+function isItemKeyIn(key: unknown, top: string): key is string {
+  if (typeof key !== 'string' || !key.includes(':')) return false;
+  const { scope, id } = parseItemKey(key);
+  return itemKey(scope, id) === key && topOf(scope) === top;
+}
+
+/** Whether `prefix` is `''` (the whole top-level scope) or the prefix of a scope in the top-level scope `top`. */
+function isPrefixIn(prefix: unknown, top: string): prefix is string {
+  if (prefix === '') return true;
+  if (typeof prefix !== 'string' || !prefix.endsWith('/')) return false;
+  const { scope } = parseItemKey(`${prefix}:`);
+  return scope.prefix === prefix && topOf(scope) === top;
 }
 
 function messageOf(error: unknown): string {
@@ -177,12 +194,26 @@ export class PendingChanges {
     );
   }
 
-  /** Forgets what waits under the scope of `prefix`: it was cleared, locally and in Redis. */
+  /**
+   * Forgets what waits under the scope of `prefix`, also in the write-through under way (it skips what is forgotten):
+   * it was cleared, locally and in Redis, and sending it later would undo other machines' writes made since.
+   */
   settled(top: string, prefix: string): void {
     const pending = this.#tops.get(top);
-    if (pending === undefined) return;
-    this.#forgetUnder(pending, prefix);
-    if (pending.clears.size + pending.keys.size === 0 && !pending.whole) this.#tops.delete(top);
+    if (pending !== undefined) {
+      this.#forgetUnder(pending, prefix);
+      if (pending.clears.size + pending.keys.size === 0 && !pending.whole) this.#tops.delete(top);
+    }
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    if (taken === undefined) return;
+    // Not counted in #count (take() took them out of it).
+    for (const clear of taken.clears) if (isUnder(clear, prefix)) taken.clears.delete(clear);
+    for (const key of taken.keys) {
+      if (isUnder(key, prefix)) {
+        taken.keys.delete(key);
+        taken.fences.delete(key);
+      }
+    }
   }
 
   /** Records a clear of the root scope: everything waiting is forgotten (the local store was cleared too). */
@@ -267,13 +298,13 @@ export class PendingChanges {
         this.#makeWhole(pending);
         pending.cleared = entry.cleared === true;
       }
-      for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (typeof clear === 'string') this.addClear(entry.top, clear);
+      for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (isPrefixIn(clear, entry.top)) this.addClear(entry.top, clear);
       const fences: unknown = entry.fences;
       const fenceOf = (key: string): number | undefined => {
         const fence = typeof fences === 'object' && fences !== null && Object.hasOwn(fences, key) ? (fences as Record<string, unknown>)[key] : undefined;
         return typeof fence === 'number' && Number.isSafeInteger(fence) && fence > 0 ? fence : undefined;
       };
-      for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (typeof key === 'string') this.addKey(entry.top, key, fenceOf(key));
+      for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (isItemKeyIn(key, entry.top)) this.addKey(entry.top, key, fenceOf(key));
     }
   }
 

@@ -6,7 +6,7 @@ import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { PendingChanges, type PendingTop } from './pending-changes.js';
-import { NodeDown, type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
+import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
 import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, TIER_SCRIPTS, WRITE_SCRIPT } from './tier-scripts.js';
@@ -218,7 +218,6 @@ export class RedisTier implements SharedTier<EncodedValue> {
       onReleased: (key) => this.#wake(key),
       replay: (top) => (top === undefined ? this.#replayAll() : this.#replayTop(top)),
       isPending: (top, key) => this.#pending.holds(top, key),
-      waits: (top) => this.#waitsFor(top),
     });
     // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
     // than at the end of the holder's lease.
@@ -599,7 +598,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /**
    * Writes the changes waiting to their file (or, when nothing `changed`, waits for the write under way), before the
-   * change that failed is acknowledged; a failure is logged.
+   * change that failed is acknowledged; a failure is logged, and the change acknowledged anyway (a restart loses it).
    */
   async #keep(changed: boolean): Promise<void> {
     this.#replayLater(REPLAY_RETRY_MS);
@@ -637,13 +636,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
     if (this.#pending.size === 0) return Promise.resolve();
     return this.#inTurn(async () => {
       await this.#replayRootClear();
-      // A scope whose changes Redis did not take (its Cluster node down) waits; the others' are written through.
+      // A scope whose changes could not be written through (its Cluster node down, its local store failing) waits;
+      // the others' are written through.
       let failure: unknown;
       for (const top of this.#pending.tops()) {
         try {
           await this.#replayOf(top);
         } catch (error) {
-          if (!(error instanceof NodeDown)) throw error;
           failure ??= error;
         }
       }
@@ -714,13 +713,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
     }
     this.#replayingNow = pending;
     // Resolves to false when the local copy is to be dropped (the sink does it, under the item's lock): Redis refused
-    // it for a newer write, or its write-through was given up, so that the local copy may differ from Redis's.
+    // it for a newer write. A write-through given up keeps the local copy: it is this daemon's acknowledged value.
     const send = async (scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: number | 'plain') => {
       try {
         return (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fencedBy)) === null;
       } catch (error) {
         if (!this.#givesUp(error, itemKey(scope, id))) throw error;
-        return false;
+        return true;
       }
     };
     const topScope = top === '' ? ROOT_SCOPE : scopeOf([top]);
@@ -739,6 +738,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
         await this.#keep(true);
       }
       for (const prefix of [...pending.clears]) {
+        // A clear of a scope holding it that Redis took meanwhile forgot it (settled): nothing to send.
+        if (!pending.clears.has(prefix)) continue;
         try {
           await this.#sendClear(top, prefix, prefix === '' || (top !== '' && prefix === scopeOf([top]).prefix));
         } catch (error) {
@@ -748,31 +749,36 @@ export class RedisTier implements SharedTier<EncodedValue> {
         progressed = true;
       }
       if (pending.whole) {
-        let held: { scope: Scope; id: string }[] = [];
         try {
-          held = await sink.replayScope(topScope, (scope, id, record) => send(scope, id, record, 'plain'));
+          // Items whose lock is held wait as keys at once (plainly: their scope's clear went first), so that a write
+          // of one that Redis takes during the pass forgets it (forgetKey), and nothing undoes that write.
+          const waitAsKey = (scope: Scope, id: string) => {
+            pending.keys.add(itemKey(scope, id));
+            pending.fences.delete(itemKey(scope, id));
+          };
+          await sink.replayScope(topScope, (scope, id, record) => {
+            // Sent plain now: a waiting fence of the key (a lease's, older than the scope's clear) would have its
+            // write-through refused next, and the local copy dropped for nothing.
+            pending.fences.delete(itemKey(scope, id));
+            return send(scope, id, record, 'plain');
+          }, waitAsKey);
         } catch (error) {
-          // The local store failed (`send` resolves for what it gives up): the scope's copies are dropped if they can
-          // be; the root scope's own items cannot be without every shared scope's.
+          // The local store found damaged data (`send` resolves for what it gives up): given up, the copies kept.
           if (!this.#givesUp(error, topScope.prefix)) throw error;
-          if (top !== '') await sink.drop(topScope).catch(() => {});
         }
         pending.whole = false;
         pending.cleared = false;
         progressed = true;
-        // Items whose lock was held wait as items: plainly, their scope's clear went first.
-        for (const { scope, id } of held) pending.keys.add(itemKey(scope, id));
       }
       for (const key of [...pending.keys]) {
-        const { scope, id } = parseItemKey(key);
         try {
+          const { scope, id } = parseItemKey(key);
           // An item whose lock is held (a getset computing it) waits for a later pass; the others go on. A write of the
           // item that Redis took since forgot it: nothing to send.
           if (!(await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
         } catch (error) {
-          // The local store failed (a write-through given up in `send` resolves): its copy is dropped if it can be.
+          // The local store found damaged data (a write-through given up in `send` resolves): given up.
           if (!this.#givesUp(error, key)) throw error;
-          await sink.invalidate(scope, id).catch(() => {});
         }
         pending.keys.delete(key);
         pending.fences.delete(key);
@@ -791,14 +797,17 @@ export class RedisTier implements SharedTier<EncodedValue> {
   }
 
   /**
-   * Whether a write-through that failed is given up rather than tried again (logged): Redis answered it with an error
-   * (an ACL's refusal, `OOM`, a script's error), or the local store found the data damaged (`CACHE_CORRUPT`): trying
+   * Whether a write-through that failed is given up rather than tried again (logged; the local copy is kept): Redis
+   * answered it with an error (an ACL's refusal, a script's error), the local store found the data damaged
+   * (`CACHE_CORRUPT`), or it is a `TypeError` (a mistake, such as a key that is no item key): trying
    * again would fail the same way, and hold up catching up on the change logs meanwhile. A timeout, a reply that may
-   * pass later (`MISCONF`, `MOVED`, ...) and any other local failure are tried again.
+   * pass later (`OOM`, `MISCONF`, `MOVED`, ...) and any other local failure are tried again.
    */
   #givesUp(error: unknown, key: string): boolean {
     if (this.#closed) return false;
-    if (error instanceof TierUnavailable ? !error.answered : !isCacheError(error, 'CACHE_CORRUPT')) return false;
+    // A TypeError is a mistake (a key that is no item key) that trying again would make again.
+    const forGood = error instanceof TierUnavailable ? error.answered : isCacheError(error, 'CACHE_CORRUPT') || error instanceof TypeError;
+    if (!forGood) return false;
     // One line a minute at most: an ACL that refuses one write refuses them all.
     this.#givenUp++;
     const nowMs = performance.now();

@@ -29,11 +29,12 @@ const LOG_WINDOW_MS = 60_000;
 const UNAVAILABLE_REPLIES = new Set(['LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDOWN', 'TRYAGAIN', 'READONLY', 'NOREPLICAS']);
 /**
  * Error replies that say the command may go through later while the server still answers (a Cluster's slot moving,
- * a disk Redis cannot persist to, a connection that lost its authentication): not answered for good.
+ * a disk Redis cannot persist to, a connection that lost its authentication, a memory full until keys expire or the
+ * limit is raised): not answered for good.
  */
-const TRANSIENT_REPLIES = new Set(['MOVED', 'ASK', 'MISCONF', 'NOAUTH']);
+const TRANSIENT_REPLIES = new Set(['MOVED', 'ASK', 'MISCONF', 'NOAUTH', 'OOM']);
 
-/** Whether an error reply is Redis's answer for good (an ACL's refusal, `OOM`, a script's error), not one trying again may get past. */
+/** Whether an error reply is Redis's answer for good (an ACL's refusal, a script's error), not one trying again may get past. */
 export function isAnsweredReply(error: unknown): boolean {
   if (!(error instanceof ErrorReply)) return false;
   const kind = errorKind(error);
@@ -45,8 +46,8 @@ export class TierUnavailable extends Error {
   override name = 'TierUnavailable';
 
   /**
-   * Whether Redis answered the command with an error that trying again will not get past (a refusal, `OOM`, a script's
-   * error); not for `MOVED`, `ASK`, `MISCONF`, `NOAUTH`, nor a server that cannot serve now (`LOADING`, `BUSY`, ...).
+   * Whether Redis answered the command with an error that trying again will not get past (a refusal, a script's
+   * error); not for `MOVED`, `ASK`, `MISCONF`, `NOAUTH`, `OOM`, nor a server that cannot serve now (`LOADING`, `BUSY`, ...).
    */
   readonly answered: boolean;
 

@@ -178,10 +178,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#checkOpen();
     const sink: TierSink<V> = {
       invalidate: (scope, id, options) => this.#invalidate(scope, id, options?.keepIf),
-      drop: (scope) => this.#drop(scope),
+      drop: (scope, options) => (options?.keepIf === undefined ? this.#drop(scope) : this.#dropExcept(scope, options.keepIf)),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
       replay: (scope, id, send) => this.#replay(scope, id, send),
-      replayScope: (scope, send) => this.#replayScope(scope, send),
+      replayScope: (scope, send, onHeld) => this.#replayScope(scope, send, onHeld),
     };
     await this.#tier.attach(sink);
   }
@@ -252,7 +252,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
     const held = state === 'fresh' && record!.file ? this.#pinned(removing, record!) : removing;
-    const files = new HandleFiles(this.#handleFiles);
+    const files = new HandleFiles(this.#handleFiles, { lost: () => this.#closed });
     const item = state === 'fresh' ? this.#item(record!, files) : null;
     const release = async (): Promise<void> => {
       const removed = files.release();
@@ -301,7 +301,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         if (found.kept) expiredLocally = false;
       }
     }
-    const files = new HandleFiles(this.#handleFiles);
+    const files = new HandleFiles(this.#handleFiles, { lost: () => this.#closed });
     const item = state === 'fresh' ? this.#item(record!, files) : null;
     const stale = state === 'stale' ? this.#item(record!, files) : null;
     // The file of the value handed out stays until release, even when the handle's own set replaces it.
@@ -836,22 +836,58 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async #replayScope(
     scope: Scope,
     send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>,
+    onHeld?: (scope: Scope, id: string) => void,
   ): Promise<{ scope: Scope; id: string }[]> {
     const held: { scope: Scope; id: string }[] = [];
+    await this.#eachItem(scope, async (current, id) => {
+      if (!(await this.#replay(current, id, (record) => send(current, id, record)))) {
+        held.push({ scope: current, id });
+        onHeld?.(current, id);
+      }
+    });
+    return held;
+  }
+
+  /**
+   * Visits every local item of the scope and its nested scopes (the root scope: its own items only, each top-level
+   * scope being the tier's to ask for), page by page, one item at a time.
+   */
+  async #eachItem(scope: Scope, visit: (scope: Scope, id: string) => Promise<void>): Promise<void> {
     const scopes = [scope];
     for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
       const current = next;
       let cursor: string | undefined;
       do {
         const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
-        for (const item of page.items) {
-          if (!(await this.#replay(current, item.id, (record) => send(current, item.id, record)))) held.push({ scope: current, id: item.id });
-        }
+        for (const { id } of page.items) await visit(current, id);
         if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
         cursor = page.cursor ?? undefined;
       } while (cursor !== undefined);
     }
-    return held;
+  }
+
+  /**
+   * The tier's sink: drops the local copies of a scope and its nested scopes (the root scope: its own items only) item
+   * by item, each under its exclusive lock, keeping those `keepIf` says to keep once the lock is held. An item whose
+   * lock is held now (a `getset`) and that `keepIf` keeps is skipped without waiting for it, so that one held item
+   * never holds up the others (keeping a copy is always safe: its own change waits, and wins in Redis); one it does
+   * not keep is dropped once its lock is free.
+   */
+  async #dropExcept(scope: Scope, keepIf: (scope: Scope, id: string) => boolean): Promise<void> {
+    const waiting: Promise<void>[] = [];
+    await this.#eachItem(scope, async (current, id) => {
+      const lease = this.#locks.tryAcquire(itemKey(current, id), 'exclusive', { owner: TIER_OWNER });
+      if (lease === null) {
+        if (!keepIf(current, id)) waiting.push(this.#invalidate(current, id, () => keepIf(current, id)));
+        return;
+      }
+      try {
+        if (!keepIf(current, id)) await this.#io(() => this.#store.delete(current, id));
+      } finally {
+        lease.release();
+      }
+    });
+    await Promise.all(waiting);
   }
 
   /** Deletes the items directly in the root scope, page by page (the caller holds the root's subtree lock). */

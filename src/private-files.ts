@@ -1,19 +1,40 @@
 import { lstat, mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
-import { rmSync } from 'node:fs';
+import { readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CacheError, storageError } from './errors.js';
 
 /**
  * This process's private directory of files that `item.path()` writes (values not kept in files of their own):
- * `<tmpdir>/hoard-<uid>-<pid>-<random>`, mode 0700, made at first use, removed at exit; one left by a process that
- * died is removed by the next process that makes its own.
+ * `<tmpdir>/hoard-<uid>-<pidNamespace>-<pid>-<startTime>-<random>`, mode 0700, made at first use, removed at exit;
+ * one left by a process that died is removed by the next process of the same PID namespace that makes its own (a
+ * pid means nothing in another namespace, such as a container sharing /tmp, and a reused pid has another start time).
  */
 let directory: Promise<string> | undefined;
 let counter = 0;
 
 function prefix(): string {
   return `hoard-${process.getuid?.() ?? 'user'}-`;
+}
+
+/** The inode of this process's PID namespace, or `x` where /proc does not tell. */
+function pidNamespace(): string {
+  try {
+    return /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? 'x';
+  } catch {
+    return 'x';
+  }
+}
+
+/** When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat), or `0` where unknown. */
+function startTime(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which may hold spaces and ')': state is field 3, start time field 22.
+    return /^\d+$/.exec(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '')?.[0] ?? '0';
+  } catch {
+    return '0';
+  }
 }
 
 /** Whether process `pid` runs (one of another user's counts: it cannot be signalled, but it exists). */
@@ -26,13 +47,18 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-/** Removes the private directories of this user's processes that are gone. */
+/**
+ * Removes the private directories of this user's processes of this PID namespace that are gone (their pid not
+ * running, or running a process started at another time); those of other namespaces are left alone.
+ */
 async function removeDeadOnes(): Promise<void> {
-  const own = prefix();
+  const own = `${prefix()}${pidNamespace()}-`;
   for (const name of await readdir(tmpdir()).catch(() => [])) {
     if (!name.startsWith(own)) continue;
-    const pid = Number(/^(\d+)-/.exec(name.slice(own.length))?.[1]);
-    if (!Number.isSafeInteger(pid) || pid === process.pid || isAlive(pid)) continue;
+    const [, pidText, started] = /^(\d+)-(\d+)-/.exec(name.slice(own.length)) ?? [];
+    const pid = Number(pidText);
+    if (!Number.isSafeInteger(pid) || started === undefined) continue;
+    if (isAlive(pid) && (started === '0' || [started, '0'].includes(startTime(pid)))) continue;
     const path = join(tmpdir(), name);
     const info = await lstat(path).catch(() => undefined);
     if (info?.isDirectory() && info.uid === process.getuid?.()) await rm(path, { recursive: true, force: true }).catch(() => {});
@@ -42,7 +68,7 @@ async function removeDeadOnes(): Promise<void> {
 async function makeDirectory(): Promise<string> {
   await removeDeadOnes();
   // mkdtemp makes it 0700.
-  const made = await mkdtemp(join(tmpdir(), `${prefix()}${process.pid}-`));
+  const made = await mkdtemp(join(tmpdir(), `${prefix()}${pidNamespace()}-${process.pid}-${startTime(process.pid)}-`));
   process.once('exit', () => rmSync(made, { recursive: true, force: true }));
   return made;
 }
@@ -74,18 +100,31 @@ function notHeld(): CacheError {
   return new CacheError('CACHE_LOCK_NOT_HELD', "This item's handle was released: its path is no longer valid.");
 }
 
+function lostHandle(): CacheError {
+  return new CacheError('CACHE_LOCK_NOT_HELD', "The connection that held this item's handle was lost, or its cache closed: its path is no longer valid.");
+}
+
 /**
- * The paths that one handle's items gave (`item.path()`): valid until the handle is released, when the files written
- * for them are removed.
+ * The paths that one handle's items gave (`item.path()`): valid until the handle is released, or `lost()` says that
+ * its connection was lost or its owner closed (the files may then go at any moment); the files written for them are
+ * removed at release, and a file whose write ends after that is removed at once.
  */
 export class HandleFiles {
   #released = false;
   readonly #made = new Set<string>();
   /** The owner's handles that have files, which it releases when it closes. */
   readonly #live: Set<HandleFiles> | undefined;
+  readonly #lost: (() => boolean) | undefined;
 
-  constructor(live?: Set<HandleFiles>) {
+  constructor(live?: Set<HandleFiles>, options: { lost?: () => boolean } = {}) {
     this.#live = live;
+    this.#lost = options.lost;
+  }
+
+  /** Why the paths are no longer valid, or `undefined` while they are. */
+  #ended(): CacheError | undefined {
+    if (this.#released) return notHeld();
+    return this.#lost?.() ? lostHandle() : undefined;
   }
 
   /**
@@ -95,14 +134,16 @@ export class HandleFiles {
   itemPath(source: () => string | Uint8Array): () => Promise<string> {
     let path: Promise<string> | undefined;
     return () => {
-      if (this.#released) return Promise.reject(notHeld());
+      const ended = this.#ended();
+      if (ended) return Promise.reject(ended);
       path ??= (async () => {
         const given = source();
         if (typeof given === 'string') return given;
         const written = await writePrivateFile(given);
-        if (this.#released) {
+        const endedMeanwhile = this.#ended();
+        if (endedMeanwhile) {
           await removePrivateFile(written);
-          throw notHeld();
+          throw endedMeanwhile;
         }
         this.#made.add(written);
         this.#live?.add(this);

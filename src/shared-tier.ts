@@ -41,8 +41,12 @@ export interface TierSink<V = unknown> {
    * keep it (the item's own change waits to be written through, and wins in Redis).
    */
   invalidate(scope: Scope, id: string, options?: { keepIf?(): boolean }): Promise<void>;
-  /** Drops the local copies of a scope and its nested scopes, under its subtree lock. */
-  drop(scope: Scope): Promise<void>;
+  /**
+   * Drops the local copies of a scope and its nested scopes, under its subtree lock; or, with `keepIf`, item by item
+   * under each item's lock (the root scope: its own items only), keeping those `keepIf` says to keep (asked under the
+   * item's lock, or without it for a held item it keeps: a held item is not waited for then).
+   */
+  drop(scope: Scope, options?: { keepIf?(scope: Scope, id: string): boolean }): Promise<void>;
   /** The names of the top-level scopes that hold local data now (the store's counted scopes). */
   localScopes(): Iterable<string>;
   /**
@@ -55,9 +59,14 @@ export interface TierSink<V = unknown> {
   replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<boolean>;
   /**
    * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
-   * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once.
+   * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once, each
+   * also told to `onHeld` as soon as found.
    */
-  replayScope(scope: Scope, send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<{ scope: Scope; id: string }[]>;
+  replayScope(
+    scope: Scope,
+    send: (scope: Scope, id: string, record: StoredRecord<V> | undefined) => Promise<boolean>,
+    onHeld?: (scope: Scope, id: string) => void,
+  ): Promise<{ scope: Scope; id: string }[]>;
 }
 
 /** The tier's figures for `hoard status`. */

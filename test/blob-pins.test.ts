@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { stat } from 'node:fs/promises';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, onTestFinished, test } from 'vitest';
@@ -160,4 +162,53 @@ test('a crash while a replaced file waits for its handle leaves nothing: the nex
   await using mine = await cache.get('small');
   expect(dirname(await mine.item!.path())).not.toBe(dirname(small));
   expect(await exists(dirname(small))).toBe(false);
+});
+
+test("a process removes only its own PID namespace's private directories of processes that are gone, never a live one's", async () => {
+  const uid = process.getuid!();
+  const namespace = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))![1]!;
+  const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
+  const started = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!;
+  const exited = spawn(process.execPath, ['-e', '']);
+  await once(exited, 'exit');
+  const tag = Math.random().toString(36).slice(2, 8);
+  const dirs = {
+    // A process of another namespace (a container sharing /tmp): its pid means nothing here.
+    otherNamespace: `hoard-${uid}-${BigInt(namespace) + 1n}-${exited.pid}-1-${tag}`,
+    // This test's own process, live.
+    live: `hoard-${uid}-${namespace}-${process.pid}-${started}-${tag}`,
+    // A process that had this test's pid before it (another start time): gone.
+    reused: `hoard-${uid}-${namespace}-${process.pid}-${BigInt(started) - 1n}-${tag}`,
+    dead: `hoard-${uid}-${namespace}-${exited.pid}-1-${tag}`,
+  };
+  for (const name of Object.values(dirs)) {
+    await mkdir(join(tmpdir(), name), { mode: 0o700 });
+    onTestFinished(() => rm(join(tmpdir(), name), { recursive: true, force: true }));
+  }
+  // Another process's first private file.
+  const writer = spawn(
+    process.execPath,
+    ['--input-type=module', '-e', `import { writePrivateFile } from ${JSON.stringify(join(PROJECT_ROOT, 'dist/src/private-files.js'))}; await writePrivateFile(new Uint8Array(1));`],
+    { stdio: 'inherit' },
+  );
+  expect((await once(writer, 'exit'))[0]).toBe(0);
+  const left = Object.fromEntries(await Promise.all(Object.entries(dirs).map(async ([what, name]) => [what, await exists(join(tmpdir(), name))])));
+  expect(left).toEqual({ otherNamespace: true, live: true, reused: false, dead: false });
+});
+
+test('a private file whose write ends after the cache closed is removed, and its path() rejects', async () => {
+  const dir = await tempDir();
+  const cache = await LevelCache.open<Uint8Array>(dir, { codec: 'binary' });
+  await cache.set('small', new Uint8Array([1, 2, 3]));
+  const got = await cache.get('small');
+  // The write of the private file is under way while close runs.
+  const path = got.item!.path().then(
+    (given) => given,
+    (error: unknown) => error,
+  );
+  await cache.close();
+  const given = await path;
+  if (typeof given === 'string') expect(await exists(given)).toBe(false);
+  else expect(given).toMatchObject({ code: 'CACHE_LOCK_NOT_HELD' });
+  await expect(got.item!.path()).rejects.toMatchObject({ code: 'CACHE_LOCK_NOT_HELD' });
 });

@@ -287,6 +287,25 @@ describe('the handshake and bad requests', () => {
 });
 
 describe('lifecycle', () => {
+  test('a daemon without a tier loads no Redis client (most of its modules, and of its start-up time, when it did)', async () => {
+    const dir = await tempDir('hd-');
+    const result = await runModule(
+      `import { createRequire } from 'node:module';
+       import { startDaemon } from ${JSON.stringify(join(PROJECT_ROOT, 'dist/daemon/index.js'))};
+       const dir = process.argv.at(-1);
+       const daemon = await startDaemon({ socketPath: dir + '/s.sock', dataDir: dir + '/data', log: () => {} });
+       const modules = Object.keys(createRequire(import.meta.url).cache);
+       await daemon.close();
+       console.log(JSON.stringify({ modules: modules.length, redis: modules.filter((path) => path.includes('/@redis/')).length }));`,
+      [dir],
+    );
+    expect(result.code).toBe(0);
+    const loaded = JSON.parse(result.stdout) as { modules: number; redis: number };
+    // Before: 478 of its 584 modules were @redis/client's.
+    expect(loaded.redis).toBe(0);
+    expect(loaded.modules).toBeGreaterThan(0);
+  });
+
   test('one daemon per data directory: a second start is refused and the first keeps serving on its socket', async () => {
     const first = await startTestDaemon();
     const dir = await tempDir('hd-');

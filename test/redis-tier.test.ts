@@ -79,6 +79,10 @@ interface TierSetup {
   pendingFile?: unknown;
   /** The sink's `replayScope` (none: nothing to write through). */
   replayScope?: TierSink<EncodedRecord['value']>['replayScope'];
+  /** The top-level scopes whose local store fails every write-through (an I/O error). */
+  failingTops?: readonly string[];
+  /** Local records the sink holds from the start, by item key. */
+  local?: ReadonlyMap<string, EncodedRecord>;
 }
 
 /** A tier as one machine's daemon would make it, attached and closed when the test ends. */
@@ -105,6 +109,15 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   });
   const sink = recordingSink();
   if (setup.replayScope !== undefined) sink.replayScope = setup.replayScope;
+  for (const [key, found] of setup.local ?? []) sink.local.set(key, found);
+  const failingTops = setup.failingTops;
+  if (failingTops !== undefined) {
+    const replay = sink.replay;
+    sink.replay = async (scope, id, send) => {
+      if (failingTops.includes(scope.path[0] ?? '')) throw new Error(`EIO: i/o error, read (${scope.prefix}:${id})`);
+      return replay(scope, id, send);
+    };
+  }
   await tier.attach(sink);
   onTestFinished(() => tier.close());
   // On a busy machine the first connection may take longer than the timeout: attach() then leaves the tier degraded.
@@ -657,7 +670,9 @@ test('acquires that time out while the tier stays up are released one pass at a 
   expect(releases).toBeGreaterThanOrEqual(1);
   // One for each at best; a pass per orphan over all of them was 1 + 2 + ... + 10 = 55.
   expect(releases).toBeLessThanOrEqual(2 * ids.length);
-  expect(a.tier.status().state).toBe('connected');
+  // The paused Redis may have sent the change log into a catch-up pass meanwhile (a read of it timed out too): the
+  // tier ends connected once it is done (CI saw 'catching-up' at this point once, on a busy machine).
+  await until(() => a.tier.status().state === 'connected', 'the tier is connected');
   process.stderr.write(`${ids.length} acquires timed out while Redis paused 1.6 s (timeout 1 s): ${releases} RELEASE scripts ran\n`);
 });
 
@@ -840,4 +855,100 @@ test('a write Redis answers with MISCONF (it cannot persist) waits, and is writt
   await recover();
   await until(() => a.tier.status().pendingChanges === 0, 'the write is written through', 15_000);
   expect(text(await b.tier.read(pages, 'job'))).toBe('written while Redis could not persist');
+});
+
+test('a write Redis answers OOM (it is full) waits, keeps its local copy, and is written through once Redis has room', async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'oom';
+  const a = await makeTier({ url: own.url, prefix });
+  const b = await makeTier({ url: own.url, prefix });
+  await own.cli('CONFIG', 'SET', 'maxmemory', '1', 'maxmemory-policy', 'noeviction');
+  const computed = record('written while Redis is full');
+  a.sink.local.set(itemKey(pages, 'job'), computed);
+  await a.tier.write(pages, 'job', computed, { sizeBytes: 27 });
+  expect(a.tier.status().pendingChanges).toBe(1);
+  // The write, then two write-throughs answered OOM.
+  await until(() => a.tier.status().errors >= 3, 'Redis answered two write-throughs OOM', 15_000);
+  // Before the fix, the first write-through was given up and its local copy dropped (`replayed` held `…:false`).
+  expect(a.sink.replayed).toEqual([]);
+  expect(a.tier.status().pendingChanges).toBe(1);
+  await own.cli('CONFIG', 'SET', 'maxmemory', '0');
+  await until(() => a.tier.status().pendingChanges === 0, 'the write is written through', 15_000);
+  expect(a.sink.replayed).toEqual([`${itemKey(pages, 'job')}:true`]);
+  expect(text(await b.tier.read(pages, 'job'))).toBe('written while Redis is full');
+});
+
+test("one scope whose write-through keeps failing locally holds back only itself: the other scopes' changes are written through, and catching up goes on", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'ra';
+  const b = await makeTier({ url: own.url, prefix });
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    failingTops: ['broken'],
+    // A previous run left changes in two scopes, the failing one first.
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'broken', whole: false, clears: [], keys: ['broken/:x'] }, { top: 'pages', whole: false, clears: [], keys: [itemKey(pages, 'job')] }] },
+    local: new Map([[itemKey(pages, 'job'), record('by A before the restart')]]),
+  });
+  await until(() => a.tier.status().pendingChanges === 1, "the other scope's change is written through");
+  expect(text(await b.tier.read(pages, 'job'))).toBe('by A before the restart');
+  // Catching up on the change logs goes on past the failing write-through. Before the fix, it stopped there every
+  // time: the tier stayed `catching-up`.
+  await until(() => a.tier.status().state === 'connected', 'A is caught up on the change logs');
+  expect(a.tier.status().pendingChanges).toBe(1);
+  expect(a.log.join('\n')).toMatch(/EIO/);
+});
+
+test("a fenced key of a whole scope whose clear already went is sent once, plain, with the scope's items: not refused for its older fence, its local copy kept", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wf';
+  const job = itemKey(pages, 'job');
+  const sent: string[] = [];
+  // Fences granted since that lease: the scope's clear, other machines' writes.
+  await own.cli('INCRBY', new TierKeys(prefix).fenceCounter('pages'), '10');
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    // A previous run's whole scope: its clear went, then a getset's write (lease fence 1) failed and waits as a key.
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, cleared: true, clears: [], keys: [job], fences: { [job]: 1 } }] },
+    local: new Map([[job, record('computed by A')]]),
+    replayScope: async (scope, send) => {
+      sent.push(`${job}:${String(await send(scope, 'job', record('computed by A')))}`);
+      return [];
+    },
+  });
+  await until(() => a.tier.status().pendingChanges === 0, 'the scope is written through', 15_000);
+  expect(sent).toEqual([`${job}:true`]);
+  // Before the fix, the key was sent again fenced by 1, refused as older than the whole write: dropped, counted.
+  expect(a.sink.replayed.every((entry) => entry.endsWith(':true'))).toBe(true);
+  expect(a.tier.status().fencedWrites).toBe(0);
+});
+
+test("a held item of a whole scope waits as a key at once: a write of it that Redis takes during the scope's write-through forgets it, and nothing undoes that write", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wh';
+  const job = itemKey(pages, 'job');
+  const b = await makeTier({ url: own.url, prefix });
+  let tier: RedisTier | undefined;
+  let passes = 0;
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, cleared: true, clears: [], keys: [] }] },
+    local: new Map([[job, record('old by A')]]),
+    replayScope: async (_scope, _send, onHeld) => {
+      // The item's lock is held (a getset): the pass goes on, and the getset's write reaches Redis meanwhile.
+      onHeld?.(pages, 'job');
+      if (++passes === 1) {
+        await until(() => tier !== undefined, 'the tier is made');
+        await tier!.write(pages, 'job', record('newer by A'), { sizeBytes: 10 });
+      }
+      return [{ scope: pages, id: 'job' }];
+    },
+  });
+  tier = a.tier;
+  await until(() => a.tier.status().pendingChanges === 0, 'nothing waits', 15_000);
+  // Before the fix, the held item was added as a key after the pass: written through with the older local record.
+  expect(a.sink.replayed).toEqual([]);
+  expect(text(await b.tier.read(pages, 'job'))).toBe('newer by A');
 });

@@ -1,5 +1,6 @@
+import { execFile, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { copyFile, readdir, stat, symlink, truncate, unlink } from 'node:fs/promises';
+import { chown, copyFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, type RemoteCache } from '../client/index.js';
@@ -8,6 +9,7 @@ import { eventually, expectCode } from './conformance/support.js';
 import { startTestDaemon } from './support/daemon.js';
 import { frame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
+import { PROJECT_ROOT } from './support/child.js';
 
 async function open<T>(socketPath: string, options: { codec?: CodecName; references?: boolean; transport?: 'json' | 'binary' } = {}): Promise<RemoteCache<T>> {
   const cache = await connect<T>({ socketPath, autoStart: false, ...options });
@@ -114,7 +116,7 @@ describe('values read by reference', () => {
     await eventually(async () => !(await exists(path)), 'the replaced file is removed after release');
   });
 
-  test('a missing value file is CACHE_CORRUPT, and the handle is released', async () => {
+  test('a missing value file is CACHE_CORRUPT for get (the handle released) and a miss for getset, which replaces it', async () => {
     const { socketPath, dataDir } = await startTestDaemon();
     const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
     await cache.set('id', new Uint8Array(100_000).fill(1));
@@ -122,8 +124,74 @@ describe('values read by reference', () => {
     await unlink(join(dataDir, 'blobs', name!));
     await expectCode(cache.get('id'), 'CACHE_CORRUPT');
     expect(await cache.locks()).toEqual([]);
-    await expectCode(cache.getset('id'), 'CACHE_CORRUPT');
-    expect(await cache.locks()).toEqual([]);
+    // As README promises (and as with references off): the value is computed again, under the lock.
+    for (let round = 0; round < 2; round++) {
+      const gs = await cache.getset('id');
+      expect(gs.item).toBeNull();
+      expect(gs.stale).toBeNull();
+      expect((await cache.locks()).map((lock) => lock.state)).toEqual(['held']);
+      if (round === 1) await gs.set(new Uint8Array(100_000).fill(2));
+      await gs.release();
+    }
+    await using got = await cache.get('id');
+    expect((await got.item!.value()).every((byte) => byte === 2)).toBe(true);
+  });
+
+  test('item.path() after the connection is lost rejects CACHE_LOCK_NOT_HELD, as the setter does', async () => {
+    const { socketPath, daemon } = await startTestDaemon();
+    const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    await cache.set('large', new Uint8Array(100_000).fill(1));
+    await cache.set('small', new Uint8Array(10).fill(2));
+    const gs = await cache.getset('large');
+    const got = await cache.get('small');
+    // The daemon's own file, and a private file written for a value that came inline.
+    const paths = [await gs.item!.path(), await got.item!.path()];
+    await gs.set(new Uint8Array(100_000).fill(3));
+    await daemon.close();
+    await eventually(() => gs.item!.path().then(() => false, () => true), 'path() rejects once the connection is lost', 5_000);
+    await expectCode(gs.item!.path(), 'CACHE_LOCK_NOT_HELD');
+    await expectCode(got.item!.path(), 'CACHE_LOCK_NOT_HELD');
+    await expectCode(gs.set(new Uint8Array(1)), 'CACHE_LOCK_NOT_HELD');
+    await gs.release();
+    await got.release();
+    for (const path of paths) expect(await exists(path)).toBe(false);
+  });
+
+  test('a FIFO at the probe or at a value file, or a value file of another user, never blocks the client', async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const probe = join(dataDir, 'reference-probe');
+    const token = readFileSync(probe, 'utf8');
+    await unlink(probe);
+    execFileSync('mkfifo', ['-m', '600', probe]);
+    // In a child process: a blocking open would freeze its event loop for good, so it is killed after a bound.
+    const client = (step: string): Promise<string> =>
+      new Promise((resolve) => {
+        const source = `import { connect } from './dist/client/index.js';
+          const [socketPath, step] = process.argv.slice(-2);
+          const cache = await connect({ socketPath, autoStart: false, codec: 'binary' });
+          try {
+            if (step === 'set') { await cache.set('fifo', new Uint8Array(100_000).fill(1)); await cache.set('owned', new Uint8Array(100_000).fill(2)); }
+            const read = async (id) => { try { const got = await cache.get(id); await got.release(); return got.item === null ? 'miss' : (await got.item.value()).length; } catch (error) { return error.code; } };
+            console.log(JSON.stringify([await read('fifo'), await read('owned'), (await cache.status()).referenceReads]));
+          } finally { await cache.close(); }`;
+        execFile(process.execPath, ['--input-type=module', '-e', source, '--', socketPath, step], { cwd: PROJECT_ROOT, timeout: 15_000 }, (error, stdout, stderr) =>
+          resolve(error ? `failed (${error.signal ?? error.code}): ${stderr}` : stdout.trim()),
+        );
+      });
+    // The probe is a FIFO: the connection carries bytes.
+    expect(await client('set')).toBe('[100000,100000,0]');
+    await unlink(probe);
+    await writeFile(probe, token, { mode: 0o600 });
+    const [fifo, owned] = await Promise.all(['fifo', 'owned'].map(async (id) => {
+      // Each value's file, by its content.
+      for (const name of await valueFiles(dataDir)) if (readFileSync(join(dataDir, 'blobs', name))[0] === (id === 'fifo' ? 1 : 2)) return join(dataDir, 'blobs', name);
+      throw new Error(`no file for ${id}`);
+    }));
+    await unlink(fifo!);
+    execFileSync('mkfifo', ['-m', '600', fifo!]);
+    await chown(owned!, 65534, 65534);
+    // Both answered by reference (counted), both refused by the client.
+    expect(await client('read')).toBe('["CACHE_CORRUPT","CACHE_CORRUPT",2]');
   });
 
   test('a value file cut short, or replaced by a symbolic link, is CACHE_CORRUPT', async () => {

@@ -214,6 +214,47 @@ test("a getset holding an item whose change waits across a cut delays only that 
   process.stderr.write(`held getset across a cut: the other scope written through and caught up ${otherMs.toFixed(0)} ms after the restore, while held; the held item on B ${heldMs.toFixed(0)} ms after its release\n`);
 });
 
+test("a change log trimmed during a cut, with an item of the same scope held by a getset whose change waits: the scope's other items are dropped and caught up at once, the held one kept and written through after its release", async () => {
+  const server = await startRedisServer();
+  const proxy = await startTcpProxy({ port: server.port });
+  const [a, b] = await Promise.all([startTierDaemon({ tier: proxy.url, timeoutMs: 300, leaseMs: 1500 }), startTierDaemon({ tier: server.url, ...HEALTHY_TIER })]);
+  const [onA, onB] = [a.cache.withScope('mixed'), b.cache.withScope('mixed')];
+  await onB.set('theirs', 'by B before the cut');
+  await holdLocalCopies(a, onA, ['theirs']);
+
+  proxy.cut('reset');
+  await eventually(async () => {
+    await a.cache.withScope('probe').set('p', 'p');
+    return (await a.tierStatus()).state === 'degraded';
+  }, 'A finds the cut');
+  const computing = await onA.getset('item');
+  expect(computing.item).toBeNull();
+  await computing.set('computed by A during the cut');
+  for (let n = 0; n < 3; n++) await onB.set('theirs', `by B during the cut ${n}`);
+  // The log no longer reaches back to where A stopped reading it.
+  expect(Number(await server.cli('XTRIM', '{hoard:mixed}c', 'MAXLEN', '1'))).toBeGreaterThan(0);
+
+  proxy.restore();
+  const restoredAt = performance.now();
+  // Before the fix, the scope's drop was put off while the getset held its item: A served B's value from before the cut.
+  await eventually(async () => (await valueOf(onA, 'theirs')) === 'by B during the cut 2', "A serves B's change of the trimmed scope while the getset holds its item");
+  const caughtUpMs = performance.now() - restoredAt;
+  const status = await a.tierStatus();
+  expect(status.droppedScopes).toBeGreaterThanOrEqual(1);
+  expect(status.pendingChanges).toBeGreaterThanOrEqual(1);
+  expect(await valueOf(onB, 'item')).toBeUndefined();
+  expect((await a.cache.locks()).filter((lock) => lock.id === 'item').map((lock) => lock.state)).toEqual(['held']);
+
+  await computing.release();
+  const releasedAt = performance.now();
+  await eventually(async () => (await valueOf(onB, 'item')) === 'computed by A during the cut', 'the held item reaches B after its release');
+  const heldMs = performance.now() - releasedAt;
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'nothing waits on A');
+  // Kept through the drop of its scope: not written through as a delete.
+  expect(await valueOf(onA, 'item')).toBe('computed by A during the cut');
+  process.stderr.write(`trimmed scope with a held item: its other items caught up ${caughtUpMs.toFixed(0)} ms after the restore, while held; the held item on B ${heldMs.toFixed(0)} ms after its release\n`);
+});
+
 test('a daemon restarted with changes waiting in a scope it first used during the cut (no change-log position kept): they are kept, served, and reach the other daemon', async () => {
   const server = await startRedisServer();
   const proxy = await startTcpProxy({ port: server.port });

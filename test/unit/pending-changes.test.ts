@@ -218,3 +218,35 @@ test('a whole scope whose clear went to Redis: kept in the file; changes recorde
   changes.addKey('w', key(['w'], 'k9'));
   expect(changes.take('w')).toMatchObject({ whole: true, cleared: false, keys: new Set() });
 });
+
+test('settled: a clear that Redis took forgets what waits under it, also in the scope being written through now', async () => {
+  const changes = pending(join(await tempDir(), 'p.json'));
+  changes.addKey('a', key(['a', 'b'], 'x'));
+  changes.addKey('a', key(['a'], 'y'));
+  changes.addClear('a', scopeOf(['a', 'b', 'c']).prefix);
+  const taken = changes.take('a')!;
+  changes.addKey('a', key(['a', 'b'], 'z'));
+  changes.settled('a', scopeOf(['a', 'b']).prefix);
+  // Before the fix, the write-through under way still held x and the clear of a/b/c: it would send x as a delete.
+  expect([...taken.keys]).toEqual([key(['a'], 'y')]);
+  expect([...taken.clears]).toEqual([]);
+  expect(changes.holds('a', key(['a', 'b'], 'x'))).toBe(false);
+  expect(changes.holds('a', key(['a', 'b'], 'z'))).toBe(false);
+  expect(changes.size).toBe(1);
+  changes.finish();
+  expect(changes.size).toBe(0);
+});
+
+test('a file whose keys are no item keys of their scope, or whose clears are no prefixes in it, loads without them', async () => {
+  const path = join(await tempDir(), 'p.json');
+  const good = key(['a'], 'k');
+  const file = { keyPrefix: 'hoard', rootClear: false, tops: [{ top: 'a', whole: false, clears: ['b/', 'nonsense', scopeOf(['a', 'c']).prefix], keys: ['garbage', key(['b'], 'k'), good, 7] }] };
+  await writeFile(path, JSON.stringify(file));
+  const changes = pending(path);
+  await changes.load();
+  // Before the fix, every string loaded: 6 changes, and the write-through of `garbage` threw a TypeError forever.
+  expect(changes.size).toBe(2);
+  const taken = changes.take('a')!;
+  expect([...taken.keys]).toEqual([good]);
+  expect([...taken.clears]).toEqual([scopeOf(['a', 'c']).prefix]);
+});

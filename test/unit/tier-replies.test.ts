@@ -4,10 +4,9 @@ import { isAnsweredReply } from '../../daemon/tier-connection.js';
 
 /** Which error replies the shared tier takes as Redis's answer for good (a change given up) and which as passing. */
 
-test('an ACL refusal, OOM, a wrong type or a script error is answered; a slot moving, MISCONF, NOAUTH and a server that cannot serve now are not', () => {
+test('an ACL refusal, a wrong type or a script error is answered; a slot moving, MISCONF, NOAUTH, OOM and a server that cannot serve now are not', () => {
   const answered = [
     'NOPERM User reader has no permissions to run the \'evalsha\' command',
-    'OOM command not allowed when used memory > \'maxmemory\'.',
     'WRONGTYPE Operation against a key holding the wrong kind of value script: 3c8b, on @user_script:1.',
     'ERR user_script:1: Script attempted to access nonexistent global variable',
   ];
@@ -16,6 +15,7 @@ test('an ACL refusal, OOM, a wrong type or a script error is answered; a slot mo
     'ASK 3999 127.0.0.1:6381',
     "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk. script: 57f1, on @user_script:1.",
     'NOAUTH Authentication required.',
+    'OOM command not allowed when used memory > \'maxmemory\'.',
     'LOADING Redis is loading the dataset in memory',
     'BUSY Redis is busy running a script.',
     'TRYAGAIN Multiple keys request during rehashing of slot',
