@@ -232,13 +232,13 @@ describe('LocalBackend: a worker process writes the reserved file while the gets
   test('readers see the new value only once the holder committed it and released', async () => {
     const { backend } = await backendOn();
     const gs = (await backend.getset(S, 'id', { wait: true })) as LocalGetSetHandle<Uint8Array>;
-    const { reservation, path } = await backend.reserveFile();
+    const { reservation, path } = await backend.reserve();
     const { child, line } = worker(path);
     expect(await line()).toBe('half');
     expect(await backend.get(S, 'id', { wait: false })).toBeNull();
     child.stdin.write('go\n');
     expect(await line()).toBe('done');
-    await gs.setFile(reservation, { encoding: 'binary' });
+    await gs.commitFile(reservation, { encoding: 'binary' });
     expect(await backend.get(S, 'id', { wait: false })).toBeNull();
     await gs.release();
     const read = (await backend.get(S, 'id', { wait: false }))!;
@@ -249,12 +249,12 @@ describe('LocalBackend: a worker process writes the reserved file while the gets
   test('a worker killed halfway leaves the old value, and discarding leaves temp/ empty', async () => {
     const { dir, backend } = await backendOn();
     const gs = await backend.getset(S, 'id', { wait: true });
-    const { reservation, path } = await backend.reserveFile();
+    const { reservation, path } = await backend.reserve();
     const { child, line } = worker(path);
     expect(await line()).toBe('half');
     child.kill('SIGKILL');
     await once(child, 'exit');
-    await backend.discardFile(reservation);
+    await backend.discard(reservation);
     await gs.release();
     const read = (await backend.get(S, 'id', { wait: false }))!;
     expect(Buffer.from(await read.item!.value()).toString()).toBe('old');
@@ -265,11 +265,11 @@ describe('LocalBackend: a worker process writes the reserved file while the gets
   test('a released handle no longer commits: CACHE_LOCK_NOT_HELD, and the reservation stays', async () => {
     const { backend } = await backendOn();
     const gs = (await backend.getset(S, 'id', { wait: true })) as LocalGetSetHandle<Uint8Array>;
-    const { reservation, path } = await backend.reserveFile();
+    const { reservation, path } = await backend.reserve();
     await writeFile(path, 'new');
     await gs.release();
-    expect(await refusal(gs.setFile(reservation, { encoding: 'binary' }))).toBe('CACHE_LOCK_NOT_HELD');
-    await backend.setFile(S, 'id', reservation, { modified: 2, encoding: 'binary' });
+    expect(await refusal(gs.commitFile(reservation, { encoding: 'binary' }))).toBe('CACHE_LOCK_NOT_HELD');
+    await backend.commitFile(S, 'id', reservation, { modified: 2, encoding: 'binary' });
     const read = (await backend.get(S, 'id', { wait: false }))!;
     expect(Buffer.from(await read.item!.value()).toString()).toBe('new');
     await read.release();

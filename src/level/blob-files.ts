@@ -3,6 +3,7 @@ import { type BigIntStats, closeSync, fdatasync, fstat, fsync, lstat, open, open
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { CacheError, storageError } from '../errors.js';
+import { fileRefused } from '../temp-files.js';
 
 /** Values of at least this many bytes live in files of their own instead of inside LevelDB. */
 export const BLOB_MIN_BYTES = 32 * 1024;
@@ -340,10 +341,6 @@ async function makeOne(path: string): Promise<boolean> {
   }
 }
 
-/** A `CACHE_FILE_REFUSED` error: `why` says what was wrong with the file offered. */
-export function fileRefused(why: string): CacheError {
-  return new CacheError('CACHE_FILE_REFUSED', `The file offered as a value was refused: ${why}. Nothing was written.`);
-}
 
 function missing(path: string, cause: unknown): CacheError {
   return new CacheError(

@@ -18,7 +18,7 @@ import type {
 } from '../store.js';
 import { BatchBuilder, type Counter, type Operation } from './batch-builder.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
-import { TempFiles } from './temp-files.js';
+import { TempFiles } from '../temp-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
 import { type LoosePath, makePrivate } from './make-private.js';

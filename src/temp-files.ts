@@ -2,8 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { type BigIntStats, close, constants, fchmod, fdatasync, fstat, open, read } from 'node:fs';
 import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CacheError, storageError } from '../errors.js';
-import { fileRefused } from './blob-files.js';
+import { CacheError, storageError } from './errors.js';
+
+/** A `CACHE_FILE_REFUSED` error: `why` says what was wrong with the file offered. */
+export function fileRefused(why: string): CacheError {
+  return new CacheError('CACHE_FILE_REFUSED', `The file offered as a value was refused: ${why}. Nothing was written.`);
+}
 
 /** The largest value a record can name: its length is a `u32`. */
 export const FILE_VALUE_MAX_BYTES = 0xffff_ffff;
