@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { once } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
@@ -12,7 +12,7 @@ import { RawClient } from './support/raw-client.js';
 import { tempDir } from './support/temp-dir.js';
 
 // `shutdown` is left out: it is a legal request that stops the daemon (tested on its own).
-const METHODS = ['initialize', 'exit', 'cache/get', 'cache/getset', 'cache/handleSet', 'cache/release', 'cache/set', 'cache/delete', 'cache/clear', 'cache/list', 'daemon/status', 'daemon/locks', 'daemon/gc', 'daemon/verify', '$/cancelRequest', 'nope'];
+const METHODS = ['initialize', 'exit', 'cache/get', 'cache/getset', 'cache/handleSet', 'cache/release', 'cache/set', 'cache/delete', 'cache/clear', 'cache/list', 'daemon/status', 'daemon/locks', 'daemon/gc', 'daemon/verify', 'cache/reserveFile', 'cache/setFile', 'cache/handleSetFile', 'cache/discardFile', '$/cancelRequest', 'nope'];
 
 function frame(body: string | Uint8Array): Buffer {
   const bytes = typeof body === 'string' ? Buffer.from(body) : Buffer.from(body);
@@ -28,6 +28,7 @@ const params = fc.oneof(
       value: fc.oneof(fc.base64String(), fc.string(), fc.integer()),
       encoding: fc.oneof(fc.constantFrom('json', 'binary', ''), fc.string()),
       handle: fc.oneof(fc.nat(20), fc.integer(), fc.string()),
+      reservation: fc.oneof(fc.nat(20), fc.integer(), fc.string()),
       wait: fc.oneof(fc.boolean(), fc.string()),
       modified: fc.oneof(fc.double(), fc.string()),
       protocolVersion: fc.oneof(fc.constant(2), fc.integer()),
@@ -223,5 +224,74 @@ describe('hostile and broken input', () => {
     // Each connection was cut off long before its 64 MiB: only what sat in socket buffers got through.
     expect(sent).toBeLessThan(8 * 16 * (1 << 20));
     expect(await peak()).toBeLessThan(before + 32 * (1 << 20));
+  });
+});
+
+describe('reserved files: a connection commits only its own reservations, by number', () => {
+  /** The files in the daemon's temp/ directory. */
+  const tempFiles = async (dataDir: string): Promise<string[]> => readdir(join(dataDir, 'temp')).catch(() => []);
+  const codeOf = (reply: Record<string, unknown>): unknown => (reply.error as { data?: { code?: string } } | undefined)?.data?.code ?? reply.result;
+
+  test("another connection's reservation, unknown numbers and bad numbers are refused, and change nothing", async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const owner = await RawClient.open(socketPath);
+    const other = await RawClient.open(socketPath);
+    await owner.initialize();
+    await other.initialize();
+    await owner.request('cache/set', { scope: [], id: 'x', encoding: 'json', value: Buffer.from('"old"').toString('base64') });
+    const reserved = (await owner.request('cache/reserveFile')).result as { reservation: number; path: string | null };
+    // A client that did not prove it reads the daemon's files is given no path.
+    expect(reserved).toMatchObject({ reservation: expect.any(Number), path: null });
+    const [name] = await tempFiles(dataDir);
+    await writeFile(join(dataDir, 'temp', name!), '"new"');
+    const set = (client: RawClient, reservation: unknown) => client.request('cache/setFile', { scope: [], id: 'x', reservation, encoding: 'json' });
+    expect(codeOf(await set(other, reserved.reservation))).toBe('CACHE_FILE_REFUSED');
+    // A discard of another connection's number is ignored: the file stays the owner's.
+    expect(codeOf(await other.request('cache/discardFile', { reservation: reserved.reservation }))).toBeNull();
+    expect(await tempFiles(dataDir)).toEqual([name]);
+    for (const unknown of [reserved.reservation + 1, 2 ** 40]) expect(codeOf(await set(owner, unknown))).toBe('CACHE_FILE_REFUSED');
+    for (const bad of [-1, 1.5, 'one', null]) expect(codeOf(await set(owner, bad))).toBe('CACHE_INVALID_PARAMS');
+    // Through a getset handle: only a getset this connection holds, and only its own reservation.
+    const gs = (await other.request('cache/getset', { scope: [], id: 'x' })).result as { handle: number };
+    expect(codeOf(await owner.request('cache/handleSetFile', { handle: gs.handle, reservation: reserved.reservation, encoding: 'json' }))).toBe('CACHE_LOCK_NOT_HELD');
+    expect(codeOf(await other.request('cache/handleSetFile', { handle: gs.handle, reservation: reserved.reservation, encoding: 'json' }))).toBe('CACHE_FILE_REFUSED');
+    other.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle: gs.handle } });
+    const read = (await owner.request('cache/get', { scope: [], id: 'x' })).result as { handle: number; item: { value: string } };
+    expect(Buffer.from(read.item.value, 'base64').toString()).toBe('"old"');
+    owner.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle: read.handle } });
+    // The owner commits it, once; a second commit of the spent number is refused.
+    expect(codeOf(await set(owner, reserved.reservation))).toBeNull();
+    expect(codeOf(await set(owner, reserved.reservation))).toBe('CACHE_FILE_REFUSED');
+    const after = (await other.request('cache/get', { scope: [], id: 'x' })).result as { item: { value: string } };
+    expect(Buffer.from(after.item.value, 'base64').toString()).toBe('"new"');
+  });
+
+  test('a connection has at most 256 reservations open, and they are removed when it closes', async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const raw = await RawClient.open(socketPath);
+    await raw.initialize();
+    for (let n = 0; n < 256; n++) expect(codeOf(await raw.request('cache/reserveFile'))).toMatchObject({ path: null });
+    expect(codeOf(await raw.request('cache/reserveFile'))).toBe('CACHE_FILE_REFUSED');
+    expect(await tempFiles(dataDir)).toHaveLength(256);
+    raw.socket.end();
+    await raw.closed;
+    const cache = await connect({ socketPath, autoStart: false });
+    onTestFinished(() => cache.close());
+    // The session's end is handled before this connection's status: its files are gone by then.
+    for (let tries = 0; (await tempFiles(dataDir)).length > 0 && tries < 2000; tries++) await cache.status();
+    expect(await tempFiles(dataDir)).toEqual([]);
+  });
+
+  test("a path of the daemon's that this client did not reserve is a TypeError: it cannot even be named", async () => {
+    const { socketPath } = await startTestDaemon();
+    const first = await connect({ socketPath, autoStart: false });
+    const second = await connect({ socketPath, autoStart: false });
+    onTestFinished(async () => void (await Promise.all([first.close(), second.close()])));
+    await using reserved = await first.reserveFile();
+    await writeFile(reserved.path, '"theirs"');
+    await expect(second.setFile('x', reserved.path)).rejects.toBeInstanceOf(TypeError);
+    await expect(second.setFile('x', join(reserved.path, '..', 'other'))).rejects.toBeInstanceOf(TypeError);
+    await using got = await second.get('x');
+    expect(got.item).toBeNull();
   });
 });
