@@ -126,7 +126,7 @@ async function allPaths(directory: string): Promise<string[]> {
 
 describe('who may read the data', () => {
   // The daemon's own process creates everything for its user only; other users reach nothing.
-  test.runIf(IS_ROOT)('a daemon makes its data directory 0700 and every file 0600, LevelDB\'s included, through writes, large values and compactions', async () => {
+  test.runIf(IS_ROOT)('a daemon makes its data directory 0700 and every file 0600 (a value committed from a reserved file 0400), LevelDB\'s included, through writes, large values, file commits and compactions', async () => {
     const dir = await tempDir('hd-');
     await chmod(dir, 0o755);
     const dataDir = join(dir, 'data');
@@ -136,6 +136,14 @@ describe('who may read the data', () => {
     const secret = Buffer.from('the-secret-value-Zq7Xw');
     await cache.set('small', secret);
     await cache.set('large', new Uint8Array(64 * 1024).fill(0x41));
+    // A value committed from a reserved file: the file itself becomes the value's, read-only (0400), in temp/ (0700).
+    const reserved = await cache.reserveFile();
+    await writeFile(reserved.path, new Uint8Array(64 * 1024).fill(0x43));
+    await cache.setFile('committed', reserved.path);
+    const committedPath = await (async () => {
+      await using got = await cache.get('committed');
+      return got.item!.path();
+    })();
     // About 14 MiB of values under the large-value size: LevelDB compacts its 4 MiB write buffer into a table at least
     // twice, each time in a new table file and a new log file, made long after the open. A write batch lands whole in
     // the buffer it finds under 4 MiB, so under load (larger batches) a buffer may hold nearly 5 MiB before it is
@@ -151,8 +159,8 @@ describe('who may read the data', () => {
     expect(names.filter((name) => name.endsWith('.ldb')).length).toBeGreaterThanOrEqual(1);
     expect(names).not.toContain('000003.log');
     expect((await readFile(join(dataDir, 'LOG'), 'utf8')).match(/Level-0 table #\d+: \d+ bytes OK/g)?.length).toBeGreaterThanOrEqual(2);
-    expect(names).toEqual(expect.arrayContaining(['CURRENT', 'LOCK', 'LOG', 'blobs', 'instance-lock']));
-    expect(await notPrivate(dataDir)).toEqual([]);
+    expect(names).toEqual(expect.arrayContaining(['CURRENT', 'LOCK', 'LOG', 'blobs', 'instance-lock', 'temp']));
+    expect(await notPrivate(dataDir)).toEqual([`${committedPath} 400`]);
 
     // Another user reaches nothing: not the directory, not LevelDB's log and tables, not the file of a large value.
     const attempts = await readAsNobody(await allPaths(dataDir));
