@@ -1009,7 +1009,7 @@ export const HandleSetFile = request<HandleSetFileParams, void>({
     },
   },
   result: none,
-  errors: ['CACHE_LOCK_NOT_HELD', ...FILE_ERRORS, 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
+  errors: ['CACHE_LOCK_NOT_HELD', ...FILE_ERRORS, 'CACHE_LEASE_LOST', 'CACHE_TIER_UNAVAILABLE', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
 });
 
 /**
@@ -1047,7 +1047,7 @@ export const SetFile = request<SetFileParams, void>({
     },
   },
   result: none,
-  errors: [...FILE_ERRORS, ...STORE_ERRORS],
+  errors: [...FILE_ERRORS, 'CACHE_TIER_UNAVAILABLE', ...STORE_ERRORS],
 });
 
 /**
