@@ -1,3 +1,4 @@
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
@@ -73,4 +74,44 @@ test('the suite above really went through Redis: writes, reads through and lease
   expect(tier!.sharedWrites).toBeGreaterThanOrEqual(3);
   expect(tier!.leases).toBe(1);
   expect(tier!.sharedMisses).toBeGreaterThanOrEqual(1);
+});
+
+test("a value committed from a file in a shared scope is written through up to --tier-max-value; a larger one stays local behind a tombstone", async () => {
+  const dir = await tempDir('htf-');
+  const tierPrefix = `file${process.pid}-${++prefixes}`;
+  const machines = await Promise.all(
+    ['a', 'b'].map(async (name) => {
+      const tier = tierOptions({ tier: [redis.url], share: ['*=shared'], tierPrefix, tierLease: '30s', tierTimeout: '10s', tierMaxValue: '60000' }, {})!;
+      const daemon = await startDaemon({ socketPath: join(dir, `${name}.sock`), dataDir: join(dir, name), idleTimeoutMs: 0, tier, log: () => {} });
+      onTestFinished(() => daemon.close());
+      const cache = await connect<Uint8Array>({ socketPath: daemon.socketPath!, autoStart: false, codec: 'binary' });
+      onTestFinished(() => cache.close());
+      return cache;
+    }),
+  );
+  const [a, b] = machines as [Awaited<ReturnType<typeof connect<Uint8Array>>>, Awaited<ReturnType<typeof connect<Uint8Array>>>];
+  const commit = async (id: string, bytes: Buffer, how: 'set' | 'getset'): Promise<void> => {
+    await using file = await a.reserveFile();
+    await writeFile(file.path, bytes);
+    if (how === 'set') return a.setFile(id, file.path);
+    await using gs = await a.getset(id);
+    await gs.setFile(file.path);
+  };
+  const valueOn = async (cache: typeof a, id: string): Promise<Buffer | null> => {
+    await using got = await cache.get(id);
+    return got.item && Buffer.from(await got.item.value());
+  };
+  for (const [how, size] of [['set', 100], ['set', 50_000], ['getset', 40_000]] as const) {
+    const bytes = Buffer.alloc(size, size & 0xff);
+    await commit(`${how}${size}`, bytes, how);
+    expect((await valueOn(b, `${how}${size}`))?.equals(bytes), `${how} of ${size} bytes read on the other machine`).toBe(true);
+  }
+  // Over the tier's limit: the other machine misses (the tombstone) and this one keeps it.
+  await a.set('large', Buffer.from('an older, small value'));
+  const large = Buffer.alloc(70_000, 9);
+  await commit('large', large, 'set');
+  expect(await valueOn(b, 'large')).toBeNull();
+  expect((await valueOn(a, 'large'))?.equals(large)).toBe(true);
+  const { tier } = (await a.status()) as StatusResult;
+  expect(tier).toMatchObject({ errors: 0, fencedWrites: 0 });
 });
