@@ -13,6 +13,7 @@ export type {
   ListPage,
   LockHandle,
   MissedGetSetHandle,
+  ReservedFile,
   SetOptions,
 } from './cache.js';
 export type { CodecName } from './codecs.js';
