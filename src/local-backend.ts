@@ -172,6 +172,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       drop: (scope, options) => (options?.keepIf === undefined ? this.#drop(scope) : this.#dropExcept(scope, options.keepIf)),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
       replay: (scope, id, send) => this.#replay(scope, id, send),
+      replayQueued: (scope, id, send, options) => this.#replayQueued(scope, id, send, options.signal),
       replayScope: (scope, send, onHeld) => this.#replayScope(scope, send, onHeld),
     };
     await this.#tier.attach(sink);
@@ -737,6 +738,29 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#checkOpen();
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER });
     if (lease === null) return false;
+    await this.#replayUnder(lease, scope, id, send);
+    return true;
+  }
+
+  /**
+   * The tier's sink: {@link LocalBackend.#replay} once an exclusive request for the item, queued now, is granted
+   * (readers asking after it wait behind it); false, sending nothing, when `signal` aborts it or the cache closes first.
+   */
+  async #replayQueued(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>, signal: AbortSignal): Promise<boolean> {
+    let lease: Lease;
+    try {
+      const acquired = this.#lock(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER, signal });
+      lease = acquired instanceof Promise ? await acquired : acquired;
+    } catch (error) {
+      if (signal.aborted || this.#closed) return false;
+      throw error;
+    }
+    await this.#replayUnder(lease, scope, id, send);
+    return true;
+  }
+
+  /** Sends the item's current local record under `lease` (its exclusive lock), dropping the local copy when Redis holds a newer one; releases it. */
+  async #replayUnder(lease: Lease, scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void> {
     try {
       await this.#readable();
       let record: StoredRecord<V> | undefined;
@@ -751,7 +775,6 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     } finally {
       lease.release();
     }
-    return true;
   }
 
   /**

@@ -58,6 +58,12 @@ export interface TierSink<V = unknown> {
    */
   replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<boolean>;
   /**
+   * {@link TierSink.replay} for an item whose lock was held: queues an exclusive request for it (readers asking after it
+   * wait behind it, so that readers overlapping without pause let it through), calls `send` once it is granted, and
+   * releases. Resolves false, calling nothing, when `signal` aborts the wait (or the store closes) before the grant.
+   */
+  replayQueued(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>, options: { signal: AbortSignal }): Promise<boolean>;
+  /**
    * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
    * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once, each
    * also told to `onHeld` as soon as found.

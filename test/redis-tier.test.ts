@@ -57,6 +57,8 @@ function recordingSink(): RecordingSink {
       if (found !== undefined) replayed.push(`${key}:${String(await send(found))}`);
       return true;
     },
+    // The item's lock stays held (by whatever the test says holds it): the request is granted never, only aborted.
+    replayQueued: (_scope, _id, _send, { signal }) => new Promise((resolve) => signal.addEventListener('abort', () => resolve(false), { once: true })),
     replayScope: async () => [],
   };
 }
@@ -951,4 +953,34 @@ test("a held item of a whole scope waits as a key at once: a write of it that Re
   // Before the fix, the held item was added as a key after the pass: written through with the older local record.
   expect(a.sink.replayed).toEqual([]);
   expect(text(await b.tier.read(pages, 'job'))).toBe('newer by A');
+});
+
+test("a whole scope's items are written through fenced by its clear: an item another machine wrote after the clear keeps that write (the stale local copy is dropped), and no delete is sent for an item absent locally", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'wn';
+  const b = await makeTier({ url: own.url, prefix });
+  const sent: string[] = [];
+  const a = await makeTier({
+    url: own.url,
+    prefix,
+    // A previous run left the scope `pages` to write through whole (its clear not sent yet).
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: true, clears: [], keys: [] }] },
+    replayScope: async (scope, send) => {
+      // The scope's clear went: another machine writes two of its items before A's write-through comes to them.
+      await b.tier.write(pages, 'theirs', record('by B after the clear'), { sizeBytes: 20 });
+      await b.tier.write(pages, 'gone', record('gone: by B after the clear'), { sizeBytes: 26 });
+      sent.push(`theirs:${String(await send(scope, 'theirs', record('older by A')))}`);
+      sent.push(`mine:${String(await send(scope, 'mine', record('by A')))}`);
+      // Listed, but gone locally by now (expired): nothing to send after the clear.
+      sent.push(`gone:${String(await send(scope, 'gone', undefined))}`);
+      return [];
+    },
+  });
+  await until(() => sent.length === 3 && a.tier.status().pendingChanges === 0, 'the scope is written through', 15_000);
+  // Before the fix, A's older copy was sent plain over B's newer write, and the missing one as a delete.
+  expect(sent).toEqual(['theirs:false', 'mine:true', 'gone:true']);
+  expect(text(await b.tier.read(pages, 'theirs'))).toBe('by B after the clear');
+  expect(text(await b.tier.read(pages, 'gone'))).toBe('gone: by B after the clear');
+  expect(text(await b.tier.read(pages, 'mine'))).toBe('by A');
+  expect(a.tier.status().fencedWrites).toBe(1);
 });
