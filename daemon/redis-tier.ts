@@ -388,6 +388,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return count;
   }
 
+  /**
+   * How many acquires whose reply never came wait to have their lease released: only these are tried again (every
+   * {@link ORPHAN_RETRY_MS} while the tier is up); one given up is no longer counted.
+   */
+  orphans(): number {
+    return this.#orphans.size;
+  }
+
   status(): TierStatus {
     const figures = this.#connection.figures();
     const changes = this.#changeLog?.figures() ?? { invalidations: 0, droppedScopes: 0 };
