@@ -35,6 +35,11 @@ interface RecordingSink extends TierSink<EncodedRecord['value']> {
   readonly local: Map<string, EncodedRecord>;
   /** Each write-through sent, as `<item key>:<whether Redis took it>`. */
   readonly replayed: string[];
+  /** Items whose lock the test holds: `replay` finds it taken (and counts the try in `tries`), `replayQueued` waits. */
+  readonly held: Set<string>;
+  readonly tries: Map<string, number>;
+  /** The queued requests for held items, as `queued <item key>` and `aborted <item key>`. */
+  readonly queued: string[];
 }
 
 function recordingSink(): RecordingSink {
@@ -42,23 +47,45 @@ function recordingSink(): RecordingSink {
   const dropped: string[] = [];
   const local = new Map<string, EncodedRecord>();
   const replayed: string[] = [];
+  const held = new Set<string>();
+  const tries = new Map<string, number>();
+  const queued: string[] = [];
   return {
     invalidated,
     dropped,
     local,
     replayed,
+    held,
+    tries,
+    queued,
     invalidate: async (scope, id) => void invalidated.push(`${scope.prefix}:${id}`),
     drop: async (scope) => void dropped.push(scope.prefix),
     localScopes: () => [],
     // Only what the test put in the local store is written through (other changes are forgotten once Redis answers).
     replay: async (scope, id, send) => {
       const key = itemKey(scope, id);
+      if (held.has(key)) {
+        tries.set(key, (tries.get(key) ?? 0) + 1);
+        return false;
+      }
       const found = local.get(key);
       if (found !== undefined) replayed.push(`${key}:${String(await send(found))}`);
       return true;
     },
     // The item's lock stays held (by whatever the test says holds it): the request is granted never, only aborted.
-    replayQueued: (_scope, _id, _send, { signal }) => new Promise((resolve) => signal.addEventListener('abort', () => resolve(false), { once: true })),
+    replayQueued: (scope, id, _send, { signal }) => {
+      queued.push(`queued ${itemKey(scope, id)}`);
+      return new Promise((resolve) =>
+        signal.addEventListener(
+          'abort',
+          () => {
+            queued.push(`aborted ${itemKey(scope, id)}`);
+            resolve(false);
+          },
+          { once: true },
+        ),
+      );
+    },
     replayScope: async () => [],
   };
 }
@@ -85,6 +112,8 @@ interface TierSetup {
   failingTops?: readonly string[];
   /** Local records the sink holds from the start, by item key. */
   local?: ReadonlyMap<string, EncodedRecord>;
+  /** Item keys whose lock the sink finds held from the start. */
+  held?: readonly string[];
 }
 
 /** A tier as one machine's daemon would make it, attached and closed when the test ends. */
@@ -112,6 +141,7 @@ async function makeTier(setup: TierSetup = {}): Promise<{ tier: RedisTier; sink:
   const sink = recordingSink();
   if (setup.replayScope !== undefined) sink.replayScope = setup.replayScope;
   for (const [key, found] of setup.local ?? []) sink.local.set(key, found);
+  for (const key of setup.held ?? []) sink.held.add(key);
   const failingTops = setup.failingTops;
   if (failingTops !== undefined) {
     const replay = sink.replay;
@@ -985,4 +1015,31 @@ test("a whole scope's items are written through fenced by its clear: an item ano
   expect(text(await b.tier.read(pages, 'gone'))).toBe('gone: by B after the clear');
   expect(text(await b.tier.read(pages, 'mine'))).toBe('by A');
   expect(a.tier.status().fencedWrites).toBe(1);
+});
+
+test("a held item's queued lock request is one per key across passes, and is aborted when its change no longer waits (a write Redis took, a clear covering it) and at close", async () => {
+  const own = await startRedisServer({ unixSocket: true });
+  const prefix = 'hq';
+  const [a, b, c] = [itemKey(pages, 'a'), itemKey(scopeOf(['pages', 'sub']), 'b'), itemKey(pages, 'c')];
+  const tier = await makeTier({
+    url: own.url,
+    prefix,
+    // A previous run left three items to write through, whose locks are held now (readers, a getset).
+    pendingFile: { keyPrefix: prefix, rootClear: false, tops: [{ top: 'pages', whole: false, clears: [], keys: [a, b, c] }] },
+    held: [a, b, c],
+  });
+  // Three passes found each lock held: one request each, not one per pass.
+  await until(() => [a, b, c].every((key) => (tier.sink.tries.get(key) ?? 0) >= 3), 'three passes tried each item', 15_000);
+  expect(tier.sink.queued).toEqual([`queued ${a}`, `queued ${b}`, `queued ${c}`]);
+  expect(tier.tier.status().pendingChanges).toBe(3);
+  // A write of a that Redis takes makes it current there: its request goes.
+  await tier.tier.write(pages, 'a', record('a written now'), { sizeBytes: 13 });
+  expect(tier.sink.queued.slice(3)).toEqual([`aborted ${a}`]);
+  // A clear of b's scope that Redis takes forgets b's change: its request goes.
+  await tier.tier.clear(scopeOf(['pages', 'sub']));
+  expect(tier.sink.queued.slice(4)).toEqual([`aborted ${b}`]);
+  expect(tier.tier.status().pendingChanges).toBe(1);
+  // c's change still waits (kept in the file for the next run); its request goes at close.
+  await tier.tier.close();
+  expect(tier.sink.queued.slice(5)).toEqual([`aborted ${c}`]);
 });
