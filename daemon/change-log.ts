@@ -329,6 +329,9 @@ export class ChangeLog {
     }
     if (this.#tops.size >= this.#maxTrackedScopes) this.#forgetOldest();
     const state = this.#newState(top, undefined);
+    // Taken up while subscribed, it has no local copy older than its position: in sync (one written while its position
+    // cannot be fetched makes it unsure, and the next subscription's pass drops it).
+    if (this.#subscribed) state.syncedEpoch = this.#epoch;
     this.#tops.set(top, state);
     void this.#sync(state);
   }
