@@ -277,7 +277,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       }
     }
     if (state !== 'fresh' && this.#shares(scope)) {
-      const shared = await this.#readThrough(lease, scope, id);
+      // A local copy the tier is unsure of is not replaced (it may be a `shared-read` scope's local write).
+      const shared = await this.#readThrough(lease, scope, id, { keep: fallback === undefined });
       if (shared) {
         ({ record, state } = shared);
         if (shared.kept) expiredLocally = false;
@@ -341,7 +342,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
         found = granted?.found;
         unavailable = granted === undefined;
       } else {
-        found = await this.#readThrough(lease, scope, id);
+        found = await this.#readThrough(lease, scope, id, { keep: fallback === undefined });
         unavailable = found === null;
       }
       if (found) {
@@ -636,9 +637,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   /**
    * On a local miss in a scope the tier shares, under the item's lock (`lease`): the tier's copy as the local tier's
-   * expiry sees it (`undefined`: a miss there too; `null`: the tier unavailable), kept as the local copy when fresh.
+   * expiry sees it (`undefined`: a miss there too; `null`: the tier unavailable), kept as the local copy when fresh
+   * (unless `keep` is false).
    */
-  async #readThrough(lease: Lease, scope: Scope, id: string): Promise<Found<V> | undefined | null> {
+  async #readThrough(lease: Lease, scope: Scope, id: string, options: { keep: boolean }): Promise<Found<V> | undefined | null> {
     let read: TierRead<V> | null;
     try {
       read = await this.#tier!.read(scope, id);
@@ -646,7 +648,14 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease.release();
       throw error;
     }
-    return read === null ? null : this.#found(lease, scope, id, read);
+    if (read === null) return null;
+    if (options.keep) return this.#found(lease, scope, id, read);
+    // Asked all the same, so that the tier forgets the read.
+    const notKept = (): boolean => {
+      read.copyable();
+      return false;
+    };
+    return this.#found(lease, scope, id, { record: read.record, copyable: notKept });
   }
 
   /**
