@@ -208,6 +208,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return this.#sharingOf(topOf(scope));
   }
 
+  inSync(scope: Scope, id: string): boolean {
+    const top = topOf(scope);
+    return this.#sharingOf(top) === 'local' || this.#changeLog === undefined || this.#changeLog.inSync(scope, id);
+  }
+
   async attach(sink: TierSink<EncodedValue>): Promise<void> {
     if (this.#changeLog !== undefined) throw new TypeError('The tier is attached already.');
     this.#sink = sink;

@@ -110,6 +110,8 @@ export interface Store<V> {
   filePath?(name: string): string;
   write(scope: Scope, id: string, record: StoredRecord<V>): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
+  /** Deletes the items of `scope` named by `ids` in one write, for a store that can (else `delete` each). */
+  deleteMany?(scope: Scope, ids: readonly string[]): Promise<void>;
   /** Removes the items of `scope` and of every scope nested in it. */
   clear(scope: Scope): Promise<void>;
   /**

@@ -488,6 +488,22 @@ export class LevelStore implements Store<EncodedValue> {
   }
 
   /**
+   * Deletes the items of `scope` named by `ids` as `delete` does each, in one batch: a page of a scope's items costs
+   * one LevelDB write, not one per item. The caller holds each item's lock.
+   */
+  async deleteMany(scope: Scope, ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    if (this.#guard.blocked) await this.#guard.writable();
+    // Queued in one turn: the group commit writes them as one batch (with whatever else was queued in that turn).
+    await Promise.all(
+      ids.map((id) => {
+        const key = itemKey(scope, id);
+        return this.#commits.add({ kind: 'del', key, replaced: this.#blobOf(key) });
+      }),
+    );
+  }
+
+  /**
    * Checks that the directory is still the one opened (a stat, microseconds): writes check it themselves, and a
    * periodic call notices a directory deleted while the store only reads (which never looks at it) or is idle. If it
    * is not, the store is lost and `onLost` runs.
