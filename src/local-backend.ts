@@ -467,7 +467,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   #item(record: StoredRecord<V> | ReferenceRecord, files: HandleFiles): CacheItem<T> {
     const { modified, expiresAtMs, file } = record;
-    const value = 'value' in record ? record.value : undefined;
+    // A stored value may itself be `undefined` (an as-given codec's): a record read by reference is told by its lack of one.
+    const byReference = !('value' in record);
+    const value = byReference ? undefined : record.value;
     const adapter = this.#adapter;
     const decode = adapter.decode.bind(adapter);
     const store = this.#store;
@@ -475,14 +477,14 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const path = files.itemPath(() => {
       if (file && store.filePath) return store.filePath(file.name);
       if (!adapter.bytes) throw new TypeError('This cache has no bytes to give a path to.');
-      return adapter.bytes(value!);
+      return adapter.bytes(value as V);
     });
     const read =
-      value === undefined
+      byReference
         ? async (): Promise<T> => {
             throw new TypeError('This item was read by reference (ReadOptions.reference): its bytes are in its file.');
           }
-        : async (): Promise<T> => decode(value);
+        : async (): Promise<T> => decode(value as V);
     const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: read, path };
     storedRecords.set(item, record);
     return item;
