@@ -4,7 +4,7 @@ import { CacheError, isCacheError } from '../src/errors.js';
 import { listPage } from '../src/cache-view.js';
 import { type LocalBackend, storedRecordOf } from '../src/local-backend.js';
 import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
-import { type Scope, scopeOf } from '../src/scope-path.js';
+import { ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue, ReferenceRecord, StoredRecord, VerifyReport } from '../src/store.js';
 import {
   Clear,
@@ -117,6 +117,8 @@ export class Session {
   /** This client's lines in the log: a few a minute, the rest counted. */
   readonly #logLimit = new LogLimiter({ write: (line) => this.#context.log(`${this.#clientName}: ${line}`) });
   #initialized = false;
+  /** The scope of the last request that named one, for {@link Session.#scopeOf}. */
+  #lastScope: Scope | undefined;
   /** Whether the client proved it reads the daemon's files: then values kept in files are answered by reference. */
   #references = false;
   #closing: Promise<void> | undefined;
@@ -129,11 +131,11 @@ export class Session {
     this.#label = label;
     this.#clientName = label;
     this.#owner = Object.freeze({ name: label });
-    this.#on(Get, (p, signal) => this.#get(scopeOf(p.scope), p.id, p.wait, signal));
-    this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
+    this.#on(Get, (p, signal) => this.#get(this.#scopeOf(p.scope), p.id, p.wait, signal));
+    this.#on(GetSet, (p, signal) => this.#getset(this.#scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
     this.#on(HandleSet, (p) => this.#handleSet(p));
     this.#on(SetItem, (p, signal) => this.#set(p, this.#gate(signal)));
-    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, { signal: this.#gate(signal), owner: this.#owner }));
+    this.#on(Delete, (p, signal) => this.#context.backend.delete(this.#scopeOf(p.scope), p.id, { signal: this.#gate(signal), owner: this.#owner }));
     this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), { signal: this.#gate(signal), owner: this.#owner }));
     this.#on(List, (p) => this.#list(p));
     this.#on(Status, (p) => this.#context.status(p.scope && scopeOf(p.scope)));
@@ -142,6 +144,17 @@ export class Session {
     this.#on(Verify, (p) => this.#context.verify(p));
     this.#on(Shutdown, () => this.#shutdown());
     this.#on(EnableReferences, (p) => this.#enableReferences(p.token));
+  }
+
+  /**
+   * The scope named by `path`: the one of this session's last request when the names are the same (most clients
+   * use a few scopes), so that the names are escaped and the scope made once, not per request.
+   */
+  #scopeOf(path: readonly string[]): Scope {
+    if (path.length === 0) return ROOT_SCOPE;
+    const last = this.#lastScope;
+    if (last !== undefined && sameNames(last.path, path)) return last;
+    return (this.#lastScope = scopeOf(path));
   }
 
   get initialized(): boolean {
@@ -309,7 +322,9 @@ export class Session {
   }
 
   async #getLater(scope: Scope, id: string, wait: boolean, signal: RequestSignal): Promise<GetResult> {
-    const options = wait ? { signal: this.#gate(signal), owner: this.#owner } : { wait: false, owner: this.#owner };
+    // By reference, as readNow reads: the file of a value kept in one is not read into the daemon's memory.
+    const reference = this.#references;
+    const options = wait ? { signal: this.#gate(signal), owner: this.#owner, reference } : { wait: false, owner: this.#owner, reference };
     const got = await this.#context.backend.get(scope, id, options);
     if (!got) return { handle: null, item: null };
     this.#count(scope, got.item);
@@ -318,7 +333,7 @@ export class Session {
   }
 
   async #getset(scope: Scope, id: string, wait: boolean, signal: WaitGate): Promise<GetSetResult> {
-    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner });
+    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner, reference: this.#references });
     if (!gs.set) return { handle: null, item: null, stale: null };
     this.#count(scope, gs.item);
     const item = this.#wireItem(await recordOf(gs.item));
@@ -358,7 +373,7 @@ export class Session {
   async #set({ scope, id, value, modified, ttlMs, staleMs }: SetParams, signal: WaitGate): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
-    await this.#context.backend.set(scopeOf(scope), id, value, { modified: when, signal, owner: this.#owner, ...expiryOf(ttlMs, staleMs) });
+    await this.#context.backend.set(this.#scopeOf(scope), id, value, { modified: when, signal, owner: this.#owner, ...expiryOf(ttlMs, staleMs) });
   }
 
   /** Asks the daemon to stop once the answer to this request is on its way. */
@@ -385,14 +400,23 @@ export class Session {
   }
 }
 
-/** The stored record behind a handle's item: the daemon's values are the stored bytes, so decoding returns them. */
-async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRecord | null> {
+/**
+ * The stored record behind a handle's item (a {@link ReferenceRecord} for a value read by reference): the daemon's
+ * values are the stored bytes, so decoding returns them.
+ */
+async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRecord | ReferenceRecord | null> {
   if (!item) return null;
   const stored = storedRecordOf<EncodedValue>(item);
   if (stored) return stored;
   const value = await item.value();
   // `expires` is `expiresAtMs / 1000`, which `* 1000` gives back exactly.
   return item.expires === undefined || item.expires === null ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expires * 1000 };
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let n = 0; n < a.length; n++) if (a[n] !== b[n]) return false;
+  return true;
 }
 
 /** The expiry options of a write, only those given (the backend tells absent from `undefined` as the public API does). */

@@ -33,6 +33,14 @@ export interface LockOptions {
   owner?: LockOwner | undefined;
 }
 
+/**
+ * For the daemon's `get` and `getset`: a value kept in a file is not read, and its item is made from a
+ * {@link ReferenceRecord} (see {@link storedRecordOf}) whose `value()` is not to be called.
+ */
+export interface ReadOptions {
+  reference?: boolean;
+}
+
 export interface LocalBackendOptions<V = unknown> {
   /** The clock that expiry reads, in milliseconds since the epoch; default `Date.now`. For tests. */
   now?: () => number;
@@ -51,14 +59,14 @@ export interface LocalBackendOptions<V = unknown> {
 }
 
 /** The stored record each item handed out was made from, for the daemon, whose values are the stored form. */
-const storedRecords = new WeakMap<object, StoredRecord<unknown>>();
+const storedRecords = new WeakMap<object, StoredRecord<unknown> | ReferenceRecord>();
 
 /**
  * The stored record behind an item that a {@link LocalBackend} handed out (with its `file`, for a value kept in one);
  * `undefined` for any other item.
  */
-export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | undefined {
-  return storedRecords.get(item) as StoredRecord<V> | undefined;
+export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | ReferenceRecord | undefined {
+  return storedRecords.get(item) as StoredRecord<V> | ReferenceRecord | undefined;
 }
 
 /** Who the tier's own work on the local store (dropping stale copies) is, for `hoard locks`. */
@@ -253,7 +261,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return undefined;
   }
 
-  async get(scope: Scope, id: string, options: LockOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
+  async get(scope: Scope, id: string, options: LockOptions & ReadOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
     let lease: Lease;
     if (options.wait === false) {
       this.#checkOpen();
@@ -265,7 +273,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease = acquired instanceof Promise ? await acquired : acquired;
     }
     await this.#readable();
-    let record = this.#readRecord(lease, scope, id);
+    let record = this.#readRecord(lease, scope, id, { reference: options.reference === true });
     let state = record && freshness(record, this.#now());
     let expiredLocally = state === 'gone';
     // A fresh copy the tier does not vouch for now is read as a miss; one it is unsure of is served if it cannot answer.
@@ -303,7 +311,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async getset(
     scope: Scope,
     id: string,
-    options: LockOptions & { wait: boolean },
+    options: LockOptions & ReadOptions & { wait: boolean },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const key = itemKey(scope, id);
     let lease: Lease;
@@ -318,7 +326,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     await this.#readable();
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
-    let record = this.#readRecord(lease, scope, id, { corruptIsMiss: true });
+    let record = this.#readRecord(lease, scope, id, { corruptIsMiss: true, reference: options.reference === true });
     let state = record && freshness(record, this.#now());
     let expiredLocally = state === 'gone';
     // As for `get`: a fresh copy the tier does not vouch for now is a miss, or, when unsure, the tier's fallback.
@@ -519,8 +527,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return this.#locks.acquire(key, mode, options);
   }
 
-  #item(record: StoredRecord<V>, files: HandleFiles): CacheItem<T> {
-    const { modified, value, expiresAtMs, file } = record;
+  #item(record: StoredRecord<V> | ReferenceRecord, files: HandleFiles): CacheItem<T> {
+    const { modified, expiresAtMs, file } = record;
+    // A stored value may itself be `undefined` (an as-given codec's): a record read by reference is told by its lack of one.
+    const byReference = !('value' in record);
+    const value = byReference ? undefined : record.value;
     const adapter = this.#adapter;
     const decode = adapter.decode.bind(adapter);
     const store = this.#store;
@@ -528,9 +539,15 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const path = files.itemPath(() => {
       if (file && store.filePath) return store.filePath(file.name);
       if (!adapter.bytes) throw new TypeError('This cache has no bytes to give a path to.');
-      return adapter.bytes(value);
+      return adapter.bytes(value as V);
     });
-    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value), path };
+    const read =
+      byReference
+        ? async (): Promise<T> => {
+            throw new TypeError('This item was read by reference (ReadOptions.reference): its bytes are in its file.');
+          }
+        : async (): Promise<T> => decode(value as V);
+    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: read, path };
     storedRecords.set(item, record);
     return item;
   }
@@ -555,7 +572,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   /** Reads the stored record under the held lease, releasing the lease if the read fails. */
   #readRecord(lease: Lease, scope: Scope, id: string, options?: { corruptIsMiss?: boolean }): StoredRecord<V> | undefined;
-  #readRecord(lease: Lease, scope: Scope, id: string, options: { reference: boolean }): StoredRecord<V> | ReferenceRecord | undefined;
+  #readRecord(lease: Lease, scope: Scope, id: string, options: { corruptIsMiss?: boolean; reference: boolean }): StoredRecord<V> | ReferenceRecord | undefined;
   #readRecord(
     lease: Lease,
     scope: Scope,
@@ -564,8 +581,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   ): StoredRecord<V> | ReferenceRecord | undefined {
     try {
       this.#checkOpen();
-      if (options.reference && this.#store.readReference) return this.#store.readReference(scope, id);
-      return this.#store.read(scope, id);
+      const store = this.#store;
+      const reference = options.reference === true;
+      // The lease's key is the item's storage key: a store that reads by it spares making it again.
+      const record = store.readKey
+        ? (store.readKey(lease.key, reference) as StoredRecord<V> | ReferenceRecord | undefined)
+        : reference && store.readReference
+          ? store.readReference(scope, id)
+          : store.read(scope, id);
+      // A getset must find a missing file now, as a read of its bytes would, to compute the value again.
+      if (options.corruptIsMiss && record?.file && !('value' in record)) store.checkFile?.(record.file);
+      return record;
     } catch (error) {
       if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return undefined;
       lease.release();
