@@ -261,6 +261,20 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return undefined;
   }
 
+  /** A fresh local copy the tier does not vouch for now reads as a miss; one it is only unsure of is kept as the fallback served when the tier cannot answer. */
+  #vouched<R extends StoredRecord<V> | ReferenceRecord>(
+    scope: Scope,
+    id: string,
+    read: R | undefined,
+  ): { record: R | undefined; state: Freshness | undefined; expiredLocally: boolean; fallback: R | undefined } {
+    const state = read && freshness(read, this.#now());
+    const expiredLocally = state === 'gone';
+    if (state !== 'fresh' || this.#tier === undefined) return { record: read, state, expiredLocally, fallback: undefined };
+    const trust = this.#trust(scope, id);
+    if (trust === 'serve') return { record: read, state, expiredLocally, fallback: undefined };
+    return { record: undefined, state: undefined, expiredLocally, fallback: trust === 'unsure' ? read : undefined };
+  }
+
   async get(scope: Scope, id: string, options: LockOptions & ReadOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
     let lease: Lease;
     if (options.wait === false) {
@@ -273,18 +287,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease = acquired instanceof Promise ? await acquired : acquired;
     }
     await this.#readable();
-    let record = this.#readRecord(lease, scope, id, { reference: options.reference === true });
-    let state = record && freshness(record, this.#now());
-    let expiredLocally = state === 'gone';
-    // A fresh copy the tier does not vouch for now is read as a miss; one it is unsure of is served if it cannot answer.
-    let fallback: StoredRecord<V> | undefined;
-    if (state === 'fresh' && this.#tier !== undefined) {
-      const trust = this.#trust(scope, id);
-      if (trust !== 'serve') {
-        if (trust === 'unsure') fallback = record;
-        record = state = undefined;
-      }
-    }
+    let { record, state, expiredLocally, fallback } = this.#vouched(scope, id, this.#readRecord(lease, scope, id, { reference: options.reference === true }));
     if (state !== 'fresh' && this.#shares(scope)) {
       // A local copy the tier is unsure of is not replaced (it may be a `shared-read` scope's local write).
       const shared = await this.#readThrough(lease, scope, id, { keep: fallback === undefined });
@@ -326,18 +329,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     await this.#readable();
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
-    let record = this.#readRecord(lease, scope, id, { corruptIsMiss: true, reference: options.reference === true });
-    let state = record && freshness(record, this.#now());
-    let expiredLocally = state === 'gone';
-    // As for `get`: a fresh copy the tier does not vouch for now is a miss, or, when unsure, the tier's fallback.
-    let fallback: StoredRecord<V> | undefined;
-    if (state === 'fresh' && this.#tier !== undefined) {
-      const trust = this.#trust(scope, id);
-      if (trust !== 'serve') {
-        if (trust === 'unsure') fallback = record;
-        record = state = undefined;
-      }
-    }
+    let { record, state, expiredLocally, fallback } = this.#vouched(
+      scope,
+      id,
+      this.#readRecord(lease, scope, id, { corruptIsMiss: true, reference: options.reference === true }),
+    );
     // A local hit holds the local lock alone, as without a tier: its setter, if used, writes as a plain set does.
     const sharing = state === 'fresh' ? 'local' : this.#sharing(scope);
     let tierLease: TierLease | undefined;
