@@ -14,10 +14,13 @@ import {
   Get,
   GetSet,
   HandleSet,
+  type ChunkedItem,
+  isChunkedItem,
   isFileItem,
   List,
   type LockInfo,
   Locks,
+  ReadChunk,
   Release,
   Set as SetItem,
   Status,
@@ -27,12 +30,32 @@ import {
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
-import { readFileItem } from './value-files.js';
+import { type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
 import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
 
 /** The files that records read by reference came from: `item.path()` gives them while the handle is held. */
 const filePaths = new WeakMap<EncodedRecord, string>();
+
+/** A chunked item too large to gather at grant: read when asked, while its handle is held. */
+interface LaterRecord {
+  readonly chunked: ChunkedItem;
+  readonly read: ChunkReader;
+  readonly chunkBytes: number;
+}
+
+/** A handle's item as the client keeps it: its bytes, or the way to read them in chunks. */
+type HeldRecord = EncodedRecord | LaterRecord;
+
+function isLater(record: HeldRecord): record is LaterRecord {
+  return 'chunked' in record;
+}
+
+/** The record a chunked item stands for, with its bytes. */
+function chunkedRecord(item: ChunkedItem, bytes: Uint8Array): EncodedRecord {
+  const value = { encoding: item.encoding, bytes };
+  return item.expiresAtMs === undefined ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expiresAtMs };
+}
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
@@ -68,9 +91,24 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return (this.#connection = connection);
   }
 
-  #item(record: EncodedRecord | null, files: HandleFiles): CacheItem<T> | null {
+  #item(record: HeldRecord | null, files: HandleFiles): CacheItem<T> | null {
     if (!record) return null;
     const adapter = this.#adapter;
+    if (isLater(record)) {
+      const { chunked, read, chunkBytes } = record;
+      const { size, encoding } = chunked;
+      return {
+        modified: chunked.modified,
+        expires: chunked.expiresAtMs === undefined ? null : chunked.expiresAtMs / 1000,
+        // Read in chunks while the handle is held: into one buffer for the value, to a private file for a path.
+        value: async () => {
+          const ended = files.ended();
+          if (ended) throw ended;
+          return adapter.decode({ encoding, bytes: await gatherChunks(read, { size, chunkBytes }) });
+        },
+        path: files.itemPath(() => (write) => pullChunks(read, { size, chunkBytes, take: (offset, bytes) => write(bytes, offset) })),
+      };
+    }
     // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
     const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
     // A value read by reference is its daemon's file (kept while the handle is held); any other is written for it.
@@ -88,8 +126,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     handle: number,
     items: readonly (WireItem | null)[],
     options: { corruptIsMiss: boolean },
-  ): (EncodedRecord | null)[] | Promise<(EncodedRecord | null)[]> {
-    if (!items.some((item) => item !== null && isFileItem(item))) return items as (EncodedRecord | null)[];
+  ): (HeldRecord | null)[] | Promise<(HeldRecord | null)[]> {
+    if (!items.some((item) => item !== null && (isFileItem(item) || isChunkedItem(item)))) return items as (EncodedRecord | null)[];
     const release = (error: unknown): never => {
       connection.notify(Release, { handle });
       throw error;
@@ -100,7 +138,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         if (options.corruptIsMiss && error instanceof CacheError && error.code === 'CACHE_CORRUPT') return null;
         throw error;
       };
-      const read: (EncodedRecord | null | Promise<EncodedRecord | null>)[] = items.map((item) => {
+      const read: (HeldRecord | null | Promise<HeldRecord | null>)[] = items.map((item, index) => {
+        if (item !== null && isChunkedItem(item)) {
+          const chunked = this.#chunked(connection, handle, item, { stale: index === 1 });
+          return chunked instanceof Promise ? chunked.catch(miss) : chunked;
+        }
         if (item === null || !isFileItem(item)) return item;
         if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
         let read;
@@ -114,11 +156,23 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         filePaths.set(read, path);
         return read;
       });
-      if (!read.some((item) => item instanceof Promise)) return read as (EncodedRecord | null)[];
+      if (!read.some((item) => item instanceof Promise)) return read as (HeldRecord | null)[];
       return Promise.all(read.map(async (item) => item)).catch(release);
     } catch (error) {
       return release(error);
     }
+  }
+
+  /**
+   * A chunked item of handle `handle`'s answer: gathered now (under the lock, so that `value()` works after release)
+   * up to {@link EAGER_GATHER_MAX_BYTES}, else read when asked while the handle is held.
+   */
+  #chunked(connection: Channel, handle: number, item: ChunkedItem, options: { stale: boolean }): HeldRecord | Promise<HeldRecord> {
+    const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes ?? 0;
+    const { stale } = options;
+    const read: ChunkReader = (offsetBytes, maxBytes) => connection.request(ReadChunk, { handle, stale, offsetBytes, maxBytes });
+    if (item.size > EAGER_GATHER_MAX_BYTES) return { chunked: item, read, chunkBytes };
+    return gatherChunks(read, { size: item.size, chunkBytes }).then((bytes) => chunkedRecord(item, bytes));
   }
 
   /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
@@ -167,7 +221,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return answer.then((result) => {
       if (result.handle === null) return null;
       const handle = result.handle;
-      const build = (record: EncodedRecord | null): GetHandle<T> => {
+      const build = (record: HeldRecord | null): GetHandle<T> => {
         const releaseAtDaemon = this.#releaser(connection, handle);
         const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
         const release = async (): Promise<void> => {
@@ -178,7 +232,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
       };
       const record = result.item;
-      if (record === null || !isFileItem(record)) return build(record);
+      if (record === null || !(isFileItem(record) || isChunkedItem(record))) return build(record);
       // A value in a file is read here, while the handle holds the lock.
       const records = this.#records(connection, handle, [record], { corruptIsMiss: false });
       return records instanceof Promise ? records.then((read) => build(read[0]!)) : build(records[0]!);
