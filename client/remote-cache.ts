@@ -1,5 +1,5 @@
 import { flagOption } from '../src/flag-option.js';
-import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from '../src/cache.js';
+import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle, ReservedFile } from '../src/cache.js';
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
 import { checkExpiry, RootCacheView } from '../src/cache-view.js';
 import { CacheError } from '../src/errors.js';
@@ -9,6 +9,7 @@ import type { EncodedRecord, EncodedValue, StoreListing, VerifyReport } from '..
 import {
   Clear,
   Delete,
+  DiscardFile,
   Gc,
   type GcResult,
   Get,
@@ -16,13 +17,16 @@ import {
   HandleSet,
   type ChunkedItem,
   isChunkedItem,
+  HandleSetFile,
   isFileItem,
   List,
   type LockInfo,
   Locks,
   ReadChunk,
   Release,
+  ReserveFile,
   Set as SetItem,
+  SetFile,
   Status,
   type StatusResult,
   Verify,
@@ -33,6 +37,20 @@ import { referenceDirectoryOf } from './open-channel.js';
 import { type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
 import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
+import { PrivateReservations, ReservedFiles } from '../src/reserved-files.js';
+
+/**
+ * A reservation `reserveFile` handed out: the daemon's, by number on the connection that made it (a client that reads
+ * the daemon's files), or one in this process's private directory (`connection` null), sent as bytes at commit.
+ */
+interface Reservation {
+  readonly connection: Channel | null;
+  readonly reservation: number;
+}
+
+function lostReservation(): CacheError {
+  return new CacheError('CACHE_FILE_REFUSED', 'The connection that reserved this file was lost, and the daemon removed the file with it: reserve another.');
+}
 
 /** The files that records read by reference came from: `item.path()` gives them while the handle is held. */
 const filePaths = new WeakMap<EncodedRecord, string>();
@@ -66,6 +84,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   #closed = false;
   /** Handles whose items' paths have files of their own, removed at close if not released by then. */
   readonly #handleFiles = new Set<HandleFiles>();
+  /** The reservations `reserveFile` handed out, by path. */
+  readonly #reserved = new ReservedFiles<Reservation>((entry) => this.#discard(entry));
+  /** Reservations in this process's private directory, for a connection that does not read the daemon's files. */
+  readonly #private = new PrivateReservations();
 
   constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<Channel>, first?: Channel) {
     this.#adapter = adapter;
@@ -275,6 +297,25 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
+    // A reserved file, committed by number on this connection, or sent as bytes (a private one).
+    const setFile = async (path: string, options?: ExpiryOptions): Promise<void> => {
+      const entry = this.#reserved.get(path);
+      const expiry = checkExpiry(options);
+      if (!released && this.#closed) throw closedError();
+      if (released || connection.lost) {
+        throw new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.');
+      }
+      if (entry.connection !== null && entry.connection !== connection) throw lostReservation();
+      const { ttlMs, staleMs } = expiry;
+      const write = writes.then(() =>
+        entry.connection === null
+          ? this.#commitByBytes(entry, (value) => connection.request(HandleSet, { handle, value, ttlMs, staleMs }))
+          : connection.request(HandleSetFile, { handle, reservation: entry.reservation, encoding: this.#encoding(), ttlMs, staleMs }),
+      );
+      writes = write.catch(() => {});
+      await write;
+      this.#reserved.committed(path, entry);
+    };
     const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
     const release = async (): Promise<void> => {
       if (released) return;
@@ -284,7 +325,62 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       await releaseAtDaemon();
       await removed;
     };
-    return { item: this.#item(itemRecord!, files), stale: this.#item(staleRecord!, files), set, release, [Symbol.asyncDispose]: release };
+    return { item: this.#item(itemRecord!, files), stale: this.#item(staleRecord!, files), set, setFile, release, [Symbol.asyncDispose]: release };
+  }
+
+  /**
+   * Reserves a file for a value: the daemon's (in its `temp/`, committed without the bytes crossing the connection)
+   * when this connection reads the daemon's files, else one in this process's private directory, sent at commit.
+   */
+  async reserveFile(): Promise<ReservedFile> {
+    const connection = await this.connection();
+    if (referenceDirectoryOf(connection) !== undefined) {
+      const { reservation, path } = await connection.request(ReserveFile, undefined);
+      if (path !== null) return this.#reserved.add(path, { connection, reservation });
+      // References were refused meanwhile: the daemon gave no path.
+      connection.request(DiscardFile, { reservation }).catch(() => {});
+    }
+    const { reservation, path } = await this.#private.reserve();
+    if (this.#closed) {
+      await this.#private.discard(reservation);
+      throw closedError();
+    }
+    return this.#reserved.add(path, { connection: null, reservation });
+  }
+
+  async setFile(scope: Scope, id: string, path: string, options: { modified: number } & ExpiryOptions): Promise<void> {
+    const entry = this.#reserved.get(path);
+    const { modified, ttlMs, staleMs } = options;
+    if (entry.connection === null) {
+      const connection = await this.connection();
+      await this.#commitByBytes(entry, (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }));
+    } else {
+      if (this.#closed) throw closedError();
+      if (entry.connection.lost) throw lostReservation();
+      await entry.connection.request(SetFile, { scope: scope.path, id, reservation: entry.reservation, encoding: this.#encoding(), modified, ttlMs, staleMs });
+    }
+    this.#reserved.committed(path, entry);
+  }
+
+  /**
+   * Commits a reservation of the private directory: reads its file (checked as the daemon checks its own) and sends its
+   * bytes with `send`, then removes it; a refusal leaves it. One message, so at most the daemon's `maxMessageBytes`.
+   */
+  async #commitByBytes(entry: Reservation, send: (value: EncodedValue) => Promise<void>): Promise<void> {
+    const bytes = await this.#private.read(entry.reservation);
+    await send({ encoding: this.#encoding(), bytes });
+    await this.#private.discard(entry.reservation);
+  }
+
+  #encoding(): string {
+    const { encoding } = this.#adapter;
+    if (encoding === undefined) throw new TypeError('This cache has no encoding to commit a file in.');
+    return encoding;
+  }
+
+  async #discard(entry: Reservation): Promise<void> {
+    if (entry.connection === null) await this.#private.discard(entry.reservation);
+    else if (!entry.connection.lost) await entry.connection.request(DiscardFile, { reservation: entry.reservation }).catch(() => {});
   }
 
   async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {
@@ -343,6 +439,9 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const connection = this.#connection ?? (await this.#connecting?.catch(() => undefined));
     await connection?.close();
     await releaseAll(this.#handleFiles);
+    // The daemon's reservations went with the connection; the private ones go now.
+    this.#reserved.drain();
+    await this.#private.discardAll();
   }
 }
 

@@ -1,10 +1,10 @@
 import { timingSafeEqual } from 'node:crypto';
 import { constants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
-import type { CacheItem, GetSetHandle, ListPage } from '../src/cache.js';
+import type { CacheItem, ListPage } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { listPage } from '../src/cache-view.js';
-import { type LocalBackend, storedRecordOf } from '../src/local-backend.js';
+import { type LocalBackend, type LocalGetSetHandle, storedRecordOf } from '../src/local-backend.js';
 import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
 import { type Scope, scopeOf } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue, ReferenceRecord, StoredRecord, VerifyReport } from '../src/store.js';
@@ -12,6 +12,7 @@ import {
   Clear,
   DEFAULT_LIST_LIMIT,
   Delete,
+  DiscardFile,
   EnableReferences,
   type ChunkedItem,
   type FileItem,
@@ -22,6 +23,8 @@ import {
   GetSet,
   type GetSetResult,
   HandleSet,
+  type HandleSetFileParams,
+  HandleSetFile,
   type HandleSetParams,
   type InitializeParams,
   type InitializeResult,
@@ -34,7 +37,10 @@ import {
   type RequestMethod,
   ReadChunk,
   type ReadChunkParams,
+  ReserveFile,
   Set as SetItem,
+  SetFile,
+  type SetFileParams,
   type SetParams,
   Shutdown,
   Status,
@@ -44,6 +50,7 @@ import {
 } from '../src/wire/protocol.js';
 import { invalidParams, WireError } from '../src/wire/wire-error.js';
 import { LogLimiter } from './log-limiter.js';
+import { SessionReservations } from './session-reservations.js';
 import { logText } from './log-text.js';
 
 /** What every connection of one daemon shares. */
@@ -105,7 +112,7 @@ export type RequestSignal = Exclude<SignalSource, WaitGate>;
 /** Serves one method: answers synchronously when it can (a read whose lock is free), else with a promise. */
 export type Handler<P, R> = (params: P, signal: RequestSignal) => R | Promise<R>;
 
-type Held = { release(): void | Promise<void> } | GetSetHandle<EncodedValue>;
+type Held = { release(): void | Promise<void> } | LocalGetSetHandle<EncodedValue>;
 
 /** Where a chunked item's bytes are read from: its value's file (pinned by the handle), or bytes the daemon holds. */
 interface ChunkSource {
@@ -170,6 +177,8 @@ export class Session {
   readonly #chunkReadQueue: (() => void)[] = [];
   /** Whether the transport stopped reading because the client leaves its answers unread. */
   #outputPaused = false;
+  /** The files reserved for values this client writes (`cache/reserveFile`), removed when the session ends. */
+  readonly #reservations: SessionReservations;
   #closing: Promise<void> | undefined;
   #markClosed!: () => void;
   /** Resolves once the session has ended and its locks are released. */
@@ -194,6 +203,11 @@ export class Session {
     this.#on(Shutdown, () => this.#shutdown());
     this.#on(EnableReferences, (p) => this.#enableReferences(p.token));
     this.#on(ReadChunk, (p) => this.#readChunk(p));
+    this.#reservations = new SessionReservations(context.backend);
+    this.#on(ReserveFile, () => this.#reservations.reserve({ withPath: this.#references }));
+    this.#on(HandleSetFile, (p) => this.#handleSetFile(p));
+    this.#on(SetFile, (p, signal) => this.#setFile(p, this.#gate(signal)));
+    this.#on(DiscardFile, (p) => this.#reservations.discard(p.reservation));
   }
 
   get initialized(): boolean {
@@ -527,11 +541,28 @@ export class Session {
   }
 
   async #handleSet({ handle, value, ttlMs, staleMs }: HandleSetParams): Promise<void> {
+    await this.#heldGetSet(handle).set(value, expiryOf(ttlMs, staleMs));
+  }
+
+  /** @throws CacheError `CACHE_LOCK_NOT_HELD` for a number that is not a getset handle this connection holds. */
+  #heldGetSet(handle: number): LocalGetSetHandle<EncodedValue> {
     const entry = this.#held.get(handle);
     if (!entry || !this.#getsets.has(entry)) {
       throw new CacheError('CACHE_LOCK_NOT_HELD', `Handle ${handle} holds no getset lock on this connection.`);
     }
-    await (entry as GetSetHandle<EncodedValue>).set(value, expiryOf(ttlMs, staleMs));
+    return entry as LocalGetSetHandle<EncodedValue>;
+  }
+
+  async #handleSetFile({ handle, reservation, encoding, ttlMs, staleMs }: HandleSetFileParams): Promise<void> {
+    const gs = this.#heldGetSet(handle);
+    await this.#reservations.commit(reservation, () => gs.commitFile(reservation, { encoding, ...expiryOf(ttlMs, staleMs) }));
+  }
+
+  async #setFile({ scope, id, reservation, encoding, modified, ttlMs, staleMs }: SetFileParams, signal: WaitGate): Promise<void> {
+    const when = modified ?? Date.now() / 1000;
+    if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
+    const options = { modified: when, encoding, signal, owner: this.#owner, ...expiryOf(ttlMs, staleMs) };
+    await this.#reservations.commit(reservation, () => this.#context.backend.commitFile(scopeOf(scope), id, reservation, options));
   }
 
   async #list({ scope, cursor, limit }: ListParams): Promise<ListPage> {
@@ -580,6 +611,7 @@ export class Session {
       for (const handle of [...this.#chunkSources.keys()]) this.#dropChunks(handle);
       for (const waiting of this.#chunkReadQueue.splice(0)) waiting();
       await Promise.allSettled(handles.map(async (entry) => entry.release()));
+      await this.#reservations.discardAll();
       this.#logLimit.flush();
       this.#markClosed();
     })();

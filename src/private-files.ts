@@ -73,16 +73,21 @@ async function makeDirectory(): Promise<string> {
   return made;
 }
 
+/** This process's private directory (0700), made at the first call. */
+export function privateDirectory(): Promise<string> {
+  return (directory ??= makeDirectory().catch((error: unknown) => {
+    directory = undefined;
+    throw error;
+  }));
+}
+
 /**
  * Writes `bytes` to a new file of this process's private directory, mode 0400, and returns its path.
  * @throws CacheError `CACHE_STORAGE` when it cannot.
  */
 export async function writePrivateFile(bytes: Uint8Array): Promise<string> {
   try {
-    const made = await (directory ??= makeDirectory().catch((error: unknown) => {
-      directory = undefined;
-      throw error;
-    }));
+    const made = await privateDirectory();
     const path = join(made, `v${(counter++).toString(36)}`);
     await writeFile(path, bytes, { mode: 0o400, flag: 'wx' });
     return path;

@@ -1005,12 +1005,163 @@ export const ReadChunk = request<ReadChunkParams, Uint8Array>({
   errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_CORRUPT', 'CACHE_STORAGE'],
 });
 
+// --- writes from reserved files (see PROTOCOL.md, "Writing a value as a file") ---------------------------------
+
+export interface ReserveFileResult {
+  /** The reservation's number, this connection's to commit or discard; never reused within the daemon's run. */
+  reservation: number;
+  /**
+   * The file to write (absolute, 0600, empty), given only on a connection that enabled references; `null` otherwise
+   * (the client then fills it with `cache/writeChunk`).
+   */
+  path: string | null;
+}
+
+export interface ReservationParams {
+  reservation: number;
+}
+
+export interface HandleSetFileParams extends HandleParams, ReservationParams, WireExpiry {
+  /** The encoding the file's bytes are in (the client's codec). */
+  encoding: string;
+}
+
+export interface SetFileParams extends ItemParams, ReservationParams, WireExpiry {
+  encoding: string;
+  /** Seconds since the epoch; the daemon's clock when absent. */
+  modified?: number | undefined;
+}
+
+function reservationOf(value: unknown): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 0) throw invalidParams('reservation must be a non-negative integer');
+  return value as number;
+}
+
+/** What a commit of a reserved file may get besides a write's codes: the file refused, or too large for a record. */
+const FILE_ERRORS: readonly WireErrorCode[] = ['CACHE_FILE_REFUSED', 'CACHE_VALUE_TOO_LARGE', 'CACHE_OVER_SIZE_LIMIT'];
+
+/**
+ * Reserves an empty private file (0600) in the daemon's `temp/` directory, for a value that any process of the
+ * client's user may write and this connection then commits by number. At most 256 open per connection; they are
+ * removed when the connection closes. In binary: no params; result `u64` reservation, `u8` hasPath, [`string` path].
+ */
+export const ReserveFile = request<void, ReserveFileResult>({
+  method: 'cache/reserveFile',
+  op: 0x11,
+  params: none,
+  result: {
+    writeBinary(encoder, r) {
+      encoder.u64(r.reservation);
+      if (r.path === null) encoder.u8(0);
+      else encoder.u8(1).string(r.path);
+    },
+    readBinary(frame) {
+      const reservation = frame.u64();
+      return { reservation, path: frame.u8() === 1 ? frame.string() : null };
+    },
+    toJson: (r) => ({ reservation: r.reservation, path: r.path }),
+    fromJson(json) {
+      const r = object(json);
+      return { reservation: reservationOf(r.reservation), path: typeof r.path === 'string' ? r.path : null };
+    },
+  },
+  errors: ['CACHE_FILE_REFUSED', 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_UNSAFE_DIRECTORY', 'CACHE_DATA_DIRECTORY_LOST'],
+});
+
+/**
+ * Writes the value reservation `reservation`'s file holds as the item of a held getset handle (as
+ * `cache/handleSet`), moving the file into the store. In binary: `u64` handle, `u64` reservation, `f64` ttlMs, `f64`
+ * staleMs (0: absent), `string` encoding; no result.
+ */
+export const HandleSetFile = request<HandleSetFileParams, void>({
+  method: 'cache/handleSetFile',
+  op: 0x13,
+  params: {
+    writeBinary(encoder, p) {
+      encoder.u64(p.handle).u64(p.reservation);
+      writeExpiry(encoder, p);
+      encoder.string(p.encoding);
+    },
+    readBinary(frame) {
+      const number = frame.u64();
+      const reservation = frame.u64();
+      const { ttlMs, staleMs } = readExpiry(frame);
+      return { handle: number, reservation, ttlMs, staleMs, encoding: encoding(frame.string()) };
+    },
+    toJson: (p) => ({ handle: p.handle, reservation: p.reservation, encoding: p.encoding, ...expiryJson(p) }),
+    fromJson(json) {
+      const p = object(json);
+      const { ttlMs, staleMs } = expiry(p.ttlMs, p.staleMs);
+      return { handle: handle(p.handle), reservation: reservationOf(p.reservation), encoding: encoding(string(p, 'encoding')), ttlMs, staleMs };
+    },
+  },
+  result: none,
+  errors: ['CACHE_LOCK_NOT_HELD', ...FILE_ERRORS, 'CACHE_CLOSED', 'CACHE_STORAGE', 'CACHE_DATA_DIRECTORY_LOST'],
+});
+
+/**
+ * Adds or replaces an item with the value reservation `reservation`'s file holds, under its exclusive lock (as
+ * `cache/set`). In binary: `strings` scope, `string` id, `u64` reservation, `f64` modified, `f64` ttlMs, `f64` staleMs,
+ * `string` encoding; no result.
+ */
+export const SetFile = request<SetFileParams, void>({
+  method: 'cache/setFile',
+  op: 0x14,
+  params: {
+    writeBinary(encoder, p) {
+      encoder
+        .strings(p.scope)
+        .string(p.id)
+        .u64(p.reservation)
+        .f64(p.modified ?? Date.now() / 1000);
+      writeExpiry(encoder, p);
+      encoder.string(p.encoding);
+    },
+    readBinary(frame) {
+      const { scope: path, id } = itemParams.readBinary(frame);
+      const reservation = frame.u64();
+      const modified = frame.f64();
+      const { ttlMs, staleMs } = readExpiry(frame);
+      return { scope: path, id, reservation, modified, ttlMs, staleMs, encoding: encoding(frame.string()) };
+    },
+    toJson: (p) => ({ scope: p.scope, id: p.id, reservation: p.reservation, encoding: p.encoding, modified: p.modified, ...expiryJson(p) }),
+    fromJson(json) {
+      const { scope: path, id } = itemParams.fromJson(json);
+      const p = json as Record<string, unknown>;
+      if (p.modified !== undefined && typeof p.modified !== 'number') throw invalidParams('modified must be a finite number');
+      const { ttlMs, staleMs } = expiry(p.ttlMs, p.staleMs);
+      return { scope: path, id, reservation: reservationOf(p.reservation), encoding: encoding(string(p, 'encoding')), modified: p.modified, ttlMs, staleMs };
+    },
+  },
+  result: none,
+  errors: [...FILE_ERRORS, ...STORE_ERRORS],
+});
+
+/**
+ * Removes an uncommitted reservation's file; a number that is not this connection's open reservation is ignored. In
+ * binary: `u64` reservation; no result.
+ */
+export const DiscardFile = request<ReservationParams, void>({
+  method: 'cache/discardFile',
+  op: 0x15,
+  params: {
+    writeBinary: (encoder, p) => void encoder.u64(p.reservation),
+    readBinary: (frame) => ({ reservation: frame.u64() }),
+    toJson: (p) => ({ reservation: p.reservation }),
+    fromJson: (json) => ({ reservation: reservationOf(object(json).reservation) }),
+  },
+  result: none,
+  errors: [],
+});
+
 /** A request of any params and result, for tables of methods. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type AnyRequest = RequestMethod<any, any>;
 
 /** Every request; each has its own binary op. */
-export const REQUESTS: readonly AnyRequest[] = [Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences, ReadChunk];
+export const REQUESTS: readonly AnyRequest[] = [
+  Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences, ReadChunk, ReserveFile, HandleSetFile, SetFile, DiscardFile,
+];
 
 // --- the handshake, JSON only ----------------------------------------------------------------------------------
 
