@@ -2,7 +2,7 @@ import { flagOption } from '../src/flag-option.js';
 import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle, ReservedFile } from '../src/cache.js';
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
 import { checkExpiry, RootCacheView } from '../src/cache-view.js';
-import { CacheError } from '../src/errors.js';
+import { CacheError, isCacheError } from '../src/errors.js';
 import type { ValueAdapter } from '../src/local-backend.js';
 import type { Scope } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue, StoreListing, VerifyReport } from '../src/store.js';
@@ -31,10 +31,12 @@ import {
   type StatusResult,
   Verify,
   type WireItem,
+  WriteChunk,
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
-import { type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
+import { CHUNK_CREDIT, type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
+import { copyFile, open as openFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
 import { PrivateReservations, ReservedFiles } from '../src/reserved-files.js';
@@ -291,9 +293,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       if (released || connection.lost) {
         throw new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.');
       }
-      const write = writes.then(() =>
-        connection.request(HandleSet, { handle, value: this.#adapter.encode(value), ttlMs: expiry.ttlMs, staleMs: expiry.staleMs }),
-      );
+      const write = writes.then(() => {
+        const encoded = this.#adapter.encode(value);
+        const { ttlMs, staleMs } = expiry;
+        return this.#orByReservation(connection, encoded, connection.request(HandleSet, { handle, value: encoded, ttlMs, staleMs }), (reservation) =>
+          connection.request(HandleSetFile, { handle, reservation, encoding: encoded.encoding, ttlMs, staleMs }),
+        );
+      });
       writes = write.catch(() => {});
       return write;
     };
@@ -309,7 +315,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const { ttlMs, staleMs } = expiry;
       const write = writes.then(() =>
         entry.connection === null
-          ? this.#commitByBytes(entry, (value) => connection.request(HandleSet, { handle, value, ttlMs, staleMs }))
+          ? this.#commitByBytes(entry, path, connection, {
+              send: (value) => connection.request(HandleSet, { handle, value, ttlMs, staleMs }),
+              commit: (reservation, encoding) => connection.request(HandleSetFile, { handle, reservation, encoding, ttlMs, staleMs }),
+            })
           : connection.request(HandleSetFile, { handle, reservation: entry.reservation, encoding: this.#encoding(), ttlMs, staleMs }),
       );
       writes = write.catch(() => {});
@@ -353,7 +362,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     if (entry.connection === null) {
       const connection = await this.connection();
-      await this.#commitByBytes(entry, (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }));
+      await this.#commitByBytes(entry, path, connection, {
+        send: (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }),
+        commit: (reservation, encoding) => connection.request(SetFile, { scope: scope.path, id, reservation, encoding, modified, ttlMs, staleMs }),
+      });
     } else {
       if (this.#closed) throw closedError();
       if (entry.connection.lost) throw lostReservation();
@@ -366,9 +378,24 @@ export class RemoteBackend<T> implements CacheBackend<T> {
    * Commits a reservation of the private directory: reads its file (checked as the daemon checks its own) and sends its
    * bytes with `send`, then removes it; a refusal leaves it. One message, so at most the daemon's `maxMessageBytes`.
    */
-  async #commitByBytes(entry: Reservation, send: (value: EncodedValue) => Promise<void>): Promise<void> {
-    const bytes = await this.#private.read(entry.reservation);
-    await send({ encoding: this.#encoding(), bytes });
+  /**
+   * Commits a reservation of this process's private directory (`path`): over the handshake's chunk size, in chunks
+   * to a reservation of the daemon's that `commit` commits (the value never whole in memory); else in one message.
+   */
+  async #commitByBytes(
+    entry: Reservation,
+    path: string,
+    connection: Channel,
+    by: { send: (value: EncodedValue) => Promise<void>; commit: (reservation: number, encoding: string) => Promise<void> },
+  ): Promise<void> {
+    const encoding = this.#encoding();
+    const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes;
+    const size = chunkBytes === undefined ? 0 : (await stat(path)).size;
+    if (chunkBytes !== undefined && size > chunkBytes) {
+      await by.commit(await this.#upload(connection, { path, size }), encoding);
+    } else {
+      await by.send({ encoding, bytes: await this.#private.read(entry.reservation) });
+    }
     await this.#private.discard(entry.reservation);
   }
 
@@ -387,7 +414,78 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs });
+    await this.#orByReservation(connection, encoded, connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs }), (reservation) =>
+      connection.request(SetFile, { scope: scope.path, id, reservation, encoding: encoded.encoding, modified, ttlMs, staleMs }),
+    );
+  }
+
+  /**
+   * What `sent` (a write of `value` in one message) gives, unless the value is too large for a message: then the value
+   * goes to a reservation of the daemon's (through its file with references, else in chunks) that `commit` commits.
+   */
+  async #orByReservation(connection: Channel, value: EncodedValue, sent: Promise<void>, commit: (reservation: number) => Promise<unknown>): Promise<void> {
+    try {
+      await sent;
+    } catch (error) {
+      // Refused before sending; a daemon without chunks or references cannot take it otherwise.
+      const { capabilities } = connection.info;
+      if (!isCacheError(error, 'CACHE_VALUE_TOO_LARGE') || (capabilities.chunks === undefined && referenceDirectoryOf(connection) === undefined)) throw error;
+      const reservation = await this.#upload(connection, { bytes: value.bytes });
+      await commit(reservation);
+    }
+  }
+
+  /**
+   * Puts bytes (from memory, or a private file of `size` bytes) into a new reservation of the daemon's on
+   * `connection`: into its file when the daemon gives its path (references), else by `cache/writeChunk`s of the
+   * handshake's chunk size, {@link CHUNK_CREDIT} in flight, reading a file a chunk at a time. A failure discards it.
+   * @throws CacheError `CACHE_VALUE_TOO_LARGE` from a daemon that offers neither, or the daemon's refusals.
+   */
+  async #upload(connection: Channel, source: { bytes: Uint8Array } | { path: string; size: number }): Promise<number> {
+    const { reservation, path } = await connection.request(ReserveFile, undefined);
+    try {
+      if (path !== null) {
+        if ('bytes' in source) await writeFile(path, source.bytes, { flag: 'r+' });
+        else await copyFile(source.path, path);
+        return reservation;
+      }
+      const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes;
+      if (chunkBytes === undefined) throw new CacheError('CACHE_VALUE_TOO_LARGE', 'The daemon takes this value neither as a file nor in chunks, and it is too large for a message.');
+      const file = 'bytes' in source ? undefined : await openFile(source.path, 'r');
+      try {
+        const size = 'bytes' in source ? source.bytes.byteLength : source.size;
+        const pending = new Set<Promise<void>>();
+        let failure: { error: unknown } | undefined;
+        for (let offset = 0; offset < size && !failure; offset += chunkBytes) {
+          const length = Math.min(chunkBytes, size - offset);
+          let bytes: Uint8Array;
+          if ('bytes' in source) bytes = source.bytes.subarray(offset, offset + length);
+          else {
+            bytes = Buffer.allocUnsafe(length);
+            const { bytesRead } = await file!.read(bytes, 0, length, offset);
+            if (bytesRead !== length) throw new CacheError('CACHE_FILE_REFUSED', `The reserved file ${source.path} changed while it was sent.`);
+          }
+          // Appends reach the daemon in order, and it writes one reservation's chunks in the order received.
+          const sent: Promise<void> = connection.request(WriteChunk, { reservation, offsetBytes: offset, bytes }).then(
+            () => void pending.delete(sent),
+            (error: unknown) => {
+              pending.delete(sent);
+              failure ??= { error };
+            },
+          );
+          pending.add(sent);
+          while (pending.size >= CHUNK_CREDIT) await Promise.race(pending);
+        }
+        await Promise.all(pending);
+        if (failure) throw failure.error;
+      } finally {
+        await file?.close();
+      }
+      return reservation;
+    } catch (error) {
+      connection.request(DiscardFile, { reservation }).catch(() => {});
+      throw error;
+    }
   }
 
   async delete(scope: Scope, id: string): Promise<void> {

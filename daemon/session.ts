@@ -35,6 +35,8 @@ import {
   PROTOCOL_VERSION,
   type AnyRequest,
   type RequestMethod,
+  WriteChunk,
+  type WriteChunkParams,
   ReadChunk,
   type ReadChunkParams,
   ReserveFile,
@@ -136,6 +138,12 @@ interface HandleChunks {
  */
 export const CHUNK_READS_PER_CONNECTION = 4;
 
+/**
+ * How many `cache/writeChunk`s of one connection may be under way at once (each holds up to a chunk of bytes until
+ * it is written); past it, a chunk is refused with `CACHE_TOO_MANY_WAITERS` and its bytes dropped.
+ */
+export const CHUNK_WRITES_PER_CONNECTION = 16;
+
 /** What a range read says when the handle was released before or during it. */
 function chunkNotHeld(handle: number): CacheError {
   return new CacheError('CACHE_LOCK_NOT_HELD', `Handle ${handle} is not held on this connection (released, or another connection's).`);
@@ -177,6 +185,8 @@ export class Session {
   readonly #chunkReadQueue: (() => void)[] = [];
   /** Whether the transport stopped reading because the client leaves its answers unread. */
   #outputPaused = false;
+  /** `cache/writeChunk`s of this connection under way, each holding its bytes: at most {@link CHUNK_WRITES_PER_CONNECTION}. */
+  #chunkWrites = 0;
   /** The files reserved for values this client writes (`cache/reserveFile`), removed when the session ends. */
   readonly #reservations: SessionReservations;
   #closing: Promise<void> | undefined;
@@ -208,6 +218,7 @@ export class Session {
     this.#on(HandleSetFile, (p) => this.#handleSetFile(p));
     this.#on(SetFile, (p, signal) => this.#setFile(p, this.#gate(signal)));
     this.#on(DiscardFile, (p) => this.#reservations.discard(p.reservation));
+    this.#on(WriteChunk, (p) => this.#writeChunk(p));
   }
 
   get initialized(): boolean {
@@ -349,6 +360,22 @@ export class Session {
     } finally {
       this.#chunkReads--;
       this.#nextChunkRead();
+    }
+  }
+
+  /** Appends a chunk to one of this connection's reservations (see {@link SessionReservations.append}). */
+  async #writeChunk({ reservation, offsetBytes, bytes }: WriteChunkParams): Promise<void> {
+    if (this.#chunkWrites >= CHUNK_WRITES_PER_CONNECTION) {
+      throw new CacheError(
+        'CACHE_TOO_MANY_WAITERS',
+        `This connection already has ${CHUNK_WRITES_PER_CONNECTION} chunk writes under way, the daemon's limit; wait for their answers before sending more.`,
+      );
+    }
+    this.#chunkWrites++;
+    try {
+      await this.#reservations.append(reservation, offsetBytes, bytes);
+    } finally {
+      this.#chunkWrites--;
     }
   }
 

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, connectStdio } from '../client/index.js';
@@ -20,7 +20,7 @@ function pattern(size: number, seed = 0): Uint8Array {
 }
 
 /** A daemon in this process on `dataDir` (which may hold data of an earlier one), stopped when the test ends. */
-async function daemonOn(dataDir: string, options: { maxMessageBytes?: number; chunkMaxBytes?: number } = {}): Promise<{ socketPath: string; close(): Promise<void> }> {
+async function daemonOn(dataDir: string, options: { maxMessageBytes?: number; chunkMaxBytes?: number; maxSizeBytes?: number } = {}): Promise<{ socketPath: string; close(): Promise<void> }> {
   const socketPath = join(await tempDir('lv-'), 's.sock');
   const daemon = await startDaemon({ socketPath, dataDir, idleTimeoutMs: 0, log: () => {}, ...options });
   onTestFinished(() => daemon.close());
@@ -70,6 +70,47 @@ describe('values larger than a message', () => {
     raw.send({ jsonrpc: '2.0', method: 'cache/release', params: { handle: small.result.handle } });
     // The refused get left no lock behind.
     expect((await cache.locks()).filter((lock) => lock.id === 'big')).toEqual([]);
+  });
+});
+
+describe('writing a value larger than a message', () => {
+  test('set and a getset\u2019s set of a value over the message limit go by reservation: by reference and by streaming', async () => {
+    const dataDir = join(await tempDir('lv-'), 'data');
+    const { socketPath } = await daemonOn(dataDir, { maxMessageBytes: MiB });
+    for (const [n, [references, transport]] of ([[true, 'binary'], [false, 'binary'], [false, 'json']] as const).entries()) {
+      const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references, transport });
+      onTestFinished(() => cache.close());
+      const value = pattern(3 * MiB + n, n);
+      await cache.set(`set ${n}`, value);
+      const gs = await cache.getset(`getset ${n}`);
+      await gs.set(value.subarray(1));
+      await gs.release();
+      // A reserved file of this process's own (no references) is sent in chunks too.
+      await using file = await cache.reserveFile();
+      await writeFile(file.path, value.subarray(2));
+      await cache.setFile(`file ${n}`, file.path);
+      for (const [id, expected] of [[`set ${n}`, value], [`getset ${n}`, value.subarray(1)], [`file ${n}`, value.subarray(2)]] as const) {
+        const got = await cache.get(id);
+        expect(Buffer.from(await got.item!.value()).equals(expected), `${id}: references ${references}, ${transport}`).toBe(true);
+        await got.release();
+      }
+    }
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references: false });
+    onTestFinished(() => cache.close());
+    expect((await cache.verify()).orphanFiles).toBe(0);
+  });
+
+  test('a write in chunks past the size limit is refused at the chunk that crosses it, and the old value stands', async () => {
+    const dataDir = join(await tempDir('lv-'), 'data');
+    const socketPath = join(await tempDir('lv-'), 's.sock');
+    const daemon = await startDaemon({ socketPath, dataDir, idleTimeoutMs: 0, log: () => {}, maxMessageBytes: MiB, maxSizeBytes: 2 * MiB });
+    onTestFinished(() => daemon.close());
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references: false });
+    onTestFinished(() => cache.close());
+    await cache.set('v', pattern(1000));
+    await expect(cache.set('v', pattern(3 * MiB))).rejects.toMatchObject({ code: 'CACHE_OVER_SIZE_LIMIT' });
+    await using got = await cache.get('v');
+    expect(Buffer.from(await got.item!.value()).equals(pattern(1000))).toBe(true);
   });
 });
 

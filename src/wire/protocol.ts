@@ -1137,6 +1137,36 @@ export const SetFile = request<SetFileParams, void>({
   errors: [...FILE_ERRORS, ...STORE_ERRORS],
 });
 
+export interface WriteChunkParams extends ReservationParams {
+  /** Where the bytes go: exactly the bytes appended so far (appends only). */
+  offsetBytes: number;
+  bytes: Uint8Array;
+}
+
+/**
+ * Appends bytes to a reservation without a path (`cache/reserveFile` on a connection without references), to be
+ * committed with `cache/setFile` or `cache/handleSetFile`; the running size is checked against the daemon's limits
+ * at every chunk. The writer's requests in flight are its credit. In binary: `u64` reservation, `u64` offsetBytes,
+ * `bytes`; no result. In JSON the bytes are `value`, base64.
+ */
+export const WriteChunk = request<WriteChunkParams, void>({
+  method: 'cache/writeChunk',
+  op: 0x12,
+  params: {
+    writeBinary: (encoder, p) => void encoder.u64(p.reservation).u64(p.offsetBytes).bytes(p.bytes),
+    readBinary: (frame) => ({ reservation: frame.u64(), offsetBytes: frame.u64(), bytes: frame.keptBytes() }),
+    toJson: (p) => ({ reservation: p.reservation, offsetBytes: p.offsetBytes, value: base64(p.bytes) }),
+    fromJson(json) {
+      const p = object(json);
+      const text = string(p, 'value');
+      if (text.length % 4 !== 0 || !BASE64.test(text)) throw new WireError('CACHE_INVALID_VALUE', 'value must be base64 (RFC 4648, with padding)');
+      return { reservation: reservationOf(p.reservation), offsetBytes: byteCount(p.offsetBytes, 'offsetBytes'), bytes: Buffer.from(text, 'base64') };
+    },
+  },
+  result: none,
+  errors: ['CACHE_FILE_REFUSED', 'CACHE_VALUE_TOO_LARGE', 'CACHE_OVER_SIZE_LIMIT', 'CACHE_TOO_MANY_WAITERS', 'CACHE_STORAGE', 'CACHE_CLOSED'],
+});
+
 /**
  * Removes an uncommitted reservation's file; a number that is not this connection's open reservation is ignored. In
  * binary: `u64` reservation; no result.
@@ -1160,7 +1190,7 @@ export type AnyRequest = RequestMethod<any, any>;
 
 /** Every request; each has its own binary op. */
 export const REQUESTS: readonly AnyRequest[] = [
-  Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences, ReadChunk, ReserveFile, HandleSetFile, SetFile, DiscardFile,
+  Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences, ReadChunk, ReserveFile, WriteChunk, HandleSetFile, SetFile, DiscardFile,
 ];
 
 // --- the handshake, JSON only ----------------------------------------------------------------------------------
