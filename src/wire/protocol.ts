@@ -453,7 +453,7 @@ export const Get = request<GetParams, GetResult>({
       return { handle: r.handle === null ? null : Number(r.handle), item: item.fromJson(r.item) };
     },
   },
-  errors: ['CACHE_CORRUPT', ...STORE_ERRORS],
+  errors: ['CACHE_CORRUPT', 'CACHE_VALUE_TOO_LARGE', ...STORE_ERRORS],
 });
 
 export const GetSet = request<GetSetParams, GetSetResult>({
@@ -481,7 +481,7 @@ export const GetSet = request<GetSetParams, GetSetResult>({
     },
   },
   // A record that cannot be read back is a miss here, so that the value is computed again.
-  errors: STORE_ERRORS,
+  errors: ['CACHE_VALUE_TOO_LARGE', ...STORE_ERRORS],
 });
 
 export const HandleSet = request<HandleSetParams, void>({
