@@ -16,7 +16,8 @@ const MiB = 1024 * 1024;
 /** `size` bytes of a pattern that repeats every 251 bytes (no page of it repeats at a page boundary). */
 function pattern(size: number, seed = 0): Uint8Array {
   const period = new Uint8Array(251).map((_, n) => (n * 31 + seed) % 251);
-  return Buffer.alloc(size).fill(period);
+  const filled = Buffer.alloc(size).fill(period);
+  return new Uint8Array(filled.buffer, filled.byteOffset, filled.byteLength);
 }
 
 /** A daemon in this process on `dataDir` (which may hold data of an earlier one), stopped when the test ends. */
