@@ -129,6 +129,9 @@ const NOT_COPYABLE = () => false;
 export class RedisTier implements SharedTier<EncodedValue> {
   readonly strict: boolean;
   readonly #options: RedisTierOptions;
+  get maxValueBytes(): number {
+    return this.#options.maxValueBytes;
+  }
   readonly #connection: TierConnection;
   readonly #keys: TierKeys;
   /** This daemon run's id: its leases' tokens begin with it, and the change log skips its own entries by it. */

@@ -55,8 +55,10 @@ export function serveBinary(
       // read) until it catches up.
       paused = true;
       input.pause();
+      session.pauseOutput(true);
       output.once('drain', () => {
         paused = false;
+        session.pauseOutput(false);
         if (input.destroyed) return;
         input.resume();
         onData(Buffer.alloc(0), false);

@@ -1,4 +1,4 @@
-import type { ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
+import type { ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle, ReservedFile } from './cache.js';
 import type { Scope } from './scope-path.js';
 import type { StoreListing } from './store.js';
 
@@ -15,6 +15,9 @@ export interface CacheBackend<T> {
     options: { wait: boolean; signal?: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle>;
   set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void>;
+  reserveFile(): Promise<ReservedFile>;
+  /** `path` is unchecked: the backend knows the paths it handed out. */
+  setFile(scope: Scope, id: string, path: string, options: { modified: number } & ExpiryOptions): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   clear(scope: Scope): Promise<void>;
   list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing>;
@@ -26,6 +29,7 @@ export const MISSED_GETSET: MissedGetSetHandle = Object.freeze({
   item: null,
   stale: null,
   set: null,
+  setFile: null,
   async release() {},
   async [Symbol.asyncDispose]() {},
 });

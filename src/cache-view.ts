@@ -9,6 +9,7 @@ import type {
   GetSetHandle,
   GetSetOptions,
   MissedGetSetHandle,
+  ReservedFile,
   SetOptions,
 } from './cache.js';
 import { type CacheBackend, nowSeconds } from './cache-backend.js';
@@ -139,12 +140,17 @@ export class CacheView<T> implements Cache<T> {
 
   async set(id: string, value: T, options?: SetOptions): Promise<void> {
     checkId(id);
-    checkOptions(options);
-    const modified = options?.modified === undefined ? nowSeconds() : options.modified;
-    if (typeof modified !== 'number' || !Number.isFinite(modified)) {
-      throw new TypeError(`modified must be a finite number of seconds, got ${String(modified)}.`);
-    }
-    return this.#backend.set(this.#scope, id, value, { modified, ...checkExpiry(options) });
+    return this.#backend.set(this.#scope, id, value, checkSetOptions(options));
+  }
+
+  async reserveFile(): Promise<ReservedFile> {
+    return this.#backend.reserveFile();
+  }
+
+  async setFile(id: string, path: string, options?: SetOptions): Promise<void> {
+    checkId(id);
+    if (typeof path !== 'string') throw new TypeError(`A reserved file's path must be a string, got ${describe(path)}.`);
+    return this.#backend.setFile(this.#scope, id, path, checkSetOptions(options));
   }
 
   async delete(id: string): Promise<void> {
@@ -181,6 +187,16 @@ export class RootCacheView<T> extends CacheView<T> {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** Checks a write's options and fills in `modified` (now). */
+function checkSetOptions(options: SetOptions | undefined): { modified: number } & ExpiryOptions {
+  checkOptions(options);
+  const modified = options?.modified === undefined ? nowSeconds() : options.modified;
+  if (typeof modified !== 'number' || !Number.isFinite(modified)) {
+    throw new TypeError(`modified must be a finite number of seconds, got ${String(modified)}.`);
+  }
+  return { modified, ...checkExpiry(options) };
 }
 
 /**

@@ -49,6 +49,15 @@ export interface GetSetHandle<T> extends LockHandle {
    * @throws CacheError `CACHE_LOCK_NOT_HELD` after the handle was released.
    */
   readonly set: (value: T, options?: ExpiryOptions) => Promise<void>;
+  /**
+   * Writes the value that the file at `path` holds (encoded as this cache's codec encodes it), within the held lock,
+   * with `modified` set to now; `path` must be one this cache's {@link Cache.reserveFile} gave, and the file is the
+   * cache's once the write resolves (close it first: a writer that keeps writing afterwards corrupts the value).
+   * @throws CacheError `CACHE_LOCK_NOT_HELD` after the handle was released, `CACHE_FILE_REFUSED` for a file that is
+   * not the reservation's own regular file (the reservation stays, to be written again or discarded).
+   * @throws TypeError (as a rejection) for a path this cache did not reserve, or already committed or discarded.
+   */
+  readonly setFile: (path: string, options?: ExpiryOptions) => Promise<void>;
 }
 
 /** The result of `getset(id, { wait: false })` when the lock was taken: nothing is held. */
@@ -56,6 +65,15 @@ export interface MissedGetSetHandle extends LockHandle {
   readonly item: null;
   readonly stale: null;
   readonly set: null;
+  readonly setFile: null;
+}
+
+/**
+ * An empty private file (0600) reserved for a value that any process of this user may write; committed by
+ * {@link Cache.setFile} or {@link GetSetHandle.setFile}. Disposing it removes the file unless it was committed.
+ */
+export interface ReservedFile extends AsyncDisposable {
+  readonly path: string;
 }
 
 export interface GetOptions {
@@ -134,6 +152,21 @@ export interface Cache<T> {
   getset(id: string, options: GetSetOptions): Promise<GetSetHandle<T> | MissedGetSetHandle>;
   /** Adds or replaces the item under its exclusive lock. */
   set(id: string, value: T, options?: SetOptions): Promise<void>;
+  /**
+   * Reserves an empty private file for a value to be written by any process of this user (a worker), then committed
+   * by `setFile` without the value passing through this process; it is removed at dispose unless committed, and at the
+   * latest when the cache closes. The file holds the value encoded as the codec encodes it (with `'binary'`, the raw
+   * bytes).
+   */
+  reserveFile(): Promise<ReservedFile>;
+  /**
+   * Adds or replaces the item, under its exclusive lock, with the value the file at `path` holds; `path` must be one
+   * this cache's `reserveFile` gave (any scope of the same root), and the file is the cache's once this resolves.
+   * @throws CacheError `CACHE_FILE_REFUSED` for a file that is not the reservation's own regular file (the
+   * reservation stays), `CACHE_VALUE_TOO_LARGE` over 4 GiB − 1 bytes, `CACHE_OVER_SIZE_LIMIT`.
+   * @throws TypeError (as a rejection) for a path this cache did not reserve, or already committed or discarded.
+   */
+  setFile(id: string, path: string, options?: SetOptions): Promise<void>;
   /** Removes the item under its exclusive lock; removing a missing item is not an error. */
   delete(id: string): Promise<void>;
   /** Removes every item of this scope and of all scopes nested in it, once the locks held there are released. */

@@ -32,5 +32,7 @@ export function codecAdapter<T>(codec: Codec<T>, options: { sharedBytes?: boolea
       return codec.decode(copy ? copyOf(bytes) : bytes);
     },
     bytes: ({ bytes }) => bytes,
+    encoding: codec.name,
+    fromBytes: (bytes) => ({ encoding: codec.name, bytes }),
   };
 }

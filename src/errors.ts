@@ -50,6 +50,11 @@ export type CacheErrorCode =
    * written locally, and the item's local copy was dropped (a command that timed out may still reach the tier later).
    */
   | 'CACHE_TIER_UNAVAILABLE'
+  /**
+   * A file offered as a value was refused: not a regular file of this user with one link, changed while it was committed,
+   * or not a reservation of this cache; nothing was written, and the item's previous value is untouched.
+   */
+  | 'CACHE_FILE_REFUSED'
   /** The daemon refused the request's parameters (a client bug, or a client of another version). */
   | 'CACHE_INVALID_PARAMS'
   /** The daemon failed in an unexpected way; its log has the details. */

@@ -1,4 +1,4 @@
-import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle } from './cache.js';
+import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle, ReservedFile } from './cache.js';
 import { type CacheBackend, MISSED_GETSET, nowSeconds } from './cache-backend.js';
 import { checkExpiry } from './cache-view.js';
 import { CacheError, isCacheError } from './errors.js';
@@ -14,6 +14,7 @@ import {
   type WaitGate,
 } from './lock-table.js';
 import { HandleFiles, releaseAll } from './private-files.js';
+import { PrivateReservations, ReservedFiles } from './reserved-files.js';
 import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
 import type { ReferenceRecord, ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
@@ -25,6 +26,16 @@ export interface ValueAdapter<T, V> {
   decode(stored: V): T;
   /** The bytes `item.path()` writes for a value not kept in a file of the store's: its encoded bytes. */
   bytes?(stored: V): Uint8Array;
+  /** The name of the encoding a reserved file's bytes are in, for a store that commits files itself. */
+  readonly encoding?: string;
+  /** The stored form of a value given as a reserved file's bytes, for a store that keeps no files. */
+  fromBytes?(bytes: Uint8Array): V;
+}
+
+/** A reservation handed out by {@link LocalBackend.reserveFile}: the store's, or one in the private directory. */
+interface Reservation {
+  readonly reservation: number;
+  readonly private: boolean;
 }
 
 /** How a call waits for its lock: a signal that ends the wait, and who asks (for `hoard locks`). */
@@ -155,6 +166,16 @@ function tierWait(source: SignalSource): { signal: AbortSignal | undefined; end(
  * strict), and a `getset` miss there holds the tier's lease for the item as well as its local lock, its setter
  * writing the tier first, fenced by the lease. The tier is always asked while the item's local lock is held.
  */
+/** A getset handle of a {@link LocalBackend}: it can also commit a store's reservation by number (the daemon's). */
+export interface LocalGetSetHandle<T> extends GetSetHandle<T> {
+  /**
+   * Writes the value that the store's reservation `reservation` holds (see {@link LocalBackend.reserve}), encoded in
+   * `encoding`, within the held lock.
+   * @throws CacheError `CACHE_LOCK_NOT_HELD` after release, `CACHE_FILE_REFUSED` (nothing written).
+   */
+  readonly commitFile: (reservation: number, options: ExpiryOptions & { encoding: string }) => Promise<void>;
+}
+
 export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #locks = new LockTable();
   readonly #store: Store<V>;
@@ -185,6 +206,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   #running = 0;
   /** Handles whose items' paths have files of their own, removed at close if not released by then. */
   readonly #handleFiles = new Set<HandleFiles>();
+  /** The reservations `reserveFile` handed out, by path. */
+  readonly #reserved = new ReservedFiles<Reservation>((entry) => this.#discardEntry(entry));
+  /** Reservations of a store that keeps no files, in this process's private directory. */
+  readonly #private = new PrivateReservations();
   #drained?: () => void;
 
   constructor(store: Store<V>, adapter: ValueAdapter<T, V>, options: LocalBackendOptions<V> = {}) {
@@ -315,7 +340,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     scope: Scope,
     id: string,
     options: LockOptions & ReadOptions & { wait: boolean },
-  ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
+  ): Promise<LocalGetSetHandle<T> | MissedGetSetHandle> {
     const key = itemKey(scope, id);
     let lease: Lease;
     if (options.wait) {
@@ -379,6 +404,26 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       writes = write.catch(() => {});
       return write;
     };
+    // The same, for a value that a reservation's file holds: the store's by number (the daemon's, in `encoding`), or
+    // one `reserveFile` handed out by path.
+    const queueFile = (commit: (modified: number, expiry: ExpiryOptions) => Promise<void>, options: ExpiryOptions | undefined): Promise<void> => {
+      const expiry = checkExpiry(options);
+      if (released || !lease.held) throw new CacheError('CACHE_LOCK_NOT_HELD', 'This getset handle was released; its setter no longer writes.');
+      writing++;
+      written = true;
+      const write = writes.then(() => commit(nowSeconds(), expiry)).finally(() => writing--);
+      writes = write.catch(() => {});
+      return write;
+    };
+    const commitFile = async (reservation: number, options: ExpiryOptions & { encoding: string }): Promise<void> => {
+      const { encoding } = options;
+      return queueFile((modified, expiry) => this.#commitStored(scope, id, reservation, { modified, encoding, ...expiry }, tierLease), options);
+    };
+    const setFile = async (path: string, options?: ExpiryOptions): Promise<void> => {
+      const entry = this.#reserved.get(path);
+      await queueFile((modified, expiry) => this.#commit(scope, id, entry, { modified, ...expiry }, tierLease), options);
+      this.#reserved.committed(path, entry);
+    };
     // With no write running, the lock is free before release returns, so a request behind it sees it free at once.
     const release = async (): Promise<void> => {
       if (released) return;
@@ -395,7 +440,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (expiredLocally && !written) this.#housekeeper.foundExpired(key);
       await Promise.all([leaseReleased, removed]);
     };
-    return { item, stale, set, release, [Symbol.asyncDispose]: release };
+    const handle: LocalGetSetHandle<T> = { item, stale, set, setFile, commitFile, release, [Symbol.asyncDispose]: release };
+    return handle;
   }
 
   /** `signal` and `owner` are for the daemon, not the public API: the signal drops the call while it waits for the lock. */
@@ -406,9 +452,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const key = itemKey(scope, id);
     const lease = await this.#lock(key, 'exclusive', options);
     try {
-      const record = { modified, value: stored, ...expiryFields(this.#now(), options) };
-      if (this.#sharing(scope) === 'shared') await this.#writeBoth(scope, id, record, undefined);
-      else await this.#writeLocal(scope, id, record);
+      await this.#writeRecord(scope, id, { modified, value: stored, ...expiryFields(this.#now(), options) }, undefined);
     } finally {
       lease.release();
     }
@@ -505,6 +549,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (this.#running > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
       await this.#store.close();
       await releaseAll(this.#handleFiles);
+      // The store's reservations went with it; the private ones go now.
+      this.#reserved.drain();
+      await this.#private.discardAll();
     })();
     return this.#closing;
   }
@@ -595,10 +642,138 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
+  /**
+   * Reserves an empty private file (0600) that any process of this user may write a value into, encoded as the codec
+   * encodes it, for `setFile`: in the store's directory for a store that keeps files, else in this process's private
+   * directory.
+   */
+  async reserveFile(): Promise<ReservedFile> {
+    this.#checkOpen();
+    const isPrivate = this.#store.reserve === undefined;
+    const { reservation, path } = await (isPrivate ? this.#io(() => this.#private.reserve()) : this.reserve());
+    if (this.#closed) {
+      await this.#discardEntry({ reservation, private: isPrivate });
+      throw closedError();
+    }
+    return this.#reserved.add(path, { reservation, private: isPrivate });
+  }
+
+  /** Stores the value the file at `path` (from `reserveFile`) holds as item `id`'s, under its exclusive lock. */
+  async setFile(scope: Scope, id: string, path: string, options: LockOptions & ExpiryOptions & { modified: number }): Promise<void> {
+    this.#checkOpen();
+    const entry = this.#reserved.get(path);
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
+    try {
+      await this.#commit(scope, id, entry, options, undefined);
+    } finally {
+      lease.release();
+    }
+    this.#reserved.committed(path, entry);
+  }
+
+  /**
+   * Reserves an empty private file in the store's directory, by number, for {@link LocalBackend.commitFile} or a
+   * getset handle's `commitFile`: the daemon's way, whose clients name reservations by number.
+   * @throws TypeError for a store that does not keep values in files.
+   */
+  async reserve(): Promise<{ reservation: number; path: string }> {
+    this.#checkOpen();
+    const store = this.#store;
+    if (!store.reserve) throw new TypeError('This cache keeps no values in files: it reserves none.');
+    return this.#io(() => store.reserve!());
+  }
+
+  /** Removes an uncommitted reservation's file of the store's; an unknown or committed reservation is left alone. */
+  async discard(reservation: number): Promise<void> {
+    await this.#store.discard?.(reservation);
+  }
+
+  /**
+   * Stores the store's reservation `reservation`'s file, holding a value encoded in `encoding`, as item `id`'s value
+   * under its exclusive lock, as `set` does.
+   * @throws CacheError `CACHE_FILE_REFUSED` (nothing written), `CACHE_VALUE_TOO_LARGE`, `CACHE_OVER_SIZE_LIMIT`.
+   */
+  async commitFile(
+    scope: Scope,
+    id: string,
+    reservation: number,
+    options: LockOptions & ExpiryOptions & { modified: number; encoding: string },
+  ): Promise<void> {
+    this.#checkOpen();
+    const lease = await this.#lock(itemKey(scope, id), 'exclusive', options);
+    try {
+      await this.#commitStored(scope, id, reservation, options, undefined);
+    } finally {
+      lease.release();
+    }
+  }
+
+  #discardEntry(entry: Reservation): Promise<void> {
+    return entry.private ? this.#private.discard(entry.reservation) : this.discard(entry.reservation);
+  }
+
+  /** Commits a reservation `reserveFile` handed out, under the item's exclusive lock. */
+  async #commit(scope: Scope, id: string, entry: Reservation, options: ExpiryOptions & { modified: number }, tierLease: TierLease | undefined): Promise<void> {
+    if (!entry.private) {
+      const { encoding } = this.#adapter;
+      if (encoding === undefined) throw new TypeError('This cache has no encoding to commit a file in.');
+      await this.#commitStored(scope, id, entry.reservation, { ...options, encoding }, tierLease);
+      return;
+    }
+    const { fromBytes } = this.#adapter;
+    if (!fromBytes) throw new TypeError('This cache cannot take a value from a file.');
+    const bytes = await this.#io(() => this.#private.read(entry.reservation));
+    const record = { modified: options.modified, value: fromBytes(bytes), ...expiryFields(this.#now(), options) };
+    await this.#writeRecord(scope, id, record, tierLease);
+    await this.#private.discard(entry.reservation);
+  }
+
+  /**
+   * Commits the store's reservation `reservation`, under the item's exclusive lock. In a `shared` scope (or with a
+   * tier lease), the local commit comes first, then the value is read back and written to the tier, or, over the
+   * tier's `maxValueBytes`, its shared copy is deleted (it stays local, as any large value does); a tier refusal then
+   * drops the local copy, which the tier no longer vouches for.
+   */
+  async #commitStored(
+    scope: Scope,
+    id: string,
+    reservation: number,
+    options: ExpiryOptions & { modified: number; encoding: string },
+    tierLease: TierLease | undefined,
+  ): Promise<void> {
+    const store = this.#store;
+    if (!store.writeFile) throw new TypeError('This cache keeps no values in files: it commits none.');
+    const record = { modified: options.modified, value: { encoding: options.encoding }, ...expiryFields(this.#now(), options) };
+    await this.#io(() => store.writeFile!(scope, id, record, reservation));
+    this.#housekeeper.written(itemKey(scope, id));
+    if (tierLease || this.#sharing(scope) === 'shared') await this.#writeThroughCommitted(scope, id, tierLease);
+  }
+
+  /** Writes an item just committed from a file to the tier, read back from the store (only up to the tier's limit). */
+  async #writeThroughCommitted(scope: Scope, id: string, tierLease: TierLease | undefined): Promise<void> {
+    const tier = this.#tier!;
+    try {
+      const store = this.#store;
+      const reference = store.readReference ? store.readReference(scope, id) : store.read(scope, id);
+      if (!reference) throw new CacheError('CACHE_STORAGE', 'A value committed from a file could not be read back for the shared tier.');
+      const sizeBytes = reference.file ? reference.file.lengthBytes : valueBytes((reference as StoredRecord<V>).value);
+      // Over the limit the tier deletes its copy and reads no value: the record read without its file does.
+      const record = sizeBytes <= (tier.maxValueBytes ?? Infinity) && reference.file ? store.read(scope, id) : reference;
+      await tier.write(scope, id, record as StoredRecord<V>, tierLease ? { lease: tierLease, sizeBytes } : { sizeBytes });
+    } catch (error) {
+      await this.#io(() => this.#store.delete(scope, id)).catch(() => {});
+      throw error;
+    }
+  }
+
   /** A getset handle's write: with a tier lease, to the tier first (fenced by the lease), then locally. */
   async #handleWrite(scope: Scope, id: string, value: T, expiry: ExpiryOptions, tierLease: TierLease | undefined): Promise<void> {
     const stored = this.#adapter.encode(value);
-    const record = { modified: nowSeconds(), value: stored, ...expiryFields(this.#now(), expiry) };
+    await this.#writeRecord(scope, id, { modified: nowSeconds(), value: stored, ...expiryFields(this.#now(), expiry) }, tierLease);
+  }
+
+  /** Writes a record under the item's exclusive lock: to both tiers in a `shared` scope (or with a lease), else locally. */
+  async #writeRecord(scope: Scope, id: string, record: StoredRecord<V>, tierLease: TierLease | undefined): Promise<void> {
     if (tierLease || this.#sharing(scope) === 'shared') await this.#writeBoth(scope, id, record, tierLease);
     else await this.#writeLocal(scope, id, record);
   }

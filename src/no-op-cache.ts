@@ -24,9 +24,13 @@ const discard = {
   decode: (): never => {
     throw new Error('NullStore holds no values');
   },
+  fromBytes: (): never => undefined as never,
 };
 
-/** A cache that stores nothing: `get` finds nothing and setters do nothing, but locks behave as in any cache. */
+/**
+ * A cache that stores nothing: `get` finds nothing and setters do nothing, but locks behave as in any cache; a file
+ * committed by `setFile` is checked, read and removed.
+ */
 export class NoOpCache<T> extends RootCacheView<T> {
   constructor() {
     super(new LocalBackend<T, never>(new NullStore(), discard));

@@ -129,6 +129,11 @@ export interface TierStatus {
 export interface SharedTier<V> {
   /** Whether a failed shared write fails the call (`CACHE_TIER_UNAVAILABLE`, nothing written locally) or is only counted. */
   readonly strict: boolean;
+  /**
+   * The largest value the tier holds (larger ones stay local, their shared copy deleted): a value committed from a file
+   * is read back for the tier only up to it. Absent: no limit.
+   */
+  readonly maxValueBytes?: number;
   /** The sharing of the scope's top-level scope; synchronous and cheap (it runs on every read's miss). */
   sharing(scope: Scope): ScopeSharing;
   /**

@@ -119,6 +119,19 @@ export interface Store<V> {
   /** The absolute path of the file named `name` (a {@link StoredFile.name}). */
   filePath?(name: string): string;
   write(scope: Scope, id: string, record: StoredRecord<V>): Promise<void>;
+  /**
+   * Creates an empty private file for a value that any process of this user may write, then {@link Store.writeFile}
+   * commits by its number. For a store that keeps values in files.
+   */
+  reserve?(): Promise<{ reservation: number; path: string }>;
+  /**
+   * Stores reservation `reservation`'s file, which holds the encoded value in `record.value.encoding`, as `write` does.
+   * @throws CacheError `CACHE_FILE_REFUSED` for a file that is not the reservation's own regular file, or a number it
+   * did not give.
+   */
+  writeFile?(scope: Scope, id: string, record: StoredRecord<{ readonly encoding: string }>, reservation: number): Promise<void>;
+  /** Removes an uncommitted reservation's file; an unknown number is left alone. */
+  discard?(reservation: number): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   /** Deletes the items of `scope` named by `ids` in one write, for a store that can (else `delete` each). */
   deleteMany?(scope: Scope, ids: readonly string[]): Promise<void>;

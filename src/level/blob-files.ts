@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, fdatasync, fsync, lstatSync, open, openSync, readSync, unlink, write, close } from 'node:fs';
+import { type BigIntStats, closeSync, fdatasync, fstat, fsync, lstat, lstatSync, open, openSync, readSync, rename, unlink, write, close } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { CacheError, storageError } from '../errors.js';
+import { fileRefused } from '../temp-files.js';
 
 /** Values of at least this many bytes live in files of their own instead of inside LevelDB. */
 export const BLOB_MIN_BYTES = 32 * 1024;
@@ -89,6 +90,45 @@ export class BlobFiles {
       this.remove(name);
       throw storageError('Cannot write a value file of the cache', error);
     }
+  }
+
+  /**
+   * Moves the file at `path` (in the same filesystem as the store), open as `fd`, into place as `name`, then checks
+   * that the file now named `name` is still the one `fd` has open, with one link and `lengthBytes`; with `sync`, its
+   * directory entry reaches the disk before this resolves.
+   * @throws CacheError `CACHE_FILE_REFUSED` when the file was swapped, linked or resized meanwhile (the moved file is
+   * removed), or `path` is gone; `CACHE_STORAGE`.
+   */
+  async adopt(path: string, fd: number, name: string, lengthBytes: number): Promise<void> {
+    const subdirectory = join(this.directory, name.slice(0, 2));
+    let made = this.#made.get(subdirectory);
+    if (!made) this.#made.set(subdirectory, (made = this.#makeDirectory(subdirectory)));
+    const target = join(this.directory, name);
+    try {
+      await made;
+      await call((done) => rename(path, target, done));
+    } catch (error) {
+      this.#made.delete(subdirectory);
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw fileRefused(`${path} is gone`);
+      throw storageError('Cannot move a value file into the cache', error);
+    }
+    let moved: BigIntStats;
+    let held: BigIntStats;
+    try {
+      held = await call<BigIntStats>((done) => fstat(fd, { bigint: true }, done));
+      moved = await call<BigIntStats>((done) => lstat(target, { bigint: true }, done));
+    } catch (error) {
+      this.remove(name);
+      throw storageError('Cannot check a value file moved into the cache', error);
+    }
+    if (moved.dev !== held.dev || moved.ino !== held.ino || moved.nlink !== 1n || held.nlink !== 1n || moved.size !== BigInt(lengthBytes)) {
+      this.remove(name);
+      throw fileRefused(`${path} was replaced, linked or resized while it was being committed`);
+    }
+    if (this.#sync) await this.#syncDirectory(subdirectory).catch((error: unknown) => {
+      this.remove(name);
+      throw storageError('Cannot write a value file of the cache', error);
+    });
   }
 
   /**
@@ -317,6 +357,7 @@ async function makeOne(path: string): Promise<boolean> {
     throw error;
   }
 }
+
 
 function missing(path: string, cause: unknown): CacheError {
   return new CacheError(

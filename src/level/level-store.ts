@@ -1,4 +1,4 @@
-import { mkdir, stat, statfs } from 'node:fs/promises';
+import { mkdir, stat, statfs, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Level } from 'level';
 import { CacheError, isCacheError, storageError } from '../errors.js';
@@ -18,6 +18,7 @@ import type {
 } from '../store.js';
 import { BatchBuilder, type Counter, type Operation } from './batch-builder.js';
 import { BLOB_MIN_BYTES, BlobFiles } from './blob-files.js';
+import { TempFiles } from '../temp-files.js';
 import { type HolderRole, openExclusive, releaseDirectory } from './exclusive-open.js';
 import { GroupCommit } from './group-commit.js';
 import { type LoosePath, makePrivate } from './make-private.js';
@@ -35,6 +36,7 @@ import {
   decodePointer,
   decodeRecord,
   encodeBlobRecord,
+  encodeFileRecord,
   encodeRecord,
   EXPIRY_PREFIX,
   FORMAT_BLOBS,
@@ -115,8 +117,11 @@ type PendingWrite =
       key: string;
       raw: Buffer;
       meta: ItemMeta;
-      /** For a large value: its file, and the record that the memory layer keeps once the batch is written. */
-      blob?: { name: string; record: StoredRecord<EncodedValue> };
+      /**
+       * For a large value: its file, and the record that the memory layer keeps once the batch is written (none for a
+       * file committed by reservation, whose bytes were never in memory).
+       */
+      blob?: { name: string; record?: StoredRecord<EncodedValue> };
       /** The file of the value that this write replaces, removed once the batch is written. */
       replaced: string | undefined;
     }
@@ -188,6 +193,8 @@ export class LevelStore implements Store<EncodedValue> {
   readonly #memory: MemoryLayer | undefined;
   readonly #memoryLimit: number;
   readonly #blobs: BlobFiles;
+  /** The reservations of {@link LevelStore.reserve}, in `<directory>/temp/`. */
+  readonly #temp: TempFiles;
   /** Whether the database may hold `b` entries: until it does, writes need not look for a replaced file. */
   #hasBlobs: boolean;
   readonly #commits = new GroupCommit<PendingWrite>({
@@ -263,6 +270,7 @@ export class LevelStore implements Store<EncodedValue> {
     this.#memoryLimit = options.memoryCacheBytes ?? MEMORY_CACHE_BYTES;
     this.#memory = this.#memoryLimit > 0 ? new MemoryLayer({ maxBytes: this.#memoryLimit }) : undefined;
     this.#blobs = new BlobFiles(join(directory, 'blobs'), { sync: this.#writeOptions.sync });
+    this.#temp = new TempFiles(join(directory, 'temp'));
     this.#hasBlobs = state.hasBlobs;
     this.#limitBytes = state.limitBytes;
     this.#bucketMs = options.recencyBucketMs ?? RECENCY_BUCKET_MS;
@@ -310,6 +318,11 @@ export class LevelStore implements Store<EncodedValue> {
     const store = new LevelStore(db, real, options, state);
     // Files of earlier opens that no record names: a write cut short by a crash, or a replaced value's file.
     if (state.files && !withoutSweep.has(options)) store.#sweeping = store.#sweep();
+    // Reservations of earlier opens: values being written when the process stopped, never committed.
+    if (!withoutSweep.has(options)) {
+      const sweeping = store.#sweeping;
+      store.#sweeping = Promise.all([sweeping, store.#temp.sweep()]).then(() => {});
+    }
     return store;
   }
 
@@ -479,6 +492,79 @@ export class LevelStore implements Store<EncodedValue> {
       await this.#commits.add({ kind: 'put', key, raw, meta, blob, replaced });
     } finally {
       this.#filesUnderWay.delete(name);
+    }
+  }
+
+  /**
+   * Reserves an empty private file (0600, in `<directory>/temp/`, 0700) for a value that another process may write,
+   * then {@link LevelStore.writeFile} commits; it is removed by {@link LevelStore.discard}, at close, or by the next
+   * open after a crash.
+   * @throws CacheError `CACHE_STORAGE`, `CACHE_UNSAFE_DIRECTORY`.
+   */
+  async reserve(): Promise<{ reservation: number; path: string }> {
+    this.#guard.checkDirectory();
+    return this.#temp.reserve();
+  }
+
+  /** Removes an uncommitted reservation's file; an unknown or committed reservation is left alone. */
+  discard(reservation: number): Promise<void> {
+    return this.#temp.discard(reservation);
+  }
+
+  /** How many reservations are open (neither committed nor discarded). */
+  get reservations(): number {
+    return this.#temp.size;
+  }
+
+  /**
+   * Stores the file of reservation `reservation` as the value of `record` (whose `value` names only its encoding),
+   * without reading it when it is large: once checked (a regular file of this user with one link) it is made
+   * read-only and moved into the store, and resolves once a restart would find it. A crash at any point leaves the
+   * old value or the new one, and no file that no record names after the next open's sweeps.
+   * @throws CacheError `CACHE_FILE_REFUSED` (nothing written; the reservation stays unless the file was swapped
+   * during the commit), `CACHE_VALUE_TOO_LARGE`, `CACHE_OVER_SIZE_LIMIT`, `CACHE_STORAGE`.
+   */
+  async writeFile(scope: Scope, id: string, record: StoredRecord<{ readonly encoding: string }>, reservation: number): Promise<void> {
+    if (this.#guard.blocked) await this.#guard.writable();
+    const key = itemKey(scope, id);
+    const keyBytes = Buffer.byteLength(key) + 1;
+    const opened = await this.#temp.open(reservation);
+    try {
+      const staleUntilMs = record.expiresAtMs === undefined ? undefined : (record.staleUntilMs ?? record.expiresAtMs);
+      if (opened.sizeBytes < BLOB_MIN_BYTES) {
+        // A small value is kept inline, as one written with its bytes would be: read through the checked descriptor.
+        const bytes = await opened.readAll();
+        await this.write(scope, id, { ...record, value: { encoding: record.value.encoding, bytes } });
+        opened.consumed();
+        await unlink(opened.path).catch(() => {});
+        return;
+      }
+      const name = this.#blobs.newName();
+      const raw = encodeFileRecord(record, name, opened.sizeBytes);
+      const sizeBytes = keyBytes + raw.length + opened.sizeBytes;
+      if (sizeBytes > this.#limitBytes) throw overLimit(sizeBytes, this.#limitBytes);
+      await opened.seal({ sync: this.#writeOptions.sync });
+      this.#guard.checkDirectory();
+      const replaced = this.#blobOf(key);
+      this.#filesUnderWay.add(name);
+      for (const watch of this.#fileWatches) watch.add(name);
+      try {
+        try {
+          await this.#blobs.adopt(opened.path, opened.fd, name, opened.sizeBytes);
+        } catch (error) {
+          // A file swapped or linked during the commit was moved out of temp/ and removed: the reservation is spent.
+          if (isCacheError(error, 'CACHE_FILE_REFUSED')) opened.consumed();
+          throw error;
+        }
+        opened.consumed();
+        this.#hasBlobs = true;
+        const meta = { sizeBytes, accessedAtMs: this.#written1(key), staleUntilMs };
+        await this.#commits.add({ kind: 'put', key, raw, meta, blob: { name }, replaced });
+      } finally {
+        this.#filesUnderWay.delete(name);
+      }
+    } finally {
+      await opened.close();
     }
   }
 
@@ -664,7 +750,9 @@ export class LevelStore implements Store<EncodedValue> {
       }
       const { key, replaced } = write;
       if (write.kind === 'put') {
-        this.#memory?.set(key, write.blob ? write.blob.record : decodeRecord(write.raw), write.meta.accessedAtMs);
+        if (!write.blob) this.#memory?.set(key, decodeRecord(write.raw), write.meta.accessedAtMs);
+        else if (write.blob.record) this.#memory?.set(key, write.blob.record, write.meta.accessedAtMs);
+        else this.#memory?.delete(key);
       } else {
         this.#memory?.delete(key);
       }
@@ -1099,6 +1187,7 @@ export class LevelStore implements Store<EncodedValue> {
     // Handles end with the store: the files that waited for them go now (or, if this fails, at the next open's sweep).
     this.#blobs.removeDeferred();
     await this.#blobs.removed();
+    await this.#temp.discardAll();
     try {
       await this.#db.close();
     } finally {

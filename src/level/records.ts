@@ -85,12 +85,12 @@ export async function inChunks<T>(
 }
 
 /** Whether a record carries expiry times; a record that does not never expires. */
-function expires(record: StoredRecord<EncodedValue>): boolean {
+function expires(record: StoredRecord<unknown>): boolean {
   return record.expiresAtMs !== undefined;
 }
 
 /** Writes a record's header (version, `modified`, encoding name, expiry times) into `out`; returns where the rest begins. */
-function writeHeader(out: Buffer, version: number, record: StoredRecord<EncodedValue>): number {
+function writeHeader(out: Buffer, version: number, record: StoredRecord<{ readonly encoding: string }>): number {
   const { encoding } = record.value;
   out[0] = version;
   out.writeDoubleLE(record.modified, 1);
@@ -115,10 +115,15 @@ export function encodeRecord(record: StoredRecord<EncodedValue>): Buffer {
 
 /** The version-2 (or, with expiry, version-4) record of a value kept in the file `blob`: its bytes are not in it. */
 export function encodeBlobRecord(record: StoredRecord<EncodedValue>, blob: string): Buffer {
+  return encodeFileRecord(record, blob, record.value.bytes.byteLength);
+}
+
+/** Like {@link encodeBlobRecord}, for a value of `lengthBytes` (at most 4 GiB − 1) that is already in its file. */
+export function encodeFileRecord(record: StoredRecord<{ readonly encoding: string }>, blob: string, lengthBytes: number): Buffer {
   const extra = expires(record) ? EXPIRY_BYTES : 0;
   const out = Buffer.allocUnsafe(HEADER_BYTES + record.value.encoding.length + extra + 4 + blob.length);
   const at = writeHeader(out, extra ? EXPIRING_BLOB_RECORD_VERSION : BLOB_RECORD_VERSION, record);
-  out.writeUInt32LE(record.value.bytes.byteLength, at);
+  out.writeUInt32LE(lengthBytes, at);
   out.write(blob, at + 4, 'latin1');
   return out;
 }

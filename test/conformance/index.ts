@@ -3,6 +3,7 @@ import { basics } from './basics.js';
 import { clear } from './clear.js';
 import { errors } from './errors.js';
 import { expiry } from './expiry.js';
+import { files } from './files.js';
 import { listing } from './listing.js';
 import { locks } from './locks.js';
 import { namespaces } from './namespaces.js';
@@ -27,5 +28,6 @@ export function cacheConformance(label: string, open: OpenSubject, features: Fea
     describe('errors', () => errors(suite));
     describe('expiry', () => expiry(suite));
     describe('listing', () => listing(suite));
+    describe('files', () => files(suite));
   });
 }

@@ -1,0 +1,192 @@
+import { randomBytes } from 'node:crypto';
+import { type BigIntStats, close, constants, fchmod, fdatasync, fstat, open, read } from 'node:fs';
+import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CacheError, storageError } from './errors.js';
+
+/** A `CACHE_FILE_REFUSED` error: `why` says what was wrong with the file offered. */
+export function fileRefused(why: string): CacheError {
+  return new CacheError('CACHE_FILE_REFUSED', `The file offered as a value was refused: ${why}. Nothing was written.`);
+}
+
+/** The largest value a record can name: its length is a `u32`. */
+export const FILE_VALUE_MAX_BYTES = 0xffff_ffff;
+
+/** Runs one callback-style `fs` call as a promise: each is one hop through libuv's thread pool. */
+function call<R>(start: (done: (error: NodeJS.ErrnoException | null, result?: R) => void) => void): Promise<R> {
+  return new Promise((resolve, reject) => start((error, result) => (error ? reject(error) : resolve(result as R))));
+}
+
+/** A reservation opened for its commit (see {@link TempFiles.open}); `close` must be called whatever follows. */
+export interface OpenReservation {
+  readonly path: string;
+  /** A descriptor on the file that was checked, read-only. */
+  readonly fd: number;
+  readonly sizeBytes: number;
+  /** Makes the file read-only (0400), and with `sync` makes its bytes reach the disk. */
+  seal(options: { sync: boolean }): Promise<void>;
+  /** Reads the whole file through the descriptor (for a value small enough to be kept inline). */
+  readAll(): Promise<Buffer>;
+  /** Forgets the reservation: its file was moved into the store (or removed). */
+  consumed(): void;
+  /** Closes the descriptor; the reservation, unless consumed, can be committed again or discarded. */
+  close(): Promise<void>;
+}
+
+/**
+ * Reservations: empty private files (0600) in a private directory (0700) of the store's, handed out by number so that
+ * another process of the same user (a worker) can write a value into one, and the holder of an item's lock commit it
+ * without sending its bytes. A path is never reused: this open's names start with a random prefix, so the files of
+ * earlier opens, left by a crash, are known to be garbage.
+ */
+export class TempFiles {
+  readonly directory: string;
+  readonly #prefix = randomBytes(6).toString('hex');
+  #counter = 0;
+  readonly #paths = new Map<number, string>();
+  readonly #committing = new Set<number>();
+  #made: Promise<void> | undefined;
+
+  constructor(directory: string) {
+    this.directory = directory;
+  }
+
+  /** How many reservations are open (neither committed nor discarded). */
+  get size(): number {
+    return this.#paths.size;
+  }
+
+  /**
+   * Creates a new empty file, 0600, that nothing else names.
+   * @throws CacheError `CACHE_STORAGE`, or `CACHE_UNSAFE_DIRECTORY` when the directory is not a private one of this user.
+   */
+  async reserve(): Promise<{ reservation: number; path: string }> {
+    await (this.#made ??= this.#makeDirectory().catch((error: unknown) => {
+      this.#made = undefined;
+      throw error;
+    }));
+    const reservation = ++this.#counter;
+    const path = join(this.directory, `${this.#prefix}-r${reservation.toString(36)}`);
+    try {
+      const fd = await call<number>((done) => open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600, done));
+      await call((done) => close(fd, done));
+    } catch (error) {
+      throw storageError('Cannot reserve a file in the cache directory', error);
+    }
+    this.#paths.set(reservation, path);
+    return { reservation, path };
+  }
+
+  async #makeDirectory(): Promise<void> {
+    try {
+      await mkdir(this.directory, { mode: 0o700 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw storageError('Cannot make the directory of reserved files', error);
+    }
+    const made = await lstat(this.directory);
+    if (!made.isDirectory() || made.uid !== process.geteuid!() || (made.mode & 0o077) !== 0) {
+      throw new CacheError('CACHE_UNSAFE_DIRECTORY', `${this.directory} is not a directory that only this user can enter: no file is reserved in it.`);
+    }
+  }
+
+  /**
+   * Opens reservation `reservation` for its commit, without following a link and without blocking on a FIFO, and checks
+   * that it is a regular file of this user with one link, of at most {@link FILE_VALUE_MAX_BYTES}.
+   * @throws CacheError `CACHE_FILE_REFUSED` (the reservation stays as it was), `CACHE_VALUE_TOO_LARGE`, `CACHE_STORAGE`.
+   */
+  async open(reservation: number): Promise<OpenReservation> {
+    const path = this.#paths.get(reservation);
+    if (path === undefined) throw fileRefused(`reservation ${reservation} is not one this cache gave, or it was committed or discarded`);
+    if (this.#committing.has(reservation)) throw fileRefused(`reservation ${reservation} is being committed`);
+    this.#committing.add(reservation);
+    let fd: number;
+    try {
+      fd = await call<number>((done) => open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK, done));
+    } catch (error) {
+      this.#committing.delete(reservation);
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP') throw fileRefused(`${path} is a symbolic link`);
+      if (code === 'ENOENT') throw fileRefused(`${path} is gone`);
+      if (code === 'ENXIO' || code === 'EACCES') throw fileRefused(`${path} cannot be opened (${code})`);
+      throw storageError('Cannot open a reserved file', error);
+    }
+    const closeIt = (): Promise<void> => {
+      this.#committing.delete(reservation);
+      return call<void>((done) => close(fd, done)).catch(() => {});
+    };
+    try {
+      const stats = await call<BigIntStats>((done) => fstat(fd, { bigint: true }, done));
+      if (!stats.isFile()) throw fileRefused(`${path} is not a regular file`);
+      if (stats.uid !== BigInt(process.geteuid!())) throw fileRefused(`${path} belongs to user ${stats.uid}, not to the cache's user`);
+      if (stats.nlink !== 1n) throw fileRefused(`${path} has ${stats.nlink} links (a hard link to another file)`);
+      if (stats.size > BigInt(FILE_VALUE_MAX_BYTES)) {
+        throw new CacheError('CACHE_VALUE_TOO_LARGE', `The file offered as a value has ${stats.size} bytes, more than the ${FILE_VALUE_MAX_BYTES} a value may have; nothing was written.`);
+      }
+      const sizeBytes = Number(stats.size);
+      return {
+        path,
+        fd,
+        sizeBytes,
+        seal: async ({ sync }) => {
+          try {
+            await call((done) => fchmod(fd, 0o400, done));
+            if (sync) await call((done) => fdatasync(fd, done));
+          } catch (error) {
+            throw storageError('Cannot make a reserved file read-only', error);
+          }
+        },
+        readAll: async () => {
+          const bytes = Buffer.allocUnsafe(sizeBytes);
+          let got = 0;
+          while (got < sizeBytes) {
+            const n = await call<number>((done) => read(fd, bytes, got, sizeBytes - got, got, done));
+            if (n === 0) throw fileRefused(`${path} was cut short while it was being committed`);
+            got += n;
+          }
+          return bytes;
+        },
+        consumed: () => {
+          this.#paths.delete(reservation);
+        },
+        close: closeIt,
+      };
+    } catch (error) {
+      await closeIt();
+      throw error;
+    }
+  }
+
+  /** Removes reservation `reservation`'s file; an unknown or finished reservation is left alone. */
+  async discard(reservation: number): Promise<void> {
+    const path = this.#paths.get(reservation);
+    if (path === undefined) return;
+    this.#paths.delete(reservation);
+    await unlink(path).catch(() => {});
+  }
+
+  /** Removes every reservation's file: for a store that closes. */
+  async discardAll(): Promise<void> {
+    await Promise.all([...this.#paths.keys()].map((reservation) => this.discard(reservation)));
+  }
+
+  /** Removes the files of earlier opens (left by a crash) and returns how many; a failure leaves them for the next open. */
+  async sweep(): Promise<number> {
+    let names: string[];
+    try {
+      names = await readdir(this.directory);
+    } catch {
+      return 0;
+    }
+    let removed = 0;
+    for (const name of names) {
+      if (name.startsWith(`${this.#prefix}-`)) continue;
+      try {
+        await unlink(join(this.directory, name));
+        removed++;
+      } catch {
+        // A directory put there, or a file gone meanwhile: not ours to mend.
+      }
+    }
+    return removed;
+  }
+}
