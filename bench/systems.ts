@@ -81,10 +81,16 @@ function cacheClient(cache: Cache<Uint8Array> & { close(): Promise<void> }): Cli
 /** Node flags added to every daemon the benchmark starts, from `HOARD_BENCH_DAEMON_FLAGS` (space-separated): for profiles. */
 const EXTRA_DAEMON_FLAGS = (process.env['HOARD_BENCH_DAEMON_FLAGS'] ?? '').split(' ').filter(Boolean);
 
-/** Starts a hoard daemon on `dir`'s socket and data directory, with more `hoard daemon` flags if given. */
-export async function startHoard(dir: string, flags: string[] = [], bin = HOARD_BIN): Promise<Server> {
+/**
+ * Node flags for the daemon of one `--build`, from `HOARD_BENCH_BUILD_DAEMON_FLAGS`, a JSON object of space-separated
+ * flags by build name (`{"semi16":"--max-semi-space-size=16"}`): after the others, so they win.
+ */
+const BUILD_DAEMON_FLAGS = JSON.parse(process.env['HOARD_BENCH_BUILD_DAEMON_FLAGS'] ?? '{}') as Record<string, string>;
+
+/** Starts a hoard daemon on `dir`'s socket and data directory, with more `hoard daemon` flags and Node flags if given. */
+export async function startHoard(dir: string, flags: string[] = [], bin = HOARD_BIN, nodeFlags: string[] = []): Promise<Server> {
   const socketPath = join(dir, 's.sock');
-  const args = [...DAEMON_NODE_FLAGS, ...EXTRA_DAEMON_FLAGS, bin, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data'), ...flags];
+  const args = [...DAEMON_NODE_FLAGS, ...EXTRA_DAEMON_FLAGS, ...nodeFlags, bin, 'daemon', '--socket', socketPath, '--data-dir', join(dir, 'data'), ...flags];
   const child = await startProcess(process.execPath, args, 'listening on');
   return { endpoint: socketPath, pid: child.pid, stop: () => stopProcess(child) };
 }
@@ -111,7 +117,8 @@ export function hoardBuild(name: string, distDir: string): System {
   return {
     name,
     shared: true,
-    start: (dir) => startHoard(dir, ['--max-size', 'unlimited'], join(resolve(distDir), 'client', 'bin.js')),
+    start: (dir) =>
+      startHoard(dir, ['--max-size', 'unlimited'], join(resolve(distDir), 'client', 'bin.js'), (BUILD_DAEMON_FLAGS[name] ?? '').split(' ').filter(Boolean)),
     async open(endpoint) {
       const client = require(join(resolve(distDir), 'client', 'index.js')) as typeof import('../client/index.js');
       return cacheClient(await client.connect<Uint8Array>({ socketPath: endpoint, codec: 'binary', autoStart: false, clientName: 'bench' }));

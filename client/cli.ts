@@ -8,6 +8,7 @@ import {
   Delete,
   Gc,
   Get,
+  isChunkedItem,
   isFileItem,
   List,
   type LockInfo,
@@ -454,7 +455,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         c.notify(Release, { handle });
         if (!item) throw new Failure(`no item ${JSON.stringify(id)}`);
         // The CLI does not offer references: its answers carry the bytes.
-        if (isFileItem(item)) throw new Failure('the daemon answered by reference, which this command did not ask for');
+        if (isFileItem(item) || isChunkedItem(item)) throw new Failure('the daemon answered by reference or in chunks, which this command did not ask for');
         const { encoding, bytes: stored } = item.value;
         const bytes = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
         if (options.raw) return io.out(bytes);

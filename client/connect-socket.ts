@@ -1,12 +1,6 @@
-import { connect as netConnect, Socket } from 'node:net';
-import type { Readable } from 'node:stream';
+import { connect as netConnect, type Socket } from 'node:net';
+import { lentReads, readChunks } from '../src/wire/lent-reads.js';
 import { trustedSocketPath } from '../src/wire/trusted-socket-path.js';
-
-/** What one read of a daemon socket may take: more than a Unix socket holds unread, so one read drains it. */
-const READ_BUFFER_BYTES = 256 * 1024;
-
-/** The readers that take a socket's chunks in place (see {@link readChunks}), by socket. */
-const borrowers = new WeakMap<Readable, (chunk: Buffer) => void>();
 
 /**
  * Connects a socket to `socketPath` once it has checked that only the user could have put the socket there (see
@@ -19,19 +13,7 @@ export async function connectSocket(socketPath: string): Promise<Socket> {
   return new Promise<Socket>((resolve, reject) => {
     const attempt: Socket = netConnect({
       path,
-      onread: {
-        buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
-        callback: (bytes, buffer) => {
-          const chunk = (buffer as Buffer).subarray(0, bytes);
-          const borrower = borrowers.get(attempt);
-          if (borrower) {
-            borrower(chunk);
-            return true;
-          }
-          // A stream reader gets a copy, and a full stream stops the reading until it is read.
-          return attempt.push(Buffer.from(chunk));
-        },
-      },
+      onread: lentReads(() => attempt),
     });
     attempt.once('connect', () => {
       attempt.removeListener('error', reject);
@@ -42,13 +24,4 @@ export async function connectSocket(socketPath: string): Promise<Socket> {
   });
 }
 
-/**
- * Hands what arrives on `input` to `onChunk`, and starts it flowing. A socket from {@link connectSocket} lends
- * its chunks (`borrowed`: valid only during the call, copy what is kept); other streams, and what a socket had
- * buffered before, come as chunks of their own.
- */
-export function readChunks(input: Readable, onChunk: (chunk: Buffer, borrowed: boolean) => void): void {
-  if (input instanceof Socket) borrowers.set(input, (chunk) => onChunk(chunk, true));
-  input.on('data', (chunk: Buffer) => onChunk(chunk, false));
-  input.resume();
-}
+export { readChunks };

@@ -63,7 +63,7 @@ export async function connectStdio<T = unknown>(options: ConnectStdioOptions = {
         destroy: () => child.stdin.destroy(),
         gone,
       };
-      return await openChannel(child.stdout, child.stdin, transport, { clientName, transport: options.transport, references: options.references !== false, where: 'stdio' });
+      return await openChannel(child.stdout, child.stdin, transport, { clientName, transport: options.transport, references: options.references !== false, chunks: true, where: 'stdio' });
     } catch (error) {
       if (!isCacheError(error, 'CACHE_CONNECTION_LOST')) throw error;
       await gone;

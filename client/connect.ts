@@ -215,7 +215,7 @@ async function lastLogLine(logFile: string): Promise<string> {
  * message names its socket and pid) or by another program; `CACHE_NO_DAEMON` with `autoStart: false`;
  * `CACHE_DAEMON_START_FAILED`; `CACHE_UNSAFE_DIRECTORY` for a socket that another user could have put there.
  */
-export async function openOrStart(socketPath: string, options: ConnectOptions): Promise<Channel> {
+export async function openOrStart(socketPath: string, options: ConnectOptions, wire: { chunks?: boolean } = {}): Promise<Channel> {
   const clientName = options.clientName ?? basename(process.argv[1] ?? 'node');
   const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
   let delayMs = 5;
@@ -227,6 +227,7 @@ export async function openOrStart(socketPath: string, options: ConnectOptions): 
         clientName,
         transport: options.transport,
         references: options.references !== false,
+        chunks: wire.chunks === true,
         handshakeTimeoutMs: Math.max(1000, deadline - Date.now()),
       });
     } catch (error) {
@@ -265,7 +266,7 @@ export async function connect<T = unknown>(options: ConnectOptions = {}): Promis
   const socketPath = options.socketPath ?? defaultSocketPath();
   checkSocketPathLength(socketPath);
   const adapter = codecAdapter(codecNamed<T>(options.codec ?? 'json'));
-  const open = (): Promise<Channel> => openOrStart(socketPath, options);
+  const open = (): Promise<Channel> => openOrStart(socketPath, options, { chunks: true });
   return new RemoteCache(new RemoteBackend(adapter, open, await open()));
 }
 

@@ -21,6 +21,11 @@ export interface OpenOptions {
    * read its probe file; default `false` here (`connect` and `connectStdio` default to `true`).
    */
   references?: boolean;
+  /**
+   * Offer to read values over the daemon's inline limit in chunks (`cache/readChunk`) when they are not read by
+   * reference; default `false` (the CLI), `true` for `RemoteCache`.
+   */
+  chunks?: boolean;
 }
 
 /** The directory of values' files of each connection whose answers may carry file items. */
@@ -150,6 +155,7 @@ export async function openChannel(
         protocolVersion: PROTOCOL_VERSION,
         transports: wanted === 'binary' ? ['binary'] : [],
         ...(options.references ? { references: true } : {}),
+        ...(options.chunks ? { chunks: true } : {}),
       },
       { timeoutMs: options.handshakeTimeoutMs ?? 10_000, where: options.where },
     );

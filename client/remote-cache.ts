@@ -2,7 +2,7 @@ import { flagOption } from '../src/flag-option.js';
 import type { CacheItem, ExpiryOptions, GetHandle, GetSetHandle, MissedGetSetHandle, ReservedFile } from '../src/cache.js';
 import { type CacheBackend, MISSED_GETSET } from '../src/cache-backend.js';
 import { checkExpiry, RootCacheView } from '../src/cache-view.js';
-import { CacheError } from '../src/errors.js';
+import { CacheError, isCacheError } from '../src/errors.js';
 import type { ValueAdapter } from '../src/local-backend.js';
 import type { Scope } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue, StoreListing, VerifyReport } from '../src/store.js';
@@ -15,11 +15,14 @@ import {
   Get,
   GetSet,
   HandleSet,
+  type ChunkedItem,
+  isChunkedItem,
   HandleSetFile,
   isFileItem,
   List,
   type LockInfo,
   Locks,
+  ReadChunk,
   Release,
   ReserveFile,
   Set as SetItem,
@@ -28,10 +31,12 @@ import {
   type StatusResult,
   Verify,
   type WireItem,
+  WriteChunk,
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
-import { readFileItem } from './value-files.js';
+import { CHUNK_CREDIT, type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
+import { copyFile, open as openFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
 import { PrivateReservations, ReservedFiles } from '../src/reserved-files.js';
@@ -51,6 +56,26 @@ function lostReservation(): CacheError {
 
 /** The files that records read by reference came from: `item.path()` gives them while the handle is held. */
 const filePaths = new WeakMap<EncodedRecord, string>();
+
+/** A chunked item too large to gather at grant: read when asked, while its handle is held. */
+interface LaterRecord {
+  readonly chunked: ChunkedItem;
+  readonly read: ChunkReader;
+  readonly chunkBytes: number;
+}
+
+/** A handle's item as the client keeps it: its bytes, or the way to read them in chunks. */
+type HeldRecord = EncodedRecord | LaterRecord;
+
+function isLater(record: HeldRecord): record is LaterRecord {
+  return 'chunked' in record;
+}
+
+/** The record a chunked item stands for, with its bytes. */
+function chunkedRecord(item: ChunkedItem, bytes: Uint8Array): EncodedRecord {
+  const value = { encoding: item.encoding, bytes };
+  return item.expiresAtMs === undefined ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expiresAtMs };
+}
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
@@ -90,9 +115,24 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return (this.#connection = connection);
   }
 
-  #item(record: EncodedRecord | null, files: HandleFiles): CacheItem<T> | null {
+  #item(record: HeldRecord | null, files: HandleFiles): CacheItem<T> | null {
     if (!record) return null;
     const adapter = this.#adapter;
+    if (isLater(record)) {
+      const { chunked, read, chunkBytes } = record;
+      const { size, encoding } = chunked;
+      return {
+        modified: chunked.modified,
+        expires: chunked.expiresAtMs === undefined ? null : chunked.expiresAtMs / 1000,
+        // Read in chunks while the handle is held: into one buffer for the value, to a private file for a path.
+        value: async () => {
+          const ended = files.ended();
+          if (ended) throw ended;
+          return adapter.decode({ encoding, bytes: await gatherChunks(read, { size, chunkBytes }) });
+        },
+        path: files.itemPath(() => (write) => pullChunks(read, { size, chunkBytes, take: (offset, bytes) => write(bytes, offset) })),
+      };
+    }
     // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
     const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
     // A value read by reference is its daemon's file (kept while the handle is held); any other is written for it.
@@ -110,8 +150,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     handle: number,
     items: readonly (WireItem | null)[],
     options: { corruptIsMiss: boolean },
-  ): (EncodedRecord | null)[] | Promise<(EncodedRecord | null)[]> {
-    if (!items.some((item) => item !== null && isFileItem(item))) return items as (EncodedRecord | null)[];
+  ): (HeldRecord | null)[] | Promise<(HeldRecord | null)[]> {
+    if (!items.some((item) => item !== null && (isFileItem(item) || isChunkedItem(item)))) return items as (EncodedRecord | null)[];
     const release = (error: unknown): never => {
       connection.notify(Release, { handle });
       throw error;
@@ -122,7 +162,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         if (options.corruptIsMiss && error instanceof CacheError && error.code === 'CACHE_CORRUPT') return null;
         throw error;
       };
-      const read: (EncodedRecord | null | Promise<EncodedRecord | null>)[] = items.map((item) => {
+      const read: (HeldRecord | null | Promise<HeldRecord | null>)[] = items.map((item, index) => {
+        if (item !== null && isChunkedItem(item)) {
+          const chunked = this.#chunked(connection, handle, item, { stale: index === 1 });
+          return chunked instanceof Promise ? chunked.catch(miss) : chunked;
+        }
         if (item === null || !isFileItem(item)) return item;
         if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
         let read;
@@ -136,11 +180,23 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         filePaths.set(read, path);
         return read;
       });
-      if (!read.some((item) => item instanceof Promise)) return read as (EncodedRecord | null)[];
+      if (!read.some((item) => item instanceof Promise)) return read as (HeldRecord | null)[];
       return Promise.all(read.map(async (item) => item)).catch(release);
     } catch (error) {
       return release(error);
     }
+  }
+
+  /**
+   * A chunked item of handle `handle`'s answer: gathered now (under the lock, so that `value()` works after release)
+   * up to {@link EAGER_GATHER_MAX_BYTES}, else read when asked while the handle is held.
+   */
+  #chunked(connection: Channel, handle: number, item: ChunkedItem, options: { stale: boolean }): HeldRecord | Promise<HeldRecord> {
+    const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes ?? 0;
+    const { stale } = options;
+    const read: ChunkReader = (offsetBytes, maxBytes) => connection.request(ReadChunk, { handle, stale, offsetBytes, maxBytes });
+    if (item.size > EAGER_GATHER_MAX_BYTES) return { chunked: item, read, chunkBytes };
+    return gatherChunks(read, { size: item.size, chunkBytes }).then((bytes) => chunkedRecord(item, bytes));
   }
 
   /** Releases a handle at the daemon once, unless its connection is gone (which released it already). */
@@ -189,7 +245,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return answer.then((result) => {
       if (result.handle === null) return null;
       const handle = result.handle;
-      const build = (record: EncodedRecord | null): GetHandle<T> => {
+      const build = (record: HeldRecord | null): GetHandle<T> => {
         const releaseAtDaemon = this.#releaser(connection, handle);
         const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
         const release = async (): Promise<void> => {
@@ -200,7 +256,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
       };
       const record = result.item;
-      if (record === null || !isFileItem(record)) return build(record);
+      if (record === null || !(isFileItem(record) || isChunkedItem(record))) return build(record);
       // A value in a file is read here, while the handle holds the lock.
       const records = this.#records(connection, handle, [record], { corruptIsMiss: false });
       return records instanceof Promise ? records.then((read) => build(read[0]!)) : build(records[0]!);
@@ -237,9 +293,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       if (released || connection.lost) {
         throw new CacheError('CACHE_LOCK_NOT_HELD', released ? 'This getset handle was released.' : 'The connection that held this lock was lost.');
       }
-      const write = writes.then(() =>
-        connection.request(HandleSet, { handle, value: this.#adapter.encode(value), ttlMs: expiry.ttlMs, staleMs: expiry.staleMs }),
-      );
+      const write = writes.then(() => {
+        const encoded = this.#adapter.encode(value);
+        const { ttlMs, staleMs } = expiry;
+        return this.#orByReservation(connection, encoded, connection.request(HandleSet, { handle, value: encoded, ttlMs, staleMs }), (reservation) =>
+          connection.request(HandleSetFile, { handle, reservation, encoding: encoded.encoding, ttlMs, staleMs }),
+        );
+      });
       writes = write.catch(() => {});
       return write;
     };
@@ -255,7 +315,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const { ttlMs, staleMs } = expiry;
       const write = writes.then(() =>
         entry.connection === null
-          ? this.#commitByBytes(entry, (value) => connection.request(HandleSet, { handle, value, ttlMs, staleMs }))
+          ? this.#commitByBytes(entry, path, connection, {
+              send: (value) => connection.request(HandleSet, { handle, value, ttlMs, staleMs }),
+              commit: (reservation, encoding) => connection.request(HandleSetFile, { handle, reservation, encoding, ttlMs, staleMs }),
+            })
           : connection.request(HandleSetFile, { handle, reservation: entry.reservation, encoding: this.#encoding(), ttlMs, staleMs }),
       );
       writes = write.catch(() => {});
@@ -299,7 +362,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     if (entry.connection === null) {
       const connection = await this.connection();
-      await this.#commitByBytes(entry, (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }));
+      await this.#commitByBytes(entry, path, connection, {
+        send: (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }),
+        commit: (reservation, encoding) => connection.request(SetFile, { scope: scope.path, id, reservation, encoding, modified, ttlMs, staleMs }),
+      });
     } else {
       if (this.#closed) throw closedError();
       if (entry.connection.lost) throw lostReservation();
@@ -312,9 +378,24 @@ export class RemoteBackend<T> implements CacheBackend<T> {
    * Commits a reservation of the private directory: reads its file (checked as the daemon checks its own) and sends its
    * bytes with `send`, then removes it; a refusal leaves it. One message, so at most the daemon's `maxMessageBytes`.
    */
-  async #commitByBytes(entry: Reservation, send: (value: EncodedValue) => Promise<void>): Promise<void> {
-    const bytes = await this.#private.read(entry.reservation);
-    await send({ encoding: this.#encoding(), bytes });
+  /**
+   * Commits a reservation of this process's private directory (`path`): over the handshake's chunk size, in chunks
+   * to a reservation of the daemon's that `commit` commits (the value never whole in memory); else in one message.
+   */
+  async #commitByBytes(
+    entry: Reservation,
+    path: string,
+    connection: Channel,
+    by: { send: (value: EncodedValue) => Promise<void>; commit: (reservation: number, encoding: string) => Promise<void> },
+  ): Promise<void> {
+    const encoding = this.#encoding();
+    const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes;
+    const size = chunkBytes === undefined ? 0 : (await stat(path)).size;
+    if (chunkBytes !== undefined && size > chunkBytes) {
+      await by.commit(await this.#upload(connection, { path, size }), encoding);
+    } else {
+      await by.send({ encoding, bytes: await this.#private.read(entry.reservation) });
+    }
     await this.#private.discard(entry.reservation);
   }
 
@@ -333,7 +414,78 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs });
+    await this.#orByReservation(connection, encoded, connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs }), (reservation) =>
+      connection.request(SetFile, { scope: scope.path, id, reservation, encoding: encoded.encoding, modified, ttlMs, staleMs }),
+    );
+  }
+
+  /**
+   * What `sent` (a write of `value` in one message) gives, unless the value is too large for a message: then the value
+   * goes to a reservation of the daemon's (through its file with references, else in chunks) that `commit` commits.
+   */
+  async #orByReservation(connection: Channel, value: EncodedValue, sent: Promise<void>, commit: (reservation: number) => Promise<unknown>): Promise<void> {
+    try {
+      await sent;
+    } catch (error) {
+      // Refused before sending; a daemon without chunks or references cannot take it otherwise.
+      const { capabilities } = connection.info;
+      if (!isCacheError(error, 'CACHE_VALUE_TOO_LARGE') || (capabilities.chunks === undefined && referenceDirectoryOf(connection) === undefined)) throw error;
+      const reservation = await this.#upload(connection, { bytes: value.bytes });
+      await commit(reservation);
+    }
+  }
+
+  /**
+   * Puts bytes (from memory, or a private file of `size` bytes) into a new reservation of the daemon's on
+   * `connection`: into its file when the daemon gives its path (references), else by `cache/writeChunk`s of the
+   * handshake's chunk size, {@link CHUNK_CREDIT} in flight, reading a file a chunk at a time. A failure discards it.
+   * @throws CacheError `CACHE_VALUE_TOO_LARGE` from a daemon that offers neither, or the daemon's refusals.
+   */
+  async #upload(connection: Channel, source: { bytes: Uint8Array } | { path: string; size: number }): Promise<number> {
+    const { reservation, path } = await connection.request(ReserveFile, undefined);
+    try {
+      if (path !== null) {
+        if ('bytes' in source) await writeFile(path, source.bytes, { flag: 'r+' });
+        else await copyFile(source.path, path);
+        return reservation;
+      }
+      const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes;
+      if (chunkBytes === undefined) throw new CacheError('CACHE_VALUE_TOO_LARGE', 'The daemon takes this value neither as a file nor in chunks, and it is too large for a message.');
+      const file = 'bytes' in source ? undefined : await openFile(source.path, 'r');
+      try {
+        const size = 'bytes' in source ? source.bytes.byteLength : source.size;
+        const pending = new Set<Promise<void>>();
+        let failure: { error: unknown } | undefined;
+        for (let offset = 0; offset < size && !failure; offset += chunkBytes) {
+          const length = Math.min(chunkBytes, size - offset);
+          let bytes: Uint8Array;
+          if ('bytes' in source) bytes = source.bytes.subarray(offset, offset + length);
+          else {
+            bytes = Buffer.allocUnsafe(length);
+            const { bytesRead } = await file!.read(bytes, 0, length, offset);
+            if (bytesRead !== length) throw new CacheError('CACHE_FILE_REFUSED', `The reserved file ${source.path} changed while it was sent.`);
+          }
+          // Appends reach the daemon in order, and it writes one reservation's chunks in the order received.
+          const sent: Promise<void> = connection.request(WriteChunk, { reservation, offsetBytes: offset, bytes }).then(
+            () => void pending.delete(sent),
+            (error: unknown) => {
+              pending.delete(sent);
+              failure ??= { error };
+            },
+          );
+          pending.add(sent);
+          while (pending.size >= CHUNK_CREDIT) await Promise.race(pending);
+        }
+        await Promise.all(pending);
+        if (failure) throw failure.error;
+      } finally {
+        await file?.close();
+      }
+      return reservation;
+    } catch (error) {
+      connection.request(DiscardFile, { reservation }).catch(() => {});
+      throw error;
+    }
   }
 
   async delete(scope: Scope, id: string): Promise<void> {

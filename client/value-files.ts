@@ -134,3 +134,64 @@ export function readProbe(path: string): string | undefined {
     closeSync(fd);
   }
 }
+
+/**
+ * Chunked values up to this size are gathered when their handle is granted, so that `value()` works after release
+ * as for any other; larger ones only when asked (`value()` or `path()`), while the handle is held.
+ */
+export const EAGER_GATHER_MAX_BYTES = 16 * 1024 * 1024;
+
+/** How many chunk requests one reader keeps in flight: its credit, and so about how many chunks it holds at once. */
+export const CHUNK_CREDIT = 4;
+
+/** Reads `maxBytes` of a chunked value from `offsetBytes`: one `cache/readChunk`. */
+export type ChunkReader = (offsetBytes: number, maxBytes: number) => Promise<Uint8Array>;
+
+/**
+ * Reads a chunked value of `size` bytes by ranges of `chunkBytes`, with {@link CHUNK_CREDIT} requests in flight, and
+ * hands each range to `take` (in any order); a range is asked for only once a reader has taken its previous one, so
+ * at most the credit's chunks are held at once, however large the value.
+ * @throws CacheError `CACHE_PROTOCOL_MISMATCH` when the daemon answers a range with another length, or what `read`
+ * and `take` throw.
+ */
+export async function pullChunks(
+  read: ChunkReader,
+  options: { size: number; chunkBytes: number; take(offsetBytes: number, bytes: Uint8Array): void | Promise<void> },
+): Promise<void> {
+  const { size, chunkBytes, take } = options;
+  if (!(Number.isSafeInteger(chunkBytes) && chunkBytes >= 1)) {
+    throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered in chunks without offering a chunk size.');
+  }
+  let next = 0;
+  let failed = false;
+  const reader = async (): Promise<void> => {
+    while (next < size && !failed) {
+      const offset = next;
+      const length = Math.min(chunkBytes, size - offset);
+      next += length;
+      const bytes = await read(offset, length);
+      if (bytes.byteLength !== length) {
+        throw new CacheError('CACHE_PROTOCOL_MISMATCH', `The daemon answered ${bytes.byteLength} bytes for a chunk of ${length} at ${offset}.`);
+      }
+      await take(offset, bytes);
+    }
+  };
+  // Every reader ends before this settles, so that nothing is taken after a failure has been reported.
+  const ended = await Promise.allSettled(
+    Array.from({ length: Math.min(CHUNK_CREDIT, Math.ceil(size / chunkBytes)) }, () =>
+      reader().catch((error: unknown) => {
+        failed = true;
+        throw error;
+      }),
+    ),
+  );
+  const failure = ended.find((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected');
+  if (failure) throw failure.reason;
+}
+
+/** A chunked value's bytes, gathered into one buffer allocated once. */
+export async function gatherChunks(read: ChunkReader, options: { size: number; chunkBytes: number }): Promise<Buffer> {
+  const bytes = Buffer.allocUnsafeSlow(options.size);
+  await pullChunks(read, { ...options, take: (offset, chunk) => void bytes.set(chunk, offset) });
+  return bytes;
+}

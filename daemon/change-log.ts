@@ -86,6 +86,8 @@ interface TopState {
   failed: boolean;
   /** Bumped when the position is reset (another tier) or the top is no longer followed: a pass of an older one stops. */
   generation: number;
+  /** The subscription's epoch in which a pass last succeeded: the scope is in sync while it is the current one. */
+  syncedEpoch: number;
   running: Promise<boolean> | undefined;
   queued: Promise<boolean> | undefined;
 }
@@ -219,6 +221,9 @@ export class ChangeLog {
   #droppedScopes = 0;
   #sinkCalls = 0;
   readonly #sinkRoom: (() => void)[] = [];
+  /** Top-level scopes whose drop is walking them now, with how many such drops; and those whose last drop failed. */
+  readonly #drops = new Map<string, number>();
+  readonly #failedDrops = new Set<string>();
 
   constructor(options: ChangeLogOptions) {
     this.#connection = options.connection;
@@ -234,9 +239,25 @@ export class ChangeLog {
     this.#isPending = options.isPending ?? (() => false);
   }
 
-  /** True until the change log is known to be followed (subscribed, every followed scope caught up since). */
+  /**
+   * True until the change log is known to be followed (subscribed, every followed scope caught up since), and while a
+   * scope's drop walks it (or failed, until one succeeds).
+   */
   get catchingUp(): boolean {
-    return this.#catchingUp;
+    return this.#catchingUp || this.#drops.size > 0 || this.#failedDrops.size > 0;
+  }
+
+  /**
+   * Whether the item's local copy may be served as a hit: its top-level scope caught up since the subscription was last
+   * made, or Redis cannot be reached now (the local tier serves alone), or its own change waits to be written through
+   * (the local copy is the newest). Drops under way are the sink's to know: it reads their copies as misses.
+   */
+  inSync(scope: Scope, id: string): boolean {
+    if (this.#closed || !this.#connection.up) return true;
+    const top = topOf(scope);
+    const state = this.#tops.get(top);
+    if (this.#subscribed && (state === undefined || state.syncedEpoch === this.#epoch)) return true;
+    return this.#isPending(top, itemKey(scope, id));
   }
 
   figures(): { invalidations: number; droppedScopes: number } {
@@ -308,6 +329,9 @@ export class ChangeLog {
     }
     if (this.#tops.size >= this.#maxTrackedScopes) this.#forgetOldest();
     const state = this.#newState(top, undefined);
+    // Taken up while subscribed, it has no local copy older than its position: in sync (one written while its position
+    // cannot be fetched makes it unsure, and the next subscription's pass drops it).
+    if (this.#subscribed) state.syncedEpoch = this.#epoch;
     this.#tops.set(top, state);
     void this.#sync(state);
   }
@@ -327,7 +351,7 @@ export class ChangeLog {
   }
 
   #newState(top: string, position: string | undefined): TopState {
-    return { top, position, applied: position, batches: [], unsure: false, failed: false, generation: 0, running: undefined, queued: undefined };
+    return { top, position, applied: position, batches: [], unsure: false, failed: false, generation: 0, syncedEpoch: -1, running: undefined, queued: undefined };
   }
 
   #isCurrent(state: TopState, generation: number): boolean {
@@ -392,8 +416,13 @@ export class ChangeLog {
 
   #setCatchingUp(catchingUp: boolean): void {
     this.#catchingUp = catchingUp;
+    this.#showState();
+  }
+
+  /** Tells the connection whether the tier is catching up: on the change log, or dropping a scope. */
+  #showState(): void {
     try {
-      this.#connection.setCatchingUp(catchingUp);
+      this.#connection.setCatchingUp(this.catchingUp);
     } catch (error) {
       this.#logLimited('state', `tier: telling the connection its state failed: ${messageOf(error)}`);
     }
@@ -508,12 +537,15 @@ export class ChangeLog {
   async #pass(state: TopState): Promise<boolean> {
     const generation = state.generation;
     if (!this.#isCurrent(state, generation)) return true;
+    // Caught up by this pass only if subscribed when it began: a change announced since then starts another pass.
+    const epoch = this.#subscribed ? this.#epoch : undefined;
     try {
       await this.#replay(state.top);
       if (!this.#isCurrent(state, generation)) return true;
       if (state.position === undefined) await this.#fetchPosition(state, generation);
       else await this.#catchUp(state, generation);
       state.failed = false;
+      if (epoch !== undefined && this.#isCurrent(state, generation)) state.syncedEpoch = epoch;
       return true;
     } catch (error) {
       if (!this.#isCurrent(state, generation)) return true;
@@ -653,8 +685,9 @@ export class ChangeLog {
         await this.#sink.invalidate(scope, id, { keepIf: () => (kept = this.#isPending(top, key)) });
         if (!kept) this.#invalidations++;
       }),
+      // As every drop: the items whose own change waits are kept (written through later, they win in Redis).
       ...[...scopes.values()].map((scope) => async () => {
-        await this.#sink.drop(scope);
+        await this.#sink.drop(scope, { keepIf: (current, id) => this.#isPending(top, itemKey(current, id)) });
       }),
     ];
     state.position = entries[entries.length - 1]!.id;
@@ -717,10 +750,36 @@ export class ChangeLog {
     for (const read of this.#reads) if (read.top === top && matches(read.key)) read.stale = true;
   }
 
-  /** Drops the scope locally, all but the items whose own change waits to be written through (asked under each item's lock). */
+  /**
+   * Drops the scope locally, all but the items whose own change waits to be written through (asked under each item's
+   * lock). The tier says catching-up until the drop has walked the scope (its copies read as misses meanwhile), and
+   * after a failed one until a later drop of the scope succeeds.
+   */
   async #dropTop(top: string, reason: string): Promise<void> {
-    await this.#sink.drop(scopeOfTop(top), { keepIf: (scope, id) => this.#isPending(top, itemKey(scope, id)) });
-    this.#droppedScopes++;
+    this.#drops.set(top, (this.#drops.get(top) ?? 0) + 1);
+    this.#showState();
+    let walking = true;
+    const end = (succeeded: boolean): void => {
+      if (!walking) return;
+      walking = false;
+      const left = this.#drops.get(top)! - 1;
+      if (left === 0) this.#drops.delete(top);
+      else this.#drops.set(top, left);
+      if (succeeded) {
+        this.#failedDrops.delete(top);
+        this.#droppedScopes++;
+      } else {
+        this.#failedDrops.add(top);
+      }
+      this.#showState();
+    };
+    try {
+      await this.#sink.drop(scopeOfTop(top), { keepIf: (scope, id) => this.#isPending(top, itemKey(scope, id)), synced: () => end(true) });
+    } catch (error) {
+      end(false);
+      throw error;
+    }
+    end(true);
     this.#logLimited('drop', `tier: scope ${JSON.stringify(top)} was dropped locally: ${reason}`);
   }
 

@@ -32,6 +32,11 @@ export interface DaemonOptions {
   /** The largest message accepted, in bytes; default 64 MiB. */
   maxMessageBytes?: number;
   /**
+   * The most bytes of a value that one answer carries to a client that reads in chunks (larger values go as chunked
+   * items, read with `cache/readChunk` this many bytes at a time); default 1 MiB, and always within a message.
+   */
+  chunkMaxBytes?: number;
+  /**
    * How many of one connection's requests may wait for locks at once; past it, a request that would wait is refused
    * with `CACHE_TOO_MANY_WAITERS`. Default 10,000.
    */
@@ -71,6 +76,19 @@ const IDLE_TIMEOUT_MS = 15 * 60 * 1000;
 /** How long stopping waits for clients to take the last answers. */
 const FLUSH_TIMEOUT_MS = 1000;
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+/** The default of {@link DaemonOptions.chunkMaxBytes}. */
+const CHUNK_MAX_BYTES = 1024 * 1024;
+/** Room in a message for what an answer holds besides a value's bytes. */
+const ANSWER_ENVELOPE_BYTES = 1024;
+
+/**
+ * The chunk size clients are offered: at most `chunkMaxBytes`, and small enough that a value of that many bytes
+ * (base64 in JSON: 4 characters per 3 bytes) and its answer fit in a message of `maxMessageBytes`.
+ */
+function chunkBytesWithin(chunkMaxBytes: number, maxMessageBytes: number): number {
+  if (!(Number.isSafeInteger(chunkMaxBytes) && chunkMaxBytes >= 1)) throw new TypeError(`chunkMaxBytes must be a whole number of at least 1, not ${String(chunkMaxBytes)}`);
+  return Math.max(1, Math.min(chunkMaxBytes, Math.floor(((maxMessageBytes - ANSWER_ENVELOPE_BYTES) * 3) / 4)));
+}
 /** How often an idle daemon checks that its data directory was not deleted or replaced (writes check it each time). */
 const DIRECTORY_CHECK_MS = 1000;
 /**
@@ -294,6 +312,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     maxWaitersPerConnection: options.maxWaitersPerConnection ?? MAX_WAITERS_PER_CONNECTION,
     waitingClears: { count: 0 },
     referenceReads: 0,
+    chunkedReads: 0,
+    chunkMaxBytes: chunkBytesWithin(options.chunkMaxBytes ?? CHUNK_MAX_BYTES, maxMessageBytes),
+    filePath: (name) => store.filePath(name),
     references,
     count(topScope, hit) {
       if (hit) counters.hits++;
@@ -370,6 +391,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         items: usage?.items ?? 0,
         pinnedBytes: usage?.pinnedBytes ?? 0,
         referenceReads: context.referenceReads,
+        chunkedReads: context.chunkedReads,
         evictions: kept.evictedItems,
         evictedBytes: kept.evictedBytes,
         expirations: kept.expiredItems,

@@ -1,8 +1,9 @@
 import { once } from 'node:events';
 import { chmod, lstat, unlink } from 'node:fs/promises';
-import { connect as netConnect, createServer, type Server } from 'node:net';
+import { connect as netConnect, createServer, type Server, Socket, type SocketConstructorOpts } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { CacheError } from '../src/errors.js';
+import { lentReads } from '../src/wire/lent-reads.js';
 import { Initialize, lspFrame } from '../src/wire/protocol.js';
 import { serveBinary } from './serve-binary.js';
 import { serveJson } from './serve-json.js';
@@ -60,6 +61,22 @@ export function serveStreams(context: DaemonContext, input: Readable, output: Wr
   return { session, link };
 }
 
+/**
+ * The accepted connection `accepted` (paused at accept) as a socket that reads into one buffer of its own
+ * ({@link lentReads}), as the client's do: `net.createServer` takes no `onread` on Node 20, so the connection's handle
+ * moves to a new socket made with it, and the server's own socket object, left without it, is destroyed.
+ */
+function withLentReads(accepted: Socket): Socket {
+  const holder = accepted as unknown as { _handle: unknown };
+  const handle = holder._handle;
+  if (!handle) return accepted;
+  holder._handle = null;
+  accepted.destroy();
+  const options = { handle, readable: true, writable: true, onread: lentReads(() => socket) };
+  const socket: Socket = new Socket(options as SocketConstructorOpts);
+  return socket;
+}
+
 /** Whether something accepts connections on the socket path. */
 function socketAnswers(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -108,7 +125,8 @@ export async function listen(
   }
   await removeStaleSocket(socketPath);
   let accepted = 0;
-  const server = createServer((socket) => {
+  const server = createServer({ pauseOnConnect: true }, (connection) => {
+    const socket = withLentReads(connection);
     const label = `connection ${++accepted}`;
     socket.on('error', () => {});
     // A stream that breaks the framing cannot be trusted again: that connection is closed, and only that one.

@@ -26,6 +26,7 @@ interface DaemonCommandOptions {
   dataDir?: string;
   idleTimeoutMs?: number;
   maxMessageBytes?: number;
+  chunkMaxBytes?: number;
   maxWaitersPerConnection?: number;
   memoryCacheBytes?: number;
   maxSizeBytes?: number;
@@ -98,6 +99,7 @@ async function runDaemonCommand(options: DaemonCommandOptions): Promise<never> {
       dataDir: options.dataDir,
       idleTimeoutMs: options.idleTimeoutMs,
       maxMessageBytes: options.maxMessageBytes,
+      chunkMaxBytes: options.chunkMaxBytes,
       maxWaitersPerConnection: options.maxWaitersPerConnection,
       memoryCacheBytes: options.memoryCacheBytes,
       maxSizeBytes: options.maxSizeBytes,
@@ -169,6 +171,12 @@ function parseMessageLimit(text: string): number {
   return bytes;
 }
 
+function parseChunkSize(text: string): number {
+  const bytes = parseSize(text);
+  if (!(Number.isSafeInteger(bytes) && bytes >= 1)) throw new InvalidArgumentError('expected a whole number of bytes, at least 1');
+  return bytes;
+}
+
 /** Collects a repeatable option's values. */
 function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
@@ -200,6 +208,11 @@ function daemonProgram(name: string, io: EntryOutput): Command {
     .option('--sync', 'flush every write to the disk before acknowledging it (survives power loss; slower)')
     .addOption(
       new Option('--max-message-bytes <size>', 'close connections that send larger messages').argParser(parseMessageLimit).default(64 * 1024 * 1024, '64MiB'),
+    )
+    .addOption(
+      new Option('--chunk-max-bytes <size>', 'send larger values in chunks of this size to clients that read in chunks (within a message)')
+        .argParser(parseChunkSize)
+        .default(1024 * 1024, '1MiB'),
     )
     .addOption(
       new Option('--max-waiters <count>', 'refuse a connection\u2019s requests that would wait for a lock while this many of its requests already wait')

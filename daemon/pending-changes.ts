@@ -14,10 +14,12 @@ export interface PendingTop {
    */
   whole: boolean;
   /**
-   * A whole scope's clear went to Redis (or was given up): a write-through tried again only writes the local items
-   * through, not clearing again what other machines wrote since; changes recorded after it are kept as they come.
+   * The fence a whole scope's clear stands at in Redis, once it went (`0` once given up, or from a file of an earlier
+   * build that kept no number): a write-through tried again does not clear again what other machines wrote since, and
+   * sends the scope's items fenced by it, so that Redis refuses each one another machine wrote after the clear.
+   * Changes recorded after it are kept as they come. `undefined` until the clear went.
    */
-  cleared: boolean;
+  clearedAt: number | undefined;
   /** The prefixes of the sub-scopes cleared (`''`: the whole top-level scope), none nested in another. */
   readonly clears: Set<string>;
   /** The item keys (`itemKey(scope, id)`) set or deleted: their current local record is written through. */
@@ -34,10 +36,11 @@ interface PendingFile {
   keyPrefix: string;
   rootClear: boolean;
   /**
-   * `fences`: key to fencing number, for the keys written through fenced; `cleared`: a whole scope's clear went to
-   * Redis (both absent in files of 0.5.0's first builds).
+   * `fences`: key to fencing number, for the keys written through fenced; `clearedAt`: the fence a whole scope's clear
+   * stands at, once it went (absent in files of 0.5.0's first builds; earlier builds wrote `cleared: true` instead,
+   * read as `clearedAt: 0`).
    */
-  tops: { top: string; whole: boolean; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
+  tops: { top: string; whole: boolean; clearedAt?: number; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
 }
 
 /** Whether `key` is an item key (as `itemKey` makes them) of the top-level scope `top`: a file's keys are checked so. */
@@ -127,7 +130,7 @@ export class PendingChanges {
    */
   addKey(top: string, key: string, fence?: number): boolean {
     const pending = this.#top(top);
-    if (pending.whole && !pending.cleared) return false;
+    if (pending.whole && pending.clearedAt === undefined) return false;
     const before = pending.fences.get(key);
     if (fence === undefined) pending.fences.delete(key);
     else pending.fences.set(key, fence);
@@ -181,6 +184,27 @@ export class PendingChanges {
     return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || pending.keys.has(key)));
   }
 
+  /** Whether the item waits as a key of its own, or is being written through now as one. */
+  waitsAsKey(top: string, key: string): boolean {
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    return this.#tops.get(top)?.keys.has(key) === true || taken?.keys.has(key) === true;
+  }
+
+  /**
+   * How the item, waiting as a key of its own, is written through now, apart from a pass over its scope: fenced by a
+   * number, or `'plain'`; `undefined` when it does not wait as a key, or its scope's pass has to come first (a clear
+   * still to be written through covers it, or its scope is remembered whole).
+   */
+  keyFence(top: string, key: string): number | 'plain' | undefined {
+    if (this.covers(top, key)) return undefined;
+    const waiting = this.#tops.get(top);
+    const taken = this.#taken?.top === top ? this.#taken : undefined;
+    if (waiting?.whole === true || taken?.whole === true) return undefined;
+    // What was recorded since the pass took its scope is the later change.
+    for (const pending of [waiting, taken]) if (pending?.keys.has(key) === true) return pending.fences.get(key) ?? 'plain';
+    return undefined;
+  }
+
   /**
    * Whether a clear still to be written through covers the item (a whole scope's, or the root scope's): a write of it
    * that Redis took now must be written again after that clear.
@@ -190,7 +214,7 @@ export class PendingChanges {
     const waiting = this.#tops.get(top);
     const taken = this.#taken?.top === top ? this.#taken : undefined;
     return [waiting, taken].some(
-      (pending) => pending !== undefined && ((pending.whole && !pending.cleared) || [...pending.clears].some((prefix) => isUnder(key, prefix))),
+      (pending) => pending !== undefined && ((pending.whole && pending.clearedAt === undefined) || [...pending.clears].some((prefix) => isUnder(key, prefix))),
     );
   }
 
@@ -262,7 +286,7 @@ export class PendingChanges {
     }
     const later = this.take(left.top);
     this.#taken = undefined;
-    const merged: PendingTop = { top: left.top, whole: left.whole, cleared: left.cleared, clears: new Set(), keys: new Set(), fences: new Map() };
+    const merged: PendingTop = { top: left.top, whole: left.whole, clearedAt: left.clearedAt, clears: new Set(), keys: new Set(), fences: new Map() };
     this.#tops.set(left.top, merged);
     for (const clear of left.clears) this.addClear(left.top, clear);
     for (const key of left.keys) this.addKey(left.top, key, left.fences.get(key));
@@ -296,7 +320,10 @@ export class PendingChanges {
       if (entry.whole === true) {
         const pending = this.#top(entry.top);
         this.#makeWhole(pending);
-        pending.cleared = entry.cleared === true;
+        const clearedAt: unknown = entry.clearedAt;
+        if (typeof clearedAt === 'number' && Number.isSafeInteger(clearedAt) && clearedAt >= 0) pending.clearedAt = clearedAt;
+        // An earlier build's file: the clear went, at a fence it did not keep. Not cleared again; items go plain, as then.
+        else if (entry.cleared === true) pending.clearedAt = 0;
       }
       for (const clear of Array.isArray(entry.clears) ? entry.clears : []) if (isPrefixIn(clear, entry.top)) this.addClear(entry.top, clear);
       const fences: unknown = entry.fences;
@@ -350,7 +377,14 @@ export class PendingChanges {
     const file: PendingFile = {
       keyPrefix: this.#keyPrefix,
       rootClear: this.#rootClear || this.#rootClearTaken,
-      tops: tops.map(({ top, whole, cleared, clears, keys, fences }) => ({ top, whole, cleared, clears: [...clears], keys: [...keys], fences: Object.fromEntries(fences) })),
+      tops: tops.map(({ top, whole, clearedAt, clears, keys, fences }) => ({
+        top,
+        whole,
+        ...(clearedAt === undefined ? {} : { clearedAt }),
+        clears: [...clears],
+        keys: [...keys],
+        fences: Object.fromEntries(fences),
+      })),
     };
     const temporary = `${this.#path}.tmp`;
     const handle = await open(temporary, 'w', 0o600);
@@ -365,7 +399,7 @@ export class PendingChanges {
 
   #top(top: string): PendingTop {
     let pending = this.#tops.get(top);
-    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, cleared: false, clears: new Set(), keys: new Set(), fences: new Map() }));
+    if (pending === undefined) this.#tops.set(top, (pending = { top, whole: false, clearedAt: undefined, clears: new Set(), keys: new Set(), fences: new Map() }));
     return pending;
   }
 
@@ -400,6 +434,6 @@ export class PendingChanges {
     pending.keys.clear();
     pending.fences.clear();
     pending.whole = true;
-    pending.cleared = false;
+    pending.clearedAt = undefined;
   }
 }

@@ -146,6 +146,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
   /** Write-throughs run one at a time, in this chain. */
   #replayChain: Promise<void> = Promise.resolve();
   #replayTimer: NodeJS.Timeout | undefined;
+  /**
+   * Exclusive requests queued for items whose lock a pass found held, by item key (one per key): once granted, the
+   * item is written through under it. Aborted when its change is forgotten, and at close.
+   */
+  readonly #queued = new Map<string, { top: string; abort: AbortController; done: Promise<void> }>();
   #keepFailureLoggedAtMs = -Infinity;
   /** Write-throughs given up since the last line logged about them, and when that was. */
   #givenUp = 0;
@@ -204,6 +209,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   sharing(scope: Scope): ScopeSharing {
     return this.#sharingOf(topOf(scope));
+  }
+
+  inSync(scope: Scope, id: string): boolean {
+    const top = topOf(scope);
+    return this.#sharingOf(top) === 'local' || this.#changeLog === undefined || this.#changeLog.inSync(scope, id);
   }
 
   async attach(sink: TierSink<EncodedValue>): Promise<void> {
@@ -386,6 +396,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return count;
   }
 
+  /**
+   * How many acquires whose reply never came wait to have their lease released: only these are tried again (every
+   * {@link ORPHAN_RETRY_MS} while the tier is up); one given up is no longer counted.
+   */
+  orphans(): number {
+    return this.#orphans.size;
+  }
+
   status(): TierStatus {
     const figures = this.#connection.figures();
     const changes = this.#changeLog?.figures() ?? { invalidations: 0, droppedScopes: 0 };
@@ -418,11 +436,12 @@ export class RedisTier implements SharedTier<EncodedValue> {
     clearTimeout(this.#orphanTimer);
     // Waiters give up (acquire returns null), and leases still held are released, best effort.
     for (const waiters of this.#waiters.values()) for (const wake of waiters) wake();
+    for (const queued of this.#queued.values()) queued.abort.abort(new CacheError('CACHE_CLOSED', 'The shared tier is closed.'));
     await Promise.all([...this.#leases].map((lease) => this.release(lease)));
     await this.#changeLog?.close();
     await this.#connection.close();
     // A write-through under way fails now; what it left is in the file already (it is rewritten only after a success).
-    await this.#replayChain;
+    await Promise.all([this.#replayChain, ...[...this.#queued.values()].map((queued) => queued.done)]);
   }
 
   #attached(): ChangeLog {
@@ -561,21 +580,77 @@ export class RedisTier implements SharedTier<EncodedValue> {
       return this.#failed('clear', error);
     }
     // What waited under it is gone locally, and now in Redis too.
-    if (this.#waitsFor(top)) this.#pending.settled(top, prefix);
+    if (this.#waitsFor(top)) {
+      this.#pending.settled(top, prefix);
+      this.#pruneQueued();
+    }
   }
 
-  /** @throws TierUnavailable when Redis did not take the clear. */
-  async #sendClear(top: string, prefix: string, whole: boolean): Promise<void> {
+  /**
+   * Queues an exclusive request for a held item whose change waits as a key (at most one per key), without waiting
+   * for it: readers asking after it wait behind it, so that an item whose readers overlap without pause comes free.
+   * Once granted, the item is written through under that lock ({@link RedisTier.#sendQueued}).
+   */
+  #queueReplay(top: string, key: string): void {
+    if (this.#closed || this.#queued.has(key)) return;
+    const { scope, id } = parseItemKey(key);
+    const entry = { top, abort: new AbortController(), done: Promise.resolve() };
+    this.#queued.set(key, entry);
+    entry.done = this.#sink!.replayQueued(scope, id, (record) => this.#sendQueued(top, key, scope, id, record), { signal: entry.abort.signal })
+      .then(
+        () => {},
+        (error: unknown) => {
+          // Damaged data is given up as a pass gives it up; another local failure waits for the next pass.
+          if (this.#givesUp(error, key) && this.#pending.forgetKey(top, key)) return this.#keep(true);
+        },
+      )
+      .finally(() => {
+        if (this.#queued.get(key) === entry) this.#queued.delete(key);
+      });
+  }
+
+  /**
+   * Writes through a held item once its queued request is granted, under its lock, as a pass would send it; sends
+   * nothing when it no longer waits as a key, or its scope's pass has to come first (a clear still to be written
+   * through covers it, or its scope is remembered whole): the pass does it then. Resolves false when Redis refused it
+   * for a newer write (the sink drops the local copy).
+   */
+  async #sendQueued(top: string, key: string, scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined): Promise<boolean> {
+    const fence = this.#pending.keyFence(top, key);
+    if (fence === undefined || this.#closed || !this.#connection.up || this.#sharingOf(top) !== 'shared') return true;
+    let written: boolean;
+    try {
+      written = (await this.#send(scope, id, record !== undefined && record.value.bytes.byteLength > this.#options.maxValueBytes ? undefined : record, fence)) === null;
+    } catch (error) {
+      // Not taken: it waits for the next pass, which queues a request again if the item is held then.
+      if (!this.#givesUp(error, key)) return true;
+      written = true;
+    }
+    if (this.#pending.forgetKey(top, key)) await this.#keep(true);
+    return written;
+  }
+
+  /** Aborts the queued requests of items whose change no longer waits as a key (written, forgotten, or cleared since). */
+  #pruneQueued(): void {
+    for (const [key, queued] of this.#queued) if (!this.#pending.waitsAsKey(queued.top, key)) queued.abort.abort(new Error('The change no longer waits.'));
+  }
+
+  /**
+   * Resolves to the fence the clear stands at in Redis.
+   * @throws TierUnavailable when Redis did not take the clear.
+   */
+  async #sendClear(top: string, prefix: string, whole: boolean): Promise<number> {
     this.#attached().track(top);
-    await this.#connection.run('clear', async (client) => {
+    const reply = await this.#connection.run('clear', async (client) => {
       await this.#nameTop(client, top);
-      return client.script(
+      return client.script<unknown[]>(
         CLEAR_SCRIPT,
         [this.#keys.fenceCounter(top), this.#keys.generations(top), this.#keys.clearTimes(top), this.#keys.changeLog(top)],
         [this.#origin, prefix, this.#keys.channel, encodeTopName(top), String(this.#options.maxLogEntries), whole ? '1' : '0'],
       );
     });
     this.#sharedWrites++;
+    return Number(reply[0]);
   }
 
   /**
@@ -604,6 +679,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
    * change that failed is acknowledged; a failure is logged, and the change acknowledged anyway (a restart loses it).
    */
   async #keep(changed: boolean): Promise<void> {
+    if (changed) this.#pruneQueued();
     this.#replayLater(REPLAY_RETRY_MS);
     try {
       await (changed ? this.#pending.save() : this.#pending.saved());
@@ -701,8 +777,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
    * Writes through what waits for the top-level scope: its clears, then a whole one's clear and every local item, or
    * each item's current local record. The convergence rule: a plain write-through is the later one in Redis, so it
    * wins there; one of a lease's write is fenced by the lease's number, and when Redis holds a newer write, grant or
-   * clear it is refused and the local copy, older than Redis's, is dropped. A whole scope's items go plain: the
-   * scope's clear, just before, is newer than any lease's fence anyway.
+   * clear it is refused and the local copy, older than Redis's, is dropped. A whole scope's items go fenced by the
+   * scope's clear (or their lease's fence, when newer), so that an item another machine wrote after that clear is not
+   * overwritten by the older local copy. An item whose lock is held waits, with a request queued for its lock.
    */
   async #replayOf(top: string): Promise<void> {
     const sink = this.#sink!;
@@ -729,15 +806,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
     // Whether anything was written through (else the file need not be written again).
     let progressed = false;
     try {
-      // Cleared once: a retry does not clear again what other machines wrote since (kept in the file too).
-      if (pending.whole && !pending.cleared) {
+      // Cleared once: a retry does not clear again what other machines wrote since (its fence is kept in the file too).
+      if (pending.whole && pending.clearedAt === undefined) {
+        let clearedAt = 0;
         try {
-          await this.#sendClear(top, '', true);
+          clearedAt = await this.#sendClear(top, '', true);
         } catch (error) {
-          // Refused: the local items are still written through (each refused one then dropped locally).
+          // Refused: the local items are still written through, plain (each refused one then dropped locally).
           if (!this.#givesUp(error, topScope.prefix)) throw error;
         }
-        pending.cleared = true;
+        pending.clearedAt = clearedAt;
         await this.#keep(true);
       }
       for (const prefix of [...pending.clears]) {
@@ -752,25 +830,44 @@ export class RedisTier implements SharedTier<EncodedValue> {
         progressed = true;
       }
       if (pending.whole) {
+        // The items go fenced by the scope's clear, or by their own lease's fence when newer: Redis refuses each one
+        // another machine wrote (or cleared, or took the lease of) after the clear, and the older local copy is
+        // dropped. A key changed plainly since the clear goes plain (the later write wins, as any key's). The clear's
+        // fence unknown (given up, or a file of an earlier build): plain, as those builds did.
+        const clearedAt = pending.clearedAt ?? 0;
+        if (clearedAt > 0) for (const [key, fence] of pending.fences) pending.fences.set(key, Math.max(fence, clearedAt));
+        const fenceOf = (key: string): number | 'plain' => (clearedAt === 0 ? 'plain' : (pending.fences.get(key) ?? (pending.keys.has(key) ? 'plain' : clearedAt)));
         try {
-          // Items whose lock is held wait as keys at once (plainly: their scope's clear went first), so that a write
-          // of one that Redis takes during the pass forgets it (forgetKey), and nothing undoes that write.
+          // Items whose lock is held wait as keys at once (with the fence they would have gone by), so that a write of
+          // one that Redis takes during the pass forgets it (forgetKey), and nothing undoes that write.
           const waitAsKey = (scope: Scope, id: string) => {
-            pending.keys.add(itemKey(scope, id));
-            pending.fences.delete(itemKey(scope, id));
+            const key = itemKey(scope, id);
+            const fence = fenceOf(key);
+            pending.keys.add(key);
+            if (fence === 'plain') pending.fences.delete(key);
+            else pending.fences.set(key, fence);
+            this.#queueReplay(top, key);
           };
-          await sink.replayScope(topScope, (scope, id, record) => {
-            // Sent plain now: a waiting fence of the key (a lease's, older than the scope's clear) would have its
-            // write-through refused next, and the local copy dropped for nothing.
-            pending.fences.delete(itemKey(scope, id));
-            return send(scope, id, record, 'plain');
-          }, waitAsKey);
+          await sink.replayScope(
+            topScope,
+            async (scope, id, record) => {
+              const key = itemKey(scope, id);
+              const fence = fenceOf(key);
+              // Gone locally: the clear made Redis's older copies misses already, and a delete would undo a newer write.
+              const written = record === undefined && fence !== 'plain' ? true : await send(scope, id, record, fence);
+              // Sent once: not again as a key.
+              pending.keys.delete(key);
+              pending.fences.delete(key);
+              return written;
+            },
+            waitAsKey,
+          );
         } catch (error) {
           // The local store found damaged data (`send` resolves for what it gives up): given up, the copies kept.
           if (!this.#givesUp(error, topScope.prefix)) throw error;
         }
         pending.whole = false;
-        pending.cleared = false;
+        pending.clearedAt = undefined;
         progressed = true;
       }
       for (const key of [...pending.keys]) {
@@ -778,7 +875,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
           const { scope, id } = parseItemKey(key);
           // An item whose lock is held (a getset computing it) waits for a later pass; the others go on. A write of the
           // item that Redis took since forgot it: nothing to send.
-          if (!(await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain')))) continue;
+          if (!(await sink.replay(scope, id, async (record) => !pending.keys.has(key) || send(scope, id, record, pending.fences.get(key) ?? 'plain')))) {
+            // Readers may hold it without pause (a hot key): an exclusive request queued for it lets them drain.
+            this.#queueReplay(top, key);
+            continue;
+          }
         } catch (error) {
           // The local store found damaged data (a write-through given up in `send` resolves): given up.
           if (!this.#givesUp(error, key)) throw error;

@@ -3,6 +3,7 @@ import { isCacheError } from '../src/errors.js';
 import type { CancelWait } from '../src/lock-table.js';
 import { type FrameCursor, FrameDecoder, MalformedFrame } from '../src/wire/frame-decoder.js';
 import { FrameWriter } from '../src/wire/frame-writer.js';
+import { readChunks } from '../src/wire/lent-reads.js';
 import { type AnyRequest, FrameOp, Release, REQUESTS, type RequestMethod } from '../src/wire/protocol.js';
 import { invalidParams, WireError } from '../src/wire/wire-error.js';
 import { CANCELLED, type Session } from './session.js';
@@ -54,11 +55,13 @@ export function serveBinary(
       // read) until it catches up.
       paused = true;
       input.pause();
+      session.pauseOutput(true);
       output.once('drain', () => {
         paused = false;
+        session.pauseOutput(false);
         if (input.destroyed) return;
         input.resume();
-        onData(Buffer.alloc(0));
+        onData(Buffer.alloc(0), false);
       });
     },
   });
@@ -129,20 +132,22 @@ export function serveBinary(
     return !paused;
   }
 
-  const onData = (chunk: Buffer): void => {
+  let broken = false;
+  // A socket of the daemon's lends its chunks (read into one buffer of its own): the decoder copies what it keeps.
+  const onData = (chunk: Buffer, borrowed: boolean): void => {
+    if (broken) return;
     try {
-      decoder.push(chunk, onFrame);
+      decoder.push(chunk, onFrame, borrowed);
     } catch (error) {
-      input.off('data', onData);
+      broken = true;
       options.onBroken(error as Error);
     }
   };
-  input.on('data', onData);
   input.once('close', () => {
     waitingById.clear();
     void session.close();
   });
-  input.resume();
+  readChunks(input, onData);
 
   return {
     end() {

@@ -124,6 +124,7 @@ export function serveJson(input: Readable, output: Writable, session: Session, o
     // until it catches up.
     paused = true;
     reader.pause();
+    session.pauseOutput(true);
     if (!warnedOfBacklog) {
       warnedOfBacklog = true;
       session.log(`does not read its answers (${Math.round(output.writableLength / 2 ** 20)} MiB wait): its messages are not read until it does`);
@@ -133,6 +134,7 @@ export function serveJson(input: Readable, output: Writable, session: Session, o
   function afterWrite(): void {
     if (!paused || output.writableLength > RESUME_BELOW_BYTES) return;
     paused = false;
+    session.pauseOutput(false);
     if (!exited) reader.resume();
   }
 

@@ -1,10 +1,12 @@
 import { timingSafeEqual } from 'node:crypto';
+import { constants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
 import type { CacheItem, ListPage } from '../src/cache.js';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { listPage } from '../src/cache-view.js';
 import { type LocalBackend, type LocalGetSetHandle, storedRecordOf } from '../src/local-backend.js';
 import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
-import { type Scope, scopeOf } from '../src/scope-path.js';
+import { ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { EncodedRecord, EncodedValue, ReferenceRecord, StoredRecord, VerifyReport } from '../src/store.js';
 import {
   Clear,
@@ -12,6 +14,7 @@ import {
   Delete,
   DiscardFile,
   EnableReferences,
+  type ChunkedItem,
   type FileItem,
   Gc,
   type GcResult,
@@ -32,6 +35,10 @@ import {
   PROTOCOL_VERSION,
   type AnyRequest,
   type RequestMethod,
+  WriteChunk,
+  type WriteChunkParams,
+  ReadChunk,
+  type ReadChunkParams,
   ReserveFile,
   Set as SetItem,
   SetFile,
@@ -59,6 +66,15 @@ export interface DaemonContext {
   readonly waitingClears: { count: number };
   /** Values answered by reference since the daemon started (`daemon/status` `referenceReads`). */
   referenceReads: number;
+  /** Values answered as chunked items since the daemon started (`daemon/status` `chunkedReads`). */
+  chunkedReads: number;
+  /**
+   * For a client that offered chunks: values of more bytes than this come as chunked items, read this many bytes at
+   * a time; within a message, base64 included.
+   */
+  readonly chunkMaxBytes: number;
+  /** The absolute path of a value's file, by its {@link StoredFile} name, for chunked reads. */
+  readonly filePath?: ((name: string) => string) | undefined;
   /**
    * Where values' files are, and the probe file whose token a client sends back to read them by path; `undefined`
    * when the daemon does not offer references.
@@ -100,6 +116,39 @@ export type Handler<P, R> = (params: P, signal: RequestSignal) => R | Promise<R>
 
 type Held = { release(): void | Promise<void> } | LocalGetSetHandle<EncodedValue>;
 
+/** Where a chunked item's bytes are read from: its value's file (pinned by the handle), or bytes the daemon holds. */
+interface ChunkSource {
+  readonly size: number;
+  readonly path?: string;
+  readonly bytes?: Uint8Array;
+  /** The file, opened at the first chunk and closed at release (after the reads under way). */
+  file?: Promise<FileHandle>;
+}
+
+/** The chunked items of one handle's answer. */
+interface HandleChunks {
+  item?: ChunkSource;
+  stale?: ChunkSource;
+}
+
+/**
+ * How many `cache/readChunk`s of one connection read at once; the rest wait their turn (their params only, at most
+ * `--max-waiters` of them), and none starts while the client leaves its answers unread past the transport's output
+ * high-water: a client that asks and does not read holds that and a few chunks in the daemon.
+ */
+export const CHUNK_READS_PER_CONNECTION = 4;
+
+/**
+ * How many `cache/writeChunk`s of one connection may be under way at once (each holds up to a chunk of bytes until
+ * it is written); past it, a chunk is refused with `CACHE_TOO_MANY_WAITERS` and its bytes dropped.
+ */
+export const CHUNK_WRITES_PER_CONNECTION = 16;
+
+/** What a range read says when the handle was released before or during it. */
+function chunkNotHeld(handle: number): CacheError {
+  return new CacheError('CACHE_LOCK_NOT_HELD', `Handle ${handle} is not held on this connection (released, or another connection's).`);
+}
+
 /**
  * One client's session, whatever its transport: the handshake, the handles it holds, the requests it waits in,
  * and a handler per method. It owns its locks and waits: closing it ends the waits, then releases the locks.
@@ -124,8 +173,22 @@ export class Session {
   /** This client's lines in the log: a few a minute, the rest counted. */
   readonly #logLimit = new LogLimiter({ write: (line) => this.#context.log(`${this.#clientName}: ${line}`) });
   #initialized = false;
+  /** The scope of the last request that named one, for {@link Session.#scopeOf}. */
+  #lastScope: Scope | undefined;
   /** Whether the client proved it reads the daemon's files: then values kept in files are answered by reference. */
   #references = false;
+  /** Whether the client offered chunks: then values over {@link DaemonContext.chunkMaxBytes} come as chunked items. */
+  #chunks = false;
+  /** The largest value an answer carries inline: the chunk size with chunks, else what fits in a message. */
+  #inlineMaxBytes = Infinity;
+  /** Handles whose answers carried chunked items, by number. */
+  readonly #chunkSources = new Map<number, HandleChunks>();
+  #chunkReads = 0;
+  readonly #chunkReadQueue: (() => void)[] = [];
+  /** Whether the transport stopped reading because the client leaves its answers unread. */
+  #outputPaused = false;
+  /** `cache/writeChunk`s of this connection under way, each holding its bytes: at most {@link CHUNK_WRITES_PER_CONNECTION}. */
+  #chunkWrites = 0;
   /** The files reserved for values this client writes (`cache/reserveFile`), removed when the session ends. */
   readonly #reservations: SessionReservations;
   #closing: Promise<void> | undefined;
@@ -138,11 +201,11 @@ export class Session {
     this.#label = label;
     this.#clientName = label;
     this.#owner = Object.freeze({ name: label });
-    this.#on(Get, (p, signal) => this.#get(scopeOf(p.scope), p.id, p.wait, signal));
-    this.#on(GetSet, (p, signal) => this.#getset(scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
+    this.#on(Get, (p, signal) => this.#get(this.#scopeOf(p.scope), p.id, p.wait, signal));
+    this.#on(GetSet, (p, signal) => this.#getset(this.#scopeOf(p.scope), p.id, p.wait, this.#gate(signal)));
     this.#on(HandleSet, (p) => this.#handleSet(p));
     this.#on(SetItem, (p, signal) => this.#set(p, this.#gate(signal)));
-    this.#on(Delete, (p, signal) => this.#context.backend.delete(scopeOf(p.scope), p.id, { signal: this.#gate(signal), owner: this.#owner }));
+    this.#on(Delete, (p, signal) => this.#context.backend.delete(this.#scopeOf(p.scope), p.id, { signal: this.#gate(signal), owner: this.#owner }));
     this.#on(Clear, (p, signal) => this.#context.backend.clear(scopeOf(p.scope), { signal: this.#gate(signal), owner: this.#owner }));
     this.#on(List, (p) => this.#list(p));
     this.#on(Status, (p) => this.#context.status(p.scope && scopeOf(p.scope)));
@@ -151,11 +214,24 @@ export class Session {
     this.#on(Verify, (p) => this.#context.verify(p));
     this.#on(Shutdown, () => this.#shutdown());
     this.#on(EnableReferences, (p) => this.#enableReferences(p.token));
+    this.#on(ReadChunk, (p) => this.#readChunk(p));
     this.#reservations = new SessionReservations(context.backend);
     this.#on(ReserveFile, () => this.#reservations.reserve({ withPath: this.#references }));
     this.#on(HandleSetFile, (p) => this.#handleSetFile(p));
     this.#on(SetFile, (p, signal) => this.#setFile(p, this.#gate(signal)));
     this.#on(DiscardFile, (p) => this.#reservations.discard(p.reservation));
+    this.#on(WriteChunk, (p) => this.#writeChunk(p));
+  }
+
+  /**
+   * The scope named by `path`: the one of this session's last request when the names are the same (most clients
+   * use a few scopes), so that the names are escaped and the scope made once, not per request.
+   */
+  #scopeOf(path: readonly string[]): Scope {
+    if (path.length === 0) return ROOT_SCOPE;
+    const last = this.#lastScope;
+    if (last !== undefined && sameNames(last.path, path)) return last;
+    return (this.#lastScope = scopeOf(path));
   }
 
   get initialized(): boolean {
@@ -193,13 +269,17 @@ export class Session {
     const pid = Number.isSafeInteger(params.pid) && params.pid! >= 0 && params.pid! <= 0xffff_ffff ? params.pid : undefined;
     this.#owner = Object.freeze({ name: params.clientName?.slice(0, MAX_OWNER_NAME_LENGTH) ?? this.#label, pid });
     this.#initialized = true;
-    const { references } = this.#context;
+    const { references, chunkMaxBytes } = this.#context;
+    this.#chunks = params.chunks === true;
+    // Without chunks, a value is refused only when its bytes alone (base64 in JSON) exceed a message.
+    this.#inlineMaxBytes = this.#chunks ? chunkMaxBytes : transport === 'json' ? Math.floor(maxMessageBytes / 4) * 3 : maxMessageBytes;
     const offered = params.references && references ? { references: { probe: references.probe, blobDirectory: references.blobDirectory } } : {};
+    const chunks = this.#chunks ? { chunks: { inlineMaxBytes: chunkMaxBytes, chunkMaxBytes } } : {};
     return {
       daemonVersion: version,
       protocolVersion: PROTOCOL_VERSION,
       pid: process.pid,
-      capabilities: { valueTransfer: 'base64', transport, maxMessageBytes, ...offered },
+      capabilities: { valueTransfer: 'base64', transport, maxMessageBytes, ...offered, ...chunks },
     };
   }
 
@@ -213,16 +293,142 @@ export class Session {
 
   /**
    * A record as this session's answers carry it: by reference when the client enabled references and the value is in
-   * a file (which its handle pins), else with its bytes.
+   * a file (which its handle pins); in chunks (its source kept in `chunks` under `which`) when the client offered them
+   * and the value is over the inline limit; else with its bytes.
+   * @throws CacheError `CACHE_VALUE_TOO_LARGE` for a value too large for a message, to a client without chunks.
    */
-  #wireItem(record: StoredRecord<EncodedValue> | ReferenceRecord | undefined | null): WireItem | null {
+  #wireItem(
+    record: StoredRecord<EncodedValue> | ReferenceRecord | undefined | null,
+    chunks?: HandleChunks,
+    which: 'item' | 'stale' = 'item',
+  ): WireItem | null {
     if (!record) return null;
     const { file } = record;
-    if (!file || !this.#references) return record as EncodedRecord;
-    this.#context.referenceReads++;
     const encoding = 'value' in record ? record.value.encoding : record.encoding;
-    const item: FileItem = { kind: 'file', modified: record.modified, encoding, size: file.lengthBytes, file: file.name };
+    if (file && this.#references) {
+      this.#context.referenceReads++;
+      const item: FileItem = { kind: 'file', modified: record.modified, encoding, size: file.lengthBytes, file: file.name };
+      return record.expiresAtMs === undefined ? item : { ...item, expiresAtMs: record.expiresAtMs };
+    }
+    const size = file ? file.lengthBytes : (record as EncodedRecord).value.bytes.byteLength;
+    if (size <= this.#inlineMaxBytes) return record as EncodedRecord;
+    if (!this.#chunks || !chunks) {
+      throw new CacheError(
+        'CACHE_VALUE_TOO_LARGE',
+        `This value of ${size} bytes does not fit in a message of at most ${this.#context.maxMessageBytes} bytes (the daemon's ` +
+          '--max-message-bytes); a client that offers chunks in initialize reads it in chunks.',
+      );
+    }
+    const { filePath } = this.#context;
+    chunks[which] = file && filePath ? { size, path: filePath(file.name) } : { size, bytes: (record as EncodedRecord).value.bytes };
+    this.#context.chunkedReads++;
+    const item: ChunkedItem = { kind: 'chunked', modified: record.modified, encoding, size };
     return record.expiresAtMs === undefined ? item : { ...item, expiresAtMs: record.expiresAtMs };
+  }
+
+  /** Keeps the chunk sources of handle `handle`'s answer, if it has any. */
+  #keepChunks(handle: number, chunks: HandleChunks): void {
+    if (chunks.item || chunks.stale) this.#chunkSources.set(handle, chunks);
+  }
+
+  /** Forgets a handle's chunk sources, closing their files once the reads under way end. */
+  #dropChunks(handle: number): void {
+    const chunks = this.#chunkSources.get(handle);
+    if (!chunks) return;
+    this.#chunkSources.delete(handle);
+    for (const source of [chunks.item, chunks.stale]) {
+      source?.file?.then((file) => file.close()).catch(() => {});
+    }
+  }
+
+  /** Reads a range of a chunked item's value, at most {@link CHUNK_READS_PER_CONNECTION} of them at once. */
+  async #readChunk(params: ReadChunkParams): Promise<Uint8Array> {
+    const { handle, stale, offsetBytes, maxBytes } = params;
+    const chunks = this.#chunkSources.get(handle);
+    if (!chunks) {
+      if (this.#held.has(handle)) throw invalidParams(`handle ${handle}'s answer carried no chunked item`);
+      throw chunkNotHeld(handle);
+    }
+    const source = stale ? chunks.stale : chunks.item;
+    if (!source) throw invalidParams(`handle ${handle}'s ${stale ? 'stale' : 'item'} is not a chunked item`);
+    const limit = this.#context.chunkMaxBytes;
+    if (maxBytes < 1 || maxBytes > limit) throw invalidParams(`maxBytes must be from 1 to ${limit} (chunks.chunkMaxBytes)`);
+    if (offsetBytes > source.size) throw invalidParams(`offsetBytes ${offsetBytes} is past the end of the value (${source.size} bytes)`);
+    const length = Math.min(maxBytes, source.size - offsetBytes);
+    if (source.bytes) return source.bytes.subarray(offsetBytes, offsetBytes + length);
+    if (this.#chunkReads >= CHUNK_READS_PER_CONNECTION || this.#outputPaused || this.#chunkReadQueue.length > 0) {
+      const limit = this.#context.maxWaitersPerConnection;
+      if (this.#chunkReadQueue.length >= limit) {
+        throw new CacheError('CACHE_TOO_MANY_WAITERS', `This connection already has ${limit} chunk reads waiting, the daemon's limit (--max-waiters); read the answers first.`);
+      }
+      await new Promise<void>((resolve) => this.#chunkReadQueue.push(resolve));
+      if (this.#chunkSources.get(handle) !== chunks) {
+        this.#nextChunkRead();
+        throw chunkNotHeld(handle);
+      }
+    }
+    this.#chunkReads++;
+    try {
+      return await this.#readRange(handle, chunks, source, offsetBytes, length);
+    } finally {
+      this.#chunkReads--;
+      this.#nextChunkRead();
+    }
+  }
+
+  /** Appends a chunk to one of this connection's reservations (see {@link SessionReservations.append}). */
+  async #writeChunk({ reservation, offsetBytes, bytes }: WriteChunkParams): Promise<void> {
+    if (this.#chunkWrites >= CHUNK_WRITES_PER_CONNECTION) {
+      throw new CacheError(
+        'CACHE_TOO_MANY_WAITERS',
+        `This connection already has ${CHUNK_WRITES_PER_CONNECTION} chunk writes under way, the daemon's limit; wait for their answers before sending more.`,
+      );
+    }
+    this.#chunkWrites++;
+    try {
+      await this.#reservations.append(reservation, offsetBytes, bytes);
+    } finally {
+      this.#chunkWrites--;
+    }
+  }
+
+  #nextChunkRead(): void {
+    if (this.#chunkReads < CHUNK_READS_PER_CONNECTION && (!this.#outputPaused || this.#gone.signal.aborted)) this.#chunkReadQueue.shift()?.();
+  }
+
+  /**
+   * Told by the transport when it stops reading the client's messages because the client leaves its answers unread,
+   * and when it reads again: chunk reads wait meanwhile, since they would only add to the answers waiting.
+   */
+  pauseOutput(paused: boolean): void {
+    this.#outputPaused = paused;
+    if (!paused) for (let n = this.#chunkReads; n < CHUNK_READS_PER_CONNECTION; n++) this.#nextChunkRead();
+  }
+
+  async #readRange(handle: number, chunks: HandleChunks, source: ChunkSource, offsetBytes: number, length: number): Promise<Uint8Array> {
+    const bytes = Buffer.allocUnsafe(length);
+    try {
+      const file = await (source.file ??= open(source.path!, constants.O_RDONLY | constants.O_NOFOLLOW));
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await file.read(bytes, got, length - got, offsetBytes + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      if (got < length) {
+        throw new CacheError('CACHE_CORRUPT', `The file of a stored value ends before its ${source.size} bytes: something other than hoard changed the cache directory.`);
+      }
+      return bytes;
+    } catch (error) {
+      // Released meanwhile: the file may be gone, or closed under the read.
+      if (this.#chunkSources.get(handle) !== chunks) throw chunkNotHeld(handle);
+      if (isCacheError(error)) throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ELOOP') {
+        throw new CacheError('CACHE_CORRUPT', 'The file of a stored value is missing: something other than hoard changed the cache directory.', { cause: error });
+      }
+      throw new CacheError('CACHE_STORAGE', 'Cannot read the file of a stored value.', { cause: error });
+    }
   }
 
   /**
@@ -308,37 +514,72 @@ export class Session {
   /** Reads at once when the item's shared lock is free (no promise: most reads), else waits for it (unless told not to). */
   #get(scope: Scope, id: string, wait: boolean, signal: RequestSignal): GetResult | Promise<GetResult> {
     const { backend } = this.#context;
-    const read = this.#gone.signal.aborted
+    // A client that reads by reference or in chunks gets large values without the daemon reading their files.
+    let read = this.#gone.signal.aborted
       ? undefined
-      : this.#references
+      : this.#references || this.#chunks
         ? backend.readNowByReference(scope, id, this.#owner)
         : backend.readNow(scope, id, this.#owner);
+    if (read?.record && !('value' in read.record) && !this.#references && read.record.file.lengthBytes <= this.#inlineMaxBytes) {
+      // Small enough to go inline after all: read it whole (the lock was free a moment ago, so most likely it still is).
+      read.lease.release();
+      read = backend.readNow(scope, id, this.#owner);
+    }
     if (!read) return this.#getLater(scope, id, wait, signal);
     const { lease, record } = read;
+    let item: WireItem | null;
+    const chunks: HandleChunks = {};
+    try {
+      item = record && (record.file || (record as EncodedRecord).value.bytes.byteLength > this.#inlineMaxBytes) ? this.#wireItem(record, chunks) : ((record as EncodedRecord | undefined) ?? null);
+    } catch (error) {
+      lease.release();
+      throw error;
+    }
     this.#count(scope, record);
     const handle = this.#context.nextHandle();
     // The lease itself serves as the handle: its release is synchronous, and there is no closure to make.
     this.#held.set(handle, lease);
-    return { handle, item: record?.file ? this.#wireItem(record) : ((record as EncodedRecord | undefined) ?? null) };
+    this.#keepChunks(handle, chunks);
+    return { handle, item };
   }
 
   async #getLater(scope: Scope, id: string, wait: boolean, signal: RequestSignal): Promise<GetResult> {
-    const options = wait ? { signal: this.#gate(signal), owner: this.#owner } : { wait: false, owner: this.#owner };
+    // By reference, as readNow reads: the file of a value kept in one is not read into the daemon's memory.
+    const reference = this.#references;
+    const options = wait ? { signal: this.#gate(signal), owner: this.#owner, reference } : { wait: false, owner: this.#owner, reference };
     const got = await this.#context.backend.get(scope, id, options);
     if (!got) return { handle: null, item: null };
     this.#count(scope, got.item);
-    const item = this.#wireItem(await recordOf(got.item));
-    return { handle: await this.#keep(got), item };
+    const chunks: HandleChunks = {};
+    let item;
+    try {
+      item = this.#wireItem(await recordOf(got.item), chunks);
+    } catch (error) {
+      await got.release();
+      throw error;
+    }
+    const handle = await this.#keep(got);
+    this.#keepChunks(handle, chunks);
+    return { handle, item };
   }
 
   async #getset(scope: Scope, id: string, wait: boolean, signal: WaitGate): Promise<GetSetResult> {
-    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner });
+    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner, reference: this.#references });
     if (!gs.set) return { handle: null, item: null, stale: null };
     this.#count(scope, gs.item);
-    const item = this.#wireItem(await recordOf(gs.item));
-    const stale = this.#wireItem(await recordOf(gs.stale));
+    const chunks: HandleChunks = {};
+    let item, stale;
+    try {
+      item = this.#wireItem(await recordOf(gs.item), chunks, 'item');
+      stale = this.#wireItem(await recordOf(gs.stale), chunks, 'stale');
+    } catch (error) {
+      await gs.release();
+      throw error;
+    }
     this.#getsets.add(gs);
-    return { handle: await this.#keep(gs), item, stale };
+    const handle = await this.#keep(gs);
+    this.#keepChunks(handle, chunks);
+    return { handle, item, stale };
   }
 
   async #handleSet({ handle, value, ttlMs, staleMs }: HandleSetParams): Promise<void> {
@@ -383,13 +624,14 @@ export class Session {
     const entry = this.#held.get(handle);
     if (!entry) return;
     this.#held.delete(handle);
+    if (this.#chunkSources.size > 0) this.#dropChunks(handle);
     void entry.release();
   }
 
   async #set({ scope, id, value, modified, ttlMs, staleMs }: SetParams, signal: WaitGate): Promise<void> {
     const when = modified ?? Date.now() / 1000;
     if (!Number.isFinite(when)) throw invalidParams('modified must be a finite number');
-    await this.#context.backend.set(scopeOf(scope), id, value, { modified: when, signal, owner: this.#owner, ...expiryOf(ttlMs, staleMs) });
+    await this.#context.backend.set(this.#scopeOf(scope), id, value, { modified: when, signal, owner: this.#owner, ...expiryOf(ttlMs, staleMs) });
   }
 
   /** Asks the daemon to stop once the answer to this request is on its way. */
@@ -408,6 +650,8 @@ export class Session {
       for (const cancel of [...this.#waiting].reverse()) cancel(this.#gone.signal.reason);
       const handles = [...this.#held.values()];
       this.#held.clear();
+      for (const handle of [...this.#chunkSources.keys()]) this.#dropChunks(handle);
+      for (const waiting of this.#chunkReadQueue.splice(0)) waiting();
       await Promise.allSettled(handles.map(async (entry) => entry.release()));
       await this.#reservations.discardAll();
       this.#logLimit.flush();
@@ -417,14 +661,23 @@ export class Session {
   }
 }
 
-/** The stored record behind a handle's item: the daemon's values are the stored bytes, so decoding returns them. */
-async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRecord | null> {
+/**
+ * The stored record behind a handle's item (a {@link ReferenceRecord} for a value read by reference): the daemon's
+ * values are the stored bytes, so decoding returns them.
+ */
+async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRecord | ReferenceRecord | null> {
   if (!item) return null;
   const stored = storedRecordOf<EncodedValue>(item);
   if (stored) return stored;
   const value = await item.value();
   // `expires` is `expiresAtMs / 1000`, which `* 1000` gives back exactly.
   return item.expires === undefined || item.expires === null ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expires * 1000 };
+}
+
+function sameNames(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let n = 0; n < a.length; n++) if (a[n] !== b[n]) return false;
+  return true;
 }
 
 /** The expiry options of a write, only those given (the backend tells absent from `undefined` as the public API does). */

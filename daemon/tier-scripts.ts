@@ -80,9 +80,10 @@ end
  * waiters try again); a fenced one writes with its lease's fence, and is refused when the lease is missing (released,
  * or ended by a plain write), another's, expired by Redis's clock, older than a clear of one of the item's scopes, or
  * older than the item's fence (a plain write or delete came since). One fenced by a number (the write-through of a
-lease's write that Redis did not take) writes with that fence, and is refused when the item's fence is newer, a clear
-of one of its scopes came since, or another lease of a newer fence is live; it ends a lease of its fence or older, as
-a plain write does. Then it prunes a few expired leases.
+lease's write that Redis did not take, or an item of a scope written through whole, fenced by that scope's clear) is
+refused when the item's fence is newer, a clear of one of its scopes came since, or another lease of a newer fence is
+live; else it writes with that fence, or with a new one when the fence is the newest clear's (an item is valid only
+above it); it ends a lease of its fence or older, as a plain write does. Then it prunes a few expired leases.
  * Returns `{1, fence, stream id}`, or `{0, why}` when fenced.
  */
 export const WRITE_SCRIPT = tierScript(
@@ -103,12 +104,16 @@ if token ~= '' then
 elseif fence and lease and lease.expires > now and lease.fence > fence then
   return {0, 'newer lease'}
 end
+local fresh = not fence
 if fence then
-  if cleared_at(gkey, 10, count) > fence then return {0, 'scope cleared'} end
+  local cleared = cleared_at(gkey, 10, count)
+  if cleared > fence then return {0, 'scope cleared'} end
   if tonumber(redis.call('HGET', item, 'f') or '0') > fence then return {0, 'newer write'} end
+  -- Fenced by a clear (fences are unique: only a clear's can equal it): written after it, with a fence above it.
+  if token == '' and cleared == fence then fresh = true end
 end
 if token == '' then
-  fence = fence or redis.call('INCR', nkey)
+  if fresh then fence = redis.call('INCR', nkey) end
   -- A plain write (or one fenced by a number, past the checks) supersedes a holder: its lease ends here (its write is
   -- refused, its renewal finds it lost, even once this write's item is gone), and its waiters are woken to try again.
   if redis.call('HDEL', lkey, ikey) == 1 then
@@ -141,7 +146,7 @@ return {1, fence, log_change(ckey, max_entries, origin, kind, ikey, fence, chann
  * ARGV: 1 origin, 2 the scope's prefix (the generation field; `''` for all of the top-level scope's items), 3 channel,
  * 4 top (percent-encoded), 5 maxLogEntries, 6 `1` when the prefix is `''` or the top-level scope's own (every other
  * record is under it), else `0`.
- * Returns the stream id.
+ * Returns `{fence, stream id}`: the fence the clear stands at (what a write fenced by it must not be older than).
  */
 export const CLEAR_SCRIPT = tierScript(
   'clear',
@@ -167,7 +172,7 @@ for i = 1, #old do
   redis.call('HDEL', gkey, old[i])
   redis.call('ZREM', tkey, old[i])
 end
-return log_change(ckey, ARGV[5], ARGV[1], 'c', prefix, fence, ARGV[3], ARGV[4])
+return {fence, log_change(ckey, ARGV[5], ARGV[1], 'c', prefix, fence, ARGV[3], ARGV[4])}
 `,
 );
 

@@ -44,6 +44,14 @@ export interface LockOptions {
   owner?: LockOwner | undefined;
 }
 
+/**
+ * For the daemon's `get` and `getset`: a value kept in a file is not read, and its item is made from a
+ * {@link ReferenceRecord} (see {@link storedRecordOf}) whose `value()` is not to be called.
+ */
+export interface ReadOptions {
+  reference?: boolean;
+}
+
 export interface LocalBackendOptions<V = unknown> {
   /** The clock that expiry reads, in milliseconds since the epoch; default `Date.now`. For tests. */
   now?: () => number;
@@ -62,14 +70,14 @@ export interface LocalBackendOptions<V = unknown> {
 }
 
 /** The stored record each item handed out was made from, for the daemon, whose values are the stored form. */
-const storedRecords = new WeakMap<object, StoredRecord<unknown>>();
+const storedRecords = new WeakMap<object, StoredRecord<unknown> | ReferenceRecord>();
 
 /**
  * The stored record behind an item that a {@link LocalBackend} handed out (with its `file`, for a value kept in one);
  * `undefined` for any other item.
  */
-export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | undefined {
-  return storedRecords.get(item) as StoredRecord<V> | undefined;
+export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | ReferenceRecord | undefined {
+  return storedRecords.get(item) as StoredRecord<V> | ReferenceRecord | undefined;
 }
 
 /** Who the tier's own work on the local store (dropping stale copies) is, for `hoard locks`. */
@@ -80,6 +88,24 @@ const COPY_FAILURE_LOG_INTERVAL_MS = 60_000;
 function closedError(): CacheError {
   return new CacheError('CACHE_CLOSED', 'The cache is closed.');
 }
+
+/** A local copy whose drop waits for its lock: see `LocalBackend.#staleItems`. */
+interface StaleItem {
+  readonly keepIf: (() => boolean) | undefined;
+}
+
+/** A scope being dropped: drops under way, whether one failed (it reads as misses until one succeeds), what is kept. */
+interface DroppingScope {
+  walks: number;
+  failed: boolean;
+  keepIf: (scope: Scope, id: string) => boolean;
+}
+
+/**
+ * Whether a local copy may be served: `serve`; `stale`, known to be (a drop of it is under way): a miss; `unsure`, its
+ * scope not known to be in sync: read through the tier, and served only if the tier cannot answer.
+ */
+type Trust = 'serve' | 'stale' | 'unsure';
 
 /** Whether a record is fresh, expired but kept as stale, or past its stale time (to be removed). */
 type Freshness = 'fresh' | 'stale' | 'gone';
@@ -163,6 +189,16 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * item at a time, so a second reader of the same miss serves the tier's copy without writing it again.
    */
   readonly #copying = new Set<string>();
+  /**
+   * Local copies known stale whose drop waits for the item's lock, by item key: read as misses until it ran, unless
+   * the drop's `keepIf` keeps them (their own change waits). So a reader queued before the drop, behind a holder,
+   * never gets the old copy.
+   */
+  readonly #staleItems = new Map<string, StaleItem>();
+  /** The drops of held items that wait for their lock, by item key: one request each, however often a drop is retried. */
+  readonly #heldDrops = new Map<string, Promise<void>>();
+  /** Scopes being dropped item by item, by prefix: their local copies read as misses until a drop has walked them. */
+  readonly #droppingScopes = new Map<string, DroppingScope>();
   #copyFailureLoggedAtMs = -Infinity;
   #copyFailuresNotLogged = 0;
   #closed = false;
@@ -194,9 +230,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#checkOpen();
     const sink: TierSink<V> = {
       invalidate: (scope, id, options) => this.#invalidate(scope, id, options?.keepIf),
-      drop: (scope, options) => (options?.keepIf === undefined ? this.#drop(scope) : this.#dropExcept(scope, options.keepIf)),
+      drop: (scope, options) => (options?.keepIf === undefined ? this.#drop(scope) : this.#dropExcept(scope, options.keepIf, options.synced)),
       localScopes: () => this.#store.usage?.().scopes.keys() ?? [],
       replay: (scope, id, send) => this.#replay(scope, id, send),
+      replayQueued: (scope, id, send, options) => this.#replayQueued(scope, id, send, options.signal),
       replayScope: (scope, send, onHeld) => this.#replayScope(scope, send, onHeld),
     };
     await this.#tier.attach(sink);
@@ -230,6 +267,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'shared', { owner });
     if (!lease) return undefined;
     const record = this.#readRecord(lease, scope, id, { reference });
+    // A copy the tier does not vouch for now is read through the tier: `get` does it.
+    if (record !== undefined && this.#tier !== undefined && this.#trust(scope, id) !== 'serve') {
+      lease.release();
+      return undefined;
+    }
     // Most records never expire: the clock is read only for those that do.
     if (record?.expiresAtMs === undefined) {
       if (record !== undefined) return { lease: record.file ? this.#pinned(lease, record) : lease, record };
@@ -244,7 +286,21 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return undefined;
   }
 
-  async get(scope: Scope, id: string, options: LockOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
+  /** A fresh local copy the tier does not vouch for now reads as a miss; one it is only unsure of is kept as the fallback served when the tier cannot answer. */
+  #vouched<R extends StoredRecord<V> | ReferenceRecord>(
+    scope: Scope,
+    id: string,
+    read: R | undefined,
+  ): { record: R | undefined; state: Freshness | undefined; expiredLocally: boolean; fallback: R | undefined } {
+    const state = read && freshness(read, this.#now());
+    const expiredLocally = state === 'gone';
+    if (state !== 'fresh' || this.#tier === undefined) return { record: read, state, expiredLocally, fallback: undefined };
+    const trust = this.#trust(scope, id);
+    if (trust === 'serve') return { record: read, state, expiredLocally, fallback: undefined };
+    return { record: undefined, state: undefined, expiredLocally, fallback: trust === 'unsure' ? read : undefined };
+  }
+
+  async get(scope: Scope, id: string, options: LockOptions & ReadOptions & { wait?: boolean }): Promise<GetHandle<T> | null> {
     let lease: Lease;
     if (options.wait === false) {
       this.#checkOpen();
@@ -256,14 +312,16 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease = acquired instanceof Promise ? await acquired : acquired;
     }
     await this.#readable();
-    let record = this.#readRecord(lease, scope, id);
-    let state = record && freshness(record, this.#now());
-    let expiredLocally = state === 'gone';
+    let { record, state, expiredLocally, fallback } = this.#vouched(scope, id, this.#readRecord(lease, scope, id, { reference: options.reference === true }));
     if (state !== 'fresh' && this.#shares(scope)) {
-      const shared = await this.#readThrough(lease, scope, id);
+      // A local copy the tier is unsure of is not replaced (it may be a `shared-read` scope's local write).
+      const shared = await this.#readThrough(lease, scope, id, { keep: fallback === undefined });
       if (shared) {
         ({ record, state } = shared);
         if (shared.kept) expiredLocally = false;
+      } else if (shared === null && fallback) {
+        record = fallback;
+        state = 'fresh';
       }
     }
     const removing = expiredLocally ? this.#removeOnRelease(lease) : lease;
@@ -281,7 +339,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   async getset(
     scope: Scope,
     id: string,
-    options: LockOptions & { wait: boolean },
+    options: LockOptions & ReadOptions & { wait: boolean },
   ): Promise<LocalGetSetHandle<T> | MissedGetSetHandle> {
     const key = itemKey(scope, id);
     let lease: Lease;
@@ -296,25 +354,33 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
     await this.#readable();
     // A damaged record counts as a miss here, so that the caller computes the value again and replaces it.
-    let record = this.#readRecord(lease, scope, id, { corruptIsMiss: true });
-    let state = record && freshness(record, this.#now());
-    let expiredLocally = state === 'gone';
+    let { record, state, expiredLocally, fallback } = this.#vouched(
+      scope,
+      id,
+      this.#readRecord(lease, scope, id, { corruptIsMiss: true, reference: options.reference === true }),
+    );
     // A local hit holds the local lock alone, as without a tier: its setter, if used, writes as a plain set does.
     const sharing = state === 'fresh' ? 'local' : this.#sharing(scope);
     let tierLease: TierLease | undefined;
     if (sharing !== 'local') {
       let found;
+      let unavailable: boolean;
       if (sharing === 'shared') {
         const granted = await this.#acquireTier(lease, scope, id, options);
         if (granted === 'busy') return MISSED_GETSET;
         tierLease = granted?.lease;
         found = granted?.found;
+        unavailable = granted === undefined;
       } else {
-        found = await this.#readThrough(lease, scope, id);
+        found = await this.#readThrough(lease, scope, id, { keep: fallback === undefined });
+        unavailable = found === null;
       }
       if (found) {
         ({ record, state } = found);
         if (found.kept) expiredLocally = false;
+      } else if (unavailable && fallback) {
+        record = fallback;
+        state = 'fresh';
       }
     }
     const files = new HandleFiles(this.#handleFiles, { lost: () => this.#closed });
@@ -504,8 +570,11 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     return this.#locks.acquire(key, mode, options);
   }
 
-  #item(record: StoredRecord<V>, files: HandleFiles): CacheItem<T> {
-    const { modified, value, expiresAtMs, file } = record;
+  #item(record: StoredRecord<V> | ReferenceRecord, files: HandleFiles): CacheItem<T> {
+    const { modified, expiresAtMs, file } = record;
+    // A stored value may itself be `undefined` (an as-given codec's): a record read by reference is told by its lack of one.
+    const byReference = !('value' in record);
+    const value = byReference ? undefined : record.value;
     const adapter = this.#adapter;
     const decode = adapter.decode.bind(adapter);
     const store = this.#store;
@@ -513,9 +582,15 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const path = files.itemPath(() => {
       if (file && store.filePath) return store.filePath(file.name);
       if (!adapter.bytes) throw new TypeError('This cache has no bytes to give a path to.');
-      return adapter.bytes(value);
+      return adapter.bytes(value as V);
     });
-    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: async () => decode(value), path };
+    const read =
+      byReference
+        ? async (): Promise<T> => {
+            throw new TypeError('This item was read by reference (ReadOptions.reference): its bytes are in its file.');
+          }
+        : async (): Promise<T> => decode(value as V);
+    const item = { modified, expires: expiresAtMs === undefined ? null : expiresAtMs / 1000, value: read, path };
     storedRecords.set(item, record);
     return item;
   }
@@ -540,7 +615,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   /** Reads the stored record under the held lease, releasing the lease if the read fails. */
   #readRecord(lease: Lease, scope: Scope, id: string, options?: { corruptIsMiss?: boolean }): StoredRecord<V> | undefined;
-  #readRecord(lease: Lease, scope: Scope, id: string, options: { reference: boolean }): StoredRecord<V> | ReferenceRecord | undefined;
+  #readRecord(lease: Lease, scope: Scope, id: string, options: { corruptIsMiss?: boolean; reference: boolean }): StoredRecord<V> | ReferenceRecord | undefined;
   #readRecord(
     lease: Lease,
     scope: Scope,
@@ -549,8 +624,17 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   ): StoredRecord<V> | ReferenceRecord | undefined {
     try {
       this.#checkOpen();
-      if (options.reference && this.#store.readReference) return this.#store.readReference(scope, id);
-      return this.#store.read(scope, id);
+      const store = this.#store;
+      const reference = options.reference === true;
+      // The lease's key is the item's storage key: a store that reads by it spares making it again.
+      const record = store.readKey
+        ? (store.readKey(lease.key, reference) as StoredRecord<V> | ReferenceRecord | undefined)
+        : reference && store.readReference
+          ? store.readReference(scope, id)
+          : store.read(scope, id);
+      // A getset must find a missing file now, as a read of its bytes would, to compute the value again.
+      if (options.corruptIsMiss && record?.file && !('value' in record)) store.checkFile?.(record.file);
+      return record;
     } catch (error) {
       if (options.corruptIsMiss && isCacheError(error, 'CACHE_CORRUPT')) return undefined;
       lease.release();
@@ -751,9 +835,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
 
   /**
    * On a local miss in a scope the tier shares, under the item's lock (`lease`): the tier's copy as the local tier's
-   * expiry sees it (`undefined`: a miss there too, or the tier unavailable), kept as the local copy when fresh.
+   * expiry sees it (`undefined`: a miss there too; `null`: the tier unavailable), kept as the local copy when fresh
+   * (unless `keep` is false).
    */
-  async #readThrough(lease: Lease, scope: Scope, id: string): Promise<Found<V> | undefined> {
+  async #readThrough(lease: Lease, scope: Scope, id: string, options: { keep: boolean }): Promise<Found<V> | undefined | null> {
     let read: TierRead<V> | null;
     try {
       read = await this.#tier!.read(scope, id);
@@ -761,7 +846,29 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       lease.release();
       throw error;
     }
-    return this.#found(lease, scope, id, read);
+    if (read === null) return null;
+    if (options.keep) return this.#found(lease, scope, id, read);
+    // Asked all the same, so that the tier forgets the read.
+    const notKept = (): boolean => {
+      read.copyable();
+      return false;
+    };
+    return this.#found(lease, scope, id, { record: read.record, copyable: notKept });
+  }
+
+  /**
+   * Whether the item's local copy may be served now (see {@link Trust}), in a backend with a tier: not while a drop of
+   * it or of its scope is under way (but for what the drop keeps), nor while the tier says its scope is not in sync.
+   */
+  #trust(scope: Scope, id: string): Trust {
+    if (this.#staleItems.size > 0 || this.#droppingScopes.size > 0) {
+      const key = itemKey(scope, id);
+      const stale = this.#staleItems.get(key);
+      if (stale !== undefined && !stale.keepIf?.()) return 'stale';
+      for (const [prefix, dropping] of this.#droppingScopes) if (key.startsWith(prefix) && !dropping.keepIf(scope, id)) return 'stale';
+    }
+    const tier = this.#tier!;
+    return tier.inSync === undefined || tier.inSync(scope, id) ? 'serve' : 'unsure';
   }
 
   /**
@@ -858,16 +965,21 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   /**
    * The tier's sink: drops the local copy of an item another machine changed, under its exclusive lock, unless
    * `keepIf` says to keep it once the lock is held (a write that held the lock meanwhile may have become pending).
+   * Until then the copy reads as a miss (but what `keepIf` keeps), also for readers queued for the lock before it.
    */
   async #invalidate(scope: Scope, id: string, keepIf: (() => boolean) | undefined): Promise<void> {
     const key = itemKey(scope, id);
+    const stale: StaleItem = { keepIf };
+    this.#staleItems.set(key, stale);
     const acquired = this.#lock(key, 'exclusive', { owner: TIER_OWNER });
     const lease = acquired instanceof Promise ? await acquired : acquired;
     try {
-      if (keepIf?.()) return;
       // Most changes elsewhere are to items this machine does not hold: those cost no write.
-      if (this.#store.sizeOf ? this.#store.sizeOf(key) === undefined : this.#holdsNothing(scope, id)) return;
-      await this.#io(() => this.#store.delete(scope, id));
+      const keep = keepIf?.() || (this.#store.sizeOf ? this.#store.sizeOf(key) === undefined : this.#holdsNothing(scope, id));
+      if (!keep) await this.#io(() => this.#store.delete(scope, id));
+      // Only once done: a failed one leaves the copy reading as a miss, until the invalidation tried again is done.
+      // A later invalidation of the item, queued behind this one, keeps its own mark.
+      if (this.#staleItems.get(key) === stale) this.#staleItems.delete(key);
     } finally {
       lease.release();
     }
@@ -912,6 +1024,29 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#checkOpen();
     const lease = this.#locks.tryAcquire(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER });
     if (lease === null) return false;
+    await this.#replayUnder(lease, scope, id, send);
+    return true;
+  }
+
+  /**
+   * The tier's sink: {@link LocalBackend.#replay} once an exclusive request for the item, queued now, is granted
+   * (readers asking after it wait behind it); false, sending nothing, when `signal` aborts it or the cache closes first.
+   */
+  async #replayQueued(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>, signal: AbortSignal): Promise<boolean> {
+    let lease: Lease;
+    try {
+      const acquired = this.#lock(itemKey(scope, id), 'exclusive', { owner: TIER_OWNER, signal });
+      lease = acquired instanceof Promise ? await acquired : acquired;
+    } catch (error) {
+      if (signal.aborted || this.#closed) return false;
+      throw error;
+    }
+    await this.#replayUnder(lease, scope, id, send);
+    return true;
+  }
+
+  /** Sends the item's current local record under `lease` (its exclusive lock), dropping the local copy when Redis holds a newer one; releases it. */
+  async #replayUnder(lease: Lease, scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<void> {
     try {
       await this.#readable();
       let record: StoredRecord<V> | undefined;
@@ -926,7 +1061,6 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     } finally {
       lease.release();
     }
-    return true;
   }
 
   /**
@@ -968,27 +1102,90 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   }
 
   /**
-   * The tier's sink: drops the local copies of a scope and its nested scopes (the root scope: its own items only) item
-   * by item, each under its exclusive lock, keeping those `keepIf` says to keep once the lock is held. An item whose
-   * lock is held now (a `getset`) and that `keepIf` keeps is skipped without waiting for it, so that one held item
-   * never holds up the others (keeping a copy is always safe: its own change waits, and wins in Redis); one it does
-   * not keep is dropped once its lock is free.
+   * The tier's sink: drops the local copies of a scope and its nested scopes (the root scope: its own items only) a page
+   * at a time, each page in one write under its items' exclusive locks (taken only if free now), keeping those
+   * `keepIf` says to keep once the lock is held. The scope reads as misses (but what `keepIf` keeps) until every page
+   * is walked; then `synced` is called. An item whose lock is held now (a `getset`, a reader's handle) is not waited
+   * for: if `keepIf` keeps it, it is skipped (keeping a copy is always safe: its own change waits, and wins in
+   * Redis); else it reads as a miss until its lock comes free and it is dropped, which the promise waits for, with one
+   * lock request per item however often the drop is tried again.
    */
-  async #dropExcept(scope: Scope, keepIf: (scope: Scope, id: string) => boolean): Promise<void> {
+  async #dropExcept(scope: Scope, keepIf: (scope: Scope, id: string) => boolean, synced: (() => void) | undefined): Promise<void> {
+    const { prefix } = scope;
+    let dropping = this.#droppingScopes.get(prefix);
+    if (dropping === undefined) this.#droppingScopes.set(prefix, (dropping = { walks: 0, failed: false, keepIf }));
+    dropping.walks++;
     const waiting: Promise<void>[] = [];
-    await this.#eachItem(scope, async (current, id) => {
-      const lease = this.#locks.tryAcquire(itemKey(current, id), 'exclusive', { owner: TIER_OWNER });
-      if (lease === null) {
-        if (!keepIf(current, id)) waiting.push(this.#invalidate(current, id, () => keepIf(current, id)));
-        return;
-      }
-      try {
-        if (!keepIf(current, id)) await this.#io(() => this.#store.delete(current, id));
-      } finally {
-        lease.release();
-      }
-    });
+    let walked = false;
+    try {
+      await this.#eachPage(scope, async (current, ids) => {
+        const leases: Lease[] = [];
+        const doomed: string[] = [];
+        try {
+          for (const id of ids) {
+            const lease = this.#locks.tryAcquire(itemKey(current, id), 'exclusive', { owner: TIER_OWNER });
+            if (lease === null) {
+              if (!keepIf(current, id)) waiting.push(this.#dropHeld(current, id, () => keepIf(current, id)));
+              continue;
+            }
+            leases.push(lease);
+            if (!keepIf(current, id)) doomed.push(id);
+          }
+          if (doomed.length > 0) await this.#io(() => this.#deleteMany(current, doomed));
+        } finally {
+          for (const lease of leases) lease.release();
+        }
+      });
+      walked = true;
+    } finally {
+      dropping.walks--;
+      // A failed walk leaves the scope reading as misses until a later one succeeds.
+      if (walked) dropping.failed = false;
+      else dropping.failed = true;
+      if (dropping.walks === 0 && !dropping.failed) this.#droppingScopes.delete(prefix);
+    }
+    synced?.();
     await Promise.all(waiting);
+  }
+
+  /**
+   * Drops a held item's copy once its lock comes free (see {@link LocalBackend.#invalidate}): a drop tried again
+   * while it waits joins the request already queued, rather than queue another.
+   */
+  #dropHeld(scope: Scope, id: string, keepIf: () => boolean): Promise<void> {
+    const key = itemKey(scope, id);
+    let dropped = this.#heldDrops.get(key);
+    if (dropped === undefined) {
+      dropped = this.#invalidate(scope, id, keepIf).finally(() => this.#heldDrops.delete(key));
+      // Heard by the drop that waits for it, if any; a drop that failed meanwhile no longer does.
+      dropped.catch(() => {});
+      this.#heldDrops.set(key, dropped);
+    }
+    return dropped;
+  }
+
+  /** Deletes the items of `scope` named by `ids` (their locks held) in one write where the store can. */
+  async #deleteMany(scope: Scope, ids: readonly string[]): Promise<void> {
+    if (this.#store.deleteMany) await this.#store.deleteMany(scope, ids);
+    else await Promise.all(ids.map((id) => this.#store.delete(scope, id)));
+  }
+
+  /**
+   * Visits every local item of the scope and its nested scopes (the root scope: its own items only, each top-level
+   * scope being the tier's to ask for), a page of ids at a time.
+   */
+  async #eachPage(scope: Scope, visit: (scope: Scope, ids: string[]) => Promise<void>): Promise<void> {
+    const scopes = [scope];
+    for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
+      const current = next;
+      let cursor: string | undefined;
+      do {
+        const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
+        if (page.items.length > 0) await visit(current, page.items.map(({ id }) => id));
+        if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
+        cursor = page.cursor ?? undefined;
+      } while (cursor !== undefined);
+    }
   }
 
   /** Deletes the items directly in the root scope, page by page (the caller holds the root's subtree lock). */

@@ -1,4 +1,4 @@
-import { lstat, mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdtemp, open, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -96,6 +96,45 @@ export async function writePrivateFile(bytes: Uint8Array): Promise<string> {
   }
 }
 
+/** Writes a private file piece by piece: `write` puts bytes at a position; the file is complete when it resolves. */
+export type PrivateFileFill = (write: (bytes: Uint8Array, positionBytes: number) => Promise<void>) => Promise<void>;
+
+/**
+ * Like {@link writePrivateFile}, but the bytes come from `fill`, a piece at a time, so that a value larger than memory
+ * can be written; a file whose fill fails is removed.
+ * @throws CacheError `CACHE_STORAGE` when it cannot write, or what `fill` throws.
+ */
+export async function writePrivateFileFrom(fill: PrivateFileFill): Promise<string> {
+  let path: string;
+  let file;
+  try {
+    const made = await (directory ??= makeDirectory().catch((error: unknown) => {
+      directory = undefined;
+      throw error;
+    }));
+    path = join(made, `v${(counter++).toString(36)}`);
+    file = await open(path, 'wx', 0o400);
+  } catch (error) {
+    throw storageError('Cannot write the file of a value for item.path()', error);
+  }
+  try {
+    await fill(async (bytes, positionBytes) => {
+      for (let done = 0; done < bytes.byteLength; ) {
+        const { bytesWritten } = await file.write(bytes, done, bytes.byteLength - done, positionBytes + done).catch((error: unknown) => {
+          throw storageError('Cannot write the file of a value for item.path()', error);
+        });
+        done += bytesWritten;
+      }
+    });
+    await file.close();
+    return path;
+  } catch (error) {
+    await file.close().catch(() => {});
+    await removePrivateFile(path);
+    throw error;
+  }
+}
+
 /** Removes a file {@link writePrivateFile} made; one already gone is no error. */
 export async function removePrivateFile(path: string): Promise<void> {
   await unlink(path).catch(() => {});
@@ -126,7 +165,11 @@ export class HandleFiles {
     this.#lost = options.lost;
   }
 
-  /** Why the paths are no longer valid, or `undefined` while they are. */
+  /** Why the paths (and a value read while the handle is held) are no longer valid, or `undefined` while they are. */
+  ended(): CacheError | undefined {
+    return this.#ended();
+  }
+
   #ended(): CacheError | undefined {
     if (this.#released) return notHeld();
     return this.#lost?.() ? lostHandle() : undefined;
@@ -134,9 +177,9 @@ export class HandleFiles {
 
   /**
    * An item's `path()`: the path `source` gives (a file of the store's, kept while the handle is held), or a private
-   * file (0400) of the bytes it gives, written at the first call.
+   * file (0400) of the bytes it gives (or that its fill writes), written at the first call.
    */
-  itemPath(source: () => string | Uint8Array): () => Promise<string> {
+  itemPath(source: () => string | Uint8Array | PrivateFileFill): () => Promise<string> {
     let path: Promise<string> | undefined;
     return () => {
       const ended = this.#ended();
@@ -144,7 +187,7 @@ export class HandleFiles {
       path ??= (async () => {
         const given = source();
         if (typeof given === 'string') return given;
-        const written = await writePrivateFile(given);
+        const written = typeof given === 'function' ? await writePrivateFileFrom(given) : await writePrivateFile(given);
         const endedMeanwhile = this.#ended();
         if (endedMeanwhile) {
           await removePrivateFile(written);

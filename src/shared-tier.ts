@@ -42,11 +42,15 @@ export interface TierSink<V = unknown> {
    */
   invalidate(scope: Scope, id: string, options?: { keepIf?(): boolean }): Promise<void>;
   /**
-   * Drops the local copies of a scope and its nested scopes, under its subtree lock; or, with `keepIf`, item by item
-   * under each item's lock (the root scope: its own items only), keeping those `keepIf` says to keep (asked under the
-   * item's lock, or without it for a held item it keeps: a held item is not waited for then).
+   * Drops the local copies of a scope and its nested scopes, under its subtree lock; or, with `keepIf`, a page of items
+   * at a time, each page in one write under its items' locks (the root scope: its own items only), keeping those
+   * `keepIf` says to keep (asked under the item's lock, or without it for a held item it keeps: a held item is not
+   * waited for then). With `keepIf`, the scope's copies read as misses from the call on (but those `keepIf` keeps),
+   * until `synced` is called: every item not held is dropped then, and each held one reads as a miss until its lock
+   * comes free and it is dropped, which the promise waits for. A drop that fails leaves the scope reading as misses
+   * until a later drop of it succeeds.
    */
-  drop(scope: Scope, options?: { keepIf?(scope: Scope, id: string): boolean }): Promise<void>;
+  drop(scope: Scope, options?: { keepIf?(scope: Scope, id: string): boolean; synced?(): void }): Promise<void>;
   /** The names of the top-level scopes that hold local data now (the store's counted scopes). */
   localScopes(): Iterable<string>;
   /**
@@ -57,6 +61,12 @@ export interface TierSink<V = unknown> {
    * item never holds up the others. Rejects as `send` does.
    */
   replay(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>): Promise<boolean>;
+  /**
+   * {@link TierSink.replay} for an item whose lock was held: queues an exclusive request for it (readers asking after it
+   * wait behind it, so that readers overlapping without pause let it through), calls `send` once it is granted, and
+   * releases. Resolves false, calling nothing, when `signal` aborts the wait (or the store closes) before the grant.
+   */
+  replayQueued(scope: Scope, id: string, send: (record: StoredRecord<V> | undefined) => Promise<boolean>, options: { signal: AbortSignal }): Promise<boolean>;
   /**
    * Calls {@link TierSink.replay} for every local item of the scope and its nested scopes, listed page by page, one
    * item at a time; stops at the first rejection. Resolves to the items whose lock could not be taken at once, each
@@ -126,6 +136,13 @@ export interface SharedTier<V> {
   readonly maxValueBytes?: number;
   /** The sharing of the scope's top-level scope; synchronous and cheap (it runs on every read's miss). */
   sharing(scope: Scope): ScopeSharing;
+  /**
+   * Whether the item's local copy may be served as a hit: its scope is known to be in sync with the tier (its change
+   * log caught up since the tier was last reached), or the tier cannot be reached (the local tier serves alone then),
+   * or the item's own change waits to be written through. Else a hit is read through the tier, and served locally only
+   * if the tier cannot answer. Synchronous and cheap: it runs on every local hit in a shared scope. Absent: always.
+   */
+  inSync?(scope: Scope, id: string): boolean;
   /** Reads the shared copy; `null` when the tier is unavailable (a shared miss, counted). */
   read(scope: Scope, id: string): Promise<TierRead<V> | null>;
   /**

@@ -102,6 +102,16 @@ export interface Store<V> {
    */
   readReference?(scope: Scope, id: string): StoredRecord<V> | ReferenceRecord | undefined;
   /**
+   * `read` (or, `byReference`, `readReference`) of the item whose storage key (`itemKey(scope, id)`) the caller
+   * already has, as a lock's key: the daemon's path for most reads, which spares making the key twice.
+   */
+  readKey?(key: string, byReference: boolean): StoredRecord<V> | ReferenceRecord | undefined;
+  /**
+   * Checks that the value file of a {@link ReferenceRecord} is there whole, without reading it.
+   * @throws CacheError `CACHE_CORRUPT` when it is not.
+   */
+  checkFile?(file: StoredFile): void;
+  /**
    * Keeps `file` from being removed until the returned function is called (once is enough; more calls do nothing):
    * a removal asked for meanwhile waits for the last such call. Nothing of it outlives the store's open.
    */
@@ -123,6 +133,8 @@ export interface Store<V> {
   /** Removes an uncommitted reservation's file; an unknown number is left alone. */
   discard?(reservation: number): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
+  /** Deletes the items of `scope` named by `ids` in one write, for a store that can (else `delete` each). */
+  deleteMany?(scope: Scope, ids: readonly string[]): Promise<void>;
   /** Removes the items of `scope` and of every scope nested in it. */
   clear(scope: Scope): Promise<void>;
   /**

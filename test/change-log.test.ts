@@ -397,3 +397,24 @@ test('change log: an invalidation whose item is kept under its lock (its own cha
   // Before the fix, counted as an invalidation.
   expect(changeLog.figures()).toEqual({ invalidations: 0, droppedScopes: 0 });
 });
+
+test("change log: another daemon's clear of the root, of a sub-scope, or an entry not understood drops the scope but keeps the items whose own change waits", async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  const other = await otherDaemon(redis);
+  const sink = recordingSink();
+  sink.local.push('pages/:mine', 'pages/:p', 'pages/sub/:also-mine', 'pages/sub/:s');
+  const { changeLog } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'), {
+    sink,
+    isPending: (top, key) => top === 'pages' && (key === 'pages/:mine' || key === 'pages/sub/:also-mine'),
+  });
+  await followed(changeLog, 'pages');
+  await other.logChange('pages', 'c', '');
+  await until(() => sink.calls.length === 1, 'the clear of the root is applied');
+  await other.logChange('pages', 'c', 'pages/sub/');
+  await until(() => sink.calls.length === 2, 'the clear of the sub-scope is applied');
+  await other.client.xAdd(KEYS.changeLog('pages'), '*', { o: 'other-daemon', t: 'z', k: 'pages/:p', f: '1' });
+  await other.logChange('pages', 's', 'pages/:p');
+  await until(() => sink.calls.length === 3, 'the entry not understood is applied');
+  // Before the fix: dropped whole (`drop pages/`), the waiting items with it; then written through as deletes.
+  expect(sink.calls).toEqual(['drop pages/ keeping pages/:mine pages/sub/:also-mine', 'drop pages/sub/ keeping pages/sub/:also-mine', 'drop pages/ keeping pages/:mine pages/sub/:also-mine']);
+});

@@ -191,3 +191,62 @@ describe("the change log against this daemon's own changes that wait to be writt
     expect(await valueOn(a, 'x')).toBe('x by A');
   });
 });
+
+describe('drops and invalidations that wait for an item held locally', () => {
+  /** The tier's lock requests that wait for the item (`hoard tier` is who the tier's drops are). */
+  const tierWaiters = (machine: Machine, id: string): number =>
+    machine.backend.lockSnapshot().filter((lock) => lock.key === `pages/:${id}` && lock.state === 'waiting' && lock.owner?.name === 'hoard tier').length;
+
+  test("a reader queued behind a getset holder before another machine's change of the item is heard does not get the old copy", async () => {
+    const prefix = freshPrefix();
+    const [a, b] = await Promise.all([machine(prefix), machine(prefix)]);
+    await a.backend.set(PAGES, 'x', text('x by A'), at);
+    // A getset that finds A's copy holds the item; a reader waits behind it.
+    const holder = await a.backend.getset(PAGES, 'x', { wait: true });
+    expect(textOf(await holder.item!.value())).toBe('x by A');
+    const reading = a.backend.get(PAGES, 'x', {});
+    await eventually(() => a.backend.lockStats().waiting === 1, 'the reader waits for the getset');
+    // B's change reaches A: its invalidation waits behind the reader.
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(() => tierWaiters(a, 'x') === 1, "the invalidation of B's change waits behind the reader");
+    await holder.release();
+    const got = (await reading)!;
+    const value = got.item === null ? undefined : textOf(await got.item.value());
+    await got.release();
+    // Before the fix the reader, granted before the invalidation, got A's old copy: `expected 'x by A' to be 'x by B'`.
+    expect(value).toBe('x by B');
+    await eventually(() => a.backend.lockStats().waiting === 0 && a.backend.lockStats().held === 0, 'the invalidation ran');
+    expect(await valueOn(a, 'x')).toBe('x by B');
+  });
+
+  test('a scope dropped again and again while one of its items is held queues one lock request for that item, not one per drop', async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ port: redis.port! });
+    const [a, b] = await Promise.all([machine(prefix, { url: proxy.url }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(async () => (await valueOn(a, 'x')) === 'x by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x');
+    // A reader holds x (a client's handle) throughout: each drop of the scope finds it held.
+    const reader = (await a.backend.get(PAGES, 'x', {}))!;
+    const drops = 3;
+    for (let round = 1; round <= drops; round++) {
+      await b.backend.set(PAGES, 'y', text(`y ${round} by B`), at);
+      await eventually(async () => (await valueOn(a, 'y')) === `y ${round} by B` && a.store.read(PAGES, 'y') !== undefined, 'A keeps a copy of y');
+      proxy.cut('reset');
+      await eventually(() => a.tier.status().state === 'degraded', 'A finds the cut');
+      await b.backend.set(PAGES, 'y', text(`y ${round} by B during the cut`), at);
+      // The log no longer reaches back to where A stopped reading it: A drops the scope once it is back.
+      expect(Number(await redis.cli('XTRIM', `{${prefix}:pages}c`, 'MAXLEN', '1'))).toBeGreaterThan(0);
+      proxy.restore();
+      // y comes after x in the walk: once y's copy is gone, the walk has passed x.
+      await eventually(() => a.store.read(PAGES, 'y') === undefined, `A drops the scope (round ${round})`);
+    }
+    const waiting = tierWaiters(a, 'x');
+    // Before the fix, every drop queued its own request: `expected 3 to be 1`.
+    expect(waiting).toBe(1);
+    // Meanwhile x reads through to Redis rather than from A's dropped copy.
+    await reader.release();
+    await eventually(() => a.backend.lockStats().waiting === 0 && a.store.read(PAGES, 'x') === undefined, "x's copy is dropped once its lock is free");
+    await eventually(() => a.tier.status().state === 'connected', 'A is connected');
+    expect(a.tier.status().droppedScopes).toBe(drops);
+  });
+});

@@ -137,6 +137,37 @@ describe('values read by reference', () => {
     expect((await got.item!.value()).every((byte) => byte === 2)).toBe(true);
   });
 
+  test("a getset, and a get that waited for its lock, answer by reference without reading the file into the daemon's memory", async () => {
+    // The memory layer keeps values up to an eighth of its size: fillers written after the large value push it out, and
+    // reading the large value into it again would push out a filler of another size, changing the bytes it counts.
+    const { socketPath } = await startTestDaemon({ memoryCacheBytes: 1_000_000 });
+    const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    const other = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    await cache.set('large', new Uint8Array(100_000).fill(1));
+    for (let n = 0; n < 10; n++) await cache.set(`filler ${n}`, new Uint8Array(110_000).fill(2));
+    const memoryBytes = async (): Promise<number> => (await cache.status()).memoryCacheBytes;
+    const before = await memoryBytes();
+    const reads = await referenceReads(cache as RemoteCache<unknown>);
+    {
+      await using gs = await cache.getset('large');
+      const bytes = await gs.item!.value();
+      expect(bytes.length === 100_000 && bytes.every((byte) => byte === 1)).toBe(true);
+    }
+    expect(await memoryBytes()).toBe(before);
+    // A get queued behind another connection's getset goes the waiting path.
+    const held = await other.getset('large');
+    const waiting = cache.get('large');
+    await eventually(async () => (await cache.locks()).some((lock) => lock.state === 'waiting'), 'the get waits for the getset');
+    await held.release();
+    {
+      await using got = await waiting;
+      const bytes = await got.item!.value();
+      expect(bytes.length === 100_000 && bytes.every((byte) => byte === 1)).toBe(true);
+    }
+    expect(await memoryBytes()).toBe(before);
+    expect(await referenceReads(cache as RemoteCache<unknown>)).toBe(reads + 3);
+  });
+
   test('item.path() after the connection is lost rejects CACHE_LOCK_NOT_HELD, as the setter does', async () => {
     const { socketPath, daemon } = await startTestDaemon();
     const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });

@@ -1,5 +1,6 @@
 import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { connect, connectStdio } from '../client/index.js';
+import { daemonEntry } from '../client/connect.js';
 import { type CodecName, LevelCache } from '../src/index.js';
 import { cacheConformance } from './conformance/index.js';
 import { startTestDaemon } from './support/daemon.js';
@@ -92,5 +93,20 @@ for (const transport of ['binary', 'json'] as const) {
       return { cache, close: () => cache.close(), settle: async () => void (await cache.status()) };
     },
     { stores: true, values: 'json' },
+  );
+}
+
+// Over stdio without references, as from a container: values over 16 KiB (here) come as chunked items, read with
+// cache/readChunk; the conformance suite's values of 100 KB and 1 MiB then go by chunks, in every codec.
+for (const codec of ['json', 'binary', 'structured'] as CodecName[]) {
+  cacheConformance(
+    `RemoteCache over stdio, reading in chunks (${codec})`,
+    async () => {
+      const command = [process.execPath, daemonEntry(), '--chunk-max-bytes', '16KiB'];
+      const cache = await connectStdio<unknown>({ dataDir: await tempDir(), codec, references: false, daemon: { command } });
+      onTestFinished(() => cache.close());
+      return { cache, close: () => cache.close(), settle: async () => void (await cache.status()) };
+    },
+    { stores: true, values: codec },
   );
 }

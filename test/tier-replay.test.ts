@@ -344,3 +344,31 @@ test('a clear of the root scope that Redis refuses is given up: nothing waits, a
   await settledConnected(a);
   expect(await valueOf(a.cache.withScope('kept'), 'b0')).toBe('by B before the cut');
 });
+
+test("a scope written through whole: an item another daemon wrote after the scope's clear, before A's write-through reached it, keeps that write in Redis and on both daemons", async () => {
+  const { server, proxy, a, b } = await setup({ extra: ['--tier-max-pending', '3'] });
+  const onA = a.cache.withScope('late');
+  const onB = b.cache.withScope('late');
+  await cut(proxy, a, 'reset');
+  for (let n = 0; n < 6; n++) await onA.set(`a${n}`, `a${n} by A during the cut`);
+  await onA.set('x', 'x by A during the cut');
+  // A getset holds x (a local hit: the local lock alone) across the restore: the scope's write-through clears the
+  // scope, sends the other items, and leaves x waiting until it is released.
+  const held = await onA.getset('x');
+  expect(held.item).not.toBeNull();
+  const before = await a.tierStatus();
+  proxy.restore();
+  // The clear went (the items sent after it reach B), and only x waits.
+  await converged((id) => valueOf(onB, id), new Map([['a0', 'a0 by A during the cut']]), "A's items reach B");
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 1, 'only x waits on A');
+  await onB.set('x', 'x by B after the clear');
+  await held.release();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'x is written through');
+  // Before the fix, x went plain after the clear: A's older copy overwrote B's newer write in Redis.
+  const [inRedis] = await sharedValues(server.pipeline, [{ scope: ['late'], id: 'x' }]);
+  expect(inRedis).toContain('x by B after the clear');
+  const expected = new Map([['x', 'x by B after the clear']]);
+  await converged((id) => valueOf(onB, id), expected, "B serves its own write");
+  await converged((id) => valueOf(onA, id), expected, "A serves B's write");
+  expect((await a.tierStatus()).fencedWrites).toBe(before.fencedWrites + 1);
+});

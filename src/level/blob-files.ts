@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type BigIntStats, closeSync, fdatasync, fstat, fsync, lstat, open, openSync, readSync, rename, unlink, write, close } from 'node:fs';
+import { type BigIntStats, closeSync, fdatasync, fstat, fsync, lstat, lstatSync, open, openSync, readSync, rename, unlink, write, close } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { CacheError, storageError } from '../errors.js';
@@ -166,6 +166,23 @@ export class BlobFiles {
     this.#inUse.set(name, new WeakRef(bytes));
     this.#unused.register(bytes, name);
     return bytes;
+  }
+
+  /**
+   * Checks, without reading it, that the file `name` is there whole (a regular file of at least `length` bytes).
+   * @throws CacheError `CACHE_CORRUPT` when it is missing, cut short or not a regular file.
+   */
+  check(name: string, length: number): void {
+    const path = join(this.directory, name);
+    let info;
+    try {
+      info = lstatSync(path, { throwIfNoEntry: false });
+    } catch (error) {
+      throw storageError('Cannot read a value file of the cache', error);
+    }
+    if (!info || !info.isFile() || info.size < length) {
+      throw missing(path, new Error(info ? `the file is not a regular file of at least ${length} bytes` : 'no such file'));
+    }
   }
 
   #readFile(name: string, length: number): Buffer {

@@ -239,11 +239,27 @@ export interface FileItem {
 /** What names a value file may have: anything else in an answer is refused before it is joined to a path. */
 export const FILE_ITEM_NAME = /^[0-9a-f]{2}\/[0-9a-z]{1,64}-[0-9a-z]{1,16}$/;
 
-/** An item as an answer carries it: with its bytes, or (references enabled) by reference. */
-export type WireItem = EncodedRecord | FileItem;
+/**
+ * An item answered in chunks (to a client that offered `chunks` and reads no files, for a value over the handshake's
+ * `inlineMaxBytes`): its `size` bytes come through `cache/readChunk` on the answer's handle, while it is held.
+ */
+export interface ChunkedItem {
+  readonly kind: 'chunked';
+  readonly modified: number;
+  readonly expiresAtMs?: number;
+  readonly encoding: string;
+  readonly size: number;
+}
+
+/** An item as an answer carries it: with its bytes, (references enabled) by reference, or (chunks offered) in chunks. */
+export type WireItem = EncodedRecord | FileItem | ChunkedItem;
 
 export function isFileItem(item: WireItem): item is FileItem {
   return (item as FileItem).kind === 'file';
+}
+
+export function isChunkedItem(item: WireItem): item is ChunkedItem {
+  return (item as ChunkedItem).kind === 'chunked';
 }
 
 function fileItemJson(item: FileItem): unknown {
@@ -252,15 +268,22 @@ function fileItemJson(item: FileItem): unknown {
 }
 
 /**
- * An item: in binary a u8 (0 none, 1 an item, 2 an item that expires, 3 a file item, 4 a file item that expires),
- * then f64 `modified`, for 2 and 4 f64 `expires` (seconds), the encoding, then for 1 and 2 the bytes, for 3 and 4
- * `u64` size and `string` file; in JSON an object with `expires` (seconds or `null`) and `value` (base64), or `size`
- * and `file` instead of `value`; or `null`. Its `expiresAtMs` travels as seconds; `staleUntilMs` stays in the daemon.
+ * An item: in binary a u8 (0 none, 1 an item, 2 an item that expires, 3 a file item, 4 a file item that expires, 5 a
+ * chunked item, 6 a chunked item that expires), then f64 `modified`, for 2, 4 and 6 f64 `expires` (seconds), the
+ * encoding, then for 1 and 2 the bytes, for 3 and 4 `u64` size and `string` file, for 5 and 6 `u64` size; in JSON an
+ * object with `expires` (seconds or `null`) and `value` (base64), or `size` and `file` instead of `value`, or `size`
+ * and `chunked: true`; or `null`. Its `expiresAtMs` travels as seconds; `staleUntilMs` stays in the daemon.
  */
 const item = {
   write(encoder: FrameEncoder, record: WireItem | null): void {
     if (!record) {
       encoder.u8(0);
+      return;
+    }
+    if (isChunkedItem(record)) {
+      if (record.expiresAtMs === undefined) encoder.u8(5).f64(record.modified);
+      else encoder.u8(6).f64(record.modified).f64(record.expiresAtMs / 1000);
+      encoder.string(record.encoding).u64(record.size);
       return;
     }
     if (isFileItem(record)) {
@@ -277,8 +300,12 @@ const item = {
     const kind = frame.u8();
     if (kind === 0) return null;
     const modified = frame.f64();
-    const expires = kind === 2 || kind === 4 ? frame.f64() : undefined;
+    const expires = kind === 2 || kind === 4 || kind === 6 ? frame.f64() : undefined;
     const encoding = frame.string();
+    if (kind >= 5) {
+      const size = frame.u64();
+      return expires === undefined ? { kind: 'chunked', modified, encoding, size } : { kind: 'chunked', modified, encoding, size, expiresAtMs: expires * 1000 };
+    }
     if (kind >= 3) {
       const size = frame.u64();
       const file = frame.string();
@@ -289,6 +316,10 @@ const item = {
   },
   toJson(record: WireItem | null): unknown {
     if (!record) return null;
+    if (isChunkedItem(record)) {
+      const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
+      return { modified: record.modified, expires, encoding: record.encoding, size: record.size, chunked: true };
+    }
     return isFileItem(record) ? fileItemJson(record) : itemJson(record);
   },
   fromJson(json: unknown): WireItem | null {
@@ -296,6 +327,10 @@ const item = {
     const fields = object(json);
     const modified = Number(fields.modified);
     const expiresAtMs = typeof fields.expires === 'number' ? fields.expires * 1000 : undefined;
+    if (fields.chunked === true) {
+      const chunked = { kind: 'chunked' as const, modified, encoding: String(fields.encoding), size: Number(fields.size) };
+      return expiresAtMs === undefined ? chunked : { ...chunked, expiresAtMs };
+    }
     if (typeof fields.file === 'string') {
       const file = { kind: 'file' as const, modified, encoding: String(fields.encoding), size: Number(fields.size), file: fields.file };
       return expiresAtMs === undefined ? file : { ...file, expiresAtMs };
@@ -418,7 +453,7 @@ export const Get = request<GetParams, GetResult>({
       return { handle: r.handle === null ? null : Number(r.handle), item: item.fromJson(r.item) };
     },
   },
-  errors: ['CACHE_CORRUPT', ...STORE_ERRORS],
+  errors: ['CACHE_CORRUPT', 'CACHE_VALUE_TOO_LARGE', ...STORE_ERRORS],
 });
 
 export const GetSet = request<GetSetParams, GetSetResult>({
@@ -446,7 +481,7 @@ export const GetSet = request<GetSetParams, GetSetResult>({
     },
   },
   // A record that cannot be read back is a miss here, so that the value is computed again.
-  errors: STORE_ERRORS,
+  errors: ['CACHE_VALUE_TOO_LARGE', ...STORE_ERRORS],
 });
 
 export const HandleSet = request<HandleSetParams, void>({
@@ -671,6 +706,8 @@ export interface StatusResult {
   pinnedBytes: number;
   /** Values answered by reference (a file for the client to read) since the daemon started. */
   referenceReads: number;
+  /** Values answered as chunked items (read with `cache/readChunk`) since the daemon started. */
+  chunkedReads: number;
   connections: number;
   locksHeld: number;
   waiters: number;
@@ -918,6 +955,56 @@ export const EnableReferences = request<EnableReferencesParams, EnableReferences
   errors: [],
 });
 
+export interface ReadChunkParams {
+  /** A handle of this connection's whose answer carried a chunked item. */
+  handle: number;
+  /** Read the handle's `stale` item rather than its `item`. */
+  stale: boolean;
+  offsetBytes: number;
+  /** At most the handshake's `chunks.chunkMaxBytes`; fewer come back only at the value's end. */
+  maxBytes: number;
+}
+
+function byteCount(value: unknown, name: string): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 0) throw invalidParams(`${name} must be a non-negative integer`);
+  return value as number;
+}
+
+/**
+ * Reads `maxBytes` of a chunked item's value from `offsetBytes` (fewer at its end), while its handle is held: the
+ * client's requests in flight are its credit. In binary: params `u64` handle, `u8` stale, `u64` offsetBytes, `u32`
+ * maxBytes; result `bytes`. In JSON the result is `{ value }`, base64.
+ */
+export const ReadChunk = request<ReadChunkParams, Uint8Array>({
+  method: 'cache/readChunk',
+  op: 0x10,
+  params: {
+    writeBinary: (encoder, p) => void encoder.u64(p.handle).u8(p.stale ? 1 : 0).u64(p.offsetBytes).u32(p.maxBytes),
+    readBinary: (frame) => ({ handle: frame.u64(), stale: flag(frame, 'stale'), offsetBytes: frame.u64(), maxBytes: frame.u32() }),
+    toJson: (p) => ({ handle: p.handle, stale: p.stale, offsetBytes: p.offsetBytes, maxBytes: p.maxBytes }),
+    fromJson(json) {
+      const p = object(json);
+      return {
+        handle: handle(p.handle),
+        stale: optionalBoolean(p, 'stale') ?? false,
+        offsetBytes: byteCount(p.offsetBytes, 'offsetBytes'),
+        maxBytes: byteCount(p.maxBytes, 'maxBytes'),
+      };
+    },
+  },
+  result: {
+    writeBinary: (encoder, r) => void encoder.bytes(r),
+    readBinary: (frame) => frame.keptBytes(),
+    toJson: (r) => ({ value: base64(r) }),
+    fromJson(json) {
+      const text = string(object(json), 'value');
+      if (text.length % 4 !== 0 || !BASE64.test(text)) throw new WireError('CACHE_INVALID_VALUE', 'value must be base64 (RFC 4648, with padding)');
+      return Buffer.from(text, 'base64');
+    },
+  },
+  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_CORRUPT', 'CACHE_STORAGE'],
+});
+
 // --- writes from reserved files (see PROTOCOL.md, "Writing a value as a file") ---------------------------------
 
 export interface ReserveFileResult {
@@ -1050,6 +1137,36 @@ export const SetFile = request<SetFileParams, void>({
   errors: [...FILE_ERRORS, 'CACHE_TIER_UNAVAILABLE', ...STORE_ERRORS],
 });
 
+export interface WriteChunkParams extends ReservationParams {
+  /** Where the bytes go: exactly the bytes appended so far (appends only). */
+  offsetBytes: number;
+  bytes: Uint8Array;
+}
+
+/**
+ * Appends bytes to a reservation without a path (`cache/reserveFile` on a connection without references), to be
+ * committed with `cache/setFile` or `cache/handleSetFile`; the running size is checked against the daemon's limits
+ * at every chunk. The writer's requests in flight are its credit. In binary: `u64` reservation, `u64` offsetBytes,
+ * `bytes`; no result. In JSON the bytes are `value`, base64.
+ */
+export const WriteChunk = request<WriteChunkParams, void>({
+  method: 'cache/writeChunk',
+  op: 0x12,
+  params: {
+    writeBinary: (encoder, p) => void encoder.u64(p.reservation).u64(p.offsetBytes).bytes(p.bytes),
+    readBinary: (frame) => ({ reservation: frame.u64(), offsetBytes: frame.u64(), bytes: frame.keptBytes() }),
+    toJson: (p) => ({ reservation: p.reservation, offsetBytes: p.offsetBytes, value: base64(p.bytes) }),
+    fromJson(json) {
+      const p = object(json);
+      const text = string(p, 'value');
+      if (text.length % 4 !== 0 || !BASE64.test(text)) throw new WireError('CACHE_INVALID_VALUE', 'value must be base64 (RFC 4648, with padding)');
+      return { reservation: reservationOf(p.reservation), offsetBytes: byteCount(p.offsetBytes, 'offsetBytes'), bytes: Buffer.from(text, 'base64') };
+    },
+  },
+  result: none,
+  errors: ['CACHE_FILE_REFUSED', 'CACHE_VALUE_TOO_LARGE', 'CACHE_OVER_SIZE_LIMIT', 'CACHE_TOO_MANY_WAITERS', 'CACHE_STORAGE', 'CACHE_CLOSED'],
+});
+
 /**
  * Removes an uncommitted reservation's file; a number that is not this connection's open reservation is ignored. In
  * binary: `u64` reservation; no result.
@@ -1072,7 +1189,9 @@ export const DiscardFile = request<ReservationParams, void>({
 export type AnyRequest = RequestMethod<any, any>;
 
 /** Every request; each has its own binary op. */
-export const REQUESTS: readonly AnyRequest[] = [Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences, ReserveFile, HandleSetFile, SetFile, DiscardFile];
+export const REQUESTS: readonly AnyRequest[] = [
+  Get, GetSet, HandleSet, Set, Delete, Clear, Status, Shutdown, List, Locks, Gc, Verify, EnableReferences, ReadChunk, ReserveFile, WriteChunk, HandleSetFile, SetFile, DiscardFile,
+];
 
 // --- the handshake, JSON only ----------------------------------------------------------------------------------
 
@@ -1085,6 +1204,16 @@ export interface InitializeParams {
   transports?: string[];
   /** The client can read values' files by path (it runs on this machine): the answer says where, to be proved. */
   references?: boolean;
+  /** The client reads large values in chunks (`cache/readChunk`) when it reads no files: the answer gives the sizes. */
+  chunks?: boolean;
+}
+
+/** The sizes of chunked reads, for a client that offered `chunks` (both at most 1 MiB, and within a message). */
+export interface ChunksCapability {
+  /** Values larger than this come to the client as chunked items, unless it reads them by reference. */
+  inlineMaxBytes: number;
+  /** The most bytes one `cache/readChunk` answers with. */
+  chunkMaxBytes: number;
 }
 
 /** Where the daemon keeps values' files, for a client that offered `references` (absolute paths). */
@@ -1108,6 +1237,8 @@ export interface InitializeResult {
     maxMessageBytes: number;
     /** Only when the client offered `references` and the daemon keeps values in files. */
     references?: ReferencesCapability;
+    /** Only when the client offered `chunks`. */
+    chunks?: ChunksCapability;
   };
 }
 
@@ -1126,6 +1257,7 @@ export const Initialize = Object.freeze({
       pid: typeof p.pid === 'number' ? p.pid : undefined,
       transports: Array.isArray(p.transports) ? p.transports.filter((t): t is string => typeof t === 'string') : [],
       references: p.references === true,
+      chunks: p.chunks === true,
     };
   },
 });

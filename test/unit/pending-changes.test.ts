@@ -191,32 +191,65 @@ test('forgetKey: a write Redis took forgets the waiting change of the item and i
   expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ tops: [] });
 });
 
-test('a whole scope whose clear went to Redis: kept in the file; changes recorded after it are kept as keys; going whole again needs a new clear', async () => {
+test('a whole scope whose clear went to Redis: the fence it stands at is kept in the file; changes recorded after it are kept as keys; going whole again needs a new clear', async () => {
   const path = join(await tempDir(), 'tier-pending.json');
   const changes = pending(path, 2);
   for (let n = 0; n < 3; n++) changes.addKey('w', key(['w'], `k${n}`));
   const taken = changes.take('w')!;
-  expect(taken).toMatchObject({ whole: true, cleared: false });
+  expect(taken).toMatchObject({ whole: true, clearedAt: undefined });
   expect(changes.covers('w', key(['w'], 'k'))).toBe(true);
-  taken.cleared = true;
+  taken.clearedAt = 42;
   // A write Redis takes now is not undone by a clear: that went already.
   expect(changes.covers('w', key(['w'], 'k'))).toBe(false);
   expect(changes.holds('w', key(['w'], 'k'))).toBe(true);
   await changes.save();
   const again = pending(path, 2);
   await again.load();
-  expect(again.take('w')).toMatchObject({ whole: true, cleared: true });
+  expect(again.take('w')).toMatchObject({ whole: true, clearedAt: 42 });
   // Recorded while the scope is written through, then put back after it: the delete of `later` must reach Redis.
   changes.addKey('w', key(['w'], 'later'));
   changes.restore(taken);
   const back = changes.take('w')!;
-  expect(back).toMatchObject({ whole: true, cleared: true });
+  expect(back).toMatchObject({ whole: true, clearedAt: 42 });
   expect([...back.keys]).toEqual([key(['w'], 'later')]);
   changes.restore(back);
   // Past the bound again (3 keys > 2): the scope goes whole again, and needs a new clear.
   changes.addKey('w', key(['w'], 'k8'));
   changes.addKey('w', key(['w'], 'k9'));
-  expect(changes.take('w')).toMatchObject({ whole: true, cleared: false, keys: new Set() });
+  expect(changes.take('w')).toMatchObject({ whole: true, clearedAt: undefined, keys: new Set() });
+});
+
+test("a file of an earlier build whose whole scope's clear went (`cleared: true`, no fence kept) loads as cleared at 0: not cleared again", async () => {
+  const path = join(await tempDir(), 'tier-pending.json');
+  await writeFile(path, JSON.stringify({ keyPrefix: 'hoard', rootClear: false, tops: [{ top: 'w', whole: true, cleared: true, clears: [], keys: [key(['w'], 'k')] }] }));
+  const changes = pending(path);
+  await changes.load();
+  expect(changes.covers('w', key(['w'], 'x'))).toBe(false);
+  expect(changes.take('w')).toMatchObject({ whole: true, clearedAt: 0, keys: new Set([key(['w'], 'k')]) });
+});
+
+test('keyFence: how a key waiting on its own goes when written through apart from a pass, and when its scope\'s pass comes first', async () => {
+  const changes = pending(join(await tempDir(), 'p.json'));
+  changes.addKey('a', key(['a'], 'plain'));
+  changes.addKey('a', key(['a'], 'leased'), 7);
+  expect([changes.keyFence('a', key(['a'], 'plain')), changes.keyFence('a', key(['a'], 'leased')), changes.keyFence('a', key(['a'], 'none'))]).toEqual(['plain', 7, undefined]);
+  // A clear still to be written through covers what was recorded after it: its pass sends the clear first.
+  changes.addClear('a', 'a/b/');
+  changes.addKey('a', key(['a', 'b'], 'after'));
+  expect(changes.keyFence('a', key(['a', 'b'], 'after'))).toBeUndefined();
+  expect(changes.waitsAsKey('a', key(['a', 'b'], 'after'))).toBe(true);
+  // Being written through now (taken) counts too; a whole scope's keys wait for its pass.
+  const taken = changes.take('a')!;
+  expect(changes.keyFence('a', key(['a'], 'leased'))).toBe(7);
+  changes.restore(taken);
+  const whole = pending(join(await tempDir(), 'w.json'), 1);
+  whole.addKey('w', key(['w'], 'k0'));
+  whole.addKey('w', key(['w'], 'k1'));
+  const wholeTop = whole.take('w')!;
+  wholeTop.clearedAt = 5;
+  whole.restore(wholeTop);
+  whole.addKey('w', key(['w'], 'k2'));
+  expect([whole.waitsAsKey('w', key(['w'], 'k2')), whole.keyFence('w', key(['w'], 'k2'))]).toEqual([true, undefined]);
 });
 
 test('settled: a clear that Redis took forgets what waits under it, also in the scope being written through now', async () => {
