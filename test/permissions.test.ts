@@ -142,7 +142,7 @@ describe('who may read the data', () => {
     await cache.setFile('committed', reserved.path);
     const committedPath = await (async () => {
       await using got = await cache.get('committed');
-      return got.item!.path();
+      return await got.item!.path();
     })();
     // About 14 MiB of values under the large-value size: LevelDB compacts its 4 MiB write buffer into a table at least
     // twice, each time in a new table file and a new log file, made long after the open. A write batch lands whole in

@@ -93,7 +93,7 @@ test("a value committed from a file in a shared scope is written through up to -
   const commit = async (id: string, bytes: Buffer, how: 'set' | 'getset'): Promise<void> => {
     await using file = await a.reserveFile();
     await writeFile(file.path, bytes);
-    if (how === 'set') return a.setFile(id, file.path);
+    if (how === 'set') return await a.setFile(id, file.path);
     await using gs = await a.getset(id);
     await gs.setFile(file.path);
   };
