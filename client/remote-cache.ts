@@ -375,10 +375,6 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   /**
-   * Commits a reservation of the private directory: reads its file (checked as the daemon checks its own) and sends its
-   * bytes with `send`, then removes it; a refusal leaves it. One message, so at most the daemon's `maxMessageBytes`.
-   */
-  /**
    * Commits a reservation of this process's private directory (`path`): over the handshake's chunk size, in chunks
    * to a reservation of the daemon's that `commit` commits (the value never whole in memory); else in one message.
    */
