@@ -1088,17 +1088,9 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * scope being the tier's to ask for), page by page, one item at a time.
    */
   async #eachItem(scope: Scope, visit: (scope: Scope, id: string) => Promise<void>): Promise<void> {
-    const scopes = [scope];
-    for (let next = scopes.pop(); next !== undefined; next = scopes.pop()) {
-      const current = next;
-      let cursor: string | undefined;
-      do {
-        const page: StoreListing = await this.#io(() => this.#store.list(current, cursor === undefined ? { limit: 1000 } : { cursor, limit: 1000 }));
-        for (const { id } of page.items) await visit(current, id);
-        if (current.path.length > 0) for (const name of page.scopes) scopes.push(childScope(current, name));
-        cursor = page.cursor ?? undefined;
-      } while (cursor !== undefined);
-    }
+    await this.#eachPage(scope, async (current, ids) => {
+      for (const id of ids) await visit(current, id);
+    });
   }
 
   /**
