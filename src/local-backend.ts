@@ -861,11 +861,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * it or of its scope is under way (but for what the drop keeps), nor while the tier says its scope is not in sync.
    */
   #trust(scope: Scope, id: string): Trust {
-    if (this.#staleItems.size > 0 || this.#droppingScopes.size > 0) {
+    // A `local` scope is never the tier's to drop: its copies are served whatever drop is under way.
+    if ((this.#staleItems.size > 0 || this.#droppingScopes.size > 0) && this.#shares(scope)) {
       const key = itemKey(scope, id);
       const stale = this.#staleItems.get(key);
       if (stale !== undefined && !stale.keepIf?.()) return 'stale';
-      for (const [prefix, dropping] of this.#droppingScopes) if (key.startsWith(prefix) && !dropping.keepIf(scope, id)) return 'stale';
+      for (const [prefix, dropping] of this.#droppingScopes) if (droppedBy(key, prefix) && !dropping.keepIf(scope, id)) return 'stale';
     }
     const tier = this.#tier!;
     return tier.inSync === undefined || tier.inSync(scope, id) ? 'serve' : 'unsure';
@@ -1200,6 +1201,15 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (--this.#running === 0) this.#drained?.();
     }
   }
+}
+
+/**
+ * Whether a drop of the scope of `prefix` drops the item of storage key `key`: one of the scope and its nested scopes,
+ * but for the root scope (prefix `''`), whose drop walks its own items only (keys `:id`), each top-level scope being
+ * the tier's to drop on its own.
+ */
+function droppedBy(key: string, prefix: string): boolean {
+  return prefix === '' ? key.startsWith(':') : key.startsWith(prefix);
 }
 
 /** `lease`, made to run `then` once, right after it is released. */

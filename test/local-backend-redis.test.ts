@@ -1,9 +1,10 @@
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { RedisTier } from '../daemon/redis-tier.js';
+import { TierKeys } from '../daemon/tier-keys.js';
 import { tierOptions } from '../daemon/tier-options.js';
 import { LevelStore } from '../src/level/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
-import { scopeOf } from '../src/scope-path.js';
+import { ROOT_SCOPE, scopeOf } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
 import { eventually } from './conformance/support.js';
 import { redisServerForFile, startRedisServer, startTcpProxy } from './support/redis-server.js';
@@ -30,12 +31,12 @@ interface Machine {
 }
 
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
-async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string } = {}): Promise<Machine> {
+async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[] } = {}): Promise<Machine> {
   const dataDir = await tempDir('hlbr-');
   const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
   // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
   // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
-  const settings = tierOptions({ tier: [options.url ?? redis.url], share: ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
+  const settings = tierOptions({ tier: [options.url ?? redis.url], share: options.share ?? ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
   const tier = new RedisTier({ ...settings, dataDir, log: () => {} });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keep, { tier });
   onTestFinished(() => backend.close());
@@ -248,5 +249,43 @@ describe('drops and invalidations that wait for an item held locally', () => {
     await eventually(() => a.backend.lockStats().waiting === 0 && a.store.read(PAGES, 'x') === undefined, "x's copy is dropped once its lock is free");
     await eventually(() => a.tier.status().state === 'connected', 'A is connected');
     expect(a.tier.status().droppedScopes).toBe(drops);
+  });
+});
+
+describe("a drop of the root scope's own items", () => {
+  test("leaves every other scope's copies served while it walks: a shared scope in sync, and a local one", async () => {
+    const prefix = freshPrefix();
+    const share = ['*=shared', 'own=local'];
+    const [a, b] = await Promise.all([machine(prefix, { share }), machine(prefix, { share })]);
+    const OWN = scopeOf(['own']);
+    // A follows the root scope's change log (its own write), and holds copies in a shared and a local scope.
+    await a.backend.set(ROOT_SCOPE, 'r', text('r by A'), at);
+    await a.backend.set(PAGES, 'p', text('p by A'), at);
+    await a.backend.set(OWN, 'c', text('c by A'), at);
+    // Root items enough for a walk of two pages; `d999` is the last in key order.
+    for (let n = 0; n < 2000; n++) await a.store.write(ROOT_SCOPE, `d${n}`, { modified: 1, value: text('d') });
+    await eventually(() => a.tier.status().state === 'connected', 'A is caught up');
+    const served = (scope: typeof PAGES, id: string): boolean => {
+      const now = a.backend.readNow(scope, id);
+      now?.lease.release();
+      return now?.record !== undefined;
+    };
+    expect([served(ROOT_SCOPE, 'd999'), served(PAGES, 'p'), served(OWN, 'c')]).toEqual([true, true, true]);
+
+    // The root's log no longer reaches back to where A stopped reading it: B's next entry makes A drop the root's items.
+    await redis.cli('XTRIM', new TierKeys(prefix).changeLog(''), 'MAXLEN', '0');
+    await b.backend.set(ROOT_SCOPE, 'r', text('r by B'), at);
+    const misses: string[] = [];
+    let duringDrop = 0;
+    while (a.tier.status().droppedScopes === 0) {
+      // The drop is walking: the root's items read as misses, the last one not dropped yet.
+      if (!served(ROOT_SCOPE, 'd999') && a.store.read(ROOT_SCOPE, 'd999') !== undefined) duringDrop++;
+      for (const [scope, id] of [[PAGES, 'p'], [OWN, 'c']] as const) if (!served(scope, id)) misses.push(scope.prefix + id);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(a.store.read(ROOT_SCOPE, 'd999')).toBeUndefined();
+    expect(duringDrop).toBeGreaterThan(0);
+    // Before the fix, every item of every scope read as a miss while the root's items were walked: `pages/p`, `own/c`.
+    expect([...new Set(misses)]).toEqual([]);
   });
 });
