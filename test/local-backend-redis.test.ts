@@ -252,6 +252,43 @@ describe('drops and invalidations that wait for an item held locally', () => {
   });
 });
 
+describe('an item whose own delete waits to be written through', () => {
+  test("a getset granted the item's lease before the delete is written through gets a miss, not Redis's older copy, and the delete then stands everywhere", async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ port: redis.port! });
+    const [a, b] = await Promise.all([machine(prefix, { url: proxy.url }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(async () => (await valueOn(a, 'x')) === 'x by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x');
+    proxy.cut('reset');
+    await eventually(() => a.tier.status().state === 'degraded', 'A finds the cut');
+    await a.backend.delete(PAGES, 'x', {});
+    expect(a.tier.status().pendingChanges).toBe(1);
+
+    // A reader holds x; a getset waits for it, and the delete's write-through, once Redis is back, behind the getset.
+    const reader = (await a.backend.get(PAGES, 'x', {}))!;
+    expect(reader.item).toBeNull();
+    const computing = a.backend.getset(PAGES, 'x', { wait: true });
+    await eventually(() => a.backend.lockStats().waiting === 1, 'the getset waits for the reader');
+    proxy.restore();
+    await eventually(
+      () => a.backend.lockSnapshot().some((lock) => lock.key === 'pages/:x' && lock.state === 'waiting' && lock.owner?.name === 'hoard tier'),
+      "the delete's write-through waits behind the getset",
+    );
+    await eventually(() => a.tier.status().state !== 'degraded', 'A reaches Redis again');
+    await reader.release();
+    const gs = await computing;
+    const got = gs.item === null ? undefined : textOf((await gs.item.value()) as EncodedValue);
+    await gs.release();
+    // Before the fix the grant handed out Redis's copy and kept it, then written through as a set: `expected 'x by B' to be undefined`.
+    expect(got).toBeUndefined();
+    expect(a.tier.status().leases).toBe(1);
+    await eventually(() => a.tier.status().pendingChanges === 0, 'the delete is written through');
+    expect(await sharedValue(prefix, 'x')).toBeUndefined();
+    expect(await valueOn(b, 'x')).toBeUndefined();
+    expect(await valueOn(a, 'x')).toBeUndefined();
+  });
+});
+
 describe("a drop of the root scope's own items", () => {
   test("leaves every other scope's copies served while it walks: a shared scope in sync, and a local one", async () => {
     const prefix = freshPrefix();
