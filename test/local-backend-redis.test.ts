@@ -31,13 +31,16 @@ interface Machine {
 }
 
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
-async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[] } = {}): Promise<Machine> {
+async function machine(
+  prefix: string,
+  options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[]; log?: (line: string) => void } = {},
+): Promise<Machine> {
   const dataDir = await tempDir('hlbr-');
   const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
   // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
   // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
   const settings = tierOptions({ tier: [options.url ?? redis.url], share: options.share ?? ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
-  const tier = new RedisTier({ ...settings, dataDir, log: () => {} });
+  const tier = new RedisTier({ ...settings, dataDir, log: options.log ?? (() => {}) });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keep, { tier });
   onTestFinished(() => backend.close());
   await backend.openTier();
@@ -218,6 +221,22 @@ describe('drops and invalidations that wait for an item held locally', () => {
     expect(value).toBe('x by B');
     await eventually(() => a.backend.lockStats().waiting === 0 && a.backend.lockStats().held === 0, 'the invalidation ran');
     expect(await valueOn(a, 'x')).toBe('x by B');
+  });
+
+  test('an invalidation waiting for an item a getset holds when the backend closes ends quietly: no line says it failed and is tried again', async () => {
+    const prefix = freshPrefix();
+    const lines: string[] = [];
+    const [a, b] = await Promise.all([machine(prefix, { log: (line) => lines.push(line) }), machine(prefix)]);
+    // A getset holds x and its lease in Redis, which A's close releases (a round trip) before the change log stops.
+    await a.backend.set(PAGES, 'w', text('w by A'), at);
+    const holder = await a.backend.getset(PAGES, 'x', { wait: true });
+    expect(a.tier.status().leases).toBe(1);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(() => tierWaiters(a, 'x') === 1, "the invalidation of B's change waits for the getset");
+    await a.backend.close();
+    await holder.release();
+    // Before the fix: `tier: dropping local copies that changed in the tier failed, trying again: The cache is closed.`
+    expect(lines.filter((line) => line.includes('failed'))).toEqual([]);
   });
 
   test('a scope dropped again and again while one of its items is held queues one lock request for that item, not one per drop', async () => {
