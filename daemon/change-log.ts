@@ -366,9 +366,25 @@ export class ChangeLog {
     this.#reset(state);
     this.#markStale(top, () => true);
     this.#markDirty();
-    this.#dropTop(top, `more than ${this.#maxTrackedScopes} shared scopes are in use, and it was used least recently`).catch((error: unknown) => {
-      this.#logLimited('drop', `tier: dropping scope ${JSON.stringify(top)} locally failed, its copies may be stale: ${messageOf(error)}`);
-    });
+    void this.#dropUntilDone(top, `more than ${this.#maxTrackedScopes} shared scopes are in use, and it was used least recently`);
+  }
+
+  /**
+   * Drops a scope no longer followed, again every {@link CATCH_UP_RETRY_MS} while it fails (no page of the log will
+   * retry it), until it succeeds or the change log closes; its copies read as misses meanwhile.
+   */
+  async #dropUntilDone(top: string, reason: string): Promise<void> {
+    for (;;) {
+      try {
+        await this.#dropTop(top, reason);
+        return;
+      } catch (error) {
+        if (this.#closed || isCacheError(error, 'CACHE_CLOSED')) return;
+        this.#logLimited('drop', `tier: dropping scope ${JSON.stringify(top)} locally failed, trying again (its copies read as misses meanwhile): ${messageOf(error)}`);
+      }
+      const aborted = await delay(CATCH_UP_RETRY_MS, false, { signal: this.#abort.signal, ref: false }).catch(() => true);
+      if (aborted) return;
+    }
   }
 
   #heard(text: string): void {
