@@ -1124,7 +1124,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
             leases.push(lease);
             if (!keepIf(current, id)) doomed.push(id);
           }
-          if (doomed.length > 0) await this.#io(() => this.#deleteMany(current, doomed));
+          if (doomed.length > 0) {
+            await this.#io(() => this.#deleteMany(current, doomed));
+            // Dropped under their locks: a mark left by an invalidation of one that failed (and is no longer tried
+            // again, its page of the log overtaken by this drop) would read its next copy as a miss for good.
+            if (this.#staleItems.size > 0) for (const id of doomed) this.#staleItems.delete(itemKey(current, id));
+          }
         } finally {
           for (const lease of leases) lease.release();
         }

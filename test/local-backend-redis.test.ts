@@ -1,3 +1,6 @@
+import { execFileSync } from 'node:child_process';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { RedisTier } from '../daemon/redis-tier.js';
 import { TierKeys } from '../daemon/tier-keys.js';
@@ -8,6 +11,7 @@ import { ROOT_SCOPE, scopeOf } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
 import { eventually } from './conformance/support.js';
 import { redisServerForFile, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { fillDisk } from './support/full-disk.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -33,9 +37,9 @@ interface Machine {
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
 async function machine(
   prefix: string,
-  options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[]; log?: (line: string) => void } = {},
+  options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[]; log?: (line: string) => void; dataDir?: string } = {},
 ): Promise<Machine> {
-  const dataDir = await tempDir('hlbr-');
+  const dataDir = options.dataDir ?? (await tempDir('hlbr-'));
   const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
   // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
   // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
@@ -237,6 +241,40 @@ describe('drops and invalidations that wait for an item held locally', () => {
     await holder.release();
     // Before the fix: `tier: dropping local copies that changed in the tier failed, trying again: The cache is closed.`
     expect(lines.filter((line) => line.includes('failed'))).toEqual([]);
+  });
+
+  test("an invalidation that failed (a full disk), then overtaken by a drop of its scope that deleted the copy, leaves no mark: the item's next copy is served locally", async () => {
+    const prefix = freshPrefix();
+    const lines: string[] = [];
+    // A's store on a small tmpfs of its own (root only), which fills up.
+    const disk = join(await tempDir('hlbd-'), 'disk');
+    await mkdir(disk);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', disk]);
+    onTestFinished(() => void execFileSync('umount', ['-l', disk]));
+    const [a, b] = await Promise.all([machine(prefix, { dataDir: join(disk, 'data'), log: (line) => lines.push(line) }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(async () => (await valueOn(a, 'x')) === 'x by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x');
+
+    const filler = join(disk, 'filler');
+    fillDisk(filler);
+    // A local write that fails for room: the store refuses every write after it until the disk has room again.
+    await expect(a.backend.set(scopeOf(['own']), 'big', text('z'.repeat(16_000)), at)).rejects.toMatchObject({ code: expect.any(String) });
+    await b.backend.set(PAGES, 'x', text('x again by B'), at);
+    await eventually(() => lines.some((line) => line.includes('dropping local copies that changed in the tier failed')), "A's invalidation of x fails");
+    expect(a.store.read(PAGES, 'x')).toBeDefined();
+    // The log no longer reaches back to where A read it: B's next change makes A drop the scope, which deletes x.
+    await redis.cli('XTRIM', new TierKeys(prefix).changeLog('pages'), 'MAXLEN', '0');
+    await b.backend.set(PAGES, 'y', text('y by B'), at);
+    await eventually(() => a.tier.status().state === 'catching-up', 'A drops the scope');
+    await rm(filler);
+    await eventually(() => a.tier.status().droppedScopes === 1 && a.tier.status().state === 'connected' && a.store.read(PAGES, 'x') === undefined, 'the drop is done');
+
+    // x is read through and kept again: that copy is A's to serve.
+    await eventually(async () => (await valueOn(a, 'x')) === 'x again by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x again');
+    const now = a.backend.readNow(PAGES, 'x');
+    now?.lease.release();
+    // Before the fix the failed invalidation's mark stayed for good: every read of x went to Redis, `expected undefined to be 'x again by B'`.
+    expect(textOf(now?.record?.value)).toBe('x again by B');
   });
 
   test('a scope dropped again and again while one of its items is held queues one lock request for that item, not one per drop', async () => {
