@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
+import { isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
 import { NodeDown, type TierConnection } from './tier-connection.js';
@@ -365,9 +366,25 @@ export class ChangeLog {
     this.#reset(state);
     this.#markStale(top, () => true);
     this.#markDirty();
-    this.#dropTop(top, `more than ${this.#maxTrackedScopes} shared scopes are in use, and it was used least recently`).catch((error: unknown) => {
-      this.#logLimited('drop', `tier: dropping scope ${JSON.stringify(top)} locally failed, its copies may be stale: ${messageOf(error)}`);
-    });
+    void this.#dropUntilDone(top, `more than ${this.#maxTrackedScopes} shared scopes are in use, and it was used least recently`);
+  }
+
+  /**
+   * Drops a scope no longer followed, again every {@link CATCH_UP_RETRY_MS} while it fails (no page of the log will
+   * retry it), until it succeeds or the change log closes; its copies read as misses meanwhile.
+   */
+  async #dropUntilDone(top: string, reason: string): Promise<void> {
+    for (;;) {
+      try {
+        await this.#dropTop(top, reason);
+        return;
+      } catch (error) {
+        if (this.#closed || isCacheError(error, 'CACHE_CLOSED')) return;
+        this.#logLimited('drop', `tier: dropping scope ${JSON.stringify(top)} locally failed, trying again (its copies read as misses meanwhile): ${messageOf(error)}`);
+      }
+      const aborted = await delay(CATCH_UP_RETRY_MS, false, { signal: this.#abort.signal, ref: false }).catch(() => true);
+      if (aborted) return;
+    }
   }
 
   #heard(text: string): void {
@@ -702,8 +719,10 @@ export class ChangeLog {
       const results = await Promise.allSettled(left.map((call) => this.#callSink(call)));
       const failed = left.filter((_, at) => results[at]!.status === 'rejected');
       if (failed.length === 0) break;
-      if (this.#closed || batch.abandoned) return;
-      const reason = (results.find((result) => result.status === 'rejected') as PromiseRejectedResult).reason;
+      const reasons = results.flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
+      // The local store closed (it closes before the tier, rejecting what waits for its locks): nothing to try again.
+      if (this.#closed || batch.abandoned || reasons.every((reason) => isCacheError(reason, 'CACHE_CLOSED'))) return;
+      const reason = reasons.find((reason) => !isCacheError(reason, 'CACHE_CLOSED'));
       this.#logLimited('local', `tier: dropping local copies that changed in the tier failed, trying again: ${messageOf(reason)}`);
       const aborted = await delay(CATCH_UP_RETRY_MS, false, { signal: this.#abort.signal, ref: false }).catch(() => true);
       if (aborted || batch.abandoned) return;

@@ -248,12 +248,18 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {
     const changeLog = this.#attached();
+    const top = topOf(scope);
+    const key = itemKey(scope, id);
+    // This daemon's own change of the item waits to be written through (a delete, or a clear, leaves no local record):
+    // the local store is the newest, and Redis's older copy is neither served nor kept, nor then written back.
+    if (this.#ownChangeWaits(top, key)) {
+      this.#sharedMisses++;
+      return { record: undefined, copyable: NOT_COPYABLE };
+    }
     if (!this.#connection.up) {
       this.#sharedMisses++;
       return null;
     }
-    const top = topOf(scope);
-    const key = itemKey(scope, id);
     const item = this.#keys.item(key);
     changeLog.track(top);
     const watch = changeLog.beginRead(scope, id);
@@ -354,7 +360,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
       if (Number(reply[0]) === 1) {
         const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs, fields });
         this.#hold(lease);
-        const record = recordOf(hashFields(reply, 3), Number(reply[2]));
+        // As a read: an own change of the item that waits makes Redis's copy older than the local store's miss.
+        const record = this.#ownChangeWaits(top, key) ? undefined : recordOf(hashFields(reply, 3), Number(reply[2]));
         // The grant reads the shared copy as a read does, and counts as one.
         if (record === undefined) {
           watch.end();
@@ -442,6 +449,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
     await this.#connection.close();
     // A write-through under way fails now; what it left is in the file already (it is rewritten only after a success).
     await Promise.all([this.#replayChain, ...[...this.#queued.values()].map((queued) => queued.done)]);
+  }
+
+  /** Whether this daemon's own change of the item (its own, or a clear of a scope holding it) waits to be written through. */
+  #ownChangeWaits(top: string, key: string): boolean {
+    return this.#pending.holds(top, key) || this.#pending.covers(top, key);
   }
 
   #attached(): ChangeLog {

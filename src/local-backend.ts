@@ -861,11 +861,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
    * it or of its scope is under way (but for what the drop keeps), nor while the tier says its scope is not in sync.
    */
   #trust(scope: Scope, id: string): Trust {
-    if (this.#staleItems.size > 0 || this.#droppingScopes.size > 0) {
+    // A `local` scope is never the tier's to drop: its copies are served whatever drop is under way.
+    if ((this.#staleItems.size > 0 || this.#droppingScopes.size > 0) && this.#shares(scope)) {
       const key = itemKey(scope, id);
       const stale = this.#staleItems.get(key);
       if (stale !== undefined && !stale.keepIf?.()) return 'stale';
-      for (const [prefix, dropping] of this.#droppingScopes) if (key.startsWith(prefix) && !dropping.keepIf(scope, id)) return 'stale';
+      for (const [prefix, dropping] of this.#droppingScopes) if (droppedBy(key, prefix) && !dropping.keepIf(scope, id)) return 'stale';
     }
     const tier = this.#tier!;
     return tier.inSync === undefined || tier.inSync(scope, id) ? 'serve' : 'unsure';
@@ -1123,7 +1124,12 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
             leases.push(lease);
             if (!keepIf(current, id)) doomed.push(id);
           }
-          if (doomed.length > 0) await this.#io(() => this.#deleteMany(current, doomed));
+          if (doomed.length > 0) {
+            await this.#io(() => this.#deleteMany(current, doomed));
+            // Dropped under their locks: a mark left by an invalidation of one that failed (and is no longer tried
+            // again, its page of the log overtaken by this drop) would read its next copy as a miss for good.
+            if (this.#staleItems.size > 0) for (const id of doomed) this.#staleItems.delete(itemKey(current, id));
+          }
         } finally {
           for (const lease of leases) lease.release();
         }
@@ -1200,6 +1206,15 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
       if (--this.#running === 0) this.#drained?.();
     }
   }
+}
+
+/**
+ * Whether a drop of the scope of `prefix` drops the item of storage key `key`: one of the scope and its nested scopes,
+ * but for the root scope (prefix `''`), whose drop walks its own items only (keys `:id`), each top-level scope being
+ * the tier's to drop on its own.
+ */
+function droppedBy(key: string, prefix: string): boolean {
+  return prefix === '' ? key.startsWith(':') : key.startsWith(prefix);
 }
 
 /** `lease`, made to run `then` once, right after it is released. */

@@ -34,6 +34,8 @@ interface RecordingSink extends ChangeLogSink {
   readonly held: Map<string, Promise<void>>;
   /** Item keys the local store holds, for a drop that keeps some (`drop … keeping …`). */
   readonly local: string[];
+  /** How many more drops of a scope (by prefix) fail, as on a failing disk (`drop … failed`). */
+  readonly failingDrops: Map<string, number>;
 }
 
 /** A daemon's local store as the change log sees it: what it was told to drop, and the scopes that hold data. */
@@ -41,16 +43,24 @@ function recordingSink(localScopes: readonly string[] = []): RecordingSink {
   const calls: string[] = [];
   const held = new Map<string, Promise<void>>();
   const local: string[] = [];
+  const failingDrops = new Map<string, number>();
   return {
     calls,
     held,
     local,
+    failingDrops,
     invalidate: async (scope: Scope, id: string, options?: { keepIf?(): boolean }) => {
       calls.push(`invalidate ${itemKey(scope, id)}`);
       await held.get(itemKey(scope, id));
       if (options?.keepIf?.()) calls.push(`kept ${itemKey(scope, id)}`);
     },
     drop: async (scope: Scope, options?: { keepIf?(scope: Scope, id: string): boolean }) => {
+      const failing = failingDrops.get(scope.prefix) ?? 0;
+      if (failing > 0) {
+        failingDrops.set(scope.prefix, failing - 1);
+        calls.push(`drop ${scope.prefix} failed`);
+        throw new Error('the local store failed');
+      }
       const kept = local.filter((key) => key.startsWith(scope.prefix) && options?.keepIf?.(parseItemKey(key).scope, parseItemKey(key).id));
       calls.push(kept.length === 0 ? `drop ${scope.prefix}` : `drop ${scope.prefix} keeping ${kept.join(' ')}`);
     },
@@ -290,6 +300,20 @@ test('change log: past its limit of followed scopes, the least recently used one
   expect(sink.calls).toEqual(['drop b/']);
   expect(readIsCopyable(changeLog, scopeOf(['b']))).toBe(false);
   expect(readIsCopyable(changeLog, scopeOf(['a']))).toBe(true);
+});
+
+test('change log: a failed drop of the least recently used scope is tried again until it succeeds, and the tier then stops saying catching-up', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  const sink = recordingSink();
+  sink.failingDrops.set('b/', 1);
+  const { changeLog, lines } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'), { maxTrackedScopes: 2, sink });
+  await followed(changeLog, 'a');
+  await followed(changeLog, 'b');
+  changeLog.track('a');
+  // Before the fix the failed drop was only logged: catching-up for good (`timed out waiting until scope c is followed`).
+  await followed(changeLog, 'c');
+  expect(sink.calls).toEqual(['drop b/ failed', 'drop b/']);
+  expect(lines.filter((line) => line.includes('dropping scope "b" locally failed'))).toHaveLength(1);
 });
 
 test('change log: a scope taken up while the tier is down is dropped locally once its position is known', async () => {

@@ -1,12 +1,17 @@
+import { execFileSync } from 'node:child_process';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { RedisTier } from '../daemon/redis-tier.js';
+import { TierKeys } from '../daemon/tier-keys.js';
 import { tierOptions } from '../daemon/tier-options.js';
 import { LevelStore } from '../src/level/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
-import { scopeOf } from '../src/scope-path.js';
+import { ROOT_SCOPE, scopeOf } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
 import { eventually } from './conformance/support.js';
 import { redisServerForFile, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { fillDisk } from './support/full-disk.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -30,13 +35,16 @@ interface Machine {
 }
 
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
-async function machine(prefix: string, options: { strict?: boolean; maxSizeBytes?: number; url?: string } = {}): Promise<Machine> {
-  const dataDir = await tempDir('hlbr-');
+async function machine(
+  prefix: string,
+  options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[]; log?: (line: string) => void; dataDir?: string } = {},
+): Promise<Machine> {
+  const dataDir = options.dataDir ?? (await tempDir('hlbr-'));
   const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
   // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
   // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
-  const settings = tierOptions({ tier: [options.url ?? redis.url], share: ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
-  const tier = new RedisTier({ ...settings, dataDir, log: () => {} });
+  const settings = tierOptions({ tier: [options.url ?? redis.url], share: options.share ?? ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
+  const tier = new RedisTier({ ...settings, dataDir, log: options.log ?? (() => {}) });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keep, { tier });
   onTestFinished(() => backend.close());
   await backend.openTier();
@@ -219,6 +227,56 @@ describe('drops and invalidations that wait for an item held locally', () => {
     expect(await valueOn(a, 'x')).toBe('x by B');
   });
 
+  test('an invalidation waiting for an item a getset holds when the backend closes ends quietly: no line says it failed and is tried again', async () => {
+    const prefix = freshPrefix();
+    const lines: string[] = [];
+    const [a, b] = await Promise.all([machine(prefix, { log: (line) => lines.push(line) }), machine(prefix)]);
+    // A getset holds x and its lease in Redis, which A's close releases (a round trip) before the change log stops.
+    await a.backend.set(PAGES, 'w', text('w by A'), at);
+    const holder = await a.backend.getset(PAGES, 'x', { wait: true });
+    expect(a.tier.status().leases).toBe(1);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(() => tierWaiters(a, 'x') === 1, "the invalidation of B's change waits for the getset");
+    await a.backend.close();
+    await holder.release();
+    // Before the fix: `tier: dropping local copies that changed in the tier failed, trying again: The cache is closed.`
+    expect(lines.filter((line) => line.includes('failed'))).toEqual([]);
+  });
+
+  test("an invalidation that failed (a full disk), then overtaken by a drop of its scope that deleted the copy, leaves no mark: the item's next copy is served locally", async () => {
+    const prefix = freshPrefix();
+    const lines: string[] = [];
+    // A's store on a small tmpfs of its own (root only), which fills up.
+    const disk = join(await tempDir('hlbd-'), 'disk');
+    await mkdir(disk);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', disk]);
+    onTestFinished(() => void execFileSync('umount', ['-l', disk]));
+    const [a, b] = await Promise.all([machine(prefix, { dataDir: join(disk, 'data'), log: (line) => lines.push(line) }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(async () => (await valueOn(a, 'x')) === 'x by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x');
+
+    const filler = join(disk, 'filler');
+    fillDisk(filler);
+    // A local write that fails for room: the store refuses every write after it until the disk has room again.
+    await expect(a.backend.set(scopeOf(['own']), 'big', text('z'.repeat(16_000)), at)).rejects.toMatchObject({ code: expect.any(String) });
+    await b.backend.set(PAGES, 'x', text('x again by B'), at);
+    await eventually(() => lines.some((line) => line.includes('dropping local copies that changed in the tier failed')), "A's invalidation of x fails");
+    expect(a.store.read(PAGES, 'x')).toBeDefined();
+    // The log no longer reaches back to where A read it: B's next change makes A drop the scope, which deletes x.
+    await redis.cli('XTRIM', new TierKeys(prefix).changeLog('pages'), 'MAXLEN', '0');
+    await b.backend.set(PAGES, 'y', text('y by B'), at);
+    await eventually(() => a.tier.status().state === 'catching-up', 'A drops the scope');
+    await rm(filler);
+    await eventually(() => a.tier.status().droppedScopes === 1 && a.tier.status().state === 'connected' && a.store.read(PAGES, 'x') === undefined, 'the drop is done');
+
+    // x is read through and kept again: that copy is A's to serve.
+    await eventually(async () => (await valueOn(a, 'x')) === 'x again by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x again');
+    const now = a.backend.readNow(PAGES, 'x');
+    now?.lease.release();
+    // Before the fix the failed invalidation's mark stayed for good: every read of x went to Redis, `expected undefined to be 'x again by B'`.
+    expect(textOf(now?.record?.value)).toBe('x again by B');
+  });
+
   test('a scope dropped again and again while one of its items is held queues one lock request for that item, not one per drop', async () => {
     const prefix = freshPrefix();
     const proxy = await startTcpProxy({ port: redis.port! });
@@ -248,5 +306,80 @@ describe('drops and invalidations that wait for an item held locally', () => {
     await eventually(() => a.backend.lockStats().waiting === 0 && a.store.read(PAGES, 'x') === undefined, "x's copy is dropped once its lock is free");
     await eventually(() => a.tier.status().state === 'connected', 'A is connected');
     expect(a.tier.status().droppedScopes).toBe(drops);
+  });
+});
+
+describe('an item whose own delete waits to be written through', () => {
+  test("a getset granted the item's lease before the delete is written through gets a miss, not Redis's older copy, and the delete then stands everywhere", async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ port: redis.port! });
+    const [a, b] = await Promise.all([machine(prefix, { url: proxy.url }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await eventually(async () => (await valueOn(a, 'x')) === 'x by B' && a.store.read(PAGES, 'x') !== undefined, 'A keeps a copy of x');
+    proxy.cut('reset');
+    await eventually(() => a.tier.status().state === 'degraded', 'A finds the cut');
+    await a.backend.delete(PAGES, 'x', {});
+    expect(a.tier.status().pendingChanges).toBe(1);
+
+    // A reader holds x; a getset waits for it, and the delete's write-through, once Redis is back, behind the getset.
+    const reader = (await a.backend.get(PAGES, 'x', {}))!;
+    expect(reader.item).toBeNull();
+    const computing = a.backend.getset(PAGES, 'x', { wait: true });
+    await eventually(() => a.backend.lockStats().waiting === 1, 'the getset waits for the reader');
+    proxy.restore();
+    await eventually(
+      () => a.backend.lockSnapshot().some((lock) => lock.key === 'pages/:x' && lock.state === 'waiting' && lock.owner?.name === 'hoard tier'),
+      "the delete's write-through waits behind the getset",
+    );
+    await eventually(() => a.tier.status().state !== 'degraded', 'A reaches Redis again');
+    await reader.release();
+    const gs = await computing;
+    const got = gs.item === null ? undefined : textOf((await gs.item.value()) as EncodedValue);
+    await gs.release();
+    // Before the fix the grant handed out Redis's copy and kept it, then written through as a set: `expected 'x by B' to be undefined`.
+    expect(got).toBeUndefined();
+    expect(a.tier.status().leases).toBe(1);
+    await eventually(() => a.tier.status().pendingChanges === 0, 'the delete is written through');
+    expect(await sharedValue(prefix, 'x')).toBeUndefined();
+    expect(await valueOn(b, 'x')).toBeUndefined();
+    expect(await valueOn(a, 'x')).toBeUndefined();
+  });
+});
+
+describe("a drop of the root scope's own items", () => {
+  test("leaves every other scope's copies served while it walks: a shared scope in sync, and a local one", async () => {
+    const prefix = freshPrefix();
+    const share = ['*=shared', 'own=local'];
+    const [a, b] = await Promise.all([machine(prefix, { share }), machine(prefix, { share })]);
+    const OWN = scopeOf(['own']);
+    // A follows the root scope's change log (its own write), and holds copies in a shared and a local scope.
+    await a.backend.set(ROOT_SCOPE, 'r', text('r by A'), at);
+    await a.backend.set(PAGES, 'p', text('p by A'), at);
+    await a.backend.set(OWN, 'c', text('c by A'), at);
+    // Root items enough for a walk of two pages; `d999` is the last in key order.
+    for (let n = 0; n < 2000; n++) await a.store.write(ROOT_SCOPE, `d${n}`, { modified: 1, value: text('d') });
+    await eventually(() => a.tier.status().state === 'connected', 'A is caught up');
+    const served = (scope: typeof PAGES, id: string): boolean => {
+      const now = a.backend.readNow(scope, id);
+      now?.lease.release();
+      return now?.record !== undefined;
+    };
+    expect([served(ROOT_SCOPE, 'd999'), served(PAGES, 'p'), served(OWN, 'c')]).toEqual([true, true, true]);
+
+    // The root's log no longer reaches back to where A stopped reading it: B's next entry makes A drop the root's items.
+    await redis.cli('XTRIM', new TierKeys(prefix).changeLog(''), 'MAXLEN', '0');
+    await b.backend.set(ROOT_SCOPE, 'r', text('r by B'), at);
+    const misses: string[] = [];
+    let duringDrop = 0;
+    while (a.tier.status().droppedScopes === 0) {
+      // The drop is walking: the root's items read as misses, the last one not dropped yet.
+      if (!served(ROOT_SCOPE, 'd999') && a.store.read(ROOT_SCOPE, 'd999') !== undefined) duringDrop++;
+      for (const [scope, id] of [[PAGES, 'p'], [OWN, 'c']] as const) if (!served(scope, id)) misses.push(scope.prefix + id);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(a.store.read(ROOT_SCOPE, 'd999')).toBeUndefined();
+    expect(duringDrop).toBeGreaterThan(0);
+    // Before the fix, every item of every scope read as a miss while the root's items were walked: `pages/p`, `own/c`.
+    expect([...new Set(misses)]).toEqual([]);
   });
 });

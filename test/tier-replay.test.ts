@@ -372,3 +372,43 @@ test("a scope written through whole: an item another daemon wrote after the scop
   await converged((id) => valueOf(onA, id), expected, "A serves B's write");
   expect((await a.tierStatus()).fencedWrites).toBe(before.fencedWrites + 1);
 });
+
+test("a delete and a clear made while cut off stand when A reads the items through Redis before they are written through: A serves no old copy, and nobody gets it back", async () => {
+  const { server, proxy, a, b } = await setup();
+  const [onA, onB] = [a.cache.withScope('r'), b.cache.withScope('r')];
+  await onB.set('x', 'x by B');
+  await onB.withScope('c').set('y', 'y by B');
+  await holdCopies(a, onA, ['x']);
+  await holdCopies(a, onA.withScope('c'), ['y']);
+
+  await cut(proxy, a, 'reset');
+  await onA.delete('x');
+  await onA.withScope('c').clear();
+  expect(await valueOf(onA, 'x')).toBeUndefined();
+  expect(await valueOf(onA.withScope('c'), 'y')).toBeUndefined();
+
+  // Redis answers reads again but refuses writes for now (OOM, which a write-through tries again): A's delete and
+  // clear wait, while its reads go through to Redis's old copies.
+  await server.cli('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
+  await server.cli('CONFIG', 'SET', 'maxmemory', '1');
+  proxy.restore();
+  await eventually(async () => (await a.tierStatus()).state !== 'degraded', 'A reaches Redis again');
+  const during = await a.tierStatus();
+  // The delete, the clear and the probe's set.
+  expect(during.pendingChanges).toBe(3);
+  // Before the fix A read Redis's old copies and kept them: `expected 'x by B' to be undefined`.
+  expect(await valueOf(onA, 'x')).toBeUndefined();
+  expect(await valueOf(onA.withScope('c'), 'y')).toBeUndefined();
+  const after = await a.tierStatus();
+  expect(after).toMatchObject({ state: 'catching-up', pendingChanges: 3 });
+  expect(after.sharedHits).toBe(during.sharedHits);
+
+  await server.cli('CONFIG', 'SET', 'maxmemory', '0');
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A writes its changes through');
+  // Before the fix the delete's write-through sent the kept copy as a set, and A kept y for good.
+  for (const cache of [onA, onB]) {
+    expect(await valueOf(cache, 'x')).toBeUndefined();
+    expect(await valueOf(cache.withScope('c'), 'y')).toBeUndefined();
+  }
+  expect(await sharedValues(server.pipeline, [{ scope: ['r'], id: 'x' }])).toEqual([undefined]);
+});
