@@ -296,8 +296,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const write = writes.then(() => {
         const encoded = this.#adapter.encode(value);
         const { ttlMs, staleMs } = expiry;
-        return this.#orByReservation(connection, encoded, connection.request(HandleSet, { handle, value: encoded, ttlMs, staleMs }), (reservation) =>
-          connection.request(HandleSetFile, { handle, reservation, encoding: encoded.encoding, ttlMs, staleMs }),
+        return connection.request(HandleSet, { handle, value: encoded, ttlMs, staleMs }).catch((error: unknown) =>
+          this.#byReservation(connection, encoded, error, (reservation) =>
+            connection.request(HandleSetFile, { handle, reservation, encoding: encoded.encoding, ttlMs, staleMs }),
+          ),
         );
       });
       writes = write.catch(() => {});
@@ -410,25 +412,27 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    await this.#orByReservation(connection, encoded, connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs }), (reservation) =>
-      connection.request(SetFile, { scope: scope.path, id, reservation, encoding: encoded.encoding, modified, ttlMs, staleMs }),
-    );
+    // Awaited here, not in a helper: a set settles as many turns after its answer as a delete does, so calls settle
+    // in the order the daemon answered them.
+    try {
+      await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs });
+    } catch (error) {
+      await this.#byReservation(connection, encoded, error, (reservation) =>
+        connection.request(SetFile, { scope: scope.path, id, reservation, encoding: encoded.encoding, modified, ttlMs, staleMs }),
+      );
+    }
   }
 
   /**
-   * What `sent` (a write of `value` in one message) gives, unless the value is too large for a message: then the value
-   * goes to a reservation of the daemon's (through its file with references, else in chunks) that `commit` commits.
+   * After a write of `value` in one message failed with `error`: a value too large for a message goes to a reservation
+   * of the daemon's (through its file with references, else in chunks) that `commit` commits; any other error is thrown.
    */
-  async #orByReservation(connection: Channel, value: EncodedValue, sent: Promise<void>, commit: (reservation: number) => Promise<unknown>): Promise<void> {
-    try {
-      await sent;
-    } catch (error) {
-      // Refused before sending; a daemon without chunks or references cannot take it otherwise.
-      const { capabilities } = connection.info;
-      if (!isCacheError(error, 'CACHE_VALUE_TOO_LARGE') || (capabilities.chunks === undefined && referenceDirectoryOf(connection) === undefined)) throw error;
-      const reservation = await this.#upload(connection, { bytes: value.bytes });
-      await commit(reservation);
-    }
+  async #byReservation(connection: Channel, value: EncodedValue, error: unknown, commit: (reservation: number) => Promise<unknown>): Promise<void> {
+    // Refused before sending; a daemon without chunks or references cannot take it otherwise.
+    const { capabilities } = connection.info;
+    if (!isCacheError(error, 'CACHE_VALUE_TOO_LARGE') || (capabilities.chunks === undefined && referenceDirectoryOf(connection) === undefined)) throw error;
+    const reservation = await this.#upload(connection, { bytes: value.bytes });
+    await commit(reservation);
   }
 
   /**
