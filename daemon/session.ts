@@ -378,6 +378,9 @@ export class Session {
 
   /** Appends a chunk to one of this connection's reservations (see {@link SessionReservations.append}). */
   async #writeChunk({ reservation, offsetBytes, bytes }: WriteChunkParams): Promise<void> {
+    // Each chunk write holds its bytes until written: the chunk size bounds what a connection makes the daemon hold.
+    const limit = this.#context.chunkMaxBytes;
+    if (bytes.byteLength > limit) throw invalidParams(`a chunk is at most ${limit} bytes (chunks.chunkMaxBytes); this one has ${bytes.byteLength}`);
     if (this.#chunkWrites >= CHUNK_WRITES_PER_CONNECTION) {
       throw new CacheError(
         'CACHE_TOO_MANY_WAITERS',

@@ -113,6 +113,22 @@ describe('writing a value larger than a message', () => {
     await using got = await cache.get('v');
     expect(Buffer.from(await got.item!.value()).equals(pattern(1000))).toBe(true);
   });
+
+  test('a chunk larger than chunkMaxBytes is refused with CACHE_INVALID_PARAMS before it is written; one at the limit is taken', async () => {
+    const dataDir = join(await tempDir('lv-'), 'data');
+    const { socketPath } = await daemonOn(dataDir, { chunkMaxBytes: 64 * 1024 });
+    const raw = await RawClient.open(socketPath);
+    const init = (await raw.request('initialize', { clientName: 'big chunks', protocolVersion: 2, chunks: true })) as { result: { capabilities: { chunks: { chunkMaxBytes: number } } } };
+    expect(init.result.capabilities.chunks.chunkMaxBytes).toBe(64 * 1024);
+    const reserved = (await raw.request('cache/reserveFile', {})) as { result: { reservation: number } };
+    const { reservation } = reserved.result;
+    // Each chunk write holds its bytes until written: a larger chunk would let one connection make the daemon hold more.
+    const over = (await raw.request('cache/writeChunk', { reservation, offsetBytes: 0, value: Buffer.alloc(64 * 1024 + 1, 7).toString('base64') })) as Record<string, unknown>;
+    expect(errorCode(over)).toBe('CACHE_INVALID_PARAMS');
+    // Nothing of it was appended: the next chunk still starts at 0.
+    const at = (await raw.request('cache/writeChunk', { reservation, offsetBytes: 0, value: Buffer.alloc(64 * 1024, 7).toString('base64') })) as Record<string, unknown>;
+    expect(at).toMatchObject({ result: null });
+  });
 });
 
 describe('reading in chunks', () => {
