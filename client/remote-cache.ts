@@ -36,10 +36,12 @@ import {
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
 import { CHUNK_CREDIT, type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
-import { copyFile, open as openFile, stat, writeFile } from 'node:fs/promises';
+import { read } from 'node:fs';
+import { open as openFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
 import { PrivateReservations, ReservedFiles } from '../src/reserved-files.js';
+import type { OpenReservation } from '../src/temp-files.js';
 
 /**
  * A reservation `reserveFile` handed out: the daemon's, by number on the connection that made it (a client that reads
@@ -78,6 +80,44 @@ function chunkedRecord(item: ChunkedItem, bytes: Uint8Array): EncodedRecord {
 }
 
 /** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
+const MiB = 1024 * 1024;
+
+/** How many `cache/writeChunk`s the daemon lets one connection have under way (more are refused). */
+const CHUNK_WRITES_PER_CONNECTION = 16;
+
+/** Fills `bytes` from `fd` at `offset` (one read; a short count means the file is shorter). */
+function readPart(fd: number, bytes: Uint8Array, offset: number): Promise<{ bytesRead: number }> {
+  return new Promise((resolve, reject) => read(fd, bytes, 0, bytes.byteLength, offset, (error, bytesRead) => (error ? reject(error) : resolve({ bytesRead }))));
+}
+
+/** Slots for a connection's chunk writes, shared by all its uploads, so that together they stay within the daemon's limit. */
+class ChunkWrites {
+  #free = CHUNK_WRITES_PER_CONNECTION;
+  readonly #waiting: (() => void)[] = [];
+
+  take(): Promise<void> | void {
+    if (this.#free > 0) {
+      this.#free--;
+      return;
+    }
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  give(): void {
+    const next = this.#waiting.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}
+
+const chunkWrites = new WeakMap<Channel, ChunkWrites>();
+
+function chunkWritesOf(connection: Channel): ChunkWrites {
+  let slots = chunkWrites.get(connection);
+  if (!slots) chunkWrites.set(connection, (slots = new ChunkWrites()));
+  return slots;
+}
+
 export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, EncodedValue>;
   readonly #open: () => Promise<Channel>;
@@ -317,7 +357,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const { ttlMs, staleMs } = expiry;
       const write = writes.then(() =>
         entry.connection === null
-          ? this.#commitByBytes(entry, path, connection, {
+          ? this.#commitByBytes(entry, connection, {
               send: (value) => connection.request(HandleSet, { handle, value, ttlMs, staleMs }),
               commit: (reservation, encoding) => connection.request(HandleSetFile, { handle, reservation, encoding, ttlMs, staleMs }),
             })
@@ -364,7 +404,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     if (entry.connection === null) {
       const connection = await this.connection();
-      await this.#commitByBytes(entry, path, connection, {
+      await this.#commitByBytes(entry, connection, {
         send: (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }),
         commit: (reservation, encoding) => connection.request(SetFile, { scope: scope.path, id, reservation, encoding, modified, ttlMs, staleMs }),
       });
@@ -377,22 +417,23 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   /**
-   * Commits a reservation of this process's private directory (`path`): over the handshake's chunk size, in chunks
+   * Commits a reservation of this process's private directory: over the handshake's chunk size, in chunks
    * to a reservation of the daemon's that `commit` commits (the value never whole in memory); else in one message.
    */
   async #commitByBytes(
     entry: Reservation,
-    path: string,
     connection: Channel,
     by: { send: (value: EncodedValue) => Promise<void>; commit: (reservation: number, encoding: string) => Promise<void> },
   ): Promise<void> {
     const encoding = this.#encoding();
     const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes;
-    const size = chunkBytes === undefined ? 0 : (await stat(path)).size;
-    if (chunkBytes !== undefined && size > chunkBytes) {
-      await by.commit(await this.#upload(connection, { path, size }), encoding);
-    } else {
-      await by.send({ encoding, bytes: await this.#private.read(entry.reservation) });
+    // Opened once, and checked as a store's commit checks it: no link followed, no FIFO waited on, one link, this user's.
+    const file = await this.#private.open(entry.reservation);
+    try {
+      if (chunkBytes !== undefined && file.sizeBytes > chunkBytes) await by.commit(await this.#upload(connection, { file }), encoding);
+      else await by.send({ encoding, bytes: await file.readAll() });
+    } finally {
+      await file.close();
     }
     await this.#private.discard(entry.reservation);
   }
@@ -441,46 +482,52 @@ export class RemoteBackend<T> implements CacheBackend<T> {
    * handshake's chunk size, {@link CHUNK_CREDIT} in flight, reading a file a chunk at a time. A failure discards it.
    * @throws CacheError `CACHE_VALUE_TOO_LARGE` from a daemon that offers neither, or the daemon's refusals.
    */
-  async #upload(connection: Channel, source: { bytes: Uint8Array } | { path: string; size: number }): Promise<number> {
+  async #upload(connection: Channel, source: { bytes: Uint8Array } | { file: OpenReservation }): Promise<number> {
     const { reservation, path } = await connection.request(ReserveFile, undefined);
     try {
+      const size = 'bytes' in source ? source.bytes.byteLength : source.file.sizeBytes;
+      const partBytes = connection.info.capabilities.chunks?.chunkMaxBytes ?? MiB;
+      /** The bytes from `offset`, `length` of them, read through the checked descriptor when they come from a file. */
+      const part = async (offset: number, length: number): Promise<Uint8Array> => {
+        if ('bytes' in source) return source.bytes.subarray(offset, offset + length);
+        const bytes = Buffer.allocUnsafe(length);
+        const { bytesRead } = await readPart(source.file.fd, bytes, offset);
+        if (bytesRead !== length) throw new CacheError('CACHE_FILE_REFUSED', `The reserved file ${source.file.path} changed while it was sent.`);
+        return bytes;
+      };
       if (path !== null) {
         if ('bytes' in source) await writeFile(path, source.bytes, { flag: 'r+' });
-        else await copyFile(source.path, path);
+        else {
+          await using target = await openFile(path, 'r+');
+          for (let offset = 0; offset < size; offset += partBytes) await target.write(await part(offset, Math.min(partBytes, size - offset)), 0, undefined, offset);
+        }
         return reservation;
       }
-      const chunkBytes = connection.info.capabilities.chunks?.chunkMaxBytes;
-      if (chunkBytes === undefined) throw new CacheError('CACHE_VALUE_TOO_LARGE', 'The daemon takes this value neither as a file nor in chunks, and it is too large for a message.');
-      const file = 'bytes' in source ? undefined : await openFile(source.path, 'r');
-      try {
-        const size = 'bytes' in source ? source.bytes.byteLength : source.size;
-        const pending = new Set<Promise<void>>();
-        let failure: { error: unknown } | undefined;
-        for (let offset = 0; offset < size && !failure; offset += chunkBytes) {
-          const length = Math.min(chunkBytes, size - offset);
-          let bytes: Uint8Array;
-          if ('bytes' in source) bytes = source.bytes.subarray(offset, offset + length);
-          else {
-            bytes = Buffer.allocUnsafe(length);
-            const { bytesRead } = await file!.read(bytes, 0, length, offset);
-            if (bytesRead !== length) throw new CacheError('CACHE_FILE_REFUSED', `The reserved file ${source.path} changed while it was sent.`);
-          }
-          // Appends reach the daemon in order, and it writes one reservation's chunks in the order received.
-          const sent: Promise<void> = connection.request(WriteChunk, { reservation, offsetBytes: offset, bytes }).then(
-            () => void pending.delete(sent),
-            (error: unknown) => {
-              pending.delete(sent);
-              failure ??= { error };
-            },
-          );
-          pending.add(sent);
-          while (pending.size >= CHUNK_CREDIT) await Promise.race(pending);
-        }
-        await Promise.all(pending);
-        if (failure) throw failure.error;
-      } finally {
-        await file?.close();
+      if (connection.info.capabilities.chunks === undefined) throw new CacheError('CACHE_VALUE_TOO_LARGE', 'The daemon takes this value neither as a file nor in chunks, and it is too large for a message.');
+      const credit = chunkWritesOf(connection);
+      const pending = new Set<Promise<void>>();
+      let failure: { error: unknown } | undefined;
+      for (let offset = 0; offset < size && !failure; offset += partBytes) {
+        const bytes = await part(offset, Math.min(partBytes, size - offset));
+        // At most CHUNK_CREDIT of this upload's chunks in flight, and at most the daemon's limit of the connection's.
+        while (pending.size >= CHUNK_CREDIT) await Promise.race(pending);
+        await credit.take();
+        // Appends reach the daemon in order, and it writes one reservation's chunks in the order received.
+        const sent: Promise<void> = connection.request(WriteChunk, { reservation, offsetBytes: offset, bytes }).then(
+          () => {
+            credit.give();
+            pending.delete(sent);
+          },
+          (error: unknown) => {
+            credit.give();
+            pending.delete(sent);
+            failure ??= { error };
+          },
+        );
+        pending.add(sent);
       }
+      await Promise.all(pending);
+      if (failure) throw failure.error;
       return reservation;
     } catch (error) {
       connection.request(DiscardFile, { reservation }).catch(() => {});

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { ReservedFile } from './cache.js';
-import { fileRefused, TempFiles } from './temp-files.js';
+import { fileRefused, type OpenReservation, TempFiles } from './temp-files.js';
 import { privateDirectory } from './private-files.js';
 
 function describe(value: unknown): string {
@@ -88,6 +88,17 @@ export class PrivateReservations {
     } finally {
       await opened.close();
     }
+  }
+
+  /**
+   * Reservation `reservation`'s file opened and checked as {@link PrivateReservations.read} checks it, for a caller
+   * that reads it a part at a time; its `close` must be called.
+   * @throws CacheError `CACHE_FILE_REFUSED`, `CACHE_VALUE_TOO_LARGE`, `CACHE_STORAGE`.
+   */
+  async open(reservation: number): Promise<OpenReservation> {
+    const files = await this.#temp;
+    if (!files) throw fileRefused(`reservation ${reservation} is not one this cache gave`);
+    return files.open(reservation);
   }
 
   /** Removes reservation `reservation`'s file; an unknown one is left alone. */

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect, connectStdio } from '../client/index.js';
@@ -112,6 +112,45 @@ describe('writing a value larger than a message', () => {
     await expect(cache.set('v', pattern(3 * MiB))).rejects.toMatchObject({ code: 'CACHE_OVER_SIZE_LIMIT' });
     await using got = await cache.get('v');
     expect(Buffer.from(await got.item!.value()).equals(pattern(1000))).toBe(true);
+  });
+
+  test('sixteen sets over the message limit at once on one connection without references all go in chunks, within the daemon\u2019s chunk writes per connection', async () => {
+    const dataDir = join(await tempDir('lv-'), 'data');
+    const socketPath = join(await tempDir('lv-'), 's.sock');
+    const daemon = await startDaemon({ socketPath, dataDir, idleTimeoutMs: 0, log: () => {}, maxMessageBytes: MiB });
+    onTestFinished(() => daemon.close());
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references: false });
+    onTestFinished(() => cache.close());
+    // Each upload keeps 4 chunks in flight; together they would exceed the daemon's 16 a connection without a shared credit.
+    const outcomes = await Promise.allSettled(Array.from({ length: 16 }, (_, n) => cache.set(`big${n}`, pattern(3 * MiB, n))));
+    expect(outcomes.filter((o) => o.status === 'rejected').map((o) => String((o as PromiseRejectedResult).reason))).toEqual([]);
+    for (const n of [0, 7, 15]) {
+      await using got = await cache.get(`big${n}`);
+      expect(Buffer.from(await got.item!.value()).equals(pattern(3 * MiB, n))).toBe(true);
+    }
+  });
+
+  test('a private reservation replaced by a symbolic link is refused, whether it would go whole or in chunks', async () => {
+    const dir = await tempDir('lv-');
+    const { socketPath } = await daemonOn(join(dir, 'data'), { chunkMaxBytes: 64 * 1024 });
+    const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references: false });
+    onTestFinished(() => cache.close());
+    const target = join(dir, 'elsewhere');
+    const outcomes: string[] = [];
+    for (const size of [1000, 300 * 1024]) {
+      await using reserved = await cache.reserveFile();
+      await writeFile(target, Buffer.alloc(size, 9));
+      await rm(reserved.path);
+      await symlink(target, reserved.path);
+      outcomes.push(await cache.setFile(`x${size}`, reserved.path).then(() => 'stored', (error: { code?: string }) => String(error.code)));
+    }
+    expect(outcomes).toEqual(['CACHE_FILE_REFUSED', 'CACHE_FILE_REFUSED']);
+    // A reservation written in place is stored, in chunks too.
+    await using reserved = await cache.reserveFile();
+    await writeFile(reserved.path, pattern(300 * 1024, 3));
+    await cache.setFile('ok', reserved.path);
+    await using got = await cache.get('ok');
+    expect(Buffer.from(await got.item!.value()).equals(pattern(300 * 1024, 3))).toBe(true);
   });
 
   test('a chunk larger than chunkMaxBytes is refused with CACHE_INVALID_PARAMS before it is written; one at the limit is taken', async () => {
