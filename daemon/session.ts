@@ -411,7 +411,7 @@ export class Session {
   async #readRange(handle: number, chunks: HandleChunks, source: ChunkSource, offsetBytes: number, length: number): Promise<Uint8Array> {
     const bytes = Buffer.allocUnsafe(length);
     try {
-      const file = await (source.file ??= open(source.path!, constants.O_RDONLY | constants.O_NOFOLLOW));
+      const file = await (source.file ??= open(source.path!, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK));
       let got = 0;
       while (got < length) {
         const { bytesRead } = await file.read(bytes, got, length - got, offsetBytes + got);

@@ -1002,7 +1002,7 @@ export const ReadChunk = request<ReadChunkParams, Uint8Array>({
       return Buffer.from(text, 'base64');
     },
   },
-  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_CORRUPT', 'CACHE_STORAGE'],
+  errors: ['CACHE_LOCK_NOT_HELD', 'CACHE_CORRUPT', 'CACHE_TOO_MANY_WAITERS', 'CACHE_STORAGE'],
 });
 
 // --- writes from reserved files (see PROTOCOL.md, "Writing a value as a file") ---------------------------------
