@@ -315,6 +315,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
     chunkedReads: 0,
     chunkMaxBytes: chunkBytesWithin(options.chunkMaxBytes ?? CHUNK_MAX_BYTES, maxMessageBytes),
     filePath: (name) => store.filePath(name),
+    readFile: (file) => store.readFile(file),
     references,
     count(topScope, hit) {
       if (hit) counters.hits++;

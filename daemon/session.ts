@@ -7,7 +7,7 @@ import { listPage } from '../src/cache-view.js';
 import { type LocalBackend, type LocalGetSetHandle, storedRecordOf } from '../src/local-backend.js';
 import type { CancelWait, LockOwner, SignalSource, WaitGate } from '../src/lock-table.js';
 import { ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
-import type { EncodedRecord, EncodedValue, ReferenceRecord, StoredRecord, VerifyReport } from '../src/store.js';
+import type { EncodedRecord, EncodedValue, ReferenceRecord, StoredFile, StoredRecord, VerifyReport } from '../src/store.js';
 import {
   Clear,
   DEFAULT_LIST_LIMIT,
@@ -75,6 +75,8 @@ export interface DaemonContext {
   readonly chunkMaxBytes: number;
   /** The absolute path of a value's file, by its {@link StoredFile} name, for chunked reads. */
   readonly filePath?: ((name: string) => string) | undefined;
+  /** The bytes of a value's file, for a value read by reference that goes inline after all. */
+  readonly readFile?: ((file: StoredFile) => Uint8Array) | undefined;
   /**
    * Where values' files are, and the probe file whose token a client sends back to read them by path; `undefined`
    * when the daemon does not offer references.
@@ -311,7 +313,14 @@ export class Session {
       return record.expiresAtMs === undefined ? item : { ...item, expiresAtMs: record.expiresAtMs };
     }
     const size = file ? file.lengthBytes : (record as EncodedRecord).value.bytes.byteLength;
-    if (size <= this.#inlineMaxBytes) return record as EncodedRecord;
+    if (size <= this.#inlineMaxBytes) {
+      if ('value' in record) return record;
+      // Read by reference (not to hold a large value whole), yet small enough to go inline to this client.
+      const { readFile } = this.#context;
+      if (!readFile || !file) throw new Error('a value read by reference without a way to read its file');
+      const inline: EncodedRecord = { modified: record.modified, value: { encoding, bytes: readFile(file) } };
+      return record.expiresAtMs === undefined ? inline : { ...inline, expiresAtMs: record.expiresAtMs, staleUntilMs: record.staleUntilMs };
+    }
     if (!this.#chunks || !chunks) {
       throw new CacheError(
         'CACHE_VALUE_TOO_LARGE',
@@ -547,8 +556,9 @@ export class Session {
   }
 
   async #getLater(scope: Scope, id: string, wait: boolean, signal: RequestSignal): Promise<GetResult> {
-    // By reference, as readNow reads: the file of a value kept in one is not read into the daemon's memory.
-    const reference = this.#references;
+    // By reference, as readNow reads for a client that reads files or chunks: a value kept in a file is not read
+    // whole into the daemon's memory.
+    const reference = this.#references || this.#chunks;
     const options = wait ? { signal: this.#gate(signal), owner: this.#owner, reference } : { wait: false, owner: this.#owner, reference };
     const got = await this.#context.backend.get(scope, id, options);
     if (!got) return { handle: null, item: null };
@@ -567,7 +577,7 @@ export class Session {
   }
 
   async #getset(scope: Scope, id: string, wait: boolean, signal: WaitGate): Promise<GetSetResult> {
-    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner, reference: this.#references });
+    const gs = await this.#context.backend.getset(scope, id, { wait, signal, owner: this.#owner, reference: this.#references || this.#chunks });
     if (!gs.set) return { handle: null, item: null, stale: null };
     this.#count(scope, gs.item);
     const chunks: HandleChunks = {};

@@ -6,6 +6,7 @@ import { connect, connectStdio } from '../client/index.js';
 import { daemonEntry } from '../client/connect.js';
 import { startDaemon } from '../daemon/index.js';
 import type { CodecName } from '../src/index.js';
+import { eventually } from './conformance/support.js';
 import { PROJECT_ROOT } from './support/child.js';
 import { startTestDaemon } from './support/daemon.js';
 import { RawClient } from './support/raw-client.js';
@@ -253,6 +254,46 @@ describe('reading in chunks', () => {
     expect(after - before).toBeLessThan(256 * MiB);
     raw.socket.destroy();
     await raw.closed;
+  });
+});
+
+describe('the daemon\u2019s memory for a client reading in chunks', () => {
+  test('a getset, and a get that waited for its lock, serve a large value in chunks without reading its file into the daemon\u2019s memory; a small file goes inline', async () => {
+    const dataDir = join(await tempDir('lv-'), 'data');
+    const socketPath = join(await tempDir('lv-'), 's.sock');
+    // The memory layer keeps values up to an eighth of its size: fillers push the large value out, and reading it into
+    // the layer again would push out a filler of another size, changing the bytes it counts.
+    const daemon = await startDaemon({ socketPath, dataDir, idleTimeoutMs: 0, log: () => {}, memoryCacheBytes: 1_000_000, chunkMaxBytes: 64 * 1024 });
+    onTestFinished(() => daemon.close());
+    const open = async (): Promise<Awaited<ReturnType<typeof connect<Uint8Array>>>> => {
+      const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references: false });
+      onTestFinished(() => cache.close());
+      return cache;
+    };
+    const cache = await open();
+    const other = await open();
+    await cache.set('large', pattern(100_000, 1));
+    await cache.set('small file', pattern(40_000, 2));
+    for (let n = 0; n < 10; n++) await cache.set(`filler ${n}`, new Uint8Array(110_000).fill(2));
+    const memoryBytes = async (): Promise<number> => (await cache.status()).memoryCacheBytes;
+    const before = await memoryBytes();
+    const chunked = (await cache.status()).chunkedReads ?? 0;
+    for (const [id, seed, size] of [['large', 1, 100_000], ['small file', 2, 40_000]] as const) {
+      {
+        await using gs = await cache.getset(id);
+        expect(Buffer.from(await gs.item!.value()).equals(pattern(size, seed))).toBe(true);
+      }
+      // A get queued behind another connection's getset goes the waiting path.
+      const held = await other.getset(id);
+      const waiting = cache.get(id);
+      await eventually(async () => (await cache.locks()).some((lock) => lock.state === 'waiting'), 'the get waits for the getset');
+      await held.release();
+      await using got = await waiting;
+      expect(Buffer.from(await got.item!.value()).equals(pattern(size, seed))).toBe(true);
+    }
+    expect(await memoryBytes()).toBe(before);
+    // The large value came in chunks to both (and to the other connection's getset); the small file inline.
+    expect((await cache.status()).chunkedReads).toBe(chunked + 3);
   });
 });
 

@@ -386,6 +386,11 @@ export class LevelStore implements Store<EncodedValue> {
     return this.#blobs.pin(file.name, file.lengthBytes);
   }
 
+  /** The bytes of a value's file, checked against its length (`CACHE_CORRUPT` when missing or short). */
+  readFile(file: StoredFile): Buffer {
+    return this.#blobs.read(file.name, file.lengthBytes);
+  }
+
   /** The absolute path of a value's file. */
   filePath(name: string): string {
     return join(this.#blobs.directory, name);
