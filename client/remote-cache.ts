@@ -498,8 +498,16 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       if (path !== null) {
         if ('bytes' in source) await writeFile(path, source.bytes, { flag: 'r+' });
         else {
-          await using target = await openFile(path, 'r+');
-          for (let offset = 0; offset < size; offset += partBytes) await target.write(await part(offset, Math.min(partBytes, size - offset)), 0, undefined, offset);
+          const target = await openFile(path, 'r+');
+          try {
+            for (let offset = 0; offset < size; offset += partBytes) {
+              const bytes = await part(offset, Math.min(partBytes, size - offset));
+              // A write may take fewer bytes than given (a nearly full disk): the rest is written after them.
+              for (let done = 0; done < bytes.byteLength; ) done += (await target.write(bytes, done, bytes.byteLength - done, offset + done)).bytesWritten;
+            }
+          } finally {
+            await target.close();
+          }
         }
         return reservation;
       }
@@ -513,7 +521,14 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         while (pending.size >= CHUNK_CREDIT) await Promise.race(pending);
         await credit.take();
         // Appends reach the daemon in order, and it writes one reservation's chunks in the order received.
-        const sent: Promise<void> = connection.request(WriteChunk, { reservation, offsetBytes: offset, bytes }).then(
+        let request: Promise<void>;
+        try {
+          request = connection.request(WriteChunk, { reservation, offsetBytes: offset, bytes });
+        } catch (error) {
+          credit.give();
+          throw error;
+        }
+        const sent: Promise<void> = request.then(
           () => {
             credit.give();
             pending.delete(sent);
