@@ -13,6 +13,7 @@ import { ROOT_SCOPE } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
 import { PROJECT_ROOT } from './support/child.js';
 import { tempDir } from './support/temp-dir.js';
+import { HALF_WRITER } from './support/half-writer.js';
 
 const S = ROOT_SCOPE;
 const NOBODY = 65534;
@@ -199,21 +200,9 @@ test('SIGKILLs during file commits leave each item at its acknowledged value or 
   expect(acknowledged.size).toBe(4);
 });
 
-/** Writes 64 KiB of byte 7 to the path given, in two halves: prints `half` after the first and waits for a line. */
-const WORKER = `
-import { open } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
-const file = await open(process.argv.at(-1), 'r+');
-await file.write(Buffer.alloc(32 * 1024, 7), 0, 32 * 1024, 0);
-console.log('half');
-for await (const _ of createInterface({ input: process.stdin })) break;
-await file.write(Buffer.alloc(32 * 1024, 7), 0, 32 * 1024, 32 * 1024);
-await file.close();
-console.log('done');
-`;
 
 function worker(path: string) {
-  const child = spawn(process.execPath, ['--input-type=module', '-e', WORKER, '--', path], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--input-type=module', '-e', HALF_WRITER, '--', path], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   return { child, line: async () => (await lines.next()).value as string };
 }

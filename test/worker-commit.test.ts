@@ -7,6 +7,7 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { PROJECT_ROOT } from './support/child.js';
 import { startTestDaemon } from './support/daemon.js';
+import { HALF_WRITER } from './support/half-writer.js';
 
 // Betty's pattern across processes: a holder process takes the getset and reserves a file, a worker process writes
 // the value into it, the holder commits by the reservation, and a reader (this process, on its own connection) sees
@@ -34,18 +35,6 @@ await next();
 await cache.close();
 `;
 
-/** The worker: writes 64 KiB of byte 7 to the path in two halves, printing `half` between them and waiting for a line. */
-const WORKER = `
-import { open } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
-const file = await open(process.argv.at(-1), 'r+');
-await file.write(Buffer.alloc(32 * 1024, 7), 0, 32 * 1024, 0);
-console.log('half');
-for await (const _ of createInterface({ input: process.stdin })) break;
-await file.write(Buffer.alloc(32 * 1024, 7), 0, 32 * 1024, 32 * 1024);
-await file.close();
-console.log('done');
-`;
 
 const NEW_VALUE = Buffer.alloc(64 * 1024, 7);
 
@@ -79,7 +68,7 @@ describe('a worker process writes the value while another process holds the gets
     // The daemon's own private file, empty, in its temp/ directory: written with no byte through the connection.
     expect(path.startsWith(`${temp}/`)).toBe(true);
     expect(((await stat(path)).mode & 0o777).toString(8)).toBe('600');
-    const worker = child(WORKER, path);
+    const worker = child(HALF_WRITER, path);
     expect(await worker.line()).toBe('half');
     expect(await reader.get('image', { wait: false })).toBeNull();
     // A reader that waits: it is served once the lock goes, with the committed value, never the half-written file.
@@ -107,7 +96,7 @@ describe('a worker process writes the value while another process holds the gets
 
   test('a worker killed halfway leaves the old value, and the partial file goes when the holder disposes of it', async () => {
     const { reader, holder, path, temp } = await setUp();
-    const worker = child(WORKER, path);
+    const worker = child(HALF_WRITER, path);
     expect(await worker.line()).toBe('half');
     worker.process.kill('SIGKILL');
     await once(worker.process, 'exit');
@@ -122,7 +111,7 @@ describe('a worker process writes the value while another process holds the gets
 
   test('a holder killed with its reservation open leaves the old value, and the daemon removes the file', async () => {
     const { reader, holder, path, temp } = await setUp();
-    const worker = child(WORKER, path);
+    const worker = child(HALF_WRITER, path);
     expect(await worker.line()).toBe('half');
     worker.say('go');
     expect(await worker.line()).toBe('done');
