@@ -32,6 +32,7 @@ import {
   Verify,
   type WireItem,
   WriteChunk,
+  CHUNK_WRITES_PER_CONNECTION,
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
@@ -40,6 +41,7 @@ import { read } from 'node:fs';
 import { open as openFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
+import { fsCall } from '../src/fs-call.js';
 import { PrivateReservations, ReservedFiles } from '../src/reserved-files.js';
 import type { OpenReservation } from '../src/temp-files.js';
 
@@ -79,16 +81,7 @@ function chunkedRecord(item: ChunkedItem, bytes: Uint8Array): EncodedRecord {
   return item.expiresAtMs === undefined ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expiresAtMs };
 }
 
-/** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 const MiB = 1024 * 1024;
-
-/** How many `cache/writeChunk`s the daemon lets one connection have under way (more are refused). */
-const CHUNK_WRITES_PER_CONNECTION = 16;
-
-/** Fills `bytes` from `fd` at `offset` (one read; a short count means the file is shorter). */
-function readPart(fd: number, bytes: Uint8Array, offset: number): Promise<{ bytesRead: number }> {
-  return new Promise((resolve, reject) => read(fd, bytes, 0, bytes.byteLength, offset, (error, bytesRead) => (error ? reject(error) : resolve({ bytesRead }))));
-}
 
 /** Slots for a connection's chunk writes, shared by all its uploads, so that together they stay within the daemon's limit. */
 class ChunkWrites {
@@ -118,6 +111,7 @@ function chunkWritesOf(connection: Channel): ChunkWrites {
   return slots;
 }
 
+/** A {@link CacheBackend} that forwards every call to the daemon; the codec runs here, in the client. */
 export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #adapter: ValueAdapter<T, EncodedValue>;
   readonly #open: () => Promise<Channel>;
@@ -491,7 +485,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       const part = async (offset: number, length: number): Promise<Uint8Array> => {
         if ('bytes' in source) return source.bytes.subarray(offset, offset + length);
         const bytes = Buffer.allocUnsafe(length);
-        const { bytesRead } = await readPart(source.file.fd, bytes, offset);
+        const bytesRead = await fsCall<number>((done) => read(source.file.fd, bytes, 0, length, offset, done));
         if (bytesRead !== length) throw new CacheError('CACHE_FILE_REFUSED', `The reserved file ${source.file.path} changed while it was sent.`);
         return bytes;
       };

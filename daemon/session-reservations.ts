@@ -1,5 +1,6 @@
 import { close, constants, open, write } from 'node:fs';
 import { CacheError, storageError } from '../src/errors.js';
+import { fsCall as call } from '../src/fs-call.js';
 import { FILE_VALUE_MAX_BYTES, fileRefused } from '../src/temp-files.js';
 import type { LocalBackend } from '../src/local-backend.js';
 import type { EncodedValue } from '../src/store.js';
@@ -8,11 +9,6 @@ import { invalidParams } from '../src/wire/wire-error.js';
 
 /** How many reservations one connection may have open (neither committed nor discarded) at once. */
 export const MAX_RESERVATIONS_PER_SESSION = 256;
-
-/** Runs one callback-style `fs` call as a promise. */
-function call<R>(start: (done: (error: NodeJS.ErrnoException | null, result?: R) => void) => void): Promise<R> {
-  return new Promise((resolve, reject) => start((error, result) => (error ? reject(error) : resolve(result as R))));
-}
 
 interface Entry {
   readonly path: string;

@@ -36,6 +36,7 @@ import {
   type AnyRequest,
   type RequestMethod,
   WriteChunk,
+  CHUNK_WRITES_PER_CONNECTION,
   type WriteChunkParams,
   ReadChunk,
   type ReadChunkParams,
@@ -139,12 +140,6 @@ interface HandleChunks {
  * high-water: a client that asks and does not read holds that and a few chunks in the daemon.
  */
 export const CHUNK_READS_PER_CONNECTION = 4;
-
-/**
- * How many `cache/writeChunk`s of one connection may be under way at once (each holds up to a chunk of bytes until
- * it is written); past it, a chunk is refused with `CACHE_TOO_MANY_WAITERS` and its bytes dropped.
- */
-export const CHUNK_WRITES_PER_CONNECTION = 16;
 
 /** What a range read says when the handle was released before or during it. */
 function chunkNotHeld(handle: number): CacheError {

@@ -3,6 +3,7 @@ import { type BigIntStats, close, constants, fchmod, fdatasync, fstat, open, rea
 import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CacheError, storageError } from './errors.js';
+import { fsCall as call } from './fs-call.js';
 
 /** A `CACHE_FILE_REFUSED` error: `why` says what was wrong with the file offered. */
 export function fileRefused(why: string): CacheError {
@@ -11,11 +12,6 @@ export function fileRefused(why: string): CacheError {
 
 /** The largest value a record can name: its length is a `u32`. */
 export const FILE_VALUE_MAX_BYTES = 0xffff_ffff;
-
-/** Runs one callback-style `fs` call as a promise: each is one hop through libuv's thread pool. */
-function call<R>(start: (done: (error: NodeJS.ErrnoException | null, result?: R) => void) => void): Promise<R> {
-  return new Promise((resolve, reject) => start((error, result) => (error ? reject(error) : resolve(result as R))));
-}
 
 /** A reservation opened for its commit (see {@link TempFiles.open}); `close` must be called whatever follows. */
 export interface OpenReservation {

@@ -7,6 +7,7 @@ import { describe, expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { PROJECT_ROOT } from './support/child.js';
 import { startTestDaemon } from './support/daemon.js';
+import { eventually } from './conformance/support.js';
 import { HALF_WRITER } from './support/half-writer.js';
 
 // Betty's pattern across processes: a holder process takes the getset and reserves a file, a worker process writes
@@ -119,7 +120,8 @@ describe('a worker process writes the value while another process holds the gets
     await once(holder.process, 'exit');
     // The session's end releases the lock and removes its reservations.
     expect((await bytesOf(reader, 'image')).toString()).toBe('old');
-    for (let tries = 0; (await readdir(temp)).length > 0 && tries < 2000; tries++) await new Promise((resolve) => setTimeout(resolve, 5));
+    // The session's end runs when the daemon sees the socket close: its removal is awaited by nothing the reader sees.
+    await eventually(async () => (await readdir(temp)).length === 0, 'the dead holder\u2019s reservation is removed');
     expect(await readdir(temp)).toEqual([]);
   });
 });

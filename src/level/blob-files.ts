@@ -4,16 +4,12 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { CacheError, storageError } from '../errors.js';
 import { fileRefused } from '../temp-files.js';
+import { fsCall as call } from '../fs-call.js';
 
 /** Values of at least this many bytes live in files of their own instead of inside LevelDB. */
 export const BLOB_MIN_BYTES = 32 * 1024;
 /** How many removals run on libuv's thread pool at once. */
 const REMOVALS_AT_ONCE = 8;
-
-/** Runs one callback-style `fs` call as a promise: each is one hop through libuv's thread pool. */
-function call<R>(start: (done: (error: NodeJS.ErrnoException | null, result?: R) => void) => void): Promise<R> {
-  return new Promise((resolve, reject) => start((error, result) => (error ? reject(error) : resolve(result as R))));
-}
 
 /**
  * The files that hold large values, one per value, in `directory`'s 256 subdirectories. A name is never
@@ -61,15 +57,21 @@ export class BlobFiles {
     return name.startsWith(this.#prefix, 3);
   }
 
+  /** The subdirectory that holds file `name`, and its making (once per subdirectory until a write in it fails). */
+  #subdirectoryOf(name: string): { subdirectory: string; made: Promise<unknown> } {
+    const subdirectory = join(this.directory, name.slice(0, 2));
+    let made = this.#made.get(subdirectory);
+    if (!made) this.#made.set(subdirectory, (made = this.#makeDirectory(subdirectory)));
+    return { subdirectory, made };
+  }
+
   /**
    * Writes a new file (never replacing one); with `sync`, the file and its directory entry reach the disk
    * before this resolves. A failed write leaves no file behind.
    * @throws CacheError `CACHE_STORAGE`.
    */
   async write(name: string, bytes: Uint8Array): Promise<void> {
-    const subdirectory = join(this.directory, name.slice(0, 2));
-    let made = this.#made.get(subdirectory);
-    if (!made) this.#made.set(subdirectory, (made = this.#makeDirectory(subdirectory)));
+    const { subdirectory, made } = this.#subdirectoryOf(name);
     const path = join(this.directory, name);
     try {
       await made;
@@ -100,9 +102,7 @@ export class BlobFiles {
    * removed), or `path` is gone; `CACHE_STORAGE`.
    */
   async adopt(path: string, fd: number, name: string, lengthBytes: number): Promise<void> {
-    const subdirectory = join(this.directory, name.slice(0, 2));
-    let made = this.#made.get(subdirectory);
-    if (!made) this.#made.set(subdirectory, (made = this.#makeDirectory(subdirectory)));
+    const { subdirectory, made } = this.#subdirectoryOf(name);
     const target = join(this.directory, name);
     try {
       await made;
@@ -357,7 +357,6 @@ async function makeOne(path: string): Promise<boolean> {
     throw error;
   }
 }
-
 
 function missing(path: string, cause: unknown): CacheError {
   return new CacheError(

@@ -1144,6 +1144,12 @@ export interface WriteChunkParams extends ReservationParams {
 }
 
 /**
+ * How many `cache/writeChunk`s of one connection the daemon has under way at once (each holds up to a chunk of bytes
+ * until it is written); past it, a chunk is refused with `CACHE_TOO_MANY_WAITERS`, so a client keeps within it.
+ */
+export const CHUNK_WRITES_PER_CONNECTION = 16;
+
+/**
  * Appends bytes to a reservation without a path (`cache/reserveFile` on a connection without references), to be
  * committed with `cache/setFile` or `cache/handleSetFile`; the running size is checked against the daemon's limits
  * at every chunk. The writer's requests in flight are its credit. In binary: `u64` reservation, `u64` offsetBytes,
