@@ -1,10 +1,10 @@
-import { randomUUID } from 'node:crypto';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
 import { NodeDown, type TierConnection } from './tier-connection.js';
+import { readTierIdentity } from './tier-identity.js';
 import { parseTierMessage, type TierKeys, topOf } from './tier-keys.js';
 
 /**
@@ -167,10 +167,6 @@ function parseStreamInfo(reply: unknown): StreamInfo {
 
 function isNoSuchKey(error: unknown): boolean {
   return error instanceof Error && /no such key/i.test(error.message);
-}
-
-function isNoPermission(error: unknown): boolean {
-  return error instanceof Error && /^NOPERM/.test(error.message);
 }
 
 /**
@@ -482,20 +478,8 @@ export class ChangeLog {
    * (another Redis, or one that lost its data), every shared scope is dropped locally and its position fetched anew.
    */
   async #checkIdentity(): Promise<void> {
-    const candidate = randomUUID();
-    const key = this.#keys.identity;
-    const current = await this.#connection.run('tier identity', async (client) => {
-      try {
-        const found = await client.send<string | null>(key, ['GET', key], { readonly: true });
-        if (found !== null) return String(found);
-        const before = await client.send<string | null>(key, ['SET', key, candidate, 'NX', 'GET']);
-        return before === null ? candidate : String(before);
-      } catch (error) {
-        // A user who may not read or set it (an ACL): the identity stays unknown, which trusts no kept position.
-        if (isNoPermission(error)) return null;
-        throw error;
-      }
-    });
+    // A user who may not read or set it (an ACL): the identity stays unknown (null), which trusts no kept position.
+    const current = await readTierIdentity(this.#connection, this.#keys);
     if (this.#closed || this.#identity === undefined || current === this.#identity) {
       if (this.#identity !== current) this.#markDirty();
       this.#identity = current;

@@ -17,9 +17,11 @@ export interface PendingTop {
    * The fence a whole scope's clear stands at in Redis, once it went (`0` once given up, or from a file of an earlier
    * build that kept no number): a write-through tried again does not clear again what other machines wrote since, and
    * sends the scope's items fenced by it, so that Redis refuses each one another machine wrote after the clear.
-   * Changes recorded after it are kept as they come. `undefined` until the clear went.
+   * Changes recorded after it are kept as they come. `undefined` until the clear went. `'lost'`: it went in a Redis
+   * that has lost its data since (see {@link PendingChanges.checkIdentity}): not cleared again, and the items go
+   * fenced by `0`, so that Redis refuses each one another machine wrote, cleared or took the lease of since the loss.
    */
-  clearedAt: number | undefined;
+  clearedAt: number | 'lost' | undefined;
   /** The prefixes of the sub-scopes cleared (`''`: the whole top-level scope), none nested in another. */
   readonly clears: Set<string>;
   /** The item keys (`itemKey(scope, id)`) set or deleted: their current local record is written through. */
@@ -27,6 +29,7 @@ export interface PendingTop {
   /**
    * The fencing number of each key whose last change was a getset's write fenced by its lease: that key's record is
    * written through fenced by this number (refused if Redis holds a newer write, grant or clear); the others plainly.
+   * `0` once the Redis that granted it lost its data: refused if Redis holds any write, live grant or clear of it.
    */
   readonly fences: Map<string, number>;
 }
@@ -34,13 +37,18 @@ export interface PendingTop {
 /** What `<dataDir>/tier-pending.json` holds. */
 interface PendingFile {
   keyPrefix: string;
+  /**
+   * The tier identity (`<prefix>:id`) the fences and `clearedAt`s were taken against: `null` when unknown (a Redis user
+   * who may not read it), absent in files of 0.5.0's earlier builds.
+   */
+  tierIdentity?: string | null;
   rootClear: boolean;
   /**
    * `fences`: key to fencing number, for the keys written through fenced; `clearedAt`: the fence a whole scope's clear
    * stands at, once it went (absent in files of 0.5.0's first builds; earlier builds wrote `cleared: true` instead,
    * read as `clearedAt: 0`).
    */
-  tops: { top: string; whole: boolean; clearedAt?: number; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
+  tops: { top: string; whole: boolean; clearedAt?: number | 'lost'; cleared?: boolean; clears: string[]; keys: string[]; fences?: Record<string, number> }[];
 }
 
 /** Whether `key` is an item key (as `itemKey` makes them) of the top-level scope `top`: a file's keys are checked so. */
@@ -93,6 +101,11 @@ export class PendingChanges {
   #saveAgain: Promise<void> | undefined;
   /** The last file write failed: what is recorded may not be in the file. */
   #unsaved = false;
+  /**
+   * The tier identity the fences and `clearedAt`s were taken against, as the last {@link PendingChanges.checkIdentity}
+   * found it; `undefined` until one did, or a file said it.
+   */
+  #identity: string | null | undefined;
 
   constructor(options: { path: string; keyPrefix: string; maxChanges?: number; log(line: string): void }) {
     this.#path = options.path;
@@ -108,6 +121,29 @@ export class PendingChanges {
     for (const pending of this.#tops.values()) if (pending.whole) whole++;
     const taken = this.#taken === undefined ? 0 : this.#taken.clears.size + this.#taken.keys.size + (this.#taken.whole ? 1 : 0);
     return this.#count + whole + taken + (this.#rootClear || this.#rootClearTaken ? 1 : 0);
+  }
+
+  /** The tier identity the fences and `clearedAt`s are relative to: `undefined` until known, `null` when unreadable. */
+  get identity(): string | null | undefined {
+    return this.#identity;
+  }
+
+  /**
+   * Records the tier identity found now. When another was recorded (Redis lost its data, or this is another Redis),
+   * every fence saved, also in the write-through under way, goes to `0` and every `clearedAt` to `'lost'`: numbers of
+   * the old data mean nothing against the fencing counters that restarted, and a fence above them would refuse other
+   * machines' leases. Returns whether that changed anything. An identity unknown on either side (`null`, or a file of
+   * an earlier build that kept none) changes nothing: the write script still finds a fence above its scope's counter.
+   */
+  checkIdentity(current: string | null): boolean {
+    const before = this.#identity;
+    this.#identity = current;
+    if (typeof before !== 'string' || typeof current !== 'string' || before === current) return before !== current;
+    for (const pending of this.#taken === undefined ? this.#tops.values() : [this.#taken, ...this.#tops.values()]) {
+      for (const key of pending.fences.keys()) pending.fences.set(key, 0);
+      if (typeof pending.clearedAt === 'number' && pending.clearedAt > 0) pending.clearedAt = 'lost';
+    }
+    return true;
   }
 
   get rootClear(): boolean {
@@ -313,6 +349,8 @@ export class PendingChanges {
       return;
     }
     if (file.keyPrefix !== this.#keyPrefix || !Array.isArray(file.tops)) return;
+    // A file of an earlier build kept no identity: its fences are taken as the tier's found first (see checkIdentity).
+    if (typeof file.tierIdentity === 'string' || file.tierIdentity === null) this.#identity = file.tierIdentity;
     if (file.rootClear === true) this.addRootClear();
     for (const entry of file.tops) {
       if (typeof entry?.top !== 'string') continue;
@@ -321,7 +359,7 @@ export class PendingChanges {
         const pending = this.#top(entry.top);
         this.#makeWhole(pending);
         const clearedAt: unknown = entry.clearedAt;
-        if (typeof clearedAt === 'number' && Number.isSafeInteger(clearedAt) && clearedAt >= 0) pending.clearedAt = clearedAt;
+        if ((typeof clearedAt === 'number' && Number.isSafeInteger(clearedAt) && clearedAt >= 0) || clearedAt === 'lost') pending.clearedAt = clearedAt;
         // An earlier build's file: the clear went, at a fence it did not keep. Not cleared again; items go plain, as then.
         else if (entry.cleared === true) pending.clearedAt = 0;
       }
@@ -329,7 +367,7 @@ export class PendingChanges {
       const fences: unknown = entry.fences;
       const fenceOf = (key: string): number | undefined => {
         const fence = typeof fences === 'object' && fences !== null && Object.hasOwn(fences, key) ? (fences as Record<string, unknown>)[key] : undefined;
-        return typeof fence === 'number' && Number.isSafeInteger(fence) && fence > 0 ? fence : undefined;
+        return typeof fence === 'number' && Number.isSafeInteger(fence) && fence >= 0 ? fence : undefined;
       };
       for (const key of Array.isArray(entry.keys) ? entry.keys : []) if (isItemKeyIn(key, entry.top)) this.addKey(entry.top, key, fenceOf(key));
     }
@@ -376,6 +414,7 @@ export class PendingChanges {
     const tops = this.#taken === undefined ? [...this.#tops.values()] : [this.#taken, ...this.#tops.values()];
     const file: PendingFile = {
       keyPrefix: this.#keyPrefix,
+      ...(this.#identity === undefined ? {} : { tierIdentity: this.#identity }),
       rootClear: this.#rootClear || this.#rootClearTaken,
       tops: tops.map(({ top, whole, clearedAt, clears, keys, fences }) => ({
         top,

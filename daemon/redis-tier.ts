@@ -7,6 +7,7 @@ import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { PendingChanges, type PendingTop } from './pending-changes.js';
 import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
+import { readTierIdentity } from './tier-identity.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
 import { ACQUIRE_SCRIPT, CLEAR_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT, SHARED_ITEM_MAX_LIFE_MS, TIER_SCRIPTS, WRITE_SCRIPT } from './tier-scripts.js';
@@ -52,13 +53,16 @@ class RedisLease implements TierLease {
   readonly token: string;
   /** The item's generation fields: a renewal checks that no clear came since the grant. */
   readonly fields: readonly string[];
+  /** The tier's identity when it was granted: its fence means nothing to a Redis of another identity. */
+  readonly identity: string | null;
   #held = true;
   timer: NodeJS.Timeout | undefined;
   /** When the lease runs out by this daemon's clock, unless renewed: past it, it is lost whatever Redis says. */
   expiresAtMs: number;
 
-  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number; fields: readonly string[] }) {
+  constructor(fields: { fence: number; top: string; itemKey: string; token: string; expiresAtMs: number; fields: readonly string[]; identity: string | null }) {
     this.fence = fields.fence;
+    this.identity = fields.identity;
     this.fields = fields.fields;
     this.top = fields.top;
     this.itemKey = fields.itemKey;
@@ -156,6 +160,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #givenUp = 0;
   #givenUpLoggedAtMs = -Infinity;
   #closed = false;
+  /**
+   * The tier's identity as checked since the connection last came up (`null`: unreadable, an ACL); `undefined` until
+   * then: fenced sends and acquires wait for the check, so that no fence of a Redis that lost its data is sent.
+   */
+  #identity: string | null | undefined;
+  #identityCheck: Promise<void> | undefined;
+  /** Bumped each time the connection goes down: a check begun before tells nothing of the Redis after. */
+  #connectionEpoch = 0;
   /** Lease tokens made in this run: `<origin>:<count>`. */
   #tokens = 0;
   #leasesGranted = 0;
@@ -235,8 +247,12 @@ export class RedisTier implements SharedTier<EncodedValue> {
     // A getset waiting for another machine's lease falls back to the local lock as soon as the tier goes down, rather
     // than at the end of the holder's lease.
     this.#connection.onStateChange((up) => {
+      // Redis may have restarted without its data meanwhile: its identity is checked again before any fence is sent.
+      this.#connectionEpoch++;
+      this.#identity = undefined;
       if (!up) for (const waiters of this.#waiters.values()) for (const wake of [...waiters]) wake();
       else {
+        void this.#checkedIdentity().catch(() => {});
         void this.#releaseOrphans();
         this.#replayLater(0);
       }
@@ -335,6 +351,14 @@ export class RedisTier implements SharedTier<EncodedValue> {
         this.#localFallbacks++;
         return null;
       }
+      let identity: string | null;
+      try {
+        identity = await this.#checkedIdentity();
+      } catch (error) {
+        if (!(error instanceof TierUnavailable)) throw error;
+        this.#localFallbacks++;
+        return null;
+      }
       changeLog.track(top);
       const watch = changeLog.beginRead(scope, id);
       const token = `${this.#origin}:${++this.#tokens}`;
@@ -358,7 +382,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
         return null;
       }
       if (Number(reply[0]) === 1) {
-        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs, fields });
+        const lease = new RedisLease({ fence: Number(reply[1]), top, itemKey: key, token, expiresAtMs: startedMs + this.#options.leaseMs, fields, identity });
         this.#hold(lease);
         // As a read: an own change of the item that waits makes Redis's copy older than the local store's miss.
         const record = this.#ownChangeWaits(top, key) ? undefined : recordOf(hashFields(reply, 3), Number(reply[2]));
@@ -517,7 +541,50 @@ export class RedisTier implements SharedTier<EncodedValue> {
    * would refuse it (the write was made after the clear, so plain is right).
    */
   #replayFence(top: string, key: string, lease: RedisLease | undefined): number | undefined {
-    return lease === undefined || this.#pending.covers(top, key) ? undefined : lease.fence;
+    if (lease === undefined || this.#pending.covers(top, key)) return undefined;
+    // Granted by a Redis that has lost its data since: as every fence saved then, `0` (see PendingChanges.checkIdentity).
+    const { identity } = this.#pending;
+    return typeof lease.identity === 'string' && typeof identity === 'string' && lease.identity !== identity ? 0 : lease.fence;
+  }
+
+  /**
+   * The tier's identity, checked once since the connection last came up (a check under way is shared): when it is
+   * not the one the saved fences were taken against, they are reset first (PendingChanges.checkIdentity), logged and
+   * saved.
+   * @throws TierUnavailable when Redis does not answer.
+   */
+  async #checkedIdentity(): Promise<string | null> {
+    for (;;) {
+      if (this.#identity !== undefined) return this.#identity;
+      if (this.#closed) throw new TierUnavailable('the tier is closed');
+      const epoch = this.#connectionEpoch;
+      const check = (this.#identityCheck ??= this.#checkIdentity(epoch).finally(() => {
+        if (this.#identityCheck === check) this.#identityCheck = undefined;
+      }));
+      await check;
+    }
+  }
+
+  /** Whether the saved fences were reset since they were relative to `identity` (a check found another one since). */
+  #lostSince(identity: string | null | undefined): boolean {
+    const now = this.#pending.identity;
+    return typeof identity === 'string' && typeof now === 'string' && now !== identity;
+  }
+
+  async #checkIdentity(epoch: number): Promise<void> {
+    const current = await readTierIdentity(this.#connection, this.#keys);
+    // The connection went down meanwhile: the answer may be the Redis's of before; #checkedIdentity asks again.
+    if (epoch !== this.#connectionEpoch || this.#closed) return;
+    const before = this.#pending.identity;
+    const changed = this.#pending.checkIdentity(current);
+    this.#identity = current;
+    if (typeof before === 'string' && typeof current === 'string' && before !== current) {
+      this.#options.log(
+        `tier: the tier's identity is ${JSON.stringify(current)}, not ${JSON.stringify(before)} as when the waiting changes' fences were taken ` +
+          '(Redis lost its data, or is another one): they are written through fenced by 0, refused where Redis holds a newer change',
+      );
+    }
+    if (changed) await this.#keep(true);
   }
 
   /**
@@ -527,6 +594,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
    * @throws TierUnavailable when Redis did not take it.
    */
   async #send(scope: Scope, id: string, record: StoredRecord<EncodedValue> | undefined, fencedBy: RedisLease | number | 'plain'): Promise<string | null> {
+    if (typeof fencedBy === 'number') {
+      // A saved fence (the write-through of a lease's write, or a whole scope's clear) goes only once the tier's
+      // identity is checked; reset meanwhile, it is `0` now, as every one saved.
+      const identity = this.#pending.identity;
+      await this.#checkedIdentity();
+      if (this.#lostSince(identity)) fencedBy = 0;
+    }
     const lease = fencedBy instanceof RedisLease ? fencedBy : undefined;
     const changeLog = this.#attached();
     const top = topOf(scope);
@@ -820,13 +894,17 @@ export class RedisTier implements SharedTier<EncodedValue> {
     try {
       // Cleared once: a retry does not clear again what other machines wrote since (its fence is kept in the file too).
       if (pending.whole && pending.clearedAt === undefined) {
-        let clearedAt = 0;
+        let clearedAt: number | 'lost' = 0;
+        // Its fence is saved: taken against the identity checked first (a Redis that lost its data since makes it `'lost'`).
+        await this.#checkedIdentity();
+        const identity = this.#pending.identity;
         try {
           clearedAt = await this.#sendClear(top, '', true);
         } catch (error) {
           // Refused: the local items are still written through, plain (each refused one then dropped locally).
           if (!this.#givesUp(error, topScope.prefix)) throw error;
         }
+        if (clearedAt !== 0 && this.#lostSince(identity)) clearedAt = 'lost';
         pending.clearedAt = clearedAt;
         await this.#keep(true);
       }
@@ -845,10 +923,16 @@ export class RedisTier implements SharedTier<EncodedValue> {
         // The items go fenced by the scope's clear, or by their own lease's fence when newer: Redis refuses each one
         // another machine wrote (or cleared, or took the lease of) after the clear, and the older local copy is
         // dropped. A key changed plainly since the clear goes plain (the later write wins, as any key's). The clear's
-        // fence unknown (given up, or a file of an earlier build): plain, as those builds did.
+        // fence unknown (given up, or a file of an earlier build): plain, as those builds did. The clear went in a Redis
+        // that lost its data since (`'lost'`): fenced by 0, refused where Redis holds any change of the item since.
+        // Read at each item: the tier's identity checked during the pass may reset them.
         const clearedAt = pending.clearedAt ?? 0;
-        if (clearedAt > 0) for (const [key, fence] of pending.fences) pending.fences.set(key, Math.max(fence, clearedAt));
-        const fenceOf = (key: string): number | 'plain' => (clearedAt === 0 ? 'plain' : (pending.fences.get(key) ?? (pending.keys.has(key) ? 'plain' : clearedAt)));
+        if (typeof clearedAt === 'number' && clearedAt > 0) for (const [key, fence] of pending.fences) pending.fences.set(key, Math.max(fence, clearedAt));
+        const fenceOf = (key: string): number | 'plain' => {
+          const now = pending.clearedAt ?? 0;
+          if (now === 0) return 'plain';
+          return pending.fences.get(key) ?? (pending.keys.has(key) ? 'plain' : now === 'lost' ? 0 : now);
+        };
         try {
           // Items whose lock is held wait as keys at once (with the fence they would have gone by), so that a write of
           // one that Redis takes during the pass forgets it (forgetKey), and nothing undoes that write.

@@ -1,6 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect, test } from 'vitest';
+import { TierKeys } from '../daemon/tier-keys.js';
 import type { Cache } from '../src/cache.js';
 import { eventually } from './conformance/support.js';
 import { readOnlyRules, startRedisServer, startTcpProxy, type CutMode } from './support/redis-server.js';
@@ -411,4 +412,65 @@ test("a delete and a clear made while cut off stand when A reads the items throu
     expect(await valueOf(cache.withScope('c'), 'y')).toBeUndefined();
   }
   expect(await sharedValues(server.pipeline, [{ scope: ['r'], id: 'x' }])).toEqual([undefined]);
+});
+
+test("a getset's write kept across a cut, and Redis loses its data meanwhile: the write-through reaches Redis unfenced by the lost counter, and another daemon's getset of the item then writes", async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('lost');
+  const onB = b.cache.withScope('lost');
+  // The scope's fencing counter climbs before the loss: A's lease is granted well above where it restarts after it.
+  for (let n = 0; n < 5; n++) await onB.set(`other${n}`, `other ${n}`);
+  const held = await onA.getset('item');
+  expect(held.item).toBeNull();
+  await cut(proxy, a, 'reset');
+  await held.set('A under its lease');
+  await held.release();
+  expect((await a.tierStatus()).pendingChanges).toBeGreaterThanOrEqual(1);
+
+  // Redis loses its data during the cut (as a restart without persistence would).
+  await server.cli('FLUSHALL');
+  const before = await a.tierStatus();
+  proxy.restore();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A wrote through what it kept');
+  const written = await sharedItem(server.cli, { scope: ['lost'], id: 'item' });
+  expect(written?.v).toContain('A under its lease');
+
+  // B computes the item under its own lease: Redis takes its write (before the fix: CACHE_LEASE_LOST, for A's
+  // write-through carried the fence of its lease, above the counter that restarted from nothing).
+  const taken = await onB.getset('item');
+  await taken.set('B under a lease after the loss');
+  await taken.release();
+  const byB = await sharedItem(server.cli, { scope: ['lost'], id: 'item' });
+  expect(byB?.v).toContain('B under a lease after the loss');
+  const counter = Number(await server.cli('GET', new TierKeys('hoard').fenceCounter('lost')));
+  expect(Number(written?.f)).toBeLessThanOrEqual(counter);
+  expect(Number(byB?.f)).toBeLessThanOrEqual(counter);
+  await converged((id) => valueOf(onA, id), new Map([['item', 'B under a lease after the loss']]), "A serves B's write");
+  const after = await a.tierStatus();
+  process.stderr.write(`lost data: A's write-through went at fence ${written?.f} (counter ${counter} after B's lease); A's fenced writes ${before.fencedWrites} -> ${after.fencedWrites}\n`);
+});
+
+test("a getset's write kept across a cut, and Redis loses its data meanwhile: another daemon's write of the item after the loss stands, even with the counter past the old fence", async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('lost');
+  const onB = b.cache.withScope('lost');
+  for (let n = 0; n < 3; n++) await onB.set(`other${n}`, `other ${n}`);
+  const held = await onA.getset('item');
+  await cut(proxy, a, 'reset');
+  await held.set('A under its lease');
+  await held.release();
+
+  await server.cli('FLUSHALL');
+  // After the loss B writes the item (at a fence below A's old one), then enough else that the counter passes it.
+  await onB.set('item', 'B after the loss');
+  for (let n = 0; n < 10; n++) await onB.set(`later${n}`, `later ${n}`);
+  const byB = await sharedItem(server.cli, { scope: ['lost'], id: 'item' });
+  const before = await a.tierStatus();
+  proxy.restore();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A wrote through what it kept');
+  // Before the fix A's write-through went fenced by its old lease's number, above B's: it overwrote B's newer write.
+  expect(await sharedItem(server.cli, { scope: ['lost'], id: 'item' })).toEqual(byB);
+  await converged((id) => valueOf(onA, id), new Map([['item', 'B after the loss']]), "A serves B's write");
+  expect((await a.tierStatus()).fencedWrites).toBe(before.fencedWrites + 1);
+  expect(a.log.join('\n')).toContain("as when the waiting changes' fences were taken");
 });

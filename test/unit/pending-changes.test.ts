@@ -283,3 +283,34 @@ test('a file whose keys are no item keys of their scope, or whose clears are no 
   expect([...taken.keys]).toEqual([good]);
   expect([...taken.clears]).toEqual([scopeOf(['a', 'c']).prefix]);
 });
+
+test("checkIdentity: another tier identity resets every fence to 0 and every whole scope's clearedAt to 'lost', also in the write-through under way; kept in the file", async () => {
+  const path = join(await tempDir(), 'p.json');
+  const changes = pending(path);
+  // The first identity known is adopted as it is (a file of an earlier build kept none): nothing reset.
+  expect(changes.checkIdentity('one')).toBe(true);
+  expect(changes.checkIdentity('one')).toBe(false);
+  changes.addKey('a', key(['a'], 'fenced'), 17);
+  changes.addKey('a', key(['a'], 'plain'));
+  changes.addKey('w', key(['w'], 'k'), 40);
+  const taken = changes.take('w')!;
+  taken.whole = true;
+  taken.clearedAt = 42;
+  await changes.save();
+  const again = pending(path);
+  await again.load();
+  expect(again.identity).toBe('one');
+  // Unknown on either side (an ACL): nothing reset.
+  expect(changes.checkIdentity(null)).toBe(true);
+  expect(changes.checkIdentity('one')).toBe(true);
+  expect(taken).toMatchObject({ clearedAt: 42, fences: new Map([[key(['w'], 'k'), 40]]) });
+  expect(changes.checkIdentity('two')).toBe(true);
+  expect(taken).toMatchObject({ clearedAt: 'lost', fences: new Map([[key(['w'], 'k'), 0]]) });
+  await changes.save();
+  const reread = pending(path);
+  await reread.load();
+  expect(reread.identity).toBe('two');
+  expect(reread.take('w')).toMatchObject({ whole: true, clearedAt: 'lost', fences: new Map([[key(['w'], 'k'), 0]]) });
+  reread.finish();
+  expect(reread.take('a')?.fences).toEqual(new Map([[key(['a'], 'fenced'), 0]]));
+});
