@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { CacheError, isCacheError } from '../src/errors.js';
-import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
+import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf, topScopeName } from '../src/scope-path.js';
 import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink, TierStatus } from '../src/shared-tier.js';
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
@@ -260,6 +260,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
     await this.#connection.open();
     await this.#changeLog.start();
     this.#replayLater(0);
+  }
+
+  waitsToWrite(key: string): boolean {
+    return this.#pending.waitsAsKey(topScopeName(key), key);
   }
 
   async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {

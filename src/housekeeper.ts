@@ -47,6 +47,11 @@ export interface HousekeeperOptions {
   sweepIntervalMs?: number;
   /** Where a failed background pass is told, at most one line a minute (the others counted); default nowhere. */
   log?: (line: string) => void;
+  /**
+   * Whether an item is kept from eviction (its record is a change the shared tier still has to write through): it is
+   * passed over as a locked one is, without counting against the pass's bound; expiry still removes it. Default: none.
+   */
+  pinned?: ((key: string) => boolean) | undefined;
 }
 
 function noRemovals(): RemovalCounts {
@@ -80,6 +85,7 @@ export class Housekeeper {
   readonly #counters = noRemovals();
   readonly #scopeCounters = new Map<string, RemovalCounts>();
   readonly #log: ((line: string) => void) | undefined;
+  readonly #pinned: (key: string) => boolean;
   #failures = 0;
   /** When a failure was last logged (`performance.now`), and the failures since that were not. */
   #failureLoggedAtMs = -Infinity;
@@ -104,6 +110,7 @@ export class Housekeeper {
     const { log } = options;
     if (log !== undefined && typeof log !== 'function') throw new TypeError(`log must be a function, got ${String(log)}.`);
     this.#log = log;
+    this.#pinned = options.pinned ?? (() => false);
     const intervalMs = options.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
     if (!(typeof intervalMs === 'number' && intervalMs > 0)) {
       throw new TypeError(`sweepIntervalMs must be a number of milliseconds above 0, got ${String(intervalMs)}.`);
@@ -336,6 +343,8 @@ export class Housekeeper {
         short = true;
         break;
       }
+      // Pinned: passed over, as a locked item is, but not counted against the pass's bound (it may stay pinned for long).
+      if (kind === 'evicted' && this.#pinned(key)) continue;
       const lease = written?.has(key) ? null : this.#locks.tryAcquire(key, 'exclusive', { owner: EVICTION_OWNER });
       if (!lease) {
         skipped.push(key);
@@ -427,7 +436,7 @@ export class Housekeeper {
       const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
       for (const key of keys) {
         if (projected <= limitBytes * EVICTION_TARGET) break;
-        if (expired.has(key) || !isFree(key)) continue;
+        if (expired.has(key) || this.#pinned(key) || !isFree(key)) continue;
         const size = this.#sizeOf(key);
         if (size === undefined) continue;
         this.#count(report, 'evicted', size);

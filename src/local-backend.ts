@@ -218,7 +218,10 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#now = options.now ?? Date.now;
     this.#tier = options.tier;
     this.#log = options.log;
-    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log });
+    const tier = options.tier;
+    // An item whose change waits to be written through is not evicted: its local record is the change.
+    const pinned = tier?.waitsToWrite === undefined ? undefined : (key: string) => tier.waitsToWrite!(key);
+    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log, pinned });
   }
 
   /**

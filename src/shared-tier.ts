@@ -143,6 +143,12 @@ export interface SharedTier<V> {
    * if the tier cannot answer. Synchronous and cheap: it runs on every local hit in a shared scope. Absent: always.
    */
   inSync?(scope: Scope, id: string): boolean;
+  /**
+   * Whether the item's local record is a change still to be written through (as an item of its own): eviction skips
+   * it, as a write-back cache keeps a dirty entry until it is written, so that eviction never turns an acknowledged
+   * set into a delete in the tier. Synchronous and cheap: eviction asks it of every item it would remove. Absent: never.
+   */
+  waitsToWrite?(itemKey: string): boolean;
   /** Reads the shared copy; `null` when the tier is unavailable (a shared miss, counted). */
   read(scope: Scope, id: string): Promise<TierRead<V> | null>;
   /**

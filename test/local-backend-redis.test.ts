@@ -37,10 +37,10 @@ interface Machine {
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
 async function machine(
   prefix: string,
-  options: { strict?: boolean; maxSizeBytes?: number; url?: string; share?: string[]; log?: (line: string) => void; dataDir?: string } = {},
+  options: { strict?: boolean; maxSizeBytes?: number; recencyBucketMs?: number; url?: string; share?: string[]; log?: (line: string) => void; dataDir?: string } = {},
 ): Promise<Machine> {
   const dataDir = options.dataDir ?? (await tempDir('hlbr-'));
-  const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity });
+  const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity, ...(options.recencyBucketMs === undefined ? {} : { recencyBucketMs: options.recencyBucketMs }) });
   // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
   // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
   const settings = tierOptions({ tier: [options.url ?? redis.url], share: options.share ?? ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
@@ -381,5 +381,33 @@ describe("a drop of the root scope's own items", () => {
     expect(duringDrop).toBeGreaterThan(0);
     // Before the fix, every item of every scope read as a miss while the root's items were walked: `pages/p`, `own/c`.
     expect([...new Set(misses)]).toEqual([]);
+  });
+});
+
+describe('eviction and expiry of an item whose change waits to be written through', () => {
+  test('an acknowledged set waiting for its write-through is not evicted (the others are), and reaches Redis; one that expired meanwhile goes as a delete', async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ port: redis.port! });
+    const [a, b] = await Promise.all([machine(prefix, { url: proxy.url, maxSizeBytes: 6000, recencyBucketMs: 1 }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    await b.backend.set(PAGES, 'y', text('y by B'), at);
+    proxy.cut('reset');
+    await a.backend.set(PAGES, 'x', text('x by A'), at);
+    await a.backend.set(PAGES, 'y', text('y by A'), { ...at, ttlMs: 1 });
+    expect(a.tier.status().pendingChanges).toBe(2);
+    // x is now the least recently used item (recency kept to the millisecond): the filler, in a scope A keeps local,
+    // pushes the store past its limit, and eviction runs.
+    for (let n = 0; n < 12; n++) await a.backend.set(scopeOf(['own']), `filler${n}`, text('f'.repeat(1000)), at);
+    await eventually(() => a.backend.counters().evictedItems > 0 && a.store.usage().bytes <= 6000, 'A evicts down to its limit');
+    // Before the fix x went first (the least recently used): `expected undefined to be 'x by A'`.
+    expect(textOf(a.store.read(PAGES, 'x')?.value)).toBe('x by A');
+
+    proxy.restore();
+    await eventually(() => a.tier.status().pendingChanges === 0, 'A writes its changes through');
+    expect(await sharedValue(prefix, 'x')).toBe('x by A');
+    expect(await valueOn(b, 'x')).toBe('x by A');
+    // y expired before its write-through: sent as a delete, so that B's older copy is not served either.
+    expect(await sharedValue(prefix, 'y')).toBeUndefined();
+    expect(await valueOn(b, 'y')).toBeUndefined();
   });
 });
