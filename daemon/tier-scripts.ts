@@ -83,7 +83,9 @@ end
 lease's write that Redis did not take, or an item of a scope written through whole, fenced by that scope's clear) is
 refused when the item's fence is newer, a clear of one of its scopes came since, or another lease of a newer fence is
 live; else it writes with that fence, or with a new one when the fence is the newest clear's (an item is valid only
-above it); it ends a lease of its fence or older, as a plain write does. Then it prunes a few expired leases.
+above it); it ends a lease of its fence or older, as a plain write does. A number above the scope's fencing counter
+(kept from before Redis lost its data) is taken as 0: the write goes, with a new number, only when the item has no
+hash, no live lease and no clear of its scopes. Then it prunes a few expired leases.
  * Returns `{1, fence, stream id}`, or `{0, why}` when fenced.
  */
 export const WRITE_SCRIPT = tierScript(
@@ -96,6 +98,9 @@ local count = tonumber(ARGV[9])
 local at = 10 + count
 local now = now_ms()
 local fence = tonumber(ARGV[8])
+-- A number above the counter was handed out by this Redis before it lost its data (the counter only grows): it goes as
+-- fenced by 0, written only when nothing of the item came since the loss.
+if token == '' and fence and fence > tonumber(redis.call('GET', nkey) or '0') then fence = 0 end
 local lease = parse_lease(redis.call('HGET', lkey, ikey))
 if token ~= '' then
   if not lease then return {0, 'no lease'} end

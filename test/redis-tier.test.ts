@@ -196,7 +196,9 @@ test('a write is read by another machine with its expiry; a delete leaves a fenc
   const prefix = freshPrefix();
   const a = await makeTier({ prefix });
   const b = await makeTier({ prefix });
-  await a.tier.write(pages, 'home', record('v1', { expiresAtMs: Date.now() + 60_000, staleUntilMs: Date.now() + 120_000 }), { sizeBytes: 2 });
+  // One clock reading for both: two could differ by a millisecond.
+  const nowMs = Date.now();
+  await a.tier.write(pages, 'home', record('v1', { expiresAtMs: nowMs + 60_000, staleUntilMs: nowMs + 120_000 }), { sizeBytes: 2 });
   const read = await b.tier.read(pages, 'home');
   expect(text(read)).toBe('v1');
   expect(read!.record).toMatchObject({ modified: 1_700_000_000_000, value: { encoding: 'utf8' } });
@@ -313,6 +315,19 @@ test('a fenced write is refused once the scope was cleared after the grant', asy
   expect(text(await b.tier.read(pages, 'x'))).toBeUndefined();
 });
 
+/** The write script's reply, as redis-cli prints it, for a set of `id` in `pages` fenced by the number `fence` (no token). */
+async function writeByNumber(keys: TierKeys, id: string, fence: number): Promise<string[]> {
+  const key = itemKey(pages, id);
+  const fields = generationFields(pages);
+  const reply = await server.cli(
+    'EVAL', WRITE_SCRIPT.source, '6',
+    keys.item(key), keys.fenceCounter('pages'), keys.generations('pages'), keys.leases('pages'), keys.changeLog('pages'), keys.leaseExpiries('pages'),
+    'an origin', key, keys.channel, encodeTopName('pages'), '1000', 's', '', String(fence), String(fields.length), ...fields,
+    'written through', 'utf8', '1700000000000', '', '', String(Date.now() + 60_000),
+  );
+  return reply.split('\n');
+}
+
 test('a write fenced by a number (a getset write-through) is refused for a newer lease, write or clear; else it writes with that fence and ends its lease', async () => {
   const prefix = freshPrefix();
   const keys = new TierKeys(prefix);
@@ -323,18 +338,7 @@ test('a write fenced by a number (a getset write-through) is refused for a newer
     if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
     return grant;
   };
-  /** The write script's reply, as redis-cli prints it, for a set of `id` fenced by the number `fence` (no token). */
-  const byNumber = async (id: string, fence: number): Promise<string[]> => {
-    const key = itemKey(pages, id);
-    const fields = generationFields(pages);
-    const reply = await server.cli(
-      'EVAL', WRITE_SCRIPT.source, '6',
-      keys.item(key), keys.fenceCounter('pages'), keys.generations('pages'), keys.leases('pages'), keys.changeLog('pages'), keys.leaseExpiries('pages'),
-      'an origin', key, keys.channel, encodeTopName('pages'), '1000', 's', '', String(fence), String(fields.length), ...fields,
-      'written through', 'utf8', '1700000000000', '', '', String(Date.now() + 60_000),
-    );
-    return reply.split('\n');
-  };
+  const byNumber = (id: string, fence: number) => writeByNumber(keys, id, fence);
 
   // A's lease ended (released), B holds a newer one: refused; once B wrote under it, still refused.
   const older = await grantOf(a.tier, 'older');
@@ -361,6 +365,25 @@ test('a write fenced by a number (a getset write-through) is refused for a newer
   expect(await server.cli('HEXISTS', keys.leases('pages'), itemKey(pages, 'mine'))).toBe('0');
   expect(await server.cli('HGET', keys.item(itemKey(pages, 'mine')), 'f')).toBe(String(mine.lease.fence));
   expect(text(await b.tier.read(pages, 'mine'))).toBe('written through');
+});
+
+test("a write fenced by a number above its scope's counter (kept from a Redis that lost its data) goes as fenced by 0: with a new number when nothing of the item came since, else refused", async () => {
+  const prefix = freshPrefix();
+  const keys = new TierKeys(prefix);
+  const a = await makeTier({ prefix });
+  for (const id of ['one', 'two']) await a.tier.write(pages, id, record(id), { sizeBytes: 3 });
+  expect(await server.cli('GET', keys.fenceCounter('pages'))).toBe('2');
+  // Written, at the counter's next number, not at 40: a lease granted next (41 before the fix would be needed) writes.
+  expect((await writeByNumber(keys, 'kept', 40)).slice(0, 2)).toEqual(['1', '3']);
+  const grant = await a.tier.acquire(pages, 'kept', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  expect(grant.lease.fence).toBe(4);
+  await a.tier.write(pages, 'kept', record('by a lease'), { lease: grant.lease, sizeBytes: 10 });
+  await a.tier.release(grant.lease);
+  // The item was written since: refused, as any write fenced by 0.
+  expect(await writeByNumber(keys, 'kept', 40)).toEqual(['0', 'newer write']);
+  expect(await writeByNumber(keys, 'one', 40)).toEqual(['0', 'newer write']);
+  expect(text(await a.tier.read(pages, 'kept'))).toBe('by a lease');
 });
 
 test('a clear bumps a generation without scanning: items of the scope read as misses, others as hits', async () => {
