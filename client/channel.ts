@@ -90,42 +90,56 @@ export abstract class Channel {
    * @throws CacheError `CACHE_VALUE_TOO_LARGE` before sending a value larger than the daemon accepts,
    * `CACHE_CONNECTION_LOST` or `CACHE_CLOSED` when the connection ends first, or the daemon's coded error.
    */
-  request<P, R>(method: RequestMethod<P, R>, params: P, options: CallOptions<R> = {}): Promise<R> {
-    const { signal } = options;
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.#lost) return Promise.reject(this.#error());
+  request<P, R>(method: RequestMethod<P, R>, params: P, options?: CallOptions<R>): Promise<R> {
+    let resolve!: (result: R) => void;
+    let reject!: (error: unknown) => void;
+    const result = new Promise<R>((settle, fail) => {
+      resolve = settle;
+      reject = fail;
+    });
+    // Outside the executor, so that a request that cannot be written throws at once, as it always has.
+    this.call(method, params, options, resolve, reject);
+    return result;
+  }
+
+  /**
+   * Sends one request as {@link Channel.request} does, but settles through `resolve` and `reject` (which must not
+   * throw) instead of a promise of its own: a caller that has its own promise saves a promise and its hops per call.
+   * A request that cannot be written throws at once.
+   */
+  call<P, R>(method: RequestMethod<P, R>, params: P, options: CallOptions<R> | undefined, resolve: (result: R) => void, reject: (error: unknown) => void): void {
+    const signal = options?.signal;
+    if (signal?.aborted) return reject(signal.reason);
+    if (this.#lost) return reject(this.#error());
     if (method.value) {
       const value = method.value(params);
       const bytes = this.messageBytes(value, params);
       const limit = this.info.capabilities.maxMessageBytes;
       if (bytes > limit) {
         const size = value.bytes.byteLength;
-        const error = new CacheError('CACHE_VALUE_TOO_LARGE', `This value of ${size} bytes takes a message of ${bytes} bytes, and the daemon accepts messages of at most ${limit} bytes.`);
-        return Promise.reject(error);
+        return reject(new CacheError('CACHE_VALUE_TOO_LARGE', `This value of ${size} bytes takes a message of ${bytes} bytes, and the daemon accepts messages of at most ${limit} bytes.`));
       }
     }
     const id = (this.#nextId = (this.#nextId + 1) >>> 0 || 1);
     this.send(id, method, params);
-    return new Promise<R>((resolve, reject) => {
-      const pending: Pending = { method, resolve: resolve as (result: unknown) => void, reject };
-      this.#pending.set(id, pending);
-      if (!signal) return;
-      const onAbort = (): void => {
-        pending.abandoned = options.abandoned ?? nothing;
-        pending.reject = nothing;
-        if (!this.#lost) this.sendCancel(id);
-        reject(signal.reason);
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      pending.resolve = (result) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(result as R);
-      };
-      pending.reject = (error) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      };
-    });
+    const pending: Pending = { method, resolve: resolve as (result: unknown) => void, reject, abandoned: undefined };
+    this.#pending.set(id, pending);
+    if (!signal) return;
+    const onAbort = (): void => {
+      pending.abandoned = options?.abandoned ?? nothing;
+      pending.reject = nothing;
+      if (!this.#lost) this.sendCancel(id);
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    pending.resolve = (result) => {
+      signal.removeEventListener('abort', onAbort);
+      resolve(result as R);
+    };
+    pending.reject = (error) => {
+      signal.removeEventListener('abort', onAbort);
+      reject(error);
+    };
   }
 
   /** Sends a notification; one sent over a lost connection is dropped, since the daemon released everything already. */

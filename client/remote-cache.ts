@@ -13,6 +13,7 @@ import {
   Gc,
   type GcResult,
   Get,
+  type GetResult,
   GetSet,
   HandleSet,
   type ChunkedItem,
@@ -247,21 +248,38 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const current = this.#connection;
     if (this.#closed || !current || current.lost) return this.connection().then((connection) => this.#get(connection, scope, id, options));
     // Sent one microtask from now, as the other calls are (after their `await` of the connection), so that calls
-    // reach the daemon in the order they were made; but settled directly, without async wrappers that each cost
-    // the caller promise hops on every get.
+    // reach the daemon in the order they were made; but settled from the answer directly, without promises between.
     return new Promise((resolve, reject) => {
       queueMicrotask(() => {
         if (this.#closed || current.lost) this.connection().then((connection) => this.#get(connection, scope, id, options)).then(resolve, reject);
-        else this.#get(current, scope, id, options).then(resolve, reject);
+        else this.#sendGet(current, scope, id, options, resolve, reject);
       });
     });
   }
 
   #get(connection: Channel, scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+    return new Promise((resolve, reject) => this.#sendGet(connection, scope, id, options, resolve, reject));
+  }
+
+  /** Sends a get, and settles with its handle (or `null`) as soon as the answer is read. */
+  #sendGet(
+    connection: Channel,
+    scope: Scope,
+    id: string,
+    options: { signal?: AbortSignal | undefined; wait?: boolean },
+    resolve: (handle: GetHandle<T> | null | Promise<GetHandle<T>>) => void,
+    reject: (error: unknown) => void,
+  ): void {
     const { signal } = options;
-    let answer;
+    const granted = (result: GetResult): void => {
+      try {
+        resolve(this.#granted(connection, result));
+      } catch (error) {
+        reject(error);
+      }
+    };
     try {
-      answer = connection.request(
+      connection.call(
         Get,
         { scope: scope.path, id, wait: options.wait !== false },
         signal
@@ -272,29 +290,40 @@ export class RemoteBackend<T> implements CacheBackend<T> {
               },
             }
           : undefined,
+        granted,
+        reject,
       );
     } catch (error) {
-      return Promise.reject(error);
+      reject(error);
     }
-    return answer.then((result) => {
-      if (result.handle === null) return null;
-      const handle = result.handle;
-      const build = (record: HeldRecord | null): GetHandle<T> => {
-        const releaseAtDaemon = this.#releaser(connection, handle);
-        const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
-        const release = async (): Promise<void> => {
-          const removed = files.release();
-          await releaseAtDaemon();
-          await removed;
-        };
-        return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
-      };
-      const record = result.item;
-      if (record === null || !(isFileItem(record) || isChunkedItem(record))) return build(record);
-      // A value in a file is read here, while the handle holds the lock.
-      const records = this.#records(connection, handle, [record], { corruptIsMiss: false });
-      return records instanceof Promise ? records.then((read) => build(read[0]!)) : build(records[0]!);
-    });
+  }
+
+  /** The handle of a granted get (reading a value answered by reference first, while the handle holds it), or `null`. */
+  #granted(connection: Channel, result: GetResult): GetHandle<T> | null | Promise<GetHandle<T>> {
+    if (result.handle === null) return null;
+    const handle = result.handle;
+    const record = result.item;
+    if (record === null || !(isFileItem(record) || isChunkedItem(record))) return this.#getHandle(connection, handle, record);
+    const records = this.#records(connection, handle, [record], { corruptIsMiss: false });
+    return records instanceof Promise ? records.then((read) => this.#getHandle(connection, handle, read[0]!)) : this.#getHandle(connection, handle, records[0]!);
+  }
+
+  #getHandle(connection: Channel, handle: number, record: HeldRecord | null): GetHandle<T> {
+    const files = new HandleFiles(this.#handleFiles, { lost: () => connection.lost || this.#closed });
+    let released = false;
+    // Not async: a release is a notification, and the caller's `await` of a settled promise is its only hop.
+    const release = (): Promise<void> => {
+      const removed = files.release();
+      if (released) return removed;
+      released = true;
+      try {
+        connection.notify(Release, { handle });
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      return removed;
+    };
+    return { item: this.#item(record, files), release, [Symbol.asyncDispose]: release };
   }
 
   async getset(

@@ -148,6 +148,9 @@ function lostHandle(): CacheError {
   return new CacheError('CACHE_LOCK_NOT_HELD', "The connection that held this item's handle was lost, or its cache closed: its path is no longer valid.");
 }
 
+/** What a release with no files to remove returns: one settled promise for all. */
+const NOTHING_TO_REMOVE = Promise.resolve();
+
 /**
  * The paths that one handle's items gave (`item.path()`): valid until the handle is released, or `lost()` says that
  * its connection was lost or its owner closed (the files may then go at any moment); the files written for them are
@@ -155,7 +158,8 @@ function lostHandle(): CacheError {
  */
 export class HandleFiles {
   #released = false;
-  readonly #made = new Set<string>();
+  /** The files written for the paths, made at the first (most handles never write one). */
+  #made: Set<string> | undefined;
   /** The owner's handles that have files, which it releases when it closes. */
   readonly #live: Set<HandleFiles> | undefined;
   readonly #lost: (() => boolean) | undefined;
@@ -193,7 +197,7 @@ export class HandleFiles {
           await removePrivateFile(written);
           throw endedMeanwhile;
         }
-        this.#made.add(written);
+        (this.#made ??= new Set()).add(written);
         this.#live?.add(this);
         return written;
       })();
@@ -204,7 +208,7 @@ export class HandleFiles {
   /** Ends the paths at once; resolves once the files written for them are removed. */
   release(): Promise<void> {
     this.#released = true;
-    if (this.#made.size === 0) return Promise.resolve();
+    if (this.#made === undefined || this.#made.size === 0) return NOTHING_TO_REMOVE;
     this.#live?.delete(this);
     const made = [...this.#made];
     this.#made.clear();
