@@ -453,8 +453,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     // Opened once, and checked as a store's commit checks it: no link followed, no FIFO waited on, one link, this user's.
     const file = await this.#private.open(entry.reservation);
     try {
-      if (chunkBytes !== undefined && file.sizeBytes > chunkBytes) await by.commit(await this.#upload(connection, { file }), encoding);
-      else await by.send({ encoding, bytes: await file.readAll() });
+      if (chunkBytes !== undefined && file.sizeBytes > chunkBytes) {
+        const reservation = await this.#upload(connection, { file });
+        await this.#commitUpload(connection, reservation, (spent) => by.commit(spent, encoding));
+      } else await by.send({ encoding, bytes: await file.readAll() });
     } finally {
       await file.close();
     }
@@ -496,7 +498,20 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { capabilities } = connection.info;
     if (!isCacheError(error, 'CACHE_VALUE_TOO_LARGE') || (capabilities.chunks === undefined && referenceDirectoryOf(connection) === undefined)) throw error;
     const reservation = await this.#upload(connection, { bytes: value.bytes });
-    await commit(reservation);
+    await this.#commitUpload(connection, reservation, commit);
+  }
+
+  /**
+   * Commits a reservation {@link RemoteBackend.#upload} filled; a refused commit leaves a reservation open at the daemon
+   * (PROTOCOL.md: so that a client may commit it again), so this one, which no caller can name, is discarded then.
+   */
+  async #commitUpload(connection: Channel, reservation: number, commit: (reservation: number) => Promise<unknown>): Promise<void> {
+    try {
+      await commit(reservation);
+    } catch (error) {
+      if (!connection.lost) await connection.request(DiscardFile, { reservation }).catch(() => {});
+      throw error;
+    }
   }
 
   /**
@@ -568,7 +583,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
       if (failure) throw failure.error;
       return reservation;
     } catch (error) {
-      connection.request(DiscardFile, { reservation }).catch(() => {});
+      // Awaited: once the write is refused, the daemon holds no file of it.
+      if (!connection.lost) await connection.request(DiscardFile, { reservation }).catch(() => {});
       throw error;
     }
   }

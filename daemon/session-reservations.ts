@@ -1,6 +1,4 @@
-import { close, constants, open, write } from 'node:fs';
-import { CacheError, storageError } from '../src/errors.js';
-import { fsCall as call } from '../src/fs-call.js';
+import { CacheError } from '../src/errors.js';
 import { FILE_VALUE_MAX_BYTES, fileRefused } from '../src/temp-files.js';
 import type { LocalBackend } from '../src/local-backend.js';
 import type { EncodedValue } from '../src/store.js';
@@ -11,7 +9,6 @@ import { invalidParams } from '../src/wire/wire-error.js';
 export const MAX_RESERVATIONS_PER_SESSION = 256;
 
 interface Entry {
-  readonly path: string;
   /** Whether the client was given the path (its processes write the file); else only `append` fills it. */
   readonly hasPath: boolean;
   /** The bytes appended so far (for a reservation without a path). */
@@ -65,7 +62,7 @@ export class SessionReservations {
       await this.#backend.discard(reserved.reservation);
       throw new CacheError('CACHE_CONNECTION_LOST', 'The connection closed.');
     }
-    this.#open.set(reserved.reservation, { path: reserved.path, hasPath: options.withPath, sizeBytes: 0, queue: Promise.resolve(), committing: false });
+    this.#open.set(reserved.reservation, { hasPath: options.withPath, sizeBytes: 0, queue: Promise.resolve(), committing: false });
     return { reservation: reserved.reservation, path: options.withPath ? reserved.path : null };
   }
 
@@ -94,11 +91,20 @@ export class SessionReservations {
       if (end > FILE_VALUE_MAX_BYTES) {
         throw new CacheError('CACHE_VALUE_TOO_LARGE', `A value may have at most ${FILE_VALUE_MAX_BYTES} bytes; this chunk would take it to ${end}.`);
       }
-      const limitBytes = this.#backend.usage()?.limitBytes ?? null;
+      const usage = this.#backend.usage();
+      const limitBytes = usage?.limitBytes ?? null;
       if (limitBytes !== null && end > limitBytes) {
         throw new CacheError('CACHE_OVER_SIZE_LIMIT', `The value would take ${end} bytes, more than the cache's size limit of ${limitBytes}.`);
       }
-      await appendAt(entry.path, entry.sizeBytes, bytes);
+      // Eviction makes room for open reservations by removing items, but cannot free reservations themselves.
+      const reservedBytes = (usage?.reservedBytes ?? 0) + bytes.byteLength;
+      if (limitBytes !== null && reservedBytes > limitBytes) {
+        throw new CacheError(
+          'CACHE_OVER_SIZE_LIMIT',
+          `Values being written would take ${reservedBytes} bytes with this chunk, more than the cache's size limit of ${limitBytes}; commit or discard some first.`,
+        );
+      }
+      await this.#backend.append(reservation, entry.sizeBytes, bytes);
       entry.sizeBytes = end;
     });
     entry.queue = run.catch(() => {});
@@ -146,26 +152,5 @@ export class SessionReservations {
     this.#closed = true;
     await Promise.allSettled([...this.#commits]);
     await Promise.allSettled([...this.#open.keys()].map((reservation) => this.discard(reservation)));
-  }
-}
-
-/** Writes `bytes` into the file at `path` from `offsetBytes`, without following a link or blocking on a FIFO. */
-async function appendAt(path: string, offsetBytes: number, bytes: Uint8Array): Promise<void> {
-  let fd: number;
-  try {
-    fd = await call<number>((done) => open(path, constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK, done));
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENOENT' || code === 'ENXIO') throw fileRefused(`${path} cannot be written (${code})`);
-    throw storageError('Cannot write a reserved file', error);
-  }
-  try {
-    for (let done = 0; done < bytes.byteLength; ) {
-      done += await call<number>((finish) => write(fd, bytes, done, bytes.byteLength - done, offsetBytes + done, finish));
-    }
-  } catch (error) {
-    throw storageError('Cannot write a reserved file', error);
-  } finally {
-    await call<void>((done) => close(fd, done)).catch(() => {});
   }
 }

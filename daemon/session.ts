@@ -578,8 +578,10 @@ export class Session {
     const chunks: HandleChunks = {};
     let item, stale;
     try {
-      item = this.#wireItem(await recordOf(gs.item), chunks, 'item');
-      stale = this.#wireItem(await recordOf(gs.stale), chunks, 'stale');
+      // A file cut short or gone since the getset checked it is a miss here too, as when the check found it.
+      const [itemRecord, staleRecord] = [await recordOf(gs.item), await recordOf(gs.stale)];
+      item = corruptAsMiss(() => this.#wireItem(itemRecord, chunks, 'item'));
+      stale = corruptAsMiss(() => this.#wireItem(staleRecord, chunks, 'stale'));
     } catch (error) {
       await gs.release();
       throw error;
@@ -680,6 +682,16 @@ async function recordOf(item: CacheItem<EncodedValue> | null): Promise<EncodedRe
   const value = await item.value();
   // `expires` is `expiresAtMs / 1000`, which `* 1000` gives back exactly.
   return item.expires === undefined || item.expires === null ? { modified: item.modified, value } : { modified: item.modified, value, expiresAtMs: item.expires * 1000 };
+}
+
+/** What `read` returns, or `null` when it throws `CACHE_CORRUPT` (a value's file missing or cut short). */
+function corruptAsMiss(read: () => WireItem | null): WireItem | null {
+  try {
+    return read();
+  } catch (error) {
+    if (isCacheError(error, 'CACHE_CORRUPT')) return null;
+    throw error;
+  }
 }
 
 function sameNames(a: readonly string[], b: readonly string[]): boolean {

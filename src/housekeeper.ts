@@ -147,6 +147,14 @@ export class Housekeeper {
     }
   }
 
+  /** Hears that the store grew other than by a write of an item (a reservation's file); starts an eviction if now over its limit. */
+  grew(): void {
+    if (!this.#wantEviction && this.#overLimit() && !this.#stuck()) {
+      this.#wantEviction = true;
+      this.#schedule();
+    }
+  }
+
   /** How many background passes failed since the cache opened (each is tried again at the next write or sweep). */
   failures(): number {
     return this.#failures;
@@ -166,6 +174,9 @@ export class Housekeeper {
   gc(options: { dryRun: boolean }): Promise<GcReport> {
     return this.#enqueue(async () => {
       const report = { ...noRemovals(), sizeBytes: this.#totals()?.bytes ?? null };
+      // Reservations that other processes write count as large as their files are now.
+      await this.#store.measureReserved?.();
+      report.sizeBytes = this.#totals()?.bytes ?? null;
       if (options.dryRun) {
         await this.#dryRun(report);
         return report;
@@ -241,10 +252,15 @@ export class Housekeeper {
       await nextTurn();
       this.#scheduled = false;
       const sweep = this.#wantSweep;
-      const evict = this.#wantEviction;
+      let evict = this.#wantEviction;
       this.#wantSweep = this.#wantEviction = false;
       const report = { ...noRemovals(), sizeBytes: null };
       try {
+        if (sweep && this.#store.measureReserved) {
+          // At each timed sweep, reservations that other processes write count as large as their files are now.
+          await this.#store.measureReserved();
+          if (this.#overLimit()) evict = true;
+        }
         await this.#removeFound(report);
         if (sweep || evict) await this.#sweep(report);
         if (evict) {

@@ -692,6 +692,18 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   }
 
   /**
+   * Writes `bytes` into the store's reservation `reservation` at `offsetBytes` (see {@link Store.append}); the bytes
+   * count toward the size limit at once, and an eviction starts when they take the store past it.
+   * @throws TypeError for a store that does not keep values in files; CacheError `CACHE_FILE_REFUSED`, `CACHE_STORAGE`.
+   */
+  async append(reservation: number, offsetBytes: number, bytes: Uint8Array): Promise<void> {
+    const store = this.#store;
+    if (!store.append) throw new TypeError('This cache keeps no values in files: it reserves none.');
+    await this.#io(() => store.append!(reservation, offsetBytes, bytes));
+    this.#housekeeper.grew();
+  }
+
+  /**
    * Stores the store's reservation `reservation`'s file, holding a value encoded in `encoding`, as item `id`'s value
    * under its exclusive lock, as `set` does.
    * @throws CacheError `CACHE_FILE_REFUSED` (nothing written), `CACHE_VALUE_TOO_LARGE`, `CACHE_OVER_SIZE_LIMIT`.

@@ -68,6 +68,11 @@ export interface StoreUsage extends ScopeUsage {
    * but in {@link Store.totals}, so that eviction makes room for them.
    */
   readonly pinnedBytes?: number;
+  /**
+   * Bytes of open reservations' files (values being written, not committed yet): not in `bytes`, but in
+   * {@link Store.totals}, so that eviction makes room for them.
+   */
+  readonly reservedBytes?: number;
 }
 
 /** What `verify` found (and, with `fix`, mended): the figures kept against those recounted from the data. */
@@ -132,6 +137,10 @@ export interface Store<V> {
   writeFile?(scope: Scope, id: string, record: StoredRecord<{ readonly encoding: string }>, reservation: number): Promise<void>;
   /** Removes an uncommitted reservation's file; an unknown number is left alone. */
   discard?(reservation: number): Promise<void>;
+  /** Writes `bytes` into reservation `reservation`'s file at `offsetBytes`, counted toward the size limit at once. */
+  append?(reservation: number, offsetBytes: number, bytes: Uint8Array): Promise<void>;
+  /** Reads the size of reservations' files that other processes write, so that {@link Store.totals} counts them. */
+  measureReserved?(): Promise<void>;
   delete(scope: Scope, id: string): Promise<void>;
   /** Deletes the items of `scope` named by `ids` in one write, for a store that can (else `delete` each). */
   deleteMany?(scope: Scope, ids: readonly string[]): Promise<void>;

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type BigIntStats, close, constants, fchmod, fdatasync, fstat, open, read } from 'node:fs';
+import { type BigIntStats, close, constants, fchmod, fdatasync, fstat, open, read, write } from 'node:fs';
 import { lstat, mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CacheError, storageError } from './errors.js';
@@ -41,6 +41,11 @@ export class TempFiles {
   #counter = 0;
   readonly #paths = new Map<number, string>();
   readonly #committing = new Set<number>();
+  /** The bytes each open reservation's file holds, as last known (from appends, a stat, or its commit's check). */
+  readonly #sizes = new Map<number, number>();
+  #reservedBytes = 0;
+  /** The descriptor appends write through, one per reservation being appended to, closed at commit or discard. */
+  readonly #writers = new Map<number, Promise<number>>();
   #made: Promise<void> | undefined;
 
   constructor(directory: string) {
@@ -50,6 +55,85 @@ export class TempFiles {
   /** How many reservations are open (neither committed nor discarded). */
   get size(): number {
     return this.#paths.size;
+  }
+
+  /**
+   * The bytes the open reservations' files hold, as last known: exact for files filled by {@link TempFiles.append},
+   * and as of the last {@link TempFiles.measure} for files other processes write.
+   */
+  get reservedBytes(): number {
+    return this.#reservedBytes;
+  }
+
+  #setSize(reservation: number, sizeBytes: number): void {
+    this.#reservedBytes += sizeBytes - (this.#sizes.get(reservation) ?? 0);
+    this.#sizes.set(reservation, sizeBytes);
+  }
+
+  #forget(reservation: number): void {
+    this.#reservedBytes -= this.#sizes.get(reservation) ?? 0;
+    this.#sizes.delete(reservation);
+    this.#paths.delete(reservation);
+  }
+
+  /** Closes the descriptor appends to `reservation` wrote through, if any. */
+  async #closeWriter(reservation: number): Promise<void> {
+    const writer = this.#writers.get(reservation);
+    if (writer === undefined) return;
+    this.#writers.delete(reservation);
+    const fd = await writer.catch(() => undefined);
+    if (fd !== undefined) await call<void>((done) => close(fd, done)).catch(() => {});
+  }
+
+  /**
+   * Writes `bytes` into reservation `reservation`'s file from `offsetBytes`, through one descriptor kept open from the
+   * first append until its commit or discard (opened without following a link or blocking on a FIFO). The caller
+   * runs one reservation's appends one after another.
+   * @throws CacheError `CACHE_FILE_REFUSED` (not an open reservation, being committed, its file replaced or gone),
+   * `CACHE_STORAGE`.
+   */
+  async append(reservation: number, offsetBytes: number, bytes: Uint8Array): Promise<void> {
+    const path = this.#paths.get(reservation);
+    if (path === undefined) throw fileRefused(`reservation ${reservation} is not one this cache gave, or it was committed or discarded`);
+    if (this.#committing.has(reservation)) throw fileRefused(`reservation ${reservation} is being committed`);
+    let writer = this.#writers.get(reservation);
+    if (writer === undefined) {
+      writer = call<number>((done) => open(path, constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK, done));
+      this.#writers.set(reservation, writer);
+    }
+    let fd: number;
+    try {
+      fd = await writer;
+    } catch (error) {
+      if (this.#writers.get(reservation) === writer) this.#writers.delete(reservation);
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOENT' || code === 'ENXIO') throw fileRefused(`${path} cannot be written (${code})`);
+      throw storageError('Cannot write a reserved file', error);
+    }
+    try {
+      for (let done = 0; done < bytes.byteLength; ) {
+        done += await call<number>((finish) => write(fd, bytes, done, bytes.byteLength - done, offsetBytes + done, finish));
+        if (this.#paths.get(reservation) === path) this.#setSize(reservation, Math.max(this.#sizes.get(reservation) ?? 0, offsetBytes + done));
+      }
+    } catch (error) {
+      throw storageError('Cannot write a reserved file', error);
+    }
+  }
+
+  /**
+   * Reads the size of every open reservation's file that other processes write (not those filled by appends, whose
+   * size is known, nor those being committed), so that {@link TempFiles.reservedBytes} counts them; a file gone or
+   * replaced counts as empty.
+   */
+  async measure(): Promise<void> {
+    await Promise.all(
+      [...this.#paths].map(async ([reservation, path]) => {
+        if (this.#writers.has(reservation) || this.#committing.has(reservation)) return;
+        const stats = await lstat(path).catch(() => undefined);
+        if (this.#paths.get(reservation) !== path || this.#writers.has(reservation) || this.#committing.has(reservation)) return;
+        this.#setSize(reservation, stats?.isFile() ? stats.size : 0);
+      }),
+    );
   }
 
   /**
@@ -95,6 +179,8 @@ export class TempFiles {
     if (path === undefined) throw fileRefused(`reservation ${reservation} is not one this cache gave, or it was committed or discarded`);
     if (this.#committing.has(reservation)) throw fileRefused(`reservation ${reservation} is being committed`);
     this.#committing.add(reservation);
+    // Appends end here: the commit reads what they wrote.
+    await this.#closeWriter(reservation);
     let fd: number;
     try {
       fd = await call<number>((done) => open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK, done));
@@ -119,6 +205,7 @@ export class TempFiles {
         throw new CacheError('CACHE_VALUE_TOO_LARGE', `The file offered as a value has ${stats.size} bytes, more than the ${FILE_VALUE_MAX_BYTES} a value may have; nothing was written.`);
       }
       const sizeBytes = Number(stats.size);
+      this.#setSize(reservation, sizeBytes);
       return {
         path,
         fd,
@@ -142,7 +229,7 @@ export class TempFiles {
           return bytes;
         },
         consumed: () => {
-          this.#paths.delete(reservation);
+          this.#forget(reservation);
         },
         close: closeIt,
       };
@@ -156,7 +243,8 @@ export class TempFiles {
   async discard(reservation: number): Promise<void> {
     const path = this.#paths.get(reservation);
     if (path === undefined) return;
-    this.#paths.delete(reservation);
+    this.#forget(reservation);
+    await this.#closeWriter(reservation);
     await unlink(path).catch(() => {});
   }
 

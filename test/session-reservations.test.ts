@@ -56,3 +56,34 @@ test("appends are refused to a reservation with a path, to another number, and p
   await reservations.discardAll();
   expect(await readdir(join(dir, 'temp'))).toEqual([]);
 });
+
+/** How many of this process's descriptors are open on the file at `path`. */
+async function descriptorsOn(path: string): Promise<number> {
+  const { readlink } = await import('node:fs/promises');
+  let count = 0;
+  for (const fd of await readdir('/proc/self/fd')) {
+    if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) count++;
+  }
+  return count;
+}
+
+test('appends keep one descriptor per reservation, closed at commit, at discard and when the connection closes', async () => {
+  const { dir, backend, reservations } = await setUp();
+  const chunk = Buffer.alloc(10_000, 1);
+  const paths = async (): Promise<string[]> => (await readdir(join(dir, 'temp'))).map((name) => join(dir, 'temp', name));
+  const committed = (await reservations.reserve({ withPath: false })).reservation;
+  const [committedPath] = await paths();
+  for (let n = 0; n < 8; n++) await reservations.append(committed, n * 10_000, chunk);
+  expect(await descriptorsOn(committedPath!)).toBe(1);
+  await reservations.commit(committed, () => backend.commitFile(ROOT_SCOPE, 'c', committed, { modified: 1, encoding: 'binary' }));
+  expect(await descriptorsOn(committedPath!)).toBe(0);
+  const discarded = (await reservations.reserve({ withPath: false })).reservation;
+  const left = (await reservations.reserve({ withPath: false })).reservation;
+  const [first, second] = await paths();
+  await reservations.append(discarded, 0, chunk);
+  await reservations.append(left, 0, chunk);
+  expect((await descriptorsOn(first!)) + (await descriptorsOn(second!))).toBe(2);
+  await reservations.discard(discarded);
+  await reservations.discardAll();
+  expect((await descriptorsOn(first!)) + (await descriptorsOn(second!))).toBe(0);
+});

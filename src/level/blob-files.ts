@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type BigIntStats, closeSync, fdatasync, fstat, fsync, lstat, lstatSync, open, openSync, readSync, rename, unlink, write, close } from 'node:fs';
+import { type BigIntStats, closeSync, constants, fdatasync, fstat, fstatSync, fsync, lstat, lstatSync, open, openSync, readSync, rename, unlink, write, close } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { CacheError, storageError } from '../errors.js';
@@ -189,12 +189,15 @@ export class BlobFiles {
     const path = join(this.directory, name);
     let fd: number;
     try {
-      fd = openSync(path, 'r');
+      // Neither a link followed nor a FIFO waited on: something planted under blobs/ must not block the process.
+      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw missing(path, error);
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENXIO') throw missing(path, error);
       throw storageError('Cannot read a value file of the cache', error);
     }
     try {
+      if (!fstatSync(fd).isFile()) throw missing(path, new Error('the file is not a regular file'));
       // Not from the shared pool: a value kept in memory must not keep a pool slab of other values alive.
       const bytes = Buffer.allocUnsafeSlow(length);
       let got = 0;

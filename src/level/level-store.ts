@@ -516,6 +516,20 @@ export class LevelStore implements Store<EncodedValue> {
     return this.#temp.discard(reservation);
   }
 
+  /**
+   * Appends `bytes` to reservation `reservation`'s file at `offsetBytes` (see {@link TempFiles.append}); its bytes count
+   * toward the size limit at once.
+   */
+  append(reservation: number, offsetBytes: number, bytes: Uint8Array): Promise<void> {
+    this.#guard.checkDirectory();
+    return this.#temp.append(reservation, offsetBytes, bytes);
+  }
+
+  /** Reads the size of the reservations other processes write, so that they count toward the size limit. */
+  measureReserved(): Promise<void> {
+    return this.#temp.measure();
+  }
+
   /** How many reservations are open (neither committed nor discarded). */
   get reservations(): number {
     return this.#temp.size;
@@ -821,19 +835,21 @@ export class LevelStore implements Store<EncodedValue> {
    */
   usage(): StoreUsage {
     const pinnedBytes = this.#blobs.deferredBytes;
-    if (this.#usage && this.#usage.pinnedBytes === pinnedBytes) return this.#usage;
+    const reservedBytes = this.#temp.reservedBytes;
+    if (this.#usage && this.#usage.pinnedBytes === pinnedBytes && this.#usage.reservedBytes === reservedBytes) return this.#usage;
     const scopes = new Map<string, ScopeUsage>();
     for (const [segment, { bytes, items }] of this.#counters) scopes.set(scopeName(segment), Object.freeze({ bytes, items }));
-    this.#usage = Object.freeze({ bytes: this.#totalBytes, items: this.#totalItems, limitBytes: this.#limitOrNull(), scopes, pinnedBytes });
+    this.#usage = Object.freeze({ bytes: this.#totalBytes, items: this.#totalItems, limitBytes: this.#limitOrNull(), scopes, pinnedBytes, reservedBytes });
     return this.#usage;
   }
 
   /**
    * The counted bytes and the size limit, in constant time whatever the number of scopes. The bytes include the files
-   * of replaced or removed values that wait for a handle ({@link StoreUsage.pinnedBytes}): they still take the disk.
+   * of replaced or removed values that wait for a handle ({@link StoreUsage.pinnedBytes}) and those of open
+   * reservations ({@link StoreUsage.reservedBytes}): they take the disk too.
    */
   totals(): { bytes: number; limitBytes: number | null } {
-    return { bytes: this.#totalBytes + this.#blobs.deferredBytes, limitBytes: this.#limitOrNull() };
+    return { bytes: this.#totalBytes + this.#blobs.deferredBytes + this.#temp.reservedBytes, limitBytes: this.#limitOrNull() };
   }
 
   #limitOrNull(): number | null {
