@@ -44,6 +44,7 @@ import { join } from 'node:path';
 import { HandleFiles, releaseAll } from '../src/private-files.js';
 import { fsCall } from '../src/fs-call.js';
 import { PrivateReservations, ReservedFiles } from '../src/reserved-files.js';
+import { CallOrder } from './call-order.js';
 import type { OpenReservation } from '../src/temp-files.js';
 
 /**
@@ -125,6 +126,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   readonly #reserved = new ReservedFiles<Reservation>((entry) => this.#discard(entry));
   /** Reservations in this process's private directory, for a connection that does not read the daemon's files. */
   readonly #private = new PrivateReservations();
+  /** Calls kept behind a write by reservation of their item, so that the daemon gets them in call order. */
+  readonly #order = new CallOrder();
 
   constructor(adapter: ValueAdapter<T, EncodedValue>, open: () => Promise<Channel>, first?: Channel) {
     this.#adapter = adapter;
@@ -246,12 +249,15 @@ export class RemoteBackend<T> implements CacheBackend<T> {
 
   get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
     const current = this.#connection;
-    if (this.#closed || !current || current.lost) return this.connection().then((connection) => this.#get(connection, scope, id, options));
+    if (this.#closed || !current || current.lost) {
+      return this.connection().then((connection) => (this.#order.size === 0 ? this.#get(connection, scope, id, options) : this.#laterGet(scope, id, options)));
+    }
     // Sent one microtask from now, as the other calls are (after their `await` of the connection), so that calls
     // reach the daemon in the order they were made; but settled from the answer directly, without promises between.
     return new Promise((resolve, reject) => {
       queueMicrotask(() => {
-        if (this.#closed || current.lost) this.connection().then((connection) => this.#get(connection, scope, id, options)).then(resolve, reject);
+        if (this.#order.size !== 0) this.#laterGet(scope, id, options).then(resolve, reject);
+        else if (this.#closed || current.lost) this.connection().then((connection) => this.#get(connection, scope, id, options)).then(resolve, reject);
         else this.#sendGet(current, scope, id, options, resolve, reject);
       });
     });
@@ -259,6 +265,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
 
   #get(connection: Channel, scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
     return new Promise((resolve, reject) => this.#sendGet(connection, scope, id, options, resolve, reject));
+  }
+
+  /** A get sent after the calls on its item that it must follow ({@link CallOrder}). */
+  #laterGet(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
+    return this.#order.run(scope.prefix, id, () => this.connection().then((connection) => this.#get(connection, scope, id, options)));
   }
 
   /** Sends a get, and settles with its handle (or `null`) as soon as the answer is read. */
@@ -271,13 +282,16 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     reject: (error: unknown) => void,
   ): void {
     const { signal } = options;
-    const granted = (result: GetResult): void => {
+    // Settled two microtasks after the answer, as a set's or a delete's promise is after its own (their `await`s), so
+    // that calls answered in one read settle in the order the daemon answered them.
+    const settle = (result: GetResult): void => {
       try {
         resolve(this.#granted(connection, result));
       } catch (error) {
         reject(error);
       }
     };
+    const granted = (result: GetResult): void => queueMicrotask(() => queueMicrotask(() => settle(result)));
     try {
       connection.call(
         Get,
@@ -332,6 +346,16 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     options: { wait: boolean; signal?: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const connection = await this.connection();
+    if (this.#order.size !== 0) return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#getset(later, scope, id, options)));
+    return this.#getset(connection, scope, id, options);
+  }
+
+  async #getset(
+    connection: Channel,
+    scope: Scope,
+    id: string,
+    options: { wait: boolean; signal?: AbortSignal | undefined },
+  ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const result = await connection.request(
       GetSet,
       { scope: scope.path, id, wait: options.wait },
@@ -427,10 +451,14 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const { modified, ttlMs, staleMs } = options;
     if (entry.connection === null) {
       const connection = await this.connection();
-      await this.#commitByBytes(entry, connection, {
-        send: (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }),
-        commit: (reservation, encoding) => connection.request(SetFile, { scope: scope.path, id, reservation, encoding, modified, ttlMs, staleMs }),
-      });
+      // It may take several round trips (in chunks), so later calls on the item wait for it, and it for earlier ones.
+      const earlier = this.#order.before(scope.prefix, id);
+      const commit = (): Promise<void> =>
+        this.#commitByBytes(entry, connection, {
+          send: (value) => connection.request(SetItem, { scope: scope.path, id, value, modified, ttlMs, staleMs }),
+          commit: (reservation, encoding) => connection.request(SetFile, { scope: scope.path, id, reservation, encoding, modified, ttlMs, staleMs }),
+        });
+      await this.#order.track(scope.prefix, id, earlier === undefined ? commit() : earlier.then(commit));
     } else {
       if (this.#closed) throw closedError();
       if (entry.connection.lost) throw lostReservation();
@@ -475,18 +503,37 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {
-    const { modified, ttlMs, staleMs } = options;
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    // Awaited here, not in a helper: a set settles as many turns after its answer as a delete does, so calls settle
-    // in the order the daemon answered them.
-    try {
-      await connection.request(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs });
-    } catch (error) {
-      await this.#byReservation(connection, encoded, error, (reservation) =>
-        connection.request(SetFile, { scope: scope.path, id, reservation, encoding: encoded.encoding, modified, ttlMs, staleMs }),
-      );
+    if (this.#order.size !== 0 && this.#order.before(scope.prefix, id) !== undefined) {
+      return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#set(later, scope, id, encoded, options)));
     }
+    // Awaited here: a set settles as many turns after its answer as a delete does, so calls settle in the order the
+    // daemon answered them.
+    await this.#set(connection, scope, id, encoded, options);
+  }
+
+  /**
+   * Sends a set in one message or, when it is too large for one, by reservation: then later calls on the item wait
+   * for it ({@link CallOrder}), since it takes several round trips before the daemon sees it.
+   */
+  #set(connection: Channel, scope: Scope, id: string, encoded: EncodedValue, options: { modified: number } & ExpiryOptions): Promise<void> {
+    const { modified, ttlMs, staleMs } = options;
+    let tooLarge: unknown;
+    // A value too large for a message is refused at once, before anything is sent, so that the write by reservation
+    // is the item's last call before any later call is sent.
+    const sent = new Promise<void>((resolve, reject) =>
+      connection.call(SetItem, { scope: scope.path, id, value: encoded, modified, ttlMs, staleMs }, undefined, resolve, (error: unknown) => {
+        if (isCacheError(error, 'CACHE_VALUE_TOO_LARGE')) tooLarge = error;
+        reject(error);
+      }),
+    );
+    if (tooLarge === undefined) return sent;
+    sent.catch(() => {});
+    const upload = this.#byReservation(connection, encoded, tooLarge, (reservation) =>
+      connection.request(SetFile, { scope: scope.path, id, reservation, encoding: encoded.encoding, modified, ttlMs, staleMs }),
+    );
+    return this.#order.track(scope.prefix, id, upload);
   }
 
   /**
@@ -590,11 +637,15 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   async delete(scope: Scope, id: string): Promise<void> {
-    await (await this.connection()).request(Delete, { scope: scope.path, id });
+    const connection = await this.connection();
+    if (this.#order.size !== 0) return this.#order.run(scope.prefix, id, async () => void (await (await this.connection()).request(Delete, { scope: scope.path, id })));
+    await connection.request(Delete, { scope: scope.path, id });
   }
 
   async clear(scope: Scope): Promise<void> {
-    await (await this.connection()).request(Clear, { scope: scope.path });
+    const connection = await this.connection();
+    if (this.#order.size !== 0) return this.#order.run(scope.prefix, undefined, async () => void (await (await this.connection()).request(Clear, { scope: scope.path })));
+    await connection.request(Clear, { scope: scope.path });
   }
 
   async list(scope: Scope, options: { cursor?: string; limit: number }): Promise<StoreListing> {

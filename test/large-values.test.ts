@@ -115,6 +115,46 @@ describe('writing a value larger than a message', () => {
     expect(Buffer.from(await got.item!.value()).equals(pattern(1000))).toBe(true);
   });
 
+  for (const references of [true, false]) {
+    test(`calls on an item made after a set over the message limit, not awaited, reach the daemon after it; other items are not held up (references ${references})`, async () => {
+      const dataDir = join(await tempDir('lv-'), 'data');
+      const { socketPath } = await daemonOn(dataDir, { maxMessageBytes: MiB });
+      const cache = await connect<Uint8Array>({ socketPath, autoStart: false, codec: 'binary', references });
+      onTestFinished(() => cache.close());
+      const large = pattern(3 * MiB, 1);
+      const small = new Uint8Array([2]);
+      // A later set of the item stands, and a get made between them sees the large value.
+      const first = cache.set('x', large);
+      const between = cache.get('x').then(async (seen) => {
+        // Released at once: the set after it waits for the lock.
+        const value = await seen.item!.value();
+        await seen.release();
+        return value;
+      });
+      const second = cache.set('x', small);
+      // An item not written by reservation is not held up: its set settles before the large one.
+      let firstDone = false;
+      void first.then(() => (firstDone = true));
+      await cache.set('other', small);
+      expect(firstDone).toBe(false);
+      await Promise.all([first, second]);
+      expect(Buffer.from(await between).equals(large)).toBe(true);
+      const got = await cache.get('x');
+      expect(await got.item?.value()).toEqual(small);
+      await got.release();
+      // A delete and a clear of its scope made after one do not go first.
+      const deleted = cache.set('y', large);
+      const deletion = cache.delete('y');
+      const scope = cache.withScope('s');
+      const cleared = scope.set('z', large);
+      const clearing = cache.clear();
+      await Promise.all([deleted, deletion, cleared, clearing]);
+      await using y = await cache.get('y');
+      await using z = await scope.get('z');
+      expect([y.item, z.item]).toEqual([null, null]);
+    });
+  }
+
   test('sixteen sets over the message limit at once on one connection without references all go in chunks, within the daemon\u2019s chunk writes per connection', async () => {
     const dataDir = join(await tempDir('lv-'), 'data');
     const socketPath = join(await tempDir('lv-'), 's.sock');

@@ -67,4 +67,27 @@ describe('RemoteCache per call', () => {
     await Promise.all([firstSet, secondSet, removed]);
     expect(seen).toEqual(['one', 'two', null]);
   });
+
+  for (const transport of ['binary', 'json'] as const) {
+    test(`a get made after a set or a delete of its item does not settle before them (${transport} transport)`, async () => {
+      const { socketPath } = await startTestDaemon();
+      const cache = await connect<string>({ socketPath, codec: 'json', autoStart: false, transport });
+      onTestFinished(() => cache.close());
+      await cache.set('k', 'v0');
+      for (const [write, expected] of [
+        [() => cache.set('k', 'v1'), 'v1'],
+        [() => cache.delete('k'), null],
+      ] as const) {
+        let writeSettled = false;
+        const written = write().then(() => (writeSettled = true));
+        const got = await cache.get('k');
+        // The get saw the write, so the daemon had answered it: its promise settled first, in the daemon's order.
+        const settledFirst = writeSettled;
+        const value = got.item ? await got.item.value() : null;
+        await got.release();
+        await written;
+        expect({ value, settledFirst }).toEqual({ value: expected, settledFirst: true });
+      }
+    });
+  }
 });
