@@ -58,6 +58,10 @@ export default defineConfig({
           exclude: [...configDefaults.exclude, ...UNIT],
           globalSetup: ['test/support/fresh-build.ts'],
           setupFiles: ['test/support/built.ts'],
+          // Two files at a time, whatever the cores: these tests mostly wait (on Redis, daemons, child processes), so
+          // two overlap well even on two cores. Each file keeps its own temp dirs, mount points, sockets and ports
+          // (from port 0), so files do not collide; more at once would make the timing bounds of tier tests tight.
+          maxWorkers: 2,
           sequence: { groupOrder: 1 },
         },
       },
