@@ -177,13 +177,14 @@ describe('binary frames', () => {
         writer.encoder.begin(1, id).u32(id);
         writer.sent();
       };
-      // Two timers due at the same time run in the same timers phase of one turn, as a turn's socket reads do.
+      // Two immediates queued together run in the same check phase of one turn, as a turn's socket reads run in its
+      // poll phase (two timers of 0 ms could fall in different turns when the clock ticks between them, on a busy machine).
       await new Promise<void>((resolve) => {
-        setTimeout(() => send(1), 0);
-        setTimeout(() => {
+        setImmediate(() => send(1));
+        setImmediate(() => {
           send(2);
           setImmediate(() => setImmediate(resolve));
-        }, 0);
+        });
       });
       return writes;
     };
