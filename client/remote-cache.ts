@@ -17,6 +17,7 @@ import {
   GetSet,
   HandleSet,
   type ChunkedItem,
+  type FileItem,
   isChunkedItem,
   HandleSetFile,
   isFileItem,
@@ -37,7 +38,7 @@ import {
 } from '../src/wire/protocol.js';
 import { type Channel, closedError } from './channel.js';
 import { referenceDirectoryOf } from './open-channel.js';
-import { CHUNK_CREDIT, type ChunkReader, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
+import { CHUNK_CREDIT, type ChunkReader, checkFileItem, EAGER_GATHER_MAX_BYTES, gatherChunks, pullChunks, readFileItem } from './value-files.js';
 import { read } from 'node:fs';
 import { open as openFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -70,11 +71,22 @@ interface LaterRecord {
   readonly chunkBytes: number;
 }
 
-/** A handle's item as the client keeps it: its bytes, or the way to read them in chunks. */
-type HeldRecord = EncodedRecord | LaterRecord;
+/** A value answered by reference too large to read at grant: read from its file when asked, while its handle is held. */
+interface LaterFileRecord {
+  readonly byReference: FileItem;
+  readonly directory: string;
+  readonly path: string;
+}
+
+/** A handle's item as the client keeps it: its bytes, or the way to read them (in chunks, or from its file). */
+type HeldRecord = EncodedRecord | LaterRecord | LaterFileRecord;
 
 function isLater(record: HeldRecord): record is LaterRecord {
   return 'chunked' in record;
+}
+
+function isLaterFile(record: HeldRecord): record is LaterFileRecord {
+  return 'byReference' in record;
 }
 
 /** The record a chunked item stands for, with its bytes. */
@@ -171,6 +183,20 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         path: files.itemPath(() => (write) => pullChunks(read, { size, chunkBytes, take: (offset, bytes) => write(bytes, offset) })),
       };
     }
+    if (isLaterFile(record)) {
+      const { byReference: item, directory, path } = record;
+      return {
+        modified: item.modified,
+        expires: item.expiresAtMs === undefined ? null : item.expiresAtMs / 1000,
+        // Read from the daemon's file while the handle is held; its path is that file, never copied.
+        value: async () => {
+          const ended = files.ended();
+          if (ended) throw ended;
+          return adapter.decode((await readFileItem(directory, item)).value);
+        },
+        path: files.itemPath(() => path),
+      };
+    }
     // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
     const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
     // A value read by reference is its daemon's file (kept while the handle is held); any other is written for it.
@@ -207,6 +233,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         }
         if (item === null || !isFileItem(item)) return item;
         if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
+        // As a chunked value: over the eager limit, checked now and read when asked, so that a path costs no read.
+        if (item.size > EAGER_GATHER_MAX_BYTES) {
+          const dir = directory;
+          return checkFileItem(dir, item).then((path): HeldRecord => ({ byReference: item, directory: dir, path }), miss);
+        }
         let read;
         try {
           read = readFileItem(directory, item);

@@ -53,6 +53,27 @@ function record(item: FileItem, bytes: Buffer): EncodedRecord {
 }
 
 /**
+ * Checks, as {@link readFileItem} does, the file a file item names without reading it: for a value too large to read
+ * at grant, read when asked while the handle is held.
+ * @throws CacheError as {@link readFileItem}.
+ */
+export async function checkFileItem(directory: string, item: FileItem): Promise<string> {
+  const path = pathOf(directory, item);
+  let file;
+  try {
+    file = await open(path, READ_FLAGS);
+  } catch (error) {
+    throw openError(path, error);
+  }
+  try {
+    checkOpened(path, await file.stat(), item.size);
+    return path;
+  } finally {
+    await file.close();
+  }
+}
+
+/**
  * Reads the value a file item names, in `directory` (the handshake's `blobDirectory`), as the record it stands for:
  * without following a symbolic link or blocking (a FIFO), checking that it is a regular file of this user's of the
  * item's size. Synchronously (no promise)

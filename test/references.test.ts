@@ -103,6 +103,23 @@ describe('values read by reference', () => {
     expect(await referenceReads(cache as RemoteCache<unknown>)).toBe(1);
   });
 
+  test('a value over 16 MiB read by reference is not read at grant: its path is the daemon\u2019s file, its value read when asked while held', async () => {
+    const { socketPath, dataDir } = await startTestDaemon();
+    const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
+    const size = 48 << 20;
+    await cache.set('big', new Uint8Array(size).fill(9));
+    const got = await cache.get('big');
+    const path = await got.item!.path();
+    expect(path.startsWith(join(dataDir, 'blobs') + '/')).toBe(true);
+    const bytes = await got.item!.value();
+    expect(bytes.byteLength).toBe(size);
+    expect(bytes[0] === 9 && bytes[size - 1] === 9).toBe(true);
+    await got.release();
+    // Read when asked, not at grant (before: read whole into this process at grant, so readable after release).
+    expect(await got.item!.value().then(() => 'read after release', (error: { code?: string }) => error.code)).toBe('CACHE_LOCK_NOT_HELD');
+    expect(await referenceReads(cache as RemoteCache<unknown>)).toBe(1);
+  });
+
   test("item.path() of a value read by reference is the daemon's own file, kept until release even when replaced", async () => {
     const { socketPath, dataDir } = await startTestDaemon();
     const cache = await open<Uint8Array>(socketPath, { codec: 'binary' });
