@@ -10,6 +10,15 @@ export function fileRefused(why: string): CacheError {
   return new CacheError('CACHE_FILE_REFUSED', `The file offered as a value was refused: ${why}. Nothing was written.`);
 }
 
+/** The descriptors a store keeps open for appends to its reservations, unless told otherwise. */
+export const DEFAULT_MAX_OPEN_WRITERS = 64;
+
+/** A descriptor appends to one reservation write through, and how many appends are writing through it now. */
+interface Writer {
+  readonly fd: Promise<number>;
+  busy: number;
+}
+
 /** The largest value a record can name: its length is a `u32`. */
 export const FILE_VALUE_MAX_BYTES = 0xffff_ffff;
 
@@ -44,12 +53,28 @@ export class TempFiles {
   /** The bytes each open reservation's file holds, as last known (from appends, a stat, or its commit's check). */
   readonly #sizes = new Map<number, number>();
   #reservedBytes = 0;
-  /** The descriptor appends write through, one per reservation being appended to, closed at commit or discard. */
-  readonly #writers = new Map<number, Promise<number>>();
+  /** The reservations filled by appends: their size is known, not measured. */
+  readonly #appended = new Set<number>();
+  /** The descriptors appends write through, least recently used first, closed at commit or discard or to make room. */
+  readonly #writers = new Map<number, Writer>();
+  readonly #maxOpenWriters: number;
+  /** The descriptors open or being opened or closed for appends: never more than `#maxOpenWriters`. */
+  #openWriters = 0;
+  /** Appends waiting for a descriptor to be free (every one being written through). */
+  #writerWaiters: Array<() => void> = [];
   #made: Promise<void> | undefined;
 
-  constructor(directory: string) {
+  /** `maxOpenWriters` (default 64) caps the descriptors kept open for appends, whatever the number of reservations. */
+  constructor(directory: string, options: { maxOpenWriters?: number } = {}) {
+    const { maxOpenWriters = DEFAULT_MAX_OPEN_WRITERS } = options;
+    if (!Number.isInteger(maxOpenWriters) || maxOpenWriters < 1) throw new TypeError('maxOpenWriters must be a positive integer');
     this.directory = directory;
+    this.#maxOpenWriters = maxOpenWriters;
+  }
+
+  /** How many descriptors are open (or being opened or closed) for appends: at most `maxOpenWriters`. */
+  get openWriters(): number {
+    return this.#openWriters;
   }
 
   /** How many reservations are open (neither committed nor discarded). */
@@ -73,22 +98,82 @@ export class TempFiles {
   #forget(reservation: number): void {
     this.#reservedBytes -= this.#sizes.get(reservation) ?? 0;
     this.#sizes.delete(reservation);
+    this.#appended.delete(reservation);
     this.#paths.delete(reservation);
   }
 
-  /** Closes the descriptor appends to `reservation` wrote through, if any. */
+  /** Closes the descriptor appends to `reservation` wrote through, if any (the caller makes sure none writes through it). */
   async #closeWriter(reservation: number): Promise<void> {
     const writer = this.#writers.get(reservation);
     if (writer === undefined) return;
     this.#writers.delete(reservation);
-    const fd = await writer.catch(() => undefined);
-    if (fd !== undefined) await call<void>((done) => close(fd, done)).catch(() => {});
+    // A descriptor that failed to open was counted off when it failed.
+    const fd = await writer.fd.catch(() => undefined);
+    if (fd === undefined) return;
+    await call<void>((done) => close(fd, done)).catch(() => {});
+    this.#writerClosed();
+  }
+
+  #writerClosed(): void {
+    this.#openWriters--;
+    const waiters = this.#writerWaiters;
+    this.#writerWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   /**
-   * Writes `bytes` into reservation `reservation`'s file from `offsetBytes`, through one descriptor kept open from the
-   * first append until its commit or discard (opened without following a link or blocking on a FIFO). The caller
-   * runs one reservation's appends one after another.
+   * The writer of reservation `reservation`, marked busy (the caller calls {@link TempFiles.#release}), opened when it
+   * has none: when `#maxOpenWriters` are open, the least recently used one not being written through is closed first
+   * (its next append opens it again), or, all being busy, this waits for one to be free.
+   */
+  async #acquire(reservation: number, path: string): Promise<Writer> {
+    for (;;) {
+      const writer = this.#writers.get(reservation);
+      if (writer !== undefined) {
+        this.#writers.delete(reservation);
+        this.#writers.set(reservation, writer);
+        writer.busy++;
+        return writer;
+      }
+      if (this.#openWriters < this.#maxOpenWriters) {
+        this.#openWriters++;
+        const opened: Writer = {
+          fd: call<number>((done) => open(path, constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK, done)),
+          busy: 1,
+        };
+        this.#writers.set(reservation, opened);
+        opened.fd.catch(() => {
+          if (this.#writers.get(reservation) === opened) this.#writers.delete(reservation);
+          this.#writerClosed();
+        });
+        return opened;
+      }
+      const wait = new Promise<void>((wake) => this.#writerWaiters.push(wake));
+      for (const [other, idle] of this.#writers) {
+        if (idle.busy === 0) {
+          void this.#closeWriter(other);
+          break;
+        }
+      }
+      await wait;
+      if (this.#paths.get(reservation) !== path) throw fileRefused(`reservation ${reservation} was committed or discarded`);
+    }
+  }
+
+  #release(writer: Writer): void {
+    if (--writer.busy > 0 || this.#writerWaiters.length === 0) return;
+    const waiters = this.#writerWaiters;
+    this.#writerWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /**
+   * Writes `bytes` into reservation `reservation`'s file from `offsetBytes`, through a descriptor kept open from the
+   * first append until its commit or discard, or until it is the least recently used when `maxOpenWriters` are open
+   * (opened without following a link or blocking on a FIFO). The chunk counts in {@link TempFiles.reservedBytes} from
+   * the call on (before anything is awaited), so that a check of the limit and the call, made in one turn, see every
+   * chunk in flight; a failed write counts only the bytes it wrote. The caller runs one reservation's appends one after
+   * another.
    * @throws CacheError `CACHE_FILE_REFUSED` (not an open reservation, being committed, its file replaced or gone),
    * `CACHE_STORAGE`.
    */
@@ -96,27 +181,41 @@ export class TempFiles {
     const path = this.#paths.get(reservation);
     if (path === undefined) throw fileRefused(`reservation ${reservation} is not one this cache gave, or it was committed or discarded`);
     if (this.#committing.has(reservation)) throw fileRefused(`reservation ${reservation} is being committed`);
-    let writer = this.#writers.get(reservation);
-    if (writer === undefined) {
-      writer = call<number>((done) => open(path, constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK, done));
-      this.#writers.set(reservation, writer);
-    }
-    let fd: number;
+    this.#appended.add(reservation);
+    const before = this.#sizes.get(reservation) ?? 0;
+    this.#setSize(reservation, Math.max(before, offsetBytes + bytes.byteLength));
+    let written = 0;
+    const settle = (): void => {
+      if (this.#paths.get(reservation) === path) this.#setSize(reservation, Math.max(before, offsetBytes + written));
+    };
+    let writer: Writer;
     try {
-      fd = await writer;
+      writer = await this.#acquire(reservation, path);
     } catch (error) {
-      if (this.#writers.get(reservation) === writer) this.#writers.delete(reservation);
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ELOOP' || code === 'ENOENT' || code === 'ENXIO') throw fileRefused(`${path} cannot be written (${code})`);
-      throw storageError('Cannot write a reserved file', error);
+      settle();
+      throw error;
     }
     try {
-      for (let done = 0; done < bytes.byteLength; ) {
-        done += await call<number>((finish) => write(fd, bytes, done, bytes.byteLength - done, offsetBytes + done, finish));
-        if (this.#paths.get(reservation) === path) this.#setSize(reservation, Math.max(this.#sizes.get(reservation) ?? 0, offsetBytes + done));
+      let fd: number;
+      try {
+        fd = await writer.fd;
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ELOOP' || code === 'ENOENT' || code === 'ENXIO') throw fileRefused(`${path} cannot be written (${code})`);
+        throw storageError('Cannot write a reserved file', error);
+      }
+      try {
+        while (written < bytes.byteLength) {
+          written += await call<number>((finish) => write(fd, bytes, written, bytes.byteLength - written, offsetBytes + written, finish));
+        }
+      } catch (error) {
+        throw storageError('Cannot write a reserved file', error);
       }
     } catch (error) {
-      throw storageError('Cannot write a reserved file', error);
+      settle();
+      throw error;
+    } finally {
+      this.#release(writer);
     }
   }
 
@@ -128,9 +227,9 @@ export class TempFiles {
   async measure(): Promise<void> {
     await Promise.all(
       [...this.#paths].map(async ([reservation, path]) => {
-        if (this.#writers.has(reservation) || this.#committing.has(reservation)) return;
+        if (this.#appended.has(reservation) || this.#committing.has(reservation)) return;
         const stats = await lstat(path).catch(() => undefined);
-        if (this.#paths.get(reservation) !== path || this.#writers.has(reservation) || this.#committing.has(reservation)) return;
+        if (this.#paths.get(reservation) !== path || this.#appended.has(reservation) || this.#committing.has(reservation)) return;
         this.#setSize(reservation, stats?.isFile() ? stats.size : 0);
       }),
     );

@@ -87,3 +87,64 @@ test('appends keep one descriptor per reservation, closed at commit, at discard 
   await reservations.discardAll();
   expect((await descriptorsOn(first!)) + (await descriptorsOn(second!))).toBe(0);
 });
+
+test('appends to more reservations than the descriptor cap keep at most 64 descriptors open, and every byte lands', async () => {
+  const { dir, backend } = await setUp();
+  // Two connections, as the cap is the daemon's, not a connection's.
+  const connections = [new SessionReservations(backend), new SessionReservations(backend)];
+  const reserved: Array<{ connection: SessionReservations; reservation: number }> = [];
+  for (let n = 0; n < 100; n++) {
+    const connection = connections[n % 2]!;
+    reserved.push({ connection, reservation: (await connection.reserve({ withPath: false })).reservation });
+  }
+  const temp = join(dir, 'temp');
+  const descriptorsInTemp = async (): Promise<number> => {
+    const { readlink } = await import('node:fs/promises');
+    let count = 0;
+    for (const fd of await readdir('/proc/self/fd')) {
+      if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')).startsWith(`${temp}/`)) count++;
+    }
+    return count;
+  };
+  const chunkBytes = 1_000;
+  const chunk = (n: number, round: number): Buffer => Buffer.alloc(chunkBytes, (n * 3 + round) % 256);
+  let most = 0;
+  for (let round = 0; round < 3; round++) {
+    // Every reservation's chunk in flight at once, so that every append needs a descriptor.
+    const appends = Promise.all(reserved.map(({ connection, reservation }, n) => connection.append(reservation, round * chunkBytes, chunk(n, round))));
+    most = Math.max(most, await descriptorsInTemp());
+    await appends;
+    most = Math.max(most, await descriptorsInTemp());
+  }
+  expect(most).toBeGreaterThan(0);
+  expect(most).toBeLessThanOrEqual(64);
+  const { readFile } = await import('node:fs/promises');
+  const names = (await readdir(temp)).sort((a, b) => Number.parseInt(a.split('-r')[1]!, 36) - Number.parseInt(b.split('-r')[1]!, 36));
+  expect(names).toHaveLength(100);
+  for (const [n, name] of names.entries()) {
+    expect((await readFile(join(temp, name))).equals(Buffer.concat([chunk(n, 0), chunk(n, 1), chunk(n, 2)]))).toBe(true);
+  }
+  for (const connection of connections) await connection.discardAll();
+  expect(await descriptorsInTemp()).toBe(0);
+});
+
+test("chunks in flight to different reservations count together against the size limit, and a failed one stops counting", async () => {
+  const { dir, backend } = await setUp({ maxSizeBytes: 100_000 });
+  const [a, b] = [new SessionReservations(backend), new SessionReservations(backend)];
+  const first = (await a.reserve({ withPath: false })).reservation;
+  const second = (await b.reserve({ withPath: false })).reservation;
+  // Both sent before either is written: before, each passed the check against the same snapshot.
+  const codes = await Promise.all([codeOf(a.append(first, 0, Buffer.alloc(60_000))), codeOf(b.append(second, 0, Buffer.alloc(60_000)))]);
+  expect(codes.sort()).toEqual(['CACHE_OVER_SIZE_LIMIT', 'resolved']);
+  expect(backend.usage()!.reservedBytes).toBe(60_000);
+  // A chunk whose write fails (its file gone) is counted off again.
+  const gone = (await b.reserve({ withPath: false })).reservation;
+  const { unlink } = await import('node:fs/promises');
+  const names = await readdir(join(dir, 'temp'));
+  await unlink(join(dir, 'temp', names.find((name) => name.endsWith(`-r${gone.toString(36)}`))!));
+  expect(await codeOf(b.append(gone, 0, Buffer.alloc(30_000)))).toBe('CACHE_FILE_REFUSED');
+  expect(backend.usage()!.reservedBytes).toBe(60_000);
+  await a.discardAll();
+  await b.discardAll();
+  expect(backend.usage()!.reservedBytes).toBe(0);
+});
