@@ -391,6 +391,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<Daemon> 
         limitBytes: limitBytes === null || limitBytes === Infinity ? null : limitBytes,
         items: usage?.items ?? 0,
         pinnedBytes: usage?.pinnedBytes ?? 0,
+        reservedBytes: usage?.reservedBytes ?? 0,
         referenceReads: context.referenceReads,
         chunkedReads: context.chunkedReads,
         evictions: kept.evictedItems,

@@ -84,12 +84,14 @@ describe('open reservations count toward --max-size', () => {
     await eventually(async () => (await cache.status()).evictions > 0, 'an eviction makes room for the open reservation');
     const status = await cache.status();
     expect(status.sizeBytes + 2 * MiB).toBeLessThanOrEqual(4 * MiB);
+    expect(status.reservedBytes).toBe(2 * MiB);
     // Eviction cannot free reservations: a second one that would take them past the limit is refused at that chunk.
     const second = ((await raw.request('cache/reserveFile', {})) as { result: { reservation: number } }).result.reservation;
     expect(await append(second, 5)).toEqual([undefined, undefined, undefined, undefined, 'CACHE_OVER_SIZE_LIMIT']);
     // Discarded, its bytes no longer count: the same chunk goes in now.
     await raw.request('cache/discardFile', { reservation: first });
     expect(await append(second, 1, 4)).toEqual([undefined]);
+    expect((await cache.status()).reservedBytes).toBe(2.5 * MiB);
   });
 
   test('a file a worker writes into a reservation is counted by a stat at housekeeping (gc), and eviction makes room', async () => {

@@ -704,6 +704,8 @@ export interface StatusResult {
   items: number;
   /** Bytes of replaced or removed values whose files wait for a handle on them to be released (eviction counts them). */
   pinnedBytes: number;
+  /** Bytes in the files of open reservations, chunks being written included (the size limit counts them too). */
+  reservedBytes: number;
   /** Values answered by reference (a file for the client to read) since the daemon started. */
   referenceReads: number;
   /** Values answered as chunked items (read with `cache/readChunk`) since the daemon started. */
