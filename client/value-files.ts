@@ -1,5 +1,5 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CacheError } from '../src/errors.js';
 import type { EncodedRecord } from '../src/store.js';
@@ -59,6 +59,12 @@ function record(item: FileItem, bytes: Buffer): EncodedRecord {
  */
 export async function checkFileItem(directory: string, item: FileItem): Promise<string> {
   const path = pathOf(directory, item);
+  await (await openChecked(path, item.size)).close();
+  return path;
+}
+
+/** The file at `path`, opened as {@link readFileItem} opens it and checked to be a regular file of this user's of `size` bytes. */
+async function openChecked(path: string, size: number): Promise<FileHandle> {
   let file;
   try {
     file = await open(path, READ_FLAGS);
@@ -66,10 +72,12 @@ export async function checkFileItem(directory: string, item: FileItem): Promise<
     throw openError(path, error);
   }
   try {
-    checkOpened(path, await file.stat(), item.size);
-    return path;
-  } finally {
+    checkOpened(path, await file.stat(), size);
+    return file;
+  } catch (error) {
     await file.close();
+    if (error instanceof CacheError) throw error;
+    throw new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
   }
 }
 
@@ -108,14 +116,8 @@ export function readFileItem(directory: string, item: FileItem): EncodedRecord |
 }
 
 async function readLater(path: string, item: FileItem): Promise<EncodedRecord> {
-  let file;
+  const file = await openChecked(path, item.size);
   try {
-    file = await open(path, READ_FLAGS);
-  } catch (error) {
-    throw openError(path, error);
-  }
-  try {
-    checkOpened(path, await file.stat(), item.size);
     const bytes = Buffer.allocUnsafeSlow(item.size);
     for (let got = 0; got < item.size; ) {
       const { bytesRead } = await file.read(bytes, got, item.size - got, got);
