@@ -245,7 +245,7 @@ export function buildProgram(io: { out: (text: string | Uint8Array) => void; err
         `uptime       ${Math.round(status.uptimeMs / 1000)} s`,
         `socket       ${status.socketPath ?? '(stdio)'}`,
         `data         ${status.dataDir} (${formatBytes(status.sizeOnDiskBytes)} on disk)`,
-        `size         ${formatBytes(status.sizeBytes)} (${limit}), ${status.items} items; ${formatBytes(status.reservedBytes)} being written`,
+        `size         ${formatBytes(status.sizeBytes)} (${limit}), ${status.items} items${status.reservedBytes > 0 ? `; ${formatBytes(status.reservedBytes)} being written` : ''}`,
         `connections  ${status.connections}`,
         `locks        ${status.locksHeld} held, ${status.waiters} waiting`,
         `hits         ${status.hits}, misses ${status.misses}`,
