@@ -171,37 +171,40 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     if (isLater(record)) {
       const { chunked, read, chunkBytes } = record;
       const { size, encoding } = chunked;
-      return {
-        modified: chunked.modified,
-        expires: chunked.expiresAtMs === undefined ? null : chunked.expiresAtMs / 1000,
-        // Read in chunks while the handle is held: into one buffer for the value, to a private file for a path.
-        value: async () => {
-          const ended = files.ended();
-          if (ended) throw ended;
-          return adapter.decode({ encoding, bytes: await gatherChunks(read, { size, chunkBytes }) });
-        },
-        path: files.itemPath(() => (write) => pullChunks(read, { size, chunkBytes, take: (offset, bytes) => write(bytes, offset) })),
-      };
+      // Read in chunks while the handle is held: into one buffer for the value, to a private file for a path.
+      return this.#readWhenAsked(chunked, files, async () => ({ encoding, bytes: await gatherChunks(read, { size, chunkBytes }) }), () => (write) =>
+        pullChunks(read, { size, chunkBytes, take: (offset, bytes) => write(bytes, offset) }),
+      );
     }
     if (isLaterFile(record)) {
       const { byReference: item, directory, path } = record;
-      return {
-        modified: item.modified,
-        expires: item.expiresAtMs === undefined ? null : item.expiresAtMs / 1000,
-        // Read from the daemon's file while the handle is held; its path is that file, never copied.
-        value: async () => {
-          const ended = files.ended();
-          if (ended) throw ended;
-          return adapter.decode((await readFileItem(directory, item)).value);
-        },
-        path: files.itemPath(() => path),
-      };
+      // Read from the daemon's file while the handle is held; its path is that file, never copied.
+      return this.#readWhenAsked(item, files, async () => (await readFileItem(directory, item)).value, () => path);
     }
     // The wire carries `expires` in seconds, as `expiresAtMs / 1000`; `* 1000` then `/ 1000` gives it back exactly.
     const expires = record.expiresAtMs === undefined ? null : record.expiresAtMs / 1000;
     // A value read by reference is its daemon's file (kept while the handle is held); any other is written for it.
     const path = files.itemPath(() => filePaths.get(record) ?? record.value.bytes);
     return { modified: record.modified, expires, value: async () => adapter.decode(record.value), path };
+  }
+
+  /** An item too large to read at grant: `read` when its value is asked for while the handle is held. */
+  #readWhenAsked(
+    wire: { readonly modified: number; readonly expiresAtMs?: number },
+    files: HandleFiles,
+    read: () => Promise<EncodedValue>,
+    path: Parameters<HandleFiles['itemPath']>[0],
+  ): CacheItem<T> {
+    return {
+      modified: wire.modified,
+      expires: wire.expiresAtMs === undefined ? null : wire.expiresAtMs / 1000,
+      value: async () => {
+        const ended = files.ended();
+        if (ended) throw ended;
+        return this.#adapter.decode(await read());
+      },
+      path: files.itemPath(path),
+    };
   }
 
   /**
