@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { inScope, SCOPE_PATHS, type Suite, valueOf } from './support.js';
+import { testWhen, inScope, SCOPE_PATHS, type Suite, valueOf } from './support.js';
 
 /** The cases of Betty's own cache tests, each with no scope, one scope and nested scopes. */
 export function basics({ open, features }: Suite): void {
@@ -24,7 +24,7 @@ export function basics({ open, features }: Suite): void {
         expect(got.item).toBeNull();
       });
 
-      test.runIf(features.stores)('set, then get returns the value with modified set to now', async () => {
+      testWhen(features.stores)('set, then get returns the value with modified set to now', async () => {
         const cache = inScope((await open()).cache, path);
         const before = Date.now() / 1000;
         await cache.set('id', sample);
@@ -36,7 +36,7 @@ export function basics({ open, features }: Suite): void {
         expect(got.item!.modified).toBeLessThanOrEqual(after);
       });
 
-      test.runIf(features.stores)('set with modified keeps that time exactly', async () => {
+      testWhen(features.stores)('set with modified keeps that time exactly', async () => {
         const cache = inScope((await open()).cache, path);
         for (const modified of [1700000000.5, 0.1 + 0.2, 0, -86400.25, 1e15 + 0.125]) {
           await cache.set('id', sample, { modified });
@@ -45,7 +45,7 @@ export function basics({ open, features }: Suite): void {
         }
       });
 
-      test.runIf(features.stores)('set replaces a value', async () => {
+      testWhen(features.stores)('set replaces a value', async () => {
         const cache = inScope((await open()).cache, path);
         await cache.set('id', sample);
         await cache.set('id', other);
@@ -63,7 +63,7 @@ export function basics({ open, features }: Suite): void {
         expect(await valueOf(cache, 'id')).toEqual(features.stores ? sample : undefined);
       });
 
-      test.runIf(features.stores)('getset with a hit gives the item', async () => {
+      testWhen(features.stores)('getset with a hit gives the item', async () => {
         const cache = inScope((await open()).cache, path);
         await cache.set('id', sample, { modified: 1234.5 });
         await using gs = await cache.getset('id');
@@ -113,7 +113,7 @@ export function basics({ open, features }: Suite): void {
     },
   );
 
-  test.runIf(!features.stores)('stores nothing: set, then get finds nothing', async () => {
+  testWhen(!features.stores)('stores nothing: set, then get finds nothing', async () => {
     const { cache } = await open();
     await cache.set('id', sample);
     await using got = await cache.get('id');

@@ -1,6 +1,6 @@
 import { expect, test } from 'vitest';
 import type { Cache } from '../../src/index.js';
-import { clockNow, eventually, passTime, type Subject, type Suite, valueOf } from './support.js';
+import { testWhen, clockNow, eventually, passTime, type Subject, type Suite, valueOf } from './support.js';
 
 /** A time to live that stays fresh for the whole test, whatever the clock. */
 const LONG_MS = 10 * 60_000;
@@ -40,7 +40,7 @@ export function expiry({ open, features }: Suite): void {
     expect(await valueOf(cache, 'id')).toEqual(features.stores ? other : undefined);
   });
 
-  test.runIf(features.stores)('item.expires says when the item expires, null without ttlMs; modified keeps its meaning', async () => {
+  testWhen(features.stores)('item.expires says when the item expires, null without ttlMs; modified keeps its meaning', async () => {
     const subject = await open();
     const { cache } = subject;
     const before = clockNow(subject);
@@ -60,7 +60,7 @@ export function expiry({ open, features }: Suite): void {
     expect(plain.stale).toBeNull();
   });
 
-  test.runIf(features.stores)('stale-if-error: getset on an expired item within staleMs hands it out as stale', async () => {
+  testWhen(features.stores)('stale-if-error: getset on an expired item within staleMs hands it out as stale', async () => {
     const subject = await open();
     const { cache } = subject;
     const expiresBy = await setExpiring(subject, cache, 'id', shortMs(subject), LONG_MS);
@@ -124,7 +124,7 @@ export function expiry({ open, features }: Suite): void {
     expect(gs.stale === null).toBe(!features.stores);
   });
 
-  test.runIf(features.stores)('a write without ttlMs replaces an expiring item with one that never expires', async () => {
+  testWhen(features.stores)('a write without ttlMs replaces an expiring item with one that never expires', async () => {
     const subject = await open();
     const { cache } = subject;
     const expiresBy = await setExpiring(subject, cache, 'id', shortMs(subject));
@@ -135,7 +135,7 @@ export function expiry({ open, features }: Suite): void {
     expect(await got.item!.value()).toEqual(other);
   });
 
-  test.runIf(features.stores && features.countsExpirations)('an item read past its expiry is removed soon after (lazily, on access)', async () => {
+  testWhen(features.stores && features.countsExpirations === true)('an item read past its expiry is removed soon after (lazily, on access)', async () => {
     const subject = await open();
     const { cache } = subject;
     const expiresBy = await setExpiring(subject, cache, 'id', shortMs(subject));

@@ -1,6 +1,6 @@
 import { expect, test } from 'vitest';
 import type { Cache, ListPage } from '../../src/index.js';
-import { clockNow, passTime, type Suite } from './support.js';
+import { testWhen, clockNow, passTime, type Suite } from './support.js';
 
 /** Every page of a listing from the start, with the page sizes seen. */
 async function listAll(cache: Cache<unknown>, limit?: number): Promise<{ ids: string[]; scopes: string[]; pages: ListPage[] }> {
@@ -138,7 +138,7 @@ export function listing({ open, features }: Suite): void {
     await expectRefused(cache.list({ cursor: 'not a cursor!' }));
   });
 
-  test.runIf(features.stores)("another scope's cursor is refused", async () => {
+  testWhen(features.stores)("another scope's cursor is refused", async () => {
     const { cache } = await open();
     for (const id of ['a', 'b', 'c']) await cache.withScope('one').set(id, sample);
     await cache.withScope('two').set('a', sample);

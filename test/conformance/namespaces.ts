@@ -1,5 +1,5 @@
 import { expect, test } from 'vitest';
-import { isFree, type Suite, valueOf } from './support.js';
+import { testWhen, isFree, type Suite, valueOf } from './support.js';
 
 const AWKWARD_IDS = ['', '!', '/', ':', '%', '%25', '%3A', '\u0000', ' ', 'ключ', '键', '🔑', '\uD800', '\uDC00', '\uDC00\uD800', 'a/b', 'a:b', '!a!b'];
 const SEPARATORS = ['!', '/', ':', '%', '%2F', '%3A', '\u0000', '.', '\\', '|', '#', '\uD800'];
@@ -8,7 +8,7 @@ const SEPARATORS = ['!', '/', ':', '%', '%2F', '%3A', '\u0000', '.', '\\', '|', 
 export function namespaces({ open, features }: Suite): void {
   const value = (text: string): unknown => (features.values === 'binary' ? new TextEncoder().encode(text) : text);
 
-  test.runIf(features.stores)('any string is an item id, and different ids are different items', async () => {
+  testWhen(features.stores)('any string is an item id, and different ids are different items', async () => {
     const { cache } = await open();
     const scoped = cache.withScope('s');
     for (const target of [cache, scoped]) {
@@ -17,7 +17,7 @@ export function namespaces({ open, features }: Suite): void {
     }
   });
 
-  test.runIf(features.stores)('an item may share its id with a scope', async () => {
+  testWhen(features.stores)('an item may share its id with a scope', async () => {
     const { cache } = await open();
     await cache.set('x', value('item x'));
     await cache.withScope('x').set('x', value('item x in scope x'));
@@ -32,7 +32,7 @@ export function namespaces({ open, features }: Suite): void {
     expect(await valueOf(cache.withScope('x'), 'y')).toEqual(value('y'));
   });
 
-  test.runIf(features.stores)('a separator in a scope name or id never joins two addresses', async () => {
+  testWhen(features.stores)('a separator in a scope name or id never joins two addresses', async () => {
     const { cache } = await open();
     for (const sep of SEPARATORS) {
       const split = cache.withScope('a').withScope(`b${sep}c`);
@@ -56,7 +56,7 @@ export function namespaces({ open, features }: Suite): void {
     }
   });
 
-  test.runIf(features.stores)('a scope whose name starts with another scope\u2019s name is its sibling, not its child', async () => {
+  testWhen(features.stores)('a scope whose name starts with another scope\u2019s name is its sibling, not its child', async () => {
     const { cache } = await open();
     await cache.withScope('ab').set('id', value('ab'));
     await cache.withScope('a').clear();

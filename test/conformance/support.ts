@@ -1,4 +1,4 @@
-import { expect } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import type { Cache, CacheErrorCode, CodecName } from '../../src/index.js';
 
 /** A fresh, empty cache made for one test; the factory registers its own cleanup. */
@@ -47,6 +47,18 @@ export interface Suite {
 }
 
 /** The scope paths every basic case runs in. */
+type Register = (name: string, body: () => unknown, timeoutMs?: number) => void;
+
+/** `test` for a case that applies to the backend; one that does not apply is not registered, rather than reported as skipped. */
+export function testWhen(applies: boolean): Register {
+  return applies ? (name, body, timeoutMs) => test(name, async () => { await body(); }, timeoutMs) : () => {};
+}
+
+/** `describe` for a group of cases that applies to the backend; one that does not apply is not registered. */
+export function describeWhen(applies: boolean): (name: string, body: () => void) => void {
+  return applies ? (name, body) => describe(name, body) : () => {};
+}
+
 export const SCOPE_PATHS: readonly (readonly string[])[] = [[], ['scope'], ['outer', 'inner']];
 
 export function inScope(cache: Cache<unknown>, path: readonly string[]): Cache<unknown> {

@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { deserialize } from 'node:v8';
-import { describe, expect, test } from 'vitest';
-import { expectCode, type Suite, valueOf } from './support.js';
+import { expect, test } from 'vitest';
+import { describeWhen, testWhen, expectCode, type Suite, valueOf } from './support.js';
 
 interface Cycle {
   name: string;
@@ -45,7 +45,7 @@ const STRUCTURED_VALUES: Record<string, unknown> = {
 export function values({ open, features }: Suite): void {
   const kind = features.values;
 
-  describe.runIf(features.stores)('values', () => {
+  describeWhen(features.stores)('values', () => {
     test('item.path() is a private file of the encoded value, small or large, valid until release', async () => {
       const { cache } = await open();
       const large = new Uint8Array(100_000).map((_, n) => n % 7);
@@ -82,7 +82,7 @@ export function values({ open, features }: Suite): void {
       await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' });
     });
 
-    test.runIf(kind === 'as-given')('values are kept as given, by reference', async () => {
+    testWhen(kind === 'as-given')('values are kept as given, by reference', async () => {
       const { cache } = await open();
       const object = { list: [1], fn: () => 1, big: 1n };
       await cache.set('object', object);
@@ -93,7 +93,7 @@ export function values({ open, features }: Suite): void {
       expect(await got.item!.value()).toBeUndefined();
     });
 
-    test.runIf(kind === 'json')('JSON values round-trip', async () => {
+    testWhen(kind === 'json')('JSON values round-trip', async () => {
       const { cache } = await open();
       for (const [name, value] of Object.entries(JSON_VALUES)) {
         await cache.set(name, value);
@@ -105,7 +105,7 @@ export function values({ open, features }: Suite): void {
       expect(await valueOf(cache, 'dropped property')).toStrictEqual({ kept: 1 });
     });
 
-    test.runIf(kind === 'binary')('bytes round-trip as plain Uint8Arrays, empty ones too', async () => {
+    testWhen(kind === 'binary')('bytes round-trip as plain Uint8Arrays, empty ones too', async () => {
       const { cache } = await open();
       const large = new Uint8Array(1 << 20).map((_, n) => n % 251);
       for (const bytes of [new Uint8Array(0), new Uint8Array([0, 255, 128]), large, new Uint8Array([1]), large.subarray(7)]) {
@@ -124,7 +124,7 @@ export function values({ open, features }: Suite): void {
       expect(await valueOf(cache, 'view')).toStrictEqual(new Uint8Array([8, 7]));
     });
 
-    test.runIf(kind === 'binary')('the stored bytes are a copy: changing the array later changes nothing', async () => {
+    testWhen(kind === 'binary')('the stored bytes are a copy: changing the array later changes nothing', async () => {
       const { cache } = await open();
       // Small values, and large ones that a store may keep apart from the others.
       for (const length of [3, 100_000]) {
@@ -137,7 +137,7 @@ export function values({ open, features }: Suite): void {
       }
     });
 
-    test.runIf(kind === 'binary')('a value read is the caller\u2019s own: changing it changes nothing stored', async () => {
+    testWhen(kind === 'binary')('a value read is the caller\u2019s own: changing it changes nothing stored', async () => {
       const { cache } = await open();
       for (const length of [10, 100_000]) {
         await cache.set('bytes', new Uint8Array(length).fill(1));
@@ -147,7 +147,7 @@ export function values({ open, features }: Suite): void {
       }
     });
 
-    test.runIf(kind === 'structured')('structured values round-trip: Map, Set, Date, BigInt, typed arrays, cycles', async () => {
+    testWhen(kind === 'structured')('structured values round-trip: Map, Set, Date, BigInt, typed arrays, cycles', async () => {
       const { cache } = await open();
       for (const [name, value] of Object.entries(STRUCTURED_VALUES)) {
         await cache.set(name, value);
@@ -185,7 +185,7 @@ export function values({ open, features }: Suite): void {
       },
     };
     const cases = Object.entries(kind === 'as-given' ? {} : refused[kind]!);
-    test.runIf(cases.length > 0)(`values the ${kind} codec cannot encode reject with CACHE_INVALID_VALUE and change nothing`, async () => {
+    testWhen(cases.length > 0)(`values the ${kind} codec cannot encode reject with CACHE_INVALID_VALUE and change nothing`, async () => {
       const { cache } = await open();
       const previous = kind === 'binary' ? new Uint8Array([1]) : 'previous';
       await cache.set('id', previous, { modified: 10 });
