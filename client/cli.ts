@@ -138,6 +138,8 @@ function tierLines(tier: TierStatus | null | undefined): string[] {
       // A daemon of an earlier version sends no `pendingChanges`.
       (tier.pendingChanges === undefined ? '' : `; pending changes ${tier.pendingChanges}`),
   ];
+  // Only when there are any (a daemon of an earlier version sends none).
+  if ((tier.evictedBeforeWriteThrough ?? 0) > 0) lines.push(`             evicted before written through ${tier.evictedBeforeWriteThrough}`);
   // A daemon of an earlier version sends no `downNodes`.
   if (tier.downNodes !== undefined && tier.downNodes.length > 0) lines.push(`             nodes down: ${tier.downNodes.map(shown).join(', ')}`);
   if (tier.lastError !== null) lines.push(`             last error: ${shown(tier.lastError)}`);

@@ -194,6 +194,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #sharedWrites = 0;
   #fencedWrites = 0;
   #localFallbacks = 0;
+  #evictedBeforeWrite = 0;
+  #evictedNotLogged = 0;
+  #evictedLoggedAtMs = -Infinity;
 
   constructor(options: RedisTierOptions) {
     this.#options = options;
@@ -263,7 +266,23 @@ export class RedisTier implements SharedTier<EncodedValue> {
   }
 
   waitsToWrite(key: string): boolean {
-    return this.#pending.waitsAsKey(topScopeName(key), key);
+    // A whole scope's items all wait: its pass clears the scope in Redis, then writes what is still local.
+    return this.#pending.holds(topScopeName(key), key);
+  }
+
+  evictedBeforeWrite(key: string): void {
+    this.#evictedBeforeWrite++;
+    // One line a minute at most: a full cache evicts many.
+    this.#evictedNotLogged++;
+    const nowMs = performance.now();
+    if (nowMs - this.#evictedLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
+    this.#evictedLoggedAtMs = nowMs;
+    const more = this.#evictedNotLogged > 1 ? ` (${this.#evictedNotLogged - 1} more since the last line)` : '';
+    this.#evictedNotLogged = 0;
+    this.#options.log(
+      `tier: an item whose change waits to be written through was evicted, Redis will not have its value (${JSON.stringify(key)}): ` +
+        `such items held more than half of the size limit${more}`,
+    );
   }
 
   async read(scope: Scope, id: string): Promise<TierRead<EncodedValue> | null> {
@@ -460,6 +479,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       invalidations: changes.invalidations,
       droppedScopes: changes.droppedScopes,
       pendingChanges: this.#pending.size,
+      evictedBeforeWriteThrough: this.#evictedBeforeWrite,
       sharing: this.#sharingShown(),
     };
   }

@@ -8,6 +8,12 @@ export const HOUSEKEEPING_BATCH = 256;
 export const SWEEP_INTERVAL_MS = 10_000;
 /** An eviction goes down to this share of the size limit. */
 export const EVICTION_TARGET = 0.9;
+/**
+ * The most of the size limit that pinned items (changes the shared tier has yet to write through) may hold while an
+ * eviction passes over them: past it, the least recently used of them are evicted too, and each is told to
+ * {@link HousekeeperOptions.pinnedEvicted}.
+ */
+export const MAX_PINNED_SHARE = 0.5;
 /** The most expired items a dry run of `gc` looks at (it cannot page through them without removing them). */
 export const DRY_RUN_MAX_EXPIRED = 100_000;
 /** Locked items an eviction or sweep pass skips before it gives up until the next one. */
@@ -49,9 +55,12 @@ export interface HousekeeperOptions {
   log?: (line: string) => void;
   /**
    * Whether an item is kept from eviction (its record is a change the shared tier still has to write through): it is
-   * passed over as a locked one is, without counting against the pass's bound; expiry still removes it. Default: none.
+   * passed over as a locked one is, without counting against the pass's bound, while such items hold at most
+   * {@link MAX_PINNED_SHARE} of the limit; expiry still removes it. Default: none.
    */
   pinned?: ((key: string) => boolean) | undefined;
+  /** Hears of each pinned item evicted all the same, because pinned items held more than {@link MAX_PINNED_SHARE} of the limit. */
+  pinnedEvicted?: ((key: string) => void) | undefined;
 }
 
 function noRemovals(): RemovalCounts {
@@ -86,6 +95,7 @@ export class Housekeeper {
   readonly #scopeCounters = new Map<string, RemovalCounts>();
   readonly #log: ((line: string) => void) | undefined;
   readonly #pinned: (key: string) => boolean;
+  readonly #pinnedEvicted: (key: string) => void;
   #failures = 0;
   /** When a failure was last logged (`performance.now`), and the failures since that were not. */
   #failureLoggedAtMs = -Infinity;
@@ -111,6 +121,7 @@ export class Housekeeper {
     if (log !== undefined && typeof log !== 'function') throw new TypeError(`log must be a function, got ${String(log)}.`);
     this.#log = log;
     this.#pinned = options.pinned ?? (() => false);
+    this.#pinnedEvicted = options.pinnedEvicted ?? (() => {});
     const intervalMs = options.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
     if (!(typeof intervalMs === 'number' && intervalMs > 0)) {
       throw new TypeError(`sweepIntervalMs must be a number of milliseconds above 0, got ${String(intervalMs)}.`);
@@ -309,58 +320,93 @@ export class Housekeeper {
     }
   }
 
-  /** Evicts the least recently used items until the counted size is at most `target` of the limit. */
+  /**
+   * Evicts the least recently used items until the counted size is at most `target` of the limit, passing over pinned
+   * ones; then, if the pinned items it passed over hold more than {@link MAX_PINNED_SHARE} of the limit, the least
+   * recently used of them down to that share.
+   */
   async #evict(report: RemovalCounts, target: number): Promise<void> {
     if (!this.#evicts()) return;
+    const pinnedBytes = await this.#walk(report, target, 'unpinned', Infinity);
+    const { limitBytes } = this.#totals()!;
+    if (limitBytes === null || pinnedBytes <= limitBytes * MAX_PINNED_SHARE) return;
+    await this.#walk(report, 0, 'pinned', pinnedBytes - limitBytes * MAX_PINNED_SHARE);
+  }
+
+  /**
+   * One walk from the least recently used item, removing those of `which` until the counted size is at most `target`
+   * of the limit, or `budgetBytes` are removed; returns the bytes of the pinned items it passed over (a walk that has
+   * to start again from the least recent counts them again from there).
+   */
+  async #walk(report: RemovalCounts, target: number, which: 'pinned' | 'unpinned', budgetBytes: number): Promise<number> {
     let cursor: string | undefined;
     let skipped = 0;
-    while (!this.#closed && skipped <= MAX_SKIPPED) {
+    let pinnedBytes = 0;
+    let budgetLeft = budgetBytes;
+    while (!this.#closed && skipped <= MAX_SKIPPED && budgetLeft > 0) {
       const { bytes, limitBytes } = this.#totals()!;
-      if (limitBytes === null || bytes <= limitBytes * target) return;
+      if (limitBytes === null || bytes <= limitBytes * target) break;
       this.#writtenSinceListing = new Set();
       const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
       // Only as many as the target needs: the count may have changed while the store listed them.
       const now = this.#totals()!;
       const excess = now.limitBytes === null ? 0 : now.bytes - now.limitBytes * target;
-      if (excess <= 0) return;
-      const removal = await this.#removeBatch(keys, 'evicted', report, excess);
+      if (excess <= 0) break;
+      const removal = await this.#removeBatch(keys, 'evicted', report, Math.min(excess, budgetLeft), which);
       skipped += removal.skipped.length;
+      pinnedBytes += removal.pinnedBytes;
+      budgetLeft -= removal.removedBytes;
       // A page with nothing to remove (the store skipped stray index entries, or every key listed was gone) goes on from
       // where the store stopped: the cursor moves on each time, so the pass ends, and never stops short behind strays.
       // A batch cut short by the target starts again from the least recent: the count may have grown meanwhile.
-      if (removal.short) cursor = undefined;
-      else if (next === null) return;
+      if (removal.short) {
+        cursor = undefined;
+        pinnedBytes = 0;
+      } else if (next === null) break;
       else cursor = next;
       await nextTurn();
     }
+    return pinnedBytes;
   }
 
   /**
    * Removes the items whose exclusive locks can be taken now and that were not written since the store listed them,
    * each under its lock, until the bytes taken reach `budgetBytes`; returns the keys it skipped for their locks, those
-   * whose items were gone once locked (counted as nothing), how many it removed, and whether it stopped short of the
-   * end of `keys` because of the budget.
+   * whose items were gone once locked (counted as nothing), how many it removed and their bytes, whether it stopped
+   * short of the end of `keys` because of the budget, and the bytes of the pinned items it passed over. An eviction
+   * takes the `unpinned` items only, or the `pinned` ones only.
    */
   async #removeBatch(
     keys: readonly string[],
     kind: Kind,
     report: RemovalCounts,
     budgetBytes = Infinity,
-  ): Promise<{ skipped: string[]; gone: string[]; removed: number; short: boolean }> {
+    which: 'pinned' | 'unpinned' = 'unpinned',
+  ): Promise<{ skipped: string[]; gone: string[]; removed: number; removedBytes: number; short: boolean; pinnedBytes: number }> {
     const skipped: string[] = [];
     const gone: string[] = [];
     const taken: { key: string; lease: Lease; bytes: number }[] = [];
     const written = this.#writtenSinceListing;
     this.#writtenSinceListing = undefined;
     let plannedBytes = 0;
+    let pinnedBytes = 0;
     let short = false;
+    const pinnedKeys = new Set<string>();
     for (const key of keys) {
       if (plannedBytes >= budgetBytes) {
         short = true;
         break;
       }
       // Pinned: passed over, as a locked item is, but not counted against the pass's bound (it may stay pinned for long).
-      if (kind === 'evicted' && this.#pinned(key)) continue;
+      if (kind === 'evicted') {
+        const pinned = this.#pinned(key);
+        if (pinned) pinnedKeys.add(key);
+        if (pinned && which === 'unpinned') {
+          pinnedBytes += this.#sizeOf(key) ?? 0;
+          continue;
+        }
+        if (!pinned && which === 'pinned') continue;
+      }
       const lease = written?.has(key) ? null : this.#locks.tryAcquire(key, 'exclusive', { owner: EVICTION_OWNER });
       if (!lease) {
         skipped.push(key);
@@ -387,12 +433,15 @@ export class Housekeeper {
       }),
     );
     let failure: unknown;
+    let removedBytes = 0;
     results.forEach((result, index) => {
       if (result.status === 'rejected') {
         failure ??= result.reason;
         return;
       }
       const { key, bytes } = taken[index]!;
+      removedBytes += bytes;
+      if (pinnedKeys.has(key)) this.#pinnedEvicted(key);
       this.#count(report, kind, bytes);
       this.#count(this.#counters, kind, bytes);
       const name = topScopeName(key);
@@ -405,7 +454,7 @@ export class Housekeeper {
     });
     if (failure !== undefined) throw failure;
     const removed = results.filter((result) => result.status === 'fulfilled').length;
-    return { skipped, gone, removed, short };
+    return { skipped, gone, removed, removedBytes, short, pinnedBytes };
   }
 
   #count(counts: RemovalCounts, kind: Kind, bytes: number): void {

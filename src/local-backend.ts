@@ -221,7 +221,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     const tier = options.tier;
     // An item whose change waits to be written through is not evicted: its local record is the change.
     const pinned = tier?.waitsToWrite === undefined ? undefined : (key: string) => tier.waitsToWrite!(key);
-    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log, pinned });
+    const pinnedEvicted = tier?.evictedBeforeWrite === undefined ? undefined : (key: string) => tier.evictedBeforeWrite!(key);
+    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log, pinned, pinnedEvicted });
   }
 
   /**

@@ -117,6 +117,11 @@ export interface TierStatus {
    * past the bound), written through once it answers.
    */
   readonly pendingChanges: number;
+  /**
+   * Items evicted before their change was written through, because such items held more than half of `--max-size`:
+   * Redis does not get their values (it drops its copy, or the whole scope's pass leaves them out).
+   */
+  readonly evictedBeforeWriteThrough: number;
   /** Each top-level scope that is not `local`, by name (`*` stands for every scope not named). */
   readonly sharing: Readonly<Record<string, ScopeSharing>>;
 }
@@ -144,11 +149,17 @@ export interface SharedTier<V> {
    */
   inSync?(scope: Scope, id: string): boolean;
   /**
-   * Whether the item's local record is a change still to be written through (as an item of its own): eviction skips
-   * it, as a write-back cache keeps a dirty entry until it is written, so that eviction never turns an acknowledged
-   * set into a delete in the tier. Synchronous and cheap: eviction asks it of every item it would remove. Absent: never.
+   * Whether the item's local record is a change still to be written through (as an item of its own, or as one of a
+   * scope whose whole pass is to come): eviction skips it, as a write-back cache keeps a dirty entry until it is
+   * written, while such items hold at most half of the size limit. Synchronous and cheap: eviction asks it of every
+   * item it would remove. Absent: never.
    */
   waitsToWrite?(itemKey: string): boolean;
+  /**
+   * Hears that an item for which {@link SharedTier.waitsToWrite} held was evicted all the same (such items held more
+   * than eviction lets them keep): counted and logged. Absent: nothing is told.
+   */
+  evictedBeforeWrite?(itemKey: string): void;
   /** Reads the shared copy; `null` when the tier is unavailable (a shared miss, counted). */
   read(scope: Scope, id: string): Promise<TierRead<V> | null>;
   /**

@@ -7,7 +7,7 @@ import { TierKeys } from '../daemon/tier-keys.js';
 import { tierOptions } from '../daemon/tier-options.js';
 import { LevelStore } from '../src/level/level-store.js';
 import { LocalBackend } from '../src/local-backend.js';
-import { ROOT_SCOPE, scopeOf } from '../src/scope-path.js';
+import { itemKey, ROOT_SCOPE, scopeOf } from '../src/scope-path.js';
 import type { EncodedValue } from '../src/store.js';
 import { eventually } from './conformance/support.js';
 import { redisServerForFile, startRedisServer, startTcpProxy } from './support/redis-server.js';
@@ -37,13 +37,22 @@ interface Machine {
 /** One machine: a LevelStore in a fresh directory and a RedisTier on `url`, attached; closed when the test ends. */
 async function machine(
   prefix: string,
-  options: { strict?: boolean; maxSizeBytes?: number; recencyBucketMs?: number; url?: string; share?: string[]; log?: (line: string) => void; dataDir?: string } = {},
+  options: {
+    strict?: boolean;
+    maxSizeBytes?: number;
+    recencyBucketMs?: number;
+    url?: string;
+    share?: string[];
+    log?: (line: string) => void;
+    dataDir?: string;
+    maxPending?: number;
+  } = {},
 ): Promise<Machine> {
   const dataDir = options.dataDir ?? (await tempDir('hlbr-'));
   const store = await LevelStore.open(dataDir, { maxSizeBytes: options.maxSizeBytes ?? Infinity, ...(options.recencyBucketMs === undefined ? {} : { recencyBucketMs: options.recencyBucketMs }) });
   // Generous bounds: on a busy machine a tier command may take seconds, and then the rules under test would become the
   // fallback's. A stopped Redis refuses connections at once, whatever the timeout.
-  const settings = tierOptions({ tier: [options.url ?? redis.url], share: options.share ?? ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s' }, {})!;
+  const settings = tierOptions({ tier: [options.url ?? redis.url], share: options.share ?? ['pages=shared'], tierPrefix: prefix, tierStrict: options.strict, tierLease: '30s', tierTimeout: '10s', tierMaxPending: options.maxPending?.toString() }, {})!;
   const tier = new RedisTier({ ...settings, dataDir, log: options.log ?? (() => {}) });
   const backend = new LocalBackend<EncodedValue, EncodedValue>(store, keep, { tier });
   onTestFinished(() => backend.close());
@@ -409,5 +418,57 @@ describe('eviction and expiry of an item whose change waits to be written throug
     // y expired before its write-through: sent as a delete, so that B's older copy is not served either.
     expect(await sharedValue(prefix, 'y')).toBeUndefined();
     expect(await valueOn(b, 'y')).toBeUndefined();
+  });
+
+  test('the items of a scope remembered whole (past --tier-max-pending) are not evicted before its pass, and all reach Redis', async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ port: redis.port! });
+    const [a, b] = await Promise.all([machine(prefix, { url: proxy.url, maxSizeBytes: 6000, recencyBucketMs: 1, maxPending: 2 }), machine(prefix)]);
+    await b.backend.set(PAGES, 'x', text('x by B'), at);
+    proxy.cut('reset');
+    for (const id of ['x', 'y', 'z']) await a.backend.set(PAGES, id, text(`${id} by A`), at);
+    // Three changes past a bound of two: pages is remembered whole (its pass clears it in Redis, then writes what is local).
+    expect(a.tier.status().pendingChanges).toBe(1);
+    for (let n = 0; n < 12; n++) await a.backend.set(scopeOf(['own']), `filler${n}`, text('f'.repeat(1000)), at);
+    await eventually(() => a.backend.counters().evictedItems > 0 && a.store.usage().bytes <= 6000, 'A evicts down to its limit');
+    // Before the fix all three went: `expected [ undefined, undefined, undefined ] to deeply equal [ 'x by A', … ]`.
+    expect(['x', 'y', 'z'].map((id) => textOf(a.store.read(PAGES, id)?.value))).toEqual(['x by A', 'y by A', 'z by A']);
+
+    proxy.restore();
+    await eventually(() => a.tier.status().pendingChanges === 0, 'A writes its changes through');
+    expect(await Promise.all(['x', 'y', 'z'].map((id) => sharedValue(prefix, id)))).toEqual(['x by A', 'y by A', 'z by A']);
+    expect(await valueOn(b, 'x')).toBe('x by A');
+    expect(a.tier.status().evictedBeforeWriteThrough).toBe(0);
+  });
+
+  test('items waiting for their write-through keep at most half of --max-size: past it the least recently used of them are evicted, counted, logged, and deleted in Redis', async () => {
+    const prefix = freshPrefix();
+    const proxy = await startTcpProxy({ port: redis.port! });
+    const lines: string[] = [];
+    const [a, b] = await Promise.all([machine(prefix, { url: proxy.url, maxSizeBytes: 6000, recencyBucketMs: 1, log: (line) => lines.push(line) }), machine(prefix)]);
+    const ids = ['p0', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6'];
+    for (const id of ids) await b.backend.set(PAGES, id, text(`${id} by B`), at);
+    proxy.cut('reset');
+    // Seven changes of about 1 KiB each wait: more than the 6000-byte limit.
+    for (const id of ids) await a.backend.set(PAGES, id, text(`${id} by A `.padEnd(1000, '.')), at);
+    expect(a.tier.status().pendingChanges).toBe(7);
+    // Before the fix the store stayed above its limit, every pinned item kept: this timed out.
+    await eventually(() => a.store.usage().bytes <= 6000, 'A evicts down to its limit');
+    const kept = ids.filter((id) => a.store.read(PAGES, id) !== undefined);
+    const evicted = ids.filter((id) => !kept.includes(id));
+    // The least recently used went first, and what stays pinned is within half the limit.
+    expect(evicted).toEqual(ids.slice(0, evicted.length));
+    // Seven items of 1026 bytes: the limit alone needs two to go, down to half of it at least four (an eviction at the
+    // sixth write, or at the seventh).
+    expect(evicted.length).toBeGreaterThanOrEqual(4);
+    expect(kept.reduce((sum, id) => sum + a.store.sizeOf(itemKey(PAGES, id))!, 0)).toBeLessThanOrEqual(3 * 1026);
+    expect(a.tier.status().evictedBeforeWriteThrough).toBe(evicted.length);
+    expect(lines.filter((line) => line.includes('was evicted, Redis will not have its value'))).toHaveLength(1);
+
+    proxy.restore();
+    await eventually(() => a.tier.status().pendingChanges === 0, 'A writes its changes through');
+    // An evicted one goes as a delete: B's older copy is not served as current.
+    for (const id of evicted) expect([await sharedValue(prefix, id), await valueOn(b, id)]).toEqual([undefined, undefined]);
+    for (const id of kept) expect((await valueOn(b, id))?.startsWith(`${id} by A`)).toBe(true);
   });
 });
