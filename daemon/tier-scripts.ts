@@ -26,6 +26,17 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The scope's next fencing number. A counter that is not there (a new scope, or a Redis or Cluster shard that lost the
+-- scope's data) starts at Redis's time in microseconds, above every number it handed out before (it would take more than
+-- one number a microsecond to catch up with the clock), so that a number kept from before a loss is older than any
+-- write, lease or clear made since: Redis refuses it where one of those came since.
+local function next_fence(nkey)
+  if not redis.call('GET', nkey) then
+    local t = redis.call('TIME')
+    redis.call('SET', nkey, t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  return redis.call('INCR', nkey)
+end
 -- The newest clear among the generation fields in ARGV[first .. first + count - 1]: the largest fence any of them
 -- holds in g, 0 when none does. An item (or a lease) is valid only if its fence is greater.
 local function cleared_at(gkey, first, count)
@@ -40,7 +51,10 @@ local function cleared_at(gkey, first, count)
   end
   return newest
 end
--- A lease field: token|fence|expiresAtMs.
+-- A lease field: token|fence|expiresAtMs. Numbers are written in full: Lua's own conversion keeps 14 digits only.
+local function lease_field(token, fence, expires)
+  return token .. '|' .. string.format('%.0f', fence) .. '|' .. string.format('%.0f', expires)
+end
 local function parse_lease(text)
   if not text then return nil end
   local token, fence, expires = string.match(text, '^(.-)|(%d+)|(%d+)$')
@@ -118,7 +132,7 @@ if fence then
   if token == '' and cleared == fence then fresh = true end
 end
 if token == '' then
-  if fresh then fence = redis.call('INCR', nkey) end
+  if fresh then fence = next_fence(nkey) end
   -- A plain write (or one fenced by a number, past the checks) supersedes a holder: its lease ends here (its write is
   -- refused, its renewal finds it lost, even once this write's item is gone), and its waiters are woken to try again.
   if redis.call('HDEL', lkey, ikey) == 1 then
@@ -158,7 +172,7 @@ export const CLEAR_SCRIPT = tierScript(
   `${HELPERS}
 local nkey, gkey, tkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix = ARGV[2]
-local fence = redis.call('INCR', nkey)
+local fence = next_fence(nkey)
 local now = now_ms()
 if ARGV[6] == '1' then
   -- Every other record is the prefix's descendant, and older: only the root's ('') is kept, unless it is the one cleared.
@@ -201,8 +215,8 @@ local now = now_ms()
 prune_leases(lkey, xkey, now)
 local lease = parse_lease(redis.call('HGET', lkey, ikey))
 if lease and lease.expires > now and string.sub(lease.token, 1, #origin) ~= origin then return {0, lease.expires - now} end
-local fence = redis.call('INCR', nkey)
-redis.call('HSET', lkey, ikey, token .. '|' .. fence .. '|' .. (now + lease_ms))
+local fence = next_fence(nkey)
+redis.call('HSET', lkey, ikey, lease_field(token, fence, now + lease_ms))
 redis.call('ZADD', xkey, now + lease_ms, ikey)
 local reply = {1, fence, cleared_at(gkey, 5, count)}
 local fields = redis.call('HGETALL', item)
@@ -227,7 +241,7 @@ local lease = parse_lease(redis.call('HGET', lkey, ikey))
 local now = now_ms()
 if not lease or lease.token ~= token or lease.fence ~= fence or lease.expires <= now then return 0 end
 if cleared_at(gkey, 6, tonumber(ARGV[5])) > fence then return 0 end
-redis.call('HSET', lkey, ikey, token .. '|' .. fence .. '|' .. (now + lease_ms))
+redis.call('HSET', lkey, ikey, lease_field(token, fence, now + lease_ms))
 redis.call('ZADD', xkey, now + lease_ms, ikey)
 return 1
 `,

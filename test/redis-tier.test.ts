@@ -209,7 +209,8 @@ test('a write is read by another machine with its expiry; a delete leaves a fenc
   await a.tier.delete(pages, 'home');
   expect(text(await b.tier.read(pages, 'home'))).toBeUndefined();
   const tombstone = await server.cli('HGETALL', `{${prefix}:pages}i:pages/:home`);
-  expect(tombstone.split('\n')).toEqual(['d', '1', 'f', '2']);
+  // Fenced by the scope's newest number: the counter's own.
+  expect(tombstone.split('\n')).toEqual(['d', '1', 'f', await server.cli('GET', `{${prefix}:pages}n`)]);
   expect(Number(await server.cli('PTTL', `{${prefix}:pages}i:pages/:home`))).toBeGreaterThan(0);
   expect(a.tier.status()).toMatchObject({ state: 'connected', sharedWrites: 2, errors: 0 });
   expect(b.tier.status()).toMatchObject({ sharedHits: 1, sharedMisses: 1 });
@@ -367,10 +368,31 @@ test('a write fenced by a number (a getset write-through) is refused for a newer
   expect(text(await b.tier.read(pages, 'mine'))).toBe('written through');
 });
 
+test("a scope's new fencing counter starts at Redis's time in microseconds (above any number a lost counter handed out), and an existing one goes on by one", async () => {
+  const prefix = freshPrefix();
+  const keys = new TierKeys(prefix);
+  const a = await makeTier({ prefix });
+  const [seconds, micros] = (await server.cli('TIME')).split('\n').map(Number);
+  await a.tier.write(pages, 'one', record('one'), { sizeBytes: 3 });
+  const first = Number(await server.cli('GET', keys.fenceCounter('pages')));
+  // Redis's TIME, in microseconds, before the write: well past every number a counter of an earlier life reached.
+  expect(first).toBeGreaterThan(seconds! * 1_000_000 + micros!);
+  expect(first).toBeLessThan(Number.MAX_SAFE_INTEGER);
+  const grant = await a.tier.acquire(pages, 'two', { wait: false });
+  if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
+  expect(grant.lease.fence).toBe(first + 1);
+  // The lease's number is kept whole in its field (Lua's own conversion keeps 14 digits).
+  await a.tier.write(pages, 'two', record('by the lease'), { lease: grant.lease, sizeBytes: 12 });
+  await a.tier.release(grant.lease);
+  expect(await server.cli('HGET', keys.item(itemKey(pages, 'two')), 'f')).toBe(String(first + 1));
+});
+
 test("a write fenced by a number above its scope's counter (kept from a Redis that lost its data) goes as fenced by 0: with a new number when nothing of the item came since, else refused", async () => {
   const prefix = freshPrefix();
   const keys = new TierKeys(prefix);
   const a = await makeTier({ prefix });
+  // A counter that is there goes on from where it is (a new one would start at Redis's time in microseconds).
+  await server.cli('SET', keys.fenceCounter('pages'), '0');
   for (const id of ['one', 'two']) await a.tier.write(pages, id, record(id), { sizeBytes: 3 });
   expect(await server.cli('GET', keys.fenceCounter('pages'))).toBe('2');
   // Written, at the counter's next number, not at 40: a lease granted next (41 before the fix would be needed) writes.
@@ -673,6 +695,8 @@ test('an acquire that timed out but ran in Redis anyway is released as soon as R
   const prefix = 'o';
   const a = await makeTier({ url: own.url, timeoutMs: 500, leaseMs: 30_000, prefix });
   const b = await makeTier({ url: own.url, timeoutMs: 500, leaseMs: 30_000, prefix });
+  // A counter that is there goes on from where it is: the acquire's number is 1.
+  await own.cli('SET', `{${prefix}:pages}n`, '0');
   process.kill(own.pid, 'SIGSTOP');
   onTestFinished(() => {
     process.kill(own.pid, 'SIGCONT');
@@ -706,6 +730,8 @@ test('acquires that time out while the tier stays up are released one pass at a 
   const prefix = 'r';
   const a = await makeTier({ url: own.url, timeoutMs: 1000, leaseMs: 30_000, prefix });
   const ids = Array.from({ length: 10 }, (_, n) => `job${n}`);
+  // A counter that is there goes on from where it is: the acquires' numbers are 1 to 10.
+  await own.cli('SET', '{r:pages}n', '0');
   await own.cli('CONFIG', 'RESETSTAT');
   // Redis holds every command for 1.6 s, then answers: the acquires time out, the PING their timeout sends is
   // answered in time, and the tier stays up. Redis runs the acquires all the same.

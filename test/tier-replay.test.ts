@@ -474,3 +474,31 @@ test("a getset's write kept across a cut, and Redis loses its data meanwhile: an
   expect((await a.tierStatus()).fencedWrites).toBe(before.fencedWrites + 1);
   expect(a.log.join('\n')).toContain("as when the waiting changes' fences were taken");
 });
+
+test("a getset's write kept across a cut while only its scope's keys are lost (a Cluster shard restarted empty, the tier's identity on another): another daemon's later write of the item stands", async () => {
+  const { server, proxy, a, b } = await setup();
+  const onA = a.cache.withScope('lost');
+  const onB = b.cache.withScope('lost');
+  for (let n = 0; n < 3; n++) await onB.set(`other${n}`, `other ${n}`);
+  const held = await onA.getset('item');
+  await cut(proxy, a, 'reset');
+  await held.set('A under its lease');
+  await held.release();
+
+  // The scope's keys go (its counter, items, leases, change log); the tier's identity stays, so no check finds a loss.
+  const dropped = await server.cli('EVAL', "local keys = redis.call('KEYS', ARGV[1]) for _, key in ipairs(keys) do redis.call('DEL', key) end return #keys", '0', '{hoard:lost}*');
+  expect(Number(dropped)).toBeGreaterThan(0);
+  expect(await server.cli('EXISTS', 'hoard:id')).toBe('1');
+  // After the loss B writes the item, then enough else that a counter restarted from nothing would pass A's old number.
+  await onB.set('item', 'B after the loss');
+  for (let n = 0; n < 10; n++) await onB.set(`later${n}`, `later ${n}`);
+  const byB = await sharedItem(server.cli, { scope: ['lost'], id: 'item' });
+  const before = await a.tierStatus();
+  proxy.restore();
+  await eventually(async () => (await a.tierStatus()).pendingChanges === 0, 'A wrote through what it kept');
+  // Before the fix the counter restarted at 1: A's write-through, fenced by its old lease's number (4), above B's (1),
+  // overwrote B's newer write. Now a new counter starts at Redis's time in microseconds, above every older number.
+  expect(await sharedItem(server.cli, { scope: ['lost'], id: 'item' })).toEqual(byB);
+  await converged((id) => valueOf(onA, id), new Map([['item', 'B after the loss']]), "A serves B's write");
+  expect((await a.tierStatus()).fencedWrites).toBe(before.fencedWrites + 1);
+});
