@@ -1,8 +1,9 @@
 import { expect, onTestFinished, test } from 'vitest';
+import type { GetSetHandle } from '../src/index.js';
 import { TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
 import type { TierStatus } from '../src/shared-tier.js';
 import { type RedisCluster, startRedisCluster } from './support/redis-server.js';
-import { sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
+import { HEALTHY_TIER, sharedItem, sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
 
 /**
  * A stopped master of a Redis Cluster tier (SIGSTOP: its connections stay open and nothing answers): the scopes on the
@@ -168,3 +169,74 @@ test('every master of a Cluster stopped: each is marked down as it is found, and
   await until(() => connection.up && connection.figures().downNodes.length === 0, 'connected again with no node down');
   for (const key of keys) expect(await connection.run('get', (client) => client.send(key, ['GET', key]))).toBe('v');
 });
+
+/** A getset in `scope` on `daemon` that must take a lease in Redis (leases up by one, no local fallback) and hold the lock. */
+async function getsetWithLease(daemon: TierDaemon, scope: string, id: string): Promise<GetSetHandle<unknown>> {
+  const before = await daemon.tierStatus();
+  const held = await daemon.cache.withScope(scope).getset(id);
+  const after = await daemon.tierStatus();
+  if (held.set === null || after.leases !== before.leases + 1 || after.localFallbacks !== before.localFallbacks) {
+    await held.release();
+    throw new Error(`the getset of ${id} took no lease in Redis: ${JSON.stringify(after)}`);
+  }
+  return held;
+}
+
+test(
+  "a fenced write saved across a cut, its scope's master restarted empty, other machines' leases past its fence and " +
+    'a newer write of the item: the saved write is refused, never written over the newer value',
+  async () => {
+    const cluster = await startRedisCluster({ masters: 3 });
+    const { stopped, downScope } = await pickScopes(cluster);
+    const master = cluster.nodes[stopped]!;
+    const address = `127.0.0.1:${master.port}`;
+    const a = await startTierDaemon({ tier: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS });
+    await statusUntil(a, (tier) => tier.state === 'connected', 'A connected');
+    // A few writes first, so that A's lease has a fence above 1.
+    for (let n = 0; n < 3; n++) await a.cache.withScope(downScope).set(`warm-${n}`, n);
+    const held = await getsetWithLease(a, downScope, 'item');
+    const oldFence = Number(await master.cli('GET', `{hoard:${downScope}}n`));
+    expect(oldFence).toBe(4);
+
+    // The scope's master stops answering: A's write under its lease is acknowledged locally and kept, with its fence.
+    process.kill(master.pid, 'SIGSTOP');
+    await held.set('from A, before its master restarted');
+    await held.release();
+    await statusUntil(a, (tier) => (tier.pendingChanges ?? 0) >= 1 && (tier.downNodes ?? []).includes(address), 'the write waits with its master down');
+    // A is frozen (its write-through must come last), the master restarts empty (no dump, no AOF).
+    const fencedBefore = (await a.tierStatus()).fencedWrites;
+    a.pause();
+    onTestFinished(() => a.resume());
+    await master.restartEmpty();
+    expect(await master.cli('DBSIZE')).toBe('0');
+    for (const deadline = performance.now() + 20_000; !(await master.cli('CLUSTER', 'INFO')).includes('cluster_state:ok'); ) {
+      if (performance.now() > deadline) throw new Error('the restarted master did not rejoin the cluster');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+
+    // Another machine writes the item (a low fence: the counter restarted), then its leases push the counter past A's.
+    const b = await startTierDaemon({ tier: cluster.urls, cluster: true, ...HEALTHY_TIER });
+    await statusUntil(b, (tier) => tier.state === 'connected', 'B connected');
+    const taken = await getsetWithLease(b, downScope, 'item');
+    expect(taken.item).toBeNull();
+    await taken.set('from B, after the restart');
+    await taken.release();
+    const newFence = Number((await sharedItem(master.cli, { scope: [downScope], id: 'item' }))?.f);
+    expect(newFence).toBeLessThan(oldFence);
+    for (let n = 0; n < oldFence + 2; n++) {
+      const other = await getsetWithLease(b, downScope, `other-${n}`);
+      await other.set(n);
+      await other.release();
+    }
+    expect(Number(await master.cli('GET', `{hoard:${downScope}}n`))).toBeGreaterThan(oldFence);
+
+    // A comes back and writes through what it kept: Redis refuses it (the fence was the lost data's), its copy goes.
+    a.resume();
+    const after = await statusUntil(a, (tier) => tier.pendingChanges === 0 && (tier.downNodes ?? []).length === 0, 'A wrote through what it kept');
+    const shared = await sharedItem(master.cli, { scope: [downScope], id: 'item' });
+    expect(shared?.v).toContain('from B, after the restart');
+    expect(after.fencedWrites).toBeGreaterThan(fencedBefore);
+    await using got = await a.cache.withScope(downScope).get('item');
+    expect(await got.item?.value()).toBe('from B, after the restart');
+  },
+);

@@ -41,6 +41,12 @@ export interface RedisServer {
   pipeline(commands: readonly (readonly string[])[]): Promise<string[]>;
   /** Stops the server (SIGTERM, no save) and resolves once it exited. */
   stop(): Promise<void>;
+  /**
+   * Kills the server (SIGKILL, also when stopped by SIGSTOP) and starts it again on the same port, directory and
+   * configuration, with no data (no RDB, no AOF): a machine that restarted empty. A Cluster node keeps its node id and
+   * slots (its `nodes.conf`). Resolves once it accepts connections.
+   */
+  restartEmpty(): Promise<void>;
   /** Resolves with the first line of the server's log that matches `pattern`, among those logged already or to come. */
   logged(pattern: RegExp): Promise<string>;
 }
@@ -173,10 +179,11 @@ function userLines(users: readonly RedisUser[]): string[] {
 }
 
 /** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its directory; the same promise every call. */
-function stopper(launched: Launched, dir: string): () => Promise<void> {
+function stopper(current: () => Launched, dir: string): () => Promise<void> {
   let stopping: Promise<void> | undefined;
   return () =>
     (stopping ??= (async () => {
+      const launched = current();
       launched.child.kill('SIGTERM');
       const killTimer = setTimeout(() => launched.child.kill('SIGKILL'), 5000);
       await launched.exited;
@@ -232,26 +239,35 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
           ? ['port 0', `tls-port ${port}`, 'bind 127.0.0.1', `tls-cert-file ${tls.certFile}`, `tls-key-file ${tls.keyFile}`, `tls-ca-cert-file ${tls.caFile}`, 'tls-auth-clients no']
           : [`port ${port}`, 'bind 127.0.0.1'];
     let launched: Launched;
+    const lines = [...commonConfig(dir), ...listen, ...users, ...(options.config ?? [])];
     try {
-      launched = await launch(dir, [...commonConfig(dir), ...listen, ...users, ...(options.config ?? [])]);
+      launched = await launch(dir, lines);
     } catch (error) {
       // Another process took the port between freePort() and the server's bind: try another.
       if (attempt < 5 && socketPath === undefined && String(error).includes('Address already in use')) continue;
       await rm(dir, { recursive: true, force: true });
       throw error;
     }
-    const stop = stopper(launched, dir);
+    const stop = stopper(() => launched, dir);
     cleanUpWhen(options.until ?? 'test', stop);
     const cliConnection = socketPath === undefined ? ['-h', '127.0.0.1', '-p', String(port), ...tlsCliFlags(tls)] : ['-s', socketPath];
     return {
       url: socketPath === undefined ? `${tls === undefined ? 'redis' : 'rediss'}://127.0.0.1:${port}` : `unix://${socketPath}`,
       port: socketPath === undefined ? port : undefined,
       socketPath,
-      pid: launched.child.pid!,
+      get pid() {
+        return launched.child.pid!;
+      },
       cli: cliRunner(cliConnection),
       pipeline: cliPipeline(cliConnection),
       stop,
-      logged: launched.logged,
+      async restartEmpty() {
+        launched.child.kill('SIGKILL');
+        await launched.exited;
+        await rm(join(dir, 'dump.rdb'), { force: true });
+        launched = await launch(dir, lines);
+      },
+      logged: (pattern) => launched.logged(pattern),
     };
   }
 }
@@ -293,6 +309,7 @@ export function redisServerForFile(options: Omit<RedisServerOptions, 'until'> = 
     cli: (...args) => running().cli(...args),
     pipeline: (commands) => running().pipeline(commands),
     stop: () => running().stop(),
+    restartEmpty: () => running().restartEmpty(),
     logged: (pattern) => running().logged(pattern),
   };
 }
