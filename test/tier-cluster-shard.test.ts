@@ -240,3 +240,34 @@ test(
     expect(await got.item?.value()).toBe('from B, after the restart');
   },
 );
+
+test("a daemon cut off while its scope's master restarted empty, after another machine's change of an item it holds: it does not serve its stale copy", async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  const { stopped, downScope } = await pickScopes(cluster);
+  const master = cluster.nodes[stopped]!;
+  const a = await startTierDaemon({ tier: cluster.urls, cluster: true, ...HEALTHY_TIER });
+  const c = await startTierDaemon({ tier: cluster.urls, cluster: true, ...HEALTHY_TIER });
+  await statusUntil(a, (tier) => tier.state === 'connected', 'A connected');
+  await statusUntil(c, (tier) => tier.state === 'connected', 'C connected');
+  // C holds its own copy, and its position has passed its own change (its tier catches up on nothing).
+  await c.cache.withScope(downScope).set('item', 'old, from C');
+  await a.cache.withScope(downScope).set('marker', 'seen');
+  await statusUntil(c, (tier) => tier.invalidations >= 1 && tier.state === 'connected', 'C applied the marker');
+  // C is cut off (frozen): A changes the item, the master restarts empty (the change and its log entry are lost),
+  // and A writes again in the scope (a new change log).
+  c.pause();
+  onTestFinished(() => c.resume());
+  await a.cache.withScope(downScope).set('item', 'new, from A');
+  await master.restartEmpty();
+  for (const deadline = performance.now() + 20_000; !(await master.cli('CLUSTER', 'INFO')).includes('cluster_state:ok'); ) {
+    if (performance.now() > deadline) throw new Error('the restarted master did not rejoin the cluster');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await statusUntil(a, (tier) => tier.state === 'connected' && tier.pendingChanges === 0, 'A connected to the restarted master');
+  await a.cache.withScope(downScope).set('after', 'written after the restart');
+  c.resume();
+  await statusUntil(c, (tier) => tier.state === 'connected' && tier.droppedScopes >= 1, 'C dropped the scope');
+  await using got = await c.cache.withScope(downScope).get('item');
+  // Its position's entry is gone from the new change log: the scope is dropped, a miss rather than the old copy.
+  expect(await got.item?.value()).not.toBe('old, from C');
+});
