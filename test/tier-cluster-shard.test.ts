@@ -109,7 +109,9 @@ test(
       Array.from({ length: 5 }, (_, n) => ({ scope: [upScope], id: `during-${n}` })),
     );
     expect(written.map((value, n) => value?.includes(`up during ${n}`) === true)).toEqual([true, true, true, true, true]);
-    tier = await daemon.tierStatus();
+    // Connected: the change log's subscription, if it was the stopped master's, may be moving to another master, which
+    // reads as catching-up for a moment (CI saw it once here); nothing else fails meanwhile.
+    tier = await statusUntil(daemon, (status) => status.state === 'connected', 'connected while the master is stopped');
     expect(tier).toMatchObject({ state: 'connected', downNodes: [address], errors: errorsWhileDown });
     expect(tier.pendingChanges).toBeGreaterThanOrEqual(1);
 
@@ -196,7 +198,6 @@ test(
     for (let n = 0; n < 3; n++) await a.cache.withScope(downScope).set(`warm-${n}`, n);
     const held = await getsetWithLease(a, downScope, 'item');
     const oldFence = Number(await master.cli('GET', `{hoard:${downScope}}n`));
-    expect(oldFence).toBe(4);
 
     // The scope's master stops answering: A's write under its lease is acknowledged locally and kept, with its fence.
     process.kill(master.pid, 'SIGSTOP');
@@ -214,7 +215,8 @@ test(
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
 
-    // Another machine writes the item (a low fence: the counter restarted), then its leases push the counter past A's.
+    // Another machine writes the item, then takes more leases (with a counter restarted at 1, as before the fix, these
+    // carried it past A's fence of 4).
     const b = await startTierDaemon({ tier: cluster.urls, cluster: true, ...HEALTHY_TIER });
     await statusUntil(b, (tier) => tier.state === 'connected', 'B connected');
     const taken = await getsetWithLease(b, downScope, 'item');
@@ -222,8 +224,7 @@ test(
     await taken.set('from B, after the restart');
     await taken.release();
     const newFence = Number((await sharedItem(master.cli, { scope: [downScope], id: 'item' }))?.f);
-    expect(newFence).toBeLessThan(oldFence);
-    for (let n = 0; n < oldFence + 2; n++) {
+    for (let n = 0; n < 6; n++) {
       const other = await getsetWithLease(b, downScope, `other-${n}`);
       await other.set(n);
       await other.release();
@@ -238,6 +239,9 @@ test(
     expect(after.fencedWrites).toBeGreaterThan(fencedBefore);
     await using got = await a.cache.withScope(downScope).get('item');
     expect(await got.item?.value()).toBe('from B, after the restart');
+    // Why: the restarted counter started at Redis's time in microseconds, so B's write is numbered above A's kept fence
+    // (before the fix it restarted at 1: B's write went at 1, A's at 4 then overwrote it).
+    expect(newFence).toBeGreaterThan(oldFence);
   },
 );
 
