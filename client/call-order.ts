@@ -43,11 +43,37 @@ export class CallOrder {
     return call;
   }
 
-  /** Runs `send` now when nothing comes before it, else after what does, as its item's (scope's) last call. */
-  run<R>(prefix: string, id: string | undefined, send: () => Promise<R>): Promise<R> {
+  /**
+   * Runs `send` now when nothing comes before it, else after what does, as its item's (scope's) last call. Aborted by
+   * `signal` while it waits, the call rejects at once with its reason and is never sent; the calls after it still wait
+   * for those before it.
+   */
+  run<R>(prefix: string, id: string | undefined, send: () => Promise<R>, signal?: AbortSignal): Promise<R> {
     const earlier = this.before(prefix, id);
     if (earlier === undefined) return send();
-    return this.track(prefix, id, earlier.then(send));
+    let sent = false;
+    const call = this.track(
+      prefix,
+      id,
+      earlier.then(() => {
+        sent = true;
+        signal?.throwIfAborted();
+        return send();
+      }),
+    );
+    if (signal === undefined) return call;
+    return new Promise<R>((resolve, reject) => {
+      const abort = (): void => {
+        if (!sent) reject(signal.reason);
+      };
+      if (signal.aborted) abort();
+      signal.addEventListener('abort', abort, { once: true });
+      const done = (): void => signal.removeEventListener('abort', abort);
+      call.then(
+        (value) => (done(), resolve(value)),
+        (error: unknown) => (done(), reject(error as Error)),
+      );
+    });
   }
 }
 

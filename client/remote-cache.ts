@@ -238,8 +238,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         if (directory === undefined) throw new CacheError('CACHE_PROTOCOL_MISMATCH', 'The daemon answered by reference on a connection that did not enable references.');
         // As a chunked value: over the eager limit, checked now and read when asked, so that a path costs no read.
         if (item.size > EAGER_GATHER_MAX_BYTES) {
-          const dir = directory;
-          return checkFileItem(dir, item).then((path): HeldRecord => ({ byReference: item, directory: dir, path }), miss);
+          try {
+            return { byReference: item, directory, path: checkFileItem(directory, item) };
+          } catch (error) {
+            return miss(error);
+          }
         }
         let read;
         try {
@@ -284,13 +287,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   get(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
     const current = this.#connection;
     if (this.#closed || !current || current.lost) {
-      return this.connection().then((connection) => (this.#order.size === 0 ? this.#get(connection, scope, id, options) : this.#laterGet(scope, id, options)));
+      return this.connection().then((connection) => (this.#waitsBehind(scope, id) ? this.#laterGet(scope, id, options) : this.#get(connection, scope, id, options)));
     }
     // Sent one microtask from now, as the other calls are (after their `await` of the connection), so that calls
     // reach the daemon in the order they were made; but settled from the answer directly, without promises between.
     return new Promise((resolve, reject) => {
       queueMicrotask(() => {
-        if (this.#order.size !== 0) this.#laterGet(scope, id, options).then(resolve, reject);
+        if (this.#waitsBehind(scope, id)) this.#laterGet(scope, id, options).then(resolve, reject);
         else if (this.#closed || current.lost) this.connection().then((connection) => this.#get(connection, scope, id, options)).then(resolve, reject);
         else this.#sendGet(current, scope, id, options, resolve, reject);
       });
@@ -301,9 +304,21 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     return new Promise((resolve, reject) => this.#sendGet(connection, scope, id, options, resolve, reject));
   }
 
-  /** A get sent after the calls on its item that it must follow ({@link CallOrder}). */
+  /**
+   * Whether a call on the item (on the scope, without `id`) must wait for earlier calls that have not reached the
+   * daemon yet ({@link CallOrder}); else it goes at once, as it would with none in flight.
+   */
+  #waitsBehind(scope: Scope, id?: string): boolean {
+    return this.#order.size !== 0 && this.#order.before(scope.prefix, id) !== undefined;
+  }
+
+  /**
+   * A get sent after the calls on its item that it must follow ({@link CallOrder}); with `wait: false`, none at once:
+   * an earlier write of the item that has not reached the daemon is a writer waiting.
+   */
   #laterGet(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
-    return this.#order.run(scope.prefix, id, () => this.connection().then((connection) => this.#get(connection, scope, id, options)));
+    if (options.wait === false) return Promise.resolve(null);
+    return this.#order.run(scope.prefix, id, () => this.connection().then((connection) => this.#get(connection, scope, id, options)), options.signal);
   }
 
   /** Sends a get, and settles with its handle (or `null`) as soon as the answer is read. */
@@ -380,8 +395,10 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     options: { wait: boolean; signal?: AbortSignal | undefined },
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const connection = await this.connection();
-    if (this.#order.size !== 0) return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#getset(later, scope, id, options)));
-    return this.#getset(connection, scope, id, options);
+    if (!this.#waitsBehind(scope, id)) return this.#getset(connection, scope, id, options);
+    // An earlier write of the item that has not reached the daemon is a writer waiting.
+    if (!options.wait) return MISSED_GETSET;
+    return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#getset(later, scope, id, options)), options.signal);
   }
 
   async #getset(
@@ -494,9 +511,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         });
       await this.#order.track(scope.prefix, id, earlier === undefined ? commit() : earlier.then(commit));
     } else {
+      // As deep in the turn as a set's send (after its `await` of the connection), so that an earlier set is tracked.
+      await this.connection();
+      const { connection } = entry;
       if (this.#closed) throw closedError();
-      if (entry.connection.lost) throw lostReservation();
-      await entry.connection.request(SetFile, { scope: scope.path, id, reservation: entry.reservation, encoding: this.#encoding(), modified, ttlMs, staleMs });
+      if (connection.lost) throw lostReservation();
+      const commit = (): Promise<void> => connection.request(SetFile, { scope: scope.path, id, reservation: entry.reservation, encoding: this.#encoding(), modified, ttlMs, staleMs });
+      await (this.#waitsBehind(scope, id) ? this.#order.run(scope.prefix, id, commit) : commit());
     }
     this.#reserved.committed(path, entry);
   }
@@ -539,7 +560,7 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   async set(scope: Scope, id: string, value: T, options: { modified: number } & ExpiryOptions): Promise<void> {
     const encoded = this.#adapter.encode(value);
     const connection = await this.connection();
-    if (this.#order.size !== 0 && this.#order.before(scope.prefix, id) !== undefined) {
+    if (this.#waitsBehind(scope, id)) {
       return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#set(later, scope, id, encoded, options)));
     }
     // Awaited here: a set settles as many turns after its answer as a delete does, so calls settle in the order the
@@ -672,13 +693,13 @@ export class RemoteBackend<T> implements CacheBackend<T> {
 
   async delete(scope: Scope, id: string): Promise<void> {
     const connection = await this.connection();
-    if (this.#order.size !== 0) return this.#order.run(scope.prefix, id, async () => void (await (await this.connection()).request(Delete, { scope: scope.path, id })));
+    if (this.#waitsBehind(scope, id)) return this.#order.run(scope.prefix, id, async () => void (await (await this.connection()).request(Delete, { scope: scope.path, id })));
     await connection.request(Delete, { scope: scope.path, id });
   }
 
   async clear(scope: Scope): Promise<void> {
     const connection = await this.connection();
-    if (this.#order.size !== 0) return this.#order.run(scope.prefix, undefined, async () => void (await (await this.connection()).request(Clear, { scope: scope.path })));
+    if (this.#waitsBehind(scope)) return this.#order.run(scope.prefix, undefined, async () => void (await (await this.connection()).request(Clear, { scope: scope.path })));
     await connection.request(Clear, { scope: scope.path });
   }
 

@@ -1,10 +1,12 @@
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync, read, readSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { CacheError } from '../src/errors.js';
 import type { EncodedRecord } from '../src/store.js';
 import { FILE_ITEM_NAME, type FileItem } from '../src/wire/protocol.js';
 
+/** `read` at a position, on the thread pool. */
+const readAt = promisify(read);
 /** Files up to this size are read synchronously (a few page-cached system calls); larger ones on the thread pool. */
 export const SYNC_READ_MAX_BYTES = 1024 * 1024;
 /** The most bytes of the probe file that are read: its token is far shorter. */
@@ -57,41 +59,18 @@ function record(item: FileItem, bytes: Buffer): EncodedRecord {
  * at grant, read when asked while the handle is held.
  * @throws CacheError as {@link readFileItem}.
  */
-export async function checkFileItem(directory: string, item: FileItem): Promise<string> {
+export function checkFileItem(directory: string, item: FileItem): string {
   const path = pathOf(directory, item);
-  await (await openChecked(path, item.size)).close();
+  closeSync(openChecked(path, item.size));
   return path;
 }
 
-/** The file at `path`, opened as {@link readFileItem} opens it and checked to be a regular file of this user's of `size` bytes. */
-async function openChecked(path: string, size: number): Promise<FileHandle> {
-  let file;
-  try {
-    file = await open(path, READ_FLAGS);
-  } catch (error) {
-    throw openError(path, error);
-  }
-  try {
-    checkOpened(path, await file.stat(), size);
-    return file;
-  } catch (error) {
-    await file.close();
-    if (error instanceof CacheError) throw error;
-    throw new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
-  }
-}
-
 /**
- * Reads the value a file item names, in `directory` (the handshake's `blobDirectory`), as the record it stands for:
- * without following a symbolic link or blocking (a FIFO), checking that it is a regular file of this user's of the
- * item's size. Synchronously (no promise)
- * up to {@link SYNC_READ_MAX_BYTES}. Call it while the handle is held: after release the file may be gone.
- * @throws CacheError `CACHE_CORRUPT` when the file is missing, not a regular file, or not of the item's size;
- * `CACHE_STORAGE` when it cannot be read.
+ * The file at `path`, opened now, without following a link or blocking, and checked to be a regular file of this
+ * user's of `size` bytes: its descriptor. Opened at once, so that a handle released right after the call cannot take
+ * the file away before it is open.
  */
-export function readFileItem(directory: string, item: FileItem): EncodedRecord | Promise<EncodedRecord> {
-  const path = pathOf(directory, item);
-  if (item.size > SYNC_READ_MAX_BYTES) return readLater(path, item);
+function openChecked(path: string, size: number): number {
   let fd: number;
   try {
     fd = openSync(path, READ_FLAGS);
@@ -99,7 +78,31 @@ export function readFileItem(directory: string, item: FileItem): EncodedRecord |
     throw openError(path, error);
   }
   try {
-    checkOpened(path, fstatSync(fd), item.size);
+    checkOpened(path, fstatSync(fd), size);
+    return fd;
+  } catch (error) {
+    closeSync(fd);
+    throw storageError(path, error);
+  }
+}
+
+function storageError(path: string, error: unknown): CacheError {
+  return error instanceof CacheError ? error : new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
+}
+
+/**
+ * Reads the value a file item names, in `directory` (the handshake's `blobDirectory`), as the record it stands for:
+ * without following a symbolic link or blocking (a FIFO), checking that it is a regular file of this user's of the
+ * item's size. Synchronously (no promise) up to {@link SYNC_READ_MAX_BYTES}; larger ones are opened at once and read on
+ * the thread pool. Call it while the handle is held: after release the file may be gone.
+ * @throws CacheError `CACHE_CORRUPT` when the file is missing, not a regular file, or not of the item's size;
+ * `CACHE_STORAGE` when it cannot be read.
+ */
+export function readFileItem(directory: string, item: FileItem): EncodedRecord | Promise<EncodedRecord> {
+  const path = pathOf(directory, item);
+  const fd = openChecked(path, item.size);
+  if (item.size > SYNC_READ_MAX_BYTES) return readLater(path, fd, item);
+  try {
     const bytes = Buffer.allocUnsafeSlow(item.size);
     for (let got = 0; got < item.size; ) {
       const n = readSync(fd, bytes, got, item.size - got, got);
@@ -108,28 +111,25 @@ export function readFileItem(directory: string, item: FileItem): EncodedRecord |
     }
     return record(item, bytes);
   } catch (error) {
-    if (error instanceof CacheError) throw error;
-    throw new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
+    throw storageError(path, error);
   } finally {
     closeSync(fd);
   }
 }
 
-async function readLater(path: string, item: FileItem): Promise<EncodedRecord> {
-  const file = await openChecked(path, item.size);
+async function readLater(path: string, fd: number, item: FileItem): Promise<EncodedRecord> {
   try {
     const bytes = Buffer.allocUnsafeSlow(item.size);
     for (let got = 0; got < item.size; ) {
-      const { bytesRead } = await file.read(bytes, got, item.size - got, got);
+      const { bytesRead } = await readAt(fd, bytes, got, item.size - got, got);
       if (bytesRead === 0) throw corrupt(path, `ends after ${got} of its ${item.size} bytes`);
       got += bytesRead;
     }
     return record(item, bytes);
   } catch (error) {
-    if (error instanceof CacheError) throw error;
-    throw new CacheError('CACHE_STORAGE', `Cannot read the value file ${path}`, { cause: error });
+    throw storageError(path, error);
   } finally {
-    await file.close();
+    closeSync(fd);
   }
 }
 

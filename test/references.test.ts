@@ -1,8 +1,10 @@
 import { execFile, execFileSync } from 'node:child_process';
+import { pbkdf2 } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { chown, copyFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, onTestFinished, test } from 'vitest';
+import { daemonEntry } from '../client/connect.js';
 import { connect, type RemoteCache } from '../client/index.js';
 import type { CodecName } from '../src/index.js';
 import { eventually, expectCode } from './conformance/support.js';
@@ -10,6 +12,7 @@ import { startTestDaemon } from './support/daemon.js';
 import { frame, RawBinaryClient } from './support/raw-binary-client.js';
 import { RawClient } from './support/raw-client.js';
 import { PROJECT_ROOT } from './support/child.js';
+import { tempDir } from './support/temp-dir.js';
 
 async function open<T>(socketPath: string, options: { codec?: CodecName; references?: boolean; transport?: 'json' | 'binary' } = {}): Promise<RemoteCache<T>> {
   const cache = await connect<T>({ socketPath, autoStart: false, ...options });
@@ -358,4 +361,32 @@ describe('references over binary frames, as PROTOCOL.md lays them out', () => {
       client.write(frame(0x04, 0, [['u64', handle]]));
     }
   });
+});
+
+test("value() of a value over 16 MiB, asked while held and the handle released right after, reads the file: its open is not left for the thread pool, where the daemon's removal of the replaced file could pass it", async () => {
+  const dir = await tempDir('hrw-');
+  const dataDir = join(dir, 'data');
+  const daemon = { command: [process.execPath, daemonEntry(), '--memory-cache', '0', '--idle-timeout', '30s'] };
+  const cache = await connect<Uint8Array>({ socketPath: join(dir, 's.sock'), dataDir, daemon, codec: 'binary' });
+  onTestFinished(() => cache.close());
+  const { pid } = await cache.status();
+  onTestFinished(() => void process.kill(pid, 'SIGKILL'));
+  const size = 20 << 20;
+  await cache.set('big', new Uint8Array(size).fill(7));
+  const [file] = await valueFiles(dataDir);
+  expect((await stat(join(dataDir, 'blobs', file!))).size).toBe(size);
+  const got = await cache.get('big');
+  // This process's thread pool busy (its 4 threads), so that work queued on it waits, as on a loaded machine.
+  const busy = Array.from({ length: 4 }, () => new Promise((resolve) => pbkdf2('x', 'y', 400_000, 64, 'sha512', resolve)));
+  const reading = got.item!.value().then(
+    (bytes) => `read ${bytes.byteLength} bytes`,
+    (error: { code?: string; message?: string }) => `${error.code}: ${error.message}`,
+  );
+  await got.release();
+  await cache.set('big', new Uint8Array(10).fill(1));
+  // The daemon (another process) removes the replaced file once released.
+  await eventually(async () => (await valueFiles(dataDir)).every((path) => path !== file), 'the old file is removed');
+  await Promise.all(busy);
+  // Before: `CACHE_CORRUPT: The file holding a stored value, … is missing: something other than hoard changed the cache directory.`
+  expect(await reading).toBe(`read ${size} bytes`);
 });
