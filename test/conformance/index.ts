@@ -7,7 +7,7 @@ import { files } from './files.js';
 import { listing } from './listing.js';
 import { locks } from './locks.js';
 import { namespaces } from './namespaces.js';
-import type { Features, OpenSubject } from './support.js';
+import { describeWhen, type Features, type OpenSubject } from './support.js';
 import { values } from './values.js';
 
 export { ManualClock } from './support.js';
@@ -24,7 +24,8 @@ export function cacheConformance(label: string, open: OpenSubject, features: Fea
     describe('locks', () => locks(suite));
     describe('clear', () => clear(suite));
     describe('namespaces', () => namespaces(suite));
-    describe('values', () => values(suite));
+    // A cache that stores nothing has no values to check.
+    describeWhen(features.stores)('values', () => values(suite));
     describe('errors', () => errors(suite));
     describe('expiry', () => expiry(suite));
     describe('listing', () => listing(suite));
