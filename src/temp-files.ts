@@ -17,6 +17,8 @@ export const DEFAULT_MAX_OPEN_WRITERS = 64;
 interface Writer {
   readonly fd: Promise<number>;
   busy: number;
+  /** Set while a close waits for the appends writing through it to end. */
+  idle?: () => void;
 }
 
 /** The largest value a record can name: its length is a `u32`. */
@@ -102,11 +104,16 @@ export class TempFiles {
     this.#paths.delete(reservation);
   }
 
-  /** Closes the descriptor appends to `reservation` wrote through, if any (the caller makes sure none writes through it). */
+  /**
+   * Closes the descriptor appends to `reservation` wrote through, if any, once the appends writing through it now have
+   * ended (a store that closes discards reservations whose chunks may still be arriving): a descriptor is never closed,
+   * and its number reused, under a write.
+   */
   async #closeWriter(reservation: number): Promise<void> {
     const writer = this.#writers.get(reservation);
     if (writer === undefined) return;
     this.#writers.delete(reservation);
+    if (writer.busy > 0) await new Promise<void>((resolve) => (writer.idle = resolve));
     // A descriptor that failed to open was counted off when it failed.
     const fd = await writer.fd.catch(() => undefined);
     if (fd === undefined) return;
@@ -161,7 +168,9 @@ export class TempFiles {
   }
 
   #release(writer: Writer): void {
-    if (--writer.busy > 0 || this.#writerWaiters.length === 0) return;
+    if (--writer.busy > 0) return;
+    writer.idle?.();
+    if (this.#writerWaiters.length === 0) return;
     const waiters = this.#writerWaiters;
     this.#writerWaiters = [];
     for (const wake of waiters) wake();
