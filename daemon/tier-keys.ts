@@ -9,7 +9,7 @@ import { type Scope, topScopeName } from '../src/scope-path.js';
  * - `i:<item key>`: the item, a hash (`v` value bytes, `e` encoding, `m` modified, `x` expiresAtMs, `s` staleUntilMs,
  *   `f` fencing number, `g` the generations of its scopes when written; a tombstone has `d` and `f` only). It has a TTL
  *   (its stale time, or the tier's item TTL), so that a `volatile-*` eviction policy may evict it.
- * - `n`: the fencing counter (INCR; when absent, a script first sets it to Redis's time in microseconds), `g`: a hash of the fence of each scope prefix's last clear, `t`: when each of those
+ * - `n`: the fencing counter (each next number the larger of it plus one and Redis's time in microseconds), `g`: a hash of the fence of each scope prefix's last clear, `t`: when each of those
  *   was set (a sorted set), `l`: a hash of leases by item key (`<token>|<fence>|<expiresAtMs>`), `x`: their expiries (a
  *   sorted set), `c`: the change log, a stream. None has a TTL: under a `volatile-*` policy Redis never evicts them.
  * Beside the tags: `<prefix>:id`, the tier's identity (a random string set once), `<prefix>:scopes`, a set of the

@@ -26,16 +26,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- The scope's next fencing number. A counter that is not there (a new scope, or a Redis or Cluster shard that lost the
--- scope's data) starts at Redis's time in microseconds, above every number it handed out before (it would take more than
--- one number a microsecond to catch up with the clock), so that a number kept from before a loss is older than any
--- write, lease or clear made since: Redis refuses it where one of those came since.
+-- The scope's next fencing number: one above the counter, and never below Redis's time in microseconds (seconds, then
+-- the microseconds as six digits; below 2^53, exact in Lua, until the year 2255). A counter lost (a new scope, a Redis or
+-- Cluster shard that restarted empty) or gone back (a failover to a replica that lagged, a restore of an older copy)
+-- thus still hands out numbers above every one it handed out before, unless it handed out more than one a microsecond
+-- or Redis's clock went back, so a number kept from before is older than any write, lease or clear made since.
 local function next_fence(nkey)
-  if not redis.call('GET', nkey) then
-    local t = redis.call('TIME')
-    redis.call('SET', nkey, t[1] .. string.format('%06d', tonumber(t[2])))
-  end
-  return redis.call('INCR', nkey)
+  local t = redis.call('TIME')
+  local fence = math.max(tonumber(redis.call('GET', nkey) or '0') + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('SET', nkey, string.format('%.0f', fence))
+  return fence
 end
 -- The newest clear among the generation fields in ARGV[first .. first + count - 1]: the largest fence any of them
 -- holds in g, 0 when none does. An item (or a lease) is valid only if its fence is greater.

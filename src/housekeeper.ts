@@ -61,6 +61,8 @@ export interface HousekeeperOptions {
   pinned?: ((key: string) => boolean) | undefined;
   /** Hears of each pinned item evicted all the same, because pinned items held more than {@link MAX_PINNED_SHARE} of the limit. */
   pinnedEvicted?: ((key: string) => void) | undefined;
+  /** The counted bytes of every pinned item now, asked once an eviction has passed over them. Default: none pinned. */
+  pinnedBytes?: (() => number) | undefined;
 }
 
 function noRemovals(): RemovalCounts {
@@ -96,6 +98,7 @@ export class Housekeeper {
   readonly #log: ((line: string) => void) | undefined;
   readonly #pinned: (key: string) => boolean;
   readonly #pinnedEvicted: (key: string) => void;
+  readonly #pinnedBytes: () => number;
   #failures = 0;
   /** When a failure was last logged (`performance.now`), and the failures since that were not. */
   #failureLoggedAtMs = -Infinity;
@@ -122,6 +125,7 @@ export class Housekeeper {
     this.#log = log;
     this.#pinned = options.pinned ?? (() => false);
     this.#pinnedEvicted = options.pinnedEvicted ?? (() => {});
+    this.#pinnedBytes = options.pinnedBytes ?? (() => 0);
     const intervalMs = options.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
     if (!(typeof intervalMs === 'number' && intervalMs > 0)) {
       throw new TypeError(`sweepIntervalMs must be a number of milliseconds above 0, got ${String(intervalMs)}.`);
@@ -322,26 +326,29 @@ export class Housekeeper {
 
   /**
    * Evicts the least recently used items until the counted size is at most `target` of the limit, passing over pinned
-   * ones; then, if the pinned items it passed over hold more than {@link MAX_PINNED_SHARE} of the limit, the least
-   * recently used of them down to that share.
+   * ones; then, if pinned items hold more than {@link MAX_PINNED_SHARE} of the limit, the least recently used of them
+   * down to that share.
    */
   async #evict(report: RemovalCounts, target: number): Promise<void> {
     if (!this.#evicts()) return;
-    const pinnedBytes = await this.#walk(report, target, 'unpinned', Infinity);
+    await this.#walk(report, target, 'unpinned', Infinity);
+    const over = this.#pinnedOverBytes();
+    if (over > 0) await this.#walk(report, 0, 'pinned', over);
+  }
+
+  /** How far the pinned items' bytes are above {@link MAX_PINNED_SHARE} of the limit now (0 when within it). */
+  #pinnedOverBytes(): number {
     const { limitBytes } = this.#totals()!;
-    if (limitBytes === null || pinnedBytes <= limitBytes * MAX_PINNED_SHARE) return;
-    await this.#walk(report, 0, 'pinned', pinnedBytes - limitBytes * MAX_PINNED_SHARE);
+    return limitBytes === null ? 0 : Math.max(0, this.#pinnedBytes() - limitBytes * MAX_PINNED_SHARE);
   }
 
   /**
    * One walk from the least recently used item, removing those of `which` until the counted size is at most `target`
-   * of the limit, or `budgetBytes` are removed; returns the bytes of the pinned items it passed over (a walk that has
-   * to start again from the least recent counts them again from there).
+   * of the limit, or `budgetBytes` are removed.
    */
-  async #walk(report: RemovalCounts, target: number, which: 'pinned' | 'unpinned', budgetBytes: number): Promise<number> {
+  async #walk(report: RemovalCounts, target: number, which: 'pinned' | 'unpinned', budgetBytes: number): Promise<void> {
     let cursor: string | undefined;
     let skipped = 0;
-    let pinnedBytes = 0;
     let budgetLeft = budgetBytes;
     while (!this.#closed && skipped <= MAX_SKIPPED && budgetLeft > 0) {
       const { bytes, limitBytes } = this.#totals()!;
@@ -354,27 +361,23 @@ export class Housekeeper {
       if (excess <= 0) break;
       const removal = await this.#removeBatch(keys, 'evicted', report, Math.min(excess, budgetLeft), which);
       skipped += removal.skipped.length;
-      pinnedBytes += removal.pinnedBytes;
       budgetLeft -= removal.removedBytes;
       // A page with nothing to remove (the store skipped stray index entries, or every key listed was gone) goes on from
       // where the store stopped: the cursor moves on each time, so the pass ends, and never stops short behind strays.
       // A batch cut short by the target starts again from the least recent: the count may have grown meanwhile.
-      if (removal.short) {
-        cursor = undefined;
-        pinnedBytes = 0;
-      } else if (next === null) break;
+      if (removal.short) cursor = undefined;
+      else if (next === null) break;
       else cursor = next;
       await nextTurn();
     }
-    return pinnedBytes;
   }
 
   /**
    * Removes the items whose exclusive locks can be taken now and that were not written since the store listed them,
    * each under its lock, until the bytes taken reach `budgetBytes`; returns the keys it skipped for their locks, those
-   * whose items were gone once locked (counted as nothing), how many it removed and their bytes, whether it stopped
-   * short of the end of `keys` because of the budget, and the bytes of the pinned items it passed over. An eviction
-   * takes the `unpinned` items only, or the `pinned` ones only.
+   * whose items were gone once locked (counted as nothing), how many it removed and their bytes, and whether it stopped
+   * short of the end of `keys` because of the budget. An eviction takes the `unpinned` items only, or the `pinned` ones
+   * only.
    */
   async #removeBatch(
     keys: readonly string[],
@@ -382,14 +385,13 @@ export class Housekeeper {
     report: RemovalCounts,
     budgetBytes = Infinity,
     which: 'pinned' | 'unpinned' = 'unpinned',
-  ): Promise<{ skipped: string[]; gone: string[]; removed: number; removedBytes: number; short: boolean; pinnedBytes: number }> {
+  ): Promise<{ skipped: string[]; gone: string[]; removed: number; removedBytes: number; short: boolean }> {
     const skipped: string[] = [];
     const gone: string[] = [];
     const taken: { key: string; lease: Lease; bytes: number }[] = [];
     const written = this.#writtenSinceListing;
     this.#writtenSinceListing = undefined;
     let plannedBytes = 0;
-    let pinnedBytes = 0;
     let short = false;
     const pinnedKeys = new Set<string>();
     for (const key of keys) {
@@ -401,11 +403,7 @@ export class Housekeeper {
       if (kind === 'evicted') {
         const pinned = this.#pinned(key);
         if (pinned) pinnedKeys.add(key);
-        if (pinned && which === 'unpinned') {
-          pinnedBytes += this.#sizeOf(key) ?? 0;
-          continue;
-        }
-        if (!pinned && which === 'pinned') continue;
+        if (pinned !== (which === 'pinned')) continue;
       }
       const lease = written?.has(key) ? null : this.#locks.tryAcquire(key, 'exclusive', { owner: EVICTION_OWNER });
       if (!lease) {
@@ -454,7 +452,7 @@ export class Housekeeper {
     });
     if (failure !== undefined) throw failure;
     const removed = results.filter((result) => result.status === 'fulfilled').length;
-    return { skipped, gone, removed, removedBytes, short, pinnedBytes };
+    return { skipped, gone, removed, removedBytes, short };
   }
 
   #count(counts: RemovalCounts, kind: Kind, bytes: number): void {
@@ -496,21 +494,28 @@ export class Housekeeper {
     let projected = bytes - report.expiredBytes;
     report.sizeBytes = projected;
     if (limitBytes === null) return;
-    let cursor: string | undefined;
-    while (projected > limitBytes * EVICTION_TARGET) {
-      const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
-      for (const key of keys) {
-        if (projected <= limitBytes * EVICTION_TARGET) break;
-        if (expired.has(key) || this.#pinned(key) || !isFree(key)) continue;
-        const size = this.#sizeOf(key);
-        if (size === undefined) continue;
-        this.#count(report, 'evicted', size);
-        projected -= size;
+    // As a pass: the others down to the target, then pinned ones down to their share.
+    const walk = async (pinned: boolean, enough: () => boolean, taken: (size: number) => void): Promise<void> => {
+      let cursor: string | undefined;
+      while (!enough()) {
+        const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
+        for (const key of keys) {
+          if (enough()) break;
+          if (expired.has(key) || this.#pinned(key) !== pinned || !isFree(key)) continue;
+          const size = this.#sizeOf(key);
+          if (size === undefined) continue;
+          this.#count(report, 'evicted', size);
+          projected -= size;
+          taken(size);
+        }
+        if (next === null) break;
+        cursor = next;
+        await nextTurn();
       }
-      if (next === null) break;
-      cursor = next;
-      await nextTurn();
-    }
+    };
+    await walk(false, () => projected <= limitBytes * EVICTION_TARGET, () => {});
+    let over = Math.max(0, this.#pinnedBytes() - limitBytes * MAX_PINNED_SHARE);
+    await walk(true, () => over <= 0, (size) => (over -= size));
     report.sizeBytes = projected;
   }
 }

@@ -368,43 +368,73 @@ test('a write fenced by a number (a getset write-through) is refused for a newer
   expect(text(await b.tier.read(pages, 'mine'))).toBe('written through');
 });
 
-test("a scope's new fencing counter starts at Redis's time in microseconds (above any number a lost counter handed out), and an existing one goes on by one", async () => {
+test("a scope's fencing numbers are never below Redis's time in microseconds (above any a lost or rolled-back counter handed out), and increase", async () => {
   const prefix = freshPrefix();
   const keys = new TierKeys(prefix);
   const a = await makeTier({ prefix });
-  const [seconds, micros] = (await server.cli('TIME')).split('\n').map(Number);
+  const timeOf = async (): Promise<number> => {
+    const [seconds, micros] = (await server.cli('TIME')).split('\n').map(Number);
+    return seconds! * 1_000_000 + micros!;
+  };
+  const before = await timeOf();
   await a.tier.write(pages, 'one', record('one'), { sizeBytes: 3 });
   const first = Number(await server.cli('GET', keys.fenceCounter('pages')));
-  // Redis's TIME, in microseconds, before the write: well past every number a counter of an earlier life reached.
-  expect(first).toBeGreaterThan(seconds! * 1_000_000 + micros!);
+  expect(first).toBeGreaterThan(before);
   expect(first).toBeLessThan(Number.MAX_SAFE_INTEGER);
+  // A counter gone back (a failover to a replica that lagged): the next number is still above every one handed out.
+  await server.cli('SET', keys.fenceCounter('pages'), '5');
   const grant = await a.tier.acquire(pages, 'two', { wait: false });
   if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
-  expect(grant.lease.fence).toBe(first + 1);
+  expect(grant.lease.fence).toBeGreaterThan(first);
   // The lease's number is kept whole in its field (Lua's own conversion keeps 14 digits).
   await a.tier.write(pages, 'two', record('by the lease'), { lease: grant.lease, sizeBytes: 12 });
   await a.tier.release(grant.lease);
-  expect(await server.cli('HGET', keys.item(itemKey(pages, 'two')), 'f')).toBe(String(first + 1));
+  expect(await server.cli('HGET', keys.item(itemKey(pages, 'two')), 'f')).toBe(String(grant.lease.fence));
+});
+
+test("a fencing counter gone back (a failover to a replica that lagged): the number handed out again is above the old one, and a write-through fenced by the old one is refused", async () => {
+  const prefix = freshPrefix();
+  const keys = new TierKeys(prefix);
+  const a = await makeTier({ prefix, leaseMs: 30_000 });
+  const b = await makeTier({ prefix, leaseMs: 30_000 });
+  const held = await a.tier.acquire(pages, 'x', { wait: false });
+  if (held === null || held === 'busy') throw new Error(`no grant: ${held}`);
+  // The replica promoted had not received A's lease nor its number (the tier's identity is there: no loss is seen).
+  await server.cli('SET', keys.fenceCounter('pages'), String(held.lease.fence - 1));
+  await server.cli('HDEL', keys.leases('pages'), itemKey(pages, 'x'));
+  await server.cli('ZREM', keys.leaseExpiries('pages'), itemKey(pages, 'x'));
+  const taken = await b.tier.acquire(pages, 'x', { wait: false });
+  if (taken === null || taken === 'busy') throw new Error(`no grant: ${taken}`);
+  await b.tier.write(pages, 'x', record('by B, newer'), { lease: taken.lease, sizeBytes: 11 });
+  await b.tier.release(taken.lease);
+  // A's write, kept across the cut, is written through fenced by its old number. Before: B's lease got the same
+  // number, and A's write-through overwrote B's (`expected [ '1', … ] to deeply equal [ '0', 'newer write' ]`).
+  expect(await writeByNumber(keys, 'x', held.lease.fence)).toEqual(['0', 'newer write']);
+  expect(taken.lease.fence).toBeGreaterThan(held.lease.fence);
+  expect(text(await a.tier.read(pages, 'x'))).toBe('by B, newer');
 });
 
 test("a write fenced by a number above its scope's counter (kept from a Redis that lost its data) goes as fenced by 0: with a new number when nothing of the item came since, else refused", async () => {
   const prefix = freshPrefix();
   const keys = new TierKeys(prefix);
   const a = await makeTier({ prefix });
-  // A counter that is there goes on from where it is (a new one would start at Redis's time in microseconds).
-  await server.cli('SET', keys.fenceCounter('pages'), '0');
   for (const id of ['one', 'two']) await a.tier.write(pages, id, record(id), { sizeBytes: 3 });
-  expect(await server.cli('GET', keys.fenceCounter('pages'))).toBe('2');
-  // Written, at the counter's next number, not at 40: a lease granted next (41 before the fix would be needed) writes.
-  expect((await writeByNumber(keys, 'kept', 40)).slice(0, 2)).toEqual(['1', '3']);
+  const counter = Number(await server.cli('GET', keys.fenceCounter('pages')));
+  const kept = counter + 1_000_000_000;
+  // Written with a new number, not at the kept one: a lease granted next writes.
+  const [taken, fence] = await writeByNumber(keys, 'kept', kept);
+  expect(taken).toBe('1');
+  expect(Number(fence)).toBeGreaterThan(counter);
+  expect(Number(fence)).toBeLessThan(kept);
   const grant = await a.tier.acquire(pages, 'kept', { wait: false });
   if (grant === null || grant === 'busy') throw new Error(`no grant: ${grant}`);
-  expect(grant.lease.fence).toBe(4);
+  expect(grant.lease.fence).toBeGreaterThan(Number(fence));
   await a.tier.write(pages, 'kept', record('by a lease'), { lease: grant.lease, sizeBytes: 10 });
   await a.tier.release(grant.lease);
   // The item was written since: refused, as any write fenced by 0.
-  expect(await writeByNumber(keys, 'kept', 40)).toEqual(['0', 'newer write']);
-  expect(await writeByNumber(keys, 'one', 40)).toEqual(['0', 'newer write']);
+  const above = Number(await server.cli('GET', keys.fenceCounter('pages'))) + 1_000_000_000;
+  expect(await writeByNumber(keys, 'kept', above)).toEqual(['0', 'newer write']);
+  expect(await writeByNumber(keys, 'one', above)).toEqual(['0', 'newer write']);
   expect(text(await a.tier.read(pages, 'kept'))).toBe('by a lease');
 });
 
@@ -695,7 +725,6 @@ test('an acquire that timed out but ran in Redis anyway is released as soon as R
   const prefix = 'o';
   const a = await makeTier({ url: own.url, timeoutMs: 500, leaseMs: 30_000, prefix });
   const b = await makeTier({ url: own.url, timeoutMs: 500, leaseMs: 30_000, prefix });
-  // A counter that is there goes on from where it is: the acquire's number is 1.
   await own.cli('SET', `{${prefix}:pages}n`, '0');
   process.kill(own.pid, 'SIGSTOP');
   onTestFinished(() => {
@@ -707,10 +736,10 @@ test('an acquire that timed out but ran in Redis anyway is released as soon as R
   await until(() => a.tier.status().state === 'degraded', 'a degraded');
   process.kill(own.pid, 'SIGCONT');
   const continuedMs = performance.now();
-  // Redis runs the acquire it had received: the fence counter says so (nothing else has taken a fence).
-  let fence = '';
+  // Redis runs the acquire it had received: the fence counter, set to 0 before, says so (nothing else takes a fence).
+  let fence = '0';
   const poll = setInterval(() => void own.cli('GET', `{${prefix}:pages}n`).then((value) => (fence = value), () => {}), 20);
-  await until(() => fence === '1', 'Redis ran the timed-out acquire').finally(() => clearInterval(poll));
+  await until(() => fence !== '0', 'Redis ran the timed-out acquire').finally(() => clearInterval(poll));
   // b may have found Redis stopped too (its change log asks it): it waits for its lease only once connected again.
   await until(() => b.tier.status().state !== 'degraded', 'b is connected again');
   let timer: NodeJS.Timeout | undefined;
@@ -720,7 +749,7 @@ test('an acquire that timed out but ran in Redis anyway is released as soon as R
   ]).finally(() => clearTimeout(timer));
   if (granted === null || granted === 'busy' || granted === 'still waiting') throw new Error(`no grant: ${granted}`);
   const grantedMs = performance.now() - continuedMs;
-  expect(granted.lease.fence).toBeGreaterThan(1);
+  expect(granted.lease.fence).toBeGreaterThan(Number(fence));
   await b.tier.release(granted.lease);
   process.stderr.write(`after a timed-out acquire (30 s lease), another machine was granted ${grantedMs.toFixed(0)} ms after SIGCONT\n`);
 });
@@ -730,21 +759,20 @@ test('acquires that time out while the tier stays up are released one pass at a 
   const prefix = 'r';
   const a = await makeTier({ url: own.url, timeoutMs: 1000, leaseMs: 30_000, prefix });
   const ids = Array.from({ length: 10 }, (_, n) => `job${n}`);
-  // A counter that is there goes on from where it is: the acquires' numbers are 1 to 10.
-  await own.cli('SET', '{r:pages}n', '0');
   await own.cli('CONFIG', 'RESETSTAT');
   // Redis holds every command for 1.6 s, then answers: the acquires time out, the PING their timeout sends is
   // answered in time, and the tier stays up. Redis runs the acquires all the same.
   await own.cli('CLIENT', 'PAUSE', '1600', 'ALL');
   const grants = await Promise.all(ids.map((id) => a.tier.acquire(pages, id, { wait: false })));
   expect(grants.filter((grant) => grant === null).length).toBeGreaterThan(0);
-  let fence = '';
+  let scripts = 0;
   let leases = '';
   const poll = setInterval(() => {
-    void own.cli('GET', '{r:pages}n').then((value) => (fence = value), () => {});
+    void own.cli('INFO', 'commandstats').then((value) => (scripts = Number(/cmdstat_evalsha:calls=(\d+),/.exec(value)?.[1] ?? 0)), () => {});
     void own.cli('HLEN', '{r:pages}l').then((value) => (leases = value), () => {});
   }, 50);
-  await until(() => fence === String(ids.length), 'Redis ran the acquires');
+  // Redis runs the acquires it had received before anything sent after them.
+  await until(() => scripts >= ids.length, 'Redis ran the acquires');
   await until(() => leases === '0', 'every lease whose grant was not heard of is released').finally(() => clearInterval(poll));
   const calls = Number(/cmdstat_evalsha:calls=(\d+),/.exec(await own.cli('INFO', 'commandstats'))?.[1]);
   const releases = calls - ids.length;
