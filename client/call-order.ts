@@ -10,6 +10,8 @@ export class CallOrder {
   readonly #items = new Map<string, Promise<void>>();
   /** The last waiting clear of each scope, by its key prefix. */
   readonly #scopes = new Map<string, Promise<void>>();
+  /** How many of the calls kept in order are writes (all but gets), by `prefix:id` for items and by prefix for scopes. */
+  readonly #writes = new Map<string, number>();
 
   /** How many items and scopes have calls to keep in order (0 in the common case: every call goes at once). */
   get size(): number {
@@ -32,23 +34,44 @@ export class CallOrder {
     return earlier.length === 1 ? earlier[0] : Promise.all(earlier);
   }
 
-  /** Makes `call` the last call of its item (its scope, without `id`) until it settles; returns `call`. */
-  track<R>(prefix: string, id: string | undefined, call: Promise<R>): Promise<R> {
+  /**
+   * Whether a write (a set, delete, getset or clear) kept in order comes before a call on item `id` of the scope with
+   * key prefix `prefix`: a writer waiting, for a call that would not wait.
+   */
+  writesBefore(prefix: string, id: string): boolean {
+    if (this.#writes.has(itemKey(prefix, id))) return true;
+    for (const scope of this.#scopes.keys()) if (prefix.startsWith(scope)) return true;
+    return false;
+  }
+
+  /**
+   * Makes `call` the last call of its item (its scope, without `id`) until it settles, a write unless `read`; returns
+   * `call`.
+   */
+  track<R>(prefix: string, id: string | undefined, call: Promise<R>, options: { read?: boolean } = {}): Promise<R> {
     const map = id === undefined ? this.#scopes : this.#items;
     const key = id === undefined ? prefix : itemKey(prefix, id);
+    const write = options.read !== true;
+    if (write) this.#writes.set(key, (this.#writes.get(key) ?? 0) + 1);
     const last: Promise<void> = call.then(forget, forget).then(() => {
       if (map.get(key) === last) map.delete(key);
+      if (!write) return;
+      const left = this.#writes.get(key)! - 1;
+      if (left === 0) this.#writes.delete(key);
+      else this.#writes.set(key, left);
     });
     map.set(key, last);
     return call;
   }
 
   /**
-   * Runs `send` now when nothing comes before it, else after what does, as its item's (scope's) last call. Aborted by
+   * Runs `send` now when nothing comes before it, else after what does, as its item's (scope's) last call (a write
+   * unless `read`). Aborted by
    * `signal` while it waits, the call rejects at once with its reason and is never sent; the calls after it still wait
    * for those before it.
    */
-  run<R>(prefix: string, id: string | undefined, send: () => Promise<R>, signal?: AbortSignal): Promise<R> {
+  run<R>(prefix: string, id: string | undefined, send: () => Promise<R>, options: { signal?: AbortSignal | undefined; read?: boolean } = {}): Promise<R> {
+    const { signal } = options;
     const earlier = this.before(prefix, id);
     if (earlier === undefined) return send();
     let sent = false;
@@ -60,6 +83,7 @@ export class CallOrder {
         signal?.throwIfAborted();
         return send();
       }),
+      { read: options.read === true },
     );
     if (signal === undefined) return call;
     return new Promise<R>((resolve, reject) => {

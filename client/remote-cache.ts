@@ -313,12 +313,15 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   }
 
   /**
-   * A get sent after the calls on its item that it must follow ({@link CallOrder}); with `wait: false`, none at once:
-   * an earlier write of the item that has not reached the daemon is a writer waiting.
+   * A get sent after the calls on its item that it must follow ({@link CallOrder}); with `wait: false` behind a write
+   * of the item that has not reached the daemon, none at once: that is a writer waiting.
    */
   #laterGet(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
-    if (options.wait === false) return Promise.resolve(null);
-    return this.#order.run(scope.prefix, id, () => this.connection().then((connection) => this.#get(connection, scope, id, options)), options.signal);
+    if (options.wait === false && this.#order.writesBefore(scope.prefix, id)) return Promise.resolve(null);
+    return this.#order.run(scope.prefix, id, () => this.connection().then((connection) => this.#get(connection, scope, id, options)), {
+      signal: options.signal,
+      read: true,
+    });
   }
 
   /** Sends a get, and settles with its handle (or `null`) as soon as the answer is read. */
@@ -397,8 +400,8 @@ export class RemoteBackend<T> implements CacheBackend<T> {
     const connection = await this.connection();
     if (!this.#waitsBehind(scope, id)) return this.#getset(connection, scope, id, options);
     // An earlier write of the item that has not reached the daemon is a writer waiting.
-    if (!options.wait) return MISSED_GETSET;
-    return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#getset(later, scope, id, options)), options.signal);
+    if (!options.wait && this.#order.writesBefore(scope.prefix, id)) return MISSED_GETSET;
+    return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#getset(later, scope, id, options)), { signal: options.signal });
   }
 
   async #getset(
@@ -511,10 +514,11 @@ export class RemoteBackend<T> implements CacheBackend<T> {
         });
       await this.#order.track(scope.prefix, id, earlier === undefined ? commit() : earlier.then(commit));
     } else {
-      // As deep in the turn as a set's send (after its `await` of the connection), so that an earlier set is tracked.
-      await this.connection();
       const { connection } = entry;
       if (this.#closed) throw closedError();
+      if (connection.lost) throw lostReservation();
+      // As deep in the turn as a set's send (after its `await` of the connection), so that an earlier set is tracked.
+      await this.connection();
       if (connection.lost) throw lostReservation();
       const commit = (): Promise<void> => connection.request(SetFile, { scope: scope.path, id, reservation: entry.reservation, encoding: this.#encoding(), modified, ttlMs, staleMs });
       await (this.#waitsBehind(scope, id) ? this.#order.run(scope.prefix, id, commit) : commit());

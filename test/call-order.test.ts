@@ -172,3 +172,20 @@ test('a setFile of a daemon reservation made after a small set of its item, not 
   await got.release();
   expect(value, 'the setFile was made after the set').toBe('from the file');
 });
+
+test('a get with wait false behind a queued reader only (the large write ahead of both answered) is granted: a reader ahead is no writer', async () => {
+  const socketPath = await daemonOn({ maxMessageBytes: MiB });
+  const cache = await connect<string>({ socketPath, autoStart: false, codec: 'json', references: false });
+  onTestFinished(() => cache.close());
+  const upload = cache.set('x', 'L'.repeat(3 * MiB));
+  const reader = cache.get('x');
+  await upload;
+  const quick = await cache.get('x', { wait: false });
+  const held = await reader;
+  expect((await held.item?.value())?.length).toBe(3 * MiB);
+  await held.release();
+  // Before: `null`, as if a writer held or waited for the item.
+  expect(quick).not.toBeNull();
+  expect((await quick!.item?.value())?.length).toBe(3 * MiB);
+  await quick!.release();
+});
