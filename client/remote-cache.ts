@@ -317,7 +317,12 @@ export class RemoteBackend<T> implements CacheBackend<T> {
    * of the item that has not reached the daemon, none at once: that is a writer waiting.
    */
   #laterGet(scope: Scope, id: string, options: { signal?: AbortSignal | undefined; wait?: boolean }): Promise<GetHandle<T> | null> {
-    if (options.wait === false && this.#order.writesBefore(scope.prefix, id)) return Promise.resolve(null);
+    if (options.wait === false) {
+      // Behind reads only, it needs no place in the order (reads share the item): sent at once, it never waits for
+      // what holds up a read ahead of it.
+      if (this.#order.writesBefore(scope.prefix, id)) return Promise.resolve(null);
+      return this.connection().then((connection) => this.#get(connection, scope, id, options));
+    }
     return this.#order.run(scope.prefix, id, () => this.connection().then((connection) => this.#get(connection, scope, id, options)), {
       signal: options.signal,
       read: true,
@@ -399,8 +404,9 @@ export class RemoteBackend<T> implements CacheBackend<T> {
   ): Promise<GetSetHandle<T> | MissedGetSetHandle> {
     const connection = await this.connection();
     if (!this.#waitsBehind(scope, id)) return this.#getset(connection, scope, id, options);
-    // An earlier write of the item that has not reached the daemon is a writer waiting.
-    if (!options.wait && this.#order.writesBefore(scope.prefix, id)) return MISSED_GETSET;
+    // An earlier call on the item that has not reached the daemon is a writer waiting, or a reader that will hold the
+    // shared lock this one's exclusive lock needs.
+    if (!options.wait) return MISSED_GETSET;
     return this.#order.run(scope.prefix, id, () => this.connection().then((later) => this.#getset(later, scope, id, options)), { signal: options.signal });
   }
 

@@ -227,10 +227,10 @@ export class PendingChanges {
   held(): { keys: Set<string>; wholeScopes: Set<string> } {
     const keys = new Set<string>();
     const wholeScopes = new Set<string>();
-    for (const pending of [...this.#tops.values(), ...(this.#taken === undefined ? [] : [this.#taken])]) {
-      if (pending.whole) wholeScopes.add(pending.top);
-      else for (const key of pending.keys) keys.add(key);
-    }
+    const all = [...this.#tops.values(), ...(this.#taken === undefined ? [] : [this.#taken])];
+    for (const pending of all) if (pending.whole) wholeScopes.add(pending.top);
+    // A whole scope's bytes count its keys already.
+    for (const pending of all) if (!wholeScopes.has(pending.top)) for (const key of pending.keys) keys.add(key);
     return { keys, wholeScopes };
   }
 

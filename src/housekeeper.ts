@@ -514,7 +514,10 @@ export class Housekeeper {
       }
     };
     await walk(false, () => projected <= limitBytes * EVICTION_TARGET, () => {});
-    let over = Math.max(0, this.#pinnedBytes() - limitBytes * MAX_PINNED_SHARE);
+    // The pass removes the expired ones first, pinned or not: their bytes are gone by the time it asks.
+    let expiredPinnedBytes = 0;
+    for (const key of expired) if (this.#pinned(key)) expiredPinnedBytes += this.#sizeOf(key) ?? 0;
+    let over = Math.max(0, this.#pinnedBytes() - expiredPinnedBytes - limitBytes * MAX_PINNED_SHARE);
     await walk(true, () => over <= 0, (size) => (over -= size));
     report.sizeBytes = projected;
   }

@@ -1,8 +1,10 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { expect, onTestFinished, test } from 'vitest';
 import { connect } from '../client/index.js';
 import { startDaemon } from '../daemon/index.js';
+import { eventually } from './conformance/support.js';
 import { tempDir } from './support/temp-dir.js';
 
 /**
@@ -188,4 +190,29 @@ test('a get with wait false behind a queued reader only (the large write ahead o
   expect(quick).not.toBeNull();
   expect((await quick!.item?.value())?.length).toBe(3 * MiB);
   await quick!.release();
+});
+
+test("a get with wait false behind a queued reader that another connection's writer holds up answers at once", async () => {
+  const socketPath = await daemonOn({ maxMessageBytes: MiB });
+  const options = { socketPath, autoStart: false, codec: 'json' as const, references: false };
+  const [a, b, c] = await Promise.all([connect<string>(options), connect<string>(options), connect<string>(options)]);
+  onTestFinished(async () => void (await Promise.all([a, b, c].map((cache) => cache.close()))));
+  const waitersOnX = async (): Promise<number> => (await c.locks()).filter((lock) => lock.id === 'x' && lock.state === 'waiting').length;
+  const heldByC = await c.getset('x');
+  const upload = a.set('x', 'L'.repeat(3 * MiB));
+  // A's reader is kept in order behind A's upload.
+  const reader = a.get('x');
+  await eventually(async () => (await waitersOnX()) === 1, "A's commit waits for C's lock");
+  const heldByB = b.getset('x');
+  await eventually(async () => (await waitersOnX()) === 2, "B's getset waits behind it");
+  await heldByC.release();
+  await upload;
+  const held = await heldByB;
+  // A's reader now waits at the daemon for B's lock; a get that would not wait does not wait behind it.
+  await eventually(async () => (await waitersOnX()) === 1, "A's reader waits for B's lock");
+  const quick = await Promise.race([a.get('x', { wait: false }).then((got) => (got === null ? 'null' : 'granted')), delay(20_000, 'still waiting after 20 s')]);
+  await held.release();
+  await (await reader).release();
+  // Before: it waited in order behind A's reader, until B released.
+  expect(quick).toBe('null');
 });

@@ -113,3 +113,24 @@ test('items no longer pinned once the others are evicted (written through meanwh
   expect(evictedPinned).toEqual([]);
   expect(left).toEqual(PINNED);
 });
+
+test('a dry run counts pinned items that have expired as the pass does: removed as expired first, not evicted again', async () => {
+  const { store, size } = await emptyStore();
+  const pinned = new Set(PINNED.map((id) => itemKey(PAGES, id)));
+  // The clock a minute ahead: the first three pinned items, expiring in a second, are past their time.
+  const keeper = new Housekeeper(store, new LockTable(), () => Date.now() + 60_000, {
+    sweepIntervalMs: Infinity,
+    pinned: (key) => pinned.has(key),
+    pinnedBytes: () => bytesOf(store, pinned),
+  });
+  onTestFinished(() => keeper.close());
+  for (const [at, id] of [...PINNED, 'u0'].entries()) {
+    await store.write(PAGES, id, { modified: 0, value: value(1000), ...(at < 3 ? { expiresAtMs: Date.now() + 1000 } : {}) });
+    await new Promise((resolve) => setTimeout(resolve, 3));
+  }
+  const dry = await keeper.gc({ dryRun: true });
+  const real = await keeper.gc({ dryRun: false });
+  // Before: the dry run said 5 evicted (the expired pinned items' bytes counted among those to evict), the pass 1.
+  expect([dry.expiredItems, dry.evictedItems, dry.sizeBytes! / size]).toEqual([real.expiredItems, real.evictedItems, real.sizeBytes! / size]);
+  expect(real.expiredItems).toBe(3);
+});

@@ -314,3 +314,16 @@ test("checkIdentity: another tier identity resets every fence to 0 and every who
   reread.finish();
   expect(reread.take('a')?.fences).toEqual(new Map([[key(['a'], 'fenced'), 0]]));
 });
+
+test("held: the keys that wait and the scopes remembered whole, a key of a whole scope not listed again (its bytes are the scope's)", async () => {
+  const changes = pending(join(await tempDir(), 'tier-pending.json'), 1);
+  changes.addKey('a', 'a/:x');
+  changes.addKey('a', 'a/:y');
+  changes.addKey('b', 'b/:z');
+  expect(changes.held()).toEqual({ keys: new Set(['b/:z']), wholeScopes: new Set(['a']) });
+  changes.forgetKey('b', 'b/:z');
+  changes.take('a');
+  changes.addKey('a', 'a/:x');
+  // Before: `a/:x` was listed as a key too while `a` was whole in the pass under way, its bytes counted twice.
+  expect(changes.held()).toEqual({ keys: new Set(), wholeScopes: new Set(['a']) });
+});
