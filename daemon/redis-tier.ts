@@ -34,6 +34,28 @@ export const REPLAY_RETRY_MS = 1000;
 /** A failure to keep the waiting changes in their file is logged at most once in this many milliseconds. */
 const KEEP_FAILURE_LOG_INTERVAL_MS = 60_000;
 
+/** One log line a minute at most for one kind of event, each saying how many were left out since the last. */
+class EveryMinute {
+  #loggedAtMs = -Infinity;
+  #since = 0;
+  readonly #log: (line: string) => void;
+
+  constructor(log: (line: string) => void) {
+    this.#log = log;
+  }
+
+  /** Counts the event, and logs `line(more)` unless a line went less than a minute ago. */
+  tell(line: (more: string) => string): void {
+    this.#since++;
+    const nowMs = performance.now();
+    if (nowMs - this.#loggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
+    this.#loggedAtMs = nowMs;
+    const more = this.#since > 1 ? ` (${this.#since - 1} more since the last line)` : '';
+    this.#since = 0;
+    this.#log(line(more));
+  }
+}
+
 export interface RedisTierOptions extends TierOptions {
   /**
    * The daemon's data directory: where the change log keeps its positions (`tier-positions.json`), and the tier the
@@ -157,8 +179,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
   readonly #queued = new Map<string, { top: string; abort: AbortController; done: Promise<void> }>();
   #keepFailureLoggedAtMs = -Infinity;
   /** Write-throughs given up since the last line logged about them, and when that was. */
-  #givenUp = 0;
-  #givenUpLoggedAtMs = -Infinity;
+  readonly #givenUpLine: EveryMinute;
   #closed = false;
   /**
    * The tier's identity as checked since the connection last came up (`null`: unreadable, an ACL); `undefined` until
@@ -185,8 +206,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #orphanPassAgain = false;
   #orphanTimer: NodeJS.Timeout | undefined;
   /** Releases of orphans given up since the last line logged about them, and when that was. */
-  #orphansGivenUp = 0;
-  #orphansGivenUpLoggedAtMs = -Infinity;
+  readonly #orphanLine: EveryMinute;
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -195,11 +215,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #fencedWrites = 0;
   #localFallbacks = 0;
   #evictedBeforeWrite = 0;
-  #evictedNotLogged = 0;
-  #evictedLoggedAtMs = -Infinity;
+  readonly #evictedLine: EveryMinute;
 
   constructor(options: RedisTierOptions) {
     this.#options = options;
+    this.#givenUpLine = new EveryMinute((line) => options.log(line));
+    this.#orphanLine = new EveryMinute((line) => options.log(line));
+    this.#evictedLine = new EveryMinute((line) => options.log(line));
     this.strict = options.strict;
     this.#keys = new TierKeys(options.keyPrefix);
     this.#tombstoneTtlMs = Math.max(2 * options.leaseMs, MIN_TOMBSTONE_TTL_MS);
@@ -277,14 +299,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
   evictedBeforeWrite(key: string): void {
     this.#evictedBeforeWrite++;
     // One line a minute at most: a full cache evicts many.
-    this.#evictedNotLogged++;
-    const nowMs = performance.now();
-    if (nowMs - this.#evictedLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
-    this.#evictedLoggedAtMs = nowMs;
-    const more = this.#evictedNotLogged > 1 ? ` (${this.#evictedNotLogged - 1} more since the last line)` : '';
-    this.#evictedNotLogged = 0;
-    this.#options.log(
-      `tier: an item whose change waits to be written through was evicted, Redis will not have its value (${JSON.stringify(key)}): ` +
+    this.#evictedLine.tell(
+      (more) =>
+        `tier: an item whose change waits to be written through was evicted, Redis will not have its value (${JSON.stringify(key)}): ` +
         `such items held more than half of the size limit${more}`,
     );
   }
@@ -1037,14 +1054,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
     const forGood = error instanceof TierUnavailable ? error.answered : isCacheError(error, 'CACHE_CORRUPT') || error instanceof TypeError;
     if (!forGood) return false;
     // One line a minute at most: an ACL that refuses one write refuses them all.
-    this.#givenUp++;
-    const nowMs = performance.now();
-    if (nowMs - this.#givenUpLoggedAtMs >= KEEP_FAILURE_LOG_INTERVAL_MS) {
-      this.#givenUpLoggedAtMs = nowMs;
-      const more = this.#givenUp > 1 ? ` (${this.#givenUp - 1} more since the last line)` : '';
-      this.#givenUp = 0;
-      this.#options.log(`tier: a change Redis did not take is not written through, it failed again (${JSON.stringify(key)}): ${error instanceof Error ? error.message : String(error)}${more}`);
-    }
+    this.#givenUpLine.tell(
+      (more) => `tier: a change Redis did not take is not written through, it failed again (${JSON.stringify(key)}): ${error instanceof Error ? error.message : String(error)}${more}`,
+    );
     return true;
   }
 
@@ -1118,14 +1130,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /** Logs a release of an unheard-of grant given up: one line a minute at most, counting those left out. */
   #orphanGivenUp(itemKey: string, error: TierUnavailable): void {
-    this.#orphansGivenUp++;
-    const nowMs = performance.now();
-    if (nowMs - this.#orphansGivenUpLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
-    this.#orphansGivenUpLoggedAtMs = nowMs;
-    const more = this.#orphansGivenUp > 1 ? ` (${this.#orphansGivenUp - 1} more since the last line)` : '';
-    this.#orphansGivenUp = 0;
-    this.#options.log(
-      `tier: the lease of an acquire whose reply never came is not released, Redis answered its release with an error (${JSON.stringify(itemKey)}); it runs out by itself: ${error.message}${more}`,
+    this.#orphanLine.tell(
+      (more) =>
+        `tier: the lease of an acquire whose reply never came is not released, Redis answered its release with an error (${JSON.stringify(itemKey)}); it runs out by itself: ${error.message}${more}`,
     );
   }
 
