@@ -3,7 +3,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
-import { NodeDown, type TierConnection } from './tier-connection.js';
+import { NodeDown, type TierClient, type TierConnection } from './tier-connection.js';
 import { readTierIdentity } from './tier-identity.js';
 import { parseTierMessage, type TierKeys, topOf } from './tier-keys.js';
 
@@ -31,6 +31,8 @@ export const MAX_SINK_CALLS_IN_FLIGHT = 10_000;
 const CATCH_UP_CONCURRENCY = 32;
 
 const STREAM_ID = /^\d+-\d+$/;
+/** The `run_id` line of `INFO server`: a new one each time a Redis server starts. */
+const RUN_ID = /^run_id:([0-9a-f]+)\r?$/m;
 
 /** The part of the local store the change log uses: it drops copies, and never writes through. */
 export type ChangeLogSink = Pick<TierSink, 'invalidate' | 'drop' | 'localScopes'>;
@@ -79,6 +81,13 @@ interface TopState {
   position: string | undefined;
   /** The id of the last entry whose local changes are done, and of every entry before it: what the positions file keeps. */
   applied: string | undefined;
+  /**
+   * The run id of the Redis server `position` was read from (`null`: it may not be read, an ACL; `undefined`: not known
+   * yet): on another run, entries after the position may be lost (a restart, a failover), so the scope is dropped.
+   */
+  run: string | null | undefined;
+  /** The run id `applied` was read from: what the positions file keeps with it. */
+  appliedRun: string | null | undefined;
   /** The pages read whose local changes are under way, oldest first. */
   batches: Batch[];
   /** Local data may be older than the position this top will get (written while its fetch failed): drop it then. */
@@ -96,6 +105,7 @@ interface TopState {
 /** One page's local changes: once they and every earlier page's are done, the position kept moves to `lastId`. */
 interface Batch {
   readonly lastId: string;
+  readonly run: string | null | undefined;
   done: boolean;
   /** No longer counted: the scope was dropped whole, or its position reset. */
   abandoned: boolean;
@@ -125,6 +135,8 @@ interface PositionsFile {
   tierIdentity: string | null;
   keyPrefix: string;
   positions: Record<string, string>;
+  /** The run id of the Redis server each position was read from, where it is known. */
+  runs: Record<string, string>;
 }
 
 const NOT_COPYABLE: WatchedRead = Object.freeze({ copyable: () => false, end: () => {} });
@@ -325,7 +337,7 @@ export class ChangeLog {
       return;
     }
     if (this.#tops.size >= this.#maxTrackedScopes) this.#forgetOldest();
-    const state = this.#newState(top, undefined);
+    const state = this.#newState(top, undefined, undefined);
     // Taken up while subscribed, it has no local copy older than its position: in sync (one written while its position
     // cannot be fetched makes it unsure, and the next subscription's pass drops it).
     if (this.#subscribed) state.syncedEpoch = this.#epoch;
@@ -347,8 +359,21 @@ export class ChangeLog {
     if (this.#loaded) await this.#writePositions();
   }
 
-  #newState(top: string, position: string | undefined): TopState {
-    return { top, position, applied: position, batches: [], unsure: false, failed: false, generation: 0, syncedEpoch: -1, running: undefined, queued: undefined };
+  #newState(top: string, position: string | undefined, run: string | undefined): TopState {
+    return {
+      top,
+      position,
+      applied: position,
+      run,
+      appliedRun: run,
+      batches: [],
+      unsure: false,
+      failed: false,
+      generation: 0,
+      syncedEpoch: -1,
+      running: undefined,
+      queued: undefined,
+    };
   }
 
   #isCurrent(state: TopState, generation: number): boolean {
@@ -507,16 +532,17 @@ export class ChangeLog {
   /** Forgets the scope's position: a pass under way stops, its pages under way no longer count. */
   #reset(state: TopState): void {
     state.generation++;
-    state.position = undefined;
-    this.#settle(state, undefined);
+    this.#settle(state, undefined, undefined);
   }
 
-  /** Sets both positions to `position`, the pages under way no longer counted (the scope was dropped, or is new). */
-  #settle(state: TopState, position: string | undefined): void {
+  /** Sets both positions to `position` read from `run`, the pages under way no longer counted (the scope was dropped, or is new). */
+  #settle(state: TopState, position: string | undefined, run: string | null | undefined): void {
     for (const batch of state.batches) batch.abandoned = true;
     state.batches = [];
     state.position = position;
     state.applied = position;
+    state.run = run;
+    state.appliedRun = run;
     this.#markDirty();
   }
 
@@ -576,20 +602,23 @@ export class ChangeLog {
 
   /** A new scope's position: the log's last entry, or `0-0` when it has none yet. */
   async #fetchPosition(state: TopState, generation: number): Promise<void> {
-    const info = await this.#streamInfo(state.top);
+    const { info, run } = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
     if (state.unsure) {
       state.unsure = false;
-      this.#dropFrom(state, info?.lastId ?? '0-0', 'its local data may be older than its change-log position');
+      this.#dropFrom(state, info?.lastId ?? '0-0', run, 'its local data may be older than its change-log position');
       return;
     }
-    this.#settle(state, info?.lastId ?? '0-0');
+    this.#settle(state, info?.lastId ?? '0-0', run);
   }
 
   /**
    * Applies the scope's change-log entries after its position, a page at a time. Each page is read from the position's
    * own entry on: Redis trims a stream from its oldest entry, so while that entry is there, none after it is gone.
-   * (Redis 7.0's `max-deleted-entry-id` does not move when a stream is trimmed, only on XDEL.)
+   * (Redis 7.0's `max-deleted-entry-id` does not move when a stream is trimmed, only on XDEL.) Each page is read with the
+   * run id of the Redis server answering: on another run than the position's, the entries after it may be lost even
+   * when its own entry is there (a restart that lost the last writes, a failover to a replica that lagged, a shard
+   * that restarted empty while the log was empty), so the scope is dropped.
    */
   async #catchUp(state: TopState, generation: number): Promise<void> {
     const { top } = state;
@@ -598,35 +627,61 @@ export class ChangeLog {
       if (!this.#isCurrent(state, generation)) return;
       let entries: Entry[];
       let more: boolean;
+      let run: string | null;
       if (cursor === '0-0') {
         // From the log's start: no entry may ever have been removed, and the first read must be the first there was.
-        const info = await this.#streamInfo(top);
-        if (info === null || (info.length === 0 && info.entriesAdded === 0)) return;
+        const read = await this.#streamInfo(top);
+        const { info } = read;
+        if (this.#otherRun(state, read.run)) return this.#lose(state, generation, this.#otherRunReason(state, read.run));
+        if (info === null || (info.length === 0 && info.entriesAdded === 0)) return this.#confirmRun(state, read.run);
         if (info.entriesAdded !== info.length) return this.#lose(state, generation, 'its change log was trimmed before it was read');
         const page = await this.#range(top, '-', CATCH_UP_PAGE_ENTRIES);
-        if (page.length === 0 || page[0]!.id !== info.firstId) return this.#lose(state, generation, 'its change log was trimmed before it was read');
-        entries = page;
-        more = page.length === CATCH_UP_PAGE_ENTRIES;
+        ({ run } = page);
+        if (this.#otherRun(state, run)) return this.#lose(state, generation, this.#otherRunReason(state, run));
+        if (page.entries.length === 0 || page.entries[0]!.id !== info.firstId) return this.#lose(state, generation, 'its change log was trimmed before it was read');
+        entries = page.entries;
+        more = entries.length === CATCH_UP_PAGE_ENTRIES;
       } else {
         const page = await this.#range(top, cursor, CATCH_UP_PAGE_ENTRIES + 1);
-        if (page[0]?.id !== cursor) return this.#lose(state, generation, `its change log no longer reaches back to entry ${cursor}`);
-        entries = page.slice(1);
-        more = page.length === CATCH_UP_PAGE_ENTRIES + 1;
+        ({ run } = page);
+        if (this.#otherRun(state, run)) return this.#lose(state, generation, this.#otherRunReason(state, run));
+        if (page.entries[0]?.id !== cursor) return this.#lose(state, generation, `its change log no longer reaches back to entry ${cursor}`);
+        entries = page.entries.slice(1);
+        more = page.entries.length === CATCH_UP_PAGE_ENTRIES + 1;
       }
       if (!this.#isCurrent(state, generation)) return;
       if (entries.length > 0) {
-        this.#apply(state, entries);
+        this.#apply(state, entries, run);
         cursor = state.position!;
+      } else {
+        this.#confirmRun(state, run);
       }
       if (!more) return;
     }
   }
 
+  /** Whether `run` (the server's run id read with a page) is known to be another than the position's. */
+  #otherRun(state: TopState, run: string | null): boolean {
+    return typeof state.run === 'string' && run !== null && run !== state.run;
+  }
+
+  #otherRunReason(state: TopState, run: string | null): string {
+    return `the Redis server holding its change log is another run (${run}) than the one its position was read from (${state.run}): a restart or a failover may have lost changes`;
+  }
+
+  /** Takes `run` as the position's when none was known (a position kept by an older file, or INFO refused before). */
+  #confirmRun(state: TopState, run: string | null): void {
+    if (typeof state.run === 'string' || run === null) return;
+    state.run = run;
+    if (state.batches.length === 0) state.appliedRun = run;
+    this.#markDirty();
+  }
+
   /** The scope's change log lost entries this daemon had not applied: drops the scope locally and goes on from the log's end. */
   async #lose(state: TopState, generation: number, reason: string): Promise<void> {
-    const info = await this.#streamInfo(state.top);
+    const { info, run } = await this.#streamInfo(state.top);
     if (!this.#isCurrent(state, generation)) return;
-    this.#dropFrom(state, info?.lastId ?? '0-0', reason);
+    this.#dropFrom(state, info?.lastId ?? '0-0', run, reason);
   }
 
   /**
@@ -635,12 +690,13 @@ export class ChangeLog {
    * stop being copyable now, and the drop runs as the first page's local changes, so that the position kept moves to
    * `position` only once it is done, while catching up goes on beside it.
    */
-  #dropFrom(state: TopState, position: string, reason: string): void {
+  #dropFrom(state: TopState, position: string, run: string | null, reason: string): void {
     this.#markStale(state.top, () => true);
-    const applied = state.applied;
-    this.#settle(state, position);
+    const { applied, appliedRun } = state;
+    this.#settle(state, position, run);
     state.applied = applied;
-    const batch: Batch = { lastId: position, done: false, abandoned: false };
+    state.appliedRun = appliedRun;
+    const batch: Batch = { lastId: position, run, done: false, abandoned: false };
     state.batches.push(batch);
     void this.#runBatch(state, batch, [() => this.#dropTop(state.top, reason)]);
   }
@@ -649,7 +705,7 @@ export class ChangeLog {
    * Applies a page of other daemons' entries: reads under way that they touch stop being copyable at once, and the
    * local copies' removal begins (it goes on beside the reading of the next pages; see {@link MAX_SINK_CALLS_IN_FLIGHT}).
    */
-  #apply(state: TopState, entries: readonly Entry[]): void {
+  #apply(state: TopState, entries: readonly Entry[], run: string | null): void {
     const { top } = state;
     const items = new Map<string, { scope: Scope; id: string }>();
     const scopes = new Map<string, Scope>();
@@ -692,7 +748,9 @@ export class ChangeLog {
       }),
     ];
     state.position = entries[entries.length - 1]!.id;
-    const batch: Batch = { lastId: state.position, done: false, abandoned: false };
+    // A run id refused (null) leaves the one known: the next page read with it is checked against it.
+    if (run !== null) state.run = run;
+    const batch: Batch = { lastId: state.position, run: state.run, done: false, abandoned: false };
     state.batches.push(batch);
     void this.#runBatch(state, batch, calls);
   }
@@ -716,7 +774,9 @@ export class ChangeLog {
     if (batch.abandoned) return;
     let moved = false;
     while (state.batches[0]?.done) {
-      state.applied = state.batches.shift()!.lastId;
+      const done = state.batches.shift()!;
+      state.applied = done.lastId;
+      state.appliedRun = done.run;
       moved = true;
     }
     if (moved) this.#markDirty();
@@ -786,26 +846,49 @@ export class ChangeLog {
     this.#logLimited('drop', `tier: scope ${JSON.stringify(top)} was dropped locally: ${reason}`);
   }
 
-  /** The scope's change log's figures; `null` when it has none. */
-  async #streamInfo(top: string): Promise<StreamInfo | null> {
+  /** The scope's change log's figures (`null` when it has none), and the run id of the server that answered. */
+  async #streamInfo(top: string): Promise<{ info: StreamInfo | null; run: string | null }> {
     const key = this.#keys.changeLog(top);
-    const reply = await this.#connection.run('change log', async (client) => {
-      try {
-        return await client.send(key, ['XINFO', 'STREAM', key], { readonly: true });
-      } catch (error) {
+    const [reply, run] = await this.#withRun(key, (client) =>
+      client.send(key, ['XINFO', 'STREAM', key], { readonly: true }).catch((error: unknown) => {
         if (isNoSuchKey(error)) return null;
         throw error;
-      }
-    });
-    return reply === null ? null : parseStreamInfo(reply);
+      }),
+    );
+    return { info: reply === null ? null : parseStreamInfo(reply), run };
   }
 
-  /** Up to `count` entries of the scope's change log from `start` (inclusive; `-` for the first). */
-  async #range(top: string, start: string, count: number): Promise<Entry[]> {
+  /** Up to `count` entries of the scope's change log from `start` (inclusive; `-` for the first), and the run id of the server that answered. */
+  async #range(top: string, start: string, count: number): Promise<{ entries: Entry[]; run: string | null }> {
     const key = this.#keys.changeLog(top);
     const command = ['XRANGE', key, start, '+', 'COUNT', String(count)];
-    const reply = await this.#connection.run('change log', (client) => client.send(key, command, { readonly: true }));
-    return parseEntries(reply);
+    const [reply, run] = await this.#withRun(key, (client) => client.send(key, command, { readonly: true }));
+    return { entries: parseEntries(reply), run };
+  }
+
+  /**
+   * Sends `command` right after asking the run id of the server holding `key` (on its connection, so a restart between
+   * the two gives the older run id, and the next page drops the scope); resolves to its reply and the run id, `null` for
+   * a Redis user who may not run INFO (an ACL), logged once a minute.
+   */
+  #withRun<R>(key: string, command: (client: TierClient) => Promise<R>): Promise<[R, string | null]> {
+    return this.#connection.run('change log', async (client) => {
+      const { reply } = await client.queueInfo(key, 'server');
+      return Promise.all([command(client), this.#runOf(reply)]);
+    });
+  }
+
+  async #runOf(info: Promise<string>): Promise<string | null> {
+    try {
+      return RUN_ID.exec(await info)?.[1] ?? null;
+    } catch (error) {
+      if (!(error instanceof Error && /^NOPERM/.test(error.message))) throw error;
+      this.#logLimited(
+        'run id',
+        `tier: Redis refused INFO (${error.message}): a restart or failover of Redis that lost changes is noticed only when it lost a position's own entry or the tier's identity (README: ACLs)`,
+      );
+      return null;
+    }
   }
 
   /** Logs a failure of `kind` at most once a minute, counting the others in the next line. */
@@ -846,14 +929,15 @@ export class ChangeLog {
       this.#write(`tier: ${this.#positionsPath} is not JSON: every shared scope is dropped locally`);
       return;
     }
-    const { tierIdentity, keyPrefix, positions } = (file ?? {}) as Partial<PositionsFile>;
+    const { tierIdentity, keyPrefix, positions, runs } = (file ?? {}) as Partial<PositionsFile>;
     // Positions kept for another key prefix, or with no identity to check them against, are not trusted.
     if (keyPrefix !== this.#keys.prefix || typeof tierIdentity !== 'string' || typeof positions !== 'object' || positions === null) return;
     this.#identity = tierIdentity;
     for (const [top, position] of Object.entries(positions)) {
       if (this.#tops.size >= this.#maxTrackedScopes) break;
       const trusted = typeof position === 'string' && STREAM_ID.test(position) && this.#sharing(top) !== 'local';
-      if (trusted) this.#tops.set(top, this.#newState(top, position));
+      const run: unknown = typeof runs === 'object' && runs !== null && Object.hasOwn(runs, top) ? runs[top] : undefined;
+      if (trusted) this.#tops.set(top, this.#newState(top, position, typeof run === 'string' ? run : undefined));
     }
   }
 
@@ -875,8 +959,10 @@ export class ChangeLog {
     this.#dirty = false;
     this.#lastWriteMs = performance.now();
     // fromEntries defines own properties: a scope named `__proto__` is a position like any other.
-    const positions = Object.fromEntries([...this.#tops.values()].flatMap(({ top, applied }) => (applied === undefined ? [] : [[top, applied]])));
-    const file: PositionsFile = { tierIdentity: this.#identity ?? null, keyPrefix: this.#keys.prefix, positions };
+    const kept = [...this.#tops.values()].filter(({ applied }) => applied !== undefined);
+    const positions = Object.fromEntries(kept.map(({ top, applied }) => [top, applied!]));
+    const runs = Object.fromEntries(kept.flatMap(({ top, appliedRun }) => (typeof appliedRun === 'string' ? [[top, appliedRun]] : [])));
+    const file: PositionsFile = { tierIdentity: this.#identity ?? null, keyPrefix: this.#keys.prefix, positions, runs };
     const temporary = `${this.#positionsPath}.tmp`;
     try {
       await writeFile(temporary, `${JSON.stringify(file)}\n`, { mode: 0o600 });

@@ -97,6 +97,12 @@ export interface TierClient {
   pipeline(key: string, commands: readonly (readonly RedisArgument[])[], options?: TierCommandOptions): Promise<unknown[]>;
   /** Runs a script by EVALSHA, and by EVAL when the server does not have it yet; every key must share one hash tag. */
   script<R = unknown>(script: TierScript, keys: readonly string[], args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R>;
+  /**
+   * Queues `INFO <section>` on the connection to the server of `key` (on a Cluster, its slot's master: node-redis would
+   * send a bare INFO to every master), resolving once it is queued, so that a command sent after it to that server is
+   * answered after it.
+   */
+  queueInfo(key: string, section: string): Promise<{ reply: Promise<string> }>;
 }
 
 export interface TierConnectionOptions {
@@ -831,10 +837,16 @@ function checkKey(key: string): void {
 
 function clientFacade(client: Client): TierClient {
   const buffers = client.withTypeMapping(BUFFERS);
-  return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
-    checkKey(key);
-    return (options?.buffers === true ? buffers : client).sendCommand<R>(args);
-  });
+  return facade(
+    <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+      checkKey(key);
+      return (options?.buffers === true ? buffers : client).sendCommand<R>(args);
+    },
+    async (key, section) => {
+      checkKey(key);
+      return { reply: client.sendCommand<string>(['INFO', section]).then(String) };
+    },
+  );
 }
 
 /** The Cluster's type-mapped view for `buffers`, made once per Cluster client. */
@@ -853,11 +865,16 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
   const typed = buffers;
   const sendTo = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R> =>
     (options?.buffers === true ? typed : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
+  const queueInfo = async (key: string, section: string): Promise<{ reply: Promise<string> }> => {
+    checkKey(key);
+    const client = await cluster.getNodeClientForKey(key);
+    return { reply: client.sendCommand<string>(['INFO', section]).then(String) };
+  };
   if (call === undefined) {
     return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
       checkKey(key);
       return sendTo<R>(key, args, options);
-    });
+    }, queueInfo);
   }
   return facade(async <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
     checkKey(key);
@@ -877,7 +894,7 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
       if (left === 0) call.sent.delete(address);
       else call.sent.set(address, left);
     }
-  });
+  }, queueInfo);
 }
 
 /**
@@ -900,9 +917,10 @@ type Send = <R>(key: string, args: readonly RedisArgument[], options?: TierComma
  * together, in order, on the one connection of the key's node. (Not node-redis's `multi().execAsPipeline()`: on a
  * Cluster it ignores the type mapping, so values would come back as strings.)
  */
-function facade(send: Send): TierClient {
+function facade(send: Send, queueInfo: TierClient['queueInfo']): TierClient {
   return {
     send,
+    queueInfo,
     pipeline: (key, commands, options) => Promise.all(commands.map((args) => send(key, args, options))),
     script: (script, keys, args, options) => runScript(send, script, keys, args, options),
   };

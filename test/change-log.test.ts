@@ -1,13 +1,13 @@
 import { stat, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createClient } from '@redis/client';
+import { createClient, createCluster } from '@redis/client';
 import { expect, onTestFinished, test } from 'vitest';
 import { ChangeLog, type ChangeLogSink } from '../daemon/change-log.js';
 import { TierConnection } from '../daemon/tier-connection.js';
 import { TierKeys } from '../daemon/tier-keys.js';
 import { itemKey, parseItemKey, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing } from '../src/shared-tier.js';
-import { type RedisServer, startRedisServer, startTcpProxy } from './support/redis-server.js';
+import { type RedisServer, startRedisCluster, startRedisServer, startTcpProxy } from './support/redis-server.js';
 import { tempDir } from './support/temp-dir.js';
 
 // One ChangeLog (the part of a daemon's RedisTier that keeps its local copies true) against a real redis-server on a
@@ -93,7 +93,7 @@ interface Started {
 }
 
 async function startChangeLog(
-  url: string,
+  url: string | readonly string[],
   positionsPath: string,
   options: {
     localScopes?: string[];
@@ -101,11 +101,14 @@ async function startChangeLog(
     maxTrackedScopes?: number;
     sink?: RecordingSink;
     isPending?: (top: string, key: string) => boolean;
+    /** The Redis user to log in as (default: the default user). */
+    user?: { username: string; password: string };
   } = {},
 ): Promise<Started> {
   const lines: string[] = [];
   const released: string[] = [];
-  const connection = new TierConnection({ urls: [url], cluster: false, timeoutMs: 1000, log: (line) => lines.push(line) });
+  const urls = typeof url === 'string' ? [url] : [...url];
+  const connection = new TierConnection({ urls, cluster: typeof url !== 'string', timeoutMs: 1000, log: (line) => lines.push(line), ...options.user });
   const sink = options.sink ?? recordingSink(options.localScopes);
   const changeLog = new ChangeLog({
     connection,
@@ -261,6 +264,7 @@ test('change log: positions persist in a 0600 file and are reused after a restar
     tierIdentity: await other.client.get(KEYS.identity),
     keyPrefix: 'hoard',
     positions: { pages: lastId },
+    runs: { pages: expect.stringMatching(/^[0-9a-f]{40}$/) },
   });
 
   // Changed while no daemon ran: the next run goes on from the position kept, and drops nothing.
@@ -288,6 +292,119 @@ test('change log: on another tier (its identity differs from the positions file\
   expect(second.changeLog.figures().droppedScopes).toBe(1);
   await second.changeLog.close();
   expect(JSON.parse(await readFile(positionsPath, 'utf8'))).toMatchObject({ tierIdentity: 'another-tier' });
+});
+
+test('change log: a scope followed while its log was empty is dropped when the Redis holding it restarted empty meanwhile, though the identity is the same and new entries came since', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  let other = await otherDaemon(redis);
+  const positionsPath = join(await tempDir(), 'tier-positions.json');
+  const first = await startChangeLog(redis.url, positionsPath, { localScopes: [] });
+  await followed(first.changeLog, 'pages');
+  await first.changeLog.close();
+  expect(JSON.parse(await readFile(positionsPath, 'utf8'))).toMatchObject({ positions: { pages: '0-0' } });
+
+  // A change this daemon never heard, lost with the rest when its server restarted empty; on a Cluster the identity
+  // lives on another master, which kept it (put back here by hand), and another change came after the restart.
+  const identity = await other.client.get(KEYS.identity);
+  await other.logChange('pages', 's', 'pages/:lost');
+  await redis.restartEmpty();
+  other = await otherDaemon(redis);
+  await other.client.set(KEYS.identity, identity!);
+  await other.logChange('pages', 's', 'pages/:after');
+
+  const second = await startChangeLog(redis.url, positionsPath, { localScopes: ['pages'] });
+  await until(() => !second.changeLog.catchingUp && second.sink.calls.length > 0, 'the restarted change log caught up');
+  // From 0-0 the log looks whole (one entry added, one there): only the server's run id tells that it restarted.
+  expect(second.sink.calls).toEqual(['drop pages/']);
+  expect(second.changeLog.figures().droppedScopes).toBe(1);
+  expect(second.lines.join('\n')).toMatch(/scope "pages" was dropped locally: the Redis server holding its change log is another run/);
+});
+
+test('change log: a restart of Redis that lost changes this daemon never heard (its snapshot older than them) drops the scope, though the position\u2019s own entry is there', async () => {
+  const redis = await startRedisServer({ unixSocket: true });
+  let other = await otherDaemon(redis);
+  const positionsPath = join(await tempDir(), 'tier-positions.json');
+  const first = await startChangeLog(redis.url, positionsPath, { localScopes: [] });
+  await followed(first.changeLog, 'pages');
+  await other.logChange('pages', 's', 'pages/:seen');
+  await until(() => first.sink.calls.length === 1, 'the change is applied');
+  await first.changeLog.close();
+  await redis.cli('SAVE');
+
+  // Made while this daemon was stopped, after the snapshot: lost with the restart. The other daemon's copy of the item
+  // may be newer than anything Redis now holds, and this daemon's copy older than that one.
+  await other.logChange('pages', 's', 'pages/:lost');
+  await redis.restartFromSnapshot();
+  other = await otherDaemon(redis);
+  const second = await startChangeLog(redis.url, positionsPath, { localScopes: ['pages'] });
+  await until(() => !second.changeLog.catchingUp && second.sink.calls.length > 0, 'the restarted change log caught up');
+  expect(second.sink.calls).toEqual(['drop pages/']);
+  expect(second.lines.join('\n')).toMatch(/scope "pages" was dropped locally: the Redis server holding its change log is another run/);
+
+  // After the drop the scope is followed on the new run: a change is applied as usual, nothing more is dropped.
+  await other.logChange('pages', 's', 'pages/:next');
+  await until(() => second.sink.calls.length === 2, 'the next change is applied');
+  expect(second.sink.calls[1]).toBe('invalidate pages/:next');
+  expect(second.changeLog.figures().droppedScopes).toBe(1);
+});
+
+test('change log on a Redis Cluster: a restart of the master holding a scope\u2019s log, from a snapshot older than a change, drops that scope alone', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  // Two scopes whose logs live on different masters (startRedisCluster gives each master a third of the slots).
+  const names = Array.from({ length: 20 }, (_, n) => `top-${n}`);
+  const slots = await cluster.pipeline(names.map((name) => ['CLUSTER', 'KEYSLOT', KEYS.changeLog(name)]));
+  const owners = slots.map((reply) => Math.floor((Number(/\d+/.exec(reply)![0]) * 3) / 16384));
+  const restarted = names[0]!;
+  const kept = names[owners.findIndex((owner) => owner !== owners[0])]!;
+  const master = cluster.nodes[owners[0]!]!;
+  const other = createCluster({ rootNodes: cluster.urls.map((url) => ({ url })), RESP: 2 });
+  other.on('error', () => {});
+  await other.connect();
+  onTestFinished(() => other.destroy());
+  const logChange = async (top: string, key: string): Promise<void> => {
+    const id = await other.xAdd(KEYS.changeLog(top), '*', { o: 'other-daemon', t: 's', k: key, f: '1' });
+    await other.publish(KEYS.channel, `c|${encodeURIComponent(top)}|${id}|${key}`);
+  };
+
+  const positionsPath = join(await tempDir(), 'tier-positions.json');
+  const first = await startChangeLog(cluster.urls, positionsPath, { localScopes: [] });
+  await followed(first.changeLog, restarted);
+  await followed(first.changeLog, kept);
+  await logChange(restarted, `${restarted}/:seen`);
+  await logChange(kept, `${kept}/:seen`);
+  await until(() => first.sink.calls.length === 2, 'both changes are applied');
+  await first.changeLog.close();
+  for (const node of cluster.nodes) await node.cli('SAVE');
+
+  // Both changes come after the snapshots; only the first scope's master restarts, and loses its change.
+  await logChange(restarted, `${restarted}/:lost`);
+  await logChange(kept, `${kept}/:after`);
+  await master.restartFromSnapshot();
+  for (const deadline = performance.now() + 20_000; !(await master.cli('CLUSTER', 'INFO')).includes('cluster_state:ok'); ) {
+    if (performance.now() > deadline) throw new Error('the restarted master did not rejoin the cluster');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const second = await startChangeLog(cluster.urls, positionsPath, { localScopes: [restarted, kept] });
+  await until(() => !second.changeLog.catchingUp && second.sink.calls.length >= 2, 'the restarted change log caught up');
+  // The run id is read from the scope's own master (a bare INFO would go to every master): the other scope goes on.
+  expect(second.sink.calls.sort()).toEqual([`drop ${restarted}/`, `invalidate ${kept}/:after`]);
+  expect(second.changeLog.figures().droppedScopes).toBe(1);
+});
+
+test('change log: a Redis user refused INFO follows the log all the same, without run ids, and says so once', async () => {
+  const redis = await startRedisServer({ unixSocket: true, users: [{ name: 'no-info', password: 'pw', rules: ['~*', '&*', '+@all', '-info'] }] });
+  const other = await otherDaemon(redis);
+  const positionsPath = join(await tempDir(), 'tier-positions.json');
+  const { changeLog, sink, lines } = await startChangeLog(redis.url, positionsPath, { user: { username: 'no-info', password: 'pw' } });
+  await followed(changeLog, 'pages');
+  for (const id of ['a', 'b']) {
+    await other.logChange('pages', 's', `pages/:${id}`);
+    await until(() => sink.calls.includes(`invalidate pages/:${id}`), `the change of ${id} is applied`);
+  }
+  expect(changeLog.figures()).toEqual({ invalidations: 2, droppedScopes: 0 });
+  expect(lines.filter((line) => line.includes('Redis refused INFO'))).toEqual([expect.stringMatching(/NOPERM.*noticed only when it lost a position's own entry or the tier's identity/)]);
+  await changeLog.close();
+  expect(JSON.parse(await readFile(positionsPath, 'utf8'))).toMatchObject({ positions: { pages: expect.any(String) }, runs: {} });
 });
 
 test('change log: past its limit of followed scopes, the least recently used one is dropped locally and no longer followed', async () => {

@@ -47,6 +47,11 @@ export interface RedisServer {
    * slots (its `nodes.conf`). Resolves once it accepts connections.
    */
   restartEmpty(): Promise<void>;
+  /**
+   * Kills the server (SIGKILL) and starts it again from the snapshot its last `SAVE` wrote: a restart that lost the
+   * writes made since (as with `appendfsync everysec`). Resolves once it accepts connections.
+   */
+  restartFromSnapshot(): Promise<void>;
   /** Resolves with the first line of the server's log that matches `pattern`, among those logged already or to come. */
   logged(pattern: RegExp): Promise<string>;
 }
@@ -267,6 +272,11 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
         await rm(join(dir, 'dump.rdb'), { force: true });
         launched = await launch(dir, lines);
       },
+      async restartFromSnapshot() {
+        launched.child.kill('SIGKILL');
+        await launched.exited;
+        launched = await launch(dir, lines);
+      },
       logged: (pattern) => launched.logged(pattern),
     };
   }
@@ -310,6 +320,7 @@ export function redisServerForFile(options: Omit<RedisServerOptions, 'until'> = 
     pipeline: (commands) => running().pipeline(commands),
     stop: () => running().stop(),
     restartEmpty: () => running().restartEmpty(),
+    restartFromSnapshot: () => running().restartFromSnapshot(),
     logged: (pattern) => running().logged(pattern),
   };
 }
