@@ -220,20 +220,6 @@ export class PendingChanges {
     return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || pending.keys.has(key)));
   }
 
-  /**
-   * What eviction keeps (see {@link PendingChanges.holds}): the item keys that wait or are being written through, and
-   * the top-level scopes remembered whole (every item of theirs waits).
-   */
-  held(): { keys: Set<string>; wholeScopes: Set<string> } {
-    const keys = new Set<string>();
-    const wholeScopes = new Set<string>();
-    const all = [...this.#tops.values(), ...(this.#taken === undefined ? [] : [this.#taken])];
-    for (const pending of all) if (pending.whole) wholeScopes.add(pending.top);
-    // A whole scope's bytes count its keys already.
-    for (const pending of all) if (!wholeScopes.has(pending.top)) for (const key of pending.keys) keys.add(key);
-    return { keys, wholeScopes };
-  }
-
   /** Whether the item waits as a key of its own, or is being written through now as one. */
   waitsAsKey(top: string, key: string): boolean {
     const taken = this.#taken?.top === top ? this.#taken : undefined;

@@ -292,10 +292,6 @@ export class RedisTier implements SharedTier<EncodedValue> {
     return this.#pending.holds(topScopeName(key), key);
   }
 
-  waitingToWrite(): { keys: Iterable<string>; wholeScopes: Iterable<string> } {
-    return this.#pending.held();
-  }
-
   evictedBeforeWrite(key: string): void {
     this.#evictedBeforeWrite++;
     // One line a minute at most: a full cache evicts many.

@@ -8,12 +8,6 @@ export const HOUSEKEEPING_BATCH = 256;
 export const SWEEP_INTERVAL_MS = 10_000;
 /** An eviction goes down to this share of the size limit. */
 export const EVICTION_TARGET = 0.9;
-/**
- * The most of the size limit that pinned items (changes the shared tier has yet to write through) may hold while an
- * eviction passes over them: past it, the least recently used of them are evicted too, and each is told to
- * {@link HousekeeperOptions.pinnedEvicted}.
- */
-export const MAX_PINNED_SHARE = 0.5;
 /** The most expired items a dry run of `gc` looks at (it cannot page through them without removing them). */
 export const DRY_RUN_MAX_EXPIRED = 100_000;
 /** Locked items an eviction or sweep pass skips before it gives up until the next one. */
@@ -54,15 +48,13 @@ export interface HousekeeperOptions {
   /** Where a failed background pass is told, at most one line a minute (the others counted); default nowhere. */
   log?: (line: string) => void;
   /**
-   * Whether an item is kept from eviction (its record is a change the shared tier still has to write through): it is
-   * passed over as a locked one is, without counting against the pass's bound, while such items hold at most
-   * {@link MAX_PINNED_SHARE} of the limit; expiry still removes it. Default: none.
+   * Whether an item is kept from eviction (its record is a change the shared tier still has to write through): an
+   * eviction passes over it, as over a locked one, and evicts it only when the other items cannot bring the store down
+   * to the target; expiry still removes it. Default: none.
    */
   pinned?: ((key: string) => boolean) | undefined;
-  /** Hears of each pinned item evicted all the same, because pinned items held more than {@link MAX_PINNED_SHARE} of the limit. */
+  /** Hears of each pinned item evicted all the same, because the other items could not bring the store down to the target. */
   pinnedEvicted?: ((key: string) => void) | undefined;
-  /** The counted bytes of every pinned item now, asked once an eviction has passed over them. Default: none pinned. */
-  pinnedBytes?: (() => number) | undefined;
 }
 
 function noRemovals(): RemovalCounts {
@@ -98,7 +90,6 @@ export class Housekeeper {
   readonly #log: ((line: string) => void) | undefined;
   readonly #pinned: (key: string) => boolean;
   readonly #pinnedEvicted: (key: string) => void;
-  readonly #pinnedBytes: () => number;
   #failures = 0;
   /** When a failure was last logged (`performance.now`), and the failures since that were not. */
   #failureLoggedAtMs = -Infinity;
@@ -125,7 +116,6 @@ export class Housekeeper {
     this.#log = log;
     this.#pinned = options.pinned ?? (() => false);
     this.#pinnedEvicted = options.pinnedEvicted ?? (() => {});
-    this.#pinnedBytes = options.pinnedBytes ?? (() => 0);
     const intervalMs = options.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
     if (!(typeof intervalMs === 'number' && intervalMs > 0)) {
       throw new TypeError(`sweepIntervalMs must be a number of milliseconds above 0, got ${String(intervalMs)}.`);
@@ -326,31 +316,19 @@ export class Housekeeper {
 
   /**
    * Evicts the least recently used items until the counted size is at most `target` of the limit, passing over pinned
-   * ones; then, if pinned items hold more than {@link MAX_PINNED_SHARE} of the limit, the least recently used of them
-   * down to that share.
+   * ones; then, only if that was not enough, the least recently used pinned ones until it is.
    */
   async #evict(report: RemovalCounts, target: number): Promise<void> {
     if (!this.#evicts()) return;
-    await this.#walk(report, target, 'unpinned', Infinity);
-    const over = this.#pinnedOverBytes();
-    if (over > 0) await this.#walk(report, 0, 'pinned', over);
+    await this.#walk(report, target, 'unpinned');
+    await this.#walk(report, target, 'pinned');
   }
 
-  /** How far the pinned items' bytes are above {@link MAX_PINNED_SHARE} of the limit now (0 when within it). */
-  #pinnedOverBytes(): number {
-    const { limitBytes } = this.#totals()!;
-    return limitBytes === null ? 0 : Math.max(0, this.#pinnedBytes() - limitBytes * MAX_PINNED_SHARE);
-  }
-
-  /**
-   * One walk from the least recently used item, removing those of `which` until the counted size is at most `target`
-   * of the limit, or `budgetBytes` are removed.
-   */
-  async #walk(report: RemovalCounts, target: number, which: 'pinned' | 'unpinned', budgetBytes: number): Promise<void> {
+  /** One walk from the least recently used item, removing those of `which` until the counted size is at most `target` of the limit. */
+  async #walk(report: RemovalCounts, target: number, which: 'pinned' | 'unpinned'): Promise<void> {
     let cursor: string | undefined;
     let skipped = 0;
-    let budgetLeft = budgetBytes;
-    while (!this.#closed && skipped <= MAX_SKIPPED && budgetLeft > 0) {
+    while (!this.#closed && skipped <= MAX_SKIPPED) {
       const { bytes, limitBytes } = this.#totals()!;
       if (limitBytes === null || bytes <= limitBytes * target) break;
       this.#writtenSinceListing = new Set();
@@ -359,9 +337,8 @@ export class Housekeeper {
       const now = this.#totals()!;
       const excess = now.limitBytes === null ? 0 : now.bytes - now.limitBytes * target;
       if (excess <= 0) break;
-      const removal = await this.#removeBatch(keys, 'evicted', report, Math.min(excess, budgetLeft), which);
+      const removal = await this.#removeBatch(keys, 'evicted', report, excess, which);
       skipped += removal.skipped.length;
-      budgetLeft -= removal.removedBytes;
       // A page with nothing to remove (the store skipped stray index entries, or every key listed was gone) goes on from
       // where the store stopped: the cursor moves on each time, so the pass ends, and never stops short behind strays.
       // A batch cut short by the target starts again from the least recent: the count may have grown meanwhile.
@@ -494,8 +471,9 @@ export class Housekeeper {
     let projected = bytes - report.expiredBytes;
     report.sizeBytes = projected;
     if (limitBytes === null) return;
-    // As a pass: the others down to the target, then pinned ones down to their share.
-    const walk = async (pinned: boolean, enough: () => boolean, taken: (size: number) => void): Promise<void> => {
+    // As a pass: the others down to the target, then pinned ones if that was not enough.
+    const enough = (): boolean => projected <= limitBytes * EVICTION_TARGET;
+    const walk = async (pinned: boolean): Promise<void> => {
       let cursor: string | undefined;
       while (!enough()) {
         const { keys, next } = await this.#store.leastRecent!(cursor === undefined ? { limit: HOUSEKEEPING_BATCH } : { cursor, limit: HOUSEKEEPING_BATCH });
@@ -506,19 +484,14 @@ export class Housekeeper {
           if (size === undefined) continue;
           this.#count(report, 'evicted', size);
           projected -= size;
-          taken(size);
         }
         if (next === null) break;
         cursor = next;
         await nextTurn();
       }
     };
-    await walk(false, () => projected <= limitBytes * EVICTION_TARGET, () => {});
-    // The pass removes the expired ones first, pinned or not: their bytes are gone by the time it asks.
-    let expiredPinnedBytes = 0;
-    for (const key of expired) if (this.#pinned(key)) expiredPinnedBytes += this.#sizeOf(key) ?? 0;
-    let over = Math.max(0, this.#pinnedBytes() - expiredPinnedBytes - limitBytes * MAX_PINNED_SHARE);
-    await walk(true, () => over <= 0, (size) => (over -= size));
+    await walk(false);
+    await walk(true);
     report.sizeBytes = projected;
   }
 }

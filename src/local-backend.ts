@@ -222,8 +222,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     // An item whose change waits to be written through is not evicted: its local record is the change.
     const pinned = tier?.waitsToWrite === undefined ? undefined : (key: string) => tier.waitsToWrite!(key);
     const pinnedEvicted = tier?.evictedBeforeWrite === undefined ? undefined : (key: string) => tier.evictedBeforeWrite!(key);
-    const pinnedBytes = tier?.waitingToWrite === undefined ? undefined : () => waitingBytes(store, tier.waitingToWrite!());
-    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log, pinned, pinnedEvicted, pinnedBytes });
+    this.#housekeeper = new Housekeeper(store, this.#locks, this.#now, { sweepIntervalMs: options.sweepIntervalMs, log: options.log, pinned, pinnedEvicted });
   }
 
   /**
@@ -1248,13 +1247,4 @@ function afterRelease(lease: Lease, then: () => void): Lease {
       then();
     },
   };
-}
-
-/** The bytes the store counts for the items a tier still has to write through: each waiting item's, each whole scope's. */
-function waitingBytes(store: Store<unknown>, waiting: { keys: Iterable<string>; wholeScopes: Iterable<string> }): number {
-  let bytes = 0;
-  for (const key of waiting.keys) bytes += store.sizeOf?.(key) ?? 0;
-  const scopes = store.usage?.().scopes;
-  for (const name of waiting.wholeScopes) bytes += scopes?.get(name)?.bytes ?? 0;
-  return bytes;
 }

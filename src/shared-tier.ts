@@ -160,11 +160,6 @@ export interface SharedTier<V> {
    * than eviction lets them keep): counted and logged. Absent: nothing is told.
    */
   evictedBeforeWrite?(itemKey: string): void;
-  /**
-   * Every item for which {@link SharedTier.waitsToWrite} holds: item keys, and top-level scopes all of whose items do
-   * (by name, `''` for the root scope's own items). Asked once per eviction pass. Absent: none.
-   */
-  waitingToWrite?(): { keys: Iterable<string>; wholeScopes: Iterable<string> };
   /** Reads the shared copy; `null` when the tier is unavailable (a shared miss, counted). */
   read(scope: Scope, id: string): Promise<TierRead<V> | null>;
   /**
