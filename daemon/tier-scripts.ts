@@ -90,7 +90,7 @@ end
  * value bytes, encoding, modified, expiresAtMs (`''`: none), staleUntilMs (`''`: none), expire-at in ms (Unix time,
  * capped at {@link SHARED_ITEM_MAX_LIFE_MS} from now); for `d`: the tombstone's time to live in ms.
  *
- * A plain write takes a new fence (`INCR n`) and ends the item's lease, if any (announcing the release, so that
+ * A plain write takes a new fence (`next_fence`) and ends the item's lease, if any (announcing the release, so that
  * waiters try again); a fenced one writes with its lease's fence, and is refused when the lease is missing (released,
  * or ended by a plain write), another's, expired by Redis's clock, older than a clear of one of the item's scopes, or
  * older than the item's fence (a plain write or delete came since). One fenced by a number (the write-through of a
