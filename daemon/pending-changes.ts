@@ -32,6 +32,8 @@ export interface PendingTop {
    * `0` once the Redis that granted it lost its data: refused if Redis holds any write, live grant or clear of it.
    */
   readonly fences: Map<string, number>;
+  /** In a whole scope's pass under way, the keys of the items written through already: no longer held from eviction. Not kept in the file. */
+  written?: Set<string>;
 }
 
 /** What `<dataDir>/tier-pending.json` holds. */
@@ -217,7 +219,7 @@ export class PendingChanges {
   holds(top: string, key: string): boolean {
     const waiting = this.#tops.get(top);
     const taken = this.#taken?.top === top ? this.#taken : undefined;
-    return [waiting, taken].some((pending) => pending !== undefined && (pending.whole || pending.keys.has(key)));
+    return [waiting, taken].some((pending) => pending !== undefined && ((pending.whole && pending.written?.has(key) !== true) || pending.keys.has(key)));
   }
 
   /** Whether the item waits as a key of its own, or is being written through now as one. */

@@ -992,9 +992,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
               const fence = fenceOf(key);
               // Gone locally: the clear made Redis's older copies misses already, and a delete would undo a newer write.
               const written = record === undefined && fence !== 'plain' ? true : await send(scope, id, record, fence);
-              // Sent once: not again as a key.
+              // Sent once: not again as a key, and no longer kept from eviction for it.
               pending.keys.delete(key);
               pending.fences.delete(key);
+              (pending.written ??= new Set()).add(key);
               return written;
             },
             waitAsKey,
@@ -1005,6 +1006,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
         }
         pending.whole = false;
         pending.clearedAt = undefined;
+        pending.written = undefined;
         progressed = true;
       }
       for (const key of [...pending.keys]) {
