@@ -219,6 +219,10 @@ export class ChangeLog {
   #resyncWanted = false;
   #resyncing: Promise<void> | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
+  /** The identity check under way, shared by a resync and the retry timer, so that another identity drops once. */
+  #identityCheck: Promise<boolean> | undefined;
+  /** The identity could not be read since the last check began (its Cluster node down): read again by this timer. */
+  #identityTimer: NodeJS.Timeout | undefined;
   #writeTimer: NodeJS.Timeout | undefined;
   #writing: Promise<void> | undefined;
   #lastWriteMs = -Infinity;
@@ -351,11 +355,12 @@ export class ChangeLog {
     this.#closed = true;
     this.#abort.abort();
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#identityTimer);
     clearTimeout(this.#writeTimer);
     for (const read of this.#reads) read.stale = true;
     this.#reads.clear();
     for (const resume of this.#sinkRoom.splice(0)) resume();
-    await Promise.allSettled([this.#resyncing, this.#writing, ...[...this.#tops.values()].map((state) => state.running)]);
+    await Promise.allSettled([this.#resyncing, this.#identityCheck, this.#writing, ...[...this.#tops.values()].map((state) => state.running)]);
     if (this.#loaded) await this.#writePositions();
   }
 
@@ -478,7 +483,7 @@ export class ChangeLog {
         await this.#replay(undefined).catch((error: unknown) => {
           if (!(error instanceof NodeDown)) this.#logLimited('replay', `tier: writing through the changes Redis did not take failed, trying again: ${messageOf(error)}`);
         });
-        await this.#checkIdentity();
+        await this.#checkIdentityOrGoOn();
         const states = [...this.#tops.values()];
         const results: boolean[] = [];
         const worker = async (): Promise<void> => {
@@ -499,16 +504,70 @@ export class ChangeLog {
   }
 
   /**
+   * Checks the tier's identity; when its Cluster node is marked down, goes on with the one known before and reads it
+   * again every {@link CATCH_UP_RETRY_MS} until it answers (a new subscription's pass reads it too). Meanwhile each
+   * scope's position is still checked against its own log and the run id of the server holding it; the identity, on one
+   * node only, tells nothing of the others' data.
+   * @throws what {@link ChangeLog.#checkIdentity} throws, but for its node being down.
+   */
+  async #checkIdentityOrGoOn(): Promise<void> {
+    try {
+      await this.#sharedIdentityCheck();
+    } catch (error) {
+      if (!(error instanceof NodeDown)) throw error;
+      this.#logLimited(
+        'identity down',
+        `tier: the tier's identity cannot be read (${messageOf(error)}): scopes are caught up with the one known before, and it is read again until its node answers`,
+      );
+      this.#checkIdentityLater();
+    }
+  }
+
+  #sharedIdentityCheck(): Promise<boolean> {
+    const check = (this.#identityCheck ??= this.#checkIdentity().finally(() => {
+      if (this.#identityCheck === check) this.#identityCheck = undefined;
+    }));
+    return check;
+  }
+
+  #checkIdentityLater(): void {
+    if (this.#identityTimer !== undefined || this.#closed) return;
+    this.#identityTimer = setTimeout(() => {
+      this.#identityTimer = undefined;
+      void this.#checkIdentityAgain();
+    }, CATCH_UP_RETRY_MS).unref();
+  }
+
+  /** The timer's check: another identity found resets every scope, which a resync then catches up (catching-up meanwhile). */
+  async #checkIdentityAgain(): Promise<void> {
+    // Not subscribed: the next subscription's pass checks it.
+    if (this.#closed || !this.#subscribed) return;
+    if (!this.#connection.up) return this.#checkIdentityLater();
+    let reset: boolean;
+    try {
+      reset = await this.#sharedIdentityCheck();
+    } catch (error) {
+      if (!(error instanceof NodeDown)) this.#logLimited('identity', `tier: reading the tier's identity failed, trying again: ${messageOf(error)}`);
+      return this.#checkIdentityLater();
+    }
+    if (!reset || this.#closed) return;
+    this.#setCatchingUp(true);
+    this.#resyncWanted = true;
+    this.#startResync();
+  }
+
+  /**
    * Reads the tier's identity (setting it when there is none): when it is not the one the positions were kept for
    * (another Redis, or one that lost its data), every shared scope is dropped locally and its position fetched anew.
+   * Resolves whether it was another.
    */
-  async #checkIdentity(): Promise<void> {
+  async #checkIdentity(): Promise<boolean> {
     // A user who may not read or set it (an ACL): the identity stays unknown (null), which trusts no kept position.
     const current = await readTierIdentity(this.#connection, this.#keys);
     if (this.#closed || this.#identity === undefined || current === this.#identity) {
       if (this.#identity !== current) this.#markDirty();
       this.#identity = current;
-      return;
+      return false;
     }
     this.#logLimited(
       'identity',
@@ -520,6 +579,8 @@ export class ChangeLog {
     for (const state of this.#tops.values()) {
       this.#reset(state);
       state.unsure = true;
+      // Not in sync until caught up again (found by the retry timer, the subscription's epoch has not moved).
+      state.syncedEpoch = -1;
     }
     for (const top of [...this.#sink.localScopes()]) {
       if (this.#sharing(top) !== 'local' && !this.#tops.has(top)) await this.#dropTop(top, 'the tier is not the one its position was kept for');
@@ -527,6 +588,7 @@ export class ChangeLog {
     // Only now: should a drop fail, the next try finds the identities different again.
     this.#identity = current;
     this.#markDirty();
+    return true;
   }
 
   /** Forgets the scope's position: a pass under way stops, its pages under way no longer count. */

@@ -275,3 +275,72 @@ test("a daemon cut off while its scope's master restarted empty, after another m
   // Its position's entry is gone from the new change log: the scope is dropped, a miss rather than the old copy.
   expect(await got.item?.value()).not.toBe('old, from C');
 });
+
+test(
+  "the tier identity's master stopped while the subscription is remade: a scope on another master is caught up and " +
+    "served (its local copy a local hit, another daemon's change seen, a getset takes a lease); when the master comes " +
+    'back empty, the new identity drops the scopes',
+  async () => {
+    const cluster = await startRedisCluster({ masters: 3 });
+    // Without full coverage, the other masters serve their slots however long the stopped one is down.
+    for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+    const names = Array.from({ length: 30 }, (_, n) => `healthy-${n}`);
+    const replies = await cluster.pipeline([['CLUSTER', 'KEYSLOT', 'hoard:id'], ...names.map((name) => ['CLUSTER', 'KEYSLOT', `{hoard:${name}}`])]);
+    const [identityMaster, ...owners] = replies.map((reply) => ownerOf(Number(/\d+/.exec(reply)![0]), cluster.nodes.length));
+    const upScope = names[owners.findIndex((owner) => owner !== identityMaster)]!;
+    const master = cluster.nodes[identityMaster!]!;
+    const address = `127.0.0.1:${master.port}`;
+    // A's subscriber is made on its first seed, the identity's master: stopping it remakes the subscription.
+    const others = cluster.urls.filter((url) => url !== master.url);
+    const a = await startTierDaemon({ tier: [master.url, ...others], cluster: true, timeoutMs: TIMEOUT_MS });
+    const b = await startTierDaemon({ tier: [...others, master.url], cluster: true, ...HEALTHY_TIER });
+    await statusUntil(a, (tier) => tier.state === 'connected', 'A connected');
+    await statusUntil(b, (tier) => tier.state === 'connected', 'B connected');
+    await a.cache.withScope(upScope).set('kept', 'kept by A');
+    await a.cache.withScope(upScope).set('item', 'first, from A');
+    await b.cache.withScope(upScope).set('marker', 'names the scope in B');
+    await statusUntil(a, (tier) => tier.invalidations >= 1 && tier.state === 'connected', "A applied B's marker");
+
+    process.kill(master.pid, 'SIGSTOP');
+    let continued = false;
+    onTestFinished(() => {
+      if (!continued) process.kill(master.pid, 'SIGCONT');
+    });
+    // A's subscriber is lost and made again on another master; its identity check finds the stopped master down; it
+    // catches up the scope all the same.
+    const caughtUp = await statusUntil(a, (tier) => tier.state === 'connected' && (tier.downNodes ?? []).includes(address), 'A caught up with the master down');
+    expect(caughtUp.downNodes).toEqual([address]);
+
+    // Its local copy is served as a hit: the tier is not asked (no shared read counted).
+    const beforeKept = await a.tierStatus();
+    await using kept = await a.cache.withScope(upScope).get('kept');
+    expect(await kept.item?.value()).toBe('kept by A');
+    const afterKept = await a.tierStatus();
+    expect({ hits: afterKept.sharedHits, misses: afterKept.sharedMisses }).toEqual({ hits: beforeKept.sharedHits, misses: beforeKept.sharedMisses });
+
+    // Another daemon's change there is applied within a liveness bound, and A reads it.
+    const { invalidations } = await a.tierStatus();
+    await b.cache.withScope(upScope).set('item', 'second, from B');
+    await statusUntil(a, (tier) => tier.invalidations > invalidations, "A applied B's change", 10_000);
+    await using item = await a.cache.withScope(upScope).get('item');
+    expect(await item.item?.value()).toBe('second, from B');
+
+    // A getset there takes a lease in Redis, not the local lock alone.
+    const held = await getsetWithLease(a, upScope, 'leased');
+    await held.set('under a lease');
+    await held.release();
+
+    // The master comes back empty: A's identity check, tried again meanwhile, finds another identity and drops the
+    // shared scopes locally.
+    const { droppedScopes } = await a.tierStatus();
+    continued = true;
+    await master.restartEmpty();
+    const after = await statusUntil(
+      a,
+      (tier) => tier.droppedScopes > droppedScopes && tier.state === 'connected' && (tier.downNodes ?? []).length === 0,
+      'A dropped its scopes for the new identity',
+    );
+    expect(after.droppedScopes).toBeGreaterThan(droppedScopes);
+    expect(await master.cli('GET', 'hoard:id')).not.toBe('');
+  },
+);
