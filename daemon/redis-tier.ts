@@ -155,6 +155,10 @@ const NOT_COPYABLE = () => false;
 export class RedisTier implements SharedTier<EncodedValue> {
   readonly strict: boolean;
   readonly #options: RedisTierOptions;
+  /** The sharing of each named top-level scope, as a Map: asked on every local hit, where a lookup in the options' null-prototype object took about 20 ns. */
+  readonly #namedSharing: ReadonlyMap<string, ScopeSharing>;
+  /** The sharing of every top-level scope not named. */
+  readonly #otherSharing: ScopeSharing;
   get maxValueBytes(): number {
     return this.#options.maxValueBytes;
   }
@@ -223,6 +227,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
     this.#orphanLine = new EveryMinute((line) => options.log(line));
     this.#evictedLine = new EveryMinute((line) => options.log(line));
     this.strict = options.strict;
+    this.#namedSharing = new Map(Object.entries(options.sharing).filter(([name]) => name !== '*'));
+    this.#otherSharing = options.sharing['*'] ?? 'local';
     this.#keys = new TierKeys(options.keyPrefix);
     this.#tombstoneTtlMs = Math.max(2 * options.leaseMs, MIN_TOMBSTONE_TTL_MS);
     this.#pending = new PendingChanges({
@@ -527,8 +533,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
   }
 
   #sharingOf(top: string): ScopeSharing {
-    const sharing = this.#options.sharing;
-    return (top !== '' && Object.hasOwn(sharing, top) ? sharing[top] : sharing['*']) ?? 'local';
+    return (top === '' ? undefined : this.#namedSharing.get(top)) ?? this.#otherSharing;
   }
 
   /** The sharing as status shows it: `*` and every name whose sharing is not `local`, or differs from `*`'s. */
