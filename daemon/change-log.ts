@@ -3,7 +3,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
-import { NodeDown, type TierClient, type TierConnection } from './tier-connection.js';
+import { isAnsweredReply, NodeDown, type TierClient, type TierConnection } from './tier-connection.js';
 import { readTierIdentity } from './tier-identity.js';
 import { parseTierMessage, type TierKeys, topOf } from './tier-keys.js';
 
@@ -941,16 +941,25 @@ export class ChangeLog {
   }
 
   async #runOf(info: Promise<string>): Promise<string | null> {
+    let text: string;
     try {
-      return RUN_ID.exec(await info)?.[1] ?? null;
+      text = await info;
     } catch (error) {
-      if (!(error instanceof Error && /^NOPERM/.test(error.message))) throw error;
-      this.#logLimited(
-        'run id',
-        `tier: Redis refused INFO (${error.message}): a restart or failover of Redis that lost changes is noticed only when it lost a position's own entry or the tier's identity (README: ACLs)`,
-      );
+      // Refused for good (an ACL's NOPERM, INFO renamed away): as a run id never found.
+      if (!isAnsweredReply(error)) throw error;
+      this.#noRunId(`Redis refused INFO (${messageOf(error)})`);
       return null;
     }
+    const run = RUN_ID.exec(text)?.[1];
+    if (run === undefined) this.#noRunId('INFO server named no run_id');
+    return run ?? null;
+  }
+
+  #noRunId(why: string): void {
+    this.#logLimited(
+      'run id',
+      `tier: ${why}: a restart or failover of Redis that lost changes is noticed only when it lost a position's own entry or the tier's identity (README: ACLs)`,
+    );
   }
 
   /** Logs a failure of `kind` at most once a minute, counting the others in the next line. */

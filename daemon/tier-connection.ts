@@ -865,27 +865,30 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
   const typed = buffers;
   const sendTo = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R> =>
     (options?.buffers === true ? typed : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
-  const queueInfo = async (key: string, section: string): Promise<{ reply: Promise<string> }> => {
+  const infoOn = async (key: string, section: string): Promise<{ reply: Promise<string>; address: string | undefined }> => {
     checkKey(key);
     const client = await cluster.getNodeClientForKey(key);
-    return { reply: client.sendCommand<string>(['INFO', section]).then(String) };
+    const address = cluster.masters.find((master) => master.client === client)?.address;
+    // A master marked down gets nothing, INFO included: catch-up retries would pile INFOs up on a hung one.
+    if (address !== undefined) call?.check(address);
+    return { reply: client.sendCommand<string>(['INFO', section]).then(String), address };
   };
   if (call === undefined) {
-    return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
-      checkKey(key);
-      return sendTo<R>(key, args, options);
-    }, queueInfo);
+    return facade(
+      <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+        checkKey(key);
+        return sendTo<R>(key, args, options);
+      },
+      async (key, section) => ({ reply: (await infoOn(key, section)).reply }),
+    );
   }
-  return facade(async <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
-    checkKey(key);
-    const address = key === '' ? undefined : await masterOf(cluster, key);
-    if (address === undefined) return sendTo<R>(key, args, options);
-    call.check(address);
+  /** Counts a command to the master at `address` as under way until `reply` settles, and an answer as its health. */
+  const tracked = async <R>(address: string, reply: Promise<R>): Promise<R> => {
     call.sent.set(address, (call.sent.get(address) ?? 0) + 1);
     try {
-      const reply = await sendTo<R>(key, args, options);
+      const answer = await reply;
       call.answered(address);
-      return reply;
+      return answer;
     } catch (error) {
       if (error instanceof ErrorReply) call.answered(address);
       throw error;
@@ -894,7 +897,20 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
       if (left === 0) call.sent.delete(address);
       else call.sent.set(address, left);
     }
-  }, queueInfo);
+  };
+  return facade(
+    async <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+      checkKey(key);
+      const address = key === '' ? undefined : await masterOf(cluster, key);
+      if (address === undefined) return sendTo<R>(key, args, options);
+      call.check(address);
+      return tracked(address, sendTo<R>(key, args, options));
+    },
+    async (key, section) => {
+      const { reply, address } = await infoOn(key, section);
+      return { reply: address === undefined ? reply : tracked(address, reply) };
+    },
+  );
 }
 
 /**

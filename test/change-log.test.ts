@@ -407,6 +407,18 @@ test('change log: a Redis user refused INFO follows the log all the same, withou
   expect(JSON.parse(await readFile(positionsPath, 'utf8'))).toMatchObject({ positions: { pages: expect.any(String) }, runs: {} });
 });
 
+test('change log: a Redis whose INFO is renamed away follows the log all the same, without run ids, and says so once', async () => {
+  const redis = await startRedisServer({ unixSocket: true, config: ['rename-command INFO ""'] });
+  const other = await otherDaemon(redis);
+  const { changeLog, sink, lines } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'));
+  await followed(changeLog, 'pages');
+  await other.logChange('pages', 's', 'pages/:a');
+  await until(() => sink.calls.includes('invalidate pages/:a'), 'the change is applied');
+  // Before: every catch-up failed on the unknown command, and the tier said catching-up for good.
+  expect(changeLog.catchingUp).toBe(false);
+  expect(lines.filter((line) => line.includes('Redis refused INFO'))).toEqual([expect.stringMatching(/unknown command.*noticed only when/)]);
+});
+
 test('change log: past its limit of followed scopes, the least recently used one is dropped locally and no longer followed', async () => {
   const redis = await startRedisServer({ unixSocket: true });
   const { changeLog, sink } = await startChangeLog(redis.url, join(await tempDir(), 'tier-positions.json'), { maxTrackedScopes: 2 });

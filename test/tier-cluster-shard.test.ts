@@ -1,6 +1,6 @@
 import { expect, onTestFinished, test } from 'vitest';
 import type { GetSetHandle } from '../src/index.js';
-import { TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
+import { NodeDown, TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
 import type { TierStatus } from '../src/shared-tier.js';
 import { type RedisCluster, startRedisCluster } from './support/redis-server.js';
 import { HEALTHY_TIER, sharedItem, sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
@@ -170,6 +170,47 @@ test('every master of a Cluster stopped: each is marked down as it is found, and
   continued = true;
   await until(() => connection.up && connection.figures().downNodes.length === 0, 'connected again with no node down');
   for (const key of keys) expect(await connection.run('get', (client) => client.send(key, ['GET', key]))).toBe('v');
+});
+
+test("a master marked down gets no INFO either: a change log's run-id read for a key on it fails at once, and nothing piles up on it", async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  const { stopped, downScope } = await pickScopes(cluster);
+  const node = cluster.nodes[stopped]!;
+  const address = `127.0.0.1:${node.port}`;
+  const key = `{hoard:${downScope}}c`;
+  const connection = new TierConnection({ urls: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS, log: () => {} });
+  onTestFinished(() => connection.close());
+  await connection.open();
+  const until = async (condition: () => boolean, what: string): Promise<void> => {
+    for (const deadline = performance.now() + 20_000; !condition(); ) {
+      if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}: ${JSON.stringify(connection.figures())}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
+  await until(() => connection.up, 'connected');
+  const infoCalls = async (): Promise<number> => Number(/cmdstat_info:calls=(\d+)/.exec(await node.cli('INFO', 'commandstats'))?.[1] ?? 0);
+  const before = await infoCalls();
+
+  process.kill(node.pid, 'SIGSTOP');
+  let continued = false;
+  onTestFinished(() => {
+    if (!continued) process.kill(node.pid, 'SIGCONT');
+  });
+  for (let n = 0; n < 10 && !connection.figures().downNodes.includes(address); n++) {
+    await expect(connection.run('get', (client) => client.send(key, ['GET', key]))).rejects.toBeInstanceOf(TierUnavailable);
+  }
+  expect(connection.figures().downNodes).toEqual([address]);
+  // As a catch-up retry asks it, every 250 ms per scope on that master. Before: the INFO was queued on the hung
+  // master's connection (the call then timed out), one more each time.
+  for (let n = 0; n < 5; n++) {
+    await expect(connection.run('change log', async (client) => (await client.queueInfo(key, 'server')).reply)).rejects.toBeInstanceOf(NodeDown);
+  }
+  process.kill(node.pid, 'SIGCONT');
+  continued = true;
+  await until(() => connection.figures().downNodes.length === 0, 'the master answers again');
+  // Only the count's own INFO (the one that read `before`) since.
+  expect((await infoCalls()) - before).toBe(1);
+  expect(await connection.run('change log', async (client) => (await client.queueInfo(key, 'server')).reply)).toMatch(/run_id:[0-9a-f]{40}/);
 });
 
 /** A getset in `scope` on `daemon` that must take a lease in Redis (leases up by one, no local fallback) and hold the lock. */
