@@ -13,6 +13,8 @@ import {
   type RedisClientType,
   type RedisClusterType,
 } from '@redis/client';
+// The Cluster client's own slot function (it routes by it), which node-redis keeps where its package exports no name.
+import calculateSlot from '@redis/client/dist/lib/utils/calculate-slot.js';
 
 /** How often a degraded tier is probed with a PING, and how often the subscriber connection is checked. */
 export const TIER_HEARTBEAT_MS = 500;
@@ -164,7 +166,7 @@ interface NodeHealth {
   lastTimeoutMs: number;
   /** Whether commands to its slots fail at once, until it answers a PING. */
   down: boolean;
-  ping: Promise<void> | undefined;
+  ping: Promise<boolean> | undefined;
   /** The PING sent to it that has not been answered yet: a stopped node is sent no other, so none pile up in its queue. */
   unanswered: Promise<unknown> | undefined;
 }
@@ -456,9 +458,14 @@ export class TierConnection {
         },
       };
       main = createCluster({
-        rootNodes: this.#connectors.map((connector) => ({ socket: connector.socket as never })),
+        // The seeds only serve discovery (CLUSTER SLOTS on a connection of its own): one that does not answer within
+        // the timeout (a stopped process still accepts connections) is left for the next, instead of holding it up.
+        rootNodes: this.#connectors.map((connector) => ({ socket: { ...connector.socket, socketTimeout: this.#options.timeoutMs } as never })),
         defaults: defaults as never,
         RESP: 2,
+        // Each master is connected to when a command first goes there, not all of them during discovery: a client
+        // made while one master is stopped or unreachable is ready all the same, and that master alone is found down.
+        minimizeConnections: true,
       }) as unknown as Cluster;
     } else {
       main = createClient(this.#clientOptions(this.#connectors[0]!, false)) as unknown as Client;
@@ -498,15 +505,26 @@ export class TierConnection {
   #probe(): Promise<void> {
     this.#mainPing ??= (async () => {
       const facade = this.#facade;
-      if (facade === undefined) return;
+      const main = this.#main;
+      if (facade === undefined || main === undefined) return;
+      const cluster = this.#options.cluster ? (main as Cluster) : undefined;
+      if (cluster !== undefined && !cluster.isOpen) {
+        // Its discovery failed at every seed, and a Cluster client does not try again by itself: a new one does.
+        this.#remakeMain();
+        return;
+      }
       const startedMs = performance.now();
       try {
-        await this.#withTimeout(facade.send('', ['PING']));
+        // A Cluster's masters are PINGed each on its own connection: those that do not answer are marked down.
+        const answered = cluster?.isReady === true ? await this.#pingMasters(cluster) : undefined;
+        if (answered === undefined) {
+          await this.#withTimeout(facade.send('', ['PING']));
+          this.#addLatency(performance.now() - startedMs);
+        }
         if (this.#facade !== facade || this.#closed) return;
-        this.#addLatency(performance.now() - startedMs);
         // Best effort, each time the tier comes up (a probe of a tier that is up only decides a timeout): a node
         // without them still runs them by EVAL.
-        if (!this.#up) await this.#withTimeout(this.#loadScripts()).catch(() => {});
+        if (!this.#up) await this.#withTimeout(this.#loadScripts(answered)).catch(() => {});
         if (this.#facade !== facade || this.#closed) return;
         this.#restore();
       } catch (error) {
@@ -526,13 +544,30 @@ export class TierConnection {
     return this.#mainPing;
   }
 
-  /** Loads the scripts on the server, or on every master of a Cluster. */
-  async #loadScripts(): Promise<void> {
+  /**
+   * PINGs every master of the Cluster (as {@link TierConnection.#pingNode}: those that fail or time out are marked
+   * down) and gives the addresses of those that answered.
+   * @throws TierUnavailable when none answered.
+   */
+  async #pingMasters(cluster: Cluster): Promise<Set<string>> {
+    const answered = new Set<string>();
+    await Promise.all(
+      cluster.masters.map(async ({ address }) => {
+        if (await this.#pingNode(address)) answered.add(address);
+      }),
+    );
+    if (answered.size === 0) throw new TierUnavailable(`timed out: no node answered a PING within ${this.#options.timeoutMs} ms`);
+    return answered;
+  }
+
+  /** Loads the scripts on the server, or on the masters of a Cluster (those at `addresses` when given). */
+  async #loadScripts(addresses?: ReadonlySet<string>): Promise<void> {
     const scripts = this.#options.scripts ?? [];
     const main = this.#main;
     if (scripts.length === 0 || main === undefined) return;
     const cluster = main as Cluster;
-    const nodes = this.#options.cluster ? await Promise.all(cluster.masters.map((master) => cluster.nodeClient(master))) : [main as Client];
+    const masters = addresses === undefined ? cluster.masters : cluster.masters.filter((master) => addresses.has(master.address));
+    const nodes = this.#options.cluster ? await Promise.all(masters.map((master) => cluster.nodeClient(master))) : [main as Client];
     await Promise.all(nodes.flatMap((node) => scripts.map((script) => node.sendCommand(['SCRIPT', 'LOAD', script.source]))));
   }
 
@@ -659,15 +694,16 @@ export class TierConnection {
   /**
    * PINGs the Cluster master at `address` on its own connection: marks it down when the PING fails or times out,
    * clears its mark when it answers; forgets it when it is no master any more (its slots moved: nothing goes there).
+   * Resolves to whether it answered.
    */
-  #pingNode(address: string): Promise<void> {
+  #pingNode(address: string): Promise<boolean> {
     const node = this.#node(address);
     node.ping ??= (async () => {
       const cluster = this.#main as Cluster | undefined;
       const master = cluster?.masters.find((candidate) => candidate.address === address);
       if (cluster === undefined || master === undefined) {
         this.#nodes.delete(address);
-        return;
+        return false;
       }
       const stale = (): boolean => this.#closed || this.#main !== cluster || this.#nodes.get(address) !== node;
       try {
@@ -676,16 +712,18 @@ export class TierConnection {
           .then((client) => client.sendCommand(['PING']))
           .finally(() => (node.unanswered = undefined));
         await this.#withTimeout(node.unanswered);
-        if (stale()) return;
+        if (stale()) return false;
         if (node.down) {
           node.down = false;
           node.timeoutsInRow = 0;
           this.#log(`up ${address}`, `tier: node ${address} answers again`);
         }
+        return true;
       } catch (error) {
-        if (stale() || isMistake(error)) return;
+        if (stale() || isMistake(error)) return false;
         const reason = error instanceof TierUnavailable ? `PING took over ${this.#options.timeoutMs} ms` : `PING failed: ${describe(error)}`;
         this.#markDown(address, reason);
+        return false;
       }
     })().finally(() => (node.ping = undefined));
     return node.ping;
@@ -865,30 +903,31 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
   const typed = buffers;
   const sendTo = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions): Promise<R> =>
     (options?.buffers === true ? typed : cluster).sendCommand<R>(key === '' ? undefined : key, false, [...args]);
-  const infoOn = async (key: string, section: string): Promise<{ reply: Promise<string>; address: string | undefined }> => {
+  const queueInfo = async (key: string, section: string): Promise<{ reply: Promise<string> }> => {
     checkKey(key);
     const client = await cluster.getNodeClientForKey(key);
-    const address = cluster.masters.find((master) => master.client === client)?.address;
-    // A master marked down gets nothing, INFO included: catch-up retries would pile INFOs up on a hung one.
-    if (address !== undefined) call?.check(address);
-    return { reply: client.sendCommand<string>(['INFO', section]).then(String), address };
+    return { reply: client.sendCommand<string>(['INFO', section]).then(String) };
   };
   if (call === undefined) {
-    return facade(
-      <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
-        checkKey(key);
-        return sendTo<R>(key, args, options);
-      },
-      async (key, section) => ({ reply: (await infoOn(key, section)).reply }),
-    );
+    return facade(<R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
+      checkKey(key);
+      return sendTo<R>(key, args, options);
+    }, queueInfo);
   }
-  /** Counts a command to the master at `address` as under way until `reply` settles, and an answer as its health. */
-  const tracked = async <R>(address: string, reply: Promise<R>): Promise<R> => {
+  /**
+   * Runs `work` for `key` once its master is known: refused at once when that master is marked down, and recorded in
+   * `call` while under way (connecting to it included: a stopped master's connection never becomes ready).
+   */
+  const tracked = async <R>(key: string, work: () => Promise<R>, options: { answers: boolean }): Promise<R> => {
+    checkKey(key);
+    const address = key === '' ? undefined : masterOf(cluster, key);
+    if (address === undefined) return work();
+    call.check(address);
     call.sent.set(address, (call.sent.get(address) ?? 0) + 1);
     try {
-      const answer = await reply;
-      call.answered(address);
-      return answer;
+      const reply = await work();
+      if (options.answers) call.answered(address);
+      return reply;
     } catch (error) {
       if (error instanceof ErrorReply) call.answered(address);
       throw error;
@@ -899,31 +938,19 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
     }
   };
   return facade(
-    async <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => {
-      checkKey(key);
-      const address = key === '' ? undefined : await masterOf(cluster, key);
-      if (address === undefined) return sendTo<R>(key, args, options);
-      call.check(address);
-      return tracked(address, sendTo<R>(key, args, options));
-    },
-    async (key, section) => {
-      const { reply, address } = await infoOn(key, section);
-      return { reply: address === undefined ? reply : tracked(address, reply) };
-    },
+    <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => tracked(key, () => sendTo<R>(key, args, options), { answers: true }),
+    // Queued is not answered: a stopped master's connection, made before it stopped, takes commands all the same.
+    (key, section) => tracked(key, () => queueInfo(key, section), { answers: false }),
   );
 }
 
 /**
  * The address (`host:port`) of the master that serves `key`'s slot now, as the Cluster client routes it (its slots
- * are rediscovered after a MOVED); `undefined` when it does not know yet (the command then finds out alone).
+ * are rediscovered after a MOVED), found without connecting to it; `undefined` when it does not know yet (the client
+ * is not ready: the command then fails alone).
  */
-async function masterOf(cluster: Cluster, key: string): Promise<string | undefined> {
-  try {
-    const client = await cluster.getNodeClientForKey(key);
-    return cluster.masters.find((master) => master.client === client)?.address;
-  } catch {
-    return undefined;
-  }
+function masterOf(cluster: Cluster, key: string): string | undefined {
+  return (cluster.slots[calculateSlot(key)] as { master?: { address?: string } } | undefined)?.master?.address;
 }
 
 type Send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<R>;

@@ -385,3 +385,189 @@ test(
     expect(await master.cli('GET', 'hoard:id')).not.toBe('');
   },
 );
+
+/** How long a daemon started while a master is stopped may take to be connected with that master marked down. */
+const START_BOUND_MS = 10_000;
+
+test.each([
+  { order: 'a healthy master first', stoppedFirst: false },
+  { order: 'the stopped master first', stoppedFirst: true },
+])(
+  'a daemon started while a Cluster master is stopped ($order in its seeds): it comes up connected with that master ' +
+    "down, another master's scope reads and writes through Redis, calls to the stopped master's scope fail at once, " +
+    'and once it answers it is back and a set made meanwhile is written through',
+  async ({ stoppedFirst }) => {
+    const cluster = await startRedisCluster({ masters: 3 });
+    // Without full coverage, the other masters serve their slots however long the stopped one is down.
+    for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+    const { stopped, other, downScope, upScope } = await pickScopes(cluster);
+    const stoppedNode = cluster.nodes[stopped]!;
+    const address = `127.0.0.1:${stoppedNode.port}`;
+    // An item in the healthy master's scope, written through Redis by a daemon that is gone before the test's starts.
+    const writer = await startTierDaemon({ tier: cluster.urls, cluster: true, ...HEALTHY_TIER });
+    await statusUntil(writer, (tier) => tier.state === 'connected', 'the writer connected');
+    await writer.cache.withScope(upScope).set('shared', 'written before the master stopped');
+    await writer.kill();
+
+    process.kill(stoppedNode.pid, 'SIGSTOP');
+    let continued = false;
+    const resume = (): void => {
+      if (!continued) process.kill(stoppedNode.pid, 'SIGCONT');
+      continued = true;
+    };
+    onTestFinished(resume);
+
+    const others = cluster.urls.filter((url) => url !== stoppedNode.url);
+    const startedMs = performance.now();
+    const daemon = await startTierDaemon({ tier: stoppedFirst ? [stoppedNode.url, ...others] : [...others, stoppedNode.url], cluster: true, timeoutMs: TIMEOUT_MS });
+    const up = await statusUntil(
+      daemon,
+      (tier) => tier.state === 'connected' && (tier.downNodes ?? []).includes(address),
+      'connected with the stopped master down',
+      START_BOUND_MS,
+    );
+    const upMs = performance.now() - startedMs;
+    expect(up.downNodes).toEqual([address]);
+
+    // The healthy master's scope: a read is answered by Redis (no local copy here), a write reaches Redis.
+    const before = await daemon.tierStatus();
+    await using shared = await daemon.cache.withScope(upScope).get('shared');
+    expect(await shared.item?.value()).toBe('written before the master stopped');
+    expect((await daemon.tierStatus()).sharedHits).toBe(before.sharedHits + 1);
+    await daemon.cache.withScope(upScope).set('written', 'written while the master was stopped');
+    const [written] = await sharedValues(cluster.nodes[other]!.pipeline, [{ scope: [upScope], id: 'written' }]);
+    expect(written).toContain('written while the master was stopped');
+
+    // The stopped master's scope: each call fails at once (a miss; a set kept for later), far under the timeout.
+    const fastMs: number[] = [];
+    for (let n = 0; n < 3; n++) fastMs.push(await missMs(daemon, downScope, `missing-${n}`));
+    const setStartedMs = performance.now();
+    await daemon.cache.withScope(downScope).set('while-down', 'set while its master was stopped');
+    fastMs.push(performance.now() - setStartedMs);
+    expect(fastMs.filter((ms) => ms >= TIMEOUT_MS / 2), `calls to the stopped master's scope took ${fastMs.map(Math.round).join(', ')} ms`).toEqual([]);
+    expect(await daemon.tierStatus()).toMatchObject({ state: 'connected', downNodes: [address] });
+
+    // It answers again: the heartbeat finds it back, and the set made meanwhile is written through.
+    resume();
+    const back = await statusUntil(daemon, (tier) => tier.downNodes?.length === 0 && tier.pendingChanges === 0, 'the master is back and nothing waits');
+    expect(back.state).toBe('connected');
+    const [whileDown] = await sharedValues(stoppedNode.pipeline, [{ scope: [downScope], id: 'while-down' }]);
+    expect(whileDown).toContain('set while its master was stopped');
+    process.stderr.write(`tier-cluster-shard: started with a stopped master, connected with it down after ${Math.round(upMs)} ms\n`);
+  },
+);
+
+test(
+  'connections opened while a Cluster master is stopped, with it among their seeds (node-redis starts discovery at a ' +
+    'seed picked at random): each comes up with that master down, commands to the others answered and to it refused at once',
+  async () => {
+    const cluster = await startRedisCluster({ masters: 3 });
+    for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+    const { stopped, other, downScope, upScope } = await pickScopes(cluster);
+    const stoppedNode = cluster.nodes[stopped]!;
+    const address = `127.0.0.1:${stoppedNode.port}`;
+    process.kill(stoppedNode.pid, 'SIGSTOP');
+    let continued = false;
+    onTestFinished(() => {
+      if (!continued) process.kill(stoppedNode.pid, 'SIGCONT');
+    });
+    // Eight connections, each with the stopped master and another as seeds: one at least starts discovery at the
+    // stopped one but once in 256 runs.
+    const log: string[] = [];
+    const connections = Array.from(
+      { length: 8 },
+      () => new TierConnection({ urls: [stoppedNode.url, cluster.nodes[other]!.url], cluster: true, timeoutMs: TIMEOUT_MS, log: (line) => log.push(line) }),
+    );
+    onTestFinished(() => Promise.all(connections.map((connection) => connection.close())).then(() => {}));
+    await Promise.all(connections.map((connection) => connection.open()));
+    const deadline = performance.now() + START_BOUND_MS;
+    while (!connections.every((connection) => connection.up && connection.figures().downNodes.includes(address))) {
+      if (performance.now() > deadline) {
+        throw new Error(`Not every connection came up with ${address} down: ${JSON.stringify(connections.map((connection) => connection.figures()))}; log: ${log.join(' | ')}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const upKey = `{hoard:${upScope}}k`;
+    const downKey = `{hoard:${downScope}}k`;
+    for (const connection of connections) {
+      expect(connection.figures().downNodes).toEqual([address]);
+      expect(await connection.run('set', (client) => client.send(upKey, ['SET', upKey, 'v']))).toBe('OK');
+      const startedMs = performance.now();
+      await expect(connection.run('get', (client) => client.send(downKey, ['GET', downKey]))).rejects.toBeInstanceOf(NodeDown);
+      expect(performance.now() - startedMs).toBeLessThan(TIMEOUT_MS / 2);
+    }
+  },
+);
+
+test('a connection opened while every master of a Cluster is stopped: its discovery fails at every seed, and it comes up once they answer', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  for (const node of cluster.nodes) process.kill(node.pid, 'SIGSTOP');
+  let continued = false;
+  onTestFinished(() => {
+    if (!continued) for (const node of cluster.nodes) process.kill(node.pid, 'SIGCONT');
+  });
+  const log: string[] = [];
+  const connection = new TierConnection({ urls: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS, log: (line) => log.push(line) });
+  onTestFinished(() => connection.close());
+  await connection.open();
+  expect(connection.up).toBe(false);
+  // Discovery times out at each seed in turn, and fails: the seeds answer only after that.
+  const failed = (): boolean => /root nodes are unavailable/i.test(connection.figures().lastError ?? '');
+  for (const deadline = performance.now() + START_BOUND_MS; !failed(); ) {
+    if (performance.now() > deadline) throw new Error(`discovery did not fail: ${log.join(' | ')}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  for (const node of cluster.nodes) process.kill(node.pid, 'SIGCONT');
+  continued = true;
+  for (const deadline = performance.now() + START_BOUND_MS; !connection.up; ) {
+    if (performance.now() > deadline) throw new Error(`not up again: ${JSON.stringify(connection.figures())}; log: ${log.join(' | ')}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  expect(connection.figures().downNodes).toEqual([]);
+  expect(await connection.run('set', (client) => client.send('{k}', ['SET', '{k}', 'v']))).toBe('OK');
+});
+
+test('every master of a Cluster stopped, the tier degraded and its client made again: when all but one answer, it comes up with that one down, and then with none', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+  const { stopped, downScope, upScope } = await pickScopes(cluster);
+  const address = `127.0.0.1:${cluster.nodes[stopped]!.port}`;
+  const log: string[] = [];
+  const connection = new TierConnection({ urls: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS, log: (line) => log.push(line) });
+  onTestFinished(() => connection.close());
+  await connection.open();
+  const until = async (condition: () => boolean, what: string): Promise<void> => {
+    for (const deadline = performance.now() + START_BOUND_MS; !condition(); ) {
+      if (performance.now() > deadline) throw new Error(`Timed out waiting until ${what}: ${JSON.stringify(connection.figures())}; log: ${log.join(' | ')}`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  };
+  await until(() => connection.up, 'connected');
+  const upKey = `{hoard:${upScope}}k`;
+  const downKey = `{hoard:${downScope}}k`;
+
+  const continued = new Set<number>();
+  const resume = (n: number): void => {
+    if (!continued.has(n)) process.kill(cluster.nodes[n]!.pid, 'SIGCONT');
+    continued.add(n);
+  };
+  for (const node of cluster.nodes) process.kill(node.pid, 'SIGSTOP');
+  onTestFinished(() => cluster.nodes.forEach((_, n) => resume(n)));
+  // Commands to each master in turn until the tier is degraded (and its client made again).
+  const keys = [upKey, downKey, ...cluster.nodes.map((_, n) => `{all-${n}}k`)];
+  for (let n = 0; connection.up && n < 60; n++) {
+    const key = keys[n % keys.length]!;
+    await expect(connection.run('get', (client) => client.send(key, ['GET', key]))).rejects.toBeInstanceOf(TierUnavailable);
+  }
+  expect(connection.figures().state).toBe('degraded');
+
+  for (const n of cluster.nodes.keys()) if (n !== stopped) resume(n);
+  await until(() => connection.up && connection.figures().downNodes.includes(address), 'connected with one master down');
+  expect(connection.figures().downNodes).toEqual([address]);
+  expect(await connection.run('set', (client) => client.send(upKey, ['SET', upKey, 'v']))).toBe('OK');
+  await expect(connection.run('get', (client) => client.send(downKey, ['GET', downKey]))).rejects.toBeInstanceOf(NodeDown);
+
+  resume(stopped);
+  await until(() => connection.figures().downNodes.length === 0, 'the last master back');
+  expect(await connection.run('set', (client) => client.send(downKey, ['SET', downKey, 'v']))).toBe('OK');
+});
