@@ -6,7 +6,7 @@ import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { PendingChanges, type PendingTop } from './pending-changes.js';
-import { type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
+import { NodeDown, type TierClient, TierConnection, TierUnavailable } from './tier-connection.js';
 import { readTierIdentity } from './tier-identity.js';
 import { encodeTopName, generationFields, TierKeys, topOf } from './tier-keys.js';
 import type { TierOptions } from './tier-options.js';
@@ -596,8 +596,11 @@ export class RedisTier implements SharedTier<EncodedValue> {
   /**
    * The tier's identity, checked once since the connection last came up (a check under way is shared): when it is
    * not the one the saved fences were taken against, they are reset first (PendingChanges.checkIdentity), logged and
-   * saved.
-   * @throws TierUnavailable when Redis does not answer.
+   * saved. While the Cluster node holding it is marked down, the identity known before stands, and each call reads it
+   * again: the fences saved or granted meanwhile go to the other nodes, whose write script checks them against their
+   * scope's own counter (the identity, on one node, tells nothing of the others' data), and a lease's identity is kept
+   * with it, so that it goes as `0` should the check find another identity later.
+   * @throws TierUnavailable when Redis does not answer, or its node is down with no identity known before.
    */
   async #checkedIdentity(): Promise<string | null> {
     for (;;) {
@@ -607,7 +610,13 @@ export class RedisTier implements SharedTier<EncodedValue> {
       const check = (this.#identityCheck ??= this.#checkIdentity(epoch).finally(() => {
         if (this.#identityCheck === check) this.#identityCheck = undefined;
       }));
-      await check;
+      try {
+        await check;
+      } catch (error) {
+        const known = this.#pending.identity;
+        if (error instanceof NodeDown && known !== undefined) return known;
+        throw error;
+      }
     }
   }
 

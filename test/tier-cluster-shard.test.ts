@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
 import type { GetSetHandle } from '../src/index.js';
 import { NodeDown, TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
@@ -211,6 +213,43 @@ test("a master marked down gets no INFO either: a change log's run-id read for a
   // Only the count's own INFO (the one that read `before`) since.
   expect((await infoCalls()) - before).toBe(1);
   expect(await connection.run('change log', async (client) => (await client.queueInfo(key, 'server')).reply)).toMatch(/run_id:[0-9a-f]{40}/);
+});
+
+test("a daemon restarted while the tier identity's master is stopped: a getset in a scope on another master takes its lease, fenced against the identity it kept", async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+  const names = Array.from({ length: 30 }, (_, n) => `healthy-${n}`);
+  const replies = await cluster.pipeline([['CLUSTER', 'KEYSLOT', 'hoard:id'], ...names.map((name) => ['CLUSTER', 'KEYSLOT', `{hoard:${name}}`])]);
+  const [identityMaster, ...owners] = replies.map((reply) => ownerOf(Number(/\d+/.exec(reply)![0]), cluster.nodes.length));
+  const upScope = names[owners.findIndex((owner) => owner !== identityMaster)]!;
+  const master = cluster.nodes[identityMaster!]!;
+  const address = `127.0.0.1:${master.port}`;
+  const others = cluster.urls.filter((url) => url !== master.url);
+  // A first run reads the identity and keeps it with its waiting changes (tier-pending.json).
+  const first = await startTierDaemon({ tier: [...others, master.url], cluster: true, timeoutMs: TIMEOUT_MS });
+  await statusUntil(first, (tier) => tier.state === 'connected', 'the first run connected');
+  const held = await getsetWithLease(first, upScope, 'before');
+  await held.release();
+  const identity = await master.cli('GET', 'hoard:id');
+  await first.kill();
+  expect(JSON.parse(await readFile(join(first.dir, 'data', 'tier-pending.json'), 'utf8'))).toMatchObject({ tierIdentity: identity });
+
+  process.kill(master.pid, 'SIGSTOP');
+  let continued = false;
+  onTestFinished(() => {
+    if (!continued) process.kill(master.pid, 'SIGCONT');
+  });
+  const again = await startTierDaemon({ dir: first.dir, tier: [...others, master.url], cluster: true, timeoutMs: TIMEOUT_MS });
+  await statusUntil(again, (tier) => tier.state === 'connected' && (tier.downNodes ?? []).includes(address), 'connected with the identity master down', START_BOUND_MS);
+  // Before: the identity could not be read, so every getset of every scope fell back to the local lock.
+  const lease = await getsetWithLease(again, upScope, 'after');
+  await lease.set('computed while the identity master was stopped');
+  await lease.release();
+  const [stored] = await sharedValues(cluster.nodes[owners[names.indexOf(upScope)]!]!.pipeline, [{ scope: [upScope], id: 'after' }]);
+  expect(stored).toContain('computed while the identity master was stopped');
+  process.kill(master.pid, 'SIGCONT');
+  continued = true;
+  await statusUntil(again, (tier) => tier.state === 'connected' && (tier.downNodes ?? []).length === 0, 'the identity master is back');
 });
 
 /** A getset in `scope` on `daemon` that must take a lease in Redis (leases up by one, no local fallback) and hold the lock. */
