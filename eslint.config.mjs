@@ -9,7 +9,7 @@ const forbid = (regex, message) => ({ regex, message });
 
 const DAEMON = forbid('(^|/)daemon(/|$)', 'client/ and src/ never import the daemon: a client starts it by path at run time.');
 // The project's client/ (`../client/x`), not a package such as `@redis/client` (Redis's client library, which the daemon uses).
-const CLIENT = forbid('^(?!@redis/client(/|$)).*(^|/)client(/|$)', 'daemon/ and src/ never import the client.');
+const CLIENT = forbid('^(?!@redis/client$).*(^|/)client(/|$)', 'daemon/ and src/ never import the client.');
 // `hoard-cache/client` must load no native addon: only src/level/** loads LevelDB, and only src/level-cache.ts and
 // src/index.ts (the public API table) import src/level/**.
 const NATIVE = [

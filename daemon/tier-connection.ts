@@ -13,8 +13,6 @@ import {
   type RedisClientType,
   type RedisClusterType,
 } from '@redis/client';
-// The Cluster client's own slot function (it routes by it), which node-redis keeps where its package exports no name.
-import calculateSlot from '@redis/client/dist/lib/utils/calculate-slot.js';
 
 /** How often a degraded tier is probed with a PING, and how often the subscriber connection is checked. */
 export const TIER_HEARTBEAT_MS = 500;
@@ -950,7 +948,30 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
  * is not ready: the command then fails alone).
  */
 function masterOf(cluster: Cluster, key: string): string | undefined {
-  return (cluster.slots[calculateSlot(key)] as { master?: { address?: string } } | undefined)?.master?.address;
+  return (cluster.slots[keySlot(key)] as { master?: { address?: string } } | undefined)?.master?.address;
+}
+
+/** CRC16 (XMODEM: polynomial 0x1021, initial value 0) by byte, as Redis Cluster hashes keys. */
+const CRC16_TABLE = Uint16Array.from({ length: 256 }, (_, byte) => {
+  let crc = byte << 8;
+  for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1;
+  return crc & 0xffff;
+});
+
+/**
+ * The Cluster slot of `key`, as Redis computes it (`CLUSTER KEYSLOT`): of the part between the first `{` and the
+ * first `}` after it when that part is not empty (a hash tag), of the whole key otherwise.
+ */
+export function keySlot(key: string): number {
+  let bytes = Buffer.from(key);
+  const open = bytes.indexOf(0x7b);
+  if (open >= 0) {
+    const close = bytes.indexOf(0x7d, open + 1);
+    if (close > open + 1) bytes = bytes.subarray(open + 1, close);
+  }
+  let crc = 0;
+  for (const byte of bytes) crc = ((crc << 8) & 0xffff) ^ CRC16_TABLE[((crc >> 8) ^ byte) & 0xff]!;
+  return crc % 16384;
 }
 
 type Send = <R>(key: string, args: readonly RedisArgument[], options?: TierCommandOptions) => Promise<R>;

@@ -2,7 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect, onTestFinished, test } from 'vitest';
 import type { GetSetHandle } from '../src/index.js';
-import { NodeDown, TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
+import { keySlot, NodeDown, TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
+import { TierKeys } from '../daemon/tier-keys.js';
 import type { TierStatus } from '../src/shared-tier.js';
 import { type RedisCluster, startRedisCluster } from './support/redis-server.js';
 import { HEALTHY_TIER, sharedItem, sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
@@ -250,6 +251,26 @@ test("a daemon restarted while the tier identity's master is stopped: a getset i
   process.kill(master.pid, 'SIGCONT');
   continued = true;
   await statusUntil(again, (tier) => tier.state === 'connected' && (tier.downNodes ?? []).length === 0, 'the identity master is back');
+});
+
+test('keySlot, which routes each command to its master without connecting, agrees with CLUSTER KEYSLOT on every kind of key the tier sends', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  const keys = new TierKeys('hoard');
+  const tops = ['pages', '', 'caf\u00e9 \u{1F600}', '%7B}', 'a{b}c', 'x'.repeat(300)];
+  const samples = [
+    keys.identity,
+    keys.scopeNames,
+    ...tops.flatMap((top) => [keys.changeLog(top), keys.fenceCounter(top), keys.generations(top), keys.leases(top), keys.item(`${top}/:id`)]),
+    // Hash-tag edge cases: an empty tag (the whole key), no closing brace, a brace closed before it opens.
+    'a{}b',
+    '{}',
+    'a{b',
+    '}a{b}',
+    '{{a}}',
+    '',
+  ];
+  const replies = await cluster.pipeline(samples.map((key) => ['CLUSTER', 'KEYSLOT', key]));
+  expect(samples.map((key) => keySlot(key))).toEqual(replies.map((reply) => Number(/\d+/.exec(reply)![0])));
 });
 
 /** A getset in `scope` on `daemon` that must take a lease in Redis (leases up by one, no local fallback) and hold the lock. */
