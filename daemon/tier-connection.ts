@@ -919,7 +919,11 @@ function clusterFacade(cluster: Cluster, call?: ClusterCall): TierClient {
   const tracked = async <R>(key: string, work: () => Promise<R>, options: { answers: boolean }): Promise<R> => {
     checkKey(key);
     const address = key === '' ? undefined : masterOf(cluster, key);
-    if (address === undefined) return work();
+    if (address === undefined) {
+      // Slots known, but none of the masters serves this one (a Cluster short of coverage): as its master were down.
+      if (key !== '' && cluster.masters.length > 0) throw new NodeDown(`no master of the tier serves slot ${keySlot(key)}`);
+      return work();
+    }
     call.check(address);
     call.sent.set(address, (call.sent.get(address) ?? 0) + 1);
     try {

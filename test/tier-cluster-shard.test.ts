@@ -273,6 +273,25 @@ test('keySlot, which routes each command to its master without connecting, agree
   expect(samples.map((key) => keySlot(key))).toEqual(replies.map((reply) => Number(/\d+/.exec(reply)![0])));
 });
 
+test('a key whose slot no master serves (a Cluster short of coverage) fails as its master were down, not as a programming mistake', async () => {
+  const cluster = await startRedisCluster({ masters: 3 });
+  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+  const key = '{uncovered}k';
+  for (const node of cluster.nodes) await node.cli('CLUSTER', 'DELSLOTS', String(keySlot(key))).catch(() => '');
+  const connection = new TierConnection({ urls: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS, log: () => {} });
+  onTestFinished(() => connection.close());
+  await connection.open();
+  for (const deadline = performance.now() + 20_000; !connection.up; ) {
+    if (performance.now() > deadline) throw new Error(`not connected: ${JSON.stringify(connection.figures())}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  // Before: node-redis's routing threw a TypeError ("Cannot read properties of undefined"), passed on as a mistake.
+  await expect(connection.run('get', (client) => client.send(key, ['GET', key]))).rejects.toBeInstanceOf(NodeDown);
+  expect(connection.figures()).toMatchObject({ state: 'connected', errors: 0 });
+  const covered = '{covered}k';
+  expect(await connection.run('set', (client) => client.send(covered, ['SET', covered, 'v']))).toBe('OK');
+});
+
 /** A getset in `scope` on `daemon` that must take a lease in Redis (leases up by one, no local fallback) and hold the lock. */
 async function getsetWithLease(daemon: TierDaemon, scope: string, id: string): Promise<GetSetHandle<unknown>> {
   const before = await daemon.tierStatus();
