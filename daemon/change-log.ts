@@ -1,6 +1,7 @@
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { isCacheError } from '../src/errors.js';
+import { PerKindLog } from '../src/per-kind-log.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf } from '../src/scope-path.js';
 import type { ScopeSharing, TierSink } from '../src/shared-tier.js';
 import { isAnsweredReply, NodeDown, type TierClient, type TierConnection } from './tier-connection.js';
@@ -20,8 +21,6 @@ export const CATCH_UP_PAGE_ENTRIES = 1000;
 export const POSITIONS_WRITE_INTERVAL_MS = 1000;
 /** How soon a failed catch-up is tried again (once the connection is up). */
 export const CATCH_UP_RETRY_MS = 250;
-/** Each kind of failure is logged at most once in this many milliseconds; the others are counted in the next line. */
-export const FAILURE_LOG_INTERVAL_MS = 60_000;
 /**
  * Local invalidations and drops under way at once, past which catching up waits: one waits for its item's lock, which a
  * `getset` holder may keep for long, so they run beside the reading of the log instead of holding it up.
@@ -209,7 +208,7 @@ export class ChangeLog {
   readonly #tops = new Map<string, TopState>();
   readonly #reads = new Set<Read>();
   readonly #abort = new AbortController();
-  readonly #failures = new Map<string, { loggedAtMs: number; notLogged: number }>();
+  readonly #failures = new PerKindLog((line) => this.#write(line));
   /** The identity of the tier the positions are relative to; `undefined` when none is known (no trusted file yet). */
   #identity: string | null | undefined;
   #subscribed = false;
@@ -694,19 +693,22 @@ export class ChangeLog {
         // From the log's start: no entry may ever have been removed, and the first read must be the first there was.
         const read = await this.#streamInfo(top);
         const { info } = read;
-        if (this.#otherRun(state, read.run)) return this.#lose(state, generation, this.#otherRunReason(state, read.run));
+        const changed = this.#runChanged(state, read.run);
+        if (changed !== undefined) return this.#lose(state, generation, changed);
         if (info === null || (info.length === 0 && info.entriesAdded === 0)) return this.#confirmRun(state, read.run);
         if (info.entriesAdded !== info.length) return this.#lose(state, generation, 'its change log was trimmed before it was read');
         const page = await this.#range(top, '-', CATCH_UP_PAGE_ENTRIES);
         ({ run } = page);
-        if (this.#otherRun(state, run)) return this.#lose(state, generation, this.#otherRunReason(state, run));
+        const changedSince = this.#runChanged(state, run);
+        if (changedSince !== undefined) return this.#lose(state, generation, changedSince);
         if (page.entries.length === 0 || page.entries[0]!.id !== info.firstId) return this.#lose(state, generation, 'its change log was trimmed before it was read');
         entries = page.entries;
         more = entries.length === CATCH_UP_PAGE_ENTRIES;
       } else {
         const page = await this.#range(top, cursor, CATCH_UP_PAGE_ENTRIES + 1);
         ({ run } = page);
-        if (this.#otherRun(state, run)) return this.#lose(state, generation, this.#otherRunReason(state, run));
+        const changedSince = this.#runChanged(state, run);
+        if (changedSince !== undefined) return this.#lose(state, generation, changedSince);
         if (page.entries[0]?.id !== cursor) return this.#lose(state, generation, `its change log no longer reaches back to entry ${cursor}`);
         entries = page.entries.slice(1);
         more = page.entries.length === CATCH_UP_PAGE_ENTRIES + 1;
@@ -722,12 +724,9 @@ export class ChangeLog {
     }
   }
 
-  /** Whether `run` (the server's run id read with a page) is known to be another than the position's. */
-  #otherRun(state: TopState, run: string | null): boolean {
-    return typeof state.run === 'string' && run !== null && run !== state.run;
-  }
-
-  #otherRunReason(state: TopState, run: string | null): string {
+  /** Why the scope must be dropped when `run` (the server's run id read with a page) is known to be another than the position's. */
+  #runChanged(state: TopState, run: string | null): string | undefined {
+    if (typeof state.run !== 'string' || run === null || run === state.run) return undefined;
     return `the Redis server holding its change log is another run (${run}) than the one its position was read from (${state.run}): a restart or a failover may have lost changes`;
   }
 
@@ -964,15 +963,7 @@ export class ChangeLog {
 
   /** Logs a failure of `kind` at most once a minute, counting the others in the next line. */
   #logLimited(kind: string, line: string): void {
-    const nowMs = performance.now();
-    const failure = this.#failures.get(kind);
-    if (failure && nowMs - failure.loggedAtMs < FAILURE_LOG_INTERVAL_MS) {
-      failure.notLogged++;
-      return;
-    }
-    const more = failure && failure.notLogged > 0 ? ` (and ${failure.notLogged} more like it since the last such line)` : '';
-    this.#failures.set(kind, { loggedAtMs: nowMs, notLogged: 0 });
-    this.#write(`${line}${more}`);
+    this.#failures.log(kind, line);
   }
 
   /** Logs a line; a log that throws loses it, never a catch-up. */

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { CacheError, isCacheError } from '../src/errors.js';
 import { itemKey, parseItemKey, ROOT_SCOPE, type Scope, scopeOf, topScopeName } from '../src/scope-path.js';
 import type { ScopeSharing, SharedTier, TierGrant, TierLease, TierRead, TierSink, TierStatus } from '../src/shared-tier.js';
+import { PerKindLog } from '../src/per-kind-log.js';
 import type { EncodedValue, StoredRecord } from '../src/store.js';
 import { ChangeLog } from './change-log.js';
 import { PendingChanges, type PendingTop } from './pending-changes.js';
@@ -31,31 +32,6 @@ const ORPHAN_RETRY_MS = 1000;
 const CLEAR_CONCURRENCY = 32;
 /** How soon changes Redis did not take are written through again, while some wait and the tier is up. */
 export const REPLAY_RETRY_MS = 1000;
-/** A failure to keep the waiting changes in their file is logged at most once in this many milliseconds. */
-const KEEP_FAILURE_LOG_INTERVAL_MS = 60_000;
-
-/** One log line a minute at most for one kind of event, each saying how many were left out since the last. */
-class EveryMinute {
-  #loggedAtMs = -Infinity;
-  #since = 0;
-  readonly #log: (line: string) => void;
-
-  constructor(log: (line: string) => void) {
-    this.#log = log;
-  }
-
-  /** Counts the event, and logs `line(more)` unless a line went less than a minute ago. */
-  tell(line: (more: string) => string): void {
-    this.#since++;
-    const nowMs = performance.now();
-    if (nowMs - this.#loggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
-    this.#loggedAtMs = nowMs;
-    const more = this.#since > 1 ? ` (${this.#since - 1} more since the last line)` : '';
-    this.#since = 0;
-    this.#log(line(more));
-  }
-}
-
 export interface RedisTierOptions extends TierOptions {
   /**
    * The daemon's data directory: where the change log keeps its positions (`tier-positions.json`), and the tier the
@@ -181,9 +157,8 @@ export class RedisTier implements SharedTier<EncodedValue> {
    * item is written through under it. Aborted when its change is forgotten, and at close.
    */
   readonly #queued = new Map<string, { top: string; abort: AbortController; done: Promise<void> }>();
-  #keepFailureLoggedAtMs = -Infinity;
-  /** Write-throughs given up since the last line logged about them, and when that was. */
-  readonly #givenUpLine: EveryMinute;
+  /** Failures that repeat (a full disk, an ACL that refuses every write), logged a line a minute at most for each kind. */
+  readonly #failures: PerKindLog;
   #closed = false;
   /**
    * The tier's identity as checked since the connection last came up (`null`: unreadable, an ACL); `undefined` until
@@ -209,8 +184,6 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #orphanPass: Promise<void> | undefined;
   #orphanPassAgain = false;
   #orphanTimer: NodeJS.Timeout | undefined;
-  /** Releases of orphans given up since the last line logged about them, and when that was. */
-  readonly #orphanLine: EveryMinute;
   /** Top-level scopes added to `<prefix>:scopes` in this run. */
   readonly #namedTops = new Set<string>();
   #sharedHits = 0;
@@ -219,13 +192,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
   #fencedWrites = 0;
   #localFallbacks = 0;
   #evictedBeforeWrite = 0;
-  readonly #evictedLine: EveryMinute;
 
   constructor(options: RedisTierOptions) {
     this.#options = options;
-    this.#givenUpLine = new EveryMinute((line) => options.log(line));
-    this.#orphanLine = new EveryMinute((line) => options.log(line));
-    this.#evictedLine = new EveryMinute((line) => options.log(line));
+    this.#failures = new PerKindLog((line) => options.log(line));
     this.strict = options.strict;
     this.#namedSharing = new Map(Object.entries(options.sharing).filter(([name]) => name !== '*'));
     this.#otherSharing = options.sharing['*'] ?? 'local';
@@ -301,10 +271,10 @@ export class RedisTier implements SharedTier<EncodedValue> {
   evictedBeforeWrite(key: string): void {
     this.#evictedBeforeWrite++;
     // One line a minute at most: a full cache evicts many.
-    this.#evictedLine.tell(
-      (more) =>
-        `tier: an item whose change waits to be written through was evicted, Redis will not have its value (${JSON.stringify(key)}): ` +
-        `such items held more than half of the size limit${more}`,
+    this.#failures.log(
+      'evicted',
+      `tier: an item whose change waits to be written through was evicted, Redis will not have its value (${JSON.stringify(key)}): ` +
+        'the other items could not bring the store down to its target',
     );
   }
 
@@ -826,10 +796,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
       await (changed ? this.#pending.save() : this.#pending.saved());
     } catch (error) {
       // One line a minute at most: a full disk fails every write.
-      const nowMs = performance.now();
-      if (nowMs - this.#keepFailureLoggedAtMs < KEEP_FAILURE_LOG_INTERVAL_MS) return;
-      this.#keepFailureLoggedAtMs = nowMs;
-      this.#options.log(`tier: the changes waiting for the tier could not be kept in the data directory, a restart would lose them: ${(error as Error).message}`);
+      this.#failures.log('keep', `tier: the changes waiting for the tier could not be kept in the data directory, a restart would lose them: ${(error as Error).message}`);
     }
   }
 
@@ -1066,9 +1033,7 @@ export class RedisTier implements SharedTier<EncodedValue> {
     const forGood = error instanceof TierUnavailable ? error.answered : isCacheError(error, 'CACHE_CORRUPT') || error instanceof TypeError;
     if (!forGood) return false;
     // One line a minute at most: an ACL that refuses one write refuses them all.
-    this.#givenUpLine.tell(
-      (more) => `tier: a change Redis did not take is not written through, it failed again (${JSON.stringify(key)}): ${error instanceof Error ? error.message : String(error)}${more}`,
-    );
+    this.#failures.log('given up', `tier: a change Redis did not take is not written through, it failed again (${JSON.stringify(key)}): ${error instanceof Error ? error.message : String(error)}`);
     return true;
   }
 
@@ -1142,9 +1107,9 @@ export class RedisTier implements SharedTier<EncodedValue> {
 
   /** Logs a release of an unheard-of grant given up: one line a minute at most, counting those left out. */
   #orphanGivenUp(itemKey: string, error: TierUnavailable): void {
-    this.#orphanLine.tell(
-      (more) =>
-        `tier: the lease of an acquire whose reply never came is not released, Redis answered its release with an error (${JSON.stringify(itemKey)}); it runs out by itself: ${error.message}${more}`,
+    this.#failures.log(
+      'orphan',
+      `tier: the lease of an acquire whose reply never came is not released, Redis answered its release with an error (${JSON.stringify(itemKey)}); it runs out by itself: ${error.message}`,
     );
   }
 

@@ -13,6 +13,7 @@ import {
   type RedisClientType,
   type RedisClusterType,
 } from '@redis/client';
+import { PerKindLog } from '../src/per-kind-log.js';
 
 /** How often a degraded tier is probed with a PING, and how often the subscriber connection is checked. */
 export const TIER_HEARTBEAT_MS = 500;
@@ -23,8 +24,6 @@ export const TIER_HEARTBEAT_MS = 500;
 export const TIER_TIMEOUTS_TO_DEGRADE = 3;
 /** The most recent commands whose round trips make the latency figures. */
 const LATENCY_SAMPLES = 1024;
-/** At most one log line per kind of failure in this window; the others are counted in the next line. */
-const LOG_WINDOW_MS = 60_000;
 /** Error replies that say the server cannot serve now (loading, failing over, a script running too long). */
 const UNAVAILABLE_REPLIES = new Set(['LOADING', 'BUSY', 'MASTERDOWN', 'CLUSTERDOWN', 'TRYAGAIN', 'READONLY', 'NOREPLICAS']);
 /**
@@ -268,12 +267,14 @@ export class TierConnection {
   #lastError: string | null = null;
   /** The health of the Cluster masters that timed out, by address; empty on one server, and for each new Cluster client. */
   readonly #nodes = new Map<string, NodeHealth>();
-  readonly #logged = new Map<string, { atMs: number; suppressed: number }>();
+  /** At most one log line a minute per kind of failure. */
+  readonly #logged: PerKindLog;
 
   constructor(options: TierConnectionOptions) {
     if (options.urls.length === 0) throw new TypeError('The tier needs at least one URL.');
     if (!(options.timeoutMs > 0)) throw new TypeError(`The tier's timeoutMs must be positive: ${options.timeoutMs}`);
     this.#options = options;
+    this.#logged = new PerKindLog((line) => options.log(line));
     let username: string | undefined;
     let password: string | undefined;
     this.#connectors = options.urls.map((text) => {
@@ -771,17 +772,8 @@ export class TierConnection {
     this.#latencyCount++;
   }
 
-  /** Logs at most one line a minute per kind of failure, saying how many were left out since the last. */
   #log(kind: string, line: string): void {
-    const nowMs = performance.now();
-    const last = this.#logged.get(kind);
-    if (last !== undefined && nowMs - last.atMs < LOG_WINDOW_MS) {
-      last.suppressed++;
-      return;
-    }
-    const suppressed = last?.suppressed ?? 0;
-    this.#logged.set(kind, { atMs: nowMs, suppressed: 0 });
-    this.#options.log(suppressed === 0 ? line : `${line} (and ${suppressed} more like it since the last such line)`);
+    this.#logged.log(kind, line);
   }
 
   /**

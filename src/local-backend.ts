@@ -15,6 +15,7 @@ import {
 } from './lock-table.js';
 import { HandleFiles, releaseAll } from './private-files.js';
 import { PrivateReservations, ReservedFiles } from './reserved-files.js';
+import { PerKindLog } from './per-kind-log.js';
 import { childScope, itemKey, ROOT_SCOPE, type Scope, scopeOf } from './scope-path.js';
 import type { ScopeSharing, SharedTier, TierLease, TierRead, TierSink, TierStatus } from './shared-tier.js';
 import type { ReferenceRecord, ScopeUsage, Store, StoredRecord, StoreListing, StoreUsage, VerifyReport } from './store.js';
@@ -82,8 +83,6 @@ export function storedRecordOf<V>(item: CacheItem<unknown>): StoredRecord<V> | R
 
 /** Who the tier's own work on the local store (dropping stale copies) is, for `hoard locks`. */
 const TIER_OWNER: LockOwner = Object.freeze({ name: 'hoard tier' });
-/** How often a failed local copy of a shared item is logged, at most. */
-const COPY_FAILURE_LOG_INTERVAL_MS = 60_000;
 
 function closedError(): CacheError {
   return new CacheError('CACHE_CLOSED', 'The cache is closed.');
@@ -183,7 +182,6 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #now: () => number;
   readonly #housekeeper: Housekeeper;
   readonly #tier: SharedTier<V> | undefined;
-  readonly #log: ((line: string) => void) | undefined;
   /**
    * Items whose local copy a read is writing now: readers share the item's lock, and the store takes one write of an
    * item at a time, so a second reader of the same miss serves the tier's copy without writing it again.
@@ -199,8 +197,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
   readonly #heldDrops = new Map<string, Promise<void>>();
   /** Scopes being dropped item by item, by prefix: their local copies read as misses until a drop has walked them. */
   readonly #droppingScopes = new Map<string, DroppingScope>();
-  #copyFailureLoggedAtMs = -Infinity;
-  #copyFailuresNotLogged = 0;
+  /** Failed local copies of shared items, logged a line a minute at most. */
+  readonly #copyFailures: PerKindLog | undefined;
   #closed = false;
   #closing?: Promise<void>;
   #running = 0;
@@ -217,7 +215,7 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     this.#adapter = adapter;
     this.#now = options.now ?? Date.now;
     this.#tier = options.tier;
-    this.#log = options.log;
+    this.#copyFailures = options.log && new PerKindLog(options.log);
     const tier = options.tier;
     // An item whose change waits to be written through is not evicted: its local record is the change.
     const pinned = tier?.waitsToWrite === undefined ? undefined : (key: string) => tier.waitsToWrite!(key);
@@ -965,18 +963,8 @@ export class LocalBackend<T, V> implements CacheBackend<T> {
     }
   }
 
-  /** Logs a failed local copy of a shared item: at most one line a minute, counting those left out. */
   #logCopyFailure(error: unknown): void {
-    if (!this.#log) return;
-    const nowMs = performance.now();
-    if (nowMs - this.#copyFailureLoggedAtMs < COPY_FAILURE_LOG_INTERVAL_MS) {
-      this.#copyFailuresNotLogged++;
-      return;
-    }
-    const more = this.#copyFailuresNotLogged > 0 ? ` (${this.#copyFailuresNotLogged} more since the last line)` : '';
-    this.#copyFailureLoggedAtMs = nowMs;
-    this.#copyFailuresNotLogged = 0;
-    this.#log(`tier: an item read from the shared tier was served without a local copy: ${error instanceof Error ? error.message : String(error)}${more}`);
+    this.#copyFailures?.log('copy', `tier: an item read from the shared tier was served without a local copy: ${error instanceof Error ? error.message : String(error)}`);
   }
 
   /**

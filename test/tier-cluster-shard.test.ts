@@ -5,7 +5,7 @@ import type { GetSetHandle } from '../src/index.js';
 import { keySlot, NodeDown, TierConnection, TierUnavailable } from '../daemon/tier-connection.js';
 import { TierKeys } from '../daemon/tier-keys.js';
 import type { TierStatus } from '../src/shared-tier.js';
-import { type RedisCluster, startRedisCluster } from './support/redis-server.js';
+import { type RedisCluster, type RedisServer, startRedisCluster } from './support/redis-server.js';
 import { HEALTHY_TIER, sharedItem, sharedValues, startTierDaemon, type TierDaemon } from './support/tier-daemon.js';
 
 /**
@@ -38,6 +38,24 @@ async function pickScopes(cluster: RedisCluster): Promise<{ stopped: number; oth
   const upAt = owners.findIndex((owner, at) => at < names.length && owner !== stopped);
   if (downAt < 0 || upAt < 0) throw new Error(`${names.length} scope names do not fall on two masters`);
   return { stopped, other: owners[upAt]!, downScope: names[downAt]!, upScope: names[upAt]! };
+}
+
+/**
+ * The master holding the tier's identity (`hoard:id`), its address, the other masters' URLs, and a scope on another
+ * master with that master.
+ */
+async function identityMasterAndScope(cluster: RedisCluster): Promise<{ master: RedisServer; address: string; others: string[]; upScope: string; upMaster: RedisServer }> {
+  const names = Array.from({ length: 30 }, (_, n) => `healthy-${n}`);
+  const replies = await cluster.pipeline([['CLUSTER', 'KEYSLOT', 'hoard:id'], ...names.map((name) => ['CLUSTER', 'KEYSLOT', `{hoard:${name}}`])]);
+  const [identityMaster, ...owners] = replies.map((reply) => ownerOf(Number(/\d+/.exec(reply)![0]), cluster.nodes.length));
+  const at = owners.findIndex((owner) => owner !== identityMaster);
+  const master = cluster.nodes[identityMaster!]!;
+  return { master, address: `127.0.0.1:${master.port}`, others: cluster.urls.filter((url) => url !== master.url), upScope: names[at]!, upMaster: cluster.nodes[owners[at]!]! };
+}
+
+/** Without full coverage, the other masters serve their slots however long a stopped one is down. */
+async function withoutFullCoverage(cluster: RedisCluster): Promise<void> {
+  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
 }
 
 /** Polls the daemon's tier status until `condition` holds, failing after a generous bound with the last status seen. */
@@ -218,14 +236,8 @@ test("a master marked down gets no INFO either: a change log's run-id read for a
 
 test("a daemon restarted while the tier identity's master is stopped: a getset in a scope on another master takes its lease, fenced against the identity it kept", async () => {
   const cluster = await startRedisCluster({ masters: 3 });
-  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
-  const names = Array.from({ length: 30 }, (_, n) => `healthy-${n}`);
-  const replies = await cluster.pipeline([['CLUSTER', 'KEYSLOT', 'hoard:id'], ...names.map((name) => ['CLUSTER', 'KEYSLOT', `{hoard:${name}}`])]);
-  const [identityMaster, ...owners] = replies.map((reply) => ownerOf(Number(/\d+/.exec(reply)![0]), cluster.nodes.length));
-  const upScope = names[owners.findIndex((owner) => owner !== identityMaster)]!;
-  const master = cluster.nodes[identityMaster!]!;
-  const address = `127.0.0.1:${master.port}`;
-  const others = cluster.urls.filter((url) => url !== master.url);
+  await withoutFullCoverage(cluster);
+  const { master, address, upScope, upMaster, others } = await identityMasterAndScope(cluster);
   // A first run reads the identity and keeps it with its waiting changes (tier-pending.json).
   const first = await startTierDaemon({ tier: [...others, master.url], cluster: true, timeoutMs: TIMEOUT_MS });
   await statusUntil(first, (tier) => tier.state === 'connected', 'the first run connected');
@@ -246,7 +258,7 @@ test("a daemon restarted while the tier identity's master is stopped: a getset i
   const lease = await getsetWithLease(again, upScope, 'after');
   await lease.set('computed while the identity master was stopped');
   await lease.release();
-  const [stored] = await sharedValues(cluster.nodes[owners[names.indexOf(upScope)]!]!.pipeline, [{ scope: [upScope], id: 'after' }]);
+  const [stored] = await sharedValues(upMaster.pipeline, [{ scope: [upScope], id: 'after' }]);
   expect(stored).toContain('computed while the identity master was stopped');
   process.kill(master.pid, 'SIGCONT');
   continued = true;
@@ -275,7 +287,7 @@ test('keySlot, which routes each command to its master without connecting, agree
 
 test('a key whose slot no master serves (a Cluster short of coverage) fails as its master were down, not as a programming mistake', async () => {
   const cluster = await startRedisCluster({ masters: 3 });
-  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+  await withoutFullCoverage(cluster);
   const key = '{uncovered}k';
   for (const node of cluster.nodes) await node.cli('CLUSTER', 'DELSLOTS', String(keySlot(key))).catch(() => '');
   const connection = new TierConnection({ urls: cluster.urls, cluster: true, timeoutMs: TIMEOUT_MS, log: () => {} });
@@ -402,14 +414,8 @@ test(
     'back empty, the new identity drops the scopes',
   async () => {
     const cluster = await startRedisCluster({ masters: 3 });
-    // Without full coverage, the other masters serve their slots however long the stopped one is down.
-    for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
-    const names = Array.from({ length: 30 }, (_, n) => `healthy-${n}`);
-    const replies = await cluster.pipeline([['CLUSTER', 'KEYSLOT', 'hoard:id'], ...names.map((name) => ['CLUSTER', 'KEYSLOT', `{hoard:${name}}`])]);
-    const [identityMaster, ...owners] = replies.map((reply) => ownerOf(Number(/\d+/.exec(reply)![0]), cluster.nodes.length));
-    const upScope = names[owners.findIndex((owner) => owner !== identityMaster)]!;
-    const master = cluster.nodes[identityMaster!]!;
-    const address = `127.0.0.1:${master.port}`;
+    await withoutFullCoverage(cluster);
+    const { master, address, upScope } = await identityMasterAndScope(cluster);
     // A's subscriber is made on its first seed, the identity's master: stopping it remakes the subscription.
     const others = cluster.urls.filter((url) => url !== master.url);
     const a = await startTierDaemon({ tier: [master.url, ...others], cluster: true, timeoutMs: TIMEOUT_MS });
@@ -477,8 +483,7 @@ test.each([
     'and once it answers it is back and a set made meanwhile is written through',
   async ({ stoppedFirst }) => {
     const cluster = await startRedisCluster({ masters: 3 });
-    // Without full coverage, the other masters serve their slots however long the stopped one is down.
-    for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+    await withoutFullCoverage(cluster);
     const { stopped, other, downScope, upScope } = await pickScopes(cluster);
     const stoppedNode = cluster.nodes[stopped]!;
     const address = `127.0.0.1:${stoppedNode.port}`;
@@ -541,7 +546,7 @@ test(
     'seed picked at random): each comes up with that master down, commands to the others answered and to it refused at once',
   async () => {
     const cluster = await startRedisCluster({ masters: 3 });
-    for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+    await withoutFullCoverage(cluster);
     const { stopped, other, downScope, upScope } = await pickScopes(cluster);
     const stoppedNode = cluster.nodes[stopped]!;
     const address = `127.0.0.1:${stoppedNode.port}`;
@@ -608,7 +613,7 @@ test('a connection opened while every master of a Cluster is stopped: its discov
 
 test('every master of a Cluster stopped, the tier degraded and its client made again: when all but one answer, it comes up with that one down, and then with none', async () => {
   const cluster = await startRedisCluster({ masters: 3 });
-  for (const node of cluster.nodes) await node.cli('CONFIG', 'SET', 'cluster-require-full-coverage', 'no');
+  await withoutFullCoverage(cluster);
   const { stopped, downScope, upScope } = await pickScopes(cluster);
   const address = `127.0.0.1:${cluster.nodes[stopped]!.port}`;
   const log: string[] = [];
